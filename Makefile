@@ -1,0 +1,49 @@
+# quattro: every target bootstraps .venv from requirements.lock when it is
+# missing or older than the lock file / pyproject.toml, then runs.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+VPY    := $(VENV)/bin/python
+STAMP  := $(VENV)/.quattro-installed
+JOBS   ?= auto
+
+.PHONY: all sim test verilog lint bench resources clean distclean
+
+all: test
+
+$(STAMP): requirements.lock pyproject.toml
+	@test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(VPY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@touch $@
+
+## sim: generate Verilog, quantize, co-simulate every block under Verilator,
+##      write build/sim/report.json; also runs the tests marked slow.
+sim: $(STAMP)
+	$(VPY) -m cosim sim
+	$(VPY) -m pytest -n $(JOBS) -m slow
+
+## test: the test suite (fast tier; < 15 min on 2 cores)
+test: $(STAMP)
+	$(VPY) -m pytest -n $(JOBS) -m "not slow"
+
+## verilog: write Verilog for every default configuration into build/verilog
+verilog: $(STAMP)
+	$(VPY) -m hdl --all --out build/verilog
+
+## lint: verilator --lint-only -Wall on every generated Verilog file
+lint: $(STAMP)
+	$(VPY) -m cosim lint
+
+## bench: simulation speed (cocotb fast path vs plain Verilator C++) and cycle figures
+bench: $(STAMP)
+	$(VPY) -m cosim bench
+
+## resources: Yosys synth_xilinx -family xcup resource table (docs/results.md)
+resources: $(STAMP)
+	$(VPY) -m fpga_boards.resources --write-docs
+
+clean:
+	rm -rf build
+
+distclean: clean
+	rm -rf $(VENV) *.egg-info

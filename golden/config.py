@@ -1,0 +1,124 @@
+"""Unit configurations: the single source of truth shared by hdl, golden,
+quantflow and cosim.
+
+This module imports only the standard library so that `hdl` can read a
+configuration without pulling in torch.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+#: Activation format (DESIGN §3.1): per-token symmetric INT8, codes in [-127, 127].
+ACT_BITS = 8
+ACT_QMAX = 127
+#: QoQ step 1 protective range (DESIGN §3.2): per-channel INT8 codes in [-119, 119].
+QOQ_W8_QMAX = 119
+#: Width of the integer per-group scale `s2` and of the product `z * s2` in the
+#: hardware's scale words (both unsigned). quantflow refuses values that do not fit.
+SCALE_BITS = 8
+#: Accumulator / result format: int32, two's complement, wraps on overflow
+#: (golden wraps the same way; `MixPEConfig` bounds K so that QoQ weights cannot).
+ACC_BITS = 32
+
+MIXPE_WEIGHT_BITS = (2, 3, 4, 8)
+MIXPE_GROUP_RANGE = (32, 256)
+#: Largest K for which sum_k |a_k| * |w8_k| <= 128 * 255 * K stays inside int32.
+MIXPE_MAX_K = (2**31 - 1) // (128 * 255)
+
+
+def _check_int(name: str, value, lo: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an int, got {value!r}")
+    if lo is not None and value < lo:
+        raise ValueError(f"{name} must be >= {lo}, got {value}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class MixPEConfig:
+    """A MixPE array (DESIGN §3.3): `rows` activation rows x `cols` output
+    channels, reduction length `K`, `bits`-bit unsigned weight codes with one
+    integer scale `s2` and zero point `z` per `group` consecutive k.
+
+    One tile computes acc[m, n] = sum_k a[m, k] * w8[n, k] for m < rows, n < cols.
+    rows == 1 is the GEMV array; rows > 1 the GEMM array.
+
+    Memory-word layouts (shared by quantflow's images, the RTL memories and the
+    cosim drivers; element 0 sits in the least-significant bits of a word):
+      * activation word: `rows` signed INT8 values a[m0 + 0 .. rows-1, k]
+        -> `act_word_bits` = 8 * rows; words ordered by (tile_m, k).
+      * code word: `cols` unsigned `bits`-bit codes q[n0 + 0 .. cols-1, k]
+        -> `code_word_bits` = bits * cols; words ordered by (tile_n, k).
+      * scale word: `cols` pairs (s2, z*s2), each pair s2 in bits [0, 8) and
+        z*s2 in bits [8, 16) -> `scale_word_bits` = 16 * cols; words ordered by
+        (tile_n, group).
+      * result word: `cols` int32 acc[m, n0 + 0 .. cols-1] -> 32 * cols bits;
+        one word per activation row m of a tile.
+    """
+
+    bits: int = 4
+    group: int = 64
+    rows: int = 1
+    cols: int = 8
+    K: int = 1024
+
+    def __post_init__(self):
+        _check_int("bits", self.bits)
+        if self.bits not in MIXPE_WEIGHT_BITS:
+            raise ValueError(
+                f"MixPE weight bits must be one of {MIXPE_WEIGHT_BITS}, got {self.bits}; "
+                f"pick the nearest supported width")
+        _check_int("group", self.group)
+        lo, hi = MIXPE_GROUP_RANGE
+        if not lo <= self.group <= hi:
+            raise ValueError(f"group must be in [{lo}, {hi}], got {self.group}")
+        _check_int("rows", self.rows, 1)
+        _check_int("cols", self.cols, 1)
+        _check_int("K", self.K, 1)
+        if self.K % self.group:
+            raise ValueError(
+                f"K={self.K} is not a multiple of group={self.group}; choose a group "
+                f"that divides K (e.g. 64 for K=576)")
+        if self.K > MIXPE_MAX_K:
+            raise ValueError(f"K={self.K} exceeds {MIXPE_MAX_K}: the int32 accumulator "
+                             f"could overflow; split the reduction")
+
+    # --- derived quantities (never re-derive these elsewhere) ---
+    @property
+    def levels(self) -> int:
+        """Largest code value, 2**bits - 1."""
+        return (1 << self.bits) - 1
+
+    @property
+    def groups(self) -> int:
+        return self.K // self.group
+
+    @property
+    def peak_macs_per_cycle(self) -> int:
+        return self.rows * self.cols
+
+    @property
+    def act_word_bits(self) -> int:
+        return ACT_BITS * self.rows
+
+    @property
+    def code_word_bits(self) -> int:
+        return self.bits * self.cols
+
+    @property
+    def scale_word_bits(self) -> int:
+        return 2 * SCALE_BITS * self.cols
+
+    @property
+    def result_word_bits(self) -> int:
+        return ACC_BITS * self.cols
+
+    @property
+    def kind(self) -> str:
+        return "gemv" if self.rows == 1 else "gemm"
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def name(self) -> str:
+        return f"mixpe_w{self.bits}_g{self.group}_r{self.rows}_c{self.cols}_k{self.K}"
