@@ -1,0 +1,96 @@
+"""Conventional dequantize-then-multiply PE: the baseline MixPE is compared with.
+
+Per element it reconstructs the INT8 weight with a multiplier,
+`w8 = (q - z) * s2` (DESIGN §3.2 step 3), multiplies it with the activation,
+`a * w8`, and accumulates in int32 (two's complement wrap). It takes one
+element per cycle, i.e. one MAC per cycle: the same throughput and the same
+per-cycle inputs as one MixPE cell, so a resource comparison is like for like.
+The only difference is where the dequantization happens (per element here,
+once per group in MixPE) and that both products use `*`, which synthesis maps
+to DSP48E2 blocks (or LUT multipliers when DSP inference is off).
+
+Pipeline (registers between stages, so each `*` can absorb them into a DSP):
+  stage 1: w8 = (q - z) * s2
+  stage 2: p  = a * w8
+  stage 3: acc = p (on `first`) or acc + p; `acc_valid` pulses after `last`.
+"""
+from __future__ import annotations
+
+from amaranth.hdl import Module, Signal, signed, unsigned
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from golden.config import ACC_BITS, ACT_BITS, SCALE_BITS, MixPEConfig
+
+__all__ = ["BaselinePE", "BASELINE_LATENCY"]
+
+#: Cycles from an element on the inputs to its contribution being in `acc`.
+BASELINE_LATENCY = 3
+
+
+class BaselinePE(wiring.Component):
+    """One conventional PE for `config.bits`-bit codes.
+
+    Ports (all sampled when `valid` is high):
+      valid : an element is present this cycle
+      a     : signed INT8 activation
+      q     : unsigned `bits`-bit weight code
+      s2    : unsigned 8-bit integer group scale
+      z     : unsigned `bits`-bit zero point (the baseline needs z itself, not z*s2,
+              because it dequantizes each element before the multiply)
+      first : first element of a dot product (accumulator restarts)
+      last  : last element of a dot product
+      acc       : int32 dot product, valid while `acc_valid` is high
+      acc_valid : one-cycle pulse, BASELINE_LATENCY cycles after `last`
+    """
+
+    def __init__(self, config: MixPEConfig):
+        if not isinstance(config, MixPEConfig):
+            self._MustUse__silence = True  # never elaborated: no "unused" warning
+            raise ValueError(f"BaselinePE needs a golden.config.MixPEConfig, got "
+                             f"{type(config).__name__}")
+        self.config = config
+        super().__init__({
+            "valid": In(1),
+            "a": In(signed(ACT_BITS)),
+            "q": In(unsigned(config.bits)),
+            "s2": In(unsigned(SCALE_BITS)),
+            "z": In(unsigned(config.bits)),
+            "first": In(1),
+            "last": In(1),
+            "acc": Out(signed(ACC_BITS)),
+            "acc_valid": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        bits = self.config.bits
+
+        # Stage 1: per-element dequantization (q - z) * s2.
+        # |q - z| <= 2**bits - 1 and s2 < 2**8, so w8 fits in bits + 1 + 8 bits signed.
+        diff = Signal(signed(bits + 1))
+        m.d.comb += diff.eq(self.q - self.z)
+        w8 = Signal(signed(bits + 1 + SCALE_BITS))
+        a1 = Signal(signed(ACT_BITS))
+        v1, f1, l1 = Signal(), Signal(), Signal()
+        m.d.sync += [
+            w8.eq(diff * self.s2),
+            a1.eq(self.a),
+            v1.eq(self.valid), f1.eq(self.valid & self.first), l1.eq(self.valid & self.last),
+        ]
+
+        # Stage 2: the INT8 x dequantized-weight product.
+        prod = Signal(signed(ACT_BITS + len(w8)))
+        v2, f2, l2 = Signal(), Signal(), Signal()
+        m.d.sync += [prod.eq(a1 * w8), v2.eq(v1), f2.eq(f1), l2.eq(l1)]
+
+        # Stage 3: int32 accumulation; truncation to ACC_BITS is the two's complement wrap.
+        acc = Signal(signed(ACC_BITS))
+        m.d.sync += self.acc_valid.eq(v2 & l2)
+        with m.If(v2):
+            with m.If(f2):
+                m.d.sync += acc.eq(prod)
+            with m.Else():
+                m.d.sync += acc.eq(acc + prod)
+        m.d.comb += self.acc.eq(acc)
+        return m
