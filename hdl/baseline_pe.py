@@ -12,11 +12,14 @@ to DSP48E2 blocks (or LUT multipliers when DSP inference is off).
 Pipeline (registers between stages, so each `*` can absorb them into a DSP):
   stage 1: w8 = (q - z) * s2
   stage 2: p  = a * w8
-  stage 3: acc = p (on `first`) or acc + p; `acc_valid` pulses after `last`.
+  stage 3: acc = p (on `first`) or acc + p; after `last` the sum goes to `out`.
+`out` is an output-bank register with the same shift chain as hdl.mixpe.MixPECell
+(`shift` loads `shift_in`), so that both cells carry the same output logic and a
+resource comparison sees only the arithmetic.
 """
 from __future__ import annotations
 
-from amaranth.hdl import Module, Signal, signed, unsigned
+from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -40,8 +43,10 @@ class BaselinePE(wiring.Component):
               because it dequantizes each element before the multiply)
       first : first element of a dot product (accumulator restarts)
       last  : last element of a dot product
-      acc       : int32 dot product, valid while `acc_valid` is high
-      acc_valid : one-cycle pulse, BASELINE_LATENCY cycles after `last`
+      shift, shift_in : drain the output bank (out <= shift_in), as in MixPECell
+      out       : output-bank register: the int32 dot product once loaded
+      out_load  : high in the cycle `out` holds a freshly finished dot product
+                  (BASELINE_LATENCY cycles after `last`)
     """
 
     def __init__(self, config: MixPEConfig):
@@ -58,8 +63,10 @@ class BaselinePE(wiring.Component):
             "z": In(unsigned(config.bits)),
             "first": In(1),
             "last": In(1),
-            "acc": Out(signed(ACC_BITS)),
-            "acc_valid": Out(1),
+            "shift": In(1),
+            "shift_in": In(signed(ACC_BITS)),
+            "out": Out(signed(ACC_BITS)),
+            "out_load": Out(1),
         })
 
     def elaborate(self, platform):
@@ -86,11 +93,15 @@ class BaselinePE(wiring.Component):
 
         # Stage 3: int32 accumulation; truncation to ACC_BITS is the two's complement wrap.
         acc = Signal(signed(ACC_BITS))
-        m.d.sync += self.acc_valid.eq(v2 & l2)
+        acc_next = Signal(signed(ACC_BITS))
+        m.d.comb += acc_next.eq(Mux(f2, 0, acc) + prod)
         with m.If(v2):
-            with m.If(f2):
-                m.d.sync += acc.eq(prod)
-            with m.Else():
-                m.d.sync += acc.eq(acc + prod)
-        m.d.comb += self.acc.eq(acc)
+            m.d.sync += acc.eq(acc_next)
+        # Output bank: a finished sum has priority over a shift (the array only
+        # finishes into an empty bank, as for MixPECell).
+        m.d.sync += self.out_load.eq(v2 & l2)
+        with m.If(v2 & l2):
+            m.d.sync += self.out.eq(acc_next)
+        with m.Elif(self.shift):
+            m.d.sync += self.out.eq(self.shift_in)
         return m

@@ -26,8 +26,8 @@ def _run(config, dots, *, gaps=True, seed=0):
                     ctx.set(dut.valid, 0)
                     ctx.set(dut.a, rng.randint(-128, 127))  # junk must be ignored
                     await ctx.tick()
-                    if ctx.get(dut.acc_valid):
-                        got.append(ctx.get(dut.acc))
+                    if ctx.get(dut.out_load):
+                        got.append(ctx.get(dut.out))
                 ctx.set(dut.valid, 1)
                 ctx.set(dut.a, a)
                 ctx.set(dut.q, q)
@@ -36,13 +36,13 @@ def _run(config, dots, *, gaps=True, seed=0):
                 ctx.set(dut.first, i == 0)
                 ctx.set(dut.last, i == len(elems) - 1)
                 await ctx.tick()
-                if ctx.get(dut.acc_valid):
-                    got.append(ctx.get(dut.acc))
+                if ctx.get(dut.out_load):
+                    got.append(ctx.get(dut.out))
         ctx.set(dut.valid, 0)
         for _ in range(BASELINE_LATENCY + 2):
             await ctx.tick()
-            if ctx.get(dut.acc_valid):
-                got.append(ctx.get(dut.acc))
+            if ctx.get(dut.out_load):
+                got.append(ctx.get(dut.out))
 
     sim = Simulator(dut)
     sim.add_clock(1e-8)
@@ -81,3 +81,24 @@ def test_baseline_pe_wraps_int32():
 def test_baseline_pe_rejects_non_config():
     with pytest.raises(ValueError, match="MixPEConfig"):
         BaselinePE({"bits": 4})
+
+
+def test_baseline_pe_output_bank_shifts():
+    """`shift` moves shift_in into `out` (the drain chain shared with MixPECell)."""
+    dut = BaselinePE(MixPEConfig(bits=4, group=32, K=64))
+    seen = []
+
+    async def bench(ctx):
+        ctx.set(dut.shift_in, -12345)
+        ctx.set(dut.shift, 1)
+        await ctx.tick()
+        ctx.set(dut.shift, 0)
+        ctx.set(dut.shift_in, 777)
+        await ctx.tick()
+        seen.append(ctx.get(dut.out))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    assert seen == [-12345]
