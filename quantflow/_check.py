@@ -1,0 +1,53 @@
+"""Input validation shared by the quantizers: one clear error per problem."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .errors import QuantflowError
+
+
+def as_float_tensor(name: str, x, dims: int, what: str) -> torch.Tensor:
+    """Return `x` as a float32 torch tensor, refusing non-float dtypes, wrong
+    dimensionality and non-finite values (the first bad index is named)."""
+    if isinstance(x, np.ndarray):
+        if not np.issubdtype(x.dtype, np.floating):
+            raise QuantflowError(f"{name} must be a floating-point tensor, got numpy dtype "
+                                 f"{x.dtype}; pass the float weights/activations")
+        x = torch.from_numpy(np.ascontiguousarray(x))
+    elif not isinstance(x, torch.Tensor):
+        raise QuantflowError(f"{name} must be a torch.Tensor or numpy array, got "
+                             f"{type(x).__name__}")
+    if not x.is_floating_point():
+        raise QuantflowError(f"{name} must be a floating-point tensor, got {x.dtype}; pass "
+                             f"the float weights/activations (cast with .float())")
+    if x.dim() != dims:
+        raise QuantflowError(f"{name} must be {dims}-D {what}, got shape {list(x.shape)}")
+    x = x.detach().to("cpu")
+    bad = ~torch.isfinite(x)
+    if bool(bad.any()):
+        idx = [int(i) for i in bad.nonzero()[0]]
+        raise QuantflowError(f"{name} contains a non-finite value ({float(x[tuple(idx)])}) "
+                             f"at index {idx}; clean the tensor before quantizing")
+    return x.to(torch.float32)
+
+
+def check_int(name: str, value, lo: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise QuantflowError(f"{name} must be an int, got {value!r}")
+    value = int(value)
+    if lo is not None and value < lo:
+        raise QuantflowError(f"{name} must be >= {lo}, got {value}")
+    return value
+
+
+def suggest_group(K: int, group: int) -> int:
+    """A divisor of K to propose when `group` does not divide K: the divisor
+    nearest to `group` among MixPE's supported group sizes, else any divisor."""
+    from golden.config import MIXPE_GROUP_RANGE
+
+    lo, hi = MIXPE_GROUP_RANGE
+    divs = [d for d in range(1, K + 1) if K % d == 0]
+    pool = [d for d in divs if lo <= d <= hi] or divs
+    # prefer powers of two (hardware-friendly), then closeness to the request
+    return min(pool, key=lambda d: (d & (d - 1) != 0, abs(d - group)))
