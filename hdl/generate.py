@@ -1,0 +1,89 @@
+"""Verilog generation for hdl components (amaranth.back.verilog), written
+atomically, plus the default design set that `python -m hdl --all` and the lint
+runner iterate over."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from amaranth.back import verilog as _verilog
+
+from golden.config import MixPEConfig
+
+__all__ = ["verilog", "write_verilog", "default_designs", "design_name"]
+
+
+def verilog(component, name: str) -> str:
+    """Verilog text of `component` as a module called `name`. Ports follow the
+    component's signature, flattened with `__` (act__payload, act__valid, ...),
+    plus clk and rst."""
+    if not name.isidentifier():
+        raise ValueError(f"module name {name!r} is not a valid identifier; use letters, "
+                         f"digits and underscores")
+    return _verilog.convert(component, name=name, emit_src=False)
+
+
+def write_verilog(component, name: str, out_dir) -> Path:
+    """Write `<out_dir>/<name>.v` atomically (temp file then os.replace)."""
+    text = verilog(component, name)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / f"{name}.v"
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".v.tmp", dir=out_dir)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return target
+
+
+def design_name(config: MixPEConfig, *, kind: str = "array",
+                max_m_tiles: int | None = None, max_n_tiles: int | None = None) -> str:
+    """Module/file name of a MixPE design: config.name() plus a kind suffix."""
+    if kind == "array":
+        return config.name()
+    if kind == "cell":
+        return f"{config.name()}_cell"
+    if kind == "system":
+        return f"{config.name()}_sys_m{max_m_tiles}_n{max_n_tiles}"
+    raise ValueError(f"unknown design kind {kind!r}; use 'array', 'cell' or 'system'")
+
+
+def mixpe_factory(config: MixPEConfig, *, kind: str = "array",
+                  max_m_tiles: int = 1, max_n_tiles: int = 1) -> tuple[str, Callable]:
+    """(name, zero-argument factory) for one MixPE design."""
+    from .mixpe import MixPE, MixPECell, MixPESystem
+    if kind == "array":
+        factory = lambda: MixPE(config)  # noqa: E731
+    elif kind == "cell":
+        factory = lambda: MixPECell(config)  # noqa: E731
+    elif kind == "system":
+        factory = lambda: MixPESystem(config, max_m_tiles=max_m_tiles,  # noqa: E731
+                                      max_n_tiles=max_n_tiles)
+    else:
+        raise ValueError(f"unknown design kind {kind!r}; use 'array', 'cell' or 'system'")
+    return design_name(config, kind=kind, max_m_tiles=max_m_tiles,
+                       max_n_tiles=max_n_tiles), factory
+
+
+def default_designs() -> list[tuple[str, Callable]]:
+    """The default design set: a GEMV and a GEMM array at several bit-widths,
+    one MixPECell and one MixPESystem. Each entry is (module name, factory)."""
+    return [
+        mixpe_factory(MixPEConfig(bits=4, group=64, rows=1, cols=8, K=1024)),
+        mixpe_factory(MixPEConfig(bits=4, group=128, rows=4, cols=8, K=1024)),
+        mixpe_factory(MixPEConfig(bits=2, group=32, rows=2, cols=16, K=512)),
+        mixpe_factory(MixPEConfig(bits=8, group=64, rows=2, cols=4, K=256)),
+        mixpe_factory(MixPEConfig(bits=4, group=64, rows=1, cols=1, K=64), kind="cell"),
+        mixpe_factory(MixPEConfig(bits=4, group=64, rows=2, cols=4, K=256), kind="system",
+                      max_m_tiles=2, max_n_tiles=2),
+    ]

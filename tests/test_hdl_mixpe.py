@@ -1,0 +1,322 @@
+"""hdl.mixpe: the MixPE array under random stream stalls, bit-exact against
+golden.mixpe; cycle model against the simulated count; MixPESystem end to end;
+Verilog generation and the CLI."""
+import random
+import subprocess
+import sys
+
+import pytest
+import torch
+from amaranth.sim import Simulator
+
+from golden.config import MixPEConfig
+from golden.mixpe import mixpe_acc
+from hdl.generate import default_designs, design_name, verilog, write_verilog
+from hdl.mixpe import (LOAD_ACT, LOAD_CODE, LOAD_SCALE, PIPELINE_LATENCY, MixPE, MixPECell,
+                       MixPESystem, cycle_model, system_cycle_model)
+
+
+# --- memory-word packing, written from golden/config.py's documented layouts ---
+def _pack(values, width):
+    word = 0
+    for i, v in enumerate(values):
+        word |= (int(v) & ((1 << width) - 1)) << (i * width)
+    return word
+
+
+def _unpack_signed(word, width, count):
+    out = []
+    for i in range(count):
+        v = (word >> (i * width)) & ((1 << width) - 1)
+        out.append(v - (1 << width) if v >> (width - 1) else v)
+    return out
+
+
+def _scale_word(s2_col, zs2_col):
+    return _pack([int(s) | (int(zs) << 8) for s, zs in zip(s2_col, zs2_col)], 16)
+
+
+def _random_tile(cfg, gen):
+    """a [rows, K] incl. -128, q [cols, K], s2/z [cols, groups] with z*s2 < 256."""
+    a = torch.randint(-128, 128, (cfg.rows, cfg.K), generator=gen)
+    q = torch.randint(0, cfg.levels + 1, (cfg.cols, cfg.K), generator=gen)
+    s2 = torch.randint(1, 256, (cfg.cols, cfg.groups), generator=gen)
+    z = torch.randint(0, cfg.levels + 1, (cfg.cols, cfg.groups), generator=gen)
+    # keep z*s2 inside the 8-bit zs2 field: shrink s2 where needed
+    s2 = torch.where(z * s2 > 255, torch.clamp(255 // torch.clamp(z, min=1), min=1), s2)
+    return a, q, s2, z
+
+
+def _tile_beats(cfg, tile):
+    a, q, s2, z = tile
+    act = [_pack(a[:, k].tolist(), 8) for k in range(cfg.K)]
+    code = [_pack(q[:, k].tolist(), cfg.bits) for k in range(cfg.K)]
+    scale = [_scale_word(s2[:, g].tolist(), (z * s2)[:, g].tolist()) for g in range(cfg.groups)]
+    return act, code, scale
+
+
+def _run_array(cfg, tiles, *, p_idle, p_stall, seed):
+    """Stream `tiles` through MixPE; returns (results per tile, cycles from the
+    first accepted beat to the last result transfer, inclusive)."""
+    rng = random.Random(seed)
+    dut = MixPE(cfg)
+    beats = [_tile_beats(cfg, t) for t in tiles]
+    streams = {
+        "act": (dut.act, [b for t in beats for b in t[0]], cfg.act_word_bits),
+        "code": (dut.code, [b for t in beats for b in t[1]], cfg.code_word_bits),
+        "scale": (dut.scale, [b for t in beats for b in t[2]], cfg.scale_word_bits),
+    }
+    n_results = len(tiles) * cfg.rows
+    got = []
+    marks = {"first": None, "last": None, "cycle": 0}
+
+    def make_source(stream, words, width):
+        async def source(ctx):
+            payload = stream.payload.as_value()
+            for w in words:
+                while rng.random() < p_idle:
+                    ctx.set(stream.valid, 0)
+                    ctx.set(payload, rng.getrandbits(width))  # junk must be ignored
+                    await ctx.tick()
+                ctx.set(stream.valid, 1)
+                ctx.set(payload, w)
+                await ctx.tick().until(stream.ready)
+            ctx.set(stream.valid, 0)
+        return source
+
+    async def sink(ctx):
+        while len(got) < n_results:
+            ready = rng.random() >= p_stall
+            ctx.set(dut.result.ready, ready)
+            _, _, valid, payload = await ctx.tick().sample(dut.result.valid,
+                                                           dut.result.payload.as_value())
+            if ready and valid:
+                got.append(_unpack_signed(payload, 32, cfg.cols))
+
+    async def monitor(ctx):
+        fire = dut.act.valid & dut.act.ready
+        xfer = dut.result.valid & dut.result.ready
+        async for _, _, f, x in ctx.tick().sample(fire, xfer):
+            if f and marks["first"] is None:
+                marks["first"] = marks["cycle"]
+            if x:
+                marks["last"] = marks["cycle"]
+            marks["cycle"] += 1
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    for stream, words, width in streams.values():
+        sim.add_testbench(make_source(stream, words, width), background=True)
+    sim.add_testbench(sink)
+    sim.add_testbench(monitor, background=True)
+    sim.run()
+    results = [got[i * cfg.rows:(i + 1) * cfg.rows] for i in range(len(tiles))]
+    return results, marks["last"] - marks["first"] + 1
+
+
+def _expected(cfg, tile):
+    return mixpe_acc(*tile, cfg).tolist()
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_array_matches_golden_under_random_stalls(bits):
+    cfg = MixPEConfig(bits=bits, group=32, rows=2, cols=3, K=64)
+    gen = torch.Generator().manual_seed(bits)
+    tiles = [_random_tile(cfg, gen) for _ in range(3)]
+    got, _ = _run_array(cfg, tiles, p_idle=0.3, p_stall=0.4, seed=bits)
+    for i, tile in enumerate(tiles):
+        assert got[i] == _expected(cfg, tile), f"tile {i}"
+
+
+def test_array_extreme_operands_wrap_like_golden():
+    """All-(-128) activations and all-max codes/scales: the largest magnitudes;
+    K=2*128... keeps the int32 path exercised without relying on random draws."""
+    cfg = MixPEConfig(bits=8, group=64, rows=1, cols=2, K=128)
+    a = torch.full((1, cfg.K), -128)
+    q = torch.full((cfg.cols, cfg.K), cfg.levels)
+    s2 = torch.tensor([[255, 255], [1, 1]])
+    z = torch.tensor([[0, 0], [255, 0]])
+    got, _ = _run_array(cfg, [(a, q, s2, z)], p_idle=0.2, p_stall=0.2, seed=7)
+    assert got[0] == _expected(cfg, (a, q, s2, z))
+
+
+@pytest.mark.parametrize("cfg, tiles", [
+    (MixPEConfig(bits=4, group=32, rows=2, cols=3, K=64), 3),
+    (MixPEConfig(bits=2, group=32, rows=1, cols=2, K=32), 4),
+    # rows + latency > K: tiles are spaced by the output drain, not by K
+    (MixPEConfig(bits=4, group=32, rows=40, cols=1, K=32), 3),
+])
+def test_cycle_model_equals_simulation(cfg, tiles):
+    gen = torch.Generator().manual_seed(tiles)
+    data = [_random_tile(cfg, gen) for _ in range(tiles)]
+    got, cycles = _run_array(cfg, data, p_idle=0.0, p_stall=0.0, seed=0)
+    assert cycles == cycle_model(cfg, tiles)
+    for i, tile in enumerate(data):
+        assert got[i] == _expected(cfg, tile)
+
+
+def test_cycle_model_shape():
+    cfg = MixPEConfig(bits=4, group=64, rows=4, cols=8, K=1024)
+    assert cycle_model(cfg, 1) == cfg.K + PIPELINE_LATENCY + cfg.rows - 1
+    assert cycle_model(cfg, 5) - cycle_model(cfg, 4) == cfg.K
+    with pytest.raises(ValueError, match="tiles"):
+        cycle_model(cfg, 0)
+
+
+# --- MixPESystem ---
+def _run_system(cfg, m_tiles, n_tiles, a, q, s2, z, *, max_m, max_n):
+    dut = MixPESystem(cfg, max_m_tiles=max_m, max_n_tiles=max_n)
+    out = {}
+
+    async def bench(ctx):
+        loads = []
+        for tm in range(m_tiles):
+            for k in range(cfg.K):
+                loads.append((LOAD_ACT, tm * cfg.K + k,
+                              _pack(a[tm * cfg.rows:(tm + 1) * cfg.rows, k].tolist(), 8)))
+        for tn in range(n_tiles):
+            cols = slice(tn * cfg.cols, (tn + 1) * cfg.cols)
+            for k in range(cfg.K):
+                loads.append((LOAD_CODE, tn * cfg.K + k, _pack(q[cols, k].tolist(), cfg.bits)))
+            for g in range(cfg.groups):
+                loads.append((LOAD_SCALE, tn * cfg.groups + g,
+                              _scale_word(s2[cols, g].tolist(), (z * s2)[cols, g].tolist())))
+        for sel, addr, word in loads:
+            ctx.set(dut.load_sel, sel)
+            ctx.set(dut.load_addr, addr)
+            ctx.set(dut.load_data, word)
+            ctx.set(dut.load_en, 1)
+            await ctx.tick()
+        ctx.set(dut.load_en, 0)
+        ctx.set(dut.m_tiles, m_tiles)
+        ctx.set(dut.n_tiles, n_tiles)
+        ctx.set(dut.start, 1)
+        await ctx.tick()
+        ctx.set(dut.start, 0)
+        await ctx.tick().until(dut.done)
+        out["cycles"] = ctx.get(dut.cycles)
+        words = []
+        for r in range(m_tiles * n_tiles * cfg.rows):
+            ctx.set(dut.res_addr, r)
+            await ctx.tick()
+            words.append(_unpack_signed(ctx.get(dut.res_data), 32, cfg.cols))
+        out["words"] = words
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    return out
+
+
+def test_system_end_to_end():
+    cfg = MixPEConfig(bits=4, group=32, rows=2, cols=3, K=64)
+    m_tiles, n_tiles = 2, 2
+    gen = torch.Generator().manual_seed(11)
+    a, _, _, _ = _random_tile(MixPEConfig(bits=4, group=32, rows=cfg.rows * m_tiles,
+                                          cols=1, K=cfg.K), gen)
+    _, q, s2, z = _random_tile(MixPEConfig(bits=4, group=32, rows=1,
+                                           cols=cfg.cols * n_tiles, K=cfg.K), gen)
+    out = _run_system(cfg, m_tiles, n_tiles, a, q, s2, z, max_m=3, max_n=2)
+    full = mixpe_acc(a, q, s2, z, cfg)  # [M, N]
+    for tn in range(n_tiles):
+        for tm in range(m_tiles):
+            for r in range(cfg.rows):
+                word = out["words"][(tn * m_tiles + tm) * cfg.rows + r]
+                row = tm * cfg.rows + r
+                assert word == full[row, tn * cfg.cols:(tn + 1) * cfg.cols].tolist(), (tn, tm, r)
+    assert out["cycles"] == system_cycle_model(cfg, m_tiles, n_tiles)
+
+
+def test_system_drain_bound_tiles():
+    """rows + latency > K: the array stalls tiles' last beats, so the readers
+    must hold their words under back-pressure."""
+    cfg = MixPEConfig(bits=2, group=32, rows=40, cols=1, K=32)
+    gen = torch.Generator().manual_seed(5)
+    a, _, _, _ = _random_tile(MixPEConfig(bits=2, group=32, rows=cfg.rows * 2, cols=1, K=32),
+                              gen)
+    _, q, s2, z = _random_tile(MixPEConfig(bits=2, group=32, rows=1, cols=2, K=32), gen)
+    out = _run_system(cfg, 2, 2, a, q, s2, z, max_m=2, max_n=2)
+    full = mixpe_acc(a, q, s2, z, cfg)
+    for tn in range(2):
+        for tm in range(2):
+            for r in range(cfg.rows):
+                word = out["words"][(tn * 2 + tm) * cfg.rows + r]
+                assert word == full[tm * cfg.rows + r, tn:tn + 1].tolist()
+    assert out["cycles"] == system_cycle_model(cfg, 2, 2)
+
+
+def test_system_bad_arguments():
+    cfg = MixPEConfig(bits=4, group=32, rows=1, cols=1, K=32)
+    with pytest.raises(ValueError, match="max_m_tiles"):
+        MixPESystem(cfg, max_m_tiles=0, max_n_tiles=1)
+    with pytest.raises(TypeError, match="MixPEConfig"):
+        MixPE({"bits": 4})
+
+
+# --- Verilog generation and CLI ---
+def test_verilog_ports(tmp_path):
+    cfg = MixPEConfig(bits=4, group=32, rows=2, cols=3, K=64)
+    path = write_verilog(MixPE(cfg), design_name(cfg), tmp_path)
+    text = path.read_text()
+    assert f"module {cfg.name()}(" in text
+    for port in ("clk", "rst", "act__payload", "act__valid", "act__ready", "code__payload",
+                 "code__valid", "code__ready", "scale__payload", "scale__valid",
+                 "scale__ready", "result__payload", "result__valid", "result__ready"):
+        assert f" {port};" in text or f" {port}," in text, port
+    assert f"input [{cfg.act_word_bits - 1}:0] act__payload" in text
+    assert f"output [{cfg.result_word_bits - 1}:0] result__payload" in text
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_verilog_system_and_cell_ports():
+    cfg = MixPEConfig(bits=2, group=32, rows=1, cols=2, K=32)
+    text = verilog(MixPESystem(cfg, max_m_tiles=2, max_n_tiles=2), "sys")
+    for port in ("load_sel", "load_addr", "load_data", "load_en", "m_tiles", "n_tiles",
+                 "start", "done", "cycles", "res_addr", "res_data"):
+        assert port in text, port
+    text = verilog(MixPECell(cfg), "mixpe_cell")
+    assert "module mixpe_cell(" in text and "shift_in" in text
+    with pytest.raises(ValueError, match="identifier"):
+        verilog(MixPECell(cfg), "bad name")
+
+
+def test_default_designs_are_named_and_buildable():
+    designs = default_designs()
+    names = [n for n, _ in designs]
+    assert len(set(names)) == len(names)
+    assert any(n.endswith("_cell") for n in names)
+    assert any("_sys_" in n for n in names)
+    # building (not converting) every design is cheap and catches factory errors
+    for _, factory in designs:
+        factory()
+
+
+def _cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "hdl", *args], capture_output=True,
+                          text=True, cwd=cwd)
+
+
+def test_cli_writes_verilog(tmp_path):
+    r = _cli("mixpe", "--bits", "2", "--group", "32", "--rows", "1", "--cols", "2",
+             "--K", "64", "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "mixpe_w2_g32_r1_c2_k64.v").exists()
+    r = _cli("mixpe", "--bits", "2", "--group", "32", "--rows", "1", "--cols", "2",
+             "--K", "64", "--system", "--max-m-tiles", "2", "--max-n-tiles", "3",
+             "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "mixpe_w2_g32_r1_c2_k64_sys_m2_n3.v").exists()
+
+
+@pytest.mark.parametrize("args, words", [
+    (("mixpe", "--bits", "5"), "bits"),
+    (("mixpe", "--K", "100", "--group", "64"), "multiple of group"),
+    (("mixpe", "--system", "--max-m-tiles", "0"), "max-m-tiles"),
+    ((), "--all"),
+])
+def test_cli_config_errors(tmp_path, args, words):
+    r = _cli(*args, "--out", str(tmp_path))
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0], r.stderr
