@@ -1,0 +1,130 @@
+"""`python -m quantflow`: quantize weights into MixPE memory images.
+
+  python -m quantflow export (--weights W.pt|W.npy [--key NAME] | --random-weights N K)
+        [--acts X.pt|X.npy | --random-acts M] [--seed S] --bits 4 --group 64
+        --rows 4 --cols 8 [--pad] --out DIR
+  python -m quantflow verify DIR
+
+A user error prints one line `quantflow: error: ...` and exits with code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from golden.config import MixPEConfig
+
+from ._check import suggest_group
+from .errors import QuantflowError
+from .images import export_mixpe, load_mixpe, read_manifest
+from .pack import pad_to_multiple
+from .synthetic import random_activations, random_linear_weights
+
+
+def load_tensor(path: str, *, key: str | None = None, what: str = "weights") -> torch.Tensor:
+    """Load a 2-D float tensor from .npy, or from .pt holding a tensor or a state
+    dict (e.g. torch.nn.Linear.state_dict(), whose 'weight' is used)."""
+    p = Path(path)
+    if not p.is_file():
+        raise QuantflowError(f"{what} file {p} does not exist")
+    if p.suffix == ".npy":
+        try:
+            t = torch.from_numpy(np.load(p, allow_pickle=False))
+        except ValueError as e:
+            raise QuantflowError(f"{p} is not a plain .npy array ({e})") from None
+    elif p.suffix in (".pt", ".pth"):
+        try:
+            obj = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception as e:  # torch raises many types for foreign pickles
+            raise QuantflowError(f"cannot read {p} as tensors ({type(e).__name__}); save "
+                                 f"a tensor or a state_dict with torch.save") from None
+        if isinstance(obj, dict):
+            if key is None:
+                cands = [k for k, v in obj.items() if isinstance(v, torch.Tensor)
+                         and v.dim() == 2 and (k == "weight" or k.endswith(".weight"))]
+                if len(cands) != 1:
+                    raise QuantflowError(f"{p} holds {sorted(obj)}; name the 2-D weight "
+                                         f"tensor with --key")
+                key = cands[0]
+            if key not in obj:
+                raise QuantflowError(f"{p} has no key {key!r}; keys: {sorted(obj)}")
+            obj = obj[key]
+        if not isinstance(obj, torch.Tensor):
+            raise QuantflowError(f"{p} holds a {type(obj).__name__}, not a tensor or "
+                                 f"state dict")
+        t = obj
+    else:
+        raise QuantflowError(f"{p}: unsupported {what} file type {p.suffix!r}; use .pt or "
+                             f".npy")
+    return t
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="quantflow", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    ex = sub.add_parser("export", help="quantize weights (+ activations) into MixPE images")
+    w = ex.add_mutually_exclusive_group(required=True)
+    w.add_argument("--weights", help="weight tensor [N, K] (.pt tensor/state_dict or .npy)")
+    w.add_argument("--random-weights", nargs=2, type=int, metavar=("N", "K"),
+                   help="seeded synthetic weights with outlier channels")
+    ex.add_argument("--key", help="state_dict key of the weight (default: the one 'weight')")
+    x = ex.add_mutually_exclusive_group()
+    x.add_argument("--acts", help="activation tensor [M, K] (.pt or .npy)")
+    x.add_argument("--random-acts", type=int, metavar="M",
+                   help="M seeded synthetic activation rows (default: config.rows)")
+    ex.add_argument("--seed", type=int, default=0)
+    ex.add_argument("--bits", type=int, default=4)
+    ex.add_argument("--group", type=int, default=64)
+    ex.add_argument("--rows", type=int, default=1)
+    ex.add_argument("--cols", type=int, default=8)
+    ex.add_argument("--pad", action="store_true",
+                    help="zero-pad N to a multiple of cols and M to a multiple of rows")
+    ex.add_argument("--out", required=True, help="output image directory")
+    ve = sub.add_parser("verify", help="verify an image directory's checksums and words")
+    ve.add_argument("dir")
+    return ap
+
+
+def _export(args) -> str:
+    if args.weights:
+        W = load_tensor(args.weights, key=args.key, what="weights")
+    else:
+        N, K = args.random_weights
+        W = random_linear_weights(N, K, seed=args.seed)
+    if W.dim() != 2:
+        raise QuantflowError(f"weights must be 2-D [N, K], got shape {list(W.shape)}")
+    K = W.shape[1]
+    if args.group > 0 and K % args.group:
+        raise QuantflowError(f"K={K} is not a multiple of --group={args.group}; use a group "
+                             f"that divides K, e.g. --group {suggest_group(K, args.group)}")
+    config = MixPEConfig(bits=args.bits, group=args.group, rows=args.rows, cols=args.cols,
+                         K=K)
+    if args.acts:
+        X = load_tensor(args.acts, what="activations")
+    else:
+        X = random_activations(args.random_acts or config.rows, K, seed=args.seed + 1)
+    if args.pad:
+        W, X = pad_to_multiple(W, config.cols), pad_to_multiple(X, config.rows)
+    m = export_mixpe(args.out, config, W, X)
+    load_mixpe(args.out, config)  # read back: the files on disk are what we promise
+    d = m["dims"]
+    return f"wrote {args.out}: {m['config_name']}, M={d['M']} N={d['N']} K={d['K']}"
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.cmd == "export":
+            print(_export(args))
+        else:
+            man = read_manifest(args.dir)
+            load_mixpe(args.dir, MixPEConfig(**man["config"]))
+            print(f"{args.dir}: ok ({man['config_name']})")
+    except (QuantflowError, ValueError, OSError) as e:
+        print(f"quantflow: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    return 0
