@@ -1,0 +1,145 @@
+"""MixPE co-simulation flow: quantflow data -> Verilog -> Verilator -> records.
+
+Used by `python -m cosim sim`, `python -m cosim bench` and tests/test_cosim_mixpe.py.
+
+    data_dir = prepare_data(case)                 # build/sim/data/<case.name>/
+    res = run_stream(case)                        # MixPE, random idle/back-pressure
+    res = run_fast(case)                          # MixPESystem, await done only
+    rec = to_record(case, res)                    # a cosim.report record
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from golden.config import MixPEConfig
+
+from cosim import runner
+from cosim.plan import MixPECase
+from cosim.report import make_record
+
+__all__ = ["DATA_ROOT", "prepare_data", "stream_build", "system_build",
+           "run_stream", "run_fast", "to_record", "stream_job"]
+
+DATA_ROOT = runner.REPO_ROOT / "build" / "sim" / "data"
+STREAM_TB = "cosim.tb.mixpe_stream"
+SYSTEM_TB = "cosim.tb.mixpe_system"
+
+
+def prepare_data(case: MixPECase, *, root: Path | None = None) -> Path:
+    """Quantize the case's seeded random weights/activations with quantflow into
+    `root/<case.name>` (reused when an earlier export verifies)."""
+    from quantflow import (QuantflowError, export_mixpe, load_mixpe,
+                           random_activations, random_linear_weights)
+    outdir = Path(root or DATA_ROOT) / case.name
+    if (outdir / "manifest.json").is_file():
+        try:
+            load_mixpe(outdir, case.config)
+            return outdir
+        except QuantflowError:
+            pass  # stale or damaged: export again (export replaces it atomically)
+    cfg = case.config
+    W = random_linear_weights(case.N, cfg.K, seed=case.seed,
+                              outlier_channels=min(case.outlier_channels, case.N))
+    X = random_activations(case.M, cfg.K, seed=case.seed + 1_000_003,
+                           outlier_features=min(4, cfg.K))
+    outdir.parent.mkdir(parents=True, exist_ok=True)
+    export_mixpe(outdir, cfg, W, X)
+    return outdir
+
+
+def _verilog(kind: str, config: MixPEConfig, **kw) -> tuple[str, str]:
+    from hdl.generate import mixpe_factory, verilog
+    name, factory = mixpe_factory(config, kind=kind, **kw)
+    return name, verilog(factory(), name)
+
+
+def stream_build(config: MixPEConfig, *, sim: str | None = None,
+                 waves: bool | None = None) -> runner.Build:
+    name, text = _verilog("array", config)
+    return runner.build(text, name, sim=sim, waves=waves)
+
+
+def system_build(config: MixPEConfig, *, max_m_tiles: int, max_n_tiles: int,
+                 sim: str | None = None, waves: bool | None = None) -> runner.Build:
+    name, text = _verilog("system", config, max_m_tiles=max_m_tiles,
+                          max_n_tiles=max_n_tiles)
+    return runner.build(text, name, sim=sim, waves=waves)
+
+
+def stream_job(case: MixPECase, data_dir: Path, *, p_idle: float | None = None,
+               p_stall: float | None = None, seed: int | None = None,
+               corrupt_expected=()) -> dict:
+    return {
+        "config": case.config.as_dict(), "data_dir": str(data_dir),
+        "seed": case.seed if seed is None else seed,
+        "p_idle": case.p_idle if p_idle is None else p_idle,
+        "p_stall": case.p_stall if p_stall is None else p_stall,
+        "corrupt_expected": [list(c) for c in corrupt_expected],
+    }
+
+
+def run_stream(case: MixPECase, *, build: runner.Build | None = None,
+               p_idle: float | None = None, p_stall: float | None = None,
+               seed: int | None = None, corrupt_expected=(),
+               data_root: Path | None = None) -> dict:
+    """Stream testbench on `case`. Overrides replace the case's probabilities."""
+    data_dir = prepare_data(case, root=data_root)
+    b = build or stream_build(case.config)
+    job = stream_job(case, data_dir, p_idle=p_idle, p_stall=p_stall, seed=seed,
+                     corrupt_expected=corrupt_expected)
+    res = runner.run(b, test_module=STREAM_TB, job=job)
+    res["p_idle"], res["p_stall"] = job["p_idle"], job["p_stall"]
+    res["build_cached"] = b.cached
+    res["build_seconds"] = b.build_seconds
+    return res
+
+
+def run_fast(case: MixPECase, *, build: runner.Build | None = None, repeat: int = 1,
+             clock_impl: str = "gpi", data_root: Path | None = None) -> dict:
+    """MixPESystem fast path on `case` (memories sized to the case's tiles)."""
+    data_dir = prepare_data(case, root=data_root)
+    b = build or system_build(case.config, max_m_tiles=case.m_tiles,
+                              max_n_tiles=case.n_tiles)
+    job = {"config": case.config.as_dict(), "data_dir": str(data_dir),
+           "seed": case.seed, "repeat": repeat, "clock_impl": clock_impl}
+    res = runner.run(b, test_module=SYSTEM_TB, job=job)
+    res["build_cached"] = b.cached
+    res["build_seconds"] = b.build_seconds
+    return res
+
+
+def to_record(case: MixPECase, res: dict) -> dict:
+    """A cosim.report record of one run (stream or fast path)."""
+    from hdl.mixpe import cycle_model
+    cfg = case.config
+    path = res.get("test", "stream")
+    ideal = res.get("p_idle", 0.0) == 0.0 and res.get("p_stall", 0.0) == 0.0
+    model = cycle_model(cfg, case.tiles)
+    extra = {
+        "path": path, "seed": res.get("seed"), "simulator": res.get("sim"),
+        "workload": {"M": case.M, "N": case.N, "K": cfg.K, "tiles": case.tiles},
+        "model_cycles_ideal": model,
+        "errors": res.get("errors", []),
+    }
+    if path == "stream":
+        extra.update(p_idle=res.get("p_idle"), p_stall=res.get("p_stall"),
+                     stall_cycles=res.get("stall_cycles"),
+                     idle_cycles=res.get("idle_cycles"))
+        if ideal:
+            extra["expected_cycles"] = model
+    else:
+        extra.update(repeat=res.get("repeat"), load_seconds=res.get("load_seconds"))
+    if res.get("waves_file"):
+        extra["waves_file"] = res["waves_file"]
+    return make_record(
+        block="mixpe", test=f"{path} {case.workload}", config=cfg.as_dict(),
+        passed=bool(res.get("passed")), mismatches=int(res.get("mismatches", 0)),
+        vectors=int(res.get("vectors", 0)), cycles=int(res.get("cycles", 0)),
+        macs=int(res.get("macs", case.macs)), peak_macs_per_cycle=cfg.peak_macs_per_cycle,
+        sim_seconds=float(res.get("sim_seconds", 0.0)),
+        sim_cycles=int(res.get("sim_cycles", res.get("cycles", 0))), **extra)
+
+
+def replace_case(case: MixPECase, **changes) -> MixPECase:
+    return dataclasses.replace(case, **changes)

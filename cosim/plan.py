@@ -1,0 +1,103 @@
+"""The default co-simulation plan of `make sim` (`python -m cosim sim`).
+
+A case is one MixPE configuration plus a workload: M = m_tiles * rows activation
+rows, N = n_tiles * cols output channels, K = config.K, quantized by quantflow
+from seeded random weights (with a few outlier channels) and activations.
+Every case compares >= MIN_MACS multiply-accumulates bit for bit; the stream
+testbench drives it with random idle cycles and back-pressure, the fast path
+(MixPESystem, memories + sequencer) where `fast` is set.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from golden.config import MixPEConfig
+
+__all__ = ["MIN_MACS", "MixPECase", "default_plan", "tiles_for"]
+
+#: Compared MACs per configuration in `make sim` (the brief's floor).
+MIN_MACS = 100_000
+
+
+@dataclass(frozen=True, kw_only=True)
+class MixPECase:
+    config: MixPEConfig
+    m_tiles: int
+    n_tiles: int
+    seed: int = 1
+    #: probability that a source holds `valid` low in a cycle (each stream on its own)
+    p_idle: float = 0.2
+    #: probability that the result sink holds `ready` low in a cycle
+    p_stall: float = 0.3
+    #: weight channels made outliers (x ~8) so that quantization sees real spread
+    outlier_channels: int = 2
+    #: also run the MixPESystem fast path on this case
+    fast: bool = False
+
+    def __post_init__(self):
+        if not isinstance(self.config, MixPEConfig):
+            raise ValueError(f"config must be a MixPEConfig, got {type(self.config).__name__}")
+        for n in ("m_tiles", "n_tiles"):
+            v = getattr(self, n)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{n} must be an int >= 1, got {v!r}")
+        for n in ("p_idle", "p_stall"):
+            v = getattr(self, n)
+            if not 0.0 <= v < 1.0:
+                raise ValueError(f"{n} must be a probability in [0, 1), got {v!r}")
+
+    @property
+    def M(self) -> int:
+        return self.m_tiles * self.config.rows
+
+    @property
+    def N(self) -> int:
+        return self.n_tiles * self.config.cols
+
+    @property
+    def tiles(self) -> int:
+        return self.m_tiles * self.n_tiles
+
+    @property
+    def macs(self) -> int:
+        return self.M * self.N * self.config.K
+
+    @property
+    def workload(self) -> str:
+        return f"M{self.M}_N{self.N}_s{self.seed}"
+
+    @property
+    def name(self) -> str:
+        """Directory name of the case's quantflow data (build/sim/data/<name>)."""
+        return f"{self.config.name()}_{self.workload}"
+
+
+def tiles_for(config: MixPEConfig, min_macs: int = MIN_MACS) -> tuple[int, int]:
+    """(m_tiles, n_tiles) giving >= min_macs compared MACs, spread over both
+    dimensions for a GEMM array so that several activation tiles meet each weight tile."""
+    per_tile = config.rows * config.cols * config.K
+    tiles = -(-min_macs // per_tile)
+    if config.rows == 1:
+        return 1, tiles
+    m = max(1, min(4, round(tiles ** 0.5)))
+    return m, -(-tiles // m)
+
+
+def _case(seed: int, fast: bool = False, **cfg) -> MixPECase:
+    config = MixPEConfig(**cfg)
+    m, n = tiles_for(config)
+    return MixPECase(config=config, m_tiles=m, n_tiles=n, seed=seed, fast=fast)
+
+
+def default_plan() -> list[MixPECase]:
+    """Bits 2/3/4/8; groups 32/64/128; array shapes 1x8, 1x16, 2x4, 4x8;
+    GEMV (rows = 1) and GEMM (rows > 1); each >= MIN_MACS compared MACs."""
+    return [
+        _case(11, bits=4, group=64, rows=1, cols=8, K=1024, fast=True),    # GEMV, W4 g64
+        _case(12, bits=4, group=128, rows=4, cols=8, K=1024, fast=True),   # GEMM, W4 g128
+        _case(13, bits=2, group=128, rows=4, cols=8, K=512),               # GEMM, W2
+        _case(14, bits=8, group=32, rows=1, cols=16, K=256),               # GEMV, W8 g32
+        _case(15, bits=3, group=64, rows=2, cols=4, K=384),                # GEMM, W3
+        _case(16, bits=8, group=64, rows=2, cols=8, K=512, fast=True),     # GEMM, W8
+        _case(17, bits=2, group=32, rows=1, cols=8, K=768),                # GEMV, W2 g32
+    ]

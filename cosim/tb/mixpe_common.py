@@ -1,0 +1,94 @@
+"""What both MixPE testbenches share: reading a case's quantflow images, the
+golden expectation, and the result record (cosim.report fields)."""
+from __future__ import annotations
+
+import os
+import random
+import time
+from dataclasses import dataclass
+
+from golden.config import MixPEConfig
+
+
+@dataclass(frozen=True, kw_only=True)
+class MixPECaseData:
+    config: MixPEConfig
+    M: int
+    N: int
+    act_words: list[int]
+    code_words: list[int]
+    scale_words: list[int]
+    expected_words: list[int]   # result words in emission order (golden.mixpe)
+
+    @property
+    def m_tiles(self) -> int:
+        return self.M // self.config.rows
+
+    @property
+    def n_tiles(self) -> int:
+        return self.N // self.config.cols
+
+    @property
+    def macs(self) -> int:
+        return self.M * self.N * self.config.K
+
+
+def load_case(job: dict) -> MixPECaseData:
+    """Read the images quantflow emitted into job["data_dir"] (checksums are
+    verified by load_mixpe) and compute the expected result words with
+    golden.mixpe.mixpe_acc from the *decoded* a, q, s2, z."""
+    from golden.mixpe import mixpe_acc
+    from quantflow import load_mixpe
+    from quantflow.pack import pack_result_words
+
+    config = MixPEConfig(**job["config"])
+    images = load_mixpe(job["data_dir"], config)
+    acc = mixpe_acc(images.a, images.q, images.s2, images.z, config)
+    expected = pack_result_words(acc, config)
+    for word_idx, xor_mask in job.get("corrupt_expected", []):
+        # Deliberate error injection: proves the scoreboard can fail.
+        expected[word_idx] ^= int(xor_mask)
+    return MixPECaseData(
+        config=config, M=images.M, N=images.N, act_words=list(images.act_words),
+        code_words=list(images.code_words), scale_words=list(images.scale_words),
+        expected_words=expected)
+
+
+def describe_mismatch(data: MixPECaseData):
+    """Closure naming (tile, m, n, got, expected) of a mismatching result word."""
+    from quantflow.pack import unpack_words
+    from golden.config import ACC_BITS
+
+    cfg = data.config
+
+    def describe(i: int, got: int, exp: int) -> str:
+        tile, m = divmod(i, cfg.rows)
+        tn, tm = divmod(tile, data.m_tiles)
+        g = unpack_words([got], ACC_BITS, cfg.cols, signed=True)[0]
+        e = unpack_words([exp], ACC_BITS, cfg.cols, signed=True)[0]
+        bad = [(tn * cfg.cols + c, int(g[c]), int(e[c])) for c in range(cfg.cols)
+               if g[c] != e[c]]
+        return (f"result word {i} (tile n{tn} m{tm}, row {tm * cfg.rows + m}): "
+                + ", ".join(f"acc[{tm * cfg.rows + m},{n}] got {gv} expected {ev}"
+                            for n, gv, ev in bad[:4]))
+    return describe
+
+
+def job_seed(job: dict) -> int:
+    seed = job.get("seed")
+    if seed is None:
+        seed = random.SystemRandom().randrange(1 << 31)
+    return int(seed)
+
+
+class Stopwatch:
+    def __init__(self):
+        self.t0 = time.perf_counter()
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.t0
+
+
+def timeout_s() -> float | None:
+    v = os.environ.get("QUATTRO_COSIM_TIMEOUT_S")
+    return float(v) if v else None

@@ -1,0 +1,129 @@
+"""Cycle-stepped stream drivers, monitor and scoreboard (cocotbext-axi style).
+
+Every driver/monitor is an object with two hooks that one clock loop calls each
+cycle: `drive()` right after the rising edge (writes this cycle's valid /
+payload / ready) and `sample(cycle)` in the ReadOnly phase (sees settled
+values; valid & ready there means the beat transfers at the *next* edge).
+One coroutine stepping all of them costs two scheduler wake-ups per cycle
+instead of two per stream, which is what makes Python-driven streams usable.
+
+Stream rules followed (amaranth.lib.stream, AXI-Stream alike): a source keeps
+`valid` high and the payload stable until the beat is taken; idle cycles are
+only inserted between beats. The sink may drop `ready` in any cycle.
+"""
+from __future__ import annotations
+
+import random
+
+
+def _handle(dut, name: str):
+    try:
+        return getattr(dut, name)
+    except AttributeError:
+        raise AttributeError(
+            f"the toplevel has no port {name!r}; the generated Verilog must flatten "
+            f"stream ports as <name>__payload/__valid/__ready") from None
+
+
+class StreamSource:
+    """Drives one stream with a list of words (ints, element 0 in the LSBs)."""
+
+    def __init__(self, dut, name: str, words: list[int], *, p_idle: float = 0.0,
+                 rng: random.Random | None = None):
+        self.name = name
+        self.valid = _handle(dut, f"{name}__valid")
+        self.ready = _handle(dut, f"{name}__ready")
+        self.payload = _handle(dut, f"{name}__payload")
+        self.words = words
+        self.p_idle = p_idle
+        self.rng = rng or random.Random(0)
+        self.idx = 0              # next word to offer
+        self.offering = False     # valid driven high this cycle
+        self.first_cycle = None   # cycle whose ReadOnly saw the first transfer
+        self.last_cycle = None
+        self.idle_cycles = 0
+        self.valid.value = 0
+
+    @property
+    def done(self) -> bool:
+        return self.idx >= len(self.words)
+
+    def drive(self) -> None:
+        if self.offering:          # beat not yet taken: hold it
+            return
+        if self.idx < len(self.words) and not (self.p_idle and self.rng.random() < self.p_idle):
+            self.payload.value = self.words[self.idx]
+            self.valid.value = 1
+            self.offering = True
+        else:
+            if self.idx < len(self.words):
+                self.idle_cycles += 1
+            self.valid.value = 0
+
+    def sample(self, cycle: int) -> None:
+        if self.offering and self.ready.value:
+            if self.first_cycle is None:
+                self.first_cycle = cycle
+            self.last_cycle = cycle
+            self.idx += 1
+            self.offering = False
+
+
+class StreamSink:
+    """Takes words from one stream with random back-pressure."""
+
+    def __init__(self, dut, name: str, *, p_stall: float = 0.0,
+                 rng: random.Random | None = None):
+        self.name = name
+        self.valid = _handle(dut, f"{name}__valid")
+        self.ready = _handle(dut, f"{name}__ready")
+        self.payload = _handle(dut, f"{name}__payload")
+        self.p_stall = p_stall
+        self.rng = rng or random.Random(0)
+        self.words: list[int] = []
+        self.cycles: list[int] = []
+        self.ready_now = False
+        self.stall_cycles = 0
+        self.ready.value = 0
+
+    def drive(self) -> None:
+        r = not (self.p_stall and self.rng.random() < self.p_stall)
+        if r != self.ready_now:
+            self.ready.value = int(r)
+            self.ready_now = r
+
+    def sample(self, cycle: int) -> None:
+        if self.valid.value:
+            if self.ready_now:
+                self.words.append(self.payload.value.to_unsigned())
+                self.cycles.append(cycle)
+            else:
+                self.stall_cycles += 1
+
+
+class Scoreboard:
+    """Compares received words with expected ones bit for bit."""
+
+    def __init__(self, expected: list[int], *, describe=None, max_report: int = 8):
+        self.expected = expected
+        self.describe = describe or (lambda i, got, exp: f"word {i}: got {got:#x}, "
+                                                         f"expected {exp:#x}")
+        self.max_report = max_report
+        self.mismatches = 0
+        self.compared = 0
+        self.report: list[str] = []
+
+    def check(self, got: list[int]) -> None:
+        for i, (g, e) in enumerate(zip(got, self.expected)):
+            self.compared += 1
+            if g != e:
+                self.mismatches += 1
+                if len(self.report) < self.max_report:
+                    self.report.append(self.describe(i, g, e))
+        if len(got) != len(self.expected):
+            self.report.append(f"received {len(got)} words, expected {len(self.expected)}")
+
+    @property
+    def passed(self) -> bool:
+        return (self.mismatches == 0 and self.compared == len(self.expected)
+                and self.compared > 0)
