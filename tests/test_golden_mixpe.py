@@ -152,3 +152,14 @@ def test_mixpe_acc_rejects_non_config():
         mixpe_acc(torch.zeros(1, 32, dtype=torch.long), torch.zeros(1, 32, dtype=torch.long),
                   torch.ones(1, 1, dtype=torch.long), torch.zeros(1, 1, dtype=torch.long),
                   {"bits": 4})
+
+
+def test_dependency_direction():
+    """golden imports no amaranth; quantflow imports neither hdl nor cosim (DESIGN §2)."""
+    import subprocess
+    import sys
+    code = ("import sys, golden.mixpe; assert 'amaranth' not in sys.modules; "
+            "import quantflow; bad = [m for m in sys.modules if m.split('.')[0] in "
+            "('amaranth', 'hdl', 'cosim', 'fpga_boards')]; assert not bad, bad")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
