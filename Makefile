@@ -20,7 +20,7 @@ $(STAMP): requirements.lock pyproject.toml
 ##      write build/sim/report.json; also runs the tests marked slow.
 sim: $(STAMP)
 	$(VPY) -m cosim sim
-	$(VPY) -m pytest -n $(JOBS) -m slow
+	$(VPY) -m pytest -n $(JOBS) -m slow || test $$? -eq 5  # 5: no slow tests collected
 
 ## test: the test suite (fast tier; < 15 min on 2 cores)
 test: $(STAMP)

@@ -27,6 +27,16 @@ MIXPE_GROUP_RANGE = (32, 256)
 MIXPE_MAX_K = (2**31 - 1) // (128 * 255)
 
 
+def suggest_group(K: int, group: int) -> int:
+    """A divisor of K to propose when `group` does not divide K: the divisor
+    nearest to `group` among MixPE's supported group sizes, else any divisor."""
+    lo, hi = MIXPE_GROUP_RANGE
+    divs = [d for d in range(1, K + 1) if K % d == 0]
+    pool = [d for d in divs if lo <= d <= hi] or divs
+    # prefer powers of two (hardware-friendly), then closeness to the request
+    return min(pool, key=lambda d: (d & (d - 1) != 0, abs(d - group)))
+
+
 def _check_int(name: str, value, lo: int | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{name} must be an int, got {value!r}")
@@ -78,7 +88,7 @@ class MixPEConfig:
         if self.K % self.group:
             raise ValueError(
                 f"K={self.K} is not a multiple of group={self.group}; choose a group "
-                f"that divides K (e.g. 64 for K=576)")
+                f"that divides K, e.g. group={suggest_group(self.K, self.group)}")
         if self.K > MIXPE_MAX_K:
             raise ValueError(f"K={self.K} exceeds {MIXPE_MAX_K}: the int32 accumulator "
                              f"could overflow; split the reduction")

@@ -39,15 +39,3 @@ def check_int(name: str, value, lo: int | None = None) -> int:
     if lo is not None and value < lo:
         raise QuantflowError(f"{name} must be >= {lo}, got {value}")
     return value
-
-
-def suggest_group(K: int, group: int) -> int:
-    """A divisor of K to propose when `group` does not divide K: the divisor
-    nearest to `group` among MixPE's supported group sizes, else any divisor."""
-    from golden.config import MIXPE_GROUP_RANGE
-
-    lo, hi = MIXPE_GROUP_RANGE
-    divs = [d for d in range(1, K + 1) if K % d == 0]
-    pool = [d for d in divs if lo <= d <= hi] or divs
-    # prefer powers of two (hardware-friendly), then closeness to the request
-    return min(pool, key=lambda d: (d & (d - 1) != 0, abs(d - group)))

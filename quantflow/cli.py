@@ -18,7 +18,7 @@ import torch
 
 from golden.config import MixPEConfig
 
-from ._check import suggest_group
+from golden.config import suggest_group
 from .errors import QuantflowError
 from .images import export_mixpe, load_mixpe, read_manifest
 from .pack import pad_to_multiple

@@ -30,10 +30,10 @@ from dataclasses import dataclass
 
 import torch
 
-from golden.config import ACT_QMAX, MIXPE_WEIGHT_BITS, QOQ_W8_QMAX, SCALE_BITS
+from golden.config import ACT_QMAX, MIXPE_WEIGHT_BITS, QOQ_W8_QMAX, SCALE_BITS, suggest_group
 from golden.mixpe import dequant_w8
 
-from ._check import as_float_tensor, check_int, suggest_group
+from ._check import as_float_tensor, check_int
 from .errors import QuantflowError
 
 __all__ = ["QoQWeights", "quantize_qoq", "quantize_groups", "quantize_act"]
