@@ -1,3 +1,4 @@
+# amaranth: UnusedElaboratable=no
 """hdl.mixpe: the MixPE array under random stream stalls, bit-exact against
 golden.mixpe; cycle model against the simulated count; MixPESystem end to end;
 Verilog generation and the CLI."""
@@ -7,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from amaranth.hdl import Fragment
 from amaranth.sim import Simulator
 
 from golden.config import MixPEConfig
@@ -84,14 +86,20 @@ def _run_array(cfg, tiles, *, p_idle, p_stall, seed):
             ctx.set(stream.valid, 0)
         return source
 
+    # generous bound so that a deadlock fails instead of hanging
+    deadline = 4 * (sum(len(w) for _, w, _ in streams.values()) + n_results) + 100
+
     async def sink(ctx):
-        while len(got) < n_results:
+        for _ in range(int(deadline / max(1e-3, (1 - p_stall) * (1 - p_idle)))):
+            if len(got) == n_results:
+                return
             ready = rng.random() >= p_stall
             ctx.set(dut.result.ready, ready)
             _, _, valid, payload = await ctx.tick().sample(dut.result.valid,
                                                            dut.result.payload.as_value())
             if ready and valid:
                 got.append(_unpack_signed(payload, 32, cfg.cols))
+        raise AssertionError(f"timed out with {len(got)} of {n_results} results")
 
     async def monitor(ctx):
         fire = dut.act.valid & dut.act.ready
@@ -193,7 +201,13 @@ def _run_system(cfg, m_tiles, n_tiles, a, q, s2, z, *, max_m, max_n):
         ctx.set(dut.start, 1)
         await ctx.tick()
         ctx.set(dut.start, 0)
-        await ctx.tick().until(dut.done)
+        limit = 4 * system_cycle_model(cfg, m_tiles, n_tiles) + 100
+        for _ in range(limit):  # bounded: a deadlock fails instead of hanging
+            if ctx.get(dut.done):
+                break
+            await ctx.tick()
+        else:
+            raise AssertionError("MixPESystem never raised done")
         out["cycles"] = ctx.get(dut.cycles)
         words = []
         for r in range(m_tiles * n_tiles * cfg.rows):
@@ -287,9 +301,9 @@ def test_default_designs_are_named_and_buildable():
     assert len(set(names)) == len(names)
     assert any(n.endswith("_cell") for n in names)
     assert any("_sys_" in n for n in names)
-    # building (not converting) every design is cheap and catches factory errors
+    # elaborating (not converting) every design is cheap and catches factory errors
     for _, factory in designs:
-        factory()
+        Fragment.get(factory(), None)
 
 
 def _cli(*args, cwd=None):
