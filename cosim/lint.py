@@ -127,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--design", action="append", default=[],
                     help="lint only this design name (repeatable)")
     ap.add_argument("-j", "--jobs", type=int, default=None)
+    if argv is None:
+        argv = sys.argv[1:]
+        if argv[:1] == ["lint"]:  # called as `python -m cosim lint` via main() without argv
+            argv = argv[1:]
     args = ap.parse_args(argv)
 
     designs = designs_to_lint()
