@@ -24,7 +24,8 @@ from amaranth.utils import ceil_log2
 
 from golden.config import ACC_BITS, ACT_BITS, SCALE_BITS, MixPEConfig
 
-from .stream_utils import MemoryStreamReader, NestedAddressGenerator, count_width, tree_sum
+from .stream_utils import (MemoryStreamReader, NestedAddressGenerator, count_width, is_const,
+                           tree_sum)
 
 __all__ = [
     "PIPELINE_LATENCY", "SYSTEM_OVERHEAD", "system_cycle_model", "MixPECell", "MixPE", "MixPESystem", "cycle_model",
@@ -249,10 +250,14 @@ class MixPE(wiring.Component):
         # ---- input side: position counters and the fire condition ----
         k_in_group = Signal(count_width(cfg.group - 1))
         group_idx = Signal(count_width(cfg.groups - 1))
-        first_k = k_in_group == 0
-        last_k = k_in_group == cfg.group - 1
-        first_group = group_idx == 0
-        last_group = group_idx == cfg.groups - 1
+        first_k, last_k, first_group, last_group = (Signal(name=n) for n in
+                                                    ("first_k", "last_k", "first_group", "last_group"))
+        m.d.comb += [
+            first_k.eq(is_const(k_in_group, 0)),
+            last_k.eq(is_const(k_in_group, cfg.group - 1)),
+            first_group.eq(is_const(group_idx, 0)),
+            last_group.eq(is_const(group_idx, cfg.groups - 1)),
+        ]
 
         claimed = Signal()   # output bank reserved by a tile whose last beat is in
         fire = Signal()
@@ -307,7 +312,7 @@ class MixPE(wiring.Component):
         out_row = Signal(count_width(cfg.rows - 1))
         load = acc4 & lg4
         xfer = self.result.valid & self.result.ready
-        last_row = out_row == cfg.rows - 1
+        last_row = is_const(out_row, cfg.rows - 1)
         m.d.comb += self.result.valid.eq(out_valid)
         with m.If(load):
             m.d.sync += [out_valid.eq(1), out_row.eq(0)]
@@ -431,7 +436,7 @@ class MixPESystem(wiring.Component):
             m.d.comb += [
                 wp.addr.eq(self.load_addr[:aw]),
                 wp.data.eq(self.load_data[:Shape.cast(layout).width]),
-                wp.en.eq(self.load_en & (self.load_sel == sel) & ~running),
+                wp.en.eq(self.load_en & is_const(self.load_sel, sel) & ~running),
             ]
             gen = NestedAddressGenerator(addr_width=aw, inner_len=inner_len,
                                          inner_stride=istride, outer_stride=ostride,
