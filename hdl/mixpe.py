@@ -9,9 +9,8 @@ Pipeline (cycle c = the cycle an input beat is accepted):
   c+2  S2  pp[m][n] = sum_i q_i ? (a << i) : 0           (registered)
   c+3  S3  P[m][n] += pp, A[m] += a                     (group partial sums)
   c+4  D1  mP = s2 * P, mA = zs2 * A        (after a group's last k only)
-  c+5  D2  acc += mP - mA; after the tile's last group the sum goes to the
-           output register instead -> result stream valid from c+5+... see
-           PIPELINE_LATENCY.
+  c+5  D2  acc += mP - mA; after a tile's last group the sum goes to the
+           output bank, so result.valid rises at c + PIPELINE_LATENCY.
 Stage registers always advance (no internal stall); back-pressure only stops
 inputs from being accepted. See docs/mixpe.md.
 """
@@ -109,9 +108,8 @@ def cycle_model(config: MixPEConfig, tiles: int) -> int:
     return config.K + (tiles - 1) * period + PIPELINE_LATENCY + config.rows - 1
 
 
-#: MixPESystem cycles beyond `cycle_model`: one cycle for the address generators
-#: to start, one for the first synchronous memory read; the last result write is
-#: the last counted cycle... plus the cycle that raises `done` (see docs/mixpe.md).
+#: MixPESystem `cycles` beyond `cycle_model`: one cycle for the address
+#: generators to start and one for the first synchronous memory read.
 SYSTEM_OVERHEAD = 2
 
 
