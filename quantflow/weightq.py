@@ -1,0 +1,515 @@
+"""Output-aware weight quantization of one linear layer (issue 3): RTN baselines,
+QoQ progressive group W4 (DESIGN §3.2) with an activation-aware clipping search,
+AWQ-style input-channel scaling and GPTQ-style error compensation.
+
+Entry point (stable; the model-level flow calls it once per linear layer)::
+
+    res = quantize_weight(W, scheme=scheme, calib=Calibration.from_activations(X))
+    res.w_fake       # float32 [N, K]: the weights the layer holds after quantization
+    res.qoq          # QoQWeights (integer q, s2, z; fp16 s1) when scheme.method == "qoq"
+    res.input_scale  # float32 [K] or None (only when scheme.awq)
+    res.stats        # dict of plain numbers (errors, chosen alpha, clip ratios, seconds)
+
+`W` is the nn.Linear weight [N = out_features, K = in_features]; `X` [T, K] are real
+inputs of that layer (T tokens), so the layer computes y = X @ W.T.
+
+**input_scale (AWQ) — which side.**  When `input_scale` (s, shape [K]) is returned,
+`w_fake` quantizes W * s (column k multiplied by s[k]) and the layer must compute
+
+    y = (x / s) @ w_fake.T              (≈ x @ W.T)
+
+i.e. the op that *produces* x must be divided by s along its output features before
+the layer: an RMSNorm/LayerNorm weight (and bias) ``norm.weight /= s``, or the rows of
+the previous linear ``prev.weight /= s[:, None]`` (v_proj for o_proj, up_proj for
+down_proj). With float activations the same layer is ``x @ res.effective_weight().T``
+(no folding needed); with quantized activations the folding matters because x / s
+is what gets quantized. Layers that share an input (q/k/v after one norm; gate/up)
+must share one s: use `quantize_shared`, which searches one s for all of them.
+
+`scheme` is any object with attributes ``method`` ("rtn-sym", "rtn-asym", "qoq"),
+``bits``, ``group`` (int dividing K, or None for per-channel), ``clip_search``,
+``awq``, ``gptq`` (bools) — quantflow.schemes.WeightScheme. Search grids, damping and
+GPTQ options are in `WeightQuantOptions` (defaults are the tuned values).
+
+Objective of every search: the layer-output error on calibration data,
+||X W^T - X Wq^T||_F^2 = sum_n (W - Wq)[n] H (W - Wq)[n]^T with H = X^T X, computed
+from the Hessian so all calibration tokens count and X is never kept.
+
+Deterministic: no randomness is used anywhere (ties resolve to the first grid point,
+which is always "no clipping" / "no scaling").
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+from golden.config import MIXPE_WEIGHT_BITS, QOQ_W8_QMAX, suggest_group
+
+from ._check import as_float_tensor, check_int
+from .errors import QuantflowError
+from .qoq import QoQWeights, quantize_groups, quantize_qoq
+
+__all__ = [
+    "METHODS", "MIN_CALIB_TOKENS", "Calibration", "WeightQuantOptions",
+    "WeightQuantResult", "quantize_weight", "quantize_shared", "output_error",
+]
+
+METHODS = ("rtn-sym", "rtn-asym", "qoq")
+#: Fewer calibration tokens than this give a Hessian too poor to search on.
+MIN_CALIB_TOKENS = 64
+
+
+# ------------------------------------------------------------------ calibration
+@dataclass(frozen=True, kw_only=True)
+class Calibration:
+    """What the algorithms need about one layer's inputs X [T, K]:
+    xtx = X^T X (float64 [K, K]), abs_sum = sum_t |X[t]| (float64 [K]), tokens = T.
+    Build with `from_activations` (one or more batches: `merge`)."""
+
+    xtx: torch.Tensor
+    abs_sum: torch.Tensor
+    tokens: int
+
+    @classmethod
+    def from_activations(cls, X, *, name: str = "X") -> "Calibration":
+        """X: float [..., K] real inputs of the layer (leading dims are tokens)."""
+        if isinstance(X, torch.Tensor) and X.dim() > 2:
+            X = X.reshape(-1, X.shape[-1])
+        X = as_float_tensor(name, X, 2, "[T, K] layer inputs (tokens x in_features)")
+        if X.shape[1] == 0:
+            raise QuantflowError(f"{name} has K=0 features; pass the layer's inputs")
+        Xd = X.to(torch.float64)
+        return cls(xtx=Xd.T @ Xd, abs_sum=Xd.abs().sum(0), tokens=int(X.shape[0]))
+
+    def merge(self, other: "Calibration") -> "Calibration":
+        if other.K != self.K:
+            raise QuantflowError(f"cannot merge calibrations with K={self.K} and "
+                                 f"K={other.K}; they belong to different layers")
+        return Calibration(xtx=self.xtx + other.xtx, abs_sum=self.abs_sum + other.abs_sum,
+                           tokens=self.tokens + other.tokens)
+
+    @property
+    def K(self) -> int:
+        return int(self.abs_sum.shape[0])
+
+    @property
+    def hessian(self) -> torch.Tensor:
+        """X^T X / T, float64 [K, K]."""
+        return self.xtx / max(self.tokens, 1)
+
+    @property
+    def mean_abs(self) -> torch.Tensor:
+        """mean_t |X[t, k]|, float64 [K]."""
+        return self.abs_sum / max(self.tokens, 1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class WeightQuantOptions:
+    """Search grids and algorithm knobs (defaults are the tuned values)."""
+
+    clip_grid: tuple[float, ...] = tuple(round(1.0 - 0.05 * i, 2) for i in range(11))
+    alpha_grid: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(21))
+    gptq_damp: float = 0.01          # fraction of mean(diag H) added to the diagonal
+    gptq_block: int = 128            # lazy-update block (rounded to a group multiple)
+    act_order: bool = False          # GPTQ column order by diag(H) (static groups)
+    min_tokens: int = MIN_CALIB_TOKENS
+
+
+@dataclass(frozen=True, kw_only=True)
+class WeightQuantResult:
+    """See the module docstring. stats holds plain floats/ints/strings only."""
+
+    w_fake: torch.Tensor
+    qoq: QoQWeights | None
+    input_scale: torch.Tensor | None
+    stats: dict = field(default_factory=dict)
+
+    def effective_weight(self) -> torch.Tensor:
+        """The float weight W' with x @ W'.T == (x / input_scale) @ w_fake.T (float
+        activations, nothing folded)."""
+        if self.input_scale is None:
+            return self.w_fake
+        return self.w_fake / self.input_scale.unsqueeze(0)
+
+
+# ------------------------------------------------------------------ validation
+@dataclass(frozen=True)
+class _Scheme:
+    method: str
+    bits: int
+    group: int | None
+    clip_search: bool
+    awq: bool
+    gptq: bool
+
+
+def _read_scheme(scheme) -> _Scheme:
+    try:
+        s = _Scheme(scheme.method, scheme.bits, scheme.group, bool(scheme.clip_search),
+                    bool(scheme.awq), bool(scheme.gptq))
+    except AttributeError as e:
+        raise QuantflowError(f"scheme must have method, bits, group, clip_search, awq and "
+                             f"gptq (quantflow.schemes.WeightScheme); {e}") from None
+    if s.method not in METHODS:
+        raise QuantflowError(f"scheme.method={s.method!r} is not supported; use one of "
+                             f"{METHODS}")
+    bits = check_int("scheme.bits", s.bits, 1)
+    if s.method == "qoq" and bits not in MIXPE_WEIGHT_BITS:
+        raise QuantflowError(f"qoq bits={bits} is not supported; use one of "
+                             f"{MIXPE_WEIGHT_BITS}")
+    if s.method != "qoq" and not 2 <= bits <= 8:
+        raise QuantflowError(f"{s.method} bits={bits} is not supported; use 2..8")
+    group = None if s.group is None else check_int("scheme.group", s.group, 1)
+    return _Scheme(s.method, bits, group, s.clip_search, s.awq, s.gptq)
+
+
+def _group_for(sch: _Scheme, K: int, name: str) -> int:
+    if sch.group is None:
+        return K
+    if K % sch.group:
+        raise QuantflowError(f"{name}: K={K} is not a multiple of group={sch.group}; use a "
+                             f"group that divides K, e.g. group={suggest_group(K, sch.group)}")
+    return sch.group
+
+
+def _check_calib(calib, K: int, sch: _Scheme, opts: WeightQuantOptions, name: str):
+    needs = sch.clip_search or sch.awq or sch.gptq
+    if calib is None:
+        if needs:
+            raise QuantflowError(f"{name}: scheme uses clip_search/awq/gptq, which need "
+                                 f"calibration data; pass calib=Calibration."
+                                 f"from_activations(X) with the layer's real inputs")
+        return None
+    if not isinstance(calib, Calibration):
+        raise QuantflowError(f"{name}: calib must be a quantflow.weightq.Calibration, got "
+                             f"{type(calib).__name__}; build it with "
+                             f"Calibration.from_activations(X)")
+    if calib.K != K:
+        raise QuantflowError(f"{name}: calibration has K={calib.K} features but W has "
+                             f"K={K} in_features; calibrate with this layer's inputs")
+    if calib.tokens < opts.min_tokens:
+        raise QuantflowError(f"{name}: calibration has {calib.tokens} tokens, fewer than "
+                             f"{opts.min_tokens}; use more calibration text")
+    for what, t in (("X^T X", calib.xtx), ("sum|X|", calib.abs_sum)):
+        if not bool(torch.isfinite(t).all()):
+            raise QuantflowError(f"{name}: calibration {what} is not finite; the layer "
+                                 f"inputs contain NaN/Inf or overflow")
+    return calib
+
+
+# ------------------------------------------------------------------ number formats
+def output_error(D: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
+    """Per-row output error sum_t (X D^T)[t, n]^2 / T = (D H D^T)[n, n] for D [N, K]."""
+    D = D.to(H.dtype)
+    return ((D @ H) * D).sum(1)
+
+
+class _Format:
+    """A weight format, vectorized over groups: params(Wg [N, G, g], clip [N]) -> P
+    (tensors [N, G]); fake(w [N, G, c], P) -> (float fake [N, G, c], codes)."""
+
+    levels: int
+
+
+class _RTN(_Format):
+    def __init__(self, bits: int, sym: bool):
+        self.sym = sym
+        self.levels = (1 << bits) - 1
+        self.qmax = (1 << (bits - 1)) - 1
+
+    def params(self, Wg, clip):
+        r = clip.view(-1, 1)
+        if self.sym:
+            scale = Wg.abs().amax(2) * r / self.qmax
+            return (torch.where(scale > 0, scale, torch.ones_like(scale)),)
+        # range includes 0 so the zero point is a valid code
+        lo = Wg.amin(2).clamp(max=0) * r
+        hi = Wg.amax(2).clamp(min=0) * r
+        scale = (hi - lo) / self.levels
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        z = torch.clamp(torch.round(-lo / scale), 0, self.levels)
+        return scale, z
+
+    def fake(self, w, P):
+        if self.sym:
+            (scale,) = P
+            q = torch.clamp(torch.round(w / scale.unsqueeze(2)), -self.qmax, self.qmax)
+            return q * scale.unsqueeze(2), q
+        scale, z = P
+        q = torch.clamp(torch.round(w / scale.unsqueeze(2)) + z.unsqueeze(2), 0, self.levels)
+        return (q - z.unsqueeze(2)) * scale.unsqueeze(2), q
+
+
+class _QoQ(_Format):
+    """QoQ with s1 fixed per channel from the matrix it is built on (step 1 of
+    quantflow.qoq); params fix (s2, z) of a group with quantflow.qoq.quantize_groups
+    on the (optionally clipped) integer codes."""
+
+    def __init__(self, W: torch.Tensor, bits: int):
+        self.bits = bits
+        self.levels = (1 << bits) - 1
+        N, K = W.shape
+        # Step 1 exactly as quantize_qoq does it: at 8 bits in one group of K, step 2
+        # has s2 == 1 (range <= 238 < 255), so its w8 are step 1's codes W8.
+        base = quantize_qoq(W, bits=8, group=K)
+        assert bool((base.s2 == 1).all())
+        self.s1 = base.s1
+        self.s1f = base.s1.to(torch.float32)
+        self.zero = self.s1f == 0
+        self.w8 = base.w8()                               # int64 [N, K]
+        self._div = torch.where(self.zero, 1.0, self.s1f).view(-1, 1, 1)
+
+    def codes8(self, Wg):
+        """Step 1 codes of (possibly GPTQ-updated) float weights Wg [N, G, g]."""
+        w8 = torch.clamp(torch.round(Wg / self._div), -QOQ_W8_QMAX, QOQ_W8_QMAX)
+        return torch.where(self.zero.view(-1, 1, 1), 0.0, w8).to(torch.int64)
+
+    def groups_of(self, w8g, clip):
+        """quantize_groups on codes w8g [N, G, g] clipped to clip*[min, max] per group."""
+        N, G, g = w8g.shape
+        if clip is not None:
+            r = clip.view(-1, 1, 1).to(torch.float64)
+            lo = torch.round(w8g.amin(2, keepdim=True) * r).to(torch.int64)
+            hi = torch.round(w8g.amax(2, keepdim=True) * r).to(torch.int64)
+            w8g = torch.minimum(torch.maximum(w8g, lo), hi)
+        q, s2, z = quantize_groups(w8g.reshape(N, G * g).to(torch.int32), bits=self.bits,
+                                   group=g)
+        return q.view(N, G, g), s2, z
+
+    def params(self, Wg, clip):
+        _, s2, z = self.groups_of(self.codes8(Wg), clip)
+        return s2, z
+
+    def fake(self, w, P):
+        """Nearest code of float w [N, G, c] on the group's grid (single rounding)."""
+        s2, z = P
+        step = (self.s1f.view(-1, 1, 1) * s2.unsqueeze(2).to(torch.float32))
+        step = torch.where(step > 0, step, torch.ones_like(step))
+        q = torch.clamp(torch.round(w / step) + z.unsqueeze(2), 0, self.levels)
+        q = torch.where(self.zero.view(-1, 1, 1), 0.0, q)
+        w8 = (q - z.unsqueeze(2)) * s2.unsqueeze(2)
+        return self.s1f.view(-1, 1, 1) * w8.to(torch.float32), q
+
+    def qoq_weights(self, q, s2, z, group) -> QoQWeights:
+        z = torch.where(self.zero.view(-1, 1), 0, z)
+        s2 = torch.where(self.zero.view(-1, 1), 1, s2)
+        return QoQWeights(q=q.to(torch.int32), s1=self.s1, s2=s2.to(torch.int32),
+                          z=z.to(torch.int32), bits=self.bits, group=group)
+
+
+def _make_format(sch: _Scheme, W: torch.Tensor) -> _Format:
+    if sch.method == "qoq":
+        return _QoQ(W, sch.bits)
+    return _RTN(sch.bits, sym=sch.method == "rtn-sym")
+
+
+def _rtn_quant(fmt: _Format, W, group: int, clip):
+    """Round-to-nearest of W [N, K] with per-channel clip ratios -> (fake, qoq|None)."""
+    N, K = W.shape
+    G = K // group
+    Wg = W.view(N, G, group)
+    if isinstance(fmt, _QoQ):
+        q, s2, z = fmt.groups_of(fmt.w8.view(N, G, group), clip)
+        qw = fmt.qoq_weights(q.reshape(N, K), s2, z, group)
+        return qw.dequantize(), qw
+    if clip is None:
+        clip = torch.ones(N)
+    P = fmt.params(Wg, clip)
+    fake, _ = fmt.fake(Wg, P)
+    return fake.reshape(N, K), None
+
+
+# ------------------------------------------------------------------ searches
+def _clip_search(fmt, W, group, H, grid):
+    """Per output channel clip ratio minimising the output error of RTN; grid[0]
+    should be 1.0 so the result is never worse than no clipping (per channel)."""
+    N = W.shape[0]
+    errs = []
+    for r in grid:
+        fake, _ = _rtn_quant(fmt, W, group, torch.full((N,), float(r)))
+        errs.append(output_error(W - fake, H))
+    errs = torch.stack(errs)                       # [R, N]
+    best = errs.argmin(0)                          # first minimum on ties
+    clip = torch.tensor(grid, dtype=torch.float32)[best]
+    return clip, errs[best, torch.arange(N)].sum()
+
+
+def _awq_scale(sch, Ws, group, calib, opts, grid):
+    """One input scale s = mean|x|^alpha (normalised) for all layers in Ws, alpha
+    chosen on `grid` by the summed output error of plain RTN/QoQ of W * s."""
+    H = calib.hessian.to(torch.float32)
+    xmean = calib.mean_abs.to(torch.float32).clamp(min=1e-5)
+    best = None
+    for alpha in grid:
+        s = xmean.pow(float(alpha))
+        s = s / (s.max() * s.min()).sqrt()
+        Hs = H / (s.view(-1, 1) * s.view(1, -1))
+        err = 0.0
+        for W in Ws:
+            Wsc = W * s
+            fake, _ = _rtn_quant(_make_format(sch, Wsc), Wsc, group, None)
+            err += float(output_error(Wsc - fake, Hs).sum())
+        if best is None or err < best[0]:
+            best = (err, float(alpha), s)
+    return best[2], best[1]
+
+
+# ------------------------------------------------------------------ GPTQ
+def _gptq(fmt: _Format, W, group, H, clip, opts: WeightQuantOptions):
+    """GPTQ (Frantar et al.) column by column with lazy block updates. Group
+    parameters are fixed when the first column of a group is reached, from the
+    error-updated weights of that group (with the channel's clip ratio); with
+    act_order they are fixed up front from W (static groups) and columns go in order
+    of decreasing diag(H). Returns (fake [N, K], codes [N, K], P list per group)."""
+    N, K = W.shape
+    G = K // group
+    W = W.clone().to(torch.float32)
+    H = H.clone().to(torch.float64)
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    H += opts.gptq_damp * torch.diag(H).mean() * torch.eye(K, dtype=H.dtype)
+    if clip is None:
+        clip = torch.ones(N)
+    perm = None
+    params: list = [None] * G
+    if opts.act_order:
+        for j, P in enumerate(_split_params(fmt.params(W.view(N, G, group), clip))):
+            params[j] = P
+        perm = torch.argsort(torch.diag(H), descending=True, stable=True)
+        W = W[:, perm]
+        H = H[perm][:, perm]
+    try:
+        L = torch.linalg.cholesky(H)
+        Hinv = torch.cholesky_inverse(L)
+        U = torch.linalg.cholesky(Hinv, upper=True).to(torch.float32)
+    except RuntimeError as e:  # pragma: no cover - damping makes H positive definite
+        raise QuantflowError(f"GPTQ: the calibration Hessian is not positive definite "
+                             f"even after damping ({e}); raise gptq_damp") from None
+    Q = torch.zeros_like(W)
+    codes = torch.zeros_like(W)
+    B = group * max(1, opts.gptq_block // group) if perm is None else opts.gptq_block
+    for i1 in range(0, K, B):
+        i2 = min(i1 + B, K)
+        W1 = W[:, i1:i2].clone()
+        E1 = torch.zeros_like(W1)
+        U1 = U[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            col = i1 + i
+            if perm is None:
+                j = col // group
+                if col % group == 0:  # blocks are group-aligned: W1 holds the group
+                    params[j] = _split_params(
+                        fmt.params(W1[:, i:i + group].reshape(N, 1, group), clip))[0]
+            else:
+                j = int(perm[col]) // group
+            w = W1[:, i]
+            f, c = fmt.fake(w.view(N, 1, 1), tuple(p.view(N, 1) for p in params[j]))
+            f = f.view(N)
+            Q[:, col] = f
+            codes[:, col] = c.view(N)
+            err = (w - f) / U1[i, i]
+            W1[:, i:] -= err.unsqueeze(1) * U1[i, i:].unsqueeze(0)
+            E1[:, i] = err
+        W[:, i2:] -= E1 @ U[i1:i2, i2:]
+    if perm is not None:
+        inv = torch.argsort(perm)
+        Q, codes = Q[:, inv], codes[:, inv]
+    return Q, codes, params
+
+
+def _split_params(P):
+    """Params with G groups ([N, G] each) -> list of per-group tuples of [N]."""
+    G = P[0].shape[1]
+    return [tuple(p[:, j] for p in P) for j in range(G)]
+
+
+# ------------------------------------------------------------------ entry points
+def quantize_weight(W, *, scheme, calib: Calibration | None = None,
+                    options: WeightQuantOptions | None = None,
+                    name: str = "W") -> WeightQuantResult:
+    """Quantize one linear weight W [N, K] (out x in) with `scheme` (module docstring).
+    `calib` (the layer's inputs) is required when scheme uses clip_search, awq or
+    gptq; `name` names the tensor in error messages."""
+    return quantize_shared([W], scheme=scheme, calib=calib, options=options,
+                           names=[name])[0]
+
+
+def quantize_shared(weights: Sequence, *, scheme, calib: Calibration | None = None,
+                    options: WeightQuantOptions | None = None,
+                    names: Sequence[str] | None = None) -> list[WeightQuantResult]:
+    """Quantize layers that read the same input x (q/k/v; gate/up) with one shared
+    input_scale (AWQ), each otherwise as quantize_weight. Returns one result each."""
+    t0 = time.perf_counter()
+    opts = options or WeightQuantOptions()
+    sch = _read_scheme(scheme)
+    weights = list(weights)
+    if not weights:
+        raise QuantflowError("quantize_shared needs at least one weight")
+    names = list(names) if names is not None else [f"W[{i}]" for i in range(len(weights))]
+    if len(names) != len(weights):
+        raise QuantflowError(f"{len(names)} names for {len(weights)} weights")
+    Ws = []
+    for W, nm in zip(weights, names):
+        W = as_float_tensor(nm, W, 2, "[N, K] weights (out_features x in_features)")
+        if W.shape[0] == 0 or W.shape[1] == 0:
+            raise QuantflowError(f"{nm} must be non-empty, got shape {list(W.shape)}")
+        Ws.append(W)
+    K = Ws[0].shape[1]
+    for W, nm in zip(Ws, names):
+        if W.shape[1] != K:
+            raise QuantflowError(f"{nm} has K={W.shape[1]} in_features but {names[0]} has "
+                                 f"K={K}; only layers reading the same input share a scale")
+    group = _group_for(sch, K, names[0])
+    calib = _check_calib(calib, K, sch, opts, names[0])
+    if sch.clip_search and (not opts.clip_grid or opts.clip_grid[0] != 1.0):
+        raise QuantflowError("options.clip_grid must start at 1.0 (no clipping)")
+    H = calib.hessian.to(torch.float32) if calib is not None else None
+
+    s, alpha = None, None
+    if sch.awq:
+        s, alpha = _awq_scale(sch, Ws, group, calib, opts, opts.alpha_grid)
+    results = []
+    for W, nm in zip(Ws, names):
+        t1 = time.perf_counter()
+        Wsc = W * s if s is not None else W
+        Hs = H / (s.view(-1, 1) * s.view(1, -1)) if s is not None else H
+        fmt = _make_format(sch, Wsc)
+        clip = None
+        if sch.clip_search:
+            clip, _ = _clip_search(fmt, Wsc, group, Hs, opts.clip_grid)
+        if sch.gptq:
+            fake, codes, params = _gptq(fmt, Wsc, group, Hs, clip, opts)
+            qw = None
+            if isinstance(fmt, _QoQ):
+                s2 = torch.stack([p[0] for p in params], 1)
+                z = torch.stack([p[1] for p in params], 1)
+                qw = fmt.qoq_weights(codes, s2, z, group)
+                fake_int = qw.dequantize()
+                assert torch.equal(fake_int, fake), "GPTQ fake differs from integer form"
+                fake = fake_int
+        else:
+            fake, qw = _rtn_quant(fmt, Wsc, group, clip)
+        stats = {"name": nm, "method": sch.method, "bits": sch.bits, "group": group,
+                 "clip_search": sch.clip_search, "awq": sch.awq, "gptq": sch.gptq,
+                 "weight_err": float(((Wsc - fake).norm() / Wsc.norm().clamp(min=1e-30)))}
+        if H is not None:
+            ref = float(output_error(W, H).sum())
+            err = float(output_error(Wsc - fake, Hs).sum())
+            stats["out_err"] = err / ref if ref > 0 else 0.0
+            stats["sqnr_db"] = (10 * math.log10(ref / err)) if err > 0 and ref > 0 \
+                else float("inf")
+        if alpha is not None:
+            stats["awq_alpha"] = alpha
+        if clip is not None:
+            stats["clip_mean"] = float(clip.mean())
+            stats["clip_min"] = float(clip.min())
+        stats["seconds"] = time.perf_counter() - t1 + (
+            (t1 - t0) / len(Ws) if sch.awq else 0.0)
+        results.append(WeightQuantResult(w_fake=fake.contiguous(), qoq=qw,
+                                         input_scale=s, stats=stats))
+    return results
