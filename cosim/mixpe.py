@@ -61,9 +61,19 @@ def stream_build(config: MixPEConfig, *, sim: str | None = None,
 
 
 def system_build(config: MixPEConfig, *, max_m_tiles: int, max_n_tiles: int,
-                 sim: str | None = None, waves: bool | None = None) -> runner.Build:
+                 sim: str | None = None, waves: bool | None = None,
+                 clock: str = "gpi") -> runner.Build:
+    """clock="gpi": cocotb drives clk (run_fast(clock_impl="gpi")); "hdl": the
+    model is wrapped in a self-clocking module (cosim.wrap; clock_impl="hdl")."""
     name, text = _verilog("system", config, max_m_tiles=max_m_tiles,
                           max_n_tiles=max_n_tiles)
+    if clock == "hdl":
+        from cosim.wrap import TIMING_ARGS, clocked_wrapper
+        wname, wtext = clocked_wrapper(text, name)
+        return runner.build(text + "\n" + wtext, wname, sim=sim, waves=waves,
+                            extra_args=TIMING_ARGS)
+    if clock != "gpi":
+        raise ValueError(f"clock must be 'gpi' or 'hdl', got {clock!r}")
     return runner.build(text, name, sim=sim, waves=waves)
 
 
