@@ -1,0 +1,233 @@
+"""quantflow.weightq: RTN / QoQ / clip search / AWQ / GPTQ invariants and bad inputs."""
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+import quantflow as qf
+from golden.config import SCALE_BITS
+from golden.mixpe import dequant_w8
+from quantflow.weightq import (Calibration, WeightQuantOptions, output_error,
+                               quantize_shared, quantize_weight)
+
+
+@dataclass(frozen=True)
+class Scheme:  # the attributes quantize_weight reads (quantflow.schemes.WeightScheme)
+    method: str = "qoq"
+    bits: int = 4
+    group: int | None = 64
+    clip_search: bool = False
+    awq: bool = False
+    gptq: bool = False
+
+
+def _layer(N=48, K=128, T=512, seed=0, outliers=True):
+    """Synthetic layer with correlated inputs (a random mixing matrix) and a few
+    large-magnitude input channels, like real LLM activations."""
+    g = torch.Generator().manual_seed(seed)
+    mix = torch.randn(K, K, generator=g) / K ** 0.5
+    X = torch.randn(T, K, generator=g) @ mix + 0.05 * torch.randn(T, K, generator=g)
+    if outliers:
+        X[:, :3] *= 15.0
+    W = qf.random_linear_weights(N, K, seed=seed, outlier_channels=1)
+    return W, X
+
+
+def _out_err(W, fake, X, s=None):
+    Xs = X if s is None else X / s
+    return float(((X @ W.T - Xs @ fake.T) ** 2).sum())
+
+
+ALL = [(m, c, a, g) for m in ("rtn-sym", "rtn-asym", "qoq")
+       for (c, a, g) in ((0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 1))]
+
+
+# ------------------------------------------------------------------ format invariants
+@pytest.mark.parametrize("method,clip,awq,gptq", ALL)
+def test_invariants_every_combination(method, clip, awq, gptq):
+    W, X = _layer()
+    sch = Scheme(method=method, clip_search=bool(clip), awq=bool(awq), gptq=bool(gptq))
+    r = quantize_weight(W, scheme=sch, calib=Calibration.from_activations(X))
+    assert r.w_fake.shape == W.shape and r.w_fake.dtype == torch.float32
+    assert (r.input_scale is not None) == bool(awq)
+    Wt = W * r.input_scale if awq else W
+    G = W.shape[1] // 64
+    if method == "qoq":
+        qw = r.qoq
+        L = (1 << 4) - 1
+        assert qw.q.min() >= 0 and qw.q.max() <= L
+        assert qw.z.min() >= 0 and qw.z.max() <= L
+        assert qw.s2.min() >= 1 and qw.s2.max() < (1 << SCALE_BITS)
+        assert (qw.z * qw.s2).max() < (1 << SCALE_BITS)
+        assert qw.s1.dtype == torch.float16 and qw.s2.shape == (W.shape[0], G)
+        w8 = dequant_w8(qw.q, qw.s2, qw.z, 64)       # golden reconstruction
+        assert w8.abs().max() <= 127
+        assert torch.equal(r.w_fake, w8.to(torch.float32) * qw.s1.float().unsqueeze(1))
+    else:
+        assert r.qoq is None
+        # each group holds at most 2**bits distinct values (2**bits - 1 symmetric)
+        cap = 15 if method == "rtn-sym" else 16
+        vals = r.w_fake.view(W.shape[0], G, 64)
+        for n in range(0, W.shape[0], 7):
+            for j in range(G):
+                assert vals[n, j].unique().numel() <= cap
+    # close to the (scaled) weights; GPTQ trades weight error for output error
+    assert float((r.w_fake - Wt).norm() / Wt.norm()) < (0.5 if gptq else 0.2)
+    assert 0 < r.stats["out_err"] < 0.05
+
+
+def test_qoq_plain_equals_quantize_qoq():
+    W, _ = _layer(outliers=False)
+    W[3] = 0.0
+    r = quantize_weight(W, scheme=Scheme(group=32))
+    ref = qf.quantize_qoq(W, bits=4, group=32)
+    for a in ("q", "s1", "s2", "z"):
+        assert torch.equal(getattr(r.qoq, a), getattr(ref, a)), a
+    assert torch.equal(r.w_fake, ref.dequantize())
+
+
+@pytest.mark.parametrize("gptq", [False, True])
+def test_qoq_zero_channel_stays_zero(gptq):
+    W, X = _layer()
+    W[5] = 0.0
+    r = quantize_weight(W, scheme=Scheme(clip_search=True, gptq=gptq),
+                        calib=Calibration.from_activations(X))
+    assert r.qoq.s1[5] == 0 and (r.qoq.q[5] == 0).all() and (r.qoq.z[5] == 0).all()
+    assert (r.qoq.s2[5] == 1).all() and (r.w_fake[5] == 0).all()
+
+
+@pytest.mark.parametrize("method", ["rtn-sym", "rtn-asym", "qoq"])
+def test_per_channel_group_none(method):
+    W, X = _layer()
+    r = quantize_weight(W, scheme=Scheme(method=method, group=None, clip_search=True),
+                        calib=Calibration.from_activations(X))
+    if method == "qoq":
+        assert r.qoq.group == W.shape[1] and r.qoq.s2.shape == (W.shape[0], 1)
+    else:
+        assert r.w_fake[0].unique().numel() <= 16
+
+
+def test_rtn_asym_plain_matches_definition():
+    W, _ = _layer(N=4, K=64)
+    r = quantize_weight(W, scheme=Scheme(method="rtn-asym", bits=3, group=32))
+    for n in range(4):
+        for j in range(2):
+            w = W[n, 32 * j:32 * j + 32]
+            lo, hi = min(float(w.min()), 0.0), max(float(w.max()), 0.0)
+            scale = (hi - lo) / 7
+            z = min(max(round(-lo / scale), 0), 7)
+            want = [(min(max(round(float(v) / scale) + z, 0), 7) - z) * scale for v in w]
+            torch.testing.assert_close(r.w_fake[n, 32 * j:32 * j + 32],
+                                       torch.tensor(want), rtol=1e-5, atol=1e-7)
+
+
+# ------------------------------------------------------------------ searches
+@pytest.mark.parametrize("method", ["rtn-sym", "rtn-asym", "qoq"])
+def test_clip_search_never_worse_per_channel(method):
+    W, X = _layer(seed=3)
+    cal = Calibration.from_activations(X)
+    plain = quantize_weight(W, scheme=Scheme(method=method))
+    clip = quantize_weight(W, scheme=Scheme(method=method, clip_search=True), calib=cal)
+    H = X.T.double() @ X.double()
+    e_plain = output_error(W - plain.w_fake, H)
+    e_clip = output_error(W - clip.w_fake, H)
+    assert (e_clip <= e_plain * (1 + 1e-9) + 1e-12).all()
+    assert e_clip.sum() < e_plain.sum()        # on outlier-heavy data it does help
+    assert clip.stats["clip_min"] < 1.0
+
+
+@pytest.mark.parametrize("method", ["rtn-sym", "rtn-asym", "qoq"])
+def test_gptq_beats_rtn_on_correlated_inputs(method):
+    W, X = _layer(seed=4)
+    cal = Calibration.from_activations(X)
+    rtn = quantize_weight(W, scheme=Scheme(method=method))
+    gq = quantize_weight(W, scheme=Scheme(method=method, gptq=True), calib=cal)
+    assert _out_err(W, gq.w_fake, X) < 0.8 * _out_err(W, rtn.w_fake, X)
+
+
+def test_gptq_act_order_valid_and_better_than_rtn():
+    W, X = _layer(seed=5)
+    cal = Calibration.from_activations(X)
+    opts = WeightQuantOptions(act_order=True)
+    gq = quantize_weight(W, scheme=Scheme(gptq=True, clip_search=True), calib=cal,
+                         options=opts)
+    rtn = quantize_weight(W, scheme=Scheme(clip_search=True), calib=cal)
+    w8 = dequant_w8(gq.qoq.q, gq.qoq.s2, gq.qoq.z, 64)
+    assert torch.equal(gq.w_fake, w8.float() * gq.qoq.s1.float().unsqueeze(1))
+    assert _out_err(W, gq.w_fake, X) < _out_err(W, rtn.w_fake, X)
+
+
+def test_awq_scale_folding_and_not_worse():
+    W, X = _layer(seed=6)
+    cal = Calibration.from_activations(X)
+    plain = quantize_weight(W, scheme=Scheme(method="rtn-asym"))
+    r = quantize_weight(W, scheme=Scheme(method="rtn-asym", awq=True), calib=cal)
+    s = r.input_scale
+    assert s.shape == (W.shape[1],) and (s > 0).all()
+    # the documented side: (x / s) @ w_fake.T == x @ effective_weight().T
+    torch.testing.assert_close((X / s) @ r.w_fake.T, X @ r.effective_weight().T,
+                               rtol=1e-4, atol=1e-4)
+    assert _out_err(W, r.w_fake, X, s) <= _out_err(W, plain.w_fake, X) * (1 + 1e-6)
+    assert 0.0 <= r.stats["awq_alpha"] <= 1.0
+
+
+def test_shared_scale_for_layers_reading_one_input():
+    W, X = _layer(seed=7)
+    W2 = qf.random_linear_weights(16, W.shape[1], seed=9)
+    rs = quantize_shared([W, W2], scheme=Scheme(awq=True, clip_search=True),
+                         calib=Calibration.from_activations(X), names=["q", "k"])
+    assert len(rs) == 2 and torch.equal(rs[0].input_scale, rs[1].input_scale)
+    assert rs[1].w_fake.shape == W2.shape and rs[1].stats["name"] == "k"
+
+
+def test_deterministic():
+    W, X = _layer(seed=8)
+    sch = Scheme(clip_search=True, awq=True, gptq=True)
+    a = quantize_weight(W, scheme=sch, calib=Calibration.from_activations(X))
+    b = quantize_weight(W, scheme=sch, calib=Calibration.from_activations(X))
+    assert torch.equal(a.w_fake, b.w_fake) and torch.equal(a.qoq.q, b.qoq.q)
+
+
+def test_calibration_merge_equals_whole():
+    _, X = _layer()
+    a = Calibration.from_activations(X[:200]).merge(Calibration.from_activations(X[200:]))
+    b = Calibration.from_activations(X.view(2, 256, -1))     # leading dims flatten
+    assert a.tokens == b.tokens == X.shape[0]
+    torch.testing.assert_close(a.xtx, b.xtx)
+    torch.testing.assert_close(a.mean_abs, X.double().abs().mean(0))
+
+
+# ------------------------------------------------------------------ bad inputs
+def test_bad_inputs():
+    W, X = _layer()
+    cal = Calibration.from_activations(X)
+    Wn = W.clone()
+    Wn[2, 7] = float("nan")
+    with pytest.raises(qf.QuantflowError, match=r"layers\.0\.q_proj.*non-finite.*\[2, 7\]"):
+        quantize_weight(Wn, scheme=Scheme(), name="layers.0.q_proj")
+    Xn = X.clone()
+    Xn[1, 1] = float("inf")
+    with pytest.raises(qf.QuantflowError, match="calib_x.*non-finite"):
+        Calibration.from_activations(Xn, name="calib_x")
+    with pytest.raises(qf.QuantflowError, match="fewer than"):
+        quantize_weight(W, scheme=Scheme(gptq=True),
+                        calib=Calibration.from_activations(X[:10]))
+    with pytest.raises(qf.QuantflowError, match="K=64 features but W has K=128"):
+        quantize_weight(W, scheme=Scheme(clip_search=True),
+                        calib=Calibration.from_activations(X[:, :64]))
+    with pytest.raises(qf.QuantflowError, match="need calibration"):
+        quantize_weight(W, scheme=Scheme(awq=True))
+    with pytest.raises(qf.QuantflowError, match="not a multiple of group=48"):
+        quantize_weight(W, scheme=Scheme(group=48))
+    with pytest.raises(qf.QuantflowError, match="method='gptq' is not supported"):
+        quantize_weight(W, scheme=Scheme(method="gptq"))
+    with pytest.raises(qf.QuantflowError, match="bits=5"):
+        quantize_weight(W, scheme=Scheme(bits=5))
+    with pytest.raises(qf.QuantflowError, match="must have method"):
+        quantize_weight(W, scheme=object())
+    with pytest.raises(qf.QuantflowError, match="floating-point"):
+        quantize_weight(W.to(torch.int32), scheme=Scheme())
+    with pytest.raises(qf.QuantflowError, match="in_features but q has"):
+        quantize_shared([W, W[:, :64]], scheme=Scheme(), names=["q", "k"])
+    with pytest.raises(qf.QuantflowError, match="Calibration"):
+        quantize_weight(W, scheme=Scheme(gptq=True), calib=X)
