@@ -40,7 +40,8 @@ def _sim(args) -> int:
 
     # A work item = one (case, path). Data and builds are prepared inside the
     # items; the runner's locks make concurrent preparation of one build safe.
-    items = [(c, "stream") for c in cases] + [(c, "fast") for c in cases if c.fast]
+    items = ([(c, "stream") for c in cases] + [(c, "stream-ideal") for c in cases]
+             + [(c, "fast") for c in cases if c.fast])
 
     def work(item):
         case, path = item
@@ -48,6 +49,9 @@ def _sim(args) -> int:
             if path == "stream":
                 b = mixpe.stream_build(case.config, sim=sim)
                 res = mixpe.run_stream(case, build=b)
+            elif path == "stream-ideal":  # holds the cycle model to the RTL
+                b = mixpe.stream_build(case.config, sim=sim)
+                res = mixpe.run_stream(case, build=b, p_idle=0.0, p_stall=0.0)
             else:
                 b = mixpe.system_build(case.config, max_m_tiles=case.m_tiles,
                                        max_n_tiles=case.n_tiles, sim=sim)
@@ -63,7 +67,13 @@ def _sim(args) -> int:
                 peak_macs_per_cycle=case.config.peak_macs_per_cycle, sim_seconds=0.0,
                 path=path, errors=[f"{type(e).__name__}: {e}"[:4000], tb[-2000:]])
         status = "PASS" if rec["passed"] else "FAIL"
-        print(f"  [{status}] {path:6s} {case.name}: {rec['vectors']} words, "
+        if rec.get("expected_cycles") is not None and rec["cycles"] != rec["expected_cycles"]:
+            rec["passed"] = False
+            rec.setdefault("errors", []).append(
+                f"cycle model: RTL took {rec['cycles']} cycles, hdl.mixpe.cycle_model "
+                f"says {rec['expected_cycles']}")
+            status = "FAIL"
+        print(f"  [{status}] {path:12s} {case.name}: {rec['vectors']} words, "
               f"{rec['cycles']} cycles, {rec['macs_per_cycle']:.2f} MAC/cycle"
               + (f" (build {rec.get('build_seconds')} s)" if rec.get("build_seconds") else ""),
               flush=True)

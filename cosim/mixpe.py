@@ -125,9 +125,10 @@ def to_record(case: MixPECase, res: dict) -> dict:
     cfg = case.config
     path = res.get("test", "stream")
     ideal = res.get("p_idle", 0.0) == 0.0 and res.get("p_stall", 0.0) == 0.0
+    label = "stream-ideal" if (path == "stream" and ideal) else path
     model = cycle_model(cfg, case.tiles)
     extra = {
-        "path": path, "seed": res.get("seed"), "simulator": res.get("sim"),
+        "path": path, "case": case.name, "seed": res.get("seed"), "simulator": res.get("sim"),
         "workload": {"M": case.M, "N": case.N, "K": cfg.K, "tiles": case.tiles},
         "model_cycles_ideal": model,
         "errors": res.get("errors", []),
@@ -143,7 +144,7 @@ def to_record(case: MixPECase, res: dict) -> dict:
     if res.get("waves_file"):
         extra["waves_file"] = res["waves_file"]
     return make_record(
-        block="mixpe", test=f"{path} {case.workload}", config=cfg.as_dict(),
+        block="mixpe", test=f"{label} {case.workload}", config=cfg.as_dict(),
         passed=bool(res.get("passed")), mismatches=int(res.get("mismatches", 0)),
         vectors=int(res.get("vectors", 0)), cycles=int(res.get("cycles", 0)),
         macs=int(res.get("macs", case.macs)), peak_macs_per_cycle=cfg.peak_macs_per_cycle,

@@ -118,13 +118,13 @@ def _cfg_str(cfg: dict) -> str:
 
 
 def format_table(records: list[dict]) -> str:
-    cols = [("block", 6), ("test", 34), ("ok", 4), ("mism", 5), ("vectors", 8),
+    cols = [("block", 6), ("case", 42), ("test", 24), ("ok", 4), ("mism", 5), ("vectors", 8),
             ("MACs", 9), ("cycles", 8), ("exp.cyc", 8), ("MAC/cyc", 8), ("util", 6),
             ("sim cyc/s", 10)]
     lines = [" ".join(f"{h:>{w}}" if i > 1 else f"{h:<{w}}"
                       for i, (h, w) in enumerate(cols))]
     for r in records:
-        vals = [r["block"], r["test"][:34], "PASS" if r["passed"] else "FAIL",
+        vals = [r["block"], str(r.get("case", ""))[:42], r["test"][:24], "PASS" if r["passed"] else "FAIL",
                 r["mismatches"], r["vectors"], r["macs"], r["cycles"],
                 r.get("expected_cycles", "-"), f"{r['macs_per_cycle']:.2f}",
                 f"{r['utilisation']:.1%}", f"{r['sim_cycles_per_second']:.0f}"]
