@@ -110,7 +110,7 @@ def _lint(args) -> int:
     if main is None:
         print("cosim.lint has no main()", file=sys.stderr)
         return 2
-    return main(args.rest) if args.rest else main()
+    return main(list(args.rest))
 
 
 def main(argv=None) -> int:
