@@ -10,8 +10,9 @@ These are Yosys estimates, not Vivado numbers: Yosys leaves some DSP48E2
 pipeline registers in fabric and its LUT mapping (ABC) differs from Vivado's.
 
 CLI: `python -m fpga_boards.resources [--write-docs] [--jobs N]` synthesizes the
-comparison table (MixPE cell vs BaselinePE, with and without DSP inference, and
-MixPE arrays) and prints it; `--write-docs` rewrites the table section of
+comparison table (MixPE cell vs BaselinePE, a MixPE DQ lane, the a*q product
+alone, and MixPE arrays vs BaselineArrays of the same shape, each with and
+without DSP inference, plus the arrays amortised per PE) and prints it; `--write-docs` rewrites the table section of
 docs/results.md between its marker comments.
 """
 from __future__ import annotations
@@ -33,7 +34,8 @@ from typing import Callable, Iterable, Mapping
 
 __all__ = [
     "Resources", "ResourceEstimateError", "SynthOptions", "estimate", "estimate_verilog",
-    "parse_stat", "yosys_version", "comparison_designs", "render_table", "write_docs",
+    "parse_stat", "yosys_version", "comparison_designs", "render_table", "render_amortised_table",
+    "write_docs",
     "main",
 ]
 
@@ -307,21 +309,26 @@ class DesignRow:
     factory: Callable    # () -> Amaranth component
     macs_per_cycle: int
     options: SynthOptions = SynthOptions()
+    pes: int = 0         # > 0: an array of this many PEs, also shown amortised per PE
 
 
 def comparison_designs(*, bits: Iterable[int] = (2, 4, 8),
-                       array_shapes: Iterable[tuple[int, int]] = ((1, 8), (4, 4)),
+                       array_shapes: Iterable[tuple[int, int]] = ((1, 8), (4, 4), (8, 8)),
                        array_bits: int = 4, group: int = 64, K: int = 1024
                        ) -> list[DesignRow]:
-    """The rows of docs/results.md: per bit-width one MixPE cell and one BaselinePE
-    (DSP inference on and off), then the MixPE array for `array_shapes` (rows, cols)."""
+    """The rows of docs/results.md, each with DSP inference on and off:
+    per bit-width one MixPE cell (the multiplier-free per-PE part) and one
+    BaselinePE; one MixPE DQ lane serving `group` PEs; the product a*q alone;
+    then, per (rows, cols) of `array_shapes`, the whole MixPE array and a
+    BaselineArray of the same shape (equal throughput, rows*cols MACs/cycle)."""
     from golden.config import MixPEConfig
-    from hdl.baseline_pe import BaselinePE
+    from hdl.baseline_pe import BaselineArray, BaselinePE
     from hdl import mixpe
 
     cell_cls = _mixpe_cell_class(mixpe)
+    options = (SynthOptions(dsp=True), SynthOptions(dsp=False))
     rows: list[DesignRow] = []
-    for opts in (SynthOptions(dsp=True), SynthOptions(dsp=False)):
+    for opts in options:
         suffix = "" if opts.dsp else "_nodsp"
         for b in bits:
             cfg = MixPEConfig(bits=b, group=group, rows=1, cols=1, K=K)
@@ -331,7 +338,19 @@ def comparison_designs(*, bits: Iterable[int] = (2, 4, 8),
             rows.append(DesignRow(label=f"Baseline PE w{b}", top=f"baseline_pe_w{b}{suffix}",
                                   factory=functools.partial(BaselinePE, cfg),
                                   macs_per_cycle=1, options=opts))
-    for opts in (SynthOptions(dsp=True), SynthOptions(dsp=False)):
+    # One full DQ lane: `group` PEs of a near-square array (8x8 at g64), so it
+    # is busy in every cycle. It adds no MACs of its own (0 MACs/cycle).
+    side = max(d for d in range(1, int(group ** 0.5) + 1) if group % d == 0)
+    lane_cfg = MixPEConfig(bits=array_bits, group=group, rows=group // side, cols=side, K=K)
+    lane_cells = mixpe.dq_lane_cells(lane_cfg)[0]
+    for opts in options:
+        suffix = "" if opts.dsp else "_nodsp"
+        rows.append(DesignRow(label=f"MixPE DQ lane w{array_bits} ({len(lane_cells)} PEs)",
+                              top=f"mixpe_dq_lane_w{array_bits}_g{group}{suffix}",
+                              factory=functools.partial(mixpe.MixPEDQLane, lane_cfg,
+                                                        cells=lane_cells),
+                              macs_per_cycle=0, options=opts))
+    for opts in options:
         suffix = "" if opts.dsp else "_nodsp"
         for b in bits:
             cfg = MixPEConfig(bits=b, group=group, rows=1, cols=1, K=K)
@@ -342,12 +361,17 @@ def comparison_designs(*, bits: Iterable[int] = (2, 4, 8),
                     top=f"product_{kind}_w{b}{suffix}",
                     factory=functools.partial(_product_kernel, cfg, shift_add=sa),
                     macs_per_cycle=1, options=opts))
-    for r, c in array_shapes:
-        cfg = MixPEConfig(bits=array_bits, group=group, rows=r, cols=c, K=K)
-        rows.append(DesignRow(label=f"MixPE array w{array_bits} {r}x{c}",
-                              top=f"mixpe_array_w{array_bits}_r{r}_c{c}",
-                              factory=functools.partial(mixpe.MixPE, cfg),
-                              macs_per_cycle=cfg.peak_macs_per_cycle))
+    for opts in options:
+        suffix = "" if opts.dsp else "_nodsp"
+        for r, c in array_shapes:
+            cfg = MixPEConfig(bits=array_bits, group=group, rows=r, cols=c, K=K)
+            for label, top, cls in (("MixPE array", "mixpe_array", mixpe.MixPE),
+                                    ("Baseline array", "baseline_array", BaselineArray)):
+                rows.append(DesignRow(label=f"{label} w{array_bits} {r}x{c}",
+                                      top=f"{top}_w{array_bits}_r{r}_c{c}{suffix}",
+                                      factory=functools.partial(cls, cfg),
+                                      macs_per_cycle=cfg.peak_macs_per_cycle,
+                                      options=opts, pes=r * c))
     return rows
 
 
@@ -406,7 +430,25 @@ def render_table(rows: list[DesignRow], results: list[Resources]) -> str:
         lines.append(
             f"| {row.label} | {row.options.label} | {res.lut + res.lutram} | {res.ff} "
             f"| {res.dsp} | {res.carry4} | {res.carry8} | {bram} "
-            f"| {row.macs_per_cycle} | {_fmt(res.macs_per_klut(row.macs_per_cycle))} "
+            f"| {row.macs_per_cycle} | {_fmt(res.macs_per_klut(row.macs_per_cycle) or None)} "
+            f"| {_fmt(res.macs_per_dsp(row.macs_per_cycle) or None, 2)} |")
+    return "\n".join(lines)
+
+
+def render_amortised_table(rows: list[DesignRow], results: list[Resources]) -> str:
+    """Markdown table of the array rows (`pes` > 0), every count divided by the
+    number of PEs: the cost of one MAC/cycle inside an array."""
+    head = ("| design | synthesis | PEs | LUT/PE | FF/PE | DSP48E2/PE | CARRY4/PE "
+            "| MACs/cycle per kLUT | MACs/cycle per DSP |")
+    lines = [head, "|---|---|--:|--:|--:|--:|--:|--:|--:|"]
+    for row, res in zip(rows, results):
+        if row.pes <= 0:
+            continue
+        n = row.pes
+        lines.append(
+            f"| {row.label} | {row.options.label} | {n} | {(res.lut + res.lutram) / n:.1f} "
+            f"| {res.ff / n:.1f} | {res.dsp / n:.3g} | {res.carry4 / n:.1f} "
+            f"| {_fmt(res.macs_per_klut(row.macs_per_cycle))} "
             f"| {_fmt(res.macs_per_dsp(row.macs_per_cycle), 2)} |")
     return "\n".join(lines)
 
@@ -421,6 +463,10 @@ def table_section(rows: list[DesignRow], results: list[Resources]) -> str:
         f"plus LUTs used as memory; FF counts FDRE/FDSE/FDCE/FDPE.",
         "",
         render_table(rows, results),
+        "",
+        "Arrays amortised per PE (array total / rows*cols):",
+        "",
+        render_amortised_table(rows, results),
         "",
         TABLE_END,
     ])

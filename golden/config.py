@@ -108,6 +108,13 @@ class MixPEConfig:
         return self.rows * self.cols
 
     @property
+    def dq_lanes(self) -> int:
+        """Time-shared dequantization lanes of the MixPE array: ceil(rows*cols /
+        group). A lane visits one PE per cycle, so with at most `group` PEs it
+        finishes a group before the next group's sums arrive."""
+        return -(-self.rows * self.cols // self.group)
+
+    @property
     def act_word_bits(self) -> int:
         return ACT_BITS * self.rows
 

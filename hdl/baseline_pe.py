@@ -13,19 +13,21 @@ Pipeline (registers between stages, so each `*` can absorb them into a DSP):
   stage 1: w8 = (q - z) * s2
   stage 2: p  = a * w8
   stage 3: acc = p (on `first`) or acc + p; after `last` the sum goes to `out`.
-`out` is an output-bank register with the same shift chain as hdl.mixpe.MixPECell
-(`shift` loads `shift_in`), so that both cells carry the same output logic and a
-resource comparison sees only the arithmetic.
+`out` is an output register with an optional shift chain (`shift` loads
+`shift_in`) for draining a column of PEs; BaselineArray leaves it unused and
+reads rows through a multiplexer, as hdl.mixpe.MixPE reads its output bank.
 """
 from __future__ import annotations
 
 from amaranth.hdl import Module, Mux, Signal, signed, unsigned
-from amaranth.lib import wiring
+from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from golden.config import ACC_BITS, ACT_BITS, SCALE_BITS, MixPEConfig
 
-__all__ = ["BaselinePE", "BASELINE_LATENCY"]
+from .stream_utils import count_width
+
+__all__ = ["BaselinePE", "BaselineArray", "BASELINE_LATENCY"]
 
 #: Cycles from an element on the inputs to its contribution being in `acc`.
 BASELINE_LATENCY = 3
@@ -43,7 +45,7 @@ class BaselinePE(wiring.Component):
               because it dequantizes each element before the multiply)
       first : first element of a dot product (accumulator restarts)
       last  : last element of a dot product
-      shift, shift_in : drain the output bank (out <= shift_in), as in MixPECell
+      shift, shift_in : drain a chain of output registers (out <= shift_in)
       out       : output-bank register: the int32 dot product once loaded
       out_load  : high in the cycle `out` holds a freshly finished dot product
                   (BASELINE_LATENCY cycles after `last`)
@@ -97,11 +99,73 @@ class BaselinePE(wiring.Component):
         m.d.comb += acc_next.eq(Mux(f2, 0, acc) + prod)
         with m.If(v2):
             m.d.sync += acc.eq(acc_next)
-        # Output bank: a finished sum has priority over a shift (the array only
-        # finishes into an empty bank, as for MixPECell).
+        # Output register: a finished sum has priority over a shift (a user
+        # drains the chain before the next dot product finishes).
         m.d.sync += self.out_load.eq(v2 & l2)
         with m.If(v2 & l2):
             m.d.sync += self.out.eq(acc_next)
         with m.Elif(self.shift):
             m.d.sync += self.out.eq(self.shift_in)
+        return m
+
+
+class BaselineArray(wiring.Component):
+    """`rows x cols` BaselinePEs: the reference hdl.mixpe.MixPE is compared with
+    at equal throughput (rows*cols MACs per cycle). Inputs are shared as in the
+    MixPE array (a per row, q/s2/z per column) and given per cycle, without
+    streams; results are read one row at a time through a row multiplexer, as
+    MixPE reads its output bank, so the PEs' shift chains are unused.
+
+    Ports:
+      valid, first, last : as BaselinePE (one k of all rows and columns)
+      a   : In(ArrayLayout(signed(8), rows))
+      q, z: In(ArrayLayout(unsigned(bits), cols))
+      s2  : In(ArrayLayout(unsigned(8), cols))
+      row : In  row of the output registers shown on `result`
+      result   : Out(ArrayLayout(signed(32), cols))
+      out_load : Out(1)  the output registers hold a freshly finished tile
+    """
+
+    def __init__(self, config: MixPEConfig):
+        if not isinstance(config, MixPEConfig):
+            self._MustUse__silence = True
+            raise ValueError(f"BaselineArray needs a golden.config.MixPEConfig, got "
+                             f"{type(config).__name__}")
+        self.config = config
+        super().__init__({
+            "valid": In(1),
+            "first": In(1),
+            "last": In(1),
+            "a": In(data.ArrayLayout(signed(ACT_BITS), config.rows)),
+            "q": In(data.ArrayLayout(unsigned(config.bits), config.cols)),
+            "s2": In(data.ArrayLayout(unsigned(SCALE_BITS), config.cols)),
+            "z": In(data.ArrayLayout(unsigned(config.bits), config.cols)),
+            "row": In(count_width(config.rows - 1)),
+            "result": Out(data.ArrayLayout(signed(ACC_BITS), config.cols)),
+            "out_load": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.config
+        pes = [[BaselinePE(cfg) for _ in range(cfg.cols)] for _ in range(cfg.rows)]
+        for r in range(cfg.rows):
+            for c in range(cfg.cols):
+                pe = pes[r][c]
+                m.submodules[f"pe_{r}_{c}"] = pe
+                m.d.comb += [pe.valid.eq(self.valid), pe.first.eq(self.first),
+                             pe.last.eq(self.last), pe.a.eq(self.a[r]), pe.q.eq(self.q[c]),
+                             pe.s2.eq(self.s2[c]), pe.z.eq(self.z[c]), pe.shift.eq(0),
+                             pe.shift_in.eq(0)]
+        m.d.comb += self.out_load.eq(pes[0][0].out_load)
+        for c in range(cfg.cols):
+            if cfg.rows == 1:
+                m.d.comb += self.result[c].eq(pes[0][c].out)
+                continue
+            with m.Switch(self.row):
+                for r in range(cfg.rows - 1):
+                    with m.Case(r):
+                        m.d.comb += self.result[c].eq(pes[r][c].out)
+                with m.Default():
+                    m.d.comb += self.result[c].eq(pes[cfg.rows - 1][c].out)
         return m

@@ -5,7 +5,7 @@ import pytest
 from amaranth.sim import Simulator
 
 from golden.config import MixPEConfig
-from hdl.baseline_pe import BASELINE_LATENCY, BaselinePE
+from hdl.baseline_pe import BASELINE_LATENCY, BaselineArray, BaselinePE
 
 
 def _wrap32(x: int) -> int:
@@ -84,7 +84,7 @@ def test_baseline_pe_rejects_non_config():
 
 
 def test_baseline_pe_output_bank_shifts():
-    """`shift` moves shift_in into `out` (the drain chain shared with MixPECell)."""
+    """`shift` moves shift_in into `out` (the drain chain)."""
     dut = BaselinePE(MixPEConfig(bits=4, group=32, K=64))
     seen = []
 
@@ -102,3 +102,48 @@ def test_baseline_pe_output_bank_shifts():
     sim.add_testbench(bench)
     sim.run()
     assert seen == [-12345]
+
+
+def test_baseline_array_rows_and_columns():
+    """Every PE (m, n) of the array gets row m's activation and column n's code,
+    scale and zero point; `row` selects which row of results is shown."""
+    config = MixPEConfig(bits=4, group=32, rows=3, cols=2, K=32)
+    rng = random.Random(3)
+    K = 5
+    a = [[rng.randint(-128, 127) for _ in range(K)] for _ in range(config.rows)]
+    q = [[rng.randint(0, config.levels) for _ in range(K)] for _ in range(config.cols)]
+    s2 = [rng.randint(1, 255) for _ in range(config.cols)]
+    z = [rng.randint(0, config.levels) for _ in range(config.cols)]
+    expected = [[_wrap32(sum(a[m][k] * (q[n][k] - z[n]) * s2[n] for k in range(K)))
+                 for n in range(config.cols)] for m in range(config.rows)]
+    dut = BaselineArray(config)
+    got = []
+
+    async def bench(ctx):
+        for n in range(config.cols):
+            ctx.set(dut.s2[n], s2[n])
+            ctx.set(dut.z[n], z[n])
+        for k in range(K):
+            ctx.set(dut.valid, 1)
+            ctx.set(dut.first, k == 0)
+            ctx.set(dut.last, k == K - 1)
+            for m in range(config.rows):
+                ctx.set(dut.a[m], a[m][k])
+            for n in range(config.cols):
+                ctx.set(dut.q[n], q[n][k])
+            await ctx.tick()
+        ctx.set(dut.valid, 0)
+        for _ in range(BASELINE_LATENCY + 1):
+            if ctx.get(dut.out_load):
+                break
+            await ctx.tick()
+        assert ctx.get(dut.out_load)
+        for m in range(config.rows):
+            ctx.set(dut.row, m)
+            got.append([ctx.get(dut.result[n]) for n in range(config.cols)])
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    assert got == expected

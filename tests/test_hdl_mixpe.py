@@ -15,7 +15,8 @@ from golden.config import MixPEConfig
 from golden.mixpe import mixpe_acc
 from hdl.generate import default_designs, design_name, verilog, write_verilog
 from hdl.mixpe import (LOAD_ACT, LOAD_CODE, LOAD_SCALE, PIPELINE_LATENCY, MixPE, MixPECell,
-                       MixPESystem, cycle_model, system_cycle_model)
+                       MixPEDQLane, MixPESystem, cycle_model, dq_lane_cells, dq_lane_length,
+                       pipeline_latency, system_cycle_model)
 
 
 # --- memory-word packing, written from golden/config.py's documented layouts ---
@@ -165,10 +166,76 @@ def test_cycle_model_equals_simulation(cfg, tiles):
 
 def test_cycle_model_shape():
     cfg = MixPEConfig(bits=4, group=64, rows=4, cols=8, K=1024)
-    assert cycle_model(cfg, 1) == cfg.K + PIPELINE_LATENCY + cfg.rows - 1
+    # 32 PEs, group 64: one lane walks all 32 PEs after the fixed stages
+    assert pipeline_latency(cfg) == PIPELINE_LATENCY + cfg.rows * cfg.cols
+    assert cycle_model(cfg, 1) == cfg.K + pipeline_latency(cfg) + cfg.rows - 1
     assert cycle_model(cfg, 5) - cycle_model(cfg, 4) == cfg.K
     with pytest.raises(ValueError, match="tiles"):
         cycle_model(cfg, 0)
+
+
+
+# --- time-shared dequantization lanes ---
+@pytest.mark.parametrize("cfg, tiles, p_idle, p_stall", [
+    # 35 PEs, group 32: two lanes of 18 and 17 PEs, under random stalls
+    (MixPEConfig(bits=4, group=32, rows=5, cols=7, K=96), 2, 0.3, 0.4),
+    # 80 PEs: three lanes; lane 1 covers columns 27..39 of row 0 and 0..13 of row 1
+    (MixPEConfig(bits=3, group=32, rows=2, cols=40, K=64), 2, 0.2, 0.3),
+    # rows*cols == group: one lane that is busy in every cycle of a group
+    (MixPEConfig(bits=8, group=32, rows=4, cols=8, K=96), 2, 0.2, 0.5),
+])
+def test_lanes_match_golden_under_random_stalls(cfg, tiles, p_idle, p_stall):
+    gen = torch.Generator().manual_seed(cfg.rows * cfg.cols)
+    data = [_random_tile(cfg, gen) for _ in range(tiles)]
+    got, _ = _run_array(cfg, data, p_idle=p_idle, p_stall=p_stall, seed=cfg.cols)
+    for i, tile in enumerate(data):
+        assert got[i] == _expected(cfg, tile), f"tile {i}"
+
+
+@pytest.mark.parametrize("cfg, tiles", [
+    # rows*cols == group with groups back to back: the lane has no idle cycle,
+    # the next group's sums are latched in the cycle after its last PE's E1
+    (MixPEConfig(bits=4, group=32, rows=4, cols=8, K=96), 3),
+    # rows*cols == group == K: one group per tile, latency + rows > K
+    (MixPEConfig(bits=2, group=32, rows=2, cols=16, K=32), 3),
+    # two unequal lanes (18 + 17 PEs)
+    (MixPEConfig(bits=4, group=32, rows=5, cols=7, K=64), 2),
+])
+def test_lane_cycle_model_equals_simulation(cfg, tiles):
+    gen = torch.Generator().manual_seed(tiles)
+    data = [_random_tile(cfg, gen) for _ in range(tiles)]
+    got, cycles = _run_array(cfg, data, p_idle=0.0, p_stall=0.0, seed=0)
+    assert cycles == cycle_model(cfg, tiles)
+    for i, tile in enumerate(data):
+        assert got[i] == _expected(cfg, tile), f"tile {i}"
+
+
+@pytest.mark.parametrize("rows, cols, group", [
+    (1, 8, 64), (4, 4, 64), (8, 8, 64), (5, 7, 32), (2, 40, 32), (40, 1, 32), (16, 16, 32),
+    (1, 257, 256),
+])
+def test_dq_lane_cells_partition(rows, cols, group):
+    cfg = MixPEConfig(bits=4, group=group, rows=rows, cols=cols, K=group)
+    lanes = dq_lane_cells(cfg)
+    want_lanes = -(-rows * cols // group)          # each lane: at most `group` PEs
+    assert cfg.dq_lanes == len(lanes) == want_lanes
+    flat = [cell for lane in lanes for cell in lane]
+    assert flat == [(r, c) for r in range(rows) for c in range(cols)]  # all PEs, once, in order
+    sizes = [len(lane) for lane in lanes]
+    assert max(sizes) <= group and max(sizes) - min(sizes) <= 1
+    assert dq_lane_length(cfg) == max(sizes) == sizes[0]
+    for lane in lanes:  # every lane is a buildable run
+        Fragment.get(MixPEDQLane(cfg, cells=lane), None)
+
+
+def test_dq_lane_rejects_bad_cells():
+    cfg = MixPEConfig(bits=4, group=32, rows=2, cols=40, K=32)
+    with pytest.raises(ValueError, match="1..group"):
+        MixPEDQLane(cfg, cells=[(0, c) for c in range(33)])
+    with pytest.raises(ValueError, match="consecutive"):
+        MixPEDQLane(cfg, cells=[(0, 0), (0, 2)])
+    with pytest.raises(ValueError, match="consecutive"):
+        MixPEDQLane(cfg, cells=[(2, 0)])
 
 
 # --- MixPESystem ---
@@ -290,7 +357,7 @@ def test_verilog_system_and_cell_ports():
                  "start", "done", "cycles", "res_addr", "res_data"):
         assert port in text, port
     text = verilog(MixPECell(cfg), "mixpe_cell")
-    assert "module mixpe_cell(" in text and "shift_in" in text
+    assert "module mixpe_cell(" in text and "Pg" in text and "shift_in" not in text
     with pytest.raises(ValueError, match="identifier"):
         verilog(MixPECell(cfg), "bad name")
 

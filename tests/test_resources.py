@@ -89,6 +89,19 @@ def test_render_table_figures():
     assert b[1] == "DSP off (-nodsp)" and b[-2:] == ["4.0", "—"]
 
 
+
+def test_render_amortised_table_divides_array_rows_only():
+    rows = [R.DesignRow(label="cell", top="c", factory=None, macs_per_cycle=1),
+            R.DesignRow(label="arr", top="a", factory=None, macs_per_cycle=16, pes=16)]
+    table = R.render_amortised_table(rows, [_res(lut=999), _res(lut=1600, lutram=32, ff=800,
+                                                               dsp=2, carry4=160)])
+    lines = table.splitlines()
+    assert len(lines) == 3  # header, rule, the one array row
+    cells = [c.strip() for c in lines[2].strip("|").split("|")]
+    # (1600 + 32) / 16 LUT, 800 / 16 FF, 2 / 16 DSP; 16 MACs / 1.6 kLUT; 16 MACs / 2 DSP
+    assert cells == ["arr", "DSP on", "16", "102.0", "50.0", "0.125", "10.0", "10.0", "8.00"]
+
+
 def test_write_docs_replaces_only_the_section(tmp_path):
     doc = tmp_path / "results.md"
     doc.write_text(f"# T\nintro\n{R.TABLE_BEGIN}\nold table\n{R.TABLE_END}\noutro\n")
