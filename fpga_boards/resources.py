@@ -117,7 +117,9 @@ class Resources:
         return self.ramb36 + self.ramb18 / 2
 
     def macs_per_klut(self, macs_per_cycle: float) -> float | None:
-        return macs_per_cycle / (self.lut / 1000) if self.lut else None
+        """Per 1000 LUTs of any use (logic + memory/SRL), as the table's LUT column."""
+        luts = self.lut + self.lutram
+        return macs_per_cycle / (luts / 1000) if luts else None
 
     def macs_per_dsp(self, macs_per_cycle: float) -> float | None:
         return macs_per_cycle / self.dsp if self.dsp else None
@@ -447,7 +449,7 @@ def render_amortised_table(rows: list[DesignRow], results: list[Resources]) -> s
         n = row.pes
         lines.append(
             f"| {row.label} | {row.options.label} | {n} | {(res.lut + res.lutram) / n:.1f} "
-            f"| {res.ff / n:.1f} | {res.dsp / n:.3g} | {res.carry4 / n:.1f} "
+            f"| {res.ff / n:.1f} | {res.dsp / n:.3f} | {res.carry4 / n:.1f} "
             f"| {_fmt(res.macs_per_klut(row.macs_per_cycle))} "
             f"| {_fmt(res.macs_per_dsp(row.macs_per_cycle), 2)} |")
     return "\n".join(lines)
