@@ -49,13 +49,14 @@ import torch
 
 from golden.config import MIXPE_WEIGHT_BITS, QOQ_W8_QMAX, suggest_group
 
-from ._check import as_float_tensor, check_int
-from .errors import QuantflowError
-from .qoq import QoQWeights, quantize_groups, quantize_qoq
+from .._check import as_float_tensor, check_int
+from ..errors import QuantflowError
+from ..qoq import QoQWeights, quantize_groups, quantize_qoq
 
 __all__ = [
     "METHODS", "MIN_CALIB_TOKENS", "Calibration", "WeightQuantOptions",
     "WeightQuantResult", "quantize_weight", "quantize_shared", "output_error",
+    "fold_output_scale",
 ]
 
 METHODS = ("rtn-sym", "rtn-asym", "qoq")
@@ -82,8 +83,9 @@ class Calibration:
         X = as_float_tensor(name, X, 2, "[T, K] layer inputs (tokens x in_features)")
         if X.shape[1] == 0:
             raise QuantflowError(f"{name} has K=0 features; pass the layer's inputs")
-        Xd = X.to(torch.float64)
-        return cls(xtx=Xd.T @ Xd, abs_sum=Xd.abs().sum(0), tokens=int(X.shape[0]))
+        # float32 product (fast; ample precision for searches), stored as float64
+        return cls(xtx=(X.T @ X).to(torch.float64), abs_sum=X.abs().sum(0, dtype=torch.float64),
+                   tokens=int(X.shape[0]))
 
     def merge(self, other: "Calibration") -> "Calibration":
         if other.K != self.K:
@@ -338,11 +340,18 @@ def _clip_search(fmt, W, group, H, grid):
     return clip, errs[best, torch.arange(N)].sum()
 
 
-def _awq_scale(sch, Ws, group, calib, opts, grid):
+def _awq_scale(sch, Ws, group, calib, opts, grid, tie=None):
     """One input scale s = mean|x|^alpha (normalised) for all layers in Ws, alpha
-    chosen on `grid` by the summed output error of plain RTN/QoQ of W * s."""
+    chosen on `grid` by the summed output error of plain RTN/QoQ of W * s. With
+    `tie` [K] (ids), channels with one id get one scale (their mean |x|)."""
     H = calib.hessian.to(torch.float32)
-    xmean = calib.mean_abs.to(torch.float32).clamp(min=1e-5)
+    xmean = calib.mean_abs.to(torch.float32)
+    if tie is not None:
+        n = int(tie.max()) + 1
+        tot = torch.zeros(n).index_add_(0, tie, xmean)
+        cnt = torch.zeros(n).index_add_(0, tie, torch.ones_like(xmean))
+        xmean = (tot / cnt)[tie]
+    xmean = xmean.clamp(min=1e-5)
     best = None
     for alpha in grid:
         s = xmean.pow(float(alpha))
@@ -441,9 +450,12 @@ def quantize_weight(W, *, scheme, calib: Calibration | None = None,
 
 def quantize_shared(weights: Sequence, *, scheme, calib: Calibration | None = None,
                     options: WeightQuantOptions | None = None,
-                    names: Sequence[str] | None = None) -> list[WeightQuantResult]:
+                    names: Sequence[str] | None = None,
+                    tie=None) -> list[WeightQuantResult]:
     """Quantize layers that read the same input x (q/k/v; gate/up) with one shared
-    input_scale (AWQ), each otherwise as quantize_weight. Returns one result each."""
+    input_scale (AWQ), each otherwise as quantize_weight. Returns one result each.
+    `tie` (int64 [K] channel ids, optional) forces equal input_scale on channels with
+    the same id: o_proj under GQA, whose scale folds into the shared v_proj rows."""
     t0 = time.perf_counter()
     opts = options or WeightQuantOptions()
     sch = _read_scheme(scheme)
@@ -469,10 +481,14 @@ def quantize_shared(weights: Sequence, *, scheme, calib: Calibration | None = No
     if sch.clip_search and (not opts.clip_grid or opts.clip_grid[0] != 1.0):
         raise QuantflowError("options.clip_grid must start at 1.0 (no clipping)")
     H = calib.hessian.to(torch.float32) if calib is not None else None
+    if tie is not None:
+        if not isinstance(tie, torch.Tensor) or tie.dtype != torch.int64 or \
+                tuple(tie.shape) != (K,) or bool((tie < 0).any()):
+            raise QuantflowError(f"tie must be a non-negative int64 tensor of shape [{K}]")
 
     s, alpha = None, None
     if sch.awq:
-        s, alpha = _awq_scale(sch, Ws, group, calib, opts, opts.alpha_grid)
+        s, alpha = _awq_scale(sch, Ws, group, calib, opts, opts.alpha_grid, tie)
     results = []
     for W, nm in zip(Ws, names):
         t1 = time.perf_counter()
@@ -513,3 +529,30 @@ def quantize_shared(weights: Sequence, *, scheme, calib: Calibration | None = No
         results.append(WeightQuantResult(w_fake=fake.contiguous(), qoq=qw,
                                          input_scale=s, stats=stats))
     return results
+
+
+def fold_output_scale(res: WeightQuantResult, s) -> WeightQuantResult:
+    """Divide the output channels (rows) of a quantized layer by s [N]: how the next
+    layer's input_scale folds into this one (v_proj for o_proj, up_proj for
+    down_proj). For QoQ the division goes into the fp16 s1 (the integer codes are
+    unchanged), so w_fake stays exactly s1 * w8; s1 rounds to fp16 (rel. <= 2**-11)."""
+    s = as_float_tensor("s", s, 1, "[N] per-output-channel scale")
+    N = res.w_fake.shape[0]
+    if s.shape[0] != N or not bool((s > 0).all()):
+        raise QuantflowError(f"s must be {N} positive scales, one per output channel")
+    stats = dict(res.stats, out_scale_folded=True)
+    if res.qoq is None:
+        return WeightQuantResult(w_fake=res.w_fake / s.unsqueeze(1), qoq=None,
+                                 input_scale=res.input_scale, stats=stats)
+    qw = res.qoq
+    s1 = (qw.s1.to(torch.float32) / s).to(torch.float16)
+    if not bool(torch.isfinite(s1).all()):
+        raise QuantflowError("folding the scale overflows the fp16 s1; the scale is too "
+                             "small")
+    # a channel whose s1 underflows becomes a zero channel (codes 0) as quantize_qoq does
+    zero = s1 == 0
+    qw = QoQWeights(q=torch.where(zero.unsqueeze(1), 0, qw.q),
+                    s1=s1, s2=torch.where(zero.unsqueeze(1), 1, qw.s2),
+                    z=torch.where(zero.unsqueeze(1), 0, qw.z), bits=qw.bits, group=qw.group)
+    return WeightQuantResult(w_fake=qw.dequantize(), qoq=qw, input_scale=res.input_scale,
+                             stats=stats)
