@@ -40,7 +40,11 @@ def test_stream_bit_exact_with_backpressure(config, data_root):
     case = _case(config, seed=101 + config.bits, p_idle=0.25, p_stall=0.4)
     res = mixpe.run_stream(case, data_root=data_root)
     _assert_passed(res)
-    assert res["stall_cycles"] > 0 and sum(res["idle_cycles"].values()) > 0
+    # Back-pressure and idle cycles were applied (whether a result beat met a
+    # low `ready` depends on timing; GEMM runs have enough beats that it does).
+    assert res["ready_low_cycles"] > 0 and sum(res["idle_cycles"].values()) > 0
+    if config.rows > 1:
+        assert res["stall_cycles"] > 0
     # Stalls cost cycles: more than the ideal model, but every MAC was checked.
     assert res["cycles"] > cycle_model(config, case.tiles)
     assert res["macs"] == case.M * case.N * config.K

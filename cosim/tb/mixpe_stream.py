@@ -111,7 +111,8 @@ async def mixpe_stream(dut):
         "vectors": sb.compared, "expected_vectors": len(data.expected_words),
         "cycles": cycles, "macs": data.macs, "tiles": tiles, "M": data.M, "N": data.N,
         "sim_cycles": tb.cycle, "sim_seconds": sim_seconds, "seed": seed,
-        "stall_cycles": tb.sink.stall_cycles, "load_seconds": load_seconds,
+        "stall_cycles": tb.sink.stall_cycles,
+        "ready_low_cycles": tb.sink.ready_low_cycles, "load_seconds": load_seconds,
         "idle_cycles": {s.name: s.idle_cycles for s in tb.sources},
         "errors": errors,
     })

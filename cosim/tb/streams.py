@@ -83,11 +83,13 @@ class StreamSink:
         self.words: list[int] = []
         self.cycles: list[int] = []
         self.ready_now = False
-        self.stall_cycles = 0
+        self.stall_cycles = 0       # valid high while ready low (a real stall)
+        self.ready_low_cycles = 0   # back-pressure applied, data or not
         self.ready.value = 0
 
     def drive(self) -> None:
         r = not (self.p_stall and self.rng.random() < self.p_stall)
+        self.ready_low_cycles += not r
         if r != self.ready_now:
             self.ready.value = int(r)
             self.ready_now = r
