@@ -76,13 +76,15 @@ def mixpe_factory(config: MixPEConfig, *, kind: str = "array",
 
 
 def default_designs() -> list[tuple[str, Callable]]:
-    """The default design set: a GEMV and a GEMM array at several bit-widths,
-    one MixPECell and one MixPESystem. Each entry is (module name, factory)."""
+    """The default design set: GEMV and GEMM arrays at several bit-widths
+    (one with several dequantization lanes), one MixPECell and one MixPESystem. Each entry is (module name, factory)."""
     return [
         mixpe_factory(MixPEConfig(bits=4, group=64, rows=1, cols=8, K=1024)),
         mixpe_factory(MixPEConfig(bits=4, group=128, rows=4, cols=8, K=1024)),
         mixpe_factory(MixPEConfig(bits=2, group=32, rows=2, cols=16, K=512)),
         mixpe_factory(MixPEConfig(bits=8, group=64, rows=2, cols=4, K=256)),
+        # rows*cols > group: two time-shared dequantization lanes
+        mixpe_factory(MixPEConfig(bits=4, group=32, rows=4, cols=16, K=256)),
         mixpe_factory(MixPEConfig(bits=4, group=64, rows=1, cols=1, K=64), kind="cell"),
         mixpe_factory(MixPEConfig(bits=4, group=64, rows=2, cols=4, K=256), kind="system",
                       max_m_tiles=2, max_n_tiles=2),
