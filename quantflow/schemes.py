@@ -1,0 +1,230 @@
+"""Named, composable quantization schemes (issue 3).
+
+A QuantScheme combines up to three independent components, each a frozen
+dataclass (None = that tensor stays float):
+
+  weight  WeightScheme  linear weights: RTN sym/asym per channel or group, or QoQ
+                        progressive group (DESIGN §3.2); options: output-aware clip
+                        search, AWQ-style input scaling, GPTQ error compensation
+                        (implemented in quantflow.weightq)
+  act     ActScheme     linear inputs: per-token dynamic symmetric INT8 (§3.1) with
+                        SmoothQuant migration (alpha) folded into the norm / linear
+                        that produces the input
+  kv      KVScheme      K and V after RoPE: per token, per head, asymmetric 4-bit
+                        with integer zero point (§3.7), SmoothAttention folded into
+                        q_proj/k_proj, optional Walsh-Hadamard rotation, sink tokens
+
+    get_scheme("w4a8kv4-g64")                 # the registry (SCHEMES)
+    get_scheme("w4a8kv4-g64").components()    # {"W4": ..., "A8": ..., "KV4": ...}
+    QuantScheme(name="mine", weight=WeightScheme(method="rtn-asym", group=32))
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from golden.config import MIXPE_WEIGHT_BITS
+
+from ._check import check_int
+from .errors import QuantflowError
+
+__all__ = ["WeightScheme", "ActScheme", "KVScheme", "QuantScheme", "SCHEMES",
+           "get_scheme", "WEIGHT_METHODS"]
+
+WEIGHT_METHODS = ("rtn-sym", "rtn-asym", "qoq")
+
+
+def _check_bool(name: str, v) -> None:
+    if not isinstance(v, bool):
+        raise QuantflowError(f"{name} must be True or False, got {v!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class WeightScheme:
+    method: str = "qoq"
+    bits: int = 4
+    group: int | None = 64          # None: one scale per output channel
+    clip_search: bool = False       # per-channel clip ratio minimising layer-output error
+    awq: bool = False               # activation-aware input-channel scaling
+    gptq: bool = False              # error-compensating rounding (Hessian of inputs)
+
+    def __post_init__(self):
+        if self.method not in WEIGHT_METHODS:
+            raise QuantflowError(f"weight method {self.method!r} is not supported; use one "
+                                 f"of {WEIGHT_METHODS}")
+        check_int("bits", self.bits, 2)
+        if self.method == "qoq" and self.bits not in MIXPE_WEIGHT_BITS:
+            raise QuantflowError(f"qoq bits must be one of {MIXPE_WEIGHT_BITS}")
+        if self.bits > 8:
+            raise QuantflowError(f"weight bits must be <= 8, got {self.bits}")
+        if self.group is not None:
+            check_int("group", self.group, 1)
+        if self.method == "qoq" and self.group is None:
+            raise QuantflowError("qoq needs a group size (it is a group format); pass "
+                                 "group=64 or use rtn-sym/rtn-asym per channel")
+        for n in ("clip_search", "awq", "gptq"):
+            _check_bool(n, getattr(self, n))
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.clip_search or self.awq or self.gptq
+
+    @property
+    def label(self) -> str:
+        g = f"g{self.group}" if self.group else "ch"
+        opts = "".join(f"+{n}" for n in ("clip", "awq", "gptq")
+                       if getattr(self, {"clip": "clip_search"}.get(n, n)))
+        return f"W{self.bits} {self.method} {g}{opts}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ActScheme:
+    bits: int = 8
+    smooth_alpha: float | None = 0.5   # SmoothQuant migration strength; None: off
+
+    def __post_init__(self):
+        if self.bits != 8:
+            raise QuantflowError(f"activations are INT8 in MixPE (DESIGN §3.1); bits="
+                                 f"{self.bits} is not supported")
+        if self.smooth_alpha is not None and not (
+                isinstance(self.smooth_alpha, (int, float)) and 0 <= self.smooth_alpha <= 1):
+            raise QuantflowError(f"smooth_alpha must be in [0, 1] or None, got "
+                                 f"{self.smooth_alpha!r}")
+
+    @property
+    def label(self) -> str:
+        sq = f" SmoothQuant a={self.smooth_alpha}" if self.smooth_alpha is not None else ""
+        return f"A{self.bits} per-token{sq}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class KVScheme:
+    bits: int = 4
+    smooth_attention: bool = True
+    hadamard: bool = False
+    sink_tokens: int = 0
+    sink_bits: int = 8
+    integer_zero: bool = True          # QServe keeps a fractional zero; §3.7 integer
+
+    def __post_init__(self):
+        check_int("kv bits", self.bits, 2)
+        check_int("sink_bits", self.sink_bits, 2)
+        check_int("sink_tokens", self.sink_tokens, 0)
+        if self.bits > 8 or self.sink_bits > 8:
+            raise QuantflowError("KV bits and sink_bits must be <= 8")
+        for n in ("smooth_attention", "hadamard", "integer_zero"):
+            _check_bool(n, getattr(self, n))
+
+    @property
+    def label(self) -> str:
+        parts = [f"KV{self.bits} per-token-head asym"]
+        if self.smooth_attention:
+            parts.append("SmoothAttention")
+        if self.hadamard:
+            parts.append("Hadamard")
+        if self.sink_tokens:
+            parts.append(f"{self.sink_tokens} sink tokens @{self.sink_bits}b")
+        if not self.integer_zero:
+            parts.append("fractional zero")
+        return " + ".join(parts)
+
+
+@dataclass(frozen=True, kw_only=True)
+class QuantScheme:
+    name: str
+    weight: WeightScheme | None = None
+    act: ActScheme | None = None
+    kv: KVScheme | None = None
+    description: str = ""
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name or "/" in self.name:
+            raise QuantflowError(f"scheme name must be a non-empty string without '/', got "
+                                 f"{self.name!r}")
+        for n, t in (("weight", WeightScheme), ("act", ActScheme), ("kv", KVScheme)):
+            v = getattr(self, n)
+            if v is not None and not isinstance(v, t):
+                raise QuantflowError(f"{n} must be a {t.__name__} or None, got "
+                                     f"{type(v).__name__}")
+
+    @property
+    def is_float(self) -> bool:
+        return self.weight is None and self.act is None and self.kv is None
+
+    def components(self) -> dict[str, "QuantScheme"]:
+        """Each present component alone, keyed 'W<bits>', 'A<bits>', 'KV<bits>'."""
+        out = {}
+        if self.weight is not None:
+            out[f"W{self.weight.bits}"] = QuantScheme(name=f"{self.name}.W", weight=self.weight)
+        if self.act is not None:
+            out[f"A{self.act.bits}"] = QuantScheme(name=f"{self.name}.A", act=self.act)
+        if self.kv is not None:
+            out[f"KV{self.kv.bits}"] = QuantScheme(name=f"{self.name}.KV", kv=self.kv)
+        return out
+
+    def with_(self, **changes) -> "QuantScheme":
+        return replace(self, **changes)
+
+    @property
+    def label(self) -> str:
+        parts = [c.label for c in (self.weight, self.act, self.kv) if c is not None]
+        return ", ".join(parts) or "float"
+
+
+def _reg(*schemes: QuantScheme) -> dict[str, QuantScheme]:
+    return {s.name: s for s in schemes}
+
+
+_QOQ64 = WeightScheme(method="qoq", bits=4, group=64, clip_search=True, awq=True, gptq=True)
+_A8 = ActScheme(bits=8, smooth_alpha=0.5)
+_KV4 = KVScheme(bits=4, smooth_attention=True, hadamard=True, sink_tokens=4)
+
+SCHEMES = _reg(
+    QuantScheme(name="fp32", description="float reference (the dequantized GGUF)"),
+    # the target: QoQ W4 g64 (output-aware), A8 SmoothQuant, KV4 SmoothAttention
+    QuantScheme(name="w4a8kv4-g64", weight=_QOQ64, act=_A8, kv=_KV4,
+                description="QoQ W4 g64 (clip search + AWQ + GPTQ), A8 per-token with "
+                            "SmoothQuant, KV4 with SmoothAttention, Hadamard, 4 sink tokens"),
+    QuantScheme(name="w4a8kv4-g64-plain", weight=WeightScheme(method="qoq", group=64),
+                act=ActScheme(smooth_alpha=None),
+                kv=KVScheme(smooth_attention=False),
+                description="QoQ W4 g64 RTN, A8 without smoothing, plain KV4"),
+    # its components alone
+    QuantScheme(name="w4-g64", weight=_QOQ64, description="QoQ W4 g64, output-aware"),
+    QuantScheme(name="a8", act=_A8, description="A8 per-token with SmoothQuant 0.5"),
+    QuantScheme(name="kv4", kv=_KV4, description="KV4 SmoothAttention + Hadamard + sinks"),
+    # weight baselines (float activations)
+    QuantScheme(name="w4-rtn-sym-ch", weight=WeightScheme(method="rtn-sym", group=None),
+                description="RTN symmetric per channel"),
+    QuantScheme(name="w4-rtn-asym-ch", weight=WeightScheme(method="rtn-asym", group=None),
+                description="RTN asymmetric per channel"),
+    QuantScheme(name="w4-rtn-sym-g64", weight=WeightScheme(method="rtn-sym", group=64),
+                description="RTN symmetric per group of 64"),
+    QuantScheme(name="w4-rtn-asym-g64", weight=WeightScheme(method="rtn-asym", group=64),
+                description="RTN asymmetric per group of 64"),
+    QuantScheme(name="w4-qoq-g64", weight=WeightScheme(method="qoq", group=64),
+                description="QoQ progressive g64, round to nearest"),
+    QuantScheme(name="w4-qoq-g32", weight=WeightScheme(method="qoq", group=32),
+                description="QoQ progressive g32, round to nearest"),
+    QuantScheme(name="w4-qoq-g64-clip", weight=WeightScheme(method="qoq", group=64,
+                                                            clip_search=True),
+                description="QoQ g64 with output-aware clip search"),
+    QuantScheme(name="w4-qoq-g64-gptq", weight=WeightScheme(method="qoq", group=64,
+                                                            clip_search=True, gptq=True),
+                description="QoQ g64 with clip search and GPTQ"),
+    # KV variants
+    QuantScheme(name="kv4-plain", kv=KVScheme(smooth_attention=False),
+                description="KV4 without SmoothAttention, rotation or sinks"),
+    QuantScheme(name="kv4-smooth", kv=KVScheme(smooth_attention=True),
+                description="KV4 with SmoothAttention only"),
+    QuantScheme(name="a8-plain", act=ActScheme(smooth_alpha=None),
+                description="A8 per-token without SmoothQuant"),
+)
+
+
+def get_scheme(name) -> QuantScheme:
+    """A registered scheme by name (or a QuantScheme passed through)."""
+    if isinstance(name, QuantScheme):
+        return name
+    if name not in SCHEMES:
+        raise QuantflowError(f"unknown scheme {name!r}; known schemes: {', '.join(SCHEMES)}")
+    return SCHEMES[name]

@@ -1,0 +1,173 @@
+"""quantflow.schemes and the fake-quantized model (quantflow.fakequant): registry,
+validation, A8 + SmoothQuant, the integer path, generic modules (issue 3)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from golden.mixpe import mixpe_acc, reference_acc
+from quantflow import quantize_act
+from quantflow.errors import QuantflowError
+from quantflow.fakequant import (IntegerLinear, collect_llama_stats, fake_quant_act,
+                                 fold_smoothquant, quantize_model, use_integer_path)
+from quantflow.models import LlamaConfig, LlamaForCausalLM
+from quantflow.schemes import (SCHEMES, ActScheme, KVScheme, QuantScheme, WeightScheme,
+                               get_scheme)
+
+torch.set_num_threads(1)
+
+CFG = LlamaConfig(vocab_size=61, hidden_size=128, intermediate_size=192, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, rope_theta=10000.0)
+
+
+def tiny(seed=0):
+    torch.manual_seed(seed)
+    m = LlamaForCausalLM(CFG).eval()
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if "norm" in n:
+                p.uniform_(0.5, 2.0)
+            else:
+                p.normal_(0, 0.1)
+        # an outlier input channel, as trained LLMs have: what SmoothQuant is for
+        for layer in m.model.layers:
+            layer.input_layernorm.weight[5] = 20.0
+    return m
+
+
+IDS = torch.randint(0, CFG.vocab_size, (4, 40), generator=torch.Generator().manual_seed(7))
+
+
+def test_registry_target_and_components():
+    s = get_scheme("w4a8kv4-g64")
+    assert (s.weight.method, s.weight.bits, s.weight.group) == ("qoq", 4, 64)
+    assert s.act.bits == 8 and s.kv.bits == 4 and s.kv.smooth_attention
+    comps = s.components()
+    assert list(comps) == ["W4", "A8", "KV4"]
+    assert comps["W4"].weight == s.weight and comps["W4"].act is None and comps["W4"].kv is None
+    assert comps["KV4"].kv == s.kv and comps["KV4"].weight is None
+    for name in ("w4-rtn-sym-ch", "w4-rtn-asym-ch", "w4-rtn-sym-g64", "w4-rtn-asym-g64",
+                 "w4-qoq-g64", "fp32"):
+        assert name in SCHEMES
+    assert get_scheme("fp32").is_float
+    assert get_scheme(s) is s
+
+
+@pytest.mark.parametrize("make, msg", [
+    (lambda: WeightScheme(method="nf4"), "not supported"),
+    (lambda: WeightScheme(method="qoq", group=None), "needs a group"),
+    (lambda: WeightScheme(bits=5, method="qoq"), "qoq bits"),
+    (lambda: WeightScheme(gptq=1), "True or False"),
+    (lambda: ActScheme(bits=4), "INT8"),
+    (lambda: ActScheme(smooth_alpha=1.5), r"\[0, 1\]"),
+    (lambda: KVScheme(sink_tokens=-1), ">= 0"),
+    (lambda: QuantScheme(name="a/b"), "without '/'"),
+    (lambda: QuantScheme(name="x", weight=ActScheme()), "WeightScheme"),
+    (lambda: get_scheme("w3a16"), "known schemes: fp32"),
+])
+def test_bad_schemes(make, msg):
+    with pytest.raises(QuantflowError, match=msg):
+        make()
+
+
+def test_fake_quant_act_equals_quantize_act():
+    x = torch.randn(2, 9, 64) * torch.linspace(0.1, 30, 64)
+    x[0, 3] = 0  # a zero token
+    a, s = quantize_act(x.reshape(-1, 64))
+    assert torch.equal(fake_quant_act(x).reshape(-1, 64), a.float() * s.unsqueeze(1))
+
+
+def test_smoothquant_fold_leaves_float_output_unchanged():
+    m = tiny()
+    with torch.no_grad():
+        ref = m(IDS)
+        st = collect_llama_stats(m, IDS, progress=False)
+        scales = fold_smoothquant(m, st["xmax"], 0.5)
+        out = m(IDS)
+    assert torch.allclose(out, ref, atol=1e-4, rtol=1e-4), (out - ref).abs().max()
+    # it did move the outlier: channel 5 of the q/k/v input is divided by a large s
+    s = scales["layers.0.qkv"]
+    assert s[5] > 3 * s.median()
+
+
+def test_smoothquant_helps_a8_with_outliers():
+    m = tiny()
+    with torch.no_grad():
+        ref = m(IDS)
+    err = {}
+    for alpha in (None, 0.5):
+        sch = QuantScheme(name="a", act=ActScheme(smooth_alpha=alpha))
+        qm = quantize_model(m, sch, calib_ids=IDS, progress=False)
+        with torch.no_grad():
+            err[alpha] = float((qm.model(IDS) - ref).norm() / ref.norm())
+    assert err[0.5] < err[None]
+    with torch.no_grad():  # quantize_model left the float model alone
+        assert torch.equal(m(IDS), ref)
+
+
+def test_integer_path_equals_fake_quant_path():
+    m = tiny()
+    qm = quantize_model(m, "w4a8kv4-g64", calib_ids=IDS, progress=False)
+    name = "layers.1.mlp.down_proj"
+    lin = qm.model.get_submodule("model." + name)
+    x = torch.randn(5, 7, CFG.intermediate_size) * 3
+    with torch.no_grad():
+        y_fake = lin(x)  # A8 pre-hook + fake-quant weight
+    il = IntegerLinear(qm.qoq(name))
+    y_int = il(x)
+    assert torch.allclose(y_int, y_fake, rtol=1e-5, atol=1e-5 * float(y_fake.abs().max()))
+    # and the integer accumulator is the plain integer GEMM of the same codes
+    a, _ = quantize_act(x.reshape(-1, x.shape[-1]))
+    qw = qm.qoq(name)
+    assert torch.equal(mixpe_acc(a, qw.q, qw.s2, qw.z, il.config), reference_acc(a, qw.w8()))
+    # swapping it into the model changes the logits only by float rounding
+    with torch.no_grad():
+        before = qm.model(IDS[:1])
+        use_integer_path(qm, name)
+        after = qm.model(IDS[:1])
+    assert isinstance(qm.model.get_submodule("model." + name), IntegerLinear)
+    assert torch.allclose(after, before, atol=1e-3, rtol=1e-3)
+
+
+def test_integer_path_needs_qoq_and_a8():
+    m = tiny()
+    qm = quantize_model(m, "w4-rtn-asym-g64", calib_ids=IDS, progress=False)
+    with pytest.raises(QuantflowError, match="A8"):
+        use_integer_path(qm, "layers.0.self_attn.q_proj")
+    qm = quantize_model(m, QuantScheme(name="x", weight=WeightScheme(method="rtn-asym"),
+                                       act=ActScheme(smooth_alpha=None)), progress=False)
+    with pytest.raises(QuantflowError, match="no QoQ weights"):
+        use_integer_path(qm, "layers.0.self_attn.q_proj")
+
+
+def test_group_must_divide_k():
+    sch = QuantScheme(name="g48", weight=WeightScheme(method="qoq", group=48))
+    with pytest.raises(QuantflowError, match=r"K=128 is not a multiple of group=48.*group=\d+"):
+        quantize_model(tiny(), sch, calib_ids=IDS, progress=False)
+
+
+def test_calibrated_scheme_needs_tokens():
+    with pytest.raises(QuantflowError, match="needs calibration tokens"):
+        quantize_model(tiny(), "w4a8kv4-g64", progress=False)
+    with pytest.raises(QuantflowError, match="fewer than"):
+        quantize_model(tiny(), "w4-g64", calib_ids=IDS[:1, :20], progress=False)
+
+
+def test_any_module_weights_and_a8():
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.GELU(), torch.nn.Linear(128, 32))
+    x = torch.randn(256, 64)
+    with torch.no_grad():
+        ref = m(x)
+    sch = QuantScheme(name="w4a8", weight=WeightScheme(method="qoq", group=64, gptq=True),
+                      act=ActScheme(smooth_alpha=None))
+    qm = quantize_model(m, sch, calib=lambda mod: mod(x), progress=False)
+    with torch.no_grad():
+        out = qm.model(x)
+    rel = float((out - ref).norm() / ref.norm())
+    assert 0 < rel < 0.2
+    assert set(qm.weights) == {"0", "2"} and qm.weights["0"].qoq is not None
+    with pytest.raises(QuantflowError, match="need a Llama"):
+        quantize_model(m, "kv4", progress=False)
+    with pytest.raises(QuantflowError, match="pass calib=run"):
+        quantize_model(m, sch, progress=False)
