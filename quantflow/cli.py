@@ -4,6 +4,10 @@
         [--acts X.pt|X.npy | --random-acts M] [--seed S] --bits 4 --group 64
         --rows 4 --cols 8 [--pad] --out DIR
   python -m quantflow verify DIR
+  python -m quantflow models [NAME ...]          prepare real models into build/models
+  python -m quantflow schemes                    list the registered schemes
+  python -m quantflow eval --model smollm2 --scheme w4a8kv4-g64 [--windows 8 --length 512]
+  python -m quantflow export --model smollm2 --scheme w4a8kv4-g64 [--out DIR]
 
 A user error prints one line `quantflow: error: ...` and exits with code 2.
 """
@@ -68,6 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="cmd", required=True)
     ex = sub.add_parser("export", help="quantize weights (+ activations) into MixPE images")
     w = ex.add_mutually_exclusive_group(required=True)
+    w.add_argument("--model", help="a real model (smollm2, a .gguf file or a Hugging Face "
+                                   "folder): quantize every linear with --scheme and export")
     w.add_argument("--weights", help="weight tensor [N, K] (.pt tensor/state_dict or .npy)")
     w.add_argument("--random-weights", nargs=2, type=int, metavar=("N", "K"),
                    help="seeded synthetic weights with outlier channels")
@@ -83,10 +89,59 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--cols", type=int, default=8)
     ex.add_argument("--pad", action="store_true",
                     help="zero-pad N to a multiple of cols and M to a multiple of rows")
-    ex.add_argument("--out", required=True, help="output image directory")
+    ex.add_argument("--scheme", default="w4a8kv4-g64", help="with --model: the scheme")
+    ex.add_argument("--out", help="output image directory (default with --model: "
+                                  "build/quant/<model>/<scheme>/export)")
     ve = sub.add_parser("verify", help="verify an image directory's checksums and words")
     ve.add_argument("dir")
+    mo = sub.add_parser("models", help="prepare real models into build/models (cached)")
+    mo.add_argument("names", nargs="*", help="models to prepare (default: all known)")
+    sub.add_parser("schemes", help="list the registered quantization schemes")
+    ev = sub.add_parser("eval", help="perplexity + per-layer SQNR of a scheme on a model")
+    ev.add_argument("--model", default="smollm2")
+    ev.add_argument("--scheme", default="w4a8kv4-g64")
+    ev.add_argument("--text", default=None, help="evaluation text (default hamlet)")
+    ev.add_argument("--windows", type=int, default=8)
+    ev.add_argument("--length", type=int, default=512)
+    ev.add_argument("--calib-text", default=None, help="calibration text (default plays-calib)")
+    ev.add_argument("--calib-samples", type=int, default=8)
+    ev.add_argument("--calib-length", type=int, default=256)
+    ev.add_argument("--no-components", action="store_true",
+                    help="skip the component-alone perplexities")
+    ev.add_argument("--out", help="report directory (default build/quant/<model>/<scheme>)")
+    for p in (ex, ev):
+        p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     return ap
+
+
+def _real(args) -> str:
+    """The real-model subcommands (imports torch-heavy modules only when used)."""
+    if getattr(args, "threads", None):
+        torch.set_num_threads(max(1, args.threads))
+    if args.cmd == "models":
+        from .models import KNOWN_MODELS, prepare_model
+        names = args.names or list(KNOWN_MODELS)
+        return "\n".join(f"{n}: {prepare_model(n)}" for n in names)
+    if args.cmd == "schemes":
+        from .schemes import SCHEMES
+        w = max(map(len, SCHEMES))
+        return "\n".join(f"{n:<{w}}  {s.label}" for n, s in SCHEMES.items())
+    if args.cmd == "eval":
+        from .evaluate import evaluate, format_table
+        from .text import DEFAULT_CALIB, DEFAULT_EVAL
+        rep = evaluate(args.model, args.scheme, text=args.text or DEFAULT_EVAL,
+                       windows=args.windows, length=args.length,
+                       calib_text=args.calib_text or DEFAULT_CALIB,
+                       calib_samples=args.calib_samples, calib_length=args.calib_length,
+                       components=not args.no_components, out=args.out,
+                       log=lambda m: print(m, file=sys.stderr))
+        return format_table(rep) + f"\nwrote {rep['path']}"
+    from .export_model import export_model
+    m = export_model(args.model, args.scheme, out=args.out, cols=args.cols)
+    t = m["timing"]
+    return (f"wrote {m['path']}: {len(m['layers'])} linear layers ({m['scheme']}); quantize "
+            f"{t['quantize_s']} s + write {t['write_s']} s = {t['quantize_export_s']} s "
+            f"(load {t['load_s']} s), peak RSS {t['peak_rss_mb']} MB")
 
 
 def _export(args) -> str:
@@ -118,7 +173,12 @@ def _export(args) -> str:
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
-        if args.cmd == "export":
+        if args.cmd in ("models", "schemes", "eval") or (
+                args.cmd == "export" and args.model):
+            print(_real(args))
+        elif args.cmd == "export":
+            if not args.out:
+                raise QuantflowError("--out is required with --weights/--random-weights")
             print(_export(args))
         else:
             man = read_manifest(args.dir)
