@@ -19,7 +19,7 @@ from cosim.plan import MixPECase
 from cosim.report import make_record
 
 __all__ = ["DATA_ROOT", "prepare_data", "stream_build", "system_build",
-           "run_stream", "run_fast", "to_record", "stream_job"]
+           "run_stream", "run_fast", "to_record", "stream_job", "sim_items"]
 
 DATA_ROOT = runner.REPO_ROOT / "build" / "sim" / "data"
 STREAM_TB = "cosim.tb.mixpe_stream"
@@ -121,7 +121,7 @@ def run_fast(case: MixPECase, *, build: runner.Build | None = None, repeat: int 
 
 def to_record(case: MixPECase, res: dict) -> dict:
     """A cosim.report record of one run (stream or fast path)."""
-    from hdl.mixpe import cycle_model
+    from hdl.mixpe import cycle_model, system_cycle_model
     cfg = case.config
     path = res.get("test", "stream")
     ideal = res.get("p_idle", 0.0) == 0.0 and res.get("p_stall", 0.0) == 0.0
@@ -140,7 +140,8 @@ def to_record(case: MixPECase, res: dict) -> dict:
         if ideal:
             extra["expected_cycles"] = model
     else:
-        extra.update(repeat=res.get("repeat"), load_seconds=res.get("load_seconds"))
+        extra.update(repeat=res.get("repeat"), load_seconds=res.get("load_seconds"),
+                     expected_cycles=system_cycle_model(cfg, case.m_tiles, case.n_tiles))
     if res.get("waves_file"):
         extra["waves_file"] = res["waves_file"]
     return make_record(
@@ -154,3 +155,41 @@ def to_record(case: MixPECase, res: dict) -> dict:
 
 def replace_case(case: MixPECase, **changes) -> MixPECase:
     return dataclasses.replace(case, **changes)
+
+
+def _run_item(case: MixPECase, path: str, sim: str) -> dict:
+    if path == "stream":
+        b = stream_build(case.config, sim=sim)
+        res = run_stream(case, build=b)
+    elif path == "stream-ideal":  # holds the cycle model to the RTL
+        b = stream_build(case.config, sim=sim)
+        res = run_stream(case, build=b, p_idle=0.0, p_stall=0.0)
+    else:
+        b = system_build(case.config, max_m_tiles=case.m_tiles,
+                         max_n_tiles=case.n_tiles, sim=sim)
+        res = run_fast(case, build=b)
+    rec = to_record(case, res)
+    rec["build_seconds"] = round(b.build_seconds, 1)
+    rec["build_cached"] = b.cached
+    return rec
+
+
+def sim_items(*, sim: str) -> list:
+    """`make sim`'s MixPE runs (cosim.blocks registry): every plan case with
+    back-pressure, ideal (cycle model held to the RTL), and the fast path
+    where the plan says so."""
+    from cosim.blocks import SimItem
+    from cosim.plan import default_plan
+
+    cases = default_plan()
+    items = []
+    for paths in (["stream"], ["stream-ideal"], ["fast"]):
+        for case in cases:
+            for path in paths:
+                if path == "fast" and not case.fast:
+                    continue
+                items.append(SimItem(
+                    block="mixpe", name=case.name, path=path, config=case.config.as_dict(),
+                    macs=case.macs, peak_macs_per_cycle=case.config.peak_macs_per_cycle,
+                    run=lambda case=case, path=path: _run_item(case, path, sim)))
+    return items
