@@ -1,0 +1,199 @@
+"""Configuration of the LUT-based mpGEMM block (DESIGN §3.4): the single source
+of truth shared by hdl.lut, golden.lut, quantflow.lut and cosim.lut.
+
+Standard library only (hdl reads it without torch).
+
+Two objects:
+  * `LUTConfig`  - the hardware (fixed when the RTL is generated): activation
+    rows per tile, weight columns per tile, lookup lanes, K and the group.
+  * `LUTMode`    - the weight format, chosen at *run time* without new RTL:
+    W1, W2, W4 (1, 2 or 4 bit planes) or ternary {-1, 0, 1} (2-bit codes).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from golden.config import ACC_BITS, ACT_BITS, MIXPE_GROUP_RANGE, SCALE_BITS, suggest_group
+
+__all__ = ["LUT_K_CHUNK", "LUT_STORED_ENTRIES", "LUT_PLANE_BITS", "LUT_MAX_PLANES",
+           "LUT_MAX_K", "LUTConfig", "LUTMode", "MODES"]
+
+#: Activations per table: one table holds all sums +-a0 +-a1 +-a2 +-a3.
+LUT_K_CHUNK = 4
+#: Of the 2**4 = 16 sums only 8 are stored; T[~idx] = -T[idx] gives the rest.
+LUT_STORED_ENTRIES = (1 << LUT_K_CHUNK) // 2
+#: Weight bit-widths the hardware reads as bit planes (the run-time plane count).
+LUT_PLANE_BITS = (1, 2, 4)
+LUT_MAX_PLANES = max(LUT_PLANE_BITS)
+#: Same int32 safety bound as MixPE: sum_k |a_k| * |w8_k| <= 128 * 255 * K.
+LUT_MAX_K = (2**31 - 1) // (128 * 255)
+
+
+def _check_int(name: str, value, lo: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an int, got {value!r}")
+    if lo is not None and value < lo:
+        raise ValueError(f"{name} must be >= {lo}, got {value}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LUTMode:
+    """The run-time weight format. `bits` is the number of bit planes the
+    hardware walks (1, 2 or 4). `ternary=True` means BitNet b1.58 weights
+    w in {-1, 0, 1} stored as 2-bit codes q = w + 1 in {0, 1, 2} with zero
+    point z = 1 (so w8 = (q - 1) * s2); it needs bits == 2."""
+
+    bits: int
+    ternary: bool = False
+
+    def __post_init__(self):
+        if isinstance(self.bits, bool) or not isinstance(self.bits, int) \
+                or self.bits not in LUT_PLANE_BITS:
+            raise ValueError(f"LUT weight bits must be one of {LUT_PLANE_BITS} (or ternary, "
+                             f"LUTMode(bits=2, ternary=True)), got {self.bits!r}; use W1, W2, "
+                             f"W4 or ternary")
+        if not isinstance(self.ternary, bool):
+            raise ValueError(f"ternary must be a bool, got {self.ternary!r}")
+        if self.ternary and self.bits != 2:
+            raise ValueError(f"ternary weights are 2-bit codes; use LUTMode(bits=2, "
+                             f"ternary=True), got bits={self.bits}")
+
+    @classmethod
+    def parse(cls, text: str) -> "LUTMode":
+        """'w1', 'w2', 'w4' or 'ternary' (case-insensitive)."""
+        key = str(text).strip().lower()
+        if key in MODES:
+            return MODES[key]
+        raise ValueError(f"unknown LUT weight format {text!r}; use one of {sorted(MODES)}")
+
+    @property
+    def planes(self) -> int:
+        return self.bits
+
+    @property
+    def levels(self) -> int:
+        """Largest code, 2**bits - 1 (the L of the odd-code identity)."""
+        return (1 << self.bits) - 1
+
+    @property
+    def max_code(self) -> int:
+        """Largest code the format allows (2 for ternary, else levels)."""
+        return 2 if self.ternary else self.levels
+
+    @property
+    def name(self) -> str:
+        return "ternary" if self.ternary else f"w{self.bits}"
+
+    def as_dict(self) -> dict:
+        return {"bits": self.bits, "ternary": self.ternary}
+
+
+MODES = {"w1": LUTMode(bits=1), "w2": LUTMode(bits=2), "w4": LUTMode(bits=4),
+         "ternary": LUTMode(bits=2, ternary=True)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class LUTConfig:
+    """A LUT mpGEMM block (DESIGN §3.4): one tile computes
+    acc[m, n] = sum_k a[m, k] * w8[n, k] for m < rows, n < cols ("elongated":
+    few rows, many columns), with `lanes` table lookups per row per cycle.
+    The table of each row is built once per 4 activations and serves all
+    `cols` columns: cols / lanes slices x planes cycles.
+
+    Memory-word layouts (element 0 in the least-significant bits):
+      * act word:   4*rows int8, element 4r + l = a[m0 + r, 4c + l]
+        -> act_word_bits = 32*rows; words ordered (tile_m, chunk c).
+      * code word (bit-plane layout): `lanes` 4-bit table indices, element l =
+        plane i of q[n0 + s*lanes + l, 4c .. 4c+3] (bit t = bit i of the code
+        at k = 4c + t) -> code_word_bits = 4*lanes; words ordered
+        (tile_n, chunk c, slice s, plane i from planes-1 down to 0).
+      * scale word: `lanes` pairs (s2, z*s2) as MixPE's (s2 bits [0, 8), z*s2
+        bits [8, 16)) -> 16*lanes bits; words ordered (tile_n, group j, slice s).
+      * result word: rows*lanes int32, element r*lanes + l = acc[m0 + r,
+        n0 + s*lanes + l] -> 32*rows*lanes bits; words ordered (tile_n,
+        tile_m, slice s).
+    """
+
+    rows: int = 1
+    cols: int = 64
+    lanes: int = 8
+    K: int = 1024
+    group: int = 64
+
+    def __post_init__(self):
+        _check_int("rows", self.rows, 1)
+        _check_int("cols", self.cols, 1)
+        _check_int("lanes", self.lanes, 1)
+        _check_int("K", self.K, 1)
+        _check_int("group", self.group, 1)
+        if self.cols % self.lanes:
+            raise ValueError(f"cols={self.cols} is not a multiple of lanes={self.lanes}; "
+                             f"choose lanes dividing cols (e.g. lanes="
+                             f"{max(d for d in range(1, self.lanes + 1) if self.cols % d == 0)})")
+        lo, hi = MIXPE_GROUP_RANGE
+        if not lo <= self.group <= hi:
+            raise ValueError(f"group must be in [{lo}, {hi}] (as MixPE's, so the same "
+                             f"quantized weights run on both), got {self.group}")
+        if self.group % LUT_K_CHUNK:
+            raise ValueError(f"group={self.group} is not a multiple of {LUT_K_CHUNK} (one "
+                             f"table covers {LUT_K_CHUNK} activations); use a multiple of 4")
+        if self.K % LUT_K_CHUNK:
+            raise ValueError(f"K={self.K} is not a multiple of {LUT_K_CHUNK}; pad K with "
+                             f"zero activations/weights to a multiple of 4")
+        if self.K % self.group:
+            raise ValueError(f"K={self.K} is not a multiple of group={self.group}; choose a "
+                             f"group that divides K, e.g. group="
+                             f"{suggest_group(self.K, self.group)}")
+        if self.K > LUT_MAX_K:
+            raise ValueError(f"K={self.K} exceeds {LUT_MAX_K}: the int32 accumulator could "
+                             f"overflow; split the reduction")
+
+    # --- derived quantities (never re-derive these elsewhere) ---
+    @property
+    def chunks(self) -> int:
+        """Tables per tile and row: K / 4."""
+        return self.K // LUT_K_CHUNK
+
+    @property
+    def group_chunks(self) -> int:
+        return self.group // LUT_K_CHUNK
+
+    @property
+    def groups(self) -> int:
+        return self.K // self.group
+
+    @property
+    def slices(self) -> int:
+        """Column slices a table serves: ceil(cols / lanes) (= cols / lanes)."""
+        return -(-self.cols // self.lanes)
+
+    def beats_per_tile(self, mode: LUTMode) -> int:
+        """Code beats (= cycles at full rate) per tile: planes * K/4 * slices."""
+        return mode.planes * self.chunks * self.slices
+
+    def peak_macs_per_cycle(self, mode: LUTMode) -> int:
+        """rows * lanes lookups per cycle, each covering 4 k of one plane."""
+        return self.rows * self.lanes * LUT_K_CHUNK // mode.planes
+
+    @property
+    def act_word_bits(self) -> int:
+        return ACT_BITS * LUT_K_CHUNK * self.rows
+
+    @property
+    def code_word_bits(self) -> int:
+        return LUT_K_CHUNK * self.lanes
+
+    @property
+    def scale_word_bits(self) -> int:
+        return 2 * SCALE_BITS * self.lanes
+
+    @property
+    def result_word_bits(self) -> int:
+        return ACC_BITS * self.rows * self.lanes
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def name(self) -> str:
+        return (f"lut_r{self.rows}_c{self.cols}_l{self.lanes}_k{self.K}_g{self.group}")
