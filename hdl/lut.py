@@ -1,0 +1,395 @@
+"""LUT-based mpGEMM block (DESIGN §3.4; LUT Tensor Core arXiv 2408.06003,
+T-MAC arXiv 2407.00088) in Amaranth 0.5.
+
+For every chunk of 4 activations of a row the block builds the 8 stored
+entries E[e] = a3 +-a2 +-a1 +-a0 of the symmetric table (T[~idx] = -T[idx]),
+then reads the weights bit-serially: each code beat carries, for `lanes`
+columns, the 4-bit index formed by plane i of 4 codes; the looked-up entry (or
+its negation) is accumulated MSB plane first (Horner: psum = 2*psum + T[idx]),
+so the shift by i needs no shifter. One table serves all `cols` columns of the
+tile (the elongated tile): slices s = 0 .. cols/lanes - 1, each `planes`
+beats. The plane count (1, 2 or 4: W1, W2, W4; ternary = 2) comes from the
+`bits` port at each tile's first beat: run time, same RTL.
+
+Per group the odd-code sum Q' = sum_i 2**i sum_c T_c[idx_i] becomes
+P = (Q' + L*A) >> 1 (exact, L = 2**bits - 1, A = sum of the table's E[7]
+entries) and is dequantized as MixPE's: acc += s2*P - zs2*A (int32, wraps).
+
+Pipeline (x = the cycle a code beat is accepted; every stage register moves
+only when `adv` = ~result.valid | result.ready, so back-pressure freezes the
+whole pipeline and no skid buffer is needed):
+  x+1  S1  idx, flags, act (on a chunk's first beat), scale (on a slice's
+           first beat in a group's last chunk) registered
+  x+2  S2  table E[0..7] per row built from the act register (adders)
+  x+3  S3  psum = (top plane ? 0 : 2*psum) + (idx[3] ? E[sel] : -E[sel]);
+           A_run = (group's first chunk ? 0 : A_run) + E[7] on a chunk's first beat
+  x+4  S4  on a slice's last plane: Q ring (cols/lanes entries per row and
+           lane) head <- (group's first chunk ? 0 : head) + psum
+  x+5  S5  in a group's last chunk: P = (Q' + L*A) >> 1
+  x+6  S6  s2*P, zs2*A (registered products: DSP48E2 M registers)
+  x+7  S7  acc ring <- (first group ? 0 : head) + s2*P - zs2*A; in the last
+           group also the result register (one beat: rows x lanes int32)
+Cycle model: tiles * planes * K/4 * cols/lanes + LATENCY (7) cycles from the
+first accepted beat to the last result transfer (ideal source and sink).
+"""
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Module, Mux, Shape, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from golden.config import ACC_BITS, ACT_BITS, SCALE_BITS
+from golden.lut_config import (LUT_K_CHUNK, LUT_MAX_PLANES, LUT_PLANE_BITS,
+                               LUT_STORED_ENTRIES, LUTConfig, LUTMode)
+
+from .mixpe import _SCALE_PAIR, _select
+from .stream_utils import count_width, is_const, tree_sum
+
+__all__ = ["LATENCY", "TABLE_FILL_CYCLES", "LUTBlock", "cycle_model", "precompute_share",
+           "act_layout", "code_layout", "scale_layout", "result_layout",
+           "entry_shape", "psum_shape", "odd_sum_shape", "act_sum_shape", "group_sum_shape"]
+
+#: Cycles from the edge that accepts a tile's last beat to its last result beat.
+LATENCY = 7
+#: Cycles of table building not hidden behind lookups: the S2 stage of a run's
+#: first chunk (every later table is built while the previous one is read).
+TABLE_FILL_CYCLES = 1
+
+_ACT_MIN = -(1 << (ACT_BITS - 1))
+_ACT_MAX = (1 << (ACT_BITS - 1)) - 1
+_MAX_LEVELS = (1 << LUT_MAX_PLANES) - 1
+
+
+def _check_config(config) -> LUTConfig:
+    if not isinstance(config, LUTConfig):
+        raise TypeError(f"expected a golden.lut_config.LUTConfig, got {type(config).__name__}")
+    return config
+
+
+# ---------------------------------------------------------------------------
+# Layouts and shapes derived from the configuration
+# ---------------------------------------------------------------------------
+def act_layout(config: LUTConfig) -> data.ArrayLayout:
+    return data.ArrayLayout(signed(ACT_BITS), LUT_K_CHUNK * config.rows)
+
+
+def code_layout(config: LUTConfig) -> data.ArrayLayout:
+    return data.ArrayLayout(unsigned(LUT_K_CHUNK), config.lanes)
+
+
+def scale_layout(config: LUTConfig) -> data.ArrayLayout:
+    return data.ArrayLayout(_SCALE_PAIR, config.lanes)
+
+
+def result_layout(config: LUTConfig) -> data.ArrayLayout:
+    return data.ArrayLayout(signed(ACC_BITS), config.rows * config.lanes)
+
+
+def entry_shape() -> Shape:
+    """A table entry: a sum of 4 signed int8 with signs."""
+    return Shape.cast(range(LUT_K_CHUNK * _ACT_MIN, -LUT_K_CHUNK * _ACT_MIN + 1))
+
+
+def psum_shape() -> Shape:
+    """One chunk's sum over up to 4 planes: |sum_i 2**i T| <= 15 * 512."""
+    m = _MAX_LEVELS * LUT_K_CHUNK * -_ACT_MIN
+    return Shape.cast(range(-m, m + 1))
+
+
+def odd_sum_shape(config: LUTConfig) -> Shape:
+    """Q' = sum over a group of a * q'."""
+    m = _MAX_LEVELS * config.group * -_ACT_MIN
+    return Shape.cast(range(-m, m + 1))
+
+
+def act_sum_shape(config: LUTConfig) -> Shape:
+    g = config.group
+    return Shape.cast(range(_ACT_MIN * g, _ACT_MAX * g + 1))
+
+
+def _la_shape(config: LUTConfig) -> Shape:
+    m = _MAX_LEVELS * config.group * -_ACT_MIN
+    return Shape.cast(range(-m, m + 1))
+
+
+def group_sum_shape(config: LUTConfig) -> Shape:
+    """P = sum over a group of a * q (as MixPE's)."""
+    g = config.group
+    return Shape.cast(range(_ACT_MIN * _MAX_LEVELS * g, _ACT_MAX * _MAX_LEVELS * g + 1))
+
+
+def _scaled_shape(operand: Shape) -> Shape:
+    return signed(min(operand.width + SCALE_BITS, ACC_BITS))
+
+
+# ---------------------------------------------------------------------------
+# Cycle model
+# ---------------------------------------------------------------------------
+def _check_mode(mode) -> LUTMode:
+    if not isinstance(mode, LUTMode):
+        raise TypeError(f"expected a golden.lut_config.LUTMode, got {type(mode).__name__}")
+    return mode
+
+
+def cycle_model(config: LUTConfig, mode: LUTMode, tiles: int) -> int:
+    """Cycles from the first accepted code beat to the last result transfer,
+    both inclusive, with an always-valid source and an always-ready sink:
+    tiles * planes * K/4 * ceil(cols/lanes) + LATENCY (tiles follow back to
+    back; the table of the next chunk is built while the current one is read)."""
+    config = _check_config(config)
+    mode = _check_mode(mode)
+    if isinstance(tiles, bool) or not isinstance(tiles, int) or tiles < 1:
+        raise ValueError(f"tiles must be an int >= 1, got {tiles!r}")
+    return tiles * config.beats_per_tile(mode) + LATENCY
+
+
+def precompute_share(config: LUTConfig, mode: LUTMode, tiles: int) -> float:
+    """Share of cycles spent on table precompute that lookups do not hide."""
+    return TABLE_FILL_CYCLES / cycle_model(config, mode, tiles)
+
+
+# ---------------------------------------------------------------------------
+# The block
+# ---------------------------------------------------------------------------
+def _table_entries(m: Module, a) -> list:
+    """E[e] = a3 + (e&4 ? a2 : -a2) + (e&2 ? a1 : -a1) + (e&1 ? a0 : -a0), from
+    four shared pre-sums (12 adders per row instead of 24)."""
+    a0, a1, a2, a3 = a
+    up, um = a3 + a2, a3 - a2
+    vp, vm = a1 + a0, a1 - a0
+    out = []
+    for e in range(LUT_STORED_ENTRIES):
+        u = up if e & 4 else um
+        if e & 2:
+            out.append(u + (vp if e & 1 else vm))
+        else:
+            out.append(u - (vm if e & 1 else vp))
+    return out
+
+
+class LUTBlock(wiring.Component):
+    """The LUT mpGEMM block (module docstring) with stream interfaces:
+
+      act    : In(stream of ArrayLayout(signed(8), 4*rows))   one beat per chunk
+               of 4 k, consumed with the chunk's first code beat
+      code   : In(stream of ArrayLayout(unsigned(4), lanes))  one beat per
+               (chunk, slice, plane from planes-1 down to 0)
+      scale  : In(stream of ArrayLayout({s2, zs2}, lanes))    one beat per
+               (group, slice), consumed with the slice's first code beat in
+               the group's last chunk
+      result : Out(stream of ArrayLayout(signed(32), rows*lanes)) one beat per
+               slice, cols/lanes beats per tile
+      bits   : In(3)   plane count 1, 2 or 4 (ternary: 2), sampled at a tile's
+               first beat; other values are not accepted
+      error  : Out(1)  sticky: `bits` changed inside a tile, or a tile was
+               offered with bits outside {1, 2, 4}
+
+    A beat fires when code, act (on a chunk's first beat) and scale (when
+    due) are valid and the pipeline advances; all readys rise only then.
+    """
+
+    def __init__(self, config: LUTConfig):
+        self.config = _check_config(config)
+        super().__init__({
+            "act": In(stream.Signature(act_layout(config))),
+            "code": In(stream.Signature(code_layout(config))),
+            "scale": In(stream.Signature(scale_layout(config))),
+            "result": Out(stream.Signature(result_layout(config))),
+            "bits": In(3),
+            "error": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.config
+        R, L, S = cfg.rows, cfg.lanes, cfg.slices
+
+        adv = Signal()
+        m.d.comb += adv.eq(~self.result.valid | self.result.ready)
+
+        # ---- input side: run-time plane count and the loop counters ----
+        in_tile = Signal()
+        b_reg = Signal(3)
+        bits_ok = Signal()
+        m.d.comb += bits_ok.eq(Cat(*[self.bits == b for b in LUT_PLANE_BITS]).any())
+        b_cur = Signal(3)
+        m.d.comb += b_cur.eq(Mux(in_tile, b_reg, self.bits))
+        i_reg = Signal(count_width(LUT_MAX_PLANES - 1))
+        i_cur = Signal.like(i_reg)
+        m.d.comb += i_cur.eq(Mux(in_tile, i_reg, self.bits - 1))
+        s = Signal(count_width(S - 1))
+        cg = Signal(count_width(cfg.group_chunks - 1))
+        j = Signal(count_width(cfg.groups - 1))
+
+        top, last_p, newchunk, fcg, lcg, fg, lg, need_scale, last_beat = (
+            Signal(name=n) for n in ("top_plane", "last_plane", "new_chunk", "first_cg",
+                                     "last_cg", "first_group", "last_group", "need_scale",
+                                     "last_beat"))
+        m.d.comb += [
+            top.eq(i_cur == b_cur - 1),
+            last_p.eq(is_const(i_cur, 0)),
+            newchunk.eq(is_const(s, 0) & top),
+            fcg.eq(is_const(cg, 0)),
+            lcg.eq(is_const(cg, cfg.group_chunks - 1)),
+            fg.eq(is_const(j, 0)),
+            lg.eq(is_const(j, cfg.groups - 1)),
+            need_scale.eq(lcg & top),
+            last_beat.eq(last_p & is_const(s, S - 1) & lcg & lg),
+        ]
+        fire = Signal()
+        m.d.comb += [
+            fire.eq(adv & (in_tile | bits_ok) & self.code.valid
+                    & (self.act.valid | ~newchunk) & (self.scale.valid | ~need_scale)),
+            self.code.ready.eq(fire),
+            self.act.ready.eq(fire & newchunk),
+            self.scale.ready.eq(fire & need_scale),
+        ]
+        with m.If((in_tile & (self.bits != b_reg))
+                  | (~in_tile & self.code.valid & ~bits_ok)):
+            m.d.sync += self.error.eq(1)
+        with m.If(fire):
+            m.d.sync += [in_tile.eq(~last_beat), b_reg.eq(b_cur)]
+            with m.If(last_p):
+                m.d.sync += i_reg.eq(b_cur - 1)
+                with m.If(is_const(s, S - 1)):
+                    m.d.sync += s.eq(0)
+                    with m.If(lcg):
+                        m.d.sync += [cg.eq(0), j.eq(Mux(lg, 0, j + 1))]
+                    with m.Else():
+                        m.d.sync += cg.eq(cg + 1)
+                with m.Else():
+                    m.d.sync += s.eq(s + 1)
+            with m.Else():
+                m.d.sync += i_reg.eq(i_cur - 1)
+
+        # ---- S1: input registers ----
+        v1 = Signal()
+        idx1 = Signal(code_layout(cfg))
+        act1 = Signal(act_layout(cfg))
+        scale1 = Signal(scale_layout(cfg))
+        f1 = Signal(7)  # top, last_p, newchunk, fcg, lcg, fg, lg
+        b1 = Signal(3)
+        with m.If(adv):
+            m.d.sync += v1.eq(fire)
+            with m.If(fire):
+                m.d.sync += [idx1.eq(self.code.payload), b1.eq(b_cur),
+                             f1.eq(Cat(top, last_p, newchunk, fcg, lcg, fg, lg))]
+                with m.If(newchunk):
+                    m.d.sync += act1.eq(self.act.payload)
+                with m.If(need_scale):
+                    m.d.sync += scale1.eq(self.scale.payload)
+
+        # ---- S2: table build (act1 holds the current chunk until the next
+        # chunk's first beat, so copying every cycle is exact) ----
+        v2 = Signal()
+        idx2 = Signal(code_layout(cfg))
+        f2 = Signal(7)
+        b2 = Signal(3)
+        scale2 = Signal(scale_layout(cfg))
+        table = [[Signal(entry_shape(), name=f"table_{r}_{e}") for e in range(LUT_STORED_ENTRIES)]
+                 for r in range(R)]
+        with m.If(adv):
+            m.d.sync += [v2.eq(v1), idx2.eq(idx1), f2.eq(f1), b2.eq(b1), scale2.eq(scale1)]
+            for r in range(R):
+                ents = _table_entries(m, [act1[LUT_K_CHUNK * r + t] for t in range(LUT_K_CHUNK)])
+                m.d.sync += [table[r][e].eq(ents[e]) for e in range(LUT_STORED_ENTRIES)]
+        top2, last2, new2, fcg2, lcg2, fg2, lg2 = (f2[i] for i in range(7))
+
+        # ---- S3: lookup through the symmetry, Horner over the planes ----
+        v3 = Signal()
+        f3 = Signal(7)
+        b3 = Signal(3)
+        scale3 = Signal(scale_layout(cfg))
+        psum = [[Signal(psum_shape(), name=f"psum_{r}_{l}") for l in range(L)] for r in range(R)]
+        a_run = [Signal(act_sum_shape(cfg), name=f"a_run_{r}") for r in range(R)]
+        with m.If(adv):
+            m.d.sync += [v3.eq(v2), f3.eq(f2), b3.eq(b2), scale3.eq(scale2)]
+        for l in range(L):
+            ix = idx2[l]
+            pos = ix[LUT_K_CHUNK - 1]
+            sel = Signal(3, name=f"sel_{l}")
+            m.d.comb += sel.eq(ix[:LUT_K_CHUNK - 1] ^ Mux(pos, 0, LUT_STORED_ENTRIES - 1))
+            for r in range(R):
+                ent = _select(m, sel, table[r], entry_shape(), f"ent_{r}_{l}")
+                val = Signal(signed(entry_shape().width + 1), name=f"val_{r}_{l}")
+                m.d.comb += val.eq(Mux(pos, ent, -ent))
+                with m.If(adv & v2):
+                    m.d.sync += psum[r][l].eq(Mux(top2, 0, psum[r][l] << 1) + val)
+        for r in range(R):
+            with m.If(adv & v2 & new2):
+                m.d.sync += a_run[r].eq(Mux(fcg2, 0, a_run[r]) + table[r][LUT_STORED_ENTRIES - 1])
+        top3, last3, new3, fcg3, lcg3, fg3, lg3 = (f3[i] for i in range(7))
+
+        # ---- S4: group accumulation of Q' in a ring per (row, lane) ----
+        v4 = Signal()  # a group's Q' of one slice is complete
+        fg4, lg4 = Signal(), Signal()
+        b4 = Signal(3)
+        scale4 = Signal(scale_layout(cfg))
+        a4 = [Signal(act_sum_shape(cfg), name=f"a4_{r}") for r in range(R)]
+        q4 = [[Signal(odd_sum_shape(cfg), name=f"q4_{r}_{l}") for l in range(L)] for r in range(R)]
+        slice_done = Signal()
+        m.d.comb += slice_done.eq(adv & v3 & last3)
+        with m.If(adv):
+            m.d.sync += [v4.eq(v3 & last3 & lcg3), fg4.eq(fg3), lg4.eq(lg3), b4.eq(b3),
+                         scale4.eq(scale3)]
+            m.d.sync += [a4[r].eq(a_run[r]) for r in range(R)]
+        for r in range(R):
+            for l in range(L):
+                ring = [Signal(odd_sum_shape(cfg), name=f"qring_{r}_{l}_{k}", reset_less=True)
+                        for k in range(S)]
+                qnew = Signal(odd_sum_shape(cfg), name=f"qnew_{r}_{l}")
+                m.d.comb += qnew.eq(Mux(fcg3, 0, ring[0]) + psum[r][l])
+                with m.If(slice_done):
+                    m.d.sync += [ring[k].eq(ring[k + 1]) for k in range(S - 1)]
+                    m.d.sync += [ring[S - 1].eq(qnew), q4[r][l].eq(qnew)]
+
+        # ---- S5: P = (Q' + L*A) >> 1 (exact: the sum is even) ----
+        v5, fg5, lg5 = Signal(), Signal(), Signal()
+        scale5 = Signal(scale_layout(cfg))
+        a5 = [Signal(act_sum_shape(cfg), name=f"a5_{r}") for r in range(R)]
+        p5 = [[Signal(group_sum_shape(cfg), name=f"p5_{r}_{l}") for l in range(L)]
+              for r in range(R)]
+        with m.If(adv):
+            m.d.sync += [v5.eq(v4), fg5.eq(fg4), lg5.eq(lg4), scale5.eq(scale4)]
+            for r in range(R):
+                la = Signal(_la_shape(cfg), name=f"la_{r}")
+                # L*A = (A << bits) - A; bits is one of LUT_PLANE_BITS
+                m.d.comb += la.eq(_select(m, b4, [(a4[r] << b) - a4[r] if b in LUT_PLANE_BITS
+                                                  else 0 for b in range(LUT_MAX_PLANES + 1)],
+                                          _la_shape(cfg), f"la_sel_{r}"))
+                m.d.sync += a5[r].eq(a4[r])
+                for l in range(L):
+                    m.d.sync += p5[r][l].eq((q4[r][l] + la) >> 1)
+
+        # ---- S6: dequantization products ----
+        v6, fg6, lg6 = Signal(), Signal(), Signal()
+        mp = [[Signal(_scaled_shape(group_sum_shape(cfg)), name=f"mp_{r}_{l}") for l in range(L)]
+              for r in range(R)]
+        ma = [[Signal(_scaled_shape(act_sum_shape(cfg)), name=f"ma_{r}_{l}") for l in range(L)]
+              for r in range(R)]
+        with m.If(adv):
+            m.d.sync += [v6.eq(v5), fg6.eq(fg5), lg6.eq(lg5)]
+            for r in range(R):
+                for l in range(L):
+                    m.d.sync += [mp[r][l].eq(scale5[l].s2 * p5[r][l]),
+                                 ma[r][l].eq(scale5[l].zs2 * a5[r])]
+
+        # ---- S7: int32 accumulation over groups; result register ----
+        out_valid = Signal()
+        m.d.comb += self.result.valid.eq(out_valid)
+        with m.If(self.result.valid & self.result.ready):
+            m.d.sync += out_valid.eq(0)
+        with m.If(adv & v6 & lg6):
+            m.d.sync += out_valid.eq(1)
+        for r in range(R):
+            for l in range(L):
+                ring = [Signal(signed(ACC_BITS), name=f"acc_{r}_{l}_{k}", reset_less=True)
+                        for k in range(S)]
+                anew = Signal(signed(ACC_BITS), name=f"acc_new_{r}_{l}")
+                m.d.comb += anew.eq(Mux(fg6, 0, ring[0]) + mp[r][l] - ma[r][l])
+                with m.If(adv & v6):
+                    m.d.sync += [ring[k].eq(ring[k + 1]) for k in range(S - 1)]
+                    m.d.sync += ring[S - 1].eq(anew)
+                    with m.If(lg6):
+                        m.d.sync += self.result.payload[r * L + l].eq(anew)
+        return m

@@ -1,0 +1,226 @@
+# amaranth: UnusedElaboratable=no
+"""hdl.lut: the LUT block under random stream stalls, bit-exact against
+golden.lut; W1/W2/W4/ternary tiles switched at run time through one elaboration;
+cycle model equal to the simulated count; the run-time mode error."""
+import random
+
+import pytest
+import torch
+from amaranth.sim import Simulator
+
+from golden.lut import lut_acc
+from golden.lut_config import LUTConfig, MODES
+from hdl.generate import verilog
+from hdl.lut import LATENCY, LUTBlock, cycle_model, precompute_share
+
+
+# --- words written from golden/lut_config.py's documented layouts ---
+def _pack(values, width):
+    word = 0
+    for i, v in enumerate(values):
+        word |= (int(v) & ((1 << width) - 1)) << (i * width)
+    return word
+
+
+def _unpack_signed(word, width, count):
+    out = []
+    for i in range(count):
+        v = (word >> (i * width)) & ((1 << width) - 1)
+        out.append(v - (1 << width) if v >> (width - 1) else v)
+    return out
+
+
+def _random_tile(cfg, mode, gen):
+    a = torch.randint(-128, 128, (cfg.rows, cfg.K), generator=gen)
+    q = torch.randint(0, mode.max_code + 1, (cfg.cols, cfg.K), generator=gen)
+    s2 = torch.randint(1, 256, (cfg.cols, cfg.groups), generator=gen)
+    z = (torch.ones_like(s2) if mode.ternary
+         else torch.randint(0, mode.levels + 1, (cfg.cols, cfg.groups), generator=gen))
+    s2 = torch.where(z * s2 > 255, torch.clamp(255 // torch.clamp(z, min=1), min=1), s2)
+    return a, q, s2, z
+
+
+def _tile_beats(cfg, mode, tile):
+    a, q, s2, z = tile
+    act = [_pack([a[r, 4 * c + t] for r in range(cfg.rows) for t in range(4)], 8)
+           for c in range(cfg.chunks)]
+    code = []
+    for c in range(cfg.chunks):
+        for s in range(cfg.slices):
+            for i in reversed(range(mode.bits)):
+                code.append(_pack([sum((((int(q[s * cfg.lanes + l, 4 * c + t]) >> i) & 1) << t)
+                                       for t in range(4)) for l in range(cfg.lanes)], 4))
+    zs2 = z * s2
+    scale = [_pack([int(s2[n, g]) | (int(zs2[n, g]) << 8)
+                    for n in range(s * cfg.lanes, (s + 1) * cfg.lanes)], 16)
+             for g in range(cfg.groups) for s in range(cfg.slices)]
+    return act, code, scale
+
+
+def _run(cfg, tiles, *, p_idle, p_stall, seed, bits_override=None):
+    """tiles: list of (mode, (a, q, s2, z)). Returns (results per tile as
+    [rows, cols] lists, cycles first-accepted .. last-result inclusive, error)."""
+    rng = random.Random(seed)
+    dut = LUTBlock(cfg)
+    beats = [_tile_beats(cfg, mode, t) for mode, t in tiles]
+    # the plane count to drive while the code beats of each tile are offered
+    code_modes = [mode.bits for (mode, _), b in zip(tiles, beats) for _ in b[1]]
+    if bits_override is not None:
+        code_modes = bits_override(code_modes)
+    streams = {
+        "act": (dut.act, [w for b in beats for w in b[0]], cfg.act_word_bits),
+        "code": (dut.code, [w for b in beats for w in b[1]], cfg.code_word_bits),
+        "scale": (dut.scale, [w for b in beats for w in b[2]], cfg.scale_word_bits),
+    }
+    n_results = len(tiles) * cfg.slices
+    got = []
+    marks = {"first": None, "last": None, "cycle": 0}
+
+    def make_source(name, stream, words, width):
+        async def source(ctx):
+            payload = stream.payload.as_value()
+            for n, w in enumerate(words):
+                while rng.random() < p_idle:
+                    ctx.set(stream.valid, 0)
+                    ctx.set(payload, rng.getrandbits(width))  # junk must be ignored
+                    await ctx.tick()
+                if name == "code":
+                    ctx.set(dut.bits, code_modes[n])
+                ctx.set(stream.valid, 1)
+                ctx.set(payload, w)
+                await ctx.tick().until(stream.ready)
+            ctx.set(stream.valid, 0)
+        return source
+
+    deadline = 6 * (sum(len(w) for _, w, _ in streams.values()) + n_results) + 200
+
+    async def sink(ctx):
+        for _ in range(int(deadline / max(1e-3, (1 - p_stall) * (1 - p_idle) ** 2))):
+            if len(got) == n_results:
+                return
+            ready = rng.random() >= p_stall
+            ctx.set(dut.result.ready, ready)
+            _, _, valid, payload = await ctx.tick().sample(dut.result.valid,
+                                                           dut.result.payload.as_value())
+            if ready and valid:
+                got.append(_unpack_signed(payload, 32, cfg.rows * cfg.lanes))
+        raise AssertionError(f"timed out with {len(got)} of {n_results} results")
+
+    async def monitor(ctx):
+        fire = dut.code.valid & dut.code.ready
+        xfer = dut.result.valid & dut.result.ready
+        async for _, _, f, x in ctx.tick().sample(fire, xfer):
+            if f and marks["first"] is None:
+                marks["first"] = marks["cycle"]
+            if x:
+                marks["last"] = marks["cycle"]
+            marks["cycle"] += 1
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    for name, (stream, words, width) in streams.items():
+        sim.add_testbench(make_source(name, stream, words, width), background=True)
+    sim.add_testbench(sink)
+    sim.add_testbench(monitor, background=True)
+    err = {}
+
+    async def read_error(ctx):
+        err["v"] = 0
+        async for _, _, e in ctx.tick().sample(dut.error):
+            err["v"] |= e
+    sim.add_testbench(read_error, background=True)
+    sim.run()
+    results = []
+    for t in range(len(tiles)):
+        acc = [[0] * cfg.cols for _ in range(cfg.rows)]
+        for s in range(cfg.slices):
+            word = got[t * cfg.slices + s]
+            for r in range(cfg.rows):
+                for l in range(cfg.lanes):
+                    acc[r][s * cfg.lanes + l] = word[r * cfg.lanes + l]
+        results.append(acc)
+    return results, marks["last"] - marks["first"] + 1, err["v"]
+
+
+CFG_A = LUTConfig(rows=1, cols=8, lanes=4, K=64, group=32)
+CFG_B = LUTConfig(rows=2, cols=4, lanes=2, K=64, group=64)
+
+
+@pytest.mark.parametrize("cfg", [CFG_A, CFG_B], ids=["r1c8l4", "r2c4l2"])
+def test_runtime_modes_bit_exact_under_stalls(cfg):
+    gen = torch.Generator().manual_seed(cfg.rows)
+    names = ["w1", "w2", "w4", "ternary", "w2"]
+    tiles = [(MODES[n], _random_tile(cfg, MODES[n], gen)) for n in names]
+    got, _, err = _run(cfg, tiles, p_idle=0.3, p_stall=0.4, seed=7)
+    assert not err
+    for (mode, (a, q, s2, z)), res in zip(tiles, got):
+        want = lut_acc(a, q, s2, z, cfg, mode).tolist()
+        assert res == want, f"{mode.name} tile differs"
+
+
+@pytest.mark.parametrize("name", ["w1", "w2", "w4", "ternary"])
+def test_cycle_model_ideal(name):
+    cfg = CFG_A
+    mode = MODES[name]
+    gen = torch.Generator().manual_seed(3)
+    tiles = [(mode, _random_tile(cfg, mode, gen)) for _ in range(3)]
+    got, cycles, err = _run(cfg, tiles, p_idle=0.0, p_stall=0.0, seed=1)
+    assert not err
+    assert cycles == cycle_model(cfg, mode, 3)
+    assert cycles == 3 * mode.bits * (cfg.K // 4) * (cfg.cols // cfg.lanes) + LATENCY
+    for (_, (a, q, s2, z)), res in zip(tiles, got):
+        assert res == lut_acc(a, q, s2, z, cfg, mode).tolist()
+
+
+def test_mode_changed_mid_tile_raises_error():
+    cfg = CFG_A
+    gen = torch.Generator().manual_seed(4)
+    tiles = [(MODES["w2"], _random_tile(cfg, MODES["w2"], gen))]
+
+    def flip(modes):
+        modes = list(modes)
+        modes[len(modes) // 2] = 4  # plane count changed inside the tile
+        return modes
+    _, _, err = _run(cfg, tiles, p_idle=0.0, p_stall=0.0, seed=1, bits_override=flip)
+    assert err == 1
+
+
+def test_unsupported_bits_not_accepted():
+    cfg = CFG_A
+    dut = LUTBlock(cfg)
+    state = {}
+
+    async def tb(ctx):
+        ctx.set(dut.bits, 3)
+        ctx.set(dut.code.valid, 1)
+        ctx.set(dut.act.valid, 1)
+        ctx.set(dut.scale.valid, 1)
+        ctx.set(dut.result.ready, 1)
+        taken = 0
+        for _ in range(10):
+            _, _, r = await ctx.tick().sample(dut.code.ready)
+            taken += r
+        state["taken"], state["err"] = taken, ctx.get(dut.error)
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(tb)
+    sim.run()
+    assert state == {"taken": 0, "err": 1}
+
+
+def test_model_figures():
+    cfg = LUTConfig(rows=1, cols=64, lanes=8, K=1024, group=64)
+    for name in ("w1", "w2", "w4", "ternary"):
+        mode = MODES[name]
+        assert precompute_share(cfg, mode, 1) < 0.05
+        work = cfg.beats_per_tile(mode) * 4
+        assert work / cycle_model(cfg, mode, 4) >= 0.98
+    with pytest.raises(ValueError, match="tiles"):
+        cycle_model(cfg, MODES["w2"], 0)
+
+
+def test_verilog_ports():
+    text = verilog(LUTBlock(CFG_A), "lut_test")
+    for port in ("act__payload", "code__valid", "scale__ready", "result__payload", "bits",
+                 "error", "clk", "rst"):
+        assert port in text
