@@ -275,8 +275,9 @@ class MixPEImages:
                           bits=self.config.bits, group=self.config.group)
 
 
-def read_manifest(outdir) -> dict:
-    """Read manifest.json and verify the sha256 of every file it lists."""
+def read_manifest(outdir, *, fmt: str = FORMAT, version: int = FORMAT_VERSION) -> dict:
+    """Read manifest.json and verify the sha256 of every file it lists. `fmt` and
+    `version`: the image format expected (other blocks' images name their own)."""
     outdir = Path(outdir)
     mpath = outdir / MANIFEST
     if not mpath.is_file():
@@ -286,11 +287,11 @@ def read_manifest(outdir) -> dict:
         manifest = json.loads(mpath.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         raise QuantflowError(f"{mpath} is not valid JSON ({e}); {_FIX}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise QuantflowError(f"{mpath} is not a {FORMAT} manifest; {_FIX}")
-    if manifest.get("format_version") != FORMAT_VERSION:
+    if not isinstance(manifest, dict) or manifest.get("format") != fmt:
+        raise QuantflowError(f"{mpath} is not a {fmt} manifest; {_FIX}")
+    if manifest.get("format_version") != version:
         raise QuantflowError(f"{mpath} has format_version {manifest.get('format_version')}, "
-                             f"this quantflow reads {FORMAT_VERSION}; {_FIX}")
+                             f"this quantflow reads {version}; {_FIX}")
     try:
         sums = manifest["sha256"]
         needed = {t[k] for t in manifest["tensors"].values() for k in ("hex", "npy")}
