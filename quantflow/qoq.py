@@ -71,10 +71,10 @@ class QoQWeights:
         return self.w8().to(torch.float32) * self.s1.to(torch.float32).unsqueeze(1)
 
 
-def _check_bits_group(bits, group, K: int) -> tuple[int, int]:
+def _check_bits_group(bits, group, K: int, allowed=MIXPE_WEIGHT_BITS) -> tuple[int, int]:
     bits = check_int("bits", bits)
-    if bits not in MIXPE_WEIGHT_BITS:
-        raise QuantflowError(f"bits={bits} is not supported; use one of {MIXPE_WEIGHT_BITS}")
+    if bits not in allowed:
+        raise QuantflowError(f"bits={bits} is not supported; use one of {tuple(allowed)}")
     group = check_int("group", group, 1)
     if K % group:
         raise QuantflowError(f"K={K} is not a multiple of group={group}; use a group that "
@@ -82,13 +82,15 @@ def _check_bits_group(bits, group, K: int) -> tuple[int, int]:
     return bits, group
 
 
-def quantize_groups(w8: torch.Tensor, *, bits: int, group: int):
+def quantize_groups(w8: torch.Tensor, *, bits: int, group: int,
+                    allowed_bits=MIXPE_WEIGHT_BITS):
     """Step 2 alone: asymmetric integer-scale group quantization of integer codes
-    w8 [N, K] -> (q, s2, z) as torch.int32. Refuses s2 or z*s2 beyond SCALE_BITS."""
+    w8 [N, K] -> (q, s2, z) as torch.int32. Refuses s2 or z*s2 beyond SCALE_BITS.
+    `allowed_bits`: the widths the caller's block reads (the LUT block adds 1)."""
     if not isinstance(w8, torch.Tensor) or w8.is_floating_point() or w8.dim() != 2:
         raise QuantflowError("w8 must be a 2-D integer torch.Tensor [N, K]")
     N, K = w8.shape
-    bits, group = _check_bits_group(bits, group, K)
+    bits, group = _check_bits_group(bits, group, K, allowed_bits)
     levels = (1 << bits) - 1
     G = K // group
     w = w8.to(torch.float64).reshape(N, G, group)
@@ -108,13 +110,15 @@ def quantize_groups(w8: torch.Tensor, *, bits: int, group: int):
     return (q.reshape(N, K).to(torch.int32), s2.to(torch.int32), z.to(torch.int32))
 
 
-def quantize_qoq(W, *, bits: int = 4, group: int = 128) -> QoQWeights:
-    """QoQ progressive group quantization (module docstring) of float W [N, K]."""
+def quantize_qoq(W, *, bits: int = 4, group: int = 128,
+                 allowed_bits=MIXPE_WEIGHT_BITS) -> QoQWeights:
+    """QoQ progressive group quantization (module docstring) of float W [N, K].
+    `allowed_bits`: the widths the caller's block reads (default MixPE's)."""
     W = as_float_tensor("W", W, 2, "[N, K] weights (out_features x in_features)")
     N, K = W.shape
     if N == 0 or K == 0:
         raise QuantflowError(f"W must be non-empty, got shape {[N, K]}")
-    bits, group = _check_bits_group(bits, group, K)
+    bits, group = _check_bits_group(bits, group, K, allowed_bits)
     absmax = W.abs().amax(dim=1)
     s1_f32 = absmax / QOQ_W8_QMAX
     too_big = s1_f32 > _FP16_MAX
@@ -130,7 +134,7 @@ def quantize_qoq(W, *, bits: int = 4, group: int = 128) -> QoQWeights:
     w8 = torch.clamp(w8, -QOQ_W8_QMAX, QOQ_W8_QMAX)
     w8 = torch.where(zero.unsqueeze(1), 0.0, w8).to(torch.int32)
     s1 = torch.where(zero, torch.zeros((), dtype=torch.float16), s1)
-    q, s2, z = quantize_groups(w8, bits=bits, group=group)
+    q, s2, z = quantize_groups(w8, bits=bits, group=group, allowed_bits=allowed_bits)
     return QoQWeights(q=q, s1=s1, s2=s2, z=z, bits=bits, group=group)
 
 
