@@ -1,0 +1,394 @@
+"""Configurable sparse DSP chain (FlightLLM, DESIGN §3.5) in Amaranth 0.5.
+
+    window/lanes -> sparse mux -> x regs -> skew j -> [DSP stage j of group g]
+                                                      AR/BR -> M=AR*BR -> P=PCIN+M
+    group outputs P_g -> reduction nodes (pass or emit) -> per-qgroup sum
+                      -> (W4A8: * s2) -> tile total -> result
+
+* `DSPStage` is written for Yosys/Vivado DSP48E2 inference: registered A/B
+  inputs (AREG/BREG), the product register (MREG), the 48-bit post-adder with
+  its register (PREG) fed by the previous stage's P (the PCIN cascade), one
+  clock enable for all of them (CEA/CEB/CEM/CEP) and no reset (datapath).
+* `DSPGroup`: `group_len` stages in a cascade; stage j's operands are delayed j
+  cycles (fabric shift registers) so that they meet the partial sum of stage j-1.
+* `SparseDSPChain`: the sparse multiplexer (stage i of a segment selects
+  window[(j >> log2 N) << log2 M | index]), W4A8's zero point subtracted from the
+  code before the multiplier (the DSP48E2 pre-adder's job), and the groups.
+* `SparseDSP`: stream interfaces, per-tile run-time mode (ctrl beat), reduction
+  nodes at every group end (r_g = P_g + (pass ? r_(g-1) : 0); pass unless g
+  starts a segment), per-quantization-group sums, W4A8's s2 once per group,
+  int32 results.
+
+Pipeline (cycle c = the cycle an input beat fires):
+  c+1           x regs: a_sel, b = value or q - z; sideband (flags, s2)
+  c+2+j         AR/BR of stage j (after j skew registers)
+  c+3+j         M of stage j
+  c+4+j         P of stage j;  P of a group's last stage at c+3+group_len
+  c+4+group_len R   reduction-node registers
+  c+5+group_len Q   per-quantization-group sums
+  c+6+group_len     result register (tile total; W4A8: + s2 * Q at a group end)
+The whole pipeline advances together on one enable that drops only when a
+tile's result would overwrite an untaken one (back-pressure).
+See docs/sparse_dsp.md.
+"""
+from __future__ import annotations
+
+from amaranth.hdl import Array, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from golden.config import ACC_BITS, ACT_BITS, SCALE_BITS
+from golden.sparse_dsp_config import (DSP_ACC_BITS, INDEX_BITS, MAX_RATIO, PATTERN_BITS,
+                                      PATTERNS, SPAN_LOG_BITS, W4_BITS, SparseDSPConfig,
+                                      TileMode)
+
+from .stream_utils import count_width, is_const
+
+__all__ = ["DSPStage", "DSPGroup", "SparseDSPChain", "SparseDSP", "chain_latency",
+           "pipeline_latency", "cycle_model", "ctrl_layout", "act_layout", "weight_layout",
+           "scale_layout", "result_layout", "WEIGHT_LANE", "SCALE_LANE"]
+
+#: B operand: int8 (W8A8) or q - z in [-15, 15] (W4A8): 8 signed bits either way.
+B_BITS = 8
+WEIGHT_LANE = data.StructLayout({"value": unsigned(ACT_BITS), "index": unsigned(INDEX_BITS)})
+SCALE_LANE = data.StructLayout({"s2": unsigned(SCALE_BITS), "z": unsigned(W4_BITS)})
+CTRL = data.StructLayout({"pattern": unsigned(PATTERN_BITS), "w4": unsigned(1),
+                          "span_log": unsigned(SPAN_LOG_BITS)})
+
+
+def _check_config(config) -> SparseDSPConfig:
+    if not isinstance(config, SparseDSPConfig):
+        raise TypeError(f"expected a SparseDSPConfig, got {type(config).__name__}")
+    return config
+
+
+def _log2(x: int) -> int:
+    return x.bit_length() - 1
+
+
+def ctrl_layout(config: SparseDSPConfig) -> data.StructLayout:
+    return CTRL
+
+
+def act_layout(config: SparseDSPConfig) -> data.ArrayLayout:
+    return data.ArrayLayout(signed(ACT_BITS), config.window_max)
+
+
+def weight_layout(config: SparseDSPConfig) -> data.ArrayLayout:
+    return data.ArrayLayout(WEIGHT_LANE, config.L)
+
+
+def scale_layout(config: SparseDSPConfig) -> data.ArrayLayout:
+    return data.ArrayLayout(SCALE_LANE, config.n_groups)
+
+
+def result_layout(config: SparseDSPConfig) -> data.ArrayLayout:
+    return data.ArrayLayout(signed(ACC_BITS), config.n_groups)
+
+
+def chain_latency(config: SparseDSPConfig) -> int:
+    """Enabled cycles from an input beat to the P output of its DSP groups."""
+    return _check_config(config).group_len + 3
+
+
+def pipeline_latency(config: SparseDSPConfig) -> int:
+    """Cycles from the cycle a tile's last beat fires to the cycle its result
+    beat is valid (and, with a ready sink, transfers): chain + R + Q + result."""
+    return chain_latency(config) + 3
+
+
+def cycle_model(config: SparseDSPConfig, modes) -> int:
+    """Cycles from the first accepted beat to the last result transfer, both
+    inclusive, with always-valid sources and an always-ready sink, for tiles run
+    back to back with the given TileModes (one per tile). A tile takes
+    `mode.beats(config)` = K / window cycles; nothing waits between tiles."""
+    config = _check_config(config)
+    modes = list(modes)
+    if not modes or not all(isinstance(t, TileMode) for t in modes):
+        raise ValueError("modes must be a non-empty list of TileMode (one per tile)")
+    return sum(t.beats(config) for t in modes) + pipeline_latency(config)
+
+
+class DSPStage(wiring.Component):
+    """P = PCIN + A*B with AREG/BREG, MREG, PREG and a common enable: one
+    DSP48E2. `first=True`: no PCIN (a group's first stage)."""
+
+    def __init__(self, *, first: bool):
+        self.first = first
+        members = {"en": In(1), "a": In(signed(ACT_BITS)), "b": In(signed(B_BITS)),
+                   "p": Out(signed(DSP_ACC_BITS))}
+        if not first:
+            members["pcin"] = In(signed(DSP_ACC_BITS))
+        super().__init__(members)
+
+    def elaborate(self, platform):
+        m = Module()
+        # reset_less: DSP48E2 registers need no reset (the valid flags travel
+        # beside them), which keeps them packable into the DSP.
+        ar = Signal(signed(ACT_BITS), reset_less=True)
+        br = Signal(signed(B_BITS), reset_less=True)
+        mr = Signal(signed(ACT_BITS + B_BITS), reset_less=True)
+        pr = Signal(signed(DSP_ACC_BITS), reset_less=True)
+        with m.If(self.en):
+            m.d.sync += [ar.eq(self.a), br.eq(self.b), mr.eq(ar * br)]
+            m.d.sync += pr.eq(mr if self.first else self.pcin + mr)
+        m.d.comb += self.p.eq(pr)
+        return m
+
+
+class DSPGroup(wiring.Component):
+    """`length` cascaded DSPStages; operands of stage j delayed j cycles."""
+
+    def __init__(self, length: int):
+        self.length = length
+        super().__init__({
+            "en": In(1),
+            "a": In(data.ArrayLayout(signed(ACT_BITS), length)),
+            "b": In(data.ArrayLayout(signed(B_BITS), length)),
+            "p": Out(signed(DSP_ACC_BITS)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        prev = None
+        for j in range(self.length):
+            a, b = self.a[j], self.b[j]
+            for d in range(j):  # skew: line the operands up with P of stage j-1
+                da = Signal(signed(ACT_BITS), reset_less=True, name=f"a{j}_d{d}")
+                db = Signal(signed(B_BITS), reset_less=True, name=f"b{j}_d{d}")
+                with m.If(self.en):
+                    m.d.sync += [da.eq(a), db.eq(b)]
+                a, b = da, db
+            st = DSPStage(first=(j == 0))
+            m.submodules[f"stage{j}"] = st
+            m.d.comb += [st.en.eq(self.en), st.a.eq(a), st.b.eq(b)]
+            if prev is not None:
+                m.d.comb += st.pcin.eq(prev.p)
+            prev = st
+        m.d.comb += self.p.eq(prev.p)
+        return m
+
+
+class SparseDSPChain(wiring.Component):
+    """Sparse multiplexer + L DSP stages in n_groups groups (no control).
+
+      window   : In  act beat (window_max int8)
+      lanes    : In  weight beat (L x {value, index})
+      log2n, log2m, span_log, w4 : In  the beat's run-time mode
+      z        : In  zero point per segment (W4A8)
+      p        : Out each group's cascade output, chain_latency(config) enabled
+                 cycles after the beat
+    """
+
+    def __init__(self, config: SparseDSPConfig):
+        self.config = _check_config(config)
+        super().__init__({
+            "en": In(1),
+            "window": In(act_layout(config)),
+            "lanes": In(weight_layout(config)),
+            "log2n": In(2), "log2m": In(2), "span_log": In(SPAN_LOG_BITS), "w4": In(1),
+            "z": In(data.ArrayLayout(unsigned(W4_BITS), config.n_groups)),
+            "p": Out(data.ArrayLayout(signed(DSP_ACC_BITS), config.n_groups)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.config
+        seg_shift = Signal(range(_log2(cfg.L) + SPAN_LOG_BITS + 1))
+        m.d.comb += seg_shift.eq(_log2(cfg.group_len) + self.span_log)
+        zs = Array(self.z[g] for g in range(cfg.n_groups))
+        xa = [Signal(signed(ACT_BITS), reset_less=True, name=f"xa{i}") for i in range(cfg.L)]
+        xb = [Signal(signed(B_BITS), reset_less=True, name=f"xb{i}") for i in range(cfg.L)]
+        for i in range(cfg.L):
+            lane = self.lanes[i]
+            seg = Signal(range(cfg.L), name=f"seg{i}")
+            j = Signal(range(cfg.L), name=f"j{i}")
+            addr = Signal(range(cfg.window_max), name=f"addr{i}")
+            m.d.comb += [
+                seg.eq(Const(i, range(cfg.L)) >> seg_shift),
+                j.eq(Const(i, range(cfg.L)) - (seg << seg_shift)),
+                addr.eq(((j >> self.log2n) << self.log2m) | lane.index),
+            ]
+            # stage i can only address window[0 .. MAX_RATIO*i + MAX_M - 1]
+            hi = min(cfg.window_max, MAX_RATIO * i + max(mm for _, mm in PATTERNS))
+            cands = Array(self.window[w] for w in range(hi))
+            code = lane.value[:W4_BITS]
+            w4b = Signal(signed(B_BITS), name=f"w4b{i}")
+            m.d.comb += w4b.eq(code - zs[seg])
+            with m.If(self.en):
+                m.d.sync += [xa[i].eq(cands[addr]),
+                             xb[i].eq(Mux(self.w4, w4b, lane.value.as_signed()))]
+        gl = cfg.group_len
+        for g in range(cfg.n_groups):
+            grp = DSPGroup(gl)
+            m.submodules[f"group{g}"] = grp
+            m.d.comb += [grp.en.eq(self.en), self.p[g].eq(grp.p)]
+            m.d.comb += [grp.a[j].eq(xa[g * gl + j]) for j in range(gl)]
+            m.d.comb += [grp.b[j].eq(xb[g * gl + j]) for j in range(gl)]
+        return m
+
+
+def _sideband(config: SparseDSPConfig) -> data.StructLayout:
+    return data.StructLayout({
+        "valid": 1, "qfirst": 1, "qlast": 1, "tfirst_grp": 1, "tlast": 1, "w4": 1,
+        "span_log": SPAN_LOG_BITS,
+        "s2": data.ArrayLayout(unsigned(SCALE_BITS), config.n_groups),
+    })
+
+
+class SparseDSP(wiring.Component):
+    """The chain with stream interfaces (layouts in golden/sparse_dsp_config.py):
+
+      ctrl   : In(stream of {pattern, w4, span_log})  one beat per tile, consumed
+               with the tile's first act/weight beat
+      act    : In(stream of window_max x int8)        one beat per weight beat
+      weight : In(stream of L x {value, index})       K / window beats per tile
+      scale  : In(stream of n_groups x {s2, z})       W4A8 tiles: one beat per
+               quantization group, consumed with the group's first beat
+      result : Out(stream of n_groups x int32)        one beat per tile
+
+    A beat fires when act, weight (ctrl at a tile start, scale at a W4A8 group
+    start) are valid and the pipeline is enabled. Pattern codes outside
+    PATTERNS run as dense; quantflow never emits them.
+    """
+
+    def __init__(self, config: SparseDSPConfig):
+        self.config = _check_config(config)
+        super().__init__({
+            "ctrl": In(stream.Signature(ctrl_layout(config))),
+            "act": In(stream.Signature(act_layout(config))),
+            "weight": In(stream.Signature(weight_layout(config))),
+            "scale": In(stream.Signature(scale_layout(config))),
+            "result": Out(stream.Signature(result_layout(config))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.config
+        ng = cfg.n_groups
+        max_beats = cfg.K // (cfg.group_len * min(mm // nn for nn, mm in PATTERNS))
+        en = Signal()
+
+        # ---- tile state and the beat's run-time mode ----
+        in_tile = Signal()
+        beat = Signal(count_width(max_beats - 1))
+        cur = Signal(CTRL)
+        z_reg = Signal(data.ArrayLayout(unsigned(W4_BITS), ng))
+        s2_reg = Signal(data.ArrayLayout(unsigned(SCALE_BITS), ng))
+        mode = Signal(CTRL)
+        m.d.comb += mode.eq(Mux(in_tile, cur, self.ctrl.payload))
+        log2n, log2m = Signal(2), Signal(2)
+        with m.Switch(mode.pattern):
+            for code, (n, mm) in enumerate(PATTERNS):
+                with m.Case(code):
+                    m.d.comb += [log2n.eq(_log2(n)), log2m.eq(_log2(mm))]
+            with m.Default():
+                m.d.comb += [log2n.eq(0), log2m.eq(0)]
+        log2w = Signal(range(_log2(cfg.window_max) + 1))
+        m.d.comb += log2w.eq(_log2(cfg.group_len) + mode.span_log + log2m - log2n)
+        last_idx = Signal.like(beat)
+        qmask = Signal.like(beat)
+        m.d.comb += [last_idx.eq((Const(cfg.K) >> log2w) - 1),
+                     qmask.eq((Const(cfg.qgroup) >> log2w) - 1)]
+        tfirst = is_const(beat, 0)
+        tlast = beat == last_idx
+        qpos = beat & qmask
+        qfirst = Mux(mode.w4, is_const(qpos, 0), tfirst)
+        qlast = Mux(mode.w4, qpos == qmask, tlast)
+        tfirst_grp = Mux(mode.w4, is_const(beat & ~qmask, 0), 1)
+        need_scale = Signal()
+        m.d.comb += need_scale.eq(mode.w4 & qfirst)
+
+        fire = Signal()
+        m.d.comb += [
+            fire.eq(en & self.act.valid & self.weight.valid
+                    & (in_tile | self.ctrl.valid) & (~need_scale | self.scale.valid)),
+            self.act.ready.eq(fire),
+            self.weight.ready.eq(fire),
+            self.ctrl.ready.eq(fire & ~in_tile),
+            self.scale.ready.eq(fire & need_scale),
+        ]
+        z_eff = Signal.like(z_reg)
+        s2_eff = Signal.like(s2_reg)
+        for g in range(ng):
+            m.d.comb += [z_eff[g].eq(Mux(need_scale, self.scale.payload[g].z, z_reg[g])),
+                         s2_eff[g].eq(Mux(need_scale, self.scale.payload[g].s2, s2_reg[g]))]
+        with m.If(fire):
+            m.d.sync += [beat.eq(Mux(tlast, 0, beat + 1)), in_tile.eq(~tlast), cur.eq(mode),
+                         z_reg.eq(z_eff), s2_reg.eq(s2_eff)]
+
+        # ---- datapath ----
+        chain = SparseDSPChain(cfg)
+        m.submodules.chain = chain
+        m.d.comb += [chain.en.eq(en), chain.window.eq(self.act.payload),
+                     chain.lanes.eq(self.weight.payload), chain.log2n.eq(log2n),
+                     chain.log2m.eq(log2m), chain.span_log.eq(mode.span_log),
+                     chain.w4.eq(mode.w4), chain.z.eq(z_eff)]
+
+        # ---- sideband, delayed to line up with the group outputs ----
+        sbl = _sideband(cfg)
+        sb_in = Signal(sbl)
+        m.d.comb += [sb_in.valid.eq(fire), sb_in.qfirst.eq(qfirst), sb_in.qlast.eq(qlast),
+                     sb_in.tfirst_grp.eq(tfirst_grp), sb_in.tlast.eq(tlast),
+                     sb_in.w4.eq(mode.w4), sb_in.span_log.eq(mode.span_log),
+                     sb_in.s2.eq(s2_eff)]
+        sb = sb_in
+        for d in range(chain_latency(cfg) + 2):   # ..., P stage, R stage, Q stage
+            nxt = Signal(sbl, name=f"sb{d + 1}")
+            with m.If(en):
+                m.d.sync += nxt.eq(sb)
+            sb = nxt
+            if d == chain_latency(cfg) - 1:
+                sb_p = sb
+            elif d == chain_latency(cfg):
+                sb_r = sb
+        sb_q = sb
+
+        # ---- reduction nodes: pass the partial sum on unless g starts a segment ----
+        span_mask = Signal(SPAN_LOG_BITS + ng.bit_length())
+        m.d.comb += span_mask.eq((Const(1, span_mask.shape()) << sb_p.span_log) - 1)
+        R = [Signal(signed(DSP_ACC_BITS), reset_less=True, name=f"R{g}") for g in range(ng)]
+        r_prev = None
+        for g in range(ng):
+            r = Signal(signed(DSP_ACC_BITS), name=f"r{g}")
+            if r_prev is None:
+                m.d.comb += r.eq(chain.p[g])
+            else:
+                passes = ~is_const(Const(g, range(ng)) & span_mask, 0)
+                m.d.comb += r.eq(chain.p[g] + Mux(passes, r_prev, 0))
+            with m.If(en):
+                m.d.sync += R[g].eq(r)
+            r_prev = r
+
+        # ---- segment s = the node ((s+1) << span_log) - 1; per-qgroup sums ----
+        Rs = Array(R)
+        qsum = [Signal(signed(DSP_ACC_BITS), name=f"qsum{s}") for s in range(ng)]
+        for s in range(ng):
+            node = Signal(range(2 * ng), name=f"node{s}")
+            m.d.comb += node.eq((Const(s + 1, range(2 * ng)) << sb_r.span_log) - 1)
+            with m.If(en & sb_r.valid):
+                m.d.sync += qsum[s].eq(Mux(sb_r.qfirst, 0, qsum[s]) + Rs[node])
+
+        # ---- group end: tile total (+ s2 * qsum in W4A8); tile end: result ----
+        out_valid = Signal()
+        out = Signal(result_layout(cfg))
+        emit = Signal()
+        m.d.comb += [emit.eq(sb_q.valid & sb_q.tlast),
+                     en.eq(~(out_valid & ~self.result.ready & emit)),
+                     self.result.valid.eq(out_valid), self.result.payload.eq(out)]
+        with m.If(self.result.ready):
+            m.d.sync += out_valid.eq(0)
+        tot = [Signal(signed(DSP_ACC_BITS), name=f"tot{s}") for s in range(ng)]
+        wbits = cfg.w4_group_sum_bits
+        for s in range(ng):
+            term = Mux(sb_q.w4, qsum[s][:wbits].as_signed() * sb_q.s2[s], qsum[s])
+            tot_new = Signal(signed(DSP_ACC_BITS), name=f"tot_new{s}")
+            m.d.comb += tot_new.eq(Mux(sb_q.tfirst_grp, 0, tot[s]) + term)
+            live = (Const(s, range(2 * ng)) << sb_q.span_log) < ng
+            with m.If(en & sb_q.valid & sb_q.qlast):
+                m.d.sync += tot[s].eq(tot_new)
+                with m.If(sb_q.tlast):
+                    m.d.sync += out[s].eq(Mux(live, tot_new[:ACC_BITS], 0))
+        with m.If(en & emit):
+            m.d.sync += out_valid.eq(1)
+        return m
