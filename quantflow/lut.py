@@ -1,0 +1,389 @@
+"""Quantization, bit-plane packing and memory images of the LUT mpGEMM block
+(DESIGN §3.4, §3.8; word layouts in golden/lut_config.py and docs/lut.md).
+
+Weights:
+  * W1, W2, W4: QoQ (quantflow.qoq, DESIGN §3.2) with 2**bits - 1 levels, so
+    the same (q, s2, z) also run on MixPE (W1 codes are valid W2 codes).
+  * ternary (BitNet b1.58, absmean): s1[n] = fp16(mean|W[n, :]|),
+    w = clamp(round(W / s1), -1, 1), stored as q = w + 1 with z = 1, s2 = 1.
+Images: act/code/scale/result .hex + .npy, side .npy (s1, s_a, s2, z) and a
+manifest with every file's sha256, written atomically through quantflow.images.
+The code image is the bit-plane stream for the manifest's weight format; a
+loader asked for another format or configuration refuses it.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from golden.config import ACC_BITS, ACT_BITS, ACT_QMAX, SCALE_BITS
+from golden.lut import lut_acc
+from golden.lut_config import LUT_K_CHUNK, LUT_PLANE_BITS, LUTConfig, LUTMode
+
+from ._check import as_float_tensor
+from .errors import QuantflowError
+from .images import (MANIFEST, _sha256, _write_dir_atomically, hex_digits, read_hex,
+                     read_manifest, write_hex)
+from .pack import pack_words, unpack_words
+from .qoq import QoQWeights, quantize_act, quantize_qoq
+
+__all__ = ["LUT_FORMAT", "LUT_FORMAT_VERSION", "LUTImages", "quantize_lut_weights",
+           "pack_lut_act_words", "pack_lut_code_words", "pack_lut_scale_words",
+           "pack_lut_result_words", "unpack_lut_act_words", "unpack_lut_code_words",
+           "unpack_lut_scale_words", "unpack_lut_result_words",
+           "write_lut_images", "export_lut", "load_lut"]
+
+LUT_FORMAT = "quattro-lut-images"
+LUT_FORMAT_VERSION = 1
+_FIX = "re-run quantflow export"
+
+
+def _cfg(config) -> LUTConfig:
+    if not isinstance(config, LUTConfig):
+        raise QuantflowError(f"config must be a LUTConfig, got {type(config).__name__}")
+    return config
+
+
+def _mode(mode) -> LUTMode:
+    if isinstance(mode, str):
+        try:
+            return LUTMode.parse(mode)
+        except ValueError as e:
+            raise QuantflowError(str(e)) from None
+    if not isinstance(mode, LUTMode):
+        raise QuantflowError(f"mode must be a LUTMode or one of 'w1', 'w2', 'w4', 'ternary', "
+                             f"got {mode!r}")
+    return mode
+
+
+def _np(name: str, x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        if x.is_floating_point():
+            raise QuantflowError(f"{name} must be integers, got {x.dtype}")
+        return x.detach().cpu().to(torch.int64).numpy()
+    return np.asarray(x).astype(np.int64)
+
+
+def _tiles(length: int, size: int, what: str) -> int:
+    if length % size:
+        raise QuantflowError(f"{what}={length} is not a multiple of {size}; pad with zero "
+                             f"rows (quantflow.pad_to_multiple) and drop them afterwards")
+    return length // size
+
+
+# --------------------------------------------------------------------------- quantize
+def quantize_lut_weights(W, *, mode, group: int) -> QoQWeights:
+    """Float W [N, K] -> QoQWeights in the LUT format `mode` (module docstring)."""
+    mode = _mode(mode)
+    if not mode.ternary:
+        return quantize_qoq(W, bits=mode.bits, group=group, allowed_bits=LUT_PLANE_BITS)
+    W = as_float_tensor("W", W, 2, "[N, K] weights (out_features x in_features)")
+    N, K = W.shape
+    if N == 0 or K == 0 or isinstance(group, bool) or not isinstance(group, int) \
+            or group < 1 or K % group:
+        raise QuantflowError(f"W {list(W.shape)} must be non-empty with K a multiple of "
+                             f"group={group!r}")
+    s1 = W.abs().mean(dim=1).to(torch.float16)
+    s1f = s1.to(torch.float32)
+    zero = s1f == 0
+    w = torch.clamp(torch.round(W / torch.where(zero, 1.0, s1f).unsqueeze(1)), -1, 1)
+    w = torch.where(zero.unsqueeze(1), 0.0, w)
+    G = K // group
+    return QoQWeights(q=(w + 1).to(torch.int32), s1=s1,
+                      s2=torch.ones((N, G), dtype=torch.int32),
+                      z=torch.ones((N, G), dtype=torch.int32), bits=2, group=group)
+
+
+# --------------------------------------------------------------------------- pack
+def pack_lut_act_words(a, config: LUTConfig) -> list[int]:
+    """word[tm*K/4 + c] holds a[tm*rows + r, 4c + t] as element 4r + t."""
+    c = _cfg(config)
+    a = _np("a", a)
+    if a.ndim != 2 or a.shape[1] != c.K:
+        raise QuantflowError(f"a must be [M, K={c.K}], got {list(a.shape)}")
+    mt = _tiles(a.shape[0], c.rows, "M")
+    v = a.reshape(mt, c.rows, c.chunks, LUT_K_CHUNK).transpose(0, 2, 1, 3)
+    return pack_words(v.reshape(-1, LUT_K_CHUNK * c.rows), ACT_BITS, LUT_K_CHUNK * c.rows,
+                      signed=True)
+
+
+def unpack_lut_act_words(words, config: LUTConfig) -> np.ndarray:
+    c = _cfg(config)
+    v = unpack_words(words, ACT_BITS, LUT_K_CHUNK * c.rows, signed=True)
+    mt = v.shape[0] // c.chunks
+    v = v.reshape(mt, c.chunks, c.rows, LUT_K_CHUNK).transpose(0, 2, 1, 3)
+    return v.reshape(mt * c.rows, c.K)
+
+
+def pack_lut_code_words(q, config: LUTConfig, mode) -> list[int]:
+    """Bit-plane layout: word[((tn*K/4 + c)*slices + s)*planes + (planes-1-i)]
+    holds, as element l, plane i of q[tn*cols + s*lanes + l, 4c .. 4c+3]."""
+    c, mode = _cfg(config), _mode(mode)
+    q = _np("q", q)
+    if q.ndim != 2 or q.shape[1] != c.K:
+        raise QuantflowError(f"q must be [N, K={c.K}], got {list(q.shape)}")
+    if q.size and (q.min() < 0 or q.max() > mode.max_code):
+        raise QuantflowError(f"q holds codes outside [0, {mode.max_code}] for {mode.name}; "
+                             f"quantize with quantize_lut_weights(mode={mode.name!r})")
+    nt = _tiles(q.shape[0], c.cols, "N")
+    v = q.reshape(nt, c.slices, c.lanes, c.chunks, LUT_K_CHUNK)
+    planes = np.stack([(v >> i) & 1 for i in reversed(range(mode.planes))])  # [P, ...]
+    idx = (planes << np.arange(LUT_K_CHUNK)).sum(-1)  # [P, nt, S, lanes, C]
+    idx = idx.transpose(1, 4, 2, 0, 3)  # [nt, C, S, P, lanes]
+    return pack_words(idx.reshape(-1, c.lanes), LUT_K_CHUNK, c.lanes)
+
+
+def unpack_lut_code_words(words, config: LUTConfig, mode) -> np.ndarray:
+    c, mode = _cfg(config), _mode(mode)
+    idx = unpack_words(words, LUT_K_CHUNK, c.lanes)
+    per = c.chunks * c.slices * mode.planes
+    if idx.shape[0] % per:
+        raise QuantflowError(f"{idx.shape[0]} code words is not a whole number of tiles of "
+                             f"{per} words; {_FIX}")
+    nt = idx.shape[0] // per
+    idx = idx.reshape(nt, c.chunks, c.slices, mode.planes, c.lanes)
+    bits = (idx[..., None] >> np.arange(LUT_K_CHUNK)) & 1  # [nt, C, S, P, lanes, 4]
+    weights = (1 << np.arange(mode.planes))[::-1]  # plane order is MSB first
+    q = (bits * weights[None, None, None, :, None, None]).sum(3)  # [nt, C, S, lanes, 4]
+    return q.transpose(0, 2, 3, 1, 4).reshape(nt * c.cols, c.K)
+
+
+def pack_lut_scale_words(s2, z, config: LUTConfig) -> list[int]:
+    """word[(tn*groups + j)*slices + s] holds (s2 | z*s2 << 8) of column
+    tn*cols + s*lanes + l as element l."""
+    c = _cfg(config)
+    s2, z = _np("s2", s2), _np("z", z)
+    if s2.shape != z.shape or s2.ndim != 2 or s2.shape[1] != c.groups:
+        raise QuantflowError(f"s2 {list(s2.shape)} and z {list(z.shape)} must both be "
+                             f"[N, K/group={c.groups}]")
+    nt = _tiles(s2.shape[0], c.cols, "N")
+    zs2 = z * s2
+    if s2.size and (s2.min() < 1 or max(s2.max(), zs2.max()) >> SCALE_BITS or zs2.min() < 0):
+        raise QuantflowError(f"s2 must be in [1, {(1 << SCALE_BITS) - 1}] and z*s2 in "
+                             f"[0, {(1 << SCALE_BITS) - 1}]")
+    pair = (s2 | (zs2 << SCALE_BITS)).reshape(nt, c.slices, c.lanes, c.groups)
+    return pack_words(pair.transpose(0, 3, 1, 2).reshape(-1, c.lanes), 2 * SCALE_BITS, c.lanes)
+
+
+def unpack_lut_scale_words(words, config: LUTConfig) -> tuple[np.ndarray, np.ndarray]:
+    c = _cfg(config)
+    v = unpack_words(words, 2 * SCALE_BITS, c.lanes)
+    nt = v.shape[0] // (c.groups * c.slices)
+    v = v.reshape(nt, c.groups, c.slices, c.lanes).transpose(0, 2, 3, 1).reshape(-1, c.groups)
+    return v & ((1 << SCALE_BITS) - 1), v >> SCALE_BITS
+
+
+def pack_lut_result_words(acc, config: LUTConfig) -> list[int]:
+    """word[(tn*m_tiles + tm)*slices + s] holds acc[tm*rows + r, tn*cols +
+    s*lanes + l] as element r*lanes + l (the block's emission order)."""
+    c = _cfg(config)
+    acc = _np("acc", acc)
+    mt = _tiles(acc.shape[0], c.rows, "M")
+    nt = _tiles(acc.shape[1], c.cols, "N")
+    v = acc.reshape(mt, c.rows, nt, c.slices, c.lanes).transpose(2, 0, 3, 1, 4)
+    return pack_words(v.reshape(-1, c.rows * c.lanes), ACC_BITS, c.rows * c.lanes, signed=True)
+
+
+def unpack_lut_result_words(words, config: LUTConfig, *, M: int, N: int) -> np.ndarray:
+    c = _cfg(config)
+    mt, nt = _tiles(M, c.rows, "M"), _tiles(N, c.cols, "N")
+    v = unpack_words(words, ACC_BITS, c.rows * c.lanes, signed=True)
+    return v.reshape(nt, mt, c.slices, c.rows, c.lanes).transpose(1, 3, 0, 2, 4).reshape(M, N)
+
+
+# --------------------------------------------------------------------------- images
+def write_lut_images(outdir, config: LUTConfig, mode, *, weights: QoQWeights, a, s_a) -> dict:
+    """Pack quantized operands, compute golden.lut's expected acc and write the
+    image directory atomically (nothing is left behind on an error)."""
+    c, mode = _cfg(config), _mode(mode)
+    if not isinstance(weights, QoQWeights):
+        raise QuantflowError("weights must be a QoQWeights (quantize_lut_weights)")
+    if (weights.bits, weights.group) != (mode.bits, c.group):
+        raise QuantflowError(f"weights have bits={weights.bits}, group={weights.group} but "
+                             f"the format is {mode.name} with group={c.group}; quantize with "
+                             f"quantize_lut_weights(mode={mode.name!r}, group={c.group})")
+    a = torch.as_tensor(a)
+    s_a = torch.as_tensor(s_a).to(torch.float32)
+    N, K = weights.shape
+    if a.dim() != 2 or a.shape[1] != K or K != c.K:
+        raise QuantflowError(f"a {list(a.shape)} and weights {[N, K]} must share "
+                             f"K = config.K = {c.K}")
+    M = a.shape[0]
+    if tuple(s_a.shape) != (M,):
+        raise QuantflowError(f"s_a must have shape [{M}], got {list(s_a.shape)}")
+    try:
+        acc = lut_acc(a, weights.q, weights.s2, weights.z, c, mode)
+    except ValueError as e:
+        raise QuantflowError(f"operands do not fit the {mode.name} format: {e}") from None
+    # all packing (and its tiling errors) before any I/O
+    words = {"act": pack_lut_act_words(a, c), "code": pack_lut_code_words(weights.q, c, mode),
+             "scale": pack_lut_scale_words(weights.s2, weights.z, c),
+             "result": pack_lut_result_words(acc, c)}
+    s2 = weights.s2.numpy().astype(np.uint8)
+    z = weights.z.numpy().astype(np.uint8)
+    arrays = {"act": a.numpy().astype(np.int8), "code": weights.q.numpy().astype(np.uint8),
+              "scale": np.stack([s2, (weights.z * weights.s2).numpy().astype(np.uint8)], -1),
+              "result": acc.numpy().astype(np.int32)}
+    desc = {
+        "act": dict(elem_bits=ACT_BITS, signed=True, elems_per_word=LUT_K_CHUNK * c.rows,
+                    word_bits=c.act_word_bits, layout="lut_act",
+                    order="word[tm*K/4 + c] holds a[tm*rows + r, 4c + t] as element 4r + t"),
+        "code": dict(elem_bits=LUT_K_CHUNK, signed=False, elems_per_word=c.lanes,
+                     word_bits=c.code_word_bits, layout="lut_bitplane_code",
+                     planes=mode.planes,
+                     order="word[((tn*K/4 + c)*slices + s)*planes + planes-1-i] holds, as "
+                           "element l, bit i of q[tn*cols + s*lanes + l, 4c + t] in bit t; "
+                           "npy holds the codes q [N, K]"),
+        "scale": dict(elem_bits=2 * SCALE_BITS, signed=False, elems_per_word=c.lanes,
+                      word_bits=c.scale_word_bits, layout="lut_scale",
+                      fields={"s2": [0, SCALE_BITS], "zs2": [SCALE_BITS, 2 * SCALE_BITS]},
+                      order="word[(tn*groups + j)*slices + s] holds (s2 | zs2 << 8) of column "
+                            "tn*cols + s*lanes + l as element l; npy is [N, G, 2]"),
+        "result": dict(elem_bits=ACC_BITS, signed=True, elems_per_word=c.rows * c.lanes,
+                       word_bits=c.result_word_bits, layout="lut_result",
+                       order="word[(tn*m_tiles + tm)*slices + s] holds acc[tm*rows + r, "
+                             "tn*cols + s*lanes + l] as element r*lanes + l"),
+    }
+    side = {"s1": (weights.s1.numpy().astype(np.float16), "per-channel fp16 scale [N]"),
+            "s_a": (s_a.numpy().astype(np.float32), "per-token float32 scale [M]"),
+            "s2": (s2, "integer group scale [N, G]"), "z": (z, "integer zero point [N, G]")}
+    holder: list[dict] = []
+
+    def fill(tmp: Path) -> None:
+        tensors, sides = {}, {}
+        for name, d in desc.items():
+            write_hex(tmp / f"{name}.hex", words[name], d["word_bits"])
+            np.save(tmp / f"{name}.npy", arrays[name], allow_pickle=False)
+            tensors[name] = dict(hex=f"{name}.hex", npy=f"{name}.npy",
+                                 shape=list(arrays[name].shape), dtype=str(arrays[name].dtype),
+                                 words=len(words[name]), hex_digits=hex_digits(d["word_bits"]),
+                                 packing="lsb-first", **d)
+        for name, (arr, meaning) in side.items():
+            np.save(tmp / f"{name}.npy", arr, allow_pickle=False)
+            sides[name] = dict(npy=f"{name}.npy", shape=list(arr.shape), dtype=str(arr.dtype),
+                               meaning=meaning)
+        manifest = {
+            "format": LUT_FORMAT, "format_version": LUT_FORMAT_VERSION, "block": "lut",
+            "config": c.as_dict(), "config_name": c.name(), "mode": mode.as_dict(),
+            "dims": {"M": M, "N": N, "K": K, "groups": c.groups, "m_tiles": M // c.rows,
+                     "n_tiles": N // c.cols},
+            "quantization": {
+                "weights": {"scheme": "ternary-absmean" if mode.ternary else "qoq",
+                            "bits": mode.bits, "ternary": mode.ternary, "group": c.group,
+                            "s1_dtype": "float16", "scale_bits": SCALE_BITS,
+                            "rounding": "half-even"},
+                "activations": {"scheme": "per-token-symmetric-int8", "qmax": ACT_QMAX,
+                                "s_a_dtype": "float32", "rounding": "half-even"}},
+            "tensors": tensors, "side": sides,
+            "sha256": {p.name: _sha256(p) for p in sorted(tmp.iterdir())},
+        }
+        with open(tmp / MANIFEST, "w", encoding="utf-8") as f:
+            json.dump(manifest, f, indent=2, sort_keys=True)
+            f.write("\n")
+        holder.append(manifest)
+
+    _write_dir_atomically(Path(outdir), fill)
+    return holder[0]
+
+
+def export_lut(outdir, config: LUTConfig, mode, W, X) -> dict:
+    """Quantize float W [N, K] in `mode` and X [M, K] (per-token INT8), pack, write."""
+    c, mode = _cfg(config), _mode(mode)
+    qw = quantize_lut_weights(W, mode=mode, group=c.group)
+    if qw.shape[1] != c.K:
+        raise QuantflowError(f"W has K={qw.shape[1]} but config.K={c.K}; build the config "
+                             f"with K={qw.shape[1]}")
+    a, s_a = quantize_act(X)
+    return write_lut_images(outdir, c, mode, weights=qw, a=a, s_a=s_a)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LUTImages:
+    """A verified LUT image directory (tensors as torch; *_words as in the .hex)."""
+
+    path: Path
+    config: LUTConfig
+    mode: LUTMode
+    manifest: dict
+    M: int
+    N: int
+    a: torch.Tensor
+    q: torch.Tensor
+    s2: torch.Tensor
+    z: torch.Tensor
+    s1: torch.Tensor
+    s_a: torch.Tensor
+    acc: torch.Tensor
+    act_words: tuple[int, ...]
+    code_words: tuple[int, ...]
+    scale_words: tuple[int, ...]
+    result_words: tuple[int, ...]
+
+    @property
+    def m_tiles(self) -> int:
+        return self.M // self.config.rows
+
+    @property
+    def n_tiles(self) -> int:
+        return self.N // self.config.cols
+
+
+def load_lut(outdir, config: LUTConfig, mode) -> LUTImages:
+    """Read and verify an image directory: checksums, configuration and weight
+    format, word counts/widths, and every .hex against its .npy."""
+    c, mode = _cfg(config), _mode(mode)
+    outdir = Path(outdir)
+    man = read_manifest(outdir, fmt=LUT_FORMAT, version=LUT_FORMAT_VERSION)
+    mpath = outdir / MANIFEST
+    if man.get("config") != c.as_dict():
+        raise QuantflowError(f"{mpath} was written for {man.get('config_name')}, expected "
+                             f"{c.name()}; {_FIX} with this configuration")
+    if man.get("mode") != mode.as_dict():
+        raise QuantflowError(f"{mpath} holds {man.get('mode')} weights, expected "
+                             f"{mode.as_dict()} ({mode.name}); {_FIX} with this format")
+    M, N = int(man["dims"]["M"]), int(man["dims"]["N"])
+    words, arrays = {}, {}
+    try:
+        for name, t in man["tensors"].items():
+            words[name] = read_hex(outdir / t["hex"], int(t["word_bits"]), int(t["words"]))
+            arrays[name] = np.load(outdir / t["npy"], allow_pickle=False)
+        side = {k: np.load(outdir / t["npy"], allow_pickle=False)
+                for k, t in man["side"].items()}
+    except (KeyError, TypeError, ValueError) as e:
+        if isinstance(e, QuantflowError):
+            raise
+        raise QuantflowError(f"{mpath} does not describe a LUT image ({e}); {_FIX}") from None
+
+    def agree(fname: str, ok: bool) -> None:
+        if not ok:
+            raise QuantflowError(f"{outdir / fname} disagrees with the other image files; "
+                                 f"{_FIX}")
+    try:
+        agree("act.hex", np.array_equal(unpack_lut_act_words(words["act"], c), arrays["act"]))
+        agree("code.hex", np.array_equal(unpack_lut_code_words(words["code"], c, mode),
+                                         arrays["code"]))
+        s2w, zs2w = unpack_lut_scale_words(words["scale"], c)
+        agree("scale.hex", np.array_equal(np.stack([s2w, zs2w], -1), arrays["scale"]))
+        agree("s2.npy", np.array_equal(side["s2"], s2w))
+        agree("z.npy", np.array_equal(side["z"].astype(np.int64) * s2w, zs2w))
+        agree("result.hex", np.array_equal(
+            unpack_lut_result_words(words["result"], c, M=M, N=N), arrays["result"]))
+    except (ValueError, IndexError) as e:
+        if isinstance(e, QuantflowError) and _FIX in str(e):
+            raise
+        raise QuantflowError(f"{outdir}: images do not match the manifest ({e}); {_FIX}") \
+            from None
+    return LUTImages(
+        path=outdir, config=c, mode=mode, manifest=man, M=M, N=N,
+        a=torch.from_numpy(arrays["act"].astype(np.int8)),
+        q=torch.from_numpy(arrays["code"].astype(np.int32)),
+        s2=torch.from_numpy(side["s2"].astype(np.int32)),
+        z=torch.from_numpy(side["z"].astype(np.int32)),
+        s1=torch.from_numpy(side["s1"]), s_a=torch.from_numpy(side["s_a"].astype(np.float32)),
+        acc=torch.from_numpy(arrays["result"].astype(np.int32)),
+        act_words=tuple(words["act"]), code_words=tuple(words["code"]),
+        scale_words=tuple(words["scale"]), result_words=tuple(words["result"]))
