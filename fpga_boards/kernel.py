@@ -1,0 +1,261 @@
+"""Vitis RTL kernels: a reusable shell around any block with stream interfaces.
+
+A block becomes a kernel by describing it as a `KernelSpec`: which stream of the
+block each device-memory buffer feeds (or drains), where in the buffer its
+words lie (a `RangeNest` driven by scalar arguments), and the block factory.
+`RtlKernel(spec)` then builds the Vitis top:
+
+    ap_clk, ap_rst_n                      (synchronous, active-low reset)
+    s_axi_control_*                       AXI4-Lite, ap_ctrl_hs (fpga_boards.axi)
+    m_axi_<buffer>_*                      one AXI4 master per buffer, 64-bit addresses
+    interrupt
+
+and runs: ap_start -> every DMA starts (arguments sampled) -> the block streams
+-> the last write response -> ap_done/ap_ready (+ interrupt) -> idle.
+
+Adding a block's kernel = a function returning its KernelSpec plus one line in
+`KERNELS` (see `mixpe_kernel`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from amaranth.hdl import ClockDomain, Module, Signal
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from golden.config import MixPEConfig
+
+from .axi import (AxiReadDMA, AxiWriteDMA, ControlSlave, KernelArg, RangeNest, arg_offsets,
+                  axi_read_members, axi_write_members, axil_slave_members, beat_bits,
+                  word_bytes)
+
+__all__ = ["BufferSpec", "KernelSpec", "RtlKernel", "KERNELS", "kernel_spec", "mixpe_kernel",
+           "words_to_bytes", "bytes_to_words", "RangeNest"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class BufferSpec:
+    """A device-memory buffer: argument/master name, the block stream it feeds
+    ("in") or drains ("out"), the word width, and where its words are."""
+    name: str
+    direction: str          # "in" | "out"
+    stream: str             # attribute name of the block's stream
+    word_bits: int
+    nest: RangeNest
+    outer_arg: str          # scalar argument giving the loop counts
+    inner_arg: str
+
+    def __post_init__(self):
+        if self.direction not in ("in", "out"):
+            raise ValueError(f"buffer {self.name!r}: direction must be 'in' or 'out'")
+
+    @property
+    def word_bytes(self) -> int:
+        return word_bytes(self.word_bits)
+
+    @property
+    def data_bits(self) -> int:
+        return beat_bits(self.word_bits)
+
+    def words(self, scalars: dict) -> int:
+        """Words of the buffer touched by a run with these scalar arguments."""
+        n_o, n_i = scalars[self.outer_arg], scalars[self.inner_arg]
+        if self.nest.outer_stride is None:
+            return n_o * n_i * self.nest.length
+        if n_o == 0 or n_i == 0:
+            return 0
+        last = (n_o - 1) * self.nest.outer_stride + (n_i - 1) * self.nest.inner_stride
+        return last + self.nest.length
+
+
+@dataclass(frozen=True, kw_only=True)
+class KernelSpec:
+    name: str                       # kernel (Verilog top) name
+    block: str                      # the cosim/report block name
+    config: object                  # the block configuration (has as_dict())
+    factory: Callable               # () -> block component
+    buffers: tuple[BufferSpec, ...]
+    scalars: tuple[str, ...]
+    #: Lower bounds on resources known without synthesis (for an instant fit refusal).
+    min_resources: dict = field(default_factory=dict)
+
+    @property
+    def args(self) -> tuple[KernelArg, ...]:
+        """Register-map order: buffers (64-bit pointers), then scalars (32-bit)."""
+        return (tuple(KernelArg(name=b.name, bits=64) for b in self.buffers)
+                + tuple(KernelArg(name=s, bits=32) for s in self.scalars))
+
+    @property
+    def offsets(self) -> dict[str, int]:
+        return arg_offsets(self.args)
+
+    def buffer(self, name: str) -> BufferSpec:
+        for b in self.buffers:
+            if b.name == name:
+                return b
+        raise KeyError(name)
+
+
+class RtlKernel(wiring.Component):
+    """The Vitis RTL kernel of `spec`, with flat port names (module docstring)."""
+
+    def __init__(self, spec: KernelSpec):
+        self.spec = spec
+        members = {"ap_clk": In(1), "ap_rst_n": In(1), "interrupt": Out(1)}
+        for k, v in axil_slave_members().items():
+            members[f"s_axi_control_{k}"] = v
+        for b in spec.buffers:
+            mem = (axi_read_members if b.direction == "in" else axi_write_members)(b.data_bits)
+            for k, v in mem.items():
+                members[f"m_axi_{b.name}_{k}"] = v
+        super().__init__(members)
+
+    def elaborate(self, platform):
+        m = Module()
+        spec = self.spec
+        # The kernel's own clock domain, so that the ports are ap_clk/ap_rst_n
+        # rather than Amaranth's default clk/rst.
+        m.domains.sync = cd = ClockDomain("sync")
+        m.d.comb += [cd.clk.eq(self.ap_clk), cd.rst.eq(~self.ap_rst_n)]
+
+        m.submodules.control = ctl = ControlSlave(spec.args)
+        for k in axil_slave_members():
+            port, sub = getattr(self, f"s_axi_control_{k}"), getattr(ctl, k)
+            if _is_input(axil_slave_members()[k]):
+                m.d.comb += sub.eq(port)
+            else:
+                m.d.comb += port.eq(sub)
+        m.d.comb += self.interrupt.eq(ctl.interrupt)
+
+        m.submodules.block = block = spec.factory()
+        idle = Signal(init=1)
+        go = Signal()
+        m.d.comb += go.eq(ctl.ap_start & idle)
+
+        writers = []
+        for b in spec.buffers:
+            if b.direction == "in":
+                dma = AxiReadDMA(word_bits=b.word_bits, nest=b.nest)
+                members = axi_read_members(b.data_bits)
+            else:
+                dma = AxiWriteDMA(word_bits=b.word_bits, nest=b.nest)
+                members = axi_write_members(b.data_bits)
+                writers.append(dma)
+            m.submodules[f"dma_{b.name}"] = dma
+            m.d.comb += [dma.start.eq(go), dma.base.eq(getattr(ctl, f"arg_{b.name}")),
+                         dma.n_outer.eq(getattr(ctl, f"arg_{b.outer_arg}")),
+                         dma.n_inner.eq(getattr(ctl, f"arg_{b.inner_arg}"))]
+            for k, flow in members.items():
+                port, sub = getattr(self, f"m_axi_{b.name}_{k}"), getattr(dma.axi, k)
+                if _is_input(flow):
+                    m.d.comb += sub.eq(port)
+                else:
+                    m.d.comb += port.eq(sub)
+            s = getattr(block, b.stream)
+            # Payload layouts equal the memory words (element 0 in the LSBs).
+            if b.direction == "in":
+                m.d.comb += [s.valid.eq(dma.data.valid), s.payload.eq(dma.data.payload),
+                             dma.data.ready.eq(s.ready)]
+            else:
+                m.d.comb += [dma.data.valid.eq(s.valid), dma.data.payload.eq(s.payload),
+                             s.ready.eq(dma.data.ready)]
+
+        # Completion: every writer has seen its last response (each pulses once).
+        seen = [Signal(name=f"done_{i}") for i in range(len(writers))]
+        all_done = Signal()
+        m.d.comb += all_done.eq(~idle & _all([s | w.done for s, w in zip(seen, writers)]))
+        for s, w in zip(seen, writers):
+            with m.If(go | all_done):
+                m.d.sync += s.eq(0)
+            with m.Elif(w.done):
+                m.d.sync += s.eq(1)
+        with m.If(go):
+            m.d.sync += idle.eq(0)
+        with m.Elif(all_done):
+            m.d.sync += idle.eq(1)
+        m.d.comb += [ctl.ap_idle.eq(idle), ctl.ap_done.eq(all_done), ctl.ap_ready.eq(all_done)]
+        return m
+
+
+def _is_input(flow) -> bool:
+    return flow.flow == wiring.Flow.In
+
+
+def _all(sigs):
+    out = 1
+    for s in sigs:
+        out = out & s
+    return out
+
+
+# --------------------------------------------------------------------------- data
+
+def words_to_bytes(words, word_bits: int) -> bytes:
+    """Memory words -> their device-memory bytes (little-endian, padded words)."""
+    wb = word_bytes(word_bits)
+    mask = (1 << word_bits) - 1
+    return b"".join((int(w) & mask).to_bytes(wb, "little") for w in words)
+
+
+def bytes_to_words(raw: bytes, word_bits: int) -> list[int]:
+    wb = word_bytes(word_bits)
+    if len(raw) % wb:
+        raise ValueError(f"{len(raw)} bytes is not a whole number of {wb}-byte words")
+    mask = (1 << word_bits) - 1
+    return [int.from_bytes(raw[i:i + wb], "little") & mask for i in range(0, len(raw), wb)]
+
+
+# --------------------------------------------------------------------------- kernels
+
+#: DSP48E2 per MixPE dequantization lane (s2*Pg and zs2*Ag; docs/mixpe.md).
+MIXPE_DSP_PER_DQ_LANE = 2
+
+
+def mixpe_kernel(config: MixPEConfig | None = None) -> KernelSpec:
+    """MixPE as a kernel: act/code/scale buffers in, result buffer out, scalars
+    m_tiles and n_tiles; tiles run `for tn: for tm:` exactly as MixPESystem, so
+    the buffers hold quantflow's images word for word (docs/formats.md)."""
+    from hdl.mixpe import MixPE
+    cfg = config or MixPEConfig()
+    if not isinstance(cfg, MixPEConfig):
+        raise TypeError(f"expected a MixPEConfig, got {type(cfg).__name__}")
+    bufs = (
+        BufferSpec(name="act", direction="in", stream="act", word_bits=cfg.act_word_bits,
+                   nest=RangeNest(length=cfg.K, inner_stride=cfg.K, outer_stride=0),
+                   outer_arg="n_tiles", inner_arg="m_tiles"),
+        BufferSpec(name="code", direction="in", stream="code", word_bits=cfg.code_word_bits,
+                   nest=RangeNest(length=cfg.K, inner_stride=0, outer_stride=cfg.K),
+                   outer_arg="n_tiles", inner_arg="m_tiles"),
+        BufferSpec(name="scale", direction="in", stream="scale",
+                   word_bits=cfg.scale_word_bits,
+                   nest=RangeNest(length=cfg.groups, inner_stride=0, outer_stride=cfg.groups),
+                   outer_arg="n_tiles", inner_arg="m_tiles"),
+        BufferSpec(name="result", direction="out", stream="result",
+                   word_bits=cfg.result_word_bits,
+                   nest=RangeNest(length=cfg.rows, inner_stride=cfg.rows, outer_stride=None),
+                   outer_arg="n_tiles", inner_arg="m_tiles"),
+    )
+    return KernelSpec(name="mixpe", block="kernel_mixpe", config=cfg,
+                      factory=lambda: MixPE(cfg), buffers=bufs,
+                      scalars=("m_tiles", "n_tiles"),
+                      min_resources={"dsp": MIXPE_DSP_PER_DQ_LANE * cfg.dq_lanes})
+
+
+#: kernel name -> (configuration class, spec factory). One line per block.
+KERNELS: dict[str, tuple[type, Callable]] = {
+    "mixpe": (MixPEConfig, mixpe_kernel),
+}
+
+
+def kernel_spec(name: str, config: dict | None = None) -> KernelSpec:
+    """The KernelSpec of kernel `name` with configuration fields `config`."""
+    if name not in KERNELS:
+        raise ValueError(f"unknown kernel {name!r}; choose one of {', '.join(sorted(KERNELS))}")
+    cls, factory = KERNELS[name]
+    try:
+        cfg = cls(**(config or {}))
+    except TypeError as e:
+        raise ValueError(f"bad {name} configuration {config!r}: {e}") from None
+    return factory(cfg)
