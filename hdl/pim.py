@@ -1,0 +1,705 @@
+"""NeuPIMs-style PIM channel (DESIGN §3.6, arXiv 2403.00579) in Amaranth 0.5.
+
+Cycle-true at the command level:
+
+  PIMBank     storage (`lib.memory`, rows x col_words words of `lanes` INT8),
+              memory row buffer (ACT/RD/WR/PRE), PIM row buffer (PACT/COMP/PPRE),
+              global buffer (GWR), `lanes` multipliers + adder tree + int32
+              accumulator (RDRES reads and clears it), the bank's timing state
+              and its checker (bank-local rules of golden.pim_config.RULES).
+  PIMChannel  `banks` banks on one command/data bus, the channel rules (data
+              bus, tFAW, blocked-mode exclusion), the read/result return path
+              (tCL after RD/RDRES) and -- unless `raw=True` -- the scheduler
+              that turns the request streams into commands (policy: golden.pim).
+  PIMSystem   PIMChannel with request/response memories, for fast simulation.
+
+The rules are written once (`bank_rules`, `channel_rules`) and used both by
+the checker (on the commands issued) and by the scheduler (on candidates), so
+the scheduler can only issue what the checker accepts; golden.pim.Checker is
+the independent second implementation the tests compare against.
+"""
+from __future__ import annotations
+
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, Value, signed, unsigned
+from amaranth.lib import data, memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
+
+from golden.config import ACC_BITS, ACT_BITS
+from golden.pim_config import MCMD, PCMD, RULES, TIMING_FIELDS, PIMConfig
+
+from .stream_utils import MemoryStreamReader, NestedAddressGenerator, count_width, is_const, tree_sum
+
+__all__ = ["PIMBank", "PIMChannel", "PIMSystem", "cmd_layout", "memreq_layout", "job_layout",
+           "state_layout", "bank_rules", "channel_rules", "SYSTEM_OVERHEAD",
+           "system_cycle_model", "LOAD_BANK", "LOAD_MEM", "LOAD_JOB", "LOAD_VEC",
+           "OUT_RD", "OUT_RES"]
+
+#: Cycles PIMSystem's counter adds to golden.pim.schedule's count: from the
+#: start pulse, the address generators and then the memory readers need one
+#: cycle each before the first request heads are presented (model cycle 0).
+SYSTEM_OVERHEAD = 2
+
+LOAD_BANK, LOAD_MEM, LOAD_JOB, LOAD_VEC = range(4)
+OUT_RD, OUT_RES = range(2)
+
+_N_RULES = len(RULES)
+_R = {name: i for i, name in enumerate(RULES)}
+
+
+def _check_config(config) -> PIMConfig:
+    if not isinstance(config, PIMConfig):
+        raise ValueError(f"expected a golden.pim_config.PIMConfig, got {type(config).__name__}")
+    return config
+
+
+def _w(cfg):
+    """Field widths."""
+    return {"bank": count_width(cfg.banks - 1), "row": count_width(cfg.rows - 1),
+            "col": count_width(cfg.col_words - 1), "nrows": count_width(cfg.max_job_rows),
+            "word": cfg.word_bits}
+
+
+def cmd_layout(cfg: PIMConfig) -> data.StructLayout:
+    w = _w(cfg)
+    return data.StructLayout({"cmd": 3, "bank": w["bank"], "row": w["row"], "col": w["col"],
+                              "data": w["word"]})
+
+
+def memreq_layout(cfg: PIMConfig) -> data.StructLayout:
+    """Memory request word: bank, row, col, write, data (fields LSB first)."""
+    w = _w(cfg)
+    return data.StructLayout({"bank": w["bank"], "row": w["row"], "col": w["col"], "write": 1,
+                              "data": w["word"]})
+
+
+def job_layout(cfg: PIMConfig) -> data.StructLayout:
+    """GEMV job word: bank, first row, number of rows."""
+    w = _w(cfg)
+    return data.StructLayout({"bank": w["bank"], "row": w["row"], "nrows": w["nrows"]})
+
+
+def state_layout(cfg: PIMConfig) -> data.StructLayout:
+    """What a bank shows the scheduler: open rows and which timing constraints
+    are already met (1 = the command kind may issue as far as that rule goes)."""
+    rw = _w(cfg)["row"]
+    return data.StructLayout({
+        "m_open": 1, "m_row": rw, "p_open": 1, "p_row": rw,
+        "m_trp": 1, "m_trcd": 1, "m_tras": 1, "m_tccd": 1, "m_twr": 1,
+        "p_trp": 1, "p_trcd": 1, "p_tras": 1, "p_tccd": 1,
+    })
+
+
+def _is(v, code):
+    if isinstance(v, int):  # a constant command (scheduler candidates)
+        return Const(int(v == code), 1)
+    return is_const(v, code)
+
+
+def bank_rules(cfg: PIMConfig, st, m_cmd, m_row, p_cmd, p_row) -> dict:
+    """Bank-local rule violations of a memory command `m_cmd` (row `m_row`) and a
+    PIM command `p_cmd` (row `p_row`) issued together to one bank in state `st`."""
+    blocked = cfg.mode == "blocked"
+    mACT, mRD, mWR, mPRE = (_is(m_cmd, MCMD[k]) for k in ("ACT", "RD", "WR", "PRE"))
+    pACT, pGWR, pCOMP, pRDRES, pPRE = (_is(p_cmd, PCMD[k])
+                                       for k in ("PACT", "GWR", "COMP", "RDRES", "PPRE"))
+    mcol = mRD | mWR
+    r = {
+        "act_open": mACT & st.m_open,
+        "act_trp": mACT & ~st.m_trp,
+        "act_conflict": mACT & st.p_open & (1 if blocked else (st.p_row == m_row)),
+        "col_closed": mcol & ~st.m_open,
+        "col_trcd": mcol & ~st.m_trcd,
+        "col_tccd": mcol & ~st.m_tccd,
+        "pre_closed": mPRE & ~st.m_open,
+        "pre_tras": mPRE & ~st.m_tras,
+        "pre_twr": mPRE & ~st.m_twr,
+        "pact_open": pACT & st.p_open,
+        "pact_trp": pACT & ~st.p_trp,
+        "pact_conflict": pACT & st.m_open & (1 if blocked else (st.m_row == p_row)),
+        "comp_closed": pCOMP & ~st.p_open,
+        "comp_trcd": pCOMP & ~st.p_trcd,
+        "pcol_tccd": (pGWR | pCOMP | pRDRES) & ~st.p_tccd,
+        "ppre_closed": pPRE & ~st.p_open,
+        "ppre_tras": pPRE & ~st.p_tras,
+        "dual_act": mACT & pACT,
+    }
+    if cfg.rows & (cfg.rows - 1):  # a row field that can hold rows >= cfg.rows
+        r["row_range"] = (mACT & (m_row >= cfg.rows)) | (pACT & (p_row >= cfg.rows))
+    return r
+
+
+def _bus_mask(cfg: PIMConfig, offset: int) -> int:
+    return ((1 << cfg.tCCD_S) - 1) << offset
+
+
+def _m_bus(cfg, m_cmd):
+    """(uses bus, reservation mask) of a memory command: WR now, RD tCL later."""
+    rd, wr = _is(m_cmd, MCMD["RD"]), _is(m_cmd, MCMD["WR"])
+    return rd | wr, Mux(rd, _bus_mask(cfg, cfg.tCL), Mux(wr, _bus_mask(cfg, 0), 0))
+
+
+def _p_bus(cfg, p_cmd):
+    rd, wr = _is(p_cmd, PCMD["RDRES"]), _is(p_cmd, PCMD["GWR"])
+    return rd | wr, Mux(rd, _bus_mask(cfg, cfg.tCL), Mux(wr, _bus_mask(cfg, 0), 0))
+
+
+def channel_rules(cfg: PIMConfig, busy, recent, any_m_open, any_p_open, m_cmd, p_cmd) -> dict:
+    """Channel-wide rule violations of the commands of one cycle: data-bus
+    overlap, tFAW (`recent` = activations in the previous tFAW-1 cycles) and
+    blocked-mode exclusion."""
+    m_any = ~_is(m_cmd, MCMD["NOP"])
+    p_any = ~_is(p_cmd, PCMD["NOP"])
+    m_uses, m_mask = _m_bus(cfg, m_cmd)
+    p_uses, p_mask = _p_bus(cfg, p_cmd)
+    bus = ((m_uses & (busy & m_mask).any())
+           | (p_uses & ((busy | Mux(m_uses, m_mask, 0)) & p_mask).any()))
+    n_act = _is(m_cmd, MCMD["ACT"]) + _is(p_cmd, PCMD["PACT"])
+    r = {"bus_conflict": bus, "tfaw": n_act.any() & (recent + n_act > 4)}
+    if cfg.mode == "blocked":
+        r["blocked_excl"] = ((m_any & any_p_open) | (p_any & (any_m_open | m_any)))
+    else:
+        r["blocked_excl"] = Const(0, 1)
+    return r
+
+
+def _any(rules: dict):
+    out = Const(0, 1)
+    for v in rules.values():
+        out = out | v
+    return out
+
+
+def _bits(rules: dict) -> Signal:
+    return Cat(*[rules.get(name, Const(0, 1)) for name in RULES])
+
+
+class PIMBank(wiring.Component):
+    """One bank. Commands arrive already decoded for this bank (cmd 0 = none).
+
+      m_cmd/m_row/m_col/m_data   memory path (RD/WR use the open row; row on ACT)
+      p_cmd/p_row/p_col/p_data   PIM path (PACT row; GWR col+data; COMP col)
+      state     open rows and met timing constraints (state_layout)
+      err       bank-local rule bits of this cycle's commands (RULES order)
+      rd_data   storage word of the RD issued in the previous cycle
+      res       accumulator captured (and cleared) by the RDRES of the previous cycle
+      load_*    back-door write of the storage (test set-up; WR wins)
+    """
+
+    def __init__(self, config: PIMConfig):
+        self.config = cfg = _check_config(config)
+        w = _w(cfg)
+        self.addr_width = max(1, ceil_log2(cfg.bank_words))
+        super().__init__({
+            "m_cmd": In(3), "m_row": In(w["row"]), "m_col": In(w["col"]),
+            "m_data": In(w["word"]),
+            "p_cmd": In(3), "p_row": In(w["row"]), "p_col": In(w["col"]),
+            "p_data": In(w["word"]),
+            "state": Out(state_layout(cfg)),
+            "err": Out(_N_RULES),
+            "rd_data": Out(w["word"]),
+            "res": Out(signed(ACC_BITS)),
+            "load_en": In(1), "load_addr": In(self.addr_width), "load_data": In(w["word"]),
+        })
+
+    def _addr(self, row, col):
+        cfg = self.config
+        if cfg.col_words & (cfg.col_words - 1) == 0:
+            a = Cat(col[:ceil_log2(cfg.col_words)], row)
+        else:
+            a = row * cfg.col_words + col
+        return a[:self.addr_width]
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.config
+        blocked = cfg.mode == "blocked"
+        st = self.state
+        mACT, mRD, mWR, mPRE = (_is(self.m_cmd, MCMD[k]) for k in ("ACT", "RD", "WR", "PRE"))
+        pACT, pGWR, pCOMP, pRDRES, pPRE = (_is(self.p_cmd, PCMD[k])
+                                           for k in ("PACT", "GWR", "COMP", "RDRES", "PPRE"))
+
+        # -- timing state: "cycles since" counters saturating at the largest timing
+        sat = max(getattr(cfg, k) for k in TIMING_FIELDS)
+        cw = count_width(sat)
+
+        def since(name, event):
+            c = Signal(cw, name=f"since_{name}", init=sat)
+            with m.If(event):
+                m.d.sync += c.eq(1)
+            with m.Elif(c != sat):
+                m.d.sync += c.eq(c + 1)
+            return c
+
+        m_pre_ev = mPRE | (pPRE if blocked else 0)   # blocked: one row buffer, one tRP
+        p_pre_ev = pPRE | (mPRE if blocked else 0)
+        c_mact, c_mpre = since("m_act", mACT), since("m_pre", m_pre_ev)
+        c_mcol, c_mwr = since("m_col", mRD | mWR), since("m_wr", mWR)
+        c_pact, c_ppre = since("p_act", pACT), since("p_pre", p_pre_ev)
+        c_pcol = since("p_col", pGWR | pCOMP | pRDRES)
+        m_open, p_open = Signal(), Signal()
+        m_row, p_row = Signal.like(self.m_row), Signal.like(self.p_row)
+        with m.If(mACT):
+            m.d.sync += [m_open.eq(1), m_row.eq(self.m_row)]
+        with m.Elif(mPRE):
+            m.d.sync += m_open.eq(0)
+        with m.If(pACT):
+            m.d.sync += [p_open.eq(1), p_row.eq(self.p_row)]
+        with m.Elif(pPRE):
+            m.d.sync += p_open.eq(0)
+        m.d.comb += [
+            st.m_open.eq(m_open), st.m_row.eq(m_row), st.p_open.eq(p_open), st.p_row.eq(p_row),
+            st.m_trp.eq(c_mpre >= cfg.tRP), st.m_trcd.eq(c_mact >= cfg.tRCD),
+            st.m_tras.eq(c_mact >= cfg.tRAS), st.m_tccd.eq(c_mcol >= cfg.tCCD_L),
+            st.m_twr.eq(c_mwr >= cfg.tWR),
+            st.p_trp.eq(c_ppre >= cfg.tRP), st.p_trcd.eq(c_pact >= cfg.tRCD),
+            st.p_tras.eq(c_pact >= cfg.tRAS), st.p_tccd.eq(c_pcol >= cfg.tCCD_L),
+        ]
+        # -- the bank's checker
+        m.d.comb += self.err.eq(_bits(bank_rules(cfg, st, self.m_cmd, self.m_row,
+                                                 self.p_cmd, self.p_row)))
+
+        # -- storage: memory-side read/write, PIM-side read
+        m.submodules.storage = mem = memory.Memory(shape=unsigned(cfg.word_bits),
+                                                   depth=cfg.bank_words, init=[])
+        wp = mem.write_port()
+        rpa = mem.read_port()
+        rpb = mem.read_port()
+        m_addr = self._addr(m_row, self.m_col)
+        m.d.comb += [
+            wp.en.eq(mWR | self.load_en),
+            wp.addr.eq(Mux(mWR, m_addr, self.load_addr)),
+            wp.data.eq(Mux(mWR, self.m_data, self.load_data)),
+            rpa.addr.eq(m_addr), rpa.en.eq(mRD),
+            self.rd_data.eq(rpa.data),
+            rpb.addr.eq(self._addr(p_row, self.p_col)), rpb.en.eq(pCOMP),
+        ]
+        # -- global buffer (the job's input vector)
+        m.submodules.gbuf = gb = memory.Memory(shape=unsigned(cfg.word_bits),
+                                               depth=cfg.col_words, init=[])
+        gwp = gb.write_port()
+        grp = gb.read_port()
+        m.d.comb += [gwp.en.eq(pGWR), gwp.addr.eq(self.p_col), gwp.data.eq(self.p_data),
+                     grp.addr.eq(self.p_col), grp.en.eq(pCOMP)]
+        # -- MAC lanes: COMP at t reads at t, multiplies/accumulates in t+1
+        lanes = data.ArrayLayout(signed(ACT_BITS), cfg.lanes)
+        wv = data.View(lanes, rpb.data)
+        xv = data.View(lanes, grp.data)
+        comp_d1 = Signal()
+        m.d.sync += comp_d1.eq(pCOMP)
+        dot = tree_sum([wv[i] * xv[i] for i in range(cfg.lanes)])
+        acc = Signal(signed(ACC_BITS))
+        acc_next = Signal(signed(ACC_BITS))
+        m.d.comb += acc_next.eq(acc + Mux(comp_d1, dot, 0))  # wraps to int32
+        with m.If(pRDRES):
+            m.d.sync += [self.res.eq(acc_next), acc.eq(0)]
+        with m.Else():
+            m.d.sync += acc.eq(acc_next)
+        return m
+
+
+_IDLE, _GWR, _PACT, _COMP, _RDRES, _PPRE = range(6)
+
+
+class PIMChannel(wiring.Component):
+    """`banks` PIMBanks on one command and data bus.
+
+    Scheduler mode (default):
+      mem_req : In(stream of memreq_layout)   memory reads/writes, in order
+      job     : In(stream of job_layout)      GEMV jobs, in order
+      vec     : In(stream of word)            col_words vector words per job
+      m_issue, p_issue : Out(cmd_layout)      the commands issued this cycle
+    raw=True: m_issue, p_issue are inputs (the testbench issues commands).
+    Both:
+      rd  : Out(stream of word, always ready)     read data, tCL after its RD
+      res : Out(stream of int32, always ready)    GEMV row result, tCL after RDRES
+      err_bits : Out   sticky checker bits (RULES order); error = any of them
+      cmd_count, comp_count, bus_count : Out(32)  commands, COMPs, bus transfers
+      clear : In(1)    zero the sticky bits and counters
+      idle  : Out(1)   no job in progress and nothing in flight on the bus
+      load_en/load_bank/load_addr/load_data : back-door storage write
+    """
+
+    def __init__(self, config: PIMConfig, *, raw: bool = False):
+        self.config = cfg = _check_config(config)
+        self.raw = raw
+        w = _w(cfg)
+        self.bank_addr_width = max(1, ceil_log2(cfg.bank_words))
+        issue_dir = In if raw else Out
+        ports = {
+            "m_issue": issue_dir(cmd_layout(cfg)),
+            "p_issue": issue_dir(cmd_layout(cfg)),
+            "rd": Out(stream.Signature(unsigned(w["word"]), always_ready=True)),
+            "res": Out(stream.Signature(signed(ACC_BITS), always_ready=True)),
+            "err_bits": Out(_N_RULES),
+            "error": Out(1),
+            "cmd_count": Out(32), "comp_count": Out(32), "bus_count": Out(32),
+            "clear": In(1),
+            "idle": Out(1),
+            "load_en": In(1), "load_bank": In(w["bank"]),
+            "load_addr": In(self.bank_addr_width), "load_data": In(w["word"]),
+        }
+        if not raw:
+            ports.update({
+                "mem_req": In(stream.Signature(memreq_layout(cfg))),
+                "job": In(stream.Signature(job_layout(cfg))),
+                "vec": In(stream.Signature(unsigned(w["word"]))),
+            })
+        super().__init__(ports)
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.config
+        B = cfg.banks
+        banks = [PIMBank(cfg) for _ in range(B)]
+        for k, b in enumerate(banks):
+            m.submodules[f"bank{k}"] = b
+        states = Signal(data.ArrayLayout(state_layout(cfg), B))
+        for k, b in enumerate(banks):
+            m.d.comb += states[k].eq(b.state)
+        any_m_open = Signal()
+        any_p_open = Signal()
+        m.d.comb += [any_m_open.eq(Cat(*[b.state.m_open for b in banks]).any()),
+                     any_p_open.eq(Cat(*[b.state.p_open for b in banks]).any())]
+
+        # -- data bus reservations (bit i = cycle t+i) and the tFAW window
+        H = cfg.tCL + cfg.tCCD_S
+        busy = Signal(H)
+        W = cfg.tFAW - 1
+        recent = Signal(count_width(2 * max(W, 1)))
+        window = [Signal(2, name=f"faw{i}") for i in range(W)]
+
+        mc = self.m_issue
+        pc = self.p_issue
+        if not self.raw:
+            self._scheduler(m, states, any_m_open, any_p_open, busy, recent)
+
+        # -- commands to the banks
+        for k, b in enumerate(banks):
+            m_here = mc.bank == k
+            p_here = pc.bank == k
+            m.d.comb += [
+                b.m_cmd.eq(Mux(m_here, mc.cmd, 0)), b.m_row.eq(mc.row), b.m_col.eq(mc.col),
+                b.m_data.eq(mc.data),
+                b.p_cmd.eq(Mux(p_here, pc.cmd, 0)), b.p_row.eq(pc.row), b.p_col.eq(pc.col),
+                b.p_data.eq(pc.data),
+                b.load_en.eq(self.load_en & (self.load_bank == k)),
+                b.load_addr.eq(self.load_addr), b.load_data.eq(self.load_data),
+            ]
+
+        # -- channel checker + sticky error bits
+        chan = channel_rules(cfg, busy, recent, any_m_open, any_p_open, mc.cmd, pc.cmd)
+        bank_err = Const(0, _N_RULES)
+        for b in banks:
+            bank_err = bank_err | b.err
+        now = Signal(_N_RULES)
+        m.d.comb += now.eq(bank_err | _bits(chan))
+        with m.If(self.clear):
+            m.d.sync += self.err_bits.eq(0)
+        with m.Else():
+            m.d.sync += self.err_bits.eq(self.err_bits | now)
+        m.d.comb += self.error.eq(self.err_bits.any())
+
+        # -- bus and tFAW bookkeeping
+        m_uses, m_mask = _m_bus(cfg, mc.cmd)
+        p_uses, p_mask = _p_bus(cfg, pc.cmd)
+        m.d.sync += busy.eq((busy | m_mask | p_mask) >> 1)
+        n_act = Signal(2)
+        m.d.comb += n_act.eq(_is(mc.cmd, MCMD["ACT"]) + _is(pc.cmd, PCMD["PACT"]))
+        if W > 0:
+            m.d.sync += [window[0].eq(n_act)] + [window[i].eq(window[i - 1])
+                                                 for i in range(1, W)]
+            m.d.sync += recent.eq(recent + n_act - window[W - 1])
+
+        # -- counters
+        m_any = ~_is(mc.cmd, MCMD["NOP"])
+        p_any = ~_is(pc.cmd, PCMD["NOP"])
+        with m.If(self.clear):
+            m.d.sync += [self.cmd_count.eq(0), self.comp_count.eq(0), self.bus_count.eq(0)]
+        with m.Else():
+            m.d.sync += [
+                self.cmd_count.eq(self.cmd_count + m_any + p_any),
+                self.comp_count.eq(self.comp_count + _is(pc.cmd, PCMD["COMP"])),
+                self.bus_count.eq(self.bus_count + m_uses + p_uses),
+            ]
+
+        # -- return path: RD / RDRES at t -> stage 1 at t+1 -> out at t+tCL
+        mRD = _is(mc.cmd, MCMD["RD"])
+        pRES = _is(pc.cmd, PCMD["RDRES"])
+        v1, r1 = Signal(), Signal()
+        bk1 = Signal.like(mc.bank)
+        m.d.sync += [v1.eq(mRD | pRES), r1.eq(~mRD & pRES), bk1.eq(Mux(mRD, mc.bank, pc.bank))]
+        word = cfg.word_bits
+        rd_arr = Array([b.rd_data for b in banks])
+        res_arr = Array([b.res for b in banks])
+        d1 = Signal(max(word, ACC_BITS))
+        m.d.comb += d1.eq(Mux(r1, res_arr[bk1].as_unsigned(), rd_arr[bk1]))
+        v, r, d = v1, r1, d1
+        inflight = [v1]
+        for i in range(2, cfg.tCL + 1):
+            vn, rn, dn = Signal(name=f"ret_v{i}"), Signal(name=f"ret_r{i}"), Signal(d1.shape(), name=f"ret_d{i}")
+            m.d.sync += [vn.eq(v), rn.eq(r), dn.eq(d)]
+            v, r, d = vn, rn, dn
+            inflight.append(vn)
+        m.d.comb += [
+            self.rd.valid.eq(v & ~r), self.rd.payload.eq(d[:word]),
+            self.res.valid.eq(v & r), self.res.payload.eq(d[:ACC_BITS]),
+        ]
+        self._busy_sig = busy
+        if self.raw:
+            m.d.comb += self.idle.eq(~busy.any())
+        return m
+
+    # ------------------------------------------------------------------ scheduler
+    def _scheduler(self, m, states, any_m_open, any_p_open, busy, recent):
+        cfg = self.config
+        B = cfg.banks
+        blocked = cfg.mode == "blocked"
+        mc, pc = self.m_issue, self.p_issue
+        rq = self.mem_req.payload
+        w = _w(cfg)
+
+        js = Signal(3)
+        jbank = Signal(w["bank"])
+        jrow = Signal(w["row"])
+        jleft = Signal(w["nrows"])
+        jcol = Signal(w["col"])
+        bmode_pim = Signal()
+        pending = Signal()
+        served = Signal(count_width(cfg.quantum))
+        pim_ran = Signal()
+
+        mem_allowed = Signal()
+        m.d.comb += mem_allowed.eq(1 if not blocked else (~bmode_pim & ~pending))
+
+        # ---- memory path: the head request's next command
+        sth = states[rq.bank]
+        hit = Signal()
+        m.d.comb += hit.eq(sth.m_open & (sth.m_row == rq.row))
+        cand_m = Signal(3)
+        with m.If(hit):
+            m.d.comb += cand_m.eq(Mux(rq.write, MCMD["WR"], MCMD["RD"]))
+        with m.Elif(sth.m_open):
+            m.d.comb += cand_m.eq(MCMD["PRE"])
+        with m.Else():
+            m.d.comb += cand_m.eq(MCMD["ACT"])
+        head_ok = ~(_any(bank_rules(cfg, sth, cand_m, rq.row, 0, 0))
+                    | _any(channel_rules(cfg, busy, recent, any_m_open, any_p_open, cand_m, 0)))
+        head_go = Signal()
+        m.d.comb += head_go.eq(self.mem_req.valid & mem_allowed & head_ok)
+        hit_live = self.mem_req.valid & mem_allowed & hit
+
+        # ---- memory path: precharges that other parties wait for
+        close = []
+        for k in range(B):
+            s = states[k]
+            if blocked:
+                need = s.m_open & pending
+            else:
+                need = s.m_open & is_const(js, _PACT) & (jbank == k) & (jrow == s.m_row)
+            ok = ~(_any(bank_rules(cfg, s, MCMD["PRE"], 0, 0, 0))
+                   | _any(channel_rules(cfg, busy, recent, any_m_open, any_p_open,
+                                        MCMD["PRE"], 0)))
+            c = Signal(name=f"close{k}")
+            m.d.comb += c.eq(need & ~(hit_live & (rq.bank == k)) & ok)
+            close.append(c)
+        with m.If(head_go):
+            m.d.comb += [mc.cmd.eq(cand_m), mc.bank.eq(rq.bank), mc.row.eq(rq.row),
+                         mc.col.eq(rq.col), mc.data.eq(rq.data)]
+        for k in range(B):
+            with m.Elif(close[k]):
+                m.d.comb += [mc.cmd.eq(MCMD["PRE"]), mc.bank.eq(k)]
+        consumed = Signal()
+        m.d.comb += [consumed.eq(head_go & hit), self.mem_req.ready.eq(consumed)]
+
+        # ---- PIM path: the job engine's next command, after the memory path's
+        pst = states[jbank]
+        cand_p = Signal(3)
+        m.d.comb += cand_p.eq(Array([Const(PCMD[k], 3) for k in
+                                     ("NOP", "GWR", "PACT", "COMP", "RDRES", "PPRE")])[js])
+        m_same = Mux(mc.bank == jbank, mc.cmd, 0)
+        p_ok = ~(_any(bank_rules(cfg, pst, m_same, mc.row, cand_p, jrow))
+                 | _any(channel_rules(cfg, busy, recent, any_m_open, any_p_open, mc.cmd, cand_p)))
+        pim_allowed = 1 if not blocked else bmode_pim
+        p_go = Signal()
+        m.d.comb += p_go.eq(~is_const(js, _IDLE) & pim_allowed & p_ok
+                            & (~is_const(js, _GWR) | self.vec.valid))
+        with m.If(p_go):
+            m.d.comb += [pc.cmd.eq(cand_p), pc.bank.eq(jbank), pc.row.eq(jrow),
+                         pc.col.eq(jcol), pc.data.eq(self.vec.payload)]
+        m.d.comb += self.vec.ready.eq(p_go & is_const(js, _GWR))
+
+        # ---- job engine next state
+        idle = is_const(js, _IDLE)
+        latch = Signal()
+        if blocked:
+            m.d.comb += latch.eq(idle & self.job.valid & bmode_pim
+                                 & ~(pim_ran & self.mem_req.valid))
+        else:
+            m.d.comb += latch.eq(idle & self.job.valid)
+        m.d.comb += self.job.ready.eq(latch)
+        last_col = jcol == cfg.col_words - 1
+        with m.If(latch):
+            jp = self.job.payload
+            m.d.sync += [js.eq(_GWR), jbank.eq(jp.bank), jrow.eq(jp.row),
+                         jleft.eq(jp.nrows), jcol.eq(0)]
+        with m.Elif(p_go):
+            with m.Switch(js):
+                with m.Case(_GWR, _COMP):
+                    with m.If(last_col):
+                        m.d.sync += [js.eq(Mux(is_const(js, _GWR), _PACT, _RDRES)), jcol.eq(0)]
+                    with m.Else():
+                        m.d.sync += jcol.eq(jcol + 1)
+                with m.Case(_PACT):
+                    m.d.sync += js.eq(_COMP)
+                with m.Case(_RDRES):
+                    m.d.sync += js.eq(_PPRE)
+                with m.Case(_PPRE):
+                    with m.If(jleft > 1):
+                        m.d.sync += [js.eq(_PACT), jrow.eq(jrow + 1), jleft.eq(jleft - 1)]
+                    with m.Else():
+                        m.d.sync += js.eq(_IDLE)
+
+        # ---- blocked mode: who owns the channel
+        if blocked:
+            with m.If(~bmode_pim):
+                with m.If(pending):
+                    with m.If(~any_m_open):
+                        m.d.sync += [bmode_pim.eq(1), pending.eq(0), pim_ran.eq(0)]
+                with m.Elif(self.job.valid & idle
+                            & (~self.mem_req.valid | (served >= cfg.quantum))):
+                    m.d.sync += pending.eq(1)
+                with m.If(consumed & (served != cfg.quantum)):
+                    m.d.sync += served.eq(served + 1)
+            with m.Else():
+                with m.If(latch):
+                    m.d.sync += pim_ran.eq(1)
+                with m.Elif(idle & pim_ran & self.mem_req.valid):
+                    m.d.sync += [bmode_pim.eq(0), served.eq(0)]
+        m.d.comb += self.idle.eq(idle & ~busy.any())
+
+
+def system_cycle_model(config: PIMConfig, mem, jobs) -> int:
+    """PIMSystem's `cycles` for the request lists (golden.pim.schedule + the
+    fixed start/finish overhead)."""
+    from golden.pim import schedule  # noqa: PLC0415 (torch only when asked)
+    return schedule(config, mem, jobs).cycles + SYSTEM_OVERHEAD
+
+
+class PIMSystem(wiring.Component):
+    """PIMChannel fed from on-chip request memories, results into response
+    memories (Python loads, starts, awaits `done`, reads back).
+
+      load_sel  : LOAD_BANK (addr = bank * bank_words + word) / LOAD_MEM / LOAD_JOB / LOAD_VEC
+      load_addr, load_data, load_en : write one word (only while not running)
+      n_mem, n_job, n_vec : request counts, sampled at start
+      start (pulse) / done / cycles (start .. done)
+      error, err_bits, cmd_count, comp_count, bus_count : from the channel (run totals)
+      out_sel (OUT_RD / OUT_RES), out_addr -> out_data one cycle later
+      n_rd, n_res : responses written
+    """
+
+    def __init__(self, config: PIMConfig, *, max_mem: int, max_jobs: int, max_reads: int,
+                 max_results: int):
+        self.config = cfg = _check_config(config)
+        for name, v in (("max_mem", max_mem), ("max_jobs", max_jobs),
+                        ("max_reads", max_reads), ("max_results", max_results)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+        self.max_mem, self.max_jobs = max_mem, max_jobs
+        self.max_vec = max_jobs * cfg.col_words
+        self.max_reads, self.max_results = max_reads, max_results
+        self.mem_bits = memreq_layout(cfg).size
+        self.data_width = max(self.mem_bits, cfg.word_bits, job_layout(cfg).size)
+        depth = max(cfg.banks * cfg.bank_words, max_mem, self.max_vec, max_jobs)
+        self.load_addr_width = max(1, ceil_log2(depth))
+        super().__init__({
+            "load_sel": In(2), "load_addr": In(self.load_addr_width),
+            "load_data": In(self.data_width), "load_en": In(1),
+            "n_mem": In(count_width(max_mem)), "n_job": In(count_width(max_jobs)),
+            "n_vec": In(count_width(self.max_vec)),
+            "start": In(1), "done": Out(1), "cycles": Out(32),
+            "error": Out(1), "err_bits": Out(_N_RULES),
+            "cmd_count": Out(32), "comp_count": Out(32), "bus_count": Out(32),
+            "out_sel": In(1), "out_addr": In(max(1, ceil_log2(max(max_reads, max_results)))),
+            "out_data": Out(max(cfg.word_bits, ACC_BITS)),
+            "n_rd": Out(32), "n_res": Out(32),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.config
+        m.submodules.channel = ch = PIMChannel(cfg)
+        running = Signal()
+        go = Signal()
+        m.d.comb += go.eq(self.start & ~running)
+
+        # back-door bank load
+        bw = ch.bank_addr_width
+        bank_of = self.load_addr // cfg.bank_words if cfg.banks > 1 else 0
+        m.d.comb += [
+            ch.load_en.eq(self.load_en & is_const(self.load_sel, LOAD_BANK) & ~running),
+            ch.load_bank.eq(bank_of),
+            ch.load_addr.eq((self.load_addr % cfg.bank_words)[:bw] if cfg.banks > 1
+                            else self.load_addr[:bw]),
+            ch.load_data.eq(self.load_data[:cfg.word_bits]),
+        ]
+        # request memories -> streams
+        sources = [
+            ("mem", memreq_layout(cfg), self.max_mem, self.n_mem, ch.mem_req, LOAD_MEM),
+            ("job", job_layout(cfg), self.max_jobs, self.n_job, ch.job, LOAD_JOB),
+            ("vec", unsigned(cfg.word_bits), self.max_vec, self.n_vec, ch.vec, LOAD_VEC),
+        ]
+        exhausted = []
+        for name, layout, depth, count, sink, sel in sources:
+            mem = memory.Memory(shape=layout, depth=depth, init=[])
+            m.submodules[f"{name}_mem"] = mem
+            aw = max(1, ceil_log2(depth))
+            wp = mem.write_port()
+            width = layout.size if isinstance(layout, data.Layout) else layout.width
+            m.d.comb += [wp.addr.eq(self.load_addr[:aw]), wp.data.eq(self.load_data[:width]),
+                         wp.en.eq(self.load_en & is_const(self.load_sel, sel) & ~running)]
+            gen = NestedAddressGenerator(addr_width=aw, inner_len=1, inner_stride=1,
+                                         outer_stride=None, max_outer=depth, max_inner=1)
+            rd = MemoryStreamReader(addr_width=aw, shape=layout)
+            m.submodules[f"{name}_addr"] = gen
+            m.submodules[f"{name}_reader"] = rd
+            m.d.comb += [gen.start.eq(go), gen.n_outer.eq(count), gen.n_inner.eq(1)]
+            wiring.connect(m, gen.addr, rd.addr)
+            wiring.connect(m, rd.port, mem.read_port())
+            wiring.connect(m, rd.data, sink)
+            exhausted.append(~gen.busy & ~rd.data.valid)
+
+        # responses -> memories
+        outs = []
+        for name, src, depth, counter in (("rd", ch.rd, self.max_reads, self.n_rd),
+                                          ("res", ch.res, self.max_results, self.n_res)):
+            mem = memory.Memory(shape=unsigned(len(Value.cast(src.payload))), depth=depth,
+                                init=[])
+            m.submodules[f"{name}_out"] = mem
+            aw = max(1, ceil_log2(depth))
+            wp = mem.write_port()
+            m.d.comb += [wp.addr.eq(counter[:aw]), wp.data.eq(src.payload),
+                         wp.en.eq(src.valid & (counter < depth))]
+            with m.If(go):
+                m.d.sync += counter.eq(0)
+            with m.Elif(src.valid):
+                m.d.sync += counter.eq(counter + 1)
+            rp = mem.read_port()
+            m.d.comb += rp.addr.eq(self.out_addr[:aw])
+            outs.append(rp.data)
+        m.d.comb += self.out_data.eq(Mux(self.out_sel, outs[1], outs[0]))
+
+        m.d.comb += [ch.clear.eq(go), self.error.eq(ch.error), self.err_bits.eq(ch.err_bits),
+                     self.cmd_count.eq(ch.cmd_count), self.comp_count.eq(ch.comp_count),
+                     self.bus_count.eq(ch.bus_count)]
+        finished = Signal()
+        m.d.comb += finished.eq(Cat(*exhausted).all() & ch.idle
+                                & is_const(ch.m_issue.cmd, 0) & is_const(ch.p_issue.cmd, 0))
+        with m.If(go):
+            m.d.sync += [running.eq(1), self.done.eq(0), self.cycles.eq(0)]
+        with m.Elif(running):
+            m.d.sync += self.cycles.eq(self.cycles + 1)
+            with m.If(finished):
+                m.d.sync += [running.eq(0), self.done.eq(1)]
+        return m
