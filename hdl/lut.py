@@ -216,7 +216,8 @@ class LUTBlock(wiring.Component):
         m.d.comb += b_cur.eq(Mux(in_tile, b_reg, self.bits))
         i_reg = Signal(count_width(LUT_MAX_PLANES - 1))
         i_cur = Signal.like(i_reg)
-        m.d.comb += i_cur.eq(Mux(in_tile, i_reg, self.bits - 1))
+        i_top = Signal.like(i_reg)  # planes - 1: the first (MSB) plane of a slice
+        m.d.comb += [i_top.eq(b_cur - 1), i_cur.eq(Mux(in_tile, i_reg, i_top))]
         s = Signal(count_width(S - 1))
         cg = Signal(count_width(cfg.group_chunks - 1))
         j = Signal(count_width(cfg.groups - 1))
@@ -226,7 +227,7 @@ class LUTBlock(wiring.Component):
                                      "last_cg", "first_group", "last_group", "need_scale",
                                      "last_beat"))
         m.d.comb += [
-            top.eq(i_cur == b_cur - 1),
+            top.eq(i_cur == i_top),
             last_p.eq(is_const(i_cur, 0)),
             newchunk.eq(is_const(s, 0) & top),
             fcg.eq(is_const(cg, 0)),
@@ -250,7 +251,7 @@ class LUTBlock(wiring.Component):
         with m.If(fire):
             m.d.sync += [in_tile.eq(~last_beat), b_reg.eq(b_cur)]
             with m.If(last_p):
-                m.d.sync += i_reg.eq(b_cur - 1)
+                m.d.sync += i_reg.eq(i_top)
                 with m.If(is_const(s, S - 1)):
                     m.d.sync += s.eq(0)
                     with m.If(lcg):

@@ -1,0 +1,194 @@
+"""LUT mpGEMM co-simulation flow: quantflow images -> Verilog -> Verilator ->
+records (`block: "lut"`). One Verilator build per LUTConfig serves every weight
+format (W1/W2/W4/ternary are a run-time port), so the plan's 16 runs need 4
+builds.
+
+    data_dir = prepare_data(case)      # build/sim/data/<case.name>/
+    res = run_stream(case)             # random idle cycles / back-pressure
+    rec = to_record(case, res)         # a cosim.report record
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from golden.lut_config import LUTConfig, LUTMode, MODES
+
+from cosim import runner
+from cosim.plan import MIN_MACS
+from cosim.report import make_record
+
+__all__ = ["LUTCase", "default_plan", "prepare_data", "stream_build", "run_stream",
+           "to_record", "sim_items", "record_config"]
+
+DATA_ROOT = runner.REPO_ROOT / "build" / "sim" / "data"
+STREAM_TB = "cosim.tb.lut_stream"
+
+
+@dataclass(frozen=True, kw_only=True)
+class LUTCase:
+    config: LUTConfig
+    mode: LUTMode
+    m_tiles: int
+    n_tiles: int
+    seed: int = 1
+    p_idle: float = 0.2
+    p_stall: float = 0.3
+
+    def __post_init__(self):
+        if not isinstance(self.config, LUTConfig):
+            raise ValueError(f"config must be a LUTConfig, got {type(self.config).__name__}")
+        if not isinstance(self.mode, LUTMode):
+            raise ValueError(f"mode must be a LUTMode, got {type(self.mode).__name__}")
+        for n in ("m_tiles", "n_tiles"):
+            v = getattr(self, n)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{n} must be an int >= 1, got {v!r}")
+        for n in ("p_idle", "p_stall"):
+            if not 0.0 <= getattr(self, n) < 1.0:
+                raise ValueError(f"{n} must be a probability in [0, 1)")
+
+    @property
+    def M(self) -> int:
+        return self.m_tiles * self.config.rows
+
+    @property
+    def N(self) -> int:
+        return self.n_tiles * self.config.cols
+
+    @property
+    def tiles(self) -> int:
+        return self.m_tiles * self.n_tiles
+
+    @property
+    def macs(self) -> int:
+        return self.M * self.N * self.config.K
+
+    @property
+    def workload(self) -> str:
+        return f"M{self.M}_N{self.N}_s{self.seed}"
+
+    @property
+    def name(self) -> str:
+        return f"{self.config.name()}_{self.mode.name}_{self.workload}"
+
+
+def _plan_case(config: LUTConfig, mode: LUTMode, seed: int) -> LUTCase:
+    per_tile = config.rows * config.cols * config.K
+    tiles = -(-MIN_MACS // per_tile)
+    m = 2 if tiles >= 4 else 1  # two activation tiles meet each weight tile
+    return LUTCase(config=config, mode=mode, m_tiles=m, n_tiles=-(-tiles // m), seed=seed)
+
+
+#: The plan's hardware: two tile shapes (elongated GEMV 1x64, GEMM 2x32) x two groups.
+PLAN_CONFIGS = tuple(LUTConfig(rows=r, cols=c, lanes=8, K=256, group=g)
+                     for r, c in ((1, 64), (2, 32)) for g in (64, 128))
+
+
+def default_plan() -> list[LUTCase]:
+    """W1, W2, W4, ternary x PLAN_CONFIGS, each >= MIN_MACS compared MACs."""
+    return [_plan_case(cfg, MODES[name], seed=41 + 4 * i + j)
+            for i, cfg in enumerate(PLAN_CONFIGS)
+            for j, name in enumerate(("w1", "w2", "w4", "ternary"))]
+
+
+def prepare_data(case: LUTCase, *, root: Path | None = None) -> Path:
+    """Quantize seeded random weights/activations into root/<case.name> (reused
+    when an earlier export verifies)."""
+    from quantflow import QuantflowError, random_activations, random_linear_weights
+    from quantflow.lut import export_lut, load_lut
+    outdir = Path(root or DATA_ROOT) / case.name
+    if (outdir / "manifest.json").is_file():
+        try:
+            load_lut(outdir, case.config, case.mode)
+            return outdir
+        except QuantflowError:
+            pass  # stale or damaged: export again (atomically replaced)
+    cfg = case.config
+    W = random_linear_weights(case.N, cfg.K, seed=case.seed, outlier_channels=min(2, case.N))
+    X = random_activations(case.M, cfg.K, seed=case.seed + 1_000_003,
+                           outlier_features=min(4, cfg.K))
+    export_lut(outdir, cfg, case.mode, W, X)
+    return outdir
+
+
+def stream_build(config: LUTConfig, *, sim: str | None = None,
+                 waves: bool | None = None) -> runner.Build:
+    from hdl.generate import lut_factory, verilog
+    name, factory = lut_factory(config)
+    return runner.build(verilog(factory(), name), name, sim=sim, waves=waves)
+
+
+def run_stream(case: LUTCase, *, build: runner.Build | None = None,
+               p_idle: float | None = None, p_stall: float | None = None,
+               seed: int | None = None, corrupt_expected=(),
+               data_root: Path | None = None) -> dict:
+    data_dir = prepare_data(case, root=data_root)
+    b = build or stream_build(case.config)
+    job = {"config": case.config.as_dict(), "mode": case.mode.as_dict(),
+           "data_dir": str(data_dir), "seed": case.seed if seed is None else seed,
+           "p_idle": case.p_idle if p_idle is None else p_idle,
+           "p_stall": case.p_stall if p_stall is None else p_stall,
+           "corrupt_expected": [list(c) for c in corrupt_expected]}
+    res = runner.run(b, test_module=STREAM_TB, job=job)
+    res["p_idle"], res["p_stall"] = job["p_idle"], job["p_stall"]
+    res["build_cached"], res["build_seconds"] = b.cached, b.build_seconds
+    return res
+
+
+def record_config(case: LUTCase) -> dict:
+    """The record's `config`: the hardware fields plus the run-time format."""
+    return {**case.config.as_dict(), **case.mode.as_dict()}
+
+
+def to_record(case: LUTCase, res: dict) -> dict:
+    from hdl.lut import cycle_model, precompute_share
+    cfg, mode = case.config, case.mode
+    ideal = res.get("p_idle", 0.0) == 0.0 and res.get("p_stall", 0.0) == 0.0
+    label = "stream-ideal" if ideal else "stream"
+    model = cycle_model(cfg, mode, case.tiles)
+    extra = {
+        "path": "stream", "case": case.name, "seed": res.get("seed"),
+        "simulator": res.get("sim"), "format": mode.name,
+        "workload": {"M": case.M, "N": case.N, "K": cfg.K, "tiles": case.tiles},
+        "model_cycles_ideal": model,
+        "precompute_share": round(precompute_share(cfg, mode, case.tiles), 6),
+        "p_idle": res.get("p_idle"), "p_stall": res.get("p_stall"),
+        "stall_cycles": res.get("stall_cycles"), "idle_cycles": res.get("idle_cycles"),
+        "errors": res.get("errors", []),
+    }
+    if ideal:
+        extra["expected_cycles"] = model
+    return make_record(
+        block="lut", test=f"{label} {case.workload}", config=record_config(case),
+        passed=bool(res.get("passed")), mismatches=int(res.get("mismatches", 0)),
+        vectors=int(res.get("vectors", 0)), cycles=int(res.get("cycles", 0)),
+        macs=int(res.get("macs", case.macs)),
+        peak_macs_per_cycle=cfg.peak_macs_per_cycle(mode),
+        sim_seconds=float(res.get("sim_seconds", 0.0)),
+        sim_cycles=int(res.get("sim_cycles", res.get("cycles", 0))), **extra)
+
+
+def _run_item(case: LUTCase, ideal: bool, sim: str) -> dict:
+    b = stream_build(case.config, sim=sim)
+    res = (run_stream(case, build=b, p_idle=0.0, p_stall=0.0) if ideal
+           else run_stream(case, build=b))
+    rec = to_record(case, res)
+    rec["build_seconds"] = round(b.build_seconds, 1)
+    rec["build_cached"] = b.cached
+    return rec
+
+
+def sim_items(*, sim: str) -> list:
+    """`make sim`'s LUT runs: every plan case with back-pressure, then ideal
+    (the cycle model held to the RTL's count)."""
+    from cosim.blocks import SimItem
+    items = []
+    for ideal in (False, True):
+        for case in default_plan():
+            items.append(SimItem(
+                block="lut", name=case.name, path="stream-ideal" if ideal else "stream",
+                config=record_config(case), macs=case.macs,
+                peak_macs_per_cycle=case.config.peak_macs_per_cycle(case.mode),
+                run=lambda case=case, ideal=ideal: _run_item(case, ideal, sim)))
+    return items

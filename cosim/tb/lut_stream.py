@@ -1,0 +1,130 @@
+"""Stream testbench of hdl.lut.LUTBlock: act/code/scale sources with random
+idle cycles, a result sink with random back-pressure, a bit-exact scoreboard
+against golden.lut. Inputs are the quantflow LUT images named by the job.
+
+Job fields: config (LUTConfig fields), mode ({bits, ternary}), data_dir, seed
+(printed), p_idle, p_stall, optional max_cycles, corrupt_expected
+([[word, xor_mask], ...]). The `bits` port is held at mode.bits for the whole
+run. Result: as cosim.tb.mixpe_stream's, plus `error` (the block's sticky
+mode-error flag, which fails the run).
+"""
+from __future__ import annotations
+
+import random
+
+import cocotb
+from cocotb.clock import Clock
+from cocotb.triggers import ReadOnly, RisingEdge
+
+from cosim.runner import read_job, write_result
+from cosim.tb.mixpe_common import Stopwatch, job_seed
+from cosim.tb.streams import Scoreboard, StreamSink, StreamSource
+
+RESET_CYCLES = 3
+
+
+def load_lut_case(job: dict):
+    """(images, expected result words from golden.lut on the decoded operands)."""
+    from golden.lut import lut_acc
+    from golden.lut_config import LUTConfig, LUTMode
+    from quantflow.lut import load_lut, pack_lut_result_words
+
+    config = LUTConfig(**job["config"])
+    mode = LUTMode(**job["mode"])
+    img = load_lut(job["data_dir"], config, mode)
+    expected = pack_lut_result_words(lut_acc(img.a, img.q, img.s2, img.z, config, mode), config)
+    for word_idx, xor_mask in job.get("corrupt_expected", []):
+        expected[word_idx] ^= int(xor_mask)  # error injection: the scoreboard must fail
+    return img, expected
+
+
+def _describe(img):
+    from golden.config import ACC_BITS
+    from quantflow.pack import unpack_words
+    cfg = img.config
+
+    def describe(i: int, got: int, exp: int) -> str:
+        tile, s = divmod(i, cfg.slices)
+        tn, tm = divmod(tile, img.m_tiles)
+        g = unpack_words([got], ACC_BITS, cfg.rows * cfg.lanes, signed=True)[0]
+        e = unpack_words([exp], ACC_BITS, cfg.rows * cfg.lanes, signed=True)[0]
+        bad = [(tm * cfg.rows + x // cfg.lanes, tn * cfg.cols + s * cfg.lanes + x % cfg.lanes,
+                int(g[x]), int(e[x])) for x in range(len(g)) if g[x] != e[x]]
+        return (f"result word {i} (tile n{tn} m{tm}, slice {s}): "
+                + ", ".join(f"acc[{m},{n}] got {gv} expected {ev}" for m, n, gv, ev in bad[:4]))
+    return describe
+
+
+@cocotb.test()
+async def lut_stream(dut):
+    job = read_job()
+    seed = job_seed(job)
+    dut._log.info(f"lut_stream seed={seed} (rerun with job seed={seed})")
+    sw = Stopwatch()
+    img, expected = load_lut_case(job)
+    load_seconds = sw.seconds()
+    cfg, mode = img.config, img.mode
+    per_tile = cfg.beats_per_tile(mode)
+    order = [(tn, tm) for tn in range(img.n_tiles) for tm in range(img.m_tiles)]
+    act = [w for tn, tm in order for w in img.act_words[tm * cfg.chunks:(tm + 1) * cfg.chunks]]
+    code = [w for tn, tm in order for w in img.code_words[tn * per_tile:(tn + 1) * per_tile]]
+    gs = cfg.groups * cfg.slices
+    scale = [w for tn, tm in order for w in img.scale_words[tn * gs:(tn + 1) * gs]]
+
+    rng = random.Random(seed)
+    sub = [random.Random(rng.randrange(1 << 62)) for _ in range(4)]
+    p_idle, p_stall = float(job.get("p_idle", 0.0)), float(job.get("p_stall", 0.0))
+    sources = [StreamSource(dut, "act", act, p_idle=p_idle, rng=sub[0]),
+               StreamSource(dut, "code", code, p_idle=p_idle, rng=sub[1]),
+               StreamSource(dut, "scale", scale, p_idle=p_idle, rng=sub[2])]
+    sink = StreamSink(dut, "result", p_stall=p_stall, rng=sub[3])
+    sb = Scoreboard(expected, describe=_describe(img))
+    dut.bits.value = mode.bits
+    max_cycles = int(job.get("max_cycles") or (20 * len(code) + 10_000))
+    Clock(dut.clk, 2, unit="ns").start()
+    cycle = 0
+    dut.rst.value = 1
+    for _ in range(RESET_CYCLES):
+        await RisingEdge(dut.clk)
+        cycle += 1
+    dut.rst.value = 0
+    sw = Stopwatch()
+    parts = sources + [sink]
+    error = 0
+    while len(sink.words) < len(expected) and cycle < max_cycles:
+        await RisingEdge(dut.clk)
+        cycle += 1
+        for p in parts:
+            p.drive()
+        await ReadOnly()
+        for p in parts:
+            p.sample(cycle)
+        error |= int(dut.error.value)
+    await RisingEdge(dut.clk)
+    sim_seconds = sw.seconds()
+
+    sb.check(sink.words)
+    errors = list(sb.report)
+    unconsumed = {s.name: len(s.words) - s.idx for s in sources if not s.done}
+    if unconsumed:
+        errors.append(f"input beats never accepted: {unconsumed}")
+    if cycle >= max_cycles:
+        errors.append(f"timed out after {max_cycles} cycles with {len(sink.words)}/"
+                      f"{len(expected)} result words")
+    if error:
+        errors.append("the block raised `error` (plane count changed inside a tile or "
+                      "unsupported bits)")
+    first_in = min((s.first_cycle for s in sources if s.first_cycle is not None), default=None)
+    last_out = sink.cycles[-1] if sink.cycles else None
+    cycles = (last_out - first_in + 1) if (first_in is not None and last_out is not None) else 0
+    passed = sb.passed and not errors
+    write_result({
+        "test": "stream", "passed": passed, "mismatches": sb.mismatches,
+        "vectors": sb.compared, "expected_vectors": len(expected), "cycles": cycles,
+        "macs": img.M * img.N * cfg.K, "tiles": len(order), "M": img.M, "N": img.N,
+        "sim_cycles": cycle, "sim_seconds": sim_seconds, "seed": seed,
+        "stall_cycles": sink.stall_cycles, "ready_low_cycles": sink.ready_low_cycles,
+        "load_seconds": load_seconds, "error": error,
+        "idle_cycles": {s.name: s.idle_cycles for s in sources}, "errors": errors,
+    })
+    assert passed, "; ".join(errors) or "scoreboard failed"
