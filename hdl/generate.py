@@ -75,6 +75,13 @@ def mixpe_factory(config: MixPEConfig, *, kind: str = "array",
                        max_n_tiles=max_n_tiles), factory
 
 
+def lut_factory(config) -> tuple[str, Callable]:
+    """(name, zero-argument factory) of the LUT mpGEMM block (hdl.lut) for a
+    golden.lut_config.LUTConfig; the weight format is a run-time port."""
+    from .lut import LUTBlock
+    return config.name(), (lambda: LUTBlock(config))
+
+
 def default_designs() -> list[tuple[str, Callable]]:
     """The default design set: GEMV and GEMM arrays at several bit-widths
     (one with several dequantization lanes), one MixPECell and one MixPESystem. Each entry is (module name, factory)."""
@@ -88,4 +95,12 @@ def default_designs() -> list[tuple[str, Callable]]:
         mixpe_factory(MixPEConfig(bits=4, group=64, rows=1, cols=1, K=64), kind="cell"),
         mixpe_factory(MixPEConfig(bits=4, group=64, rows=2, cols=4, K=256), kind="system",
                       max_m_tiles=2, max_n_tiles=2),
+        *_lut_designs(),
     ]
+
+
+def _lut_designs() -> list[tuple[str, Callable]]:
+    """LUT mpGEMM blocks: the elongated GEMV tile and a two-row tile."""
+    from golden.lut_config import LUTConfig
+    return [lut_factory(LUTConfig(rows=1, cols=64, lanes=8, K=1024, group=64)),
+            lut_factory(LUTConfig(rows=2, cols=32, lanes=8, K=256, group=128))]
