@@ -6,7 +6,7 @@ VPY    := $(VENV)/bin/python
 STAMP  := $(VENV)/.quattro-installed
 JOBS   ?= auto
 
-.PHONY: all sim test verilog lint bench resources models eval clean distclean
+.PHONY: all sim test verilog lint bench resources models eval bitstream clean distclean
 
 all: test
 
@@ -54,6 +54,14 @@ SCHEME ?= w4a8kv4-g64
 eval: models
 	$(VPY) -m quantflow eval --model smollm2 --scheme $(SCHEME)
 	$(VPY) -m quantflow export --model smollm2 --scheme $(SCHEME)
+
+## bitstream: Alveo build tree of a kernel in build/boards/$(BOARD)/$(KERNEL) (fit check,
+##            Tcl checked); runs Vivado/v++ when on PATH, else prints what to run
+##            (exit 5). CONFIG='{"rows": 1, ...}' overrides the configuration.
+BOARD  ?= u280
+KERNEL ?= mixpe
+bitstream: $(STAMP)
+	$(VPY) -m fpga_boards build --board $(BOARD) --kernel $(KERNEL) $(if $(CONFIG),--config '$(CONFIG)')
 
 clean:
 	rm -rf build

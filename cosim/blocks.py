@@ -20,6 +20,7 @@ __all__ = ["BLOCKS", "SimItem", "block_items"]
 #: block name (the records' "block" field) -> module providing sim_items()
 BLOCKS: dict[str, str] = {
     "mixpe": "cosim.mixpe",
+    "kernel_mixpe": "cosim.kernel_mixpe",
     "lut": "cosim.lut",
 }
 
