@@ -96,6 +96,7 @@ def default_designs() -> list[tuple[str, Callable]]:
         mixpe_factory(MixPEConfig(bits=4, group=64, rows=2, cols=4, K=256), kind="system",
                       max_m_tiles=2, max_n_tiles=2),
         *_lut_designs(),
+        *_sparse_dsp_designs(),
     ]
 
 
@@ -104,3 +105,23 @@ def _lut_designs() -> list[tuple[str, Callable]]:
     from golden.lut_config import LUTConfig
     return [lut_factory(LUTConfig(rows=1, cols=64, lanes=8, K=1024, group=64)),
             lut_factory(LUTConfig(rows=2, cols=32, lanes=8, K=256, group=128))]
+
+
+def sparse_dsp_factory(config, *, kind: str = "stream") -> tuple[str, Callable]:
+    """(name, zero-argument factory) of a sparse DSP chain design: the stream
+    block ("stream") or the bare multiplexer + DSP chain ("chain")."""
+    from .sparse_dsp import SparseDSP, SparseDSPChain
+    if kind == "stream":
+        return config.name(), lambda: SparseDSP(config)
+    if kind == "chain":
+        return f"{config.name()}_chain", lambda: SparseDSPChain(config)
+    raise ValueError(f"unknown sparse_dsp design kind {kind!r}; use 'stream' or 'chain'")
+
+
+def _sparse_dsp_designs() -> list[tuple[str, Callable]]:
+    """Sparse DSP chains: the make-sim chain (8 DSPs, 2 groups) as stream block and
+    bare chain, and a 16-DSP chain in 4 groups."""
+    from golden.sparse_dsp_config import SparseDSPConfig
+    cfg = SparseDSPConfig(L=8, group_len=4, K=512, qgroup=64)
+    return [sparse_dsp_factory(cfg), sparse_dsp_factory(cfg, kind="chain"),
+            sparse_dsp_factory(SparseDSPConfig(L=16, group_len=4, K=1024, qgroup=64))]
