@@ -90,7 +90,7 @@ def lint_file(path: Path | str, top: str | None = None, *,
 
 def designs_to_lint() -> list[tuple[str, Callable]]:
     """hdl.generate.default_designs() plus the baseline PE (which is synthesized for
-    the resource comparison and so must be clean too)."""
+    the resource comparison and so must be clean too) and the MixPE Vitis kernel."""
     from golden.config import MixPEConfig
     from hdl.baseline_pe import BaselinePE
     from hdl.generate import default_designs
@@ -100,6 +100,10 @@ def designs_to_lint() -> list[tuple[str, Callable]]:
     cfg = MixPEConfig(bits=4)
     if "baseline_pe_w4" not in names:
         designs.append(("baseline_pe_w4", lambda: BaselinePE(cfg)))
+    # The Vitis RTL kernels (fpga_boards imports hdl, so they are added here).
+    from fpga_boards.kernel import RtlKernel, mixpe_kernel
+    if "mixpe" not in names:
+        designs.append(("mixpe", lambda: RtlKernel(mixpe_kernel(cfg))))
     return designs
 
 
