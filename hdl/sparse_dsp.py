@@ -33,7 +33,7 @@ See docs/sparse_dsp.md.
 """
 from __future__ import annotations
 
-from amaranth.hdl import Array, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -84,6 +84,16 @@ def scale_layout(config: SparseDSPConfig) -> data.ArrayLayout:
 
 def result_layout(config: SparseDSPConfig) -> data.ArrayLayout:
     return data.ArrayLayout(signed(ACC_BITS), config.n_groups)
+
+
+def _pattern_cases():
+    """(code, (N, M)) with dense (code 0) last: it is the Default branch."""
+    return [(c, p) for c, p in enumerate(PATTERNS) if c] + [(0, PATTERNS[0])]
+
+
+def _span_cases(config: SparseDSPConfig):
+    """(span_log, span), the largest span last: it is the Default branch."""
+    return list(enumerate(config.spans))
 
 
 def chain_latency(config: SparseDSPConfig) -> int:
@@ -174,7 +184,8 @@ class SparseDSPChain(wiring.Component):
 
       window   : In  act beat (window_max int8)
       lanes    : In  weight beat (L x {value, index})
-      log2n, log2m, span_log, w4 : In  the beat's run-time mode
+      pattern, span_log, w4 : In  the beat's run-time mode (valid codes only:
+                 SparseDSP maps other pattern codes to dense, spans to the largest)
       z        : In  zero point per segment (W4A8)
       p        : Out each group's cascade output, chain_latency(config) enabled
                  cycles after the beat
@@ -186,7 +197,7 @@ class SparseDSPChain(wiring.Component):
             "en": In(1),
             "window": In(act_layout(config)),
             "lanes": In(weight_layout(config)),
-            "log2n": In(2), "log2m": In(2), "span_log": In(SPAN_LOG_BITS), "w4": In(1),
+            "pattern": In(PATTERN_BITS), "span_log": In(SPAN_LOG_BITS), "w4": In(1),
             "z": In(data.ArrayLayout(unsigned(W4_BITS), config.n_groups)),
             "p": Out(data.ArrayLayout(signed(DSP_ACC_BITS), config.n_groups)),
         })
@@ -194,29 +205,34 @@ class SparseDSPChain(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         cfg = self.config
-        seg_shift = Signal(range(_log2(cfg.L) + SPAN_LOG_BITS + 1))
-        m.d.comb += seg_shift.eq(_log2(cfg.group_len) + self.span_log)
-        zs = Array(self.z[g] for g in range(cfg.n_groups))
+        # Every (pattern, span) fixes, per stage, the window position of its
+        # block and its segment: constants, so the multiplexer is a case on
+        # (mode, index) with constant window lanes (no shifters, no Array).
         xa = [Signal(signed(ACT_BITS), reset_less=True, name=f"xa{i}") for i in range(cfg.L)]
         xb = [Signal(signed(B_BITS), reset_less=True, name=f"xb{i}") for i in range(cfg.L)]
         for i in range(cfg.L):
             lane = self.lanes[i]
-            seg = Signal(range(cfg.L), name=f"seg{i}")
-            j = Signal(range(cfg.L), name=f"j{i}")
-            addr = Signal(range(cfg.window_max), name=f"addr{i}")
-            m.d.comb += [
-                seg.eq(Const(i, range(cfg.L)) >> seg_shift),
-                j.eq(Const(i, range(cfg.L)) - (seg << seg_shift)),
-                addr.eq(((j >> self.log2n) << self.log2m) | lane.index),
-            ]
-            # stage i can only address window[0 .. MAX_RATIO*i + MAX_M - 1]
-            hi = min(cfg.window_max, MAX_RATIO * i + max(mm for _, mm in PATTERNS))
-            cands = Array(self.window[w] for w in range(hi))
-            code = lane.value[:W4_BITS]
+            a_sel = Signal(signed(ACT_BITS), name=f"a_sel{i}")
+            z_sel = Signal(unsigned(W4_BITS), name=f"z_sel{i}")
+            with m.Switch(self.span_log):
+                for sl, span in _span_cases(cfg):
+                    with m.Case(sl) if span != cfg.spans[-1] else m.Default():
+                        seg_len = cfg.group_len * span
+                        m.d.comb += z_sel.eq(self.z[i // seg_len])
+                        with m.Switch(self.pattern):
+                            for code, (n, mm) in _pattern_cases():
+                                with m.Case(code) if code else m.Default():
+                                    base = (i % seg_len) // n * mm
+                                    with m.Switch(lane.index):
+                                        for idx in range(mm - 1):
+                                            with m.Case(idx):
+                                                m.d.comb += a_sel.eq(self.window[base + idx])
+                                        with m.Default():
+                                            m.d.comb += a_sel.eq(self.window[base + mm - 1])
             w4b = Signal(signed(B_BITS), name=f"w4b{i}")
-            m.d.comb += w4b.eq(code - zs[seg])
+            m.d.comb += w4b.eq(lane.value[:W4_BITS] - z_sel)
             with m.If(self.en):
-                m.d.sync += [xa[i].eq(cands[addr]),
+                m.d.sync += [xa[i].eq(a_sel),
                              xb[i].eq(Mux(self.w4, w4b, lane.value.as_signed()))]
         gl = cfg.group_len
         for g in range(cfg.n_groups):
@@ -276,20 +292,25 @@ class SparseDSP(wiring.Component):
         z_reg = Signal(data.ArrayLayout(unsigned(W4_BITS), ng))
         s2_reg = Signal(data.ArrayLayout(unsigned(SCALE_BITS), ng))
         mode = Signal(CTRL)
-        m.d.comb += mode.eq(Mux(in_tile, cur, self.ctrl.payload))
-        log2n, log2m = Signal(2), Signal(2)
-        with m.Switch(mode.pattern):
-            for code, (n, mm) in enumerate(PATTERNS):
-                with m.Case(code):
-                    m.d.comb += [log2n.eq(_log2(n)), log2m.eq(_log2(mm))]
-            with m.Default():
-                m.d.comb += [log2n.eq(0), log2m.eq(0)]
-        log2w = Signal(range(_log2(cfg.window_max) + 1))
-        m.d.comb += log2w.eq(_log2(cfg.group_len) + mode.span_log + log2m - log2n)
+        raw = Signal(CTRL)
+        m.d.comb += raw.eq(Mux(in_tile, cur, self.ctrl.payload))
+        # normalise: unknown pattern codes run dense, too large spans the largest
+        m.d.comb += [mode.w4.eq(raw.w4), mode.pattern.eq(Mux(raw.pattern < len(PATTERNS),
+                                                             raw.pattern, 0)),
+                     mode.span_log.eq(Mux(raw.span_log < len(cfg.spans) - 1, raw.span_log,
+                                          len(cfg.spans) - 1))]
+        # beats per tile and per quantization group: constants of (pattern, span)
         last_idx = Signal.like(beat)
         qmask = Signal.like(beat)
-        m.d.comb += [last_idx.eq((Const(cfg.K) >> log2w) - 1),
-                     qmask.eq((Const(cfg.qgroup) >> log2w) - 1)]
+        with m.Switch(mode.span_log):
+            for sl, span in _span_cases(cfg):
+                with m.Case(sl) if span != cfg.spans[-1] else m.Default():
+                    with m.Switch(mode.pattern):
+                        for code, (n, mm) in _pattern_cases():
+                            with m.Case(code) if code else m.Default():
+                                w = cfg.group_len * span * mm // n
+                                m.d.comb += [last_idx.eq(cfg.K // w - 1),
+                                             qmask.eq(cfg.qgroup // w - 1)]
         tfirst = is_const(beat, 0)
         tlast = beat == last_idx
         qpos = beat & qmask
@@ -321,8 +342,8 @@ class SparseDSP(wiring.Component):
         chain = SparseDSPChain(cfg)
         m.submodules.chain = chain
         m.d.comb += [chain.en.eq(en), chain.window.eq(self.act.payload),
-                     chain.lanes.eq(self.weight.payload), chain.log2n.eq(log2n),
-                     chain.log2m.eq(log2m), chain.span_log.eq(mode.span_log),
+                     chain.lanes.eq(self.weight.payload), chain.pattern.eq(mode.pattern),
+                     chain.span_log.eq(mode.span_log),
                      chain.w4.eq(mode.w4), chain.z.eq(z_eff)]
 
         # ---- sideband, delayed to line up with the group outputs ----
@@ -345,29 +366,28 @@ class SparseDSP(wiring.Component):
         sb_q = sb
 
         # ---- reduction nodes: pass the partial sum on unless g starts a segment ----
-        span_mask = Signal(SPAN_LOG_BITS + ng.bit_length())
-        m.d.comb += span_mask.eq((Const(1, span_mask.shape()) << sb_p.span_log) - 1)
         R = [Signal(signed(DSP_ACC_BITS), reset_less=True, name=f"R{g}") for g in range(ng)]
-        r_prev = None
-        for g in range(ng):
-            r = Signal(signed(DSP_ACC_BITS), name=f"r{g}")
-            if r_prev is None:
-                m.d.comb += r.eq(chain.p[g])
-            else:
-                passes = ~is_const(Const(g, range(ng)) & span_mask, 0)
-                m.d.comb += r.eq(chain.p[g] + Mux(passes, r_prev, 0))
-            with m.If(en):
-                m.d.sync += R[g].eq(r)
-            r_prev = r
+        r = [Signal(signed(DSP_ACC_BITS), name=f"r{g}") for g in range(ng)]
+        with m.Switch(sb_p.span_log):
+            for sl, span in _span_cases(cfg):
+                with m.Case(sl) if span != cfg.spans[-1] else m.Default():
+                    for g in range(ng):
+                        passes = g % span != 0
+                        m.d.comb += r[g].eq(chain.p[g] + r[g - 1] if passes else chain.p[g])
+        with m.If(en):
+            m.d.sync += [R[g].eq(r[g]) for g in range(ng)]
 
-        # ---- segment s = the node ((s+1) << span_log) - 1; per-qgroup sums ----
-        Rs = Array(R)
+        # ---- segment s is emitted by node (s+1)*span - 1; per-qgroup sums ----
+        seg_sum = [Signal(signed(DSP_ACC_BITS), name=f"seg_sum{s}") for s in range(ng)]
+        with m.Switch(sb_r.span_log):
+            for sl, span in _span_cases(cfg):
+                with m.Case(sl) if span != cfg.spans[-1] else m.Default():
+                    m.d.comb += [seg_sum[s].eq(R[min(ng, (s + 1) * span) - 1])
+                                 for s in range(ng)]
         qsum = [Signal(signed(DSP_ACC_BITS), name=f"qsum{s}") for s in range(ng)]
         for s in range(ng):
-            node = Signal(range(2 * ng), name=f"node{s}")
-            m.d.comb += node.eq((Const(s + 1, range(2 * ng)) << sb_r.span_log) - 1)
             with m.If(en & sb_r.valid):
-                m.d.sync += qsum[s].eq(Mux(sb_r.qfirst, 0, qsum[s]) + Rs[node])
+                m.d.sync += qsum[s].eq(Mux(sb_r.qfirst, 0, qsum[s]) + seg_sum[s])
 
         # ---- group end: tile total (+ s2 * qsum in W4A8); tile end: result ----
         out_valid = Signal()
@@ -384,7 +404,11 @@ class SparseDSP(wiring.Component):
             term = Mux(sb_q.w4, qsum[s][:wbits].as_signed() * sb_q.s2[s], qsum[s])
             tot_new = Signal(signed(DSP_ACC_BITS), name=f"tot_new{s}")
             m.d.comb += tot_new.eq(Mux(sb_q.tfirst_grp, 0, tot[s]) + term)
-            live = (Const(s, range(2 * ng)) << sb_q.span_log) < ng
+            live = Signal(name=f"live{s}")   # s < segments of the tile's split
+            with m.Switch(sb_q.span_log):
+                for sl, span in _span_cases(cfg):
+                    with m.Case(sl) if span != cfg.spans[-1] else m.Default():
+                        m.d.comb += live.eq(s < ng // span)
             with m.If(en & sb_q.valid & sb_q.qlast):
                 m.d.sync += tot[s].eq(tot_new)
                 with m.If(sb_q.tlast):
