@@ -33,7 +33,7 @@ from .stream_utils import MemoryStreamReader, NestedAddressGenerator, count_widt
 __all__ = ["PIMBank", "PIMChannel", "PIMSystem", "cmd_layout", "memreq_layout", "job_layout",
            "state_layout", "bank_rules", "channel_rules", "SYSTEM_OVERHEAD",
            "system_cycle_model", "LOAD_BANK", "LOAD_MEM", "LOAD_JOB", "LOAD_VEC",
-           "OUT_RD", "OUT_RES"]
+           "OUT_RD", "OUT_RES", "pim_factory", "DEFAULT_SYSTEM_SIZES"]
 
 #: Cycles PIMSystem's counter adds to golden.pim.schedule's count: from the
 #: start pulse, the address generators and then the memory readers need one
@@ -703,3 +703,21 @@ class PIMSystem(wiring.Component):
             with m.If(finished):
                 m.d.sync += [running.eq(0), self.done.eq(1)]
         return m
+
+
+#: PIMSystem sizes of the default designs (and of cosim.pim's builds).
+DEFAULT_SYSTEM_SIZES = {"max_mem": 8192, "max_jobs": 256, "max_reads": 8192, "max_results": 2048}
+
+
+def pim_factory(config: PIMConfig, *, kind: str = "system", sizes: dict | None = None):
+    """(module name, zero-argument factory) of a PIM design: kind "bank"
+    (PIMBank) or "system" (PIMSystem with `sizes`, default DEFAULT_SYSTEM_SIZES)."""
+    _check_config(config)
+    if kind == "bank":
+        return f"{config.name()}_bank", lambda: PIMBank(config)
+    if kind == "system":
+        s = dict(DEFAULT_SYSTEM_SIZES if sizes is None else sizes)
+        suffix = "" if s == DEFAULT_SYSTEM_SIZES else (
+            f"_m{s['max_mem']}_j{s['max_jobs']}_r{s['max_reads']}_s{s['max_results']}")
+        return f"{config.name()}_sys{suffix}", lambda: PIMSystem(config, **s)
+    raise ValueError(f"unknown PIM design kind {kind!r}; use 'bank' or 'system'")

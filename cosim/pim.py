@@ -1,0 +1,201 @@
+"""PIM channel co-simulation flow (NeuPIMs bank, DESIGN §3.6): workloads ->
+Verilog (hdl.pim.PIMSystem) -> Verilator -> records of block "pim".
+
+    b = system_build(config)                       # one build per mode, shared
+    res = run_workloads(config, [spec, ...], build=b)
+    rec = to_record(config, spec, run, model)      # a cosim.report record
+
+A workload spec is a dict {"name", "kind": "mixed" | "subbatch", "seed", ...}
+(the keyword arguments of golden.pim.mixed_workload / subbatch_workload);
+the testbench rebuilds the workload from it, so a run is reproducible from
+its record.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from golden.pim_config import RULES, PIMConfig
+
+from cosim import runner
+from cosim.report import make_record
+
+__all__ = ["SYSTEM_SIZES", "TB_MODULE", "workload_from_spec", "system_build", "run_workloads",
+           "model_for", "to_record", "default_plan", "PIMCase", "sim_items", "run_case"]
+
+TB_MODULE = "cosim.tb.pim_system"
+from hdl.pim import DEFAULT_SYSTEM_SIZES as SYSTEM_SIZES  # one build per mode serves all workloads
+
+
+def workload_from_spec(config: PIMConfig, spec: dict):
+    from golden.pim import mixed_workload, subbatch_workload
+    params = {k: v for k, v in spec.items() if k not in ("name", "kind", "corrupt_expected")}
+    kind = spec.get("kind")
+    if kind == "mixed":
+        return mixed_workload(config, **params)
+    if kind == "subbatch":
+        return subbatch_workload(config, **params)
+    raise ValueError(f"unknown workload kind {kind!r}; use 'mixed' or 'subbatch'")
+
+
+def _check_fits(config: PIMConfig, w) -> None:
+    need = {"max_mem": len(w.mem), "max_jobs": len(w.jobs), "max_reads": w.n_reads,
+            "max_results": w.n_results}
+    over = {k: v for k, v in need.items() if v > SYSTEM_SIZES[k]}
+    if over:
+        raise ValueError(f"workload needs {over}, more than the PIMSystem build holds "
+                         f"({SYSTEM_SIZES}); make the workload smaller")
+
+
+def system_build(config: PIMConfig, *, sim: str | None = None,
+                 waves: bool | None = None) -> runner.Build:
+    from hdl.generate import verilog
+    from hdl.pim import pim_factory
+    name, factory = pim_factory(config, kind="system")
+    return runner.build(verilog(factory(), name), name, sim=sim, waves=waves)
+
+
+def run_workloads(config: PIMConfig, specs: list[dict], *, build: runner.Build | None = None,
+                  sim: str | None = None) -> dict:
+    """One simulator run over several workloads (the bank storage is reloaded
+    before each). Returns the testbench's result (result["runs"][i] per spec)."""
+    for s in specs:
+        _check_fits(config, workload_from_spec(config, s))
+    b = build or system_build(config, sim=sim)
+    job = {"config": config.as_dict(), "workloads": list(specs), "system": SYSTEM_SIZES}
+    res = runner.run(b, test_module=TB_MODULE, job=job)
+    res["build_cached"] = b.cached
+    res["build_seconds"] = b.build_seconds
+    return res
+
+
+def model_for(config: PIMConfig, spec: dict):
+    """golden.pim.schedule on the spec's workload (the command-level cycle model)."""
+    from golden.pim import schedule
+    w = workload_from_spec(config, spec)
+    return schedule(config, w.mem, w.jobs)
+
+
+def model_checks(config: PIMConfig, run: dict, model) -> list[str]:
+    """RTL counters vs the cycle model (cycles are checked by make sim through
+    expected_cycles; these are the command, COMP and bus counts)."""
+    errs = []
+    bus = model.count("RD") + model.count("WR") + model.count("GWR") + model.count("RDRES")
+    for what, rtl, exp in (("commands", run.get("cmd_count"), model.commands),
+                           ("COMPs", run.get("comp_count"), model.comp_cycles),
+                           ("bus transfers", run.get("bus_count"), bus)):
+        if rtl != exp:
+            errs.append(f"{run.get('name')}: RTL issued {rtl} {what}, the cycle model {exp}")
+    return errs
+
+
+def to_record(config: PIMConfig, spec: dict, run: dict, model, *, extra: dict | None = None) -> dict:
+    from hdl.pim import SYSTEM_OVERHEAD
+    cyc = max(1, run["cycles"])
+    errors = list(run.get("errors", [])) + model_checks(config, run, model)
+    viol = [r for i, r in enumerate(RULES) if run.get("err_bits", 0) >> i & 1]
+    rec = make_record(
+        block="pim", test=f"{spec['kind']} {spec['name']}", config=config.as_dict(),
+        passed=bool(run.get("passed")) and not errors,
+        mismatches=run["read_mismatches"] + run["result_mismatches"],
+        vectors=run["reads"] + run["results"], cycles=run["cycles"], macs=run["macs"],
+        peak_macs_per_cycle=config.peak_macs_per_cycle,
+        sim_seconds=run["sim_seconds"], path="system", case=spec["name"],
+        mode=config.mode, workload=dict(spec), expected_cycles=model.cycles + SYSTEM_OVERHEAD,
+        model_cycles_ideal=model.cycles + SYSTEM_OVERHEAD,
+        commands=run["cmd_count"], mem_requests=run["mem_requests"], gemv_jobs=run["jobs"],
+        reads=run["reads"], gemv_results=run["results"],
+        timing_violations=len(viol), violated_rules=viol,
+        bank_utilisation={
+            "pim_lanes": round(run["comp_count"] / (cyc * config.banks), 4),
+            "data_bus": round(run["bus_count"] * config.tCCD_S / cyc, 4),
+        },
+        errors=errors, load_seconds=run.get("load_seconds"))
+    if extra:
+        rec.update(extra)
+    return rec
+
+
+# --------------------------------------------------------------------------- plan
+@dataclass(frozen=True, kw_only=True)
+class PIMCase:
+    spec: dict
+
+    @property
+    def name(self) -> str:
+        return self.spec["name"]
+
+
+def default_plan() -> list[PIMCase]:
+    """make sim's workloads, each run in both modes (>= 10,000 commands each)."""
+    return [
+        PIMCase(spec={"name": "mixed_m5000_j96_s11", "kind": "mixed", "seed": 11,
+                      "n_mem": 5000, "n_jobs": 96}),
+        PIMCase(spec={"name": "subbatch_r16_s12", "kind": "subbatch", "seed": 12,
+                      "rounds": 16}),
+    ]
+
+
+def default_config(mode: str) -> PIMConfig:
+    return PIMConfig(mode=mode)
+
+
+_cache: dict = {}
+_cache_lock = threading.Lock()
+
+
+def run_case(config: PIMConfig, spec: dict, *, sim: str | None = None) -> tuple[dict, dict]:
+    """(testbench run dict, build info) of one workload, memoised per process so
+    the speedup of the dual sub-batch record reuses the blocked run."""
+    import json
+    key = (json.dumps(config.as_dict(), sort_keys=True), json.dumps(spec, sort_keys=True), sim)
+    with _cache_lock:
+        lock = _cache.setdefault(("lock",) + key, threading.Lock())
+    with lock:
+        if key not in _cache:
+            b = system_build(config, sim=sim)
+            res = run_workloads(config, [spec], build=b)
+            run = res["runs"][0] if res.get("runs") else {
+                "name": spec["name"], "passed": False, "cycles": 0, "reads": 0, "results": 0,
+                "read_mismatches": 0, "result_mismatches": 0, "macs": 0, "sim_seconds": 0.0,
+                "cmd_count": 0, "comp_count": 0, "bus_count": 0, "mem_requests": 0, "jobs": 0}
+            run.setdefault("errors", []).extend(e for e in res.get("errors", [])
+                                                if e not in run.get("errors", []))
+            if not res.get("passed"):
+                run["passed"] = False
+            _cache[key] = (run, {"build_seconds": round(b.build_seconds, 1),
+                                 "build_cached": b.cached, "simulator": res.get("sim")})
+        return _cache[key]
+
+
+def _item_record(mode: str, case: PIMCase, sim: str) -> dict:
+    cfg = default_config(mode)
+    run, info = run_case(cfg, case.spec, sim=sim)
+    model = model_for(cfg, case.spec)
+    extra = dict(info)
+    if case.spec["kind"] == "subbatch":
+        other = default_config("blocked" if mode == "dual" else "dual")
+        orun, _ = run_case(other, case.spec, sim=sim)
+        dual_c, blocked_c = ((run["cycles"], orun["cycles"]) if mode == "dual"
+                             else (orun["cycles"], run["cycles"]))
+        omodel = model_for(other, case.spec)
+        dm, bm = (model, omodel) if mode == "dual" else (omodel, model)
+        extra.update(dual_cycles=dual_c, blocked_cycles=blocked_c,
+                     speedup=round(blocked_c / max(1, dual_c), 4),
+                     model_speedup=round(bm.cycles / max(1, dm.cycles), 4))
+    return to_record(cfg, case.spec, run, model, extra=extra)
+
+
+def sim_items(*, sim: str) -> list:
+    """make sim's pim runs (cosim.blocks registry): every plan workload in both
+    modes; the sub-batch records carry the dual-over-blocked speedup."""
+    from cosim.blocks import SimItem
+    items = []
+    for mode in ("blocked", "dual"):
+        cfg = default_config(mode)
+        for case in default_plan():
+            items.append(SimItem(
+                block="pim", name=f"{mode}_{case.name}", path="system",
+                config=cfg.as_dict(), macs=0, peak_macs_per_cycle=cfg.peak_macs_per_cycle,
+                run=lambda mode=mode, case=case: _item_record(mode, case, sim)))
+    return items
