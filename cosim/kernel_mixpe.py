@@ -29,7 +29,7 @@ def kernel_build(spec, *, sim: str | None = None, waves: bool | None = None) -> 
 
 def run_case(case: MixPECase, *, wait: str = "poll", p_stall: float = 0.0, runs: int = 1,
              checks: bool = True, seed: int | None = None, sim: str | None = None,
-             corrupt: bool = False) -> dict:
+             corrupt: bool = False, offset: int = 0) -> dict:
     """Quantize the case with quantflow, load the buffers like the host code,
     run `runs` back-to-back kernel runs in one simulation (the result buffer is
     cleared before each is read back: each run must write it again), compare
@@ -43,7 +43,7 @@ def run_case(case: MixPECase, *, wait: str = "poll", p_stall: float = 0.0, runs:
     images = load_mixpe(prepare_data(case), case.config)
     inputs, scalars = mixpe_inputs(images)
     dev = SimDevice(spec, wait=wait, p_stall=p_stall, checks=checks,
-                    seed=case.seed if seed is None else seed, sim=sim)
+                    seed=case.seed if seed is None else seed, sim=sim, offset=offset)
     bufs = []
     for i, b in enumerate(spec.buffers):
         if b.direction == "in":
@@ -110,9 +110,12 @@ def sim_items(*, sim: str) -> list:
     from cosim.blocks import SimItem
     items = []
     for case in default_cases():
-        for wait, p in (("irq", 0.0), ("poll", 0.3)):
-            def run(case=case, wait=wait, p=p):
-                return to_record(case, run_case(case, wait=wait, p_stall=p, runs=2, sim=sim))
+        # ideal memory + interrupt; random back-pressure + polling with buffers
+        # straddling 4 KB boundaries
+        for wait, p, off in (("irq", 0.0, 0), ("poll", 0.3, 4096 - 128)):
+            def run(case=case, wait=wait, p=p, off=off):
+                return to_record(case, run_case(case, wait=wait, p_stall=p, runs=2, sim=sim,
+                                                offset=off))
             items.append(SimItem(block=BLOCK, name=f"{case.name}-{wait}", path="kernel",
                                  config=case.config.as_dict(), macs=case.macs * 2,
                                  peak_macs_per_cycle=case.config.peak_macs_per_cycle, run=run))

@@ -150,15 +150,19 @@ class SimDevice:
 
     wait: "poll" (XRT's default: poll ap_done) or "irq" (interrupt);
     p_stall: random AXI back-pressure on every channel; checks: also check the
-    register map during the run (cosim/tb/kernel_axi.py)."""
+    register map during the run (cosim/tb/kernel_axi.py); offset: see alloc."""
 
     def __init__(self, spec: KernelSpec, *, wait: str = "poll", p_stall: float = 0.0,
-                 checks: bool = False, seed: int = 1, sim: str | None = None):
+                 checks: bool = False, seed: int = 1, sim: str | None = None,
+                 offset: int = 0):
         if wait not in ("poll", "irq"):
             raise ValueError(f"wait must be 'poll' or 'irq', got {wait!r}")
         self.spec = spec
         self.wait_mode, self.p_stall, self.checks, self.seed = wait, p_stall, checks, seed
         self.sim = sim
+        # Added to every buffer address (a multiple of the widest beat): buffers
+        # then straddle 4 KB boundaries, which the DMAs' bursts must not cross.
+        self.offset = offset
         self.buffers: list[_SimBuffer] = []
         self._next: dict[int, int] = {}
         self._build = None
@@ -173,7 +177,8 @@ class SimDevice:
 
     def alloc(self, arg_index: int, nbytes: int) -> _SimBuffer:
         # group_id of XRT: the bank the argument is linked to; here one window per arg.
-        base = self._next.get(arg_index, SIM_BANK_BASE + arg_index * SIM_BANK_STRIDE)
+        base = self._next.get(arg_index,
+                              SIM_BANK_BASE + arg_index * SIM_BANK_STRIDE + self.offset)
         buf = _SimBuffer(base, nbytes)
         self._next[arg_index] = base + -(-max(nbytes, 1) // SIM_ALIGN) * SIM_ALIGN
         self.buffers.append(buf)
