@@ -144,23 +144,40 @@ def _p_bus(cfg, p_cmd):
     return rd | wr, Mux(rd, _bus_mask(cfg, cfg.tCL), Mux(wr, _bus_mask(cfg, 0), 0))
 
 
-def channel_rules(cfg: PIMConfig, busy, recent, any_m_open, any_p_open, m_cmd, p_cmd) -> dict:
+def channel_rules(cfg: PIMConfig, busy, faw, any_m_open, any_p_open, m_cmd, p_cmd) -> dict:
     """Channel-wide rule violations of the commands of one cycle: data-bus
-    overlap, tFAW (`recent` = activations in the previous tFAW-1 cycles) and
-    blocked-mode exclusion."""
+    overlap, tFAW and blocked-mode exclusion. `faw` = (one more activation
+    would break tFAW, two more would)."""
     m_any = ~_is(m_cmd, MCMD["NOP"])
     p_any = ~_is(p_cmd, PCMD["NOP"])
     m_uses, m_mask = _m_bus(cfg, m_cmd)
     p_uses, p_mask = _p_bus(cfg, p_cmd)
     bus = ((m_uses & (busy & m_mask).any())
            | (p_uses & ((busy | Mux(m_uses, m_mask, 0)) & p_mask).any()))
-    n_act = _is(m_cmd, MCMD["ACT"]) + _is(p_cmd, PCMD["PACT"])
-    r = {"bus_conflict": bus, "tfaw": n_act.any() & (recent + n_act > 4)}
+    ma, pa = _is(m_cmd, MCMD["ACT"]), _is(p_cmd, PCMD["PACT"])
+    r = {"bus_conflict": bus, "tfaw": ((ma & pa & faw[1]) | ((ma ^ pa) & faw[0]))}
     if cfg.mode == "blocked":
         r["blocked_excl"] = ((m_any & any_p_open) | (p_any & (any_m_open | m_any)))
     else:
         r["blocked_excl"] = Const(0, 1)
     return r
+
+
+def _zext(v, width: int):
+    """`v` zero-extended to `width` bits, explicitly (Verilator's lint wants
+    equal operand widths)."""
+    v = Value.cast(v)
+    return v if len(v) >= width else Cat(v, Const(0, width - len(v)))
+
+
+def _select(values, idx):
+    """values[idx] as an AND-OR mux (a dynamic part-select lowers to a
+    double-width shift that Verilator's lint flags)."""
+    out = None
+    for k, v in enumerate(values):
+        term = Mux(idx == k, v, 0)
+        out = term if out is None else (out | term)
+    return out
 
 
 def _any(rules: dict):
@@ -207,7 +224,7 @@ class PIMBank(wiring.Component):
         if cfg.col_words & (cfg.col_words - 1) == 0:
             a = Cat(col[:ceil_log2(cfg.col_words)], row)
         else:
-            a = row * cfg.col_words + col
+            a = row * cfg.col_words + _zext(col, len(row) + ceil_log2(cfg.col_words))
         return a[:self.addr_width]
 
     def elaborate(self, platform):
@@ -354,9 +371,7 @@ class PIMChannel(wiring.Component):
         banks = [PIMBank(cfg) for _ in range(B)]
         for k, b in enumerate(banks):
             m.submodules[f"bank{k}"] = b
-        states = Signal(data.ArrayLayout(state_layout(cfg), B))
-        for k, b in enumerate(banks):
-            m.d.comb += states[k].eq(b.state)
+        states = [b.state for b in banks]
         any_m_open = Signal()
         any_p_open = Signal()
         m.d.comb += [any_m_open.eq(Cat(*[b.state.m_open for b in banks]).any()),
@@ -365,14 +380,15 @@ class PIMChannel(wiring.Component):
         # -- data bus reservations (bit i = cycle t+i) and the tFAW window
         H = cfg.tCL + cfg.tCCD_S
         busy = Signal(H)
-        W = cfg.tFAW - 1
-        recent = Signal(count_width(2 * max(W, 1)))
-        window = [Signal(2, name=f"faw{i}") for i in range(W)]
+        # ages (cycles since) of the 4 most recent activations, saturating at tFAW
+        ages = [Signal(count_width(cfg.tFAW), init=cfg.tFAW, name=f"faw_age{i}")
+                for i in range(4)]
+        faw = (ages[3] < cfg.tFAW, ages[2] < cfg.tFAW)
 
         mc = self.m_issue
         pc = self.p_issue
         if not self.raw:
-            self._scheduler(m, states, any_m_open, any_p_open, busy, recent)
+            self._scheduler(m, states, any_m_open, any_p_open, busy, faw)
 
         # -- commands to the banks
         for k, b in enumerate(banks):
@@ -388,7 +404,7 @@ class PIMChannel(wiring.Component):
             ]
 
         # -- channel checker + sticky error bits
-        chan = channel_rules(cfg, busy, recent, any_m_open, any_p_open, mc.cmd, pc.cmd)
+        chan = channel_rules(cfg, busy, faw, any_m_open, any_p_open, mc.cmd, pc.cmd)
         bank_err = Const(0, _N_RULES)
         for b in banks:
             bank_err = bank_err | b.err
@@ -404,12 +420,15 @@ class PIMChannel(wiring.Component):
         m_uses, m_mask = _m_bus(cfg, mc.cmd)
         p_uses, p_mask = _p_bus(cfg, pc.cmd)
         m.d.sync += busy.eq((busy | m_mask | p_mask) >> 1)
-        n_act = Signal(2)
-        m.d.comb += n_act.eq(_is(mc.cmd, MCMD["ACT"]) + _is(pc.cmd, PCMD["PACT"]))
-        if W > 0:
-            m.d.sync += [window[0].eq(n_act)] + [window[i].eq(window[i - 1])
-                                                 for i in range(1, W)]
-            m.d.sync += recent.eq(recent + n_act - window[W - 1])
+        ma, pa = _is(mc.cmd, MCMD["ACT"]), _is(pc.cmd, PCMD["PACT"])
+        older = [Mux(a == cfg.tFAW, a, a + 1) for a in ages]
+        with m.If(ma & pa):
+            m.d.sync += [ages[0].eq(1), ages[1].eq(1), ages[2].eq(older[0]),
+                         ages[3].eq(older[1])]
+        with m.Elif(ma | pa):
+            m.d.sync += [ages[0].eq(1)] + [ages[i].eq(older[i - 1]) for i in range(1, 4)]
+        with m.Else():
+            m.d.sync += [ages[i].eq(older[i]) for i in range(4)]
 
         # -- counters
         m_any = ~_is(mc.cmd, MCMD["NOP"])
@@ -430,10 +449,9 @@ class PIMChannel(wiring.Component):
         bk1 = Signal.like(mc.bank)
         m.d.sync += [v1.eq(mRD | pRES), r1.eq(~mRD & pRES), bk1.eq(Mux(mRD, mc.bank, pc.bank))]
         word = cfg.word_bits
-        rd_arr = Array([b.rd_data for b in banks])
-        res_arr = Array([b.res for b in banks])
         d1 = Signal(max(word, ACC_BITS))
-        m.d.comb += d1.eq(Mux(r1, res_arr[bk1].as_unsigned(), rd_arr[bk1]))
+        m.d.comb += d1.eq(Mux(r1, _select([b.res.as_unsigned() for b in banks], bk1),
+                              _select([b.rd_data for b in banks], bk1)))
         v, r, d = v1, r1, d1
         inflight = [v1]
         for i in range(2, cfg.tCL + 1):
@@ -451,7 +469,7 @@ class PIMChannel(wiring.Component):
         return m
 
     # ------------------------------------------------------------------ scheduler
-    def _scheduler(self, m, states, any_m_open, any_p_open, busy, recent):
+    def _scheduler(self, m, states, any_m_open, any_p_open, busy, faw):
         cfg = self.config
         B = cfg.banks
         blocked = cfg.mode == "blocked"
@@ -473,7 +491,8 @@ class PIMChannel(wiring.Component):
         m.d.comb += mem_allowed.eq(1 if not blocked else (~bmode_pim & ~pending))
 
         # ---- memory path: the head request's next command
-        sth = states[rq.bank]
+        sl = state_layout(cfg)
+        sth = data.View(sl, _select([Value.cast(x) for x in states], rq.bank))
         hit = Signal()
         m.d.comb += hit.eq(sth.m_open & (sth.m_row == rq.row))
         cand_m = Signal(3)
@@ -484,7 +503,7 @@ class PIMChannel(wiring.Component):
         with m.Else():
             m.d.comb += cand_m.eq(MCMD["ACT"])
         head_ok = ~(_any(bank_rules(cfg, sth, cand_m, rq.row, 0, 0))
-                    | _any(channel_rules(cfg, busy, recent, any_m_open, any_p_open, cand_m, 0)))
+                    | _any(channel_rules(cfg, busy, faw, any_m_open, any_p_open, cand_m, 0)))
         head_go = Signal()
         m.d.comb += head_go.eq(self.mem_req.valid & mem_allowed & head_ok)
         hit_live = self.mem_req.valid & mem_allowed & hit
@@ -498,7 +517,7 @@ class PIMChannel(wiring.Component):
             else:
                 need = s.m_open & is_const(js, _PACT) & (jbank == k) & (jrow == s.m_row)
             ok = ~(_any(bank_rules(cfg, s, MCMD["PRE"], 0, 0, 0))
-                   | _any(channel_rules(cfg, busy, recent, any_m_open, any_p_open,
+                   | _any(channel_rules(cfg, busy, faw, any_m_open, any_p_open,
                                         MCMD["PRE"], 0)))
             c = Signal(name=f"close{k}")
             m.d.comb += c.eq(need & ~(hit_live & (rq.bank == k)) & ok)
@@ -513,13 +532,13 @@ class PIMChannel(wiring.Component):
         m.d.comb += [consumed.eq(head_go & hit), self.mem_req.ready.eq(consumed)]
 
         # ---- PIM path: the job engine's next command, after the memory path's
-        pst = states[jbank]
+        pst = data.View(sl, _select([Value.cast(x) for x in states], jbank))
         cand_p = Signal(3)
-        m.d.comb += cand_p.eq(Array([Const(PCMD[k], 3) for k in
-                                     ("NOP", "GWR", "PACT", "COMP", "RDRES", "PPRE")])[js])
+        m.d.comb += cand_p.eq(_select([Const(PCMD[k], 3) for k in
+                                       ("NOP", "GWR", "PACT", "COMP", "RDRES", "PPRE")], js))
         m_same = Mux(mc.bank == jbank, mc.cmd, 0)
         p_ok = ~(_any(bank_rules(cfg, pst, m_same, mc.row, cand_p, jrow))
-                 | _any(channel_rules(cfg, busy, recent, any_m_open, any_p_open, mc.cmd, cand_p)))
+                 | _any(channel_rules(cfg, busy, faw, any_m_open, any_p_open, mc.cmd, cand_p)))
         pim_allowed = 1 if not blocked else bmode_pim
         p_go = Signal()
         m.d.comb += p_go.eq(~is_const(js, _IDLE) & pim_allowed & p_ok
@@ -543,22 +562,20 @@ class PIMChannel(wiring.Component):
             jp = self.job.payload
             m.d.sync += [js.eq(_GWR), jbank.eq(jp.bank), jrow.eq(jp.row),
                          jleft.eq(jp.nrows), jcol.eq(0)]
-        with m.Elif(p_go):
-            with m.Switch(js):
-                with m.Case(_GWR, _COMP):
-                    with m.If(last_col):
-                        m.d.sync += [js.eq(Mux(is_const(js, _GWR), _PACT, _RDRES)), jcol.eq(0)]
-                    with m.Else():
-                        m.d.sync += jcol.eq(jcol + 1)
-                with m.Case(_PACT):
-                    m.d.sync += js.eq(_COMP)
-                with m.Case(_RDRES):
-                    m.d.sync += js.eq(_PPRE)
-                with m.Case(_PPRE):
-                    with m.If(jleft > 1):
-                        m.d.sync += [js.eq(_PACT), jrow.eq(jrow + 1), jleft.eq(jleft - 1)]
-                    with m.Else():
-                        m.d.sync += js.eq(_IDLE)
+        with m.Elif(p_go & (is_const(js, _GWR) | is_const(js, _COMP))):
+            with m.If(last_col):
+                m.d.sync += [js.eq(Mux(is_const(js, _GWR), _PACT, _RDRES)), jcol.eq(0)]
+            with m.Else():
+                m.d.sync += jcol.eq(jcol + 1)
+        with m.Elif(p_go & is_const(js, _PACT)):
+            m.d.sync += js.eq(_COMP)
+        with m.Elif(p_go & is_const(js, _RDRES)):
+            m.d.sync += js.eq(_PPRE)
+        with m.Elif(p_go & is_const(js, _PPRE)):
+            with m.If(jleft > 1):
+                m.d.sync += [js.eq(_PACT), jrow.eq(jrow + 1), jleft.eq(jleft - 1)]
+            with m.Else():
+                m.d.sync += js.eq(_IDLE)
 
         # ---- blocked mode: who owns the channel
         if blocked:
