@@ -22,6 +22,7 @@ BLOCKS: dict[str, str] = {
     "mixpe": "cosim.mixpe",
     "kernel_mixpe": "cosim.kernel_mixpe",
     "lut": "cosim.lut",
+    "pim": "cosim.pim",
     "sparse_dsp": "cosim.sparse_dsp",
 }
 
