@@ -97,7 +97,21 @@ def default_designs() -> list[tuple[str, Callable]]:
                       max_m_tiles=2, max_n_tiles=2),
         *_lut_designs(),
         *_sparse_dsp_designs(),
+        *_pim_designs(),
     ]
+
+
+def _pim_designs() -> list[tuple[str, Callable]]:
+    """NeuPIMs PIM channel: the default bank, and small systems in both modes
+    (the full-size systems of make sim differ only in memory depths)."""
+    from golden.pim_config import PIMConfig
+    from .pim import pim_factory
+    small = {"max_mem": 64, "max_jobs": 8, "max_reads": 64, "max_results": 16}
+    return [pim_factory(PIMConfig(), kind="bank"),
+            pim_factory(PIMConfig(mode="dual", banks=3, rows=16, columns=64, max_job_rows=4),
+                        kind="system", sizes=small),
+            pim_factory(PIMConfig(mode="blocked", banks=2, rows=24, columns=64, lanes=8,
+                                  max_job_rows=4), kind="system", sizes=small)]
 
 
 def _lut_designs() -> list[tuple[str, Callable]]:
