@@ -245,9 +245,13 @@ class LUTBlock(wiring.Component):
             self.act.ready.eq(fire & newchunk),
             self.scale.ready.eq(fire & need_scale),
         ]
+        # Ports are driven from internal registers (combinationally): Yosys'
+        # ABC9 reintegration asserts on flip-flops that are top-level ports.
+        error = Signal()
+        m.d.comb += self.error.eq(error)
         with m.If((in_tile & (self.bits != b_reg))
                   | (~in_tile & self.code.valid & ~bits_ok)):
-            m.d.sync += self.error.eq(1)
+            m.d.sync += error.eq(1)
         with m.If(fire):
             m.d.sync += [in_tile.eq(~last_beat), b_reg.eq(b_cur)]
             with m.If(last_p):
@@ -377,7 +381,8 @@ class LUTBlock(wiring.Component):
 
         # ---- S7: int32 accumulation over groups; result register ----
         out_valid = Signal()
-        m.d.comb += self.result.valid.eq(out_valid)
+        out = Signal(result_layout(cfg))
+        m.d.comb += [self.result.valid.eq(out_valid), self.result.payload.eq(out)]
         with m.If(self.result.valid & self.result.ready):
             m.d.sync += out_valid.eq(0)
         with m.If(adv & v6 & lg6):
@@ -392,5 +397,5 @@ class LUTBlock(wiring.Component):
                     m.d.sync += [ring[k].eq(ring[k + 1]) for k in range(S - 1)]
                     m.d.sync += ring[S - 1].eq(anew)
                     with m.If(lg6):
-                        m.d.sync += self.result.payload[r * L + l].eq(anew)
+                        m.d.sync += out[r * L + l].eq(anew)
         return m
