@@ -27,7 +27,7 @@ from amaranth.lib.wiring import In, Out
 
 from golden.config import MixPEConfig
 
-from .axi import (AxiReadDMA, AxiWriteDMA, ControlSlave, KernelArg, RangeNest, arg_offsets,
+from .axi import (MAX_DATA_BITS, AxiReadDMA, AxiWriteDMA, ControlSlave, KernelArg, RangeNest, arg_offsets,
                   axi_read_members, axi_write_members, axil_slave_members, beat_bits,
                   word_bytes)
 
@@ -103,6 +103,12 @@ class RtlKernel(wiring.Component):
 
     def __init__(self, spec: KernelSpec):
         self.spec = spec
+        for b in spec.buffers:
+            if b.data_bits > MAX_DATA_BITS:  # refuse before any DMA is built
+                raise ValueError(f"buffer {b.name!r}: a {b.word_bits}-bit memory word needs a "
+                                 f"{b.data_bits}-bit AXI bus; Vitis links at most "
+                                 f"{MAX_DATA_BITS} bits: use a narrower configuration "
+                                 f"(fewer columns)")
         members = {"ap_clk": In(1), "ap_rst_n": In(1), "interrupt": Out(1)}
         for k, v in axil_slave_members().items():
             members[f"s_axi_control_{k}"] = v
