@@ -38,31 +38,33 @@ def workload_from_spec(config: PIMConfig, spec: dict):
     raise ValueError(f"unknown workload kind {kind!r}; use 'mixed' or 'subbatch'")
 
 
-def _check_fits(config: PIMConfig, w) -> None:
+def _check_fits(config: PIMConfig, w, sizes: dict) -> None:
     need = {"max_mem": len(w.mem), "max_jobs": len(w.jobs), "max_reads": w.n_reads,
             "max_results": w.n_results}
-    over = {k: v for k, v in need.items() if v > SYSTEM_SIZES[k]}
+    over = {k: v for k, v in need.items() if v > sizes[k]}
     if over:
         raise ValueError(f"workload needs {over}, more than the PIMSystem build holds "
-                         f"({SYSTEM_SIZES}); make the workload smaller")
+                         f"({sizes}); make the workload smaller or the build larger")
 
 
-def system_build(config: PIMConfig, *, sim: str | None = None,
+def system_build(config: PIMConfig, *, sizes: dict | None = None, sim: str | None = None,
                  waves: bool | None = None) -> runner.Build:
     from hdl.generate import verilog
     from hdl.pim import pim_factory
-    name, factory = pim_factory(config, kind="system")
+    name, factory = pim_factory(config, kind="system", sizes=sizes)
     return runner.build(verilog(factory(), name), name, sim=sim, waves=waves)
 
 
 def run_workloads(config: PIMConfig, specs: list[dict], *, build: runner.Build | None = None,
-                  sim: str | None = None) -> dict:
+                  sizes: dict | None = None, sim: str | None = None) -> dict:
     """One simulator run over several workloads (the bank storage is reloaded
-    before each). Returns the testbench's result (result["runs"][i] per spec)."""
+    before each) on a PIMSystem of `sizes` (default SYSTEM_SIZES). Returns the
+    testbench's result (result["runs"][i] per spec)."""
+    sizes = dict(sizes or SYSTEM_SIZES)
     for s in specs:
-        _check_fits(config, workload_from_spec(config, s))
-    b = build or system_build(config, sim=sim)
-    job = {"config": config.as_dict(), "workloads": list(specs), "system": SYSTEM_SIZES}
+        _check_fits(config, workload_from_spec(config, s), sizes)
+    b = build or system_build(config, sizes=sizes, sim=sim)
+    job = {"config": config.as_dict(), "workloads": list(specs), "system": sizes}
     res = runner.run(b, test_module=TB_MODULE, job=job)
     res["build_cached"] = b.cached
     res["build_seconds"] = b.build_seconds

@@ -647,6 +647,7 @@ class PIMSystem(wiring.Component):
         m = Module()
         cfg = self.config
         m.submodules.channel = ch = PIMChannel(cfg)
+        self._channel = ch  # for simulation probes (tests)
         running = Signal()
         go = Signal()
         m.d.comb += go.eq(self.start & ~running)

@@ -100,7 +100,6 @@ async def pim_system(dut):
     cfg = PIMConfig(**job["config"])
     Clock(dut.clk, CLK_PERIOD_NS, unit="ns", impl="gpi").start()
     tb = PIMSystemTB(dut, cfg)
-    await tb.reset()
     ml, jl = memreq_layout(cfg), job_layout(cfg)
     L = cfg.lanes
     runs, errors = [], []
@@ -109,6 +108,9 @@ async def pim_system(dut):
         reads, results = expected_outputs(cfg, w.storage, w.mem, w.jobs)
         for word_idx, mask in spec.get("corrupt_expected", []):  # error injection
             reads[word_idx] ^= int(mask)
+        # Reset per workload: rows left open by the previous one would change the
+        # commands (the cycle model starts from closed banks); storage is reloaded.
+        await tb.reset()
         sw = Stopwatch()
         S = w.storage.tolist()
         bank_words = [pack_word(S[b][r][c * L:(c + 1) * L], L)
