@@ -352,7 +352,7 @@ class Checker:
 @dataclass
 class ScheduleResult:
     config: PIMConfig
-    cycles: int                       # cycle 0 .. last command or delivery, inclusive
+    cycles: int                       # first cycle with nothing left to do (0 = empty run)
     trace: list[tuple[int, Cmd | None, Cmd | None]] = field(repr=False)
     read_times: list[int] = field(repr=False)    # delivery cycle of each read
     result_times: list[int] = field(repr=False)  # delivery cycle of each GEMV result
@@ -455,12 +455,14 @@ def schedule(config: PIMConfig, mem: Sequence[MemReq], jobs: Sequence[GemvJob],
         if mc is not None or pc is not None:
             trace.append((t, mc, pc))
             last_event = max(last_event, t)
+        for c in (mc, pc):  # a data transfer ends when its burst has left the bus
+            slots = chk._slots(t, c)
+            if slots is not None:
+                last_event = max(last_event, slots[-1])
         if mc is not None and mc.kind == "RD":
             read_times.append(t + cfg.tCL)
-            last_event = max(last_event, t + cfg.tCL)
         if pc is not None and pc.kind == "RDRES":
             result_times.append(t + cfg.tCL)
-            last_event = max(last_event, t + cfg.tCL)
         # ---- next state: job engine
         latch = False
         if js_t == _IDLE:
@@ -506,7 +508,7 @@ def schedule(config: PIMConfig, mem: Sequence[MemReq], jobs: Sequence[GemvJob],
         if consumed_mem:
             mi += 1
         t += 1
-    return ScheduleResult(config=cfg, cycles=last_event + 1, trace=trace,
+    return ScheduleResult(config=cfg, cycles=t, trace=trace,
                           read_times=read_times, result_times=result_times,
                           errors=chk.errors)
 
