@@ -1,0 +1,91 @@
+"""make sim's run of the sparse DSP chain on a real pruned layer: SmolLM2-135M
+layer 0 q_proj (576 x 576), 2:4 Wanda-pruned with the activations it sees on the
+calibration text, QoQ W4A8 (g64), against real activations of the evaluation
+text, through a K=576 chain (8 DSPs, one 8-stage dot product per tile).
+
+Present only when the model has been prepared (`make models`; build/models/
+smollm2): make sim never downloads anything.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from golden.sparse_dsp_config import SparseDSPConfig, TileMode
+
+from cosim.sparse_dsp import DATA_ROOT, build, run_dirs, to_record, SparseDSPCase
+
+__all__ = ["REAL_CONFIG", "REAL_MODE", "REAL_ROWS", "REAL_TOKENS", "real_items",
+           "prepare_real"]
+
+REAL_CONFIG = SparseDSPConfig(L=8, group_len=4, K=576, qgroup=64)
+REAL_MODE = TileMode(pattern="2:4", mode="w4a8", span=2)
+REAL_LAYER = "model.layers.0.self_attn.q_proj"
+REAL_ROWS = 48      # output channels of q_proj (the first 48)
+REAL_TOKENS = 8     # activation rows: 48 x 8 tiles x 288 kept MACs = 110,592
+
+
+def _model_ready() -> bool:
+    from quantflow.models.loaders import models_dir
+    return (models_dir() / "smollm2" / "model.safetensors").is_file()
+
+
+def prepare_real(root: Path | None = None) -> Path:
+    """Export the real pruned layer's images (reused when they verify)."""
+    import torch
+
+    from quantflow import QuantflowError
+    from quantflow.models.loaders import load_model
+    from quantflow.sparse_dsp import export_sparse_dsp, load_sparse_dsp
+    from quantflow.text import calibration_tokens, evaluation_tokens
+
+    outdir = Path(root or DATA_ROOT) / f"{REAL_CONFIG.name()}_smollm2_l0_q_proj_2of4_w4a8"
+    if (outdir / "manifest.json").is_file():
+        try:
+            load_sparse_dsp(outdir, REAL_CONFIG)
+            return outdir
+        except QuantflowError:
+            pass
+    lm = load_model("smollm2", progress=False)
+    lin = dict(lm.model.named_modules())[REAL_LAYER]
+    seen = []
+    h = lin.register_forward_pre_hook(lambda mod, args: seen.append(args[0].reshape(
+        -1, args[0].shape[-1]).detach().float()))
+    try:
+        with torch.no_grad():
+            for row in calibration_tokens(lm.tokenizer, samples=2, length=256):
+                lm.model(row[None])
+            calib = torch.cat(seen)
+            seen.clear()
+            lm.model(evaluation_tokens(lm.tokenizer, windows=1, length=64)[:1])
+            X = seen[0][-REAL_TOKENS:]
+    finally:
+        h.remove()
+    W = lin.weight.detach().float()[:REAL_ROWS]
+    export_sparse_dsp(outdir, REAL_CONFIG, W, X, mode=REAL_MODE, method="wanda",
+                      calib=calib, provenance={"source": "smollm2", "layer": REAL_LAYER,
+                                               "rows": f"0..{REAL_ROWS - 1}",
+                                               "tokens": "last 8 of eval window 0"})
+    return outdir
+
+
+def _run(sim: str) -> dict:
+    d = prepare_real()
+    b = build(REAL_CONFIG, sim=sim)
+    res = run_dirs(REAL_CONFIG, [d], build_=b, p_idle=0.2, p_stall=0.3, seed=5)
+    case = SparseDSPCase(config=REAL_CONFIG, mode=REAL_MODE, rows=REAL_ROWS, ma=REAL_TOKENS,
+                         method="wanda", seed=5)
+    rec = to_record(case, res, label="stream smollm2-l0-q_proj")
+    rec["case"] = d.name
+    rec["build_seconds"] = round(b.build_seconds, 1)
+    return rec
+
+
+def real_items(*, sim: str) -> list:
+    from cosim.blocks import SimItem
+    if not _model_ready():
+        return []
+    case = SparseDSPCase(config=REAL_CONFIG, mode=REAL_MODE, rows=REAL_ROWS, ma=REAL_TOKENS)
+    return [SimItem(block="sparse_dsp", name="sparse_dsp_smollm2_l0_q_proj_2of4_w4a8",
+                    path="stream", config=case.record_config(), macs=case.macs,
+                    peak_macs_per_cycle=REAL_CONFIG.peak_macs_per_cycle("2:4"),
+                    run=lambda: _run(sim))]
