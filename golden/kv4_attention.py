@@ -1,0 +1,347 @@
+"""Golden model of the KV4 decode-attention unit (DESIGN §3.7): every fixed-point
+step of hdl.kv4_attention, bit for bit, plus the float references.
+
+Number formats and steps (widths from golden.kv4_config.KV4Config; the names
+below are the ones docs/kv4_attention.md and the RTL use):
+
+KV append (per token, per KV head; `quantize_token`):
+  X  signed x_bits fixed point, X = clamp(round_half_even(x * 2**frac)) (`to_fixed`)
+  lo, hi = min X, max X;  S = hi - lo  (or 15*|lo| for a constant token, 15 if all 0)
+  scale = S * 2**-frac / 15  (exact: S is the stored scale numerator)
+  t(X)  = sign(X) * min(round_half_even(15 |X| / S), 16)     (exact rational rounding)
+  zero  = clamp(-t(lo), 0, 15);   code = clamp(t(X) + zero, 0, 15)
+  which is DESIGN §3.7's zero = clamp(round(-min/scale)), code = clamp(round(x/scale)+zero).
+
+Decode (one query vector per head of a GQA group, T cached tokens; `kv4_decode`):
+  q8, s_q  per-vector symmetric INT8 (DESIGN §3.1);  sumq = sum q8
+  dot_t  = sum_i q8_i k_ti - zk_t * sumq                         (exact)
+  l_t    = sat_logit(rshift_round(dot_t * Sk_t * C, lsh))        base-2 logit, logit_frac bits
+           with C * 2**-lsh = 2**logit_frac * s_q * u_k * log2(e) / (15 sqrt(D))
+  m_t    = max(m_{t-1}, ceil(l_t))  (integer running max; m_0 = ceil(l_0))
+  sh_t   = min(m_t - m_{t-1}, 63)   (0 for t = 0)
+  e_t    = m_t * 2**logit_frac - l_t >= 0;  p_t = rshift_round(TABLE[e_t mod 2**lf], e_t >> lf)
+  d_t    = rshift_round(d_{t-1}, sh_t) + p_t
+  w_t    = p_t * Sv_t
+  acc_i  = rshift_round(acc_i, sh_t) + w_t * v_ti ;  wz = rshift_round(wz, sh_t) + w_t * zv_t
+  out_i  = sat_out(rshift_round((acc_i - wz) * R, s))  ~= (acc_i - wz) * 2**out_frac / (15 d)
+           dd = 15 d normalised left by sd bits into [2**(dd_bits-1), 2**dd_bits),
+           R = floor(2**(dd_bits-1+recip_bits) / dn),  s = dd_bits-1+recip_bits-sd-out_frac
+  output value = out * 2**-(frac_v + out_frac)
+rshift_round(x, s) = floor((x + 2**(s-1)) / 2**s) for s > 0 (round half up), x for s = 0.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from golden.config import ACT_QMAX
+from golden.kv4_config import (C_BITS, KV_LEVELS, KV_T_CAP, LSH_BITS, SHIFT_SAT, KV4Config,
+                               exp2_table)
+
+__all__ = ["KV4Cache", "DecodeResult", "to_fixed", "choose_frac", "quantize_token",
+           "append_cache", "quantize_query", "logit_multiplier", "rshift_round",
+           "logits", "online_softmax", "pv_accumulate", "normalise", "kv4_decode",
+           "dequantize", "float_attention", "cosine", "decode_float"]
+
+LOG2E = 1.0 / math.log(2.0)
+
+
+def _cfg(config) -> KV4Config:
+    if not isinstance(config, KV4Config):
+        raise ValueError(f"config must be a KV4Config, got {type(config).__name__}")
+    return config
+
+
+def rshift_round(x, s):
+    """Round-half-up right shift of int64 x by s >= 0 (int or int64 tensor)."""
+    if isinstance(x, int) and isinstance(s, int):
+        return (x + ((1 << s) >> 1)) >> s
+    s = torch.as_tensor(s, dtype=torch.int64)
+    half = torch.where(s > 0, torch.ones_like(s) << (s - 1).clamp(min=0), torch.zeros_like(s))
+    return (x + half) >> s
+
+
+# --------------------------------------------------------------------------- KV append
+def _check_finite(name: str, x: torch.Tensor) -> None:
+    if not torch.is_tensor(x) or not x.is_floating_point():
+        raise ValueError(f"{name} must be a float tensor, got {type(x).__name__}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} holds NaN or Inf (the KV4 quantizer input must be "
+                         f"finite); fix the producer of {name} before quantizing")
+
+
+def choose_frac(x: torch.Tensor, config: KV4Config) -> int:
+    """Fraction bits of the append input format for tensor x: the largest f with
+    max|x| * 2**f <= 2**(x_bits-1) - 1 (one unit per KV head and tensor)."""
+    c = _cfg(config)
+    _check_finite("x", x)
+    amax = float(x.abs().max()) if x.numel() else 0.0
+    if amax == 0.0:
+        return 0
+    f = math.floor(math.log2(((1 << (c.x_bits - 1)) - 1) / amax))
+    while amax * 2.0 ** f > (1 << (c.x_bits - 1)) - 1:
+        f -= 1
+    return f
+
+
+def to_fixed(x: torch.Tensor, frac: int, config: KV4Config) -> torch.Tensor:
+    """X = clamp(round_half_even(x * 2**frac), -2**(x_bits-1), 2**(x_bits-1)-1) int64."""
+    c = _cfg(config)
+    _check_finite("x", x)
+    lim = 1 << (c.x_bits - 1)
+    return torch.clamp(torch.round(x.double() * 2.0 ** frac), -lim, lim - 1).to(torch.int64)
+
+
+def _t(X: torch.Tensor, S: torch.Tensor) -> torch.Tensor:
+    """sign(X) * min(round_half_even(15 |X| / S), 16), exact (the RTL's divider)."""
+    a = KV_LEVELS * X.abs()
+    q, r = a // S, a % S
+    up = (2 * r > S) | ((2 * r == S) & (q % 2 == 1))
+    return torch.sign(X) * torch.clamp(q + up.to(torch.int64), max=KV_T_CAP)
+
+
+def quantize_token(X: torch.Tensor, config: KV4Config):
+    """Per-token asymmetric 4-bit quantization of fixed-point X [..., head_dim]
+    (module docstring). Returns (codes [..., D], S [...], zero [...]) int64."""
+    c = _cfg(config)
+    X = torch.as_tensor(X).to(torch.int64)
+    if X.shape[-1] != c.head_dim:
+        raise ValueError(f"last dim must be head_dim={c.head_dim}, got {tuple(X.shape)}")
+    lim = 1 << (c.x_bits - 1)
+    if X.numel() and (int(X.min()) < -lim or int(X.max()) >= lim):
+        raise ValueError(f"X exceeds signed {c.x_bits}-bit fixed point; use to_fixed")
+    lo = X.amin(-1)
+    hi = X.amax(-1)
+    rng = hi - lo
+    S = torch.where(rng > 0, rng, torch.where(lo != 0, KV_LEVELS * lo.abs(),
+                                              torch.full_like(lo, KV_LEVELS)))
+    zero = torch.clamp(-_t(lo, S), 0, KV_LEVELS)
+    codes = torch.clamp(_t(X, S.unsqueeze(-1)) + zero.unsqueeze(-1), 0, KV_LEVELS)
+    return codes, S, zero
+
+
+@dataclass(frozen=True, kw_only=True)
+class KV4Cache:
+    """One KV head's cache: codes [T, D] (0..15), scale numerators S [T], zeros [T];
+    the fixed-point units u_k = 2**-frac_k, u_v = 2**-frac_v."""
+    kcodes: torch.Tensor
+    ks: torch.Tensor
+    kz: torch.Tensor
+    vcodes: torch.Tensor
+    vs: torch.Tensor
+    vz: torch.Tensor
+    frac_k: int
+    frac_v: int
+
+    @property
+    def T(self) -> int:
+        return int(self.kcodes.shape[0])
+
+    def k_dequant(self) -> torch.Tensor:
+        return dequantize(self.kcodes, self.ks, self.kz, self.frac_k)
+
+    def v_dequant(self) -> torch.Tensor:
+        return dequantize(self.vcodes, self.vs, self.vz, self.frac_v)
+
+
+def append_cache(k: torch.Tensor, v: torch.Tensor, config: KV4Config, *,
+                 frac_k: int | None = None, frac_v: int | None = None) -> KV4Cache:
+    """Quantize float K, V [T, D] of one KV head token by token (the append path)."""
+    c = _cfg(config)
+    for name, x in (("k", k), ("v", v)):
+        _check_finite(name, x)
+        if x.dim() != 2 or x.shape[1] != c.head_dim:
+            raise ValueError(f"{name} must be [T, {c.head_dim}], got {tuple(x.shape)}")
+    if k.shape != v.shape:
+        raise ValueError(f"k {tuple(k.shape)} and v {tuple(v.shape)} differ")
+    if k.shape[0] > c.max_t:
+        raise ValueError(f"T={k.shape[0]} exceeds max_t={c.max_t}; raise max_t or "
+                         f"shorten the context")
+    fk = choose_frac(k, c) if frac_k is None else frac_k
+    fv = choose_frac(v, c) if frac_v is None else frac_v
+    kc, ks, kz = quantize_token(to_fixed(k, fk, c), c)
+    vc, vs, vz = quantize_token(to_fixed(v, fv, c), c)
+    return KV4Cache(kcodes=kc, ks=ks, kz=kz, vcodes=vc, vs=vs, vz=vz, frac_k=fk, frac_v=fv)
+
+
+def dequantize(codes, S, zero, frac: int) -> torch.Tensor:
+    """(code - zero) * S * 2**-frac / 15 in float64."""
+    return ((codes - zero.unsqueeze(-1)).double() * S.unsqueeze(-1).double()
+            * 2.0 ** -frac / KV_LEVELS)
+
+
+# --------------------------------------------------------------------------- query
+def quantize_query(q: torch.Tensor):
+    """Per-vector symmetric INT8 of q [..., D] (DESIGN §3.1): (q8 int64, s_q float64)."""
+    _check_finite("q", q)
+    s = q.double().abs().amax(-1) / ACT_QMAX
+    safe = torch.where(s > 0, s, torch.ones_like(s))
+    q8 = torch.clamp(torch.round(q.double() / safe.unsqueeze(-1)), -ACT_QMAX, ACT_QMAX)
+    return q8.to(torch.int64), s
+
+
+def logit_multiplier(s_q: float, frac_k: int, config: KV4Config) -> tuple[int, int]:
+    """(C, lsh) with C * 2**-lsh ~= 2**logit_frac * s_q * 2**-frac_k * log2(e) /
+    (15 sqrt(head_dim)), C < 2**C_BITS, lsh as large as fits (most precise)."""
+    c = _cfg(config)
+    s_q = float(s_q)
+    if not math.isfinite(s_q) or s_q < 0:
+        raise ValueError(f"s_q must be finite and >= 0, got {s_q}")
+    mult = s_q * 2.0 ** -frac_k * LOG2E / (KV_LEVELS * math.sqrt(c.head_dim))
+    if mult == 0.0:
+        return 0, c.logit_frac
+    for lsh in range((1 << LSH_BITS) - 1, -1, -1):
+        C = int(round(mult * 2.0 ** (lsh + c.logit_frac)))
+        if C < (1 << C_BITS):
+            if C == 0:
+                break
+            return C, lsh
+    raise ValueError(f"logit multiplier {mult:.3g} does not fit C_BITS={C_BITS} with a "
+                     f"shift in [0, {(1 << LSH_BITS) - 1}]; rescale K (frac_k) or the query")
+
+
+# --------------------------------------------------------------------------- decode
+def _sat(x, bits: int):
+    lim = 1 << (bits - 1)
+    return torch.clamp(x, -lim, lim - 1)
+
+
+def logits(q8, C, lsh, cache: KV4Cache, T: int, config: KV4Config) -> torch.Tensor:
+    """Base-2 logits l [H, T] (logit_frac fraction bits, saturating logit_bits)."""
+    c = _cfg(config)
+    q8 = torch.as_tensor(q8, dtype=torch.int64)
+    sumq = q8.sum(-1, keepdim=True)                                   # [H, 1]
+    P = q8 @ cache.kcodes[:T].T                                       # [H, T]
+    dot = P - sumq * cache.kz[:T].unsqueeze(0)
+    C = torch.as_tensor(C, dtype=torch.int64).reshape(-1, 1)
+    lsh = torch.as_tensor(lsh, dtype=torch.int64).reshape(-1, 1)
+    prod = dot * cache.ks[:T].unsqueeze(0) * C
+    return _sat(rshift_round(prod, lsh), c.logit_bits)
+
+
+def online_softmax(l: torch.Tensor, config: KV4Config):
+    """Streaming softmax over t (module docstring). Returns p [H, T], sh [H, T],
+    m [H] (final integer max) and d [H] (denominator), all int64."""
+    c = _cfg(config)
+    table = exp2_table(c)
+    lf, mask = c.logit_frac, (1 << c.logit_frac) - 1
+    H, T = l.shape
+    p = [[0] * T for _ in range(H)]
+    sh = [[0] * T for _ in range(H)]
+    ms, ds = [], []
+    for h in range(H):
+        m = d = 0
+        row, prow, srow = l[h].tolist(), p[h], sh[h]
+        for t, lt in enumerate(row):
+            ce = -((-lt) >> lf)          # ceil(l / 2**lf)
+            if t == 0:
+                mn, s = ce, 0
+            else:
+                mn = max(m, ce)
+                s = min(mn - m, SHIFT_SAT)
+            e = (mn << lf) - lt
+            ei = e >> lf
+            pt = (table[e & mask] + ((1 << ei) >> 1)) >> ei if ei < SHIFT_SAT else 0
+            d = ((d + ((1 << s) >> 1)) >> s) + pt
+            m, prow[t], srow[t] = mn, pt, s
+        ms.append(m)
+        ds.append(d)
+    t64 = torch.int64
+    return (torch.tensor(p, dtype=t64), torch.tensor(sh, dtype=t64),
+            torch.tensor(ms, dtype=t64), torch.tensor(ds, dtype=t64))
+
+
+def pv_accumulate(p, sh, cache: KV4Cache, T: int, config: KV4Config):
+    """acc [H, D] = rescaled sum_t w_t v_t and wz [H] = rescaled sum_t w_t zv_t."""
+    _cfg(config)
+    H = p.shape[0]
+    w = p * cache.vs[:T].unsqueeze(0)                                 # [H, T]
+    acc = torch.zeros(H, cache.vcodes.shape[1], dtype=torch.int64)
+    wz = torch.zeros(H, dtype=torch.int64)
+    vc, vz = cache.vcodes, cache.vz
+    for t in range(T):
+        s = sh[:, t]
+        if bool((s > 0).any()):
+            acc = rshift_round(acc, s.unsqueeze(1))
+            wz = rshift_round(wz, s)
+        acc = acc + w[:, t:t + 1] * vc[t].unsqueeze(0)
+        wz = wz + w[:, t] * vz[t]
+    return acc, wz
+
+
+def normalise(acc, wz, d, config: KV4Config) -> torch.Tensor:
+    """out [H, D] = sat(rshift_round((acc - wz) * R, s)) (module docstring); the
+    product exceeds 64 bits, so this step runs on Python ints."""
+    c = _cfg(config)
+    out = []
+    lim = 1 << (c.out_bits - 1)
+    for h in range(acc.shape[0]):
+        dd = KV_LEVELS * int(d[h])
+        sd = c.dd_bits - dd.bit_length()
+        R = (1 << (c.dd_bits - 1 + c.recip_bits)) // (dd << sd)
+        s = c.dd_bits - 1 + c.recip_bits - sd - c.out_frac
+        row = []
+        for a in acc[h].tolist():
+            y = ((a - int(wz[h])) * R + (1 << (s - 1))) >> s
+            row.append(min(max(y, -lim), lim - 1))
+        out.append(row)
+    return torch.tensor(out, dtype=torch.int64)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DecodeResult:
+    """Every stage of one decode step (for locating a mismatch)."""
+    l: torch.Tensor
+    p: torch.Tensor
+    sh: torch.Tensor
+    m: torch.Tensor
+    d: torch.Tensor
+    acc: torch.Tensor
+    wz: torch.Tensor
+    out: torch.Tensor
+    frac_out: int      # output value = out * 2**-frac_out
+
+    def value(self) -> torch.Tensor:
+        return self.out.double() * 2.0 ** -self.frac_out
+
+
+def kv4_decode(q8, C, lsh, cache: KV4Cache, T: int, config: KV4Config) -> DecodeResult:
+    """One decode step: q8 [H, D] int (H = config.heads query heads of the GQA
+    group), per-head C and lsh, over the first T tokens of the cache."""
+    c = _cfg(config)
+    if not isinstance(T, int) or isinstance(T, bool) or T < 1:
+        raise ValueError(f"T must be an int >= 1, got {T!r}")
+    if T > c.max_t:
+        raise ValueError(f"T={T} exceeds max_t={c.max_t}; the unit flags this as an "
+                         f"overflow: raise max_t or shorten the context")
+    if T > cache.T:
+        raise ValueError(f"T={T} exceeds the {cache.T} cached tokens")
+    l = logits(q8, C, lsh, cache, T, c)
+    p, sh, m, d = online_softmax(l, c)
+    acc, wz = pv_accumulate(p, sh, cache, T, c)
+    out = normalise(acc, wz, d, c)
+    return DecodeResult(l=l, p=p, sh=sh, m=m, d=d, acc=acc, wz=wz, out=out,
+                        frac_out=cache.frac_v + c.out_frac)
+
+
+def decode_float(q: torch.Tensor, cache: KV4Cache, T: int, config: KV4Config) -> DecodeResult:
+    """Fixed-point decode of float queries q [H, D]: INT8 query, (C, lsh) per head."""
+    q8, s_q = quantize_query(q)
+    Cs, ls = zip(*(logit_multiplier(float(s), cache.frac_k, config) for s in s_q))
+    return kv4_decode(q8, list(Cs), list(ls), cache, T, config)
+
+
+# --------------------------------------------------------------------------- float refs
+def float_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(D)) v in float64; q [H, D], k and v [T, D]."""
+    q, k, v = q.double(), k.double(), v.double()
+    a = torch.softmax(q @ k.T / math.sqrt(q.shape[-1]), dim=-1)
+    return a @ v
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Cosine similarity of the flattened tensors."""
+    a, b = a.double().flatten(), b.double().flatten()
+    return float((a @ b) / (a.norm() * b.norm()).clamp(min=1e-300))

@@ -1,0 +1,179 @@
+"""KV4 decode-attention unit configuration (DESIGN §3.7): the single source of
+truth for every width of the fixed-point pipeline (docs/kv4_attention.md).
+
+Standard library only, so that hdl reads it without torch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+from golden.config import ACT_BITS, _check_int
+
+#: K/V cache codes: 4-bit unsigned, levels 0..15, per token and head asymmetric.
+KV_BITS = 4
+KV_LEVELS = (1 << KV_BITS) - 1
+#: The per-token quantizer's divider only needs |round(15 x / S)| up to this cap:
+#: any larger value saturates the code the same way (docs/kv4_attention.md).
+KV_T_CAP = KV_LEVELS + 1
+#: Width of the decode command's T field: wider than any max_T, so T > max_T is
+#: representable and flagged instead of wrapping.
+CMD_T_BITS = 16
+#: Width of a query head's logit multiplier mantissa C and of its right shift.
+C_BITS = 16
+LSH_BITS = 6
+#: Rescale shifts saturate here: every accumulator is < 2**62, so >> 63 is 0.
+SHIFT_SAT = 63
+KV4_HEAD_DIMS = (32, 64, 128, 256)
+KV4_MAX_T = 4096
+
+
+@dataclass(frozen=True, kw_only=True)
+class KV4Config:
+    """One KV4 decode-attention unit: `heads` query heads (a GQA group) read one
+    KV head's 4-bit cache of up to `max_t` tokens, `lanes` elements of head_dim
+    per cycle on each of the K and V sides.
+
+    Fixed-point parameters (every one named in docs/kv4_attention.md):
+      x_bits     KV-append input: signed fixed point, unit u = 2**-frac per head
+      logit_frac fraction bits of the base-2 logit (and index bits of the exp2 table)
+      p_frac     fraction bits of a softmax weight p in [0, 1]
+      out_frac   fraction bits of the output, in units of the V input unit u_v
+      recip_bits fraction bits of the normalisation reciprocal
+      logit_bits width of the saturating signed logit
+    """
+
+    head_dim: int = 64
+    lanes: int = 16
+    max_t: int = 4096
+    heads: int = 1
+    x_bits: int = 16
+    logit_frac: int = 8
+    p_frac: int = 12
+    out_frac: int = 4
+    recip_bits: int = 24
+    logit_bits: int = 24
+
+    def __post_init__(self):
+        _check_int("head_dim", self.head_dim)
+        if self.head_dim not in KV4_HEAD_DIMS:
+            raise ValueError(f"head_dim must be one of {KV4_HEAD_DIMS}, got {self.head_dim}")
+        _check_int("lanes", self.lanes, 1)
+        if self.head_dim % self.lanes:
+            raise ValueError(
+                f"head_dim={self.head_dim} is not a multiple of lanes={self.lanes}; choose "
+                f"lanes that divide head_dim, e.g. lanes={math.gcd(self.head_dim, self.lanes)}")
+        _check_int("max_t", self.max_t, 1)
+        if self.max_t > KV4_MAX_T:
+            raise ValueError(f"max_t must be <= {KV4_MAX_T}, got {self.max_t}; split the "
+                             f"context over several units")
+        _check_int("heads", self.heads, 1)
+        if self.heads > 16:
+            raise ValueError(f"heads (query heads per KV head) must be <= 16, got {self.heads}")
+        for name, lo, hi in (("x_bits", 6, 20), ("logit_frac", 2, 10), ("p_frac", 6, 16),
+                             ("out_frac", 0, 8), ("recip_bits", 8, 32),
+                             ("logit_bits", 12, 32)):
+            v = getattr(self, name)
+            _check_int(name, v)
+            if not lo <= v <= hi:
+                raise ValueError(f"{name} must be in [{lo}, {hi}], got {v}")
+        if self.logit_bits - self.logit_frac < 8:
+            raise ValueError("logit_bits - logit_frac must be >= 8 integer bits")
+        if self.acc_bits > 62 or self.prod_bits > 63:
+            raise ValueError(f"widths overflow 64-bit arithmetic (acc {self.acc_bits}, "
+                             f"logit product {self.prod_bits}); lower x_bits or p_frac")
+
+    # --- derived widths (never re-derive these elsewhere) ---
+    @property
+    def chunks(self) -> int:
+        """Beats per head_dim vector: head_dim / lanes."""
+        return self.head_dim // self.lanes
+
+    @property
+    def t_bits(self) -> int:
+        """Bits of a token count 0..max_t."""
+        return self.max_t.bit_length()
+
+    @property
+    def scale_bits(self) -> int:
+        """Scale numerator S (scale = S * u / 15): the range max - min < 2**x_bits, or
+        15 * |min| < 15 * 2**(x_bits-1) for a constant token."""
+        return self.x_bits + 3
+
+    @property
+    def dot_bits(self) -> int:
+        """Signed q8 . (k4 - z): |sum q*k| and |z * sum q| <= 128 * 15 * head_dim."""
+        return (2 * (1 << (ACT_BITS - 1)) * KV_LEVELS * self.head_dim).bit_length() + 1
+
+    @property
+    def sumq_bits(self) -> int:
+        return ((1 << (ACT_BITS - 1)) * self.head_dim).bit_length() + 1
+
+    @property
+    def prod_bits(self) -> int:
+        """Signed dot * S * C before the logit shift."""
+        return self.dot_bits + self.scale_bits + C_BITS
+
+    @property
+    def max_bits(self) -> int:
+        """Signed integer running maximum m = ceil(logit)."""
+        return self.logit_bits - self.logit_frac + 1
+
+    @property
+    def p_bits(self) -> int:
+        """p in [0, 2**p_frac] (1.0 included)."""
+        return self.p_frac + 1
+
+    @property
+    def w_bits(self) -> int:
+        """Per-token V weight w = p * S_v."""
+        return self.p_bits + self.scale_bits
+
+    @property
+    def acc_bits(self) -> int:
+        """Unsigned P.V accumulator sum_t w_t * v_t (and sum_t w_t * z_v)."""
+        return self.w_bits + KV_BITS + self.t_bits
+
+    @property
+    def d_bits(self) -> int:
+        """Unsigned softmax denominator sum_t p_t."""
+        return self.p_bits + self.t_bits
+
+    @property
+    def dd_bits(self) -> int:
+        """15 * d, normalised to [2**(dd_bits-1), 2**dd_bits) before the reciprocal."""
+        return (KV_LEVELS * ((1 << self.p_frac) * self.max_t)).bit_length()
+
+    @property
+    def recip_width(self) -> int:
+        """R = floor(2**(dd_bits - 1 + recip_bits) / dn) lies in (2**recip_bits, 2**(recip_bits+1)]."""
+        return self.recip_bits + 2
+
+    @property
+    def out_bits(self) -> int:
+        """Signed output in units of u_v * 2**-out_frac, saturating."""
+        return self.x_bits + self.out_frac + 1
+
+    @property
+    def table_size(self) -> int:
+        return 1 << self.logit_frac
+
+    @property
+    def peak_macs_per_cycle(self) -> int:
+        """K side and V side, every query head: 2 * heads * lanes."""
+        return 2 * self.heads * self.lanes
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def name(self) -> str:
+        return (f"kv4_d{self.head_dim}_l{self.lanes}_t{self.max_t}_h{self.heads}"
+                f"_x{self.x_bits}")
+
+
+def exp2_table(config: KV4Config) -> tuple[int, ...]:
+    """TABLE[j] = round(2**p_frac * 2**(-j / 2**logit_frac)), j < 2**logit_frac: the
+    fractional part of exp2 (the integer part is a right shift)."""
+    n = config.table_size
+    return tuple(int(round((1 << config.p_frac) * 2.0 ** (-j / n))) for j in range(n))
