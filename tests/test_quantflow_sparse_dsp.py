@@ -141,3 +141,34 @@ def test_nothing_half_written(tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     with pytest.raises(QuantflowError, match="written for"):
         load_sparse_dsp(out, SparseDSPConfig(L=8, group_len=4, K=128, qgroup=64))
+
+
+def test_prune_model_every_decoder_linear():
+    from torch import nn
+
+    from quantflow.sparse_eval import prune_model
+
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(10, 16)
+            self.layers = nn.ModuleList([nn.Linear(16, 16), nn.Linear(16, 8)])
+            self.lm_head = nn.Linear(8, 10)
+
+        def forward(self, ids):
+            x = self.emb(ids)
+            for lin in self.layers:
+                x = lin(x)
+            return self.lm_head(x)
+
+    torch.manual_seed(0)
+    m = Tiny()
+    ids = torch.randint(0, 10, (2, 5))
+    for method in ("wanda", "magnitude"):
+        p = prune_model(m, "2:4", method=method, calib_ids=ids)
+        for lin in p.layers:
+            check_nm_mask(lin.weight != 0, "2:4")
+        assert torch.equal(p.lm_head.weight, m.lm_head.weight)
+        assert bool((m.layers[0].weight != 0).all())     # original untouched
+    with pytest.raises(QuantflowError, match="calibration"):
+        prune_model(m, "2:4", method="wanda")
