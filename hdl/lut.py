@@ -34,23 +34,27 @@ first accepted beat to the last result transfer (ideal source and sink).
 """
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Shape, Signal, signed, unsigned
+from amaranth.hdl import Cat, EnableInserter, Module, Mux, Shape, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from golden.config import ACC_BITS, ACT_BITS, SCALE_BITS
+from golden.config import ACC_BITS, ACT_BITS, SCALE_BITS, MixPEConfig
 from golden.lut_config import (LUT_K_CHUNK, LUT_MAX_PLANES, LUT_PLANE_BITS,
                                LUT_STORED_ENTRIES, LUTConfig, LUTMode)
 
-from .mixpe import _SCALE_PAIR, _select
+from .mixpe import _SCALE_PAIR, MixPEDQLane, _select, dq_lane_cells
 from .stream_utils import count_width, is_const, tree_sum
 
-__all__ = ["LATENCY", "TABLE_FILL_CYCLES", "LUTBlock", "cycle_model", "precompute_share",
+__all__ = ["PIPELINE_LATENCY", "TABLE_FILL_CYCLES", "LUTBlock", "cycle_model", "latency",
+           "precompute_share", "dq_lanes_per_unit", "dq_units", "dq_unit_config",
+           "dq_lane_length",
            "act_layout", "code_layout", "scale_layout", "result_layout",
            "entry_shape", "psum_shape", "odd_sum_shape", "act_sum_shape", "group_sum_shape"]
 
-#: Cycles from the edge that accepts a tile's last beat to its last result beat.
-LATENCY = 7
+#: Fixed part of the latency (cycles from the edge that accepts a tile's last
+#: beat to its last result beat), less the dequantization walk over its cells:
+#: S1..S3, the walker's E0 and the lane's E1..E3. `latency(config)` is the whole.
+PIPELINE_LATENCY = 7
 #: Cycles of table building not hidden behind lookups: the S2 stage of a run's
 #: first chunk (every later table is built while the previous one is read).
 TABLE_FILL_CYCLES = 1
@@ -131,16 +135,59 @@ def _check_mode(mode) -> LUTMode:
     return mode
 
 
+def dq_lanes_per_unit(config: LUTConfig) -> int:
+    """Lookup lanes whose group sums one time-shared DQ unit dequantizes: the
+    largest divisor lk of `lanes` with rows*lk <= group/4 - 1 (its walk over
+    slices*rows*lk cells ends before the next group's first sum is pushed into
+    the holding rings, at one plane per chunk) and slices*rows*lk <= group
+    (MixPEDQLane serves at most `group` cells)."""
+    config = _check_config(config)
+    S, R, gc = config.slices, config.rows, config.group_chunks
+    for lk in range(config.lanes, 0, -1):
+        if config.lanes % lk == 0 and R * lk <= gc - 1 and S * R * lk <= config.group:
+            return lk
+    raise ValueError(f"rows={R} is too many for one dequantization walk per group of "
+                     f"{config.group} (needs rows <= group/4 - 1 and slices*rows <= group); "
+                     f"use fewer rows or a larger group")
+
+
+def dq_units(config: LUTConfig) -> int:
+    """Time-shared dequantization units (2 multipliers each): lanes / lk."""
+    return config.lanes // dq_lanes_per_unit(config)
+
+
+def dq_lane_length(config: LUTConfig) -> int:
+    """Cells one DQ unit walks per group: slices * rows * lk (one per cycle)."""
+    return config.slices * config.rows * dq_lanes_per_unit(config)
+
+
+def dq_unit_config(config: LUTConfig) -> MixPEConfig:
+    """The MixPEConfig a DQ unit is built from: its cells (slice s, row r) x
+    lane l are MixPE's rows x cols, walked in row-major order; bits = 4 gives
+    the group-sum shape of LUT_MAX_PLANES-bit codes (P of any LUT format)."""
+    config = _check_config(config)
+    return MixPEConfig(bits=LUT_MAX_PLANES, group=config.group,
+                       rows=config.slices * config.rows, cols=dq_lanes_per_unit(config),
+                       K=config.K)
+
+
+def latency(config: LUTConfig) -> int:
+    """Cycles from the edge that accepts a tile's last beat to its last result
+    transfer: PIPELINE_LATENCY + dq_lane_length(config)."""
+    return PIPELINE_LATENCY + dq_lane_length(config)
+
+
 def cycle_model(config: LUTConfig, mode: LUTMode, tiles: int) -> int:
     """Cycles from the first accepted code beat to the last result transfer,
     both inclusive, with an always-valid source and an always-ready sink:
-    tiles * planes * K/4 * ceil(cols/lanes) + LATENCY (tiles follow back to
-    back; the table of the next chunk is built while the current one is read)."""
+    tiles * planes * K/4 * ceil(cols/lanes) + latency(config) (tiles follow
+    back to back; the table of the next chunk is built while the current one
+    is read, and a group is dequantized while the next one is looked up)."""
     config = _check_config(config)
     mode = _check_mode(mode)
     if isinstance(tiles, bool) or not isinstance(tiles, int) or tiles < 1:
         raise ValueError(f"tiles must be an int >= 1, got {tiles!r}")
-    return tiles * config.beats_per_tile(mode) + LATENCY
+    return tiles * config.beats_per_tile(mode) + latency(config)
 
 
 def precompute_share(config: LUTConfig, mode: LUTMode, tiles: int) -> float:
@@ -203,9 +250,24 @@ class LUTBlock(wiring.Component):
         m = Module()
         cfg = self.config
         R, L, S = cfg.rows, cfg.lanes, cfg.slices
+        lk, n_dq = dq_lanes_per_unit(cfg), cfg.lanes // dq_lanes_per_unit(cfg)
+        rl = R * lk  # cells of one DQ lane per slice
+
+        # ---- dequantization walker state (declared first: `adv` needs it) ----
+        # The walker runs in lockstep with the DQ lanes' E0 stage: cell i of a
+        # lane (slice s = i // rl, row r, lane l) is at E0 in cycle start+1+i.
+        w_valid = Signal()
+        w_s = Signal(count_width(S - 1))
+        w_rl = Signal(count_width(rl - 1))
+        w_last_rl = Signal()
+        m.d.comb += w_last_rl.eq(is_const(w_rl, rl - 1))
+        start = Signal()  # a group's last Q' enters the holding rings (S3 below)
+        scale_due = Signal()  # the scale beat of the slice the walk enters next
+        m.d.comb += scale_due.eq(start | (w_valid & w_last_rl & ~is_const(w_s, S - 1)))
 
         adv = Signal()
-        m.d.comb += adv.eq(~self.result.valid | self.result.ready)
+        m.d.comb += adv.eq((~self.result.valid | self.result.ready)
+                           & (self.scale.valid | ~scale_due))
 
         # ---- input side: run-time plane count and the loop counters ----
         in_tile = Signal()
@@ -222,9 +284,9 @@ class LUTBlock(wiring.Component):
         cg = Signal(count_width(cfg.group_chunks - 1))
         j = Signal(count_width(cfg.groups - 1))
 
-        top, last_p, newchunk, fcg, lcg, fg, lg, need_scale, last_beat = (
+        top, last_p, newchunk, fcg, lcg, fg, lg, last_s, last_beat = (
             Signal(name=n) for n in ("top_plane", "last_plane", "new_chunk", "first_cg",
-                                     "last_cg", "first_group", "last_group", "need_scale",
+                                     "last_cg", "first_group", "last_group", "last_slice",
                                      "last_beat"))
         m.d.comb += [
             top.eq(i_cur == i_top),
@@ -234,16 +296,16 @@ class LUTBlock(wiring.Component):
             lcg.eq(is_const(cg, cfg.group_chunks - 1)),
             fg.eq(is_const(j, 0)),
             lg.eq(is_const(j, cfg.groups - 1)),
-            need_scale.eq(lcg & top),
-            last_beat.eq(last_p & is_const(s, S - 1) & lcg & lg),
+            last_s.eq(is_const(s, S - 1)),
+            last_beat.eq(last_p & last_s & lcg & lg),
         ]
         fire = Signal()
         m.d.comb += [
             fire.eq(adv & (in_tile | bits_ok) & self.code.valid
-                    & (self.act.valid | ~newchunk) & (self.scale.valid | ~need_scale)),
+                    & (self.act.valid | ~newchunk)),
             self.code.ready.eq(fire),
             self.act.ready.eq(fire & newchunk),
-            self.scale.ready.eq(fire & need_scale),
+            self.scale.ready.eq(adv & scale_due),
         ]
         # Ports are driven from internal registers (combinationally): Yosys'
         # ABC9 reintegration asserts on flip-flops that are top-level ports.
@@ -256,7 +318,7 @@ class LUTBlock(wiring.Component):
             m.d.sync += [in_tile.eq(~last_beat), b_reg.eq(b_cur)]
             with m.If(last_p):
                 m.d.sync += i_reg.eq(i_top)
-                with m.If(is_const(s, S - 1)):
+                with m.If(last_s):
                     m.d.sync += s.eq(0)
                     with m.If(lcg):
                         m.d.sync += [cg.eq(0), j.eq(Mux(lg, 0, j + 1))]
@@ -268,47 +330,45 @@ class LUTBlock(wiring.Component):
                 m.d.sync += i_reg.eq(i_cur - 1)
 
         # ---- S1: input registers ----
+        NF = 8  # flags: top, last_p, newchunk, fcg, lcg, fg, lg, last_s
         v1 = Signal()
         idx1 = Signal(code_layout(cfg))
         act1 = Signal(act_layout(cfg))
-        scale1 = Signal(scale_layout(cfg))
-        f1 = Signal(7)  # top, last_p, newchunk, fcg, lcg, fg, lg
+        f1 = Signal(NF)
         b1 = Signal(3)
         with m.If(adv):
             m.d.sync += v1.eq(fire)
             with m.If(fire):
                 m.d.sync += [idx1.eq(self.code.payload), b1.eq(b_cur),
-                             f1.eq(Cat(top, last_p, newchunk, fcg, lcg, fg, lg))]
+                             f1.eq(Cat(top, last_p, newchunk, fcg, lcg, fg, lg, last_s))]
                 with m.If(newchunk):
                     m.d.sync += act1.eq(self.act.payload)
-                with m.If(need_scale):
-                    m.d.sync += scale1.eq(self.scale.payload)
 
         # ---- S2: table build (act1 holds the current chunk until the next
         # chunk's first beat, so copying every cycle is exact) ----
         v2 = Signal()
         idx2 = Signal(code_layout(cfg))
-        f2 = Signal(7)
+        f2 = Signal(NF)
         b2 = Signal(3)
-        scale2 = Signal(scale_layout(cfg))
         table = [[Signal(entry_shape(), name=f"table_{r}_{e}") for e in range(LUT_STORED_ENTRIES)]
                  for r in range(R)]
         with m.If(adv):
-            m.d.sync += [v2.eq(v1), idx2.eq(idx1), f2.eq(f1), b2.eq(b1), scale2.eq(scale1)]
+            m.d.sync += [v2.eq(v1), idx2.eq(idx1), f2.eq(f1), b2.eq(b1)]
             for r in range(R):
                 ents = _table_entries(m, [act1[LUT_K_CHUNK * r + t] for t in range(LUT_K_CHUNK)])
                 m.d.sync += [table[r][e].eq(ents[e]) for e in range(LUT_STORED_ENTRIES)]
-        top2, last2, new2, fcg2, lcg2, fg2, lg2 = (f2[i] for i in range(7))
+        top2, new2, fcg2 = f2[0], f2[2], f2[3]
 
-        # ---- S3: lookup through the symmetry, Horner over the planes ----
+        # ---- S3: lookup through the symmetry, Horner over the planes. The
+        # negation of -E is folded into the Horner adder: -E = ~E + 1, and the
+        # +1 fills the free LSB of 2*psum (no separate negator) ----
         v3 = Signal()
-        f3 = Signal(7)
+        f3 = Signal(NF)
         b3 = Signal(3)
-        scale3 = Signal(scale_layout(cfg))
         psum = [[Signal(psum_shape(), name=f"psum_{r}_{l}") for l in range(L)] for r in range(R)]
         a_run = [Signal(act_sum_shape(cfg), name=f"a_run_{r}") for r in range(R)]
         with m.If(adv):
-            m.d.sync += [v3.eq(v2), f3.eq(f2), b3.eq(b2), scale3.eq(scale2)]
+            m.d.sync += [v3.eq(v2), f3.eq(f2), b3.eq(b2)]
         for l in range(L):
             ix = idx2[l]
             pos = ix[LUT_K_CHUNK - 1]
@@ -316,86 +376,110 @@ class LUTBlock(wiring.Component):
             m.d.comb += sel.eq(ix[:LUT_K_CHUNK - 1] ^ Mux(pos, 0, LUT_STORED_ENTRIES - 1))
             for r in range(R):
                 ent = _select(m, sel, table[r], entry_shape(), f"ent_{r}_{l}")
-                val = Signal(signed(entry_shape().width + 1), name=f"val_{r}_{l}")
-                m.d.comb += val.eq(Mux(pos, ent, -ent))
+                twice = Cat(~pos, Mux(top2, 0, psum[r][l])).as_signed()  # 2*psum (+1)
                 with m.If(adv & v2):
-                    m.d.sync += psum[r][l].eq(Mux(top2, 0, psum[r][l] << 1) + val)
+                    m.d.sync += psum[r][l].eq(twice + Mux(pos, ent, ~ent))
         for r in range(R):
             with m.If(adv & v2 & new2):
                 m.d.sync += a_run[r].eq(Mux(fcg2, 0, a_run[r]) + table[r][LUT_STORED_ENTRIES - 1])
-        top3, last3, new3, fcg3, lcg3, fg3, lg3 = (f3[i] for i in range(7))
+        last3, fcg3, lcg3, fg3, lg3, ls3 = f3[1], f3[3], f3[4], f3[5], f3[6], f3[7]
 
-        # ---- S4: group accumulation of Q' in a ring per (row, lane) ----
-        v4 = Signal()  # a group's Q' of one slice is complete
-        fg4, lg4 = Signal(), Signal()
-        b4 = Signal(3)
-        scale4 = Signal(scale_layout(cfg))
-        a4 = [Signal(act_sum_shape(cfg), name=f"a4_{r}") for r in range(R)]
-        q4 = [[Signal(odd_sum_shape(cfg), name=f"q4_{r}_{l}") for l in range(L)] for r in range(R)]
+        # ---- S4: Q' of a group in a ring per (row, lane); in the group's last
+        # chunk the finished sums are also pushed into the holding ring `hold`
+        # (slice s at its head after the last push + s shifts). The DQ walk
+        # reads the head and shifts it once per slice (shifting in don't-care
+        # values: the next group's pushes refill it), so both rings are plain
+        # SRL shift registers (no reset, no taps, no feedback mux). ----
         slice_done = Signal()
-        m.d.comb += slice_done.eq(adv & v3 & last3)
-        with m.If(adv):
-            m.d.sync += [v4.eq(v3 & last3 & lcg3), fg4.eq(fg3), lg4.eq(lg3), b4.eq(b3),
-                         scale4.eq(scale3)]
-            m.d.sync += [a4[r].eq(a_run[r]) for r in range(R)]
+        hold_shift = Signal()
+        m.d.comb += [slice_done.eq(adv & v3 & last3),
+                     start.eq(v3 & last3 & lcg3 & ls3),
+                     hold_shift.eq((slice_done & lcg3) | (adv & w_valid & w_last_rl))]
+        hold = [[None] * L for _ in range(R)]
         for r in range(R):
             for l in range(L):
                 ring = [Signal(odd_sum_shape(cfg), name=f"qring_{r}_{l}_{k}", reset_less=True)
                         for k in range(S)]
+                hring = [Signal(odd_sum_shape(cfg), name=f"qhold_{r}_{l}_{k}", reset_less=True)
+                         for k in range(S)]
                 qnew = Signal(odd_sum_shape(cfg), name=f"qnew_{r}_{l}")
                 m.d.comb += qnew.eq(Mux(fcg3, 0, ring[0]) + psum[r][l])
                 with m.If(slice_done):
                     m.d.sync += [ring[k].eq(ring[k + 1]) for k in range(S - 1)]
-                    m.d.sync += [ring[S - 1].eq(qnew), q4[r][l].eq(qnew)]
+                    m.d.sync += ring[S - 1].eq(qnew)
+                with m.If(hold_shift):
+                    m.d.sync += [hring[k].eq(hring[k + 1]) for k in range(S - 1)]
+                    m.d.sync += hring[S - 1].eq(qnew)
+                hold[r][l] = hring[0]
 
-        # ---- S5: P = (Q' + L*A) >> 1 (exact: the sum is even) ----
-        v5, fg5, lg5 = Signal(), Signal(), Signal()
-        scale5 = Signal(scale_layout(cfg))
-        a5 = [Signal(act_sum_shape(cfg), name=f"a5_{r}") for r in range(R)]
-        p5 = [[Signal(group_sum_shape(cfg), name=f"p5_{r}_{l}") for l in range(L)]
-              for r in range(R)]
-        with m.If(adv):
-            m.d.sync += [v5.eq(v4), fg5.eq(fg4), lg5.eq(lg4), scale5.eq(scale4)]
+        # A and L*A of the finished group, held for the walk (one per row).
+        a_hold = [Signal(act_sum_shape(cfg), name=f"a_hold_{r}") for r in range(R)]
+        la_hold = [Signal(_la_shape(cfg), name=f"la_hold_{r}") for r in range(R)]
+        with m.If(adv & start):
             for r in range(R):
-                la = Signal(_la_shape(cfg), name=f"la_{r}")
                 # L*A = (A << bits) - A; bits is one of LUT_PLANE_BITS
-                m.d.comb += la.eq(_select(m, b4, [(a4[r] << b) - a4[r] if b in LUT_PLANE_BITS
-                                                  else 0 for b in range(LUT_MAX_PLANES + 1)],
-                                          _la_shape(cfg), f"la_sel_{r}"))
-                m.d.sync += a5[r].eq(a4[r])
-                for l in range(L):
-                    m.d.sync += p5[r][l].eq((q4[r][l] + la) >> 1)
+                la = _select(m, b3, [(a_run[r] << b) - a_run[r] if b in LUT_PLANE_BITS else 0
+                                     for b in range(LUT_MAX_PLANES + 1)],
+                             _la_shape(cfg), f"la_sel_{r}")
+                m.d.sync += [a_hold[r].eq(a_run[r]), la_hold[r].eq(la)]
 
-        # ---- S6: dequantization products ----
-        v6, fg6, lg6 = Signal(), Signal(), Signal()
-        mp = [[Signal(_scaled_shape(group_sum_shape(cfg)), name=f"mp_{r}_{l}") for l in range(L)]
-              for r in range(R)]
-        ma = [[Signal(_scaled_shape(act_sum_shape(cfg)), name=f"ma_{r}_{l}") for l in range(L)]
-              for r in range(R)]
+        # ---- the walk: E0 of cell (s, r, l) reads the holding ring, forms
+        # P = (Q' + L*A) >> 1 (exact: the sum is even) and registers it for E1 ----
+        scale_reg = Signal(scale_layout(cfg))
+        with m.If(adv & scale_due):
+            m.d.sync += scale_reg.eq(self.scale.payload)
         with m.If(adv):
-            m.d.sync += [v6.eq(v5), fg6.eq(fg5), lg6.eq(lg5)]
-            for r in range(R):
-                for l in range(L):
-                    m.d.sync += [mp[r][l].eq(scale5[l].s2 * p5[r][l]),
-                                 ma[r][l].eq(scale5[l].zs2 * a5[r])]
+            with m.If(start):
+                m.d.sync += [w_valid.eq(1), w_s.eq(0), w_rl.eq(0)]
+            with m.Elif(w_valid):
+                with m.If(w_last_rl):
+                    m.d.sync += w_rl.eq(0)
+                    with m.If(is_const(w_s, S - 1)):
+                        m.d.sync += [w_valid.eq(0), w_s.eq(0)]
+                    with m.Else():
+                        m.d.sync += w_s.eq(w_s + 1)
+                with m.Else():
+                    m.d.sync += w_rl.eq(w_rl + 1)
+        w_r = Signal(count_width(R - 1))
+        w_l = Signal(count_width(lk - 1))
+        if lk & (lk - 1) == 0:
+            m.d.comb += [w_l.eq(w_rl[:count_width(lk - 1)] if lk > 1 else 0),
+                         w_r.eq(w_rl >> (lk.bit_length() - 1))]
+        else:
+            m.d.comb += [w_l.eq(w_rl % lk), w_r.eq(w_rl // lk)]
+        la_cur = _select(m, w_r, la_hold, _la_shape(cfg), "la_cur")
+        a_cur = _select(m, w_r, a_hold, act_sum_shape(cfg), "a_cur")
 
-        # ---- S7: int32 accumulation over groups; result register ----
         out_valid = Signal()
         out = Signal(result_layout(cfg))
         m.d.comb += [self.result.valid.eq(out_valid), self.result.payload.eq(out)]
         with m.If(self.result.valid & self.result.ready):
             m.d.sync += out_valid.eq(0)
-        with m.If(adv & v6 & lg6):
-            m.d.sync += out_valid.eq(1)
-        for r in range(R):
-            for l in range(L):
-                ring = [Signal(signed(ACC_BITS), name=f"acc_{r}_{l}_{k}", reset_less=True)
-                        for k in range(S)]
-                anew = Signal(signed(ACC_BITS), name=f"acc_new_{r}_{l}")
-                m.d.comb += anew.eq(Mux(fg6, 0, ring[0]) + mp[r][l] - ma[r][l])
-                with m.If(adv & v6):
-                    m.d.sync += [ring[k].eq(ring[k + 1]) for k in range(S - 1)]
-                    m.d.sync += ring[S - 1].eq(anew)
-                    with m.If(lg6):
-                        m.d.sync += out[r * L + l].eq(anew)
+        fake = dq_unit_config(cfg)
+        for u in range(n_dq):
+            q_cur = _select(m, w_rl, [hold[r][u * lk + l] for r in range(R) for l in range(lk)],
+                            odd_sum_shape(cfg), f"q_cur_{u}")
+            pg = Signal(group_sum_shape(cfg), name=f"pg_{u}")
+            ag = Signal(act_sum_shape(cfg), name=f"ag_{u}")
+            with m.If(adv):
+                m.d.sync += [pg.eq((q_cur + la_cur) >> 1), ag.eq(a_cur)]
+            lane = MixPEDQLane(fake, cells=dq_lane_cells(fake)[0])
+            # The whole block freezes under back-pressure, the lane included.
+            m.submodules[f"dq_{u}"] = EnableInserter(adv)(lane)
+            m.d.comb += [lane.start.eq(start), lane.first_group.eq(fg3),
+                         lane.last_group.eq(lg3)]
+            # Every input is presented when the lane reads it (E0: the slice's
+            # scales; E1: this cell's P and A), so its own selects see one value.
+            m.d.comb += [lane.scale[l].eq(scale_reg[u * lk + l]) for l in range(lk)]
+            m.d.comb += [lane.pg[i].eq(pg) for i in range(len(lane.cells))]
+            m.d.comb += [lane.ag[i].eq(ag) for i in range(len(lane.rows))]
+            for r in range(R):
+                for l in range(lk):
+                    en = Cat(*[lane.wr_en[sl * rl + r * lk + l] for sl in range(S)]).any()
+                    with m.If(adv & en):
+                        m.d.sync += out[r * L + u * lk + l].eq(lane.wr_data)
+            if u == 0:
+                done = Cat(*[lane.wr_en[sl * rl + rl - 1] for sl in range(S)]).any()
+                with m.If(adv & done):
+                    m.d.sync += out_valid.eq(1)
         return m

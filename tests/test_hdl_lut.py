@@ -11,7 +11,7 @@ from amaranth.sim import Simulator
 from golden.lut import lut_acc
 from golden.lut_config import LUTConfig, MODES
 from hdl.generate import verilog
-from hdl.lut import LATENCY, LUTBlock, cycle_model, precompute_share
+from hdl.lut import LUTBlock, cycle_model, latency, precompute_share
 
 
 # --- words written from golden/lut_config.py's documented layouts ---
@@ -167,7 +167,7 @@ def test_cycle_model_ideal(name):
     got, cycles, err = _run(cfg, tiles, p_idle=0.0, p_stall=0.0, seed=1)
     assert not err
     assert cycles == cycle_model(cfg, mode, 3)
-    assert cycles == 3 * mode.bits * (cfg.K // 4) * (cfg.cols // cfg.lanes) + LATENCY
+    assert cycles == 3 * mode.bits * (cfg.K // 4) * (cfg.cols // cfg.lanes) + latency(cfg)
     for (_, (a, q, s2, z)), res in zip(tiles, got):
         assert res == lut_acc(a, q, s2, z, cfg, mode).tolist()
 
