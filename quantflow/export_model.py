@@ -160,7 +160,9 @@ def export_model(model="smollm2", scheme="w4a8kv4-g64", *, out=None, cols: int =
     t1 = time.perf_counter()
     cal = calibration_tokens(lm.tokenizer, text=calib_text, samples=calib_samples,
                              length=calib_length) if lm.tokenizer is not None else None
-    qm = quantize_model(lm, sch, calib_ids=cal, progress=progress)
+    # the model was loaded for this export only: quantize it in place, no references
+    qm = quantize_model(lm, sch, calib_ids=cal, progress=progress,
+                        copy_model=isinstance(model, LoadedModel), keep_reference=False)
     t2 = time.perf_counter()
     outdir = Path(out) if out is not None else quant_dir(lm.name, sch.name) / "export"
     man = export_quantized(outdir, qm, cols=cols, model_name=lm.name, progress=progress)

@@ -343,11 +343,14 @@ def _calib_needed(scheme: QuantScheme) -> bool:
 
 
 def quantize_model(model, scheme, *, calib_ids: torch.Tensor | None = None, calib=None,
-                   weight_options=None, progress: bool = True) -> QuantizedModel:
+                   weight_options=None, progress: bool = True, copy_model: bool = True,
+                   keep_reference: bool = True) -> QuantizedModel:
     """Quantize a copy of `model` (LoadedModel or nn.Module; left unchanged) with
     `scheme` (QuantScheme or registered name). Llama models take calib_ids [B, T]
     (calibration tokens); other modules take `calib`, a callable run(module) that
-    runs calibration data through the module (needed only by calibrated schemes)."""
+    runs calibration data through the module (needed only by calibrated schemes).
+    copy_model=False quantizes `model` itself; keep_reference=False skips the float
+    reference weights (w_ref, used only for per-layer SQNR): both save memory."""
     from .weightq import Calibration, quantize_llama_weights, quantize_shared
 
     scheme = get_scheme(scheme)
@@ -355,7 +358,7 @@ def quantize_model(model, scheme, *, calib_ids: torch.Tensor | None = None, cali
     if not isinstance(base, nn.Module):
         raise QuantflowError(f"expected a LoadedModel or nn.Module, got {type(base).__name__}")
     t0 = time.perf_counter()
-    m = copy.deepcopy(base).eval()
+    m = (copy.deepcopy(base) if copy_model else base).eval()
     qm = QuantizedModel(model=m, scheme=scheme)
     is_llama = isinstance(m, LlamaForCausalLM)
     if _calib_needed(scheme) and is_llama:
@@ -374,7 +377,8 @@ def quantize_model(model, scheme, *, calib_ids: torch.Tensor | None = None, cali
                     if scheme.weight.needs_calibration else {}
                 for n in names:
                     lin = m.get_submodule(n)
-                    qm.w_ref[n] = lin.weight.detach().clone()
+                    if keep_reference:
+                        qm.w_ref[n] = lin.weight.detach().clone()
                     (r,) = quantize_shared([lin.weight], scheme=scheme.weight,
                                            calib=cal.get(n), names=[n])
                     lin.weight.data.copy_(r.w_fake)
@@ -396,7 +400,8 @@ def quantize_model(model, scheme, *, calib_ids: torch.Tensor | None = None, cali
             if act is not None and act.smooth_alpha is not None:
                 qm.smooth_scales = fold_smoothquant(m, stats["xmax"], float(act.smooth_alpha))
         lins = m.block_linears()
-        qm.w_ref = {n: l.weight.detach().clone() for n, l in lins.items()}
+        if keep_reference:
+            qm.w_ref = {n: l.weight.detach().clone() for n, l in lins.items()}
         if scheme.weight is not None:
             t1 = time.perf_counter()
             if calib_ids is None and not scheme.weight.needs_calibration:
@@ -428,6 +433,8 @@ def _weights_frame(m: LlamaForCausalLM, qm: QuantizedModel) -> None:
     cfg = m.config
     D, Hq, g = cfg.head_dim, cfg.num_attention_heads, cfg.kv_groups
     tie = (torch.arange(Hq) // g).repeat_interleave(D) * D + torch.arange(D).repeat(Hq)
+    if not qm.w_ref:
+        return
     for n, r in qm.weights.items():
         if r.input_scale is not None:
             qm.w_ref[n] = qm.w_ref[n] * r.input_scale.unsqueeze(0)

@@ -110,3 +110,19 @@ def test_export_real_smollm2_layer(tmp_path):
     with pytest.raises(QuantflowError, match="no linear layer"):
         export_real_layer(tmp_path / "r", cfg, layer="layers.0.self_attn.nope")
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_export_whole_smollm2(tmp_path):
+    """Whole-model quantize + export of SmolLM2 with the target scheme (timing and
+    peak memory are reported by `make eval`; here: it completes and reads back)."""
+    from quantflow.export_model import export_model
+    torch.set_num_threads(2)
+    man = export_model("smollm2", "w4a8kv4-g64", out=tmp_path / "exp", calib_samples=4,
+                       progress=False)
+    assert len(man["layers"]) == 30 * 7
+    back = load_model_export(tmp_path / "exp", check_words=False)
+    assert back["kv_lambda"].shape == (30, 3, 64) and back["hadamard"].shape == (64, 64)
+    q = back["layers"]["layers.29.mlp.down_proj"]
+    assert q.shape == (576, 1536) and q.group == 64
+    assert man["timing"]["peak_rss_mb"] < 3 * 1024
