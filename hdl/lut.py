@@ -90,8 +90,12 @@ def result_layout(config: LUTConfig) -> data.ArrayLayout:
 
 
 def entry_shape() -> Shape:
-    """A table entry: a sum of 4 signed int8 with signs."""
-    return Shape.cast(range(LUT_K_CHUNK * _ACT_MIN, -LUT_K_CHUNK * _ACT_MIN + 1))
+    """A stored entry E[e] = a3 +-a2 +-a1 +-a0 (a3 always added): from
+    4*(-128) (E[7], all -128) to 127 + 3*128 (E[0]), i.e. 10 bits, one fewer
+    than a general sum of 4 signed int8 with signs (the lookup negates through
+    the adder, so -E never needs its own width)."""
+    return Shape.cast(range(LUT_K_CHUNK * _ACT_MIN,
+                            _ACT_MAX - (LUT_K_CHUNK - 1) * _ACT_MIN + 1))
 
 
 def psum_shape() -> Shape:
