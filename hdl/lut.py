@@ -241,6 +241,7 @@ class LUTBlock(wiring.Component):
 
     def __init__(self, config: LUTConfig):
         self.config = _check_config(config)
+        dq_lanes_per_unit(config)  # refuses shapes one walk per group cannot serve
         super().__init__({
             "act": In(stream.Signature(act_layout(config))),
             "code": In(stream.Signature(code_layout(config))),

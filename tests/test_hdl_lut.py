@@ -11,7 +11,8 @@ from amaranth.sim import Simulator
 from golden.lut import lut_acc
 from golden.lut_config import LUTConfig, MODES
 from hdl.generate import verilog
-from hdl.lut import LUTBlock, cycle_model, latency, precompute_share
+from hdl.lut import (LUTBlock, cycle_model, dq_lane_length, dq_lanes_per_unit, dq_units,
+                     latency, precompute_share)
 
 
 # --- words written from golden/lut_config.py's documented layouts ---
@@ -144,9 +145,11 @@ def _run(cfg, tiles, *, p_idle, p_stall, seed, bits_override=None):
 
 CFG_A = LUTConfig(rows=1, cols=8, lanes=4, K=64, group=32)
 CFG_B = LUTConfig(rows=2, cols=4, lanes=2, K=64, group=64)
+#: rows*lanes = 16 > group/4 - 1 = 7: four time-shared DQ units of 2 lanes.
+CFG_C = LUTConfig(rows=2, cols=16, lanes=8, K=64, group=32)
 
 
-@pytest.mark.parametrize("cfg", [CFG_A, CFG_B], ids=["r1c8l4", "r2c4l2"])
+@pytest.mark.parametrize("cfg", [CFG_A, CFG_B, CFG_C], ids=["r1c8l4", "r2c4l2", "r2c16l8"])
 def test_runtime_modes_bit_exact_under_stalls(cfg):
     gen = torch.Generator().manual_seed(cfg.rows)
     names = ["w1", "w2", "w4", "ternary", "w2"]
@@ -159,8 +162,8 @@ def test_runtime_modes_bit_exact_under_stalls(cfg):
 
 
 @pytest.mark.parametrize("name", ["w1", "w2", "w4", "ternary"])
-def test_cycle_model_ideal(name):
-    cfg = CFG_A
+@pytest.mark.parametrize("cfg", [CFG_A, CFG_C], ids=["r1c8l4", "r2c16l8"])
+def test_cycle_model_ideal(name, cfg):
     mode = MODES[name]
     gen = torch.Generator().manual_seed(3)
     tiles = [(mode, _random_tile(cfg, mode, gen)) for _ in range(3)]
@@ -224,3 +227,27 @@ def test_verilog_ports():
     for port in ("act__payload", "code__valid", "scale__ready", "result__payload", "bits",
                  "error", "clk", "rst"):
         assert port in text
+
+
+def test_dq_split():
+    # one DQ unit walks slices*rows*lk cells per group; the walk must end before
+    # the next group's first holding-ring push ((group/4 - 1) * slices beats
+    # later at W1) and fit MixPEDQLane (<= group cells)
+    for cfg in (CFG_A, CFG_B, CFG_C, LUTConfig(rows=1, cols=64, lanes=8, K=1024, group=64),
+                LUTConfig(rows=2, cols=32, lanes=8, K=256, group=64)):
+        lk = dq_lanes_per_unit(cfg)
+        assert cfg.lanes % lk == 0 and dq_units(cfg) * lk == cfg.lanes
+        assert cfg.rows * lk <= cfg.group // 4 - 1
+        assert dq_lane_length(cfg) == cfg.slices * cfg.rows * lk <= cfg.group
+        assert latency(cfg) == 7 + dq_lane_length(cfg)
+        if lk < cfg.lanes:  # the next larger divisor would break a bound
+            bigger = min(d for d in range(lk + 1, cfg.lanes + 1) if cfg.lanes % d == 0)
+            assert (cfg.rows * bigger > cfg.group // 4 - 1
+                    or cfg.slices * cfg.rows * bigger > cfg.group)
+    assert dq_units(LUTConfig(rows=1, cols=64, lanes=8, K=1024, group=64)) == 1
+    assert dq_units(CFG_C) == 4
+
+
+def test_too_many_rows_for_the_walk_refused():
+    with pytest.raises(ValueError, match="rows=8"):
+        LUTBlock(LUTConfig(rows=8, cols=8, lanes=8, K=64, group=32))
