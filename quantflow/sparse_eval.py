@@ -71,6 +71,23 @@ def prune_model(model: nn.Module, pattern, *, method: str = "wanda",
     return m
 
 
+def _scheme_report(model: str, scheme: str, *, windows: int, length: int,
+                   ppl_fp32: float) -> dict | None:
+    """The dense scheme's `quantflow eval` report when it used the same
+    evaluation windows (same text, count, length and FP32 perplexity)."""
+    import json
+    from .text import DEFAULT_EVAL
+    path = quant_dir(model, scheme) / "report.json"
+    try:
+        r = json.loads(path.read_text())
+        same = (r["text"]["name"] == DEFAULT_EVAL and r["text"]["windows"] == windows
+                and r["text"]["length"] == length
+                and abs(r["ppl_fp32"] - ppl_fp32) <= 1e-6 * ppl_fp32)
+        return {"ppl": float(r["ppl"]), "path": str(path)} if same else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def evaluate_sparse(model="smollm2", *, pattern: str = "2:4", method: str = "wanda",
                     scheme: str = "w4a8kv4-g64", windows: int = 8, length: int = 512,
                     calib_samples: int = 8, calib_length: int = 256, progress: bool = False,
@@ -89,10 +106,17 @@ def evaluate_sparse(model="smollm2", *, pattern: str = "2:4", method: str = "wan
     pruned = prune_model(lm.model, pattern, method=method, calib_ids=cal)
     ppl["sparse"] = perplexity(pruned, ev)
     log(f"ppl {pattern} ({method}) = {ppl['sparse']:.3f}")
-    qd = quantize_model(lm, scheme, calib_ids=cal, progress=progress)
-    ppl["quant"] = perplexity(qd.model, ev)
-    log(f"ppl {scheme} = {ppl['quant']:.3f}")
-    del qd
+    prior = _scheme_report(lm.name, scheme, windows=windows, length=length,
+                           ppl_fp32=ppl["fp32"])
+    if prior is not None:  # `quantflow eval` measured the dense scheme on the same windows
+        ppl["quant"] = prior["ppl"]
+        quant_from = prior["path"]
+    else:
+        qd = quantize_model(lm, scheme, calib_ids=cal, progress=progress)
+        ppl["quant"] = perplexity(qd.model, ev)
+        quant_from = "measured here"
+        del qd
+    log(f"ppl {scheme} = {ppl['quant']:.3f} ({quant_from})")
     qs = quantize_model(dataclasses.replace(lm, model=pruned), scheme, calib_ids=cal,
                         progress=progress)
     ppl["sparse_quant"] = perplexity(qs.model, ev)
@@ -103,7 +127,7 @@ def evaluate_sparse(model="smollm2", *, pattern: str = "2:4", method: str = "wan
         "text": {"eval": DEFAULT_EVAL, "windows": windows, "length": length,
                  "calib": DEFAULT_CALIB, "calib_samples": calib_samples,
                  "calib_length": calib_length},
-        "ppl": ppl, "ppl_ratio": {k: v / ppl["fp32"] for k, v in ppl.items()},
+        "ppl": ppl, "quant_ppl_from": quant_from, "ppl_ratio": {k: v / ppl["fp32"] for k, v in ppl.items()},
         "pruned": "every nn.Linear in the decoder layers; embeddings and lm_head dense",
         "seconds": round(time.perf_counter() - t0, 1),
     }
