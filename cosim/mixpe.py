@@ -10,6 +10,8 @@ Used by `python -m cosim sim`, `python -m cosim bench` and tests/test_cosim_mixp
 from __future__ import annotations
 
 import dataclasses
+import json
+import threading
 from pathlib import Path
 
 from golden.config import MixPEConfig
@@ -18,7 +20,7 @@ from cosim import runner
 from cosim.plan import MixPECase
 from cosim.report import make_record
 
-__all__ = ["DATA_ROOT", "prepare_data", "stream_build", "system_build",
+__all__ = ["DATA_ROOT", "prepare_data", "prepare_real", "stream_build", "system_build",
            "run_stream", "run_fast", "to_record", "stream_job", "sim_items"]
 
 DATA_ROOT = runner.REPO_ROOT / "build" / "sim" / "data"
@@ -27,8 +29,11 @@ SYSTEM_TB = "cosim.tb.mixpe_system"
 
 
 def prepare_data(case: MixPECase, *, root: Path | None = None) -> Path:
-    """Quantize the case's seeded random weights/activations with quantflow into
-    `root/<case.name>` (reused when an earlier export verifies)."""
+    """Quantize the case's seeded random weights/activations (or, for a real-layer
+    case, its model layer: prepare_real) with quantflow into `root/<case.name>`
+    (reused when an earlier export verifies)."""
+    if case.real is not None:
+        return prepare_real(case, root=root)
     from quantflow import (QuantflowError, export_mixpe, load_mixpe,
                            random_activations, random_linear_weights)
     outdir = Path(root or DATA_ROOT) / case.name
@@ -45,6 +50,44 @@ def prepare_data(case: MixPECase, *, root: Path | None = None) -> Path:
                            outlier_features=min(4, cfg.K))
     outdir.parent.mkdir(parents=True, exist_ok=True)
     export_mixpe(outdir, cfg, W, X)
+    return outdir
+
+
+_REAL_LOCK = threading.Lock()  # make sim runs a case's stream and fast items in threads
+
+
+def _real_source(case: MixPECase) -> dict:
+    """The source.json fields that identify a real-layer case's data."""
+    r = case.real
+    return {"model": r.model, "layer": r.layer, "scheme": r.scheme, "text": r.text,
+            "tokens": case.M, "channels": case.N}
+
+
+def prepare_real(case: MixPECase, *, root: Path | None = None) -> Path:
+    """Export the real model layer of `case` (quantflow.export_model.export_real_layer:
+    weights quantized by the scheme, activations captured from the model on the
+    evaluation text) into `root/<case.name>`; reused when the images verify and
+    their source.json names the same layer, scheme, text and size. Prepares the
+    model (build/models, as `make models`) when it is missing."""
+    from quantflow import QuantflowError, load_mixpe
+    from quantflow.export_model import export_real_layer
+    from quantflow.models.loaders import require
+
+    outdir = Path(root or DATA_ROOT) / case.name
+    outdir.parent.mkdir(parents=True, exist_ok=True)
+    want = _real_source(case)
+    # one export per directory, also across processes (pytest-xdist, make sim)
+    with _REAL_LOCK, require("filelock").FileLock(str(outdir.parent / f".{case.name}.lock")):
+        try:
+            load_mixpe(outdir, case.config)
+            src = json.loads((outdir / "source.json").read_text(encoding="utf-8"))
+            if all(src.get(k) == v for k, v in want.items()):
+                return outdir
+        except (QuantflowError, OSError, ValueError):
+            pass  # missing, stale or damaged: export again (atomically)
+        export_real_layer(outdir, case.config, model=case.real.model, layer=case.real.layer,
+                          tokens=case.M, channels=case.N, scheme=case.real.scheme,
+                          text=case.real.text)
     return outdir
 
 
@@ -100,6 +143,7 @@ def run_stream(case: MixPECase, *, build: runner.Build | None = None,
                      corrupt_expected=corrupt_expected)
     res = runner.run(b, test_module=STREAM_TB, job=job)
     res["p_idle"], res["p_stall"] = job["p_idle"], job["p_stall"]
+    res["data_dir"] = str(data_dir)
     res["build_cached"] = b.cached
     res["build_seconds"] = b.build_seconds
     return res
@@ -114,6 +158,7 @@ def run_fast(case: MixPECase, *, build: runner.Build | None = None, repeat: int 
     job = {"config": case.config.as_dict(), "data_dir": str(data_dir),
            "seed": case.seed, "repeat": repeat, "clock_impl": clock_impl}
     res = runner.run(b, test_module=SYSTEM_TB, job=job)
+    res["data_dir"] = str(data_dir)
     res["build_cached"] = b.cached
     res["build_seconds"] = b.build_seconds
     return res
@@ -144,6 +189,8 @@ def to_record(case: MixPECase, res: dict) -> dict:
                      expected_cycles=system_cycle_model(cfg, case.m_tiles, case.n_tiles))
     if res.get("waves_file"):
         extra["waves_file"] = res["waves_file"]
+    if case.real is not None:
+        extra.update(_real_fields(case, res.get("data_dir")))
     return make_record(
         block="mixpe", test=f"{label} {case.workload}", config=cfg.as_dict(),
         passed=bool(res.get("passed")), mismatches=int(res.get("mismatches", 0)),
@@ -151,6 +198,24 @@ def to_record(case: MixPECase, res: dict) -> dict:
         macs=int(res.get("macs", case.macs)), peak_macs_per_cycle=cfg.peak_macs_per_cycle,
         sim_seconds=float(res.get("sim_seconds", 0.0)),
         sim_cycles=int(res.get("sim_cycles", res.get("cycles", 0))), **extra)
+
+
+def _real_fields(case: MixPECase, data_dir: str | None) -> dict:
+    """What a real-layer record names: the model (its full name), the layer and
+    its shape, the scheme, the text and its token ids (from the export's source.json)."""
+    from quantflow.models.loaders import KNOWN_MODELS
+    r = case.real
+    known = KNOWN_MODELS.get(r.model)
+    out = {"model": known.description.split(" (")[0] if known else r.model,
+           "model_key": r.model, "layer": r.layer, "scheme": r.scheme, "text": r.text,
+           "tokens": case.M, "channels": case.N}
+    try:
+        d = Path(data_dir) if data_dir else DATA_ROOT / case.name
+        src = json.loads((d / "source.json").read_text(encoding="utf-8"))
+        out.update(layer_shape=src.get("layer_shape"), token_ids=src.get("token_ids"))
+    except (OSError, ValueError):
+        pass
+    return out
 
 
 def replace_case(case: MixPECase, **changes) -> MixPECase:
@@ -177,9 +242,11 @@ def _run_item(case: MixPECase, path: str, sim: str) -> dict:
 def sim_items(*, sim: str) -> list:
     """`make sim`'s MixPE runs (cosim.blocks registry): every plan case with
     back-pressure, ideal (cycle model held to the RTL), and the fast path
-    where the plan says so."""
+    where the plan says so; then the real SmolLM2 layers of real_plan() with
+    back-pressure and on the fast path where planned (the model is prepared
+    into build/models on first use)."""
     from cosim.blocks import SimItem
-    from cosim.plan import default_plan
+    from cosim.plan import default_plan, real_plan
 
     cases = default_plan()
     items = []
@@ -192,4 +259,10 @@ def sim_items(*, sim: str) -> list:
                     block="mixpe", name=case.name, path=path, config=case.config.as_dict(),
                     macs=case.macs, peak_macs_per_cycle=case.config.peak_macs_per_cycle,
                     run=lambda case=case, path=path: _run_item(case, path, sim)))
+    for case in real_plan():
+        for path in ("stream", "fast") if case.fast else ("stream",):
+            items.append(SimItem(
+                block="mixpe", name=case.name, path=path, config=case.config.as_dict(),
+                macs=case.macs, peak_macs_per_cycle=case.config.peak_macs_per_cycle,
+                run=lambda case=case, path=path: _run_item(case, path, sim)))
     return items

@@ -13,10 +13,27 @@ from dataclasses import dataclass
 
 from golden.config import MixPEConfig
 
-__all__ = ["MIN_MACS", "MixPECase", "default_plan", "tiles_for"]
+__all__ = ["MIN_MACS", "MixPECase", "RealLayer", "default_plan", "real_plan", "tiles_for"]
 
 #: Compared MACs per configuration in `make sim` (the brief's floor).
 MIN_MACS = 100_000
+
+
+@dataclass(frozen=True, kw_only=True)
+class RealLayer:
+    """Where a case's data comes from when it is a real model layer rather than
+    seeded random tensors: quantflow.export_model.export_real_layer quantizes
+    `layer` of `model` with `scheme` (calibrated on the calibration text) and
+    captures its inputs on the first M tokens of the evaluation text `text`;
+    the case keeps the layer's first N = n_tiles * cols output channels."""
+    model: str = "smollm2"
+    layer: str = "layers.0.self_attn.q_proj"
+    scheme: str = "w4a8kv4-g64"
+    text: str = "hamlet"
+
+    @property
+    def tag(self) -> str:
+        return f"{self.model}_{self.layer.replace('.', '_')}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -33,6 +50,9 @@ class MixPECase:
     outlier_channels: int = 2
     #: also run the MixPESystem fast path on this case
     fast: bool = False
+    #: a real model layer instead of seeded random data (seed then only drives
+    #: the testbench's idle/back-pressure pattern)
+    real: RealLayer | None = None
 
     def __post_init__(self):
         if not isinstance(self.config, MixPEConfig):
@@ -45,6 +65,8 @@ class MixPECase:
             v = getattr(self, n)
             if not 0.0 <= v < 1.0:
                 raise ValueError(f"{n} must be a probability in [0, 1), got {v!r}")
+        if self.real is not None and not isinstance(self.real, RealLayer):
+            raise ValueError(f"real must be a RealLayer, got {type(self.real).__name__}")
 
     @property
     def M(self) -> int:
@@ -64,6 +86,8 @@ class MixPECase:
 
     @property
     def workload(self) -> str:
+        if self.real is not None:
+            return f"{self.real.tag}_M{self.M}_N{self.N}_s{self.seed}"
         return f"M{self.M}_N{self.N}_s{self.seed}"
 
     @property
@@ -100,4 +124,22 @@ def default_plan() -> list[MixPECase]:
         _case(15, bits=3, group=64, rows=2, cols=4, K=384),                # GEMM, W3
         _case(16, bits=8, group=64, rows=2, cols=8, K=512, fast=True),     # GEMM, W8
         _case(17, bits=2, group=32, rows=1, cols=8, K=768),                # GEMV, W2 g32
+    ]
+
+
+#: MixPE configurations of the real-layer runs: K = the layer's in_features,
+#: group 64 (divides 576 and 1536), cols = 8 divides every SmolLM2 out_features.
+REAL_Q_PROJ = MixPEConfig(bits=4, group=64, rows=4, cols=8, K=576)
+REAL_DOWN_PROJ = MixPEConfig(bits=4, group=64, rows=4, cols=8, K=1536)
+
+
+def real_plan() -> list[MixPECase]:
+    """`make sim`'s real SmolLM2 layers, whole (every output channel), on the
+    first 8 tokens of the evaluation text: layer 0 q_proj (576 x 576, stream
+    and fast path, 2.65 M MACs) and layer 0 down_proj (1536 -> 576, stream)."""
+    return [
+        MixPECase(config=REAL_Q_PROJ, m_tiles=2, n_tiles=576 // REAL_Q_PROJ.cols, seed=21,
+                  fast=True, real=RealLayer(layer="layers.0.self_attn.q_proj")),
+        MixPECase(config=REAL_DOWN_PROJ, m_tiles=2, n_tiles=576 // REAL_DOWN_PROJ.cols,
+                  seed=22, real=RealLayer(layer="layers.0.mlp.down_proj")),
     ]

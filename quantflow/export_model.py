@@ -267,6 +267,7 @@ def capture_layer_inputs(model: torch.nn.Module, layer: str, ids: torch.Tensor) 
 
 def export_real_layer(outdir, config: MixPEConfig, *, model="smollm2",
                       layer: str = "layers.0.self_attn.q_proj", tokens: int | None = None,
+                      channels: int | None = None,
                       scheme="w4a8kv4-g64", text: str = DEFAULT_EVAL,
                       calib_text: str = DEFAULT_CALIB, calib_samples: int = 4,
                       calib_length: int = 128, progress: bool = False) -> dict:
@@ -274,8 +275,11 @@ def export_real_layer(outdir, config: MixPEConfig, *, model="smollm2",
     QoQ weight component (calibrated on `calib_text`), fed with the activations the
     model produces for the first `tokens` (default config.rows) tokens of a fixed
     window of `text`. config.K must equal the layer's in_features and its bits/group
-    the scheme's; N must be a multiple of config.cols. Returns the manifest, with
-    'source' (model, layer, scheme, text) also written to source.json."""
+    the scheme's; N must be a multiple of config.cols. `channels` keeps only the
+    first output channels of the quantized layer (a multiple of config.cols; the
+    whole layer is quantized and calibrated first, so the slice's codes equal the
+    full layer's). Returns the manifest, with 'source' (model, layer, scheme, text)
+    also written to source.json."""
     from .weightq import Calibration, quantize_weight
 
     sch = get_scheme(scheme)
@@ -303,6 +307,10 @@ def export_real_layer(outdir, config: MixPEConfig, *, model="smollm2",
     if N % config.cols:
         raise QuantflowError(f"{layer} has N={N} outputs, not a multiple of config.cols="
                              f"{config.cols}; pick cols dividing {N}")
+    keep = N if channels is None else int(channels)
+    if not 1 <= keep <= N or keep % config.cols:
+        raise QuantflowError(f"channels={channels} must be a multiple of config.cols="
+                             f"{config.cols} in [{config.cols}, {N}] ({layer} has N={N})")
     cal_ids = calibration_tokens(lm.tokenizer, text=calib_text, samples=calib_samples,
                                  length=calib_length)
     Xc = capture_layer_inputs(lm.model, layer, cal_ids)
@@ -313,9 +321,14 @@ def export_real_layer(outdir, config: MixPEConfig, *, model="smollm2",
     if res.input_scale is not None:  # AWQ: the layer consumes x / s (folded upstream)
         X = X / res.input_scale.unsqueeze(0)
     a, s_a = quantize_act(X)
-    man = write_mixpe_images(outdir, config, weights=res.qoq, a=a, s_a=s_a)
+    qw = res.qoq
+    if keep < N:
+        qw = QoQWeights(q=qw.q[:keep], s1=qw.s1[:keep], s2=qw.s2[:keep], z=qw.z[:keep],
+                        bits=qw.bits, group=qw.group)
+    man = write_mixpe_images(outdir, config, weights=qw, a=a, s_a=s_a)
     source = {"model": lm.name, "layer": layer, "scheme": sch.name,
               "weight_scheme": asdict(ws), "text": text, "tokens": M,
+              "channels": keep, "layer_shape": [N, K],
               "token_ids": ev[0, :M].tolist(), "calibration": calib_text,
               "awq_scaled_inputs": res.input_scale is not None}
     tmp = Path(outdir) / ".source.json.tmp"

@@ -10,7 +10,7 @@ import pytest
 from golden.config import MixPEConfig
 
 from cosim import mixpe
-from cosim.plan import MixPECase, default_plan
+from cosim.plan import MixPECase, default_plan, real_plan
 import shutil
 
 from hdl.mixpe import cycle_model, system_cycle_model
@@ -102,3 +102,56 @@ def test_plan_case_full_size(case, data_root):
     res = mixpe.run_stream(case, data_root=data_root)
     _assert_passed(res)
     assert res["macs"] >= 100_000
+
+
+# --------------------------------------------------------------------------- real layer
+def _real_case(**kw) -> MixPECase:
+    from cosim.plan import REAL_Q_PROJ, RealLayer
+    # 16 of q_proj's 576 output channels, 4 tokens: the make-sim configuration
+    # (same Verilog, so the same cached build) on a slice of its workload
+    return MixPECase(config=REAL_Q_PROJ, m_tiles=1, n_tiles=2, seed=3,
+                     real=RealLayer(layer="layers.0.self_attn.q_proj"), **kw)
+
+
+def test_real_smollm2_layer_bit_exact(data_root):
+    """A real SmolLM2 layer (quantflow's export_real_layer: the scheme's weights,
+    activations captured on Hamlet) through the stream testbench with back-pressure."""
+    import json
+
+    import torch
+
+    from quantflow import load_mixpe
+    from quantflow.export_model import capture_layer_inputs
+    from quantflow.models.loaders import load_model
+
+    case = _real_case(p_idle=0.2, p_stall=0.3)
+    res = mixpe.run_stream(case, data_root=data_root)
+    _assert_passed(res)
+    assert res["macs"] == 4 * 16 * 576
+    rec = mixpe.to_record(case, res)
+    assert rec["passed"] and rec["model"] == "SmolLM2-135M-Instruct"
+    assert rec["layer"] == "layers.0.self_attn.q_proj" and rec["layer_shape"] == [576, 576]
+    assert rec["text"] == "hamlet" and len(rec["token_ids"]) == 4
+
+    # The images are the real layer: golden's integer result, scaled back to
+    # float, approximates the float layer on the same tokens (W4A8 error only).
+    d = mixpe.prepare_data(case, root=data_root)
+    im = load_mixpe(d, case.config)
+    src = json.loads((d / "source.json").read_text())
+    lm = load_model("smollm2", progress=False)
+    X = capture_layer_inputs(lm.model, src["layer"], torch.tensor([src["token_ids"]]))
+    W = lm.model.get_submodule("model." + src["layer"]).weight.detach()[:case.N]
+    y = (X @ W.T).double()
+    yq = im.acc.double() * im.s1.double()[None] * im.s_a.double()[:, None]
+    sqnr = 10 * torch.log10(y.pow(2).sum() / (yq - y).pow(2).sum())
+    assert sqnr > 20, sqnr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", real_plan(),
+                         ids=lambda c: c.name)
+def test_real_plan_case_full_size(case, data_root):
+    """make sim's real SmolLM2 layers, whole (every output channel, 8 tokens)."""
+    res = mixpe.run_stream(case, data_root=data_root)
+    _assert_passed(res)
+    assert res["N"] == 576 and res["macs"] == case.M * 576 * case.config.K

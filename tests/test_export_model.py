@@ -105,6 +105,14 @@ def test_export_real_smollm2_layer(tmp_path):
     src = json.loads((tmp_path / "q" / "source.json").read_text())
     assert src["model"] == "smollm2" and src["layer"] == "layers.0.self_attn.k_proj"
     assert man["source"]["tokens"] == 4 and len(src["token_ids"]) == 4
+    # a slice of the output channels is the full layer's first channels
+    export_real_layer(tmp_path / "s", cfg, layer="layers.0.self_attn.k_proj", tokens=4,
+                      channels=16)
+    part = load_mixpe(tmp_path / "s", cfg)
+    assert torch.equal(part.q, img.q[:16]) and torch.equal(part.acc, img.acc[:, :16])
+    assert json.loads((tmp_path / "s" / "source.json").read_text())["channels"] == 16
+    with pytest.raises(QuantflowError, match="channels=12 must be a multiple of"):
+        export_real_layer(tmp_path / "r", cfg, layer="layers.0.self_attn.k_proj", channels=12)
     with pytest.raises(QuantflowError, match="K=576 in_features but config.K=512"):
         export_real_layer(tmp_path / "r", MixPEConfig(K=512), layer="layers.0.self_attn.k_proj")
     with pytest.raises(QuantflowError, match="no linear layer"):
