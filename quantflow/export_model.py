@@ -86,8 +86,9 @@ def export_quantized(outdir, qm: QuantizedModel, *, cols: int = 8, model_name: s
             c = _layer_config(qw, cols)
             d = tmp / "layers" / n
             d.mkdir(parents=True)
-            code = pack_code_words(qw.q, c)
-            scale = pack_scale_words(qw.s2, qw.z, c)
+            # numpy words (no Python int per word): write_hex formats them vectorised
+            code = pack_code_words(qw.q, c, as_array=True)
+            scale = pack_scale_words(qw.s2, qw.z, c, as_array=True)
             write_hex(d / "code.hex", code, c.code_word_bits)
             write_hex(d / "scale.hex", scale, c.scale_word_bits)
             s2 = qw.s2.numpy().astype(np.uint8)
@@ -148,6 +149,11 @@ def export_quantized(outdir, qm: QuantizedModel, *, cols: int = 8, model_name: s
     return holder[0]
 
 
+def _cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def export_model(model="smollm2", scheme="w4a8kv4-g64", *, out=None, cols: int = 8,
                  calib_text: str = DEFAULT_CALIB, calib_samples: int = 8,
                  calib_length: int = 256, progress: bool = True) -> dict:
@@ -156,6 +162,7 @@ def export_model(model="smollm2", scheme="w4a8kv4-g64", *, out=None, cols: int =
     sch = get_scheme(scheme)
     _need_qoq(sch)
     t0 = time.perf_counter()
+    cpu0 = _cpu_seconds()
     lm = model if isinstance(model, LoadedModel) else load_model(model, progress=progress)
     t1 = time.perf_counter()
     cal = calibration_tokens(lm.tokenizer, text=calib_text, samples=calib_samples,
@@ -172,6 +179,8 @@ def export_model(model="smollm2", scheme="w4a8kv4-g64", *, out=None, cols: int =
     man["timing"] = {"load_s": round(t1 - t0, 2), "quantize_s": round(t2 - t1, 2),
                      "write_s": round(t3 - t2, 2), "quantize_export_s": round(t3 - t1, 2),
                      "total_s": round(t3 - t0, 2),
+                     # CPU seconds of all threads: comparable across machine loads
+                     "cpu_s": round(_cpu_seconds() - cpu0, 2),
                      "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF)
                                           .ru_maxrss / 1024, 1),
                      "torch_threads": torch.get_num_threads()}

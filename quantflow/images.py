@@ -46,18 +46,72 @@ def hex_digits(word_bits: int) -> int:
     return (word_bits + 3) // 4
 
 
+_HEX_CHARS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+_HEX_VALUE = np.full(256, 255, dtype=np.uint8)  # ASCII byte -> nibble, 255: not lowercase hex
+_HEX_VALUE[_HEX_CHARS] = np.arange(16, dtype=np.uint8)
+_NL = ord("\n")
+
+
+def _hex_text(u: np.ndarray, d: int) -> bytes:
+    """uint64 words -> d lowercase hex digits + newline each, as one bytes object
+    (nibbles by shifts, ASCII by table lookup: no Python object per word)."""
+    shifts = np.arange(4 * (d - 1), -1, -4, dtype=np.uint64)
+    nib = ((u[:, None] >> shifts) & np.uint64(0xF)).astype(np.uint8)
+    out = np.empty((u.size, d + 1), dtype=np.uint8)
+    out[:, :d] = _HEX_CHARS[nib]
+    out[:, d] = _NL
+    return out.tobytes()
+
+
 def write_hex(path: Path, words, word_bits: int) -> None:
-    """One word per line, fixed width lowercase hex ($readmemh)."""
+    """One word per line, fixed width lowercase hex ($readmemh). `words`: Python
+    ints or an integer numpy array (quantflow.pack_words_array: fastest)."""
+    from .pack import _words_uint64
     d = hex_digits(word_bits)
-    with open(path, "w", encoding="ascii", newline="\n") as f:
-        for w in words:
+    u = _words_uint64(words, word_bits)
+    if u is not None and d <= 16:
+        text = _hex_text(u, d)
+    else:  # words wider than 64 bits, or a word that does not fit: checked one by one
+        lines = []
+        for w in (words.tolist() if isinstance(words, np.ndarray) else words):
             if w < 0 or w >> word_bits:
                 raise QuantflowError(f"word {w:#x} does not fit {word_bits} bits")
-            f.write(f"{w:0{d}x}\n")
+            lines.append(f"{w:0{d}x}\n")
+        text = "".join(lines).encode("ascii")
+    with open(path, "wb") as f:
+        f.write(text)
+
+
+def _read_hex_fast(path: Path, word_bits: int) -> list[int] | None:
+    """A well-formed file of <= 64-bit words, decoded with numpy; None when any
+    line is irregular (read_hex's line-by-line reader then names the problem)."""
+    d = hex_digits(word_bits)
+    if d > 16:
+        return None
+    data = Path(path).read_bytes()
+    if not data or data[-1] != _NL or len(data) % (d + 1):
+        return None
+    rows = np.frombuffer(data, dtype=np.uint8).reshape(-1, d + 1)
+    if not bool((rows[:, d] == _NL).all()):
+        return None
+    nib = _HEX_VALUE[rows[:, :d]]
+    if bool((nib == 255).any()):
+        return None
+    u = np.zeros(rows.shape[0], dtype=np.uint64)
+    for i in range(d):
+        u = (u << np.uint64(4)) | nib[:, i].astype(np.uint64)
+    if word_bits < 64 and bool((u >> np.uint64(word_bits)).any()):
+        return None
+    return u.tolist()
 
 
 def read_hex(path: Path, word_bits: int, words: int | None = None) -> list[int]:
     d = hex_digits(word_bits)
+    out = _read_hex_fast(path, word_bits)
+    if out is not None:
+        if words is not None and len(out) != words:
+            raise QuantflowError(f"{path}: {len(out)} words, manifest says {words}; {_FIX}")
+        return out
     out = []
     with open(path, encoding="ascii") as f:
         for i, line in enumerate(f.read().splitlines()):

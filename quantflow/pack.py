@@ -23,7 +23,7 @@ from ._check import check_int
 from .errors import QuantflowError
 
 __all__ = [
-    "pack_words", "unpack_words", "pad_to_multiple",
+    "pack_words", "pack_words_array", "unpack_words", "pad_to_multiple",
     "pack_act_words", "unpack_act_words",
     "pack_code_words", "unpack_code_words",
     "pack_scale_words", "unpack_scale_words",
@@ -48,6 +48,13 @@ def pack_words(values, elem_bits: int, elems_per_word: int, *, signed: bool = Fa
     """Pack integers [W, elems_per_word] (or 1-D, length a multiple of
     elems_per_word) into W words, element 0 in the LSBs; signed values two's
     complement. Refuses values that do not fit `elem_bits`."""
+    return pack_words_array(values, elem_bits, elems_per_word, signed=signed).tolist()
+
+
+def pack_words_array(values, elem_bits: int, elems_per_word: int, *,
+                     signed: bool = False) -> np.ndarray:
+    """pack_words as a numpy array: uint64 when a word fits 64 bits (no Python int
+    per word: what write_hex formats fastest), else an object array of ints."""
     elem_bits = check_int("elem_bits", elem_bits, 1)
     elems_per_word = check_int("elems_per_word", elems_per_word, 1)
     v = _to_int64_array("values", values)
@@ -67,12 +74,50 @@ def pack_words(values, elem_bits: int, elems_per_word: int, *, signed: bool = Fa
         raise QuantflowError(f"value {int(v[w, e])} (word {w}, element {e}) does not fit "
                              f"{'signed' if signed else 'unsigned'} {elem_bits} bits "
                              f"[{lo}, {hi}]")
+    return _pack_array(v, elem_bits)
+
+
+def _pack_array(v: np.ndarray, elem_bits: int) -> np.ndarray:
+    """Range-checked int64 elements [W, E] -> words: uint64 when E * elem_bits <= 64
+    (vectorised; what the whole-model export packs), else an object array of
+    Python ints. `.tolist()` of either gives the Python ints of pack_words."""
+    elems_per_word = v.shape[1]
     mask = (1 << elem_bits) - 1
+    if elem_bits * elems_per_word <= 64:
+        u = v.astype(np.uint64) & np.uint64(mask)  # two's complement wraps modulo 2**64
+        words = np.zeros(v.shape[0], dtype=np.uint64)
+        for e in range(elems_per_word):
+            words |= u[:, e] << np.uint64(e * elem_bits)
+        return words
     words = np.zeros(v.shape[0], dtype=object)
     for e in range(elems_per_word):
         # object dtype keeps Python ints: words can be wider than 64 bits
         words += (v[:, e].astype(object) & mask) << (e * elem_bits)
-    return [int(w) for w in words]
+    return words
+
+
+def _words_uint64(words, width: int) -> np.ndarray | None:
+    """`words` as a uint64 array when they are integers that fit `width` <= 64
+    bits, else None (the caller's general path then handles or refuses them)."""
+    if width > 64:
+        return None
+    if isinstance(words, np.ndarray):
+        w = words
+    else:
+        try:
+            w = np.asarray(words if isinstance(words, (list, tuple)) else list(words))
+        except (OverflowError, ValueError, TypeError):
+            return None
+    if w.ndim != 1:
+        return None
+    if w.size == 0:
+        return np.zeros(0, dtype=np.uint64)
+    if w.dtype.kind not in "iu" or (w.dtype.kind == "i" and int(w.min()) < 0):
+        return None
+    w = w.astype(np.uint64, copy=False)
+    if width < 64 and bool((w >> np.uint64(width)).any()):
+        return None
+    return w
 
 
 def unpack_words(words, elem_bits: int, elems_per_word: int, *,
@@ -80,17 +125,27 @@ def unpack_words(words, elem_bits: int, elems_per_word: int, *,
     """Inverse of pack_words -> int64 array [W, elems_per_word]."""
     elem_bits = check_int("elem_bits", elem_bits, 1)
     elems_per_word = check_int("elems_per_word", elems_per_word, 1)
-    w = np.array([int(x) for x in words], dtype=object)
     width = elem_bits * elems_per_word
+    u = _words_uint64(words, width)
+    if u is not None:  # vectorised: every word fits 64 bits
+        mask = np.uint64((1 << elem_bits) - 1)
+        out = np.empty((u.size, elems_per_word), dtype=np.int64)
+        up = np.uint64(64 - elem_bits)
+        for e in range(elems_per_word):
+            col = (u >> np.uint64(e * elem_bits)) & mask
+            # signed: move the element's sign bit to bit 63, shift back arithmetically
+            out[:, e] = ((col << up).view(np.int64) >> (64 - elem_bits)) if signed else col
+        return out
+    w = np.array([int(x) for x in words], dtype=object)
     if w.size and (min(w) < 0 or max(w) >> width):
         raise QuantflowError(f"a word does not fit {width} unsigned bits")
     mask = (1 << elem_bits) - 1
     out = np.zeros((w.size, elems_per_word), dtype=np.int64)
     for e in range(elems_per_word):
-        col = ((w >> (e * elem_bits)) & mask).astype(np.int64)
-        if signed:
+        col = (w >> (e * elem_bits)) & mask
+        if signed:  # in Python ints: 1 << 63 would overflow int64
             col = np.where(col >= 1 << (elem_bits - 1), col - (1 << elem_bits), col)
-        out[:, e] = col
+        out[:, e] = col.astype(np.int64)
     return out
 
 
@@ -146,12 +201,14 @@ def unpack_act_words(words, config: MixPEConfig) -> np.ndarray:
 
 
 # ---- codes: [N, K] -> words (tile_n, k), `cols` codes per word
-def pack_code_words(q, config: MixPEConfig) -> list[int]:
+def pack_code_words(q, config: MixPEConfig, *, as_array: bool = False) -> list[int]:
+    """as_array: the words as a numpy array (pack_words_array) instead of a list."""
     c = _check_cfg(config)
     v = _np2d("q", q, c.K)
     nt = _tiles("N", v.shape[0], c.cols, "weights", "cols")
     elems = v.reshape(nt, c.cols, c.K).transpose(0, 2, 1).reshape(-1, c.cols)
-    return pack_words(elems, c.bits, c.cols)
+    words = pack_words_array(elems, c.bits, c.cols)
+    return words if as_array else words.tolist()
 
 
 def unpack_code_words(words, config: MixPEConfig) -> np.ndarray:
@@ -162,7 +219,8 @@ def unpack_code_words(words, config: MixPEConfig) -> np.ndarray:
 
 
 # ---- scales: s2, z [N, G] -> words (tile_n, group), `cols` (s2, z*s2) pairs per word
-def pack_scale_words(s2, z, config: MixPEConfig) -> list[int]:
+def pack_scale_words(s2, z, config: MixPEConfig, *, as_array: bool = False) -> list[int]:
+    """as_array: the words as a numpy array (pack_words_array) instead of a list."""
     c = _check_cfg(config)
     s2v = _np2d("s2", s2, c.groups)
     zv = _np2d("z", z, c.groups)
@@ -180,7 +238,8 @@ def pack_scale_words(s2, z, config: MixPEConfig) -> list[int]:
     nt = _tiles("N", s2v.shape[0], c.cols, "weights", "cols")
     pairs = s2v | (zs2 << SCALE_BITS)
     elems = pairs.reshape(nt, c.cols, c.groups).transpose(0, 2, 1).reshape(-1, c.cols)
-    return pack_words(elems, 2 * SCALE_BITS, c.cols)
+    words = pack_words_array(elems, 2 * SCALE_BITS, c.cols)
+    return words if as_array else words.tolist()
 
 
 def unpack_scale_words(words, config: MixPEConfig) -> tuple[np.ndarray, np.ndarray]:

@@ -433,3 +433,33 @@ def test_cli_module_entry_point(tmp_path):
     assert r.returncode == 2
     assert "Traceback" not in r.stderr and "non-finite" in r.stderr
     assert r.stderr.count("\n") == 1
+
+
+# ---- vectorised packing / hex (numpy words) against Python-int formatting
+@pytest.mark.parametrize("bits,per_word,signed", [
+    (4, 8, False), (2, 16, False), (3, 5, False), (8, 4, True), (16, 8, False),
+    (32, 2, True), (32, 8, True), (63, 1, True), (63, 2, True), (5, 13, True)])
+def test_vectorised_pack_hex_equal_python_ints(tmp_path, bits, per_word, signed):
+    from quantflow.pack import pack_words_array
+    rng = np.random.default_rng(bits * 100 + per_word)
+    lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+    v = rng.integers(lo, hi, size=(301, per_word), endpoint=True, dtype=np.int64)
+    v[0], v[1] = lo, hi
+    mask = (1 << bits) - 1
+    ref = [sum((int(x) & mask) << (e * bits) for e, x in enumerate(row)) for row in v]
+    width = bits * per_word
+    d = (width + 3) // 4
+    assert qf.pack_words(v, bits, per_word, signed=signed) == ref
+    text = "".join(f"{w:0{d}x}\n" for w in ref).encode()
+    for words in (ref, pack_words_array(v, bits, per_word, signed=signed)):
+        qf.write_hex(tmp_path / "w.hex", words, width)
+        assert (tmp_path / "w.hex").read_bytes() == text
+    assert qf.read_hex(tmp_path / "w.hex", width, len(ref)) == ref
+    assert np.array_equal(qf.unpack_words(ref, bits, per_word, signed=signed), v)
+    # a malformed line still gets the line-by-line reader's error
+    (tmp_path / "w.hex").write_bytes(text[:d + 1] + text[:d - 1].upper() + b"\n")
+    with pytest.raises(qf.QuantflowError, match="line 2"):
+        qf.read_hex(tmp_path / "w.hex", width)
+    with pytest.raises(qf.QuantflowError, match="does not fit"):
+        qf.write_hex(tmp_path / "x.hex", np.array([1 << min(width, 62)]) if width < 62
+                     else [1 << width], width)
