@@ -1,0 +1,243 @@
+"""KV4 decode-attention co-simulation: cases -> quantflow cache images ->
+Verilator (hdl.kv4_attention.KV4Unit) -> records (`block: "kv4_attention"`).
+
+One build per KV4Config serves every case of that config (one simulation runs
+a list of cases: append through the hardware quantizer, decode, bad inputs).
+
+    case = KV4Case(config=..., source="random", T=512, seed=3)
+    res = run_cases(config, [case, ...])
+    rec = to_record(case, case_result)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from golden.kv4_config import KV4Config
+
+from cosim import runner
+from cosim.report import make_record
+
+__all__ = ["KV4Case", "FIXTURE", "REAL_MODEL", "PLAN_CONFIGS", "default_plan", "prepare_data",
+           "unit_build", "run_cases", "to_record", "sim_items", "case_job"]
+
+DATA_ROOT = runner.REPO_ROOT / "build" / "sim" / "data"
+STREAM_TB = "cosim.tb.kv4_stream"
+FIXTURE = runner.REPO_ROOT / "tests" / "fixtures" / "kv4_smollm2_layer10.npz"
+REAL_MODEL = "smollm2"
+
+
+@dataclass(frozen=True, kw_only=True)
+class KV4Case:
+    """One decode step: `source` "random" (seeded K/V with outlier channels and
+    a large first token) or "real" (the SmolLM2 fixture: KV head `kv_head`, the
+    query at position T-1). p_idle / p_stall: random source idle cycles and
+    sink back-pressure (0 = ideal, the cycle model is then enforced)."""
+    config: KV4Config
+    source: str = "random"
+    T: int = 64
+    seed: int = 1
+    kv_head: int = 0
+    p_idle: float = 0.0
+    p_stall: float = 0.0
+    overflow_check: bool = False
+
+    def __post_init__(self):
+        if not isinstance(self.config, KV4Config):
+            raise ValueError(f"config must be a KV4Config, got {type(self.config).__name__}")
+        if self.source not in ("random", "real"):
+            raise ValueError(f"source must be 'random' or 'real', got {self.source!r}")
+        if isinstance(self.T, bool) or not isinstance(self.T, int) or not \
+                1 <= self.T <= self.config.max_t:
+            raise ValueError(f"T must be in [1, max_t={self.config.max_t}], got {self.T!r}")
+        if self.overflow_check and self.T != self.config.max_t:
+            raise ValueError("overflow_check needs a full cache: T == max_t")
+
+    @property
+    def ideal(self) -> bool:
+        return self.p_idle == 0.0 and self.p_stall == 0.0
+
+    @property
+    def macs(self) -> int:
+        """K side and V side: 2 * heads * T * head_dim."""
+        return 2 * self.config.heads * self.T * self.config.head_dim
+
+    @property
+    def name(self) -> str:
+        bp = "ideal" if self.ideal else f"bp{int(self.p_stall * 100)}"
+        src = f"real-{REAL_MODEL}-kvh{self.kv_head}" if self.source == "real" else \
+            f"rand-s{self.seed}"
+        return f"{self.config.name()}_{src}_T{self.T}_{bp}"
+
+
+def _inputs(case: KV4Case):
+    """Float q [heads, D], k, v [T, D] of the case (real: the fixture)."""
+    import torch
+    c = case.config
+    if case.source == "real":
+        from quantflow.capture_attention import load_fixture
+        fx = load_fixture(FIXTURE)
+        meta = fx["meta"]
+        g = meta["q_heads"] // meta["kv_heads"]
+        if c.head_dim != meta["head_dim"] or c.heads != g:
+            raise ValueError(f"the real case needs head_dim={meta['head_dim']} and heads={g}")
+        if case.T > meta["tokens"]:
+            raise ValueError(f"the fixture holds {meta['tokens']} tokens, T={case.T}")
+        # the query at position T-1 (fixture queries cover the last positions)
+        qi = case.T - 1 - meta["query_positions"][0]
+        if qi < 0:
+            raise ValueError(f"the fixture's queries start at {meta['query_positions'][0]}")
+        h = case.kv_head
+        q = fx["q"][h * g:(h + 1) * g, qi]
+        return q, fx["k"][h, :case.T], fx["v"][h, :case.T]
+    g = torch.Generator().manual_seed(case.seed)
+    k = torch.randn(case.T, c.head_dim, generator=g)
+    k[:, :2] *= 8                      # outlier channels, as real K has
+    v = torch.randn(case.T, c.head_dim, generator=g)
+    k[0] *= 3                          # an attention-sink-like first token
+    q = torch.randn(c.heads, c.head_dim, generator=g) * 0.5
+    return q, k, v
+
+
+def prepare_data(case: KV4Case, *, root: Path | None = None) -> Path:
+    """Quantize the case's K/V with golden into a cache image plus case.npz
+    (fixed-point K/V for the append path, q8, C, lsh, T, float q/k/v)."""
+    import numpy as np
+
+    from golden.kv4_attention import append_cache, logit_multiplier, quantize_query, to_fixed
+    from quantflow.kv4_attention import export_kv4_cache
+    c = case.config
+    outdir = Path(root or DATA_ROOT) / case.name
+    q, k, v = _inputs(case)
+    cache = append_cache(k, v, c)
+    q8, s_q = quantize_query(q)
+    C, lsh = zip(*(logit_multiplier(float(s), cache.frac_k, c) for s in s_q))
+    export_kv4_cache(outdir, cache, c)
+    tmp = outdir / ".case.npz.tmp"
+    with open(tmp, "wb") as f:
+        np.savez(f, T=np.int64(case.T), q8=q8.numpy(), C=np.array(C, dtype=np.int64),
+                 lsh=np.array(lsh, dtype=np.int64),
+                 Xk=to_fixed(k, cache.frac_k, c).numpy(), Xv=to_fixed(v, cache.frac_v, c).numpy(),
+                 q=q.numpy(), k=k.numpy(), v=v.numpy(),
+                 frac_out=np.int64(cache.frac_v + c.out_frac))
+    tmp.replace(outdir / "case.npz")
+    return outdir
+
+
+def unit_build(config: KV4Config, *, sim: str | None = None) -> runner.Build:
+    from hdl.generate import kv4_factory, verilog
+    name, factory = kv4_factory(config)
+    return runner.build(verilog(factory(), name), name, sim=sim)
+
+
+def case_job(case: KV4Case, *, root: Path | None = None) -> dict:
+    return {"kind": "decode", "data_dir": str(prepare_data(case, root=root)),
+            "p_idle": case.p_idle, "p_stall": case.p_stall,
+            "overflow_check": case.overflow_check}
+
+
+def run_cases(config: KV4Config, jobs: list[dict], *, build: runner.Build | None = None,
+              seed: int = 1, sim: str | None = None) -> dict:
+    """One simulation of `jobs` (case_job dicts or {"kind": "bad_t", "t": T})."""
+    b = build or unit_build(config, sim=sim)
+    res = runner.run(b, test_module=STREAM_TB,
+                     job={"config": config.as_dict(), "seed": seed, "cases": jobs})
+    res["build_cached"], res["build_seconds"] = b.cached, b.build_seconds
+    return res
+
+
+def cosines(case: KV4Case, out_values, data_dir: Path) -> dict:
+    """Output cosine of the hardware's values vs float attention on the original
+    K/V, and of the float-domain KV4 scheme (float q, dequantized K/V)."""
+    import numpy as np
+    import torch
+
+    from golden.kv4_attention import cosine, float_attention
+    from quantflow.kv4_attention import load_kv4_cache
+    arr = np.load(data_dir / "case.npz")
+    q, k, v = (torch.from_numpy(arr[n]) for n in ("q", "k", "v"))
+    hw = torch.tensor(out_values, dtype=torch.float64) * 2.0 ** -int(arr["frac_out"])
+    ref = float_attention(q, k, v)
+    cache = load_kv4_cache(data_dir, case.config).cache
+    kv4 = float_attention(q, cache.k_dequant(), cache.v_dequant())
+    return {"cosine": round(cosine(hw, ref), 6), "cosine_float_kv4": round(cosine(kv4, ref), 6),
+            "cosine_hw_vs_float_kv4": round(cosine(hw, kv4), 6)}
+
+
+def to_record(case: KV4Case, r: dict, *, sim_seconds: float = 0.0, simulator=None) -> dict:
+    from hdl.kv4_attention import cycle_model
+    from quantflow.kv4_attention import kv_bytes_per_token
+    c = case.config
+    model = cycle_model(c, case.T)
+    extra = {"path": "stream-ideal" if case.ideal else "stream", "case": case.name,
+             "source": case.source, "T": case.T, "simulator": simulator,
+             "model_cycles_ideal": model, "append_cycles": r.get("append_cycles"),
+             "lanes_busy": round(case.T * c.chunks / r["cycles"], 4) if r.get("cycles") else 0.0,
+             "p_idle": case.p_idle, "p_stall": case.p_stall,
+             "kv_bytes_per_token": kv_bytes_per_token(c), "errors": r.get("errors", [])}
+    if case.source == "real":
+        from quantflow.capture_attention import load_fixture
+        meta = load_fixture(FIXTURE)["meta"]
+        extra["model"] = REAL_MODEL
+        extra["real"] = {"model": meta["model_description"], "layer": meta["layer"],
+                         "text": meta["text"], "kv_head": case.kv_head, "query_position": case.T - 1}
+    if r.get("out") and r.get("passed"):
+        extra.update(cosines(case, r["out"], DATA_ROOT / case.name))
+    else:
+        extra["cosine"] = None
+    if case.ideal:
+        extra["expected_cycles"] = model
+    return make_record(
+        block="kv4_attention", test=f"{extra['path']} {case.source} T{case.T}",
+        config=c.as_dict(), passed=bool(r.get("passed")),
+        mismatches=int(r.get("mismatches", 0)), vectors=int(r.get("vectors", 0)),
+        cycles=int(r.get("cycles", 0)), macs=case.macs,
+        peak_macs_per_cycle=c.peak_macs_per_cycle, sim_seconds=float(r.get("sim_seconds", 0.0)),
+        sim_cycles=int(r.get("sim_cycles", 0)), **extra)
+
+
+#: make sim's hardware: SmolLM2's GQA group (head_dim 64, 3 query heads) and head_dim 128.
+PLAN_CONFIGS = (KV4Config(head_dim=64, lanes=16, max_t=4096, heads=3),
+                KV4Config(head_dim=128, lanes=16, max_t=4096, heads=1))
+
+
+def default_plan() -> list[KV4Case]:
+    """Random T from 1 to max_t (ideal and with back-pressure) on both configs,
+    the real SmolLM2 layer (all three KV heads) on the GQA config; the full-cache
+    case also appends one token too many."""
+    a, b = PLAN_CONFIGS
+    plan = []
+    for cfg, seed in ((a, 11), (b, 21)):
+        plan += [KV4Case(config=cfg, T=1, seed=seed),
+                 KV4Case(config=cfg, T=37, seed=seed + 1, p_idle=0.2, p_stall=0.3),
+                 KV4Case(config=cfg, T=512, seed=seed + 2),
+                 KV4Case(config=cfg, T=1000, seed=seed + 3, p_idle=0.1, p_stall=0.3),
+                 KV4Case(config=cfg, T=cfg.max_t, seed=seed + 4, overflow_check=True)]
+    plan += [KV4Case(config=a, source="real", T=512, kv_head=h) for h in range(3)]
+    plan += [KV4Case(config=a, source="real", T=480, kv_head=1, p_idle=0.2, p_stall=0.3)]
+    return plan
+
+
+def _run_item(case: KV4Case, sim: str) -> dict:
+    b = unit_build(case.config, sim=sim)
+    jobs = [case_job(case)]
+    if case.T == 1:  # bad inputs ride along with the shortest case
+        jobs += [{"kind": "bad_t", "t": case.config.max_t + 1}, {"kind": "bad_t", "t": 0}]
+    res = run_cases(case.config, jobs, build=b, seed=case.seed)
+    r = res["cases"][0]
+    if not res.get("passed"):
+        r = {**r, "passed": False, "errors": res.get("errors", [])}
+    rec = to_record(case, r, simulator=res.get("sim"))
+    rec["build_seconds"] = round(b.build_seconds, 1)
+    rec["build_cached"] = b.cached
+    return rec
+
+
+def sim_items(*, sim: str) -> list:
+    from cosim.blocks import SimItem
+    return [SimItem(block="kv4_attention", name=case.name,
+                    path="stream-ideal" if case.ideal else "stream",
+                    config=case.config.as_dict(), macs=case.macs,
+                    peak_macs_per_cycle=case.config.peak_macs_per_cycle,
+                    run=lambda case=case: _run_item(case, sim))
+            for case in default_plan()]

@@ -1,0 +1,571 @@
+"""KV4 decode-attention unit (DESIGN §3.7; QServe, AccLLM) in Amaranth 0.5.
+
+Bit-exact with golden.kv4_attention (its docstring names every step); the
+widths come from golden.kv4_config.KV4Config. Three components:
+
+KV4Quantizer  append path: one token's K and V (fixed point, `chunks` beats of
+              `lanes` values each) -> min/max -> S, zero -> 4-bit codes, emitted
+              as `chunks` cache beats {k: {codes, scale, zero}, v: {...}}.
+KV4Attention  decode core for `heads` query heads sharing one KV head (GQA):
+   cmd   {t, c[heads], lsh[heads]}        one beat per decode step
+   query int8[lanes]                      heads*chunks beats, head-major
+   k, v  {codes[lanes], scale, zero}      T*chunks beats each, token-major;
+                                          scale/zero are read on a token's first beat
+   out   sint(out_bits)[lanes]            heads*chunks beats, head-major
+   error T == 0 or T > max_t on the last cmd (sticky until the next good cmd):
+         the cmd is consumed and nothing else; no wrap-around.
+KV4Unit       both, plus the cache fill counter: an append beyond max_t tokens
+              sets `overflow` and writes nothing (the token's beats are drained).
+
+Core pipeline (x = cycle a K beat transfers):
+  K side, one beat per cycle:  x+1 S1 per-head lane products q8*k4, adder tree;
+     x+2 S2 P += part (token's last beat: P_full);  x+3 S3 dot = P - zk*sumq;
+     x+4 S4 dot*Sk;  x+5 S5 *C;  x+6 S6 l = sat(rshift_round(., lsh));
+     x+7 S7 m, shift, e;  x+8 S8 p = TABLE[e mod 2**lf] >> (e >> lf), d update,
+     push (p, shift) into the token FIFO.
+  V side, one beat per cycle, starts a token when its FIFO entry is there:
+     acc[h][chunk] = rshift_round(acc, shift) + (p*Sv) * v4  (the V zero once per
+     token: wz = rshift_round(wz, shift) + p*Sv*zv).
+  NORM: 15*d normalised (1 cycle), reciprocal by restoring division
+     (recip_bits+2 cycles), then OUT: (acc - wz) * R >> s, saturated, one beat
+     per cycle.
+"""
+from __future__ import annotations
+
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Shape, Signal, signed, unsigned
+from amaranth.lib import data, fifo, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from golden.config import ACT_BITS
+from golden.kv4_config import (C_BITS, CMD_T_BITS, KV_BITS, KV_LEVELS, KV_T_CAP, LSH_BITS,
+                               SHIFT_SAT, KV4Config, exp2_table)
+
+from .stream_utils import tree_sum
+
+__all__ = ["KV4Quantizer", "KV4Attention", "KV4Unit", "cycle_model", "append_cycles",
+           "token_layout", "append_layout", "cache_layout", "cmd_layout", "query_layout",
+           "out_layout", "K_LATENCY", "FIFO_DEPTH", "lanes_busy"]
+
+#: Register stages from a token's last K beat to its (p, shift) entering the FIFO.
+K_LATENCY = 8
+#: Tokens the K side may run ahead of the V side (covers K_LATENCY at one beat per token).
+FIFO_DEPTH = 32
+
+
+def _cfg(config) -> KV4Config:
+    if not isinstance(config, KV4Config):
+        raise TypeError(f"expected a golden.kv4_config.KV4Config, got {type(config).__name__}")
+    return config
+
+
+# --------------------------------------------------------------------------- layouts
+def token_layout(c: KV4Config) -> data.StructLayout:
+    """One cache beat of K or V: `lanes` 4-bit codes, then the token's scale
+    numerator S and zero (LSB first, in this order)."""
+    return data.StructLayout({"codes": data.ArrayLayout(unsigned(KV_BITS), c.lanes),
+                              "scale": unsigned(c.scale_bits), "zero": unsigned(KV_BITS)})
+
+
+def append_layout(c: KV4Config) -> data.StructLayout:
+    return data.StructLayout({"k": data.ArrayLayout(signed(c.x_bits), c.lanes),
+                              "v": data.ArrayLayout(signed(c.x_bits), c.lanes)})
+
+
+def cache_layout(c: KV4Config) -> data.StructLayout:
+    return data.StructLayout({"k": token_layout(c), "v": token_layout(c)})
+
+
+def cmd_layout(c: KV4Config) -> data.StructLayout:
+    return data.StructLayout({"t": unsigned(CMD_T_BITS),
+                              "c": data.ArrayLayout(unsigned(C_BITS), c.heads),
+                              "lsh": data.ArrayLayout(unsigned(LSH_BITS), c.heads)})
+
+
+def query_layout(c: KV4Config) -> data.ArrayLayout:
+    return data.ArrayLayout(signed(ACT_BITS), c.lanes)
+
+
+def out_layout(c: KV4Config) -> data.ArrayLayout:
+    return data.ArrayLayout(signed(c.out_bits), c.lanes)
+
+
+# --------------------------------------------------------------------------- helpers
+def _rshift_round(x, s, width: int):
+    """Round-half-up right shift by a variable s (golden.kv4_attention.rshift_round)."""
+    half = (Const(1, width + 1) << s) >> 1
+    return (x + half) >> s
+
+
+def _wire(m, value, name: str):
+    """A comb signal for a value used more than once: Amaranth does not share
+    common subexpressions, so chained reuse would grow exponentially."""
+    sig = Signal(value.shape(), name=name)
+    m.d.comb += sig.eq(value)
+    return sig
+
+
+def _sat(m, x, bits: int, name: str):
+    x = _wire(m, x, name)
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return Mux(x > hi, hi, Mux(x < lo, lo, x))
+
+
+def _t_of(m, X, S, name: str):
+    """sign(X) * min(round_half_even(15 |X| / S), 16): five restoring-division
+    steps (a quotient >= 16 saturates the code anyway), then the rounding."""
+    neg = X < 0
+    rem = _wire(m, Mux(neg, -X, X).as_unsigned() * KV_LEVELS, f"{name}_a")
+    bits = []
+    for b in reversed(range(KV_T_CAP.bit_length())):
+        ge = _wire(m, rem >= (S << b), f"{name}_ge{b}")
+        rem = _wire(m, Mux(ge, rem - (S << b), rem)[:len(rem)], f"{name}_r{b}")
+        bits.append(ge)
+    q = Cat(*reversed(bits))
+    r2 = rem << 1
+    up = (r2 > S) | ((r2 == S) & q[0])
+    mag = _wire(m, Mux(q >= KV_T_CAP, KV_T_CAP, q + up), f"{name}_mag")
+    return Mux(neg, -mag.as_signed(), mag.as_signed())
+
+
+def _sel(rows, i: int, j):
+    """Lane i of chunk j (a run-time index) of per-chunk, per-lane signals."""
+    if len(rows) == 1:
+        return rows[0][i]
+    return Array(r[i] for r in rows)[j]
+
+
+def _tree(m, vals, op, name: str):
+    """Balanced reduction with every node a comb signal."""
+    vals = list(vals)
+    k = 0
+    while len(vals) > 1:
+        nxt = []
+        for i in range(0, len(vals) - 1, 2):
+            nxt.append(_wire(m, op(vals[i], vals[i + 1]), f"{name}{k}"))
+            k += 1
+        if len(vals) % 2:
+            nxt.append(vals[-1])
+        vals = nxt
+    return vals[0]
+
+
+def _clamp_code(m, x, name: str):
+    x = _wire(m, x, name)
+    return Mux(x < 0, 0, Mux(x > KV_LEVELS, KV_LEVELS, x))
+
+
+# --------------------------------------------------------------------------- append path
+class KV4Quantizer(wiring.Component):
+    """Quantizes one token's K and V per token (golden.kv4_attention.quantize_token).
+
+    Phases: IN (chunks beats buffered, running min/max), SCALE (S), ZERO (zero
+    from min through the lane divider), OUT (chunks cache beats). Per token:
+    2 * chunks + 2 cycles (append_cycles)."""
+
+    def __init__(self, config: KV4Config):
+        self.config = c = _cfg(config)
+        super().__init__({
+            "x": In(stream.Signature(append_layout(c))),
+            "y": Out(stream.Signature(cache_layout(c))),
+        })
+
+    def elaborate(self, platform):
+        c = self.config
+        m = Module()
+        L, X = c.lanes, c.x_bits
+        j = Signal(range(c.chunks))
+        buf = {n: [[Signal(signed(X), name=f"{n}buf{j}_{i}") for i in range(L)]
+                   for j in range(c.chunks)] for n in ("k", "v")}
+        lo = {n: Signal(signed(X), name=f"{n}lo") for n in ("k", "v")}
+        hi = {n: Signal(signed(X), name=f"{n}hi") for n in ("k", "v")}
+        S = {n: Signal(c.scale_bits, name=f"{n}S") for n in ("k", "v")}
+        z = {n: Signal(KV_BITS, name=f"{n}z") for n in ("k", "v")}
+        first = j == 0
+        last = j == c.chunks - 1
+
+        with m.FSM():
+            with m.State("IN"):
+                m.d.comb += self.x.ready.eq(1)
+                with m.If(self.x.valid):
+                    for n in ("k", "v"):
+                        vals = [self.x.payload[n][i] for i in range(L)]
+                        bmin = _tree(m, vals, lambda a, b: Mux(a < b, a, b), f"{n}min")
+                        bmax = _tree(m, vals, lambda a, b: Mux(a > b, a, b), f"{n}max")
+                        m.d.sync += [lo[n].eq(Mux(first | (bmin < lo[n]), bmin, lo[n])),
+                                     hi[n].eq(Mux(first | (bmax > hi[n]), bmax, hi[n]))]
+                        with m.Switch(j):
+                            for jj in range(c.chunks):
+                                with m.Case(jj):
+                                    m.d.sync += [buf[n][jj][i].eq(vals[i]) for i in range(L)]
+                    m.d.sync += j.eq(Mux(last, 0, j + 1))
+                    with m.If(last):
+                        m.next = "SCALE"
+            with m.State("SCALE"):
+                for n in ("k", "v"):
+                    rng = (hi[n] - lo[n]).as_unsigned()
+                    mag = Mux(lo[n] < 0, -lo[n], lo[n]).as_unsigned()
+                    m.d.sync += S[n].eq(Mux(rng != 0, rng,
+                                            Mux(lo[n] != 0, mag * KV_LEVELS, KV_LEVELS)))
+                m.next = "ZERO"
+            with m.State("ZERO"):
+                for n in ("k", "v"):
+                    m.d.sync += z[n].eq(_clamp_code(m, -_t_of(m, lo[n], S[n], f"{n}zt"),
+                                                    f"{n}zc"))
+                m.next = "OUT"
+            with m.State("OUT"):
+                m.d.comb += self.y.valid.eq(1)
+                for n in ("k", "v"):
+                    m.d.comb += [self.y.payload[n].scale.eq(S[n]),
+                                 self.y.payload[n].zero.eq(z[n])]
+                    for i in range(L):
+                        m.d.comb += self.y.payload[n].codes[i].eq(
+                            _clamp_code(m, _t_of(m, _sel(buf[n], i, j), S[n], f"{n}t{i}")
+                                        + z[n], f"{n}c{i}"))
+                with m.If(self.y.ready):
+                    m.d.sync += j.eq(Mux(last, 0, j + 1))
+                    with m.If(last):
+                        m.next = "IN"
+        return m
+
+
+def append_cycles(config: KV4Config, tokens: int) -> int:
+    """Cycles of the append path for `tokens` back-to-back tokens (ideal ends)."""
+    c = _cfg(config)
+    return tokens * (2 * c.chunks + 2)
+
+
+# --------------------------------------------------------------------------- decode core
+class KV4Attention(wiring.Component):
+    """Decode attention for `heads` query heads over T cached tokens (module
+    docstring); `busy` is high from the cmd until the last out beat."""
+
+    def __init__(self, config: KV4Config):
+        self.config = c = _cfg(config)
+        super().__init__({
+            "cmd": In(stream.Signature(cmd_layout(c))),
+            "query": In(stream.Signature(query_layout(c))),
+            "k": In(stream.Signature(token_layout(c))),
+            "v": In(stream.Signature(token_layout(c))),
+            "out": Out(stream.Signature(out_layout(c))),
+            "error": Out(1),
+            "busy": Out(1),
+        })
+
+    def elaborate(self, platform):
+        c = self.config
+        m = Module()
+        H, L, NC = c.heads, c.lanes, c.chunks
+        table = Array(Const(v, c.p_bits) for v in exp2_table(c))
+
+        T = Signal(c.t_bits)
+        cs = [Signal(C_BITS, name=f"c{h}") for h in range(H)]
+        lshs = [Signal(LSH_BITS, name=f"lsh{h}") for h in range(H)]
+        qbuf = [[[Signal(signed(ACT_BITS), name=f"q{h}_{j}_{i}") for i in range(L)]
+                 for j in range(NC)] for h in range(H)]
+        sumq = [Signal(signed(c.sumq_bits), name=f"sumq{h}") for h in range(H)]
+        acc = [[[Signal(c.acc_bits, name=f"acc{h}_{j}_{i}") for i in range(L)]
+                for j in range(NC)] for h in range(H)]
+        wz = [Signal(c.acc_bits, name=f"wz{h}") for h in range(H)]
+        d = [Signal(c.d_bits, name=f"d{h}") for h in range(H)]
+        mx = [Signal(signed(c.max_bits), name=f"m{h}") for h in range(H)]
+
+        run = Signal()
+        m.d.comb += self.busy.eq(run)
+
+        # ---------------- K side
+        kj = Signal(range(NC))
+        kt = Signal(c.t_bits)
+        ahead = Signal(range(FIFO_DEPTH + 1))
+        k_first = kj == 0
+        k_last = kj == NC - 1
+        k_go = Signal()
+        m.d.comb += [self.k.ready.eq(run & (kt < T) & (~k_first | (ahead < FIFO_DEPTH))),
+                     k_go.eq(self.k.valid & self.k.ready)]
+        with m.If(k_go):
+            m.d.sync += kj.eq(Mux(k_last, 0, kj + 1))
+            with m.If(k_last):
+                m.d.sync += kt.eq(kt + 1)
+        # S1: lane products and the adder tree per head
+        part_shape = signed(ACT_BITS + KV_BITS + 1 + (L - 1).bit_length())
+        s1_v, s1_first, s1_last = Signal(), Signal(), Signal()
+        s1_part = [Signal(part_shape, name=f"s1_part{h}") for h in range(H)]
+        hold_s, hold_z = Signal(c.scale_bits), Signal(KV_BITS)
+        m.d.sync += [s1_v.eq(k_go), s1_first.eq(k_first), s1_last.eq(k_last)]
+        with m.If(k_go & k_first):
+            m.d.sync += [hold_s.eq(self.k.payload.scale), hold_z.eq(self.k.payload.zero)]
+        for h in range(H):
+            prods = [_sel(qbuf[h], i, kj) * self.k.payload.codes[i] for i in range(L)]
+            m.d.sync += s1_part[h].eq(tree_sum(prods))
+        # S2: accumulate over the token's beats
+        P = [Signal(signed(c.dot_bits), name=f"P{h}") for h in range(H)]
+        s2_v = Signal()
+        s2_P = [Signal(signed(c.dot_bits), name=f"s2_P{h}") for h in range(H)]
+        s2_s, s2_z = Signal(c.scale_bits), Signal(KV_BITS)
+        m.d.sync += s2_v.eq(s1_v & s1_last)
+        for h in range(H):
+            tot = Mux(s1_first, 0, P[h]) + s1_part[h]
+            with m.If(s1_v):
+                m.d.sync += P[h].eq(tot)
+                with m.If(s1_last):
+                    m.d.sync += s2_P[h].eq(tot)
+        with m.If(s1_v & s1_last):
+            m.d.sync += [s2_s.eq(hold_s), s2_z.eq(hold_z)]
+        # S3: dot = P - zk * sumq
+        s3_v = Signal()
+        s3_dot = [Signal(signed(c.dot_bits), name=f"s3_dot{h}") for h in range(H)]
+        s3_s = Signal(c.scale_bits)
+        m.d.sync += [s3_v.eq(s2_v), s3_s.eq(s2_s)]
+        for h in range(H):
+            m.d.sync += s3_dot[h].eq(s2_P[h] - s2_z * sumq[h])
+        # S4: dot * Sk ; S5: * C ; S6: logit
+        s4_v, s5_v, s6_v = Signal(), Signal(), Signal()
+        s4 = [Signal(signed(c.dot_bits + c.scale_bits + 1), name=f"s4_{h}") for h in range(H)]
+        s5 = [Signal(signed(c.prod_bits + 1), name=f"s5_{h}") for h in range(H)]
+        s6 = [Signal(signed(c.logit_bits), name=f"s6_l{h}") for h in range(H)]
+        m.d.sync += [s4_v.eq(s3_v), s5_v.eq(s4_v), s6_v.eq(s5_v)]
+        for h in range(H):
+            m.d.sync += [s4[h].eq(s3_dot[h] * s3_s),
+                         s5[h].eq(s4[h] * cs[h]),
+                         s6[h].eq(_sat(m, _rshift_round(s5[h], lshs[h], 64), c.logit_bits,
+                                       f"l{h}"))]
+        # S7: running max, shift, e
+        s7_v = Signal()
+        ft = Signal()           # the next token reaching S7 is the first
+        e_shape = unsigned(c.logit_bits + 2)
+        s7_e = [Signal(e_shape, name=f"s7_e{h}") for h in range(H)]
+        s7_sh = [Signal(range(SHIFT_SAT + 1), name=f"s7_sh{h}") for h in range(H)]
+        m.d.sync += s7_v.eq(s6_v)
+        with m.If(s6_v):
+            m.d.sync += ft.eq(0)
+        for h in range(H):
+            lf = c.logit_frac
+            ce = _wire(m, (s6[h] + ((1 << lf) - 1)) >> lf, f"ce{h}")
+            mn = _wire(m, Mux(ft | (ce > mx[h]), ce, mx[h]), f"mn{h}")
+            diff = _wire(m, (mn - mx[h]).as_unsigned(), f"mdiff{h}")
+            with m.If(s6_v):
+                m.d.sync += [mx[h].eq(mn),
+                             s7_e[h].eq(((mn << lf) - s6[h]).as_unsigned()),
+                             s7_sh[h].eq(Mux(ft, 0, Mux(diff > SHIFT_SAT, SHIFT_SAT, diff)))]
+        # S8: p from the table and a shift, d update, FIFO push
+        tf = fifo.SyncFIFO(width=H * (c.p_bits + 6), depth=FIFO_DEPTH)
+        m.submodules.tfifo = tf
+        pushed = []
+        for h in range(H):
+            lf = c.logit_frac
+            ei = _wire(m, s7_e[h] >> lf, f"ei{h}")
+            ef = s7_e[h][:lf]
+            p = Mux(ei >= SHIFT_SAT, 0, _rshift_round(table[ef], ei[:6], c.p_bits))[:c.p_bits]
+            ps = Signal(c.p_bits, name=f"s8_p{h}")
+            m.d.comb += ps.eq(p)
+            with m.If(s7_v):
+                m.d.sync += d[h].eq(_rshift_round(d[h], s7_sh[h], c.d_bits) + ps)
+            pushed += [ps, s7_sh[h]]
+        m.d.comb += [tf.w_en.eq(s7_v), tf.w_data.eq(Cat(*pushed))]
+
+        # ---------------- V side
+        vj = Signal(range(NC))
+        vt = Signal(c.t_bits)
+        v_first = vj == 0
+        v_last = vj == NC - 1
+        v_go = Signal()
+        m.d.comb += [self.v.ready.eq(run & (vt < T) & (~v_first | tf.r_rdy)),
+                     v_go.eq(self.v.valid & self.v.ready),
+                     tf.r_en.eq(v_go & v_first)]
+        w_reg = [Signal(c.w_bits, name=f"w{h}") for h in range(H)]
+        s_reg = [Signal(6, name=f"vsh{h}") for h in range(H)]
+        with m.If(v_go):
+            m.d.sync += vj.eq(Mux(v_last, 0, vj + 1))
+            with m.If(v_last):
+                m.d.sync += vt.eq(vt + 1)
+        for h in range(H):
+            base = h * (c.p_bits + 6)
+            fp = tf.r_data[base:base + c.p_bits]
+            fs = tf.r_data[base + c.p_bits:base + c.p_bits + 6]
+            w = Signal(c.w_bits, name=f"wcur{h}")
+            sh = Signal(6, name=f"shcur{h}")
+            m.d.comb += [w.eq(Mux(v_first, fp * self.v.payload.scale, w_reg[h])),
+                         sh.eq(Mux(v_first, fs, s_reg[h]))]
+            with m.If(v_go & v_first):
+                m.d.sync += [w_reg[h].eq(w), s_reg[h].eq(sh),
+                             wz[h].eq(_rshift_round(wz[h], sh, c.acc_bits)
+                                      + w * self.v.payload.zero)]
+            new = [Signal(c.acc_bits, name=f"accnew{h}_{i}") for i in range(L)]
+            for i in range(L):
+                m.d.comb += new[i].eq(_rshift_round(_sel(acc[h], i, vj), sh, c.acc_bits)
+                                      + w * self.v.payload.codes[i])
+            with m.If(v_go):
+                with m.Switch(vj):
+                    for j in range(NC):
+                        with m.Case(j):
+                            m.d.sync += [acc[h][j][i].eq(new[i]) for i in range(L)]
+        with m.If(k_go & k_first & ~(v_go & v_last)):
+            m.d.sync += ahead.eq(ahead + 1)
+        with m.Elif(~(k_go & k_first) & v_go & v_last):
+            m.d.sync += ahead.eq(ahead - 1)
+
+        # ---------------- control, query load, normalisation, output
+        qh = Signal(range(H))
+        qj = Signal(range(NC))
+        qb = Signal(range(H * NC))
+        dn = [Signal(c.dd_bits, name=f"dn{h}") for h in range(H)]
+        osh = [Signal(range(c.dd_bits + c.recip_bits + 1), name=f"osh{h}") for h in range(H)]
+        rem = [Signal(c.dd_bits + 1, name=f"rem{h}") for h in range(H)]
+        R = [Signal(c.recip_width, name=f"R{h}") for h in range(H)]
+        step = Signal(range(c.recip_width + 1))
+        oh = Signal(range(H))
+        oj = Signal(range(NC))
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += self.cmd.ready.eq(1)
+                with m.If(self.cmd.valid):
+                    t = self.cmd.payload.t
+                    with m.If((t == 0) | (t > c.max_t)):
+                        m.d.sync += self.error.eq(1)
+                    with m.Else():
+                        m.d.sync += [self.error.eq(0), T.eq(t), run.eq(0),
+                                     qh.eq(0), qj.eq(0), qb.eq(0), kj.eq(0), kt.eq(0), vj.eq(0),
+                                     vt.eq(0), ahead.eq(0), ft.eq(1)]
+                        for h in range(H):
+                            m.d.sync += [cs[h].eq(self.cmd.payload.c[h]),
+                                         lshs[h].eq(self.cmd.payload.lsh[h]), sumq[h].eq(0),
+                                         wz[h].eq(0), d[h].eq(0)]
+                            for j in range(c.chunks):
+                                m.d.sync += [acc[h][j][i].eq(0) for i in range(L)]
+                        m.next = "QUERY"
+            with m.State("QUERY"):
+                m.d.comb += self.query.ready.eq(1)
+                with m.If(self.query.valid):
+                    beat_sum = tree_sum(self.query.payload[i] for i in range(L))
+                    with m.Switch(qb):
+                        for h in range(H):
+                            for j in range(NC):
+                                with m.Case(h * NC + j):
+                                    m.d.sync += [qbuf[h][j][i].eq(self.query.payload[i])
+                                                 for i in range(L)]
+                                    m.d.sync += sumq[h].eq(sumq[h] + beat_sum)
+                    m.d.sync += qb.eq(qb + 1)
+                    m.d.sync += qj.eq(Mux(qj == NC - 1, 0, qj + 1))
+                    with m.If(qj == NC - 1):
+                        m.d.sync += qh.eq(qh + 1)
+                        with m.If(qh == H - 1):
+                            m.d.sync += run.eq(1)
+                            m.next = "RUN"
+            with m.State("RUN"):
+                with m.If(vt == T):
+                    m.d.sync += run.eq(0)
+                    m.next = "NORM"
+            with m.State("NORM"):
+                for h in range(H):
+                    dd = d[h] * KV_LEVELS
+                    bl = Signal(range(c.dd_bits + 1), name=f"bl{h}")
+                    for b in range(c.dd_bits):
+                        with m.If(dd[b]):
+                            m.d.comb += bl.eq(b + 1)
+                    sd = Signal(range(c.dd_bits + 1), name=f"sd{h}")
+                    m.d.comb += sd.eq(c.dd_bits - bl)
+                    m.d.sync += [dn[h].eq(dd << sd),
+                                 osh[h].eq(c.dd_bits - 1 + c.recip_bits - c.out_frac - sd),
+                                 rem[h].eq(1 << (c.dd_bits - 3)), R[h].eq(0)]
+                m.d.sync += step.eq(0)
+                m.next = "DIV"
+            with m.State("DIV"):
+                for h in range(H):
+                    r2 = rem[h] << 1
+                    ge = _wire(m, r2 >= dn[h], f"dge{h}")
+                    m.d.sync += [rem[h].eq(Mux(ge, r2 - dn[h], r2)), R[h].eq(Cat(ge, R[h]))]
+                m.d.sync += step.eq(step + 1)
+                with m.If(step == c.recip_width - 1):
+                    m.d.sync += [oh.eq(0), oj.eq(0)]
+                    m.next = "OUT"
+            with m.State("OUT"):
+                m.d.comb += self.out.valid.eq(1)
+                for i in range(L):
+                    sel = None
+                    for h in range(H):
+                        diff = _sel(acc[h], i, oj) - wz[h]
+                        y = _sat(m, _rshift_round(diff * R[h], osh[h],
+                                                  c.acc_bits + c.recip_width + 2),
+                                 c.out_bits, f"y{h}_{i}")
+                        sel = y if sel is None else Mux(oh == h, y, sel)
+                    m.d.comb += self.out.payload[i].eq(sel)
+                with m.If(self.out.ready):
+                    m.d.sync += oj.eq(Mux(oj == NC - 1, 0, oj + 1))
+                    with m.If(oj == NC - 1):
+                        m.d.sync += oh.eq(oh + 1)
+                        with m.If(oh == H - 1):
+                            m.next = "IDLE"
+        return m
+
+
+def cycle_model(config: KV4Config, T: int) -> int:
+    """Cycles from the cmd transfer to the last out transfer for one decode step
+    with ideal sources and sink (docs/kv4_attention.md):
+      2 (cmd, RUN -> NORM) + heads*chunks (query) + T*chunks (K beats)
+      + chunks (the last token's V beats) + K_LATENCY + recip_width (NORM + DIV)
+      + heads*chunks (out)."""
+    c = _cfg(config)
+    if not isinstance(T, int) or T < 1 or T > c.max_t:
+        raise ValueError(f"T must be in [1, {c.max_t}], got {T!r}")
+    nc = c.chunks
+    return 2 + 2 * c.heads * nc + (T + 1) * nc + K_LATENCY + c.recip_width
+
+
+def lanes_busy(config: KV4Config, T: int) -> float:
+    """Share of cycles in which the K and V lanes take a beat: T*chunks / cycles."""
+    return T * config.chunks / cycle_model(config, T)
+
+
+# --------------------------------------------------------------------------- top
+class KV4Unit(wiring.Component):
+    """KV4Attention + KV4Quantizer + the cache fill counter (module docstring).
+    `cache_clear` (one cycle) empties the count and clears `overflow`."""
+
+    def __init__(self, config: KV4Config):
+        self.config = c = _cfg(config)
+        super().__init__({
+            "cmd": In(stream.Signature(cmd_layout(c))),
+            "query": In(stream.Signature(query_layout(c))),
+            "k": In(stream.Signature(token_layout(c))),
+            "v": In(stream.Signature(token_layout(c))),
+            "out": Out(stream.Signature(out_layout(c))),
+            "append": In(stream.Signature(append_layout(c))),
+            "cache": Out(stream.Signature(cache_layout(c))),
+            "cache_clear": In(1),
+            "count": Out(c.t_bits),
+            "overflow": Out(1),
+            "error": Out(1),
+            "busy": Out(1),
+        })
+
+    def elaborate(self, platform):
+        c = self.config
+        m = Module()
+        m.submodules.core = core = KV4Attention(c)
+        m.submodules.quant = qz = KV4Quantizer(c)
+        for n in ("cmd", "query", "k", "v"):
+            wiring.connect(m, wiring.flipped(getattr(self, n)), getattr(core, n))
+        wiring.connect(m, core.out, wiring.flipped(self.out))
+        m.d.comb += [self.error.eq(core.error), self.busy.eq(core.busy)]
+
+        # append: a token that would exceed max_t is drained without output
+        j = Signal(range(c.chunks))
+        drop = Signal()
+        full = self.count == c.max_t
+        start = j == 0
+        dropping = Mux(start, full, drop)
+        m.d.comb += [qz.x.payload.eq(self.append.payload),
+                     qz.x.valid.eq(self.append.valid & ~dropping),
+                     self.append.ready.eq(Mux(dropping, 1, qz.x.ready))]
+        with m.If(self.append.valid & self.append.ready):
+            m.d.sync += [j.eq(Mux(j == c.chunks - 1, 0, j + 1)), drop.eq(dropping)]
+            with m.If(dropping):
+                m.d.sync += self.overflow.eq(1)
+        wiring.connect(m, qz.y, wiring.flipped(self.cache))
+        oj = Signal(range(c.chunks))
+        with m.If(qz.y.valid & qz.y.ready):
+            m.d.sync += oj.eq(Mux(oj == c.chunks - 1, 0, oj + 1))
+            with m.If(oj == c.chunks - 1):
+                m.d.sync += self.count.eq(self.count + 1)
+        with m.If(self.cache_clear):
+            m.d.sync += [self.count.eq(0), self.overflow.eq(0)]
+        return m
