@@ -24,6 +24,7 @@ BLOCKS: dict[str, str] = {
     "lut": "cosim.lut",
     "pim": "cosim.pim",
     "sparse_dsp": "cosim.sparse_dsp",
+    "kv4_attention": "cosim.kv4_attention",
 }
 
 
