@@ -98,7 +98,22 @@ def default_designs() -> list[tuple[str, Callable]]:
         *_lut_designs(),
         *_sparse_dsp_designs(),
         *_pim_designs(),
+        *_kv4_designs(),
     ]
+
+
+def kv4_factory(config) -> tuple[str, Callable]:
+    """(name, zero-argument factory) of the KV4 attention unit (hdl.kv4_attention.KV4Unit:
+    decode core + append quantizer) for a golden.kv4_config.KV4Config."""
+    from .kv4_attention import KV4Unit
+    return config.name(), (lambda: KV4Unit(config))
+
+
+def _kv4_designs() -> list[tuple[str, Callable]]:
+    """KV4 attention units: SmolLM2's GQA group (head_dim 64, 3 heads) and head_dim 128."""
+    from golden.kv4_config import KV4Config
+    return [kv4_factory(KV4Config(head_dim=64, lanes=16, max_t=4096, heads=3)),
+            kv4_factory(KV4Config(head_dim=128, lanes=16, max_t=4096, heads=1))]
 
 
 def _pim_designs() -> list[tuple[str, Callable]]:
