@@ -148,11 +148,12 @@ def run_cases(config: KV4Config, jobs: list[dict], *, build: runner.Build | None
 
 def cosines(case: KV4Case, out_values, data_dir: Path) -> dict:
     """Output cosine of the hardware's values vs float attention on the original
-    K/V, and of the float-domain KV4 scheme (float q, dequantized K/V)."""
+    K/V, and of the float-domain KV4 scheme (dequantized K/V; float q, and the
+    same INT8 q the hardware reads)."""
     import numpy as np
     import torch
 
-    from golden.kv4_attention import cosine, float_attention
+    from golden.kv4_attention import cosine, float_attention, quantize_query
     from quantflow.kv4_attention import load_kv4_cache
     arr = np.load(data_dir / "case.npz")
     q, k, v = (torch.from_numpy(arr[n]) for n in ("q", "k", "v"))
@@ -160,8 +161,11 @@ def cosines(case: KV4Case, out_values, data_dir: Path) -> dict:
     ref = float_attention(q, k, v)
     cache = load_kv4_cache(data_dir, case.config).cache
     kv4 = float_attention(q, cache.k_dequant(), cache.v_dequant())
+    q8, s_q = quantize_query(q)
+    kv4q = float_attention(q8.double() * s_q.unsqueeze(-1), cache.k_dequant(), cache.v_dequant())
     return {"cosine": round(cosine(hw, ref), 6), "cosine_float_kv4": round(cosine(kv4, ref), 6),
-            "cosine_hw_vs_float_kv4": round(cosine(hw, kv4), 6)}
+            "cosine_float_kv4_q8": round(cosine(kv4q, ref), 6),
+            "cosine_hw_vs_float_kv4_q8": round(cosine(hw, kv4q), 6)}
 
 
 def to_record(case: KV4Case, r: dict, *, sim_seconds: float = 0.0, simulator=None) -> dict:

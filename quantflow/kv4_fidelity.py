@@ -15,6 +15,7 @@ Variants (the KV quantizer is quantflow.fakequant.quantize_kv, DESIGN §3.7):
   hadamard+v     + V rotated too (inverse after P.V)
   hadamard+v+sink4       + the first 4 tokens kept at full precision
   hadamard+v+sink4-int8  + the first 4 tokens at 8 bits instead
+  hadamard+v+sink4+fraczero  + QServe's fractional zero
 With --fixed-point, the chosen hardware scheme (hadamard+v+sink4-int8 K/V through
 golden.kv4_attention's bit-exact pipeline, INT8 queries) is measured as well
 (slow: a few minutes).
@@ -34,7 +35,7 @@ from .fakequant import fake_quant_kv, hadamard, smooth_attention_lambdas
 __all__ = ["VARIANTS", "attention_cosine", "measure", "summarise", "main"]
 
 VARIANTS = ("kv4", "kv4-fraczero", "smooth", "hadamard", "smooth+hadamard", "hadamard+v",
-            "hadamard+v+sink4", "hadamard+v+sink4-int8")
+            "hadamard+v+sink4", "hadamard+v+sink4-int8", "hadamard+v+sink4+fraczero")
 
 
 def _attend(q, k, v, positions):
@@ -149,10 +150,11 @@ def main(argv=None) -> int:
     ap.add_argument("--tokens", type=int, default=512)
     ap.add_argument("--queries", type=int, default=64)
     ap.add_argument("--fixed-point", action="store_true")
+    ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--out", default="build/kv4_fidelity.json")
     a = ap.parse_args(argv)
     r = measure(model_name=a.model, tokens=a.tokens, queries=a.queries,
-                fixed_point=a.fixed_point)
+                fixed_point=a.fixed_point, variants=tuple(a.variants.split(",")))
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(r, indent=1))
     for v, s in r["summary"].items():
