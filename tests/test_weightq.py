@@ -278,3 +278,15 @@ def test_llama_qoq_gptq_results_are_golden_format():
         assert torch.equal(r.w_fake, w8.float() * r.qoq.s1.float().unsqueeze(1)), name
         lin = m.get_submodule(name)
         assert torch.equal(lin.weight.data, r.w_fake), name
+
+
+def test_gptq_generalises_to_held_out_tokens_with_few_calibration_tokens():
+    # Few calibration tokens for K (as a K=1536 down_proj with 2048 tokens): the
+    # default damping must keep GPTQ better than plain rounding on *unseen* tokens
+    # of the same distribution, not only on the calibration set it fitted.
+    W, X = _layer(N=48, K=256, T=4096 + 320, seed=11, outliers=False)
+    Xc, Xh = X[:320], X[320:]
+    cal = Calibration.from_activations(Xc)
+    rtn = quantize_weight(W, scheme=Scheme(clip_search=True), calib=cal)
+    gq = quantize_weight(W, scheme=Scheme(clip_search=True, gptq=True), calib=cal)
+    assert _out_err(W, gq.w_fake, Xh) < _out_err(W, rtn.w_fake, Xh)
