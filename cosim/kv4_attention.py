@@ -168,7 +168,7 @@ def cosines(case: KV4Case, out_values, data_dir: Path) -> dict:
             "cosine_hw_vs_float_kv4_q8": round(cosine(hw, kv4q), 6)}
 
 
-def to_record(case: KV4Case, r: dict, *, sim_seconds: float = 0.0, simulator=None) -> dict:
+def to_record(case: KV4Case, r: dict, *, simulator=None, data_root: Path | None = None) -> dict:
     from hdl.kv4_attention import cycle_model
     from quantflow.kv4_attention import kv_bytes_per_token
     c = case.config
@@ -186,7 +186,7 @@ def to_record(case: KV4Case, r: dict, *, sim_seconds: float = 0.0, simulator=Non
         extra["real"] = {"model": meta["model_description"], "layer": meta["layer"],
                          "text": meta["text"], "kv_head": case.kv_head, "query_position": case.T - 1}
     if r.get("out") and r.get("passed"):
-        extra.update(cosines(case, r["out"], DATA_ROOT / case.name))
+        extra.update(cosines(case, r["out"], Path(data_root or DATA_ROOT) / case.name))
     else:
         extra["cosine"] = None
     if case.ideal:
