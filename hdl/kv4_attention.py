@@ -90,10 +90,39 @@ def out_layout(c: KV4Config) -> data.ArrayLayout:
 
 
 # --------------------------------------------------------------------------- helpers
-def _rshift_round(x, s, width: int):
-    """Round-half-up right shift by a variable s (golden.kv4_attention.rshift_round)."""
-    half = (Const(1, width + 1) << s) >> 1
+def _zx(m, x, width: int, name: str = "zx"):
+    """x zero-extended to `width` bits in a named signal: Verilator's lint flags
+    implicit widening of unsigned operands (WIDTHEXPAND), and Amaranth folds a
+    Cat with zeros back into implicit widening."""
+    if len(x) >= width:
+        return x
+    sig = Signal(width, name=name)
+    m.d.comb += sig.eq(x)
+    return sig
+
+
+def _rshift_round(m, x, s, name: str = "rsh"):
+    """Round-half-up right shift by a variable s (golden.kv4_attention.rshift_round),
+    both addends the same width. Signed x is first widened so that the half LSB
+    2**(s-1) fits for every s; for unsigned x a half beyond x's width is 0,
+    which gives the same result (x < 2**len(x) <= 2**(s-1))."""
+    smax = (1 << len(s)) - 1
+    if x.shape().signed:
+        w = max(len(x), smax + 1) + 1
+        half = Signal(signed(w), name=f"{name}_half")
+        xs = Signal(signed(w), name=f"{name}_x")
+        m.d.comb += [half.eq(((Const(1, w) << s) >> 1)[:w - 1]), xs.eq(x)]
+        return (xs + half) >> s
+    w = len(x)
+    half = Signal(w, name=f"{name}_half")
+    m.d.comb += half.eq(((Const(1, w + 1) << s) >> 1)[:w])
     return (x + half) >> s
+
+
+def _uadd(m, a, b, name: str = "add"):
+    """Unsigned a + b with both operands explicitly the same width."""
+    w = max(len(a), len(b))
+    return _zx(m, a, w, f"{name}_a") + _zx(m, b, w, f"{name}_b")
 
 
 def _wire(m, value, name: str):
@@ -114,17 +143,45 @@ def _t_of(m, X, S, name: str):
     """sign(X) * min(round_half_even(15 |X| / S), 16): five restoring-division
     steps (a quotient >= 16 saturates the code anyway), then the rounding."""
     neg = X < 0
-    rem = _wire(m, Mux(neg, -X, X).as_unsigned() * KV_LEVELS, f"{name}_a")
+    nb = KV_T_CAP.bit_length()
+    a = Mux(neg, -X, X).as_unsigned() * KV_LEVELS
+    w = max(len(a), len(S) + nb - 1) + 1
+    rem = _zx(m, a, w, f"{name}_a")
     bits = []
-    for b in reversed(range(KV_T_CAP.bit_length())):
-        ge = _wire(m, rem >= (S << b), f"{name}_ge{b}")
-        rem = _wire(m, Mux(ge, rem - (S << b), rem)[:len(rem)], f"{name}_r{b}")
+    for b in reversed(range(nb)):
+        sb = _zx(m, S << b, w, f"{name}_s{b}")
+        ge = _wire(m, rem >= sb, f"{name}_ge{b}")
+        rem = _wire(m, Mux(ge, rem - sb, rem)[:w], f"{name}_r{b}")
         bits.append(ge)
     q = Cat(*reversed(bits))
-    r2 = rem << 1
-    up = (r2 > S) | ((r2 == S) & q[0])
+    r2 = Cat(Const(0, 1), rem)
+    r2 = _zx(m, r2, w + 1, f"{name}_r2")
+    s2 = _zx(m, S, w + 1, f"{name}_sw")
+    up = (r2 > s2) | ((r2 == s2) & q[0])
     mag = _wire(m, Mux(q >= KV_T_CAP, KV_T_CAP, q + up), f"{name}_mag")
     return Mux(neg, -mag.as_signed(), mag.as_signed())
+
+
+class _FSM:
+    """A state register with one `If` per state: Amaranth's m.FSM emits a
+    `casez` that Verilator's lint flags as incomplete (CASEINCOMPLETE)."""
+
+    def __init__(self, m, states, name: str):
+        self.m = m
+        self.codes = {n: i for i, n in enumerate(states)}
+        self.reg = Signal(range(len(states)), name=name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def state(self, name: str):
+        return self.m.If(self.reg == self.codes[name])
+
+    def next(self, name: str) -> None:
+        self.m.d.sync += self.reg.eq(self.codes[name])
 
 
 def _sel(rows, i: int, j):
@@ -183,8 +240,8 @@ class KV4Quantizer(wiring.Component):
         first = j == 0
         last = j == c.chunks - 1
 
-        with m.FSM():
-            with m.State("IN"):
+        with _FSM(m, ("IN", "SCALE", "ZERO", "OUT"), "qstate") as fsm:
+            with fsm.state("IN"):
                 m.d.comb += self.x.ready.eq(1)
                 with m.If(self.x.valid):
                     for n in ("k", "v"):
@@ -193,26 +250,26 @@ class KV4Quantizer(wiring.Component):
                         bmax = _tree(m, vals, lambda a, b: Mux(a > b, a, b), f"{n}max")
                         m.d.sync += [lo[n].eq(Mux(first | (bmin < lo[n]), bmin, lo[n])),
                                      hi[n].eq(Mux(first | (bmax > hi[n]), bmax, hi[n]))]
-                        with m.Switch(j):
+                        if True:  # one If per chunk: no case statement
                             for jj in range(c.chunks):
-                                with m.Case(jj):
+                                with m.If(j == jj):
                                     m.d.sync += [buf[n][jj][i].eq(vals[i]) for i in range(L)]
                     m.d.sync += j.eq(Mux(last, 0, j + 1))
                     with m.If(last):
-                        m.next = "SCALE"
-            with m.State("SCALE"):
+                        fsm.next("SCALE")
+            with fsm.state("SCALE"):
                 for n in ("k", "v"):
                     rng = (hi[n] - lo[n]).as_unsigned()
                     mag = Mux(lo[n] < 0, -lo[n], lo[n]).as_unsigned()
                     m.d.sync += S[n].eq(Mux(rng != 0, rng,
                                             Mux(lo[n] != 0, mag * KV_LEVELS, KV_LEVELS)))
-                m.next = "ZERO"
-            with m.State("ZERO"):
+                fsm.next("ZERO")
+            with fsm.state("ZERO"):
                 for n in ("k", "v"):
                     m.d.sync += z[n].eq(_clamp_code(m, -_t_of(m, lo[n], S[n], f"{n}zt"),
                                                     f"{n}zc"))
-                m.next = "OUT"
-            with m.State("OUT"):
+                fsm.next("OUT")
+            with fsm.state("OUT"):
                 m.d.comb += self.y.valid.eq(1)
                 for n in ("k", "v"):
                     m.d.comb += [self.y.payload[n].scale.eq(S[n]),
@@ -224,7 +281,7 @@ class KV4Quantizer(wiring.Component):
                 with m.If(self.y.ready):
                     m.d.sync += j.eq(Mux(last, 0, j + 1))
                     with m.If(last):
-                        m.next = "IN"
+                        fsm.next("IN")
         return m
 
 
@@ -326,7 +383,7 @@ class KV4Attention(wiring.Component):
         for h in range(H):
             m.d.sync += [s4[h].eq(s3_dot[h] * s3_s),
                          s5[h].eq(s4[h] * cs[h]),
-                         s6[h].eq(_sat(m, _rshift_round(s5[h], lshs[h], 64), c.logit_bits,
+                         s6[h].eq(_sat(m, _rshift_round(m, s5[h], lshs[h], f"lr{h}"), c.logit_bits,
                                        f"l{h}"))]
         # S7: running max, shift, e
         s7_v = Signal()
@@ -354,11 +411,12 @@ class KV4Attention(wiring.Component):
             lf = c.logit_frac
             ei = _wire(m, s7_e[h] >> lf, f"ei{h}")
             ef = s7_e[h][:lf]
-            p = Mux(ei >= SHIFT_SAT, 0, _rshift_round(table[ef], ei[:6], c.p_bits))[:c.p_bits]
+            p = Mux(ei >= SHIFT_SAT, 0, _rshift_round(m, table[ef], ei[:6], f"pr{h}"))[:c.p_bits]
             ps = Signal(c.p_bits, name=f"s8_p{h}")
             m.d.comb += ps.eq(p)
             with m.If(s7_v):
-                m.d.sync += d[h].eq(_rshift_round(d[h], s7_sh[h], c.d_bits) + ps)
+                m.d.sync += d[h].eq(_uadd(m, _rshift_round(m, d[h], s7_sh[h], f"dr{h}"), ps,
+                                          f"du{h}"))
             pushed += [ps, s7_sh[h]]
         m.d.comb += [tf.w_en.eq(s7_v), tf.w_data.eq(Cat(*pushed))]
 
@@ -387,16 +445,17 @@ class KV4Attention(wiring.Component):
                          sh.eq(Mux(v_first, fs, s_reg[h]))]
             with m.If(v_go & v_first):
                 m.d.sync += [w_reg[h].eq(w), s_reg[h].eq(sh),
-                             wz[h].eq(_rshift_round(wz[h], sh, c.acc_bits)
-                                      + w * self.v.payload.zero)]
+                             wz[h].eq(_uadd(m, _rshift_round(m, wz[h], sh, f"wzr{h}"),
+                                            w * self.v.payload.zero, f"wzu{h}"))]
             new = [Signal(c.acc_bits, name=f"accnew{h}_{i}") for i in range(L)]
             for i in range(L):
-                m.d.comb += new[i].eq(_rshift_round(_sel(acc[h], i, vj), sh, c.acc_bits)
-                                      + w * self.v.payload.codes[i])
+                m.d.comb += new[i].eq(_uadd(m, _rshift_round(m, _sel(acc[h], i, vj), sh,
+                                                          f"ar{h}_{i}"),
+                                            w * self.v.payload.codes[i], f"au{h}_{i}"))
             with m.If(v_go):
-                with m.Switch(vj):
+                if True:  # one If per chunk: no case statement
                     for j in range(NC):
-                        with m.Case(j):
+                        with m.If(vj == j):
                             m.d.sync += [acc[h][j][i].eq(new[i]) for i in range(L)]
         with m.If(k_go & k_first & ~(v_go & v_last)):
             m.d.sync += ahead.eq(ahead + 1)
@@ -404,7 +463,7 @@ class KV4Attention(wiring.Component):
             m.d.sync += ahead.eq(ahead - 1)
 
         # ---------------- control, query load, normalisation, output
-        qh = Signal(range(H))
+        qh = Signal(range(max(H, 2)))
         qj = Signal(range(NC))
         qb = Signal(range(H * NC))
         dn = [Signal(c.dd_bits, name=f"dn{h}") for h in range(H)]
@@ -412,10 +471,10 @@ class KV4Attention(wiring.Component):
         rem = [Signal(c.dd_bits + 1, name=f"rem{h}") for h in range(H)]
         R = [Signal(c.recip_width, name=f"R{h}") for h in range(H)]
         step = Signal(range(c.recip_width + 1))
-        oh = Signal(range(H))
+        oh = Signal(range(max(H, 2)))
         oj = Signal(range(NC))
-        with m.FSM():
-            with m.State("IDLE"):
+        with _FSM(m, ("IDLE", "QUERY", "RUN", "NORM", "DIV", "OUT"), "state") as fsm:
+            with fsm.state("IDLE"):
                 m.d.comb += self.cmd.ready.eq(1)
                 with m.If(self.cmd.valid):
                     t = self.cmd.payload.t
@@ -431,15 +490,15 @@ class KV4Attention(wiring.Component):
                                          wz[h].eq(0), d[h].eq(0)]
                             for j in range(c.chunks):
                                 m.d.sync += [acc[h][j][i].eq(0) for i in range(L)]
-                        m.next = "QUERY"
-            with m.State("QUERY"):
+                        fsm.next("QUERY")
+            with fsm.state("QUERY"):
                 m.d.comb += self.query.ready.eq(1)
                 with m.If(self.query.valid):
                     beat_sum = tree_sum(self.query.payload[i] for i in range(L))
-                    with m.Switch(qb):
+                    if True:  # one If per beat: no case statement
                         for h in range(H):
                             for j in range(NC):
-                                with m.Case(h * NC + j):
+                                with m.If(qb == h * NC + j):
                                     m.d.sync += [qbuf[h][j][i].eq(self.query.payload[i])
                                                  for i in range(L)]
                                     m.d.sync += sumq[h].eq(sumq[h] + beat_sum)
@@ -449,12 +508,12 @@ class KV4Attention(wiring.Component):
                         m.d.sync += qh.eq(qh + 1)
                         with m.If(qh == H - 1):
                             m.d.sync += run.eq(1)
-                            m.next = "RUN"
-            with m.State("RUN"):
+                            fsm.next("RUN")
+            with fsm.state("RUN"):
                 with m.If(vt == T):
                     m.d.sync += run.eq(0)
-                    m.next = "NORM"
-            with m.State("NORM"):
+                    fsm.next("NORM")
+            with fsm.state("NORM"):
                 for h in range(H):
                     dd = d[h] * KV_LEVELS
                     bl = Signal(range(c.dd_bits + 1), name=f"bl{h}")
@@ -463,28 +522,31 @@ class KV4Attention(wiring.Component):
                             m.d.comb += bl.eq(b + 1)
                     sd = Signal(range(c.dd_bits + 1), name=f"sd{h}")
                     m.d.comb += sd.eq(c.dd_bits - bl)
-                    m.d.sync += [dn[h].eq(dd << sd),
-                                 osh[h].eq(c.dd_bits - 1 + c.recip_bits - c.out_frac - sd),
+                    top = c.dd_bits - 1 + c.recip_bits - c.out_frac
+                    m.d.sync += [dn[h].eq((_zx(m, dd, len(dd) + (1 << len(sd)) - 1, f"ddw{h}") << sd)
+                                          [:c.dd_bits]),
+                                 osh[h].eq(Const(top, len(osh[h])) - _zx(m, sd, len(osh[h]), f"sdw{h}")),
                                  rem[h].eq(1 << (c.dd_bits - 3)), R[h].eq(0)]
                 m.d.sync += step.eq(0)
-                m.next = "DIV"
-            with m.State("DIV"):
+                fsm.next("DIV")
+            with fsm.state("DIV"):
                 for h in range(H):
-                    r2 = rem[h] << 1
-                    ge = _wire(m, r2 >= dn[h], f"dge{h}")
-                    m.d.sync += [rem[h].eq(Mux(ge, r2 - dn[h], r2)), R[h].eq(Cat(ge, R[h]))]
+                    r2 = Cat(Const(0, 1), rem[h])
+                    r2 = _zx(m, r2, len(r2), f"dr2{h}")
+                    dnw = _zx(m, dn[h], len(r2), f"dnw{h}")
+                    ge = _wire(m, r2 >= dnw, f"dge{h}")
+                    m.d.sync += [rem[h].eq(Mux(ge, r2 - dnw, r2)), R[h].eq(Cat(ge, R[h]))]
                 m.d.sync += step.eq(step + 1)
                 with m.If(step == c.recip_width - 1):
                     m.d.sync += [oh.eq(0), oj.eq(0)]
-                    m.next = "OUT"
-            with m.State("OUT"):
+                    fsm.next("OUT")
+            with fsm.state("OUT"):
                 m.d.comb += self.out.valid.eq(1)
                 for i in range(L):
                     sel = None
                     for h in range(H):
                         diff = _sel(acc[h], i, oj) - wz[h]
-                        y = _sat(m, _rshift_round(diff * R[h], osh[h],
-                                                  c.acc_bits + c.recip_width + 2),
+                        y = _sat(m, _rshift_round(m, diff * R[h], osh[h], f"yr{h}_{i}"),
                                  c.out_bits, f"y{h}_{i}")
                         sel = y if sel is None else Mux(oh == h, y, sel)
                     m.d.comb += self.out.payload[i].eq(sel)
@@ -493,7 +555,7 @@ class KV4Attention(wiring.Component):
                     with m.If(oj == NC - 1):
                         m.d.sync += oh.eq(oh + 1)
                         with m.If(oh == H - 1):
-                            m.next = "IDLE"
+                            fsm.next("IDLE")
         return m
 
 
