@@ -86,3 +86,63 @@ def dsp_mapping(config: SparseDSPConfig, *, family: str = "xcup",
     if cache is not None:
         _atomic_write_text(cache, json.dumps(out, indent=1))
     return out
+
+
+def dense_chain(config: SparseDSPConfig):
+    """Baseline: the same DSP groups fed directly (no sparse multiplexer, no W4A8
+    zero point), i.e. a plain dense DSP48 cascade of L stages."""
+    from amaranth.hdl import Module
+    from amaranth.lib import wiring
+    from amaranth.lib.wiring import In, Out
+    from amaranth.lib import data
+    from amaranth.hdl import signed
+
+    from golden.config import ACT_BITS
+    from golden.sparse_dsp_config import DSP_ACC_BITS
+    from hdl.sparse_dsp import B_BITS, DSPGroup
+
+    class DenseChain(wiring.Component):
+        def __init__(self):
+            super().__init__({
+                "en": In(1),
+                "a": In(data.ArrayLayout(signed(ACT_BITS), config.L)),
+                "b": In(data.ArrayLayout(signed(B_BITS), config.L)),
+                "p": Out(data.ArrayLayout(signed(DSP_ACC_BITS), config.n_groups))})
+
+        def elaborate(self, platform):
+            m = Module()
+            gl = config.group_len
+            for g in range(config.n_groups):
+                grp = DSPGroup(gl)
+                m.submodules[f"group{g}"] = grp
+                m.d.comb += [grp.en.eq(self.en), self.p[g].eq(grp.p)]
+                m.d.comb += [grp.a[j].eq(self.a[g * gl + j]) for j in range(gl)]
+                m.d.comb += [grp.b[j].eq(self.b[g * gl + j]) for j in range(gl)]
+            return m
+
+    return DenseChain()
+
+
+def resource_table(configs=(SparseDSPConfig(L=8, group_len=4, K=512, qgroup=64),
+                            SparseDSPConfig(L=16, group_len=4, K=1024, qgroup=64))) -> str:
+    """Markdown table: dense DSP chain vs sparse chain (mux + DSPs) vs the whole
+    stream block, Yosys xcup counts, dense-equivalent MACs/cycle per DSP."""
+    from golden.sparse_dsp_config import PATTERN_NAMES
+    from hdl.sparse_dsp import SparseDSP, SparseDSPChain
+
+    from .resources import estimate
+    lines = ["| design | L | LUT | LUTRAM | FF | DSP48E2 | dense-eq. MACs/cycle "
+             "(dense / 2:4 / 1:4 / 2:8 / 4:8) | MACs/cycle per DSP |",
+             "|---|---|---|---|---|---|---|---|"]
+    for cfg in configs:
+        peaks = [cfg.peak_macs_per_cycle(p) for p in PATTERN_NAMES]
+        rows = [("dense DSP chain (baseline)", dense_chain(cfg), f"dense_chain_l{cfg.L}",
+                 [cfg.L]),
+                ("sparse chain (mux + DSPs)", SparseDSPChain(cfg), f"{cfg.name()}_chain", peaks),
+                ("SparseDSP stream block", SparseDSP(cfg), cfg.name(), peaks)]
+        for label, comp, top, pk in rows:
+            r = estimate(comp, top)
+            per = " / ".join(f"{p / r.dsp:.2f}" for p in pk)
+            lines.append(f"| {label} | {cfg.L} | {r.lut} | {r.lutram} | {r.ff} | {r.dsp} | "
+                         f"{' / '.join(str(p) for p in pk)} | {per} |")
+    return "\n".join(lines)
