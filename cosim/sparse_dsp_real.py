@@ -3,8 +3,8 @@ layer 0 q_proj (576 x 576), 2:4 Wanda-pruned with the activations it sees on the
 calibration text, QoQ W4A8 (g64), against real activations of the evaluation
 text, through a K=576 chain (8 DSPs, one 8-stage dot product per tile).
 
-Present only when the model has been prepared (`make models`; build/models/
-smollm2): make sim never downloads anything.
+Like MixPE's real-layer runs, it prepares the model (build/models/smollm2,
+as `make models`) when it is missing, so a fresh clone's `make sim` has it.
 """
 from __future__ import annotations
 
@@ -22,11 +22,6 @@ REAL_MODE = TileMode(pattern="2:4", mode="w4a8", span=2)
 REAL_LAYER = "model.layers.0.self_attn.q_proj"
 REAL_ROWS = 48      # output channels of q_proj (the first 48)
 REAL_TOKENS = 8     # activation rows: 48 x 8 tiles x 288 kept MACs = 110,592
-
-
-def _model_ready() -> bool:
-    from quantflow.models.loaders import models_dir
-    return (models_dir() / "smollm2" / "model.safetensors").is_file()
 
 
 def prepare_real(root: Path | None = None) -> Path:
@@ -82,8 +77,6 @@ def _run(sim: str) -> dict:
 
 def real_items(*, sim: str) -> list:
     from cosim.blocks import SimItem
-    if not _model_ready():
-        return []
     case = SparseDSPCase(config=REAL_CONFIG, mode=REAL_MODE, rows=REAL_ROWS, ma=REAL_TOKENS)
     return [SimItem(block="sparse_dsp", name="sparse_dsp_smollm2_l0_q_proj_2of4_w4a8",
                     path="stream", config=case.record_config(), macs=case.macs,
