@@ -161,6 +161,25 @@ def _write_dir_atomically(outdir: Path, fill) -> None:
         raise
 
 
+def write_image_dir(outdir, fill) -> dict:
+    """Write an image directory atomically (every block's exporter uses this):
+    `fill(tmp)` writes the data files into the temporary directory and returns
+    the manifest without checksums; the sha256 of every file is added and
+    manifest.json written last, then the directory is renamed into place."""
+    holder: list[dict] = []
+
+    def _fill(tmp: Path) -> None:
+        manifest = fill(tmp)
+        manifest["sha256"] = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
+        with open(tmp / MANIFEST, "w", encoding="utf-8") as f:
+            json.dump(manifest, f, indent=2, sort_keys=True)
+            f.write("\n")
+        holder.append(manifest)
+
+    _write_dir_atomically(Path(outdir), _fill)
+    return holder[0]
+
+
 def _check_config(config) -> MixPEConfig:
     if not isinstance(config, MixPEConfig):
         raise QuantflowError(f"config must be a MixPEConfig, got {type(config).__name__}")
@@ -232,7 +251,6 @@ def write_mixpe_images(outdir, config: MixPEConfig, *, weights: QoQWeights, a, s
     }
 
     def fill(tmp: Path) -> dict:
-        files = {}
         tensors = {}
         for name, d in desc.items():
             write_hex(tmp / f"{name}.hex", words[name], d["word_bits"])
@@ -247,8 +265,6 @@ def write_mixpe_images(outdir, config: MixPEConfig, *, weights: QoQWeights, a, s
             np.save(tmp / f"{name}.npy", arr, allow_pickle=False)
             sides[name] = dict(npy=f"{name}.npy", shape=list(arr.shape),
                                dtype=str(arr.dtype), meaning=meaning)
-        for p in sorted(tmp.iterdir()):
-            files[p.name] = _sha256(p)
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -266,16 +282,10 @@ def write_mixpe_images(outdir, config: MixPEConfig, *, weights: QoQWeights, a, s
             },
             "tensors": tensors,
             "side": sides,
-            "sha256": files,
         }
-        with open(tmp / MANIFEST, "w", encoding="utf-8") as f:
-            json.dump(manifest, f, indent=2, sort_keys=True)
-            f.write("\n")
-        holder.append(manifest)
+        return manifest
 
-    holder: list[dict] = []
-    _write_dir_atomically(Path(outdir), fill)
-    return holder[0]
+    return write_image_dir(outdir, fill)
 
 
 def export_mixpe(outdir, config: MixPEConfig, W, X) -> dict:

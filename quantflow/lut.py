@@ -13,7 +13,6 @@ loader asked for another format or configuration refuses it.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,8 +25,8 @@ from golden.lut_config import LUT_K_CHUNK, LUT_PLANE_BITS, LUTConfig, LUTMode
 
 from ._check import as_float_tensor
 from .errors import QuantflowError
-from .images import (MANIFEST, _sha256, _write_dir_atomically, hex_digits, read_hex,
-                     read_manifest, write_hex)
+from .images import (MANIFEST, hex_digits, read_hex, read_manifest, write_hex,
+                     write_image_dir)
 from .pack import pack_words, unpack_words
 from .qoq import QoQWeights, quantize_act, quantize_qoq
 
@@ -251,9 +250,7 @@ def write_lut_images(outdir, config: LUTConfig, mode, *, weights: QoQWeights, a,
     side = {"s1": (weights.s1.numpy().astype(np.float16), "per-channel fp16 scale [N]"),
             "s_a": (s_a.numpy().astype(np.float32), "per-token float32 scale [M]"),
             "s2": (s2, "integer group scale [N, G]"), "z": (z, "integer zero point [N, G]")}
-    holder: list[dict] = []
-
-    def fill(tmp: Path) -> None:
+    def fill(tmp: Path) -> dict:
         tensors, sides = {}, {}
         for name, d in desc.items():
             write_hex(tmp / f"{name}.hex", words[name], d["word_bits"])
@@ -279,15 +276,10 @@ def write_lut_images(outdir, config: LUTConfig, mode, *, weights: QoQWeights, a,
                 "activations": {"scheme": "per-token-symmetric-int8", "qmax": ACT_QMAX,
                                 "s_a_dtype": "float32", "rounding": "half-even"}},
             "tensors": tensors, "side": sides,
-            "sha256": {p.name: _sha256(p) for p in sorted(tmp.iterdir())},
         }
-        with open(tmp / MANIFEST, "w", encoding="utf-8") as f:
-            json.dump(manifest, f, indent=2, sort_keys=True)
-            f.write("\n")
-        holder.append(manifest)
+        return manifest
 
-    _write_dir_atomically(Path(outdir), fill)
-    return holder[0]
+    return write_image_dir(outdir, fill)
 
 
 def export_lut(outdir, config: LUTConfig, mode, W, X) -> dict:

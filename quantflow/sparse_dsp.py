@@ -16,7 +16,6 @@ tile ctrl beat, K/window act+weight beats, one scale beat per quantization group
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,8 +28,8 @@ from golden.sparse_dsp_config import (W4_BITS, W8_QMAX, SparseDSPConfig, TileMod
 
 from ._check import as_float_tensor
 from .errors import QuantflowError
-from .images import MANIFEST, _sha256, _write_dir_atomically, hex_digits, read_hex, \
-    read_manifest, write_hex
+from .images import (MANIFEST, hex_digits, read_hex, read_manifest, write_hex,
+                     write_image_dir)
 from .pack import pack_words
 from .prune import compress, prune
 from .qoq import quantize_act, quantize_qoq
@@ -218,9 +217,7 @@ def write_sparse_dsp_images(outdir, config: SparseDSPConfig, *, layer: SparseLay
     paired = {"ctrl": "ctrl", "act": "act", "weight": "values", "scale": "s2",
               "result": "result"}
 
-    holder: list[dict] = []
-
-    def fill(tmp: Path) -> None:
+    def fill(tmp: Path) -> dict:
         for name, arr_ in arrays.items():
             np.save(tmp / f"{name}.npy", arr_, allow_pickle=False)
         tensors = {}
@@ -248,15 +245,10 @@ def write_sparse_dsp_images(outdir, config: SparseDSPConfig, *, layer: SparseLay
                 "rounding": "half-even"},
             "provenance": provenance or {},
             "tensors": tensors, "side": side,
-            "sha256": {p.name: _sha256(p) for p in sorted(tmp.iterdir())},
         }
-        with open(tmp / MANIFEST, "w", encoding="utf-8") as f:
-            json.dump(manifest, f, indent=2, sort_keys=True)
-            f.write("\n")
-        holder.append(manifest)
+        return manifest
 
-    _write_dir_atomically(Path(outdir), fill)
-    return holder[0]
+    return write_image_dir(outdir, fill)
 
 
 def export_sparse_dsp(outdir, config: SparseDSPConfig, W, X, *, mode: TileMode,
