@@ -155,3 +155,14 @@ def test_real_plan_case_full_size(case, data_root):
     res = mixpe.run_stream(case, data_root=data_root)
     _assert_passed(res)
     assert res["N"] == 576 and res["macs"] == case.M * 576 * case.config.K
+
+
+def test_fast_path_with_clock_inside_the_model(data_root):
+    """The bench's faster variant (clock toggled inside the Verilator model):
+    same results and the same cycle count as the cocotb-clocked fast path."""
+    config = MixPEConfig(bits=4, group=64, rows=2, cols=4, K=256)
+    case = MixPECase(config=config, m_tiles=2, n_tiles=2, seed=9)
+    b = mixpe.system_build(config, max_m_tiles=2, max_n_tiles=2, clock="hdl")
+    res = mixpe.run_fast(case, build=b, clock_impl="hdl", data_root=data_root)
+    _assert_passed(res)
+    assert res["cycles"] == system_cycle_model(config, case.m_tiles, case.n_tiles)

@@ -14,64 +14,30 @@ from __future__ import annotations
 
 import cocotb
 from cocotb.clock import Clock
-from cocotb.triggers import First, ReadOnly, RisingEdge, Timer
+from cocotb.triggers import ReadOnly, RisingEdge
 
 from cosim.runner import read_job, write_result
 from cosim.tb.mixpe_common import Stopwatch, describe_mismatch, job_seed, load_case
 from cosim.tb.streams import Scoreboard
+from cosim.tb.system import CLK_PERIOD_NS, PreloadedSystemTB
 
 # The memory-select codes of MixPESystem's load port.
 from hdl.mixpe import LOAD_ACT, LOAD_CODE, LOAD_SCALE
 
-CLK_PERIOD_NS = 2
 
 
-class MixPESystemTB:
+class MixPESystemTB(PreloadedSystemTB):
     """`clock`: "gpi" -- cocotb drives `clk` from its C layer (Clock(impl="gpi"));
     "hdl" -- the toplevel is a wrapper whose clock toggles inside the model
     (Verilator --timing) and is visible as `clk_o`; Python never touches it."""
 
     def __init__(self, dut, clock: str = "gpi"):
-        self.dut = dut
-        self.clk = dut.clk_o if clock == "hdl" else dut.clk
-
-    async def reset(self):
-        d = self.dut
-        d.rst.value = 1
-        d.start.value = 0
-        d.load_en.value = 0
-        for _ in range(3):
-            await RisingEdge(self.clk)
-        d.rst.value = 0
-        await RisingEdge(self.clk)
-
-    async def load(self, sel: int, words: list[int]) -> None:
-        d = self.dut
-        d.load_sel.value = sel
-        d.load_en.value = 1
-        for addr, w in enumerate(words):
-            d.load_addr.value = addr
-            d.load_data.value = w
-            await RisingEdge(self.clk)
-        d.load_en.value = 0
+        super().__init__(dut, dut.clk_o if clock == "hdl" else dut.clk)
 
     async def start_and_wait(self, m_tiles: int, n_tiles: int, max_cycles: int) -> tuple[int, float]:
         """Pulse start; await done. Returns (DUT cycle counter, wall seconds)."""
-        d = self.dut
-        d.m_tiles.value = m_tiles
-        d.n_tiles.value = n_tiles
-        d.start.value = 1
-        await RisingEdge(self.clk)
-        d.start.value = 0
-        sw = Stopwatch()
-        # Only `done` (and a timeout timer) are awaited: the clock toggles in C.
-        timeout = Timer(max_cycles * CLK_PERIOD_NS, unit="ns")
-        fired = await First(RisingEdge(d.done), timeout)
-        secs = sw.seconds()
-        if fired is timeout:
-            raise TimeoutError(f"MixPESystem did not raise done within {max_cycles} cycles")
-        await ReadOnly()
-        return int(d.cycles.value), secs
+        secs = await self.start_and_await_done(max_cycles, m_tiles=m_tiles, n_tiles=n_tiles)
+        return int(self.dut.cycles.value), secs
 
 
 @cocotb.test()

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import cocotb
 from cocotb.clock import Clock
-from cocotb.triggers import First, ReadOnly, RisingEdge, Timer
+from cocotb.triggers import ReadOnly, RisingEdge
 
 from cosim.runner import read_job, write_result
 from cosim.tb.mixpe_common import Stopwatch
+from cosim.tb.system import CLK_PERIOD_NS, PreloadedSystemTB
 
-CLK_PERIOD_NS = 2
 
 
 def _pack(layout, **fields) -> int:
@@ -32,47 +32,14 @@ def _pack(layout, **fields) -> int:
     return word
 
 
-class PIMSystemTB:
+class PIMSystemTB(PreloadedSystemTB):
     def __init__(self, dut, config):
-        self.dut = dut
+        super().__init__(dut)
         self.cfg = config
 
-    async def reset(self):
-        d = self.dut
-        d.rst.value = 1
-        d.start.value = 0
-        d.load_en.value = 0
-        for _ in range(3):
-            await RisingEdge(d.clk)
-        d.rst.value = 0
-        await RisingEdge(d.clk)
-
-    async def load(self, sel: int, words) -> None:
-        d = self.dut
-        d.load_sel.value = sel
-        d.load_en.value = 1
-        for addr, w in enumerate(words):
-            d.load_addr.value = addr
-            d.load_data.value = w
-            await RisingEdge(d.clk)
-        d.load_en.value = 0
-
     async def run(self, n_mem, n_job, n_vec, max_cycles):
-        d = self.dut
-        d.n_mem.value = n_mem
-        d.n_job.value = n_job
-        d.n_vec.value = n_vec
-        d.start.value = 1
-        await RisingEdge(d.clk)
-        d.start.value = 0
-        sw = Stopwatch()
-        timeout = Timer(max_cycles * CLK_PERIOD_NS, unit="ns")
-        fired = await First(RisingEdge(d.done), timeout)
-        secs = sw.seconds()
-        if fired is timeout:
-            raise TimeoutError(f"PIMSystem did not raise done within {max_cycles} cycles")
-        await ReadOnly()
-        return secs
+        return await self.start_and_await_done(max_cycles, n_mem=n_mem, n_job=n_job,
+                                               n_vec=n_vec)
 
     async def read_out(self, sel: int, n: int) -> list[int]:
         d = self.dut
