@@ -153,30 +153,35 @@ def cosines(case: KV4Case, out_values, data_dir: Path) -> dict:
     import numpy as np
     import torch
 
-    from golden.kv4_attention import cosine, float_attention, quantize_query
+    from golden.kv4_attention import (cosine, effective_query, float_attention,
+                                      quantize_query, scheme_kv)
     from quantflow.kv4_attention import load_kv4_cache
     arr = np.load(data_dir / "case.npz")
     q, k, v = (torch.from_numpy(arr[n]) for n in ("q", "k", "v"))
     hw = torch.tensor(out_values, dtype=torch.float64) * 2.0 ** -int(arr["frac_out"])
     ref = float_attention(q, k, v)
     cache = load_kv4_cache(data_dir, case.config).cache
-    kv4 = float_attention(q, cache.k_dequant(), cache.v_dequant())
+    kd, vd = scheme_kv(cache, case.T, case.config)     # 4-bit, the recent tokens at 8 bits
+    kv4 = float_attention(q, kd, vd)
     q8, s_q = quantize_query(q)
-    kv4q = float_attention(q8.double() * s_q.unsqueeze(-1), cache.k_dequant(), cache.v_dequant())
+    kv4q = float_attention(q8.double() * s_q.unsqueeze(-1), kd, vd)
+    # the float query the K side really multiplies (rotated, power-of-two requantized)
+    hwq = float_attention(effective_query(q8, s_q, case.config), kd, vd)
     return {"cosine": round(cosine(hw, ref), 6), "cosine_float_kv4": round(cosine(kv4, ref), 6),
             "cosine_float_kv4_q8": round(cosine(kv4q, ref), 6),
-            "cosine_hw_vs_float_kv4_q8": round(cosine(hw, kv4q), 6)}
+            "cosine_hw_vs_float_kv4_q8": round(cosine(hw, kv4q), 6),
+            "cosine_hw_vs_float_scheme": round(cosine(hw, hwq), 6)}
 
 
 def to_record(case: KV4Case, r: dict, *, simulator=None, data_root: Path | None = None) -> dict:
-    from hdl.kv4_attention import cycle_model
+    from hdl.kv4_attention import cycle_model, k_beats
     from quantflow.kv4_attention import kv_bytes_per_token
     c = case.config
     model = cycle_model(c, case.T)
     extra = {"path": "stream-ideal" if case.ideal else "stream", "case": case.name,
              "source": case.source, "T": case.T, "simulator": simulator,
              "model_cycles_ideal": model, "append_cycles": r.get("append_cycles"),
-             "lanes_busy": round(case.T * c.chunks / r["cycles"], 4) if r.get("cycles") else 0.0,
+             "lanes_busy": round(k_beats(c, case.T) / r["cycles"], 4) if r.get("cycles") else 0.0,
              "p_idle": case.p_idle, "p_stall": case.p_stall,
              "kv_bytes_per_token": kv_bytes_per_token(c), "errors": r.get("errors", [])}
     if case.source == "real":
@@ -227,6 +232,8 @@ def _run_item(case: KV4Case, sim: str) -> dict:
     jobs = [case_job(case)]
     if case.T == 1:  # bad inputs ride along with the shortest case
         jobs += [{"kind": "bad_t", "t": case.config.max_t + 1}, {"kind": "bad_t", "t": 0}]
+        if case.config.min_lsh:
+            jobs.append({"kind": "bad_t", "t": 1, "lsh": case.config.min_lsh - 1})
     res = run_cases(case.config, jobs, build=b, seed=case.seed)
     r = res["cases"][0]
     if not res.get("passed"):

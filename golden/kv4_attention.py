@@ -4,27 +4,36 @@ step of hdl.kv4_attention, bit for bit, plus the float references.
 Number formats and steps (widths from golden.kv4_config.KV4Config; the names
 below are the ones docs/kv4_attention.md and the RTL use):
 
-KV append (per token, per KV head; `quantize_token`):
+KV append (per token, per KV head; `append_cache`):
   X  signed x_bits fixed point, X = clamp(round_half_even(x * 2**frac)) (`to_fixed`)
+  K only, with config.rotate: Xk = rshift_round(fwht(X), rot_shift)   (k_bits wide)
+     fwht = log2(D) constant-geometry butterfly stages, exact integers (`fwht`)
   lo, hi = min X, max X;  S = hi - lo  (or 15*|lo| for a constant token, 15 if all 0)
-  scale = S * 2**-frac / 15  (exact: S is the stored scale numerator)
-  t(X)  = sign(X) * min(round_half_even(15 |X| / S), 16)     (exact rational rounding)
-  zero  = clamp(-t(lo), 0, 15);   code = clamp(t(X) + zero, 0, 15)
+  for levels L = 15 (4-bit codes) and L = 240 (8-bit codes, the recent window):
+    scale = S * 2**-frac / L   (exact: S is the stored scale numerator, shared)
+    t(X)  = sign(X) * min(round_half_even(L |X| / S), L + 1)   (exact rational rounding)
+    zero  = clamp(-t(lo), 0, L);   code = clamp(t(X) + zero, 0, L)
   which is DESIGN §3.7's zero = clamp(round(-min/scale)), code = clamp(round(x/scale)+zero).
 
 Decode (one query vector per head of a GQA group, T cached tokens; `kv4_decode`):
-  q8, s_q  per-vector symmetric INT8 (DESIGN §3.1);  sumq = sum q8
-  dot_t  = sum_i q8_i k_ti - zk_t * sumq                         (exact)
-  l_t    = sat_logit(rshift_round(dot_t * Sk_t * C, lsh))        base-2 logit, logit_frac bits
-           with C * 2**-lsh = 2**logit_frac * s_q * u_k * log2(e) / (15 sqrt(D))
+  8-bit domain: token t < T - R (R = min(recent, T)) reads c = 16*c4, z = 16*z4; the
+           last R tokens read their 8-bit codes c8, z8; value = (c - z) * S * u / 240
+  q8, s_q  per-vector symmetric INT8 of the un-rotated query (DESIGN §3.1, host)
+  with rotate: qr = fwht(q8); e = max(0, bitlen(max|qr|) - 7);
+           q8 <- clamp(rshift_round(qr, e), -128, 127)        (`rotate_query`)
+  sumq = sum q8
+  dot_t  = sum_i q8_i c_ti - z_t * sumq                           (exact)
+  l_t    = sat_logit(rshift_round(dot_t * Sk_t * C, lsh - e))     base-2 logit, logit_frac bits
+           with C * 2**-lsh = 2**logit_frac * s_q * u_k * log2(e) * 2**(rot_shift - log2 D
+           if rotate) / (240 sqrt(D)), lsh >= min_lsh
   m_t    = max(m_{t-1}, ceil(l_t))  (integer running max; m_0 = ceil(l_0))
   sh_t   = min(m_t - m_{t-1}, 63)   (0 for t = 0)
   e_t    = m_t * 2**logit_frac - l_t >= 0;  p_t = rshift_round(TABLE[e_t mod 2**lf], e_t >> lf)
   d_t    = rshift_round(d_{t-1}, sh_t) + p_t
   w_t    = p_t * Sv_t
-  acc_i  = rshift_round(acc_i, sh_t) + w_t * v_ti ;  wz = rshift_round(wz, sh_t) + w_t * zv_t
-  out_i  = sat_out(rshift_round((acc_i - wz) * R, s))  ~= (acc_i - wz) * 2**out_frac / (15 d)
-           dd = 15 d normalised left by sd bits into [2**(dd_bits-1), 2**dd_bits),
+  acc_i  = rshift_round(acc_i, sh_t) + w_t * cv_ti ;  wz = rshift_round(wz, sh_t) + w_t * zv_t
+  out_i  = sat_out(rshift_round((acc_i - wz) * R, s))  ~= (acc_i - wz) * 2**out_frac / (240 d)
+           dd = 240 d normalised left by sd bits into [2**(dd_bits-1), 2**dd_bits),
            R = floor(2**(dd_bits-1+recip_bits) / dn),  s = dd_bits-1+recip_bits-sd-out_frac
   output value = out * 2**-(frac_v + out_frac)
 rshift_round(x, s) = floor((x + 2**(s-1)) / 2**s) for s > 0 (round half up), x for s = 0.
@@ -37,10 +46,13 @@ from dataclasses import dataclass
 import torch
 
 from golden.config import ACT_QMAX
-from golden.kv4_config import (C_BITS, KV_LEVELS, KV_T_CAP, LSH_BITS, SHIFT_SAT, KV4Config,
-                               exp2_table)
+from golden.config import ACT_BITS
+from golden.kv4_config import (C_BITS, CODE_SHIFT, KV8_LEVELS, KV_LEVELS, LSH_BITS, SHIFT_SAT,
+                               KV4Config, exp2_table)
 
 __all__ = ["KV4Cache", "DecodeResult", "to_fixed", "choose_frac", "quantize_token",
+           "fwht", "fwht_matrix", "rotate_k", "rotate_query", "effective_query", "decode_codes", "scheme_kv",
+           "append_fixed",
            "append_cache", "quantize_query", "logit_multiplier", "rshift_round",
            "logits", "online_softmax", "pv_accumulate", "normalise", "kv4_decode",
            "dequantize", "float_attention", "cosine", "decode_float"]
@@ -94,56 +106,130 @@ def to_fixed(x: torch.Tensor, frac: int, config: KV4Config) -> torch.Tensor:
     return torch.clamp(torch.round(x.double() * 2.0 ** frac), -lim, lim - 1).to(torch.int64)
 
 
-def _t(X: torch.Tensor, S: torch.Tensor) -> torch.Tensor:
-    """sign(X) * min(round_half_even(15 |X| / S), 16), exact (the RTL's divider)."""
-    a = KV_LEVELS * X.abs()
+def _t(X: torch.Tensor, S: torch.Tensor, levels: int = KV_LEVELS) -> torch.Tensor:
+    """sign(X) * min(round_half_even(levels |X| / S), levels + 1), exact."""
+    a = levels * X.abs()
     q, r = a // S, a % S
     up = (2 * r > S) | ((2 * r == S) & (q % 2 == 1))
-    return torch.sign(X) * torch.clamp(q + up.to(torch.int64), max=KV_T_CAP)
+    return torch.sign(X) * torch.clamp(q + up.to(torch.int64), max=levels + 1)
 
 
-def quantize_token(X: torch.Tensor, config: KV4Config):
-    """Per-token asymmetric 4-bit quantization of fixed-point X [..., head_dim]
-    (module docstring). Returns (codes [..., D], S [...], zero [...]) int64."""
+def fwht(x: torch.Tensor) -> torch.Tensor:
+    """Unnormalised Walsh-Hadamard transform along the last dim (a power of two),
+    exact on integers: log2(D) identical constant-geometry stages
+    y[i] = x[2i] + x[2i+1], y[i + D/2] = x[2i] - x[2i+1] (the RTL's butterfly).
+    Equals x @ H_D up to a fixed permutation of the outputs, H_D Sylvester's
+    +-1 matrix, so fwht(a) . fwht(b) = D * (a . b)."""
+    D = x.shape[-1]
+    if D < 1 or D & (D - 1):
+        raise ValueError(f"fwht needs a power-of-two length, got {D}")
+    for _ in range(D.bit_length() - 1):
+        a, b = x[..., 0::2], x[..., 1::2]
+        x = torch.cat([a + b, a - b], -1)
+    return x
+
+
+def fwht_matrix(D: int) -> torch.Tensor:
+    """F [D, D] float64 with fwht(x) = x @ F; F @ F.T = D * I."""
+    return fwht(torch.eye(D, dtype=torch.float64))
+
+
+def rotate_k(X: torch.Tensor, config: KV4Config) -> torch.Tensor:
+    """The K append rotation: rshift_round(fwht(X), rot_shift) (identity if not rotate)."""
     c = _cfg(config)
+    X = torch.as_tensor(X).to(torch.int64)
+    return rshift_round(fwht(X), c.rot_shift) if c.rotate else X
+
+
+def rotate_query(q8, config: KV4Config):
+    """The query path: (q8 [..., D] as the K side reads it, e [...]). With rotate:
+    qr = fwht(q8), e = max(0, bitlen(max|qr|) - 7), q8' = clamp(rshift_round(qr, e),
+    -128, 127); otherwise (q8, 0)."""
+    c = _cfg(config)
+    q8 = torch.as_tensor(q8, dtype=torch.int64)
+    if not c.rotate:
+        return q8, torch.zeros(q8.shape[:-1], dtype=torch.int64)
+    qr = fwht(q8)
+    M = qr.abs().amax(-1)
+    e = torch.tensor([max(0, int(m).bit_length() - (ACT_BITS - 1)) for m in M.flatten()],
+                     dtype=torch.int64).reshape(M.shape)
+    lim = 1 << (ACT_BITS - 1)
+    return torch.clamp(rshift_round(qr, e.unsqueeze(-1)), -lim, lim - 1), e
+
+
+def effective_query(q8, s_q, config: KV4Config) -> torch.Tensor:
+    """The float query [..., D] (original frame) the K side multiplies: the host's
+    q8 * s_q after the query path's rotation and power-of-two requantization."""
+    c = _cfg(config)
+    q8r, e = rotate_query(q8, c)
+    s_q = torch.as_tensor(s_q, dtype=torch.float64).unsqueeze(-1)
+    if not c.rotate:
+        return q8r.double() * s_q
+    qr = q8r.double() * (2.0 ** e.double()).unsqueeze(-1)
+    return qr @ fwht_matrix(c.head_dim).T / c.head_dim * s_q
+
+
+def quantize_token(X: torch.Tensor, config: KV4Config, *, levels: int = KV_LEVELS,
+                   width: int | None = None):
+    """Per-token asymmetric quantization of fixed-point X [..., head_dim] with
+    `levels` (15: 4-bit codes, 240: 8-bit recent-window codes) (module docstring).
+    X must fit signed `width` bits (default x_bits). Returns (codes [..., D],
+    S [...], zero [...]) int64."""
+    c = _cfg(config)
+    if levels not in (KV_LEVELS, KV8_LEVELS):
+        raise ValueError(f"levels must be {KV_LEVELS} or {KV8_LEVELS}, got {levels}")
     X = torch.as_tensor(X).to(torch.int64)
     if X.shape[-1] != c.head_dim:
         raise ValueError(f"last dim must be head_dim={c.head_dim}, got {tuple(X.shape)}")
-    lim = 1 << (c.x_bits - 1)
+    width = c.x_bits if width is None else width
+    lim = 1 << (width - 1)
     if X.numel() and (int(X.min()) < -lim or int(X.max()) >= lim):
-        raise ValueError(f"X exceeds signed {c.x_bits}-bit fixed point; use to_fixed")
+        raise ValueError(f"X exceeds signed {width}-bit fixed point; use to_fixed")
     lo = X.amin(-1)
     hi = X.amax(-1)
     rng = hi - lo
     S = torch.where(rng > 0, rng, torch.where(lo != 0, KV_LEVELS * lo.abs(),
                                               torch.full_like(lo, KV_LEVELS)))
-    zero = torch.clamp(-_t(lo, S), 0, KV_LEVELS)
-    codes = torch.clamp(_t(X, S.unsqueeze(-1)) + zero.unsqueeze(-1), 0, KV_LEVELS)
+    zero = torch.clamp(-_t(lo, S, levels), 0, levels)
+    codes = torch.clamp(_t(X, S.unsqueeze(-1), levels) + zero.unsqueeze(-1), 0, levels)
     return codes, S, zero
 
 
 @dataclass(frozen=True, kw_only=True)
 class KV4Cache:
-    """One KV head's cache: codes [T, D] (0..15), scale numerators S [T], zeros [T];
-    the fixed-point units u_k = 2**-frac_k, u_v = 2**-frac_v."""
+    """One KV head's cache: 4-bit codes [T, D] (0..15), scale numerators S [T],
+    zeros [T]; 8-bit codes kcodes8/vcodes8 [T, D] (0..240) and zeros kz8/vz8 [T]
+    for the recent window (-1 where a token's 8-bit codes were not kept, e.g. an
+    image holds only the last `recent`); the fixed-point units u_k = 2**-frac_k,
+    u_v = 2**-frac_v. K is stored in the rotated frame when config.rotate."""
     kcodes: torch.Tensor
     ks: torch.Tensor
     kz: torch.Tensor
     vcodes: torch.Tensor
     vs: torch.Tensor
     vz: torch.Tensor
+    kcodes8: torch.Tensor
+    kz8: torch.Tensor
+    vcodes8: torch.Tensor
+    vz8: torch.Tensor
     frac_k: int
     frac_v: int
+    rotated: bool = False
 
     @property
     def T(self) -> int:
         return int(self.kcodes.shape[0])
 
-    def k_dequant(self) -> torch.Tensor:
-        return dequantize(self.kcodes, self.ks, self.kz, self.frac_k)
+    def k_dequant(self, bits: int = 4) -> torch.Tensor:
+        """Dequantized K in the original (un-rotated) frame, float64 [T, D]."""
+        k = (dequantize(self.kcodes, self.ks, self.kz, self.frac_k) if bits == 4 else
+             dequantize(self.kcodes8, self.ks, self.kz8, self.frac_k, KV8_LEVELS))
+        return _unrotate(k) if self.rotated else k
 
-    def v_dequant(self) -> torch.Tensor:
-        return dequantize(self.vcodes, self.vs, self.vz, self.frac_v)
+    def v_dequant(self, bits: int = 4) -> torch.Tensor:
+        if bits == 4:
+            return dequantize(self.vcodes, self.vs, self.vz, self.frac_v)
+        return dequantize(self.vcodes8, self.vs, self.vz8, self.frac_v, KV8_LEVELS)
 
 
 def append_cache(k: torch.Tensor, v: torch.Tensor, config: KV4Config, *,
@@ -161,15 +247,60 @@ def append_cache(k: torch.Tensor, v: torch.Tensor, config: KV4Config, *,
                          f"shorten the context")
     fk = choose_frac(k, c) if frac_k is None else frac_k
     fv = choose_frac(v, c) if frac_v is None else frac_v
-    kc, ks, kz = quantize_token(to_fixed(k, fk, c), c)
-    vc, vs, vz = quantize_token(to_fixed(v, fv, c), c)
-    return KV4Cache(kcodes=kc, ks=ks, kz=kz, vcodes=vc, vs=vs, vz=vz, frac_k=fk, frac_v=fv)
+    return append_fixed(to_fixed(k, fk, c), to_fixed(v, fv, c), c, frac_k=fk, frac_v=fv)
 
 
-def dequantize(codes, S, zero, frac: int) -> torch.Tensor:
-    """(code - zero) * S * 2**-frac / 15 in float64."""
+def append_fixed(Xk, Xv, config: KV4Config, *, frac_k: int, frac_v: int) -> KV4Cache:
+    """The append path on fixed-point K, V [T, D] (x_bits): K rotated (if the
+    scheme rotates), both quantized to 4 and 8 bits with one shared S."""
+    c = _cfg(config)
+    Xk = rotate_k(Xk, c)
+    kc, ks, kz = quantize_token(Xk, c, width=c.k_bits)
+    kc8, _, kz8 = quantize_token(Xk, c, levels=KV8_LEVELS, width=c.k_bits)
+    vc, vs, vz = quantize_token(Xv, c)
+    vc8, _, vz8 = quantize_token(Xv, c, levels=KV8_LEVELS)
+    return KV4Cache(kcodes=kc, ks=ks, kz=kz, vcodes=vc, vs=vs, vz=vz, kcodes8=kc8, kz8=kz8,
+                    vcodes8=vc8, vz8=vz8, frac_k=frac_k, frac_v=frac_v, rotated=c.rotate)
+
+
+def dequantize(codes, S, zero, frac: int, levels: int = KV_LEVELS) -> torch.Tensor:
+    """(code - zero) * S * 2**-frac / levels in float64."""
     return ((codes - zero.unsqueeze(-1)).double() * S.unsqueeze(-1).double()
-            * 2.0 ** -frac / KV_LEVELS)
+            * 2.0 ** -frac / levels)
+
+
+def _unrotate(k: torch.Tensor) -> torch.Tensor:
+    """Inverse of rotate_k in float: Xk = fwht(X) / 2**rot_shift, F F^T = D I."""
+    D = k.shape[-1]
+    return k @ fwht_matrix(D).T * (2.0 ** ((D.bit_length() - 1) // 2) / D)
+
+
+def scheme_kv(cache: KV4Cache, T: int, config: KV4Config):
+    """The float K [T, D] (original frame) and V [T, D] a T-token decode reads:
+    the 4-bit values, the last min(recent, T) tokens at 8 bits (float64)."""
+    c = _cfg(config)
+    kc, kz, vc, vz = decode_codes(cache, T, c)
+    k = dequantize(kc, cache.ks[:T], kz, cache.frac_k, KV8_LEVELS)
+    v = dequantize(vc, cache.vs[:T], vz, cache.frac_v, KV8_LEVELS)
+    return (_unrotate(k) if cache.rotated else k), v
+
+
+def decode_codes(cache: KV4Cache, T: int, config: KV4Config):
+    """The 8-bit-domain operands of a decode over T tokens (module docstring):
+    (kc [T, D], kz [T], vc [T, D], vz [T]) int64: 16*c4 and 16*z4 for the first
+    T - R tokens, the 8-bit codes for the last R = min(recent, T)."""
+    c = _cfg(config)
+    n4 = T - c.recent_tokens(T)
+    out = []
+    for c4, z4, c8, z8 in ((cache.kcodes, cache.kz, cache.kcodes8, cache.kz8),
+                           (cache.vcodes, cache.vz, cache.vcodes8, cache.vz8)):
+        if bool((c8[n4:T] < 0).any()) or bool((z8[n4:T] < 0).any()):
+            raise ValueError(f"the cache does not hold 8-bit codes for tokens {n4}..{T - 1} "
+                             f"(the recent window of a T={T} decode); decode at the cache's "
+                             f"own length or keep 8-bit codes for every token")
+        out += [torch.cat([c4[:n4] << CODE_SHIFT, c8[n4:T]]),
+                torch.cat([z4[:n4] << CODE_SHIFT, z8[n4:T]])]
+    return tuple(out)
 
 
 # --------------------------------------------------------------------------- query
@@ -183,23 +314,27 @@ def quantize_query(q: torch.Tensor):
 
 
 def logit_multiplier(s_q: float, frac_k: int, config: KV4Config) -> tuple[int, int]:
-    """(C, lsh) with C * 2**-lsh ~= 2**logit_frac * s_q * 2**-frac_k * log2(e) /
-    (15 sqrt(head_dim)), C < 2**C_BITS, lsh as large as fits (most precise)."""
+    """(C, lsh) with C * 2**-lsh ~= 2**logit_frac * s_q * 2**-frac_k * log2(e) *
+    2**(rot_shift - log2 D if rotate) / (240 sqrt(head_dim)), C < 2**C_BITS,
+    lsh >= min_lsh and as large as fits (most precise)."""
     c = _cfg(config)
     s_q = float(s_q)
     if not math.isfinite(s_q) or s_q < 0:
         raise ValueError(f"s_q must be finite and >= 0, got {s_q}")
-    mult = s_q * 2.0 ** -frac_k * LOG2E / (KV_LEVELS * math.sqrt(c.head_dim))
+    mult = s_q * 2.0 ** -frac_k * LOG2E / (KV8_LEVELS * math.sqrt(c.head_dim))
+    if c.rotate:
+        mult *= 2.0 ** (c.rot_shift - c.log2_d)
     if mult == 0.0:
-        return 0, c.logit_frac
-    for lsh in range((1 << LSH_BITS) - 1, -1, -1):
+        return 0, max(c.logit_frac, c.min_lsh)
+    for lsh in range((1 << LSH_BITS) - 1, c.min_lsh - 1, -1):
         C = int(round(mult * 2.0 ** (lsh + c.logit_frac)))
         if C < (1 << C_BITS):
             if C == 0:
                 break
             return C, lsh
     raise ValueError(f"logit multiplier {mult:.3g} does not fit C_BITS={C_BITS} with a "
-                     f"shift in [0, {(1 << LSH_BITS) - 1}]; rescale K (frac_k) or the query")
+                     f"shift in [{c.min_lsh}, {(1 << LSH_BITS) - 1}]; rescale K (frac_k) or "
+                     f"the query")
 
 
 # --------------------------------------------------------------------------- decode
@@ -208,17 +343,28 @@ def _sat(x, bits: int):
     return torch.clamp(x, -lim, lim - 1)
 
 
-def logits(q8, C, lsh, cache: KV4Cache, T: int, config: KV4Config) -> torch.Tensor:
-    """Base-2 logits l [H, T] (logit_frac fraction bits, saturating logit_bits)."""
-    c = _cfg(config)
-    q8 = torch.as_tensor(q8, dtype=torch.int64)
-    sumq = q8.sum(-1, keepdim=True)                                   # [H, 1]
-    P = q8 @ cache.kcodes[:T].T                                       # [H, T]
-    dot = P - sumq * cache.kz[:T].unsqueeze(0)
-    C = torch.as_tensor(C, dtype=torch.int64).reshape(-1, 1)
+def _check_lsh(lsh, c: KV4Config) -> torch.Tensor:
     lsh = torch.as_tensor(lsh, dtype=torch.int64).reshape(-1, 1)
+    if bool((lsh < c.min_lsh).any()) or bool((lsh >= (1 << LSH_BITS)).any()):
+        raise ValueError(f"lsh must be in [{c.min_lsh}, {(1 << LSH_BITS) - 1}] (min_lsh: the "
+                         f"query requantization shift is subtracted from it), got "
+                         f"{lsh.flatten().tolist()}; use logit_multiplier")
+    return lsh
+
+
+def logits(q8, C, lsh, cache: KV4Cache, T: int, config: KV4Config) -> torch.Tensor:
+    """Base-2 logits l [H, T] (logit_frac fraction bits, saturating logit_bits) of
+    the host's un-rotated INT8 queries q8 [H, D]."""
+    c = _cfg(config)
+    lsh = _check_lsh(lsh, c)
+    q8, e = rotate_query(q8, c)
+    kc, kz, _, _ = decode_codes(cache, T, c)
+    sumq = q8.sum(-1, keepdim=True)                                   # [H, 1]
+    P = q8 @ kc.T                                                     # [H, T]
+    dot = P - sumq * kz.unsqueeze(0)
+    C = torch.as_tensor(C, dtype=torch.int64).reshape(-1, 1)
     prod = dot * cache.ks[:T].unsqueeze(0) * C
-    return _sat(rshift_round(prod, lsh), c.logit_bits)
+    return _sat(rshift_round(prod, lsh - e.reshape(-1, 1)), c.logit_bits)
 
 
 def online_softmax(l: torch.Tensor, config: KV4Config):
@@ -260,7 +406,7 @@ def pv_accumulate(p, sh, cache: KV4Cache, T: int, config: KV4Config):
     w = p * cache.vs[:T].unsqueeze(0)                                 # [H, T]
     acc = torch.zeros(H, cache.vcodes.shape[1], dtype=torch.int64)
     wz = torch.zeros(H, dtype=torch.int64)
-    vc, vz = cache.vcodes, cache.vz
+    _, _, vc, vz = decode_codes(cache, T, config)
     for t in range(T):
         s = sh[:, t]
         if bool((s > 0).any()):
@@ -278,7 +424,7 @@ def normalise(acc, wz, d, config: KV4Config) -> torch.Tensor:
     out = []
     lim = 1 << (c.out_bits - 1)
     for h in range(acc.shape[0]):
-        dd = KV_LEVELS * int(d[h])
+        dd = KV8_LEVELS * int(d[h])
         sd = c.dd_bits - dd.bit_length()
         R = (1 << (c.dd_bits - 1 + c.recip_bits)) // (dd << sd)
         s = c.dd_bits - 1 + c.recip_bits - sd - c.out_frac

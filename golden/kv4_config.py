@@ -17,6 +17,14 @@ KV_LEVELS = (1 << KV_BITS) - 1
 #: The per-token quantizer's divider only needs |round(15 x / S)| up to this cap:
 #: any larger value saturates the code the same way (docs/kv4_attention.md).
 KV_T_CAP = KV_LEVELS + 1
+#: Recent-window tokens (the last `recent` of the context) are kept at 8 bits with
+#: levels 0..240 = 15 * 16, so that a 4-bit token is the same value with code 16*c4
+#: and zero 16*z4: the decode datapath works in one "8-bit domain" for both.
+CODE_SHIFT = 4
+KV8_LEVELS = KV_LEVELS << CODE_SHIFT
+KV8_T_CAP = KV8_LEVELS + 1
+#: Bits of a stored zero point (z4 in the low nibble for 4-bit tokens).
+ZERO_BITS = 8
 #: Width of the decode command's T field: wider than any max_T, so T > max_T is
 #: representable and flagged instead of wrapping.
 CMD_T_BITS = 16
@@ -27,6 +35,8 @@ LSH_BITS = 6
 SHIFT_SAT = 63
 KV4_HEAD_DIMS = (32, 64, 128, 256)
 KV4_MAX_T = 4096
+#: Largest recent window (tokens kept at 8 bits).
+KV4_MAX_RECENT = 256
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,6 +52,12 @@ class KV4Config:
       out_frac   fraction bits of the output, in units of the V input unit u_v
       recip_bits fraction bits of the normalisation reciprocal
       logit_bits width of the saturating signed logit
+
+    Scheme (chosen by measurement, docs/kv4_attention.md):
+      rotate     Walsh-Hadamard rotation of K (append path) and of the query
+                 (query path), exact integer butterflies; V is not rotated
+      recent     the last `recent` tokens of the context are read at 8 bits (the
+                 append path emits both 4- and 8-bit codes; 0 = KV4 only)
     """
 
     head_dim: int = 64
@@ -54,6 +70,8 @@ class KV4Config:
     out_frac: int = 4
     recip_bits: int = 24
     logit_bits: int = 24
+    rotate: bool = True
+    recent: int = 8
 
     def __post_init__(self):
         _check_int("head_dim", self.head_dim)
@@ -78,11 +96,18 @@ class KV4Config:
             _check_int(name, v)
             if not lo <= v <= hi:
                 raise ValueError(f"{name} must be in [{lo}, {hi}], got {v}")
+        if not isinstance(self.rotate, bool):
+            raise ValueError(f"rotate must be a bool, got {self.rotate!r}")
+        _check_int("recent", self.recent)
+        if not 0 <= self.recent <= min(self.max_t, KV4_MAX_RECENT):
+            raise ValueError(f"recent must be in [0, {min(self.max_t, KV4_MAX_RECENT)}] "
+                             f"(<= max_t and {KV4_MAX_RECENT}), got {self.recent}")
         if self.logit_bits - self.logit_frac < 8:
             raise ValueError("logit_bits - logit_frac must be >= 8 integer bits")
         if self.acc_bits > 62 or self.prod_bits > 63:
             raise ValueError(f"widths overflow 64-bit arithmetic (acc {self.acc_bits}, "
-                             f"logit product {self.prod_bits}); lower x_bits or p_frac")
+                             f"logit product {self.prod_bits}); lower x_bits or p_frac "
+                             f"(rotate=True widens K by log2(head_dim)/2 bits)")
 
     # --- derived widths (never re-derive these elsewhere) ---
     @property
@@ -96,15 +121,43 @@ class KV4Config:
         return self.max_t.bit_length()
 
     @property
+    def log2_d(self) -> int:
+        return self.head_dim.bit_length() - 1
+
+    @property
+    def rot_shift(self) -> int:
+        """Right shift (round half up) after the K butterfly: log2(D) // 2, so the
+        rotated K is H_D x / 2**rot_shift (orthonormal for even log2 D)."""
+        return self.log2_d // 2 if self.rotate else 0
+
+    @property
+    def k_bits(self) -> int:
+        """Signed width of K at the quantizer (after the rotation)."""
+        return self.x_bits + (self.log2_d - self.rot_shift if self.rotate else 0)
+
+    @property
+    def qr_bits(self) -> int:
+        """Signed width of the rotated query H_D q8 (exact)."""
+        return ACT_BITS + (self.log2_d if self.rotate else 0)
+
+    @property
+    def min_lsh(self) -> int:
+        """Smallest cmd lsh: the query requantization shift e (<= log2 D + 1) is
+        subtracted from it in hardware."""
+        return self.log2_d + 1 if self.rotate else 0
+
+    @property
     def scale_bits(self) -> int:
-        """Scale numerator S (scale = S * u / 15): the range max - min < 2**x_bits, or
-        15 * |min| < 15 * 2**(x_bits-1) for a constant token."""
-        return self.x_bits + 3
+        """Scale numerator S (scale = S * u / 15 for 4-bit, S * u / 240 for 8-bit
+        codes): the range max - min < 2**k_bits, or 15 * |min| < 15 * 2**(k_bits-1)
+        for a constant token."""
+        return self.k_bits + 3
 
     @property
     def dot_bits(self) -> int:
-        """Signed q8 . (k4 - z): |sum q*k| and |z * sum q| <= 128 * 15 * head_dim."""
-        return (2 * (1 << (ACT_BITS - 1)) * KV_LEVELS * self.head_dim).bit_length() + 1
+        """Signed q8 . (c - z) in the 8-bit domain: |sum q*c| and |z * sum q| <=
+        128 * 255 * head_dim."""
+        return (2 * (1 << (ACT_BITS - 1)) * 255 * self.head_dim).bit_length() + 1
 
     @property
     def sumq_bits(self) -> int:
@@ -132,8 +185,9 @@ class KV4Config:
 
     @property
     def acc_bits(self) -> int:
-        """Unsigned P.V accumulator sum_t w_t * v_t (and sum_t w_t * z_v)."""
-        return self.w_bits + KV_BITS + self.t_bits
+        """Unsigned P.V accumulator sum_t w_t * v_t (and sum_t w_t * z_v), codes in
+        the 8-bit domain."""
+        return self.w_bits + 2 * KV_BITS + self.t_bits
 
     @property
     def d_bits(self) -> int:
@@ -142,8 +196,8 @@ class KV4Config:
 
     @property
     def dd_bits(self) -> int:
-        """15 * d, normalised to [2**(dd_bits-1), 2**dd_bits) before the reciprocal."""
-        return (KV_LEVELS * ((1 << self.p_frac) * self.max_t)).bit_length()
+        """240 * d, normalised to [2**(dd_bits-1), 2**dd_bits) before the reciprocal."""
+        return (KV8_LEVELS * ((1 << self.p_frac) * self.max_t)).bit_length()
 
     @property
     def recip_width(self) -> int:
@@ -159,6 +213,10 @@ class KV4Config:
     def table_size(self) -> int:
         return 1 << self.logit_frac
 
+    def recent_tokens(self, T: int) -> int:
+        """Tokens of a T-token context read at 8 bits: the last min(recent, T)."""
+        return min(self.recent, T)
+
     @property
     def peak_macs_per_cycle(self) -> int:
         """K side and V side, every query head: 2 * heads * lanes."""
@@ -169,7 +227,7 @@ class KV4Config:
 
     def name(self) -> str:
         return (f"kv4_d{self.head_dim}_l{self.lanes}_t{self.max_t}_h{self.heads}"
-                f"_x{self.x_bits}")
+                f"_x{self.x_bits}{'_rot' if self.rotate else ''}_r{self.recent}")
 
 
 def exp2_table(config: KV4Config) -> tuple[int, ...]:

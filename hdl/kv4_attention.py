@@ -37,14 +37,15 @@ from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from golden.config import ACT_BITS
-from golden.kv4_config import (C_BITS, CMD_T_BITS, KV_BITS, KV_LEVELS, KV_T_CAP, LSH_BITS,
-                               SHIFT_SAT, KV4Config, exp2_table)
+from golden.kv4_config import (C_BITS, CMD_T_BITS, CODE_SHIFT, KV8_LEVELS, KV8_T_CAP, KV_BITS,
+                               KV_LEVELS, KV_T_CAP, LSH_BITS, SHIFT_SAT, ZERO_BITS, KV4Config,
+                               exp2_table)
 
 from .stream_utils import tree_sum
 
 __all__ = ["KV4Quantizer", "KV4Attention", "KV4Unit", "cycle_model", "append_cycles",
-           "token_layout", "append_layout", "cache_layout", "cmd_layout", "query_layout",
-           "out_layout", "K_LATENCY", "FIFO_DEPTH", "lanes_busy"]
+           "token_layout", "cache_token_layout", "append_layout", "cache_layout", "cmd_layout", "query_layout",
+           "out_layout", "K_LATENCY", "FIFO_DEPTH", "lanes_busy", "k_beats"]
 
 #: Register stages from a token's last K beat to its (p, shift) entering the FIFO.
 K_LATENCY = 8
@@ -60,10 +61,20 @@ def _cfg(config) -> KV4Config:
 
 # --------------------------------------------------------------------------- layouts
 def token_layout(c: KV4Config) -> data.StructLayout:
-    """One cache beat of K or V: `lanes` 4-bit codes, then the token's scale
-    numerator S and zero (LSB first, in this order)."""
+    """One decode beat of K or V: `lanes` 4-bit codes (a 4-bit token's codes, or
+    one nibble plane of a recent token's 8-bit codes), then the token's scale
+    numerator S and zero (z4, or z8 for a recent token) (LSB first, in this order)."""
     return data.StructLayout({"codes": data.ArrayLayout(unsigned(KV_BITS), c.lanes),
-                              "scale": unsigned(c.scale_bits), "zero": unsigned(KV_BITS)})
+                              "scale": unsigned(c.scale_bits), "zero": unsigned(ZERO_BITS)})
+
+
+def cache_token_layout(c: KV4Config) -> data.StructLayout:
+    """One append-path output beat of K or V: 4-bit codes, 8-bit codes, the shared
+    scale numerator S, zero z4 and zero z8 (LSB first, in this order)."""
+    return data.StructLayout({"codes": data.ArrayLayout(unsigned(KV_BITS), c.lanes),
+                              "codes8": data.ArrayLayout(unsigned(2 * KV_BITS), c.lanes),
+                              "scale": unsigned(c.scale_bits), "zero": unsigned(KV_BITS),
+                              "zero8": unsigned(ZERO_BITS)})
 
 
 def append_layout(c: KV4Config) -> data.StructLayout:
@@ -72,7 +83,7 @@ def append_layout(c: KV4Config) -> data.StructLayout:
 
 
 def cache_layout(c: KV4Config) -> data.StructLayout:
-    return data.StructLayout({"k": token_layout(c), "v": token_layout(c)})
+    return data.StructLayout({"k": cache_token_layout(c), "v": cache_token_layout(c)})
 
 
 def cmd_layout(c: KV4Config) -> data.StructLayout:
@@ -139,29 +150,6 @@ def _sat(m, x, bits: int, name: str):
     return Mux(x > hi, hi, Mux(x < lo, lo, x))
 
 
-def _t_of(m, X, S, name: str):
-    """sign(X) * min(round_half_even(15 |X| / S), 16): five restoring-division
-    steps (a quotient >= 16 saturates the code anyway), then the rounding."""
-    neg = X < 0
-    nb = KV_T_CAP.bit_length()
-    a = Mux(neg, -X, X).as_unsigned() * KV_LEVELS
-    w = max(len(a), len(S) + nb - 1) + 1
-    rem = _zx(m, a, w, f"{name}_a")
-    bits = []
-    for b in reversed(range(nb)):
-        sb = _zx(m, S << b, w, f"{name}_s{b}")
-        ge = _wire(m, rem >= sb, f"{name}_ge{b}")
-        rem = _wire(m, Mux(ge, rem - sb, rem)[:w], f"{name}_r{b}")
-        bits.append(ge)
-    q = Cat(*reversed(bits))
-    r2 = Cat(Const(0, 1), rem)
-    r2 = _zx(m, r2, w + 1, f"{name}_r2")
-    s2 = _zx(m, S, w + 1, f"{name}_sw")
-    up = (r2 > s2) | ((r2 == s2) & q[0])
-    mag = _wire(m, Mux(q >= KV_T_CAP, KV_T_CAP, q + up), f"{name}_mag")
-    return Mux(neg, -mag.as_signed(), mag.as_signed())
-
-
 class _FSM:
     """A state register with one `If` per state: Amaranth's m.FSM emits a
     `casez` that Verilator's lint flags as incomplete (CASEINCOMPLETE)."""
@@ -206,18 +194,68 @@ def _tree(m, vals, op, name: str):
     return vals[0]
 
 
-def _clamp_code(m, x, name: str):
+def _z8(m, zero, recent, name: str):
+    """A token's zero in the 8-bit domain: z8 as stored for a recent token, 16*z4
+    (the stored low nibble shifted) for a 4-bit one."""
+    return _wire(m, Mux(recent, zero, zero[:KV_BITS] << CODE_SHIFT)[:ZERO_BITS], name)
+
+
+def _clamp(m, x, top: int, name: str):
+    """clamp(x, 0, top) of a signed value."""
     x = _wire(m, x, name)
-    return Mux(x < 0, 0, Mux(x > KV_LEVELS, KV_LEVELS, x))
+    return Mux(x < 0, 0, Mux(x > top, top, x))
 
 
 # --------------------------------------------------------------------------- append path
-class KV4Quantizer(wiring.Component):
-    """Quantizes one token's K and V per token (golden.kv4_attention.quantize_token).
+def _t_both(m, X, S, name: str):
+    """(t4, t8) = sign(X) * (min(rhe(15 |X| / S), 16), min(rhe(240 |X| / S), 241))
+    from ONE restoring division of 240 |X| by S with 8 quotient bits (a quotient
+    >= 256 sets every bit: both results saturate): 15 |X| / S = (q + r/S) / 16, so
+    t4 rounds q >> 4 up when q mod 16 > 8, or == 8 with r > 0 or (q >> 4) odd."""
+    neg = X < 0
+    nb = 8
+    a = Mux(neg, -X, X).as_unsigned() * KV8_LEVELS
+    w = max(len(a), len(S) + nb - 1) + 1
+    rem = _zx(m, a, w, f"{name}_a")
+    bits = []
+    for b in reversed(range(nb)):
+        sb = _zx(m, S << b, w, f"{name}_s{b}")
+        ge = _wire(m, rem >= sb, f"{name}_ge{b}")
+        rem = _wire(m, Mux(ge, rem - sb, rem)[:w], f"{name}_r{b}")
+        bits.append(ge)
+    q = _wire(m, Cat(*reversed(bits)), f"{name}_q")
+    r2 = _zx(m, Cat(Const(0, 1), rem), w + 1, f"{name}_r2")
+    s2 = _zx(m, S, w + 1, f"{name}_sw")
+    up8 = (r2 > s2) | ((r2 == s2) & q[0])
+    f4, fl4 = q[:CODE_SHIFT], q[CODE_SHIFT:]
+    half = 1 << (CODE_SHIFT - 1)
+    up4 = (f4 > half) | ((f4 == half) & ((rem != 0) | fl4[0]))
+    # one spare bit so that as_signed keeps the magnitudes 16 and 241 positive
+    mag8 = Signal(KV8_T_CAP.bit_length() + 1, name=f"{name}_m8")
+    mag4 = Signal(KV_T_CAP.bit_length() + 1, name=f"{name}_m4")
+    m.d.comb += [mag8.eq(Mux(q >= KV8_T_CAP, KV8_T_CAP, q + up8)),
+                 mag4.eq(fl4 + up4)]      # fl4 <= 15: at most 16 = the cap
+    return (Mux(neg, -mag4.as_signed(), mag4.as_signed()),
+            Mux(neg, -mag8.as_signed(), mag8.as_signed()))
 
-    Phases: IN (chunks beats buffered, running min/max), SCALE (S), ZERO (zero
-    from min through the lane divider), OUT (chunks cache beats). Per token:
-    2 * chunks + 2 cycles (append_cycles)."""
+
+def _butterfly(vals):
+    """One constant-geometry Walsh-Hadamard stage (golden.kv4_attention.fwht):
+    y[i] = x[2i] + x[2i+1], y[i + D/2] = x[2i] - x[2i+1]; every stage has the
+    same wiring, so log2(D) cycles through one bank of D adders give the transform."""
+    h = len(vals) // 2
+    return ([vals[2 * i] + vals[2 * i + 1] for i in range(h)]
+            + [vals[2 * i] - vals[2 * i + 1] for i in range(h)])
+
+
+class KV4Quantizer(wiring.Component):
+    """Quantizes one token's K and V per token to 4 and 8 bits with one shared
+    scale numerator (golden.kv4_attention.append_fixed).
+
+    Phases: IN (chunks beats buffered), ROT (log2(D) butterfly cycles on K, the
+    last one with the rot_shift rounding; only with config.rotate), MINMAX, SCALE
+    (S), ZERO (z4, z8 from min through the lane divider), OUT (chunks cache beats).
+    Per token: append_cycles(config, 1) cycles."""
 
     def __init__(self, config: KV4Config):
         self.config = c = _cfg(config)
@@ -229,34 +267,51 @@ class KV4Quantizer(wiring.Component):
     def elaborate(self, platform):
         c = self.config
         m = Module()
-        L, X = c.lanes, c.x_bits
+        L, D = c.lanes, c.head_dim
+        # K is buffered wide enough for the butterfly's growth (log2 D bits)
+        wid = {"k": c.x_bits + (c.log2_d if c.rotate else 0), "v": c.x_bits}
         j = Signal(range(c.chunks))
-        buf = {n: [[Signal(signed(X), name=f"{n}buf{j}_{i}") for i in range(L)]
+        buf = {n: [[Signal(signed(wid[n]), name=f"{n}buf{j}_{i}") for i in range(L)]
                    for j in range(c.chunks)] for n in ("k", "v")}
-        lo = {n: Signal(signed(X), name=f"{n}lo") for n in ("k", "v")}
-        hi = {n: Signal(signed(X), name=f"{n}hi") for n in ("k", "v")}
+        flat = {n: [x for row in buf[n] for x in row] for n in ("k", "v")}
+        lo = {n: Signal(signed(wid[n]), name=f"{n}lo") for n in ("k", "v")}
+        hi = {n: Signal(signed(wid[n]), name=f"{n}hi") for n in ("k", "v")}
         S = {n: Signal(c.scale_bits, name=f"{n}S") for n in ("k", "v")}
-        z = {n: Signal(KV_BITS, name=f"{n}z") for n in ("k", "v")}
-        first = j == 0
+        z4 = {n: Signal(KV_BITS, name=f"{n}z4") for n in ("k", "v")}
+        z8 = {n: Signal(ZERO_BITS, name=f"{n}z8") for n in ("k", "v")}
+        stage = Signal(range(max(c.log2_d, 1)))
         last = j == c.chunks - 1
 
-        with _FSM(m, ("IN", "SCALE", "ZERO", "OUT"), "qstate") as fsm:
+        states = ["IN"] + (["ROT"] if c.rotate else []) + ["MINMAX", "SCALE", "ZERO", "OUT"]
+        with _FSM(m, states, "qstate") as fsm:
             with fsm.state("IN"):
                 m.d.comb += self.x.ready.eq(1)
                 with m.If(self.x.valid):
                     for n in ("k", "v"):
-                        vals = [self.x.payload[n][i] for i in range(L)]
-                        bmin = _tree(m, vals, lambda a, b: Mux(a < b, a, b), f"{n}min")
-                        bmax = _tree(m, vals, lambda a, b: Mux(a > b, a, b), f"{n}max")
-                        m.d.sync += [lo[n].eq(Mux(first | (bmin < lo[n]), bmin, lo[n])),
-                                     hi[n].eq(Mux(first | (bmax > hi[n]), bmax, hi[n]))]
-                        if True:  # one If per chunk: no case statement
-                            for jj in range(c.chunks):
-                                with m.If(j == jj):
-                                    m.d.sync += [buf[n][jj][i].eq(vals[i]) for i in range(L)]
+                        for jj in range(c.chunks):  # one If per chunk: no case statement
+                            with m.If(j == jj):
+                                m.d.sync += [buf[n][jj][i].eq(self.x.payload[n][i])
+                                             for i in range(L)]
                     m.d.sync += j.eq(Mux(last, 0, j + 1))
                     with m.If(last):
-                        fsm.next("SCALE")
+                        m.d.sync += stage.eq(0)
+                        fsm.next(states[1])
+            if c.rotate:
+                with fsm.state("ROT"):
+                    ys = _butterfly(flat["k"])
+                    final = stage == c.log2_d - 1
+                    for x, y in zip(flat["k"], ys):
+                        sh = (y + (1 << (c.rot_shift - 1))) >> c.rot_shift if c.rot_shift else y
+                        m.d.sync += x.eq(Mux(final, sh, y)[:len(x)])
+                    m.d.sync += stage.eq(stage + 1)
+                    with m.If(final):
+                        fsm.next("MINMAX")
+            with fsm.state("MINMAX"):
+                for n in ("k", "v"):
+                    m.d.sync += [
+                        lo[n].eq(_tree(m, flat[n], lambda a, b: Mux(a < b, a, b), f"{n}min")),
+                        hi[n].eq(_tree(m, flat[n], lambda a, b: Mux(a > b, a, b), f"{n}max"))]
+                fsm.next("SCALE")
             with fsm.state("SCALE"):
                 for n in ("k", "v"):
                     rng = (hi[n] - lo[n]).as_unsigned()
@@ -266,18 +321,20 @@ class KV4Quantizer(wiring.Component):
                 fsm.next("ZERO")
             with fsm.state("ZERO"):
                 for n in ("k", "v"):
-                    m.d.sync += z[n].eq(_clamp_code(m, -_t_of(m, lo[n], S[n], f"{n}zt"),
-                                                    f"{n}zc"))
+                    t4, t8 = _t_both(m, lo[n], S[n], f"{n}zt")
+                    m.d.sync += [z4[n].eq(_clamp(m, -t4, KV_LEVELS, f"{n}zc4")),
+                                 z8[n].eq(_clamp(m, -t8, KV8_LEVELS, f"{n}zc8"))]
                 fsm.next("OUT")
             with fsm.state("OUT"):
                 m.d.comb += self.y.valid.eq(1)
                 for n in ("k", "v"):
-                    m.d.comb += [self.y.payload[n].scale.eq(S[n]),
-                                 self.y.payload[n].zero.eq(z[n])]
+                    side = self.y.payload[n]
+                    m.d.comb += [side.scale.eq(S[n]), side.zero.eq(z4[n]), side.zero8.eq(z8[n])]
                     for i in range(L):
-                        m.d.comb += self.y.payload[n].codes[i].eq(
-                            _clamp_code(m, _t_of(m, _sel(buf[n], i, j), S[n], f"{n}t{i}")
-                                        + z[n], f"{n}c{i}"))
+                        t4, t8 = _t_both(m, _sel(buf[n], i, j), S[n], f"{n}t{i}")
+                        m.d.comb += [
+                            side.codes[i].eq(_clamp(m, t4 + z4[n], KV_LEVELS, f"{n}c{i}")),
+                            side.codes8[i].eq(_clamp(m, t8 + z8[n], KV8_LEVELS, f"{n}c8{i}"))]
                 with m.If(self.y.ready):
                     m.d.sync += j.eq(Mux(last, 0, j + 1))
                     with m.If(last):
@@ -286,9 +343,10 @@ class KV4Quantizer(wiring.Component):
 
 
 def append_cycles(config: KV4Config, tokens: int) -> int:
-    """Cycles of the append path for `tokens` back-to-back tokens (ideal ends)."""
+    """Cycles of the append path for `tokens` back-to-back tokens (ideal ends):
+    chunks in + log2(D) butterfly stages (rotate) + MINMAX, SCALE, ZERO + chunks out."""
     c = _cfg(config)
-    return tokens * (2 * c.chunks + 2)
+    return tokens * (2 * c.chunks + 3 + (c.log2_d if c.rotate else 0))
 
 
 # --------------------------------------------------------------------------- decode core
@@ -315,11 +373,14 @@ class KV4Attention(wiring.Component):
         table = Array(Const(v, c.p_bits) for v in exp2_table(c))
 
         T = Signal(c.t_bits)
+        n4 = Signal(c.t_bits)   # tokens read at 4 bits: T - min(recent, T)
         cs = [Signal(C_BITS, name=f"c{h}") for h in range(H)]
         lshs = [Signal(LSH_BITS, name=f"lsh{h}") for h in range(H)]
         qbuf = [[[Signal(signed(ACT_BITS), name=f"q{h}_{j}_{i}") for i in range(L)]
                  for j in range(NC)] for h in range(H)]
         sumq = [Signal(signed(c.sumq_bits), name=f"sumq{h}") for h in range(H)]
+        qe = [Signal(range(c.log2_d + 2), name=f"qe{h}") for h in range(H)]
+        lsh_eff = [_wire(m, (lshs[h] - qe[h])[:LSH_BITS], f"lsheff{h}") for h in range(H)]
         acc = [[[Signal(c.acc_bits, name=f"acc{h}_{j}_{i}") for i in range(L)]
                 for j in range(NC)] for h in range(H)]
         wz = [Signal(c.acc_bits, name=f"wz{h}") for h in range(H)]
@@ -330,26 +391,34 @@ class KV4Attention(wiring.Component):
         m.d.comb += self.busy.eq(run)
 
         # ---------------- K side
+        # a token is `chunks` beats, or 2*chunks for a recent (8-bit) token: the
+        # high-nibble plane (weight 16, like a 4-bit code) then the low plane
         kj = Signal(range(NC))
         kt = Signal(c.t_bits)
+        kpl = Signal()
         ahead = Signal(range(FIFO_DEPTH + 1))
-        k_first = kj == 0
-        k_last = kj == NC - 1
+        k_rec = _wire(m, kt >= n4, "k_rec")
+        k_first = _wire(m, (kj == 0) & ~kpl, "k_first")
+        k_cend = kj == NC - 1
+        k_last = _wire(m, k_cend & (kpl | ~k_rec), "k_last")
         k_go = Signal()
         m.d.comb += [self.k.ready.eq(run & (kt < T) & (~k_first | (ahead < FIFO_DEPTH))),
                      k_go.eq(self.k.valid & self.k.ready)]
         with m.If(k_go):
-            m.d.sync += kj.eq(Mux(k_last, 0, kj + 1))
+            m.d.sync += kj.eq(Mux(k_cend, 0, kj + 1))
+            with m.If(k_cend):
+                m.d.sync += kpl.eq(~k_last)
             with m.If(k_last):
                 m.d.sync += kt.eq(kt + 1)
         # S1: lane products and the adder tree per head
         part_shape = signed(ACT_BITS + KV_BITS + 1 + (L - 1).bit_length())
-        s1_v, s1_first, s1_last = Signal(), Signal(), Signal()
+        s1_v, s1_first, s1_last, s1_lo = Signal(), Signal(), Signal(), Signal()
         s1_part = [Signal(part_shape, name=f"s1_part{h}") for h in range(H)]
-        hold_s, hold_z = Signal(c.scale_bits), Signal(KV_BITS)
-        m.d.sync += [s1_v.eq(k_go), s1_first.eq(k_first), s1_last.eq(k_last)]
+        hold_s, hold_z = Signal(c.scale_bits), Signal(ZERO_BITS)
+        m.d.sync += [s1_v.eq(k_go), s1_first.eq(k_first), s1_last.eq(k_last), s1_lo.eq(kpl)]
         with m.If(k_go & k_first):
-            m.d.sync += [hold_s.eq(self.k.payload.scale), hold_z.eq(self.k.payload.zero)]
+            m.d.sync += [hold_s.eq(self.k.payload.scale),
+                         hold_z.eq(_z8(m, self.k.payload.zero, k_rec, "kz"))]
         for h in range(H):
             prods = [_sel(qbuf[h], i, kj) * self.k.payload.codes[i] for i in range(L)]
             m.d.sync += s1_part[h].eq(tree_sum(prods))
@@ -357,10 +426,11 @@ class KV4Attention(wiring.Component):
         P = [Signal(signed(c.dot_bits), name=f"P{h}") for h in range(H)]
         s2_v = Signal()
         s2_P = [Signal(signed(c.dot_bits), name=f"s2_P{h}") for h in range(H)]
-        s2_s, s2_z = Signal(c.scale_bits), Signal(KV_BITS)
+        s2_s, s2_z = Signal(c.scale_bits), Signal(ZERO_BITS)
         m.d.sync += s2_v.eq(s1_v & s1_last)
         for h in range(H):
-            tot = Mux(s1_first, 0, P[h]) + s1_part[h]
+            part = _wire(m, Mux(s1_lo, s1_part[h], s1_part[h] << CODE_SHIFT), f"s1_w{h}")
+            tot = Mux(s1_first, 0, P[h]) + part
             with m.If(s1_v):
                 m.d.sync += P[h].eq(tot)
                 with m.If(s1_last):
@@ -383,7 +453,7 @@ class KV4Attention(wiring.Component):
         for h in range(H):
             m.d.sync += [s4[h].eq(s3_dot[h] * s3_s),
                          s5[h].eq(s4[h] * cs[h]),
-                         s6[h].eq(_sat(m, _rshift_round(m, s5[h], lshs[h], f"lr{h}"), c.logit_bits,
+                         s6[h].eq(_sat(m, _rshift_round(m, s5[h], lsh_eff[h], f"lr{h}"), c.logit_bits,
                                        f"l{h}"))]
         # S7: running max, shift, e
         s7_v = Signal()
@@ -423,8 +493,11 @@ class KV4Attention(wiring.Component):
         # ---------------- V side
         vj = Signal(range(NC))
         vt = Signal(c.t_bits)
-        v_first = vj == 0
-        v_last = vj == NC - 1
+        vpl = Signal()
+        v_rec = _wire(m, vt >= n4, "v_rec")
+        v_first = _wire(m, (vj == 0) & ~vpl, "v_first")
+        v_cend = vj == NC - 1
+        v_last = _wire(m, v_cend & (vpl | ~v_rec), "v_last")
         v_go = Signal()
         m.d.comb += [self.v.ready.eq(run & (vt < T) & (~v_first | tf.r_rdy)),
                      v_go.eq(self.v.valid & self.v.ready),
@@ -432,7 +505,9 @@ class KV4Attention(wiring.Component):
         w_reg = [Signal(c.w_bits, name=f"w{h}") for h in range(H)]
         s_reg = [Signal(6, name=f"vsh{h}") for h in range(H)]
         with m.If(v_go):
-            m.d.sync += vj.eq(Mux(v_last, 0, vj + 1))
+            m.d.sync += vj.eq(Mux(v_cend, 0, vj + 1))
+            with m.If(v_cend):
+                m.d.sync += vpl.eq(~v_last)
             with m.If(v_last):
                 m.d.sync += vt.eq(vt + 1)
         for h in range(H):
@@ -441,17 +516,20 @@ class KV4Attention(wiring.Component):
             fs = tf.r_data[base + c.p_bits:base + c.p_bits + 6]
             w = Signal(c.w_bits, name=f"wcur{h}")
             sh = Signal(6, name=f"shcur{h}")
+            # the rescale applies on a chunk's first touch (plane 0) only
             m.d.comb += [w.eq(Mux(v_first, fp * self.v.payload.scale, w_reg[h])),
-                         sh.eq(Mux(v_first, fs, s_reg[h]))]
+                         sh.eq(Mux(vpl, 0, Mux(v_first, fs, s_reg[h])))]
             with m.If(v_go & v_first):
                 m.d.sync += [w_reg[h].eq(w), s_reg[h].eq(sh),
                              wz[h].eq(_uadd(m, _rshift_round(m, wz[h], sh, f"wzr{h}"),
-                                            w * self.v.payload.zero, f"wzu{h}"))]
+                                            w * _z8(m, self.v.payload.zero, v_rec, f"vz{h}"),
+                                            f"wzu{h}"))]
             new = [Signal(c.acc_bits, name=f"accnew{h}_{i}") for i in range(L)]
             for i in range(L):
+                prod = _wire(m, w * self.v.payload.codes[i], f"vp{h}_{i}")
                 m.d.comb += new[i].eq(_uadd(m, _rshift_round(m, _sel(acc[h], i, vj), sh,
                                                           f"ar{h}_{i}"),
-                                            w * self.v.payload.codes[i], f"au{h}_{i}"))
+                                            Mux(vpl, prod, prod << CODE_SHIFT), f"au{h}_{i}"))
             with m.If(v_go):
                 if True:  # one If per chunk: no case statement
                     for j in range(NC):
@@ -473,30 +551,47 @@ class KV4Attention(wiring.Component):
         step = Signal(range(c.recip_width + 1))
         oh = Signal(range(max(H, 2)))
         oj = Signal(range(NC))
-        with _FSM(m, ("IDLE", "QUERY", "RUN", "NORM", "DIV", "OUT"), "state") as fsm:
+        # query path: with rotate, each head's vector is collected in qr, rotated by
+        # log2(D) butterfly stages, then requantized to INT8 by a power-of-two shift e
+        if c.rotate:
+            qr = [Signal(signed(c.qr_bits), name=f"qr{n}") for n in range(c.head_dim)]
+            qstage = Signal(range(c.log2_d))
+            qe_cur = Signal(range(c.log2_d + 2))
+        qstates = ["QUERY"] + (["QROT", "QMAX", "QPUT"] if c.rotate else [])
+        states = ["IDLE"] + qstates + ["RUN", "NORM", "DIV", "OUT"]
+        with _FSM(m, states, "state") as fsm:
             with fsm.state("IDLE"):
                 m.d.comb += self.cmd.ready.eq(1)
                 with m.If(self.cmd.valid):
                     t = self.cmd.payload.t
-                    with m.If((t == 0) | (t > c.max_t)):
+                    bad = (t == 0) | (t > c.max_t)
+                    for h in range(H if c.min_lsh else 0):
+                        bad = bad | (self.cmd.payload.lsh[h] < c.min_lsh)
+                    with m.If(bad):
                         m.d.sync += self.error.eq(1)
                     with m.Else():
                         m.d.sync += [self.error.eq(0), T.eq(t), run.eq(0),
+                                     n4.eq(Mux(t > c.recent, t - c.recent, 0)),
                                      qh.eq(0), qj.eq(0), qb.eq(0), kj.eq(0), kt.eq(0), vj.eq(0),
-                                     vt.eq(0), ahead.eq(0), ft.eq(1)]
+                                     vt.eq(0), kpl.eq(0), vpl.eq(0), ahead.eq(0), ft.eq(1)]
                         for h in range(H):
                             m.d.sync += [cs[h].eq(self.cmd.payload.c[h]),
                                          lshs[h].eq(self.cmd.payload.lsh[h]), sumq[h].eq(0),
-                                         wz[h].eq(0), d[h].eq(0)]
+                                         qe[h].eq(0), wz[h].eq(0), d[h].eq(0)]
                             for j in range(c.chunks):
                                 m.d.sync += [acc[h][j][i].eq(0) for i in range(L)]
                         fsm.next("QUERY")
             with fsm.state("QUERY"):
                 m.d.comb += self.query.ready.eq(1)
                 with m.If(self.query.valid):
-                    beat_sum = tree_sum(self.query.payload[i] for i in range(L))
-                    if True:  # one If per beat: no case statement
-                        for h in range(H):
+                    if c.rotate:
+                        for j in range(NC):  # one If per chunk: no case statement
+                            with m.If(qj == j):
+                                m.d.sync += [qr[j * L + i].eq(self.query.payload[i])
+                                             for i in range(L)]
+                    else:
+                        beat_sum = tree_sum(self.query.payload[i] for i in range(L))
+                        for h in range(H):  # one If per beat: no case statement
                             for j in range(NC):
                                 with m.If(qb == h * NC + j):
                                     m.d.sync += [qbuf[h][j][i].eq(self.query.payload[i])
@@ -505,17 +600,55 @@ class KV4Attention(wiring.Component):
                     m.d.sync += qb.eq(qb + 1)
                     m.d.sync += qj.eq(Mux(qj == NC - 1, 0, qj + 1))
                     with m.If(qj == NC - 1):
-                        m.d.sync += qh.eq(qh + 1)
-                        with m.If(qh == H - 1):
-                            m.d.sync += run.eq(1)
-                            fsm.next("RUN")
+                        if c.rotate:
+                            m.d.sync += qstage.eq(0)
+                            fsm.next("QROT")
+                        else:
+                            m.d.sync += qh.eq(qh + 1)
+                            with m.If(qh == H - 1):
+                                m.d.sync += run.eq(1)
+                                fsm.next("RUN")
+            if c.rotate:
+                with fsm.state("QROT"):
+                    m.d.sync += [x.eq(y[:len(x)]) for x, y in zip(qr, _butterfly(qr))]
+                    m.d.sync += qstage.eq(qstage + 1)
+                    with m.If(qstage == c.log2_d - 1):
+                        fsm.next("QMAX")
+                with fsm.state("QMAX"):
+                    mags = [_wire(m, Mux(x < 0, -x, x).as_unsigned(), f"qmag{n}")
+                            for n, x in enumerate(qr)]
+                    M = _wire(m, _tree(m, mags, lambda a, b: Mux(a > b, a, b), "qmax"), "qM")
+                    bl = Signal(range(len(M) + 1), name="qbl")
+                    for b in range(len(M)):   # bit length: the highest set bit wins
+                        with m.If(M[b]):
+                            m.d.comb += bl.eq(b + 1)
+                    keep = ACT_BITS - 1
+                    m.d.sync += qe_cur.eq(Mux(bl > keep, bl - keep, 0))
+                    fsm.next("QPUT")
+                with fsm.state("QPUT"):
+                    q8 = [_wire(m, _sat(m, _rshift_round(m, x, qe_cur, f"qrr{n}"), ACT_BITS,
+                                        f"q8s{n}"), f"q8_{n}")
+                          for n, x in enumerate(qr)]
+                    qsum = Signal(signed(c.sumq_bits), name="qsum")   # |sum| <= 128 * D
+                    m.d.comb += qsum.eq(tree_sum(q8))
+                    for h in range(H):
+                        with m.If(qh == h):
+                            m.d.sync += [sumq[h].eq(qsum), qe[h].eq(qe_cur)]
+                            for j in range(NC):
+                                m.d.sync += [qbuf[h][j][i].eq(q8[j * L + i]) for i in range(L)]
+                    m.d.sync += qh.eq(qh + 1)
+                    with m.If(qh == H - 1):
+                        m.d.sync += run.eq(1)
+                        fsm.next("RUN")
+                    with m.Else():
+                        fsm.next("QUERY")
             with fsm.state("RUN"):
                 with m.If(vt == T):
                     m.d.sync += run.eq(0)
                     fsm.next("NORM")
             with fsm.state("NORM"):
                 for h in range(H):
-                    dd = d[h] * KV_LEVELS
+                    dd = d[h] * KV8_LEVELS
                     bl = Signal(range(c.dd_bits + 1), name=f"bl{h}")
                     for b in range(c.dd_bits):
                         with m.If(dd[b]):
@@ -559,22 +692,33 @@ class KV4Attention(wiring.Component):
         return m
 
 
+def k_beats(config: KV4Config, T: int) -> int:
+    """Beats of the K (and of the V) stream in a T-token decode: chunks per token,
+    twice that for the last min(recent, T) tokens (two nibble planes)."""
+    c = _cfg(config)
+    return (T + c.recent_tokens(T)) * c.chunks
+
+
 def cycle_model(config: KV4Config, T: int) -> int:
     """Cycles from the cmd transfer to the last out transfer for one decode step
     with ideal sources and sink (docs/kv4_attention.md):
-      2 (cmd, RUN -> NORM) + heads*chunks (query) + T*chunks (K beats)
-      + chunks (the last token's V beats) + K_LATENCY + recip_width (NORM + DIV)
-      + heads*chunks (out)."""
+      2 (cmd, RUN -> NORM) + heads*chunks (query)
+      + heads*(log2 D + 2) (query butterfly, max, requantize; rotate only)
+      + k_beats (K) + the last token's V beats (chunks, 2*chunks if recent)
+      + K_LATENCY + recip_width (NORM + DIV) + heads*chunks (out)."""
     c = _cfg(config)
     if not isinstance(T, int) or T < 1 or T > c.max_t:
         raise ValueError(f"T must be in [1, {c.max_t}], got {T!r}")
     nc = c.chunks
-    return 2 + 2 * c.heads * nc + (T + 1) * nc + K_LATENCY + c.recip_width
+    query = c.heads * nc + (c.heads * (c.log2_d + 2) if c.rotate else 0)
+    last_v = nc * (2 if c.recent else 1)
+    return (2 + query + k_beats(c, T) + last_v + K_LATENCY + c.recip_width
+            + c.heads * nc)
 
 
 def lanes_busy(config: KV4Config, T: int) -> float:
-    """Share of cycles in which the K and V lanes take a beat: T*chunks / cycles."""
-    return T * config.chunks / cycle_model(config, T)
+    """Share of cycles in which the K and V lanes take a beat: k_beats / cycles."""
+    return k_beats(config, T) / cycle_model(config, T)
 
 
 # --------------------------------------------------------------------------- top

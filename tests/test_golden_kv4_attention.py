@@ -13,8 +13,10 @@ import pytest
 import torch
 
 from golden.kv4_attention import (KV4Cache, append_cache, cosine, decode_float, dequantize,
+                                  effective_query,
                                   float_attention, kv4_decode, logit_multiplier, logits,
-                                  online_softmax, quantize_query, quantize_token, to_fixed)
+                                  online_softmax, quantize_query, quantize_token, scheme_kv,
+                                  to_fixed)
 from golden.kv4_config import KV4Config, exp2_table
 
 torch.set_num_threads(1)
@@ -121,7 +123,7 @@ def test_fixed_point_within_bound_of_float_kv4_random():
         cache = append_cache(k, v, c)
         r = decode_float(q, cache, 600, c)
         ref = float_attention(q, k, v)
-        kv4 = float_attention(q, cache.k_dequant(), cache.v_dequant())
+        kv4 = float_attention(q, *scheme_kv(cache, 600, c))
         assert abs(cosine(r.value(), ref) - cosine(kv4, ref)) < COSINE_BOUND
         assert cosine(r.value(), kv4) > 1 - COSINE_BOUND
 
@@ -145,13 +147,15 @@ def test_fixed_point_within_bound_of_float_kv4_real_fixture():
             q = fx["q"][h * g:(h + 1) * g, qi]
             r = decode_float(q, cache, T, c)
             ref = float_attention(q, fx["k"][h, :T], fx["v"][h, :T])
-            kd, vd = cache.k_dequant()[:T], cache.v_dequant()[:T]
+            kd, vd = scheme_kv(cache, T, c)
             q8, s_q = quantize_query(q)
             kv4q = float_attention(q8.double() * s_q.unsqueeze(-1), kd, vd)
             kv4 = float_attention(q, kd, vd)
+            # the query the K side really multiplies (rotated, power-of-two requantized)
+            hwq = float_attention(effective_query(q8, s_q, c), kd, vd)
             deltas.append(abs(cosine(r.value(), ref) - cosine(kv4q, ref)))
             losses.append(cosine(kv4, ref) - cosine(r.value(), ref))
-            agree.append(cosine(r.value(), kv4q))
+            agree.append(cosine(r.value(), hwq))
     assert max(deltas) < COSINE_BOUND
     assert max(losses) < COSINE_BOUND
     assert min(agree) > 1 - 1e-4
@@ -166,7 +170,7 @@ def test_logits_track_float_scores():
     q8, s_q = quantize_query(q)
     C, lsh = logit_multiplier(float(s_q[0]), cache.frac_k, c)
     l = logits(q8, [C], [lsh], cache, 50, c).double() / (1 << c.logit_frac)
-    exact = (q8.double() * s_q.unsqueeze(-1)) @ cache.k_dequant().T / 8 / math.log(2)
+    exact = effective_query(q8, s_q, c) @ scheme_kv(cache, 50, c)[0].T / 8 / math.log(2)
     assert float((l - exact).abs().max()) < 2.0 ** -(c.logit_frac - 1)
 
 
@@ -199,3 +203,163 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="fixed point"):
         quantize_token(torch.full((1, 64), 1 << 20), c)
     assert isinstance(cache, KV4Cache)
+
+
+# --------------------------------------------------------------------------- the scheme
+# (rotation and the recent 8-bit window: golden.kv4_attention module docstring)
+def _sylvester(D: int) -> torch.Tensor:
+    H = torch.ones(1, 1, dtype=torch.int64)
+    while H.shape[0] < D:
+        H = torch.cat([torch.cat([H, H], 1), torch.cat([H, -H], 1)], 0)
+    return H
+
+
+def test_fwht_is_the_exact_hadamard_product():
+    from golden.kv4_attention import fwht, fwht_matrix
+    g = torch.Generator().manual_seed(10)
+    for D in (32, 64, 128):
+        F = fwht_matrix(D)
+        X = torch.randint(-(1 << 15), 1 << 15, (40, D), generator=g)
+        Y = fwht(X)
+        assert Y.dtype == torch.int64 and torch.equal(Y, X @ F.long())
+        assert torch.equal(F @ F.T, D * torch.eye(D, dtype=torch.float64))
+        # inner products scale by exactly D (integers, no rounding anywhere)
+        assert torch.equal((Y[:20] * Y[20:]).sum(-1), D * (X[:20] * X[20:]).sum(-1))
+        # F is Sylvester's Hadamard matrix with its rows permuted
+        rows = {tuple(r): i for i, r in enumerate(_sylvester(D).tolist())}
+        perm = [rows.get(tuple(r)) for r in F.long().tolist()]
+        assert sorted(p for p in perm if p is not None) == list(range(D))
+    with pytest.raises(ValueError, match="power-of-two"):
+        fwht(torch.zeros(3, 48, dtype=torch.int64))
+
+
+def test_rotate_query_bounds_and_minimal_exponent():
+    from golden.kv4_attention import fwht, rotate_query, rshift_round
+    g = torch.Generator().manual_seed(11)
+    for D in (32, 64, 128):
+        c = KV4Config(head_dim=D, lanes=16)
+        q8 = torch.randint(-128, 128, (200, D), generator=g)
+        q8[0] = 0                                     # e = 0: nothing to shift
+        q8[1] = 0
+        q8[1, 0] = 1                                  # qr = +-1 everywhere: e = 0
+        q8[2] = -128                                  # |qr| = 128 D: the largest e
+        q8[3] = 127
+        q8[4, :] = torch.tensor([1, -1] * (D // 2))
+        q8[4, 0] = 63                                 # a max |qr| right at a power of two
+        r, e = rotate_query(q8, c)
+        assert r.shape == q8.shape and e.shape == (200,)
+        assert int(r.min()) >= -128 and int(r.max()) <= 127
+        qr = fwht(q8)
+        for t in range(200):
+            m, et = int(qr[t].abs().max()), int(e[t])
+            # e is the smallest shift that brings max|qr| under 2**7 before rounding
+            assert m < 1 << (7 + et) and (et == 0 or m >= 1 << (6 + et)), (D, t, m, et)
+            want = [min(max(rshift_round(int(x), et), -128), 127) for x in qr[t].tolist()]
+            assert r[t].tolist() == want
+        assert int(e[0]) == int(e[1]) == 0 and int(e[2]) == c.log2_d + 1 <= c.min_lsh
+        assert int(e.max()) <= c.min_lsh
+    c = KV4Config(head_dim=64, rotate=False)
+    q8 = torch.randint(-128, 128, (5, 64), generator=g)
+    r, e = rotate_query(q8, c)
+    assert torch.equal(r, q8) and torch.equal(e, torch.zeros(5, dtype=torch.int64))
+
+
+def _exact_quantize_levels(row: list[int], levels: int):
+    """_exact_quantize for any level count (15: 4-bit, 240: 8-bit): S does not
+    depend on the levels (a constant token's S is 15 |lo| at either width)."""
+    lo, hi = min(row), max(row)
+    S = hi - lo if hi > lo else (15 * abs(lo) if lo else 15)
+    zero = min(max(_rhe(Fraction(-levels * lo, S)), 0), levels)
+    codes = [min(max(_rhe(Fraction(levels * x, S)) + zero, 0), levels) for x in row]
+    return codes, S, zero
+
+
+def test_8bit_quantizer_equals_exact_rational_design_formula():
+    from golden.kv4_attention import rotate_k
+    c = KV4Config(head_dim=32, lanes=8, x_bits=8)
+    g = torch.Generator().manual_seed(12)
+    X = torch.randint(-128, 128, (300, 32), generator=g)
+    X[0] = 5
+    X[1] = 0
+    X[2] = -7
+    X[3] = torch.arange(32) + 10
+    X[4] = -torch.arange(32) - 10
+    X[5, :] = 0
+    X[5, 0], X[5, 1] = -1, 1
+    X[6, :] = 0
+    X[6, 0], X[6, 1] = -2, 1        # 240 * 1 / 3 = 80: exact; and ties at other scales
+    X[7, :] = 0
+    X[7, 0], X[7, 1] = -32, 1       # 240 / 33 and 7680 / 33: non-terminating quotients
+    # the rotated K (k_bits wide), as the append path quantizes it
+    Xr = rotate_k(torch.randint(-128, 128, (100, 32), generator=g), c)
+    for data, width in ((X, c.x_bits), (Xr, c.k_bits)):
+        codes, S, zero = quantize_token(data, c, levels=240, width=width)
+        codes4, S4, _ = quantize_token(data, c, width=width)
+        assert torch.equal(S, S4)                     # one scale numerator for both widths
+        for t in range(data.shape[0]):
+            ec, es, ez = _exact_quantize_levels(data[t].tolist(), 240)
+            assert codes[t].tolist() == ec and int(S[t]) == es and int(zero[t]) == ez, t
+            assert (codes4[t].tolist(), int(S4[t])) == _exact_quantize_levels(
+                data[t].tolist(), 15)[:2], t
+    with pytest.raises(ValueError, match="levels must be"):
+        quantize_token(X, c, levels=255)
+
+
+def test_decode_codes_reads_the_last_recent_tokens_at_8_bits():
+    from golden.kv4_attention import decode_codes
+    c = KV4Config(head_dim=32, lanes=8, max_t=40, recent=5)
+    cache = append_cache(torch.randn(12, 32), torch.randn(12, 32), c)
+    for T in (12, 6, 5, 3, 1):
+        R = min(5, T)
+        assert c.recent_tokens(T) == R
+        kc, kz, vc, vz = decode_codes(cache, T, c)
+        n4 = T - R
+        for got, c4, c8 in ((kc, cache.kcodes, cache.kcodes8), (kz, cache.kz, cache.kz8),
+                            (vc, cache.vcodes, cache.vcodes8), (vz, cache.vz, cache.vz8)):
+            assert got.shape[0] == T
+            assert torch.equal(got[:n4], 16 * c4[:n4]) and torch.equal(got[n4:], c8[n4:T])
+    # recent = 0: every token at 4 bits
+    c0 = KV4Config(head_dim=32, lanes=8, max_t=40, recent=0)
+    kc, kz, _, _ = decode_codes(append_cache(torch.randn(4, 32), torch.randn(4, 32), c0), 4, c0)
+    assert bool((kc % 16 == 0).all()) and bool((kz % 16 == 0).all())
+    # a cache without the 8-bit codes a decode needs
+    short = KV4Cache(**{**cache.__dict__, "kcodes8": torch.full_like(cache.kcodes8, -1)})
+    with pytest.raises(ValueError, match="does not hold 8-bit codes"):
+        decode_codes(short, 12, c)
+
+
+def test_scheme_kv_within_the_quantization_bound():
+    """In the rotated frame, every K element a decode reads is within half a step
+    (S/30 u at 4 bits, S/480 u at 8 bits) of rotate_k of the fixed-point input
+    (exact integers; tokens that straddle 0, as rotated random K always does).
+    scheme_kv un-rotates with a map of gain 2**rot_shift / sqrt(D) <= 1, and
+    rotate_k's own rounding adds <= 1/2 u per rotated element, so per token
+    ||K_scheme - X||_2 <= gain * sqrt(D) * (half step + 1/2) u."""
+    from golden.kv4_attention import append_fixed, decode_codes, rotate_k
+    g = torch.Generator().manual_seed(13)
+    for D in (32, 64):
+        c = KV4Config(head_dim=D, lanes=16, max_t=40, recent=6)
+        T, fk, fv = 20, 10, 11
+        # no outlier channels here: those shift a rotated token to one sign, where the
+        # zero clamps at 0 and the half-step bound does not hold (asserted below)
+        X = to_fixed(torch.randn(T, D, generator=g), fk, c)
+        Xv = to_fixed(torch.randn(T, D, generator=g), fv, c)
+        cache = append_fixed(X, Xv, c, frac_k=fk, frac_v=fv)
+        Xr = rotate_k(X, c)
+        assert bool((Xr.amin(-1) < 0).all()) and bool((Xr.amax(-1) > 0).all())
+        kc, kz, vc, vz = decode_codes(cache, T, c)
+        n4 = T - c.recent_tokens(T)
+        # 240 X vs (c - z) S in the 8-bit domain; half step = 8 S (4-bit), S / 2 (8-bit)
+        half2 = torch.cat([torch.full((n4,), 16), torch.ones(T - n4, dtype=torch.int64)])
+        for Xs, cc, zz, S in ((Xr, kc, kz, cache.ks), (Xv, vc, vz, cache.vs)):
+            err2 = (2 * (240 * Xs - (cc - zz.unsqueeze(-1)) * S.unsqueeze(-1))).abs()
+            assert bool((err2 <= (half2 * S).unsqueeze(-1)).all())
+        kd, vd = scheme_kv(cache, T, c)
+        gain = 2.0 ** c.rot_shift / math.sqrt(D)
+        half = cache.ks.double() / torch.where(torch.arange(T) < n4, 30.0, 480.0)
+        err = (kd * 2.0 ** fk - X.double()).norm(dim=-1)
+        assert bool((err <= gain * math.sqrt(D) * (half + 0.5) * (1 + 1e-9)).all())
+        # the bound is not vacuous: the 8-bit tokens are far closer
+        assert float(err[n4:].max()) < 0.2 * float(err[:n4].min())
+        assert torch.equal(vd, cache.v_dequant()[:T].where(
+            torch.arange(T).unsqueeze(-1) < n4, cache.v_dequant(8)[:T]))

@@ -9,13 +9,14 @@ from golden.kv4_config import KV4Config
 from hdl.kv4_attention import (KV4Attention, KV4Quantizer, KV4Unit, append_cycles,
                                cache_layout, cmd_layout, cycle_model, lanes_busy, out_layout,
                                token_layout)
-from quantflow.kv4_attention import token_bits
+from quantflow.kv4_attention import cache_token_bits, token_bits
 
 
 def test_layouts_match_quantflow_words():
-    for c in (KV4Config(), KV4Config(head_dim=128, heads=3, lanes=8)):
+    for c in (KV4Config(), KV4Config(head_dim=128, heads=3, lanes=8),
+              KV4Config(rotate=False, recent=0)):
         assert token_layout(c).size == token_bits(c)
-        assert cache_layout(c).size == 2 * token_bits(c)
+        assert cache_layout(c).size == 2 * cache_token_bits(c)
         assert cmd_layout(c).size == 16 + c.heads * 22
         assert out_layout(c).size == c.lanes * c.out_bits
 
@@ -36,6 +37,14 @@ def test_cycle_model_shape_and_utilisation():
         assert per_token == c.head_dim // c.lanes          # T * head_dim / lanes + overhead
         for T in (512, 1000, c.max_t):
             assert lanes_busy(c, T) >= 0.95, (c.name(), T)
-    assert append_cycles(KV4Config(), 3) == 3 * (2 * 4 + 2)
+    assert append_cycles(KV4Config(), 3) == 3 * (2 * 4 + 3 + 6)      # + 6 butterfly stages
+    assert append_cycles(KV4Config(rotate=False), 3) == 3 * (2 * 4 + 3)
+    # the recent tokens cost one extra pass of chunks each; the rotated query
+    # log2(D) + 2 cycles per head
+    c, r = KV4Config(recent=8), KV4Config(recent=0)
+    assert cycle_model(c, 100) - cycle_model(r, 100) == 8 * c.chunks + c.chunks
+    assert cycle_model(c, 3) - cycle_model(r, 3) == 3 * c.chunks + c.chunks
+    assert (cycle_model(KV4Config(heads=2), 9) - cycle_model(KV4Config(heads=2, rotate=False), 9)
+            == 2 * (6 + 2))
     with pytest.raises(ValueError):
         cycle_model(KV4Config(max_t=16), 17)

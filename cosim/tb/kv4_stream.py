@@ -67,12 +67,14 @@ class _Clock:
 
 
 def load_decode_case(data_dir: str, config):
-    """(image, case arrays, expected out words) for one decode case."""
+    """(image, case arrays, expected out words, expected append-path cache words)
+    for one decode case: the cache words come from golden's append path on the
+    case's fixed-point K/V (4- and 8-bit codes of every token)."""
     import numpy as np
     import torch
 
-    from golden.kv4_attention import kv4_decode
-    from quantflow.kv4_attention import load_kv4_cache
+    from golden.kv4_attention import append_fixed, kv4_decode
+    from quantflow.kv4_attention import load_kv4_cache, pack_cache_words
     from quantflow.pack import pack_words
     img = load_kv4_cache(data_dir, config)
     arr = np.load(f"{data_dir}/case.npz", allow_pickle=False)
@@ -80,7 +82,9 @@ def load_decode_case(data_dir: str, config):
     res = kv4_decode(torch.from_numpy(arr["q8"]), arr["C"].tolist(), arr["lsh"].tolist(),
                      img.cache, T, config)
     exp = pack_words(res.out.numpy().reshape(-1), config.out_bits, config.lanes, signed=True)
-    return img, arr, exp
+    full = append_fixed(torch.from_numpy(arr["Xk"][:T]), torch.from_numpy(arr["Xv"][:T]),
+                        config, frac_k=img.cache.frac_k, frac_v=img.cache.frac_v)
+    return img, arr, exp, pack_cache_words(full, config)
 
 
 async def _pulse(dut, clk, name):
@@ -91,16 +95,14 @@ async def _pulse(dut, clk, name):
 
 
 async def decode_case(dut, clk, case, cfg, rng) -> dict:
-    from quantflow.kv4_attention import (pack_append_words, pack_cmd_word, pack_query_words,
-                                         token_bits)
-    img, arr, expected = load_decode_case(case["data_dir"], cfg)
+    from quantflow.kv4_attention import pack_append_words, pack_cmd_word, pack_query_words
+    img, arr, expected, exp_cache = load_decode_case(case["data_dir"], cfg)
     for word_idx, xor_mask in case.get("corrupt_expected", []):
         expected[word_idx] ^= int(xor_mask)
     T = int(arr["T"])
     p_idle, p_stall = float(case.get("p_idle", 0.0)), float(case.get("p_stall", 0.0))
     errors = []
     sub = [random.Random(rng.randrange(1 << 62)) for _ in range(6)]
-    tb = token_bits(cfg)
     n_app = T * cfg.chunks
 
     # 1. append T tokens through the hardware quantizer
@@ -108,7 +110,6 @@ async def decode_case(dut, clk, case, cfg, rng) -> dict:
     app = StreamSource(dut, "append", pack_append_words(arr["Xk"][:T], arr["Xv"][:T], cfg),
                        p_idle=p_idle, rng=sub[0])
     csink = StreamSink(dut, "cache", p_stall=p_stall, rng=sub[1])
-    exp_cache = [k | (v << tb) for k, v in zip(img.k_words[:n_app], img.v_words[:n_app])]
     ok = await clk.run([app, csink], lambda: len(csink.words) >= n_app,
                        limit=40 * n_app + 1000)
     if not ok:
@@ -143,15 +144,15 @@ async def decode_case(dut, clk, case, cfg, rng) -> dict:
     cmd = StreamSource(dut, "cmd", [pack_cmd_word(T, arr["C"].tolist(), arr["lsh"].tolist(),
                                                   cfg)], p_idle=p_idle, rng=sub[3])
     qry = StreamSource(dut, "query", pack_query_words(arr["q8"], cfg), p_idle=p_idle, rng=sub[4])
-    ks = StreamSource(dut, "k", list(img.k_words[:n_app]), p_idle=p_idle, rng=sub[5])
-    vs = StreamSource(dut, "v", list(img.v_words[:n_app]), p_idle=p_idle,
+    ks = StreamSource(dut, "k", list(img.k_words), p_idle=p_idle, rng=sub[5])
+    vs = StreamSource(dut, "v", list(img.v_words), p_idle=p_idle,
                       rng=random.Random(rng.randrange(1 << 62)))
     out = StreamSink(dut, "out", p_stall=p_stall, rng=random.Random(rng.randrange(1 << 62)))
     n_out = cfg.heads * cfg.chunks
     sw = Stopwatch()
     c0 = clk.cycle
     ok = await clk.run([cmd, qry, ks, vs, out], lambda: len(out.words) >= n_out,
-                       limit=60 * (n_app + n_out) + 2000)
+                       limit=60 * (len(img.k_words) + n_out) + 2000)
     secs = sw.seconds()
     await clk.settle([cmd, qry, ks, vs, out])
     if not ok:
@@ -174,9 +175,11 @@ async def decode_case(dut, clk, case, cfg, rng) -> dict:
 
 
 async def bad_t_case(dut, clk, case, cfg) -> dict:
+    """A cmd with T == 0, T > max_t or an lsh below min_lsh: consumed, `error`."""
     from quantflow.kv4_attention import pack_cmd_word
     T = int(case["t"])
-    cmd = StreamSource(dut, "cmd", [pack_cmd_word(T, [1] * cfg.heads, [8] * cfg.heads, cfg)])
+    lsh = int(case.get("lsh", max(8, cfg.min_lsh)))
+    cmd = StreamSource(dut, "cmd", [pack_cmd_word(T, [1] * cfg.heads, [lsh] * cfg.heads, cfg)])
     out = StreamSink(dut, "out")
     await clk.run([cmd, out], lambda: cmd.done, limit=50)
     await clk.run([out], lambda: False, limit=10 * cfg.chunks)
@@ -185,7 +188,8 @@ async def bad_t_case(dut, clk, case, cfg) -> dict:
     if not cmd.done:
         errors.append("the bad cmd was not consumed")
     if int(dut.error.value) != 1:
-        errors.append(f"T={T} (max_t={cfg.max_t}) did not raise `error`")
+        errors.append(f"T={T} (max_t={cfg.max_t}), lsh={lsh} (min {cfg.min_lsh}) did not "
+                      f"raise `error`")
     if out.words or int(dut.busy.value):
         errors.append(f"T={T} started a decode")
     return {"kind": "bad_t", "T": T, "passed": not errors, "errors": errors}
