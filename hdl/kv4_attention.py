@@ -350,21 +350,24 @@ def append_cycles(config: KV4Config, tokens: int) -> int:
 
 
 # --------------------------------------------------------------------------- decode core
+def _decode_ports(c: KV4Config) -> dict:
+    """The decode core's signature members (shared by KV4Attention and KV4Unit)."""
+    return {"cmd": In(stream.Signature(cmd_layout(c))),
+            "query": In(stream.Signature(query_layout(c))),
+            "k": In(stream.Signature(token_layout(c))),
+            "v": In(stream.Signature(token_layout(c))),
+            "out": Out(stream.Signature(out_layout(c))),
+            "error": Out(1),
+            "busy": Out(1)}
+
+
 class KV4Attention(wiring.Component):
     """Decode attention for `heads` query heads over T cached tokens (module
     docstring); `busy` is high from the cmd until the last out beat."""
 
     def __init__(self, config: KV4Config):
         self.config = c = _cfg(config)
-        super().__init__({
-            "cmd": In(stream.Signature(cmd_layout(c))),
-            "query": In(stream.Signature(query_layout(c))),
-            "k": In(stream.Signature(token_layout(c))),
-            "v": In(stream.Signature(token_layout(c))),
-            "out": Out(stream.Signature(out_layout(c))),
-            "error": Out(1),
-            "busy": Out(1),
-        })
+        super().__init__(_decode_ports(c))
 
     def elaborate(self, platform):
         c = self.config
@@ -729,18 +732,12 @@ class KV4Unit(wiring.Component):
     def __init__(self, config: KV4Config):
         self.config = c = _cfg(config)
         super().__init__({
-            "cmd": In(stream.Signature(cmd_layout(c))),
-            "query": In(stream.Signature(query_layout(c))),
-            "k": In(stream.Signature(token_layout(c))),
-            "v": In(stream.Signature(token_layout(c))),
-            "out": Out(stream.Signature(out_layout(c))),
+            **_decode_ports(c),
             "append": In(stream.Signature(append_layout(c))),
             "cache": Out(stream.Signature(cache_layout(c))),
             "cache_clear": In(1),
             "count": Out(c.t_bits),
             "overflow": Out(1),
-            "error": Out(1),
-            "busy": Out(1),
         })
 
     def elaborate(self, platform):
