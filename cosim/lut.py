@@ -15,7 +15,7 @@ from pathlib import Path
 from golden.lut_config import LUTConfig, LUTMode, MODES
 
 from cosim import runner
-from cosim.plan import MIN_MACS
+from cosim.plan import MIN_MACS, TiledCase
 from cosim.report import make_record
 
 __all__ = ["LUTCase", "default_plan", "prepare_data", "stream_build", "run_stream",
@@ -26,43 +26,14 @@ STREAM_TB = "cosim.tb.lut_stream"
 
 
 @dataclass(frozen=True, kw_only=True)
-class LUTCase:
+class LUTCase(TiledCase):
     config: LUTConfig
     mode: LUTMode
-    m_tiles: int
-    n_tiles: int
-    seed: int = 1
-    p_idle: float = 0.2
-    p_stall: float = 0.3
 
     def __post_init__(self):
-        if not isinstance(self.config, LUTConfig):
-            raise ValueError(f"config must be a LUTConfig, got {type(self.config).__name__}")
+        self._check_case(LUTConfig)
         if not isinstance(self.mode, LUTMode):
             raise ValueError(f"mode must be a LUTMode, got {type(self.mode).__name__}")
-        for n in ("m_tiles", "n_tiles"):
-            v = getattr(self, n)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{n} must be an int >= 1, got {v!r}")
-        for n in ("p_idle", "p_stall"):
-            if not 0.0 <= getattr(self, n) < 1.0:
-                raise ValueError(f"{n} must be a probability in [0, 1)")
-
-    @property
-    def M(self) -> int:
-        return self.m_tiles * self.config.rows
-
-    @property
-    def N(self) -> int:
-        return self.n_tiles * self.config.cols
-
-    @property
-    def tiles(self) -> int:
-        return self.m_tiles * self.n_tiles
-
-    @property
-    def macs(self) -> int:
-        return self.M * self.N * self.config.K
 
     @property
     def workload(self) -> str:

@@ -13,10 +13,57 @@ from dataclasses import dataclass
 
 from golden.config import MixPEConfig
 
-__all__ = ["MIN_MACS", "MixPECase", "RealLayer", "default_plan", "real_plan", "tiles_for"]
+__all__ = ["MIN_MACS", "TiledCase", "MixPECase", "RealLayer", "default_plan", "real_plan",
+           "tiles_for"]
 
 #: Compared MACs per configuration in `make sim` (the brief's floor).
 MIN_MACS = 100_000
+
+
+@dataclass(frozen=True, kw_only=True)
+class TiledCase:
+    """What the cases of the tiled GEMM blocks (MixPE, LUT) share: a workload of
+    m_tiles x n_tiles array tiles, M = m_tiles * config.rows activation rows,
+    N = n_tiles * config.cols output channels, K = config.K."""
+    config: object
+    m_tiles: int
+    n_tiles: int
+    seed: int = 1
+    #: probability that a source holds `valid` low in a cycle (each stream on its own)
+    p_idle: float = 0.2
+    #: probability that the result sink holds `ready` low in a cycle
+    p_stall: float = 0.3
+
+    def _check_case(self, config_cls: type) -> None:
+        """ValueError naming the field unless config is a `config_cls`, the tile
+        counts ints >= 1 and p_idle, p_stall probabilities below 1."""
+        if not isinstance(self.config, config_cls):
+            raise ValueError(f"config must be a {config_cls.__name__}, "
+                             f"got {type(self.config).__name__}")
+        for n in ("m_tiles", "n_tiles"):
+            v = getattr(self, n)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{n} must be an int >= 1, got {v!r}")
+        for n in ("p_idle", "p_stall"):
+            v = getattr(self, n)
+            if not 0.0 <= v < 1.0:
+                raise ValueError(f"{n} must be a probability in [0, 1), got {v!r}")
+
+    @property
+    def M(self) -> int:
+        return self.m_tiles * self.config.rows
+
+    @property
+    def N(self) -> int:
+        return self.n_tiles * self.config.cols
+
+    @property
+    def tiles(self) -> int:
+        return self.m_tiles * self.n_tiles
+
+    @property
+    def macs(self) -> int:
+        return self.M * self.N * self.config.K
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,15 +84,8 @@ class RealLayer:
 
 
 @dataclass(frozen=True, kw_only=True)
-class MixPECase:
+class MixPECase(TiledCase):
     config: MixPEConfig
-    m_tiles: int
-    n_tiles: int
-    seed: int = 1
-    #: probability that a source holds `valid` low in a cycle (each stream on its own)
-    p_idle: float = 0.2
-    #: probability that the result sink holds `ready` low in a cycle
-    p_stall: float = 0.3
     #: weight channels made outliers (x ~8) so that quantization sees real spread
     outlier_channels: int = 2
     #: also run the MixPESystem fast path on this case
@@ -55,34 +95,9 @@ class MixPECase:
     real: RealLayer | None = None
 
     def __post_init__(self):
-        if not isinstance(self.config, MixPEConfig):
-            raise ValueError(f"config must be a MixPEConfig, got {type(self.config).__name__}")
-        for n in ("m_tiles", "n_tiles"):
-            v = getattr(self, n)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{n} must be an int >= 1, got {v!r}")
-        for n in ("p_idle", "p_stall"):
-            v = getattr(self, n)
-            if not 0.0 <= v < 1.0:
-                raise ValueError(f"{n} must be a probability in [0, 1), got {v!r}")
+        self._check_case(MixPEConfig)
         if self.real is not None and not isinstance(self.real, RealLayer):
             raise ValueError(f"real must be a RealLayer, got {type(self.real).__name__}")
-
-    @property
-    def M(self) -> int:
-        return self.m_tiles * self.config.rows
-
-    @property
-    def N(self) -> int:
-        return self.n_tiles * self.config.cols
-
-    @property
-    def tiles(self) -> int:
-        return self.m_tiles * self.n_tiles
-
-    @property
-    def macs(self) -> int:
-        return self.M * self.N * self.config.K
 
     @property
     def workload(self) -> str:

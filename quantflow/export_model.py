@@ -36,8 +36,8 @@ from golden.config import MixPEConfig, SCALE_BITS
 from .errors import QuantflowError
 from .evaluate import quant_dir
 from .fakequant import QuantizedModel, quantize_model
-from .images import _sha256, _write_dir_atomically, hex_digits, read_hex, write_hex
-from .images import write_mixpe_images
+from .images import (hex_digits, read_hex, verify_checksums, write_hex, write_image_dir,
+                     write_mixpe_images)
 from .models.llama import LlamaForCausalLM
 from .models.loaders import LoadedModel, load_model, require
 from .pack import (pack_code_words, pack_scale_words, unpack_code_words,
@@ -76,7 +76,7 @@ def export_quantized(outdir, qm: QuantizedModel, *, cols: int = 8, model_name: s
             raise QuantflowError(f"layer {n} has N={qw.shape[0]} output channels, not a "
                                  f"multiple of cols={cols}; pick cols dividing every N")
 
-    def fill(tmp: Path) -> None:
+    def fill(tmp: Path) -> dict:
         entries = {}
         it = layers.items()
         if progress:
@@ -127,9 +127,7 @@ def export_quantized(outdir, qm: QuantizedModel, *, cols: int = 8, model_name: s
                 np.save(tmp / "kv" / "hadamard.npy", qm.rotation.numpy().astype(np.float32),
                         allow_pickle=False)
                 kv["files"]["hadamard"] = "kv/hadamard.npy"
-        sums = {str(p.relative_to(tmp)): _sha256(p)
-                for p in sorted(tmp.rglob("*")) if p.is_file()}
-        manifest = {
+        return {
             "format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION,
             "model": model_name, "scheme": qm.scheme.name, "scheme_label": qm.scheme.label,
             "weight_scheme": asdict(qm.scheme.weight),
@@ -137,16 +135,9 @@ def export_quantized(outdir, qm: QuantizedModel, *, cols: int = 8, model_name: s
             "scale_bits": SCALE_BITS, "cols": cols,
             "layers": entries, "norms": norms, "kv": kv,
             "float_tensors": "model.embed_tokens / lm_head are unchanged from the source",
-            "sha256": sums,
         }
-        with open(tmp / "manifest.json", "w", encoding="utf-8") as f:
-            json.dump(manifest, f, indent=2, sort_keys=True)
-            f.write("\n")
-        holder.append(manifest)
 
-    holder: list = []
-    _write_dir_atomically(Path(outdir), fill)
-    return holder[0]
+    return write_image_dir(outdir, fill)
 
 
 def _cpu_seconds() -> float:
@@ -202,13 +193,7 @@ def load_model_export(outdir, *, check_words: bool = True) -> dict:
     if man.get("format") != MODEL_FORMAT or man.get("format_version") != MODEL_FORMAT_VERSION:
         raise QuantflowError(f"{mpath} is not a {MODEL_FORMAT} v{MODEL_FORMAT_VERSION} "
                              f"manifest; {_FIX}")
-    for name, digest in sorted(man["sha256"].items()):
-        p = outdir / name
-        if not p.is_file():
-            raise QuantflowError(f"{p} is missing; {_FIX}")
-        if _sha256(p) != digest:
-            raise QuantflowError(f"{p} does not match its sha256 in manifest.json (the file "
-                                 f"changed after export); {_FIX}")
+    verify_checksums(outdir, man["sha256"], _FIX)
     layers = {}
     for n, e in man["layers"].items():
         d = outdir / e["dir"]

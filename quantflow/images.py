@@ -9,7 +9,9 @@ An image directory holds, per memory tensor NAME in (act, code, scale, result):
 and side data as .npy only: s1 [N] fp16, s_a [M] float32, s2 [N,G] uint8,
 z [N,G] uint8; plus manifest.json (format in docs/formats.md) with the sha256 of
 every file. Directories are written to a temp dir beside the target and renamed
-into place at the end, so a failed export leaves nothing behind.
+into place at the end, so a failed export leaves nothing behind. The writers and
+readers every block's images share (write_image_dir, read_manifest, read_words,
+read_npy, the QoQ image set of MixPE and LUT) live here.
 """
 from __future__ import annotations
 
@@ -136,15 +138,11 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _write_dir_atomically(outdir: Path, fill) -> None:
-    """Call fill(tmpdir), then rename tmpdir to outdir (replacing an earlier image
-    directory). On any error the temp dir is removed and outdir is untouched."""
-    outdir = Path(outdir)
+def replace_dir_atomically(outdir: Path, fill) -> None:
+    """Call fill(tmpdir) on a fresh directory beside outdir, then rename it to
+    outdir (replacing an earlier one). On any error the temp dir is removed and
+    outdir is untouched."""
     outdir.parent.mkdir(parents=True, exist_ok=True)
-    if outdir.exists() and not (outdir / MANIFEST).is_file() and (
-            not outdir.is_dir() or any(outdir.iterdir())):
-        raise QuantflowError(f"refusing to replace {outdir}: it exists and is not a quantflow "
-                             f"image directory; choose another output path or remove it")
     tmp = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.tmp-", dir=outdir.parent))
     try:
         fill(tmp)
@@ -161,16 +159,29 @@ def _write_dir_atomically(outdir: Path, fill) -> None:
         raise
 
 
+def _write_dir_atomically(outdir: Path, fill) -> None:
+    """replace_dir_atomically, refusing to replace anything but an image directory
+    (or an empty one): a mistyped output path must not delete the user's files."""
+    outdir = Path(outdir)
+    if outdir.exists() and not (outdir / MANIFEST).is_file() and (
+            not outdir.is_dir() or any(outdir.iterdir())):
+        raise QuantflowError(f"refusing to replace {outdir}: it exists and is not a quantflow "
+                             f"image directory; choose another output path or remove it")
+    replace_dir_atomically(outdir, fill)
+
+
 def write_image_dir(outdir, fill) -> dict:
-    """Write an image directory atomically (every block's exporter uses this):
-    `fill(tmp)` writes the data files into the temporary directory and returns
-    the manifest without checksums; the sha256 of every file is added and
-    manifest.json written last, then the directory is renamed into place."""
+    """Write an image directory atomically (every block's exporter and the model
+    export use this): `fill(tmp)` writes the data files into the temporary
+    directory and returns the manifest without checksums; the sha256 of every
+    file (keyed by its path below the directory) is added and manifest.json
+    written last, then the directory is renamed into place."""
     holder: list[dict] = []
 
     def _fill(tmp: Path) -> None:
         manifest = fill(tmp)
-        manifest["sha256"] = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
+        manifest["sha256"] = {p.relative_to(tmp).as_posix(): _sha256(p)
+                              for p in sorted(tmp.rglob("*")) if p.is_file()}
         with open(tmp / MANIFEST, "w", encoding="utf-8") as f:
             json.dump(manifest, f, indent=2, sort_keys=True)
             f.write("\n")
@@ -180,41 +191,48 @@ def write_image_dir(outdir, fill) -> dict:
     return holder[0]
 
 
-def _check_config(config) -> MixPEConfig:
-    if not isinstance(config, MixPEConfig):
-        raise QuantflowError(f"config must be a MixPEConfig, got {type(config).__name__}")
+def check_config(config, cls):
+    """`config` itself when it is a `cls` (the block's configuration class)."""
+    if not isinstance(config, cls):
+        raise QuantflowError(f"config must be a {cls.__name__}, got {type(config).__name__}")
     return config
 
 
-def write_mixpe_images(outdir, config: MixPEConfig, *, weights: QoQWeights, a, s_a) -> dict:
-    """Pack already-quantized operands (weights from quantize_qoq, a/s_a from
-    quantize_act), compute golden's expected acc, and write the image directory.
-    Returns the manifest dict."""
-    c = _check_config(config)
-    if not isinstance(weights, QoQWeights):
-        raise QuantflowError("weights must be a QoQWeights (quantflow.quantize_qoq)")
-    if (weights.bits, weights.group) != (c.bits, c.group):
-        raise QuantflowError(f"weights were quantized with bits={weights.bits}, "
-                             f"group={weights.group} but config has bits={c.bits}, "
-                             f"group={c.group}; quantize with the config's values")
+# ------------------------------------------------------ the QoQ image set (MixPE, LUT)
+# MixPE and the LUT block read the same operands (QoQ weights q/s1/s2/z, per-token
+# INT8 activations) and write the same files; only the word layouts differ.
+def qoq_operands(weights: QoQWeights, a, s_a, K: int):
+    """(a, s_a as float32, M, N) once a [M, K] and s_a [M] fit weights [N, K] and
+    the configuration's K."""
     a = torch.as_tensor(a)
     s_a = torch.as_tensor(s_a).to(torch.float32)
-    N, K = weights.shape
-    if a.dim() != 2 or a.shape[1] != K or K != c.K:
-        raise QuantflowError(f"a {list(a.shape)} and weights {[N, K]} must share "
-                             f"K = config.K = {c.K}")
+    N, Kw = weights.shape
+    if a.dim() != 2 or a.shape[1] != Kw or Kw != K:
+        raise QuantflowError(f"a {list(a.shape)} and weights {[N, Kw]} must share "
+                             f"K = config.K = {K}")
     M = a.shape[0]
     if tuple(s_a.shape) != (M,):
         raise QuantflowError(f"s_a must have shape [{M}], got {list(s_a.shape)}")
+    return a, s_a, M, N
 
-    # packing first: it raises the tiling errors (M % rows, N % cols) before any I/O
-    words = {
-        "act": pack_act_words(a, c),
-        "code": pack_code_words(weights.q, c),
-        "scale": pack_scale_words(weights.s2, weights.z, c),
-    }
-    acc = mixpe_acc(a, weights.q, weights.s2, weights.z, c)
-    words["result"] = pack_result_words(acc, c)
+
+def write_side(tmp: Path, side: dict) -> dict:
+    """Save each side tensor of {name: (array, meaning)} as name.npy; returns their
+    manifest entries."""
+    entries = {}
+    for name, (arr, meaning) in side.items():
+        np.save(tmp / f"{name}.npy", arr, allow_pickle=False)
+        entries[name] = dict(npy=f"{name}.npy", shape=list(arr.shape), dtype=str(arr.dtype),
+                             meaning=meaning)
+    return entries
+
+
+def write_qoq_images(outdir, *, weights: QoQWeights, a, s_a, acc, words: dict, desc: dict,
+                     manifest: dict) -> dict:
+    """Write a QoQ image set: the memory images act/code/scale/result (.hex of
+    `words`, .npy of the tensors they pack; `desc`: each one's layout fields) and
+    the side tensors s1, s_a, s2, z. `manifest`: the block's own fields, to which
+    `tensors` and `side` are added. Returns the manifest."""
     s2 = weights.s2.numpy().astype(np.uint8)
     z = weights.z.numpy().astype(np.uint8)
     zs2 = (weights.z * weights.s2).numpy().astype(np.uint8)
@@ -223,25 +241,6 @@ def write_mixpe_images(outdir, config: MixPEConfig, *, weights: QoQWeights, a, s
         "code": weights.q.numpy().astype(np.uint8),
         "scale": np.stack([s2, zs2], axis=-1),
         "result": acc.numpy().astype(np.int32),
-    }
-    mt, nt = M // c.rows, N // c.cols
-    desc = {
-        "act": dict(elem_bits=ACT_BITS, signed=True, elems_per_word=c.rows,
-                    word_bits=c.act_word_bits, layout="mixpe_act",
-                    order=f"word[tm*K + k] holds a[tm*rows + r, k] in bits [8r, 8r+8)"),
-        "code": dict(elem_bits=c.bits, signed=False, elems_per_word=c.cols,
-                     word_bits=c.code_word_bits, layout="mixpe_code",
-                     order=f"word[tn*K + k] holds q[tn*cols + c, k] in bits "
-                           f"[{c.bits}c, {c.bits}c+{c.bits})"),
-        "scale": dict(elem_bits=2 * SCALE_BITS, signed=False, elems_per_word=c.cols,
-                      word_bits=c.scale_word_bits, layout="mixpe_scale",
-                      fields={"s2": [0, SCALE_BITS], "zs2": [SCALE_BITS, 2 * SCALE_BITS]},
-                      order="word[tn*G + j] holds (s2 | zs2 << 8)[tn*cols + c, j] in bits "
-                            "[16c, 16c+16); npy is [N, G, 2] = (s2, zs2)"),
-        "result": dict(elem_bits=ACC_BITS, signed=True, elems_per_word=c.cols,
-                       word_bits=c.result_word_bits, layout="mixpe_result",
-                       order="word[(tn*m_tiles + tm)*rows + m] holds acc[tm*rows + m, "
-                             "tn*cols + c] in bits [32c, 32c+32); golden expected values"),
     }
     side = {
         "s1": (weights.s1.numpy().astype(np.float16), "per-channel fp16 scale [N]"),
@@ -260,39 +259,75 @@ def write_mixpe_images(outdir, config: MixPEConfig, *, weights: QoQWeights, a, s
                                  dtype=str(arrays[name].dtype), words=len(words[name]),
                                  hex_digits=hex_digits(d["word_bits"]), packing="lsb-first",
                                  **d)
-        sides = {}
-        for name, (arr, meaning) in side.items():
-            np.save(tmp / f"{name}.npy", arr, allow_pickle=False)
-            sides[name] = dict(npy=f"{name}.npy", shape=list(arr.shape),
-                               dtype=str(arr.dtype), meaning=meaning)
-        manifest = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "block": "mixpe",
-            "config": c.as_dict(),
-            "config_name": c.name(),
-            "dims": {"M": M, "N": N, "K": K, "groups": c.groups, "m_tiles": mt,
-                     "n_tiles": nt},
-            "quantization": {
-                "weights": {"scheme": "qoq", "bits": c.bits, "group": c.group,
-                            "w8_qmax": QOQ_W8_QMAX, "s1_dtype": "float16",
-                            "scale_bits": SCALE_BITS, "rounding": "half-even"},
-                "activations": {"scheme": "per-token-symmetric-int8", "qmax": ACT_QMAX,
-                                "s_a_dtype": "float32", "rounding": "half-even"},
-            },
-            "tensors": tensors,
-            "side": sides,
-        }
-        return manifest
+        return {**manifest, "tensors": tensors, "side": write_side(tmp, side)}
 
     return write_image_dir(outdir, fill)
+
+
+def write_mixpe_images(outdir, config: MixPEConfig, *, weights: QoQWeights, a, s_a) -> dict:
+    """Pack already-quantized operands (weights from quantize_qoq, a/s_a from
+    quantize_act), compute golden's expected acc, and write the image directory.
+    Returns the manifest dict."""
+    c = check_config(config, MixPEConfig)
+    if not isinstance(weights, QoQWeights):
+        raise QuantflowError("weights must be a QoQWeights (quantflow.quantize_qoq)")
+    if (weights.bits, weights.group) != (c.bits, c.group):
+        raise QuantflowError(f"weights were quantized with bits={weights.bits}, "
+                             f"group={weights.group} but config has bits={c.bits}, "
+                             f"group={c.group}; quantize with the config's values")
+    a, s_a, M, N = qoq_operands(weights, a, s_a, c.K)
+
+    # packing first: it raises the tiling errors (M % rows, N % cols) before any I/O
+    words = {
+        "act": pack_act_words(a, c),
+        "code": pack_code_words(weights.q, c),
+        "scale": pack_scale_words(weights.s2, weights.z, c),
+    }
+    acc = mixpe_acc(a, weights.q, weights.s2, weights.z, c)
+    words["result"] = pack_result_words(acc, c)
+    desc = {
+        "act": dict(elem_bits=ACT_BITS, signed=True, elems_per_word=c.rows,
+                    word_bits=c.act_word_bits, layout="mixpe_act",
+                    order=f"word[tm*K + k] holds a[tm*rows + r, k] in bits [8r, 8r+8)"),
+        "code": dict(elem_bits=c.bits, signed=False, elems_per_word=c.cols,
+                     word_bits=c.code_word_bits, layout="mixpe_code",
+                     order=f"word[tn*K + k] holds q[tn*cols + c, k] in bits "
+                           f"[{c.bits}c, {c.bits}c+{c.bits})"),
+        "scale": dict(elem_bits=2 * SCALE_BITS, signed=False, elems_per_word=c.cols,
+                      word_bits=c.scale_word_bits, layout="mixpe_scale",
+                      fields={"s2": [0, SCALE_BITS], "zs2": [SCALE_BITS, 2 * SCALE_BITS]},
+                      order="word[tn*G + j] holds (s2 | zs2 << 8)[tn*cols + c, j] in bits "
+                            "[16c, 16c+16); npy is [N, G, 2] = (s2, zs2)"),
+        "result": dict(elem_bits=ACC_BITS, signed=True, elems_per_word=c.cols,
+                       word_bits=c.result_word_bits, layout="mixpe_result",
+                       order="word[(tn*m_tiles + tm)*rows + m] holds acc[tm*rows + m, "
+                             "tn*cols + c] in bits [32c, 32c+32); golden expected values"),
+    }
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "block": "mixpe",
+        "config": c.as_dict(),
+        "config_name": c.name(),
+        "dims": {"M": M, "N": N, "K": c.K, "groups": c.groups, "m_tiles": M // c.rows,
+                 "n_tiles": N // c.cols},
+        "quantization": {
+            "weights": {"scheme": "qoq", "bits": c.bits, "group": c.group,
+                        "w8_qmax": QOQ_W8_QMAX, "s1_dtype": "float16",
+                        "scale_bits": SCALE_BITS, "rounding": "half-even"},
+            "activations": {"scheme": "per-token-symmetric-int8", "qmax": ACT_QMAX,
+                            "s_a_dtype": "float32", "rounding": "half-even"},
+        },
+    }
+    return write_qoq_images(outdir, weights=weights, a=a, s_a=s_a, acc=acc, words=words,
+                            desc=desc, manifest=manifest)
 
 
 def export_mixpe(outdir, config: MixPEConfig, W, X) -> dict:
     """Quantize float weights W [N, K] (QoQ with config.bits/config.group) and float
     activations X [M, K] (per-token INT8), pack, and write the image directory.
     N must be a multiple of config.cols, M of config.rows. Returns the manifest."""
-    c = _check_config(config)
+    c = check_config(config, MixPEConfig)
     qw = quantize_qoq(W, bits=c.bits, group=c.group)
     if qw.shape[1] != c.K:
         raise QuantflowError(f"W has K={qw.shape[1]} but config.K={c.K}; build the config "
@@ -303,13 +338,14 @@ def export_mixpe(outdir, config: MixPEConfig, W, X) -> dict:
 
 # --------------------------------------------------------------------------- reading
 @dataclass(frozen=True, kw_only=True)
-class MixPEImages:
-    """A verified image directory. Tensors as torch: a int8 [M,K]; q, s2, z int32;
-    s1 fp16 [N]; s_a float32 [M]; acc int32 [M,N] (golden's expected result).
-    *_words: the memory words (Python ints) exactly as in the .hex files."""
+class QoQImages:
+    """A verified QoQ image set (MixPEImages, quantflow.lut.LUTImages). Tensors as
+    torch: a int8 [M,K]; q, s2, z int32; s1 fp16 [N]; s_a float32 [M]; acc int32
+    [M,N] (golden's expected result). *_words: the memory words (Python ints)
+    exactly as in the .hex files."""
 
     path: Path
-    config: MixPEConfig
+    config: object
     manifest: dict
     M: int
     N: int
@@ -334,9 +370,32 @@ class MixPEImages:
         return self.N // self.config.cols
 
     @property
+    def macs(self) -> int:
+        return self.M * self.N * self.config.K
+
+
+@dataclass(frozen=True, kw_only=True)
+class MixPEImages(QoQImages):
+    """A verified MixPE image directory (fields: QoQImages)."""
+
+    config: MixPEConfig
+
+    @property
     def weights(self) -> QoQWeights:
         return QoQWeights(q=self.q, s1=self.s1, s2=self.s2, z=self.z,
                           bits=self.config.bits, group=self.config.group)
+
+
+def verify_checksums(outdir: Path, sums: dict, fix: str) -> None:
+    """Every file of `sums` ({path below outdir: sha256}) exists and is unchanged;
+    `fix`: what the error tells the user to do."""
+    for name, digest in sorted(sums.items()):
+        p = outdir / name
+        if not p.is_file():
+            raise QuantflowError(f"{p} is missing; {fix}")
+        if _sha256(p) != digest:
+            raise QuantflowError(f"{p} does not match its sha256 in {MANIFEST} (the file "
+                                 f"changed after export); {fix}")
 
 
 def read_manifest(outdir, *, fmt: str = FORMAT, version: int = FORMAT_VERSION) -> dict:
@@ -364,57 +423,56 @@ def read_manifest(outdir, *, fmt: str = FORMAT, version: int = FORMAT_VERSION) -
         raise QuantflowError(f"{mpath} lacks required fields; {_FIX}") from None
     for name in sorted(needed - set(sums)):
         raise QuantflowError(f"{mpath} has no checksum for {name}; {_FIX}")
-    for name, digest in sorted(sums.items()):
-        p = outdir / name
-        if not p.is_file():
-            raise QuantflowError(f"{p} is missing; {_FIX}")
-        if _sha256(p) != digest:
-            raise QuantflowError(f"{p} does not match its sha256 in {MANIFEST} (the file "
-                                 f"changed after export); {_FIX}")
+    verify_checksums(outdir, sums, _FIX)
     return manifest
 
 
-def load_mixpe(outdir, config: MixPEConfig) -> MixPEImages:
-    """Read and verify an image directory written for `config`: checksums, config,
-    hex widths/word counts, and that every .hex agrees with its .npy."""
-    c = _check_config(config)
-    outdir = Path(outdir)
-    man = read_manifest(outdir)
-    mpath = outdir / MANIFEST
-    if man.get("config") != c.as_dict():
-        raise QuantflowError(f"{mpath} was written for {man.get('config_name')} "
-                             f"({man.get('config')}), expected {c.name()}; {_FIX} with "
+def read_manifest_for(outdir: Path, config, *, fmt: str = FORMAT, version: int = FORMAT_VERSION,
+                      fix: str = _FIX) -> dict:
+    """read_manifest, and the images must have been written for `config`."""
+    man = read_manifest(outdir, fmt=fmt, version=version)
+    if man.get("config") != config.as_dict():
+        raise QuantflowError(f"{outdir / MANIFEST} was written for {man.get('config_name')} "
+                             f"({man.get('config')}), expected {config.name()}; {fix} with "
                              f"this configuration")
-    dims = man["dims"]
-    M, N = int(dims["M"]), int(dims["N"])
-    words, arrays = {}, {}
-    for name, t in man["tensors"].items():
-        words[name] = read_hex(outdir / t["hex"], int(t["word_bits"]), int(t["words"]))
-        arrays[name] = np.load(outdir / t["npy"], allow_pickle=False)
-    side = {k: np.load(outdir / t["npy"], allow_pickle=False) for k, t in man["side"].items()}
+    return man
 
-    def agree(fname: str, ok: bool) -> None:
-        if not ok:
-            raise QuantflowError(f"{outdir / fname} disagrees with the other image files; "
-                                 f"{_FIX}")
 
-    try:
-        agree("act.hex", np.array_equal(unpack_act_words(words["act"], c), arrays["act"]))
-        agree("code.hex", np.array_equal(unpack_code_words(words["code"], c), arrays["code"]))
-        s2w, zs2w = unpack_scale_words(words["scale"], c)
-        agree("scale.hex", np.array_equal(np.stack([s2w, zs2w], -1), arrays["scale"]))
-        agree("s2.npy", np.array_equal(side["s2"], s2w))
-        agree("z.npy", np.array_equal(side["z"].astype(np.int64) * s2w, zs2w))
-        agree("result.hex", np.array_equal(
-            unpack_result_words(words["result"], c, M=M, N=N), arrays["result"]))
-        agree("s1.npy", side["s1"].shape == (N,) and side["s1"].dtype == np.float16)
-        agree("s_a.npy", side["s_a"].shape == (M,))
-    except QuantflowError as e:
-        if _FIX in str(e):
-            raise
-        raise QuantflowError(f"{outdir}: {e}; {_FIX}") from None
-    return MixPEImages(
-        path=outdir, config=c, manifest=man, M=M, N=N,
+def read_words(outdir: Path, manifest: dict) -> dict[str, list[int]]:
+    """The words of every memory image of `manifest` (its .hex), held to the
+    manifest's word width and count."""
+    return {name: read_hex(outdir / t["hex"], int(t["word_bits"]), int(t["words"]))
+            for name, t in manifest["tensors"].items()}
+
+
+def read_npy(outdir: Path, entries: dict) -> dict[str, np.ndarray]:
+    """The arrays of manifest entries ({name: {"npy": file, ...}})."""
+    return {name: np.load(outdir / t["npy"], allow_pickle=False) for name, t in entries.items()}
+
+
+def _agree(outdir: Path, fname: str, ok: bool) -> None:
+    if not ok:
+        raise QuantflowError(f"{outdir / fname} disagrees with the other image files; {_FIX}")
+
+
+def check_qoq_images(outdir: Path, words: dict, arrays: dict, side: dict, *, act, code,
+                     scale, result) -> None:
+    """Every memory image's words, decoded by the block's unpacker (act, code,
+    result: words -> array; scale: words -> (s2, zs2)), equal its .npy, and the
+    side s2 and z agree with the scale words; the first file that disagrees is
+    named."""
+    _agree(outdir, "act.hex", np.array_equal(act(words["act"]), arrays["act"]))
+    _agree(outdir, "code.hex", np.array_equal(code(words["code"]), arrays["code"]))
+    s2w, zs2w = scale(words["scale"])
+    _agree(outdir, "scale.hex", np.array_equal(np.stack([s2w, zs2w], -1), arrays["scale"]))
+    _agree(outdir, "s2.npy", np.array_equal(side["s2"], s2w))
+    _agree(outdir, "z.npy", np.array_equal(side["z"].astype(np.int64) * s2w, zs2w))
+    _agree(outdir, "result.hex", np.array_equal(result(words["result"]), arrays["result"]))
+
+
+def qoq_fields(words: dict, arrays: dict, side: dict) -> dict:
+    """QoQImages' tensor and word fields from checked files."""
+    return dict(
         a=torch.from_numpy(arrays["act"].astype(np.int8)),
         q=torch.from_numpy(arrays["code"].astype(np.int32)),
         s2=torch.from_numpy(side["s2"].astype(np.int32)),
@@ -424,3 +482,30 @@ def load_mixpe(outdir, config: MixPEConfig) -> MixPEImages:
         acc=torch.from_numpy(arrays["result"].astype(np.int32)),
         act_words=tuple(words["act"]), code_words=tuple(words["code"]),
         scale_words=tuple(words["scale"]), result_words=tuple(words["result"]))
+
+
+def load_mixpe(outdir, config: MixPEConfig) -> MixPEImages:
+    """Read and verify an image directory written for `config`: checksums, config,
+    hex widths/word counts, and that every .hex agrees with its .npy."""
+    c = check_config(config, MixPEConfig)
+    outdir = Path(outdir)
+    man = read_manifest_for(outdir, c)
+    dims = man["dims"]
+    M, N = int(dims["M"]), int(dims["N"])
+    words = read_words(outdir, man)
+    arrays = read_npy(outdir, man["tensors"])
+    side = read_npy(outdir, man["side"])
+    try:
+        check_qoq_images(outdir, words, arrays, side,
+                         act=lambda w: unpack_act_words(w, c),
+                         code=lambda w: unpack_code_words(w, c),
+                         scale=lambda w: unpack_scale_words(w, c),
+                         result=lambda w: unpack_result_words(w, c, M=M, N=N))
+        _agree(outdir, "s1.npy", side["s1"].shape == (N,) and side["s1"].dtype == np.float16)
+        _agree(outdir, "s_a.npy", side["s_a"].shape == (M,))
+    except QuantflowError as e:
+        if _FIX in str(e):
+            raise
+        raise QuantflowError(f"{outdir}: {e}; {_FIX}") from None
+    return MixPEImages(path=outdir, config=c, manifest=man, M=M, N=N,
+                       **qoq_fields(words, arrays, side))

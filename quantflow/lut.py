@@ -25,8 +25,9 @@ from golden.lut_config import LUT_K_CHUNK, LUT_PLANE_BITS, LUTConfig, LUTMode
 
 from ._check import as_float_tensor
 from .errors import QuantflowError
-from .images import (MANIFEST, hex_digits, read_hex, read_manifest, write_hex,
-                     write_image_dir)
+from .images import (MANIFEST, QoQImages, check_config, check_qoq_images, qoq_fields,
+                     qoq_operands, read_manifest_for, read_npy, read_words,
+                     write_qoq_images)
 from .pack import pack_words, unpack_words
 from .qoq import QoQWeights, quantize_act, quantize_qoq
 
@@ -42,9 +43,7 @@ _FIX = "re-run quantflow export"
 
 
 def _cfg(config) -> LUTConfig:
-    if not isinstance(config, LUTConfig):
-        raise QuantflowError(f"config must be a LUTConfig, got {type(config).__name__}")
-    return config
+    return check_config(config, LUTConfig)
 
 
 def _mode(mode) -> LUTMode:
@@ -205,15 +204,7 @@ def write_lut_images(outdir, config: LUTConfig, mode, *, weights: QoQWeights, a,
         raise QuantflowError(f"weights have bits={weights.bits}, group={weights.group} but "
                              f"the format is {mode.name} with group={c.group}; quantize with "
                              f"quantize_lut_weights(mode={mode.name!r}, group={c.group})")
-    a = torch.as_tensor(a)
-    s_a = torch.as_tensor(s_a).to(torch.float32)
-    N, K = weights.shape
-    if a.dim() != 2 or a.shape[1] != K or K != c.K:
-        raise QuantflowError(f"a {list(a.shape)} and weights {[N, K]} must share "
-                             f"K = config.K = {c.K}")
-    M = a.shape[0]
-    if tuple(s_a.shape) != (M,):
-        raise QuantflowError(f"s_a must have shape [{M}], got {list(s_a.shape)}")
+    a, s_a, M, N = qoq_operands(weights, a, s_a, c.K)
     try:
         acc = lut_acc(a, weights.q, weights.s2, weights.z, c, mode)
     except ValueError as e:
@@ -222,11 +213,6 @@ def write_lut_images(outdir, config: LUTConfig, mode, *, weights: QoQWeights, a,
     words = {"act": pack_lut_act_words(a, c), "code": pack_lut_code_words(weights.q, c, mode),
              "scale": pack_lut_scale_words(weights.s2, weights.z, c),
              "result": pack_lut_result_words(acc, c)}
-    s2 = weights.s2.numpy().astype(np.uint8)
-    z = weights.z.numpy().astype(np.uint8)
-    arrays = {"act": a.numpy().astype(np.int8), "code": weights.q.numpy().astype(np.uint8),
-              "scale": np.stack([s2, (weights.z * weights.s2).numpy().astype(np.uint8)], -1),
-              "result": acc.numpy().astype(np.int32)}
     desc = {
         "act": dict(elem_bits=ACT_BITS, signed=True, elems_per_word=LUT_K_CHUNK * c.rows,
                     word_bits=c.act_word_bits, layout="lut_act",
@@ -247,39 +233,21 @@ def write_lut_images(outdir, config: LUTConfig, mode, *, weights: QoQWeights, a,
                        order="word[(tn*m_tiles + tm)*slices + s] holds acc[tm*rows + r, "
                              "tn*cols + s*lanes + l] as element r*lanes + l"),
     }
-    side = {"s1": (weights.s1.numpy().astype(np.float16), "per-channel fp16 scale [N]"),
-            "s_a": (s_a.numpy().astype(np.float32), "per-token float32 scale [M]"),
-            "s2": (s2, "integer group scale [N, G]"), "z": (z, "integer zero point [N, G]")}
-    def fill(tmp: Path) -> dict:
-        tensors, sides = {}, {}
-        for name, d in desc.items():
-            write_hex(tmp / f"{name}.hex", words[name], d["word_bits"])
-            np.save(tmp / f"{name}.npy", arrays[name], allow_pickle=False)
-            tensors[name] = dict(hex=f"{name}.hex", npy=f"{name}.npy",
-                                 shape=list(arrays[name].shape), dtype=str(arrays[name].dtype),
-                                 words=len(words[name]), hex_digits=hex_digits(d["word_bits"]),
-                                 packing="lsb-first", **d)
-        for name, (arr, meaning) in side.items():
-            np.save(tmp / f"{name}.npy", arr, allow_pickle=False)
-            sides[name] = dict(npy=f"{name}.npy", shape=list(arr.shape), dtype=str(arr.dtype),
-                               meaning=meaning)
-        manifest = {
-            "format": LUT_FORMAT, "format_version": LUT_FORMAT_VERSION, "block": "lut",
-            "config": c.as_dict(), "config_name": c.name(), "mode": mode.as_dict(),
-            "dims": {"M": M, "N": N, "K": K, "groups": c.groups, "m_tiles": M // c.rows,
-                     "n_tiles": N // c.cols},
-            "quantization": {
-                "weights": {"scheme": "ternary-absmean" if mode.ternary else "qoq",
-                            "bits": mode.bits, "ternary": mode.ternary, "group": c.group,
-                            "s1_dtype": "float16", "scale_bits": SCALE_BITS,
-                            "rounding": "half-even"},
-                "activations": {"scheme": "per-token-symmetric-int8", "qmax": ACT_QMAX,
-                                "s_a_dtype": "float32", "rounding": "half-even"}},
-            "tensors": tensors, "side": sides,
-        }
-        return manifest
-
-    return write_image_dir(outdir, fill)
+    manifest = {
+        "format": LUT_FORMAT, "format_version": LUT_FORMAT_VERSION, "block": "lut",
+        "config": c.as_dict(), "config_name": c.name(), "mode": mode.as_dict(),
+        "dims": {"M": M, "N": N, "K": c.K, "groups": c.groups, "m_tiles": M // c.rows,
+                 "n_tiles": N // c.cols},
+        "quantization": {
+            "weights": {"scheme": "ternary-absmean" if mode.ternary else "qoq",
+                        "bits": mode.bits, "ternary": mode.ternary, "group": c.group,
+                        "s1_dtype": "float16", "scale_bits": SCALE_BITS,
+                        "rounding": "half-even"},
+            "activations": {"scheme": "per-token-symmetric-int8", "qmax": ACT_QMAX,
+                            "s_a_dtype": "float32", "rounding": "half-even"}},
+    }
+    return write_qoq_images(outdir, weights=weights, a=a, s_a=s_a, acc=acc, words=words,
+                            desc=desc, manifest=manifest)
 
 
 def export_lut(outdir, config: LUTConfig, mode, W, X) -> dict:
@@ -294,34 +262,12 @@ def export_lut(outdir, config: LUTConfig, mode, W, X) -> dict:
 
 
 @dataclass(frozen=True, kw_only=True)
-class LUTImages:
-    """A verified LUT image directory (tensors as torch; *_words as in the .hex)."""
+class LUTImages(QoQImages):
+    """A verified LUT image directory (fields: quantflow.images.QoQImages) and
+    the weight format its code image holds."""
 
-    path: Path
     config: LUTConfig
     mode: LUTMode
-    manifest: dict
-    M: int
-    N: int
-    a: torch.Tensor
-    q: torch.Tensor
-    s2: torch.Tensor
-    z: torch.Tensor
-    s1: torch.Tensor
-    s_a: torch.Tensor
-    acc: torch.Tensor
-    act_words: tuple[int, ...]
-    code_words: tuple[int, ...]
-    scale_words: tuple[int, ...]
-    result_words: tuple[int, ...]
-
-    @property
-    def m_tiles(self) -> int:
-        return self.M // self.config.rows
-
-    @property
-    def n_tiles(self) -> int:
-        return self.N // self.config.cols
 
 
 def load_lut(outdir, config: LUTConfig, mode) -> LUTImages:
@@ -329,53 +275,30 @@ def load_lut(outdir, config: LUTConfig, mode) -> LUTImages:
     format, word counts/widths, and every .hex against its .npy."""
     c, mode = _cfg(config), _mode(mode)
     outdir = Path(outdir)
-    man = read_manifest(outdir, fmt=LUT_FORMAT, version=LUT_FORMAT_VERSION)
+    man = read_manifest_for(outdir, c, fmt=LUT_FORMAT, version=LUT_FORMAT_VERSION)
     mpath = outdir / MANIFEST
-    if man.get("config") != c.as_dict():
-        raise QuantflowError(f"{mpath} was written for {man.get('config_name')}, expected "
-                             f"{c.name()}; {_FIX} with this configuration")
     if man.get("mode") != mode.as_dict():
         raise QuantflowError(f"{mpath} holds {man.get('mode')} weights, expected "
                              f"{mode.as_dict()} ({mode.name}); {_FIX} with this format")
     M, N = int(man["dims"]["M"]), int(man["dims"]["N"])
-    words, arrays = {}, {}
     try:
-        for name, t in man["tensors"].items():
-            words[name] = read_hex(outdir / t["hex"], int(t["word_bits"]), int(t["words"]))
-            arrays[name] = np.load(outdir / t["npy"], allow_pickle=False)
-        side = {k: np.load(outdir / t["npy"], allow_pickle=False)
-                for k, t in man["side"].items()}
+        words = read_words(outdir, man)
+        arrays = read_npy(outdir, man["tensors"])
+        side = read_npy(outdir, man["side"])
     except (KeyError, TypeError, ValueError) as e:
         if isinstance(e, QuantflowError):
             raise
         raise QuantflowError(f"{mpath} does not describe a LUT image ({e}); {_FIX}") from None
-
-    def agree(fname: str, ok: bool) -> None:
-        if not ok:
-            raise QuantflowError(f"{outdir / fname} disagrees with the other image files; "
-                                 f"{_FIX}")
     try:
-        agree("act.hex", np.array_equal(unpack_lut_act_words(words["act"], c), arrays["act"]))
-        agree("code.hex", np.array_equal(unpack_lut_code_words(words["code"], c, mode),
-                                         arrays["code"]))
-        s2w, zs2w = unpack_lut_scale_words(words["scale"], c)
-        agree("scale.hex", np.array_equal(np.stack([s2w, zs2w], -1), arrays["scale"]))
-        agree("s2.npy", np.array_equal(side["s2"], s2w))
-        agree("z.npy", np.array_equal(side["z"].astype(np.int64) * s2w, zs2w))
-        agree("result.hex", np.array_equal(
-            unpack_lut_result_words(words["result"], c, M=M, N=N), arrays["result"]))
+        check_qoq_images(outdir, words, arrays, side,
+                         act=lambda w: unpack_lut_act_words(w, c),
+                         code=lambda w: unpack_lut_code_words(w, c, mode),
+                         scale=lambda w: unpack_lut_scale_words(w, c),
+                         result=lambda w: unpack_lut_result_words(w, c, M=M, N=N))
     except (ValueError, IndexError) as e:
         if isinstance(e, QuantflowError) and _FIX in str(e):
             raise
         raise QuantflowError(f"{outdir}: images do not match the manifest ({e}); {_FIX}") \
             from None
-    return LUTImages(
-        path=outdir, config=c, mode=mode, manifest=man, M=M, N=N,
-        a=torch.from_numpy(arrays["act"].astype(np.int8)),
-        q=torch.from_numpy(arrays["code"].astype(np.int32)),
-        s2=torch.from_numpy(side["s2"].astype(np.int32)),
-        z=torch.from_numpy(side["z"].astype(np.int32)),
-        s1=torch.from_numpy(side["s1"]), s_a=torch.from_numpy(side["s_a"].astype(np.float32)),
-        acc=torch.from_numpy(arrays["result"].astype(np.int32)),
-        act_words=tuple(words["act"]), code_words=tuple(words["code"]),
-        scale_words=tuple(words["scale"]), result_words=tuple(words["result"]))
+    return LUTImages(path=outdir, config=c, mode=mode, manifest=man, M=M, N=N,
+                     **qoq_fields(words, arrays, side))

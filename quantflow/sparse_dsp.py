@@ -28,8 +28,8 @@ from golden.sparse_dsp_config import (W4_BITS, W8_QMAX, SparseDSPConfig, TileMod
 
 from ._check import as_float_tensor
 from .errors import QuantflowError
-from .images import (MANIFEST, hex_digits, read_hex, read_manifest, write_hex,
-                     write_image_dir)
+from .images import (MANIFEST, check_config, hex_digits, read_manifest_for, read_npy,
+                     read_words, write_hex, write_image_dir, write_side)
 from .pack import pack_words
 from .prune import compress, prune
 from .qoq import quantize_act, quantize_qoq
@@ -44,9 +44,7 @@ _FIX = "re-run quantflow's sparse_dsp export"
 
 
 def _cfg(config) -> SparseDSPConfig:
-    if not isinstance(config, SparseDSPConfig):
-        raise QuantflowError(f"config must be a SparseDSPConfig, got {type(config).__name__}")
-    return config
+    return check_config(config, SparseDSPConfig)
 
 
 def _mode(mode, config) -> TileMode:
@@ -218,16 +216,13 @@ def write_sparse_dsp_images(outdir, config: SparseDSPConfig, *, layer: SparseLay
               "result": "result"}
 
     def fill(tmp: Path) -> dict:
-        for name, arr_ in arrays.items():
-            np.save(tmp / f"{name}.npy", arr_, allow_pickle=False)
+        side = write_side(tmp, {k: (v, meaning[k]) for k, v in arrays.items()})
         tensors = {}
         for name, w in words.items():
             write_hex(tmp / f"{name}.hex", w, bits[name])
             tensors[name] = dict(hex=f"{name}.hex", npy=f"{paired[name]}.npy", words=len(w),
                                  word_bits=bits[name], hex_digits=hex_digits(bits[name]),
                                  packing="lsb-first", layout=f"sparse_dsp_{name}")
-        side = {k: dict(npy=f"{k}.npy", shape=list(v.shape), dtype=str(v.dtype),
-                        meaning=meaning[k]) for k, v in arrays.items()}
         manifest = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "block": "sparse_dsp",
             "config": cfg.as_dict(), "config_name": cfg.name(), "mode": mode.as_dict(),
@@ -301,17 +296,12 @@ def load_sparse_dsp(outdir, config: SparseDSPConfig) -> SparseDSPImages:
     recomputed from the .npy tensors (which also re-derives golden's result)."""
     cfg = _cfg(config)
     outdir = Path(outdir)
-    man = read_manifest(outdir, fmt=FORMAT, version=FORMAT_VERSION)
+    man = read_manifest_for(outdir, cfg, fmt=FORMAT, version=FORMAT_VERSION, fix=_FIX)
     mpath = outdir / MANIFEST
-    if man.get("config") != cfg.as_dict():
-        raise QuantflowError(f"{mpath} was written for {man.get('config_name')}, expected "
-                             f"{cfg.name()}; {_FIX} with this configuration")
     try:
         mode = TileMode(**man["mode"]).check(cfg)
-        arr = {k: np.load(outdir / t["npy"], allow_pickle=False)
-               for k, t in man["side"].items()}
-        hexw = {k: read_hex(outdir / s["hex"], int(s["word_bits"]), int(s["words"]))
-                for k, s in man["tensors"].items()}
+        arr = read_npy(outdir, man["side"])
+        hexw = read_words(outdir, man)
     except (KeyError, TypeError, ValueError) as e:
         if isinstance(e, QuantflowError):
             raise

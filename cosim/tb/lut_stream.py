@@ -10,17 +10,12 @@ mode-error flag, which fails the run).
 """
 from __future__ import annotations
 
-import random
-
 import cocotb
 from cocotb.clock import Clock
-from cocotb.triggers import ReadOnly, RisingEdge
 
 from cosim.runner import read_job, write_result
 from cosim.tb.mixpe_common import Stopwatch, job_seed
-from cosim.tb.streams import Scoreboard, StreamSink, StreamSource
-
-RESET_CYCLES = 3
+from cosim.tb.streams import Scoreboard, StreamRun, StreamSink, StreamSource, stream_rngs
 
 
 def load_lut_case(job: dict):
@@ -71,8 +66,7 @@ async def lut_stream(dut):
     gs = cfg.groups * cfg.slices
     scale = [w for tn, tm in order for w in img.scale_words[tn * gs:(tn + 1) * gs]]
 
-    rng = random.Random(seed)
-    sub = [random.Random(rng.randrange(1 << 62)) for _ in range(4)]
+    sub = stream_rngs(seed, 4)
     p_idle, p_stall = float(job.get("p_idle", 0.0)), float(job.get("p_stall", 0.0))
     sources = [StreamSource(dut, "act", act, p_idle=p_idle, rng=sub[0]),
                StreamSource(dut, "code", code, p_idle=p_idle, rng=sub[1]),
@@ -82,49 +76,17 @@ async def lut_stream(dut):
     dut.bits.value = mode.bits
     max_cycles = int(job.get("max_cycles") or (20 * len(code) + 10_000))
     Clock(dut.clk, 2, unit="ns").start()
-    cycle = 0
-    dut.rst.value = 1
-    for _ in range(RESET_CYCLES):
-        await RisingEdge(dut.clk)
-        cycle += 1
-    dut.rst.value = 0
-    sw = Stopwatch()
-    parts = sources + [sink]
-    error = 0
-    while len(sink.words) < len(expected) and cycle < max_cycles:
-        await RisingEdge(dut.clk)
-        cycle += 1
-        for p in parts:
-            p.drive()
-        await ReadOnly()
-        for p in parts:
-            p.sample(cycle)
-        error |= int(dut.error.value)
-    await RisingEdge(dut.clk)
-    sim_seconds = sw.seconds()
+    run = StreamRun(dut, sources, sink)
+    await run.reset()
+    sim_seconds = await run.run(len(expected), max_cycles, watch=("error",))
+    error = run.raised["error"]
 
-    sb.check(sink.words)
-    errors = list(sb.report)
-    unconsumed = {s.name: len(s.words) - s.idx for s in sources if not s.done}
-    if unconsumed:
-        errors.append(f"input beats never accepted: {unconsumed}")
-    if cycle >= max_cycles:
-        errors.append(f"timed out after {max_cycles} cycles with {len(sink.words)}/"
-                      f"{len(expected)} result words")
+    errors = run.check(sb, max_cycles)
     if error:
         errors.append("the block raised `error` (plane count changed inside a tile or "
                       "unsupported bits)")
-    first_in = min((s.first_cycle for s in sources if s.first_cycle is not None), default=None)
-    last_out = sink.cycles[-1] if sink.cycles else None
-    cycles = (last_out - first_in + 1) if (first_in is not None and last_out is not None) else 0
-    passed = sb.passed and not errors
-    write_result({
-        "test": "stream", "passed": passed, "mismatches": sb.mismatches,
-        "vectors": sb.compared, "expected_vectors": len(expected), "cycles": cycles,
-        "macs": img.M * img.N * cfg.K, "tiles": len(order), "M": img.M, "N": img.N,
-        "sim_cycles": cycle, "sim_seconds": sim_seconds, "seed": seed,
-        "stall_cycles": sink.stall_cycles, "ready_low_cycles": sink.ready_low_cycles,
-        "load_seconds": load_seconds, "error": error,
-        "idle_cycles": {s.name: s.idle_cycles for s in sources}, "errors": errors,
-    })
-    assert passed, "; ".join(errors) or "scoreboard failed"
+    res = run.result(sb, errors, macs=img.macs, tiles=len(order), M=img.M, N=img.N,
+                     sim_seconds=sim_seconds, seed=seed, load_seconds=load_seconds,
+                     error=error)
+    write_result(res)
+    assert res["passed"], "; ".join(errors) or "scoreboard failed"

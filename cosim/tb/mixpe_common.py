@@ -12,25 +12,16 @@ from golden.config import MixPEConfig
 
 @dataclass(frozen=True, kw_only=True)
 class MixPECaseData:
-    config: MixPEConfig
-    M: int
-    N: int
-    act_words: list[int]
-    code_words: list[int]
-    scale_words: list[int]
+    """A case's images as quantflow.load_mixpe verified them (a MixPEImages:
+    config, M, N, m_tiles, n_tiles, macs, act/code/scale words, ...; they read as
+    this object's attributes) and the result words the scoreboard expects."""
+    images: object
     expected_words: list[int]   # result words in emission order (golden.mixpe)
 
-    @property
-    def m_tiles(self) -> int:
-        return self.M // self.config.rows
-
-    @property
-    def n_tiles(self) -> int:
-        return self.N // self.config.cols
-
-    @property
-    def macs(self) -> int:
-        return self.M * self.N * self.config.K
+    def __getattr__(self, name: str):
+        if name == "images":  # not set yet (copy, unpickling): no endless recursion
+            raise AttributeError(name)
+        return getattr(self.images, name)
 
 
 def load_case(job: dict) -> MixPECaseData:
@@ -48,10 +39,7 @@ def load_case(job: dict) -> MixPECaseData:
     for word_idx, xor_mask in job.get("corrupt_expected", []):
         # Deliberate error injection: proves the scoreboard can fail.
         expected[word_idx] ^= int(xor_mask)
-    return MixPECaseData(
-        config=config, M=images.M, N=images.N, act_words=list(images.act_words),
-        code_words=list(images.code_words), scale_words=list(images.scale_words),
-        expected_words=expected)
+    return MixPECaseData(images=images, expected_words=expected)
 
 
 def describe_mismatch(data: MixPECaseData):

@@ -13,17 +13,13 @@ sim_seconds, stall/idle counts, errors.
 """
 from __future__ import annotations
 
-import random
-
 import cocotb
 from cocotb.clock import Clock
-from cocotb.triggers import ReadOnly, RisingEdge
 
 from cosim.runner import read_job, write_result
 from cosim.tb.mixpe_common import Stopwatch, job_seed
-from cosim.tb.streams import Scoreboard, StreamSink, StreamSource
+from cosim.tb.streams import Scoreboard, StreamRun, StreamSink, StreamSource, stream_rngs
 
-RESET_CYCLES = 3
 STREAMS = ("ctrl", "act", "weight", "scale")
 
 
@@ -60,50 +56,18 @@ async def sparse_dsp_stream(dut):
     beats = len(words["weight"])
     max_cycles = int(job.get("max_cycles") or (20 * beats + 50 * len(expected) + 10_000))
     p_idle, p_stall = float(job.get("p_idle", 0.0)), float(job.get("p_stall", 0.0))
-    rng = random.Random(seed)
-    sub = [random.Random(rng.randrange(1 << 62)) for _ in range(len(STREAMS) + 1)]
+    sub = stream_rngs(seed, len(STREAMS) + 1)
     sources = [StreamSource(dut, k, words[k], p_idle=p_idle, rng=sub[i])
                for i, k in enumerate(STREAMS)]
     sink = StreamSink(dut, "result", p_stall=p_stall, rng=sub[-1])
     sb = Scoreboard(expected)
     Clock(dut.clk, 2, unit="ns").start()
-    dut.rst.value = 1
-    cycle = 0
-    for _ in range(RESET_CYCLES):
-        await RisingEdge(dut.clk)
-        cycle += 1
-    dut.rst.value = 0
-    sw = Stopwatch()
-    parts = sources + [sink]
-    while len(sink.words) < len(expected) and cycle < max_cycles:
-        await RisingEdge(dut.clk)
-        cycle += 1
-        for p in parts:
-            p.drive()
-        await ReadOnly()
-        for p in parts:
-            p.sample(cycle)
-    await RisingEdge(dut.clk)
-    sim_seconds = sw.seconds()
+    run = StreamRun(dut, sources, sink)
+    await run.reset()
+    sim_seconds = await run.run(len(expected), max_cycles)
 
-    sb.check(sink.words)
-    errors = list(sb.report)
-    unconsumed = {s.name: len(s.words) - s.idx for s in sources if not s.done}
-    if unconsumed:
-        errors.append(f"input beats never accepted: {unconsumed}")
-    if cycle >= max_cycles:
-        errors.append(f"timed out after {max_cycles} cycles with "
-                      f"{len(sink.words)}/{len(expected)} result words")
-    firsts = [s.first_cycle for s in sources if s.first_cycle is not None]
-    cycles = (sink.cycles[-1] - min(firsts) + 1) if (firsts and sink.cycles) else 0
-    passed = sb.passed and not errors
-    write_result({
-        "test": "stream", "passed": passed, "mismatches": sb.mismatches,
-        "vectors": sb.compared, "expected_vectors": len(expected), "cycles": cycles,
-        "macs": macs, "kept_macs": kept, "tiles": len(modes), "beats": beats,
-        "sim_cycles": cycle, "sim_seconds": sim_seconds, "seed": seed,
-        "stall_cycles": sink.stall_cycles, "ready_low_cycles": sink.ready_low_cycles,
-        "load_seconds": load_seconds,
-        "idle_cycles": {s.name: s.idle_cycles for s in sources}, "errors": errors,
-    })
-    assert passed, "; ".join(errors) or "scoreboard failed"
+    errors = run.check(sb, max_cycles)
+    res = run.result(sb, errors, macs=macs, kept_macs=kept, tiles=len(modes), beats=beats,
+                     sim_seconds=sim_seconds, seed=seed, load_seconds=load_seconds)
+    write_result(res)
+    assert res["passed"], "; ".join(errors) or "scoreboard failed"

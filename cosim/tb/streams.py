@@ -6,6 +6,8 @@ payload / ready) and `sample(cycle)` in the ReadOnly phase (sees settled
 values; valid & ready there means the beat transfers at the *next* edge).
 One coroutine stepping all of them costs two scheduler wake-ups per cycle
 instead of two per stream, which is what makes Python-driven streams usable.
+StreamRun is that coroutine, with the reset before it and the checks and result
+fields every stream testbench reports after it.
 
 Stream rules followed (amaranth.lib.stream, AXI-Stream alike): a source keeps
 `valid` high and the payload stable until the beat is taken; idle cycles are
@@ -15,6 +17,11 @@ from __future__ import annotations
 
 import random
 
+from cocotb.triggers import ReadOnly, RisingEdge
+
+from cosim.tb.mixpe_common import Stopwatch
+
+RESET_CYCLES = 3
 
 def _handle(dut, name: str):
     try:
@@ -129,3 +136,85 @@ class Scoreboard:
     def passed(self) -> bool:
         return (self.mismatches == 0 and self.compared == len(self.expected)
                 and self.compared > 0)
+
+
+def stream_rngs(seed: int, n: int) -> list[random.Random]:
+    """n generators drawn from `seed`, one per stream, so that changing one
+    stream's probability leaves the others' patterns unchanged (reproducibility
+    when narrowing a failure down)."""
+    rng = random.Random(seed)
+    return [random.Random(rng.randrange(1 << 62)) for _ in range(n)]
+
+
+class StreamRun:
+    """The clock loop of a stream testbench: `sources` and the result `sink`
+    stepped once a cycle, after a reset; `cycle` counts every clock cycle from
+    the first reset cycle on, `raised` holds the watched flags (run)."""
+
+    def __init__(self, dut, sources: list[StreamSource], sink: StreamSink):
+        self.dut = dut
+        self.sources = sources
+        self.sink = sink
+        self.cycle = 0
+        self.raised: dict[str, int] = {}
+
+    async def reset(self, cycles: int = RESET_CYCLES) -> None:
+        self.dut.rst.value = 1
+        for _ in range(cycles):
+            await RisingEdge(self.dut.clk)
+            self.cycle += 1
+        self.dut.rst.value = 0
+
+    async def run(self, want: int, max_cycles: int, *, watch: tuple[str, ...] = ()) -> float:
+        """Step until the sink holds `want` words or `max_cycles` is reached, then
+        let the edge that transfers the last sampled beats pass. `watch`: output
+        flags whose values every cycle are ORed into raised[name]. Returns the
+        wall seconds."""
+        clk = self.dut.clk
+        parts = self.sources + [self.sink]
+        flags = [(name, getattr(self.dut, name)) for name in watch]
+        self.raised = {name: 0 for name in watch}
+        sw = Stopwatch()
+        while len(self.sink.words) < want and self.cycle < max_cycles:
+            await RisingEdge(clk)
+            self.cycle += 1
+            for p in parts:
+                p.drive()
+            await ReadOnly()
+            for p in parts:
+                p.sample(self.cycle)
+            for name, flag in flags:
+                self.raised[name] |= int(flag.value)
+        await RisingEdge(clk)
+        return sw.seconds()
+
+    @property
+    def cycles(self) -> int:
+        """First accepted input beat .. last result beat, inclusive (0 when
+        either never happened)."""
+        firsts = [s.first_cycle for s in self.sources if s.first_cycle is not None]
+        return (self.sink.cycles[-1] - min(firsts) + 1) if (firsts and self.sink.cycles) else 0
+
+    def check(self, sb: Scoreboard, max_cycles: int) -> list[str]:
+        """Score the received words: the scoreboard's report, input beats never
+        accepted, and a timeout."""
+        sb.check(self.sink.words)
+        errors = list(sb.report)
+        unconsumed = {s.name: len(s.words) - s.idx for s in self.sources if not s.done}
+        if unconsumed:
+            errors.append(f"input beats never accepted: {unconsumed}")
+        if self.cycle >= max_cycles:
+            errors.append(f"timed out after {max_cycles} cycles with "
+                          f"{len(self.sink.words)}/{len(sb.expected)} result words")
+        return errors
+
+    def result(self, sb: Scoreboard, errors: list[str], **fields) -> dict:
+        """The result (cosim.runner.write_result) fields every stream run reports,
+        plus the testbench's own `fields` (seed, sim/load seconds, macs, ...)."""
+        return {"test": "stream", "passed": sb.passed and not errors,
+                "mismatches": sb.mismatches, "vectors": sb.compared,
+                "expected_vectors": len(sb.expected), "cycles": self.cycles,
+                "sim_cycles": self.cycle, "stall_cycles": self.sink.stall_cycles,
+                "ready_low_cycles": self.sink.ready_low_cycles,
+                "idle_cycles": {s.name: s.idle_cycles for s in self.sources},
+                **fields, "errors": errors}

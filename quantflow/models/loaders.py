@@ -6,13 +6,11 @@ architecture, NaN/Inf weight) raises one QuantflowError naming problem and fix.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.util
 import json
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import QuantflowError
+from ..images import _sha256, replace_dir_atomically
 from .llama import LlamaConfig, LlamaForCausalLM, _init_check
 
 __all__ = ["SUPPORTED_ARCHITECTURES", "KNOWN_MODELS", "ModelSource", "LoadedModel",
@@ -100,14 +99,6 @@ def _progress(iterable, *, desc: str, total=None, enabled: bool = True):
     tqdm = require("tqdm")
     return tqdm.tqdm(iterable, desc=desc, total=total, unit="t", leave=False,
                      dynamic_ncols=True)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def check_finite(name: str, t: torch.Tensor) -> None:
@@ -343,24 +334,6 @@ def _source_file(src: ModelSource) -> Path:
     return p
 
 
-def _write_dir_atomically(outdir: Path, fill) -> None:
-    outdir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.tmp-", dir=outdir.parent))
-    try:
-        fill(tmp)
-        if outdir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.old-", dir=outdir.parent))
-            os.rmdir(old)
-            os.replace(outdir, old)
-            os.replace(tmp, outdir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, outdir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def _cache_ok(outdir: Path, src_sha: str) -> bool:
     try:
         meta = json.loads((outdir / "source.json").read_text())
@@ -413,7 +386,7 @@ def prepare_model(name: str, *, root=None, progress: bool = True, force: bool = 
                     "prepare_seconds": round(time.perf_counter() - t0, 2)}
             (tmp / "source.json").write_text(json.dumps(meta, indent=2) + "\n")
 
-        _write_dir_atomically(outdir, fill)
+        replace_dir_atomically(outdir, fill)
     return outdir
 
 
