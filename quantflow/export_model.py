@@ -10,7 +10,8 @@ Layout of the export directory (written to a temp dir, renamed into place):
   layers/<name>/scale.hex|.npy   packed (s2, z*s2) words (quantflow.pack_scale_words)
   layers/<name>/{s1,s2,z}.npy    fp16 per-channel scale, integer group scale/zero
   norms/<name>.npy               RMSNorm weights after the SmoothQuant/AWQ folds
-  kv/lambda.npy                  SmoothAttention lambda [layers, Hkv, D] (if used)
+  kv/lambda.npy                  SmoothAttention lambda [layers, Hkv, D] (if the scheme
+                                 uses it; w4a8kv4-g64 does not)
   kv/hadamard.npy                the Q/K rotation [D, D] (if used)
 The embedding/lm_head stay float and equal the source model's (named in the
 manifest). `load_model_export` verifies every checksum and that each .hex equals
@@ -117,7 +118,9 @@ def export_quantized(outdir, qm: QuantizedModel, *, cols: int = 8, model_name: s
             (tmp / "kv").mkdir()
             kv = {"scheme": asdict(qm.scheme.kv), "granularity": "per token, per head",
                   "formula": "scale=(max-min)/levels; zero=clamp(round(-min/scale),0,levels); "
-                             "q=clamp(round(x/scale)+zero,0,levels); after RoPE",
+                             "q=clamp(round(x/scale)+zero,0,levels); after RoPE (and the "
+                             "Hadamard rotation of K/Q); levels=2**bits-1, and 240 for the "
+                             "8-bit copies of each query's last `window` tokens",
                   "files": {}}
             if qm.kv_lambda is not None:
                 np.save(tmp / "kv" / "lambda.npy",

@@ -20,7 +20,9 @@ each fold exact in float arithmetic (tests check the output is unchanged):
    (down_proj); the consumers' columns are multiplied by s.
 5. Weights: quantflow.weightq.quantize_llama_weights (sequential, block by block).
 6. A8: every block linear's input is fake-quantized per token (DESIGN §3.1);
-   KV: K and V after RoPE (and rotation) per token and head (§3.7).
+   KV: K and V after RoPE (and rotation) per token and head (§3.7) by a KVQuantizer
+   (LlamaAttention.kv_quant); with KVScheme.window each query reads its last
+   `window` tokens from 8-bit copies (levels 240), as the KV4 attention unit does.
 lm_head and the embedding stay float (as in QServe).
 """
 from __future__ import annotations
@@ -35,8 +37,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from golden.config import ACT_QMAX, MixPEConfig
+from golden.kv4_config import KV8_LEVELS
 from golden.mixpe import float_reference, mixpe_acc
 
+from ._check import check_int
 from .errors import QuantflowError
 from .models.llama import LlamaForCausalLM
 from .models.loaders import LoadedModel, linear_layers
@@ -72,14 +76,20 @@ def install_act_quant(model: nn.Module, names) -> list:
 
 # --------------------------------------------------------------------------- KV4
 def quantize_kv(x: torch.Tensor, *, bits: int = 4, sink_tokens: int = 0, sink_bits: int = 8,
-                integer_zero: bool = True):
+                integer_zero: bool = True, levels: int | None = None):
     """Per token, per head asymmetric quantization over the last dim (head_dim) of
     x [..., T, D] (DESIGN §3.7): scale = (max - min) / levels, zero =
     clamp(round(-min / scale), 0, levels) (unrounded, unclamped if not
-    integer_zero), codes = clamp(round(x / scale) + zero, 0, levels). The first
-    `sink_tokens` tokens use sink_bits. Returns (codes, scale, zero, levels [T])."""
+    integer_zero), codes = clamp(round(x / scale) + zero, 0, levels), with
+    levels = 2**bits - 1 unless `levels` is given (the KV4 unit's 8-bit window uses
+    KV8_LEVELS = 240). The first `sink_tokens` tokens use 2**sink_bits - 1 levels.
+    Returns (codes, scale, zero, levels [T])."""
+    if levels is None:
+        levels = (1 << bits) - 1
+    else:
+        check_int("levels", levels, 1)
     T = x.shape[-2]
-    levels = torch.full((T, 1), float((1 << bits) - 1))
+    levels = torch.full((T, 1), float(levels))
     if sink_tokens:
         levels[:min(sink_tokens, T)] = float((1 << sink_bits) - 1)
     lo = x.amin(-1, keepdim=True)
@@ -100,14 +110,23 @@ def fake_quant_kv(x: torch.Tensor, **kw) -> torch.Tensor:
 
 
 class KVQuantizer:
-    """LlamaAttention.kv_quant: fake-quantizes K and V [B, Hkv, T, D]."""
+    """LlamaAttention.kv_quant: fake-quantizes K and V [B, Hkv, T, D] (the cache at
+    kv.bits). With kv.window > 0 it also gives the 8-bit copies recent(k, v) that the
+    attention reads for each query's last `window` tokens (quantflow.models.llama:
+    window_attention): the same per-token formula with KV8_LEVELS = 240 levels, i.e.
+    the KV4 unit's append path, which keeps both codes of a token (golden.kv4_attention)."""
 
     def __init__(self, kv: KVScheme):
         self.kw = dict(bits=kv.bits, sink_tokens=kv.sink_tokens, sink_bits=kv.sink_bits,
                        integer_zero=kv.integer_zero)
+        self.window = kv.window
 
     def __call__(self, k, v):
         return fake_quant_kv(k, **self.kw), fake_quant_kv(v, **self.kw)
+
+    def recent(self, k, v):
+        kw = dict(levels=KV8_LEVELS, integer_zero=self.kw["integer_zero"])
+        return fake_quant_kv(k, **kw), fake_quant_kv(v, **kw)
 
 
 # --------------------------------------------------------------------------- Hadamard

@@ -12,7 +12,9 @@ dataclass (None = that tensor stays float):
                         that produces the input
   kv      KVScheme      K and V after RoPE: per token, per head, asymmetric 4-bit
                         with integer zero point (§3.7), SmoothAttention folded into
-                        q_proj/k_proj, optional Walsh-Hadamard rotation, sink tokens
+                        q_proj/k_proj, optional Walsh-Hadamard rotation, sink tokens,
+                        a recent window (each query reads its last `window` tokens
+                        at 8 bits, levels 240, as the KV4 attention unit does)
 
     get_scheme("w4a8kv4-g64")                 # the registry (SCHEMES)
     get_scheme("w4a8kv4-g64").components()    # {"W4": ..., "A8": ..., "KV4": ...}
@@ -23,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from golden.config import MIXPE_WEIGHT_BITS
+from golden.kv4_config import KV4_MAX_RECENT, KV8_LEVELS
 
 from ._check import check_int
 from .errors import QuantflowError
@@ -98,12 +101,17 @@ class ActScheme:
 
 @dataclass(frozen=True, kw_only=True)
 class KVScheme:
+    """window: for query position p, the tokens p-window+1..p are read from a second,
+    8-bit copy of the cache with KV8_LEVELS = 240 levels (15 * 16: the KV4 unit's
+    recent window, golden.kv4_config.KV4Config.recent), the older ones at `bits`;
+    0 = no window."""
     bits: int = 4
     smooth_attention: bool = True
     hadamard: bool = False
     sink_tokens: int = 0
     sink_bits: int = 8
     integer_zero: bool = True          # QServe keeps a fractional zero; §3.7 integer
+    window: int = 0
 
     def __post_init__(self):
         check_int("kv bits", self.bits, 2)
@@ -113,6 +121,10 @@ class KVScheme:
             raise QuantflowError("KV bits and sink_bits must be <= 8")
         for n in ("smooth_attention", "hadamard", "integer_zero"):
             _check_bool(n, getattr(self, n))
+        check_int("window", self.window, 0)
+        if self.window > KV4_MAX_RECENT:
+            raise QuantflowError(f"window must be in [0, {KV4_MAX_RECENT}] (the KV4 unit's "
+                                 f"largest recent window), got {self.window}")
 
     @property
     def label(self) -> str:
@@ -125,6 +137,8 @@ class KVScheme:
             parts.append(f"{self.sink_tokens} sink tokens @{self.sink_bits}b")
         if not self.integer_zero:
             parts.append("fractional zero")
+        if self.window:
+            parts.append(f"recent {self.window} @8b ({KV8_LEVELS} levels)")
         return " + ".join(parts)
 
 
@@ -176,14 +190,23 @@ def _reg(*schemes: QuantScheme) -> dict[str, QuantScheme]:
 
 _QOQ64 = WeightScheme(method="qoq", bits=4, group=64, clip_search=True, awq=True, gptq=True)
 _A8 = ActScheme(bits=8, smooth_alpha=0.5)
-_KV4 = KVScheme(bits=4, smooth_attention=True, hadamard=True, sink_tokens=4)
+# the KV4 attention unit's scheme (golden.kv4_config.KV4Config defaults): Hadamard K/Q
+# (V's rotation folded into v_proj / o_proj, free in hardware), the last 8 tokens of
+# each query at 8 bits, no sinks. SmoothAttention is off by measurement: on top of this
+# it raises SmolLM2's KV-only perplexity (docs/quantize-a-model.md).
+_KV4 = KVScheme(bits=4, smooth_attention=False, hadamard=True, window=8)
+# the previous KV scheme, kept so that its figures stay reproducible
+_KV4_SMOOTH_SINKS = KVScheme(bits=4, smooth_attention=True, hadamard=True, sink_tokens=4)
 
 SCHEMES = _reg(
     QuantScheme(name="fp32", description="float reference (the dequantized GGUF)"),
-    # the target: QoQ W4 g64 (output-aware), A8 SmoothQuant, KV4 SmoothAttention
+    # the target: QoQ W4 g64 (output-aware), A8 SmoothQuant, the KV4 unit's KV scheme
     QuantScheme(name="w4a8kv4-g64", weight=_QOQ64, act=_A8, kv=_KV4,
                 description="QoQ W4 g64 (clip search + AWQ + GPTQ), A8 per-token with "
-                            "SmoothQuant, KV4 with SmoothAttention, Hadamard, 4 sink tokens"),
+                            "SmoothQuant, KV4 with Hadamard and an 8-token 8-bit window"),
+    QuantScheme(name="w4a8kv4-g64-smooth-sinks", weight=_QOQ64, act=_A8, kv=_KV4_SMOOTH_SINKS,
+                description="w4a8kv4-g64 with the previous KV scheme (SmoothAttention, "
+                            "Hadamard, 4 sink tokens)"),
     QuantScheme(name="w4a8kv4-g64-plain", weight=WeightScheme(method="qoq", group=64),
                 act=ActScheme(smooth_alpha=None),
                 kv=KVScheme(smooth_attention=False),
@@ -191,7 +214,8 @@ SCHEMES = _reg(
     # its components alone
     QuantScheme(name="w4-g64", weight=_QOQ64, description="QoQ W4 g64, output-aware"),
     QuantScheme(name="a8", act=_A8, description="A8 per-token with SmoothQuant 0.5"),
-    QuantScheme(name="kv4", kv=_KV4, description="KV4 SmoothAttention + Hadamard + sinks"),
+    QuantScheme(name="kv4", kv=_KV4, description="KV4 Hadamard + 8-token 8-bit window "
+                                                 "(the KV4 unit's scheme)"),
     # weight baselines (float activations)
     QuantScheme(name="w4-rtn-sym-ch", weight=WeightScheme(method="rtn-sym", group=None),
                 description="RTN symmetric per channel"),
@@ -216,6 +240,8 @@ SCHEMES = _reg(
                 description="KV4 without SmoothAttention, rotation or sinks"),
     QuantScheme(name="kv4-smooth", kv=KVScheme(smooth_attention=True),
                 description="KV4 with SmoothAttention only"),
+    QuantScheme(name="kv4-smooth-sinks", kv=_KV4_SMOOTH_SINKS,
+                description="the previous KV scheme: SmoothAttention + Hadamard + sinks"),
     QuantScheme(name="a8-plain", act=ActScheme(smooth_alpha=None),
                 description="A8 per-token without SmoothQuant"),
 )

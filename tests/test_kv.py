@@ -115,3 +115,93 @@ def test_kv4_error_drops_with_smooth_attention_and_sinks():
             err[name] = float((qm.model(IDS) - ref).norm() / ref.norm())
     assert 0 < err["smooth"] < err["plain"]
     assert err["smooth+had+sinks"] < err["plain"]
+
+
+def test_quantize_kv_levels_override():
+    x = torch.randn(2, 3, 20, 64)
+    q, scale, zero, levels = quantize_kv(x, levels=240)
+    assert bool((levels == 240).all()) and q.max() <= 240 and zero.max() <= 240
+    assert torch.equal(zero, torch.clamp(torch.round(-x.amin(-1, keepdim=True) / scale), 0, 240))
+    assert torch.allclose(scale, (x.amax(-1, keepdim=True) - x.amin(-1, keepdim=True)) / 240)
+    # bits alone keep 2**bits - 1 levels; levels=15 is the same quantizer
+    assert all(torch.equal(a, b) for a, b in zip(quantize_kv(x, bits=4), quantize_kv(x, levels=15)))
+    with pytest.raises(QuantflowError, match="levels must be >= 1"):
+        quantize_kv(x, levels=0)
+
+
+def _window_reference(q, k, v, k8, v8, W):
+    """Per query position p: softmax over tokens 0..p, each read from the 8-bit copy
+    if it is one of p's last W tokens, else from the 4-bit cache (GQA)."""
+    B, H, T, D = q.shape
+    g = H // k.shape[1]
+    out = torch.zeros(B, H, T, D, dtype=torch.float64)
+    for b in range(B):
+        for h in range(H):
+            kh, vh = h // g, h // g
+            for p in range(T):
+                keys = torch.stack([(k8 if t > p - W else k)[b, kh, t] for t in range(p + 1)])
+                vals = torch.stack([(v8 if t > p - W else v)[b, vh, t] for t in range(p + 1)])
+                a = torch.softmax(keys.double() @ q[b, h, p].double() / D ** 0.5, 0)
+                out[b, h, p] = a @ vals.double()
+    return out
+
+
+@pytest.mark.parametrize("W", [1, 3, 8])
+def test_window_attention_equals_per_query_reference(W):
+    from quantflow.models.llama import window_attention
+    g = torch.Generator().manual_seed(W)
+    q = torch.randn(2, 4, 11, 16, generator=g)
+    k, v, k8, v8 = (torch.randn(2, 2, 11, 16, generator=g) for _ in range(4))
+    out = window_attention(q, k, v, k8, v8, W)
+    assert torch.allclose(out.double(), _window_reference(q, k, v, k8, v8, W), atol=1e-5)
+
+
+def test_window_attention_limits():
+    """A window covering every token reads only the 8-bit copy; the model's
+    window=0 path is the plain quantized SDPA path, bit for bit."""
+    import torch.nn.functional as F
+    from quantflow.models.llama import window_attention
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(1, 4, 9, 16, generator=g)
+    k, v, k8, v8 = (torch.randn(1, 2, 9, 16, generator=g) for _ in range(4))
+    rep = lambda x: x.repeat_interleave(2, dim=1)  # noqa: E731
+    all8 = F.scaled_dot_product_attention(q, rep(k8), rep(v8), is_causal=True)
+    for W in (9, 40):
+        assert torch.allclose(window_attention(q, k, v, k8, v8, W), all8, atol=1e-5)
+    m = tiny()
+    ids = IDS[:1]
+    qm = quantize_model(m, QuantScheme(name="k", kv=KVScheme(smooth_attention=False,
+                                                                hadamard=True)),
+                        calib_ids=ids, progress=False)
+    with torch.no_grad():
+        out = qm.model(ids)
+        for layer in qm.model.model.layers:  # the same quantizer as a bare callable
+            a = layer.self_attn
+            a.kv_quant = lambda k, v: (fake_quant_kv(k), fake_quant_kv(v))
+        assert torch.equal(qm.model(ids), out)
+
+
+def test_model_window_reads_8bit_recent_tokens():
+    """KVScheme.window in the model: window >= T equals every token at 8 bits
+    (levels 240), and the window lowers the error of the 4-bit cache."""
+    m = tiny()
+    ids = IDS[:1]
+    T = ids.shape[1]
+    with torch.no_grad():
+        ref = m(ids)
+    kv = dict(smooth_attention=False, hadamard=True)
+    out = {}
+    for W in (0, 8, T):
+        qm = quantize_model(m, QuantScheme(name="k", kv=KVScheme(window=W, **kv)),
+                            calib_ids=ids, progress=False)
+        assert qm.model.model.layers[0].self_attn.kv_quant.window == W
+        with torch.no_grad():
+            out[W] = qm.model(ids)
+            if W == T:
+                for layer in qm.model.model.layers:
+                    kq = layer.self_attn.kv_quant
+                    layer.self_attn.kv_quant = kq.recent  # every token 8-bit, SDPA path
+                all8 = qm.model(ids)
+    assert torch.allclose(out[T], all8, atol=1e-4, rtol=1e-4), (out[T] - all8).abs().max()
+    err = {W: float((o - ref).norm() / ref.norm()) for W, o in out.items()}
+    assert err[T] < err[8] < err[0], err

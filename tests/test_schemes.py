@@ -41,7 +41,7 @@ IDS = torch.randint(0, CFG.vocab_size, (4, 40), generator=torch.Generator().manu
 def test_registry_target_and_components():
     s = get_scheme("w4a8kv4-g64")
     assert (s.weight.method, s.weight.bits, s.weight.group) == ("qoq", 4, 64)
-    assert s.act.bits == 8 and s.kv.bits == 4 and s.kv.smooth_attention
+    assert s.act.bits == 8 and s.kv.bits == 4 and s.kv.window == 8
     comps = s.components()
     assert list(comps) == ["W4", "A8", "KV4"]
     assert comps["W4"].weight == s.weight and comps["W4"].act is None and comps["W4"].kv is None
@@ -171,3 +171,25 @@ def test_any_module_weights_and_a8():
         quantize_model(m, "kv4", progress=False)
     with pytest.raises(QuantflowError, match="pass calib=run"):
         quantize_model(m, sch, progress=False)
+
+
+@pytest.mark.parametrize("window, msg", [(-1, ">= 0"), (257, r"\[0, 256\]"), (2.0, "an int"),
+                                         (True, "an int")])
+def test_kv_window_validation(window, msg):
+    with pytest.raises(QuantflowError, match=msg):
+        KVScheme(window=window)
+
+
+def test_kv_schemes_follow_the_kv4_unit():
+    """kv4 / w4a8kv4-g64 use the KV4 attention unit's scheme (golden KV4Config
+    defaults: Hadamard K/Q, recent window, no sinks); the old KV scheme stays
+    registered."""
+    from golden.kv4_config import KV4Config
+    hw = KV4Config()
+    for name in ("kv4", "w4a8kv4-g64"):
+        kv = get_scheme(name).kv
+        assert kv.hadamard == hw.rotate and kv.window == hw.recent and kv.sink_tokens == 0
+        assert kv.bits == 4 and kv.integer_zero
+    old = get_scheme("kv4-smooth-sinks").kv
+    assert (old.smooth_attention, old.hadamard, old.sink_tokens, old.window) == (True, True, 4, 0)
+    assert KVScheme(window=256).label.endswith("recent 256 @8b (240 levels)")

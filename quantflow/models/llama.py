@@ -10,7 +10,19 @@ Quantization hooks, all None (float) by default, set by quantflow.fakequant:
   LlamaAttention.qk_rotation  [D, D] orthonormal matrix applied to each head's Q
                               and K after RoPE (Walsh-Hadamard; q.k is unchanged)
   LlamaAttention.kv_quant     callable (k, v) -> (k, v) on [B, Hkv, T, D] after RoPE
-                              (and after the rotation): the KV-cache quantizer
+                              (and after the rotation): the KV-cache quantizer.
+                              If it has an int attribute `window` > 0 it also has
+                              recent(k, v) -> (k8, v8), the 8-bit copies of the same
+                              K/V (quantflow.fakequant.KVQuantizer), and attention
+                              reads k8/v8 for each query's last `window` tokens and
+                              the kv_quant output for the older ones
+                              (window_attention; the KV4 unit's recent window).
+                              Without a window attention is
+                              F.scaled_dot_product_attention on the kv_quant output.
+
+LlamaAttention.qkv keeps one contract for every kv_quant: Q and the quantized cache
+K, V (the kv_quant output), which calibration and capture read; project() gives the
+K, V before the quantizer, from which the windowed forward takes both precisions.
 """
 from __future__ import annotations
 
@@ -21,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["LlamaConfig", "LlamaForCausalLM", "RMSNorm", "rope_cos_sin", "apply_rope"]
+__all__ = ["LlamaConfig", "LlamaForCausalLM", "RMSNorm", "rope_cos_sin", "apply_rope",
+           "window_attention"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,6 +97,24 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + _rotate_half(x) * sin
 
 
+def window_attention(q, k, v, k8, v8, window: int) -> torch.Tensor:
+    """Causal attention of q [B, H, T, D] over a cache read at two precisions:
+    query position p reads tokens p-window+1..p from k8, v8 and tokens < p-window+1
+    from k, v (all [B, Hkv, T, D], H a multiple of Hkv: GQA). Scores and P.V are
+    split per (query, token) pair, so every query sees its own window, as the KV4
+    unit's decode does (golden.kv4_attention.decode_codes). Returns [B, H, T, D]."""
+    g = q.shape[1] // k.shape[1]
+    k, v, k8, v8 = (x.repeat_interleave(g, dim=1) for x in (k, v, k8, v8))
+    T = q.shape[2]
+    p = torch.arange(T, device=q.device).unsqueeze(1)
+    t = torch.arange(k.shape[2], device=q.device).unsqueeze(0)
+    win = (t > p - window) & (t <= p)                                    # [T, T]
+    s = torch.where(win, q @ k8.transpose(-1, -2), q @ k.transpose(-1, -2))
+    s = (s / math.sqrt(q.shape[-1])).masked_fill(t > p, float("-inf"))
+    a = F.softmax(s, dim=-1)
+    return a.masked_fill(win, 0.0) @ v + a.masked_fill(~win, 0.0) @ v8
+
+
 class LlamaAttention(nn.Module):
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
@@ -96,9 +127,9 @@ class LlamaAttention(nn.Module):
         self.qk_rotation: torch.Tensor | None = None
         self.kv_quant = None
 
-    def qkv(self, x: torch.Tensor, cos, sin):
-        """Q [B, H, T, D], K and V [B, Hkv, T, D] after RoPE, rotation and the KV
-        quantizer: exactly what attention consumes (used for calibration too)."""
+    def project(self, x: torch.Tensor, cos, sin):
+        """Q [B, H, T, D], K and V [B, Hkv, T, D] after RoPE and rotation, before the
+        KV quantizer."""
         B, T, _ = x.shape
         c = self.cfg
         q = self.q_proj(x).view(B, T, c.num_attention_heads, c.head_dim).transpose(1, 2)
@@ -107,17 +138,31 @@ class LlamaAttention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if self.qk_rotation is not None:
             q, k = q @ self.qk_rotation, k @ self.qk_rotation
+        return q, k, v
+
+    def qkv(self, x: torch.Tensor, cos, sin):
+        """Q, and K and V after the KV quantizer: the cache attention consumes (all of
+        it without a window; the tokens older than each query's window with one);
+        used for calibration and capture too."""
+        q, k, v = self.project(x, cos, sin)
         if self.kv_quant is not None:
             k, v = self.kv_quant(k, v)
         return q, k, v
 
     def forward(self, x: torch.Tensor, cos, sin) -> torch.Tensor:
         B, T, _ = x.shape
-        q, k, v = self.qkv(x, cos, sin)
-        g = self.cfg.kv_groups
-        k = k.repeat_interleave(g, dim=1)
-        v = v.repeat_interleave(g, dim=1)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        window = getattr(self.kv_quant, "window", 0)
+        if window:
+            q, k, v = self.project(x, cos, sin)
+            k8, v8 = self.kv_quant.recent(k, v)
+            k, v = self.kv_quant(k, v)
+            out = window_attention(q, k, v, k8, v8, window)
+        else:
+            q, k, v = self.qkv(x, cos, sin)
+            g = self.cfg.kv_groups
+            k = k.repeat_interleave(g, dim=1)
+            v = v.repeat_interleave(g, dim=1)
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
 
 
