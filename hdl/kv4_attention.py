@@ -172,6 +172,15 @@ class _FSM:
         self.m.d.sync += self.reg.eq(self.codes[name])
 
 
+def _mux_sel(idx, xs):
+    """xs[idx] as a Mux chain: no case statement, so any len(xs) (not only powers
+    of two) lints clean."""
+    out = xs[0]
+    for k in range(1, len(xs)):
+        out = Mux(idx == k, xs[k], out)
+    return out
+
+
 def _sel(rows, i: int, j):
     """Lane i of chunk j (a run-time index) of per-chunk, per-lane signals."""
     if len(rows) == 1:
@@ -554,6 +563,12 @@ class KV4Attention(wiring.Component):
         step = Signal(range(c.recip_width + 1))
         oh = Signal(range(max(H, 2)))
         oj = Signal(range(NC))
+        # the normaliser's wide multipliers (acc_bits x recip_width) are time-shared:
+        # `nl` per cycle, `osteps` cycles fill one out beat (norm_steps)
+        nl, osteps = _norm_split(c)
+        osub = Signal(range(max(osteps, 2)))
+        # every lane but the last group's waits here for its beat
+        obuf = {i: Signal(signed(c.out_bits), name=f"obuf{i}") for i in range((osteps - 1) * nl)}
         # query path: with rotate, each head's vector is collected in qr, rotated by
         # log2(D) butterfly stages, then requantized to INT8 by a power-of-two shift e
         if c.rotate:
@@ -674,25 +689,56 @@ class KV4Attention(wiring.Component):
                     m.d.sync += [rem[h].eq(Mux(ge, r2 - dnw, r2)), R[h].eq(Cat(ge, R[h]))]
                 m.d.sync += step.eq(step + 1)
                 with m.If(step == c.recip_width - 1):
-                    m.d.sync += [oh.eq(0), oj.eq(0)]
+                    m.d.sync += [oh.eq(0), oj.eq(0), osub.eq(0)]
                     fsm.next("OUT")
             with fsm.state("OUT"):
-                m.d.comb += self.out.valid.eq(1)
-                for i in range(L):
-                    sel = None
-                    for h in range(H):
-                        diff = _sel(acc[h], i, oj) - wz[h]
-                        y = _sat(m, _rshift_round(m, diff * R[h], osh[h], f"yr{h}_{i}"),
-                                 c.out_bits, f"y{h}_{i}")
-                        sel = y if sel is None else Mux(oh == h, y, sel)
-                    m.d.comb += self.out.payload[i].eq(sel)
-                with m.If(self.out.ready):
-                    m.d.sync += oj.eq(Mux(oj == NC - 1, 0, oj + 1))
+                # head and lane group selected first: nl multipliers serve everything;
+                # groups 0..osteps-2 go to obuf, the last one straight to the beat
+                def pick(xs):
+                    return _mux_sel(oh, xs)
+                wz_o = _wire(m, pick(wz), "wz_o")
+                R_o = _wire(m, pick(R), "R_o")
+                osh_o = _wire(m, pick(osh), "osh_o")
+                for q in range(nl):
+                    lanes_q = [k * nl + q for k in range(osteps) if k * nl + q < L]
+                    per_head = [_mux_sel(osub, [_sel(acc[h], i, oj) for i in lanes_q])
+                                for h in range(H)]
+                    a_o = _wire(m, pick(per_head), f"acc_o{q}")
+                    diff = _wire(m, a_o - wz_o, f"diff_o{q}")
+                    y = Signal(signed(c.out_bits), name=f"ynorm{q}")
+                    m.d.comb += y.eq(_sat(m, _rshift_round(m, diff * R_o, osh_o, f"yr{q}"),
+                                          c.out_bits, f"y{q}"))
+                    for k, i in enumerate(lanes_q):
+                        if k < osteps - 1:
+                            with m.If(osub == k):
+                                m.d.sync += obuf[i].eq(y)
+                            m.d.comb += self.out.payload[i].eq(obuf[i])
+                        else:
+                            m.d.comb += self.out.payload[i].eq(y)
+                emit = osub == osteps - 1
+                m.d.comb += self.out.valid.eq(emit)
+                with m.If(~emit):
+                    m.d.sync += osub.eq(osub + 1)
+                with m.If(emit & self.out.ready):
+                    m.d.sync += [oj.eq(Mux(oj == NC - 1, 0, oj + 1)), osub.eq(0)]
                     with m.If(oj == NC - 1):
                         m.d.sync += oh.eq(oh + 1)
                         with m.If(oh == H - 1):
                             fsm.next("IDLE")
         return m
+
+
+#: The output normaliser computes lanes // NORM_SPLIT elements per cycle: its
+#: multipliers are acc_bits x recip_width wide and work once per decode step, so
+#: `lanes` of them cost about as much as every K/V lane together. 2 keeps lanes
+#: busy >= 95 % at T = 512 (d64, 3 heads); 4 would halve them again for 1.5 %.
+NORM_SPLIT = 2
+
+
+def _norm_split(c: KV4Config) -> tuple[int, int]:
+    """(elements per cycle, cycles per out beat) of the output normaliser."""
+    nl = max(1, c.lanes // NORM_SPLIT)
+    return nl, -(-c.lanes // nl)
 
 
 def k_beats(config: KV4Config, T: int) -> int:
@@ -708,7 +754,8 @@ def cycle_model(config: KV4Config, T: int) -> int:
       2 (cmd, RUN -> NORM) + heads*chunks (query)
       + heads*(log2 D + 2) (query butterfly, max, requantize; rotate only)
       + k_beats (K) + the last token's V beats (chunks, 2*chunks if recent)
-      + K_LATENCY + recip_width (NORM + DIV) + heads*chunks (out)."""
+      + K_LATENCY + recip_width (NORM + DIV)
+      + heads*chunks*norm_steps (out: a beat every norm_steps normaliser cycles)."""
     c = _cfg(config)
     if not isinstance(T, int) or T < 1 or T > c.max_t:
         raise ValueError(f"T must be in [1, {c.max_t}], got {T!r}")
@@ -716,7 +763,7 @@ def cycle_model(config: KV4Config, T: int) -> int:
     query = c.heads * nc + (c.heads * (c.log2_d + 2) if c.rotate else 0)
     last_v = nc * (2 if c.recent else 1)
     return (2 + query + k_beats(c, T) + last_v + K_LATENCY + c.recip_width
-            + c.heads * nc)
+            + c.heads * nc * _norm_split(c)[1])
 
 
 def lanes_busy(config: KV4Config, T: int) -> float:
