@@ -21,11 +21,11 @@ import random
 
 import cocotb
 from cocotb.clock import Clock
-from cocotb.triggers import ReadOnly, RisingEdge
+from cocotb.triggers import RisingEdge
 
 from cosim.runner import read_job, write_result
 from cosim.tb.mixpe_common import Stopwatch, job_seed
-from cosim.tb.streams import Scoreboard, StreamSink, StreamSource
+from cosim.tb.streams import Scoreboard, StreamSink, StreamSource, step_cycle
 
 RESET_CYCLES = 3
 
@@ -36,13 +36,8 @@ class _Clock:
         self.cycle = 0
 
     async def step(self, parts):
-        await RisingEdge(self.dut.clk)
         self.cycle += 1
-        for p in parts:
-            p.drive()
-        await ReadOnly()
-        for p in parts:
-            p.sample(self.cycle)
+        await step_cycle(self.dut.clk, parts, self.cycle)
 
     async def settle(self, parts) -> None:
         """Let the edge that transfers the last sampled beats pass, then idle the

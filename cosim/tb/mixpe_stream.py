@@ -16,18 +16,16 @@ import random
 
 import cocotb
 from cocotb.clock import Clock
-from cocotb.triggers import ReadOnly, RisingEdge
 
 from cosim.runner import read_job, write_result
 from cosim.tb.mixpe_common import (MixPECaseData, Stopwatch, describe_mismatch,
                                    job_seed, load_case)
-from cosim.tb.streams import Scoreboard, StreamSink, StreamSource
-
-RESET_CYCLES = 3
+from cosim.tb.streams import Scoreboard, StreamRun, StreamSink, StreamSource
 
 
 class MixPEStreamTB:
-    """Owns the clock, reset, three sources, the sink and the scoreboard."""
+    """The three sources, the sink and the scoreboard (cosim.tb.streams.StreamRun
+    clocks them)."""
 
     def __init__(self, dut, data: MixPECaseData, *, seed: int, p_idle: float,
                  p_stall: float):
@@ -49,28 +47,6 @@ class MixPEStreamTB:
                         StreamSource(dut, "scale", scale, p_idle=p_idle, rng=sub[2])]
         self.sink = StreamSink(dut, "result", p_stall=p_stall, rng=sub[3])
         self.scoreboard = Scoreboard(data.expected_words, describe=describe_mismatch(data))
-        self.cycle = 0
-
-    async def reset(self):
-        self.dut.rst.value = 1
-        for _ in range(RESET_CYCLES):
-            await RisingEdge(self.dut.clk)
-            self.cycle += 1
-        self.dut.rst.value = 0
-
-    async def run(self, max_cycles: int) -> None:
-        clk = self.dut.clk
-        parts = self.sources + [self.sink]
-        want = len(self.data.expected_words)
-        while len(self.sink.words) < want and self.cycle < max_cycles:
-            await RisingEdge(clk)
-            self.cycle += 1
-            for p in parts:
-                p.drive()
-            await ReadOnly()
-            for p in parts:
-                p.sample(self.cycle)
-        await RisingEdge(clk)  # let the last transfer happen before stopping
 
 
 @cocotb.test()
@@ -87,33 +63,12 @@ async def mixpe_stream(dut):
     Clock(dut.clk, 2, unit="ns").start()
     tb = MixPEStreamTB(dut, data, seed=seed, p_idle=float(job.get("p_idle", 0.0)),
                        p_stall=float(job.get("p_stall", 0.0)))
-    sw = Stopwatch()
-    await tb.reset()
-    await tb.run(max_cycles)
-    sim_seconds = sw.seconds()
-
+    run = StreamRun(dut, tb.sources, tb.sink)
+    await run.reset()
+    sim_seconds = await run.run(len(data.expected_words), max_cycles)
     sb = tb.scoreboard
-    sb.check(tb.sink.words)
-    errors = list(sb.report)
-    unconsumed = {s.name: len(s.words) - s.idx for s in tb.sources if not s.done}
-    if unconsumed:
-        errors.append(f"input beats never accepted: {unconsumed}")
-    if tb.cycle >= max_cycles:
-        errors.append(f"timed out after {max_cycles} cycles with "
-                      f"{len(tb.sink.words)}/{len(data.expected_words)} result words")
-    first_in = min((s.first_cycle for s in tb.sources if s.first_cycle is not None),
-                   default=None)
-    last_out = tb.sink.cycles[-1] if tb.sink.cycles else None
-    cycles = (last_out - first_in + 1) if (first_in is not None and last_out is not None) else 0
-    passed = sb.passed and not errors
-    write_result({
-        "test": "stream", "passed": passed, "mismatches": sb.mismatches,
-        "vectors": sb.compared, "expected_vectors": len(data.expected_words),
-        "cycles": cycles, "macs": data.macs, "tiles": tiles, "M": data.M, "N": data.N,
-        "sim_cycles": tb.cycle, "sim_seconds": sim_seconds, "seed": seed,
-        "stall_cycles": tb.sink.stall_cycles,
-        "ready_low_cycles": tb.sink.ready_low_cycles, "load_seconds": load_seconds,
-        "idle_cycles": {s.name: s.idle_cycles for s in tb.sources},
-        "errors": errors,
-    })
-    assert passed, "; ".join(errors) or "scoreboard failed"
+    errors = run.check(sb, max_cycles)
+    res = run.result(sb, errors, macs=data.macs, tiles=tiles, M=data.M, N=data.N,
+                     sim_seconds=sim_seconds, seed=seed, load_seconds=load_seconds)
+    write_result(res)
+    assert res["passed"], "; ".join(errors) or "scoreboard failed"

@@ -146,6 +146,17 @@ def stream_rngs(seed: int, n: int) -> list[random.Random]:
     return [random.Random(rng.randrange(1 << 62)) for _ in range(n)]
 
 
+async def step_cycle(clk, parts, cycle: int) -> None:
+    """One clock cycle of stream drivers/monitors: drive after the edge, sample
+    the settled values (ReadOnly) as cycle `cycle`."""
+    await RisingEdge(clk)
+    for p in parts:
+        p.drive()
+    await ReadOnly()
+    for p in parts:
+        p.sample(cycle)
+
+
 class StreamRun:
     """The clock loop of a stream testbench: `sources` and the result `sink`
     stepped once a cycle, after a reset; `cycle` counts every clock cycle from
@@ -176,13 +187,8 @@ class StreamRun:
         self.raised = {name: 0 for name in watch}
         sw = Stopwatch()
         while len(self.sink.words) < want and self.cycle < max_cycles:
-            await RisingEdge(clk)
             self.cycle += 1
-            for p in parts:
-                p.drive()
-            await ReadOnly()
-            for p in parts:
-                p.sample(self.cycle)
+            await step_cycle(clk, parts, self.cycle)
             for name, flag in flags:
                 self.raised[name] |= int(flag.value)
         await RisingEdge(clk)
