@@ -290,6 +290,11 @@ class KV4Quantizer(wiring.Component):
         z8 = {n: Signal(ZERO_BITS, name=f"{n}z8") for n in ("k", "v")}
         stage = Signal(range(max(c.log2_d, 1)))
         last = j == c.chunks - 1
+        ql, qsteps = _quant_split(c)
+        qsub = Signal(range(max(qsteps, 2)))
+        held = range((qsteps - 1) * ql)    # lanes waiting in cbuf for their beat
+        cbuf = {n: {i: Signal(KV_BITS, name=f"{n}cb{i}") for i in held} for n in ("k", "v")}
+        cbuf8 = {n: {i: Signal(2 * KV_BITS, name=f"{n}cb8{i}") for i in held} for n in ("k", "v")}
 
         states = ["IN"] + (["ROT"] if c.rotate else []) + ["MINMAX", "SCALE", "ZERO", "OUT"]
         with _FSM(m, states, "qstate") as fsm:
@@ -316,11 +321,16 @@ class KV4Quantizer(wiring.Component):
                     with m.If(final):
                         fsm.next("MINMAX")
             with fsm.state("MINMAX"):
+                # one chunk per cycle through lanes-wide trees (not head_dim-wide)
                 for n in ("k", "v"):
-                    m.d.sync += [
-                        lo[n].eq(_tree(m, flat[n], lambda a, b: Mux(a < b, a, b), f"{n}min")),
-                        hi[n].eq(_tree(m, flat[n], lambda a, b: Mux(a > b, a, b), f"{n}max"))]
-                fsm.next("SCALE")
+                    vals = [_sel(buf[n], i, j) for i in range(L)]
+                    bmin = _tree(m, vals, lambda a, b: Mux(a < b, a, b), f"{n}min")
+                    bmax = _tree(m, vals, lambda a, b: Mux(a > b, a, b), f"{n}max")
+                    m.d.sync += [lo[n].eq(Mux((j == 0) | (bmin < lo[n]), bmin, lo[n])),
+                                 hi[n].eq(Mux((j == 0) | (bmax > hi[n]), bmax, hi[n]))]
+                m.d.sync += j.eq(Mux(last, 0, j + 1))
+                with m.If(last):
+                    fsm.next("SCALE")
             with fsm.state("SCALE"):
                 for n in ("k", "v"):
                     rng = (hi[n] - lo[n]).as_unsigned()
@@ -335,27 +345,58 @@ class KV4Quantizer(wiring.Component):
                                  z8[n].eq(_clamp(m, -t8, KV8_LEVELS, f"{n}zc8"))]
                 fsm.next("OUT")
             with fsm.state("OUT"):
-                m.d.comb += self.y.valid.eq(1)
+                # the lane dividers are time-shared: ql lanes per cycle, qsteps
+                # cycles per cache beat, the last group straight to the beat
+                emit = qsub == qsteps - 1
                 for n in ("k", "v"):
                     side = self.y.payload[n]
                     m.d.comb += [side.scale.eq(S[n]), side.zero.eq(z4[n]), side.zero8.eq(z8[n])]
-                    for i in range(L):
-                        t4, t8 = _t_both(m, _sel(buf[n], i, j), S[n], f"{n}t{i}")
-                        m.d.comb += [
-                            side.codes[i].eq(_clamp(m, t4 + z4[n], KV_LEVELS, f"{n}c{i}")),
-                            side.codes8[i].eq(_clamp(m, t8 + z8[n], KV8_LEVELS, f"{n}c8{i}"))]
-                with m.If(self.y.ready):
-                    m.d.sync += j.eq(Mux(last, 0, j + 1))
+                    for q in range(ql):
+                        lanes_q = [k * ql + q for k in range(qsteps) if k * ql + q < L]
+                        x = _wire(m, _mux_sel(qsub, [_sel(buf[n], i, j) for i in lanes_q]),
+                                  f"{n}qx{q}")
+                        t4, t8 = _t_both(m, x, S[n], f"{n}t{q}")
+                        c4 = Signal(KV_BITS, name=f"{n}c4_{q}")
+                        c8 = Signal(2 * KV_BITS, name=f"{n}c8_{q}")
+                        m.d.comb += [c4.eq(_clamp(m, t4 + z4[n], KV_LEVELS, f"{n}c{q}")),
+                                     c8.eq(_clamp(m, t8 + z8[n], KV8_LEVELS, f"{n}c8{q}"))]
+                        for k, i in enumerate(lanes_q):
+                            if k < qsteps - 1:
+                                with m.If(qsub == k):
+                                    m.d.sync += [cbuf[n][i].eq(c4), cbuf8[n][i].eq(c8)]
+                                m.d.comb += [side.codes[i].eq(cbuf[n][i]),
+                                             side.codes8[i].eq(cbuf8[n][i])]
+                            else:
+                                m.d.comb += [side.codes[i].eq(c4), side.codes8[i].eq(c8)]
+                m.d.comb += self.y.valid.eq(emit)
+                with m.If(~emit):
+                    m.d.sync += qsub.eq(qsub + 1)
+                with m.If(emit & self.y.ready):
+                    m.d.sync += [j.eq(Mux(last, 0, j + 1)), qsub.eq(0)]
                     with m.If(last):
                         fsm.next("IN")
         return m
 
 
+#: The append quantizer's lane dividers (two per element: K and V) are shared by
+#: QUANT_SPLIT lanes: one token is appended per decode step, so its codes need
+#: not come out at a beat per cycle.
+QUANT_SPLIT = 4
+
+
+def _quant_split(c: KV4Config) -> tuple[int, int]:
+    """(lanes quantized per cycle, cycles per cache beat) of the append path."""
+    ql = max(1, c.lanes // QUANT_SPLIT)
+    return ql, -(-c.lanes // ql)
+
+
 def append_cycles(config: KV4Config, tokens: int) -> int:
     """Cycles of the append path for `tokens` back-to-back tokens (ideal ends):
-    chunks in + log2(D) butterfly stages (rotate) + MINMAX, SCALE, ZERO + chunks out."""
+    chunks in + log2(D) butterfly stages (rotate) + chunks MINMAX + SCALE + ZERO
+    + chunks * quant_steps out."""
     c = _cfg(config)
-    return tokens * (2 * c.chunks + 3 + (c.log2_d if c.rotate else 0))
+    return tokens * (c.chunks * (2 + _quant_split(c)[1]) + 2
+                     + (c.log2_d if c.rotate else 0))
 
 
 # --------------------------------------------------------------------------- decode core

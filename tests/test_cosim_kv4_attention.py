@@ -11,7 +11,7 @@ from golden.kv4_config import KV4Config
 
 from cosim.kv4_attention import (PLAN_CONFIGS, KV4Case, _run_item, case_job, run_cases,
                                  to_record, unit_build)
-from hdl.kv4_attention import cycle_model
+from hdl.kv4_attention import append_cycles, cycle_model
 
 
 SMALL = KV4Config(head_dim=32, lanes=16, max_t=40, heads=2)
@@ -35,6 +35,7 @@ def test_small_unit_all_fast_cases(tmp_path):
         assert r["mismatches"] == 0 and r["vectors"] == c.T * SMALL.chunks + 2 * SMALL.chunks
         if c.ideal:
             assert r["cycles"] == cycle_model(SMALL, c.T), c.name
+            assert r["append_cycles"] == append_cycles(SMALL, c.T), c.name
         else:
             assert r["cycles"] > cycle_model(SMALL, c.T)
     assert rs[4]["passed"] and rs[5]["passed"], (rs[4], rs[5])       # T > max_t, T = 0

@@ -37,8 +37,9 @@ def test_cycle_model_shape_and_utilisation():
         assert per_token == c.head_dim // c.lanes          # T * head_dim / lanes + overhead
         for T in (512, 1000, c.max_t):
             assert lanes_busy(c, T) >= 0.95, (c.name(), T)
-    assert append_cycles(KV4Config(), 3) == 3 * (2 * 4 + 3 + 6)      # + 6 butterfly stages
-    assert append_cycles(KV4Config(rotate=False), 3) == 3 * (2 * 4 + 3)
+    # chunks in, chunks min/max, S, zeros, 4 cycles per out beat (+ 6 butterfly stages)
+    assert append_cycles(KV4Config(), 3) == 3 * (4 + 4 + 2 + 4 * 4 + 6)
+    assert append_cycles(KV4Config(rotate=False), 3) == 3 * (4 + 4 + 2 + 4 * 4)
     # the recent tokens cost one extra pass of chunks each; the rotated query
     # log2(D) + 2 cycles per head
     c, r = KV4Config(recent=8), KV4Config(recent=0)
