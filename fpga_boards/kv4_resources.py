@@ -3,8 +3,10 @@
 build/resources/).
 
 CONFIGS: the make-sim configs (d64 x3 heads, d128 x1 head; rotate=True,
-recent=8), and d64 without the 8-bit recent window (d64_rot_r0) and without
-both it and the Hadamard rotation (d64_plain): what each costs. Each is a row
+recent=8), and d64 with recent=0 (d64_rot_r0) and with rotate=False, recent=0
+(d64_plain): what the Hadamard rotation costs. (The RTL builds the 8-bit path
+at any `recent`: recent=0 gives the same quantizer netlist and an attention
+differing in one constant, so d64_rot_r0 shows no saving.) Each is a row
 "<config>" (the whole KV4Unit) or "<config>_quant" / "<config>_attn" (its
 KV4Quantizer / KV4Attention alone: where the LUTs go). Where both halves and not
 the unit are measured, the table adds their sum as the unit (`summed`): the
@@ -57,7 +59,7 @@ class Design:
 
 
 #: The configurations, by --configs name: the make-sim ones (rotate=True, recent=8
-#: by default) and the d64 one without the 8-bit window, and without both.
+#: by default) and d64 with recent=0, and with neither rotation nor recent window.
 CONFIGS = {
     "d64": KV4Config(head_dim=64, lanes=16, max_t=4096, heads=3),
     "d64_plain": KV4Config(head_dim=64, lanes=16, max_t=4096, heads=3, rotate=False, recent=0),

