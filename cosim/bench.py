@@ -20,7 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from golden.config import MixPEConfig
+from golden.mixpe_config import MixPEConfig
 
 from cosim import mixpe, runner
 from cosim.plan import MixPECase

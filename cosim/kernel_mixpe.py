@@ -101,7 +101,7 @@ def to_record(case: MixPECase, res: dict) -> dict:
 
 def default_cases() -> list[MixPECase]:
     """`make sim`'s kernel runs: the default W4A8 GEMV kernel at >= 100,000 MACs."""
-    from golden.config import MixPEConfig
+    from golden.mixpe_config import MixPEConfig
     cfg = MixPEConfig(bits=4, group=64, rows=1, cols=8, K=1024)
     return [MixPECase(config=cfg, m_tiles=1, n_tiles=16, seed=11)]
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from golden.kv4_config import KV4Config
+from golden.kv4_attention_config import KV4Config
 
 from cosim import runner
 from cosim.report import make_record

@@ -91,7 +91,7 @@ def lint_file(path: Path | str, top: str | None = None, *,
 def designs_to_lint() -> list[tuple[str, Callable]]:
     """hdl.generate.default_designs() plus the baseline PE (which is synthesized for
     the resource comparison and so must be clean too) and the MixPE Vitis kernel."""
-    from golden.config import MixPEConfig
+    from golden.mixpe_config import MixPEConfig
     from hdl.baseline_pe import BaselinePE
     from hdl.generate import default_designs
 

@@ -14,7 +14,7 @@ import json
 import threading
 from pathlib import Path
 
-from golden.config import MixPEConfig
+from golden.mixpe_config import MixPEConfig
 
 from cosim import runner
 from cosim.plan import MixPECase

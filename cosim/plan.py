@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from golden.config import MixPEConfig
+from golden.mixpe_config import MixPEConfig
 
 __all__ = ["MIN_MACS", "TiledCase", "MixPECase", "RealLayer", "default_plan", "real_plan",
            "tiles_for"]

@@ -291,7 +291,7 @@ def run_mixpe(device, images) -> dict:
 def main(argv=None) -> int:
     import argparse
     import json
-    from golden.config import MixPEConfig
+    from golden.mixpe_config import MixPEConfig
     from quantflow import load_mixpe
     from .kernel import mixpe_kernel
 

@@ -25,7 +25,7 @@ from amaranth.hdl import ClockDomain, Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from golden.config import MixPEConfig
+from golden.mixpe_config import MixPEConfig
 
 from .axi import (MAX_DATA_BITS, AxiReadDMA, AxiWriteDMA, ControlSlave, KernelArg, RangeNest, arg_offsets,
                   axi_read_members, axi_write_members, axil_slave_members, beat_bits,

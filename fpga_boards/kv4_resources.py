@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from golden.kv4_config import KV4Config
+from golden.kv4_attention_config import KV4Config
 
 from .resources import DEFAULT_CACHE, Resources, SynthOptions, estimate
 

@@ -16,7 +16,7 @@ import concurrent.futures
 import sys
 from dataclasses import dataclass
 
-from golden.config import MixPEConfig
+from golden.mixpe_config import MixPEConfig
 from golden.lut_config import LUTConfig, MODES
 
 from .resources import DOCS_RESULTS, Resources, SynthOptions, _atomic_write_text, estimate

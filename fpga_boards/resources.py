@@ -323,7 +323,7 @@ def comparison_designs(*, bits: Iterable[int] = (2, 4, 8),
     BaselinePE; one MixPE DQ lane serving `group` PEs; the product a*q alone;
     then, per (rows, cols) of `array_shapes`, the whole MixPE array and a
     BaselineArray of the same shape (equal throughput, rows*cols MACs/cycle)."""
-    from golden.config import MixPEConfig
+    from golden.mixpe_config import MixPEConfig
     from hdl.baseline_pe import BaselineArray, BaselinePE
     from hdl import mixpe
 
@@ -384,7 +384,7 @@ def _product_kernel(config, *, shift_add: bool):
     from amaranth.hdl import Module, Mux, Signal, signed, unsigned
     from amaranth.lib import wiring
     from amaranth.lib.wiring import In, Out
-    from golden.config import ACT_BITS
+    from golden.formats import ACT_BITS
     from hdl.mixpe import product_shape
     from hdl.stream_utils import tree_sum
 

@@ -97,7 +97,7 @@ def dense_chain(config: SparseDSPConfig):
     from amaranth.lib import data
     from amaranth.hdl import signed
 
-    from golden.config import ACT_BITS
+    from golden.formats import ACT_BITS
     from golden.sparse_dsp_config import DSP_ACC_BITS
     from hdl.sparse_dsp import B_BITS, DSPGroup
 

@@ -1,7 +1,7 @@
 """Golden model of the KV4 decode-attention unit (DESIGN §3.7): every fixed-point
 step of hdl.kv4_attention, bit for bit, plus the float references.
 
-Number formats and steps (widths from golden.kv4_config.KV4Config; the names
+Number formats and steps (widths from golden.kv4_attention_config.KV4Config; the names
 below are the ones docs/kv4_attention.md and the RTL use):
 
 KV append (per token, per KV head; `append_cache`):
@@ -45,9 +45,8 @@ from dataclasses import dataclass
 
 import torch
 
-from golden.config import ACT_QMAX
-from golden.config import ACT_BITS
-from golden.kv4_config import (C_BITS, CODE_SHIFT, KV8_LEVELS, KV_LEVELS, LSH_BITS, SHIFT_SAT,
+from golden.formats import ACT_BITS, ACT_QMAX
+from golden.kv4_attention_config import (C_BITS, CODE_SHIFT, KV8_LEVELS, KV_LEVELS, LSH_BITS, SHIFT_SAT,
                                KV4Config, exp2_table)
 
 __all__ = ["KV4Cache", "DecodeResult", "to_fixed", "choose_frac", "quantize_token",

@@ -33,15 +33,13 @@ from __future__ import annotations
 
 import torch
 
-from golden.config import ACT_BITS, SCALE_BITS
+from golden.formats import ACT_BITS, SCALE_BITS, ACT_MIN, ACT_MAX
 from golden.lut_config import LUT_K_CHUNK, LUT_STORED_ENTRIES, LUTConfig, LUTMode
 from golden.mixpe import _check_dims, _check_range, _int_tensor, wrap_int32
 
 __all__ = ["odd_code", "full_table", "symmetric_table", "bit_plane_indices",
            "table_lookup", "lut_plane_sums", "lut_group_sums", "lut_acc"]
 
-_ACT_MIN = -(1 << (ACT_BITS - 1))
-_ACT_MAX = (1 << (ACT_BITS - 1)) - 1
 _SCALE_MAX = (1 << SCALE_BITS) - 1
 
 
@@ -65,7 +63,7 @@ def _act(a) -> torch.Tensor:
     if a.shape[1] % LUT_K_CHUNK:
         raise ValueError(f"a has K={a.shape[1]}, not a multiple of {LUT_K_CHUNK}; pad K "
                          f"with zeros to a multiple of {LUT_K_CHUNK}")
-    _check_range("a", a, _ACT_MIN, _ACT_MAX, "activations are int8")
+    _check_range("a", a, ACT_MIN, ACT_MAX, "activations are int8")
     return a
 
 

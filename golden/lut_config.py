@@ -14,7 +14,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from golden.config import ACC_BITS, ACT_BITS, MIXPE_GROUP_RANGE, SCALE_BITS, suggest_group
+from golden.formats import ACC_BITS, ACT_BITS, INT8_ABS_MAX, SCALE_BITS, W8_ABS_MAX, int32_safe_terms
+
+from golden.mixpe_config import MIXPE_GROUP_RANGE, suggest_group
+from golden.validate import check_int
 
 __all__ = ["LUT_K_CHUNK", "LUT_STORED_ENTRIES", "LUT_PLANE_BITS", "LUT_MAX_PLANES",
            "LUT_MAX_K", "LUTConfig", "LUTMode", "MODES"]
@@ -27,14 +30,9 @@ LUT_STORED_ENTRIES = (1 << LUT_K_CHUNK) // 2
 LUT_PLANE_BITS = (1, 2, 4)
 LUT_MAX_PLANES = max(LUT_PLANE_BITS)
 #: Same int32 safety bound as MixPE: sum_k |a_k| * |w8_k| <= 128 * 255 * K.
-LUT_MAX_K = (2**31 - 1) // (128 * 255)
+LUT_MAX_K = int32_safe_terms(INT8_ABS_MAX, W8_ABS_MAX)
 
 
-def _check_int(name: str, value, lo: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an int, got {value!r}")
-    if lo is not None and value < lo:
-        raise ValueError(f"{name} must be >= {lo}, got {value}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -122,11 +120,11 @@ class LUTConfig:
     group: int = 64
 
     def __post_init__(self):
-        _check_int("rows", self.rows, 1)
-        _check_int("cols", self.cols, 1)
-        _check_int("lanes", self.lanes, 1)
-        _check_int("K", self.K, 1)
-        _check_int("group", self.group, 1)
+        check_int("rows", self.rows, 1)
+        check_int("cols", self.cols, 1)
+        check_int("lanes", self.lanes, 1)
+        check_int("K", self.K, 1)
+        check_int("group", self.group, 1)
         if self.cols % self.lanes:
             raise ValueError(f"cols={self.cols} is not a multiple of lanes={self.lanes}; "
                              f"choose lanes dividing cols (e.g. lanes="

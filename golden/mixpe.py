@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import torch
 
-from golden.config import ACC_BITS, ACT_BITS, SCALE_BITS, MixPEConfig
+from golden.formats import ACC_BITS, ACT_BITS, SCALE_BITS, ACT_MIN, ACT_MAX
+
+from golden.mixpe_config import MixPEConfig
 
 __all__ = [
     "shift_add_product",
@@ -34,8 +36,6 @@ __all__ = [
     "wrap_int32",
 ]
 
-_ACT_MIN = -(1 << (ACT_BITS - 1))
-_ACT_MAX = (1 << (ACT_BITS - 1)) - 1
 _SCALE_MAX = (1 << SCALE_BITS) - 1
 
 
@@ -106,7 +106,7 @@ def _check_operands(a, q, s2, z, config: MixPEConfig):
         if tuple(t.shape) != want:
             raise ValueError(f"{name} must have shape [N, K/group] = {list(want)}, got "
                              f"{list(t.shape)}")
-    _check_range("a", a, _ACT_MIN, _ACT_MAX, "activations are int8")
+    _check_range("a", a, ACT_MIN, ACT_MAX, "activations are int8")
     _check_range("q", q, 0, config.levels, f"{config.bits}-bit unsigned codes")
     _check_range("s2", s2, 1, _SCALE_MAX, f"s2 is a non-zero {SCALE_BITS}-bit unsigned scale")
     _check_range("z", z, 0, config.levels, f"zero point is a {config.bits}-bit code")
@@ -172,7 +172,7 @@ def mixpe_group_sums(a, q, config: MixPEConfig) -> tuple[torch.Tensor, torch.Ten
     if a.shape[1] != config.K or q.shape[1] != config.K:
         raise ValueError(f"a and q must have K=config.K={config.K}, got a {list(a.shape)}, "
                          f"q {list(q.shape)}")
-    _check_range("a", a, _ACT_MIN, _ACT_MAX, "activations are int8")
+    _check_range("a", a, ACT_MIN, ACT_MAX, "activations are int8")
     _check_range("q", q, 0, config.levels, f"{config.bits}-bit unsigned codes")
     M, N, G, g = a.shape[0], q.shape[0], config.groups, config.group
     ag = a.reshape(M, G, g)

@@ -40,7 +40,7 @@ from typing import NamedTuple, Sequence
 
 import torch
 
-from golden.config import ACT_BITS
+from golden.formats import ACT_BITS
 from golden.pim_config import MCMD, PCMD, RULES, PIMConfig
 
 __all__ = ["MemReq", "GemvJob", "Cmd", "Checker", "ScheduleResult", "schedule", "Workload",

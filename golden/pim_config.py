@@ -14,7 +14,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from golden.config import ACC_BITS, ACT_BITS
+from golden.formats import ACC_BITS, ACT_BITS, INT8_ABS_MAX, int32_safe_terms
+from golden.validate import check_int
 
 __all__ = ["PIMConfig", "PIM_MODES", "MCMD", "PCMD", "RULES", "rule_bit",
            "TIMING_FIELDS", "PIM_MAX_COLUMNS"]
@@ -66,14 +67,9 @@ def rule_bit(name: str) -> int:
 TIMING_FIELDS = ("tCL", "tRCD", "tRP", "tRAS", "tCCD_S", "tCCD_L", "tWR", "tFAW")
 #: Largest row length for which a row's dot product fits int32 without wrapping
 #: (|w|, |x| <= 128).
-PIM_MAX_COLUMNS = (2**31 - 1) // (128 * 128)
+PIM_MAX_COLUMNS = int32_safe_terms(INT8_ABS_MAX, INT8_ABS_MAX)
 
 
-def _check_int(name: str, value, lo: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an int, got {value!r}")
-    if value < lo:
-        raise ValueError(f"{name} must be >= {lo}, got {value}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -113,10 +109,10 @@ class PIMConfig:
     def __post_init__(self):
         if self.mode not in PIM_MODES:
             raise ValueError(f"mode must be one of {PIM_MODES}, got {self.mode!r}")
-        _check_int("banks", self.banks, 1)
-        _check_int("rows", self.rows, 1)
-        _check_int("lanes", self.lanes, 1)
-        _check_int("columns", self.columns, 1)
+        check_int("banks", self.banks, 1)
+        check_int("rows", self.rows, 1)
+        check_int("lanes", self.lanes, 1)
+        check_int("columns", self.columns, 1)
         if self.columns % self.lanes:
             raise ValueError(
                 f"columns={self.columns} is not a multiple of lanes={self.lanes}: a COMP "
@@ -129,8 +125,8 @@ class PIMConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"timing {name} must be an int >= 1 cycle, got {v!r}")
-        _check_int("quantum", self.quantum, 1)
-        _check_int("max_job_rows", self.max_job_rows, 1)
+        check_int("quantum", self.quantum, 1)
+        check_int("max_job_rows", self.max_job_rows, 1)
         if self.max_job_rows > self.rows:
             raise ValueError(f"max_job_rows={self.max_job_rows} exceeds rows={self.rows}; "
                              f"a job covers consecutive rows of one bank")

@@ -30,15 +30,13 @@ from dataclasses import dataclass
 
 import torch
 
-from golden.config import ACT_BITS, SCALE_BITS
+from golden.formats import ACT_BITS, SCALE_BITS, ACT_MIN, ACT_MAX
 from golden.mixpe import _check_dims, _check_range, _int_tensor, wrap_int32
 from golden.sparse_dsp_config import (W4_BITS, SparseDSPConfig, TileMode, parse_pattern)
 
 __all__ = ["check_compressed", "expand", "compress_dense", "kept_k", "stage_weights",
            "ChainStages", "chain_stages", "sparse_dsp_acc", "dense_weights"]
 
-_ACT_MIN = -(1 << (ACT_BITS - 1))
-_ACT_MAX = (1 << (ACT_BITS - 1)) - 1
 _W4_MAX = (1 << W4_BITS) - 1
 
 
@@ -134,7 +132,7 @@ def _check_quant(values, s2, z, config: SparseDSPConfig, mode: TileMode, R: int)
         _check_range("s2", s2, 1, (1 << SCALE_BITS) - 1, f"{SCALE_BITS}-bit non-zero scale")
         _check_range("z", z, 0, _W4_MAX, f"zero point is a {W4_BITS}-bit code")
         return s2, z
-    _check_range("values", values, _ACT_MIN, _ACT_MAX, "W8A8 values are int8")
+    _check_range("values", values, ACT_MIN, ACT_MAX, "W8A8 values are int8")
     return None, None
 
 
@@ -178,7 +176,7 @@ def chain_stages(a, values, indices, *, config: SparseDSPConfig, mode: TileMode,
     K = config.K
     if a.shape[1] != K:
         raise ValueError(f"a has K={a.shape[1]} but config.K={K}")
-    _check_range("a", a, _ACT_MIN, _ACT_MAX, "activations are int8")
+    _check_range("a", a, ACT_MIN, ACT_MAX, "activations are int8")
     values, indices = check_compressed(values, indices, mode.nm, K)
     R = values.shape[0]
     S = mode.segments(config)

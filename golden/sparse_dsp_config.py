@@ -27,7 +27,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from golden.config import ACC_BITS, ACT_BITS, MIXPE_GROUP_RANGE, SCALE_BITS
+from golden.formats import ACC_BITS, ACT_BITS, INT8_ABS_MAX, SCALE_BITS, int32_safe_terms
+
+from golden.mixpe_config import MIXPE_GROUP_RANGE
+from golden.validate import check_int
 
 __all__ = [
     "PATTERNS", "PATTERN_NAMES", "MAX_RATIO", "MAX_N", "MAX_M", "INDEX_BITS",
@@ -56,14 +59,10 @@ MODES = ("w8a8", "w4a8")
 #: Bits of span_log in the ctrl word (span up to 2**7 DSP groups).
 SPAN_LOG_BITS = 3
 
-_MAX_K = (1 << (ACC_BITS - 1)) // (128 * 128)
+#: Largest K whose int8 x int8 sums cannot leave int32.
+_MAX_K = int32_safe_terms(INT8_ABS_MAX, INT8_ABS_MAX)
 
 
-def _check_int(name: str, value, lo: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an int, got {value!r}")
-    if lo is not None and value < lo:
-        raise ValueError(f"{name} must be >= {lo}, got {value}")
 
 
 def _pow2(x: int) -> bool:
@@ -107,10 +106,10 @@ class SparseDSPConfig:
     qgroup: int = 64
 
     def __post_init__(self):
-        _check_int("L", self.L, 1)
-        _check_int("group_len", self.group_len, 1)
-        _check_int("K", self.K, 1)
-        _check_int("qgroup", self.qgroup, 1)
+        check_int("L", self.L, 1)
+        check_int("group_len", self.group_len, 1)
+        check_int("K", self.K, 1)
+        check_int("qgroup", self.qgroup, 1)
         if not _pow2(self.L):
             raise ValueError(f"L={self.L} must be a power of two (the run-time window "
                              f"arithmetic is shifts); use L={1 << (self.L.bit_length() - 1)}")
@@ -217,7 +216,7 @@ class TileMode:
         object.__setattr__(self, "pattern", pattern_name(self.pattern))
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        _check_int("span", self.span, 1)
+        check_int("span", self.span, 1)
         if not _pow2(self.span):
             raise ValueError(f"span={self.span} must be a power of two")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from golden.config import MixPEConfig
+from golden.mixpe_config import MixPEConfig
 
 from .generate import default_designs, mixpe_factory, write_verilog
 

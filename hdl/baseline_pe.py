@@ -23,7 +23,9 @@ from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from golden.config import ACC_BITS, ACT_BITS, SCALE_BITS, MixPEConfig
+from golden.formats import ACC_BITS, ACT_BITS, SCALE_BITS
+
+from golden.mixpe_config import MixPEConfig
 
 from .stream_utils import count_width
 

@@ -10,7 +10,7 @@ from typing import Callable
 
 from amaranth.back import verilog as _verilog
 
-from golden.config import MixPEConfig
+from golden.mixpe_config import MixPEConfig
 
 __all__ = ["verilog", "write_verilog", "default_designs", "design_name"]
 
@@ -104,14 +104,14 @@ def default_designs() -> list[tuple[str, Callable]]:
 
 def kv4_factory(config) -> tuple[str, Callable]:
     """(name, zero-argument factory) of the KV4 attention unit (hdl.kv4_attention.KV4Unit:
-    decode core + append quantizer) for a golden.kv4_config.KV4Config."""
+    decode core + append quantizer) for a golden.kv4_attention_config.KV4Config."""
     from .kv4_attention import KV4Unit
     return config.name(), (lambda: KV4Unit(config))
 
 
 def _kv4_designs() -> list[tuple[str, Callable]]:
     """KV4 attention units: SmolLM2's GQA group (head_dim 64, 3 heads) and head_dim 128."""
-    from golden.kv4_config import KV4Config
+    from golden.kv4_attention_config import KV4Config
     return [kv4_factory(KV4Config(head_dim=64, lanes=16, max_t=4096, heads=3)),
             kv4_factory(KV4Config(head_dim=128, lanes=16, max_t=4096, heads=1))]
 

@@ -1,7 +1,7 @@
 """KV4 decode-attention unit (DESIGN §3.7; QServe, AccLLM) in Amaranth 0.5.
 
 Bit-exact with golden.kv4_attention (its docstring names every step); the
-widths come from golden.kv4_config.KV4Config. Three components:
+widths come from golden.kv4_attention_config.KV4Config. Three components:
 
 KV4Quantizer  append path: one token's K and V (fixed point, `chunks` beats of
               `lanes` values each) -> min/max -> S, zero -> 4-bit codes, emitted
@@ -36,8 +36,8 @@ from amaranth.hdl import Array, Cat, Const, Module, Mux, Shape, Signal, signed, 
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from golden.config import ACT_BITS
-from golden.kv4_config import (C_BITS, CMD_T_BITS, CODE_SHIFT, KV8_LEVELS, KV8_T_CAP, KV_BITS,
+from golden.formats import ACT_BITS
+from golden.kv4_attention_config import (C_BITS, CMD_T_BITS, CODE_SHIFT, KV8_LEVELS, KV8_T_CAP, KV_BITS,
                                KV_LEVELS, KV_T_CAP, LSH_BITS, SHIFT_SAT, ZERO_BITS, KV4Config,
                                exp2_table)
 
@@ -55,7 +55,7 @@ FIFO_DEPTH = 32
 
 def _cfg(config) -> KV4Config:
     if not isinstance(config, KV4Config):
-        raise TypeError(f"expected a golden.kv4_config.KV4Config, got {type(config).__name__}")
+        raise TypeError(f"expected a golden.kv4_attention_config.KV4Config, got {type(config).__name__}")
     return config
 
 

@@ -38,7 +38,9 @@ from amaranth.hdl import Cat, EnableInserter, Module, Mux, Shape, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from golden.config import ACC_BITS, ACT_BITS, SCALE_BITS, MixPEConfig
+from golden.formats import ACC_BITS, ACT_BITS, SCALE_BITS, ACT_MIN, ACT_MAX
+
+from golden.mixpe_config import MixPEConfig
 from golden.lut_config import (LUT_K_CHUNK, LUT_MAX_PLANES, LUT_PLANE_BITS,
                                LUT_STORED_ENTRIES, LUTConfig, LUTMode)
 
@@ -59,8 +61,6 @@ PIPELINE_LATENCY = 7
 #: first chunk (every later table is built while the previous one is read).
 TABLE_FILL_CYCLES = 1
 
-_ACT_MIN = -(1 << (ACT_BITS - 1))
-_ACT_MAX = (1 << (ACT_BITS - 1)) - 1
 _MAX_LEVELS = (1 << LUT_MAX_PLANES) - 1
 
 
@@ -94,36 +94,36 @@ def entry_shape() -> Shape:
     4*(-128) (E[7], all -128) to 127 + 3*128 (E[0]), i.e. 10 bits, one fewer
     than a general sum of 4 signed int8 with signs (the lookup negates through
     the adder, so -E never needs its own width)."""
-    return Shape.cast(range(LUT_K_CHUNK * _ACT_MIN,
-                            _ACT_MAX - (LUT_K_CHUNK - 1) * _ACT_MIN + 1))
+    return Shape.cast(range(LUT_K_CHUNK * ACT_MIN,
+                            ACT_MAX - (LUT_K_CHUNK - 1) * ACT_MIN + 1))
 
 
 def psum_shape() -> Shape:
     """One chunk's sum over up to 4 planes: |sum_i 2**i T| <= 15 * 512."""
-    m = _MAX_LEVELS * LUT_K_CHUNK * -_ACT_MIN
+    m = _MAX_LEVELS * LUT_K_CHUNK * -ACT_MIN
     return Shape.cast(range(-m, m + 1))
 
 
 def odd_sum_shape(config: LUTConfig) -> Shape:
     """Q' = sum over a group of a * q'."""
-    m = _MAX_LEVELS * config.group * -_ACT_MIN
+    m = _MAX_LEVELS * config.group * -ACT_MIN
     return Shape.cast(range(-m, m + 1))
 
 
 def act_sum_shape(config: LUTConfig) -> Shape:
     g = config.group
-    return Shape.cast(range(_ACT_MIN * g, _ACT_MAX * g + 1))
+    return Shape.cast(range(ACT_MIN * g, ACT_MAX * g + 1))
 
 
 def _la_shape(config: LUTConfig) -> Shape:
-    m = _MAX_LEVELS * config.group * -_ACT_MIN
+    m = _MAX_LEVELS * config.group * -ACT_MIN
     return Shape.cast(range(-m, m + 1))
 
 
 def group_sum_shape(config: LUTConfig) -> Shape:
     """P = sum over a group of a * q (as MixPE's)."""
     g = config.group
-    return Shape.cast(range(_ACT_MIN * _MAX_LEVELS * g, _ACT_MAX * _MAX_LEVELS * g + 1))
+    return Shape.cast(range(ACT_MIN * _MAX_LEVELS * g, ACT_MAX * _MAX_LEVELS * g + 1))
 
 
 def _scaled_shape(operand: Shape) -> Shape:

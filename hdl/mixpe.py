@@ -31,7 +31,9 @@ from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from golden.config import ACC_BITS, ACT_BITS, SCALE_BITS, MixPEConfig
+from golden.formats import ACC_BITS, ACT_BITS, SCALE_BITS, ACT_MIN, ACT_MAX
+
+from golden.mixpe_config import MixPEConfig
 
 from .stream_utils import (MemoryStreamReader, NestedAddressGenerator, count_width, is_const,
                            tree_sum)
@@ -53,8 +55,6 @@ PIPELINE_LATENCY = 5
 # ---------------------------------------------------------------------------
 # Shapes derived from the configuration (never written down twice)
 # ---------------------------------------------------------------------------
-_ACT_MIN = -(1 << (ACT_BITS - 1))
-_ACT_MAX = (1 << (ACT_BITS - 1)) - 1
 
 
 def _check_config(config) -> MixPEConfig:
@@ -84,19 +84,19 @@ def result_layout(config: MixPEConfig) -> data.ArrayLayout:
 
 def product_shape(config: MixPEConfig) -> Shape:
     """a * q for one k: INT8 times a `bits`-bit unsigned code."""
-    return Shape.cast(range(_ACT_MIN * config.levels, _ACT_MAX * config.levels + 1))
+    return Shape.cast(range(ACT_MIN * config.levels, ACT_MAX * config.levels + 1))
 
 
 def group_sum_shape(config: MixPEConfig) -> Shape:
     """P: sum of `group` products."""
     g = config.group
-    return Shape.cast(range(_ACT_MIN * config.levels * g, _ACT_MAX * config.levels * g + 1))
+    return Shape.cast(range(ACT_MIN * config.levels * g, ACT_MAX * config.levels * g + 1))
 
 
 def act_sum_shape(config: MixPEConfig) -> Shape:
     """A: sum of `group` activations."""
     g = config.group
-    return Shape.cast(range(_ACT_MIN * g, _ACT_MAX * g + 1))
+    return Shape.cast(range(ACT_MIN * g, ACT_MAX * g + 1))
 
 
 def _scaled_shape(operand: Shape) -> Shape:

@@ -25,7 +25,7 @@ from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from golden.config import ACC_BITS, ACT_BITS
+from golden.formats import ACC_BITS, ACT_BITS
 from golden.pim_config import MCMD, PCMD, RULES, TIMING_FIELDS, PIMConfig
 
 from .stream_utils import MemoryStreamReader, NestedAddressGenerator, count_width, is_const, tree_sum

@@ -37,7 +37,7 @@ from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from golden.config import ACC_BITS, ACT_BITS, SCALE_BITS
+from golden.formats import ACC_BITS, ACT_BITS, SCALE_BITS
 from golden.sparse_dsp_config import (DSP_ACC_BITS, INDEX_BITS, MAX_RATIO, PATTERN_BITS,
                                       PATTERNS, SPAN_LOG_BITS, W4_BITS, SparseDSPConfig,
                                       TileMode)

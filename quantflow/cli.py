@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from golden.config import MixPEConfig
+from golden.mixpe_config import MixPEConfig
 
-from golden.config import suggest_group
+from golden.mixpe_config import suggest_group
 from .errors import QuantflowError
 from .images import export_mixpe, load_mixpe, read_manifest
 from .pack import pad_to_multiple

@@ -32,7 +32,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from golden.config import MixPEConfig, SCALE_BITS
+from golden.formats import SCALE_BITS
+
+from golden.mixpe_config import MixPEConfig
 
 from .errors import QuantflowError
 from .evaluate import quant_dir

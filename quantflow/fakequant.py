@@ -36,8 +36,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from golden.config import ACT_QMAX, MixPEConfig
-from golden.kv4_config import KV8_LEVELS
+from golden.formats import ACT_QMAX
+
+from golden.mixpe_config import MixPEConfig
+from golden.kv4_attention_config import KV8_LEVELS
 from golden.mixpe import float_reference, mixpe_acc
 
 from ._check import check_int

@@ -26,7 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from golden.config import ACC_BITS, ACT_BITS, ACT_QMAX, QOQ_W8_QMAX, SCALE_BITS, MixPEConfig
+from golden.formats import ACC_BITS, ACT_BITS, ACT_QMAX, QOQ_W8_QMAX, SCALE_BITS
+
+from golden.mixpe_config import MixPEConfig
 from golden.mixpe import mixpe_acc
 
 from .errors import QuantflowError

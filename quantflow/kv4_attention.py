@@ -2,7 +2,7 @@
 cache image (DESIGN §3.8) on top of quantflow.pack and quantflow.images.
 
 Words (element 0 / first field in the LSBs; the RTL's amaranth StructLayouts,
-widths from golden.kv4_config.KV4Config, docs/kv4_attention.md):
+widths from golden.kv4_attention_config.KV4Config, docs/kv4_attention.md):
   token word   codes[lanes] (4 bits each) | S << 4*lanes | zero << (4*lanes + scale_bits)
                token_bits = 4*lanes + scale_bits + ZERO_BITS (8): one K or V stream
                beat of a decode. A 4-bit token is `chunks` words (word j holds
@@ -38,9 +38,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from golden.config import ACT_BITS
+from golden.formats import ACT_BITS
 from golden.kv4_attention import KV4Cache
-from golden.kv4_config import (C_BITS, CMD_T_BITS, CODE_SHIFT, KV8_LEVELS, KV_BITS, KV_LEVELS,
+from golden.kv4_attention_config import (C_BITS, CMD_T_BITS, CODE_SHIFT, KV8_LEVELS, KV_BITS, KV_LEVELS,
                                LSH_BITS, ZERO_BITS, KV4Config)
 
 from .errors import QuantflowError

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from golden.kv4_attention import append_cache, decode_float
-from golden.kv4_config import KV8_LEVELS, KV4Config
+from golden.kv4_attention_config import KV8_LEVELS, KV4Config
 
 from .fakequant import fake_quant_kv, hadamard, smooth_attention_lambdas
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from golden.config import ACC_BITS, ACT_BITS, ACT_QMAX, SCALE_BITS
+from golden.formats import ACC_BITS, ACT_BITS, ACT_QMAX, SCALE_BITS
 from golden.lut import lut_acc
 from golden.lut_config import LUT_K_CHUNK, LUT_PLANE_BITS, LUTConfig, LUTMode
 

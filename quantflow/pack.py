@@ -17,7 +17,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from golden.config import ACC_BITS, ACT_BITS, SCALE_BITS, MixPEConfig
+from golden.formats import ACC_BITS, ACT_BITS, SCALE_BITS
+
+from golden.mixpe_config import MixPEConfig
 
 from ._check import check_int
 from .errors import QuantflowError

@@ -30,7 +30,9 @@ from dataclasses import dataclass
 
 import torch
 
-from golden.config import ACT_QMAX, MIXPE_WEIGHT_BITS, QOQ_W8_QMAX, SCALE_BITS, suggest_group
+from golden.formats import ACT_QMAX, QOQ_W8_QMAX, SCALE_BITS
+
+from golden.mixpe_config import MIXPE_WEIGHT_BITS, suggest_group
 from golden.mixpe import dequant_w8
 
 from ._check import as_float_tensor, check_int

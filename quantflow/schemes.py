@@ -24,8 +24,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from golden.config import MIXPE_WEIGHT_BITS
-from golden.kv4_config import KV4_MAX_RECENT, KV8_LEVELS
+from golden.mixpe_config import MIXPE_WEIGHT_BITS
+from golden.kv4_attention_config import KV4_MAX_RECENT, KV8_LEVELS
 
 from ._check import check_int
 from .errors import QuantflowError
@@ -103,7 +103,7 @@ class ActScheme:
 class KVScheme:
     """window: for query position p, the tokens p-window+1..p are read from a second,
     8-bit copy of the cache with KV8_LEVELS = 240 levels (15 * 16: the KV4 unit's
-    recent window, golden.kv4_config.KV4Config.recent), the older ones at `bits`;
+    recent window, golden.kv4_attention_config.KV4Config.recent), the older ones at `bits`;
     0 = no window."""
     bits: int = 4
     smooth_attention: bool = True
@@ -190,7 +190,7 @@ def _reg(*schemes: QuantScheme) -> dict[str, QuantScheme]:
 
 _QOQ64 = WeightScheme(method="qoq", bits=4, group=64, clip_search=True, awq=True, gptq=True)
 _A8 = ActScheme(bits=8, smooth_alpha=0.5)
-# the KV4 attention unit's scheme (golden.kv4_config.KV4Config defaults): Hadamard K/Q
+# the KV4 attention unit's scheme (golden.kv4_attention_config.KV4Config defaults): Hadamard K/Q
 # (V's rotation folded into v_proj / o_proj, free in hardware), the last 8 tokens of
 # each query at 8 bits, no sinks. SmoothAttention is off by measurement: on top of this
 # it raises SmolLM2's KV-only perplexity (docs/quantize-a-model.md).

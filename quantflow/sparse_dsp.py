@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from golden.config import ACC_BITS, ACT_BITS, ACT_QMAX, SCALE_BITS
+from golden.formats import ACC_BITS, ACT_BITS, ACT_QMAX, SCALE_BITS
 from golden.sparse_dsp import check_compressed, sparse_dsp_acc
 from golden.sparse_dsp_config import (W4_BITS, W8_QMAX, SparseDSPConfig, TileMode)
 

@@ -4,7 +4,7 @@ import random
 import pytest
 from amaranth.sim import Simulator
 
-from golden.config import MixPEConfig
+from golden.mixpe_config import MixPEConfig
 from hdl.baseline_pe import BASELINE_LATENCY, BaselineArray, BaselinePE
 
 

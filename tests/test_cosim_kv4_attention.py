@@ -7,7 +7,7 @@ SmolLM2 layer run under @pytest.mark.slow."""
 from __future__ import annotations
 
 import pytest
-from golden.kv4_config import KV4Config
+from golden.kv4_attention_config import KV4Config
 
 from cosim.kv4_attention import (PLAN_CONFIGS, KV4Case, _run_item, case_job, run_cases,
                                  to_record, unit_build)

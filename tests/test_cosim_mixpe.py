@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from golden.config import MixPEConfig
+from golden.mixpe_config import MixPEConfig
 
 from cosim import mixpe
 from cosim.plan import MixPECase, default_plan, real_plan

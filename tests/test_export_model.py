@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from golden.config import MixPEConfig
+from golden.mixpe_config import MixPEConfig
 from golden.mixpe import mixpe_acc
 from quantflow.errors import QuantflowError
 from quantflow.export_model import export_quantized, export_real_layer, load_model_export

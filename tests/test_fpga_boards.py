@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from golden.config import MixPEConfig
+from golden.mixpe_config import MixPEConfig
 from fpga_boards import build as fb_build
 from fpga_boards.axi import arg_offsets, KernelArg, word_bytes, beat_bits
 from fpga_boards.boards import BOARDS, board, platform

@@ -17,7 +17,7 @@ from golden.kv4_attention import (KV4Cache, append_cache, cosine, decode_float, 
                                   float_attention, kv4_decode, logit_multiplier, logits,
                                   online_softmax, quantize_query, quantize_token, scheme_kv,
                                   to_fixed)
-from golden.kv4_config import KV4Config, exp2_table
+from golden.kv4_attention_config import KV4Config, exp2_table
 
 torch.set_num_threads(1)
 FIXTURE = Path(__file__).parent / "fixtures" / "kv4_smollm2_layer10.npz"

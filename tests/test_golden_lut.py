@@ -5,7 +5,7 @@ import itertools
 import pytest
 import torch
 
-from golden.config import MixPEConfig
+from golden.mixpe_config import MixPEConfig
 from golden.lut import (bit_plane_indices, full_table, lut_acc, lut_group_sums,
                         lut_plane_sums, odd_code, symmetric_table, table_lookup)
 from golden.lut_config import LUTConfig, LUTMode, MODES

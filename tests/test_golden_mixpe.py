@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from golden.config import MIXPE_WEIGHT_BITS, SCALE_BITS, MixPEConfig
+from golden.formats import SCALE_BITS
+
+from golden.mixpe_config import MIXPE_WEIGHT_BITS, MixPEConfig
 from golden.mixpe import (dequant_w8, float_reference, mixpe_acc, mixpe_group_sums,
                           reference_acc, shift_add_product, wrap_int32)
 

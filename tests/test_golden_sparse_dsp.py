@@ -3,7 +3,7 @@ the group split, hand cases, and every bad input."""
 import pytest
 import torch
 
-from golden.config import MixPEConfig
+from golden.mixpe_config import MixPEConfig
 from golden.mixpe import mixpe_acc, reference_acc
 from golden.sparse_dsp import (chain_stages, check_compressed, compress_dense, dense_weights,
                                expand, sparse_dsp_acc)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from golden.kv4_config import KV4Config
+from golden.kv4_attention_config import KV4Config
 from hdl.kv4_attention import (KV4Attention, KV4Quantizer, KV4Unit, append_cycles,
                                cache_layout, cmd_layout, cycle_model, lanes_busy, out_layout,
                                token_layout)

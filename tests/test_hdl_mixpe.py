@@ -11,7 +11,7 @@ import torch
 from amaranth.hdl import Fragment
 from amaranth.sim import Simulator
 
-from golden.config import MixPEConfig
+from golden.mixpe_config import MixPEConfig
 from golden.mixpe import mixpe_acc
 from hdl.generate import default_designs, design_name, verilog, write_verilog
 from hdl.mixpe import (LOAD_ACT, LOAD_CODE, LOAD_SCALE, PIPELINE_LATENCY, MixPE, MixPECell,

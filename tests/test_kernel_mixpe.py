@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from golden.config import MixPEConfig
+from golden.mixpe_config import MixPEConfig
 from cosim.plan import MixPECase
 from cosim.runner import SimulatorUnavailable
 

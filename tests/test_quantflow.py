@@ -12,7 +12,8 @@ import torch
 
 import quantflow as qf
 import quantflow.images as images_mod
-from golden.config import MIXPE_WEIGHT_BITS, QOQ_W8_QMAX, MixPEConfig
+from golden.formats import QOQ_W8_QMAX
+from golden.mixpe_config import MIXPE_WEIGHT_BITS, MixPEConfig
 from golden.mixpe import dequant_w8, float_reference, mixpe_acc, reference_acc
 from quantflow.cli import main as cli_main
 

@@ -12,7 +12,7 @@ import torch
 
 from golden.kv4_attention import (append_cache, append_fixed, decode_codes, kv4_decode,
                                   logit_multiplier, quantize_query, to_fixed)
-from golden.kv4_config import KV4Config
+from golden.kv4_attention_config import KV4Config
 from quantflow.errors import QuantflowError
 from quantflow.images import _sha256
 from quantflow.kv4_attention import (cache_token_bits, decode_words, export_kv4_cache,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from golden.config import MixPEConfig
+from golden.mixpe_config import MixPEConfig
 from golden.lut import lut_acc
 from golden.lut_config import LUT_PLANE_BITS, LUTConfig, MODES
 from golden.mixpe import mixpe_acc

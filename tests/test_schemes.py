@@ -184,7 +184,7 @@ def test_kv_schemes_follow_the_kv4_unit():
     """kv4 / w4a8kv4-g64 use the KV4 attention unit's scheme (golden KV4Config
     defaults: Hadamard K/Q, recent window, no sinks); the old KV scheme stays
     registered."""
-    from golden.kv4_config import KV4Config
+    from golden.kv4_attention_config import KV4Config
     hw = KV4Config()
     for name in ("kv4", "w4a8kv4-g64"):
         kv = get_scheme(name).kv

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import quantflow as qf
-from golden.config import SCALE_BITS
+from golden.formats import SCALE_BITS
 from golden.mixpe import dequant_w8
 from quantflow.weightq import (Calibration, WeightQuantOptions, output_error,
                                quantize_shared, quantize_weight)

@@ -192,7 +192,7 @@ async def bad_t_case(dut, clk, case, cfg) -> dict:
 
 @cocotb.test()
 async def kv4_stream(dut):
-    from golden.kv4_config import KV4Config
+    from golden.kv4_attention_config import KV4Config
     job = read_job()
     seed = job_seed(job)
     dut._log.info(f"kv4_stream seed={seed} (rerun with job seed={seed})")

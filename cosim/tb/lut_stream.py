@@ -34,7 +34,7 @@ def load_lut_case(job: dict):
 
 
 def _describe(img):
-    from golden.config import ACC_BITS
+    from golden.formats import ACC_BITS
     from quantflow.pack import unpack_words
     cfg = img.config
 

@@ -7,7 +7,7 @@ import random
 import time
 from dataclasses import dataclass
 
-from golden.config import MixPEConfig
+from golden.mixpe_config import MixPEConfig
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,7 +45,7 @@ def load_case(job: dict) -> MixPECaseData:
 def describe_mismatch(data: MixPECaseData):
     """Closure naming (tile, m, n, got, expected) of a mismatching result word."""
     from quantflow.pack import unpack_words
-    from golden.config import ACC_BITS
+    from golden.formats import ACC_BITS
 
     cfg = data.config
 

@@ -47,7 +47,9 @@ from typing import Sequence
 
 import torch
 
-from golden.config import MIXPE_WEIGHT_BITS, QOQ_W8_QMAX, suggest_group
+from golden.formats import QOQ_W8_QMAX
+
+from golden.mixpe_config import MIXPE_WEIGHT_BITS, suggest_group
 
 from .._check import as_float_tensor, check_int
 from ..errors import QuantflowError

@@ -9,7 +9,9 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from golden.config import ACT_BITS, _check_int
+from golden.formats import ACT_BITS
+from golden.validate import check_int
+
 
 #: K/V cache codes: 4-bit unsigned, levels 0..15, per token and head asymmetric.
 KV_BITS = 4
@@ -74,31 +76,31 @@ class KV4Config:
     recent: int = 8
 
     def __post_init__(self):
-        _check_int("head_dim", self.head_dim)
+        check_int("head_dim", self.head_dim)
         if self.head_dim not in KV4_HEAD_DIMS:
             raise ValueError(f"head_dim must be one of {KV4_HEAD_DIMS}, got {self.head_dim}")
-        _check_int("lanes", self.lanes, 1)
+        check_int("lanes", self.lanes, 1)
         if self.head_dim % self.lanes:
             raise ValueError(
                 f"head_dim={self.head_dim} is not a multiple of lanes={self.lanes}; choose "
                 f"lanes that divide head_dim, e.g. lanes={math.gcd(self.head_dim, self.lanes)}")
-        _check_int("max_t", self.max_t, 1)
+        check_int("max_t", self.max_t, 1)
         if self.max_t > KV4_MAX_T:
             raise ValueError(f"max_t must be <= {KV4_MAX_T}, got {self.max_t}; split the "
                              f"context over several units")
-        _check_int("heads", self.heads, 1)
+        check_int("heads", self.heads, 1)
         if self.heads > 16:
             raise ValueError(f"heads (query heads per KV head) must be <= 16, got {self.heads}")
         for name, lo, hi in (("x_bits", 6, 20), ("logit_frac", 2, 10), ("p_frac", 6, 16),
                              ("out_frac", 0, 8), ("recip_bits", 8, 32),
                              ("logit_bits", 12, 32)):
             v = getattr(self, name)
-            _check_int(name, v)
+            check_int(name, v)
             if not lo <= v <= hi:
                 raise ValueError(f"{name} must be in [{lo}, {hi}], got {v}")
         if not isinstance(self.rotate, bool):
             raise ValueError(f"rotate must be a bool, got {self.rotate!r}")
-        _check_int("recent", self.recent)
+        check_int("recent", self.recent)
         if not 0 <= self.recent <= min(self.max_t, KV4_MAX_RECENT):
             raise ValueError(f"recent must be in [0, {min(self.max_t, KV4_MAX_RECENT)}] "
                              f"(<= max_t and {KV4_MAX_RECENT}), got {self.recent}")

@@ -1,30 +1,22 @@
-"""Unit configurations: the single source of truth shared by hdl, golden,
-quantflow and cosim.
+"""MixPE array configuration (DESIGN §3.3): the single source of truth shared
+by hdl.mixpe, golden.mixpe, quantflow.mixpe and cosim.mixpe.
 
-This module imports only the standard library so that `hdl` can read a
-configuration without pulling in torch.
+Standard library only, so that `hdl` reads it without torch.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
 
-#: Activation format (DESIGN §3.1): per-token symmetric INT8, codes in [-127, 127].
-ACT_BITS = 8
-ACT_QMAX = 127
-#: QoQ step 1 protective range (DESIGN §3.2): per-channel INT8 codes in [-119, 119].
-QOQ_W8_QMAX = 119
-#: Width of the integer per-group scale `s2` and of the product `z * s2` in the
-#: hardware's scale words (both unsigned). quantflow refuses values that do not fit.
-SCALE_BITS = 8
-#: Accumulator / result format: int32, two's complement, wraps on overflow
-#: (golden wraps the same way; `MixPEConfig` bounds K so that QoQ weights cannot).
-ACC_BITS = 32
+from golden.formats import ACC_BITS, ACT_BITS, INT8_ABS_MAX, SCALE_BITS, W8_ABS_MAX, int32_safe_terms
+from golden.validate import check_int
+
+__all__ = ["MIXPE_WEIGHT_BITS", "MIXPE_GROUP_RANGE", "MIXPE_MAX_K", "MixPEConfig", "suggest_group"]
 
 MIXPE_WEIGHT_BITS = (2, 3, 4, 8)
 MIXPE_GROUP_RANGE = (32, 256)
-#: Largest K for which sum_k |a_k| * |w8_k| <= 128 * 255 * K stays inside int32.
-MIXPE_MAX_K = (2**31 - 1) // (128 * 255)
+#: Largest K for which sum_k |a_k| * |w8_k| stays inside int32.
+MIXPE_MAX_K = int32_safe_terms(INT8_ABS_MAX, W8_ABS_MAX)
 
 
 def suggest_group(K: int, group: int) -> int:
@@ -35,13 +27,6 @@ def suggest_group(K: int, group: int) -> int:
     pool = [d for d in divs if lo <= d <= hi] or divs
     # prefer powers of two (hardware-friendly), then closeness to the request
     return min(pool, key=lambda d: (d & (d - 1) != 0, abs(d - group)))
-
-
-def _check_int(name: str, value, lo: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an int, got {value!r}")
-    if lo is not None and value < lo:
-        raise ValueError(f"{name} must be >= {lo}, got {value}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,18 +58,18 @@ class MixPEConfig:
     K: int = 1024
 
     def __post_init__(self):
-        _check_int("bits", self.bits)
+        check_int("bits", self.bits)
         if self.bits not in MIXPE_WEIGHT_BITS:
             raise ValueError(
                 f"MixPE weight bits must be one of {MIXPE_WEIGHT_BITS}, got {self.bits}; "
                 f"pick the nearest supported width")
-        _check_int("group", self.group)
+        check_int("group", self.group)
         lo, hi = MIXPE_GROUP_RANGE
         if not lo <= self.group <= hi:
             raise ValueError(f"group must be in [{lo}, {hi}], got {self.group}")
-        _check_int("rows", self.rows, 1)
-        _check_int("cols", self.cols, 1)
-        _check_int("K", self.K, 1)
+        check_int("rows", self.rows, 1)
+        check_int("cols", self.cols, 1)
+        check_int("K", self.K, 1)
         if self.K % self.group:
             raise ValueError(
                 f"K={self.K} is not a multiple of group={self.group}; choose a group "
@@ -129,10 +114,6 @@ class MixPEConfig:
     @property
     def result_word_bits(self) -> int:
         return ACC_BITS * self.cols
-
-    @property
-    def kind(self) -> str:
-        return "gemv" if self.rows == 1 else "gemm"
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -1,0 +1,59 @@
+"""Argument checks shared by every configuration and golden model, with one
+exception policy: a value of the wrong type raises TypeError, a value of the
+right type outside its range raises ValueError. Each message names the value,
+the cause and the fix.
+
+Standard library only (configurations import it; `hdl` reads those without torch).
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+__all__ = ["check_int", "check_bool", "check_choice", "check_pow2", "expect_type"]
+
+
+def check_int(name: str, value, lo: int | None = None, hi: int | None = None,
+              *, hint: str = "") -> int:
+    """`value` as an int in [lo, hi] (either bound optional). bool is refused:
+    True is not a count."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})"
+                        f"{'; ' + hint if hint else ''}")
+    if lo is not None and value < lo:
+        raise ValueError(f"{name} must be >= {lo}, got {value}{'; ' + hint if hint else ''}")
+    if hi is not None and value > hi:
+        raise ValueError(f"{name} must be <= {hi}, got {value}{'; ' + hint if hint else ''}")
+    return value
+
+
+def check_bool(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool (True or False), got {value!r}")
+    return value
+
+
+def check_choice(name: str, value, choices: Iterable, *, hint: str = ""):
+    """`value` is one of `choices` (ValueError naming them otherwise)."""
+    choices = tuple(choices)
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}"
+                         f"{'; ' + hint if hint else ''}")
+    return value
+
+
+def check_pow2(name: str, value, lo: int = 1, hi: int | None = None, *, hint: str = "") -> int:
+    """An int in [lo, hi] that is a power of two."""
+    check_int(name, value, lo, hi, hint=hint)
+    if value & (value - 1):
+        raise ValueError(f"{name} must be a power of two, got {value}"
+                         f"{'; ' + hint if hint else ''}")
+    return value
+
+
+def expect_type(name: str, value, cls: type | tuple[type, ...]):
+    """`value` is an instance of `cls` (TypeError naming what to pass otherwise)."""
+    if not isinstance(value, cls):
+        names = " or ".join(c.__name__ for c in (cls if isinstance(cls, tuple) else (cls,)))
+        raise TypeError(f"{name} must be a {names}, got {type(value).__name__}; "
+                        f"build one with {names}(...)")
+    return value
