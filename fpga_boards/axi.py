@@ -31,7 +31,9 @@ from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2, exact_log2
 
-from hdl.stream_utils import NestedAddressGenerator, count_width, is_const
+from hdl.streams import NestedAddressGenerator
+
+from hdl.rtl import count_width, is_const
 
 __all__ = [
     "AXI_ADDR_BITS", "AXIL_DATA_BITS", "AXIL_ADDR_BITS", "AXI_ID_BITS", "MAX_BURST_BEATS",

@@ -386,7 +386,7 @@ def _product_kernel(config, *, shift_add: bool):
     from amaranth.lib.wiring import In, Out
     from golden.formats import ACT_BITS
     from hdl.mixpe import product_shape
-    from hdl.stream_utils import tree_sum
+    from hdl.rtl import tree_sum
 
     class ProductKernel(wiring.Component):
         def __init__(self):

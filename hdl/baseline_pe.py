@@ -27,7 +27,7 @@ from golden.formats import ACC_BITS, ACT_BITS, SCALE_BITS
 
 from golden.mixpe_config import MixPEConfig
 
-from .stream_utils import count_width
+from .rtl import count_width
 
 __all__ = ["BaselinePE", "BaselineArray", "BASELINE_LATENCY"]
 

@@ -41,7 +41,7 @@ from golden.kv4_attention_config import (C_BITS, CMD_T_BITS, CODE_SHIFT, KV8_LEV
                                KV_LEVELS, KV_T_CAP, LSH_BITS, SHIFT_SAT, ZERO_BITS, KV4Config,
                                exp2_table)
 
-from .stream_utils import tree_sum
+from .rtl import tree_sum
 
 __all__ = ["KV4Quantizer", "KV4Attention", "KV4Unit", "cycle_model", "append_cycles",
            "token_layout", "cache_token_layout", "append_layout", "cache_layout", "cmd_layout", "query_layout",

@@ -45,7 +45,7 @@ from golden.lut_config import (LUT_K_CHUNK, LUT_MAX_PLANES, LUT_PLANE_BITS,
                                LUT_STORED_ENTRIES, LUTConfig, LUTMode)
 
 from .mixpe import _SCALE_PAIR, MixPEDQLane, _select, dq_lane_cells
-from .stream_utils import count_width, is_const, tree_sum
+from .rtl import count_width, is_const, tree_sum
 
 __all__ = ["PIPELINE_LATENCY", "TABLE_FILL_CYCLES", "LUTBlock", "cycle_model", "latency",
            "precompute_share", "dq_lanes_per_unit", "dq_units", "dq_unit_config",

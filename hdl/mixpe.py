@@ -35,8 +35,9 @@ from golden.formats import ACC_BITS, ACT_BITS, SCALE_BITS, ACT_MIN, ACT_MAX
 
 from golden.mixpe_config import MixPEConfig
 
-from .stream_utils import (MemoryStreamReader, NestedAddressGenerator, count_width, is_const,
-                           tree_sum)
+from .streams import MemoryStreamReader, NestedAddressGenerator
+
+from .rtl import count_width, is_const, tree_sum
 
 __all__ = [
     "PIPELINE_LATENCY", "SYSTEM_OVERHEAD", "system_cycle_model", "MixPECell", "MixPEDQLane",

@@ -28,7 +28,9 @@ from amaranth.utils import ceil_log2
 from golden.formats import ACC_BITS, ACT_BITS
 from golden.pim_config import MCMD, PCMD, RULES, TIMING_FIELDS, PIMConfig
 
-from .stream_utils import MemoryStreamReader, NestedAddressGenerator, count_width, is_const, tree_sum
+from .streams import MemoryStreamReader, NestedAddressGenerator
+
+from .rtl import count_width, is_const, tree_sum
 
 __all__ = ["PIMBank", "PIMChannel", "PIMSystem", "cmd_layout", "memreq_layout", "job_layout",
            "state_layout", "bank_rules", "channel_rules", "SYSTEM_OVERHEAD",

@@ -42,7 +42,7 @@ from golden.sparse_dsp_config import (DSP_ACC_BITS, INDEX_BITS, MAX_RATIO, PATTE
                                       PATTERNS, SPAN_LOG_BITS, W4_BITS, SparseDSPConfig,
                                       TileMode)
 
-from .stream_utils import count_width, is_const
+from .rtl import count_width, is_const
 
 __all__ = ["DSPStage", "DSPGroup", "SparseDSPChain", "SparseDSP", "chain_latency",
            "pipeline_latency", "cycle_model", "ctrl_layout", "act_layout", "weight_layout",

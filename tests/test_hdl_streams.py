@@ -1,5 +1,5 @@
 # amaranth: UnusedElaboratable=no
-"""hdl.stream_utils: MemoryStreamReader under random stalls, full rate when
+"""hdl.streams: MemoryStreamReader under random stalls, full rate when
 unstalled; NestedAddressGenerator against the Python loop nest."""
 import random
 
@@ -8,7 +8,9 @@ from amaranth.hdl import Module
 from amaranth.lib import memory, wiring
 from amaranth.sim import Simulator
 
-from hdl.stream_utils import MemoryStreamReader, NestedAddressGenerator, tree_sum
+from hdl.streams import MemoryStreamReader, NestedAddressGenerator
+
+from hdl.rtl import tree_sum
 
 
 def _reader_bench(addrs, *, p_idle, p_stall, seed, depth=16, width=12):

@@ -11,33 +11,9 @@ from amaranth.lib import memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-__all__ = ["MemoryStreamReader", "NestedAddressGenerator", "count_width", "tree_sum", "is_const"]
+from .rtl import count_width
 
-
-def count_width(max_value: int) -> int:
-    """Bits of an unsigned counter that must hold 0..max_value inclusive."""
-    return max(1, ceil_log2(max_value + 1))
-
-
-def is_const(value, const: int):
-    """value == const. Comparisons with 0 are written as ~|value: Yosys prints
-    `value == 0` as `!value`, which Verilator's lint flags (WIDTHTRUNC)."""
-    if const == 0:
-        return ~value.any()
-    return value == const
-
-
-def tree_sum(terms):
-    """Balanced adder tree (log depth instead of a ripple chain of adders)."""
-    terms = list(terms)
-    if not terms:
-        raise ValueError("tree_sum needs at least one term")
-    while len(terms) > 1:
-        nxt = [terms[i] + terms[i + 1] for i in range(0, len(terms) - 1, 2)]
-        if len(terms) % 2:
-            nxt.append(terms[-1])
-        terms = nxt
-    return terms[0]
+__all__ = ["MemoryStreamReader", "NestedAddressGenerator"]
 
 
 class MemoryStreamReader(wiring.Component):
