@@ -29,7 +29,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -363,8 +362,7 @@ def write_result(result: dict) -> None:
 
 
 def run(b: Build, *, test_module: str, job: dict, run_dir: Path | None = None,
-        testcase: str | None = None, seed: int | None = None,
-        timeout_s: float | None = None) -> dict:
+        testcase: str | None = None, seed: int | None = None) -> dict:
     """Run cocotb test module `test_module` on build `b` with `job`.
 
     Returns the result dict the testbench wrote, plus `run_dir`, `log` and
@@ -397,8 +395,6 @@ def run(b: Build, *, test_module: str, job: dict, run_dir: Path | None = None,
            # simulation imports (torch: ~850 modules, ~5 s per run); limit it to
            # the test module itself.
            "COCOTB_REWRITE_ASSERTION_FILES": test_module.rsplit(".", 1)[-1] + ".py"}
-    if timeout_s:
-        env["QUATTRO_COSIM_TIMEOUT_S"] = str(timeout_s)
     r = _runner(b.sim)
     t0 = time.perf_counter()
     err = None
@@ -429,6 +425,3 @@ def run(b: Build, *, test_module: str, job: dict, run_dir: Path | None = None,
         result.setdefault("errors", []).append(f"cocotb reported failure: {err}")
     return result
 
-
-def python_for_subprocess() -> str:
-    return sys.executable

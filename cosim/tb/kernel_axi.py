@@ -35,8 +35,8 @@ from cocotb.triggers import ClockCycles, First, ReadOnly, RisingEdge, Timer
 from cocotb.utils import get_sim_time
 
 from cosim.runner import read_job, write_result
+from cosim.tb.common import CLK_PERIOD_NS
 
-CLK_PERIOD_NS = 2
 REG_CTRL, REG_GIE, REG_IER, REG_ISR = 0x00, 0x04, 0x08, 0x0C
 AP_START, AP_DONE, AP_IDLE, AP_READY = 0x1, 0x2, 0x4, 0x8
 

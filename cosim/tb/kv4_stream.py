@@ -24,7 +24,7 @@ from cocotb.clock import Clock
 from cocotb.triggers import RisingEdge
 
 from cosim.runner import read_job, write_result
-from cosim.tb.mixpe_common import Stopwatch, job_seed
+from cosim.tb.common import Stopwatch, job_seed
 from cosim.tb.streams import Scoreboard, StreamSink, StreamSource, step_cycle
 
 RESET_CYCLES = 3

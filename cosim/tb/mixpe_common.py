@@ -2,12 +2,11 @@
 golden expectation, and the result record (cosim.report fields)."""
 from __future__ import annotations
 
-import os
-import random
-import time
 from dataclasses import dataclass
 
 from golden.mixpe_config import MixPEConfig
+
+from cosim.tb.common import inject_errors
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -36,9 +35,7 @@ def load_case(job: dict) -> MixPECaseData:
     images = load_mixpe(job["data_dir"], config)
     acc = mixpe_acc(images.a, images.q, images.s2, images.z, config)
     expected = pack_result_words(acc, config)
-    for word_idx, xor_mask in job.get("corrupt_expected", []):
-        # Deliberate error injection: proves the scoreboard can fail.
-        expected[word_idx] ^= int(xor_mask)
+    inject_errors(expected, job.get("corrupt_expected"))
     return MixPECaseData(images=images, expected_words=expected)
 
 
@@ -60,23 +57,3 @@ def describe_mismatch(data: MixPECaseData):
                 + ", ".join(f"acc[{tm * cfg.rows + m},{n}] got {gv} expected {ev}"
                             for n, gv, ev in bad[:4]))
     return describe
-
-
-def job_seed(job: dict) -> int:
-    seed = job.get("seed")
-    if seed is None:
-        seed = random.SystemRandom().randrange(1 << 31)
-    return int(seed)
-
-
-class Stopwatch:
-    def __init__(self):
-        self.t0 = time.perf_counter()
-
-    def seconds(self) -> float:
-        return time.perf_counter() - self.t0
-
-
-def timeout_s() -> float | None:
-    v = os.environ.get("QUATTRO_COSIM_TIMEOUT_S")
-    return float(v) if v else None

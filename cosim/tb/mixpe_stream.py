@@ -18,8 +18,8 @@ import cocotb
 from cocotb.clock import Clock
 
 from cosim.runner import read_job, write_result
-from cosim.tb.mixpe_common import (MixPECaseData, Stopwatch, describe_mismatch,
-                                   job_seed, load_case)
+from cosim.tb.mixpe_common import MixPECaseData, describe_mismatch, load_case
+from cosim.tb.common import Stopwatch, job_seed
 from cosim.tb.streams import Scoreboard, StreamRun, StreamSink, StreamSource
 
 

@@ -17,7 +17,8 @@ from cocotb.clock import Clock
 from cocotb.triggers import ReadOnly, RisingEdge
 
 from cosim.runner import read_job, write_result
-from cosim.tb.mixpe_common import Stopwatch, describe_mismatch, job_seed, load_case
+from cosim.tb.mixpe_common import describe_mismatch, load_case
+from cosim.tb.common import Stopwatch, job_seed
 from cosim.tb.streams import Scoreboard
 from cosim.tb.system import CLK_PERIOD_NS, PreloadedSystemTB
 

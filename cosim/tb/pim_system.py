@@ -20,7 +20,7 @@ from cocotb.clock import Clock
 from cocotb.triggers import ReadOnly, RisingEdge
 
 from cosim.runner import read_job, write_result
-from cosim.tb.mixpe_common import Stopwatch
+from cosim.tb.common import Stopwatch
 from cosim.tb.system import CLK_PERIOD_NS, PreloadedSystemTB
 
 

@@ -17,7 +17,7 @@ import cocotb
 from cocotb.clock import Clock
 
 from cosim.runner import read_job, write_result
-from cosim.tb.mixpe_common import Stopwatch, job_seed
+from cosim.tb.common import Stopwatch, job_seed
 from cosim.tb.streams import Scoreboard, StreamRun, StreamSink, StreamSource, stream_rngs
 
 STREAMS = ("ctrl", "act", "weight", "scale")

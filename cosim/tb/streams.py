@@ -19,7 +19,7 @@ import random
 
 from cocotb.triggers import ReadOnly, RisingEdge
 
-from cosim.tb.mixpe_common import Stopwatch
+from cosim.tb.common import Stopwatch
 
 RESET_CYCLES = 3
 

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 from cocotb.triggers import First, ReadOnly, RisingEdge, Timer
 
-from cosim.tb.mixpe_common import Stopwatch
+from cosim.tb.common import CLK_PERIOD_NS, Stopwatch
 
-#: Clock period of every system testbench (any value works for a cycle-based run).
-CLK_PERIOD_NS = 2
 RESET_CYCLES = 3
 
 

@@ -1,0 +1,44 @@
+"""What every testbench shares: the clock, seeds, a stopwatch and the error
+injection that proves a scoreboard can fail."""
+from __future__ import annotations
+
+import random
+import time
+
+__all__ = ["CLK_PERIOD_NS", "start_clock", "job_seed", "Stopwatch", "inject_errors"]
+
+#: Clock period of every testbench (any value works for a cycle-based run).
+CLK_PERIOD_NS = 2
+
+
+def start_clock(clk, *, impl: str | None = None) -> None:
+    """Start the testbench clock on `clk`. impl="gpi" drives it from cocotb's C
+    layer (no Python per edge: the memory-preloaded fast paths use it)."""
+    from cocotb.clock import Clock  # noqa: PLC0415 (cocotb exists only inside a simulation)
+    kw = {} if impl is None else {"impl": impl}
+    Clock(clk, CLK_PERIOD_NS, unit="ns", **kw).start()
+
+
+def job_seed(job: dict) -> int:
+    """The job's seed, or a fresh one (the testbench prints and records it, so
+    any run can be repeated)."""
+    seed = job.get("seed")
+    if seed is None:
+        seed = random.SystemRandom().randrange(1 << 31)
+    return int(seed)
+
+
+class Stopwatch:
+    def __init__(self):
+        self.t0 = time.perf_counter()
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.t0
+
+
+def inject_errors(expected: list[int], corrupt) -> list[int]:
+    """Deliberate error injection: XOR `mask` into expected word `index` for
+    each [index, mask] of `corrupt` (a job's "corrupt_expected"), in place."""
+    for index, mask in corrupt or ():
+        expected[int(index)] ^= int(mask)
+    return expected
