@@ -268,7 +268,7 @@ def mixpe_expected(images) -> list[int]:
     """Golden result words in the kernel's emission order (golden.mixpe on the
     decoded images)."""
     from golden.mixpe import mixpe_acc
-    from quantflow.pack import pack_result_words
+    from quantflow.mixpe import pack_result_words
     acc = mixpe_acc(images.a, images.q, images.s2, images.z, images.config)
     return pack_result_words(acc, images.config)
 

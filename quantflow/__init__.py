@@ -3,16 +3,17 @@
 Imports golden (the numeric specification), never hdl or cosim.
 """
 from .errors import QuantflowError
-from .images import (FORMAT, FORMAT_VERSION, MixPEImages, export_mixpe, load_mixpe,
-                     read_hex, read_manifest, write_hex, write_mixpe_images)
-from .pack import (pack_act_words, pack_code_words, pack_result_words, pack_scale_words,
-                   pack_words, pad_to_multiple, unpack_act_words, unpack_code_words,
-                   unpack_result_words, unpack_scale_words, unpack_words)
+from .imagedir import read_hex, read_manifest, write_hex
+from .mixpe import (FORMAT, FORMAT_VERSION, MixPEImages, export_mixpe, load_mixpe,
+                    pack_act_words, pack_code_words, pack_result_words, pack_scale_words,
+                    unpack_act_words, unpack_code_words, unpack_result_words,
+                    unpack_scale_words, write_mixpe_images)
+from .pack import pack_words, pad_to_multiple, unpack_words
 from .qoq import QoQWeights, quantize_act, quantize_groups, quantize_qoq
 from .schemes import SCHEMES, ActScheme, KVScheme, QuantScheme, WeightScheme, get_scheme
 from .synthetic import random_activations, random_linear_weights
 
-# The real-model flow (issue 3) lives in submodules that load heavier packages
+# The real-model flow lives in submodules that load heavier packages
 # (tokenizers, gguf, matplotlib) only when used: quantflow.models, .text, .fakequant,
 # .evaluate, .export_model. These names resolve to them on first access.
 _LAZY = {

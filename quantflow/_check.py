@@ -1,4 +1,6 @@
-"""Input validation shared by the quantizers: one clear error per problem."""
+"""The float-tensor check every quantizer starts with: one clear error per
+problem (a wrong type is a TypeError, a bad value a QuantflowError). Integer
+and configuration checks are golden.validate's."""
 from __future__ import annotations
 
 import numpy as np
@@ -16,8 +18,8 @@ def as_float_tensor(name: str, x, dims: int, what: str) -> torch.Tensor:
                                  f"{x.dtype}; pass the float weights/activations")
         x = torch.from_numpy(np.ascontiguousarray(x))
     elif not isinstance(x, torch.Tensor):
-        raise QuantflowError(f"{name} must be a torch.Tensor or numpy array, got "
-                             f"{type(x).__name__}")
+        raise TypeError(f"{name} must be a torch.Tensor or numpy array, got "
+                        f"{type(x).__name__}")
     if not x.is_floating_point():
         raise QuantflowError(f"{name} must be a floating-point tensor, got {x.dtype}; pass "
                              f"the float weights/activations (cast with .float())")
@@ -32,12 +34,3 @@ def as_float_tensor(name: str, x, dims: int, what: str) -> torch.Tensor:
         raise QuantflowError(f"{name} contains a non-finite value ({float(x[tuple(idx)])}) "
                              f"at index {idx}; clean the tensor before quantizing")
     return x.to(torch.float32)
-
-
-def check_int(name: str, value, lo: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise QuantflowError(f"{name} must be an int, got {value!r}")
-    value = int(value)
-    if lo is not None and value < lo:
-        raise QuantflowError(f"{name} must be >= {lo}, got {value}")
-    return value

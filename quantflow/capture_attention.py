@@ -12,14 +12,15 @@ text, layer, positions). Deterministic: the same command rewrites the same file.
 from __future__ import annotations
 
 import argparse
+import io
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from quattro_fs import atomic_write_bytes
 
 from .errors import QuantflowError
 
@@ -94,19 +95,11 @@ def capture_fixture(out_path, *, layer: int = 10, tokens: int = 512, queries: in
             "query_positions": [pos[0], pos[-1]], "head_dim": int(q.shape[-1]),
             "q_heads": int(q.shape[0]), "kv_heads": int(k.shape[0]),
             "generator": "python -m quantflow.capture_attention"}
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".npz", dir=out_path.parent)
-    os.close(fd)
-    try:
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, q=q[:, pos].numpy().astype(np.float16),
-                                k=k.numpy().astype(np.float16), v=v.numpy().astype(np.float16),
-                                o=o.numpy().astype(np.float16), meta=np.array(json.dumps(meta)))
-        os.replace(tmp, out_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    npz = io.BytesIO()
+    np.savez_compressed(npz, q=q[:, pos].numpy().astype(np.float16),
+                        k=k.numpy().astype(np.float16), v=v.numpy().astype(np.float16),
+                        o=o.numpy().astype(np.float16), meta=np.array(json.dumps(meta)))
+    atomic_write_bytes(out_path, npz.getvalue())
     return meta
 
 

@@ -24,7 +24,8 @@ from golden.mixpe_config import MixPEConfig
 
 from golden.mixpe_config import suggest_group
 from .errors import QuantflowError
-from .images import export_mixpe, load_mixpe, read_manifest
+from .imagedir import read_manifest
+from .mixpe import FORMAT, FORMAT_VERSION, export_mixpe, load_mixpe
 from .pack import pad_to_multiple
 from .synthetic import random_activations, random_linear_weights
 
@@ -183,7 +184,7 @@ def main(argv=None) -> int:
                 raise QuantflowError("--out is required with --weights/--random-weights")
             print(_export(args))
         else:
-            man = read_manifest(args.dir)
+            man = read_manifest(args.dir, fmt=FORMAT, version=FORMAT_VERSION)
             load_mixpe(args.dir, MixPEConfig(**man["config"]))
             print(f"{args.dir}: ok ({man['config_name']})")
     except (QuantflowError, ValueError, OSError) as e:

@@ -12,15 +12,15 @@ activation quantization. Writes build/quant/<model>/<scheme>/report.json
 """
 from __future__ import annotations
 
-import json
+import io
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from quattro_fs import atomic_write_bytes, atomic_write_json
 
 from .errors import QuantflowError
 from .fakequant import QuantizedModel, quantize_model
@@ -28,8 +28,7 @@ from .models.loaders import LoadedModel, build_dir, load_model, require
 from .schemes import get_scheme
 from .text import DEFAULT_CALIB, DEFAULT_EVAL, TEXTS, calibration_tokens, evaluation_tokens
 
-__all__ = ["perplexity", "layer_sqnr", "evaluate", "format_table", "write_json_atomic",
-           "plot_sqnr", "quant_dir"]
+__all__ = ["perplexity", "layer_sqnr", "evaluate", "format_table", "plot_sqnr", "quant_dir"]
 
 
 def quant_dir(model: str, scheme: str) -> Path:
@@ -97,19 +96,6 @@ def layer_sqnr(qm: QuantizedModel, windows: torch.Tensor, *, progress: bool = Fa
     return layers, ppl
 
 
-def write_json_atomic(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def plot_sqnr(layers: list, path: Path, title: str) -> None:
     """Bar chart of per-layer SQNR (Agg backend), written atomically."""
     mpl = require("matplotlib")
@@ -127,17 +113,12 @@ def plot_sqnr(layers: list, path: Path, title: str) -> None:
     ax.legend(ncol=7, fontsize=8, loc="lower right")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
+    png = io.BytesIO()
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        fig.savefig(png, format="png", dpi=110)
     finally:
         plt.close(fig)
+    atomic_write_bytes(path, png.getvalue())
 
 
 def evaluate(model="smollm2", scheme="w4a8kv4-g64", *, text: str = DEFAULT_EVAL,
@@ -189,7 +170,7 @@ def evaluate(model="smollm2", scheme="w4a8kv4-g64", *, text: str = DEFAULT_EVAL,
         "seconds": round(time.perf_counter() - t0, 2),
         "torch_threads": torch.get_num_threads(),
     }
-    write_json_atomic(outdir / "report.json", report)
+    atomic_write_json(outdir / "report.json", report, indent=2)
     plot_sqnr(layers, outdir / "sqnr.png",
               f"{lm.name} {sch.name}: per-layer output SQNR (ppl {ppl:.2f}, "
               f"{ppl / ppl_fp32:.3f}x FP32)")

@@ -6,8 +6,8 @@ Layout of the export directory (written to a temp dir, renamed into place):
   manifest.json                  format "quattro-model-export", model, scheme, the
                                  MixPE configuration of every linear, KV4 and
                                  smoothing parameters, sha256 of every file
-  layers/<name>/code.hex|.npy    packed 4-bit codes (quantflow.pack_code_words)
-  layers/<name>/scale.hex|.npy   packed (s2, z*s2) words (quantflow.pack_scale_words)
+  layers/<name>/code.hex|.npy    packed 4-bit codes (quantflow.mixpe.pack_code_words)
+  layers/<name>/scale.hex|.npy   packed (s2, z*s2) words (quantflow.mixpe.pack_scale_words)
   layers/<name>/{s1,s2,z}.npy    fp16 per-channel scale, integer group scale/zero
   norms/<name>.npy               RMSNorm weights after the SmoothQuant/AWQ folds
   kv/lambda.npy                  SmoothAttention lambda [layers, Hkv, D] (if the scheme
@@ -18,7 +18,7 @@ manifest). `load_model_export` verifies every checksum and that each .hex equals
 its .npy, and returns the QoQWeights.
 
 `export_real_layer` writes one real linear layer, fed with activations captured
-from the model on real text, as a MixPE image directory (quantflow.images) for
+from the model on real text, as a MixPE image directory (quantflow.mixpe) for
 the RTL co-simulation.
 """
 from __future__ import annotations
@@ -35,16 +35,16 @@ import torch
 from golden.formats import SCALE_BITS
 
 from golden.mixpe_config import MixPEConfig
+from golden.validate import expect_type
 
 from .errors import QuantflowError
 from .evaluate import quant_dir
 from .fakequant import QuantizedModel, quantize_model
-from .images import (hex_digits, read_hex, verify_checksums, write_hex, write_image_dir,
-                     write_mixpe_images)
+from .imagedir import hex_digits, read_hex, verify_checksums, write_hex, write_image_dir
 from .models.llama import LlamaForCausalLM
 from .models.loaders import LoadedModel, load_model, require
-from .pack import (pack_code_words, pack_scale_words, unpack_code_words,
-                   unpack_scale_words)
+from .mixpe import (pack_code_words, pack_scale_words, unpack_code_words,
+                    unpack_scale_words, write_mixpe_images)
 from .qoq import QoQWeights, quantize_act
 from .schemes import QuantScheme, get_scheme
 from .text import DEFAULT_CALIB, DEFAULT_EVAL, calibration_tokens, evaluation_tokens
@@ -283,8 +283,7 @@ def export_real_layer(outdir, config: MixPEConfig, *, model="smollm2",
 
     sch = get_scheme(scheme)
     _need_qoq(sch)
-    if not isinstance(config, MixPEConfig):
-        raise QuantflowError(f"config must be a MixPEConfig, got {type(config).__name__}")
+    expect_type("config", config, MixPEConfig)
     ws = sch.weight
     if (ws.bits, ws.group) != (config.bits, config.group):
         raise QuantflowError(f"scheme {sch.name!r} quantizes weights to {ws.bits} bits, group "

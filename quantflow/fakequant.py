@@ -33,16 +33,14 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from golden.formats import ACT_QMAX
-
-from golden.mixpe_config import MixPEConfig
 from golden.kv4_attention_config import KV8_LEVELS
 from golden.mixpe import float_reference, mixpe_acc
+from golden.mixpe_config import MixPEConfig
+from golden.validate import check_int
 
-from ._check import check_int
 from .errors import QuantflowError
 from .models.llama import LlamaForCausalLM
 from .models.loaders import LoadedModel, linear_layers

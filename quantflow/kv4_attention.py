@@ -1,5 +1,5 @@
 """KV4 attention formats: the stream words of hdl.kv4_attention and the KV4
-cache image (DESIGN §3.8) on top of quantflow.pack and quantflow.images.
+cache image (DESIGN §3.8) on top of quantflow.pack and quantflow.imagedir.
 
 Words (element 0 / first field in the LSBs; the RTL's amaranth StructLayouts,
 widths from golden.kv4_attention_config.KV4Config, docs/kv4_attention.md):
@@ -43,8 +43,10 @@ from golden.kv4_attention import KV4Cache
 from golden.kv4_attention_config import (C_BITS, CMD_T_BITS, CODE_SHIFT, KV8_LEVELS, KV_BITS, KV_LEVELS,
                                LSH_BITS, ZERO_BITS, KV4Config)
 
+from golden.validate import expect_type
+
 from .errors import QuantflowError
-from .images import read_hex, read_manifest, write_hex, write_image_dir
+from .imagedir import read_hex, read_manifest, write_hex, write_image_dir
 from .pack import pack_words, unpack_words
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "KV4CacheImage", "token_bits", "cache_token_bits",
@@ -60,9 +62,7 @@ _CODE8_BITS = KV_BITS + CODE_SHIFT
 
 
 def _cfg(config) -> KV4Config:
-    if not isinstance(config, KV4Config):
-        raise QuantflowError(f"config must be a KV4Config, got {type(config).__name__}")
-    return config
+    return expect_type("config", config, KV4Config)
 
 
 def token_bits(config: KV4Config) -> int:
@@ -308,8 +308,7 @@ def export_kv4_cache(outdir, cache: KV4Cache, config: KV4Config) -> dict:
     """Write one KV head's cache as an image directory (atomic, checksummed): the
     4-bit words of every token and the recent ring of a decode at T = cache.T."""
     c = _cfg(config)
-    if not isinstance(cache, KV4Cache):
-        raise QuantflowError(f"cache must be a golden KV4Cache, got {type(cache).__name__}")
+    expect_type("cache", cache, KV4Cache)
     T = cache.T
     if not 1 <= T <= c.max_t:
         raise QuantflowError(f"the cache holds {T} tokens; an image needs 1..max_t={c.max_t}")

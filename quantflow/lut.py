@@ -7,7 +7,8 @@ Weights:
   * ternary (BitNet b1.58, absmean): s1[n] = fp16(mean|W[n, :]|),
     w = clamp(round(W / s1), -1, 1), stored as q = w + 1 with z = 1, s2 = 1.
 Images: act/code/scale/result .hex + .npy, side .npy (s1, s_a, s2, z) and a
-manifest with every file's sha256, written atomically through quantflow.images.
+manifest with every file's sha256: the QoQ image set (quantflow.qoq_images),
+written atomically (quantflow.imagedir).
 The code image is the bit-plane stream for the manifest's weight format; a
 loader asked for another format or configuration refuses it.
 """
@@ -22,14 +23,15 @@ import torch
 from golden.formats import ACC_BITS, ACT_BITS, ACT_QMAX, SCALE_BITS
 from golden.lut import lut_acc
 from golden.lut_config import LUT_K_CHUNK, LUT_PLANE_BITS, LUTConfig, LUTMode
+from golden.validate import expect_type
 
 from ._check import as_float_tensor
 from .errors import QuantflowError
-from .images import (MANIFEST, QoQImages, check_config, check_qoq_images, qoq_fields,
-                     qoq_operands, read_manifest_for, read_npy, read_words,
-                     write_qoq_images)
+from .imagedir import FIX, MANIFEST, read_manifest_for, read_npy, read_words
 from .pack import pack_words, unpack_words
 from .qoq import QoQWeights, quantize_act, quantize_qoq
+from .qoq_images import (QoQImages, check_qoq_images, qoq_fields, qoq_operands,
+                         write_qoq_images)
 
 __all__ = ["LUT_FORMAT", "LUT_FORMAT_VERSION", "LUTImages", "quantize_lut_weights",
            "pack_lut_act_words", "pack_lut_code_words", "pack_lut_scale_words",
@@ -39,11 +41,10 @@ __all__ = ["LUT_FORMAT", "LUT_FORMAT_VERSION", "LUTImages", "quantize_lut_weight
 
 LUT_FORMAT = "quattro-lut-images"
 LUT_FORMAT_VERSION = 1
-_FIX = "re-run quantflow export"
 
 
 def _cfg(config) -> LUTConfig:
-    return check_config(config, LUTConfig)
+    return expect_type("config", config, LUTConfig)
 
 
 def _mode(mode) -> LUTMode:
@@ -53,8 +54,8 @@ def _mode(mode) -> LUTMode:
         except ValueError as e:
             raise QuantflowError(str(e)) from None
     if not isinstance(mode, LUTMode):
-        raise QuantflowError(f"mode must be a LUTMode or one of 'w1', 'w2', 'w4', 'ternary', "
-                             f"got {mode!r}")
+        raise TypeError(f"mode must be a LUTMode or one of 'w1', 'w2', 'w4', 'ternary', "
+                        f"got {mode!r}")
     return mode
 
 
@@ -141,7 +142,7 @@ def unpack_lut_code_words(words, config: LUTConfig, mode) -> np.ndarray:
     per = c.chunks * c.slices * mode.planes
     if idx.shape[0] % per:
         raise QuantflowError(f"{idx.shape[0]} code words is not a whole number of tiles of "
-                             f"{per} words; {_FIX}")
+                             f"{per} words; {FIX}")
     nt = idx.shape[0] // per
     idx = idx.reshape(nt, c.chunks, c.slices, mode.planes, c.lanes)
     bits = (idx[..., None] >> np.arange(LUT_K_CHUNK)) & 1  # [nt, C, S, P, lanes, 4]
@@ -199,7 +200,8 @@ def write_lut_images(outdir, config: LUTConfig, mode, *, weights: QoQWeights, a,
     image directory atomically (nothing is left behind on an error)."""
     c, mode = _cfg(config), _mode(mode)
     if not isinstance(weights, QoQWeights):
-        raise QuantflowError("weights must be a QoQWeights (quantize_lut_weights)")
+        raise TypeError(f"weights must be a QoQWeights, got {type(weights).__name__}; "
+                        f"quantize them with quantize_lut_weights")
     if (weights.bits, weights.group) != (mode.bits, c.group):
         raise QuantflowError(f"weights have bits={weights.bits}, group={weights.group} but "
                              f"the format is {mode.name} with group={c.group}; quantize with "
@@ -263,7 +265,7 @@ def export_lut(outdir, config: LUTConfig, mode, W, X) -> dict:
 
 @dataclass(frozen=True, kw_only=True)
 class LUTImages(QoQImages):
-    """A verified LUT image directory (fields: quantflow.images.QoQImages) and
+    """A verified LUT image directory (fields: quantflow.qoq_images.QoQImages) and
     the weight format its code image holds."""
 
     config: LUTConfig
@@ -279,7 +281,7 @@ def load_lut(outdir, config: LUTConfig, mode) -> LUTImages:
     mpath = outdir / MANIFEST
     if man.get("mode") != mode.as_dict():
         raise QuantflowError(f"{mpath} holds {man.get('mode')} weights, expected "
-                             f"{mode.as_dict()} ({mode.name}); {_FIX} with this format")
+                             f"{mode.as_dict()} ({mode.name}); {FIX} with this format")
     M, N = int(man["dims"]["M"]), int(man["dims"]["N"])
     try:
         words = read_words(outdir, man)
@@ -288,7 +290,7 @@ def load_lut(outdir, config: LUTConfig, mode) -> LUTImages:
     except (KeyError, TypeError, ValueError) as e:
         if isinstance(e, QuantflowError):
             raise
-        raise QuantflowError(f"{mpath} does not describe a LUT image ({e}); {_FIX}") from None
+        raise QuantflowError(f"{mpath} does not describe a LUT image ({e}); {FIX}") from None
     try:
         check_qoq_images(outdir, words, arrays, side,
                          act=lambda w: unpack_lut_act_words(w, c),
@@ -296,9 +298,9 @@ def load_lut(outdir, config: LUTConfig, mode) -> LUTImages:
                          scale=lambda w: unpack_lut_scale_words(w, c),
                          result=lambda w: unpack_lut_result_words(w, c, M=M, N=N))
     except (ValueError, IndexError) as e:
-        if isinstance(e, QuantflowError) and _FIX in str(e):
+        if isinstance(e, QuantflowError) and FIX in str(e):
             raise
-        raise QuantflowError(f"{outdir}: images do not match the manifest ({e}); {_FIX}") \
+        raise QuantflowError(f"{outdir}: images do not match the manifest ({e}); {FIX}") \
             from None
     return LUTImages(path=outdir, config=c, mode=mode, manifest=man, M=M, N=N,
                      **qoq_fields(words, arrays, side))

@@ -34,8 +34,9 @@ from golden.formats import ACT_QMAX, QOQ_W8_QMAX, SCALE_BITS
 
 from golden.mixpe_config import MIXPE_WEIGHT_BITS, suggest_group
 from golden.mixpe import dequant_w8
+from golden.validate import check_int
 
-from ._check import as_float_tensor, check_int
+from ._check import as_float_tensor
 from .errors import QuantflowError
 
 __all__ = ["QoQWeights", "quantize_qoq", "quantize_groups", "quantize_act"]

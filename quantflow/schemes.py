@@ -22,23 +22,18 @@ dataclass (None = that tensor stays float):
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from golden.mixpe_config import MIXPE_WEIGHT_BITS
 from golden.kv4_attention_config import KV4_MAX_RECENT, KV8_LEVELS
+from golden.validate import check_bool, check_int
 
-from ._check import check_int
 from .errors import QuantflowError
 
 __all__ = ["WeightScheme", "ActScheme", "KVScheme", "QuantScheme", "SCHEMES",
            "get_scheme", "WEIGHT_METHODS"]
 
 WEIGHT_METHODS = ("rtn-sym", "rtn-asym", "qoq")
-
-
-def _check_bool(name: str, v) -> None:
-    if not isinstance(v, bool):
-        raise QuantflowError(f"{name} must be True or False, got {v!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,7 +60,7 @@ class WeightScheme:
             raise QuantflowError("qoq needs a group size (it is a group format); pass "
                                  "group=64 or use rtn-sym/rtn-asym per channel")
         for n in ("clip_search", "awq", "gptq"):
-            _check_bool(n, getattr(self, n))
+            check_bool(n, getattr(self, n))
 
     @property
     def needs_calibration(self) -> bool:
@@ -120,7 +115,7 @@ class KVScheme:
         if self.bits > 8 or self.sink_bits > 8:
             raise QuantflowError("KV bits and sink_bits must be <= 8")
         for n in ("smooth_attention", "hadamard", "integer_zero"):
-            _check_bool(n, getattr(self, n))
+            check_bool(n, getattr(self, n))
         check_int("window", self.window, 0)
         if self.window > KV4_MAX_RECENT:
             raise QuantflowError(f"window must be in [0, {KV4_MAX_RECENT}] (the KV4 unit's "
@@ -157,8 +152,8 @@ class QuantScheme:
         for n, t in (("weight", WeightScheme), ("act", ActScheme), ("kv", KVScheme)):
             v = getattr(self, n)
             if v is not None and not isinstance(v, t):
-                raise QuantflowError(f"{n} must be a {t.__name__} or None, got "
-                                     f"{type(v).__name__}")
+                raise TypeError(f"{n} must be a {t.__name__} or None, got "
+                                f"{type(v).__name__}")
 
     @property
     def is_float(self) -> bool:
@@ -174,9 +169,6 @@ class QuantScheme:
         if self.kv is not None:
             out[f"KV{self.kv.bits}"] = QuantScheme(name=f"{self.name}.KV", kv=self.kv)
         return out
-
-    def with_(self, **changes) -> "QuantScheme":
-        return replace(self, **changes)
 
     @property
     def label(self) -> str:

@@ -12,7 +12,7 @@ An image directory holds the compressed layer (values.npy [R, K*N/M], indices.np
 and the chain's stream images ctrl/act/weight/(scale)/result .hex in the order
 the chain consumes them: tiles (row tile rt outer, activation row m inner), each
 tile ctrl beat, K/window act+weight beats, one scale beat per quantization group
-(W4A8), one result beat. Written atomically (quantflow.images), checksummed.
+(W4A8), one result beat. Written atomically (quantflow.imagedir), checksummed.
 """
 from __future__ import annotations
 
@@ -25,11 +25,12 @@ import torch
 from golden.formats import ACC_BITS, ACT_BITS, ACT_QMAX, SCALE_BITS
 from golden.sparse_dsp import check_compressed, sparse_dsp_acc
 from golden.sparse_dsp_config import (W4_BITS, W8_QMAX, SparseDSPConfig, TileMode)
+from golden.validate import expect_type
 
 from ._check import as_float_tensor
 from .errors import QuantflowError
-from .images import (MANIFEST, check_config, hex_digits, read_manifest_for, read_npy,
-                     read_words, write_hex, write_image_dir, write_side)
+from .imagedir import (MANIFEST, hex_digits, read_manifest_for, read_npy, read_words,
+                       write_hex, write_image_dir, write_side)
 from .pack import pack_words
 from .prune import compress, prune
 from .qoq import quantize_act, quantize_qoq
@@ -44,7 +45,7 @@ _FIX = "re-run quantflow's sparse_dsp export"
 
 
 def _cfg(config) -> SparseDSPConfig:
-    return check_config(config, SparseDSPConfig)
+    return expect_type("config", config, SparseDSPConfig)
 
 
 def _mode(mode, config) -> TileMode:

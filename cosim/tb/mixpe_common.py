@@ -29,7 +29,7 @@ def load_case(job: dict) -> MixPECaseData:
     golden.mixpe.mixpe_acc from the *decoded* a, q, s2, z."""
     from golden.mixpe import mixpe_acc
     from quantflow import load_mixpe
-    from quantflow.pack import pack_result_words
+    from quantflow.mixpe import pack_result_words
 
     config = MixPEConfig(**job["config"])
     images = load_mixpe(job["data_dir"], config)

@@ -19,8 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from quattro_fs import file_lock, replace_dir, sha256_file
+
 from ..errors import QuantflowError
-from ..images import _sha256, replace_dir_atomically
 from .llama import LlamaConfig, LlamaForCausalLM, _init_check
 
 __all__ = ["SUPPORTED_ARCHITECTURES", "KNOWN_MODELS", "ModelSource", "LoadedModel",
@@ -354,10 +355,8 @@ def prepare_model(name: str, *, root=None, progress: bool = True, force: bool = 
     outdir = root / name
     srcpath = _source_file(src)
     hashed = srcpath if src.kind == "gguf" else srcpath / "model.safetensors"
-    fl = require("filelock")
-    root.mkdir(parents=True, exist_ok=True)
-    with fl.FileLock(str(root / f".{name}.lock")):  # xdist workers prepare once
-        digest = _sha256(hashed)
+    with file_lock(root / f".{name}.lock"):  # xdist workers prepare once
+        digest = sha256_file(hashed)
         if digest != src.sha256:
             raise QuantflowError(f"{hashed} is corrupted (sha256 {digest[:12]}..., expected "
                                  f"{src.sha256[:12]}...); reinstall it with `.venv/bin/"
@@ -386,7 +385,7 @@ def prepare_model(name: str, *, root=None, progress: bool = True, force: bool = 
                     "prepare_seconds": round(time.perf_counter() - t0, 2)}
             (tmp / "source.json").write_text(json.dumps(meta, indent=2) + "\n")
 
-        replace_dir_atomically(outdir, fill)
+        replace_dir(outdir, fill)
     return outdir
 
 

@@ -48,10 +48,10 @@ from typing import Sequence
 import torch
 
 from golden.formats import QOQ_W8_QMAX
-
 from golden.mixpe_config import MIXPE_WEIGHT_BITS, suggest_group
+from golden.validate import check_int
 
-from .._check import as_float_tensor, check_int
+from .._check import as_float_tensor
 from ..errors import QuantflowError
 from ..qoq import QoQWeights, quantize_groups, quantize_qoq
 
