@@ -35,12 +35,13 @@ from golden.formats import ACC_BITS, ACT_BITS, SCALE_BITS, ACT_MIN, ACT_MAX
 
 from golden.mixpe_config import MixPEConfig
 
-from .streams import MemoryStreamReader, NestedAddressGenerator
+from .streams import (SYSTEM_OVERHEAD, LoadPort, NestedAddressGenerator, PreloadedMemory,
+                      RunControl)
 
 from .rtl import count_width, is_const, tree_sum
 
 __all__ = [
-    "PIPELINE_LATENCY", "SYSTEM_OVERHEAD", "system_cycle_model", "MixPECell", "MixPEDQLane",
+    "PIPELINE_LATENCY", "system_cycle_model", "MixPECell", "MixPEDQLane",
     "MixPE", "MixPESystem", "cycle_model", "pipeline_latency", "dq_lane_cells",
     "dq_lane_length", "act_layout", "code_layout", "scale_layout", "result_layout",
     "product_shape", "group_sum_shape", "act_sum_shape",
@@ -155,13 +156,9 @@ def cycle_model(config: MixPEConfig, tiles: int) -> int:
     return config.K + (tiles - 1) * period + latency + config.rows - 1
 
 
-#: MixPESystem `cycles` beyond `cycle_model`: one cycle for the address
-#: generators to start and one for the first synchronous memory read.
-SYSTEM_OVERHEAD = 2
-
-
 def system_cycle_model(config: MixPEConfig, m_tiles: int, n_tiles: int) -> int:
-    """Value of MixPESystem's `cycles` output after a run of m_tiles x n_tiles."""
+    """Value of MixPESystem's `cycles` output after a run of m_tiles x n_tiles
+    (hdl.streams.SYSTEM_OVERHEAD: the preloaded memories' start and first read)."""
     config = _check_config(config)
     return cycle_model(config, m_tiles * n_tiles) + SYSTEM_OVERHEAD
 
@@ -558,7 +555,7 @@ class MixPESystem(wiring.Component):
       load_sel  : In(2)   LOAD_ACT=0 / LOAD_CODE=1 / LOAD_SCALE=2
       load_addr : In(w)   word address in the selected memory
       load_data : In(d)   word (LSB-aligned; width = widest of act/code/scale words)
-      load_en   : In(1)   write strobe (use only while not running)
+      load_en   : In(1)   write strobe (ignored while running)
       m_tiles   : In      number of row tiles (1..max_m_tiles), sampled at start
       n_tiles   : In      number of column tiles (1..max_n_tiles), sampled at start
       start     : In(1)   one-cycle pulse
@@ -586,11 +583,10 @@ class MixPESystem(wiring.Component):
         self.result_depth = max_m_tiles * max_n_tiles * cfg.rows
         self.load_addr_width = ceil_log2(max(self.act_depth, self.code_depth, self.scale_depth))
         self.load_data_width = max(cfg.act_word_bits, cfg.code_word_bits, cfg.scale_word_bits)
+        self._load = LoadPort(sel_width=2, addr_width=max(1, self.load_addr_width),
+                              data_width=self.load_data_width)
         super().__init__({
-            "load_sel": In(2),
-            "load_addr": In(max(1, self.load_addr_width)),
-            "load_data": In(self.load_data_width),
-            "load_en": In(1),
+            **self._load.members(),
             "m_tiles": In(count_width(max_m_tiles)),
             "n_tiles": In(count_width(max_n_tiles)),
             "start": In(1),
@@ -602,44 +598,40 @@ class MixPESystem(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
+        m.submodules.mixpe = pe = MixPE(self.config)
+        m.submodules.run = run = RunControl()
+        self._input_memories(m, pe, run)
+        res_busy = self._result_memory(m, pe, run)
+        # The run ends when the result write-address walk has ended.
+        m.d.comb += [run.start.eq(self.start), run.finished.eq(~res_busy),
+                     self.done.eq(run.done), self.cycles.eq(run.cycles)]
+        return m
+
+    def _input_memories(self, m, pe, run):
+        """act / code / scale memories, each streamed into the array tile by tile."""
         cfg = self.config
-        m.submodules.mixpe = pe = MixPE(cfg)
-
-        running = Signal()
-        go = Signal()  # start is ignored while a run is in progress
-        m.d.comb += go.eq(self.start & ~running)
-
-        # (memory layout, depth, inner_len, inner_stride, outer_stride, sink stream)
+        # name: (select, layout, depth, inner_len, inner_stride, outer_stride, sink)
         inputs = {
-            "act": (act_layout(cfg), self.act_depth, cfg.K, cfg.K, 0, pe.act, LOAD_ACT),
-            "code": (code_layout(cfg), self.code_depth, cfg.K, 0, cfg.K, pe.code, LOAD_CODE),
-            "scale": (scale_layout(cfg), self.scale_depth, cfg.groups, 0, cfg.groups,
-                      pe.scale, LOAD_SCALE),
+            "act": (LOAD_ACT, act_layout(cfg), self.act_depth, cfg.K, cfg.K, 0, pe.act),
+            "code": (LOAD_CODE, code_layout(cfg), self.code_depth, cfg.K, 0, cfg.K, pe.code),
+            "scale": (LOAD_SCALE, scale_layout(cfg), self.scale_depth, cfg.groups, 0,
+                      cfg.groups, pe.scale),
         }
-        for name, (layout, depth, inner_len, istride, ostride, sink, sel) in inputs.items():
-            mem = memory.Memory(shape=layout, depth=depth, init=[])
-            m.submodules[f"{name}_mem"] = mem
-            aw = max(1, ceil_log2(depth))
-            wp = mem.write_port()
-            m.d.comb += [
-                wp.addr.eq(self.load_addr[:aw]),
-                wp.data.eq(self.load_data[:Shape.cast(layout).width]),
-                wp.en.eq(self.load_en & is_const(self.load_sel, sel) & ~running),
-            ]
-            gen = NestedAddressGenerator(addr_width=aw, inner_len=inner_len,
-                                         inner_stride=istride, outer_stride=ostride,
-                                         max_outer=self.max_n_tiles, max_inner=self.max_m_tiles)
-            rd = MemoryStreamReader(addr_width=aw, shape=layout)
-            m.submodules[f"{name}_addr"] = gen
-            m.submodules[f"{name}_reader"] = rd
-            m.d.comb += [gen.start.eq(go), gen.n_outer.eq(self.n_tiles),
-                         gen.n_inner.eq(self.m_tiles)]
-            wiring.connect(m, gen.addr, rd.addr)
-            wiring.connect(m, rd.port, mem.read_port())
-            wiring.connect(m, rd.data, sink)
+        for name, (sel, layout, depth, inner_len, istride, ostride, sink) in inputs.items():
+            src = PreloadedMemory(load=self._load, sel=sel, shape=layout, depth=depth,
+                                  inner_len=inner_len, inner_stride=istride,
+                                  outer_stride=ostride, max_outer=self.max_n_tiles,
+                                  max_inner=self.max_m_tiles)
+            m.submodules[f"{name}_src"] = src
+            self._load.connect(m, self, src)
+            m.d.comb += [src.lock.eq(run.running), src.start.eq(run.go),
+                         src.n_outer.eq(self.n_tiles), src.n_inner.eq(self.m_tiles)]
+            wiring.connect(m, src.data, sink)
 
-        # Results: written in emission order; the write-address walk ending
-        # (linear, rows words per tile) is what finishes the run.
+    def _result_memory(self, m, pe, run):
+        """Results written in emission order (linear, rows words per tile);
+        returns the write-address walk's `busy`."""
+        cfg = self.config
         res_mem = memory.Memory(shape=result_layout(cfg), depth=self.result_depth, init=[])
         m.submodules.result_mem = res_mem
         raw = max(1, ceil_log2(self.result_depth))
@@ -647,26 +639,16 @@ class MixPESystem(wiring.Component):
                                          inner_stride=cfg.rows, outer_stride=None,
                                          max_outer=self.max_n_tiles, max_inner=self.max_m_tiles)
         m.submodules.result_addr = res_gen
-        m.d.comb += [res_gen.start.eq(go), res_gen.n_outer.eq(self.n_tiles),
+        m.d.comb += [res_gen.start.eq(run.go), res_gen.n_outer.eq(self.n_tiles),
                      res_gen.n_inner.eq(self.m_tiles)]
         wp = res_mem.write_port()
-        write = pe.result.valid & res_gen.addr.valid
         m.d.comb += [
             pe.result.ready.eq(res_gen.addr.valid),
             res_gen.addr.ready.eq(pe.result.valid),
             wp.addr.eq(res_gen.addr.payload),
             wp.data.eq(pe.result.payload),
-            wp.en.eq(write),
+            wp.en.eq(pe.result.valid & res_gen.addr.valid),
         ]
         rp = res_mem.read_port()
         m.d.comb += [rp.addr.eq(self.res_addr), self.res_data.eq(rp.data)]
-
-        # Run control: `running` from the cycle after start until the last result
-        # is written; `cycles` counts those cycles.
-        with m.If(go):
-            m.d.sync += [running.eq(1), self.done.eq(0), self.cycles.eq(0)]
-        with m.Elif(running):
-            m.d.sync += self.cycles.eq(self.cycles + 1)
-            with m.If(~res_gen.busy):
-                m.d.sync += [running.eq(0), self.done.eq(1)]
-        return m
+        return res_gen.busy

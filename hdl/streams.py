@@ -1,19 +1,52 @@
-"""Shared stream plumbing: memory-to-stream reader and a nested-loop address
-generator (the two halves of a simple DMA read engine).
+"""Shared stream plumbing: a memory-to-stream reader and a nested-loop address
+generator (the two halves of a simple DMA read engine), and the two pieces of
+a preloaded "system" wrapper built from them: memories written through one
+load port and read out as streams (`PreloadedMemory`), and the start / done /
+cycles handshake of a run (`RunControl`).
 
-Both are `wiring.Component`s built on `amaranth.lib.stream` with full
+All are `wiring.Component`s built on `amaranth.lib.stream` with full
 back-pressure; they are reused by the fast-path systems of every block.
+
+A system wrapper (see hdl.mixpe.MixPESystem) reads::
+
+    LOAD = LoadPort(sel_width=2, addr_width=10, data_width=64)
+    # signature: {**LOAD.members(), "start": In(1), "done": Out(1),
+    #             "cycles": Out(32), "n": In(count_width(depth)), ...}
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.run = run = RunControl()
+        m.submodules.dut = dut = Block(...)
+        m.submodules.act_src = src = PreloadedMemory(
+            load=LOAD, sel=0, shape=act_layout, depth=depth, max_outer=depth)
+        LOAD.connect(m, self, src)            # the system's load ports -> src
+        m.d.comb += [src.lock.eq(run.running), src.start.eq(run.go),
+                     src.n_outer.eq(self.n), src.n_inner.eq(1)]
+        wiring.connect(m, src.data, dut.act)
+        m.d.comb += [run.start.eq(self.start), run.finished.eq(~src.busy & ...),
+                     self.done.eq(run.done), self.cycles.eq(run.cycles)]
+        return m
+
+SYSTEM_OVERHEAD cycles of such a run are not the datapath's: the address
+generators start the cycle after `start`, and a synchronous read takes one more.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from amaranth.hdl import Module, Shape, Signal, unsigned
-from amaranth.lib import memory, stream, wiring
+from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from .rtl import count_width
+from .rtl import count_width, is_const
 
-__all__ = ["MemoryStreamReader", "NestedAddressGenerator"]
+__all__ = ["MemoryStreamReader", "NestedAddressGenerator", "LoadPort", "PreloadedMemory",
+           "RunControl", "SYSTEM_OVERHEAD"]
+
+#: `cycles` of a preloaded run beyond its datapath's own cycle model: one cycle
+#: for the address generators to start and one for the first synchronous read.
+SYSTEM_OVERHEAD = 2
 
 
 class MemoryStreamReader(wiring.Component):
@@ -136,4 +169,129 @@ class NestedAddressGenerator(wiring.Component):
                              base_i.eq(next_base_o), addr.eq(next_base_o)]
             with m.Else():
                 m.d.sync += self.addr.valid.eq(0)
+        return m
+
+
+@dataclass(frozen=True)
+class LoadPort:
+    """Widths of a system's load port, the back door through which the host
+    writes its memories before a run: ports `load_sel` (which memory),
+    `load_addr` (word address), `load_data` (word, LSB-aligned) and
+    `load_en` (write strobe), all inputs of the system."""
+    sel_width: int
+    addr_width: int
+    data_width: int
+
+    def members(self) -> dict:
+        """The load port's members, to splice into a component's signature."""
+        return {"load_sel": In(self.sel_width), "load_addr": In(self.addr_width),
+                "load_data": In(self.data_width), "load_en": In(1)}
+
+    def connect(self, m: Module, source, sink) -> None:
+        """Drive `sink`'s load ports from `source`'s (the system's own), each
+        cut to the sink's width (a memory takes the low address and data bits)."""
+        for name in self.members():
+            port = getattr(sink, name)
+            m.d.comb += port.eq(getattr(source, name)[:len(port)])
+
+
+class PreloadedMemory(wiring.Component):
+    """A `depth`-word memory of `shape`, written through a shared `LoadPort`
+    and read out as a stream by a NestedAddressGenerator walk (its arguments
+    as there; the defaults walk words 0 .. n_outer-1).
+
+    Ports:
+      load_sel, load_addr, load_data, load_en : In  the `load` port, `addr_width`
+                address and `width` data bits (LoadPort.connect cuts the
+                system's): while `load_sel == sel` and not `lock`, `load_en`
+                writes load_data to load_addr
+      lock    : In(1)  high during a run: loads are ignored
+      start, n_outer, n_inner : In  the walk, as NestedAddressGenerator's
+      data    : Out(stream of `shape`) the words the walk addresses, in order
+      busy    : Out(1) some word of the walk has not been transferred yet
+    """
+
+    def __init__(self, *, load: LoadPort, sel: int, shape, depth: int, inner_len: int = 1,
+                 inner_stride: int = 1, outer_stride: int | None = None,
+                 max_outer: int, max_inner: int = 1):
+        if not 0 <= sel < (1 << load.sel_width):
+            raise ValueError(f"sel={sel} does not fit load_sel of {load.sel_width} bits")
+        self._load, self._sel, self._shape, self._depth = load, sel, shape, depth
+        self.addr_width = max(1, ceil_log2(depth))
+        self.width = (shape.size if isinstance(shape, data.Layout)
+                      else Shape.cast(shape).width)
+        if self.addr_width > load.addr_width or self.width > load.data_width:
+            raise ValueError(f"a {depth}-word memory of {self.width}-bit words needs a load "
+                             f"port of >= {self.addr_width} address and {self.width} data "
+                             f"bits; widen the LoadPort")
+        self._walk = dict(addr_width=self.addr_width, inner_len=inner_len,
+                          inner_stride=inner_stride, outer_stride=outer_stride,
+                          max_outer=max_outer, max_inner=max_inner)
+        # The load port narrowed to this memory's words (LoadPort.connect
+        # slices), so no input bit goes unused.
+        super().__init__({
+            "load_sel": In(load.sel_width),
+            "load_addr": In(self.addr_width),
+            "load_data": In(self.width),
+            "load_en": In(1),
+            "lock": In(1),
+            "start": In(1),
+            "n_outer": In(count_width(max_outer)),
+            "n_inner": In(count_width(max_inner)),
+            "data": Out(stream.Signature(shape)),
+            "busy": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.mem = mem = memory.Memory(shape=self._shape, depth=self._depth, init=[])
+        wp = mem.write_port()
+        m.d.comb += [
+            wp.addr.eq(self.load_addr),
+            wp.data.eq(self.load_data),
+            wp.en.eq(self.load_en & is_const(self.load_sel, self._sel) & ~self.lock),
+        ]
+        m.submodules.walk = gen = NestedAddressGenerator(**self._walk)
+        m.submodules.reader = rd = MemoryStreamReader(addr_width=self.addr_width,
+                                                      shape=self._shape)
+        m.d.comb += [gen.start.eq(self.start), gen.n_outer.eq(self.n_outer),
+                     gen.n_inner.eq(self.n_inner)]
+        wiring.connect(m, gen.addr, rd.addr)
+        wiring.connect(m, rd.port, mem.read_port())
+        wiring.connect(m, rd.data, wiring.flipped(self.data))
+        m.d.comb += self.busy.eq(gen.busy | rd.data.valid)
+        return m
+
+
+class RunControl(wiring.Component):
+    """The start / done / cycles handshake of a preloaded run.
+
+    Ports:
+      start    : In(1)   pulse; ignored while a run is in progress
+      finished : In(1)   the system's work is complete (looked at while running)
+      go       : Out(1)  the accepted start (start & ~running): (re)start the walks
+      running  : Out(1)  from the cycle after `go` until the cycle after `finished`
+      done     : Out(1)  high from the end of a run until the next `go`
+      cycles   : Out(cycle_bits) cycles `running` was high in the last run
+    """
+
+    def __init__(self, *, cycle_bits: int = 32):
+        super().__init__({
+            "start": In(1),
+            "finished": In(1),
+            "go": Out(1),
+            "running": Out(1),
+            "done": Out(1),
+            "cycles": Out(cycle_bits),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.d.comb += self.go.eq(self.start & ~self.running)
+        with m.If(self.go):
+            m.d.sync += [self.running.eq(1), self.done.eq(0), self.cycles.eq(0)]
+        with m.Elif(self.running):
+            m.d.sync += self.cycles.eq(self.cycles + 1)
+            with m.If(self.finished):
+                m.d.sync += [self.running.eq(0), self.done.eq(1)]
         return m
