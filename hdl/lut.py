@@ -34,21 +34,22 @@ first accepted beat to the last result transfer (ideal source and sink).
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from amaranth.hdl import Cat, EnableInserter, Module, Mux, Shape, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from golden.formats import ACC_BITS, ACT_BITS, SCALE_BITS, ACT_MIN, ACT_MAX
+from golden.formats import ACC_BITS, ACT_BITS, ACT_MIN, ACT_MAX
 
-from golden.mixpe_config import MixPEConfig
 from golden.lut_config import (LUT_K_CHUNK, LUT_MAX_PLANES, LUT_PLANE_BITS,
                                LUT_STORED_ENTRIES, LUTConfig, LUTMode)
 
-from .mixpe import _SCALE_PAIR, MixPEDQLane, _select, dq_lane_cells
-from .rtl import count_width, is_const, tree_sum
+from .dq_lane import SCALE_PAIR, DQLane, DQLaneGeometry
+from .rtl import count_width, is_const, select, wire
 
 __all__ = ["PIPELINE_LATENCY", "TABLE_FILL_CYCLES", "LUTBlock", "cycle_model", "latency",
-           "precompute_share", "dq_lanes_per_unit", "dq_units", "dq_unit_config",
+           "precompute_share", "dq_lanes_per_unit", "dq_units", "dq_lane_geometry",
            "dq_lane_length",
            "act_layout", "code_layout", "scale_layout", "result_layout",
            "entry_shape", "psum_shape", "odd_sum_shape", "act_sum_shape", "group_sum_shape"]
@@ -62,6 +63,10 @@ PIPELINE_LATENCY = 7
 TABLE_FILL_CYCLES = 1
 
 _MAX_LEVELS = (1 << LUT_MAX_PLANES) - 1
+
+#: Per-beat flags that travel down the pipeline with the code beat (S1..S3).
+_FLAGS = ("top_plane", "last_plane", "new_chunk", "first_cg", "last_cg", "first_group",
+          "last_group", "last_slice")
 
 
 def _check_config(config) -> LUTConfig:
@@ -82,7 +87,7 @@ def code_layout(config: LUTConfig) -> data.ArrayLayout:
 
 
 def scale_layout(config: LUTConfig) -> data.ArrayLayout:
-    return data.ArrayLayout(_SCALE_PAIR, config.lanes)
+    return data.ArrayLayout(SCALE_PAIR, config.lanes)
 
 
 def result_layout(config: LUTConfig) -> data.ArrayLayout:
@@ -115,19 +120,10 @@ def act_sum_shape(config: LUTConfig) -> Shape:
     return Shape.cast(range(ACT_MIN * g, ACT_MAX * g + 1))
 
 
-def _la_shape(config: LUTConfig) -> Shape:
-    m = _MAX_LEVELS * config.group * -ACT_MIN
-    return Shape.cast(range(-m, m + 1))
-
-
 def group_sum_shape(config: LUTConfig) -> Shape:
     """P = sum over a group of a * q (as MixPE's)."""
     g = config.group
     return Shape.cast(range(ACT_MIN * _MAX_LEVELS * g, ACT_MAX * _MAX_LEVELS * g + 1))
-
-
-def _scaled_shape(operand: Shape) -> Shape:
-    return signed(min(operand.width + SCALE_BITS, ACC_BITS))
 
 
 # ---------------------------------------------------------------------------
@@ -144,7 +140,7 @@ def dq_lanes_per_unit(config: LUTConfig) -> int:
     largest divisor lk of `lanes` with rows*lk <= group/4 - 1 (its walk over
     slices*rows*lk cells ends before the next group's first sum is pushed into
     the holding rings, at one plane per chunk) and slices*rows*lk <= group
-    (MixPEDQLane serves at most `group` cells)."""
+    (the group's sums are held for `group` cycles)."""
     config = _check_config(config)
     S, R, gc = config.slices, config.rows, config.group_chunks
     for lk in range(config.lanes, 0, -1):
@@ -165,14 +161,13 @@ def dq_lane_length(config: LUTConfig) -> int:
     return config.slices * config.rows * dq_lanes_per_unit(config)
 
 
-def dq_unit_config(config: LUTConfig) -> MixPEConfig:
-    """The MixPEConfig a DQ unit is built from: its cells (slice s, row r) x
-    lane l are MixPE's rows x cols, walked in row-major order; bits = 4 gives
-    the group-sum shape of LUT_MAX_PLANES-bit codes (P of any LUT format)."""
+def dq_lane_geometry(config: LUTConfig) -> DQLaneGeometry:
+    """What one DQ unit's lane walks per group: its cells (slice s, row r) x
+    lane l in row-major order over a grid lk lanes wide, one group sum P and
+    one activation sum A per cell (the block presents each as the lane reads it)."""
     config = _check_config(config)
-    return MixPEConfig(bits=LUT_MAX_PLANES, group=config.group,
-                       rows=config.slices * config.rows, cols=dq_lanes_per_unit(config),
-                       K=config.K)
+    return DQLaneGeometry(cells=dq_lane_length(config), cols=dq_lanes_per_unit(config),
+                          pg_shape=group_sum_shape(config), ag_shape=act_sum_shape(config))
 
 
 def latency(config: LUTConfig) -> int:
@@ -202,7 +197,7 @@ def precompute_share(config: LUTConfig, mode: LUTMode, tiles: int) -> float:
 # ---------------------------------------------------------------------------
 # The block
 # ---------------------------------------------------------------------------
-def _table_entries(m: Module, a) -> list:
+def _table_entries(a) -> list:
     """E[e] = a3 + (e&4 ? a2 : -a2) + (e&2 ? a1 : -a1) + (e&1 ? a0 : -a0), from
     four shared pre-sums (12 adders per row instead of 24)."""
     a0, a1, a2, a3 = a
@@ -253,64 +248,88 @@ class LUTBlock(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
+        w = self._walker_state(m)         # declared first: `adv` needs it
+        inp = self._input_side(m, w)
+        s1 = self._s1_input_registers(m, w, inp)
+        s2, table = self._s2_table(m, w, s1)
+        s3, psum, a_run = self._s3_lookup(m, w, s2, table)
+        hold = self._s4_rings(m, w, s3, psum)
+        a_hold, la_hold = self._group_hold(m, w, s3, a_run)
+        self._walk(m, w)
+        self._dq_units(m, w, s3, hold, a_hold, la_hold)
+        return m
+
+    # ---- the dequantization walker (lockstep with the DQ lanes' E0 stage:
+    # cell i of a lane, slice s = i // (rows*lk), is at E0 in cycle start+1+i) ----
+    def _walker_state(self, m):
+        """The walker's registers, `start` (a group's last Q' enters the
+        holding rings, driven in S4), the scale-due flag and `adv`, the enable
+        of every stage register."""
         cfg = self.config
-        R, L, S = cfg.rows, cfg.lanes, cfg.slices
-        lk, n_dq = dq_lanes_per_unit(cfg), cfg.lanes // dq_lanes_per_unit(cfg)
-        rl = R * lk  # cells of one DQ lane per slice
+        rl = cfg.rows * dq_lanes_per_unit(cfg)  # cells of one DQ lane per slice
+        w = SimpleNamespace(rl=rl, valid=Signal(name="w_valid"),
+                            s=Signal(count_width(cfg.slices - 1), name="w_s"),
+                            rl_idx=Signal(count_width(rl - 1), name="w_rl"),
+                            last_rl=Signal(name="w_last_rl"), start=Signal(name="start"),
+                            scale_due=Signal(name="scale_due"), adv=Signal(name="adv"))
+        m.d.comb += [
+            w.last_rl.eq(is_const(w.rl_idx, rl - 1)),
+            # the scale beat of the slice the walk enters next
+            w.scale_due.eq(w.start | (w.valid & w.last_rl & ~is_const(w.s, cfg.slices - 1))),
+            w.adv.eq((~self.result.valid | self.result.ready)
+                     & (self.scale.valid | ~w.scale_due)),
+            self.scale.ready.eq(w.adv & w.scale_due),
+        ]
+        return w
 
-        # ---- dequantization walker state (declared first: `adv` needs it) ----
-        # The walker runs in lockstep with the DQ lanes' E0 stage: cell i of a
-        # lane (slice s = i // rl, row r, lane l) is at E0 in cycle start+1+i.
-        w_valid = Signal()
-        w_s = Signal(count_width(S - 1))
-        w_rl = Signal(count_width(rl - 1))
-        w_last_rl = Signal()
-        m.d.comb += w_last_rl.eq(is_const(w_rl, rl - 1))
-        start = Signal()  # a group's last Q' enters the holding rings (S3 below)
-        scale_due = Signal()  # the scale beat of the slice the walk enters next
-        m.d.comb += scale_due.eq(start | (w_valid & w_last_rl & ~is_const(w_s, S - 1)))
+    def _walk(self, m, w):
+        """The walker's step: (slice, row x lane) of the cell at E0."""
+        cfg = self.config
+        with m.If(w.adv):
+            with m.If(w.start):
+                m.d.sync += [w.valid.eq(1), w.s.eq(0), w.rl_idx.eq(0)]
+            with m.Elif(w.valid):
+                with m.If(w.last_rl):
+                    m.d.sync += w.rl_idx.eq(0)
+                    with m.If(is_const(w.s, cfg.slices - 1)):
+                        m.d.sync += [w.valid.eq(0), w.s.eq(0)]
+                    with m.Else():
+                        m.d.sync += w.s.eq(w.s + 1)
+                with m.Else():
+                    m.d.sync += w.rl_idx.eq(w.rl_idx + 1)
 
-        adv = Signal()
-        m.d.comb += adv.eq((~self.result.valid | self.result.ready)
-                           & (self.scale.valid | ~scale_due))
-
-        # ---- input side: run-time plane count and the loop counters ----
+    # ---- input side: run-time plane count and the loop counters ----
+    def _input_side(self, m, w):
+        cfg = self.config
         in_tile = Signal()
         b_reg = Signal(3)
         bits_ok = Signal()
-        m.d.comb += bits_ok.eq(Cat(*[self.bits == b for b in LUT_PLANE_BITS]).any())
         b_cur = Signal(3)
-        m.d.comb += b_cur.eq(Mux(in_tile, b_reg, self.bits))
         i_reg = Signal(count_width(LUT_MAX_PLANES - 1))
         i_cur = Signal.like(i_reg)
         i_top = Signal.like(i_reg)  # planes - 1: the first (MSB) plane of a slice
-        m.d.comb += [i_top.eq(b_cur - 1), i_cur.eq(Mux(in_tile, i_reg, i_top))]
-        s = Signal(count_width(S - 1))
+        m.d.comb += [bits_ok.eq(Cat(*[self.bits == b for b in LUT_PLANE_BITS]).any()),
+                     b_cur.eq(Mux(in_tile, b_reg, self.bits)),
+                     i_top.eq(b_cur - 1), i_cur.eq(Mux(in_tile, i_reg, i_top))]
+        s = Signal(count_width(cfg.slices - 1))
         cg = Signal(count_width(cfg.group_chunks - 1))
         j = Signal(count_width(cfg.groups - 1))
-
-        top, last_p, newchunk, fcg, lcg, fg, lg, last_s, last_beat = (
-            Signal(name=n) for n in ("top_plane", "last_plane", "new_chunk", "first_cg",
-                                     "last_cg", "first_group", "last_group", "last_slice",
-                                     "last_beat"))
+        f = SimpleNamespace(**{n: Signal(name=n) for n in _FLAGS + ("last_beat", "fire")},
+                            b_cur=b_cur)
         m.d.comb += [
-            top.eq(i_cur == i_top),
-            last_p.eq(is_const(i_cur, 0)),
-            newchunk.eq(is_const(s, 0) & top),
-            fcg.eq(is_const(cg, 0)),
-            lcg.eq(is_const(cg, cfg.group_chunks - 1)),
-            fg.eq(is_const(j, 0)),
-            lg.eq(is_const(j, cfg.groups - 1)),
-            last_s.eq(is_const(s, S - 1)),
-            last_beat.eq(last_p & last_s & lcg & lg),
-        ]
-        fire = Signal()
-        m.d.comb += [
-            fire.eq(adv & (in_tile | bits_ok) & self.code.valid
-                    & (self.act.valid | ~newchunk)),
-            self.code.ready.eq(fire),
-            self.act.ready.eq(fire & newchunk),
-            self.scale.ready.eq(adv & scale_due),
+            f.top_plane.eq(i_cur == i_top),
+            f.last_plane.eq(is_const(i_cur, 0)),
+            f.new_chunk.eq(is_const(s, 0) & f.top_plane),
+            f.first_cg.eq(is_const(cg, 0)),
+            f.last_cg.eq(is_const(cg, cfg.group_chunks - 1)),
+            f.first_group.eq(is_const(j, 0)),
+            f.last_group.eq(is_const(j, cfg.groups - 1)),
+            f.last_slice.eq(is_const(s, cfg.slices - 1)),
+            f.last_beat.eq(f.last_plane & f.last_slice & f.last_cg & f.last_group),
+            f.fire.eq(w.adv & (in_tile | bits_ok) & self.code.valid
+                      & (self.act.valid | ~f.new_chunk)),
+            self.code.ready.eq(f.fire),
+            self.act.ready.eq(f.fire & f.new_chunk),
         ]
         # Ports are driven from internal registers (combinationally): Yosys'
         # ABC9 reintegration asserts on flip-flops that are top-level ports.
@@ -319,87 +338,105 @@ class LUTBlock(wiring.Component):
         with m.If((in_tile & (self.bits != b_reg))
                   | (~in_tile & self.code.valid & ~bits_ok)):
             m.d.sync += error.eq(1)
-        with m.If(fire):
-            m.d.sync += [in_tile.eq(~last_beat), b_reg.eq(b_cur)]
-            with m.If(last_p):
+        with m.If(f.fire):
+            m.d.sync += [in_tile.eq(~f.last_beat), b_reg.eq(b_cur)]
+            with m.If(f.last_plane):
                 m.d.sync += i_reg.eq(i_top)
-                with m.If(last_s):
+                with m.If(f.last_slice):
                     m.d.sync += s.eq(0)
-                    with m.If(lcg):
-                        m.d.sync += [cg.eq(0), j.eq(Mux(lg, 0, j + 1))]
+                    with m.If(f.last_cg):
+                        m.d.sync += [cg.eq(0), j.eq(Mux(f.last_group, 0, j + 1))]
                     with m.Else():
                         m.d.sync += cg.eq(cg + 1)
                 with m.Else():
                     m.d.sync += s.eq(s + 1)
             with m.Else():
                 m.d.sync += i_reg.eq(i_cur - 1)
+        return f
 
-        # ---- S1: input registers ----
-        NF = 8  # flags: top, last_p, newchunk, fcg, lcg, fg, lg, last_s
-        v1 = Signal()
-        idx1 = Signal(code_layout(cfg))
-        act1 = Signal(act_layout(cfg))
-        f1 = Signal(NF)
-        b1 = Signal(3)
-        with m.If(adv):
-            m.d.sync += v1.eq(fire)
-            with m.If(fire):
-                m.d.sync += [idx1.eq(self.code.payload), b1.eq(b_cur),
-                             f1.eq(Cat(top, last_p, newchunk, fcg, lcg, fg, lg, last_s))]
-                with m.If(newchunk):
-                    m.d.sync += act1.eq(self.act.payload)
+    @staticmethod
+    def _stage(m, w, prev, name):
+        """Stage `name`'s valid, code indices, flags and plane count: `prev`'s,
+        one advance later."""
+        st = SimpleNamespace(valid=Signal(name=f"v_{name}"), flags=Signal(len(_FLAGS),
+                             name=f"flags_{name}"), bits=Signal(3, name=f"bits_{name}"))
+        with m.If(w.adv):
+            m.d.sync += [st.valid.eq(prev.valid), st.flags.eq(prev.flags),
+                         st.bits.eq(prev.bits)]
+        return st
 
-        # ---- S2: table build (act1 holds the current chunk until the next
-        # chunk's first beat, so copying every cycle is exact) ----
-        v2 = Signal()
-        idx2 = Signal(code_layout(cfg))
-        f2 = Signal(NF)
-        b2 = Signal(3)
+    def _s1_input_registers(self, m, w, f):
+        cfg = self.config
+        s1 = SimpleNamespace(valid=Signal(name="v_s1"), idx=Signal(code_layout(cfg)),
+                             act=Signal(act_layout(cfg)), flags=Signal(len(_FLAGS)),
+                             bits=Signal(3))
+        with m.If(w.adv):
+            m.d.sync += s1.valid.eq(f.fire)
+            with m.If(f.fire):
+                m.d.sync += [s1.idx.eq(self.code.payload), s1.bits.eq(f.b_cur),
+                             s1.flags.eq(Cat(*[getattr(f, n) for n in _FLAGS]))]
+                with m.If(f.new_chunk):
+                    m.d.sync += s1.act.eq(self.act.payload)
+        return s1
+
+    def _s2_table(self, m, w, s1):
+        """S2: table build (the act register holds the current chunk until the
+        next chunk's first beat, so copying every cycle is exact)."""
+        cfg = self.config
+        s2 = self._stage(m, w, s1, "s2")
+        s2.idx = Signal(code_layout(cfg))
         table = [[Signal(entry_shape(), name=f"table_{r}_{e}") for e in range(LUT_STORED_ENTRIES)]
-                 for r in range(R)]
-        with m.If(adv):
-            m.d.sync += [v2.eq(v1), idx2.eq(idx1), f2.eq(f1), b2.eq(b1)]
-            for r in range(R):
-                ents = _table_entries(m, [act1[LUT_K_CHUNK * r + t] for t in range(LUT_K_CHUNK)])
+                 for r in range(cfg.rows)]
+        with m.If(w.adv):
+            m.d.sync += s2.idx.eq(s1.idx)
+            for r in range(cfg.rows):
+                ents = _table_entries([s1.act[LUT_K_CHUNK * r + t] for t in range(LUT_K_CHUNK)])
                 m.d.sync += [table[r][e].eq(ents[e]) for e in range(LUT_STORED_ENTRIES)]
-        top2, new2, fcg2 = f2[0], f2[2], f2[3]
+        return s2, table
 
-        # ---- S3: lookup through the symmetry, Horner over the planes. The
-        # negation of -E is folded into the Horner adder: -E = ~E + 1, and the
-        # +1 fills the free LSB of 2*psum (no separate negator) ----
-        v3 = Signal()
-        f3 = Signal(NF)
-        b3 = Signal(3)
+    def _s3_lookup(self, m, w, s2, table):
+        """S3: lookup through the symmetry, Horner over the planes. The
+        negation of -E is folded into the Horner adder: -E = ~E + 1, and the
+        +1 fills the free LSB of 2*psum (no separate negator). A_run sums the
+        group's A = E[7] = a3 + a2 + a1 + a0 of each chunk."""
+        cfg = self.config
+        R, L = cfg.rows, cfg.lanes
+        top, new, fcg = (s2.flags[_FLAGS.index(n)] for n in ("top_plane", "new_chunk",
+                                                            "first_cg"))
+        s3 = self._stage(m, w, s2, "s3")
         psum = [[Signal(psum_shape(), name=f"psum_{r}_{l}") for l in range(L)] for r in range(R)]
         a_run = [Signal(act_sum_shape(cfg), name=f"a_run_{r}") for r in range(R)]
-        with m.If(adv):
-            m.d.sync += [v3.eq(v2), f3.eq(f2), b3.eq(b2)]
         for l in range(L):
-            ix = idx2[l]
+            ix = s2.idx[l]
             pos = ix[LUT_K_CHUNK - 1]
             sel = Signal(3, name=f"sel_{l}")
             m.d.comb += sel.eq(ix[:LUT_K_CHUNK - 1] ^ Mux(pos, 0, LUT_STORED_ENTRIES - 1))
             for r in range(R):
-                ent = _select(m, sel, table[r], entry_shape(), f"ent_{r}_{l}")
-                twice = Cat(~pos, Mux(top2, 0, psum[r][l])).as_signed()  # 2*psum (+1)
-                with m.If(adv & v2):
+                ent = wire(m, select(sel, table[r]), f"ent_{r}_{l}")
+                twice = Cat(~pos, Mux(top, 0, psum[r][l])).as_signed()  # 2*psum (+1)
+                with m.If(w.adv & s2.valid):
                     m.d.sync += psum[r][l].eq(twice + Mux(pos, ent, ~ent))
         for r in range(R):
-            with m.If(adv & v2 & new2):
-                m.d.sync += a_run[r].eq(Mux(fcg2, 0, a_run[r]) + table[r][LUT_STORED_ENTRIES - 1])
-        last3, fcg3, lcg3, fg3, lg3, ls3 = f3[1], f3[3], f3[4], f3[5], f3[6], f3[7]
+            with m.If(w.adv & s2.valid & new):
+                m.d.sync += a_run[r].eq(Mux(fcg, 0, a_run[r]) + table[r][LUT_STORED_ENTRIES - 1])
+        return s3, psum, a_run
 
-        # ---- S4: Q' of a group in a ring per (row, lane); in the group's last
-        # chunk the finished sums are also pushed into the holding ring `hold`
-        # (slice s at its head after the last push + s shifts). The DQ walk
-        # reads the head and shifts it once per slice (shifting in don't-care
-        # values: the next group's pushes refill it), so both rings are plain
-        # SRL shift registers (no reset, no taps, no feedback mux). ----
+    def _s4_rings(self, m, w, s3, psum):
+        """S4: Q' of a group in a ring per (row, lane); in the group's last
+        chunk the finished sums are also pushed into the holding ring (slice s
+        at its head after the last push + s shifts). The walk reads the head
+        and shifts it once per slice (shifting in don't-care values: the next
+        group's pushes refill it), so both rings are plain SRL shift registers
+        (no reset, no taps, no feedback mux). Returns the holding rings' heads."""
+        cfg = self.config
+        R, L, S = cfg.rows, cfg.lanes, cfg.slices
+        last, fcg, lcg, ls = (s3.flags[_FLAGS.index(n)] for n in ("last_plane", "first_cg",
+                                                                  "last_cg", "last_slice"))
         slice_done = Signal()
         hold_shift = Signal()
-        m.d.comb += [slice_done.eq(adv & v3 & last3),
-                     start.eq(v3 & last3 & lcg3 & ls3),
-                     hold_shift.eq((slice_done & lcg3) | (adv & w_valid & w_last_rl))]
+        m.d.comb += [slice_done.eq(w.adv & s3.valid & last),
+                     w.start.eq(s3.valid & last & lcg & ls),
+                     hold_shift.eq((slice_done & lcg) | (w.adv & w.valid & w.last_rl))]
         hold = [[None] * L for _ in range(R)]
         for r in range(R):
             for l in range(L):
@@ -408,7 +445,7 @@ class LUTBlock(wiring.Component):
                 hring = [Signal(odd_sum_shape(cfg), name=f"qhold_{r}_{l}_{k}", reset_less=True)
                          for k in range(S)]
                 qnew = Signal(odd_sum_shape(cfg), name=f"qnew_{r}_{l}")
-                m.d.comb += qnew.eq(Mux(fcg3, 0, ring[0]) + psum[r][l])
+                m.d.comb += qnew.eq(Mux(fcg, 0, ring[0]) + psum[r][l])
                 with m.If(slice_done):
                     m.d.sync += [ring[k].eq(ring[k + 1]) for k in range(S - 1)]
                     m.d.sync += ring[S - 1].eq(qnew)
@@ -416,75 +453,74 @@ class LUTBlock(wiring.Component):
                     m.d.sync += [hring[k].eq(hring[k + 1]) for k in range(S - 1)]
                     m.d.sync += hring[S - 1].eq(qnew)
                 hold[r][l] = hring[0]
+        return hold
 
-        # A and L*A of the finished group, held for the walk (one per row).
-        a_hold = [Signal(act_sum_shape(cfg), name=f"a_hold_{r}") for r in range(R)]
-        la_hold = [Signal(_la_shape(cfg), name=f"la_hold_{r}") for r in range(R)]
-        with m.If(adv & start):
-            for r in range(R):
-                # L*A = (A << bits) - A; bits is one of LUT_PLANE_BITS
-                la = _select(m, b3, [(a_run[r] << b) - a_run[r] if b in LUT_PLANE_BITS else 0
-                                     for b in range(LUT_MAX_PLANES + 1)],
-                             _la_shape(cfg), f"la_sel_{r}")
+    def _group_hold(self, m, w, s3, a_run):
+        """A and L*A of the finished group, held for the walk (one per row)."""
+        cfg = self.config
+        a_hold = [Signal(act_sum_shape(cfg), name=f"a_hold_{r}") for r in range(cfg.rows)]
+        la_hold = [Signal(odd_sum_shape(cfg), name=f"la_hold_{r}") for r in range(cfg.rows)]
+        for r in range(cfg.rows):
+            # L*A = (A << bits) - A; bits is one of LUT_PLANE_BITS (a tile
+            # never starts with another), so index 0 is never selected.
+            la = Signal(odd_sum_shape(cfg), name=f"la_sel_{r}")
+            m.d.comb += la.eq(select(s3.bits, [(a_run[r] << b) - a_run[r]
+                                               if b in LUT_PLANE_BITS else 0
+                                               for b in range(LUT_MAX_PLANES + 1)]))
+            with m.If(w.adv & w.start):
                 m.d.sync += [a_hold[r].eq(a_run[r]), la_hold[r].eq(la)]
+        return a_hold, la_hold
 
-        # ---- the walk: E0 of cell (s, r, l) reads the holding ring, forms
-        # P = (Q' + L*A) >> 1 (exact: the sum is even) and registers it for E1 ----
+    def _dq_units(self, m, w, s3, hold, a_hold, la_hold):
+        """The walk's E0: cell (s, r, l) reads its holding ring, forms
+        P = (Q' + L*A) >> 1 (exact: the sum is even) and registers it for the
+        unit's DQ lane (E1..E3), which writes the result register."""
+        cfg = self.config
+        R, L, S = cfg.rows, cfg.lanes, cfg.slices
+        lk, rl = dq_lanes_per_unit(cfg), w.rl
+        fg, lg = (s3.flags[_FLAGS.index(n)] for n in ("first_group", "last_group"))
         scale_reg = Signal(scale_layout(cfg))
-        with m.If(adv & scale_due):
+        with m.If(w.adv & w.scale_due):
             m.d.sync += scale_reg.eq(self.scale.payload)
-        with m.If(adv):
-            with m.If(start):
-                m.d.sync += [w_valid.eq(1), w_s.eq(0), w_rl.eq(0)]
-            with m.Elif(w_valid):
-                with m.If(w_last_rl):
-                    m.d.sync += w_rl.eq(0)
-                    with m.If(is_const(w_s, S - 1)):
-                        m.d.sync += [w_valid.eq(0), w_s.eq(0)]
-                    with m.Else():
-                        m.d.sync += w_s.eq(w_s + 1)
-                with m.Else():
-                    m.d.sync += w_rl.eq(w_rl + 1)
         w_r = Signal(count_width(R - 1))
         w_l = Signal(count_width(lk - 1))
         if lk & (lk - 1) == 0:
-            m.d.comb += [w_l.eq(w_rl[:count_width(lk - 1)] if lk > 1 else 0),
-                         w_r.eq(w_rl >> (lk.bit_length() - 1))]
+            m.d.comb += [w_l.eq(w.rl_idx[:count_width(lk - 1)] if lk > 1 else 0),
+                         w_r.eq(w.rl_idx >> (lk.bit_length() - 1))]
         else:
-            m.d.comb += [w_l.eq(w_rl % lk), w_r.eq(w_rl // lk)]
-        la_cur = _select(m, w_r, la_hold, _la_shape(cfg), "la_cur")
-        a_cur = _select(m, w_r, a_hold, act_sum_shape(cfg), "a_cur")
+            m.d.comb += [w_l.eq(w.rl_idx % lk), w_r.eq(w.rl_idx // lk)]
+        la_cur = wire(m, select(w_r, la_hold), "la_cur")
+        a_cur = wire(m, select(w_r, a_hold), "a_cur")
 
         out_valid = Signal()
         out = Signal(result_layout(cfg))
         m.d.comb += [self.result.valid.eq(out_valid), self.result.payload.eq(out)]
         with m.If(self.result.valid & self.result.ready):
             m.d.sync += out_valid.eq(0)
-        fake = dq_unit_config(cfg)
-        for u in range(n_dq):
-            q_cur = _select(m, w_rl, [hold[r][u * lk + l] for r in range(R) for l in range(lk)],
-                            odd_sum_shape(cfg), f"q_cur_{u}")
+        geometry = dq_lane_geometry(cfg)
+        for u in range(dq_units(cfg)):
+            q_cur = wire(m, select(w.rl_idx, [hold[r][u * lk + l] for r in range(R)
+                                              for l in range(lk)]), f"q_cur_{u}")
             pg = Signal(group_sum_shape(cfg), name=f"pg_{u}")
             ag = Signal(act_sum_shape(cfg), name=f"ag_{u}")
-            with m.If(adv):
+            with m.If(w.adv):
                 m.d.sync += [pg.eq((q_cur + la_cur) >> 1), ag.eq(a_cur)]
-            lane = MixPEDQLane(fake, cells=dq_lane_cells(fake)[0])
+            lane = DQLane(geometry)
             # The whole block freezes under back-pressure, the lane included.
-            m.submodules[f"dq_{u}"] = EnableInserter(adv)(lane)
-            m.d.comb += [lane.start.eq(start), lane.first_group.eq(fg3),
-                         lane.last_group.eq(lg3)]
+            m.submodules[f"dq_{u}"] = EnableInserter(w.adv)(lane)
+            m.d.comb += [lane.start.eq(w.start), lane.first_group.eq(fg),
+                         lane.last_group.eq(lg)]
             # Every input is presented when the lane reads it (E0: the slice's
             # scales; E1: this cell's P and A), so its own selects see one value.
             m.d.comb += [lane.scale[l].eq(scale_reg[u * lk + l]) for l in range(lk)]
-            m.d.comb += [lane.pg[i].eq(pg) for i in range(len(lane.cells))]
-            m.d.comb += [lane.ag[i].eq(ag) for i in range(len(lane.rows))]
+            m.d.comb += [lane.pg[i].eq(pg) for i in range(geometry.cells)]
+            m.d.comb += [lane.ag[i].eq(ag) for i in range(geometry.rows)]
             for r in range(R):
                 for l in range(lk):
                     en = Cat(*[lane.wr_en[sl * rl + r * lk + l] for sl in range(S)]).any()
-                    with m.If(adv & en):
+                    with m.If(w.adv & en):
                         m.d.sync += out[r * L + u * lk + l].eq(lane.wr_data)
             if u == 0:
                 done = Cat(*[lane.wr_en[sl * rl + rl - 1] for sl in range(S)]).any()
-                with m.If(adv & done):
+                with m.If(w.adv & done):
                     m.d.sync += out_valid.eq(1)
-        return m

@@ -31,14 +31,15 @@ from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from golden.formats import ACC_BITS, ACT_BITS, SCALE_BITS, ACT_MIN, ACT_MAX
+from golden.formats import ACC_BITS, ACT_BITS, ACT_MIN, ACT_MAX
 
 from golden.mixpe_config import MixPEConfig
 
 from .streams import (SYSTEM_OVERHEAD, LoadPort, NestedAddressGenerator, PreloadedMemory,
                       RunControl)
 
-from .rtl import count_width, is_const, tree_sum
+from .dq_lane import SCALE_PAIR, DQLane, DQLaneGeometry
+from .rtl import count_width, is_const, select, tree_sum, wire
 
 __all__ = [
     "PIPELINE_LATENCY", "system_cycle_model", "MixPECell", "MixPEDQLane",
@@ -73,11 +74,8 @@ def code_layout(config: MixPEConfig) -> data.ArrayLayout:
     return data.ArrayLayout(unsigned(config.bits), config.cols)
 
 
-_SCALE_PAIR = data.StructLayout({"s2": unsigned(SCALE_BITS), "zs2": unsigned(SCALE_BITS)})
-
-
 def scale_layout(config: MixPEConfig) -> data.ArrayLayout:
-    return data.ArrayLayout(_SCALE_PAIR, config.cols)
+    return data.ArrayLayout(SCALE_PAIR, config.cols)
 
 
 def result_layout(config: MixPEConfig) -> data.ArrayLayout:
@@ -99,13 +97,6 @@ def act_sum_shape(config: MixPEConfig) -> Shape:
     """A: sum of `group` activations."""
     g = config.group
     return Shape.cast(range(ACT_MIN * g, ACT_MAX * g + 1))
-
-
-def _scaled_shape(operand: Shape) -> Shape:
-    """unsigned(SCALE_BITS) x operand, capped at the accumulator width (acc wraps
-    mod 2**ACC_BITS, so bits above it never matter)."""
-    width = min(operand.width + SCALE_BITS, ACC_BITS)
-    return signed(width)
 
 
 # ---------------------------------------------------------------------------
@@ -161,21 +152,6 @@ def system_cycle_model(config: MixPEConfig, m_tiles: int, n_tiles: int) -> int:
     (hdl.streams.SYSTEM_OVERHEAD: the preloaded memories' start and first read)."""
     config = _check_config(config)
     return cycle_model(config, m_tiles * n_tiles) + SYSTEM_OVERHEAD
-
-
-def _select(m: Module, index, values, shape, name: str):
-    """values[index] as a mux (the last value also covers out-of-range indices)."""
-    out = Signal(shape, name=name)
-    if len(values) == 1:
-        m.d.comb += out.eq(values[0])
-        return out
-    with m.Switch(index):
-        for i, v in enumerate(values[:-1]):
-            with m.Case(i):
-                m.d.comb += out.eq(v)
-        with m.Default():
-            m.d.comb += out.eq(values[-1])
-    return out
 
 
 # ---------------------------------------------------------------------------
@@ -256,30 +232,15 @@ class _RowActSum(wiring.Component):
 # ---------------------------------------------------------------------------
 # One time-shared dequantization lane
 # ---------------------------------------------------------------------------
-class MixPEDQLane(wiring.Component):
-    """Dequantizes and accumulates the group sums of a fixed run of PEs, one PE
-    per cycle: acc[i] += s2[n_i] * Pg[i] - zs2[n_i] * Ag[m_i].
+class MixPEDQLane(DQLane):
+    """The DQLane (hdl.dq_lane) of a run of PEs: dequantizes and accumulates
+    their group sums, one PE per cycle: acc[i] += s2[n_i] * Pg[i] - zs2[n_i] * Ag[m_i].
 
     `cells` is a run of PEs (m, n) consecutive in row-major order (as
-    `dq_lane_cells` makes them), at most `group` long. The lane sees only the
-    columns and rows its PEs use: `lane.cols` / `lane.rows` list them, and
-    `scale[j]` / `ag[j]` carry column `lane.cols[j]` / row `lane.rows[j]`.
-
-    Ports (cycle s = the `start` cycle; PE i is handled in E0..E3 at s+1+i ..
-    s+4+i):
-      start        In(1)   a group's sums arrive: Pg/Ag valid from s+2, scale
-                           from s+1, each held for `group` cycles
-      first_group, last_group  In(1), sampled at start
-      scale        In      {s2, zs2} of the lane's columns (E0 reads them)
-      pg           In      Pg of the lane's PEs, in `cells` order (E1)
-      ag           In      Ag of the lane's rows (E1)
-      wr_data      Out     acc of PE i in E3 (s+4+i)
-      wr_en        Out     one bit per PE: write wr_data into that PE's output
-                           register (E3 of a tile's last group)
-      done         Out(1)  E3 of the lane's last PE in a tile's last group
-    The int32 accumulators form a ring shift register (no reset, no taps, so it
-    maps to SRL shift registers); the multiplies have registered operands and
-    products, the DSP48E2 A/B -> M pipeline.
+    `dq_lane_cells` makes them), at most `group` long (a group's sums are held
+    for `group` cycles). The lane sees only the columns and rows its PEs use:
+    `lane.cols` / `lane.rows` list them, and `scale[j]` / `ag[j]` carry column
+    `lane.cols[j]` / row `lane.rows[j]`; `pg[i]` is the Pg of `cells[i]`.
     """
 
     def __init__(self, config: MixPEConfig, *, cells):
@@ -295,109 +256,24 @@ class MixPEDQLane(wiring.Component):
         self.cells = cells
         self.cols = tuple(sorted({c for _, c in cells}))
         self.rows = tuple(sorted({r for r, _ in cells}))
-        # Local column index: a counter mod len(cols) from col_start; it wraps
-        # exactly where the row changes (the largest used column is cols-1
-        # whenever the run wraps), checked here against the cell list.
-        self._col_start = self.cols.index(cells[0][1])
-        lc, lr = self._col_start, 0
-        for r, c in cells:
-            assert (self.cols[lc], self.rows[lr]) == (c, r), "lane walk does not match cells"
-            lc, lr = (0, lr + 1) if lc == len(self.cols) - 1 else (lc + 1, lr)
-        super().__init__({
-            "start": In(1),
-            "first_group": In(1),
-            "last_group": In(1),
-            "scale": In(data.ArrayLayout(_SCALE_PAIR, len(self.cols))),
-            "pg": In(data.ArrayLayout(group_sum_shape(cfg), len(cells))),
-            "ag": In(data.ArrayLayout(act_sum_shape(cfg), len(self.rows))),
-            "wr_data": Out(signed(ACC_BITS)),
-            "wr_en": Out(len(cells)),
-            "done": Out(1),
-        })
-
-    def elaborate(self, platform):
-        m = Module()
-        cfg = self.config
-        n = len(self.cells)
-        ncols, nrows = len(self.cols), len(self.rows)
-
-        # E0: walk the PEs; select the column's scales.
-        e0_valid = Signal()
-        e0_idx = Signal(count_width(n - 1))
-        e0_lc = Signal(count_width(ncols - 1))
-        e0_lr = Signal(count_width(nrows - 1))
-        # The group flags travel with the PE through E0..E3: the next group may
-        # start while this one's last PEs are still in E1..E3.
-        e0_fg, e0_lg = Signal(), Signal()
-        with m.If(self.start):
-            m.d.sync += [e0_valid.eq(1), e0_idx.eq(0), e0_lc.eq(self._col_start),
-                         e0_lr.eq(0), e0_fg.eq(self.first_group), e0_lg.eq(self.last_group)]
-        with m.Elif(e0_valid):
-            m.d.sync += e0_idx.eq(e0_idx + 1)
-            with m.If(is_const(e0_idx, n - 1)):
-                m.d.sync += e0_valid.eq(0)
-            with m.If(is_const(e0_lc, ncols - 1)):
-                m.d.sync += [e0_lc.eq(0), e0_lr.eq(e0_lr + 1)]
-            with m.Else():
-                m.d.sync += e0_lc.eq(e0_lc + 1)
-        s2_sel = _select(m, e0_lc, [self.scale[j].s2 for j in range(ncols)],
-                         unsigned(SCALE_BITS), "s2_sel")
-        zs2_sel = _select(m, e0_lc, [self.scale[j].zs2 for j in range(ncols)],
-                          unsigned(SCALE_BITS), "zs2_sel")
-        s2_r = Signal(unsigned(SCALE_BITS))
-        zs2_r = Signal(unsigned(SCALE_BITS))
-        e1_valid = Signal()
-        e1_idx = Signal.like(e0_idx)
-        e1_lr = Signal.like(e0_lr)
-        e1_fg, e1_lg = Signal(), Signal()
-        m.d.sync += [s2_r.eq(s2_sel), zs2_r.eq(zs2_sel),
-                     e1_valid.eq(e0_valid), e1_idx.eq(e0_idx), e1_lr.eq(e0_lr),
-                     e1_fg.eq(e0_fg), e1_lg.eq(e0_lg)]
-
-        # E1: the PE's group sum and its row's activation sum (multiplier operands).
-        pg_sel = _select(m, e1_idx, [self.pg[i] for i in range(n)], group_sum_shape(cfg),
-                         "pg_sel")
-        ag_sel = _select(m, e1_lr, [self.ag[j] for j in range(nrows)], act_sum_shape(cfg),
-                         "ag_sel")
-        op_p = Signal(group_sum_shape(cfg))
-        op_a = Signal(act_sum_shape(cfg))
-        op_s2 = Signal(unsigned(SCALE_BITS))
-        op_zs2 = Signal(unsigned(SCALE_BITS))
-        e2_valid = Signal()
-        e2_idx = Signal.like(e0_idx)
-        e2_fg, e2_lg = Signal(), Signal()
-        m.d.sync += [op_p.eq(pg_sel), op_a.eq(ag_sel), op_s2.eq(s2_r), op_zs2.eq(zs2_r),
-                     e2_valid.eq(e1_valid), e2_idx.eq(e1_idx), e2_fg.eq(e1_fg),
-                     e2_lg.eq(e1_lg)]
-
-        # E2: the two dequantization products (registered: DSP48E2 M registers).
-        mP = Signal(_scaled_shape(group_sum_shape(cfg)))
-        mA = Signal(_scaled_shape(act_sum_shape(cfg)))
-        e3_valid = Signal()
-        e3_idx = Signal.like(e0_idx)
-        e3_fg, e3_lg = Signal(), Signal()
-        m.d.sync += [mP.eq(op_s2 * op_p), mA.eq(op_zs2 * op_a),
-                     e3_valid.eq(e2_valid), e3_idx.eq(e2_idx), e3_fg.eq(e2_fg),
-                     e3_lg.eq(e2_lg)]
-
-        # E3: int32 accumulation (wraps) through the ring of accumulators: the
-        # head is PE i's sum because every group pushes exactly n values.
-        ring = [Signal(signed(ACC_BITS), name=f"acc_{i}", reset_less=True) for i in range(n)]
-        m.d.comb += self.wr_data.eq(Mux(e3_fg, 0, ring[0]) + mP - mA)
-        with m.If(e3_valid):
-            m.d.sync += [ring[i].eq(ring[i + 1]) for i in range(n - 1)]
-            m.d.sync += ring[n - 1].eq(self.wr_data)
-        for i in range(n):
-            m.d.comb += self.wr_en[i].eq(e3_valid & e3_lg & is_const(e3_idx, i))
-        m.d.comb += self.done.eq(self.wr_en[n - 1])
-        return m
+        # The lane's walk is row-major over its own columns: it wraps exactly
+        # where the row changes (the largest used column is cols-1 whenever the
+        # run wraps), checked here against the cell list.
+        geometry = DQLaneGeometry(cells=len(cells), cols=len(self.cols),
+                                  col_start=self.cols.index(cells[0][1]),
+                                  pg_shape=group_sum_shape(cfg), ag_shape=act_sum_shape(cfg))
+        walk = [divmod(geometry.col_start + i, geometry.cols) for i in range(len(cells))]
+        assert geometry.rows == len(self.rows) and all(
+            (self.rows[lr], self.cols[lc]) == cell for (lr, lc), cell in zip(walk, cells)), \
+            "lane walk does not match cells"
+        super().__init__(geometry)
 
 
 # ---------------------------------------------------------------------------
 # The array
 # ---------------------------------------------------------------------------
 class MixPE(wiring.Component):
-    """rows x cols MixPE array with stream interfaces (see the team contract):
+    """rows x cols MixPE array with stream interfaces:
 
       act    : In(stream of ArrayLayout(signed(8), rows))       one beat per k
       code   : In(stream of ArrayLayout(unsigned(bits), cols))  one beat per k
@@ -421,90 +297,100 @@ class MixPE(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        cfg = self.config
+        claimed = Signal()   # output bank reserved by a tile whose last beat is in
+        pos = self._input_side(m, claimed)
+        s1 = self._input_registers(m, pos)
+        scale_dq = self._scales(m, pos, s1)
+        row_sums, cells = self._datapath(m, s1)
+        bank, done = self._dq_lanes(m, s1, scale_dq, row_sums, cells)
+        self._output_bank(m, pos, claimed, bank, done)
+        return m
 
-        # ---- input side: position counters and the fire condition ----
+    def _input_side(self, m, claimed):
+        """Position counters (k in group, group in tile) and the fire condition."""
+        cfg = self.config
         k_in_group = Signal(count_width(cfg.group - 1))
         group_idx = Signal(count_width(cfg.groups - 1))
-        first_k, last_k, first_group, last_group = (Signal(name=n) for n in
-                                                    ("first_k", "last_k", "first_group", "last_group"))
+        pos = {n: Signal(name=n) for n in ("first_k", "last_k", "first_group", "last_group",
+                                           "fire")}
         m.d.comb += [
-            first_k.eq(is_const(k_in_group, 0)),
-            last_k.eq(is_const(k_in_group, cfg.group - 1)),
-            first_group.eq(is_const(group_idx, 0)),
-            last_group.eq(is_const(group_idx, cfg.groups - 1)),
+            pos["first_k"].eq(is_const(k_in_group, 0)),
+            pos["last_k"].eq(is_const(k_in_group, cfg.group - 1)),
+            pos["first_group"].eq(is_const(group_idx, 0)),
+            pos["last_group"].eq(is_const(group_idx, cfg.groups - 1)),
         ]
-
-        claimed = Signal()   # output bank reserved by a tile whose last beat is in
-        fire = Signal()
+        fire = pos["fire"]
         m.d.comb += [
             fire.eq(self.act.valid & self.code.valid
-                    & (self.scale.valid | ~first_k)
-                    & ~(last_k & last_group & claimed)),
+                    & (self.scale.valid | ~pos["first_k"])
+                    & ~(pos["last_k"] & pos["last_group"] & claimed)),
             self.act.ready.eq(fire),
             self.code.ready.eq(fire),
-            self.scale.ready.eq(fire & first_k),
+            self.scale.ready.eq(fire & pos["first_k"]),
         ]
         with m.If(fire):
-            with m.If(last_k):
+            with m.If(pos["last_k"]):
                 m.d.sync += [k_in_group.eq(0),
-                             group_idx.eq(Mux(last_group, 0, group_idx + 1))]
+                             group_idx.eq(Mux(pos["last_group"], 0, group_idx + 1))]
             with m.Else():
                 m.d.sync += k_in_group.eq(k_in_group + 1)
+        return pos
 
-        # ---- S1: input registers and the control pipeline ----
-        a1 = Signal(act_layout(cfg))
-        q1 = Signal(code_layout(cfg))
-        v1, first1, last1, fg1, lg1 = (Signal(name=f"{n}_s1") for n in
-                                       ("valid", "first_k", "last_k", "first_group", "last_group"))
-        m.d.sync += [v1.eq(fire), first1.eq(first_k), last1.eq(last_k),
-                     fg1.eq(first_group), lg1.eq(last_group)]
-        with m.If(fire):
-            m.d.sync += [a1.eq(self.act.payload), q1.eq(self.code.payload)]
-        # S2 (pp registered in the cells): P/A accumulate strobes.
-        v2, first2, last2 = (Signal(name=f"{n}_s2") for n in ("valid", "first_k", "last_k"))
-        m.d.sync += [v2.eq(v1), first2.eq(first1), last2.eq(last1)]
+    def _input_registers(self, m, pos):
+        """S1: operand registers and the control pipeline (S1, and S2 for the
+        P/A accumulate strobes; pp itself is registered in the cells)."""
+        cfg = self.config
+        s1 = {"a": Signal(act_layout(cfg), name="a_s1"), "q": Signal(code_layout(cfg), name="q_s1")}
+        flags = ("first_k", "last_k", "first_group", "last_group")
+        s1.update({n: Signal(name=f"{n}_s1") for n in ("valid",) + flags})
+        m.d.sync += [s1["valid"].eq(pos["fire"])] + [s1[n].eq(pos[n]) for n in flags]
+        with m.If(pos["fire"]):
+            m.d.sync += [s1["a"].eq(self.act.payload), s1["q"].eq(self.code.payload)]
+        for n in ("valid", "first_k", "last_k"):
+            s1[f"{n}_s2"] = Signal(name=f"{n}_s2")
+            m.d.sync += s1[f"{n}_s2"].eq(s1[n])
+        # The lanes start in S1 of a group's last beat.
+        s1["dq_start"] = Signal(name="dq_start")
+        m.d.comb += s1["dq_start"].eq(s1["valid"] & s1["last_k"])
+        return s1
 
-        # Scales: `scale_in` holds the group being accumulated; in S1 of the
-        # group's last beat (before the next group's first beat can overwrite
-        # it) it moves to `scale_dq`, which the lanes read while they walk.
+    def _scales(self, m, pos, s1):
+        """`scale_in` holds the group being accumulated; in S1 of the group's
+        last beat (before the next group's first beat can overwrite it) it moves
+        to `scale_dq`, which the lanes read while they walk."""
+        cfg = self.config
         scale_in = Signal(scale_layout(cfg))
         scale_dq = Signal(scale_layout(cfg))
-        with m.If(fire & first_k):
+        with m.If(pos["fire"] & pos["first_k"]):
             m.d.sync += scale_in.eq(self.scale.payload)
-        dq_start = Signal()
-        m.d.comb += dq_start.eq(v1 & last1)
-        with m.If(dq_start):
+        with m.If(s1["dq_start"]):
             m.d.sync += scale_dq.eq(scale_in)
+        return scale_dq
 
-        # ---- datapath: one shared A per row, one multiplier-free cell per (m, n) ----
+    def _datapath(self, m, s1):
+        """One shared A per row, one multiplier-free cell per (m, n)."""
+        cfg = self.config
+        strobes = lambda unit: [unit.p_en.eq(s1["valid_s2"]), unit.p_first.eq(s1["first_k_s2"]),
+                                unit.p_last.eq(s1["last_k_s2"])]
         row_sums = []
         for r in range(cfg.rows):
             rs = _RowActSum(cfg)
             m.submodules[f"asum_{r}"] = rs
-            m.d.comb += [rs.a.eq(a1[r]), rs.p_en.eq(v2), rs.p_first.eq(first2),
-                         rs.p_last.eq(last2)]
+            m.d.comb += [rs.a.eq(s1["a"][r])] + strobes(rs)
             row_sums.append(rs)
-
         cells = [[None] * cfg.cols for _ in range(cfg.rows)]
         for r in range(cfg.rows):
             for c in range(cfg.cols):
-                cell = MixPECell(cfg)
+                cells[r][c] = cell = MixPECell(cfg)
                 m.submodules[f"pe_{r}_{c}"] = cell
-                cells[r][c] = cell
-                m.d.comb += [
-                    cell.a.eq(a1[r]), cell.q.eq(q1[c]),
-                    cell.p_en.eq(v2), cell.p_first.eq(first2), cell.p_last.eq(last2),
-                ]
+                m.d.comb += [cell.a.eq(s1["a"][r]), cell.q.eq(s1["q"][c])] + strobes(cell)
+        return row_sums, cells
 
-        # ---- output bank: rows x cols int32 registers, each written by its
-        # lane's enable (no input mux); the result stream reads one row per
-        # beat through a row multiplexer (cheaper in LUTs than a shift chain,
-        # whose every bit would need a load-or-shift mux) ----
-        out_valid = Signal()
-        out_row = Signal(count_width(cfg.rows - 1))
-        xfer = self.result.valid & self.result.ready
-        last_row = is_const(out_row, cfg.rows - 1)
+    def _dq_lanes(self, m, s1, scale_dq, row_sums, cells):
+        """The DQ lanes and the output bank (rows x cols int32 registers), each
+        register written by its lane's enable (no input mux). Returns the bank
+        and the strobe of its last write."""
+        cfg = self.config
         bank = [[Signal(signed(ACC_BITS), name=f"out_{r}_{c}") for c in range(cfg.cols)]
                 for r in range(cfg.rows)]
         lanes = []
@@ -512,34 +398,43 @@ class MixPE(wiring.Component):
             lane = MixPEDQLane(cfg, cells=lane_cells)
             m.submodules[f"dq_{li}"] = lane
             lanes.append(lane)
-            m.d.comb += [lane.start.eq(dq_start), lane.first_group.eq(fg1),
-                         lane.last_group.eq(lg1)]
+            m.d.comb += [lane.start.eq(s1["dq_start"]), lane.first_group.eq(s1["first_group"]),
+                         lane.last_group.eq(s1["last_group"])]
             m.d.comb += [lane.scale[j].eq(scale_dq[c]) for j, c in enumerate(lane.cols)]
             m.d.comb += [lane.ag[j].eq(row_sums[r].Ag) for j, r in enumerate(lane.rows)]
             for i, (r, c) in enumerate(lane_cells):
                 m.d.comb += lane.pg[i].eq(cells[r][c].Pg)
-                # A tile finishes only into a drained bank (the claim below),
-                # so a write never overwrites a result still to be read.
+                # A tile finishes only into a drained bank (the claim), so a
+                # write never overwrites a result still to be read.
                 with m.If(lane.wr_en[i]):
                     m.d.sync += bank[r][c].eq(lane.wr_data)
         # Lane 0 is (one of) the longest: its last write completes the bank.
-        load = lanes[0].done
+        return bank, lanes[0].done
+
+    def _output_bank(self, m, pos, claimed, bank, done):
+        """The result stream reads the bank one row per beat through a row
+        multiplexer (cheaper in LUTs than a shift chain, whose every bit would
+        need a load-or-shift mux); the bank is claimed from a tile's last beat
+        until its last row has been read."""
+        cfg = self.config
+        out_valid = Signal()
+        out_row = Signal(count_width(cfg.rows - 1))
+        xfer = self.result.valid & self.result.ready
+        last_row = is_const(out_row, cfg.rows - 1)
         m.d.comb += self.result.valid.eq(out_valid)
-        with m.If(load):
+        with m.If(done):
             m.d.sync += [out_valid.eq(1), out_row.eq(0)]
         with m.Elif(xfer):
             m.d.sync += out_row.eq(out_row + 1)
             with m.If(last_row):
                 m.d.sync += out_valid.eq(0)
-        with m.If(fire & last_k & last_group):
+        with m.If(pos["fire"] & pos["last_k"] & pos["last_group"]):
             m.d.sync += claimed.eq(1)
         with m.Elif(xfer & last_row):
             m.d.sync += claimed.eq(0)
         for c in range(cfg.cols):
             m.d.comb += self.result.payload[c].eq(
-                _select(m, out_row, [bank[r][c] for r in range(cfg.rows)],
-                        signed(ACC_BITS), f"result_{c}"))
-        return m
+                wire(m, select(out_row, [bank[r][c] for r in range(cfg.rows)]), f"result_{c}"))
 
 
 # ---------------------------------------------------------------------------
