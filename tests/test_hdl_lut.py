@@ -6,29 +6,15 @@ import random
 
 import pytest
 import torch
-from amaranth.sim import Simulator
+
+from helpers.amaranth_streams import (StreamSink, StreamSource, TransferMonitor, pack, simulate,
+                                      unpack_signed)
 
 from golden.lut import lut_acc
 from golden.lut_config import LUTConfig, MODES
 from hdl.generate import verilog
 from hdl.lut import (LUTBlock, cycle_model, dq_lane_length, dq_lanes_per_unit, dq_units,
                      latency, precompute_share)
-
-
-# --- words written from golden/lut_config.py's documented layouts ---
-def _pack(values, width):
-    word = 0
-    for i, v in enumerate(values):
-        word |= (int(v) & ((1 << width) - 1)) << (i * width)
-    return word
-
-
-def _unpack_signed(word, width, count):
-    out = []
-    for i in range(count):
-        v = (word >> (i * width)) & ((1 << width) - 1)
-        out.append(v - (1 << width) if v >> (width - 1) else v)
-    return out
 
 
 def _random_tile(cfg, mode, gen):
@@ -41,18 +27,19 @@ def _random_tile(cfg, mode, gen):
     return a, q, s2, z
 
 
+# --- words written from golden/lut_config.py's documented layouts ---
 def _tile_beats(cfg, mode, tile):
     a, q, s2, z = tile
-    act = [_pack([a[r, 4 * c + t] for r in range(cfg.rows) for t in range(4)], 8)
+    act = [pack([a[r, 4 * c + t] for r in range(cfg.rows) for t in range(4)], 8)
            for c in range(cfg.chunks)]
     code = []
     for c in range(cfg.chunks):
         for s in range(cfg.slices):
             for i in reversed(range(mode.bits)):
-                code.append(_pack([sum((((int(q[s * cfg.lanes + l, 4 * c + t]) >> i) & 1) << t)
+                code.append(pack([sum((((int(q[s * cfg.lanes + l, 4 * c + t]) >> i) & 1) << t)
                                        for t in range(4)) for l in range(cfg.lanes)], 4))
     zs2 = z * s2
-    scale = [_pack([int(s2[n, g]) | (int(zs2[n, g]) << 8)
+    scale = [pack([int(s2[n, g]) | (int(zs2[n, g]) << 8)
                     for n in range(s * cfg.lanes, (s + 1) * cfg.lanes)], 16)
              for g in range(cfg.groups) for s in range(cfg.slices)]
     return act, code, scale
@@ -68,69 +55,29 @@ def _run(cfg, tiles, *, p_idle, p_stall, seed, bits_override=None):
     code_modes = [mode.bits for (mode, _), b in zip(tiles, beats) for _ in b[1]]
     if bits_override is not None:
         code_modes = bits_override(code_modes)
-    streams = {
-        "act": (dut.act, [w for b in beats for w in b[0]], cfg.act_word_bits),
-        "code": (dut.code, [w for b in beats for w in b[1]], cfg.code_word_bits),
-        "scale": (dut.scale, [w for b in beats for w in b[2]], cfg.scale_word_bits),
-    }
+
+    def drive_bits(ctx, n):
+        ctx.set(dut.bits, code_modes[n])
+
+    sources = [StreamSource(dut.act, [w for b in beats for w in b[0]], rng, p_idle=p_idle),
+               StreamSource(dut.code, [w for b in beats for w in b[1]], rng, p_idle=p_idle,
+                            before_beat=drive_bits),
+               StreamSource(dut.scale, [w for b in beats for w in b[2]], rng, p_idle=p_idle)]
     n_results = len(tiles) * cfg.slices
-    got = []
-    marks = {"first": None, "last": None, "cycle": 0}
-
-    def make_source(name, stream, words, width):
-        async def source(ctx):
-            payload = stream.payload.as_value()
-            for n, w in enumerate(words):
-                while rng.random() < p_idle:
-                    ctx.set(stream.valid, 0)
-                    ctx.set(payload, rng.getrandbits(width))  # junk must be ignored
-                    await ctx.tick()
-                if name == "code":
-                    ctx.set(dut.bits, code_modes[n])
-                ctx.set(stream.valid, 1)
-                ctx.set(payload, w)
-                await ctx.tick().until(stream.ready)
-            ctx.set(stream.valid, 0)
-        return source
-
-    deadline = 6 * (sum(len(w) for _, w, _ in streams.values()) + n_results) + 200
-
-    async def sink(ctx):
-        for _ in range(int(deadline / max(1e-3, (1 - p_stall) * (1 - p_idle) ** 2))):
-            if len(got) == n_results:
-                return
-            ready = rng.random() >= p_stall
-            ctx.set(dut.result.ready, ready)
-            _, _, valid, payload = await ctx.tick().sample(dut.result.valid,
-                                                           dut.result.payload.as_value())
-            if ready and valid:
-                got.append(_unpack_signed(payload, 32, cfg.rows * cfg.lanes))
-        raise AssertionError(f"timed out with {len(got)} of {n_results} results")
-
-    async def monitor(ctx):
-        fire = dut.code.valid & dut.code.ready
-        xfer = dut.result.valid & dut.result.ready
-        async for _, _, f, x in ctx.tick().sample(fire, xfer):
-            if f and marks["first"] is None:
-                marks["first"] = marks["cycle"]
-            if x:
-                marks["last"] = marks["cycle"]
-            marks["cycle"] += 1
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    for name, (stream, words, width) in streams.items():
-        sim.add_testbench(make_source(name, stream, words, width), background=True)
-    sim.add_testbench(sink)
-    sim.add_testbench(monitor, background=True)
-    err = {}
+    deadline = 6 * (sum(len(s.words) for s in sources) + n_results) + 200
+    sink = StreamSink(dut.result, rng, count=n_results, p_stall=p_stall,
+                      limit=int(deadline / max(1e-3, (1 - p_stall) * (1 - p_idle) ** 2)),
+                      decode=lambda w: unpack_signed(w, 32, cfg.rows * cfg.lanes))
+    monitor = TransferMonitor(dut.code.valid & dut.code.ready,
+                              dut.result.valid & dut.result.ready)
+    err = {"v": 0}
 
     async def read_error(ctx):
-        err["v"] = 0
         async for _, _, e in ctx.tick().sample(dut.error):
             err["v"] |= e
-    sim.add_testbench(read_error, background=True)
-    sim.run()
+
+    simulate(dut, sink, background=[*sources, monitor, read_error])
+    got = sink.got
     results = []
     for t in range(len(tiles)):
         acc = [[0] * cfg.cols for _ in range(cfg.rows)]
@@ -140,7 +87,7 @@ def _run(cfg, tiles, *, p_idle, p_stall, seed, bits_override=None):
                 for l in range(cfg.lanes):
                     acc[r][s * cfg.lanes + l] = word[r * cfg.lanes + l]
         results.append(acc)
-    return results, marks["last"] - marks["first"] + 1, err["v"]
+    return results, monitor.cycles, err["v"]
 
 
 CFG_A = LUTConfig(rows=1, cols=8, lanes=4, K=64, group=32)
@@ -204,10 +151,8 @@ def test_unsupported_bits_not_accepted():
             _, _, r = await ctx.tick().sample(dut.code.ready)
             taken += r
         state["taken"], state["err"] = taken, ctx.get(dut.error)
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(tb)
-    sim.run()
+
+    simulate(dut, tb)
     assert state == {"taken": 0, "err": 1}
 
 
@@ -232,7 +177,7 @@ def test_verilog_ports():
 def test_dq_split():
     # one DQ unit walks slices*rows*lk cells per group; the walk must end before
     # the next group's first holding-ring push ((group/4 - 1) * slices beats
-    # later at W1) and fit MixPEDQLane (<= group cells)
+    # later at W1) and hold no more than `group` cells (the sums are held a group)
     for cfg in (CFG_A, CFG_B, CFG_C, LUTConfig(rows=1, cols=64, lanes=8, K=1024, group=64),
                 LUTConfig(rows=2, cols=32, lanes=8, K=256, group=64)):
         lk = dq_lanes_per_unit(cfg)

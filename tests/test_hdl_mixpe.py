@@ -9,34 +9,21 @@ import sys
 import pytest
 import torch
 from amaranth.hdl import Fragment
-from amaranth.sim import Simulator
 
+from helpers.amaranth_streams import (StreamSink, StreamSource, TransferMonitor, pack, simulate,
+                                      unpack_signed)
 from golden.mixpe_config import MixPEConfig
 from golden.mixpe import mixpe_acc
+from hdl.dq_lane import DQLane, DQLaneGeometry
 from hdl.generate import default_designs, design_name, verilog, write_verilog
 from hdl.mixpe import (LOAD_ACT, LOAD_CODE, LOAD_SCALE, PIPELINE_LATENCY, MixPE, MixPECell,
                        MixPEDQLane, MixPESystem, cycle_model, dq_lane_cells, dq_lane_length,
                        pipeline_latency, system_cycle_model)
 
 
-# --- memory-word packing, written from golden/config.py's documented layouts ---
-def _pack(values, width):
-    word = 0
-    for i, v in enumerate(values):
-        word |= (int(v) & ((1 << width) - 1)) << (i * width)
-    return word
-
-
-def _unpack_signed(word, width, count):
-    out = []
-    for i in range(count):
-        v = (word >> (i * width)) & ((1 << width) - 1)
-        out.append(v - (1 << width) if v >> (width - 1) else v)
-    return out
-
-
+# --- memory words written from golden/mixpe_config.py's documented layouts ---
 def _scale_word(s2_col, zs2_col):
-    return _pack([int(s) | (int(zs) << 8) for s, zs in zip(s2_col, zs2_col)], 16)
+    return pack([int(s) | (int(zs) << 8) for s, zs in zip(s2_col, zs2_col)], 16)
 
 
 def _random_tile(cfg, gen):
@@ -52,8 +39,8 @@ def _random_tile(cfg, gen):
 
 def _tile_beats(cfg, tile):
     a, q, s2, z = tile
-    act = [_pack(a[:, k].tolist(), 8) for k in range(cfg.K)]
-    code = [_pack(q[:, k].tolist(), cfg.bits) for k in range(cfg.K)]
+    act = [pack(a[:, k].tolist(), 8) for k in range(cfg.K)]
+    code = [pack(q[:, k].tolist(), cfg.bits) for k in range(cfg.K)]
     scale = [_scale_word(s2[:, g].tolist(), (z * s2)[:, g].tolist()) for g in range(cfg.groups)]
     return act, code, scale
 
@@ -64,63 +51,20 @@ def _run_array(cfg, tiles, *, p_idle, p_stall, seed):
     rng = random.Random(seed)
     dut = MixPE(cfg)
     beats = [_tile_beats(cfg, t) for t in tiles]
-    streams = {
-        "act": (dut.act, [b for t in beats for b in t[0]], cfg.act_word_bits),
-        "code": (dut.code, [b for t in beats for b in t[1]], cfg.code_word_bits),
-        "scale": (dut.scale, [b for t in beats for b in t[2]], cfg.scale_word_bits),
-    }
+    sources = [StreamSource(stream, [b for t in beats for b in t[i]], rng, p_idle=p_idle)
+               for i, stream in enumerate((dut.act, dut.code, dut.scale))]
     n_results = len(tiles) * cfg.rows
-    got = []
-    marks = {"first": None, "last": None, "cycle": 0}
-
-    def make_source(stream, words, width):
-        async def source(ctx):
-            payload = stream.payload.as_value()
-            for w in words:
-                while rng.random() < p_idle:
-                    ctx.set(stream.valid, 0)
-                    ctx.set(payload, rng.getrandbits(width))  # junk must be ignored
-                    await ctx.tick()
-                ctx.set(stream.valid, 1)
-                ctx.set(payload, w)
-                await ctx.tick().until(stream.ready)
-            ctx.set(stream.valid, 0)
-        return source
-
     # generous bound so that a deadlock fails instead of hanging
-    deadline = 4 * (sum(len(w) for _, w, _ in streams.values()) + n_results) + 100
-
-    async def sink(ctx):
-        for _ in range(int(deadline / max(1e-3, (1 - p_stall) * (1 - p_idle)))):
-            if len(got) == n_results:
-                return
-            ready = rng.random() >= p_stall
-            ctx.set(dut.result.ready, ready)
-            _, _, valid, payload = await ctx.tick().sample(dut.result.valid,
-                                                           dut.result.payload.as_value())
-            if ready and valid:
-                got.append(_unpack_signed(payload, 32, cfg.cols))
-        raise AssertionError(f"timed out with {len(got)} of {n_results} results")
-
-    async def monitor(ctx):
-        fire = dut.act.valid & dut.act.ready
-        xfer = dut.result.valid & dut.result.ready
-        async for _, _, f, x in ctx.tick().sample(fire, xfer):
-            if f and marks["first"] is None:
-                marks["first"] = marks["cycle"]
-            if x:
-                marks["last"] = marks["cycle"]
-            marks["cycle"] += 1
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    for stream, words, width in streams.values():
-        sim.add_testbench(make_source(stream, words, width), background=True)
-    sim.add_testbench(sink)
-    sim.add_testbench(monitor, background=True)
-    sim.run()
+    deadline = 4 * (sum(len(s.words) for s in sources) + n_results) + 100
+    sink = StreamSink(dut.result, rng, count=n_results, p_stall=p_stall,
+                      limit=int(deadline / max(1e-3, (1 - p_stall) * (1 - p_idle))),
+                      decode=lambda w: unpack_signed(w, 32, cfg.cols))
+    monitor = TransferMonitor(dut.act.valid & dut.act.ready,
+                              dut.result.valid & dut.result.ready)
+    simulate(dut, sink, background=[*sources, monitor])
+    got = sink.got
     results = [got[i * cfg.rows:(i + 1) * cfg.rows] for i in range(len(tiles))]
-    return results, marks["last"] - marks["first"] + 1
+    return results, monitor.cycles
 
 
 def _expected(cfg, tile):
@@ -238,6 +182,23 @@ def test_dq_lane_rejects_bad_cells():
         MixPEDQLane(cfg, cells=[(2, 0)])
 
 
+def test_dq_lane_geometry():
+    """A MixPE lane's geometry is its run's walk over its own columns; the
+    geometry itself refuses walks that are not one."""
+    cfg = MixPEConfig(bits=3, group=32, rows=2, cols=40, K=64)
+    lane = MixPEDQLane(cfg, cells=dq_lane_cells(cfg)[1])  # columns 27..39, then 0..13
+    g = lane.geometry
+    assert (g.cells, g.cols, g.col_start, g.rows) == (27, 27, 14, 2)
+    assert len(lane.cols) == g.cols and len(lane.rows) == g.rows
+    assert DQLaneGeometry(cells=12, cols=4, pg_shape=8, ag_shape=8, col_start=3).rows == 4
+    with pytest.raises(ValueError, match="cells"):
+        DQLaneGeometry(cells=0, cols=1, pg_shape=8, ag_shape=8)
+    with pytest.raises(ValueError, match="col_start"):
+        DQLaneGeometry(cells=2, cols=2, pg_shape=8, ag_shape=8, col_start=2)
+    with pytest.raises(TypeError, match="DQLaneGeometry"):
+        DQLane(cfg)
+
+
 # --- MixPESystem ---
 def _run_system(cfg, m_tiles, n_tiles, a, q, s2, z, *, max_m, max_n):
     dut = MixPESystem(cfg, max_m_tiles=max_m, max_n_tiles=max_n)
@@ -248,11 +209,11 @@ def _run_system(cfg, m_tiles, n_tiles, a, q, s2, z, *, max_m, max_n):
         for tm in range(m_tiles):
             for k in range(cfg.K):
                 loads.append((LOAD_ACT, tm * cfg.K + k,
-                              _pack(a[tm * cfg.rows:(tm + 1) * cfg.rows, k].tolist(), 8)))
+                              pack(a[tm * cfg.rows:(tm + 1) * cfg.rows, k].tolist(), 8)))
         for tn in range(n_tiles):
             cols = slice(tn * cfg.cols, (tn + 1) * cfg.cols)
             for k in range(cfg.K):
-                loads.append((LOAD_CODE, tn * cfg.K + k, _pack(q[cols, k].tolist(), cfg.bits)))
+                loads.append((LOAD_CODE, tn * cfg.K + k, pack(q[cols, k].tolist(), cfg.bits)))
             for g in range(cfg.groups):
                 loads.append((LOAD_SCALE, tn * cfg.groups + g,
                               _scale_word(s2[cols, g].tolist(), (z * s2)[cols, g].tolist())))
@@ -280,13 +241,10 @@ def _run_system(cfg, m_tiles, n_tiles, a, q, s2, z, *, max_m, max_n):
         for r in range(m_tiles * n_tiles * cfg.rows):
             ctx.set(dut.res_addr, r)
             await ctx.tick()
-            words.append(_unpack_signed(ctx.get(dut.res_data), 32, cfg.cols))
+            words.append(unpack_signed(ctx.get(dut.res_data), 32, cfg.cols))
         out["words"] = words
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(bench)
-    sim.run()
+    simulate(dut, bench)
     return out
 
 

@@ -7,8 +7,8 @@ import random
 import pytest
 from amaranth.hdl import Module
 from amaranth.lib import memory, wiring
-from amaranth.sim import Simulator
 
+from helpers.amaranth_streams import StreamSink, StreamSource, simulate
 from hdl.streams import (LoadPort, MemoryStreamReader, NestedAddressGenerator, PreloadedMemory,
                          RunControl)
 
@@ -22,37 +22,11 @@ def _reader_bench(addrs, *, p_idle, p_stall, seed, depth=16, width=12):
     m.submodules.mem = mem = memory.Memory(shape=width, depth=depth, init=contents)
     m.submodules.rd = rd = MemoryStreamReader(addr_width=4, shape=width)
     wiring.connect(m, rd.port, mem.read_port())
-    got, cycles = [], {"n": 0}
-
-    async def source(ctx):
-        for a in addrs:
-            while rng.random() < p_idle:
-                ctx.set(rd.addr.valid, 0)
-                ctx.set(rd.addr.payload, rng.randrange(depth))
-                await ctx.tick()
-            ctx.set(rd.addr.valid, 1)
-            ctx.set(rd.addr.payload, a)
-            await ctx.tick().until(rd.addr.ready)
-        ctx.set(rd.addr.valid, 0)
-
-    async def sink(ctx):
-        for _ in range(20 * len(addrs) + 20):
-            if len(got) == len(addrs):
-                return
-            ready = rng.random() >= p_stall
-            ctx.set(rd.data.ready, ready)
-            _, _, valid, data = await ctx.tick().sample(rd.data.valid, rd.data.payload)
-            cycles["n"] += 1
-            if ready and valid:
-                got.append(data)
-        raise AssertionError("reader stalled forever")
-
-    sim = Simulator(m)
-    sim.add_clock(1e-8)
-    sim.add_testbench(source, background=True)
-    sim.add_testbench(sink)
-    sim.run()
-    return got, [contents[a] for a in addrs], cycles["n"]
+    source = StreamSource(rd.addr, addrs, rng, p_idle=p_idle)
+    sink = StreamSink(rd.data, rng, count=len(addrs), p_stall=p_stall,
+                      limit=20 * len(addrs) + 20)
+    simulate(m, sink, background=[source])
+    return sink.got, [contents[a] for a in addrs], sink.ticks
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -92,8 +66,8 @@ def test_address_generator(inner_len, inner_stride, outer_stride, n_outer, n_inn
                                  outer_stride=outer_stride, max_outer=3, max_inner=3)
     want = _walk(inner_len=inner_len, inner_stride=inner_stride, outer_stride=outer_stride,
                  n_outer=n_outer, n_inner=n_inner)
-    rng = random.Random(len(want))
-    got = []
+    sink = StreamSink(dut.addr, random.Random(len(want)), until=dut.busy, p_stall=0.4,
+                      limit=10 * len(want) + 10)
 
     async def bench(ctx):
         ctx.set(dut.n_outer, n_outer)
@@ -101,22 +75,11 @@ def test_address_generator(inner_len, inner_stride, outer_stride, n_outer, n_inn
         ctx.set(dut.start, 1)
         await ctx.tick()
         ctx.set(dut.start, 0)
-        for _ in range(10 * len(want) + 10):
-            ready = rng.random() < 0.6
-            ctx.set(dut.addr.ready, ready)
-            _, _, valid, addr, busy = await ctx.tick().sample(dut.addr.valid, dut.addr.payload,
-                                                              dut.busy)
-            if ready and valid:
-                got.append(addr)
-            if not busy:
-                break
+        await sink(ctx)
         assert not ctx.get(dut.busy)
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(bench)
-    sim.run()
-    assert got == want
+    simulate(dut, bench)
+    assert sink.got == want
 
 
 def test_tree_sum_rejects_empty():
@@ -135,8 +98,8 @@ def test_preloaded_memory_loads_and_streams():
     words = [(37 * i + 5) & 0xFFF for i in range(8)]
     want = [words[a] for a in _walk(inner_len=2, inner_stride=0, outer_stride=2,
                                     n_outer=3, n_inner=2)]
-    rng = random.Random(4)
-    got = []
+    sink = StreamSink(dut.data, random.Random(4), until=dut.busy, p_stall=0.4,
+                      limit=10 * len(want) + 10)
 
     async def write(ctx, sel, addr, word, lock=0):
         ctx.set(dut.load_sel, sel)
@@ -158,22 +121,11 @@ def test_preloaded_memory_loads_and_streams():
         ctx.set(dut.start, 1)
         await ctx.tick()
         ctx.set(dut.start, 0)
-        for _ in range(10 * len(want) + 10):
-            ready = rng.random() < 0.6
-            ctx.set(dut.data.ready, ready)
-            _, _, valid, word, busy = await ctx.tick().sample(dut.data.valid, dut.data.payload,
-                                                              dut.busy)
-            if ready and valid:
-                got.append(word)
-            if not busy:
-                break
+        await sink(ctx)
         assert not ctx.get(dut.busy)
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(bench)
-    sim.run()
-    assert got == want
+    simulate(dut, bench)
+    assert sink.got == want
 
 
 def test_preloaded_memory_rejects_a_narrow_load_port():
@@ -205,8 +157,5 @@ def test_run_control_counts_running_cycles():
         seen.update(done=ctx.get(dut.done), running=ctx.get(dut.running),
                     cycles=ctx.get(dut.cycles))
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(bench)
-    sim.run()
+    simulate(dut, bench)
     assert seen == {"done": 1, "running": 0, "cycles": 5}
