@@ -140,7 +140,8 @@ def dq_lanes_per_unit(config: LUTConfig) -> int:
     largest divisor lk of `lanes` with rows*lk <= group/4 - 1 (its walk over
     slices*rows*lk cells ends before the next group's first sum is pushed into
     the holding rings, at one plane per chunk) and slices*rows*lk <= group
-    (the group's sums are held for `group` cycles)."""
+    (the walk, and with it the latency, stays within `group` cycles, as
+    MixPE's lanes do)."""
     config = _check_config(config)
     S, R, gc = config.slices, config.rows, config.group_chunks
     for lk in range(config.lanes, 0, -1):

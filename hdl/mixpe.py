@@ -62,7 +62,7 @@ PIPELINE_LATENCY = 5
 
 def _check_config(config) -> MixPEConfig:
     if not isinstance(config, MixPEConfig):
-        raise TypeError(f"expected a golden.config.MixPEConfig, got {type(config).__name__}")
+        raise TypeError(f"expected a golden.mixpe_config.MixPEConfig, got {type(config).__name__}")
     return config
 
 
@@ -189,15 +189,8 @@ class MixPECell(wiring.Component):
         pp = Signal(product_shape(cfg))
         m.d.sync += pp.eq(tree_sum(terms))
 
-        # S3: group partial sum; the finished sum is held in Pg so that the next
-        # group starts accumulating in the next cycle.
-        P = Signal(group_sum_shape(cfg))
-        P_next = Signal(group_sum_shape(cfg))
-        m.d.comb += P_next.eq(Mux(self.p_first, 0, P) + pp)
-        with m.If(self.p_en):
-            m.d.sync += P.eq(P_next)
-            with m.If(self.p_last):
-                m.d.sync += self.Pg.eq(P_next)
+        # S3: group partial sum, the finished one held in Pg.
+        _group_sum(m, self, pp, self.Pg, "P")
         return m
 
 
@@ -219,14 +212,21 @@ class _RowActSum(wiring.Component):
         m = Module()
         a_d = Signal(signed(ACT_BITS))  # aligns `a` with the PEs' pp register
         m.d.sync += a_d.eq(self.a)
-        A = Signal(act_sum_shape(self.config))
-        A_next = Signal(act_sum_shape(self.config))
-        m.d.comb += A_next.eq(Mux(self.p_first, 0, A) + a_d)
-        with m.If(self.p_en):
-            m.d.sync += A.eq(A_next)
-            with m.If(self.p_last):
-                m.d.sync += self.Ag.eq(A_next)
+        _group_sum(m, self, a_d, self.Ag, "A")
         return m
+
+
+def _group_sum(m, unit, term, held, name: str) -> None:
+    """Running group sum `name` of `term` under `unit`'s strobes (p_en: add,
+    p_first: restart, p_last: the group's last term); the finished sum goes to
+    `held`, so that the next group starts accumulating in the next cycle."""
+    acc = Signal(held.shape(), name=name)
+    acc_next = Signal(held.shape(), name=f"{name}_next")
+    m.d.comb += acc_next.eq(Mux(unit.p_first, 0, acc) + term)
+    with m.If(unit.p_en):
+        m.d.sync += acc.eq(acc_next)
+        with m.If(unit.p_last):
+            m.d.sync += held.eq(acc_next)
 
 
 # ---------------------------------------------------------------------------
@@ -370,8 +370,11 @@ class MixPE(wiring.Component):
     def _datapath(self, m, s1):
         """One shared A per row, one multiplier-free cell per (m, n)."""
         cfg = self.config
-        strobes = lambda unit: [unit.p_en.eq(s1["valid_s2"]), unit.p_first.eq(s1["first_k_s2"]),
-                                unit.p_last.eq(s1["last_k_s2"])]
+
+        def strobes(unit):
+            return [unit.p_en.eq(s1["valid_s2"]), unit.p_first.eq(s1["first_k_s2"]),
+                    unit.p_last.eq(s1["last_k_s2"])]
+
         row_sums = []
         for r in range(cfg.rows):
             rs = _RowActSum(cfg)

@@ -177,7 +177,7 @@ def test_verilog_ports():
 def test_dq_split():
     # one DQ unit walks slices*rows*lk cells per group; the walk must end before
     # the next group's first holding-ring push ((group/4 - 1) * slices beats
-    # later at W1) and hold no more than `group` cells (the sums are held a group)
+    # later at W1) and stay within `group` cells
     for cfg in (CFG_A, CFG_B, CFG_C, LUTConfig(rows=1, cols=64, lanes=8, K=1024, group=64),
                 LUTConfig(rows=2, cols=32, lanes=8, K=256, group=64)):
         lk = dq_lanes_per_unit(cfg)

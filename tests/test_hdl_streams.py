@@ -54,6 +54,22 @@ def _walk(*, inner_len, inner_stride, outer_stride, n_outer, n_inner):
     return out
 
 
+def _walk_bench(dut, sink, *, n_outer, n_inner, setup=None):
+    """Testbench: `setup`, then a walk of n_outer x n_inner started and
+    drained through `sink` until the DUT's busy falls."""
+    async def bench(ctx):
+        if setup is not None:
+            await setup(ctx)
+        ctx.set(dut.n_outer, n_outer)
+        ctx.set(dut.n_inner, n_inner)
+        ctx.set(dut.start, 1)
+        await ctx.tick()
+        ctx.set(dut.start, 0)
+        await sink(ctx)
+        assert not ctx.get(dut.busy)
+    return bench
+
+
 @pytest.mark.parametrize("inner_len, inner_stride, outer_stride, n_outer, n_inner", [
     (4, 4, 0, 3, 2),      # act: restart every outer step
     (4, 0, 4, 3, 2),      # code: repeat the inner block, advance per outer step
@@ -69,16 +85,7 @@ def test_address_generator(inner_len, inner_stride, outer_stride, n_outer, n_inn
     sink = StreamSink(dut.addr, random.Random(len(want)), until=dut.busy, p_stall=0.4,
                       limit=10 * len(want) + 10)
 
-    async def bench(ctx):
-        ctx.set(dut.n_outer, n_outer)
-        ctx.set(dut.n_inner, n_inner)
-        ctx.set(dut.start, 1)
-        await ctx.tick()
-        ctx.set(dut.start, 0)
-        await sink(ctx)
-        assert not ctx.get(dut.busy)
-
-    simulate(dut, bench)
+    simulate(dut, _walk_bench(dut, sink, n_outer=n_outer, n_inner=n_inner))
     assert sink.got == want
 
 
@@ -111,20 +118,13 @@ def test_preloaded_memory_loads_and_streams():
         ctx.set(dut.load_en, 0)
         ctx.set(dut.lock, 0)
 
-    async def bench(ctx):
+    async def load(ctx):
         for a, w in enumerate(words):
             await write(ctx, 1, a, w)
         await write(ctx, 0, 0, 0x123)            # another memory's select
         await write(ctx, 1, 1, 0x456, lock=1)    # locked: ignored
-        ctx.set(dut.n_outer, 3)
-        ctx.set(dut.n_inner, 2)
-        ctx.set(dut.start, 1)
-        await ctx.tick()
-        ctx.set(dut.start, 0)
-        await sink(ctx)
-        assert not ctx.get(dut.busy)
 
-    simulate(dut, bench)
+    simulate(dut, _walk_bench(dut, sink, n_outer=3, n_inner=2, setup=load))
     assert sink.got == want
 
 
