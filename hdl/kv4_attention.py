@@ -32,31 +32,34 @@ Core pipeline (x = cycle a K beat transfers):
 """
 from __future__ import annotations
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Shape, Signal, signed, unsigned
+from types import SimpleNamespace
+
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from golden.formats import ACT_BITS
-from golden.kv4_attention_config import (C_BITS, CMD_T_BITS, CODE_SHIFT, KV8_LEVELS, KV8_T_CAP, KV_BITS,
-                               KV_LEVELS, KV_T_CAP, LSH_BITS, SHIFT_SAT, ZERO_BITS, KV4Config,
-                               exp2_table)
+from golden.kv4_attention_config import (C_BITS, CMD_T_BITS, CODE_SHIFT, KV8_LEVELS, KV8_T_CAP,
+                                         KV_BITS, KV_LEVELS, KV_T_CAP, LSH_BITS, SHIFT_SAT,
+                                         ZERO_BITS, KV4Config, exp2_table)
+from golden.validate import expect_type
 
-from .rtl import tree_sum
+from .rtl import count_width, select, tree, tree_sum, wire, zext
 
 __all__ = ["KV4Quantizer", "KV4Attention", "KV4Unit", "cycle_model", "append_cycles",
-           "token_layout", "cache_token_layout", "append_layout", "cache_layout", "cmd_layout", "query_layout",
-           "out_layout", "K_LATENCY", "FIFO_DEPTH", "lanes_busy", "k_beats"]
+           "token_layout", "cache_token_layout", "append_layout", "cache_layout", "cmd_layout",
+           "query_layout", "out_layout", "K_LATENCY", "FIFO_DEPTH", "lanes_busy", "k_beats"]
 
 #: Register stages from a token's last K beat to its (p, shift) entering the FIFO.
 K_LATENCY = 8
 #: Tokens the K side may run ahead of the V side (covers K_LATENCY at one beat per token).
 FIFO_DEPTH = 32
+#: Width of a rescale shift in the token FIFO (0..SHIFT_SAT).
+_SHIFT_W = count_width(SHIFT_SAT)
 
 
 def _cfg(config) -> KV4Config:
-    if not isinstance(config, KV4Config):
-        raise TypeError(f"expected a golden.kv4_attention_config.KV4Config, got {type(config).__name__}")
-    return config
+    return expect_type("config", config, KV4Config)
 
 
 # --------------------------------------------------------------------------- layouts
@@ -101,17 +104,6 @@ def out_layout(c: KV4Config) -> data.ArrayLayout:
 
 
 # --------------------------------------------------------------------------- helpers
-def _zx(m, x, width: int, name: str = "zx"):
-    """x zero-extended to `width` bits in a named signal: Verilator's lint flags
-    implicit widening of unsigned operands (WIDTHEXPAND), and Amaranth folds a
-    Cat with zeros back into implicit widening."""
-    if len(x) >= width:
-        return x
-    sig = Signal(width, name=name)
-    m.d.comb += sig.eq(x)
-    return sig
-
-
 def _rshift_round(m, x, s, name: str = "rsh"):
     """Round-half-up right shift by a variable s (golden.kv4_attention.rshift_round),
     both addends the same width. Signed x is first widened so that the half LSB
@@ -130,24 +122,44 @@ def _rshift_round(m, x, s, name: str = "rsh"):
     return (x + half) >> s
 
 
+def _zx(m, x, width: int, name: str):
+    """x zero-extended to `width` bits in a named signal, so that both operands
+    of an unsigned add or compare have the same width (Verilator WIDTHEXPAND)."""
+    return wire(m, zext(x, width), name)
+
+
 def _uadd(m, a, b, name: str = "add"):
     """Unsigned a + b with both operands explicitly the same width."""
     w = max(len(a), len(b))
     return _zx(m, a, w, f"{name}_a") + _zx(m, b, w, f"{name}_b")
 
 
-def _wire(m, value, name: str):
-    """A comb signal for a value used more than once: Amaranth does not share
-    common subexpressions, so chained reuse would grow exponentially."""
-    sig = Signal(value.shape(), name=name)
-    m.d.comb += sig.eq(value)
-    return sig
-
-
 def _sat(m, x, bits: int, name: str):
-    x = _wire(m, x, name)
+    x = wire(m, x, name)
     lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
     return Mux(x > hi, hi, Mux(x < lo, lo, x))
+
+
+def _clamp(m, x, top: int, name: str):
+    """clamp(x, 0, top) of a signed value."""
+    x = wire(m, x, name)
+    return Mux(x < 0, 0, Mux(x > top, top, x))
+
+
+def _bit_length(m, x, bits: int, name: str) -> Signal:
+    """The bit length of x's low `bits` bits (0 for none set): the highest set
+    bit wins."""
+    bl = Signal(count_width(bits), name=name)
+    for b in range(bits):
+        with m.If(x[b]):
+            m.d.comb += bl.eq(b + 1)
+    return bl
+
+
+def _z8(m, zero, recent, name: str):
+    """A token's zero in the 8-bit domain: z8 as stored for a recent token, 16*z4
+    (the stored low nibble shifted) for a 4-bit one."""
+    return wire(m, Mux(recent, zero, zero[:KV_BITS] << CODE_SHIFT)[:ZERO_BITS], name)
 
 
 class _FSM:
@@ -159,12 +171,6 @@ class _FSM:
         self.codes = {n: i for i, n in enumerate(states)}
         self.reg = Signal(range(len(states)), name=name)
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
     def state(self, name: str):
         return self.m.If(self.reg == self.codes[name])
 
@@ -172,47 +178,12 @@ class _FSM:
         self.m.d.sync += self.reg.eq(self.codes[name])
 
 
-def _mux_sel(idx, xs):
-    """xs[idx] as a Mux chain: no case statement, so any len(xs) (not only powers
-    of two) lints clean."""
-    out = xs[0]
-    for k in range(1, len(xs)):
-        out = Mux(idx == k, xs[k], out)
-    return out
+def _split_lanes(lanes: int, per_cycle: int, steps: int) -> list[list[int]]:
+    """For each of `per_cycle` time-shared units q, the lanes it serves in step
+    order: lane k * per_cycle + q in step k of `steps`."""
+    return [[k * per_cycle + q for k in range(steps) if k * per_cycle + q < lanes]
+            for q in range(per_cycle)]
 
-
-def _sel(rows, i: int, j):
-    """Lane i of chunk j (a run-time index) of per-chunk, per-lane signals."""
-    if len(rows) == 1:
-        return rows[0][i]
-    return Array(r[i] for r in rows)[j]
-
-
-def _tree(m, vals, op, name: str):
-    """Balanced reduction with every node a comb signal."""
-    vals = list(vals)
-    k = 0
-    while len(vals) > 1:
-        nxt = []
-        for i in range(0, len(vals) - 1, 2):
-            nxt.append(_wire(m, op(vals[i], vals[i + 1]), f"{name}{k}"))
-            k += 1
-        if len(vals) % 2:
-            nxt.append(vals[-1])
-        vals = nxt
-    return vals[0]
-
-
-def _z8(m, zero, recent, name: str):
-    """A token's zero in the 8-bit domain: z8 as stored for a recent token, 16*z4
-    (the stored low nibble shifted) for a 4-bit one."""
-    return _wire(m, Mux(recent, zero, zero[:KV_BITS] << CODE_SHIFT)[:ZERO_BITS], name)
-
-
-def _clamp(m, x, top: int, name: str):
-    """clamp(x, 0, top) of a signed value."""
-    x = _wire(m, x, name)
-    return Mux(x < 0, 0, Mux(x > top, top, x))
 
 
 # --------------------------------------------------------------------------- append path
@@ -229,10 +200,10 @@ def _t_both(m, X, S, name: str):
     bits = []
     for b in reversed(range(nb)):
         sb = _zx(m, S << b, w, f"{name}_s{b}")
-        ge = _wire(m, rem >= sb, f"{name}_ge{b}")
-        rem = _wire(m, Mux(ge, rem - sb, rem)[:w], f"{name}_r{b}")
+        ge = wire(m, rem >= sb, f"{name}_ge{b}")
+        rem = wire(m, Mux(ge, rem - sb, rem)[:w], f"{name}_r{b}")
         bits.append(ge)
-    q = _wire(m, Cat(*reversed(bits)), f"{name}_q")
+    q = wire(m, Cat(*reversed(bits)), f"{name}_q")
     r2 = _zx(m, Cat(Const(0, 1), rem), w + 1, f"{name}_r2")
     s2 = _zx(m, S, w + 1, f"{name}_sw")
     up8 = (r2 > s2) | ((r2 == s2) & q[0])
@@ -257,127 +228,6 @@ def _butterfly(vals):
             + [vals[2 * i] - vals[2 * i + 1] for i in range(h)])
 
 
-class KV4Quantizer(wiring.Component):
-    """Quantizes one token's K and V per token to 4 and 8 bits with one shared
-    scale numerator (golden.kv4_attention.append_fixed).
-
-    Phases: IN (chunks beats buffered), ROT (log2(D) butterfly cycles on K, the
-    last one with the rot_shift rounding; only with config.rotate), MINMAX, SCALE
-    (S), ZERO (z4, z8 from min through the lane divider), OUT (chunks cache beats).
-    Per token: append_cycles(config, 1) cycles."""
-
-    def __init__(self, config: KV4Config):
-        self.config = c = _cfg(config)
-        super().__init__({
-            "x": In(stream.Signature(append_layout(c))),
-            "y": Out(stream.Signature(cache_layout(c))),
-        })
-
-    def elaborate(self, platform):
-        c = self.config
-        m = Module()
-        L, D = c.lanes, c.head_dim
-        # K is buffered wide enough for the butterfly's growth (log2 D bits)
-        wid = {"k": c.x_bits + (c.log2_d if c.rotate else 0), "v": c.x_bits}
-        j = Signal(range(c.chunks))
-        buf = {n: [[Signal(signed(wid[n]), name=f"{n}buf{j}_{i}") for i in range(L)]
-                   for j in range(c.chunks)] for n in ("k", "v")}
-        flat = {n: [x for row in buf[n] for x in row] for n in ("k", "v")}
-        lo = {n: Signal(signed(wid[n]), name=f"{n}lo") for n in ("k", "v")}
-        hi = {n: Signal(signed(wid[n]), name=f"{n}hi") for n in ("k", "v")}
-        S = {n: Signal(c.scale_bits, name=f"{n}S") for n in ("k", "v")}
-        z4 = {n: Signal(KV_BITS, name=f"{n}z4") for n in ("k", "v")}
-        z8 = {n: Signal(ZERO_BITS, name=f"{n}z8") for n in ("k", "v")}
-        stage = Signal(range(max(c.log2_d, 1)))
-        last = j == c.chunks - 1
-        ql, qsteps = _quant_split(c)
-        qsub = Signal(range(max(qsteps, 2)))
-        held = range((qsteps - 1) * ql)    # lanes waiting in cbuf for their beat
-        cbuf = {n: {i: Signal(KV_BITS, name=f"{n}cb{i}") for i in held} for n in ("k", "v")}
-        cbuf8 = {n: {i: Signal(2 * KV_BITS, name=f"{n}cb8{i}") for i in held} for n in ("k", "v")}
-
-        states = ["IN"] + (["ROT"] if c.rotate else []) + ["MINMAX", "SCALE", "ZERO", "OUT"]
-        with _FSM(m, states, "qstate") as fsm:
-            with fsm.state("IN"):
-                m.d.comb += self.x.ready.eq(1)
-                with m.If(self.x.valid):
-                    for n in ("k", "v"):
-                        for jj in range(c.chunks):  # one If per chunk: no case statement
-                            with m.If(j == jj):
-                                m.d.sync += [buf[n][jj][i].eq(self.x.payload[n][i])
-                                             for i in range(L)]
-                    m.d.sync += j.eq(Mux(last, 0, j + 1))
-                    with m.If(last):
-                        m.d.sync += stage.eq(0)
-                        fsm.next(states[1])
-            if c.rotate:
-                with fsm.state("ROT"):
-                    ys = _butterfly(flat["k"])
-                    final = stage == c.log2_d - 1
-                    for x, y in zip(flat["k"], ys):
-                        sh = (y + (1 << (c.rot_shift - 1))) >> c.rot_shift if c.rot_shift else y
-                        m.d.sync += x.eq(Mux(final, sh, y)[:len(x)])
-                    m.d.sync += stage.eq(stage + 1)
-                    with m.If(final):
-                        fsm.next("MINMAX")
-            with fsm.state("MINMAX"):
-                # one chunk per cycle through lanes-wide trees (not head_dim-wide)
-                for n in ("k", "v"):
-                    vals = [_sel(buf[n], i, j) for i in range(L)]
-                    bmin = _tree(m, vals, lambda a, b: Mux(a < b, a, b), f"{n}min")
-                    bmax = _tree(m, vals, lambda a, b: Mux(a > b, a, b), f"{n}max")
-                    m.d.sync += [lo[n].eq(Mux((j == 0) | (bmin < lo[n]), bmin, lo[n])),
-                                 hi[n].eq(Mux((j == 0) | (bmax > hi[n]), bmax, hi[n]))]
-                m.d.sync += j.eq(Mux(last, 0, j + 1))
-                with m.If(last):
-                    fsm.next("SCALE")
-            with fsm.state("SCALE"):
-                for n in ("k", "v"):
-                    rng = (hi[n] - lo[n]).as_unsigned()
-                    mag = Mux(lo[n] < 0, -lo[n], lo[n]).as_unsigned()
-                    m.d.sync += S[n].eq(Mux(rng != 0, rng,
-                                            Mux(lo[n] != 0, mag * KV_LEVELS, KV_LEVELS)))
-                fsm.next("ZERO")
-            with fsm.state("ZERO"):
-                for n in ("k", "v"):
-                    t4, t8 = _t_both(m, lo[n], S[n], f"{n}zt")
-                    m.d.sync += [z4[n].eq(_clamp(m, -t4, KV_LEVELS, f"{n}zc4")),
-                                 z8[n].eq(_clamp(m, -t8, KV8_LEVELS, f"{n}zc8"))]
-                fsm.next("OUT")
-            with fsm.state("OUT"):
-                # the lane dividers are time-shared: ql lanes per cycle, qsteps
-                # cycles per cache beat, the last group straight to the beat
-                emit = qsub == qsteps - 1
-                for n in ("k", "v"):
-                    side = self.y.payload[n]
-                    m.d.comb += [side.scale.eq(S[n]), side.zero.eq(z4[n]), side.zero8.eq(z8[n])]
-                    for q in range(ql):
-                        lanes_q = [k * ql + q for k in range(qsteps) if k * ql + q < L]
-                        x = _wire(m, _mux_sel(qsub, [_sel(buf[n], i, j) for i in lanes_q]),
-                                  f"{n}qx{q}")
-                        t4, t8 = _t_both(m, x, S[n], f"{n}t{q}")
-                        c4 = Signal(KV_BITS, name=f"{n}c4_{q}")
-                        c8 = Signal(2 * KV_BITS, name=f"{n}c8_{q}")
-                        m.d.comb += [c4.eq(_clamp(m, t4 + z4[n], KV_LEVELS, f"{n}c{q}")),
-                                     c8.eq(_clamp(m, t8 + z8[n], KV8_LEVELS, f"{n}c8{q}"))]
-                        for k, i in enumerate(lanes_q):
-                            if k < qsteps - 1:
-                                with m.If(qsub == k):
-                                    m.d.sync += [cbuf[n][i].eq(c4), cbuf8[n][i].eq(c8)]
-                                m.d.comb += [side.codes[i].eq(cbuf[n][i]),
-                                             side.codes8[i].eq(cbuf8[n][i])]
-                            else:
-                                m.d.comb += [side.codes[i].eq(c4), side.codes8[i].eq(c8)]
-                m.d.comb += self.y.valid.eq(emit)
-                with m.If(~emit):
-                    m.d.sync += qsub.eq(qsub + 1)
-                with m.If(emit & self.y.ready):
-                    m.d.sync += [j.eq(Mux(last, 0, j + 1)), qsub.eq(0)]
-                    with m.If(last):
-                        fsm.next("IN")
-        return m
-
-
 #: The append quantizer's lane dividers (two per element: K and V) are shared by
 #: QUANT_SPLIT lanes: one token is appended per decode step, so its codes need
 #: not come out at a beat per cycle.
@@ -399,6 +249,163 @@ def append_cycles(config: KV4Config, tokens: int) -> int:
                      + (c.log2_d if c.rotate else 0))
 
 
+_KV = ("k", "v")
+
+
+class _TokenRegs:
+    """The append path's registers: one token's K and V (per chunk, per lane),
+    its min/max, S and zeros, the chunk and step counters, and the codes of the
+    lanes waiting for their cache beat."""
+
+    def __init__(self, c: KV4Config):
+        L = c.lanes
+        # K is buffered wide enough for the butterfly's growth (log2 D bits)
+        wid = {"k": c.x_bits + (c.log2_d if c.rotate else 0), "v": c.x_bits}
+        self.j = Signal(range(c.chunks), name="j")
+        self.last = self.j == c.chunks - 1
+        self.buf = {n: [[Signal(signed(wid[n]), name=f"{n}buf{j}_{i}") for i in range(L)]
+                        for j in range(c.chunks)] for n in _KV}
+        self.lo = {n: Signal(signed(wid[n]), name=f"{n}lo") for n in _KV}
+        self.hi = {n: Signal(signed(wid[n]), name=f"{n}hi") for n in _KV}
+        self.S = {n: Signal(c.scale_bits, name=f"{n}S") for n in _KV}
+        self.z4 = {n: Signal(KV_BITS, name=f"{n}z4") for n in _KV}
+        self.z8 = {n: Signal(ZERO_BITS, name=f"{n}z8") for n in _KV}
+        self.stage = Signal(count_width(c.log2_d - 1), name="stage")
+        self.ql, self.qsteps = _quant_split(c)
+        self.qsub = Signal(count_width(self.qsteps - 1), name="qsub")
+        held = range((self.qsteps - 1) * self.ql)    # lanes waiting for their beat
+        self.cbuf = {n: {i: Signal(KV_BITS, name=f"{n}cb{i}") for i in held} for n in _KV}
+        self.cbuf8 = {n: {i: Signal(2 * KV_BITS, name=f"{n}cb8{i}") for i in held} for n in _KV}
+
+    def lane(self, n: str, i: int):
+        """Lane i of the current chunk j of K or V."""
+        return select(self.j, [row[i] for row in self.buf[n]])
+
+
+class KV4Quantizer(wiring.Component):
+    """Quantizes one token's K and V per token to 4 and 8 bits with one shared
+    scale numerator (golden.kv4_attention.append_fixed).
+
+    Phases: IN (chunks beats buffered), ROT (log2(D) butterfly cycles on K, the
+    last one with the rot_shift rounding; only with config.rotate), MINMAX, SCALE
+    (S), ZERO (z4, z8 from min through the lane divider), OUT (chunks cache beats).
+    Per token: append_cycles(config, 1) cycles."""
+
+    def __init__(self, config: KV4Config):
+        self.config = c = _cfg(config)
+        super().__init__({
+            "x": In(stream.Signature(append_layout(c))),
+            "y": Out(stream.Signature(cache_layout(c))),
+        })
+
+    def elaborate(self, platform):
+        c = self.config
+        m = Module()
+        r = _TokenRegs(c)
+        states = ["IN"] + (["ROT"] if c.rotate else []) + ["MINMAX", "SCALE", "ZERO", "OUT"]
+        fsm = _FSM(m, states, "qstate")
+        with fsm.state("IN"):          # the token's chunks beats into the buffer
+            self._take_token(m, r, fsm, after=states[1])
+        if c.rotate:
+            with fsm.state("ROT"):     # log2(D) butterfly stages on K
+                self._rotate_k(m, r, fsm)
+        with fsm.state("MINMAX"):      # lo, hi: one chunk per cycle
+            self._min_max(m, r, fsm)
+        with fsm.state("SCALE"):       # S
+            self._scale(m, r)
+            fsm.next("ZERO")
+        with fsm.state("ZERO"):        # z4, z8 through one lane divider
+            self._zeros(m, r)
+            fsm.next("OUT")
+        with fsm.state("OUT"):         # chunks cache beats, qsteps cycles each
+            self._emit_codes(m, r, fsm)
+        return m
+
+    def _take_token(self, m, r: _TokenRegs, fsm: _FSM, after: str) -> None:
+        c = self.config
+        m.d.comb += self.x.ready.eq(1)
+        with m.If(self.x.valid):
+            for n in _KV:
+                for jj in range(c.chunks):  # one If per chunk: no case statement
+                    with m.If(r.j == jj):
+                        m.d.sync += [r.buf[n][jj][i].eq(self.x.payload[n][i])
+                                     for i in range(c.lanes)]
+            m.d.sync += r.j.eq(Mux(r.last, 0, r.j + 1))
+            with m.If(r.last):
+                m.d.sync += r.stage.eq(0)
+                fsm.next(after)
+
+    def _rotate_k(self, m, r: _TokenRegs, fsm: _FSM) -> None:
+        """One butterfly stage a cycle over the whole K vector; the last one
+        rounds by rot_shift."""
+        c = self.config
+        flat = [x for row in r.buf["k"] for x in row]
+        final = r.stage == c.log2_d - 1
+        for x, y in zip(flat, _butterfly(flat)):
+            sh = (y + (1 << (c.rot_shift - 1))) >> c.rot_shift if c.rot_shift else y
+            m.d.sync += x.eq(Mux(final, sh, y)[:len(x)])
+        m.d.sync += r.stage.eq(r.stage + 1)
+        with m.If(final):
+            fsm.next("MINMAX")
+
+    def _min_max(self, m, r: _TokenRegs, fsm: _FSM) -> None:
+        """lanes-wide min and max trees (not head_dim-wide), one chunk a cycle."""
+        for n in _KV:
+            vals = [r.lane(n, i) for i in range(self.config.lanes)]
+            bmin = tree(m, vals, lambda a, b: Mux(a < b, a, b), f"{n}min")
+            bmax = tree(m, vals, lambda a, b: Mux(a > b, a, b), f"{n}max")
+            m.d.sync += [r.lo[n].eq(Mux((r.j == 0) | (bmin < r.lo[n]), bmin, r.lo[n])),
+                         r.hi[n].eq(Mux((r.j == 0) | (bmax > r.hi[n]), bmax, r.hi[n]))]
+        m.d.sync += r.j.eq(Mux(r.last, 0, r.j + 1))
+        with m.If(r.last):
+            fsm.next("SCALE")
+
+    def _scale(self, m, r: _TokenRegs) -> None:
+        """S = hi - lo, or 15 |lo| for a constant token, 15 if it is all zero."""
+        for n in _KV:
+            lo, hi = r.lo[n], r.hi[n]
+            rng = (hi - lo).as_unsigned()
+            mag = Mux(lo < 0, -lo, lo).as_unsigned()
+            m.d.sync += r.S[n].eq(Mux(rng != 0, rng, Mux(lo != 0, mag * KV_LEVELS, KV_LEVELS)))
+
+    def _zeros(self, m, r: _TokenRegs) -> None:
+        for n in _KV:
+            t4, t8 = _t_both(m, r.lo[n], r.S[n], f"{n}zt")
+            m.d.sync += [r.z4[n].eq(_clamp(m, -t4, KV_LEVELS, f"{n}zc4")),
+                         r.z8[n].eq(_clamp(m, -t8, KV8_LEVELS, f"{n}zc8"))]
+
+    def _emit_codes(self, m, r: _TokenRegs, fsm: _FSM) -> None:
+        """The lane dividers are time-shared: ql lanes per cycle, qsteps cycles
+        per cache beat; the last group goes straight to the beat."""
+        c = self.config
+        emit = r.qsub == r.qsteps - 1
+        for n in _KV:
+            side = self.y.payload[n]
+            m.d.comb += [side.scale.eq(r.S[n]), side.zero.eq(r.z4[n]), side.zero8.eq(r.z8[n])]
+            for q, lanes_q in enumerate(_split_lanes(c.lanes, r.ql, r.qsteps)):
+                x = wire(m, select(r.qsub, [r.lane(n, i) for i in lanes_q]), f"{n}qx{q}")
+                t4, t8 = _t_both(m, x, r.S[n], f"{n}t{q}")
+                c4 = Signal(KV_BITS, name=f"{n}c4_{q}")
+                c8 = Signal(2 * KV_BITS, name=f"{n}c8_{q}")
+                m.d.comb += [c4.eq(_clamp(m, t4 + r.z4[n], KV_LEVELS, f"{n}c{q}")),
+                             c8.eq(_clamp(m, t8 + r.z8[n], KV8_LEVELS, f"{n}c8{q}"))]
+                for k, i in enumerate(lanes_q):
+                    if k < r.qsteps - 1:
+                        with m.If(r.qsub == k):
+                            m.d.sync += [r.cbuf[n][i].eq(c4), r.cbuf8[n][i].eq(c8)]
+                        m.d.comb += [side.codes[i].eq(r.cbuf[n][i]),
+                                     side.codes8[i].eq(r.cbuf8[n][i])]
+                    else:
+                        m.d.comb += [side.codes[i].eq(c4), side.codes8[i].eq(c8)]
+        m.d.comb += self.y.valid.eq(emit)
+        with m.If(~emit):
+            m.d.sync += r.qsub.eq(r.qsub + 1)
+        with m.If(emit & self.y.ready):
+            m.d.sync += [r.j.eq(Mux(r.last, 0, r.j + 1)), r.qsub.eq(0)]
+            with m.If(r.last):
+                fsm.next("IN")
+
+
 # --------------------------------------------------------------------------- decode core
 def _decode_ports(c: KV4Config) -> dict:
     """The decode core's signature members (shared by KV4Attention and KV4Unit)."""
@@ -409,364 +416,6 @@ def _decode_ports(c: KV4Config) -> dict:
             "out": Out(stream.Signature(out_layout(c))),
             "error": Out(1),
             "busy": Out(1)}
-
-
-class KV4Attention(wiring.Component):
-    """Decode attention for `heads` query heads over T cached tokens (module
-    docstring); `busy` is high from the cmd until the last out beat."""
-
-    def __init__(self, config: KV4Config):
-        self.config = c = _cfg(config)
-        super().__init__(_decode_ports(c))
-
-    def elaborate(self, platform):
-        c = self.config
-        m = Module()
-        H, L, NC = c.heads, c.lanes, c.chunks
-        table = Array(Const(v, c.p_bits) for v in exp2_table(c))
-
-        T = Signal(c.t_bits)
-        n4 = Signal(c.t_bits)   # tokens read at 4 bits: T - min(recent, T)
-        cs = [Signal(C_BITS, name=f"c{h}") for h in range(H)]
-        lshs = [Signal(LSH_BITS, name=f"lsh{h}") for h in range(H)]
-        qbuf = [[[Signal(signed(ACT_BITS), name=f"q{h}_{j}_{i}") for i in range(L)]
-                 for j in range(NC)] for h in range(H)]
-        sumq = [Signal(signed(c.sumq_bits), name=f"sumq{h}") for h in range(H)]
-        qe = [Signal(range(c.log2_d + 2), name=f"qe{h}") for h in range(H)]
-        lsh_eff = [_wire(m, (lshs[h] - qe[h])[:LSH_BITS], f"lsheff{h}") for h in range(H)]
-        acc = [[[Signal(c.acc_bits, name=f"acc{h}_{j}_{i}") for i in range(L)]
-                for j in range(NC)] for h in range(H)]
-        wz = [Signal(c.acc_bits, name=f"wz{h}") for h in range(H)]
-        d = [Signal(c.d_bits, name=f"d{h}") for h in range(H)]
-        mx = [Signal(signed(c.max_bits), name=f"m{h}") for h in range(H)]
-
-        run = Signal()
-        m.d.comb += self.busy.eq(run)
-
-        # ---------------- K side
-        # a token is `chunks` beats, or 2*chunks for a recent (8-bit) token: the
-        # high-nibble plane (weight 16, like a 4-bit code) then the low plane
-        kj = Signal(range(NC))
-        kt = Signal(c.t_bits)
-        kpl = Signal()
-        ahead = Signal(range(FIFO_DEPTH + 1))
-        k_rec = _wire(m, kt >= n4, "k_rec")
-        k_first = _wire(m, (kj == 0) & ~kpl, "k_first")
-        k_cend = kj == NC - 1
-        k_last = _wire(m, k_cend & (kpl | ~k_rec), "k_last")
-        k_go = Signal()
-        m.d.comb += [self.k.ready.eq(run & (kt < T) & (~k_first | (ahead < FIFO_DEPTH))),
-                     k_go.eq(self.k.valid & self.k.ready)]
-        with m.If(k_go):
-            m.d.sync += kj.eq(Mux(k_cend, 0, kj + 1))
-            with m.If(k_cend):
-                m.d.sync += kpl.eq(~k_last)
-            with m.If(k_last):
-                m.d.sync += kt.eq(kt + 1)
-        # S1: lane products and the adder tree per head
-        part_shape = signed(ACT_BITS + KV_BITS + 1 + (L - 1).bit_length())
-        s1_v, s1_first, s1_last, s1_lo = Signal(), Signal(), Signal(), Signal()
-        s1_part = [Signal(part_shape, name=f"s1_part{h}") for h in range(H)]
-        hold_s, hold_z = Signal(c.scale_bits), Signal(ZERO_BITS)
-        m.d.sync += [s1_v.eq(k_go), s1_first.eq(k_first), s1_last.eq(k_last), s1_lo.eq(kpl)]
-        with m.If(k_go & k_first):
-            m.d.sync += [hold_s.eq(self.k.payload.scale),
-                         hold_z.eq(_z8(m, self.k.payload.zero, k_rec, "kz"))]
-        for h in range(H):
-            prods = [_sel(qbuf[h], i, kj) * self.k.payload.codes[i] for i in range(L)]
-            m.d.sync += s1_part[h].eq(tree_sum(prods))
-        # S2: accumulate over the token's beats
-        P = [Signal(signed(c.dot_bits), name=f"P{h}") for h in range(H)]
-        s2_v = Signal()
-        s2_P = [Signal(signed(c.dot_bits), name=f"s2_P{h}") for h in range(H)]
-        s2_s, s2_z = Signal(c.scale_bits), Signal(ZERO_BITS)
-        m.d.sync += s2_v.eq(s1_v & s1_last)
-        for h in range(H):
-            part = _wire(m, Mux(s1_lo, s1_part[h], s1_part[h] << CODE_SHIFT), f"s1_w{h}")
-            tot = Mux(s1_first, 0, P[h]) + part
-            with m.If(s1_v):
-                m.d.sync += P[h].eq(tot)
-                with m.If(s1_last):
-                    m.d.sync += s2_P[h].eq(tot)
-        with m.If(s1_v & s1_last):
-            m.d.sync += [s2_s.eq(hold_s), s2_z.eq(hold_z)]
-        # S3: dot = P - zk * sumq
-        s3_v = Signal()
-        s3_dot = [Signal(signed(c.dot_bits), name=f"s3_dot{h}") for h in range(H)]
-        s3_s = Signal(c.scale_bits)
-        m.d.sync += [s3_v.eq(s2_v), s3_s.eq(s2_s)]
-        for h in range(H):
-            m.d.sync += s3_dot[h].eq(s2_P[h] - s2_z * sumq[h])
-        # S4: dot * Sk ; S5: * C ; S6: logit
-        s4_v, s5_v, s6_v = Signal(), Signal(), Signal()
-        s4 = [Signal(signed(c.dot_bits + c.scale_bits + 1), name=f"s4_{h}") for h in range(H)]
-        s5 = [Signal(signed(c.prod_bits + 1), name=f"s5_{h}") for h in range(H)]
-        s6 = [Signal(signed(c.logit_bits), name=f"s6_l{h}") for h in range(H)]
-        m.d.sync += [s4_v.eq(s3_v), s5_v.eq(s4_v), s6_v.eq(s5_v)]
-        for h in range(H):
-            m.d.sync += [s4[h].eq(s3_dot[h] * s3_s),
-                         s5[h].eq(s4[h] * cs[h]),
-                         s6[h].eq(_sat(m, _rshift_round(m, s5[h], lsh_eff[h], f"lr{h}"), c.logit_bits,
-                                       f"l{h}"))]
-        # S7: running max, shift, e
-        s7_v = Signal()
-        ft = Signal()           # the next token reaching S7 is the first
-        e_shape = unsigned(c.logit_bits + 2)
-        s7_e = [Signal(e_shape, name=f"s7_e{h}") for h in range(H)]
-        s7_sh = [Signal(range(SHIFT_SAT + 1), name=f"s7_sh{h}") for h in range(H)]
-        m.d.sync += s7_v.eq(s6_v)
-        with m.If(s6_v):
-            m.d.sync += ft.eq(0)
-        for h in range(H):
-            lf = c.logit_frac
-            ce = _wire(m, (s6[h] + ((1 << lf) - 1)) >> lf, f"ce{h}")
-            mn = _wire(m, Mux(ft | (ce > mx[h]), ce, mx[h]), f"mn{h}")
-            diff = _wire(m, (mn - mx[h]).as_unsigned(), f"mdiff{h}")
-            with m.If(s6_v):
-                m.d.sync += [mx[h].eq(mn),
-                             s7_e[h].eq(((mn << lf) - s6[h]).as_unsigned()),
-                             s7_sh[h].eq(Mux(ft, 0, Mux(diff > SHIFT_SAT, SHIFT_SAT, diff)))]
-        # S8: p from the table and a shift, d update, FIFO push
-        tf = fifo.SyncFIFO(width=H * (c.p_bits + 6), depth=FIFO_DEPTH)
-        m.submodules.tfifo = tf
-        pushed = []
-        for h in range(H):
-            lf = c.logit_frac
-            ei = _wire(m, s7_e[h] >> lf, f"ei{h}")
-            ef = s7_e[h][:lf]
-            p = Mux(ei >= SHIFT_SAT, 0, _rshift_round(m, table[ef], ei[:6], f"pr{h}"))[:c.p_bits]
-            ps = Signal(c.p_bits, name=f"s8_p{h}")
-            m.d.comb += ps.eq(p)
-            with m.If(s7_v):
-                m.d.sync += d[h].eq(_uadd(m, _rshift_round(m, d[h], s7_sh[h], f"dr{h}"), ps,
-                                          f"du{h}"))
-            pushed += [ps, s7_sh[h]]
-        m.d.comb += [tf.w_en.eq(s7_v), tf.w_data.eq(Cat(*pushed))]
-
-        # ---------------- V side
-        vj = Signal(range(NC))
-        vt = Signal(c.t_bits)
-        vpl = Signal()
-        v_rec = _wire(m, vt >= n4, "v_rec")
-        v_first = _wire(m, (vj == 0) & ~vpl, "v_first")
-        v_cend = vj == NC - 1
-        v_last = _wire(m, v_cend & (vpl | ~v_rec), "v_last")
-        v_go = Signal()
-        m.d.comb += [self.v.ready.eq(run & (vt < T) & (~v_first | tf.r_rdy)),
-                     v_go.eq(self.v.valid & self.v.ready),
-                     tf.r_en.eq(v_go & v_first)]
-        w_reg = [Signal(c.w_bits, name=f"w{h}") for h in range(H)]
-        s_reg = [Signal(6, name=f"vsh{h}") for h in range(H)]
-        with m.If(v_go):
-            m.d.sync += vj.eq(Mux(v_cend, 0, vj + 1))
-            with m.If(v_cend):
-                m.d.sync += vpl.eq(~v_last)
-            with m.If(v_last):
-                m.d.sync += vt.eq(vt + 1)
-        for h in range(H):
-            base = h * (c.p_bits + 6)
-            fp = tf.r_data[base:base + c.p_bits]
-            fs = tf.r_data[base + c.p_bits:base + c.p_bits + 6]
-            w = Signal(c.w_bits, name=f"wcur{h}")
-            sh = Signal(6, name=f"shcur{h}")
-            # the rescale applies on a chunk's first touch (plane 0) only
-            m.d.comb += [w.eq(Mux(v_first, fp * self.v.payload.scale, w_reg[h])),
-                         sh.eq(Mux(vpl, 0, Mux(v_first, fs, s_reg[h])))]
-            with m.If(v_go & v_first):
-                m.d.sync += [w_reg[h].eq(w), s_reg[h].eq(sh),
-                             wz[h].eq(_uadd(m, _rshift_round(m, wz[h], sh, f"wzr{h}"),
-                                            w * _z8(m, self.v.payload.zero, v_rec, f"vz{h}"),
-                                            f"wzu{h}"))]
-            new = [Signal(c.acc_bits, name=f"accnew{h}_{i}") for i in range(L)]
-            for i in range(L):
-                prod = _wire(m, w * self.v.payload.codes[i], f"vp{h}_{i}")
-                m.d.comb += new[i].eq(_uadd(m, _rshift_round(m, _sel(acc[h], i, vj), sh,
-                                                          f"ar{h}_{i}"),
-                                            Mux(vpl, prod, prod << CODE_SHIFT), f"au{h}_{i}"))
-            with m.If(v_go):
-                if True:  # one If per chunk: no case statement
-                    for j in range(NC):
-                        with m.If(vj == j):
-                            m.d.sync += [acc[h][j][i].eq(new[i]) for i in range(L)]
-        with m.If(k_go & k_first & ~(v_go & v_last)):
-            m.d.sync += ahead.eq(ahead + 1)
-        with m.Elif(~(k_go & k_first) & v_go & v_last):
-            m.d.sync += ahead.eq(ahead - 1)
-
-        # ---------------- control, query load, normalisation, output
-        qh = Signal(range(max(H, 2)))
-        qj = Signal(range(NC))
-        qb = Signal(range(H * NC))
-        dn = [Signal(c.dd_bits, name=f"dn{h}") for h in range(H)]
-        osh = [Signal(range(c.dd_bits + c.recip_bits + 1), name=f"osh{h}") for h in range(H)]
-        rem = [Signal(c.dd_bits + 1, name=f"rem{h}") for h in range(H)]
-        R = [Signal(c.recip_width, name=f"R{h}") for h in range(H)]
-        step = Signal(range(c.recip_width + 1))
-        oh = Signal(range(max(H, 2)))
-        oj = Signal(range(NC))
-        # the normaliser's wide multipliers (acc_bits x recip_width) are time-shared:
-        # `nl` per cycle, `osteps` cycles fill one out beat (norm_steps)
-        nl, osteps = _norm_split(c)
-        osub = Signal(range(max(osteps, 2)))
-        # every lane but the last group's waits here for its beat
-        obuf = {i: Signal(signed(c.out_bits), name=f"obuf{i}") for i in range((osteps - 1) * nl)}
-        # query path: with rotate, each head's vector is collected in qr, rotated by
-        # log2(D) butterfly stages, then requantized to INT8 by a power-of-two shift e
-        if c.rotate:
-            qr = [Signal(signed(c.qr_bits), name=f"qr{n}") for n in range(c.head_dim)]
-            qstage = Signal(range(c.log2_d))
-            qe_cur = Signal(range(c.log2_d + 2))
-        qstates = ["QUERY"] + (["QROT", "QMAX", "QPUT"] if c.rotate else [])
-        states = ["IDLE"] + qstates + ["RUN", "NORM", "DIV", "OUT"]
-        with _FSM(m, states, "state") as fsm:
-            with fsm.state("IDLE"):
-                m.d.comb += self.cmd.ready.eq(1)
-                with m.If(self.cmd.valid):
-                    t = self.cmd.payload.t
-                    bad = (t == 0) | (t > c.max_t)
-                    for h in range(H if c.min_lsh else 0):
-                        bad = bad | (self.cmd.payload.lsh[h] < c.min_lsh)
-                    with m.If(bad):
-                        m.d.sync += self.error.eq(1)
-                    with m.Else():
-                        m.d.sync += [self.error.eq(0), T.eq(t), run.eq(0),
-                                     n4.eq(Mux(t > c.recent, t - c.recent, 0)),
-                                     qh.eq(0), qj.eq(0), qb.eq(0), kj.eq(0), kt.eq(0), vj.eq(0),
-                                     vt.eq(0), kpl.eq(0), vpl.eq(0), ahead.eq(0), ft.eq(1)]
-                        for h in range(H):
-                            m.d.sync += [cs[h].eq(self.cmd.payload.c[h]),
-                                         lshs[h].eq(self.cmd.payload.lsh[h]), sumq[h].eq(0),
-                                         qe[h].eq(0), wz[h].eq(0), d[h].eq(0)]
-                            for j in range(c.chunks):
-                                m.d.sync += [acc[h][j][i].eq(0) for i in range(L)]
-                        fsm.next("QUERY")
-            with fsm.state("QUERY"):
-                m.d.comb += self.query.ready.eq(1)
-                with m.If(self.query.valid):
-                    if c.rotate:
-                        for j in range(NC):  # one If per chunk: no case statement
-                            with m.If(qj == j):
-                                m.d.sync += [qr[j * L + i].eq(self.query.payload[i])
-                                             for i in range(L)]
-                    else:
-                        beat_sum = tree_sum(self.query.payload[i] for i in range(L))
-                        for h in range(H):  # one If per beat: no case statement
-                            for j in range(NC):
-                                with m.If(qb == h * NC + j):
-                                    m.d.sync += [qbuf[h][j][i].eq(self.query.payload[i])
-                                                 for i in range(L)]
-                                    m.d.sync += sumq[h].eq(sumq[h] + beat_sum)
-                    m.d.sync += qb.eq(qb + 1)
-                    m.d.sync += qj.eq(Mux(qj == NC - 1, 0, qj + 1))
-                    with m.If(qj == NC - 1):
-                        if c.rotate:
-                            m.d.sync += qstage.eq(0)
-                            fsm.next("QROT")
-                        else:
-                            m.d.sync += qh.eq(qh + 1)
-                            with m.If(qh == H - 1):
-                                m.d.sync += run.eq(1)
-                                fsm.next("RUN")
-            if c.rotate:
-                with fsm.state("QROT"):
-                    m.d.sync += [x.eq(y[:len(x)]) for x, y in zip(qr, _butterfly(qr))]
-                    m.d.sync += qstage.eq(qstage + 1)
-                    with m.If(qstage == c.log2_d - 1):
-                        fsm.next("QMAX")
-                with fsm.state("QMAX"):
-                    mags = [_wire(m, Mux(x < 0, -x, x).as_unsigned(), f"qmag{n}")
-                            for n, x in enumerate(qr)]
-                    M = _wire(m, _tree(m, mags, lambda a, b: Mux(a > b, a, b), "qmax"), "qM")
-                    bl = Signal(range(len(M) + 1), name="qbl")
-                    for b in range(len(M)):   # bit length: the highest set bit wins
-                        with m.If(M[b]):
-                            m.d.comb += bl.eq(b + 1)
-                    keep = ACT_BITS - 1
-                    m.d.sync += qe_cur.eq(Mux(bl > keep, bl - keep, 0))
-                    fsm.next("QPUT")
-                with fsm.state("QPUT"):
-                    q8 = [_wire(m, _sat(m, _rshift_round(m, x, qe_cur, f"qrr{n}"), ACT_BITS,
-                                        f"q8s{n}"), f"q8_{n}")
-                          for n, x in enumerate(qr)]
-                    qsum = Signal(signed(c.sumq_bits), name="qsum")   # |sum| <= 128 * D
-                    m.d.comb += qsum.eq(tree_sum(q8))
-                    for h in range(H):
-                        with m.If(qh == h):
-                            m.d.sync += [sumq[h].eq(qsum), qe[h].eq(qe_cur)]
-                            for j in range(NC):
-                                m.d.sync += [qbuf[h][j][i].eq(q8[j * L + i]) for i in range(L)]
-                    m.d.sync += qh.eq(qh + 1)
-                    with m.If(qh == H - 1):
-                        m.d.sync += run.eq(1)
-                        fsm.next("RUN")
-                    with m.Else():
-                        fsm.next("QUERY")
-            with fsm.state("RUN"):
-                with m.If(vt == T):
-                    m.d.sync += run.eq(0)
-                    fsm.next("NORM")
-            with fsm.state("NORM"):
-                for h in range(H):
-                    dd = d[h] * KV8_LEVELS
-                    bl = Signal(range(c.dd_bits + 1), name=f"bl{h}")
-                    for b in range(c.dd_bits):
-                        with m.If(dd[b]):
-                            m.d.comb += bl.eq(b + 1)
-                    sd = Signal(range(c.dd_bits + 1), name=f"sd{h}")
-                    m.d.comb += sd.eq(c.dd_bits - bl)
-                    top = c.dd_bits - 1 + c.recip_bits - c.out_frac
-                    m.d.sync += [dn[h].eq((_zx(m, dd, len(dd) + (1 << len(sd)) - 1, f"ddw{h}") << sd)
-                                          [:c.dd_bits]),
-                                 osh[h].eq(Const(top, len(osh[h])) - _zx(m, sd, len(osh[h]), f"sdw{h}")),
-                                 rem[h].eq(1 << (c.dd_bits - 3)), R[h].eq(0)]
-                m.d.sync += step.eq(0)
-                fsm.next("DIV")
-            with fsm.state("DIV"):
-                for h in range(H):
-                    r2 = Cat(Const(0, 1), rem[h])
-                    r2 = _zx(m, r2, len(r2), f"dr2{h}")
-                    dnw = _zx(m, dn[h], len(r2), f"dnw{h}")
-                    ge = _wire(m, r2 >= dnw, f"dge{h}")
-                    m.d.sync += [rem[h].eq(Mux(ge, r2 - dnw, r2)), R[h].eq(Cat(ge, R[h]))]
-                m.d.sync += step.eq(step + 1)
-                with m.If(step == c.recip_width - 1):
-                    m.d.sync += [oh.eq(0), oj.eq(0), osub.eq(0)]
-                    fsm.next("OUT")
-            with fsm.state("OUT"):
-                # head and lane group selected first: nl multipliers serve everything;
-                # groups 0..osteps-2 go to obuf, the last one straight to the beat
-                def pick(xs):
-                    return _mux_sel(oh, xs)
-                wz_o = _wire(m, pick(wz), "wz_o")
-                R_o = _wire(m, pick(R), "R_o")
-                osh_o = _wire(m, pick(osh), "osh_o")
-                for q in range(nl):
-                    lanes_q = [k * nl + q for k in range(osteps) if k * nl + q < L]
-                    per_head = [_mux_sel(osub, [_sel(acc[h], i, oj) for i in lanes_q])
-                                for h in range(H)]
-                    a_o = _wire(m, pick(per_head), f"acc_o{q}")
-                    diff = _wire(m, a_o - wz_o, f"diff_o{q}")
-                    y = Signal(signed(c.out_bits), name=f"ynorm{q}")
-                    m.d.comb += y.eq(_sat(m, _rshift_round(m, diff * R_o, osh_o, f"yr{q}"),
-                                          c.out_bits, f"y{q}"))
-                    for k, i in enumerate(lanes_q):
-                        if k < osteps - 1:
-                            with m.If(osub == k):
-                                m.d.sync += obuf[i].eq(y)
-                            m.d.comb += self.out.payload[i].eq(obuf[i])
-                        else:
-                            m.d.comb += self.out.payload[i].eq(y)
-                emit = osub == osteps - 1
-                m.d.comb += self.out.valid.eq(emit)
-                with m.If(~emit):
-                    m.d.sync += osub.eq(osub + 1)
-                with m.If(emit & self.out.ready):
-                    m.d.sync += [oj.eq(Mux(oj == NC - 1, 0, oj + 1)), osub.eq(0)]
-                    with m.If(oj == NC - 1):
-                        m.d.sync += oh.eq(oh + 1)
-                        with m.If(oh == H - 1):
-                            fsm.next("IDLE")
-        return m
 
 
 #: The output normaliser computes lanes // NORM_SPLIT elements per cycle: its
@@ -810,6 +459,451 @@ def cycle_model(config: KV4Config, T: int) -> int:
 def lanes_busy(config: KV4Config, T: int) -> float:
     """Share of cycles in which the K and V lanes take a beat: k_beats / cycles."""
     return k_beats(config, T) / cycle_model(config, T)
+
+
+class _DecodeRegs:
+    """State of one decode step shared by the K side, the V side and the control:
+    the cmd's fields, the per-head query, softmax and accumulator registers, and
+    the stream position counters."""
+
+    def __init__(self, c: KV4Config):
+        H, L, NC = c.heads, c.lanes, c.chunks
+        self.T = Signal(c.t_bits, name="T")
+        self.n4 = Signal(c.t_bits, name="n4")   # tokens read at 4 bits: T - min(recent, T)
+        self.run = Signal(name="run")
+        self.cs = [Signal(C_BITS, name=f"c{h}") for h in range(H)]
+        self.lshs = [Signal(LSH_BITS, name=f"lsh{h}") for h in range(H)]
+        self.qbuf = [[[Signal(signed(ACT_BITS), name=f"q{h}_{j}_{i}") for i in range(L)]
+                      for j in range(NC)] for h in range(H)]
+        self.sumq = [Signal(signed(c.sumq_bits), name=f"sumq{h}") for h in range(H)]
+        self.qe = [Signal(count_width(c.log2_d + 1), name=f"qe{h}") for h in range(H)]
+        self.acc = [[[Signal(c.acc_bits, name=f"acc{h}_{j}_{i}") for i in range(L)]
+                     for j in range(NC)] for h in range(H)]
+        self.wz = [Signal(c.acc_bits, name=f"wz{h}") for h in range(H)]
+        self.d = [Signal(c.d_bits, name=f"d{h}") for h in range(H)]
+        self.mx = [Signal(signed(c.max_bits), name=f"m{h}") for h in range(H)]
+        self.ft = Signal(name="ft")             # the next token reaching S7 is the first
+        # K and V stream positions: chunk, token, nibble plane (1 = the low plane
+        # of a recent token); `ahead` counts tokens the K side has started but
+        # the V side not finished
+        self.kj, self.vj = Signal(range(NC), name="kj"), Signal(range(NC), name="vj")
+        self.kt, self.vt = Signal(c.t_bits, name="kt"), Signal(c.t_bits, name="vt")
+        self.kpl, self.vpl = Signal(name="kpl"), Signal(name="vpl")
+        self.ahead = Signal(count_width(FIFO_DEPTH), name="ahead")
+        # query load: head, chunk, beat
+        self.qh = Signal(count_width(H - 1), name="qh")
+        self.qj = Signal(range(NC), name="qj")
+        self.qb = Signal(range(H * NC), name="qb")
+        # normaliser: the normalised 240*d, output shift, division remainder and
+        # reciprocal per head, the division step, the output head/chunk/step
+        self.dn = [Signal(c.dd_bits, name=f"dn{h}") for h in range(H)]
+        self.osh = [Signal(count_width(c.dd_bits + c.recip_bits), name=f"osh{h}")
+                    for h in range(H)]
+        self.rem = [Signal(c.dd_bits + 1, name=f"rem{h}") for h in range(H)]
+        self.R = [Signal(c.recip_width, name=f"R{h}") for h in range(H)]
+        self.step = Signal(count_width(c.recip_width), name="step")
+        self.oh = Signal(count_width(H - 1), name="oh")
+        self.oj = Signal(range(NC), name="oj")
+        # the normaliser's wide multipliers (acc_bits x recip_width) are time-shared:
+        # `nl` per cycle, `osteps` cycles fill one out beat (norm_steps)
+        self.nl, self.osteps = _norm_split(c)
+        self.osub = Signal(count_width(self.osteps - 1), name="osub")
+        # every lane but the last group's waits here for its beat
+        self.obuf = {i: Signal(signed(c.out_bits), name=f"obuf{i}")
+                     for i in range((self.osteps - 1) * self.nl)}
+        # query path with rotate: each head's vector is collected in qr, rotated by
+        # log2(D) butterfly stages, then requantized to INT8 by a power-of-two shift e
+        if c.rotate:
+            self.qr = [Signal(signed(c.qr_bits), name=f"qr{n}") for n in range(c.head_dim)]
+            self.qstage = Signal(count_width(c.log2_d - 1), name="qstage")
+            self.qe_cur = Signal(count_width(c.log2_d + 1), name="qe_cur")
+
+
+def _position(m, c: KV4Config, s: _DecodeRegs, side: str) -> SimpleNamespace:
+    """The K or V stream's beat position: a token is `chunks` beats, or 2*chunks
+    for a recent (8-bit) token: the high-nibble plane (weight 16, like a 4-bit
+    code) then the low plane. `go` (the beat transfers) is driven by the caller."""
+    j, t, pl = getattr(s, f"{side}j"), getattr(s, f"{side}t"), getattr(s, f"{side}pl")
+    p = SimpleNamespace(j=j, t=t, pl=pl, go=Signal(name=f"{side}_go"))
+    p.rec = wire(m, t >= s.n4, f"{side}_rec")
+    p.first = wire(m, (j == 0) & ~pl, f"{side}_first")
+    cend = j == c.chunks - 1
+    p.last = wire(m, cend & (pl | ~p.rec), f"{side}_last")
+    with m.If(p.go):
+        m.d.sync += j.eq(Mux(cend, 0, j + 1))
+        with m.If(cend):
+            m.d.sync += pl.eq(~p.last)
+        with m.If(p.last):
+            m.d.sync += t.eq(t + 1)
+    return p
+
+
+class KV4Attention(wiring.Component):
+    """Decode attention for `heads` query heads over T cached tokens (module
+    docstring); `busy` is high from the cmd until the last out beat."""
+
+    def __init__(self, config: KV4Config):
+        self.config = c = _cfg(config)
+        super().__init__(_decode_ports(c))
+
+    def elaborate(self, platform):
+        c = self.config
+        m = Module()
+        s = _DecodeRegs(c)
+        m.d.comb += self.busy.eq(s.run)
+        # K side, one beat per cycle: S1..S8 (module docstring), then the FIFO
+        kp = self._k_position(m, s)
+        s1 = self._k_products(m, s, kp)      # S1: lane products, adder tree
+        s3 = self._k_dot(m, s, s1)           # S2: P over the token, S3: dot
+        s6 = self._k_logit(m, s, s3)         # S4..S6: * Sk, * C, logit
+        s7 = self._k_max(m, s, s6)           # S7: running max, shift, e
+        tf = self._k_weight(m, s, s7)        # S8: p, d, FIFO push
+        # V side, one beat per cycle once the token's FIFO entry is there
+        vp = self._v_side(m, s, tf)
+        self._tokens_ahead(m, s, kp, vp)
+        # control: cmd, query load (and rotation), wait, normaliser, output
+        self._control(m, s)
+        return m
+
+    # ---------------- K side
+    def _k_position(self, m, s: _DecodeRegs) -> SimpleNamespace:
+        kp = _position(m, self.config, s, "k")
+        m.d.comb += [self.k.ready.eq(s.run & (s.kt < s.T) & (~kp.first | (s.ahead < FIFO_DEPTH))),
+                     kp.go.eq(self.k.valid & self.k.ready)]
+        return kp
+
+    def _k_products(self, m, s: _DecodeRegs, kp) -> SimpleNamespace:
+        """S1: per head, the lane products q8 * k4 of the beat and their adder
+        tree; the token's scale and zero are held from its first beat."""
+        c = self.config
+        part_shape = signed(ACT_BITS + KV_BITS + 1 + (c.lanes - 1).bit_length())
+        s1 = SimpleNamespace(v=Signal(name="s1_v"), first=Signal(name="s1_first"),
+                             last=Signal(name="s1_last"), lo=Signal(name="s1_lo"),
+                             part=[Signal(part_shape, name=f"s1_part{h}") for h in range(c.heads)],
+                             S=Signal(c.scale_bits, name="hold_s"),
+                             z=Signal(ZERO_BITS, name="hold_z"))
+        m.d.sync += [s1.v.eq(kp.go), s1.first.eq(kp.first), s1.last.eq(kp.last),
+                     s1.lo.eq(kp.pl)]
+        with m.If(kp.go & kp.first):
+            m.d.sync += [s1.S.eq(self.k.payload.scale),
+                         s1.z.eq(_z8(m, self.k.payload.zero, kp.rec, "kz"))]
+        for h in range(c.heads):
+            prods = [select(kp.j, [row[i] for row in s.qbuf[h]]) * self.k.payload.codes[i]
+                     for i in range(c.lanes)]
+            m.d.sync += s1.part[h].eq(tree_sum(prods))
+        return s1
+
+    def _k_dot(self, m, s: _DecodeRegs, s1) -> SimpleNamespace:
+        """S2: P accumulates the token's beats (the high plane weighs 16); S3:
+        dot = P - zk * sumq."""
+        c = self.config
+        H = c.heads
+        P = [Signal(signed(c.dot_bits), name=f"P{h}") for h in range(H)]
+        s2_v = Signal(name="s2_v")
+        s2_P = [Signal(signed(c.dot_bits), name=f"s2_P{h}") for h in range(H)]
+        s2_s, s2_z = Signal(c.scale_bits, name="s2_s"), Signal(ZERO_BITS, name="s2_z")
+        m.d.sync += s2_v.eq(s1.v & s1.last)
+        for h in range(H):
+            part = wire(m, Mux(s1.lo, s1.part[h], s1.part[h] << CODE_SHIFT), f"s1_w{h}")
+            tot = Mux(s1.first, 0, P[h]) + part
+            with m.If(s1.v):
+                m.d.sync += P[h].eq(tot)
+                with m.If(s1.last):
+                    m.d.sync += s2_P[h].eq(tot)
+        with m.If(s1.v & s1.last):
+            m.d.sync += [s2_s.eq(s1.S), s2_z.eq(s1.z)]
+        s3 = SimpleNamespace(v=Signal(name="s3_v"), S=Signal(c.scale_bits, name="s3_s"),
+                             dot=[Signal(signed(c.dot_bits), name=f"s3_dot{h}") for h in range(H)])
+        m.d.sync += [s3.v.eq(s2_v), s3.S.eq(s2_s)]
+        for h in range(H):
+            m.d.sync += s3.dot[h].eq(s2_P[h] - s2_z * s.sumq[h])
+        return s3
+
+    def _k_logit(self, m, s: _DecodeRegs, s3) -> SimpleNamespace:
+        """S4: dot * Sk; S5: * C; S6: l = sat(rshift_round(., lsh - e))."""
+        c = self.config
+        H = c.heads
+        lsh_eff = [wire(m, (s.lshs[h] - s.qe[h])[:LSH_BITS], f"lsheff{h}") for h in range(H)]
+        s4_v, s5_v = Signal(name="s4_v"), Signal(name="s5_v")
+        s4 = [Signal(signed(c.dot_bits + c.scale_bits + 1), name=f"s4_{h}") for h in range(H)]
+        s5 = [Signal(signed(c.prod_bits + 1), name=f"s5_{h}") for h in range(H)]
+        s6 = SimpleNamespace(v=Signal(name="s6_v"),
+                             l=[Signal(signed(c.logit_bits), name=f"s6_l{h}") for h in range(H)])
+        m.d.sync += [s4_v.eq(s3.v), s5_v.eq(s4_v), s6.v.eq(s5_v)]
+        for h in range(H):
+            m.d.sync += [s4[h].eq(s3.dot[h] * s3.S),
+                         s5[h].eq(s4[h] * s.cs[h]),
+                         s6.l[h].eq(_sat(m, _rshift_round(m, s5[h], lsh_eff[h], f"lr{h}"),
+                                         c.logit_bits, f"l{h}"))]
+        return s6
+
+    def _k_max(self, m, s: _DecodeRegs, s6) -> SimpleNamespace:
+        """S7: m = max(m, ceil(l)), the rescale shift (0 for the first token) and
+        e = m * 2**lf - l."""
+        c = self.config
+        lf = c.logit_frac
+        s7 = SimpleNamespace(
+            v=Signal(name="s7_v"),
+            e=[Signal(unsigned(c.logit_bits + 2), name=f"s7_e{h}") for h in range(c.heads)],
+            sh=[Signal(count_width(SHIFT_SAT), name=f"s7_sh{h}") for h in range(c.heads)])
+        m.d.sync += s7.v.eq(s6.v)
+        with m.If(s6.v):
+            m.d.sync += s.ft.eq(0)
+        for h in range(c.heads):
+            l, mx = s6.l[h], s.mx[h]
+            ce = wire(m, (l + ((1 << lf) - 1)) >> lf, f"ce{h}")
+            mn = wire(m, Mux(s.ft | (ce > mx), ce, mx), f"mn{h}")
+            diff = wire(m, (mn - mx).as_unsigned(), f"mdiff{h}")
+            with m.If(s6.v):
+                m.d.sync += [mx.eq(mn),
+                             s7.e[h].eq(((mn << lf) - l).as_unsigned()),
+                             s7.sh[h].eq(Mux(s.ft, 0, Mux(diff > SHIFT_SAT, SHIFT_SAT, diff)))]
+        return s7
+
+    def _k_weight(self, m, s: _DecodeRegs, s7) -> fifo.SyncFIFO:
+        """S8: p = TABLE[e mod 2**lf] >> (e >> lf), d = rshift_round(d, shift) + p;
+        (p, shift) of every head pushed into the token FIFO."""
+        c = self.config
+        lf = c.logit_frac
+        table = Array(Const(v, c.p_bits) for v in exp2_table(c))
+        m.submodules.tfifo = tf = fifo.SyncFIFO(width=c.heads * (c.p_bits + _SHIFT_W),
+                                                depth=FIFO_DEPTH)
+        pushed = []
+        for h in range(c.heads):
+            ei = wire(m, s7.e[h] >> lf, f"ei{h}")
+            ef = s7.e[h][:lf]
+            p = Mux(ei >= SHIFT_SAT, 0,
+                    _rshift_round(m, table[ef], ei[:_SHIFT_W], f"pr{h}"))[:c.p_bits]
+            ps = Signal(c.p_bits, name=f"s8_p{h}")
+            m.d.comb += ps.eq(p)
+            with m.If(s7.v):
+                m.d.sync += s.d[h].eq(_uadd(m, _rshift_round(m, s.d[h], s7.sh[h], f"dr{h}"), ps,
+                                            f"du{h}"))
+            pushed += [ps, s7.sh[h]]
+        m.d.comb += [tf.w_en.eq(s7.v), tf.w_data.eq(Cat(*pushed))]
+        return tf
+
+    # ---------------- V side
+    def _v_side(self, m, s: _DecodeRegs, tf: fifo.SyncFIFO) -> SimpleNamespace:
+        """acc[h][chunk] = rshift_round(acc, shift) + w * v (w = p * Sv; the
+        rescale on a chunk's first touch only), wz the same for the V zero once
+        per token."""
+        c = self.config
+        vp = _position(m, c, s, "v")
+        v = self.v.payload
+        m.d.comb += [self.v.ready.eq(s.run & (s.vt < s.T) & (~vp.first | tf.r_rdy)),
+                     vp.go.eq(self.v.valid & self.v.ready),
+                     tf.r_en.eq(vp.go & vp.first)]
+        for h in range(c.heads):
+            base = h * (c.p_bits + _SHIFT_W)
+            fp = tf.r_data[base:base + c.p_bits]
+            fs = tf.r_data[base + c.p_bits:base + c.p_bits + _SHIFT_W]
+            w_reg = Signal(c.w_bits, name=f"w{h}")
+            s_reg = Signal(_SHIFT_W, name=f"vsh{h}")
+            w = Signal(c.w_bits, name=f"wcur{h}")
+            sh = Signal(_SHIFT_W, name=f"shcur{h}")
+            # the rescale applies on a chunk's first touch (plane 0) only
+            m.d.comb += [w.eq(Mux(vp.first, fp * v.scale, w_reg)),
+                         sh.eq(Mux(vp.pl, 0, Mux(vp.first, fs, s_reg)))]
+            with m.If(vp.go & vp.first):
+                m.d.sync += [w_reg.eq(w), s_reg.eq(sh),
+                             s.wz[h].eq(_uadd(m, _rshift_round(m, s.wz[h], sh, f"wzr{h}"),
+                                              w * _z8(m, v.zero, vp.rec, f"vz{h}"), f"wzu{h}"))]
+            new = [Signal(c.acc_bits, name=f"accnew{h}_{i}") for i in range(c.lanes)]
+            for i in range(c.lanes):
+                prod = wire(m, w * v.codes[i], f"vp{h}_{i}")
+                old = select(vp.j, [row[i] for row in s.acc[h]])
+                m.d.comb += new[i].eq(_uadd(m, _rshift_round(m, old, sh, f"ar{h}_{i}"),
+                                            Mux(vp.pl, prod, prod << CODE_SHIFT), f"au{h}_{i}"))
+            with m.If(vp.go):
+                for j in range(c.chunks):  # one If per chunk: no case statement
+                    with m.If(vp.j == j):
+                        m.d.sync += [s.acc[h][j][i].eq(new[i]) for i in range(c.lanes)]
+        return vp
+
+    def _tokens_ahead(self, m, s: _DecodeRegs, kp, vp) -> None:
+        """Tokens the K side has started and the V side not finished (the FIFO's
+        room, as the K side's first-beat ready sees it)."""
+        k_start, v_end = kp.go & kp.first, vp.go & vp.last
+        with m.If(k_start & ~v_end):
+            m.d.sync += s.ahead.eq(s.ahead + 1)
+        with m.Elif(~k_start & v_end):
+            m.d.sync += s.ahead.eq(s.ahead - 1)
+
+    # ---------------- control
+    def _control(self, m, s: _DecodeRegs) -> None:
+        c = self.config
+        qstates = ["QUERY"] + (["QROT", "QMAX", "QPUT"] if c.rotate else [])
+        fsm = _FSM(m, ["IDLE"] + qstates + ["RUN", "NORM", "DIV", "OUT"], "state")
+        with fsm.state("IDLE"):        # take a cmd: check it, clear the step's state
+            self._take_cmd(m, s, fsm)
+        with fsm.state("QUERY"):       # heads*chunks query beats
+            self._load_query(m, s, fsm)
+        if c.rotate:
+            with fsm.state("QROT"):    # log2(D) butterfly stages on one head's query
+                m.d.sync += [x.eq(y[:len(x)]) for x, y in zip(s.qr, _butterfly(s.qr))]
+                m.d.sync += s.qstage.eq(s.qstage + 1)
+                with m.If(s.qstage == c.log2_d - 1):
+                    fsm.next("QMAX")
+            with fsm.state("QMAX"):    # the requantization shift e
+                self._query_shift(m, s)
+                fsm.next("QPUT")
+            with fsm.state("QPUT"):    # INT8 query and sumq of the head
+                self._put_query(m, s, fsm)
+        with fsm.state("RUN"):         # the K and V sides stream the tokens
+            with m.If(s.vt == s.T):
+                m.d.sync += s.run.eq(0)
+                fsm.next("NORM")
+        with fsm.state("NORM"):        # 240*d normalised, reciprocal division set up
+            self._normalise(m, s)
+            fsm.next("DIV")
+        with fsm.state("DIV"):         # restoring division, one quotient bit a cycle
+            self._divide(m, s, fsm)
+        with fsm.state("OUT"):         # (acc - wz) * R >> s, a beat every osteps cycles
+            self._emit_out(m, s, fsm)
+
+    def _take_cmd(self, m, s: _DecodeRegs, fsm: _FSM) -> None:
+        c = self.config
+        m.d.comb += self.cmd.ready.eq(1)
+        with m.If(self.cmd.valid):
+            cmd = self.cmd.payload
+            bad = (cmd.t == 0) | (cmd.t > c.max_t)
+            for h in range(c.heads if c.min_lsh else 0):
+                bad = bad | (cmd.lsh[h] < c.min_lsh)
+            with m.If(bad):
+                m.d.sync += self.error.eq(1)
+            with m.Else():
+                m.d.sync += [self.error.eq(0), s.T.eq(cmd.t), s.run.eq(0),
+                             s.n4.eq(Mux(cmd.t > c.recent, cmd.t - c.recent, 0)),
+                             s.qh.eq(0), s.qj.eq(0), s.qb.eq(0), s.kj.eq(0), s.kt.eq(0),
+                             s.vj.eq(0), s.vt.eq(0), s.kpl.eq(0), s.vpl.eq(0), s.ahead.eq(0),
+                             s.ft.eq(1)]
+                for h in range(c.heads):
+                    m.d.sync += [s.cs[h].eq(cmd.c[h]), s.lshs[h].eq(cmd.lsh[h]),
+                                 s.sumq[h].eq(0), s.qe[h].eq(0), s.wz[h].eq(0), s.d[h].eq(0)]
+                    for row in s.acc[h]:
+                        m.d.sync += [a.eq(0) for a in row]
+                fsm.next("QUERY")
+
+    def _load_query(self, m, s: _DecodeRegs, fsm: _FSM) -> None:
+        """Without rotate the beats go straight to qbuf and sumq; with rotate a
+        head's vector is collected in qr and rotated after its last beat."""
+        c = self.config
+        H, L, NC = c.heads, c.lanes, c.chunks
+        q = self.query.payload
+        m.d.comb += self.query.ready.eq(1)
+        with m.If(self.query.valid):
+            if c.rotate:
+                for j in range(NC):  # one If per chunk: no case statement
+                    with m.If(s.qj == j):
+                        m.d.sync += [s.qr[j * L + i].eq(q[i]) for i in range(L)]
+            else:
+                beat_sum = tree_sum(q[i] for i in range(L))
+                for h in range(H):  # one If per beat: no case statement
+                    for j in range(NC):
+                        with m.If(s.qb == h * NC + j):
+                            m.d.sync += [s.qbuf[h][j][i].eq(q[i]) for i in range(L)]
+                            m.d.sync += s.sumq[h].eq(s.sumq[h] + beat_sum)
+            m.d.sync += s.qb.eq(s.qb + 1)
+            m.d.sync += s.qj.eq(Mux(s.qj == NC - 1, 0, s.qj + 1))
+            with m.If(s.qj == NC - 1):
+                if c.rotate:
+                    m.d.sync += s.qstage.eq(0)
+                    fsm.next("QROT")
+                else:
+                    m.d.sync += s.qh.eq(s.qh + 1)
+                    with m.If(s.qh == H - 1):
+                        m.d.sync += s.run.eq(1)
+                        fsm.next("RUN")
+
+    def _query_shift(self, m, s: _DecodeRegs) -> None:
+        """e = max(0, bitlen(max |qr|) - 7)."""
+        mags = [wire(m, Mux(x < 0, -x, x).as_unsigned(), f"qmag{n}") for n, x in enumerate(s.qr)]
+        M = wire(m, tree(m, mags, lambda a, b: Mux(a > b, a, b), "qmax"), "qM")
+        bl = _bit_length(m, M, len(M), "qbl")
+        keep = ACT_BITS - 1
+        m.d.sync += s.qe_cur.eq(Mux(bl > keep, bl - keep, 0))
+
+    def _put_query(self, m, s: _DecodeRegs, fsm: _FSM) -> None:
+        c = self.config
+        q8 = [wire(m, _sat(m, _rshift_round(m, x, s.qe_cur, f"qrr{n}"), ACT_BITS, f"q8s{n}"),
+                   f"q8_{n}") for n, x in enumerate(s.qr)]
+        qsum = Signal(signed(c.sumq_bits), name="qsum")   # |sum| <= 128 * D
+        m.d.comb += qsum.eq(tree_sum(q8))
+        for h in range(c.heads):
+            with m.If(s.qh == h):
+                m.d.sync += [s.sumq[h].eq(qsum), s.qe[h].eq(s.qe_cur)]
+                for j in range(c.chunks):
+                    m.d.sync += [s.qbuf[h][j][i].eq(q8[j * c.lanes + i]) for i in range(c.lanes)]
+        m.d.sync += s.qh.eq(s.qh + 1)
+        with m.If(s.qh == c.heads - 1):
+            m.d.sync += s.run.eq(1)
+            fsm.next("RUN")
+        with m.Else():
+            fsm.next("QUERY")
+
+    def _normalise(self, m, s: _DecodeRegs) -> None:
+        """dn = 240*d shifted left by sd into [2**(dd_bits-1), 2**dd_bits); the
+        output shift dd_bits - 1 + recip_bits - out_frac - sd."""
+        c = self.config
+        top = c.dd_bits - 1 + c.recip_bits - c.out_frac
+        for h in range(c.heads):
+            dd = s.d[h] * KV8_LEVELS
+            bl = _bit_length(m, dd, c.dd_bits, f"bl{h}")
+            sd = Signal(count_width(c.dd_bits), name=f"sd{h}")
+            m.d.comb += sd.eq(c.dd_bits - bl)
+            osh = s.osh[h]
+            m.d.sync += [s.dn[h].eq((_zx(m, dd, len(dd) + (1 << len(sd)) - 1, f"ddw{h}") << sd)
+                                    [:c.dd_bits]),
+                         osh.eq(Const(top, len(osh)) - _zx(m, sd, len(osh), f"sdw{h}")),
+                         s.rem[h].eq(1 << (c.dd_bits - 3)), s.R[h].eq(0)]
+        m.d.sync += s.step.eq(0)
+
+    def _divide(self, m, s: _DecodeRegs, fsm: _FSM) -> None:
+        """R = floor(2**(dd_bits-1+recip_bits) / dn), recip_width steps."""
+        c = self.config
+        for h in range(c.heads):
+            r2 = Cat(Const(0, 1), s.rem[h])
+            dnw = _zx(m, s.dn[h], len(r2), f"dnw{h}")
+            ge = wire(m, r2 >= dnw, f"dge{h}")
+            m.d.sync += [s.rem[h].eq(Mux(ge, r2 - dnw, r2)), s.R[h].eq(Cat(ge, s.R[h]))]
+        m.d.sync += s.step.eq(s.step + 1)
+        with m.If(s.step == c.recip_width - 1):
+            m.d.sync += [s.oh.eq(0), s.oj.eq(0), s.osub.eq(0)]
+            fsm.next("OUT")
+
+    def _emit_out(self, m, s: _DecodeRegs, fsm: _FSM) -> None:
+        """Head and lane group are selected first, so nl multipliers serve every
+        element; groups 0..osteps-2 go to obuf, the last one straight to the beat."""
+        c = self.config
+        wz_o = wire(m, select(s.oh, s.wz), "wz_o")
+        R_o = wire(m, select(s.oh, s.R), "R_o")
+        osh_o = wire(m, select(s.oh, s.osh), "osh_o")
+        for q, lanes_q in enumerate(_split_lanes(c.lanes, s.nl, s.osteps)):
+            per_head = [select(s.osub, [select(s.oj, [row[i] for row in s.acc[h]])
+                                        for i in lanes_q]) for h in range(c.heads)]
+            a_o = wire(m, select(s.oh, per_head), f"acc_o{q}")
+            diff = wire(m, a_o - wz_o, f"diff_o{q}")
+            y = Signal(signed(c.out_bits), name=f"ynorm{q}")
+            m.d.comb += y.eq(_sat(m, _rshift_round(m, diff * R_o, osh_o, f"yr{q}"),
+                                  c.out_bits, f"y{q}"))
+            for k, i in enumerate(lanes_q):
+                if k < s.osteps - 1:
+                    with m.If(s.osub == k):
+                        m.d.sync += s.obuf[i].eq(y)
+                    m.d.comb += self.out.payload[i].eq(s.obuf[i])
+                else:
+                    m.d.comb += self.out.payload[i].eq(y)
+        emit = s.osub == s.osteps - 1
+        m.d.comb += self.out.valid.eq(emit)
+        with m.If(~emit):
+            m.d.sync += s.osub.eq(s.osub + 1)
+        with m.If(emit & self.out.ready):
+            m.d.sync += [s.oj.eq(Mux(s.oj == c.chunks - 1, 0, s.oj + 1)), s.osub.eq(0)]
+            with m.If(s.oj == c.chunks - 1):
+                m.d.sync += s.oh.eq(s.oh + 1)
+                with m.If(s.oh == c.heads - 1):
+                    fsm.next("IDLE")
 
 
 # --------------------------------------------------------------------------- top
