@@ -45,14 +45,15 @@ from dataclasses import dataclass
 
 import torch
 
-from golden.formats import ACT_BITS, ACT_QMAX
-from golden.kv4_attention_config import (C_BITS, CODE_SHIFT, KV8_LEVELS, KV_LEVELS, LSH_BITS, SHIFT_SAT,
-                               KV4Config, exp2_table)
+from golden.formats import ACT_BITS, ACT_MAX, ACT_MIN, ACT_QMAX
+from golden.kv4_attention_config import (C_BITS, CODE_SHIFT, KV8_LEVELS, KV_LEVELS, LSH_BITS,
+                                         SHIFT_SAT, KV4Config, exp2_table)
+from golden.validate import expect_type
 
 __all__ = ["KV4Cache", "DecodeResult", "to_fixed", "choose_frac", "quantize_token",
-           "fwht", "fwht_matrix", "rotate_k", "rotate_query", "effective_query", "decode_codes", "scheme_kv",
-           "append_fixed",
-           "append_cache", "quantize_query", "logit_multiplier", "rshift_round",
+           "fwht", "fwht_matrix", "rotate_k", "rotate_query", "effective_query", "decode_codes",
+           "scheme_kv", "append_fixed", "append_cache", "quantize_query", "logit_multiplier",
+           "rshift_round",
            "logits", "online_softmax", "pv_accumulate", "normalise", "kv4_decode",
            "dequantize", "float_attention", "cosine", "decode_float"]
 
@@ -60,9 +61,7 @@ LOG2E = 1.0 / math.log(2.0)
 
 
 def _cfg(config) -> KV4Config:
-    if not isinstance(config, KV4Config):
-        raise ValueError(f"config must be a KV4Config, got {type(config).__name__}")
-    return config
+    return expect_type("config", config, KV4Config)
 
 
 def rshift_round(x, s):
@@ -77,7 +76,9 @@ def rshift_round(x, s):
 # --------------------------------------------------------------------------- KV append
 def _check_finite(name: str, x: torch.Tensor) -> None:
     if not torch.is_tensor(x) or not x.is_floating_point():
-        raise ValueError(f"{name} must be a float tensor, got {type(x).__name__}")
+        raise TypeError(f"{name} must be a float tensor, got "
+                        f"{x.dtype if torch.is_tensor(x) else type(x).__name__}; "
+                        f"convert it with .float() or torch.as_tensor(..., dtype=torch.float32)")
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} holds NaN or Inf (the KV4 quantizer input must be "
                          f"finite); fix the producer of {name} before quantizing")
@@ -152,8 +153,7 @@ def rotate_query(q8, config: KV4Config):
     M = qr.abs().amax(-1)
     e = torch.tensor([max(0, int(m).bit_length() - (ACT_BITS - 1)) for m in M.flatten()],
                      dtype=torch.int64).reshape(M.shape)
-    lim = 1 << (ACT_BITS - 1)
-    return torch.clamp(rshift_round(qr, e.unsqueeze(-1)), -lim, lim - 1), e
+    return torch.clamp(rshift_round(qr, e.unsqueeze(-1)), ACT_MIN, ACT_MAX), e
 
 
 def effective_query(q8, s_q, config: KV4Config) -> torch.Tensor:
@@ -218,12 +218,6 @@ class KV4Cache:
     @property
     def T(self) -> int:
         return int(self.kcodes.shape[0])
-
-    def k_dequant(self, bits: int = 4) -> torch.Tensor:
-        """Dequantized K in the original (un-rotated) frame, float64 [T, D]."""
-        k = (dequantize(self.kcodes, self.ks, self.kz, self.frac_k) if bits == 4 else
-             dequantize(self.kcodes8, self.ks, self.kz8, self.frac_k, KV8_LEVELS))
-        return _unrotate(k) if self.rotated else k
 
     def v_dequant(self, bits: int = 4) -> torch.Tensor:
         if bits == 4:

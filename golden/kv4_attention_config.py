@@ -9,8 +9,8 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from golden.formats import ACT_BITS
-from golden.validate import check_int
+from golden.formats import ACT_BITS, INT8_ABS_MAX
+from golden.validate import check_bool, check_choice, check_int
 
 
 #: K/V cache codes: 4-bit unsigned, levels 0..15, per token and head asymmetric.
@@ -27,6 +27,9 @@ KV8_LEVELS = KV_LEVELS << CODE_SHIFT
 KV8_T_CAP = KV8_LEVELS + 1
 #: Bits of a stored zero point (z4 in the low nibble for 4-bit tokens).
 ZERO_BITS = 8
+#: Largest 8-bit-domain code or zero the datapath can hold (its operands are
+#: ZERO_BITS wide; the quantizer itself emits at most KV8_LEVELS).
+CODE8_MAX = (1 << ZERO_BITS) - 1
 #: Width of the decode command's T field: wider than any max_T, so T > max_T is
 #: representable and flagged instead of wrapping.
 CMD_T_BITS = 16
@@ -37,6 +40,8 @@ LSH_BITS = 6
 SHIFT_SAT = 63
 KV4_HEAD_DIMS = (32, 64, 128, 256)
 KV4_MAX_T = 4096
+#: Largest GQA group (query heads sharing one KV head) of one unit.
+KV4_MAX_HEADS = 16
 #: Largest recent window (tokens kept at 8 bits).
 KV4_MAX_RECENT = 256
 
@@ -77,35 +82,25 @@ class KV4Config:
 
     def __post_init__(self):
         check_int("head_dim", self.head_dim)
-        if self.head_dim not in KV4_HEAD_DIMS:
-            raise ValueError(f"head_dim must be one of {KV4_HEAD_DIMS}, got {self.head_dim}")
+        check_choice("head_dim", self.head_dim, KV4_HEAD_DIMS)
         check_int("lanes", self.lanes, 1)
         if self.head_dim % self.lanes:
             raise ValueError(
                 f"head_dim={self.head_dim} is not a multiple of lanes={self.lanes}; choose "
                 f"lanes that divide head_dim, e.g. lanes={math.gcd(self.head_dim, self.lanes)}")
-        check_int("max_t", self.max_t, 1)
-        if self.max_t > KV4_MAX_T:
-            raise ValueError(f"max_t must be <= {KV4_MAX_T}, got {self.max_t}; split the "
-                             f"context over several units")
-        check_int("heads", self.heads, 1)
-        if self.heads > 16:
-            raise ValueError(f"heads (query heads per KV head) must be <= 16, got {self.heads}")
+        check_int("max_t", self.max_t, 1, KV4_MAX_T, hint="split the context over several units")
+        check_int("heads", self.heads, 1, KV4_MAX_HEADS,
+                  hint="heads counts the query heads of one KV head (a GQA group)")
         for name, lo, hi in (("x_bits", 6, 20), ("logit_frac", 2, 10), ("p_frac", 6, 16),
                              ("out_frac", 0, 8), ("recip_bits", 8, 32),
                              ("logit_bits", 12, 32)):
-            v = getattr(self, name)
-            check_int(name, v)
-            if not lo <= v <= hi:
-                raise ValueError(f"{name} must be in [{lo}, {hi}], got {v}")
-        if not isinstance(self.rotate, bool):
-            raise ValueError(f"rotate must be a bool, got {self.rotate!r}")
-        check_int("recent", self.recent)
-        if not 0 <= self.recent <= min(self.max_t, KV4_MAX_RECENT):
-            raise ValueError(f"recent must be in [0, {min(self.max_t, KV4_MAX_RECENT)}] "
-                             f"(<= max_t and {KV4_MAX_RECENT}), got {self.recent}")
+            check_int(name, getattr(self, name), lo, hi)
+        check_bool("rotate", self.rotate)
+        check_int("recent", self.recent, 0, min(self.max_t, KV4_MAX_RECENT),
+                  hint=f"the recent window is at most max_t and {KV4_MAX_RECENT} tokens")
         if self.logit_bits - self.logit_frac < 8:
-            raise ValueError("logit_bits - logit_frac must be >= 8 integer bits")
+            raise ValueError(f"logit_bits - logit_frac must be >= 8 integer bits, got "
+                             f"{self.logit_bits} - {self.logit_frac}; raise logit_bits")
         if self.acc_bits > 62 or self.prod_bits > 63:
             raise ValueError(f"widths overflow 64-bit arithmetic (acc {self.acc_bits}, "
                              f"logit product {self.prod_bits}); lower x_bits or p_frac "
@@ -159,11 +154,12 @@ class KV4Config:
     def dot_bits(self) -> int:
         """Signed q8 . (c - z) in the 8-bit domain: |sum q*c| and |z * sum q| <=
         128 * 255 * head_dim."""
-        return (2 * (1 << (ACT_BITS - 1)) * 255 * self.head_dim).bit_length() + 1
+        return (2 * INT8_ABS_MAX * CODE8_MAX * self.head_dim).bit_length() + 1
 
     @property
     def sumq_bits(self) -> int:
-        return ((1 << (ACT_BITS - 1)) * self.head_dim).bit_length() + 1
+        """Signed sum of a query's INT8 elements: |sum q| <= 128 * head_dim."""
+        return (INT8_ABS_MAX * self.head_dim).bit_length() + 1
 
     @property
     def prod_bits(self) -> int:

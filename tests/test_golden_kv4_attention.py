@@ -182,6 +182,14 @@ def test_bad_inputs():
         KV4Config(max_t=5000)
     with pytest.raises(ValueError, match="head_dim"):
         KV4Config(head_dim=96)
+    # a wrong type is a TypeError, a bad value a ValueError (golden.validate)
+    for bad_type in (dict(rotate=1), dict(lanes=16.0), dict(recent=True)):
+        with pytest.raises(TypeError):
+            KV4Config(**bad_type)
+    with pytest.raises(ValueError, match="recent"):
+        KV4Config(max_t=4, recent=8)
+    with pytest.raises(TypeError, match="KV4Config"):
+        quantize_token(torch.zeros(1, 64, dtype=torch.int64), {"head_dim": 64})
     x = torch.randn(4, 64)
     for bad in (float("nan"), float("inf")):
         y = x.clone()

@@ -1,5 +1,7 @@
-"""KV4 (DESIGN §3.7): the per-token per-head quantizer's invariants, SmoothAttention
-and the Hadamard rotation leave the float model unchanged, sink tokens (issue 3)."""
+"""quantflow.fakequant's model-level KV quantization (DESIGN §3.7): the per-token
+per-head quantizer's invariants, SmoothAttention and the Hadamard rotation leave
+the float model unchanged, sink tokens, and the 8-bit recent window of
+quantflow.models.llama.window_attention."""
 from __future__ import annotations
 
 import pytest

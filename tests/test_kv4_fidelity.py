@@ -1,8 +1,8 @@
 """KV4 scheme fidelity on SmolLM2 (all 30 layers, 512 tokens of Hamlet, last 64
-queries): the model-wide measurement of issue 7, slow (about a minute). The
-adopted scheme (Hadamard K/Q, 8-bit recent window of 8 tokens) must meet the
-issue's goal (mean >= 0.99, worst layer >= 0.98); the other bounds are regression
-floors just under the values measured in docs/kv4_attention.md."""
+queries): quantflow.kv4_fidelity's model-wide measurement, slow (about a minute).
+The adopted scheme (Hadamard K/Q, 8-bit recent window of 8 tokens) must meet the
+fidelity goal (mean >= 0.99, worst layer >= 0.98, docs/kv4_attention.md); the
+other bounds are regression floors just under the values measured there."""
 from __future__ import annotations
 
 import pytest
@@ -17,7 +17,7 @@ def test_smollm2_scheme_fidelity():
     s = r["summary"]
     assert r["layers"] == list(range(30)) and len(r["per_layer"]["kv4"]) == 30
     win8 = s["hadamard+win8"]
-    # the issue's goal, and floors under the measured 0.9958 / 0.9889 (layer 18)
+    # the fidelity goal, and floors under the measured 0.9958 / 0.9889 (layer 18)
     assert win8["mean"] >= 0.99 and win8["worst"] >= 0.98
     assert win8["mean"] > 0.995 and win8["worst"] > 0.988
     # rotation helps, with or without the window (most for the worst layer)
