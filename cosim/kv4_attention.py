@@ -10,19 +10,22 @@ a list of cases: append through the hardware quantizer, decode, bad inputs).
 """
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
 from golden.kv4_attention_config import KV4Config
+from golden.validate import check_bool, check_choice, check_int, expect_type
+from quattro_fs import atomic_write_bytes
 
 from cosim import runner
+from cosim.flow import DATA_ROOT, is_ideal, run_on, with_build
 from cosim.report import make_record
 
 __all__ = ["KV4Case", "FIXTURE", "REAL_MODEL", "PLAN_CONFIGS", "default_plan", "prepare_data",
            "unit_build", "run_cases", "to_record", "sim_items", "case_job"]
 
-DATA_ROOT = runner.REPO_ROOT / "build" / "sim" / "data"
-STREAM_TB = "cosim.tb.kv4_stream"
+STREAM_TB = "cosim.tb.kv4_attention_stream"
 FIXTURE = runner.REPO_ROOT / "tests" / "fixtures" / "kv4_smollm2_layer10.npz"
 REAL_MODEL = "smollm2"
 
@@ -43,19 +46,17 @@ class KV4Case:
     overflow_check: bool = False
 
     def __post_init__(self):
-        if not isinstance(self.config, KV4Config):
-            raise ValueError(f"config must be a KV4Config, got {type(self.config).__name__}")
-        if self.source not in ("random", "real"):
-            raise ValueError(f"source must be 'random' or 'real', got {self.source!r}")
-        if isinstance(self.T, bool) or not isinstance(self.T, int) or not \
-                1 <= self.T <= self.config.max_t:
-            raise ValueError(f"T must be in [1, max_t={self.config.max_t}], got {self.T!r}")
+        expect_type("config", self.config, KV4Config)
+        check_choice("source", self.source, ("random", "real"))
+        check_int("T", self.T, 1, self.config.max_t, hint="T is a token count up to max_t")
+        check_bool("overflow_check", self.overflow_check)
         if self.overflow_check and self.T != self.config.max_t:
-            raise ValueError("overflow_check needs a full cache: T == max_t")
+            raise ValueError(f"overflow_check needs a full cache: T={self.T} but "
+                             f"max_t={self.config.max_t}; set T=max_t")
 
     @property
     def ideal(self) -> bool:
-        return self.p_idle == 0.0 and self.p_stall == 0.0
+        return is_ideal({"p_idle": self.p_idle, "p_stall": self.p_stall})
 
     @property
     def macs(self) -> int:
@@ -113,14 +114,13 @@ def prepare_data(case: KV4Case, *, root: Path | None = None) -> Path:
     q8, s_q = quantize_query(q)
     C, lsh = zip(*(logit_multiplier(float(s), cache.frac_k, c) for s in s_q))
     export_kv4_cache(outdir, cache, c)
-    tmp = outdir / ".case.npz.tmp"
-    with open(tmp, "wb") as f:
-        np.savez(f, T=np.int64(case.T), q8=q8.numpy(), C=np.array(C, dtype=np.int64),
-                 lsh=np.array(lsh, dtype=np.int64),
-                 Xk=to_fixed(k, cache.frac_k, c).numpy(), Xv=to_fixed(v, cache.frac_v, c).numpy(),
-                 q=q.numpy(), k=k.numpy(), v=v.numpy(),
-                 frac_out=np.int64(cache.frac_v + c.out_frac))
-    tmp.replace(outdir / "case.npz")
+    buf = io.BytesIO()
+    np.savez(buf, T=np.int64(case.T), q8=q8.numpy(), C=np.array(C, dtype=np.int64),
+             lsh=np.array(lsh, dtype=np.int64),
+             Xk=to_fixed(k, cache.frac_k, c).numpy(), Xv=to_fixed(v, cache.frac_v, c).numpy(),
+             q=q.numpy(), k=k.numpy(), v=v.numpy(),
+             frac_out=np.int64(cache.frac_v + c.out_frac))
+    atomic_write_bytes(outdir / "case.npz", buf.getvalue())
     return outdir
 
 
@@ -139,11 +139,8 @@ def case_job(case: KV4Case, *, root: Path | None = None) -> dict:
 def run_cases(config: KV4Config, jobs: list[dict], *, build: runner.Build | None = None,
               seed: int = 1, sim: str | None = None) -> dict:
     """One simulation of `jobs` (case_job dicts or {"kind": "bad_t", "t": T})."""
-    b = build or unit_build(config, sim=sim)
-    res = runner.run(b, test_module=STREAM_TB,
-                     job={"config": config.as_dict(), "seed": seed, "cases": jobs})
-    res["build_cached"], res["build_seconds"] = b.cached, b.build_seconds
-    return res
+    return run_on(build or unit_build(config, sim=sim), STREAM_TB,
+                  {"config": config.as_dict(), "seed": seed, "cases": jobs})
 
 
 def cosines(case: KV4Case, out_values, data_dir: Path) -> dict:
@@ -238,10 +235,7 @@ def _run_item(case: KV4Case, sim: str) -> dict:
     r = res["cases"][0]
     if not res.get("passed"):
         r = {**r, "passed": False, "errors": res.get("errors", [])}
-    rec = to_record(case, r, simulator=res.get("sim"))
-    rec["build_seconds"] = round(b.build_seconds, 1)
-    rec["build_cached"] = b.cached
-    return rec
+    return with_build(to_record(case, r, simulator=res.get("sim")), b)
 
 
 def sim_items(*, sim: str) -> list:
