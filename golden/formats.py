@@ -7,7 +7,7 @@ Standard library only, so that `hdl` reads it without torch.
 from __future__ import annotations
 
 __all__ = ["ACT_BITS", "ACT_QMAX", "ACT_MIN", "ACT_MAX", "QOQ_W8_QMAX", "SCALE_BITS",
-           "ACC_BITS", "INT32_MIN", "INT32_MAX", "W8_ABS_MAX", "INT8_ABS_MAX",
+           "SCALE_MAX", "ACC_BITS", "INT32_MIN", "INT32_MAX", "W8_ABS_MAX", "INT8_ABS_MAX",
            "int32_safe_terms"]
 
 #: Activation format (DESIGN §3.1): per-token symmetric INT8. The quantizer emits
@@ -21,6 +21,7 @@ QOQ_W8_QMAX = 119
 #: Width of the integer per-group scale `s2` and of the product `z * s2` in the
 #: hardware's scale words (both unsigned). quantflow refuses values that do not fit.
 SCALE_BITS = 8
+SCALE_MAX = (1 << SCALE_BITS) - 1
 #: Accumulator / result format: int32, two's complement, wraps on overflow
 #: (golden wraps the same way; each config bounds its reduction so that it cannot).
 ACC_BITS = 32
@@ -31,7 +32,7 @@ INT32_MAX = (1 << (ACC_BITS - 1)) - 1
 INT8_ABS_MAX = -ACT_MIN
 #: Largest |w8| a dequantized group weight (q - z) * s2 can take: both factors are
 #: unsigned SCALE_BITS-wide at most, and |q - z| * s2 <= (2**SCALE_BITS - 1).
-W8_ABS_MAX = (1 << SCALE_BITS) - 1
+W8_ABS_MAX = SCALE_MAX
 
 
 def int32_safe_terms(abs_a: int, abs_b: int) -> int:

@@ -33,55 +33,42 @@ from __future__ import annotations
 
 import torch
 
-from golden.formats import ACT_BITS, SCALE_BITS, ACT_MIN, ACT_MAX
+from golden.formats import ACT_MAX, ACT_MIN, SCALE_BITS, SCALE_MAX
 from golden.lut_config import LUT_K_CHUNK, LUT_STORED_ENTRIES, LUTConfig, LUTMode
-from golden.mixpe import _check_dims, _check_range, _int_tensor, wrap_int32
+from golden.tensors import check_dims, check_range, check_shape, int_tensor, wrap_int32
+from golden.validate import check_int, expect_type
 
 __all__ = ["odd_code", "full_table", "symmetric_table", "bit_plane_indices",
            "table_lookup", "lut_plane_sums", "lut_group_sums", "lut_acc"]
 
-_SCALE_MAX = (1 << SCALE_BITS) - 1
 
-
-def _check_mode(mode) -> LUTMode:
-    if not isinstance(mode, LUTMode):
-        raise ValueError(f"mode must be a golden.lut_config.LUTMode (e.g. "
-                         f"LUTMode.parse('w2')), got {type(mode).__name__}")
-    return mode
-
-
-def _check_config(config) -> LUTConfig:
-    if not isinstance(config, LUTConfig):
-        raise ValueError(f"config must be a golden.lut_config.LUTConfig, got "
-                         f"{type(config).__name__}")
-    return config
+def _chunked(name: str, x, what: str) -> torch.Tensor:
+    """x as int64 [rows, K] with K a whole number of 4-activation chunks."""
+    x = int_tensor(name, x)
+    check_dims(name, x, 2, what)
+    if x.shape[1] % LUT_K_CHUNK:
+        raise ValueError(f"{name} has K={x.shape[1]}, not a multiple of {LUT_K_CHUNK}; pad "
+                         f"K with zeros to a multiple of {LUT_K_CHUNK}")
+    return x
 
 
 def _act(a) -> torch.Tensor:
-    a = _int_tensor("a", a)
-    _check_dims("a", a, 2, "[M, K]")
-    if a.shape[1] % LUT_K_CHUNK:
-        raise ValueError(f"a has K={a.shape[1]}, not a multiple of {LUT_K_CHUNK}; pad K "
-                         f"with zeros to a multiple of {LUT_K_CHUNK}")
-    _check_range("a", a, ACT_MIN, ACT_MAX, "activations are int8")
+    a = _chunked("a", a, "[M, K]")
+    check_range("a", a, ACT_MIN, ACT_MAX, "activations are int8")
     return a
 
 
 def _codes(q, mode: LUTMode) -> torch.Tensor:
-    q = _int_tensor("q", q)
-    _check_dims("q", q, 2, "[N, K]")
-    if q.shape[1] % LUT_K_CHUNK:
-        raise ValueError(f"q has K={q.shape[1]}, not a multiple of {LUT_K_CHUNK}; pad K "
-                         f"with zeros to a multiple of {LUT_K_CHUNK}")
+    q = _chunked("q", q, "[N, K]")
     why = ("ternary codes are w + 1 in {0, 1, 2}" if mode.ternary
            else f"{mode.bits}-bit unsigned codes")
-    _check_range("q", q, 0, mode.max_code, why)
+    check_range("q", q, 0, mode.max_code, why)
     return q
 
 
 def odd_code(q, mode: LUTMode) -> torch.Tensor:
     """q' = 2q - (2**bits - 1), the odd symmetric code (int64)."""
-    mode = _check_mode(mode)
+    mode = expect_type("mode", mode, LUTMode)
     return 2 * _codes(q, mode) - mode.levels
 
 
@@ -115,7 +102,7 @@ def symmetric_table(a) -> torch.Tensor:
 # --------------------------------------------------------------------------- 2./3.
 def bit_plane_indices(q, mode: LUTMode) -> torch.Tensor:
     """idx[i, n, c] = sum_t ((q[n, 4c + t] >> i) & 1) << t, int64 [planes, N, K/4]."""
-    mode = _check_mode(mode)
+    mode = expect_type("mode", mode, LUTMode)
     q = _codes(q, mode)
     N, K = q.shape
     chunks = q.reshape(N, K // LUT_K_CHUNK, LUT_K_CHUNK)
@@ -127,14 +114,14 @@ def bit_plane_indices(q, mode: LUTMode) -> torch.Tensor:
 def table_lookup(stored, idx) -> torch.Tensor:
     """T[idx] through the symmetry: idx[3] ? E[idx & 7] : -E[~idx & 7].
     stored [M, C, 8], idx [N, C] (values 0..15) -> int64 [M, N, C]."""
-    stored = _int_tensor("stored", stored)
-    idx = _int_tensor("idx", idx)
-    _check_dims("stored", stored, 3, "[M, K/4, 8]")
-    _check_dims("idx", idx, 2, "[N, K/4]")
+    stored = int_tensor("stored", stored)
+    idx = int_tensor("idx", idx)
+    check_dims("stored", stored, 3, "[M, K/4, 8]")
+    check_dims("idx", idx, 2, "[N, K/4]")
     if stored.shape[2] != LUT_STORED_ENTRIES or stored.shape[1] != idx.shape[1]:
         raise ValueError(f"stored {list(stored.shape)} and idx {list(idx.shape)} disagree: "
                          f"need [M, C, {LUT_STORED_ENTRIES}] and [N, C]")
-    _check_range("idx", idx, 0, (1 << LUT_K_CHUNK) - 1, "4-bit table index")
+    check_range("idx", idx, 0, (1 << LUT_K_CHUNK) - 1, "4-bit table index")
     top = (idx >> (LUT_K_CHUNK - 1)) & 1
     low = idx & (LUT_STORED_ENTRIES - 1)
     sel = torch.where(top == 1, low, (LUT_STORED_ENTRIES - 1) - low)  # ~idx & 7
@@ -149,14 +136,14 @@ def table_lookup(stored, idx) -> torch.Tensor:
 def lut_plane_sums(a, q, mode: LUTMode, group: int) -> torch.Tensor:
     """R[i, m, n, j] = sum_{chunks c of group j} T_c[idx_i]  (= sum_k a * t_i),
     int64 [planes, M, N, K/group]: the per-plane table accumulation."""
-    mode = _check_mode(mode)
+    mode = expect_type("mode", mode, LUTMode)
     a = _act(a)
     q = _codes(q, mode)
     if a.shape[1] != q.shape[1]:
         raise ValueError(f"a {list(a.shape)} and q {list(q.shape)} disagree on K")
     K = a.shape[1]
-    if isinstance(group, bool) or not isinstance(group, int) or group < 1 \
-            or group % LUT_K_CHUNK or K % group:
+    check_int("group", group, 1)
+    if group % LUT_K_CHUNK or K % group:
         raise ValueError(f"group={group!r} must be a positive multiple of {LUT_K_CHUNK} "
                          f"dividing K={K}")
     stored = symmetric_table(a)
@@ -171,8 +158,8 @@ def lut_group_sums(a, q, config: LUTConfig, mode: LUTMode):
     """(Qodd, P, A): Qodd [M, N, G] = sum_i 2**i R_i (= sum a*q'), P = (Qodd + L*A)/2
     (= sum a*q, as golden.mixpe.mixpe_group_sums' P), A [M, G] = sum of the
     table's all-positive entries E[7] over the group's chunks. All int64."""
-    config = _check_config(config)
-    mode = _check_mode(mode)
+    config = expect_type("config", config, LUTConfig)
+    mode = expect_type("mode", mode, LUTMode)
     a = _act(a)
     if a.shape[1] != config.K:
         raise ValueError(f"a has K={a.shape[1]} but config.K={config.K}; build the config "
@@ -189,28 +176,25 @@ def lut_group_sums(a, q, config: LUTConfig, mode: LUTMode):
 
 # --------------------------------------------------------------------------- 5. dequantize
 def _check_scales(s2, z, N: int, config: LUTConfig, mode: LUTMode):
-    s2 = _int_tensor("s2", s2)
-    z = _int_tensor("z", z)
-    want = (N, config.groups)
-    for name, t in (("s2", s2), ("z", z)):
-        if tuple(t.shape) != want:
-            raise ValueError(f"{name} must have shape [N, K/group] = {list(want)}, got "
-                             f"{list(t.shape)}")
-    _check_range("s2", s2, 1, _SCALE_MAX, f"s2 is a non-zero {SCALE_BITS}-bit unsigned scale")
+    s2 = int_tensor("s2", s2)
+    z = int_tensor("z", z)
+    check_shape("s2", s2, (N, config.groups), "[N, K/group]")
+    check_shape("z", z, (N, config.groups), "[N, K/group]")
+    check_range("s2", s2, 1, SCALE_MAX, f"s2 is a non-zero {SCALE_BITS}-bit unsigned scale")
     if mode.ternary:
-        _check_range("z", z, 1, 1, "ternary codes q = w + 1 have zero point 1")
+        check_range("z", z, 1, 1, "ternary codes q = w + 1 have zero point 1")
     else:
-        _check_range("z", z, 0, mode.levels, f"zero point is a {mode.bits}-bit code")
-    _check_range("z*s2", z * s2, 0, _SCALE_MAX,
-                 f"z*s2 is stored in {SCALE_BITS} bits of the scale word")
+        check_range("z", z, 0, mode.levels, f"zero point is a {mode.bits}-bit code")
+    check_range("z*s2", z * s2, 0, SCALE_MAX,
+                f"z*s2 is stored in {SCALE_BITS} bits of the scale word")
     return s2, z
 
 
 def lut_acc(a, q, s2, z, config: LUTConfig, mode: LUTMode) -> torch.Tensor:
     """acc [M, N] int32 = wrap32( sum_j s2[n,j] * P[m,n,j] - (z*s2)[n,j] * A[m,j] ),
     P and A from the table path (`lut_group_sums`)."""
-    config = _check_config(config)
-    mode = _check_mode(mode)
+    config = expect_type("config", config, LUTConfig)
+    mode = expect_type("mode", mode, LUTMode)
     q = _codes(q, mode)
     s2, z = _check_scales(s2, z, q.shape[0], config, mode)
     _, P, A = lut_group_sums(a, q, config, mode)

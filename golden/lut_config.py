@@ -14,10 +14,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from golden.formats import ACC_BITS, ACT_BITS, INT8_ABS_MAX, SCALE_BITS, W8_ABS_MAX, int32_safe_terms
-
+from golden.formats import (ACC_BITS, ACT_BITS, INT8_ABS_MAX, SCALE_BITS, W8_ABS_MAX,
+                            int32_safe_terms)
 from golden.mixpe_config import MIXPE_GROUP_RANGE, suggest_group
-from golden.validate import check_int
+from golden.validate import check_bool, check_choice, check_int
 
 __all__ = ["LUT_K_CHUNK", "LUT_STORED_ENTRIES", "LUT_PLANE_BITS", "LUT_MAX_PLANES",
            "LUT_MAX_K", "LUTConfig", "LUTMode", "MODES"]
@@ -33,8 +33,6 @@ LUT_MAX_PLANES = max(LUT_PLANE_BITS)
 LUT_MAX_K = int32_safe_terms(INT8_ABS_MAX, W8_ABS_MAX)
 
 
-
-
 @dataclass(frozen=True, kw_only=True)
 class LUTMode:
     """The run-time weight format. `bits` is the number of bit planes the
@@ -46,13 +44,10 @@ class LUTMode:
     ternary: bool = False
 
     def __post_init__(self):
-        if isinstance(self.bits, bool) or not isinstance(self.bits, int) \
-                or self.bits not in LUT_PLANE_BITS:
-            raise ValueError(f"LUT weight bits must be one of {LUT_PLANE_BITS} (or ternary, "
-                             f"LUTMode(bits=2, ternary=True)), got {self.bits!r}; use W1, W2, "
-                             f"W4 or ternary")
-        if not isinstance(self.ternary, bool):
-            raise ValueError(f"ternary must be a bool, got {self.ternary!r}")
+        hint = "use W1, W2, W4 or ternary (LUTMode(bits=2, ternary=True))"
+        check_int("bits", self.bits, hint=hint)
+        check_choice("bits", self.bits, LUT_PLANE_BITS, hint=hint)
+        check_bool("ternary", self.ternary)
         if self.ternary and self.bits != 2:
             raise ValueError(f"ternary weights are 2-bit codes; use LUTMode(bits=2, "
                              f"ternary=True), got bits={self.bits}")
@@ -124,15 +119,13 @@ class LUTConfig:
         check_int("cols", self.cols, 1)
         check_int("lanes", self.lanes, 1)
         check_int("K", self.K, 1)
-        check_int("group", self.group, 1)
+        lo, hi = MIXPE_GROUP_RANGE
+        check_int("group", self.group, lo, hi,
+                  hint="as MixPE's, so the same quantized weights run on both")
         if self.cols % self.lanes:
             raise ValueError(f"cols={self.cols} is not a multiple of lanes={self.lanes}; "
                              f"choose lanes dividing cols (e.g. lanes="
                              f"{max(d for d in range(1, self.lanes + 1) if self.cols % d == 0)})")
-        lo, hi = MIXPE_GROUP_RANGE
-        if not lo <= self.group <= hi:
-            raise ValueError(f"group must be in [{lo}, {hi}] (as MixPE's, so the same "
-                             f"quantized weights run on both), got {self.group}")
         if self.group % LUT_K_CHUNK:
             raise ValueError(f"group={self.group} is not a multiple of {LUT_K_CHUNK} (one "
                              f"table covers {LUT_K_CHUNK} activations); use a multiple of 4")

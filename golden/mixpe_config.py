@@ -8,8 +8,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from golden.formats import ACC_BITS, ACT_BITS, INT8_ABS_MAX, SCALE_BITS, W8_ABS_MAX, int32_safe_terms
-from golden.validate import check_int
+from golden.formats import (ACC_BITS, ACT_BITS, INT8_ABS_MAX, SCALE_BITS, W8_ABS_MAX,
+                            int32_safe_terms)
+from golden.validate import check_choice, check_int
 
 __all__ = ["MIXPE_WEIGHT_BITS", "MIXPE_GROUP_RANGE", "MIXPE_MAX_K", "MixPEConfig", "suggest_group"]
 
@@ -59,14 +60,11 @@ class MixPEConfig:
 
     def __post_init__(self):
         check_int("bits", self.bits)
-        if self.bits not in MIXPE_WEIGHT_BITS:
-            raise ValueError(
-                f"MixPE weight bits must be one of {MIXPE_WEIGHT_BITS}, got {self.bits}; "
-                f"pick the nearest supported width")
-        check_int("group", self.group)
+        check_choice("bits", self.bits, MIXPE_WEIGHT_BITS,
+                     hint="pick the nearest supported width")
         lo, hi = MIXPE_GROUP_RANGE
-        if not lo <= self.group <= hi:
-            raise ValueError(f"group must be in [{lo}, {hi}], got {self.group}")
+        check_int("group", self.group, lo, hi,
+                  hint="64 or 128 consecutive k are usual")
         check_int("rows", self.rows, 1)
         check_int("cols", self.cols, 1)
         check_int("K", self.K, 1)

@@ -31,7 +31,8 @@ from dataclasses import dataclass
 import torch
 
 from golden.formats import ACT_BITS, SCALE_BITS, ACT_MIN, ACT_MAX
-from golden.mixpe import _check_dims, _check_range, _int_tensor, wrap_int32
+from golden.tensors import (check_dims as _check_dims, check_range as _check_range,
+                            int_tensor as _int_tensor, wrap_int32)
 from golden.sparse_dsp_config import (W4_BITS, SparseDSPConfig, TileMode, parse_pattern)
 
 __all__ = ["check_compressed", "expand", "compress_dense", "kept_k", "stage_weights",

@@ -141,10 +141,16 @@ def test_int32_wrap_matches_mixpe():
 
 
 # --------------------------------------------------------------------------- bad input
-@pytest.mark.parametrize("bits", [0, 3, 5, 8, True, "2"])
-def test_bad_bits(bits):
-    with pytest.raises(ValueError, match="W1, W2, W4 or ternary"):
+@pytest.mark.parametrize("bits, exc", [(0, ValueError), (3, ValueError), (5, ValueError),
+                                       (8, ValueError), (True, TypeError), ("2", TypeError)])
+def test_bad_bits(bits, exc):
+    with pytest.raises(exc, match="W1, W2, W4 or ternary"):
         LUTMode(bits=bits)
+
+
+def test_ternary_must_be_bool():
+    with pytest.raises(TypeError, match="ternary must be a bool"):
+        LUTMode(bits=2, ternary=1)
 
 
 def test_bad_mode_parse_and_ternary_bits():
@@ -159,7 +165,8 @@ def test_bad_mode_parse_and_ternary_bits():
     (dict(K=1026, group=64), "multiple of 4"),
     (dict(K=96, group=64), "not a multiple of group"),
     (dict(cols=60, lanes=8), "multiple of lanes"),
-    (dict(group=16), "group must be in"),
+    (dict(group=16), "group must be >= 32"),
+    (dict(group=512, K=1024), "group must be <= 256"),
     (dict(group=34, K=340), "multiple of 4"),
 ])
 def test_bad_config(kw, match):
@@ -184,7 +191,11 @@ def test_bad_operands():
         symmetric_table(torch.zeros((1, 6), dtype=torch.int64))
     with pytest.raises(ValueError, match="config.K"):
         lut_acc(a[:, :32], q[:, :32], s2, z, cfg, LUTMode(bits=2))
-    with pytest.raises(ValueError, match="integer dtype"):
+    with pytest.raises(TypeError, match="integer dtype"):
         lut_acc(a.float(), q, s2, z, cfg, LUTMode(bits=2))
-    with pytest.raises(ValueError, match="LUTMode"):
+    with pytest.raises(TypeError, match="LUTMode"):
         lut_acc(a, q, s2, z, cfg, 2)
+    with pytest.raises(TypeError, match="LUTConfig"):
+        lut_acc(a, q, s2, z, {"K": 64}, LUTMode(bits=2))
+    with pytest.raises(TypeError, match="group must be an int"):
+        lut_plane_sums(a, q, LUTMode(bits=2), 32.0)

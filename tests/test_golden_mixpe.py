@@ -9,7 +9,8 @@ from golden.formats import SCALE_BITS
 
 from golden.mixpe_config import MIXPE_WEIGHT_BITS, MixPEConfig
 from golden.mixpe import (dequant_w8, float_reference, mixpe_acc, mixpe_group_sums,
-                          reference_acc, shift_add_product, wrap_int32)
+                          reference_acc, shift_add_product)
+from golden.tensors import wrap_int32
 
 
 def _operands(cfg: MixPEConfig, M: int, N: int, seed: int):
@@ -130,7 +131,6 @@ def test_float_reference_order_and_shapes():
 
 
 @pytest.mark.parametrize("change,match", [
-    (lambda a, q, s2, z: (a.float(), q, s2, z), "integer dtype"),
     (lambda a, q, s2, z: (a + 200, q, s2, z), r"a\[.*outside"),
     (lambda a, q, s2, z: (a, q + 16, s2, z), r"q\[.*outside"),
     (lambda a, q, s2, z: (a, q, s2 * 0, z), r"s2\[.*outside"),
@@ -140,7 +140,6 @@ def test_float_reference_order_and_shapes():
     (lambda a, q, s2, z: (a[:, :32], q, s2, z), "config.K"),
     (lambda a, q, s2, z: (a, q, s2[:, :1], z), r"s2 must have shape"),
     (lambda a, q, s2, z: (a[0], q, s2, z), "2-D"),
-    (lambda a, q, s2, z: (a.tolist(), q, s2, z), "torch.Tensor"),
 ])
 def test_mixpe_acc_rejects_bad_operands(change, match):
     cfg = MixPEConfig(bits=4, group=32, rows=1, cols=1, K=64)
@@ -149,8 +148,53 @@ def test_mixpe_acc_rejects_bad_operands(change, match):
         mixpe_acc(*change(a, q, s2, z), cfg)
 
 
+@pytest.mark.parametrize("change,match", [
+    (lambda a, q, s2, z: (a.float(), q, s2, z), "integer dtype"),
+    (lambda a, q, s2, z: (a.tolist(), q, s2, z), "torch.Tensor"),
+    (lambda a, q, s2, z: (a, q, s2.numpy().astype(float), z), "numpy dtype"),
+])
+def test_mixpe_acc_rejects_wrong_types(change, match):
+    cfg = MixPEConfig(bits=4, group=32, rows=1, cols=1, K=64)
+    a, q, s2, z = _operands(cfg, M=2, N=3, seed=5)
+    with pytest.raises(TypeError, match=match):
+        mixpe_acc(*change(a, q, s2, z), cfg)
+
+
+@pytest.mark.parametrize("kw, exc, match", [
+    (dict(bits=5), ValueError, "bits must be one of"),
+    (dict(bits=4.0), TypeError, "bits must be an int"),
+    (dict(group=16, K=64), ValueError, "group must be >= 32"),
+    (dict(group=512, K=1024), ValueError, "group must be <= 256"),
+    (dict(group="64"), TypeError, "group must be an int"),
+    (dict(K=100, group=64), ValueError, "e.g. group=50"),
+    (dict(rows=0), ValueError, "rows must be >= 1"),
+    (dict(cols=True), TypeError, "cols must be an int"),
+])
+def test_config_rejects(kw, exc, match):
+    with pytest.raises(exc, match=match):
+        MixPEConfig(**kw)
+
+
+def test_config_k_bound():
+    from golden.mixpe_config import MIXPE_MAX_K
+    big = MIXPE_MAX_K - MIXPE_MAX_K % 64
+    assert MixPEConfig(group=64, K=big).K == big
+    with pytest.raises(ValueError, match="split the reduction"):
+        MixPEConfig(group=64, K=big + 64)
+
+
+def test_scalar_argument_types():
+    with pytest.raises(TypeError, match="bits must be an int"):
+        shift_add_product(torch.tensor([1]), torch.tensor([1]), 4.0)
+    with pytest.raises(ValueError, match="bits must be >= 1"):
+        shift_add_product(torch.tensor([1]), torch.tensor([1]), 0)
+    with pytest.raises(TypeError, match="group must be an int"):
+        dequant_w8(torch.zeros(1, 32, dtype=torch.long), torch.ones(1, 1, dtype=torch.long),
+                   torch.zeros(1, 1, dtype=torch.long), True)
+
+
 def test_mixpe_acc_rejects_non_config():
-    with pytest.raises(ValueError, match="MixPEConfig"):
+    with pytest.raises(TypeError, match="MixPEConfig"):
         mixpe_acc(torch.zeros(1, 32, dtype=torch.long), torch.zeros(1, 32, dtype=torch.long),
                   torch.ones(1, 1, dtype=torch.long), torch.zeros(1, 1, dtype=torch.long),
                   {"bits": 4})
