@@ -187,7 +187,7 @@ def main(argv=None) -> int:
             man = read_manifest(args.dir, fmt=FORMAT, version=FORMAT_VERSION)
             load_mixpe(args.dir, MixPEConfig(**man["config"]))
             print(f"{args.dir}: ok ({man['config_name']})")
-    except (QuantflowError, ValueError, OSError) as e:
+    except (QuantflowError, TypeError, ValueError, OSError) as e:
         print(f"quantflow: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     return 0
