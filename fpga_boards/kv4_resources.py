@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from golden.kv4_attention_config import KV4Config
+from golden.validate import check_choice
 
 from .resources import DEFAULT_CACHE, Resources, SynthOptions, estimate
 
@@ -87,8 +88,7 @@ def build(design: Design):
     """The Amaranth component of `design` (hdl imported lazily: amaranth only)."""
     from hdl import kv4_attention as K
     cls = {"unit": K.KV4Unit, "quantizer": K.KV4Quantizer, "attention": K.KV4Attention}
-    if design.part not in cls:
-        raise ValueError(f"part must be one of {PARTS}, got {design.part!r}")
+    check_choice("part", design.part, PARTS)
     return cls[design.part](design.config)
 
 
