@@ -26,9 +26,12 @@ Core pipeline (x = cycle a K beat transfers):
   V side, one beat per cycle, starts a token when its FIFO entry is there:
      acc[h][chunk] = rshift_round(acc, shift) + (p*Sv) * v4  (the V zero once per
      token: wz = rshift_round(wz, shift) + p*Sv*zv).
-  NORM: 15*d normalised (1 cycle), reciprocal by restoring division
+  NORM: 240*d normalised (1 cycle), reciprocal by restoring division
      (recip_bits+2 cycles), then OUT: (acc - wz) * R >> s, saturated, one beat
-     per cycle.
+     every norm_steps cycles (the normaliser's multipliers are time-shared).
+
+Each component's `elaborate` reads as its stages: one method per FSM state or
+pipeline stage, over a register bundle (_TokenRegs, _DecodeRegs).
 """
 from __future__ import annotations
 
