@@ -45,7 +45,6 @@ class LUTMode:
 
     def __post_init__(self):
         hint = "use W1, W2, W4 or ternary (LUTMode(bits=2, ternary=True))"
-        check_int("bits", self.bits, hint=hint)
         check_choice("bits", self.bits, LUT_PLANE_BITS, hint=hint)
         check_bool("ternary", self.ternary)
         if self.ternary and self.bits != 2:

@@ -59,7 +59,6 @@ class MixPEConfig:
     K: int = 1024
 
     def __post_init__(self):
-        check_int("bits", self.bits)
         check_choice("bits", self.bits, MIXPE_WEIGHT_BITS,
                      hint="pick the nearest supported width")
         lo, hi = MIXPE_GROUP_RANGE

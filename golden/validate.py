@@ -33,12 +33,23 @@ def check_bool(name: str, value) -> bool:
 
 
 def check_choice(name: str, value, choices: Iterable, *, hint: str = ""):
-    """`value` is one of `choices` (ValueError naming them otherwise)."""
+    """`value` is one of `choices`: TypeError when no choice has its type (bool
+    counts apart from int: True is not the 1 of (1, 2, 4)), ValueError naming
+    the choices when it has the type but is none of them."""
     choices = tuple(choices)
+    tail = f"; {hint}" if hint else ""
+    if not any(_same_type(value, c) for c in choices):
+        raise TypeError(f"{name} must be one of {choices}, got {value!r} "
+                        f"({type(value).__name__}){tail}")
     if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}"
-                         f"{'; ' + hint if hint else ''}")
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}{tail}")
     return value
+
+
+def _same_type(value, choice) -> bool:
+    if isinstance(value, bool) or isinstance(choice, bool):
+        return isinstance(value, bool) and isinstance(choice, bool)
+    return isinstance(value, type(choice))
 
 
 def check_pow2(name: str, value, lo: int = 1, hi: int | None = None, *, hint: str = "") -> int:
