@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from golden.formats import (ACC_BITS, ACT_BITS, INT8_ABS_MAX, SCALE_BITS, W8_ABS_MAX,
                             int32_safe_terms)
-from golden.mixpe_config import MIXPE_GROUP_RANGE, suggest_group
+from golden.mixpe_config import MIXPE_GROUP_RANGE, check_reduction
 from golden.validate import check_bool, check_choice, check_int
 
 __all__ = ["LUT_K_CHUNK", "LUT_STORED_ENTRIES", "LUT_PLANE_BITS", "LUT_MAX_PLANES",
@@ -131,13 +131,7 @@ class LUTConfig:
         if self.K % LUT_K_CHUNK:
             raise ValueError(f"K={self.K} is not a multiple of {LUT_K_CHUNK}; pad K with "
                              f"zero activations/weights to a multiple of 4")
-        if self.K % self.group:
-            raise ValueError(f"K={self.K} is not a multiple of group={self.group}; choose a "
-                             f"group that divides K, e.g. group="
-                             f"{suggest_group(self.K, self.group)}")
-        if self.K > LUT_MAX_K:
-            raise ValueError(f"K={self.K} exceeds {LUT_MAX_K}: the int32 accumulator could "
-                             f"overflow; split the reduction")
+        check_reduction(self.K, self.group, LUT_MAX_K)
 
     # --- derived quantities (never re-derive these elsewhere) ---
     @property

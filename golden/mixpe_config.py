@@ -12,7 +12,8 @@ from golden.formats import (ACC_BITS, ACT_BITS, INT8_ABS_MAX, SCALE_BITS, W8_ABS
                             int32_safe_terms)
 from golden.validate import check_choice, check_int
 
-__all__ = ["MIXPE_WEIGHT_BITS", "MIXPE_GROUP_RANGE", "MIXPE_MAX_K", "MixPEConfig", "suggest_group"]
+__all__ = ["MIXPE_WEIGHT_BITS", "MIXPE_GROUP_RANGE", "MIXPE_MAX_K", "MixPEConfig",
+           "suggest_group", "check_reduction"]
 
 MIXPE_WEIGHT_BITS = (2, 3, 4, 8)
 MIXPE_GROUP_RANGE = (32, 256)
@@ -28,6 +29,17 @@ def suggest_group(K: int, group: int) -> int:
     pool = [d for d in divs if lo <= d <= hi] or divs
     # prefer powers of two (hardware-friendly), then closeness to the request
     return min(pool, key=lambda d: (d & (d - 1) != 0, abs(d - group)))
+
+
+def check_reduction(K: int, group: int, max_k: int) -> None:
+    """K (an int >= 1) is a whole number of groups and at most `max_k`, the
+    longest reduction the int32 accumulator cannot overflow on."""
+    if K % group:
+        raise ValueError(f"K={K} is not a multiple of group={group}; choose a group that "
+                         f"divides K, e.g. group={suggest_group(K, group)}")
+    if K > max_k:
+        raise ValueError(f"K={K} exceeds {max_k}: the int32 accumulator could overflow; "
+                         f"split the reduction")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,13 +79,7 @@ class MixPEConfig:
         check_int("rows", self.rows, 1)
         check_int("cols", self.cols, 1)
         check_int("K", self.K, 1)
-        if self.K % self.group:
-            raise ValueError(
-                f"K={self.K} is not a multiple of group={self.group}; choose a group "
-                f"that divides K, e.g. group={suggest_group(self.K, self.group)}")
-        if self.K > MIXPE_MAX_K:
-            raise ValueError(f"K={self.K} exceeds {MIXPE_MAX_K}: the int32 accumulator "
-                             f"could overflow; split the reduction")
+        check_reduction(self.K, self.group, MIXPE_MAX_K)
 
     # --- derived quantities (never re-derive these elsewhere) ---
     @property
