@@ -6,7 +6,7 @@ Verilog (hdl.pim.PIMSystem) -> Verilator -> records of block "pim".
     rec = to_record(config, spec, run, model)      # a cosim.report record
 
 A workload spec is a dict {"name", "kind": "mixed" | "subbatch", "seed", ...}
-(the keyword arguments of golden.pim.mixed_workload / subbatch_workload);
+(the keyword arguments of quantflow.pim.mixed_workload / subbatch_workload);
 the testbench rebuilds the workload from it, so a run is reproducible from
 its record.
 """
@@ -17,18 +17,24 @@ from dataclasses import dataclass
 
 from golden.pim_config import RULES, PIMConfig
 
+from hdl.pim import DEFAULT_SYSTEM_SIZES, pim_factory
+from hdl.streams import SYSTEM_OVERHEAD
+
 from cosim import runner
+from cosim.flow import run_on, with_build
 from cosim.report import make_record
 
 __all__ = ["SYSTEM_SIZES", "TB_MODULE", "workload_from_spec", "system_build", "run_workloads",
-           "model_for", "to_record", "default_plan", "PIMCase", "sim_items", "run_case"]
+           "model_for", "system_cycles", "to_record", "default_plan", "PIMCase", "sim_items",
+           "run_case"]
 
 TB_MODULE = "cosim.tb.pim_system"
-from hdl.pim import DEFAULT_SYSTEM_SIZES as SYSTEM_SIZES  # one build per mode serves all workloads
+#: One build per mode serves every workload.
+SYSTEM_SIZES = DEFAULT_SYSTEM_SIZES
 
 
 def workload_from_spec(config: PIMConfig, spec: dict):
-    from golden.pim import mixed_workload, subbatch_workload
+    from quantflow.pim import mixed_workload, subbatch_workload
     params = {k: v for k, v in spec.items() if k not in ("name", "kind", "corrupt_expected")}
     kind = spec.get("kind")
     if kind == "mixed":
@@ -50,7 +56,6 @@ def _check_fits(config: PIMConfig, w, sizes: dict) -> None:
 def system_build(config: PIMConfig, *, sizes: dict | None = None, sim: str | None = None,
                  waves: bool | None = None) -> runner.Build:
     from hdl.generate import verilog
-    from hdl.pim import pim_factory
     name, factory = pim_factory(config, kind="system", sizes=sizes)
     return runner.build(verilog(factory(), name), name, sim=sim, waves=waves)
 
@@ -65,10 +70,7 @@ def run_workloads(config: PIMConfig, specs: list[dict], *, build: runner.Build |
         _check_fits(config, workload_from_spec(config, s), sizes)
     b = build or system_build(config, sizes=sizes, sim=sim)
     job = {"config": config.as_dict(), "workloads": list(specs), "system": sizes}
-    res = runner.run(b, test_module=TB_MODULE, job=job)
-    res["build_cached"] = b.cached
-    res["build_seconds"] = b.build_seconds
-    return res
+    return run_on(b, TB_MODULE, job)
 
 
 def model_for(config: PIMConfig, spec: dict):
@@ -76,6 +78,12 @@ def model_for(config: PIMConfig, spec: dict):
     from golden.pim import schedule
     w = workload_from_spec(config, spec)
     return schedule(config, w.mem, w.jobs)
+
+
+def system_cycles(model) -> int:
+    """PIMSystem's `cycles` for a cycle model (golden.pim.schedule's result):
+    the schedule plus the preloaded memories' start and first read."""
+    return model.cycles + SYSTEM_OVERHEAD
 
 
 def model_checks(config: PIMConfig, run: dict, model) -> list[str]:
@@ -92,7 +100,6 @@ def model_checks(config: PIMConfig, run: dict, model) -> list[str]:
 
 
 def to_record(config: PIMConfig, spec: dict, run: dict, model, *, extra: dict | None = None) -> dict:
-    from hdl.pim import SYSTEM_OVERHEAD
     cyc = max(1, run["cycles"])
     errors = list(run.get("errors", [])) + model_checks(config, run, model)
     viol = [r for i, r in enumerate(RULES) if run.get("err_bits", 0) >> i & 1]
@@ -103,8 +110,8 @@ def to_record(config: PIMConfig, spec: dict, run: dict, model, *, extra: dict | 
         vectors=run["reads"] + run["results"], cycles=run["cycles"], macs=run["macs"],
         peak_macs_per_cycle=config.peak_macs_per_cycle,
         sim_seconds=run["sim_seconds"], path="system", case=spec["name"],
-        mode=config.mode, workload=dict(spec), expected_cycles=model.cycles + SYSTEM_OVERHEAD,
-        model_cycles_ideal=model.cycles + SYSTEM_OVERHEAD,
+        mode=config.mode, workload=dict(spec), expected_cycles=system_cycles(model),
+        model_cycles_ideal=system_cycles(model),
         commands=run["cmd_count"], mem_requests=run["mem_requests"], gemv_jobs=run["jobs"],
         reads=run["reads"], gemv_results=run["results"],
         timing_violations=len(viol), violated_rules=viol,
@@ -165,8 +172,7 @@ def run_case(config: PIMConfig, spec: dict, *, sim: str | None = None) -> tuple[
                                                 if e not in run.get("errors", []))
             if not res.get("passed"):
                 run["passed"] = False
-            _cache[key] = (run, {"build_seconds": round(b.build_seconds, 1),
-                                 "build_cached": b.cached, "simulator": res.get("sim")})
+            _cache[key] = (run, with_build({"simulator": res.get("sim")}, b))
         return _cache[key]
 
 

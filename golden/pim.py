@@ -11,11 +11,8 @@ Two parts:
    rules and the same policy; tests hold the two to the same command trace
    and cycle count.
 
-Requests:
-  MemReq(bank, row, col, write, data)    col = word index in the row,
-                                         data = packed word (lanes INT8, element 0 in bits 0..7)
-  GemvJob(bank, row, nrows, vector)      vector = `columns` INT8 values (the
-                                         job's col_words GWR beats, packed the same way)
+The requests (MemReq, GemvJob), commands (Cmd) and the word format live in
+golden.pim_config; workloads and the words the RTL loads in quantflow.pim.
 
 Scheduler policy (both paths in request order, open-page):
   memory path  head request: row hit -> RD/WR; other row open -> PRE; closed -> ACT.
@@ -23,8 +20,9 @@ Scheduler policy (both paths in request order, open-page):
                (blocked mode: switching to PIM; dual mode: the PIM path waits
                for that row).
   PIM path     per job: GWR x col_words, then per row PACT, COMP x col_words,
-               RDRES, PPRE. It sees the memory path's command of the same cycle
-               (bus slots, tFAW, same-bank activation).
+               RDRES, PPRE (golden.pim_config.JOB_STEPS). It sees the memory
+               path's command of the same cycle (bus slots, tFAW, same-bank
+               activation).
   blocked      channel in MEM or PIM mode. MEM -> PIM when a job waits and the
                memory stream is empty or `quantum` requests were served since
                the last switch (memory rows are closed first); PIM runs one
@@ -36,82 +34,28 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import NamedTuple, Sequence
+from typing import Sequence
 
 import torch
 
-from golden.formats import ACT_BITS
-from golden.pim_config import MCMD, PCMD, RULES, PIMConfig
+from golden.formats import ACT_MAX, ACT_MIN
+from golden.pim_config import RULES, Cmd, GemvJob, MemReq, PIMConfig, pack_word, rule_mask
+from golden.tensors import check_range, wrap_int32
 
-__all__ = ["MemReq", "GemvJob", "Cmd", "Checker", "ScheduleResult", "schedule", "Workload",
-           "mixed_workload", "subbatch_workload",
-           "pack_word", "unpack_word", "pack_vector", "gemv", "expected_outputs",
-           "check_requests", "rule_mask"]
+__all__ = ["Checker", "ScheduleResult", "schedule", "gemv", "expected_outputs",
+           "check_requests"]
 
 _NEVER = -(1 << 40)
-_B = {name: 1 << i for i, name in enumerate(RULES)}
+_B = {name: rule_mask(name) for name in RULES}
 
 
-def rule_mask(*names: str) -> int:
-    return sum(_B[n] for n in names)
-
-
-class MemReq(NamedTuple):
-    bank: int
-    row: int
-    col: int
-    write: bool
-    data: int = 0
-
-
-class GemvJob(NamedTuple):
-    bank: int
-    row: int
-    nrows: int
-    vector: tuple  # `columns` INT8 values
-
-
-class Cmd(NamedTuple):
-    """A command on the memory path (path "m") or PIM path (path "p")."""
-    path: str
-    kind: str
-    bank: int
-    row: int = 0
-    col: int = 0
-
-    @property
-    def code(self) -> int:
-        return (MCMD if self.path == "m" else PCMD)[self.kind]
-
-
-# --------------------------------------------------------------------------- words
-def pack_word(values: Sequence[int], lanes: int) -> int:
-    """`lanes` INT8 values -> one word, element 0 in the least-significant byte."""
-    if len(values) != lanes:
-        raise ValueError(f"a word holds {lanes} values, got {len(values)}")
-    w = 0
-    for i, v in enumerate(values):
-        v = int(v)
-        if not -128 <= v <= 127:
-            raise ValueError(f"value {v} at lane {i} is outside INT8 [-128, 127]")
-        w |= (v & 0xFF) << (ACT_BITS * i)
-    return w
-
-
-def unpack_word(word: int, lanes: int) -> list[int]:
-    out = []
-    for i in range(lanes):
-        b = (int(word) >> (ACT_BITS * i)) & 0xFF
-        out.append(b - 256 if b >= 128 else b)
-    return out
-
-
-def pack_vector(vector: Sequence[int], config: PIMConfig) -> list[int]:
-    """A job's vector as its col_words GWR words."""
-    if len(vector) != config.columns:
-        raise ValueError(f"a GEMV vector has columns={config.columns} values, got {len(vector)}")
-    L = config.lanes
-    return [pack_word(vector[i * L:(i + 1) * L], L) for i in range(config.col_words)]
+def _flags(rules) -> int:
+    """Error bits of the (rule name, broken) pairs."""
+    err = 0
+    for name, broken in rules:
+        if broken:
+            err |= _B[name]
+    return err
 
 
 # --------------------------------------------------------------------------- functional
@@ -123,10 +67,8 @@ def gemv(weights, x) -> torch.Tensor:
         raise ValueError(f"gemv needs W [n, K] and x [K], got {tuple(W.shape)} and "
                          f"{tuple(v.shape)}")
     for name, t in (("weights", W), ("x", v)):
-        if t.numel() and (int(t.min()) < -128 or int(t.max()) > 127):
-            raise ValueError(f"{name} must be INT8 values in [-128, 127]")
-    y = (W * v).sum(dim=1)
-    return ((y + (1 << 31)) % (1 << 32) - (1 << 31)).to(torch.int32)
+        check_range(name, t, ACT_MIN, ACT_MAX, "the bank holds INT8 values")
+    return wrap_int32((W * v).sum(dim=1))
 
 
 def check_requests(config: PIMConfig, mem: Sequence[MemReq], jobs: Sequence[GemvJob]) -> None:
@@ -211,22 +153,24 @@ class Checker:
 
     def __init__(self, config: PIMConfig):
         self.cfg = config
+        self.blocked = config.mode == "blocked"
         self.banks = [_Bank() for _ in range(config.banks)]
         self.bus: set[int] = set()       # busy data-bus cycles (absolute)
         self.acts: deque[int] = deque()  # cycles of recent activations
         self.errors = 0
 
     def _pre_time(self, b: _Bank) -> int:
-        if self.cfg.mode == "blocked":  # one row buffer: either precharge counts
+        if self.blocked:  # one row buffer: either precharge counts
             return max(b.m_pre, b.p_pre)
         return b.m_pre
 
     def _ppre_time(self, b: _Bank) -> int:
-        if self.cfg.mode == "blocked":
+        if self.blocked:
             return max(b.m_pre, b.p_pre)
         return b.p_pre
 
-    def _slots(self, t: int, c: Cmd) -> range | None:
+    def slots(self, t: int, c: Cmd | None) -> range | None:
+        """Data-bus cycles the command `c` issued at t occupies (None: no transfer)."""
         if c is None:
             return None
         if (c.path, c.kind) in (("m", "RD"), ("p", "RDRES")):
@@ -237,90 +181,73 @@ class Checker:
             return None
         return range(s, s + self.cfg.tCCD_S)
 
-    def violations(self, t: int, m: Cmd | None, p: Cmd | None) -> int:
-        cfg = self.cfg
+    def _mem_violations(self, t: int, m: Cmd) -> int:
+        cfg, b = self.cfg, self.banks[m.bank]
+        if m.kind == "ACT":
+            rules = (("act_open", b.m_open),
+                     ("act_trp", t - self._pre_time(b) < cfg.tRP),
+                     ("act_conflict", b.p_open and (self.blocked or b.p_row == m.row)),
+                     ("row_range", m.row >= cfg.rows))
+        elif m.kind in ("RD", "WR"):
+            rules = (("col_closed", not b.m_open), ("col_trcd", t - b.m_act < cfg.tRCD),
+                     ("col_tccd", t - b.m_col < cfg.tCCD_L))
+        elif m.kind == "PRE":
+            rules = (("pre_closed", not b.m_open), ("pre_tras", t - b.m_act < cfg.tRAS),
+                     ("pre_twr", t - b.m_wr < cfg.tWR))
+        else:
+            rules = ()
+        excl = self.blocked and any(x.p_open for x in self.banks)
+        return _flags(rules + (("blocked_excl", excl),))
+
+    def _pim_violations(self, t: int, m: Cmd | None, p: Cmd) -> int:
+        cfg, b = self.cfg, self.banks[p.bank]
+        if p.kind == "PACT":
+            rules = (("pact_open", b.p_open),
+                     ("pact_trp", t - self._ppre_time(b) < cfg.tRP),
+                     ("pact_conflict", b.m_open and (self.blocked or b.m_row == p.row)),
+                     ("row_range", p.row >= cfg.rows),
+                     ("dual_act", m is not None and m.kind == "ACT" and m.bank == p.bank))
+        elif p.kind in ("GWR", "COMP", "RDRES"):
+            rules = (("pcol_tccd", t - b.p_col < cfg.tCCD_L),)
+            if p.kind == "COMP":
+                rules += (("comp_closed", not b.p_open), ("comp_trcd", t - b.p_act < cfg.tRCD))
+        elif p.kind == "PPRE":
+            rules = (("ppre_closed", not b.p_open), ("ppre_tras", t - b.p_act < cfg.tRAS))
+        else:
+            rules = ()
+        excl = self.blocked and (m is not None or any(x.m_open for x in self.banks))
+        return _flags(rules + (("blocked_excl", excl),))
+
+    def _channel_violations(self, t: int, m: Cmd | None, p: Cmd | None) -> int:
+        """Data bus (each transfer holds tCCD_S consecutive cycles) and tFAW."""
         err = 0
-        blocked = cfg.mode == "blocked"
-        any_m = any(b.m_open for b in self.banks)
-        any_p = any(b.p_open for b in self.banks)
-        n_act = 0
-        if m is not None:
-            b = self.banks[m.bank]
-            if m.kind == "ACT":
-                n_act += 1
-                if b.m_open:
-                    err |= _B["act_open"]
-                if t - self._pre_time(b) < cfg.tRP:
-                    err |= _B["act_trp"]
-                if b.p_open and (blocked or b.p_row == m.row):
-                    err |= _B["act_conflict"]
-                if m.row >= cfg.rows:
-                    err |= _B["row_range"]
-            elif m.kind in ("RD", "WR"):
-                if not b.m_open:
-                    err |= _B["col_closed"]
-                if t - b.m_act < cfg.tRCD:
-                    err |= _B["col_trcd"]
-                if t - b.m_col < cfg.tCCD_L:
-                    err |= _B["col_tccd"]
-            elif m.kind == "PRE":
-                if not b.m_open:
-                    err |= _B["pre_closed"]
-                if t - b.m_act < cfg.tRAS:
-                    err |= _B["pre_tras"]
-                if t - b.m_wr < cfg.tWR:
-                    err |= _B["pre_twr"]
-            if blocked and any_p:
-                err |= _B["blocked_excl"]
-        if p is not None:
-            b = self.banks[p.bank]
-            if p.kind == "PACT":
-                n_act += 1
-                if b.p_open:
-                    err |= _B["pact_open"]
-                if t - self._ppre_time(b) < cfg.tRP:
-                    err |= _B["pact_trp"]
-                if b.m_open and (blocked or b.m_row == p.row):
-                    err |= _B["pact_conflict"]
-                if p.row >= cfg.rows:
-                    err |= _B["row_range"]
-                if m is not None and m.kind == "ACT" and m.bank == p.bank:
-                    err |= _B["dual_act"]
-            elif p.kind in ("GWR", "COMP", "RDRES"):
-                if t - b.p_col < cfg.tCCD_L:
-                    err |= _B["pcol_tccd"]
-                if p.kind == "COMP":
-                    if not b.p_open:
-                        err |= _B["comp_closed"]
-                    if t - b.p_act < cfg.tRCD:
-                        err |= _B["comp_trcd"]
-            elif p.kind == "PPRE":
-                if not b.p_open:
-                    err |= _B["ppre_closed"]
-                if t - b.p_act < cfg.tRAS:
-                    err |= _B["ppre_tras"]
-            if blocked and (any_m or m is not None):
-                err |= _B["blocked_excl"]
-        # data bus: each transfer holds tCCD_S consecutive cycles
-        sm, sp = self._slots(t, m), self._slots(t, p)
         taken = set()
-        for s in (sm, sp):
+        for s in (self.slots(t, m), self.slots(t, p)):
             if s is None:
                 continue
             if any(x in self.bus or x in taken for x in s):
                 err |= _B["bus_conflict"]
             taken.update(s)
+        n_act = ((m is not None and m.kind == "ACT") + (p is not None and p.kind == "PACT"))
         if n_act:
-            recent = sum(1 for a in self.acts if t - a < cfg.tFAW)
+            recent = sum(1 for a in self.acts if t - a < self.cfg.tFAW)
             if recent + n_act > 4:
                 err |= _B["tfaw"]
+        return err
+
+    def violations(self, t: int, m: Cmd | None, p: Cmd | None) -> int:
+        err = self._channel_violations(t, m, p)
+        if m is not None:
+            err |= self._mem_violations(t, m)
+        if p is not None:
+            err |= self._pim_violations(t, m, p)
         return err
 
     def issue(self, t: int, m: Cmd | None, p: Cmd | None) -> int:
         err = self.violations(t, m, p)
         self.errors |= err
         for c in (m, p):
-            s = self._slots(t, c)
+            s = self.slots(t, c)
             if s is not None:
                 self.bus.update(s)
         while self.acts and t - self.acts[0] >= self.cfg.tFAW:
@@ -382,7 +309,139 @@ class ScheduleResult:
                 "data_bus": round(self.bus_cycles / c, 4)}
 
 
-_IDLE, _GWR, _PACT, _COMP, _RDRES, _PPRE = range(6)
+class _Scheduler:
+    """The policy's state between cycles (module docstring). The job engine's
+    step is a name of golden.pim_config.JOB_STEPS."""
+
+    def __init__(self, config: PIMConfig, mem: Sequence[MemReq], jobs: Sequence[GemvJob]):
+        self.cfg, self.mem, self.jobs = config, mem, jobs
+        self.blocked = config.mode == "blocked"
+        self.chk = Checker(config)
+        self.mi = self.ji = 0                      # next memory request / job
+        self.step, self.jbank, self.jrow, self.jleft, self.jcol = "IDLE", 0, 0, 0, 0
+        # blocked mode: channel owned by PIM, switch requested, requests served
+        # since the last switch, the PIM turn has run its job
+        self.bmode_pim, self.pending, self.served, self.pim_ran = False, False, 0, False
+        self.trace, self.read_times, self.result_times = [], [], []
+        self.last_event = -1
+
+    def finished(self, t: int) -> bool:
+        return (self.mi == len(self.mem) and self.ji == len(self.jobs)
+                and self.step == "IDLE" and t > self.last_event)
+
+    def memory_command(self, t: int, mhead: MemReq | None) -> Cmd | None:
+        """The head request's next command, else a precharge someone waits for."""
+        banks = self.chk.banks
+        hit_bank = -1
+        if mhead is not None and (not self.blocked or not (self.bmode_pim or self.pending)):
+            b = banks[mhead.bank]
+            if b.m_open and b.m_row == mhead.row:
+                hit_bank = mhead.bank
+                cand = Cmd("m", "WR" if mhead.write else "RD", mhead.bank, mhead.row, mhead.col)
+            elif b.m_open:
+                cand = Cmd("m", "PRE", mhead.bank)
+            else:
+                cand = Cmd("m", "ACT", mhead.bank, mhead.row)
+            if self.chk.violations(t, cand, None) == 0:
+                return cand
+        for k, b in enumerate(banks):
+            need = b.m_open and ((self.blocked and self.pending) or (
+                not self.blocked and self.step == "PACT" and self.jbank == k
+                and self.jrow == b.m_row))
+            if need and k != hit_bank:
+                cand = Cmd("m", "PRE", k)
+                if self.chk.violations(t, cand, None) == 0:
+                    return cand
+        return None
+
+    def pim_command(self, t: int, mc: Cmd | None) -> Cmd | None:
+        """The job engine's command, checked together with the memory path's."""
+        if self.step == "IDLE" or (self.blocked and not self.bmode_pim):
+            return None
+        bank, row, col = self.jbank, self.jrow, self.jcol
+        cand = {"GWR": Cmd("p", "GWR", bank, 0, col), "PACT": Cmd("p", "PACT", bank, row),
+                "COMP": Cmd("p", "COMP", bank, row, col), "RDRES": Cmd("p", "RDRES", bank),
+                "PPRE": Cmd("p", "PPRE", bank)}[self.step]
+        return cand if self.chk.violations(t, mc, cand) == 0 else None
+
+    def issue(self, t: int, mc: Cmd | None, pc: Cmd | None) -> None:
+        err = self.chk.issue(t, mc, pc)
+        if err:  # pragma: no cover - the policy only issues legal commands
+            raise AssertionError(f"scheduler issued illegal commands at {t}: {mc} {pc} "
+                                 f"({[r for i, r in enumerate(RULES) if err >> i & 1]})")
+        if mc is not None or pc is not None:
+            self.trace.append((t, mc, pc))
+            self.last_event = max(self.last_event, t)
+        for c in (mc, pc):  # a data transfer ends when its burst has left the bus
+            slots = self.chk.slots(t, c)
+            if slots is not None:
+                self.last_event = max(self.last_event, slots[-1])
+        if mc is not None and mc.kind == "RD":
+            self.read_times.append(t + self.cfg.tCL)
+        if pc is not None and pc.kind == "RDRES":
+            self.result_times.append(t + self.cfg.tCL)
+
+    def advance_job(self, step_t: str, pc: Cmd | None, mhead: MemReq | None) -> bool:
+        """The job engine's next step; returns whether it took a new job."""
+        latch = False
+        if step_t == "IDLE":
+            job_avail = self.ji < len(self.jobs)
+            if not self.blocked:
+                latch = job_avail
+            elif self.bmode_pim:
+                latch = job_avail and not (self.pim_ran and mhead is not None)
+        if latch:
+            j = self.jobs[self.ji]
+            self.ji += 1
+            self.step, self.jcol = "GWR", 0
+            self.jbank, self.jrow, self.jleft = j.bank, j.row, j.nrows
+        elif pc is not None:
+            if self.step in ("GWR", "COMP"):
+                if self.jcol == self.cfg.col_words - 1:
+                    self.step, self.jcol = ("PACT" if self.step == "GWR" else "RDRES"), 0
+                else:
+                    self.jcol += 1
+            elif self.step == "PACT":
+                self.step = "COMP"
+            elif self.step == "RDRES":
+                self.step = "PPRE"
+            elif self.step == "PPRE":
+                if self.jleft > 1:
+                    self.step, self.jrow, self.jleft = "PACT", self.jrow + 1, self.jleft - 1
+                else:
+                    self.step = "IDLE"
+        return latch
+
+    def arbitrate(self, step_t: str, latch: bool, any_m_open: bool, mhead: MemReq | None,
+                  consumed_mem: bool) -> None:
+        """Blocked mode: who owns the channel next cycle (from the state at t)."""
+        if not self.bmode_pim:
+            if self.pending:
+                if not any_m_open:
+                    self.bmode_pim, self.pending, self.pim_ran = True, False, False
+            elif (self.ji < len(self.jobs) and step_t == "IDLE"
+                  and (mhead is None or self.served >= self.cfg.quantum)):
+                self.pending = True
+            if consumed_mem:
+                self.served += 1
+        elif latch:
+            self.pim_ran = True
+        elif step_t == "IDLE" and self.pim_ran and mhead is not None:
+            self.bmode_pim, self.served = False, 0
+
+    def cycle(self, t: int) -> None:
+        mhead = self.mem[self.mi] if self.mi < len(self.mem) else None
+        mc = self.memory_command(t, mhead)
+        consumed_mem = mc is not None and mc.kind in ("RD", "WR")
+        any_m_open = any(b.m_open for b in self.chk.banks)  # state at t
+        step_t = self.step
+        pc = self.pim_command(t, mc)
+        self.issue(t, mc, pc)
+        latch = self.advance_job(step_t, pc, mhead)
+        if self.blocked:
+            self.arbitrate(step_t, latch, any_m_open, mhead, consumed_mem)
+        if consumed_mem:
+            self.mi += 1
 
 
 def schedule(config: PIMConfig, mem: Sequence[MemReq], jobs: Sequence[GemvJob],
@@ -392,223 +451,15 @@ def schedule(config: PIMConfig, mem: Sequence[MemReq], jobs: Sequence[GemvJob],
     checked; a violation would be a scheduler bug and raises."""
     check_requests(config, mem, jobs)
     cfg = config
-    blocked = cfg.mode == "blocked"
-    chk = Checker(cfg)
     nm, nj = len(mem), len(jobs)
     limit = max_cycles or (200 + 60 * (nm + nj * (cfg.max_job_rows + 1) * (cfg.col_words + 8)
                                        + nj * cfg.tRAS * cfg.max_job_rows))
-    mi = ji = 0
-    js, jbank, jrow, jleft, jcol = _IDLE, 0, 0, 0, 0
-    bmode_pim, pending, served, pim_ran = False, False, 0, False
-    trace, read_times, result_times = [], [], []
-    last_event = -1
+    sch = _Scheduler(cfg, mem, jobs)
     t = 0
-    while True:
-        if mi == nm and ji == nj and js == _IDLE and t > last_event:
-            break
+    while not sch.finished(t):
         if t > limit:
             raise RuntimeError(f"scheduler made no progress within {limit} cycles")
-        banks = chk.banks
-        mhead = mem[mi] if mi < nm else None
-        mem_allowed = not blocked or (not bmode_pim and not pending)
-        # ---- memory path
-        mc = None
-        hit_bank = -1
-        if mhead is not None and mem_allowed:
-            b = banks[mhead.bank]
-            if b.m_open and b.m_row == mhead.row:
-                hit_bank = mhead.bank
-                cand = Cmd("m", "WR" if mhead.write else "RD", mhead.bank, mhead.row, mhead.col)
-            elif b.m_open:
-                cand = Cmd("m", "PRE", mhead.bank)
-            else:
-                cand = Cmd("m", "ACT", mhead.bank, mhead.row)
-            if chk.violations(t, cand, None) == 0:
-                mc = cand
-        if mc is None:
-            for k, b in enumerate(banks):
-                need = b.m_open and ((blocked and pending) or (
-                    not blocked and js == _PACT and jbank == k and jrow == b.m_row))
-                if need and k != hit_bank:
-                    cand = Cmd("m", "PRE", k)
-                    if chk.violations(t, cand, None) == 0:
-                        mc = cand
-                        break
-        consumed_mem = mc is not None and mc.kind in ("RD", "WR")
-        any_m_open = any(b.m_open for b in banks)  # state at t
-        js_t = js
-        # ---- PIM path
-        pc = None
-        pim_allowed = not blocked or bmode_pim
-        if js != _IDLE and pim_allowed:
-            cand = {_GWR: Cmd("p", "GWR", jbank, 0, jcol),
-                    _PACT: Cmd("p", "PACT", jbank, jrow),
-                    _COMP: Cmd("p", "COMP", jbank, jrow, jcol),
-                    _RDRES: Cmd("p", "RDRES", jbank),
-                    _PPRE: Cmd("p", "PPRE", jbank)}[js]
-            if chk.violations(t, mc, cand) == 0:
-                pc = cand
-        err = chk.issue(t, mc, pc)
-        if err:  # pragma: no cover - the policy only issues legal commands
-            raise AssertionError(f"scheduler issued illegal commands at {t}: {mc} {pc} "
-                                 f"({[r for i, r in enumerate(RULES) if err >> i & 1]})")
-        if mc is not None or pc is not None:
-            trace.append((t, mc, pc))
-            last_event = max(last_event, t)
-        for c in (mc, pc):  # a data transfer ends when its burst has left the bus
-            slots = chk._slots(t, c)
-            if slots is not None:
-                last_event = max(last_event, slots[-1])
-        if mc is not None and mc.kind == "RD":
-            read_times.append(t + cfg.tCL)
-        if pc is not None and pc.kind == "RDRES":
-            result_times.append(t + cfg.tCL)
-        # ---- next state: job engine
-        latch = False
-        if js_t == _IDLE:
-            job_avail = ji < nj
-            if not blocked:
-                latch = job_avail
-            elif bmode_pim:
-                latch = job_avail and not (pim_ran and mhead is not None)
-        if latch:
-            j = jobs[ji]
-            ji += 1
-            js, jbank, jrow, jleft, jcol = _GWR, j.bank, j.row, j.nrows, 0
-        elif pc is not None:
-            if js in (_GWR, _COMP):
-                if jcol == cfg.col_words - 1:
-                    js, jcol = (_PACT if js == _GWR else _RDRES), 0
-                else:
-                    jcol += 1
-            elif js == _PACT:
-                js = _COMP
-            elif js == _RDRES:
-                js = _PPRE
-            elif js == _PPRE:
-                if jleft > 1:
-                    js, jrow, jleft = _PACT, jrow + 1, jleft - 1
-                else:
-                    js = _IDLE
-        # ---- next state: blocked-mode arbitration (state at t)
-        if blocked:
-            if not bmode_pim:
-                if pending:
-                    if not any_m_open:
-                        bmode_pim, pending, pim_ran = True, False, False
-                elif ji < nj and js_t == _IDLE and (mhead is None or served >= cfg.quantum):
-                    pending = True
-                if consumed_mem:
-                    served += 1
-            else:
-                if latch:
-                    pim_ran = True
-                elif js_t == _IDLE and pim_ran and mhead is not None:
-                    bmode_pim, served = False, 0
-        if consumed_mem:
-            mi += 1
+        sch.cycle(t)
         t += 1
-    return ScheduleResult(config=cfg, cycles=t, trace=trace,
-                          read_times=read_times, result_times=result_times,
-                          errors=chk.errors)
-
-
-# --------------------------------------------------------------------------- workloads
-@dataclass(frozen=True)
-class Workload:
-    """Bank contents before the run plus the two request streams."""
-    storage: torch.Tensor          # [banks, rows, columns] int8 values (int64 tensor)
-    mem: tuple                     # MemReq ...
-    jobs: tuple                    # GemvJob ...
-
-    @property
-    def n_reads(self) -> int:
-        return sum(1 for r in self.mem if not r.write)
-
-    @property
-    def n_results(self) -> int:
-        return sum(j.nrows for j in self.jobs)
-
-
-def _split_rows(config: PIMConfig) -> tuple[range, range]:
-    """GEMV rows (lower half) and traffic rows (upper half) of every bank."""
-    if config.rows < 2:
-        raise ValueError("a mixed workload needs rows >= 2 (GEMV rows and traffic rows)")
-    half = config.rows // 2
-    return range(0, half), range(half, config.rows)
-
-
-def _random_storage(config: PIMConfig, gen: torch.Generator) -> torch.Tensor:
-    return torch.randint(-128, 128, (config.banks, config.rows, config.columns),
-                         generator=gen, dtype=torch.int64)
-
-
-def _random_job(config, gen, bank, gemv_rows, nrows) -> GemvJob:
-    nrows = min(nrows, len(gemv_rows), config.max_job_rows)
-    r0 = gemv_rows.start + int(torch.randint(0, len(gemv_rows) - nrows + 1, (1,), generator=gen))
-    vec = tuple(int(v) for v in torch.randint(-128, 128, (config.columns,), generator=gen))
-    return GemvJob(bank, r0, nrows, vec)
-
-
-def _burst(config, gen, bank, row, length, write_frac) -> list[MemReq]:
-    cw = config.col_words
-    start = int(torch.randint(0, cw, (1,), generator=gen))
-    out = []
-    for i in range(length):
-        w = bool(torch.rand((1,), generator=gen) < write_frac)
-        data = 0
-        if w:
-            data = int.from_bytes(torch.randint(0, 256, (config.lanes,), generator=gen,
-                                                dtype=torch.uint8).numpy().tobytes(), "little")
-        out.append(MemReq(bank, row, (start + i) % cw, w, data))
-    return out
-
-
-def mixed_workload(config: PIMConfig, *, seed: int, n_mem: int, n_jobs: int,
-                   job_rows: int = 2, max_burst: int = 8,
-                   write_frac: float = 0.4) -> Workload:
-    """Random mixed traffic: bursts of reads/writes to random traffic rows of
-    random banks, and GEMV jobs on GEMV rows of random banks (the same banks
-    serve both; GEMV rows are never written)."""
-    gen = torch.Generator().manual_seed(seed)
-    gemv_rows, traffic_rows = _split_rows(config)
-    storage = _random_storage(config, gen)
-    mem: list[MemReq] = []
-    while len(mem) < n_mem:
-        bank = int(torch.randint(0, config.banks, (1,), generator=gen))
-        row = traffic_rows.start + int(torch.randint(0, len(traffic_rows), (1,), generator=gen))
-        length = 1 + int(torch.randint(0, max_burst, (1,), generator=gen))
-        mem.extend(_burst(config, gen, bank, row, length, write_frac))
-    mem = mem[:n_mem]
-    jobs = []
-    for _ in range(n_jobs):
-        bank = int(torch.randint(0, config.banks, (1,), generator=gen))
-        n = 1 + int(torch.randint(0, job_rows, (1,), generator=gen))
-        jobs.append(_random_job(config, gen, bank, gemv_rows, n))
-    return Workload(storage=storage, mem=tuple(mem), jobs=tuple(jobs))
-
-
-def subbatch_workload(config: PIMConfig, *, seed: int, rounds: int,
-                      job_rows: int = 4, kv_writes: int = 2) -> Workload:
-    """NeuPIMs' sub-batch interleaving on one channel: per round, sub-batch A's
-    attention GEMV (one job of `job_rows` K-cache rows per bank) and sub-batch
-    B's GEMM traffic (whole weight rows streamed from each bank, plus
-    `kv_writes` K/V words appended) -- sized so that the two take about the
-    same time alone. Dual mode overlaps them; blocked mode serialises them."""
-    gen = torch.Generator().manual_seed(seed)
-    gemv_rows, traffic_rows = _split_rows(config)
-    storage = _random_storage(config, gen)
-    mem: list[MemReq] = []
-    jobs: list[GemvJob] = []
-    cw = config.col_words
-    for r in range(rounds):
-        for bank in range(config.banks):
-            jobs.append(_random_job(config, gen, bank, gemv_rows, job_rows))
-        for bank in range(config.banks):
-            for i in range(job_rows):
-                row = traffic_rows.start + int(torch.randint(0, len(traffic_rows), (1,),
-                                                             generator=gen))
-                mem.extend(MemReq(bank, row, c, False) for c in range(cw))
-            row = traffic_rows.start + (r % len(traffic_rows))
-            mem.extend(_burst(config, gen, bank, row, kv_writes, 1.0))
-    return Workload(storage=storage, mem=tuple(mem), jobs=tuple(jobs))
+    return ScheduleResult(config=cfg, cycles=t, trace=sch.trace, read_times=sch.read_times,
+                          result_times=sch.result_times, errors=sch.chk.errors)

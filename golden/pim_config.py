@@ -7,18 +7,30 @@ Storage and words: a bank has `rows` rows of `columns` INT8 elements. A column
 word holds `lanes` elements (element 0 in the least-significant byte), so a
 row is `col_words = columns // lanes` words, a RD/WR moves one word and one
 COMP multiplies one word of the open PIM row with the matching word of the
-bank's global buffer in `lanes` multipliers.
+bank's global buffer in `lanes` multipliers. `pack_word` / `unpack_word` are
+that word format.
+
+Requests (what the scheduler takes, in order, on two streams):
+  MemReq(bank, row, col, write, data)    col = word index in the row,
+                                         data = packed word (write only)
+  GemvJob(bank, row, nrows, vector)      vector = `columns` INT8 values (the
+                                         job's col_words GWR beats)
+Their words in the RTL's request memories have the fields of
+`PIMConfig.memreq_fields` / `job_fields`, LSB first.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass
+from typing import NamedTuple, Sequence
 
-from golden.formats import ACC_BITS, ACT_BITS, INT8_ABS_MAX, int32_safe_terms
-from golden.validate import check_int
+from golden.formats import ACT_BITS, ACT_MAX, ACT_MIN, INT8_ABS_MAX, int32_safe_terms
+from golden.validate import check_choice, check_int
 
-__all__ = ["PIMConfig", "PIM_MODES", "MCMD", "PCMD", "RULES", "rule_bit",
-           "TIMING_FIELDS", "PIM_MAX_COLUMNS"]
+__all__ = ["PIMConfig", "PIM_MODES", "MCMD", "PCMD", "RULES", "rule_bit", "rule_mask",
+           "TIMING_FIELDS", "PIM_MAX_COLUMNS", "JOB_STEPS", "MemReq", "GemvJob", "Cmd",
+           "pack_word", "unpack_word"]
 
 PIM_MODES = ("dual", "blocked")
 
@@ -63,6 +75,17 @@ def rule_bit(name: str) -> int:
         raise ValueError(f"unknown checker rule {name!r}; rules: {RULES}") from None
 
 
+def rule_mask(*names: str) -> int:
+    """Error flags of the named checker rules."""
+    return sum(1 << rule_bit(n) for n in names)
+
+
+#: Steps of the scheduler's GEMV job engine, in encoding order: per job GWR x
+#: col_words, then per row PACT, COMP x col_words, RDRES, PPRE. Each step but
+#: IDLE issues the PIM command of its name.
+JOB_STEPS = ("IDLE", "GWR", "PACT", "COMP", "RDRES", "PPRE")
+
+
 #: Timing parameters (cycles), all >= 1.
 TIMING_FIELDS = ("tCL", "tRCD", "tRP", "tRAS", "tCCD_S", "tCCD_L", "tWR", "tFAW")
 #: Largest row length for which a row's dot product fits int32 without wrapping
@@ -70,6 +93,54 @@ TIMING_FIELDS = ("tCL", "tRCD", "tRP", "tRAS", "tCCD_S", "tCCD_L", "tWR", "tFAW"
 PIM_MAX_COLUMNS = int32_safe_terms(INT8_ABS_MAX, INT8_ABS_MAX)
 
 
+class MemReq(NamedTuple):
+    bank: int
+    row: int
+    col: int
+    write: bool
+    data: int = 0
+
+
+class GemvJob(NamedTuple):
+    bank: int
+    row: int
+    nrows: int
+    vector: tuple  # `columns` INT8 values
+
+
+class Cmd(NamedTuple):
+    """A command on the memory path (path "m") or PIM path (path "p")."""
+    path: str
+    kind: str
+    bank: int
+    row: int = 0
+    col: int = 0
+
+    @property
+    def code(self) -> int:
+        return (MCMD if self.path == "m" else PCMD)[self.kind]
+
+
+def pack_word(values: Sequence[int], lanes: int) -> int:
+    """`lanes` INT8 values -> one word, element 0 in the least-significant byte."""
+    if len(values) != lanes:
+        raise ValueError(f"a word holds {lanes} values, got {len(values)}")
+    w = 0
+    for i, v in enumerate(values):
+        v = int(v)
+        if not ACT_MIN <= v <= ACT_MAX:
+            raise ValueError(f"value {v} at lane {i} is outside INT8 [{ACT_MIN}, {ACT_MAX}]")
+        w |= (v & 0xFF) << (ACT_BITS * i)
+    return w
+
+
+def unpack_word(word: int, lanes: int) -> list[int]:
+    """Inverse of pack_word."""
+    out = []
+    for i in range(lanes):
+        b = (int(word) >> (ACT_BITS * i)) & 0xFF
+        out.append(b - 256 if b >= 128 else b)
+    return out
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -107,8 +178,7 @@ class PIMConfig:
     max_job_rows: int = 16
 
     def __post_init__(self):
-        if self.mode not in PIM_MODES:
-            raise ValueError(f"mode must be one of {PIM_MODES}, got {self.mode!r}")
+        check_choice("mode", self.mode, PIM_MODES)
         check_int("banks", self.banks, 1)
         check_int("rows", self.rows, 1)
         check_int("lanes", self.lanes, 1)
@@ -122,9 +192,7 @@ class PIMConfig:
             raise ValueError(f"columns={self.columns} exceeds {PIM_MAX_COLUMNS}: a row's "
                              f"int32 dot product could wrap; split the row")
         for name in TIMING_FIELDS:
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"timing {name} must be an int >= 1 cycle, got {v!r}")
+            check_int(f"timing {name}", getattr(self, name), 1, hint="a time in cycles")
         check_int("quantum", self.quantum, 1)
         check_int("max_job_rows", self.max_job_rows, 1)
         if self.max_job_rows > self.rows:
@@ -145,19 +213,22 @@ class PIMConfig:
         return self.rows * self.col_words
 
     @property
-    def result_bits(self) -> int:
-        return ACC_BITS
-
-    @property
     def peak_macs_per_cycle(self) -> int:
         """Every bank's lanes busy every cycle (COMPs come tCCD_L apart, so the
         reachable peak is this / tCCD_L)."""
         return self.banks * self.lanes
 
     @property
-    def rd_slot(self) -> int:
-        """Cycles from a RD/RDRES command to its data on the bus (= tCL)."""
-        return self.tCL
+    def memreq_fields(self) -> tuple[tuple[str, int], ...]:
+        """(field, bits) of a memory request word, LSB first."""
+        return (("bank", _bits(self.banks - 1)), ("row", _bits(self.rows - 1)),
+                ("col", _bits(self.col_words - 1)), ("write", 1), ("data", self.word_bits))
+
+    @property
+    def job_fields(self) -> tuple[tuple[str, int], ...]:
+        """(field, bits) of a GEMV job word, LSB first."""
+        return (("bank", _bits(self.banks - 1)), ("row", _bits(self.rows - 1)),
+                ("nrows", _bits(self.max_job_rows)))
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -172,7 +243,11 @@ class PIMConfig:
                 f"_q{self.quantum}_j{self.max_job_rows}")
         defaults = {f.name: f.default for f in dataclasses.fields(PIMConfig)}
         if any(getattr(self, k) != defaults[k] for k in TIMING_FIELDS):
-            import hashlib
             digest = hashlib.sha1(repr(self.timing()).encode()).hexdigest()[:6]
             base += f"_t{digest}"
         return base
+
+
+def _bits(max_value: int) -> int:
+    """Bits of an unsigned field holding 0..max_value (at least 1)."""
+    return max(1, max_value.bit_length())

@@ -10,8 +10,10 @@ Cycle-true at the command level:
   PIMChannel  `banks` banks on one command/data bus, the channel rules (data
               bus, tFAW, blocked-mode exclusion), the read/result return path
               (tCL after RD/RDRES) and -- unless `raw=True` -- the scheduler
-              that turns the request streams into commands (policy: golden.pim).
-  PIMSystem   PIMChannel with request/response memories, for fast simulation.
+              that turns the request streams into commands (the policy of
+              golden.pim's module docstring).
+  PIMSystem   PIMChannel with request/response memories, for fast simulation
+              (hdl.streams' preloaded-system pieces).
 
 The rules are written once (`bank_rules`, `channel_rules`) and used both by
 the checker (on the commands issued) and by the scheduler (on candidates), so
@@ -20,46 +22,40 @@ the independent second implementation the tests compare against.
 """
 from __future__ import annotations
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, Value, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from golden.formats import ACC_BITS, ACT_BITS
-from golden.pim_config import MCMD, PCMD, RULES, TIMING_FIELDS, PIMConfig
+from golden.pim_config import JOB_STEPS, MCMD, PCMD, RULES, TIMING_FIELDS, PIMConfig
+from golden.validate import check_choice, check_int, expect_type
 
-from .streams import MemoryStreamReader, NestedAddressGenerator
-
-from .rtl import count_width, is_const, tree_sum
+from .rtl import count_width, is_const, select, tree_sum, zext
+from .streams import LoadPort, PreloadedMemory, RunControl
 
 __all__ = ["PIMBank", "PIMChannel", "PIMSystem", "cmd_layout", "memreq_layout", "job_layout",
-           "state_layout", "bank_rules", "channel_rules", "SYSTEM_OVERHEAD",
-           "system_cycle_model", "LOAD_BANK", "LOAD_MEM", "LOAD_JOB", "LOAD_VEC",
-           "OUT_RD", "OUT_RES", "pim_factory", "DEFAULT_SYSTEM_SIZES"]
-
-#: Cycles PIMSystem's counter adds to golden.pim.schedule's count: from the
-#: start pulse, the address generators and then the memory readers need one
-#: cycle each before the first request heads are presented (model cycle 0).
-SYSTEM_OVERHEAD = 2
+           "state_layout", "bank_rules", "channel_rules", "LOAD_BANK", "LOAD_MEM", "LOAD_JOB",
+           "LOAD_VEC", "OUT_RD", "OUT_RES", "pim_factory", "DEFAULT_SYSTEM_SIZES"]
 
 LOAD_BANK, LOAD_MEM, LOAD_JOB, LOAD_VEC = range(4)
 OUT_RD, OUT_RES = range(2)
 
 _N_RULES = len(RULES)
-_R = {name: i for i, name in enumerate(RULES)}
+#: Encoding of the job engine's step register.
+_STEP = {name: code for code, name in enumerate(JOB_STEPS)}
 
 
 def _check_config(config) -> PIMConfig:
-    if not isinstance(config, PIMConfig):
-        raise ValueError(f"expected a golden.pim_config.PIMConfig, got {type(config).__name__}")
-    return config
+    return expect_type("config", config, PIMConfig)
 
 
 def _w(cfg):
     """Field widths."""
-    return {"bank": count_width(cfg.banks - 1), "row": count_width(cfg.rows - 1),
-            "col": count_width(cfg.col_words - 1), "nrows": count_width(cfg.max_job_rows),
-            "word": cfg.word_bits}
+    w = dict(cfg.memreq_fields)
+    w["nrows"] = dict(cfg.job_fields)["nrows"]
+    w["word"] = cfg.word_bits
+    return w
 
 
 def cmd_layout(cfg: PIMConfig) -> data.StructLayout:
@@ -69,16 +65,13 @@ def cmd_layout(cfg: PIMConfig) -> data.StructLayout:
 
 
 def memreq_layout(cfg: PIMConfig) -> data.StructLayout:
-    """Memory request word: bank, row, col, write, data (fields LSB first)."""
-    w = _w(cfg)
-    return data.StructLayout({"bank": w["bank"], "row": w["row"], "col": w["col"], "write": 1,
-                              "data": w["word"]})
+    """Memory request word: PIMConfig.memreq_fields (bank, row, col, write, data)."""
+    return data.StructLayout(dict(cfg.memreq_fields))
 
 
 def job_layout(cfg: PIMConfig) -> data.StructLayout:
-    """GEMV job word: bank, first row, number of rows."""
-    w = _w(cfg)
-    return data.StructLayout({"bank": w["bank"], "row": w["row"], "nrows": w["nrows"]})
+    """GEMV job word: PIMConfig.job_fields (bank, first row, number of rows)."""
+    return data.StructLayout(dict(cfg.job_fields))
 
 
 def state_layout(cfg: PIMConfig) -> data.StructLayout:
@@ -165,28 +158,8 @@ def channel_rules(cfg: PIMConfig, busy, faw, any_m_open, any_p_open, m_cmd, p_cm
     return r
 
 
-def _zext(v, width: int):
-    """`v` zero-extended to `width` bits, explicitly (Verilator's lint wants
-    equal operand widths)."""
-    v = Value.cast(v)
-    return v if len(v) >= width else Cat(v, Const(0, width - len(v)))
-
-
-def _select(values, idx):
-    """values[idx] as an AND-OR mux (a dynamic part-select lowers to a
-    double-width shift that Verilator's lint flags)."""
-    out = None
-    for k, v in enumerate(values):
-        term = Mux(idx == k, v, 0)
-        out = term if out is None else (out | term)
-    return out
-
-
 def _any(rules: dict):
-    out = Const(0, 1)
-    for v in rules.values():
-        out = out | v
-    return out
+    return Cat(*rules.values()).any()
 
 
 def _bits(rules: dict) -> Signal:
@@ -226,19 +199,29 @@ class PIMBank(wiring.Component):
         if cfg.col_words & (cfg.col_words - 1) == 0:
             a = Cat(col[:ceil_log2(cfg.col_words)], row)
         else:
-            a = row * cfg.col_words + _zext(col, len(row) + ceil_log2(cfg.col_words))
+            a = row * cfg.col_words + zext(col, len(row) + ceil_log2(cfg.col_words))
         return a[:self.addr_width]
 
     def elaborate(self, platform):
         m = Module()
+        cfg = self.config
+        m_row, p_row = self._timing_state(m)
+        # the bank's checker
+        m.d.comb += self.err.eq(_bits(bank_rules(cfg, self.state, self.m_cmd, self.m_row,
+                                                 self.p_cmd, self.p_row)))
+        w_word, x_word = self._storage(m, m_row, p_row)
+        self._mac_lanes(m, w_word, x_word)
+        return m
+
+    def _timing_state(self, m):
+        """Open rows and "cycles since" counters saturating at the largest
+        timing; drives `state`. Returns the open (memory, PIM) row registers."""
         cfg = self.config
         blocked = cfg.mode == "blocked"
         st = self.state
         mACT, mRD, mWR, mPRE = (_is(self.m_cmd, MCMD[k]) for k in ("ACT", "RD", "WR", "PRE"))
         pACT, pGWR, pCOMP, pRDRES, pPRE = (_is(self.p_cmd, PCMD[k])
                                            for k in ("PACT", "GWR", "COMP", "RDRES", "PPRE"))
-
-        # -- timing state: "cycles since" counters saturating at the largest timing
         sat = max(getattr(cfg, k) for k in TIMING_FIELDS)
         cw = count_width(sat)
 
@@ -274,11 +257,14 @@ class PIMBank(wiring.Component):
             st.p_trp.eq(c_ppre >= cfg.tRP), st.p_trcd.eq(c_pact >= cfg.tRCD),
             st.p_tras.eq(c_pact >= cfg.tRAS), st.p_tccd.eq(c_pcol >= cfg.tCCD_L),
         ]
-        # -- the bank's checker
-        m.d.comb += self.err.eq(_bits(bank_rules(cfg, st, self.m_cmd, self.m_row,
-                                                 self.p_cmd, self.p_row)))
+        return m_row, p_row
 
-        # -- storage: memory-side read/write, PIM-side read
+    def _storage(self, m, m_row, p_row):
+        """Storage (memory-side read/write, PIM-side read) and the global buffer
+        (the job's input vector). Returns the (weight, vector) words a COMP reads."""
+        cfg = self.config
+        mRD, mWR = _is(self.m_cmd, MCMD["RD"]), _is(self.m_cmd, MCMD["WR"])
+        pGWR, pCOMP = _is(self.p_cmd, PCMD["GWR"]), _is(self.p_cmd, PCMD["COMP"])
         m.submodules.storage = mem = memory.Memory(shape=unsigned(cfg.word_bits),
                                                    depth=cfg.bank_words, init=[])
         wp = mem.write_port()
@@ -293,31 +279,73 @@ class PIMBank(wiring.Component):
             self.rd_data.eq(rpa.data),
             rpb.addr.eq(self._addr(p_row, self.p_col)), rpb.en.eq(pCOMP),
         ]
-        # -- global buffer (the job's input vector)
         m.submodules.gbuf = gb = memory.Memory(shape=unsigned(cfg.word_bits),
                                                depth=cfg.col_words, init=[])
         gwp = gb.write_port()
         grp = gb.read_port()
         m.d.comb += [gwp.en.eq(pGWR), gwp.addr.eq(self.p_col), gwp.data.eq(self.p_data),
                      grp.addr.eq(self.p_col), grp.en.eq(pCOMP)]
-        # -- MAC lanes: COMP at t reads at t, multiplies/accumulates in t+1
+        return rpb.data, grp.data
+
+    def _mac_lanes(self, m, w_word, x_word):
+        """MAC lanes: a COMP at t reads at t, multiplies/accumulates in t+1;
+        RDRES captures the accumulator into `res` and clears it."""
+        cfg = self.config
         lanes = data.ArrayLayout(signed(ACT_BITS), cfg.lanes)
-        wv = data.View(lanes, rpb.data)
-        xv = data.View(lanes, grp.data)
+        wv = data.View(lanes, w_word)
+        xv = data.View(lanes, x_word)
         comp_d1 = Signal()
-        m.d.sync += comp_d1.eq(pCOMP)
+        m.d.sync += comp_d1.eq(_is(self.p_cmd, PCMD["COMP"]))
         dot = tree_sum([wv[i] * xv[i] for i in range(cfg.lanes)])
         acc = Signal(signed(ACC_BITS))
         acc_next = Signal(signed(ACC_BITS))
         m.d.comb += acc_next.eq(acc + Mux(comp_d1, dot, 0))  # wraps to int32
-        with m.If(pRDRES):
+        with m.If(_is(self.p_cmd, PCMD["RDRES"])):
             m.d.sync += [self.res.eq(acc_next), acc.eq(0)]
         with m.Else():
             m.d.sync += acc.eq(acc_next)
-        return m
 
 
-_IDLE, _GWR, _PACT, _COMP, _RDRES, _PPRE = range(6)
+class _ChannelView:
+    """What the channel's stages share: the banks' states and the channel's
+    bus / tFAW bookkeeping of this cycle."""
+
+    def __init__(self, m, cfg: PIMConfig, banks):
+        self.states = [b.state for b in banks]
+        self.any_m_open = Signal()
+        self.any_p_open = Signal()
+        m.d.comb += [self.any_m_open.eq(Cat(*[s.m_open for s in self.states]).any()),
+                     self.any_p_open.eq(Cat(*[s.p_open for s in self.states]).any())]
+        # data bus reservations (bit i = cycle t+i)
+        self.busy = Signal(cfg.tCL + cfg.tCCD_S)
+        # ages (cycles since) of the 4 most recent activations, saturating at tFAW
+        self.ages = [Signal(count_width(cfg.tFAW), init=cfg.tFAW, name=f"faw_age{i}")
+                     for i in range(4)]
+        self.faw = (self.ages[3] < cfg.tFAW, self.ages[2] < cfg.tFAW)
+
+    def rules(self, cfg, m_cmd, p_cmd) -> dict:
+        return channel_rules(cfg, self.busy, self.faw, self.any_m_open, self.any_p_open,
+                             m_cmd, p_cmd)
+
+
+class _JobEngine:
+    """The scheduler's registers: the GEMV job engine (step, bank, row, rows
+    left, column) and blocked mode's channel ownership."""
+
+    def __init__(self, cfg: PIMConfig):
+        w = _w(cfg)
+        self.step = Signal(count_width(len(JOB_STEPS) - 1))
+        self.bank = Signal(w["bank"])
+        self.row = Signal(w["row"])
+        self.left = Signal(w["nrows"])
+        self.col = Signal(w["col"])
+        self.bmode_pim = Signal()   # blocked: the channel is in PIM mode
+        self.pending = Signal()     # blocked: switch to PIM once memory rows are closed
+        self.served = Signal(count_width(cfg.quantum))
+        self.pim_ran = Signal()     # blocked: this PIM turn has taken its job
+
+    def at(self, name: str):
+        return is_const(self.step, _STEP[name])
 
 
 class PIMChannel(wiring.Component):
@@ -368,45 +396,37 @@ class PIMChannel(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        cfg = self.config
-        B = cfg.banks
-        banks = [PIMBank(cfg) for _ in range(B)]
+        banks = [PIMBank(self.config) for _ in range(self.config.banks)]
         for k, b in enumerate(banks):
             m.submodules[f"bank{k}"] = b
-        states = [b.state for b in banks]
-        any_m_open = Signal()
-        any_p_open = Signal()
-        m.d.comb += [any_m_open.eq(Cat(*[b.state.m_open for b in banks]).any()),
-                     any_p_open.eq(Cat(*[b.state.p_open for b in banks]).any())]
+        view = _ChannelView(m, self.config, banks)
+        if self.raw:
+            m.d.comb += self.idle.eq(~view.busy.any())
+        else:
+            self._scheduler(m, view)
+        self._bank_commands(m, banks)
+        self._checker(m, banks, view)
+        self._bus_and_faw(m, view)
+        self._counters(m)
+        self._return_path(m, banks)
+        return m
 
-        # -- data bus reservations (bit i = cycle t+i) and the tFAW window
-        H = cfg.tCL + cfg.tCCD_S
-        busy = Signal(H)
-        # ages (cycles since) of the 4 most recent activations, saturating at tFAW
-        ages = [Signal(count_width(cfg.tFAW), init=cfg.tFAW, name=f"faw_age{i}")
-                for i in range(4)]
-        faw = (ages[3] < cfg.tFAW, ages[2] < cfg.tFAW)
-
-        mc = self.m_issue
-        pc = self.p_issue
-        if not self.raw:
-            self._scheduler(m, states, any_m_open, any_p_open, busy, faw)
-
-        # -- commands to the banks
+    def _bank_commands(self, m, banks):
+        """Each bank sees the commands addressed to it (others as NOP)."""
+        mc, pc = self.m_issue, self.p_issue
         for k, b in enumerate(banks):
-            m_here = mc.bank == k
-            p_here = pc.bank == k
             m.d.comb += [
-                b.m_cmd.eq(Mux(m_here, mc.cmd, 0)), b.m_row.eq(mc.row), b.m_col.eq(mc.col),
-                b.m_data.eq(mc.data),
-                b.p_cmd.eq(Mux(p_here, pc.cmd, 0)), b.p_row.eq(pc.row), b.p_col.eq(pc.col),
-                b.p_data.eq(pc.data),
+                b.m_cmd.eq(Mux(mc.bank == k, mc.cmd, 0)), b.m_row.eq(mc.row),
+                b.m_col.eq(mc.col), b.m_data.eq(mc.data),
+                b.p_cmd.eq(Mux(pc.bank == k, pc.cmd, 0)), b.p_row.eq(pc.row),
+                b.p_col.eq(pc.col), b.p_data.eq(pc.data),
                 b.load_en.eq(self.load_en & (self.load_bank == k)),
                 b.load_addr.eq(self.load_addr), b.load_data.eq(self.load_data),
             ]
 
-        # -- channel checker + sticky error bits
-        chan = channel_rules(cfg, busy, faw, any_m_open, any_p_open, mc.cmd, pc.cmd)
+    def _checker(self, m, banks, view):
+        """Channel rules + every bank's rules into the sticky error bits."""
+        chan = view.rules(self.config, self.m_issue.cmd, self.p_issue.cmd)
         bank_err = Const(0, _N_RULES)
         for b in banks:
             bank_err = bank_err | b.err
@@ -418,10 +438,14 @@ class PIMChannel(wiring.Component):
             m.d.sync += self.err_bits.eq(self.err_bits | now)
         m.d.comb += self.error.eq(self.err_bits.any())
 
-        # -- bus and tFAW bookkeeping
-        m_uses, m_mask = _m_bus(cfg, mc.cmd)
-        p_uses, p_mask = _p_bus(cfg, pc.cmd)
-        m.d.sync += busy.eq((busy | m_mask | p_mask) >> 1)
+    def _bus_and_faw(self, m, view):
+        """Reserve the bus slots of this cycle's transfers; age the activations."""
+        cfg = self.config
+        mc, pc = self.m_issue, self.p_issue
+        _, m_mask = _m_bus(cfg, mc.cmd)
+        _, p_mask = _p_bus(cfg, pc.cmd)
+        m.d.sync += view.busy.eq((view.busy | m_mask | p_mask) >> 1)
+        ages = view.ages
         ma, pa = _is(mc.cmd, MCMD["ACT"]), _is(pc.cmd, PCMD["PACT"])
         older = [Mux(a == cfg.tFAW, a, a + 1) for a in ages]
         with m.If(ma & pa):
@@ -432,7 +456,11 @@ class PIMChannel(wiring.Component):
         with m.Else():
             m.d.sync += [ages[i].eq(older[i]) for i in range(4)]
 
-        # -- counters
+    def _counters(self, m):
+        cfg = self.config
+        mc, pc = self.m_issue, self.p_issue
+        m_uses, _ = _m_bus(cfg, mc.cmd)
+        p_uses, _ = _p_bus(cfg, pc.cmd)
         m_any = ~_is(mc.cmd, MCMD["NOP"])
         p_any = ~_is(pc.cmd, PCMD["NOP"])
         with m.If(self.clear):
@@ -444,7 +472,10 @@ class PIMChannel(wiring.Component):
                 self.bus_count.eq(self.bus_count + m_uses + p_uses),
             ]
 
-        # -- return path: RD / RDRES at t -> stage 1 at t+1 -> out at t+tCL
+    def _return_path(self, m, banks):
+        """RD / RDRES at t -> bank data at t+1 -> out at t+tCL."""
+        cfg = self.config
+        mc, pc = self.m_issue, self.p_issue
         mRD = _is(mc.cmd, MCMD["RD"])
         pRES = _is(pc.cmd, PCMD["RDRES"])
         v1, r1 = Signal(), Signal()
@@ -452,49 +483,42 @@ class PIMChannel(wiring.Component):
         m.d.sync += [v1.eq(mRD | pRES), r1.eq(~mRD & pRES), bk1.eq(Mux(mRD, mc.bank, pc.bank))]
         word = cfg.word_bits
         d1 = Signal(max(word, ACC_BITS))
-        m.d.comb += d1.eq(Mux(r1, _select([b.res.as_unsigned() for b in banks], bk1),
-                              _select([b.rd_data for b in banks], bk1)))
+        m.d.comb += d1.eq(Mux(r1, select(bk1, [b.res.as_unsigned() for b in banks]),
+                              select(bk1, [b.rd_data for b in banks])))
         v, r, d = v1, r1, d1
-        inflight = [v1]
         for i in range(2, cfg.tCL + 1):
-            vn, rn, dn = Signal(name=f"ret_v{i}"), Signal(name=f"ret_r{i}"), Signal(d1.shape(), name=f"ret_d{i}")
+            vn, rn = Signal(name=f"ret_v{i}"), Signal(name=f"ret_r{i}")
+            dn = Signal(d1.shape(), name=f"ret_d{i}")
             m.d.sync += [vn.eq(v), rn.eq(r), dn.eq(d)]
             v, r, d = vn, rn, dn
-            inflight.append(vn)
         m.d.comb += [
             self.rd.valid.eq(v & ~r), self.rd.payload.eq(d[:word]),
             self.res.valid.eq(v & r), self.res.payload.eq(d[:ACC_BITS]),
         ]
-        self._busy_sig = busy
-        if self.raw:
-            m.d.comb += self.idle.eq(~busy.any())
-        return m
 
     # ------------------------------------------------------------------ scheduler
-    def _scheduler(self, m, states, any_m_open, any_p_open, busy, faw):
+    def _scheduler(self, m, view):
+        """The policy of golden.pim: memory path first, then the PIM path
+        checked together with it; the job engine and blocked mode's owner
+        advance on what was issued."""
+        eng = _JobEngine(self.config)
+        consumed = self._memory_path(m, view, eng)
+        p_go = self._pim_path(m, view, eng)
+        latch = self._job_engine(m, eng, p_go)
+        if self.config.mode == "blocked":
+            self._blocked_owner(m, view, eng, latch, consumed)
+        m.d.comb += self.idle.eq(eng.at("IDLE") & ~view.busy.any())
+
+    def _memory_path(self, m, view, eng):
+        """The head request's next command, else a precharge that the PIM
+        path (dual) or the switch to PIM mode (blocked) waits for. Returns
+        `consumed`: the head request issues its RD/WR this cycle."""
         cfg = self.config
-        B = cfg.banks
         blocked = cfg.mode == "blocked"
-        mc, pc = self.m_issue, self.p_issue
-        rq = self.mem_req.payload
-        w = _w(cfg)
-
-        js = Signal(3)
-        jbank = Signal(w["bank"])
-        jrow = Signal(w["row"])
-        jleft = Signal(w["nrows"])
-        jcol = Signal(w["col"])
-        bmode_pim = Signal()
-        pending = Signal()
-        served = Signal(count_width(cfg.quantum))
-        pim_ran = Signal()
-
+        mc, rq = self.m_issue, self.mem_req.payload
         mem_allowed = Signal()
-        m.d.comb += mem_allowed.eq(1 if not blocked else (~bmode_pim & ~pending))
-
-        # ---- memory path: the head request's next command
-        sl = state_layout(cfg)
-        sth = data.View(sl, _select([Value.cast(x) for x in states], rq.bank))
+        m.d.comb += mem_allowed.eq(1 if not blocked else (~eng.bmode_pim & ~eng.pending))
+        sth = data.View(state_layout(cfg), select(rq.bank, [Value.cast(x) for x in view.states]))
         hit = Signal()
         m.d.comb += hit.eq(sth.m_open & (sth.m_row == rq.row))
         cand_m = Signal(3)
@@ -505,109 +529,110 @@ class PIMChannel(wiring.Component):
         with m.Else():
             m.d.comb += cand_m.eq(MCMD["ACT"])
         head_ok = ~(_any(bank_rules(cfg, sth, cand_m, rq.row, 0, 0))
-                    | _any(channel_rules(cfg, busy, faw, any_m_open, any_p_open, cand_m, 0)))
+                    | _any(view.rules(cfg, cand_m, 0)))
         head_go = Signal()
         m.d.comb += head_go.eq(self.mem_req.valid & mem_allowed & head_ok)
         hit_live = self.mem_req.valid & mem_allowed & hit
-
-        # ---- memory path: precharges that other parties wait for
         close = []
-        for k in range(B):
-            s = states[k]
+        for k, s in enumerate(view.states):
             if blocked:
-                need = s.m_open & pending
+                need = s.m_open & eng.pending
             else:
-                need = s.m_open & is_const(js, _PACT) & (jbank == k) & (jrow == s.m_row)
+                need = s.m_open & eng.at("PACT") & (eng.bank == k) & (eng.row == s.m_row)
             ok = ~(_any(bank_rules(cfg, s, MCMD["PRE"], 0, 0, 0))
-                   | _any(channel_rules(cfg, busy, faw, any_m_open, any_p_open,
-                                        MCMD["PRE"], 0)))
+                   | _any(view.rules(cfg, MCMD["PRE"], 0)))
             c = Signal(name=f"close{k}")
             m.d.comb += c.eq(need & ~(hit_live & (rq.bank == k)) & ok)
             close.append(c)
         with m.If(head_go):
             m.d.comb += [mc.cmd.eq(cand_m), mc.bank.eq(rq.bank), mc.row.eq(rq.row),
                          mc.col.eq(rq.col), mc.data.eq(rq.data)]
-        for k in range(B):
+        for k in range(cfg.banks):
             with m.Elif(close[k]):
                 m.d.comb += [mc.cmd.eq(MCMD["PRE"]), mc.bank.eq(k)]
         consumed = Signal()
         m.d.comb += [consumed.eq(head_go & hit), self.mem_req.ready.eq(consumed)]
+        return consumed
 
-        # ---- PIM path: the job engine's next command, after the memory path's
-        pst = data.View(sl, _select([Value.cast(x) for x in states], jbank))
+    def _pim_path(self, m, view, eng):
+        """The job engine's command, after the memory path's. Returns `p_go`."""
+        cfg = self.config
+        mc, pc = self.m_issue, self.p_issue
+        pst = data.View(state_layout(cfg),
+                        select(eng.bank, [Value.cast(x) for x in view.states]))
         cand_p = Signal(3)
-        m.d.comb += cand_p.eq(_select([Const(PCMD[k], 3) for k in
-                                       ("NOP", "GWR", "PACT", "COMP", "RDRES", "PPRE")], js))
-        m_same = Mux(mc.bank == jbank, mc.cmd, 0)
-        p_ok = ~(_any(bank_rules(cfg, pst, m_same, mc.row, cand_p, jrow))
-                 | _any(channel_rules(cfg, busy, faw, any_m_open, any_p_open, mc.cmd, cand_p)))
-        pim_allowed = 1 if not blocked else bmode_pim
+        m.d.comb += cand_p.eq(select(eng.step, [Const(PCMD["NOP" if s == "IDLE" else s], 3)
+                                                for s in JOB_STEPS]))
+        m_same = Mux(mc.bank == eng.bank, mc.cmd, 0)
+        p_ok = ~(_any(bank_rules(cfg, pst, m_same, mc.row, cand_p, eng.row))
+                 | _any(view.rules(cfg, mc.cmd, cand_p)))
+        pim_allowed = 1 if cfg.mode != "blocked" else eng.bmode_pim
         p_go = Signal()
-        m.d.comb += p_go.eq(~is_const(js, _IDLE) & pim_allowed & p_ok
-                            & (~is_const(js, _GWR) | self.vec.valid))
+        m.d.comb += p_go.eq(~eng.at("IDLE") & pim_allowed & p_ok
+                            & (~eng.at("GWR") | self.vec.valid))
         with m.If(p_go):
-            m.d.comb += [pc.cmd.eq(cand_p), pc.bank.eq(jbank), pc.row.eq(jrow),
-                         pc.col.eq(jcol), pc.data.eq(self.vec.payload)]
-        m.d.comb += self.vec.ready.eq(p_go & is_const(js, _GWR))
+            m.d.comb += [pc.cmd.eq(cand_p), pc.bank.eq(eng.bank), pc.row.eq(eng.row),
+                         pc.col.eq(eng.col), pc.data.eq(self.vec.payload)]
+        m.d.comb += self.vec.ready.eq(p_go & eng.at("GWR"))
+        return p_go
 
-        # ---- job engine next state
-        idle = is_const(js, _IDLE)
+    def _job_engine(self, m, eng, p_go):
+        """Next step: take a job when idle, else advance on an issued command
+        (JOB_STEPS order). Returns `latch` (a job is taken this cycle)."""
+        cfg = self.config
         latch = Signal()
-        if blocked:
-            m.d.comb += latch.eq(idle & self.job.valid & bmode_pim
-                                 & ~(pim_ran & self.mem_req.valid))
+        if cfg.mode == "blocked":
+            m.d.comb += latch.eq(eng.at("IDLE") & self.job.valid & eng.bmode_pim
+                                 & ~(eng.pim_ran & self.mem_req.valid))
         else:
-            m.d.comb += latch.eq(idle & self.job.valid)
+            m.d.comb += latch.eq(eng.at("IDLE") & self.job.valid)
         m.d.comb += self.job.ready.eq(latch)
-        last_col = jcol == cfg.col_words - 1
+        last_col = eng.col == cfg.col_words - 1
         with m.If(latch):
             jp = self.job.payload
-            m.d.sync += [js.eq(_GWR), jbank.eq(jp.bank), jrow.eq(jp.row),
-                         jleft.eq(jp.nrows), jcol.eq(0)]
-        with m.Elif(p_go & (is_const(js, _GWR) | is_const(js, _COMP))):
+            m.d.sync += [eng.step.eq(_STEP["GWR"]), eng.bank.eq(jp.bank), eng.row.eq(jp.row),
+                         eng.left.eq(jp.nrows), eng.col.eq(0)]
+        with m.Elif(p_go & (eng.at("GWR") | eng.at("COMP"))):
             with m.If(last_col):
-                m.d.sync += [js.eq(Mux(is_const(js, _GWR), _PACT, _RDRES)), jcol.eq(0)]
+                m.d.sync += [eng.step.eq(Mux(eng.at("GWR"), _STEP["PACT"], _STEP["RDRES"])),
+                             eng.col.eq(0)]
             with m.Else():
-                m.d.sync += jcol.eq(jcol + 1)
-        with m.Elif(p_go & is_const(js, _PACT)):
-            m.d.sync += js.eq(_COMP)
-        with m.Elif(p_go & is_const(js, _RDRES)):
-            m.d.sync += js.eq(_PPRE)
-        with m.Elif(p_go & is_const(js, _PPRE)):
-            with m.If(jleft > 1):
-                m.d.sync += [js.eq(_PACT), jrow.eq(jrow + 1), jleft.eq(jleft - 1)]
+                m.d.sync += eng.col.eq(eng.col + 1)
+        with m.Elif(p_go & eng.at("PACT")):
+            m.d.sync += eng.step.eq(_STEP["COMP"])
+        with m.Elif(p_go & eng.at("RDRES")):
+            m.d.sync += eng.step.eq(_STEP["PPRE"])
+        with m.Elif(p_go & eng.at("PPRE")):
+            with m.If(eng.left > 1):
+                m.d.sync += [eng.step.eq(_STEP["PACT"]), eng.row.eq(eng.row + 1),
+                             eng.left.eq(eng.left - 1)]
             with m.Else():
-                m.d.sync += js.eq(_IDLE)
+                m.d.sync += eng.step.eq(_STEP["IDLE"])
+        return latch
 
-        # ---- blocked mode: who owns the channel
-        if blocked:
-            with m.If(~bmode_pim):
-                with m.If(pending):
-                    with m.If(~any_m_open):
-                        m.d.sync += [bmode_pim.eq(1), pending.eq(0), pim_ran.eq(0)]
-                with m.Elif(self.job.valid & idle
-                            & (~self.mem_req.valid | (served >= cfg.quantum))):
-                    m.d.sync += pending.eq(1)
-                with m.If(consumed & (served != cfg.quantum)):
-                    m.d.sync += served.eq(served + 1)
-            with m.Else():
-                with m.If(latch):
-                    m.d.sync += pim_ran.eq(1)
-                with m.Elif(idle & pim_ran & self.mem_req.valid):
-                    m.d.sync += [bmode_pim.eq(0), served.eq(0)]
-        m.d.comb += self.idle.eq(idle & ~busy.any())
-
-
-def system_cycle_model(config: PIMConfig, mem, jobs) -> int:
-    """PIMSystem's `cycles` for the request lists (golden.pim.schedule + the
-    fixed start/finish overhead)."""
-    from golden.pim import schedule  # noqa: PLC0415 (torch only when asked)
-    return schedule(config, mem, jobs).cycles + SYSTEM_OVERHEAD
+    def _blocked_owner(self, m, view, eng, latch, consumed):
+        """Blocked mode: who owns the channel next cycle."""
+        idle = eng.at("IDLE")
+        with m.If(~eng.bmode_pim):
+            with m.If(eng.pending):
+                with m.If(~view.any_m_open):
+                    m.d.sync += [eng.bmode_pim.eq(1), eng.pending.eq(0), eng.pim_ran.eq(0)]
+            with m.Elif(self.job.valid & idle
+                        & (~self.mem_req.valid | (eng.served >= self.config.quantum))):
+                m.d.sync += eng.pending.eq(1)
+            with m.If(consumed & (eng.served != self.config.quantum)):
+                m.d.sync += eng.served.eq(eng.served + 1)
+        with m.Else():
+            with m.If(latch):
+                m.d.sync += eng.pim_ran.eq(1)
+            with m.Elif(idle & eng.pim_ran & self.mem_req.valid):
+                m.d.sync += [eng.bmode_pim.eq(0), eng.served.eq(0)]
 
 
 class PIMSystem(wiring.Component):
     """PIMChannel fed from on-chip request memories, results into response
-    memories (Python loads, starts, awaits `done`, reads back).
+    memories (Python loads, starts, awaits `done`, reads back). `cycles` is
+    golden.pim.schedule's count + hdl.streams.SYSTEM_OVERHEAD.
 
       load_sel  : LOAD_BANK (addr = bank * bank_words + word) / LOAD_MEM / LOAD_JOB / LOAD_VEC
       load_addr, load_data, load_en : write one word (only while not running)
@@ -623,8 +648,7 @@ class PIMSystem(wiring.Component):
         self.config = cfg = _check_config(config)
         for name, v in (("max_mem", max_mem), ("max_jobs", max_jobs),
                         ("max_reads", max_reads), ("max_results", max_results)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+            check_int(name, v, 1)
         self.max_mem, self.max_jobs = max_mem, max_jobs
         self.max_vec = max_jobs * cfg.col_words
         self.max_reads, self.max_results = max_reads, max_results
@@ -632,9 +656,10 @@ class PIMSystem(wiring.Component):
         self.data_width = max(self.mem_bits, cfg.word_bits, job_layout(cfg).size)
         depth = max(cfg.banks * cfg.bank_words, max_mem, self.max_vec, max_jobs)
         self.load_addr_width = max(1, ceil_log2(depth))
+        self._load = LoadPort(sel_width=2, addr_width=self.load_addr_width,
+                              data_width=self.data_width)
         super().__init__({
-            "load_sel": In(2), "load_addr": In(self.load_addr_width),
-            "load_data": In(self.data_width), "load_en": In(1),
+            **self._load.members(),
             "n_mem": In(count_width(max_mem)), "n_job": In(count_width(max_jobs)),
             "n_vec": In(count_width(self.max_vec)),
             "start": In(1), "done": Out(1), "cycles": Out(32),
@@ -647,50 +672,59 @@ class PIMSystem(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        cfg = self.config
-        m.submodules.channel = ch = PIMChannel(cfg)
-        self._channel = ch  # for simulation probes (tests)
-        running = Signal()
-        go = Signal()
-        m.d.comb += go.eq(self.start & ~running)
+        m.submodules.channel = ch = PIMChannel(self.config)
+        m.submodules.run = run = RunControl()
+        self._bank_load(m, ch, run)
+        sources_busy = self._request_sources(m, ch, run)
+        self._response_memories(m, ch, run)
+        m.d.comb += [ch.clear.eq(run.go), self.error.eq(ch.error), self.err_bits.eq(ch.err_bits),
+                     self.cmd_count.eq(ch.cmd_count), self.comp_count.eq(ch.comp_count),
+                     self.bus_count.eq(ch.bus_count)]
+        # The run ends when every request has been taken and the channel is quiet.
+        finished = Signal()
+        m.d.comb += finished.eq(~sources_busy & ch.idle & is_const(ch.m_issue.cmd, 0)
+                                & is_const(ch.p_issue.cmd, 0))
+        m.d.comb += [run.start.eq(self.start), run.finished.eq(finished),
+                     self.done.eq(run.done), self.cycles.eq(run.cycles)]
+        return m
 
-        # back-door bank load
+    def _bank_load(self, m, ch, run):
+        """LOAD_BANK writes the banks' storage through the channel's back door."""
+        cfg = self.config
         bw = ch.bank_addr_width
         bank_of = self.load_addr // cfg.bank_words if cfg.banks > 1 else 0
         m.d.comb += [
-            ch.load_en.eq(self.load_en & is_const(self.load_sel, LOAD_BANK) & ~running),
+            ch.load_en.eq(self.load_en & is_const(self.load_sel, LOAD_BANK) & ~run.running),
             ch.load_bank.eq(bank_of),
             ch.load_addr.eq((self.load_addr % cfg.bank_words)[:bw] if cfg.banks > 1
                             else self.load_addr[:bw]),
             ch.load_data.eq(self.load_data[:cfg.word_bits]),
         ]
-        # request memories -> streams
-        sources = [
-            ("mem", memreq_layout(cfg), self.max_mem, self.n_mem, ch.mem_req, LOAD_MEM),
-            ("job", job_layout(cfg), self.max_jobs, self.n_job, ch.job, LOAD_JOB),
-            ("vec", unsigned(cfg.word_bits), self.max_vec, self.n_vec, ch.vec, LOAD_VEC),
-        ]
-        exhausted = []
-        for name, layout, depth, count, sink, sel in sources:
-            mem = memory.Memory(shape=layout, depth=depth, init=[])
-            m.submodules[f"{name}_mem"] = mem
-            aw = max(1, ceil_log2(depth))
-            wp = mem.write_port()
-            width = layout.size if isinstance(layout, data.Layout) else layout.width
-            m.d.comb += [wp.addr.eq(self.load_addr[:aw]), wp.data.eq(self.load_data[:width]),
-                         wp.en.eq(self.load_en & is_const(self.load_sel, sel) & ~running)]
-            gen = NestedAddressGenerator(addr_width=aw, inner_len=1, inner_stride=1,
-                                         outer_stride=None, max_outer=depth, max_inner=1)
-            rd = MemoryStreamReader(addr_width=aw, shape=layout)
-            m.submodules[f"{name}_addr"] = gen
-            m.submodules[f"{name}_reader"] = rd
-            m.d.comb += [gen.start.eq(go), gen.n_outer.eq(count), gen.n_inner.eq(1)]
-            wiring.connect(m, gen.addr, rd.addr)
-            wiring.connect(m, rd.port, mem.read_port())
-            wiring.connect(m, rd.data, sink)
-            exhausted.append(~gen.busy & ~rd.data.valid)
 
-        # responses -> memories
+    def _request_sources(self, m, ch, run):
+        """Request memories streamed into the channel; returns "some request
+        not yet taken"."""
+        cfg = self.config
+        sources = {
+            "mem": (LOAD_MEM, memreq_layout(cfg), self.max_mem, self.n_mem, ch.mem_req),
+            "job": (LOAD_JOB, job_layout(cfg), self.max_jobs, self.n_job, ch.job),
+            "vec": (LOAD_VEC, unsigned(cfg.word_bits), self.max_vec, self.n_vec, ch.vec),
+        }
+        busy = []
+        for name, (sel, layout, depth, count, sink) in sources.items():
+            src = PreloadedMemory(load=self._load, sel=sel, shape=layout, depth=depth,
+                                  max_outer=depth)
+            m.submodules[f"{name}_src"] = src
+            self._load.connect(m, self, src)
+            m.d.comb += [src.lock.eq(run.running), src.start.eq(run.go),
+                         src.n_outer.eq(count), src.n_inner.eq(1)]
+            wiring.connect(m, src.data, sink)
+            busy.append(src.busy)
+        return Cat(*busy).any()
+
+    def _response_memories(self, m, ch, run):
+        """Read data and GEMV results written in arrival order; out_sel /
+        out_addr read them back."""
         outs = []
         for name, src, depth, counter in (("rd", ch.rd, self.max_reads, self.n_rd),
                                           ("res", ch.res, self.max_results, self.n_res)):
@@ -701,7 +735,7 @@ class PIMSystem(wiring.Component):
             wp = mem.write_port()
             m.d.comb += [wp.addr.eq(counter[:aw]), wp.data.eq(src.payload),
                          wp.en.eq(src.valid & (counter < depth))]
-            with m.If(go):
+            with m.If(run.go):
                 m.d.sync += counter.eq(0)
             with m.Elif(src.valid):
                 m.d.sync += counter.eq(counter + 1)
@@ -709,20 +743,6 @@ class PIMSystem(wiring.Component):
             m.d.comb += rp.addr.eq(self.out_addr[:aw])
             outs.append(rp.data)
         m.d.comb += self.out_data.eq(Mux(self.out_sel, outs[1], outs[0]))
-
-        m.d.comb += [ch.clear.eq(go), self.error.eq(ch.error), self.err_bits.eq(ch.err_bits),
-                     self.cmd_count.eq(ch.cmd_count), self.comp_count.eq(ch.comp_count),
-                     self.bus_count.eq(ch.bus_count)]
-        finished = Signal()
-        m.d.comb += finished.eq(Cat(*exhausted).all() & ch.idle
-                                & is_const(ch.m_issue.cmd, 0) & is_const(ch.p_issue.cmd, 0))
-        with m.If(go):
-            m.d.sync += [running.eq(1), self.done.eq(0), self.cycles.eq(0)]
-        with m.Elif(running):
-            m.d.sync += self.cycles.eq(self.cycles + 1)
-            with m.If(finished):
-                m.d.sync += [running.eq(0), self.done.eq(1)]
-        return m
 
 
 #: PIMSystem sizes of the default designs (and of cosim.pim's builds).
@@ -733,11 +753,10 @@ def pim_factory(config: PIMConfig, *, kind: str = "system", sizes: dict | None =
     """(module name, zero-argument factory) of a PIM design: kind "bank"
     (PIMBank) or "system" (PIMSystem with `sizes`, default DEFAULT_SYSTEM_SIZES)."""
     _check_config(config)
+    check_choice("kind", kind, ("bank", "system"))
     if kind == "bank":
         return f"{config.name()}_bank", lambda: PIMBank(config)
-    if kind == "system":
-        s = dict(DEFAULT_SYSTEM_SIZES if sizes is None else sizes)
-        suffix = "" if s == DEFAULT_SYSTEM_SIZES else (
-            f"_m{s['max_mem']}_j{s['max_jobs']}_r{s['max_reads']}_s{s['max_results']}")
-        return f"{config.name()}_sys{suffix}", lambda: PIMSystem(config, **s)
-    raise ValueError(f"unknown PIM design kind {kind!r}; use 'bank' or 'system'")
+    s = dict(DEFAULT_SYSTEM_SIZES if sizes is None else sizes)
+    suffix = "" if s == DEFAULT_SYSTEM_SIZES else (
+        f"_m{s['max_mem']}_j{s['max_jobs']}_r{s['max_reads']}_s{s['max_results']}")
+    return f"{config.name()}_sys{suffix}", lambda: PIMSystem(config, **s)

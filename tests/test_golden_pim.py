@@ -1,13 +1,15 @@
-"""golden.pim: configuration errors, functional memory + GEMV, the checker's
-rules and the scheduler's legality / cycle figures."""
+"""golden.pim and golden.pim_config: configuration errors, the word format,
+functional memory + GEMV, the checker's rules and the scheduler's legality /
+cycle figures."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from golden.pim import (Checker, Cmd, GemvJob, MemReq, expected_outputs, gemv, mixed_workload,
-                        pack_vector, pack_word, schedule, subbatch_workload, unpack_word)
-from golden.pim_config import RULES, TIMING_FIELDS, PIMConfig, rule_bit
+from golden.pim import Checker, expected_outputs, gemv, schedule
+from golden.pim_config import (RULES, TIMING_FIELDS, Cmd, GemvJob, MemReq, PIMConfig,
+                               pack_word, rule_bit, unpack_word)
+from quantflow.pim import mixed_workload, subbatch_workload
 
 SMALL = dict(banks=2, rows=8, columns=32, lanes=8, tCL=3, tRCD=3, tRP=2, tRAS=6,
              tCCD_S=1, tCCD_L=2, tWR=3, tFAW=8, quantum=4, max_job_rows=2)
@@ -20,9 +22,17 @@ SMALL = dict(banks=2, rows=8, columns=32, lanes=8, tCL=3, tRCD=3, tRP=2, tRAS=6,
     ({"mode": "fast"}, "mode must be one of"),
     ({"banks": 0}, "banks must be >= 1"),
     ({"max_job_rows": 100}, "max_job_rows"),
-] + [({t: 0}, f"timing {t} must be an int >= 1") for t in TIMING_FIELDS])
+    ({"columns": 1 << 20}, "could wrap"),
+] + [({t: 0}, f"timing {t} must be >= 1") for t in TIMING_FIELDS])
 def test_bad_config(kw, match):
     with pytest.raises(ValueError, match=match):
+        PIMConfig(**kw)
+
+
+@pytest.mark.parametrize("kw", [{"banks": 2.0}, {"rows": "64"}, {"tCL": True},
+                                {"quantum": None}])
+def test_config_wrong_type(kw):
+    with pytest.raises(TypeError, match="must be an int"):
         PIMConfig(**kw)
 
 
@@ -75,8 +85,8 @@ def test_bad_requests():
         expected_outputs(cfg, S, [MemReq(2, 0, 0, False)], [])
     with pytest.raises(ValueError, match="consecutive rows"):
         expected_outputs(cfg, S, [], [GemvJob(0, 7, 2, (0,) * 32)])
-    with pytest.raises(ValueError, match="vector"):
-        pack_vector([0] * 31, cfg)
+    with pytest.raises(ValueError, match="vector has 31 values"):
+        expected_outputs(cfg, S, [], [GemvJob(0, 0, 1, (0,) * 31)])
 
 
 # ------------------------------------------------------------------ checker

@@ -6,10 +6,12 @@ from __future__ import annotations
 import pytest
 from amaranth.sim import Simulator
 
-from golden.pim import Checker, expected_outputs, mixed_workload, pack_vector, pack_word, schedule
-from golden.pim_config import MCMD, PCMD, RULES, PIMConfig, rule_bit
-from hdl.pim import (LOAD_BANK, LOAD_JOB, LOAD_MEM, LOAD_VEC, OUT_RD, OUT_RES, SYSTEM_OVERHEAD,
-                     PIMChannel, PIMSystem, job_layout, memreq_layout, pim_factory)
+from golden.pim import Checker, expected_outputs, schedule
+from golden.pim_config import MCMD, PCMD, RULES, Cmd, PIMConfig, rule_bit
+from hdl.pim import (LOAD_BANK, LOAD_JOB, LOAD_MEM, LOAD_VEC, OUT_RD, OUT_RES, PIMChannel,
+                     PIMSystem, job_layout, memreq_layout, pim_factory)
+from hdl.streams import SYSTEM_OVERHEAD
+from quantflow.pim import bank_words, job_words, memreq_words, mixed_workload, vector_words
 
 from test_golden_pim import ILLEGAL, SMALL
 
@@ -70,7 +72,6 @@ def test_hw_checker_flags_illegal(rule, mode, seq):
 
 def test_hw_checker_quiet_on_legal_sequence():
     cfg = PIMConfig(mode="dual", **{**SMALL, "banks": 4})
-    from golden.pim import Cmd
     seq = [(0, Cmd("m", "ACT", 0, 4), Cmd("p", "GWR", 1)),
            (2, None, Cmd("p", "PACT", 1, 1)),
            (3, Cmd("m", "RD", 0, 4, 1), None),
@@ -81,16 +82,8 @@ def test_hw_checker_quiet_on_legal_sequence():
     assert out["bits"] == 0 and out["error"] == 0
 
 
-def _pack(layout, **f):
-    word = 0
-    for name, fld in layout:
-        word |= (int(f[name]) & ((1 << fld.width) - 1)) << fld.offset
-    return word
-
-
 def _run_system(cfg, w):
     dut = PIMSystem(cfg, max_mem=128, max_jobs=16, max_reads=128, max_results=32)
-    ml, jl, L = memreq_layout(cfg), job_layout(cfg), cfg.lanes
     out = {}
 
     async def tb(ctx):
@@ -102,13 +95,10 @@ def _run_system(cfg, w):
                 ctx.set(dut.load_data, word)
                 await ctx.tick()
             ctx.set(dut.load_en, 0)
-        S = w.storage.tolist()
-        await load(LOAD_BANK, [pack_word(S[b][r][c * L:(c + 1) * L], L) for b in range(cfg.banks)
-                               for r in range(cfg.rows) for c in range(cfg.col_words)])
-        await load(LOAD_MEM, [_pack(ml, bank=q.bank, row=q.row, col=q.col, write=q.write,
-                                    data=q.data) for q in w.mem])
-        await load(LOAD_JOB, [_pack(jl, bank=j.bank, row=j.row, nrows=j.nrows) for j in w.jobs])
-        vec = [x for j in w.jobs for x in pack_vector(j.vector, cfg)]
+        await load(LOAD_BANK, bank_words(w.storage, cfg))
+        await load(LOAD_MEM, memreq_words(w.mem, cfg))
+        await load(LOAD_JOB, job_words(w.jobs, cfg))
+        vec = vector_words(w.jobs, cfg)
         await load(LOAD_VEC, vec)
         ctx.set(dut.n_mem, len(w.mem))
         ctx.set(dut.n_job, len(w.jobs))
@@ -157,9 +147,21 @@ def test_system_matches_golden_and_cycle_model(mode, seed):
 
 
 def test_bad_designs():
-    with pytest.raises(ValueError, match="PIMConfig"):
+    with pytest.raises(TypeError, match="PIMConfig"):
         PIMChannel(object())
     with pytest.raises(ValueError, match="max_mem"):
         PIMSystem(PIMConfig(), max_mem=0, max_jobs=1, max_reads=1, max_results=1)
     with pytest.raises(ValueError, match="kind"):
         pim_factory(PIMConfig(), kind="nope")
+
+
+def test_request_layouts_are_the_configs_fields():
+    """quantflow.pim packs request words from PIMConfig's field lists."""
+    cfg = PIMConfig(**SMALL)
+    for layout, fields in ((memreq_layout(cfg), cfg.memreq_fields),
+                           (job_layout(cfg), cfg.job_fields)):
+        offset = 0
+        for name, bits in fields:
+            assert (layout[name].offset, layout[name].width) == (offset, bits)
+            offset += bits
+        assert layout.size == offset
