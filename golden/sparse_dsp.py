@@ -22,7 +22,7 @@ which equals golden.mixpe.mixpe_acc on the dense codes with q = z at pruned k.
 W8A8: acc[m, r] = sum_kept a[m, k] * w[r, k]. The hardware accumulates in 48
 bits; the result is wrapped to int32 (two's complement) as every quattro block.
 
-Imports no amaranth and nothing of ours except golden.config / golden.mixpe.
+Imports no amaranth and nothing of ours outside golden.
 """
 from __future__ import annotations
 
@@ -30,10 +30,10 @@ from dataclasses import dataclass
 
 import torch
 
-from golden.formats import ACT_BITS, SCALE_BITS, ACT_MIN, ACT_MAX
-from golden.tensors import (check_dims as _check_dims, check_range as _check_range,
-                            int_tensor as _int_tensor, wrap_int32)
-from golden.sparse_dsp_config import (W4_BITS, SparseDSPConfig, TileMode, parse_pattern)
+from golden.formats import ACT_MAX, ACT_MIN, SCALE_BITS, SCALE_MAX
+from golden.sparse_dsp_config import W4_BITS, SparseDSPConfig, TileMode, parse_pattern
+from golden.tensors import check_dims, check_range, check_shape, int_tensor, wrap_int32
+from golden.validate import check_int, expect_type
 
 __all__ = ["check_compressed", "expand", "compress_dense", "kept_k", "stage_weights",
            "ChainStages", "chain_stages", "sparse_dsp_acc", "dense_weights"]
@@ -46,20 +46,19 @@ def check_compressed(values, indices, pattern, K: int) -> tuple[torch.Tensor, to
     indices in [0, M), strictly increasing (sorted and unique) inside each block
     of N (so no block holds more than N values). Returns int64 tensors."""
     n, m = parse_pattern(pattern)
-    if isinstance(K, bool) or not isinstance(K, int) or K < 1:
-        raise ValueError(f"K must be a positive int, got {K!r}")
+    check_int("K", K, 1)
     if K % m:
         raise ValueError(f"pattern {n}:{m}: M={m} does not divide K={K}; pad K to a "
                          f"multiple of {m} or choose a pattern whose M divides K")
-    values = _int_tensor("values", values)
-    indices = _int_tensor("indices", indices)
-    _check_dims("values", values, 2, "[R, K*N/M]")
-    _check_dims("indices", indices, 2, "[R, K*N/M]")
+    values = int_tensor("values", values)
+    indices = int_tensor("indices", indices)
+    check_dims("values", values, 2, "[R, K*N/M]")
+    check_dims("indices", indices, 2, "[R, K*N/M]")
     kept = K // m * n
     if values.shape[1] != kept or indices.shape != values.shape:
         raise ValueError(f"values {list(values.shape)} and indices {list(indices.shape)} "
                          f"must both be [R, K*N/M] = [R, {kept}] for K={K}, pattern {n}:{m}")
-    _check_range("indices", indices, 0, m - 1, f"an index addresses a block of M={m}")
+    check_range("indices", indices, 0, m - 1, f"an index addresses a block of M={m}")
     if n > 1 and indices.numel():
         blk = indices.reshape(indices.shape[0], -1, n)
         bad = blk[:, :, 1:] <= blk[:, :, :-1]
@@ -75,7 +74,7 @@ def check_compressed(values, indices, pattern, K: int) -> tuple[torch.Tensor, to
 def kept_k(indices, pattern, K: int) -> torch.Tensor:
     """Dense position k of every kept value [R, K*N/M] (indices already checked)."""
     n, m = parse_pattern(pattern)
-    indices = _int_tensor("indices", indices)
+    indices = int_tensor("indices", indices)
     c = torch.arange(indices.shape[1], dtype=torch.int64)
     return (c // n * m).unsqueeze(0) + indices
 
@@ -86,7 +85,7 @@ def expand(values, indices, pattern, K: int, *, fill=0) -> torch.Tensor:
     values, indices = check_compressed(values, indices, pattern, K)
     R = values.shape[0]
     if isinstance(fill, torch.Tensor):
-        out = _int_tensor("fill", fill).clone()
+        out = int_tensor("fill", fill).clone()
         if tuple(out.shape) != (R, K):
             raise ValueError(f"fill must have shape [{R}, {K}], got {list(out.shape)}")
     else:
@@ -100,8 +99,8 @@ def compress_dense(w, pattern) -> tuple[torch.Tensor, torch.Tensor]:
     per block (exactly N kept: zeros are kept at the lowest free positions).
     The pruning itself (choosing what to keep) is quantflow.prune's business."""
     n, m = parse_pattern(pattern)
-    w = _int_tensor("w", w)
-    _check_dims("w", w, 2, "[R, K]")
+    w = int_tensor("w", w)
+    check_dims("w", w, 2, "[R, K]")
     R, K = w.shape
     if K % m:
         raise ValueError(f"pattern {n}:{m}: M={m} does not divide K={K}")
@@ -120,20 +119,18 @@ def compress_dense(w, pattern) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _check_quant(values, s2, z, config: SparseDSPConfig, mode: TileMode, R: int):
     if mode.w4:
-        _check_range("values", values, 0, _W4_MAX, f"W4A8 values are {W4_BITS}-bit codes")
+        check_range("values", values, 0, _W4_MAX, f"W4A8 values are {W4_BITS}-bit codes")
         if s2 is None or z is None:
             raise ValueError("W4A8 needs s2 and z [R, K/qgroup]")
-        s2 = _int_tensor("s2", s2)
-        z = _int_tensor("z", z)
+        s2 = int_tensor("s2", s2)
+        z = int_tensor("z", z)
         want = (R, config.K // config.qgroup)
         for name, t in (("s2", s2), ("z", z)):
-            if tuple(t.shape) != want:
-                raise ValueError(f"{name} must have shape [R, K/qgroup] = {list(want)}, got "
-                                 f"{list(t.shape)}")
-        _check_range("s2", s2, 1, (1 << SCALE_BITS) - 1, f"{SCALE_BITS}-bit non-zero scale")
-        _check_range("z", z, 0, _W4_MAX, f"zero point is a {W4_BITS}-bit code")
+            check_shape(name, t, want, "[R, K/qgroup]")
+        check_range("s2", s2, 1, SCALE_MAX, f"{SCALE_BITS}-bit non-zero scale")
+        check_range("z", z, 0, _W4_MAX, f"zero point is a {W4_BITS}-bit code")
         return s2, z
-    _check_range("values", values, ACT_MIN, ACT_MAX, "W8A8 values are int8")
+    check_range("values", values, ACT_MIN, ACT_MAX, "W8A8 values are int8")
     return None, None
 
 
@@ -144,7 +141,7 @@ def stage_weights(values, indices, *, config: SparseDSPConfig, mode: TileMode,
     values, indices = check_compressed(values, indices, mode.nm, config.K)
     if not mode.w4:
         return values
-    z = _int_tensor("z", z)
+    z = int_tensor("z", z)
     qg = kept_k(indices, mode.nm, config.K) // config.qgroup
     return values - z.gather(1, qg)
 
@@ -167,17 +164,15 @@ class ChainStages:
 def chain_stages(a, values, indices, *, config: SparseDSPConfig, mode: TileMode,
                  s2=None, z=None) -> ChainStages:
     """The chain's arithmetic, stage by stage (see the module docstring)."""
-    if not isinstance(config, SparseDSPConfig):
-        raise ValueError(f"config must be a SparseDSPConfig, got {type(config).__name__}")
-    if not isinstance(mode, TileMode):
-        raise ValueError(f"mode must be a TileMode, got {type(mode).__name__}")
+    expect_type("config", config, SparseDSPConfig)
+    expect_type("mode", mode, TileMode)
     mode.check(config)
-    a = _int_tensor("a", a)
-    _check_dims("a", a, 2, "[Ma, K]")
+    a = int_tensor("a", a)
+    check_dims("a", a, 2, "[Ma, K]")
     K = config.K
     if a.shape[1] != K:
         raise ValueError(f"a has K={a.shape[1]} but config.K={K}")
-    _check_range("a", a, ACT_MIN, ACT_MAX, "activations are int8")
+    check_range("a", a, ACT_MIN, ACT_MAX, "activations are int8")
     values, indices = check_compressed(values, indices, mode.nm, K)
     R = values.shape[0]
     S = mode.segments(config)

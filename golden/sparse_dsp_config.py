@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from golden.formats import ACC_BITS, ACT_BITS, INT8_ABS_MAX, SCALE_BITS, int32_safe_terms
 
 from golden.mixpe_config import MIXPE_GROUP_RANGE
-from golden.validate import check_int
+from golden.validate import check_choice, check_int, check_pow2, expect_type
 
 __all__ = [
     "PATTERNS", "PATTERN_NAMES", "MAX_RATIO", "MAX_N", "MAX_M", "INDEX_BITS",
@@ -63,14 +63,9 @@ SPAN_LOG_BITS = 3
 _MAX_K = int32_safe_terms(INT8_ABS_MAX, INT8_ABS_MAX)
 
 
-
-
-def _pow2(x: int) -> bool:
-    return x > 0 and x & (x - 1) == 0
-
-
 def parse_pattern(pattern) -> tuple[int, int]:
     """'dense', '2:4', (2, 4) -> (N, M); refuses unsupported patterns."""
+    expect_type("pattern", pattern, (str, tuple))
     if isinstance(pattern, str):
         p = pattern.strip().lower()
         if p == "dense":
@@ -109,18 +104,19 @@ class SparseDSPConfig:
         check_int("L", self.L, 1)
         check_int("group_len", self.group_len, 1)
         check_int("K", self.K, 1)
-        check_int("qgroup", self.qgroup, 1)
-        if not _pow2(self.L):
-            raise ValueError(f"L={self.L} must be a power of two (the run-time window "
-                             f"arithmetic is shifts); use L={1 << (self.L.bit_length() - 1)}")
+        lo, hi = MIXPE_GROUP_RANGE
+        check_int("qgroup", self.qgroup, lo, hi)
+        check_pow2("L", self.L, hint=f"the run-time window arithmetic is shifts; use "
+                                     f"L={1 << (self.L.bit_length() - 1)}")
         if self.L % self.group_len:
             raise ValueError(f"group_len={self.group_len} does not divide L={self.L}; choose a "
                              f"DSP group length that divides the chain, e.g. "
                              f"{[d for d in range(1, self.L + 1) if self.L % d == 0]}")
-        if self.group_len % MAX_N or not _pow2(self.group_len):
-            raise ValueError(f"group_len={self.group_len} must be a power of two and a "
-                             f"multiple of {MAX_N} so a DSP group holds whole N:M blocks "
-                             f"of every pattern; use group_len={max(MAX_N, self.group_len)}")
+        # MAX_N is a power of two, so a power of two >= MAX_N is a multiple of it.
+        check_pow2("group_len", self.group_len, MAX_N,
+                   hint=f"a power of two and a multiple of {MAX_N} so a DSP group holds "
+                        f"whole N:M blocks of every pattern; use "
+                        f"group_len={max(MAX_N, 1 << (self.group_len.bit_length() - 1))}")
         if (self.L // self.group_len) > (1 << ((1 << SPAN_LOG_BITS) - 1)):
             raise ValueError(f"L/group_len={self.L // self.group_len} groups exceed the "
                              f"ctrl word's span field; use longer DSP groups")
@@ -132,9 +128,6 @@ class SparseDSPConfig:
         if self.K > _MAX_K:
             raise ValueError(f"K={self.K} exceeds {_MAX_K}: int8 x int8 sums could leave "
                              f"int32; split the reduction")
-        lo, hi = MIXPE_GROUP_RANGE
-        if not lo <= self.qgroup <= hi:
-            raise ValueError(f"qgroup must be in [{lo}, {hi}], got {self.qgroup}")
         if self.qgroup % self.window_max or self.K % self.qgroup:
             raise ValueError(f"qgroup={self.qgroup} must be a multiple of the widest window "
                              f"{self.window_max} and divide K={self.K}; use qgroup="
@@ -214,11 +207,8 @@ class TileMode:
 
     def __post_init__(self):
         object.__setattr__(self, "pattern", pattern_name(self.pattern))
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        check_int("span", self.span, 1)
-        if not _pow2(self.span):
-            raise ValueError(f"span={self.span} must be a power of two")
+        check_choice("mode", self.mode, MODES)
+        check_pow2("span", self.span, hint="span counts DSP groups per dot product")
 
     @property
     def nm(self) -> tuple[int, int]:

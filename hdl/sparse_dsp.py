@@ -33,7 +33,9 @@ See docs/sparse_dsp.md.
 """
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from dataclasses import dataclass
+
+from amaranth.hdl import Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -41,6 +43,7 @@ from golden.formats import ACC_BITS, ACT_BITS, SCALE_BITS
 from golden.sparse_dsp_config import (DSP_ACC_BITS, INDEX_BITS, MAX_RATIO, PATTERN_BITS,
                                       PATTERNS, SPAN_LOG_BITS, W4_BITS, SparseDSPConfig,
                                       TileMode)
+from golden.validate import expect_type
 
 from .rtl import count_width, is_const
 
@@ -57,13 +60,7 @@ CTRL = data.StructLayout({"pattern": unsigned(PATTERN_BITS), "w4": unsigned(1),
 
 
 def _check_config(config) -> SparseDSPConfig:
-    if not isinstance(config, SparseDSPConfig):
-        raise TypeError(f"expected a SparseDSPConfig, got {type(config).__name__}")
-    return config
-
-
-def _log2(x: int) -> int:
-    return x.bit_length() - 1
+    return expect_type("config", config, SparseDSPConfig)
 
 
 def ctrl_layout(config: SparseDSPConfig) -> data.StructLayout:
@@ -244,6 +241,19 @@ class SparseDSPChain(wiring.Component):
         return m
 
 
+@dataclass(frozen=True, eq=False)
+class _Beat:
+    """What SparseDSP's tile control says about the beat of this cycle."""
+    mode: Value        # CTRL: the beat's normalised run-time mode
+    fire: Value        # the beat is taken
+    qfirst: Value      # first / last beat of a quantization group (W8A8: of the tile)
+    qlast: Value
+    tfirst_grp: Value  # the beat's quantization group is the tile's first
+    tlast: Value       # last beat of the tile
+    z: Value           # per segment zero points / scales of the beat
+    s2: Value
+
+
 def _sideband(config: SparseDSPConfig) -> data.StructLayout:
     return data.StructLayout({
         "valid": 1, "qfirst": 1, "qlast": 1, "tfirst_grp": 1, "tlast": 1, "w4": 1,
@@ -281,27 +291,35 @@ class SparseDSP(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         cfg = self.config
-        ng = cfg.n_groups
-        max_beats = cfg.K // (cfg.group_len * min(mm // nn for nn, mm in PATTERNS))
-        en = Signal()
+        en = Signal()   # the whole pipeline advances together
+        beat = self._tile_control(m, en)
+        m.submodules.chain = chain = SparseDSPChain(cfg)
+        m.d.comb += [chain.en.eq(en), chain.window.eq(self.act.payload),
+                     chain.lanes.eq(self.weight.payload), chain.pattern.eq(beat.mode.pattern),
+                     chain.span_log.eq(beat.mode.span_log),
+                     chain.w4.eq(beat.mode.w4), chain.z.eq(beat.z)]
+        sb_p, sb_r, sb_q = self._sideband(m, en, beat)
+        R = self._reduction_nodes(m, en, chain, sb_p)
+        qsum = self._qgroup_sums(m, en, R, sb_r)
+        self._result(m, en, qsum, sb_q)
+        return m
 
-        # ---- tile state and the beat's run-time mode ----
-        in_tile = Signal()
-        beat = Signal(count_width(max_beats - 1))
-        cur = Signal(CTRL)
-        z_reg = Signal(data.ArrayLayout(unsigned(W4_BITS), ng))
-        s2_reg = Signal(data.ArrayLayout(unsigned(SCALE_BITS), ng))
+    def _tile_mode(self, m, in_tile, cur):
+        """The beat's run-time mode (the ctrl beat at a tile start, else the
+        tile's), normalised: unknown pattern codes run dense, too large spans
+        the largest. Returns (mode, last beat index, quantization-group mask)."""
+        cfg = self.config
         mode = Signal(CTRL)
         raw = Signal(CTRL)
         m.d.comb += raw.eq(Mux(in_tile, cur, self.ctrl.payload))
-        # normalise: unknown pattern codes run dense, too large spans the largest
         m.d.comb += [mode.w4.eq(raw.w4), mode.pattern.eq(Mux(raw.pattern < len(PATTERNS),
                                                              raw.pattern, 0)),
                      mode.span_log.eq(Mux(raw.span_log < len(cfg.spans) - 1, raw.span_log,
                                           len(cfg.spans) - 1))]
         # beats per tile and per quantization group: constants of (pattern, span)
-        last_idx = Signal.like(beat)
-        qmask = Signal.like(beat)
+        max_beats = cfg.K // (cfg.group_len * min(mm // nn for nn, mm in PATTERNS))
+        last_idx = Signal(count_width(max_beats - 1))
+        qmask = Signal.like(last_idx)
         with m.Switch(mode.span_log):
             for sl, span in _span_cases(cfg):
                 with m.Case(sl) if span != cfg.spans[-1] else m.Default():
@@ -311,15 +329,24 @@ class SparseDSP(wiring.Component):
                                 w = cfg.group_len * span * mm // n
                                 m.d.comb += [last_idx.eq(cfg.K // w - 1),
                                              qmask.eq(cfg.qgroup // w - 1)]
+        return mode, last_idx, qmask
+
+    def _tile_control(self, m, en):
+        """Tile state, the beat handshake and the segment's (s2, z) of the beat."""
+        cfg = self.config
+        ng = cfg.n_groups
+        in_tile = Signal()
+        cur = Signal(CTRL)
+        mode, last_idx, qmask = self._tile_mode(m, in_tile, cur)
+        beat = Signal.like(last_idx)
+        z_reg = Signal(data.ArrayLayout(unsigned(W4_BITS), ng))
+        s2_reg = Signal(data.ArrayLayout(unsigned(SCALE_BITS), ng))
         tfirst = is_const(beat, 0)
         tlast = beat == last_idx
         qpos = beat & qmask
         qfirst = Mux(mode.w4, is_const(qpos, 0), tfirst)
-        qlast = Mux(mode.w4, qpos == qmask, tlast)
-        tfirst_grp = Mux(mode.w4, is_const(beat & ~qmask, 0), 1)
         need_scale = Signal()
         m.d.comb += need_scale.eq(mode.w4 & qfirst)
-
         fire = Signal()
         m.d.comb += [
             fire.eq(en & self.act.valid & self.weight.valid
@@ -337,35 +364,33 @@ class SparseDSP(wiring.Component):
         with m.If(fire):
             m.d.sync += [beat.eq(Mux(tlast, 0, beat + 1)), in_tile.eq(~tlast), cur.eq(mode),
                          z_reg.eq(z_eff), s2_reg.eq(s2_eff)]
+        return _Beat(mode=mode, fire=fire, qfirst=qfirst, qlast=Mux(mode.w4, qpos == qmask, tlast),
+                     tfirst_grp=Mux(mode.w4, is_const(beat & ~qmask, 0), 1), tlast=tlast,
+                     z=z_eff, s2=s2_eff)
 
-        # ---- datapath ----
-        chain = SparseDSPChain(cfg)
-        m.submodules.chain = chain
-        m.d.comb += [chain.en.eq(en), chain.window.eq(self.act.payload),
-                     chain.lanes.eq(self.weight.payload), chain.pattern.eq(mode.pattern),
-                     chain.span_log.eq(mode.span_log),
-                     chain.w4.eq(mode.w4), chain.z.eq(z_eff)]
-
-        # ---- sideband, delayed to line up with the group outputs ----
+    def _sideband(self, m, en, beat):
+        """The beat's flags and s2, delayed to line up with the group outputs
+        (P stage), the reduction nodes (R) and the per-qgroup sums (Q)."""
+        cfg = self.config
         sbl = _sideband(cfg)
         sb_in = Signal(sbl)
-        m.d.comb += [sb_in.valid.eq(fire), sb_in.qfirst.eq(qfirst), sb_in.qlast.eq(qlast),
-                     sb_in.tfirst_grp.eq(tfirst_grp), sb_in.tlast.eq(tlast),
-                     sb_in.w4.eq(mode.w4), sb_in.span_log.eq(mode.span_log),
-                     sb_in.s2.eq(s2_eff)]
-        sb = sb_in
+        m.d.comb += [sb_in.valid.eq(beat.fire), sb_in.qfirst.eq(beat.qfirst),
+                     sb_in.qlast.eq(beat.qlast), sb_in.tfirst_grp.eq(beat.tfirst_grp),
+                     sb_in.tlast.eq(beat.tlast), sb_in.w4.eq(beat.mode.w4),
+                     sb_in.span_log.eq(beat.mode.span_log), sb_in.s2.eq(beat.s2)]
+        stages = [sb_in]
         for d in range(chain_latency(cfg) + 2):   # ..., P stage, R stage, Q stage
             nxt = Signal(sbl, name=f"sb{d + 1}")
             with m.If(en):
-                m.d.sync += nxt.eq(sb)
-            sb = nxt
-            if d == chain_latency(cfg) - 1:
-                sb_p = sb
-            elif d == chain_latency(cfg):
-                sb_r = sb
-        sb_q = sb
+                m.d.sync += nxt.eq(stages[-1])
+            stages.append(nxt)
+        return stages[-3], stages[-2], stages[-1]
 
-        # ---- reduction nodes: pass the partial sum on unless g starts a segment ----
+    def _reduction_nodes(self, m, en, chain, sb_p):
+        """R_g = P_g + (passes ? r_(g-1) : 0): pass the partial sum on unless
+        group g starts a segment."""
+        cfg = self.config
+        ng = cfg.n_groups
         R = [Signal(signed(DSP_ACC_BITS), reset_less=True, name=f"R{g}") for g in range(ng)]
         r = [Signal(signed(DSP_ACC_BITS), name=f"r{g}") for g in range(ng)]
         with m.Switch(sb_p.span_log):
@@ -376,8 +401,13 @@ class SparseDSP(wiring.Component):
                         m.d.comb += r[g].eq(chain.p[g] + r[g - 1] if passes else chain.p[g])
         with m.If(en):
             m.d.sync += [R[g].eq(r[g]) for g in range(ng)]
+        return R
 
-        # ---- segment s is emitted by node (s+1)*span - 1; per-qgroup sums ----
+    def _qgroup_sums(self, m, en, R, sb_r):
+        """Segment s is emitted by node (s+1)*span - 1; its beat sums add up per
+        quantization group."""
+        cfg = self.config
+        ng = cfg.n_groups
         seg_sum = [Signal(signed(DSP_ACC_BITS), name=f"seg_sum{s}") for s in range(ng)]
         with m.Switch(sb_r.span_log):
             for sl, span in _span_cases(cfg):
@@ -388,8 +418,14 @@ class SparseDSP(wiring.Component):
         for s in range(ng):
             with m.If(en & sb_r.valid):
                 m.d.sync += qsum[s].eq(Mux(sb_r.qfirst, 0, qsum[s]) + seg_sum[s])
+        return qsum
 
-        # ---- group end: tile total (+ s2 * qsum in W4A8); tile end: result ----
+    def _result(self, m, en, qsum, sb_q):
+        """Group end: tile total (+ s2 * qsum in W4A8); tile end: the result
+        beat. Drives `en`: the pipeline stops only when a tile's result would
+        overwrite an untaken one."""
+        cfg = self.config
+        ng = cfg.n_groups
         out_valid = Signal()
         out = Signal(result_layout(cfg))
         emit = Signal()
@@ -415,4 +451,3 @@ class SparseDSP(wiring.Component):
                     m.d.sync += out[s].eq(Mux(live, tot_new[:ACC_BITS], 0))
         with m.If(en & emit):
             m.d.sync += out_valid.eq(1)
-        return m

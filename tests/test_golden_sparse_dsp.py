@@ -116,6 +116,20 @@ def test_config_errors(kw, match):
         SparseDSPConfig(**kw)
 
 
+@pytest.mark.parametrize("make", [
+    lambda: SparseDSPConfig(L="8"),
+    lambda: SparseDSPConfig(qgroup=64.0),
+    lambda: TileMode(span=2.0),
+    lambda: TileMode(pattern=4),
+    lambda: chain_stages(torch.zeros(1, 128, dtype=torch.int64), torch.zeros(1, 128),
+                         torch.zeros(1, 128), config=object(), mode=TileMode()),
+    lambda: check_compressed(torch.ones(1, 4), torch.zeros(1, 4, dtype=torch.int64), "2:4", 8),
+])
+def test_wrong_types(make):
+    with pytest.raises(TypeError):
+        make()
+
+
 def test_mode_errors():
     with pytest.raises(ValueError, match="unsupported sparsity pattern"):
         TileMode(pattern="3:4")
