@@ -49,8 +49,7 @@ def _cfg(config) -> SparseDSPConfig:
 
 
 def _mode(mode, config) -> TileMode:
-    if not isinstance(mode, TileMode):
-        raise QuantflowError(f"mode must be a TileMode, got {type(mode).__name__}")
+    expect_type("mode", mode, TileMode)
     try:
         return mode.check(config)
     except ValueError as e:
@@ -168,14 +167,9 @@ def _word_bits(cfg: SparseDSPConfig) -> dict[str, int]:
             "result": cfg.result_word_bits}
 
 
-def write_sparse_dsp_images(outdir, config: SparseDSPConfig, *, layer: SparseLayer, a, s_a,
-                            provenance: dict | None = None) -> dict:
-    """Write the image directory of `layer` against activations a [Ma, K] (int8,
-    per-token scale s_a [Ma]). All words are computed (and all errors raised)
-    before anything is written. Returns the manifest."""
-    cfg = _cfg(config)
-    if not isinstance(layer, SparseLayer):
-        raise QuantflowError("layer must be a SparseLayer (quantflow.sparse_dsp.quantize_sparse)")
+def _image_inputs(cfg: SparseDSPConfig, layer, a, s_a):
+    """(mode, a, s_a) of an image directory, checked."""
+    expect_type("layer", layer, SparseLayer)
     mode = _mode(layer.mode, cfg)
     a = torch.as_tensor(a)
     s_a = torch.as_tensor(s_a).to(torch.float32)
@@ -187,62 +181,79 @@ def write_sparse_dsp_images(outdir, config: SparseDSPConfig, *, layer: SparseLay
                              f"{mode.span}); pad the layer to a multiple of {S} rows")
     if tuple(s_a.shape) != (a.shape[0],):
         raise QuantflowError(f"s_a must have shape [{a.shape[0]}], got {list(s_a.shape)}")
-    words = stream_words(cfg, layer, a)
-    n, m = mode.nm
-    Ma = int(a.shape[0])
+    return mode, a, s_a
+
+
+def _side_arrays(cfg: SparseDSPConfig, mode: TileMode, layer: SparseLayer, a, s_a) -> dict:
+    """The side .npy files: name -> (array, meaning); `result` is golden's acc."""
+    m = mode.nm[1]
     result = sparse_dsp_acc(a, layer.values, layer.indices, config=cfg, mode=mode,
                             s2=layer.s2, z=layer.z).numpy().astype(np.int32)
     arrays = {
-        "values": _np(layer.values).astype(np.uint8 if mode.w4 else np.int8),
-        "indices": _np(layer.indices).astype(np.uint8),
-        "s1": layer.s1.numpy().astype(np.float32),
-        "act": _np(a).astype(np.int8),
-        "s_a": s_a.numpy().astype(np.float32),
-        "result": result,
-        "ctrl": np.array([mode.ctrl_word(cfg)], dtype=np.uint8),
+        "values": (_np(layer.values).astype(np.uint8 if mode.w4 else np.int8),
+                   "kept weights in k order [R, K*N/M] (W8A8 int8, W4A8 4-bit codes)"),
+        "indices": (_np(layer.indices).astype(np.uint8),
+                    f"position of each kept weight in its block of M={m} [R, K*N/M]"),
+        "s1": (layer.s1.numpy().astype(np.float32), "per-channel float32 scale [R]"),
+        "act": (_np(a).astype(np.int8), "int8 activations [Ma, K]"),
+        "s_a": (s_a.numpy().astype(np.float32), "per-token float32 scale [Ma]"),
+        "result": (result, "golden acc [Ma, R] int32"),
+        "ctrl": (np.array([mode.ctrl_word(cfg)], dtype=np.uint8), "the tile's ctrl word"),
     }
     if mode.w4:
-        arrays["s2"] = _np(layer.s2).astype(np.uint8)
-        arrays["z"] = _np(layer.z).astype(np.uint8)
+        arrays["s2"] = (_np(layer.s2).astype(np.uint8), "integer group scale [R, K/qgroup]")
+        arrays["z"] = (_np(layer.z).astype(np.uint8), "integer zero point [R, K/qgroup]")
+    return arrays
+
+
+def _manifest(cfg: SparseDSPConfig, mode: TileMode, layer: SparseLayer, Ma: int,
+              provenance: dict | None) -> dict:
+    """The manifest's fields but `tensors` and `side`."""
+    n, m = mode.nm
+    S = mode.segments(cfg)
+    return {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "block": "sparse_dsp",
+        "config": cfg.as_dict(), "config_name": cfg.name(), "mode": mode.as_dict(),
+        "sparsity": {"pattern": mode.pattern, "N": n, "M": m,
+                     "index_bits": (m - 1).bit_length(),
+                     "stream_index_field_bits": cfg.weight_lane_bits - ACT_BITS},
+        "dims": {"R": layer.rows, "Ma": Ma, "K": cfg.K, "segments": S,
+                 "row_tiles": layer.rows // S, "tiles": layer.rows // S * Ma,
+                 "beats_per_tile": mode.beats(cfg)},
+        "quantization": {
+            "weights": ({"scheme": "qoq", "bits": W4_BITS, "group": cfg.qgroup}
+                        if mode.w4 else {"scheme": "per-channel-symmetric-int8",
+                                         "qmax": W8_QMAX}),
+            "activations": {"scheme": "per-token-symmetric-int8", "qmax": ACT_QMAX},
+            "rounding": "half-even"},
+        "provenance": provenance or {},
+    }
+
+
+def write_sparse_dsp_images(outdir, config: SparseDSPConfig, *, layer: SparseLayer, a, s_a,
+                            provenance: dict | None = None) -> dict:
+    """Write the image directory of `layer` against activations a [Ma, K] (int8,
+    per-token scale s_a [Ma]). All words are computed (and all errors raised)
+    before anything is written. Returns the manifest."""
+    cfg = _cfg(config)
+    mode, a, s_a = _image_inputs(cfg, layer, a, s_a)
+    words = stream_words(cfg, layer, a)
+    arrays = _side_arrays(cfg, mode, layer, a, s_a)
+    manifest = _manifest(cfg, mode, layer, int(a.shape[0]), provenance)
     bits = _word_bits(cfg)
-    meaning = {
-        "values": "kept weights in k order [R, K*N/M] (W8A8 int8, W4A8 4-bit codes)",
-        "indices": f"position of each kept weight in its block of M={m} [R, K*N/M]",
-        "s1": "per-channel float32 scale [R]", "act": "int8 activations [Ma, K]",
-        "s_a": "per-token float32 scale [Ma]", "result": "golden acc [Ma, R] int32",
-        "ctrl": "the tile's ctrl word", "s2": "integer group scale [R, K/qgroup]",
-        "z": "integer zero point [R, K/qgroup]"}
     #: stream image -> the tensor it is packed from (read_manifest pairs them)
     paired = {"ctrl": "ctrl", "act": "act", "weight": "values", "scale": "s2",
               "result": "result"}
 
     def fill(tmp: Path) -> dict:
-        side = write_side(tmp, {k: (v, meaning[k]) for k, v in arrays.items()})
+        side = write_side(tmp, arrays)
         tensors = {}
         for name, w in words.items():
             write_hex(tmp / f"{name}.hex", w, bits[name])
             tensors[name] = dict(hex=f"{name}.hex", npy=f"{paired[name]}.npy", words=len(w),
                                  word_bits=bits[name], hex_digits=hex_digits(bits[name]),
                                  packing="lsb-first", layout=f"sparse_dsp_{name}")
-        manifest = {
-            "format": FORMAT, "format_version": FORMAT_VERSION, "block": "sparse_dsp",
-            "config": cfg.as_dict(), "config_name": cfg.name(), "mode": mode.as_dict(),
-            "sparsity": {"pattern": mode.pattern, "N": n, "M": m,
-                         "index_bits": (m - 1).bit_length(),
-                         "stream_index_field_bits": cfg.weight_lane_bits - ACT_BITS},
-            "dims": {"R": layer.rows, "Ma": Ma, "K": cfg.K, "segments": S,
-                     "row_tiles": layer.rows // S, "tiles": layer.rows // S * Ma,
-                     "beats_per_tile": mode.beats(cfg)},
-            "quantization": {
-                "weights": ({"scheme": "qoq", "bits": W4_BITS, "group": cfg.qgroup}
-                            if mode.w4 else {"scheme": "per-channel-symmetric-int8",
-                                             "qmax": W8_QMAX}),
-                "activations": {"scheme": "per-token-symmetric-int8", "qmax": ACT_QMAX},
-                "rounding": "half-even"},
-            "provenance": provenance or {},
-            "tensors": tensors, "side": side,
-        }
-        return manifest
+        return {**manifest, "tensors": tensors, "side": side}
 
     return write_image_dir(outdir, fill)
 
