@@ -1,7 +1,7 @@
-"""python -m cosim {sim,bench,lint}
+"""python -m cosim {sim,bench,lint,host}
 
   sim    every block of cosim.blocks.BLOCKS (MixPE: every case of
-         cosim.plan.default_plan()): quantize (quantflow) into build/sim/data/,
+         cosim.mixpe.default_plan()): quantize (quantflow) into build/sim/data/,
          generate Verilog, co-simulate under Verilator (stream testbench with
          idle cycles and back-pressure, ideal runs held to the cycle model, fast
          path where planned), print a table, write build/sim/report.json.
@@ -9,6 +9,8 @@
   bench  simulation speed: cocotb fast path vs a plain Verilator C++ harness of
          the same MixPESystem; steady-state MACs/cycle; build/sim/bench.json.
   lint   verilator --lint-only on generated Verilog (cosim.lint).
+  host   `python -m fpga_boards host` on the simulated kernel (cosim.xrt_sim):
+         python -m cosim host <quantflow export dir> --config '<json>' [--wait irq]
 """
 from __future__ import annotations
 
@@ -86,16 +88,13 @@ def _bench(args) -> int:
 
 
 def _lint(args) -> int:
-    try:
-        from cosim import lint
-    except ImportError:
-        print("cosim.lint is not available in this checkout", file=sys.stderr)
-        return 2
-    main = getattr(lint, "main", None)
-    if main is None:
-        print("cosim.lint has no main()", file=sys.stderr)
-        return 2
-    return main(list(args.rest))
+    from cosim import lint
+    return lint.main(list(args.rest))
+
+
+def _host(args) -> int:
+    from cosim import xrt_sim
+    return xrt_sim.main(list(args.rest))
 
 
 def main(argv=None) -> int:
@@ -114,6 +113,10 @@ def main(argv=None) -> int:
     lt = sub.add_parser("lint", help="verilator --lint-only on generated Verilog")
     lt.add_argument("rest", nargs=argparse.REMAINDER)
     lt.set_defaults(func=_lint)
+    h = sub.add_parser("host", help="fpga_boards' host program on the simulated kernel",
+                       add_help=False)
+    h.add_argument("rest", nargs=argparse.REMAINDER)
+    h.set_defaults(func=_host)
     args = p.parse_args(argv)
     return args.func(args)
 

@@ -21,9 +21,10 @@ import sys
 from pathlib import Path
 
 from golden.mixpe_config import MixPEConfig
+from quattro_fs import atomic_write_json, cached_dir
 
 from cosim import mixpe, runner
-from cosim.plan import MixPECase
+from cosim.mixpe import MixPECase
 
 __all__ = ["BENCH_PATH", "BENCH_CASES", "build_cpp_harness", "run_cpp_harness",
            "bench_case", "main"]
@@ -193,7 +194,7 @@ def build_cpp_harness(config: MixPEConfig, *, max_m_tiles: int, max_n_tiles: int
                                     f"{(p.stdout + p.stderr)[-4000:]}")
         return {"toplevel": name, "flags": flags}
 
-    d, _, _ = runner.cached_dir(f"{name}-cpp-{key}", fill)
+    d, _, _ = cached_dir(runner.BUILD_ROOT, f"{name}-cpp-{key}", fill)
     return d / "bench_main"
 
 
@@ -262,7 +263,7 @@ def main(args=None) -> int:
               f"{'' if r['passed'] else '  FAILED'}", flush=True)
     out = {"cases": rows, "repeat": repeat,
            "verilator": runner.find_verilator().version}
-    runner.write_json_atomic(BENCH_PATH, out)
+    atomic_write_json(BENCH_PATH, out)
     print(f"bench: {BENCH_PATH}")
     return 0 if all(r["passed"] for r in rows) else 1
 

@@ -5,14 +5,14 @@ Verilator with cocotbext-axi, driven as XRT drives it (cosim/tb/kernel_axi.py).
     res = run_case(case, wait="irq", p_stall=0.3, runs=2)   # back-to-back runs
     rec = to_record(case, res)                   # cosim.report record, block "kernel_mixpe"
 
-The data path is the host code's (fpga_boards.host.run_kernel on a SimDevice);
+The data path is the host code's (fpga_boards.host.run_kernel on cosim.xrt_sim.SimDevice);
 here several runs are put into one simulation (back to back) and the register
 map is checked as well.
 """
 from __future__ import annotations
 
 from cosim import runner
-from cosim.plan import MixPECase
+from cosim.mixpe import MixPECase, prepare_data
 from cosim.report import make_record
 
 __all__ = ["BLOCK", "kernel_build", "run_case", "to_record", "sim_items", "default_cases"]
@@ -34,8 +34,8 @@ def run_case(case: MixPECase, *, wait: str = "poll", p_stall: float = 0.0, runs:
     run `runs` back-to-back kernel runs in one simulation (the result buffer is
     cleared before each is read back: each run must write it again), compare
     each run's result words with golden."""
-    from cosim.mixpe import prepare_data
-    from fpga_boards.host import (SimDevice, mixpe_expected, mixpe_inputs, register_writes)
+    from cosim.xrt_sim import SimDevice
+    from fpga_boards.host import mixpe_expected, mixpe_inputs, register_writes
     from fpga_boards.kernel import bytes_to_words, mixpe_kernel, words_to_bytes
     from quantflow import load_mixpe
 

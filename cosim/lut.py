@@ -1,7 +1,7 @@
-"""LUT mpGEMM co-simulation flow: quantflow images -> Verilog -> Verilator ->
-records (`block: "lut"`). One Verilator build per LUTConfig serves every weight
-format (W1/W2/W4/ternary are a run-time port), so the plan's 16 runs need 4
-builds.
+"""LUT mpGEMM co-simulation: the block's cases and plan, and the flow
+quantflow images -> Verilog -> Verilator -> records (`block: "lut"`). One
+Verilator build per LUTConfig serves every weight format (W1/W2/W4/ternary are
+a run-time port), so the plan's 16 runs need 4 builds.
 
     data_dir = prepare_data(case)      # build/sim/data/<case.name>/
     res = run_stream(case)             # random idle cycles / back-pressure
@@ -14,14 +14,16 @@ from pathlib import Path
 
 from golden.lut_config import LUTConfig, LUTMode, MODES
 
+from golden.validate import expect_type
+
 from cosim import runner
-from cosim.plan import MIN_MACS, TiledCase
+from cosim.cases import MIN_MACS, TiledCase
+from cosim.flow import DATA_ROOT, cached_export, is_ideal, run_on, with_build
 from cosim.report import make_record
 
 __all__ = ["LUTCase", "default_plan", "prepare_data", "stream_build", "run_stream",
            "to_record", "sim_items", "record_config"]
 
-DATA_ROOT = runner.REPO_ROOT / "build" / "sim" / "data"
 STREAM_TB = "cosim.tb.lut_stream"
 
 
@@ -32,8 +34,7 @@ class LUTCase(TiledCase):
 
     def __post_init__(self):
         self._check_case(LUTConfig)
-        if not isinstance(self.mode, LUTMode):
-            raise ValueError(f"mode must be a LUTMode, got {type(self.mode).__name__}")
+        expect_type("mode", self.mode, LUTMode)
 
     @property
     def workload(self) -> str:
@@ -66,21 +67,19 @@ def default_plan() -> list[LUTCase]:
 def prepare_data(case: LUTCase, *, root: Path | None = None) -> Path:
     """Quantize seeded random weights/activations into root/<case.name> (reused
     when an earlier export verifies)."""
-    from quantflow import QuantflowError, random_activations, random_linear_weights
+    from quantflow import random_activations, random_linear_weights
     from quantflow.lut import export_lut, load_lut
-    outdir = Path(root or DATA_ROOT) / case.name
-    if (outdir / "manifest.json").is_file():
-        try:
-            load_lut(outdir, case.config, case.mode)
-            return outdir
-        except QuantflowError:
-            pass  # stale or damaged: export again (atomically replaced)
     cfg = case.config
-    W = random_linear_weights(case.N, cfg.K, seed=case.seed, outlier_channels=min(2, case.N))
-    X = random_activations(case.M, cfg.K, seed=case.seed + 1_000_003,
-                           outlier_features=min(4, cfg.K))
-    export_lut(outdir, cfg, case.mode, W, X)
-    return outdir
+
+    def export(outdir: Path) -> None:
+        W = random_linear_weights(case.N, cfg.K, seed=case.seed,
+                                  outlier_channels=min(2, case.N))
+        X = random_activations(case.M, cfg.K, seed=case.seed + 1_000_003,
+                               outlier_features=min(4, cfg.K))
+        export_lut(outdir, cfg, case.mode, W, X)
+
+    return cached_export(Path(root or DATA_ROOT) / case.name,
+                         load=lambda d: load_lut(d, cfg, case.mode), export=export)
 
 
 def stream_build(config: LUTConfig, *, sim: str | None = None,
@@ -95,15 +94,13 @@ def run_stream(case: LUTCase, *, build: runner.Build | None = None,
                seed: int | None = None, corrupt_expected=(),
                data_root: Path | None = None) -> dict:
     data_dir = prepare_data(case, root=data_root)
-    b = build or stream_build(case.config)
     job = {"config": case.config.as_dict(), "mode": case.mode.as_dict(),
            "data_dir": str(data_dir), "seed": case.seed if seed is None else seed,
            "p_idle": case.p_idle if p_idle is None else p_idle,
            "p_stall": case.p_stall if p_stall is None else p_stall,
            "corrupt_expected": [list(c) for c in corrupt_expected]}
-    res = runner.run(b, test_module=STREAM_TB, job=job)
+    res = run_on(build or stream_build(case.config), STREAM_TB, job)
     res["p_idle"], res["p_stall"] = job["p_idle"], job["p_stall"]
-    res["build_cached"], res["build_seconds"] = b.cached, b.build_seconds
     return res
 
 
@@ -115,7 +112,7 @@ def record_config(case: LUTCase) -> dict:
 def to_record(case: LUTCase, res: dict) -> dict:
     from hdl.lut import cycle_model, precompute_share
     cfg, mode = case.config, case.mode
-    ideal = res.get("p_idle", 0.0) == 0.0 and res.get("p_stall", 0.0) == 0.0
+    ideal = is_ideal(res)
     label = "stream-ideal" if ideal else "stream"
     model = cycle_model(cfg, mode, case.tiles)
     extra = {
@@ -144,10 +141,7 @@ def _run_item(case: LUTCase, ideal: bool, sim: str) -> dict:
     b = stream_build(case.config, sim=sim)
     res = (run_stream(case, build=b, p_idle=0.0, p_stall=0.0) if ideal
            else run_stream(case, build=b))
-    rec = to_record(case, res)
-    rec["build_seconds"] = round(b.build_seconds, 1)
-    rec["build_cached"] = b.cached
-    return rec
+    return with_build(to_record(case, res), b)
 
 
 def sim_items(*, sim: str) -> list:

@@ -1,4 +1,5 @@
-"""MixPE co-simulation flow: quantflow data -> Verilog -> Verilator -> records.
+"""MixPE co-simulation: its cases and plan, and the flow quantflow data ->
+Verilog -> Verilator -> records.
 
 Used by `python -m cosim sim`, `python -m cosim bench` and tests/test_cosim_mixpe.py.
 
@@ -6,54 +7,124 @@ Used by `python -m cosim sim`, `python -m cosim bench` and tests/test_cosim_mixp
     res = run_stream(case)                        # MixPE, random idle/back-pressure
     res = run_fast(case)                          # MixPESystem, await done only
     rec = to_record(case, res)                    # a cosim.report record
+
+A case is one MixPE configuration plus a workload: M = m_tiles * rows activation
+rows, N = n_tiles * cols output channels, K = config.K, quantized by quantflow
+from seeded random weights (with a few outlier channels) and activations, or a
+real model layer (RealLayer). Every plan case compares >= cosim.cases.MIN_MACS
+multiply-accumulates bit for bit; the stream testbench drives it with random
+idle cycles and back-pressure, the fast path (MixPESystem, memories +
+sequencer) where `fast` is set.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
-import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 from golden.mixpe_config import MixPEConfig
+from golden.validate import expect_type
 
 from cosim import runner
-from cosim.plan import MixPECase
+from cosim.cases import RealLayer, TiledCase, tiles_for
+from cosim.flow import DATA_ROOT, cached_export, is_ideal, run_on, with_build
 from cosim.report import make_record
 
-__all__ = ["DATA_ROOT", "prepare_data", "prepare_real", "stream_build", "system_build",
-           "run_stream", "run_fast", "to_record", "stream_job", "sim_items"]
+__all__ = ["MixPECase", "default_plan", "real_plan", "REAL_Q_PROJ", "REAL_DOWN_PROJ",
+           "prepare_data", "prepare_real", "stream_build", "system_build", "run_stream",
+           "run_fast", "to_record", "stream_job", "sim_items"]
 
-DATA_ROOT = runner.REPO_ROOT / "build" / "sim" / "data"
 STREAM_TB = "cosim.tb.mixpe_stream"
 SYSTEM_TB = "cosim.tb.mixpe_system"
 
 
+# --------------------------------------------------------------------------- plan
+@dataclass(frozen=True, kw_only=True)
+class MixPECase(TiledCase):
+    config: MixPEConfig
+    #: weight channels made outliers (x ~8) so that quantization sees real spread
+    outlier_channels: int = 2
+    #: also run the MixPESystem fast path on this case
+    fast: bool = False
+    #: a real model layer instead of seeded random data (seed then only drives
+    #: the testbench's idle/back-pressure pattern)
+    real: RealLayer | None = None
+
+    def __post_init__(self):
+        self._check_case(MixPEConfig)
+        if self.real is not None:
+            expect_type("real", self.real, RealLayer)
+
+    @property
+    def workload(self) -> str:
+        if self.real is not None:
+            return f"{self.real.tag}_M{self.M}_N{self.N}_s{self.seed}"
+        return f"M{self.M}_N{self.N}_s{self.seed}"
+
+    @property
+    def name(self) -> str:
+        """Directory name of the case's quantflow data (build/sim/data/<name>)."""
+        return f"{self.config.name()}_{self.workload}"
+
+
+def _case(seed: int, fast: bool = False, **cfg) -> MixPECase:
+    config = MixPEConfig(**cfg)
+    m, n = tiles_for(config)
+    return MixPECase(config=config, m_tiles=m, n_tiles=n, seed=seed, fast=fast)
+
+
+def default_plan() -> list[MixPECase]:
+    """Bits 2/3/4/8; groups 32/64/128; array shapes 1x8, 1x16, 2x4, 4x8;
+    GEMV (rows = 1) and GEMM (rows > 1); each >= cosim.cases.MIN_MACS
+    compared MACs (tiles_for)."""
+    return [
+        _case(11, bits=4, group=64, rows=1, cols=8, K=1024, fast=True),    # GEMV, W4 g64
+        _case(12, bits=4, group=128, rows=4, cols=8, K=1024, fast=True),   # GEMM, W4 g128
+        _case(13, bits=2, group=128, rows=4, cols=8, K=512),               # GEMM, W2
+        _case(14, bits=8, group=32, rows=1, cols=16, K=256),               # GEMV, W8 g32
+        _case(15, bits=3, group=64, rows=2, cols=4, K=384),                # GEMM, W3
+        _case(16, bits=8, group=64, rows=2, cols=8, K=512, fast=True),     # GEMM, W8
+        _case(17, bits=2, group=32, rows=1, cols=8, K=768),                # GEMV, W2 g32
+    ]
+
+
+#: MixPE configurations of the real-layer runs: K = the layer's in_features,
+#: group 64 (divides 576 and 1536), cols = 8 divides every SmolLM2 out_features.
+REAL_Q_PROJ = MixPEConfig(bits=4, group=64, rows=4, cols=8, K=576)
+REAL_DOWN_PROJ = MixPEConfig(bits=4, group=64, rows=4, cols=8, K=1536)
+
+
+def real_plan() -> list[MixPECase]:
+    """`make sim`'s real SmolLM2 layers, whole (every output channel), on the
+    first 8 tokens of the evaluation text: layer 0 q_proj (576 x 576, stream
+    and fast path, 2.65 M MACs) and layer 0 down_proj (1536 -> 576, stream)."""
+    return [
+        MixPECase(config=REAL_Q_PROJ, m_tiles=2, n_tiles=576 // REAL_Q_PROJ.cols, seed=21,
+                  fast=True, real=RealLayer(layer="layers.0.self_attn.q_proj")),
+        MixPECase(config=REAL_DOWN_PROJ, m_tiles=2, n_tiles=576 // REAL_DOWN_PROJ.cols,
+                  seed=22, real=RealLayer(layer="layers.0.mlp.down_proj")),
+    ]
+
+
+# --------------------------------------------------------------------------- flow
 def prepare_data(case: MixPECase, *, root: Path | None = None) -> Path:
     """Quantize the case's seeded random weights/activations (or, for a real-layer
     case, its model layer: prepare_real) with quantflow into `root/<case.name>`
     (reused when an earlier export verifies)."""
     if case.real is not None:
         return prepare_real(case, root=root)
-    from quantflow import (QuantflowError, export_mixpe, load_mixpe,
-                           random_activations, random_linear_weights)
-    outdir = Path(root or DATA_ROOT) / case.name
-    if (outdir / "manifest.json").is_file():
-        try:
-            load_mixpe(outdir, case.config)
-            return outdir
-        except QuantflowError:
-            pass  # stale or damaged: export again (export replaces it atomically)
+    from quantflow import export_mixpe, load_mixpe, random_activations, random_linear_weights
     cfg = case.config
-    W = random_linear_weights(case.N, cfg.K, seed=case.seed,
-                              outlier_channels=min(case.outlier_channels, case.N))
-    X = random_activations(case.M, cfg.K, seed=case.seed + 1_000_003,
-                           outlier_features=min(4, cfg.K))
-    outdir.parent.mkdir(parents=True, exist_ok=True)
-    export_mixpe(outdir, cfg, W, X)
-    return outdir
 
+    def export(outdir: Path) -> None:
+        W = random_linear_weights(case.N, cfg.K, seed=case.seed,
+                                  outlier_channels=min(case.outlier_channels, case.N))
+        X = random_activations(case.M, cfg.K, seed=case.seed + 1_000_003,
+                               outlier_features=min(4, cfg.K))
+        export_mixpe(outdir, cfg, W, X)
 
-_REAL_LOCK = threading.Lock()  # make sim runs a case's stream and fast items in threads
+    return cached_export(Path(root or DATA_ROOT) / case.name,
+                         load=lambda d: load_mixpe(d, cfg), export=export)
 
 
 def _real_source(case: MixPECase) -> dict:
@@ -71,24 +142,28 @@ def prepare_real(case: MixPECase, *, root: Path | None = None) -> Path:
     model (build/models, as `make models`) when it is missing."""
     from quantflow import QuantflowError, load_mixpe
     from quantflow.export_model import export_real_layer
-    from quantflow.models.loaders import require
+    from quattro_fs import file_lock
 
     outdir = Path(root or DATA_ROOT) / case.name
-    outdir.parent.mkdir(parents=True, exist_ok=True)
     want = _real_source(case)
-    # one export per directory, also across processes (pytest-xdist, make sim)
-    with _REAL_LOCK, require("filelock").FileLock(str(outdir.parent / f".{case.name}.lock")):
+
+    def load(d: Path) -> None:
+        load_mixpe(d, case.config)
         try:
-            load_mixpe(outdir, case.config)
-            src = json.loads((outdir / "source.json").read_text(encoding="utf-8"))
-            if all(src.get(k) == v for k, v in want.items()):
-                return outdir
-        except (QuantflowError, OSError, ValueError):
-            pass  # missing, stale or damaged: export again (atomically)
-        export_real_layer(outdir, case.config, model=case.real.model, layer=case.real.layer,
+            src = json.loads((d / "source.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            src = {}
+        if not all(src.get(k) == v for k, v in want.items()):
+            raise QuantflowError(f"{d} holds another layer's data")
+
+    def export(d: Path) -> None:
+        export_real_layer(d, case.config, model=case.real.model, layer=case.real.layer,
                           tokens=case.M, channels=case.N, scheme=case.real.scheme,
                           text=case.real.text)
-    return outdir
+
+    # one export per directory, also across threads and processes (make sim, xdist)
+    with file_lock(outdir.parent / f".{case.name}.lock"):
+        return cached_export(outdir, load=load, export=export)
 
 
 def _verilog(kind: str, config: MixPEConfig, **kw) -> tuple[str, str]:
@@ -138,14 +213,11 @@ def run_stream(case: MixPECase, *, build: runner.Build | None = None,
                data_root: Path | None = None) -> dict:
     """Stream testbench on `case`. Overrides replace the case's probabilities."""
     data_dir = prepare_data(case, root=data_root)
-    b = build or stream_build(case.config)
     job = stream_job(case, data_dir, p_idle=p_idle, p_stall=p_stall, seed=seed,
                      corrupt_expected=corrupt_expected)
-    res = runner.run(b, test_module=STREAM_TB, job=job)
+    res = run_on(build or stream_build(case.config), STREAM_TB, job)
     res["p_idle"], res["p_stall"] = job["p_idle"], job["p_stall"]
     res["data_dir"] = str(data_dir)
-    res["build_cached"] = b.cached
-    res["build_seconds"] = b.build_seconds
     return res
 
 
@@ -157,10 +229,8 @@ def run_fast(case: MixPECase, *, build: runner.Build | None = None, repeat: int 
                               max_n_tiles=case.n_tiles)
     job = {"config": case.config.as_dict(), "data_dir": str(data_dir),
            "seed": case.seed, "repeat": repeat, "clock_impl": clock_impl}
-    res = runner.run(b, test_module=SYSTEM_TB, job=job)
+    res = run_on(b, SYSTEM_TB, job)
     res["data_dir"] = str(data_dir)
-    res["build_cached"] = b.cached
-    res["build_seconds"] = b.build_seconds
     return res
 
 
@@ -169,7 +239,7 @@ def to_record(case: MixPECase, res: dict) -> dict:
     from hdl.mixpe import cycle_model, system_cycle_model
     cfg = case.config
     path = res.get("test", "stream")
-    ideal = res.get("p_idle", 0.0) == 0.0 and res.get("p_stall", 0.0) == 0.0
+    ideal = is_ideal(res)
     label = "stream-ideal" if (path == "stream" and ideal) else path
     model = cycle_model(cfg, case.tiles)
     extra = {
@@ -218,10 +288,6 @@ def _real_fields(case: MixPECase, data_dir: str | None) -> dict:
     return out
 
 
-def replace_case(case: MixPECase, **changes) -> MixPECase:
-    return dataclasses.replace(case, **changes)
-
-
 def _run_item(case: MixPECase, path: str, sim: str) -> dict:
     if path == "stream":
         b = stream_build(case.config, sim=sim)
@@ -233,10 +299,7 @@ def _run_item(case: MixPECase, path: str, sim: str) -> dict:
         b = system_build(case.config, max_m_tiles=case.m_tiles,
                          max_n_tiles=case.n_tiles, sim=sim)
         res = run_fast(case, build=b)
-    rec = to_record(case, res)
-    rec["build_seconds"] = round(b.build_seconds, 1)
-    rec["build_cached"] = b.cached
-    return rec
+    return with_build(to_record(case, res), b)
 
 
 def sim_items(*, sim: str) -> list:
@@ -246,7 +309,6 @@ def sim_items(*, sim: str) -> list:
     back-pressure and on the fast path where planned (the model is prepared
     into build/models on first use)."""
     from cosim.blocks import SimItem
-    from cosim.plan import default_plan, real_plan
 
     cases = default_plan()
     items = []

@@ -5,14 +5,15 @@ exported by quantflow into a per-session temporary directory.
 """
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from golden.mixpe_config import MixPEConfig
 
 from cosim import mixpe
-from cosim.plan import MixPECase, default_plan, real_plan
-import shutil
-
+from cosim.cases import RealLayer
+from cosim.mixpe import REAL_Q_PROJ, MixPECase, default_plan, real_plan
 from hdl.mixpe import cycle_model, system_cycle_model
 
 PLAN = default_plan()
@@ -106,7 +107,6 @@ def test_plan_case_full_size(case, data_root):
 
 # --------------------------------------------------------------------------- real layer
 def _real_case(**kw) -> MixPECase:
-    from cosim.plan import REAL_Q_PROJ, RealLayer
     # 16 of q_proj's 576 output channels, 4 tokens: the make-sim configuration
     # (same Verilog, so the same cached build) on a slice of its workload
     return MixPECase(config=REAL_Q_PROJ, m_tiles=1, n_tiles=2, seed=3,

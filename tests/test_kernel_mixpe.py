@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from golden.mixpe_config import MixPEConfig
-from cosim.plan import MixPECase
+from cosim.mixpe import MixPECase
 from cosim.runner import SimulatorUnavailable
 
 CFG = MixPEConfig(bits=4, group=32, rows=2, cols=4, K=64)
@@ -58,7 +58,8 @@ def test_corrupted_expectation_fails(kernel_mod):
 
 def test_host_sequence_on_simulated_kernel(kernel_mod):
     from cosim.mixpe import prepare_data
-    from fpga_boards.host import SimDevice, run_mixpe
+    from cosim.xrt_sim import SimDevice
+    from fpga_boards.host import run_mixpe
     from fpga_boards.kernel import mixpe_kernel
     from quantflow import load_mixpe
     images = load_mixpe(prepare_data(CASE), CFG)
@@ -71,7 +72,8 @@ def test_host_sequence_on_simulated_kernel(kernel_mod):
 
 def test_empty_run_completes(kernel_mod):
     """m_tiles = 0: nothing to read or write; the kernel still reports ap_done."""
-    from fpga_boards.host import SimDevice, register_writes
+    from cosim.xrt_sim import SimDevice
+    from fpga_boards.host import register_writes
     from fpga_boards.kernel import mixpe_kernel
     spec = mixpe_kernel(CFG)
     dev = SimDevice(spec, checks=True)

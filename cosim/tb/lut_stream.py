@@ -11,10 +11,9 @@ mode-error flag, which fails the run).
 from __future__ import annotations
 
 import cocotb
-from cocotb.clock import Clock
 
 from cosim.runner import read_job, write_result
-from cosim.tb.common import Stopwatch, job_seed
+from cosim.tb.common import Stopwatch, inject_errors, job_seed, start_clock
 from cosim.tb.streams import Scoreboard, StreamRun, StreamSink, StreamSource, stream_rngs
 
 
@@ -28,8 +27,7 @@ def load_lut_case(job: dict):
     mode = LUTMode(**job["mode"])
     img = load_lut(job["data_dir"], config, mode)
     expected = pack_lut_result_words(lut_acc(img.a, img.q, img.s2, img.z, config, mode), config)
-    for word_idx, xor_mask in job.get("corrupt_expected", []):
-        expected[word_idx] ^= int(xor_mask)  # error injection: the scoreboard must fail
+    inject_errors(expected, job.get("corrupt_expected"))
     return img, expected
 
 
@@ -75,7 +73,7 @@ async def lut_stream(dut):
     sb = Scoreboard(expected, describe=_describe(img))
     dut.bits.value = mode.bits
     max_cycles = int(job.get("max_cycles") or (20 * len(code) + 10_000))
-    Clock(dut.clk, 2, unit="ns").start()
+    start_clock(dut.clk)
     run = StreamRun(dut, sources, sink)
     await run.reset()
     sim_seconds = await run.run(len(expected), max_cycles, watch=("error",))

@@ -1,6 +1,7 @@
 """Stream testbench of hdl.mixpe.MixPE: act/code/scale sources with random idle
 cycles, a result sink with random back-pressure, a bit-exact scoreboard against
-golden.mixpe. Inputs come from the quantflow images named by the job.
+golden.mixpe. Inputs come from the quantflow images named by the job. The case
+loading and mismatch description are shared with cosim.tb.mixpe_system.
 
 Job fields: config (dict), data_dir, seed (printed; reproducible), p_idle
 (per source), p_stall (sink), optional max_cycles, corrupt_expected
@@ -12,15 +13,64 @@ stall/idle counts, mismatch details.
 """
 from __future__ import annotations
 
-import random
+from dataclasses import dataclass
 
 import cocotb
-from cocotb.clock import Clock
+
+from golden.mixpe_config import MixPEConfig
 
 from cosim.runner import read_job, write_result
-from cosim.tb.mixpe_common import MixPECaseData, describe_mismatch, load_case
-from cosim.tb.common import Stopwatch, job_seed
-from cosim.tb.streams import Scoreboard, StreamRun, StreamSink, StreamSource
+from cosim.tb.common import Stopwatch, inject_errors, job_seed, start_clock
+from cosim.tb.streams import Scoreboard, StreamRun, StreamSink, StreamSource, stream_rngs
+
+
+@dataclass(frozen=True, kw_only=True)
+class MixPECaseData:
+    """A case's images as quantflow.load_mixpe verified them (a MixPEImages:
+    config, M, N, m_tiles, n_tiles, macs, act/code/scale words, ...; they read as
+    this object's attributes) and the result words the scoreboard expects."""
+    images: object
+    expected_words: list[int]   # result words in emission order (golden.mixpe)
+
+    def __getattr__(self, name: str):
+        if name == "images":  # not set yet (copy, unpickling): no endless recursion
+            raise AttributeError(name)
+        return getattr(self.images, name)
+
+
+def load_case(job: dict) -> MixPECaseData:
+    """Read the images quantflow emitted into job["data_dir"] (checksums are
+    verified by load_mixpe) and compute the expected result words with
+    golden.mixpe.mixpe_acc from the *decoded* a, q, s2, z."""
+    from golden.mixpe import mixpe_acc
+    from quantflow.mixpe import load_mixpe, pack_result_words
+
+    config = MixPEConfig(**job["config"])
+    images = load_mixpe(job["data_dir"], config)
+    acc = mixpe_acc(images.a, images.q, images.s2, images.z, config)
+    expected = pack_result_words(acc, config)
+    inject_errors(expected, job.get("corrupt_expected"))
+    return MixPECaseData(images=images, expected_words=expected)
+
+
+def describe_mismatch(data: MixPECaseData):
+    """Closure naming (tile, m, n, got, expected) of a mismatching result word."""
+    from golden.formats import ACC_BITS
+    from quantflow.pack import unpack_words
+
+    cfg = data.config
+
+    def describe(i: int, got: int, exp: int) -> str:
+        tile, m = divmod(i, cfg.rows)
+        tn, tm = divmod(tile, data.m_tiles)
+        g = unpack_words([got], ACC_BITS, cfg.cols, signed=True)[0]
+        e = unpack_words([exp], ACC_BITS, cfg.cols, signed=True)[0]
+        bad = [(tn * cfg.cols + c, int(g[c]), int(e[c])) for c in range(cfg.cols)
+               if g[c] != e[c]]
+        return (f"result word {i} (tile n{tn} m{tm}, row {tm * cfg.rows + m}): "
+                + ", ".join(f"acc[{tm * cfg.rows + m},{n}] got {gv} expected {ev}"
+                            for n, gv, ev in bad[:4]))
+    return describe
 
 
 class MixPEStreamTB:
@@ -32,10 +82,7 @@ class MixPEStreamTB:
         self.dut = dut
         self.data = data
         self.seed = seed
-        # One RNG per stream so that changing one probability leaves the others'
-        # patterns unchanged (reproducibility when narrowing a failure down).
-        rng = random.Random(seed)
-        sub = [random.Random(rng.randrange(1 << 62)) for _ in range(4)]
+        sub = stream_rngs(seed, 4)
         cfg = data.config
         order = [(tn, tm) for tn in range(data.n_tiles) for tm in range(data.m_tiles)]
         act = [w for tn, tm in order for w in data.act_words[tm * cfg.K:(tm + 1) * cfg.K]]
@@ -60,7 +107,7 @@ async def mixpe_stream(dut):
     cfg = data.config
     tiles = data.m_tiles * data.n_tiles
     max_cycles = int(job.get("max_cycles") or (50 * tiles * max(cfg.K, cfg.rows + 8) + 10_000))
-    Clock(dut.clk, 2, unit="ns").start()
+    start_clock(dut.clk)
     tb = MixPEStreamTB(dut, data, seed=seed, p_idle=float(job.get("p_idle", 0.0)),
                        p_stall=float(job.get("p_stall", 0.0)))
     run = StreamRun(dut, tb.sources, tb.sink)

@@ -13,18 +13,16 @@ load_seconds, readback_seconds.
 from __future__ import annotations
 
 import cocotb
-from cocotb.clock import Clock
 from cocotb.triggers import ReadOnly, RisingEdge
 
 from cosim.runner import read_job, write_result
-from cosim.tb.mixpe_common import describe_mismatch, load_case
-from cosim.tb.common import Stopwatch, job_seed
+from cosim.tb.common import Stopwatch, job_seed, start_clock
+from cosim.tb.mixpe_stream import describe_mismatch, load_case
 from cosim.tb.streams import Scoreboard
-from cosim.tb.system import CLK_PERIOD_NS, PreloadedSystemTB
+from cosim.tb.system import PreloadedSystemTB
 
 # The memory-select codes of MixPESystem's load port.
 from hdl.mixpe import LOAD_ACT, LOAD_CODE, LOAD_SCALE
-
 
 
 class MixPESystemTB(PreloadedSystemTB):
@@ -51,7 +49,7 @@ async def mixpe_system(dut):
     max_cycles = int(job.get("max_cycles") or (8 * tiles * max(cfg.K, cfg.rows + 8) + 10_000))
     clock = job.get("clock_impl", "gpi")
     if clock != "hdl":
-        Clock(dut.clk, CLK_PERIOD_NS, unit="ns", impl=clock).start()
+        start_clock(dut.clk, impl=clock)
     tb = MixPESystemTB(dut, clock)
     sw = Stopwatch()
     await tb.reset()

@@ -21,7 +21,9 @@ from cocotb.triggers import ReadOnly, RisingEdge
 
 from cosim.tb.common import Stopwatch
 
+#: Reset length of every testbench (stream and preloaded-system alike).
 RESET_CYCLES = 3
+
 
 def _handle(dut, name: str):
     try:

@@ -11,8 +11,7 @@ from __future__ import annotations
 from cocotb.triggers import First, ReadOnly, RisingEdge, Timer
 
 from cosim.tb.common import CLK_PERIOD_NS, Stopwatch
-
-RESET_CYCLES = 3
+from cosim.tb.streams import RESET_CYCLES
 
 
 class PreloadedSystemTB:
