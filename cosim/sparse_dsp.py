@@ -16,12 +16,12 @@ from pathlib import Path
 from golden.sparse_dsp_config import PATTERN_NAMES, MODES, SparseDSPConfig, TileMode
 
 from cosim import runner
+from cosim.flow import DATA_ROOT, cached_export, is_ideal, run_on, with_build
 from cosim.report import make_record
 
 __all__ = ["MIN_MACS", "DEFAULT_CONFIG", "SparseDSPCase", "prepare_data", "build",
-           "run_cases", "to_record", "default_plan", "sim_items"]
+           "run_dirs", "run_cases", "to_record", "default_plan", "sim_items"]
 
-DATA_ROOT = runner.REPO_ROOT / "build" / "sim" / "data"
 STREAM_TB = "cosim.tb.sparse_dsp_stream"
 #: Compared (kept, i.e. executed) MACs per configuration in `make sim`.
 MIN_MACS = 100_000
@@ -88,23 +88,20 @@ class SparseDSPCase:
 def prepare_data(case: SparseDSPCase, *, root: Path | None = None) -> Path:
     """Seeded random layer (a few outlier channels) and activations, pruned and
     quantized by quantflow into root/<case.name> (reused when it verifies)."""
-    from quantflow import QuantflowError, random_activations, random_linear_weights
+    from quantflow import random_activations, random_linear_weights
     from quantflow.sparse_dsp import export_sparse_dsp, load_sparse_dsp
-    outdir = Path(root or DATA_ROOT) / case.name
-    if (outdir / "manifest.json").is_file():
-        try:
-            load_sparse_dsp(outdir, case.config)
-            return outdir
-        except QuantflowError:
-            pass  # stale or damaged: export again (atomic replace)
     K = case.config.K
-    W = random_linear_weights(case.rows, K, seed=case.seed,
-                              outlier_channels=min(2, case.rows))
-    X = random_activations(case.ma, K, seed=case.seed + 1_000_003)
-    calib = random_activations(64, K, seed=case.seed + 2_000_003)
-    export_sparse_dsp(outdir, case.config, W, X, mode=case.mode, method=case.method,
-                      calib=calib, provenance={"source": "synthetic", "seed": case.seed})
-    return outdir
+
+    def export(outdir: Path) -> None:
+        W = random_linear_weights(case.rows, K, seed=case.seed,
+                                  outlier_channels=min(2, case.rows))
+        X = random_activations(case.ma, K, seed=case.seed + 1_000_003)
+        calib = random_activations(64, K, seed=case.seed + 2_000_003)
+        export_sparse_dsp(outdir, case.config, W, X, mode=case.mode, method=case.method,
+                          calib=calib, provenance={"source": "synthetic", "seed": case.seed})
+
+    return cached_export(Path(root or DATA_ROOT) / case.name,
+                         load=lambda d: load_sparse_dsp(d, case.config), export=export)
 
 
 def build(config: SparseDSPConfig = DEFAULT_CONFIG, *, sim: str | None = None,
@@ -117,13 +114,13 @@ def build(config: SparseDSPConfig = DEFAULT_CONFIG, *, sim: str | None = None,
 def run_dirs(config: SparseDSPConfig, data_dirs, *, build_: runner.Build | None = None,
              p_idle: float = 0.0, p_stall: float = 0.0, seed: int = 1,
              corrupt_expected=()) -> dict:
-    b = build_ or build(config)
+    """One stream run of the image directories, back to back, on `build_`
+    (default: a build of `config`)."""
     job = {"config": config.as_dict(), "data_dirs": [str(d) for d in data_dirs],
            "seed": seed, "p_idle": p_idle, "p_stall": p_stall,
            "corrupt_expected": [list(c) for c in corrupt_expected]}
-    res = runner.run(b, test_module=STREAM_TB, job=job)
-    res.update(p_idle=p_idle, p_stall=p_stall, build_cached=b.cached,
-               build_seconds=b.build_seconds)
+    res = run_on(build_ or build(config), STREAM_TB, job)
+    res.update(p_idle=p_idle, p_stall=p_stall)
     return res
 
 
@@ -147,7 +144,7 @@ def to_record(case: SparseDSPCase, res: dict, *, label: str | None = None) -> di
     """A cosim.report record: config holds the pattern as 'dense' or 'N:M'."""
     from hdl.sparse_dsp import cycle_model
     cfg = case.config
-    ideal = res.get("p_idle", 0.0) == 0.0 and res.get("p_stall", 0.0) == 0.0
+    ideal = is_ideal(res)
     model = cycle_model(cfg, case.modes)
     extra = {"path": "stream", "case": case.name, "seed": res.get("seed"),
              "simulator": res.get("sim"), "method": case.method,
@@ -190,10 +187,7 @@ def _run_item(case: SparseDSPCase, sim: str, ideal: bool) -> dict:
     b = build(case.config, sim=sim)
     res = run_cases([case], build_=b, p_idle=0.0 if ideal else None,
                     p_stall=0.0 if ideal else None)
-    rec = to_record(case, res)
-    rec["build_seconds"] = round(b.build_seconds, 1)
-    rec["build_cached"] = b.cached
-    return rec
+    return with_build(to_record(case, res), b)
 
 
 def sim_items(*, sim: str) -> list:
@@ -214,8 +208,5 @@ def sim_items(*, sim: str) -> list:
                 config=case.record_config(), macs=case.macs,
                 peak_macs_per_cycle=case.config.peak_macs_per_cycle(case.mode.pattern),
                 run=lambda case=case: _run_item(case, sim, True)))
-    try:
-        from cosim.sparse_dsp_real import real_items
-    except ImportError:
-        return items
+    from cosim.sparse_dsp_real import real_items
     return items + real_items(sim=sim)

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from golden.sparse_dsp_config import SparseDSPConfig, TileMode
 
-from cosim.sparse_dsp import DATA_ROOT, build, run_dirs, to_record, SparseDSPCase
+from cosim.flow import DATA_ROOT, cached_export, with_build
+from cosim.sparse_dsp import SparseDSPCase, build, run_dirs, to_record
 
 __all__ = ["REAL_CONFIG", "REAL_MODE", "REAL_ROWS", "REAL_TOKENS", "real_items",
            "prepare_real"]
@@ -26,20 +27,21 @@ REAL_TOKENS = 8     # activation rows: 48 x 8 tiles x 288 kept MACs = 110,592
 
 def prepare_real(root: Path | None = None) -> Path:
     """Export the real pruned layer's images (reused when they verify)."""
+    from quantflow.sparse_dsp import load_sparse_dsp
+    return cached_export(
+        Path(root or DATA_ROOT) / f"{REAL_CONFIG.name()}_smollm2_l0_q_proj_2of4_w4a8",
+        load=lambda d: load_sparse_dsp(d, REAL_CONFIG), export=_export_real)
+
+
+def _export_real(outdir: Path) -> None:
+    """The layer's first REAL_ROWS rows, Wanda-pruned with the activations it
+    sees on the calibration text, against the last tokens of an evaluation window."""
     import torch
 
-    from quantflow import QuantflowError
     from quantflow.models.loaders import load_model
-    from quantflow.sparse_dsp import export_sparse_dsp, load_sparse_dsp
+    from quantflow.sparse_dsp import export_sparse_dsp
     from quantflow.text import calibration_tokens, evaluation_tokens
 
-    outdir = Path(root or DATA_ROOT) / f"{REAL_CONFIG.name()}_smollm2_l0_q_proj_2of4_w4a8"
-    if (outdir / "manifest.json").is_file():
-        try:
-            load_sparse_dsp(outdir, REAL_CONFIG)
-            return outdir
-        except QuantflowError:
-            pass
     lm = load_model("smollm2", progress=False)
     lin = dict(lm.model.named_modules())[REAL_LAYER]
     seen = []
@@ -60,7 +62,6 @@ def prepare_real(root: Path | None = None) -> Path:
                       calib=calib, provenance={"source": "smollm2", "layer": REAL_LAYER,
                                                "rows": f"0..{REAL_ROWS - 1}",
                                                "tokens": "last 8 of eval window 0"})
-    return outdir
 
 
 def _run(sim: str) -> dict:
@@ -71,8 +72,7 @@ def _run(sim: str) -> dict:
                          method="wanda", seed=5)
     rec = to_record(case, res, label="stream smollm2-l0-q_proj")
     rec["case"] = d.name
-    rec["build_seconds"] = round(b.build_seconds, 1)
-    return rec
+    return with_build(rec, b)
 
 
 def real_items(*, sim: str) -> list:

@@ -14,10 +14,9 @@ sim_seconds, stall/idle counts, errors.
 from __future__ import annotations
 
 import cocotb
-from cocotb.clock import Clock
 
 from cosim.runner import read_job, write_result
-from cosim.tb.common import Stopwatch, job_seed
+from cosim.tb.common import Stopwatch, inject_errors, job_seed, start_clock
 from cosim.tb.streams import Scoreboard, StreamRun, StreamSink, StreamSource, stream_rngs
 
 STREAMS = ("ctrl", "act", "weight", "scale")
@@ -39,9 +38,7 @@ def load_job(job: dict):
         modes += [img.mode] * img.tiles
         macs += img.dense_macs
         kept += img.kept_macs
-    expected = list(words.pop("result"))
-    for idx, mask in job.get("corrupt_expected", []):
-        expected[idx] ^= int(mask)  # error injection: proves the scoreboard can fail
+    expected = inject_errors(list(words.pop("result")), job.get("corrupt_expected"))
     return cfg, words, expected, modes, macs, kept
 
 
@@ -61,7 +58,7 @@ async def sparse_dsp_stream(dut):
                for i, k in enumerate(STREAMS)]
     sink = StreamSink(dut, "result", p_stall=p_stall, rng=sub[-1])
     sb = Scoreboard(expected)
-    Clock(dut.clk, 2, unit="ns").start()
+    start_clock(dut.clk)
     run = StreamRun(dut, sources, sink)
     await run.reset()
     sim_seconds = await run.run(len(expected), max_cycles)
