@@ -16,15 +16,14 @@ from pathlib import Path
 from golden.sparse_dsp_config import PATTERN_NAMES, MODES, SparseDSPConfig, TileMode
 
 from cosim import runner
+from cosim.cases import MIN_MACS
 from cosim.flow import DATA_ROOT, cached_export, is_ideal, run_on, with_build
 from cosim.report import make_record
 
-__all__ = ["MIN_MACS", "DEFAULT_CONFIG", "SparseDSPCase", "prepare_data", "build",
+__all__ = ["DEFAULT_CONFIG", "SparseDSPCase", "prepare_data", "build",
            "run_dirs", "run_cases", "to_record", "default_plan", "sim_items"]
 
 STREAM_TB = "cosim.tb.sparse_dsp_stream"
-#: Compared (kept, i.e. executed) MACs per configuration in `make sim`.
-MIN_MACS = 100_000
 #: The chain `make sim` and the tests build: 8 DSPs in two groups of 4.
 DEFAULT_CONFIG = SparseDSPConfig(L=8, group_len=4, K=512, qgroup=64)
 
