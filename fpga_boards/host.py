@@ -1,8 +1,7 @@
-"""Host code of the Alveo kernels: one host sequence, two backends.
+"""Host code of the Alveo kernels: one host sequence for any device.
 
     device = XrtDevice("build/boards/u280/mixpe/mixpe.xclbin", spec)   # a card (pyxrt)
-    device = SimDevice(spec)                                           # Verilator + cocotb
-    res = run_mixpe(device, images)                                    # same code for both
+    res = run_mixpe(device, images)
 
 The sequence is XRT's: allocate one buffer object per kernel argument in the
 memory bank the argument is linked to (`kernel.group_id(i)`), write quantflow's
@@ -10,27 +9,21 @@ words, sync to the device, start the kernel with (buffers..., scalars...), wait,
 sync the result buffer back, read it and compare with golden.
 
 `XrtDevice` imports `pyxrt` (shipped with XRT, not on PyPI) only when it is
-constructed; `SimDevice` runs each `wait()` as one cocotb simulation of the RTL
-kernel (cosim/tb/kernel_axi.py) that plays XRT's register protocol against the
-AXI4-Lite port while AxiRam models device memory, so this module is exercised
-in CI.
+constructed. The simulated device with the same calls, `cosim.xrt_sim.SimDevice`
+(the RTL kernel under Verilator and cocotb), lives in cosim, which imports this
+module; fpga_boards never imports cosim. `python -m cosim host` runs this CLI on it.
 """
 from __future__ import annotations
 
-import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from .kernel import KernelSpec, bytes_to_words, words_to_bytes
 
-__all__ = ["XrtUnavailable", "XrtDevice", "SimDevice", "HostResult", "run_kernel",
-           "run_mixpe", "register_writes", "main"]
-
-#: Device addresses the simulation backend hands out: one window per memory bank
-#: group, buffers 4 KB aligned (as XRT allocates them).
-SIM_BANK_BASE = 0x4_0000_0000
-SIM_BANK_STRIDE = 0x1_0000_0000
-SIM_ALIGN = 4096
+__all__ = ["XrtUnavailable", "XrtDevice", "HostResult", "run_kernel", "run_mixpe",
+           "mixpe_inputs", "mixpe_expected", "register_writes", "main"]
 
 
 class XrtUnavailable(RuntimeError):
@@ -45,8 +38,8 @@ def _import_pyxrt():
             "pyxrt (XRT's Python binding) is not importable: install XRT "
             "(https://github.com/Xilinx/XRT, 2022.2 or later) on the machine with the "
             "Alveo card and `source /opt/xilinx/xrt/setup.sh` before running; on a "
-            "machine without a card use the simulation backend (SimDevice, "
-            "`python -m fpga_boards host --sim`)") from None
+            "machine without a card run the simulated kernel instead: "
+            "`python -m cosim host <images> --config '<json>'`") from None
     return pyxrt
 
 
@@ -121,113 +114,12 @@ class _XrtRun:
             raise RuntimeError(f"kernel run ended in state {state}")
 
 
-# --------------------------------------------------------------------------- simulation
-
-class _SimBuffer:
-    def __init__(self, address: int, nbytes: int):
-        self.address = address
-        self.nbytes = nbytes
-        self.host = bytearray(nbytes)
-        self.device = bytearray(nbytes)
-
-    def write(self, data: bytes) -> None:
-        if len(data) > self.nbytes:
-            raise ValueError(f"writing {len(data)} bytes into a {self.nbytes}-byte buffer")
-        self.host[:len(data)] = data
-
-    def sync_to_device(self) -> None:
-        self.device[:] = self.host
-
-    def sync_from_device(self) -> None:
-        self.host[:] = self.device
-
-    def read(self) -> bytes:
-        return bytes(self.host)
-
-
-class SimDevice:
-    """The RTL kernel under Verilator as a device: same calls as XrtDevice.
-
-    wait: "poll" (XRT's default: poll ap_done) or "irq" (interrupt);
-    p_stall: random AXI back-pressure on every channel; checks: also check the
-    register map during the run (cosim/tb/kernel_axi.py); offset: see alloc."""
-
-    def __init__(self, spec: KernelSpec, *, wait: str = "poll", p_stall: float = 0.0,
-                 checks: bool = False, seed: int = 1, sim: str | None = None,
-                 offset: int = 0):
-        if wait not in ("poll", "irq"):
-            raise ValueError(f"wait must be 'poll' or 'irq', got {wait!r}")
-        self.spec = spec
-        self.wait_mode, self.p_stall, self.checks, self.seed = wait, p_stall, checks, seed
-        self.sim = sim
-        # Added to every buffer address (a multiple of the widest beat): buffers
-        # then straddle 4 KB boundaries, which the DMAs' bursts must not cross.
-        self.offset = offset
-        self.buffers: list[_SimBuffer] = []
-        self._next: dict[int, int] = {}
-        self._build = None
-        self.last_cycles: int | None = None
-        self.last_result: dict | None = None
-
-    def build(self):
-        if self._build is None:
-            from cosim.kernel_mixpe import kernel_build
-            self._build = kernel_build(self.spec, sim=self.sim)
-        return self._build
-
-    def alloc(self, arg_index: int, nbytes: int) -> _SimBuffer:
-        # group_id of XRT: the bank the argument is linked to; here one window per arg.
-        base = self._next.get(arg_index,
-                              SIM_BANK_BASE + arg_index * SIM_BANK_STRIDE + self.offset)
-        buf = _SimBuffer(base, nbytes)
-        self._next[arg_index] = base + -(-max(nbytes, 1) // SIM_ALIGN) * SIM_ALIGN
-        self.buffers.append(buf)
-        return buf
-
-    def start(self, values: list):
-        vals = {}
-        for a, v in zip(self.spec.args, values):
-            vals[a.name] = v.address if isinstance(v, _SimBuffer) else int(v)
-        return _SimRun(self, register_writes(self.spec, vals))
-
-    def execute(self, runs: list[list[tuple[int, int]]]) -> dict:
-        """Run one simulation of `runs` (each a list of register writes), back to
-        back, with every buffer's device copy as the memory image."""
-        from cosim import runner
-        job = {
-            "masters": [{"name": b.name, "direction": b.direction} for b in self.spec.buffers],
-            "memory": [[b.address, bytes(b.device).hex()] for b in self.buffers if b.nbytes],
-            "runs": [{"regs": [list(r) for r in regs], "wait": self.wait_mode,
-                      "readback": [[b.address, b.nbytes] for b in self.buffers]}
-                     for regs in runs],
-            "p_stall": self.p_stall, "checks": self.checks, "seed": self.seed,
-        }
-        res = runner.run(self.build(), test_module="cosim.tb.kernel_axi", job=job)
-        if not res.get("passed"):
-            raise RuntimeError("simulated kernel run failed: "
-                               + "; ".join(res.get("errors", [])) + f" (log {res.get('log')})")
-        last = res["runs"][-1]
-        for b, hexdata in zip(self.buffers, last["readback"]):
-            b.device[:] = bytes.fromhex(hexdata)
-        self.last_cycles = last["cycles"]
-        self.last_result = res
-        return res
-
-
-class _SimRun:
-    def __init__(self, device: SimDevice, regs):
-        self.device, self.regs = device, regs
-
-    def wait(self, timeout_ms: int = 0) -> None:
-        self.device.execute([self.regs])
-
-
 # --------------------------------------------------------------------------- the sequence
 
 @dataclass(frozen=True, kw_only=True)
 class HostResult:
     outputs: dict           # buffer name -> words read back
-    cycles: int | None      # simulated kernel cycles (SimDevice), None on a card
+    cycles: int | None      # simulated kernel cycles (cosim.xrt_sim), None on a card
 
 
 def run_kernel(device, spec: KernelSpec, inputs: dict, scalars: dict) -> HostResult:
@@ -288,30 +180,32 @@ def run_mixpe(device, images) -> dict:
             "first_mismatch": bad[0] if bad else None, "cycles": res.cycles}
 
 
-def main(argv=None) -> int:
+def main(argv=None, *, prog: str = "python -m fpga_boards host",
+         simulated: Callable[[KernelSpec, str], object] | None = None) -> int:
+    """Run the MixPE kernel on quantflow images and compare with golden: on a card
+    (--xclbin), or, when `simulated` ((spec, wait) -> device) is given, on that
+    device (cosim.xrt_sim.main passes its SimDevice)."""
     import argparse
     import json
     from golden.mixpe_config import MixPEConfig
     from quantflow import load_mixpe
     from .kernel import mixpe_kernel
 
-    ap = argparse.ArgumentParser(prog="python -m fpga_boards host",
-                                 description="run the MixPE kernel on quantflow images")
+    ap = argparse.ArgumentParser(prog=prog, description="run the MixPE kernel on quantflow "
+                                 + ("images, simulated" if simulated else "images on a card"))
     ap.add_argument("images", type=Path, help="a quantflow export directory")
     ap.add_argument("--config", default="{}", help="MixPE configuration as JSON")
-    g = ap.add_mutually_exclusive_group(required=True)
-    g.add_argument("--xclbin", type=Path, help="run on a card through pyxrt")
-    g.add_argument("--sim", action="store_true", help="run the simulated kernel")
+    if simulated is None:
+        ap.add_argument("--xclbin", type=Path, required=True, help="the kernel's xclbin")
     ap.add_argument("--wait", choices=("poll", "irq"), default="poll")
     args = ap.parse_args(argv)
     cfg = MixPEConfig(**json.loads(args.config))
     spec = mixpe_kernel(cfg)
-    images = load_mixpe(args.images, cfg)
     try:
-        device = SimDevice(spec, wait=args.wait) if args.sim else XrtDevice(args.xclbin, spec)
+        device = simulated(spec, args.wait) if simulated else XrtDevice(args.xclbin, spec)
     except XrtUnavailable as e:
-        print(f"error: {e}", file=os.sys.stderr)
+        print(f"error: {e}", file=sys.stderr)
         return 3
-    out = run_mixpe(device, images)
+    out = run_mixpe(device, load_mixpe(args.images, cfg))
     print(json.dumps(out))
     return 0 if out["passed"] else 1

@@ -1,5 +1,10 @@
-"""python -m hdl: write Verilog.
+"""python -m hdl: write Verilog of any block (hdl.generate.BLOCKS).
 
+  python -m hdl <block> [--config JSON] [--kind KIND] [--options JSON] --out DIR
+      block: mixpe, lut, sparse_dsp, pim, kv4_attention; --config gives fields of
+      the block's golden configuration (the rest keep their defaults); --kind
+      picks one of the block's designs; --options its keyword arguments, e.g.
+      python -m hdl pim --kind system --options '{"sizes": {"max_mem": 64, ...}}'
   python -m hdl mixpe --bits 4 --group 64 --rows 4 --cols 8 --K 1024 --out DIR
   python -m hdl mixpe ... --system --max-m-tiles 2 --max-n-tiles 2 --out DIR
   python -m hdl mixpe ... --cell --out DIR
@@ -8,51 +13,99 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
 
-from golden.mixpe_config import MixPEConfig
+from .generate import BLOCKS, default_designs, design, write_verilog
 
-from .generate import default_designs, mixpe_factory, write_verilog
+#: MixPE's own flags: configuration fields, and the kind and tile options.
+_MIXPE_FIELDS = ("bits", "group", "rows", "cols", "K")
+_MIXPE_TILES = ("max_m_tiles", "max_n_tiles")
+
+
+class UsageError(ValueError):
+    """A mistake on the command line."""
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m hdl", description="Generate Verilog.")
-    p.add_argument("design", nargs="?", choices=["mixpe"], help="block to generate")
-    p.add_argument("--all", action="store_true", help="generate the default design set")
+    p = argparse.ArgumentParser(prog="python -m hdl", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("block", nargs="?", help=f"block to generate: {', '.join(BLOCKS)}")
+    p.add_argument("--all", action="store_true", help="generate every block's default designs")
     p.add_argument("--out", default="build/verilog", help="output directory")
-    defaults = MixPEConfig()
-    for field in ("bits", "group", "rows", "cols", "K"):
-        p.add_argument(f"--{field}", type=int, default=getattr(defaults, field))
-    kind = p.add_mutually_exclusive_group()
+    p.add_argument("--config", default="{}", help="configuration fields as a JSON object")
+    p.add_argument("--kind", default=None, help="which design of the block (default: the first)")
+    p.add_argument("--options", default="{}", help="the design's options as a JSON object")
+    mix = p.add_argument_group("mixpe only")
+    for field in _MIXPE_FIELDS:
+        mix.add_argument(f"--{field}", type=int, default=None)
+    kind = mix.add_mutually_exclusive_group()
     kind.add_argument("--system", action="store_true", help="MixPESystem (memories + sequencer)")
     kind.add_argument("--cell", action="store_true", help="a single MixPECell")
-    p.add_argument("--max-m-tiles", type=int, default=1)
-    p.add_argument("--max-n-tiles", type=int, default=1)
+    for opt in _MIXPE_TILES:
+        mix.add_argument(f"--{opt.replace('_', '-')}", dest=opt, type=int, default=None)
     return p
+
+
+def _json_object(flag: str, text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{flag} is not valid JSON ({e.msg} at character {e.pos}); "
+                         f"quote it in the shell, e.g. {flag} '{{\"rows\": 2}}'") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"{flag} must be a JSON object of fields, got {text!r}")
+    return value
+
+
+def _mixpe_flags(args) -> tuple[dict, dict]:
+    """(config fields, design options) given by MixPE's own flags."""
+    fields = {f: getattr(args, f) for f in _MIXPE_FIELDS if getattr(args, f) is not None}
+    opts = {o: getattr(args, o) for o in _MIXPE_TILES if getattr(args, o) is not None}
+    if args.system or args.cell:
+        opts["kind"] = "system" if args.system else "cell"
+    if args.block != "mixpe" and (fields or opts):
+        raise UsageError(f"--bits/--group/--rows/--cols/--K/--system/--cell/--max-*-tiles "
+                         f"are MixPE flags; for {args.block} use --config and --kind")
+    for o, v in opts.items():
+        if o in _MIXPE_TILES and v < 1:
+            raise UsageError(f"--{o.replace('_', '-')} must be >= 1, got {v}")
+    return fields, opts
+
+
+def _config(block: str, fields: dict):
+    cls = BLOCKS[block].config
+    known = [f.name for f in dataclasses.fields(cls) if f.init]
+    unknown = sorted(set(fields) - set(known))
+    if unknown:
+        raise UsageError(f"{cls.__name__} has no field {', '.join(map(repr, unknown))}; "
+                         f"its fields are {', '.join(known)}")
+    return cls(**fields)
+
+
+def _selected(args) -> list:
+    if args.all == (args.block is not None):
+        raise UsageError(f"give either a block name ({', '.join(BLOCKS)}) or --all")
+    if args.all:
+        return default_designs()
+    if args.block not in BLOCKS:
+        raise UsageError(f"unknown block {args.block!r}; choose one of {', '.join(BLOCKS)}")
+    flag_fields, opts = _mixpe_flags(args)
+    fields = {**_json_object("--config", args.config), **flag_fields}
+    opts = {**_json_object("--options", args.options), **opts}
+    if args.kind is not None:
+        opts["kind"] = args.kind
+    return [design(args.block, _config(args.block, fields), **opts)]
 
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
-        if args.all == (args.design is not None):
-            raise ValueError("give either a design name (mixpe) or --all")
-        if args.all:
-            designs = default_designs()
-        else:
-            config = MixPEConfig(bits=args.bits, group=args.group, rows=args.rows,
-                                 cols=args.cols, K=args.K)
-            kind = "system" if args.system else "cell" if args.cell else "array"
-            if kind == "system":
-                for flag, v in (("--max-m-tiles", args.max_m_tiles),
-                                ("--max-n-tiles", args.max_n_tiles)):
-                    if v < 1:
-                        raise ValueError(f"{flag} must be >= 1, got {v}")
-            designs = [mixpe_factory(config, kind=kind, max_m_tiles=args.max_m_tiles,
-                                     max_n_tiles=args.max_n_tiles)]
-        for name, factory in designs:
-            path = write_verilog(factory(), name, args.out)
-            print(path)
-    except ValueError as e:
+        for name, factory in _selected(args):
+            print(write_verilog(factory(), name, args.out))
+    except (ValueError, TypeError) as e:
+        # a bad field value or option: the configuration's own message names the fix
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

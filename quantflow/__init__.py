@@ -1,6 +1,7 @@
 """quantflow: quantizers, packers and memory-image emitters (DESIGN §3.1, §3.2, §3.8).
 
-Imports golden (the numeric specification), never hdl or cosim.
+Import rules (enforced by tests/test_layering.py): quantflow imports golden
+(the numeric specification) and quattro_fs, never hdl, cosim or fpga_boards.
 """
 from .errors import QuantflowError
 from .imagedir import read_hex, read_manifest, write_hex

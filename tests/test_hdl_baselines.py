@@ -1,11 +1,14 @@
-"""BaselinePE computes acc = sum_k a*(q-z)*s2 (int32 wrap), checked in amaranth.sim."""
+"""hdl.baselines, checked in amaranth.sim: BaselinePE computes
+acc = sum_k a*(q-z)*s2 (int32 wrap), BaselineArray per row and column,
+ProductKernel a*q, DenseChain each group's dot product."""
 import random
 
 import pytest
 from amaranth.sim import Simulator
 
 from golden.mixpe_config import MixPEConfig
-from hdl.baseline_pe import BASELINE_LATENCY, BaselineArray, BaselinePE
+from golden.sparse_dsp_config import SparseDSPConfig
+from hdl.baselines import BASELINE_LATENCY, BaselineArray, BaselinePE, DenseChain, ProductKernel
 
 
 def _wrap32(x: int) -> int:
@@ -79,7 +82,7 @@ def test_baseline_pe_wraps_int32():
 
 @pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
 def test_baseline_pe_rejects_non_config():
-    with pytest.raises(ValueError, match="MixPEConfig"):
+    with pytest.raises(TypeError, match="MixPEConfig"):
         BaselinePE({"bits": 4})
 
 
@@ -147,3 +150,61 @@ def test_baseline_array_rows_and_columns():
     sim.add_testbench(bench)
     sim.run()
     assert got == expected
+
+
+@pytest.mark.parametrize("shift_add", [True, False])
+def test_product_kernel(shift_add):
+    """p = a * q one cycle later, over the whole INT8 x code range."""
+    config = MixPEConfig(bits=4, group=32, K=64)
+    dut = ProductKernel(config, shift_add=shift_add)
+    pairs = [(a, q) for a in (-128, -1, 0, 1, 127) for q in range(config.levels + 1)]
+    got = []
+
+    async def bench(ctx):
+        for a, q in pairs:
+            ctx.set(dut.a, a)
+            ctx.set(dut.q, q)
+            await ctx.tick()
+            got.append(ctx.get(dut.p))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    assert got == [a * q for a, q in pairs]
+
+
+def test_dense_chain_sums_each_group():
+    """Held operands: after the cascade fills, group g shows sum_j a[j] * b[j]
+    over its stages."""
+    config = SparseDSPConfig(L=8, group_len=4, K=512)
+    rng = random.Random(7)
+    a = [rng.randint(-128, 127) for _ in range(config.L)]
+    b = [rng.randint(-128, 127) for _ in range(config.L)]
+    dut = DenseChain(config)
+    got = []
+
+    async def bench(ctx):
+        ctx.set(dut.en, 1)
+        for j in range(config.L):
+            ctx.set(dut.a[j], a[j])
+            ctx.set(dut.b[j], b[j])
+        for _ in range(3 * config.L):
+            await ctx.tick()
+        got.extend(ctx.get(dut.p[g]) for g in range(config.n_groups))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    gl = config.group_len
+    assert got == [sum(a[j] * b[j] for j in range(g * gl, (g + 1) * gl))
+                   for g in range(config.n_groups)]
+
+
+@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+def test_baselines_reject_wrong_config_type():
+    with pytest.raises(TypeError, match="SparseDSPConfig"):
+        DenseChain(MixPEConfig())
+    with pytest.raises(TypeError, match="shift_add"):
+        ProductKernel(MixPEConfig(), shift_add=1)

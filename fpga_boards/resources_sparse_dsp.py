@@ -1,4 +1,5 @@
-"""DSP mapping of the sparse DSP chain under Yosys (DESIGN §3.5, §7).
+"""The sparse DSP chain under Yosys (DESIGN §3.5, §7): its DSP mapping and its
+resource table against the dense baseline (hdl.baselines.DenseChain).
 
 `dsp_mapping(config, family="xcup")` synthesizes the bare multiplexer + DSP
 chain (hdl.sparse_dsp.SparseDSPChain) with `synth_xilinx -family <family>` and
@@ -21,12 +22,15 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from golden.sparse_dsp_config import SparseDSPConfig
+from golden.sparse_dsp_config import PATTERN_NAMES, SparseDSPConfig
+from hdl.baselines import DenseChain
+from hdl.generate import sparse_dsp_factory, verilog
+from hdl.sparse_dsp import SparseDSP, SparseDSPChain
+from quattro_fs import atomic_write_json
 
-from .resources import DEFAULT_CACHE, ResourceEstimateError, _atomic_write_text, _yosys_argv, \
-    yosys_version
+from .resources import DEFAULT_CACHE, ResourceEstimateError, estimate, yosys_argv, yosys_version
 
-__all__ = ["dsp_mapping"]
+__all__ = ["dsp_mapping", "resource_table"]
 
 _VERSION = 1
 
@@ -42,7 +46,6 @@ def dsp_mapping(config: SparseDSPConfig, *, family: str = "xcup",
                 cache_dir: Path | str | None = DEFAULT_CACHE) -> dict:
     """{"cells": {type: count}, "muls_before": int, "dsps": [{"name", "type",
     "params" (AREG, BREG, MREG, PREG, USE_MULT, ...), "pcin": bool, "c": bool}]}"""
-    from hdl.generate import sparse_dsp_factory, verilog
     name, factory = sparse_dsp_factory(config, kind="chain")
     text = verilog(factory(), name)
     script = "\n".join([
@@ -64,7 +67,7 @@ def dsp_mapping(config: SparseDSPConfig, *, family: str = "xcup",
         t = Path(tmp)
         (t / "design.v").write_text(text)
         (t / "s.ys").write_text(script)
-        proc = subprocess.run(_yosys_argv() + ["-q", "-l", "log.txt", "-s", "s.ys"], cwd=t,
+        proc = subprocess.run(yosys_argv() + ["-q", "-l", "log.txt", "-s", "s.ys"], cwd=t,
                               capture_output=True, text=True, timeout=1800)
         if proc.returncode != 0 or not (t / "net.json").is_file():
             raise ResourceEstimateError(f"Yosys failed on {name} ({family}):\n"
@@ -84,59 +87,20 @@ def dsp_mapping(config: SparseDSPConfig, *, family: str = "xcup",
            "cells": dict(Counter(c["type"] for c in mod["cells"].values())),
            "muls_before": int(pre_cells.get("$mul", 0)), "dsps": dsps}
     if cache is not None:
-        _atomic_write_text(cache, json.dumps(out, indent=1))
+        atomic_write_json(cache, out)
     return out
-
-
-def dense_chain(config: SparseDSPConfig):
-    """Baseline: the same DSP groups fed directly (no sparse multiplexer, no W4A8
-    zero point), i.e. a plain dense DSP48 cascade of L stages."""
-    from amaranth.hdl import Module
-    from amaranth.lib import wiring
-    from amaranth.lib.wiring import In, Out
-    from amaranth.lib import data
-    from amaranth.hdl import signed
-
-    from golden.formats import ACT_BITS
-    from golden.sparse_dsp_config import DSP_ACC_BITS
-    from hdl.sparse_dsp import B_BITS, DSPGroup
-
-    class DenseChain(wiring.Component):
-        def __init__(self):
-            super().__init__({
-                "en": In(1),
-                "a": In(data.ArrayLayout(signed(ACT_BITS), config.L)),
-                "b": In(data.ArrayLayout(signed(B_BITS), config.L)),
-                "p": Out(data.ArrayLayout(signed(DSP_ACC_BITS), config.n_groups))})
-
-        def elaborate(self, platform):
-            m = Module()
-            gl = config.group_len
-            for g in range(config.n_groups):
-                grp = DSPGroup(gl)
-                m.submodules[f"group{g}"] = grp
-                m.d.comb += [grp.en.eq(self.en), self.p[g].eq(grp.p)]
-                m.d.comb += [grp.a[j].eq(self.a[g * gl + j]) for j in range(gl)]
-                m.d.comb += [grp.b[j].eq(self.b[g * gl + j]) for j in range(gl)]
-            return m
-
-    return DenseChain()
 
 
 def resource_table(configs=(SparseDSPConfig(L=8, group_len=4, K=512, qgroup=64),
                             SparseDSPConfig(L=16, group_len=4, K=1024, qgroup=64))) -> str:
     """Markdown table: dense DSP chain vs sparse chain (mux + DSPs) vs the whole
     stream block, Yosys xcup counts, dense-equivalent MACs/cycle per DSP."""
-    from golden.sparse_dsp_config import PATTERN_NAMES
-    from hdl.sparse_dsp import SparseDSP, SparseDSPChain
-
-    from .resources import estimate
     lines = ["| design | L | LUT | LUTRAM | FF | DSP48E2 | dense-eq. MACs/cycle "
              "(dense / 2:4 / 1:4 / 2:8 / 4:8) | MACs/cycle per DSP |",
              "|---|---|---|---|---|---|---|---|"]
     for cfg in configs:
         peaks = [cfg.peak_macs_per_cycle(p) for p in PATTERN_NAMES]
-        rows = [("dense DSP chain (baseline)", dense_chain(cfg), f"dense_chain_l{cfg.L}",
+        rows = [("dense DSP chain (baseline)", DenseChain(cfg), f"dense_chain_l{cfg.L}",
                  [cfg.L]),
                 ("sparse chain (mux + DSPs)", SparseDSPChain(cfg), f"{cfg.name()}_chain", peaks),
                 ("SparseDSP stream block", SparseDSP(cfg), cfg.name(), peaks)]

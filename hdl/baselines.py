@@ -1,6 +1,12 @@
-"""Conventional dequantize-then-multiply PE: the baseline MixPE is compared with.
+"""Baseline hardware the project's blocks are compared with (docs/results.md):
 
-Per element it reconstructs the INT8 weight with a multiplier,
+  BaselinePE, BaselineArray  conventional dequantize-then-multiply PE and array
+                             (against hdl.mixpe's MixPECell and MixPE)
+  ProductKernel              the per-element product a * q alone, by shift-and-add
+                             or by `*` (the shift-add question without the rest of a PE)
+  DenseChain                 a dense DSP48 cascade (against hdl.sparse_dsp's chain)
+
+BaselinePE reconstructs the INT8 weight per element with a multiplier,
 `w8 = (q - z) * s2` (DESIGN §3.2 step 3), multiplies it with the activation,
 `a * w8`, and accumulates in int32 (two's complement wrap). It takes one
 element per cycle, i.e. one MAC per cycle: the same throughput and the same
@@ -24,12 +30,23 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from golden.formats import ACC_BITS, ACT_BITS, SCALE_BITS
-
 from golden.mixpe_config import MixPEConfig
+from golden.sparse_dsp_config import DSP_ACC_BITS, SparseDSPConfig
+from golden.validate import check_bool, expect_type
 
-from .rtl import count_width
+from .mixpe import product_shape
+from .rtl import count_width, tree_sum
+from .sparse_dsp import B_BITS, DSPGroup
 
-__all__ = ["BaselinePE", "BaselineArray", "BASELINE_LATENCY"]
+__all__ = ["BaselinePE", "BaselineArray", "BASELINE_LATENCY", "ProductKernel", "DenseChain"]
+
+def _config(component, config, cls):
+    """`config` checked to be a `cls`. A component whose constructor fails is
+    never elaborated, so Amaranth's "created but never used" warning is silenced."""
+    if not isinstance(config, cls):
+        component._MustUse__silence = True
+    return expect_type("config", config, cls)
+
 
 #: Cycles from an element on the inputs to its contribution being in `acc`.
 BASELINE_LATENCY = 3
@@ -54,11 +71,7 @@ class BaselinePE(wiring.Component):
     """
 
     def __init__(self, config: MixPEConfig):
-        if not isinstance(config, MixPEConfig):
-            self._MustUse__silence = True  # never elaborated: no "unused" warning
-            raise ValueError(f"BaselinePE needs a golden.config.MixPEConfig, got "
-                             f"{type(config).__name__}")
-        self.config = config
+        self.config = _config(self, config, MixPEConfig)
         super().__init__({
             "valid": In(1),
             "a": In(signed(ACT_BITS)),
@@ -129,11 +142,7 @@ class BaselineArray(wiring.Component):
     """
 
     def __init__(self, config: MixPEConfig):
-        if not isinstance(config, MixPEConfig):
-            self._MustUse__silence = True
-            raise ValueError(f"BaselineArray needs a golden.config.MixPEConfig, got "
-                             f"{type(config).__name__}")
-        self.config = config
+        self.config = _config(self, config, MixPEConfig)
         super().__init__({
             "valid": In(1),
             "first": In(1),
@@ -170,4 +179,59 @@ class BaselineArray(wiring.Component):
                         m.d.comb += self.result[c].eq(pes[r][c].out)
                 with m.Default():
                     m.d.comb += self.result[c].eq(pes[cfg.rows - 1][c].out)
+        return m
+
+
+class ProductKernel(wiring.Component):
+    """The per-element product `p = a * q`, registered, for `config.bits`-bit codes:
+    by shift-and-add over the code bits as MixPE's S2 stage computes it
+    (`shift_add=True`), or with `*`.
+
+    Ports: a: In(signed(8)), q: In(unsigned(bits)), p: Out(hdl.mixpe.product_shape)
+    (p is a and q of the previous cycle)."""
+
+    def __init__(self, config: MixPEConfig, *, shift_add: bool):
+        self.config = _config(self, config, MixPEConfig)
+        if not isinstance(shift_add, bool):
+            self._MustUse__silence = True
+        self.shift_add = check_bool("shift_add", shift_add)
+        super().__init__({"a": In(signed(ACT_BITS)), "q": In(unsigned(config.bits)),
+                          "p": Out(product_shape(config))})
+
+    def elaborate(self, platform):
+        m = Module()
+        if self.shift_add:
+            m.d.sync += self.p.eq(tree_sum(
+                [Mux(self.q[i], self.a << i, 0) for i in range(self.config.bits)]))
+        else:
+            m.d.sync += self.p.eq(self.a * self.q)
+        return m
+
+
+class DenseChain(wiring.Component):
+    """The DSP groups of hdl.sparse_dsp.SparseDSPChain fed directly: no sparse
+    multiplexer and no W4A8 zero point, i.e. a plain dense DSP48 cascade of
+    `config.L` stages in groups of `config.group_len`.
+
+    Ports: en: In(1) (advances the pipeline), a: In(ArrayLayout(signed(8), L)),
+    b: In(ArrayLayout(signed(8), L)), p: Out(ArrayLayout(signed(DSP_ACC_BITS), n_groups))
+    (group g's sum of a[j] * b[j] over its stages, after the chain latency)."""
+
+    def __init__(self, config: SparseDSPConfig):
+        self.config = _config(self, config, SparseDSPConfig)
+        super().__init__({
+            "en": In(1),
+            "a": In(data.ArrayLayout(signed(ACT_BITS), config.L)),
+            "b": In(data.ArrayLayout(signed(B_BITS), config.L)),
+            "p": Out(data.ArrayLayout(signed(DSP_ACC_BITS), config.n_groups))})
+
+    def elaborate(self, platform):
+        m = Module()
+        gl = self.config.group_len
+        for g in range(self.config.n_groups):
+            grp = DSPGroup(gl)
+            m.submodules[f"group{g}"] = grp
+            m.d.comb += [grp.en.eq(self.en), self.p[g].eq(grp.p)]
+            m.d.comb += [grp.a[j].eq(self.a[g * gl + j]) for j in range(gl)]
+            m.d.comb += [grp.b[j].eq(self.b[g * gl + j]) for j in range(gl)]
         return m
