@@ -17,7 +17,7 @@ Every rounding is round-half-to-even (torch.round). Steps, for W [N, K]:
        s2 = max(1, round((hi - lo) / levels))               levels = 2**bits - 1
        z  = clamp(round(-lo / s2), 0, levels)
        q  = clamp(round(W8 / s2 + z), 0, levels)
-   s2 and z*s2 must fit golden.config.SCALE_BITS (unsigned), else refused.
+   s2 and z*s2 must fit golden.formats.SCALE_BITS (unsigned), else refused.
    Note: because s2 is rounded to an integer it can be smaller than
    (hi - lo)/levels, and z is clamped, so a group's extreme values may saturate
    (error up to (levels + s2)/2 W8 units instead of s2/2). This is the contract.

@@ -33,7 +33,7 @@ def test_mixpe_layouts():
     sw = qf.pack_scale_words(s2, z, cfg)
     rw = qf.pack_result_words(acc, cfg)
     assert (len(aw), len(cw), len(sw), len(rw)) == (3 * 64, 2 * 64, 2 * 2, 2 * 3 * 2)
-    # spot checks straight from the layout definitions in golden/config.py
+    # spot checks straight from the layout definitions in golden/mixpe_config.py
     tm, k, r = 2, 5, 1
     assert (aw[tm * 64 + k] >> (8 * r)) & 0xFF == a[tm * 2 + r, k] & 0xFF
     tn, c = 1, 3
