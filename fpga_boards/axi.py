@@ -33,7 +33,7 @@ from amaranth.utils import ceil_log2, exact_log2
 
 from hdl.streams import NestedAddressGenerator
 
-from hdl.rtl import count_width, is_const
+from hdl.rtl import count_width, is_const, zext
 
 __all__ = [
     "AXI_ADDR_BITS", "AXIL_DATA_BITS", "AXIL_ADDR_BITS", "AXI_ID_BITS", "MAX_BURST_BEATS",
@@ -229,13 +229,6 @@ class ControlSlave(wiring.Component):
         return m
 
 
-def _zext(value, width: int):
-    """`value` zero-extended to `width` bits as an explicit concatenation, so the
-    generated Verilog has operands of equal width (Verilator -Wall WIDTHEXPAND)."""
-    n = len(value)
-    return value if n >= width else Cat(value, Const(0, width - n))
-
-
 _BURST = data.StructLayout({"addr": unsigned(AXI_ADDR_BITS), "len": unsigned(8)})
 
 
@@ -285,7 +278,7 @@ class BurstSplitter(wiring.Component):
             m.d.sync += [addr.eq(self.ranges.payload), remaining.eq(self.range_beats),
                          active.eq(1)]
         with m.If(self.bursts.valid & self.bursts.ready):
-            m.d.sync += [addr.eq(addr + _zext(Cat(Const(0, shift), n), AXI_ADDR_BITS)),
+            m.d.sync += [addr.eq(addr + zext(Cat(Const(0, shift), n), AXI_ADDR_BITS)),
                          remaining.eq(remaining - n)]
             with m.If(remaining == n):
                 m.d.sync += active.eq(0)
@@ -349,7 +342,7 @@ class _RangeDMA(wiring.Component):
         m.d.comb += [gen.start.eq(self.start), gen.n_outer.eq(self.n_outer),
                      gen.n_inner.eq(self.n_inner),
                      split.ranges.valid.eq(gen.addr.valid),
-                     split.ranges.payload.eq(base + _zext(Cat(
+                     split.ranges.payload.eq(base + zext(Cat(
                          Const(0, exact_log2(self.word_bytes)), gen.addr.payload),
                          AXI_ADDR_BITS)),
                      gen.addr.ready.eq(split.ranges.ready)]

@@ -126,13 +126,14 @@ def _rshift_round(m, x, s, name: str = "rsh"):
 
 
 def _zx(m, x, width: int, name: str):
-    """x zero-extended to `width` bits in a named signal, so that both operands
-    of an unsigned add or compare have the same width (Verilator WIDTHEXPAND)."""
+    """x zero-extended to `width` bits in a named signal, the operand of an
+    unsigned add or compare at that width (rtl.zext: where Yosys still folds
+    the extension away, cosim/lint.vlt waives WIDTHEXPAND for the KV4 designs)."""
     return wire(m, zext(x, width), name)
 
 
 def _uadd(m, a, b, name: str = "add"):
-    """Unsigned a + b with both operands explicitly the same width."""
+    """Unsigned a + b with both operands zero-extended to the wider one (_zx)."""
     w = max(len(a), len(b))
     return _zx(m, a, w, f"{name}_a") + _zx(m, b, w, f"{name}_b")
 

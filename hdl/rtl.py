@@ -81,8 +81,13 @@ def select(index, values):
 
 
 def zext(value, width: int):
-    """`value` zero-extended to `width` bits as an explicit concatenation, so the
-    generated Verilog has operands of equal width (Verilator -Wall WIDTHEXPAND)."""
+    """`value` zero-extended to `width` bits (returned as is when already that
+    wide): the add or compare it enters is computed at `width` bits. It does not
+    by itself make the Verilog's operands equal in width: Yosys folds the zero
+    concatenation into the operator, leaving the narrow operand for Verilog to
+    zero-extend (the same value). A named signal of it (`wire`) mostly keeps the
+    wide operand, but may be folded too; cosim/lint.vlt lists the WIDTHEXPAND
+    waivers that remain."""
     value = Value.cast(value)
     n = len(value)
     return value if n >= width else Cat(value, Const(0, width - n))
