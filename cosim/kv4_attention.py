@@ -193,8 +193,10 @@ def to_record(case: KV4Case, r: dict, *, simulator=None, data_root: Path | None 
         extra["cosine"] = None
     if case.ideal:
         extra["expected_cycles"] = model
+    # the KV head tells the real layer's records apart (report.json keys on `test`)
+    head = f"_kvh{case.kv_head}" if case.source == "real" else ""
     return make_record(
-        block="kv4_attention", test=f"{extra['path']} {case.source} T{case.T}",
+        block="kv4_attention", test=f"{extra['path']} {case.source} T{case.T}{head}",
         config=c.as_dict(), passed=bool(r.get("passed")),
         mismatches=int(r.get("mismatches", 0)), vectors=int(r.get("vectors", 0)),
         cycles=int(r.get("cycles", 0)), macs=case.macs,

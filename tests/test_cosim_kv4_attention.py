@@ -9,8 +9,9 @@ from __future__ import annotations
 import pytest
 from golden.kv4_attention_config import KV4Config
 
-from cosim.kv4_attention import (PLAN_CONFIGS, KV4Case, _run_item, case_job, run_cases,
-                                 to_record, unit_build)
+from cosim.kv4_attention import (PLAN_CONFIGS, KV4Case, _run_item, case_job, default_plan,
+                                 run_cases, to_record, unit_build)
+from cosim.report import record_key
 from hdl.kv4_attention import append_cycles, cycle_model
 
 
@@ -49,6 +50,13 @@ def test_small_unit_all_fast_cases(tmp_path):
     # random K/V with outlier channels: the hardware tracks the float scheme on the
     # same operands (its rotated, requantized query; 4-bit K/V, the last 8 at 8 bits)
     assert rec["cosine_hw_vs_float_scheme"] > 0.9999
+
+
+def test_plan_records_have_distinct_report_keys():
+    """report.json merges records by key: every planned run keeps its own."""
+    plan = default_plan()
+    keys = {record_key(to_record(case, {"passed": True, "cycles": 1})) for case in plan}
+    assert len(keys) == len(plan)
 
 
 @pytest.mark.slow
