@@ -7,13 +7,16 @@
 writes the KV4 attention fixture (float16, ~0.5 MB): q [Hq, queries, D] (the
 last `queries` positions), k and v [Hkv, tokens, D], o [Hq, queries, D] (the
 model's causal attention output for those queries), and `meta` (JSON: model,
-text, layer, positions). Deterministic: the same command rewrites the same file.
+text, layer, positions). Deterministic on one machine: the same command rewrites
+the same file (the capture runs on one torch thread). Another CPU may order the
+float32 reductions differently and round a few values to the neighbouring float16.
 """
 from __future__ import annotations
 
 import argparse
 import io
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -79,17 +82,31 @@ def _causal_out(q, k, v, positions) -> torch.Tensor:
     return F.softmax(s, -1) @ vv
 
 
+@contextmanager
+def _one_thread():
+    """torch on one thread, the caller's thread count restored after: how a
+    float reduction is split depends on the threads (and on the load when they
+    are many), and with it the last bits of the captured tensors."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def capture_fixture(out_path, *, layer: int = 10, tokens: int = 512, queries: int = 64,
                     model_name: str = DEFAULT_MODEL, text: str = DEFAULT_TEXT) -> dict:
     """Write the fixture (module docstring) atomically; returns its meta dict."""
     from .models import load_model
     if not 1 <= queries <= tokens:
         raise QuantflowError(f"queries must be in [1, tokens={tokens}], got {queries}")
-    lm = load_model(model_name, progress=False)
-    ids = real_tokens(lm.tokenizer, tokens=tokens, text=text)
-    q, k, v = capture_layers(lm.model, ids, [layer])[layer]
     pos = list(range(tokens - queries, tokens))
-    o = _causal_out(q, k, v, pos)
+    with _one_thread():
+        lm = load_model(model_name, progress=False)
+        ids = real_tokens(lm.tokenizer, tokens=tokens, text=text)
+        q, k, v = capture_layers(lm.model, ids, [layer])[layer]
+        o = _causal_out(q, k, v, pos)
     meta = {"model": model_name, "model_description": "SmolLM2-135M-Instruct (GGUF Q4_1 "
             "dequantized, quantflow.models)", "text": text, "layer": layer, "tokens": tokens,
             "query_positions": [pos[0], pos[-1]], "head_dim": int(q.shape[-1]),

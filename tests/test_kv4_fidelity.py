@@ -49,12 +49,23 @@ def test_unknown_variant_is_rejected_before_loading():
 
 
 def test_fixture_regenerates_identically(tmp_path):
-    """The committed fixture is what the capture script writes."""
+    """The committed fixture is what the capture script writes: non-float
+    arrays (meta) exactly, float16 ones within one float16 rounding step."""
     import numpy as np
     from cosim.kv4_attention import FIXTURE
     from quantflow.capture_attention import capture_fixture
     out = tmp_path / "fx.npz"
     capture_fixture(out, layer=10)
     with np.load(out) as a, np.load(FIXTURE) as b:
-        for n in ("q", "k", "v", "o"):
-            assert np.array_equal(a[n], b[n]), n
+        assert sorted(a.files) == sorted(b.files)
+        for n in a.files:
+            if a[n].dtype.kind != "f":
+                assert np.array_equal(a[n], b[n]), n
+                continue
+            # Another CPU (its SIMD width, its thread count) sums the float32
+            # forward pass in another order: a drift far below float16's
+            # resolution that moves a value to the neighbouring float16 at most,
+            # i.e. by <= 2**-10 of it (10 fraction bits). Near zero, where that
+            # step is finer than the drift, 2**-10 absolute (4x the largest
+            # such difference measured between two machines).
+            np.testing.assert_allclose(a[n], b[n], rtol=2**-10, atol=2**-10, err_msg=n)
