@@ -1,0 +1,221 @@
+"""golden.sfu: each special-function op against its float64 reference within its
+stated bound on random data (several seeds, zeros, one-signed, extreme magnitudes,
+saturation) and on real SmolLM2 activations; int64 guards (worst-case operands give
+the saturated answer, never a wrapped one); the tables of golden.sfu_config; and one
+clear TypeError / ValueError per bad input."""
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+
+from golden.formats import INT32_MAX, INT32_MIN
+from golden.sfu import (QUANT_A8_BOUND, QUANT_A8_CODE_DIFF, bitlen, dequant, dequant_bound,
+                        dequant_reference, quant_a8, quant_a8_exact, quant_a8_float, sat,
+                        shift_sat, to_fixed, to_float, token_scale, weight_scale)
+from golden.sfu_config import MANT_BITS, S1_BITS, SFUConfig
+
+torch.set_num_threads(1)
+SEEDS = (0, 1, 2)
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _x32_cases(seed: int, K: int = 96) -> torch.Tensor:
+    """Rows of X32 vectors at many magnitudes plus the edge cases."""
+    g = _gen(seed)
+    rows = [torch.randint(INT32_MIN, INT32_MAX + 1, (8, K), generator=g)]
+    for bits in (1, 3, 8, 15, 16, 17, 24, 30):
+        rows.append(torch.randint(-(1 << bits), 1 << bits, (8, K), generator=g))
+    heavy = (torch.randn(8, K, generator=g) * 2 ** 14).round().long()
+    heavy[:, 3] = 24904 << 14                       # a massive activation
+    rows.append(heavy)
+    edge = torch.zeros(8, K, dtype=torch.int64)     # row 0: all zero
+    edge[1] = -torch.arange(1, K + 1)               # all negative
+    edge[2] = INT32_MAX                             # max magnitudes
+    edge[3] = INT32_MIN
+    edge[4, 0] = INT32_MIN                          # one element, the rest zero
+    edge[5] = 1
+    edge[6, ::2], edge[6, 1::2] = 3, -3
+    edge[7] = torch.arange(K) - K // 2
+    rows.append(edge)
+    return torch.cat(rows)
+
+
+# --------------------------------------------------------------------------- helpers
+def test_bitlen_and_shift_sat_exact():
+    vals = [0, 1, 2, 3, 4, 7, 8, (1 << 31) - 1, 1 << 31, (1 << 62) - 1, 1 << 62]
+    assert bitlen(torch.tensor(vals)).tolist() == [v.bit_length() for v in vals]
+    g = _gen(0)
+    x = torch.randint(-(1 << 40), 1 << 40, (4000,), generator=g)
+    x[:4] = torch.tensor([(1 << 62) - 1, -(1 << 62) + 1, 0, -1])
+    s = torch.randint(-70, 70, (4000,), generator=g)
+    y = shift_sat(x, s)
+    for xi, si, yi in zip(x.tolist(), s.tolist(), y.tolist()):
+        v = Fraction(xi, 1) / Fraction(2) ** si
+        want = math.floor(v + Fraction(1, 2)) if si > 0 else int(v)   # round half up
+        assert yi == min(max(want, INT32_MIN), INT32_MAX), (xi, si)
+
+
+def test_to_fixed_to_float():
+    x = torch.tensor([0.5, 1.5, 2.5, -0.5, -1.5, 1e30, -1e30, 0.25]) * 2 ** -14
+    X = to_fixed(x, 14)
+    assert X.tolist() == [0, 2, 2, 0, -2, INT32_MAX, INT32_MIN, 0]   # half to even
+    assert to_fixed(torch.tensor([3.0]), 0, bits=2).tolist() == [1]
+    assert to_float(torch.tensor([3, -(1 << 20)]), 14).tolist() == [3 * 2 ** -14, -64.0]
+    with pytest.raises(ValueError, match="NaN"):
+        to_fixed(torch.tensor([float("nan")]), 14)
+    with pytest.raises(TypeError, match="float tensor"):
+        to_fixed(torch.tensor([1]), 14)
+
+
+# --------------------------------------------------------------------------- token scale, A8
+@pytest.mark.parametrize("seed", SEEDS)
+def test_token_scale(seed):
+    x = _x32_cases(seed)
+    mn, L = token_scale(x)
+    for row, m, l in zip(x.tolist(), mn.tolist(), L.tolist()):
+        amax = max(abs(v) for v in row)
+        if amax == 0:
+            assert (m, l) == (0, 0)
+            continue
+        assert 1 << (MANT_BITS - 1) <= m < 1 << MANT_BITS
+        assert l == amax.bit_length() - MANT_BITS
+        assert (m == amax >> l) if l >= 0 else (m == amax << -l)
+    # any frac: int64 vectors beyond int32 too
+    big = torch.tensor([[(1 << 61) + 12345, -3]])
+    mn, L = token_scale(big)
+    assert (int(mn), int(L)) == (((1 << 61) + 12345) >> 46, 46)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_quant_a8_against_design_formula(seed):
+    x = _x32_cases(seed)
+    a, mn, L = quant_a8(x)
+    exact, real = quant_a8_exact(x), quant_a8_float(x)
+    assert a.abs().max() <= 127
+    assert (a - exact).abs().max() <= QUANT_A8_CODE_DIFF
+    assert (a.double() - real).abs().max() <= QUANT_A8_BOUND
+    assert a[x.abs().amax(-1) == 0].abs().sum() == 0
+    # the max element of every nonzero token maps to +-127
+    nz = x.abs().amax(-1) > 0
+    assert bool((a[nz].abs().amax(-1) == 127).all())
+    # one token written out: RC = floor(2**31 / mn), a = clamp(rshift_round(...))
+    row = x[20].tolist()
+    m, l = int(mn[20]), int(L[20])
+    rc = (1 << 31) // m
+    want = [max(-127, min(127, (v * 127 * rc + (1 << (30 + l))) >> (31 + l))) for v in row]
+    assert a[20].tolist() == want
+
+
+def test_quant_a8_differs_only_near_half_codes():
+    """Where quant_a8 and the exact DESIGN rounding disagree, the real value is within
+    127 * 2**-15 of a half code (or on a tie, which rounds up instead of to even)."""
+    x = (torch.randn(2000, 576, generator=_gen(3)) * 2 ** 14).round().long()
+    a, _, _ = quant_a8(x)
+    exact, real = quant_a8_exact(x), quant_a8_float(x)
+    diff = a != exact
+    assert 0 < diff.double().mean() < 0.002
+    dist = ((real[diff] - real[diff].floor()) - 0.5).abs()
+    assert dist.max() <= QUANT_A8_BOUND - 0.5
+
+
+# --------------------------------------------------------------------------- weight scale, dequant
+def test_weight_scale():
+    s1 = torch.tensor([0.0, 1e-3, 2.5e-3, 7e-4, 0.0], dtype=torch.float64)
+    S1, e = weight_scale(s1)
+    assert int(S1.max()) < 1 << S1_BITS <= 2 * int(S1.max()) + 1
+    assert round(2.5e-3 / 127 * 2.0 ** (e + 1)) >= 1 << S1_BITS    # e is the largest
+    assert S1[0] == 0 and S1[4] == 0
+    assert ((S1 * 2.0 ** -e - s1 / 127).abs() <= 2.0 ** -(e + 1)).all()
+    assert weight_scale(torch.zeros(3))[1] == 0
+    # float16 scales (QoQ stores s1 in fp16) are read exactly
+    S1h, eh = weight_scale(torch.tensor([0.01, 0.02], dtype=torch.float16))
+    assert eh == e - 3 and int(S1h[1]) == round(float(torch.tensor(0.02, dtype=torch.float16))
+                                                / 127 * 2.0 ** eh)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_dequant_against_float(seed):
+    g = _gen(seed)
+    M, N = 40, 48
+    x = _x32_cases(seed, K=64)[:M]
+    _, mn, L = quant_a8(x)
+    amax = x.abs().amax(-1)
+    s1 = torch.rand(N, generator=g, dtype=torch.float64) * 0.02
+    s1[0] = 0.0
+    s1[1] = 1e-6                                   # a channel 10**4 below the largest
+    S1, e = weight_scale(s1)
+    acc = torch.randint(INT32_MIN, INT32_MAX + 1, (M, N), generator=g)
+    acc[:, 2] = INT32_MIN
+    acc[:, 3] = INT32_MAX
+    acc[:, 4] = (torch.randn(M, generator=g) * 1000).round().long()
+    for in_frac, out_frac in ((14, 14), (14, 20), (20, 8), (0, 14)):
+        y = dequant(acc, S1, e, mn, L, in_frac=in_frac, out_frac=out_frac)
+        ref = dequant_reference(acc, s1, amax, in_frac=in_frac, out_frac=out_frac)
+        bound = dequant_bound(acc, s1, e, amax, in_frac=in_frac, out_frac=out_frac)
+        assert y.abs().max() <= INT32_MAX + 1
+        err = (y - ref.clamp(INT32_MIN, INT32_MAX)).abs()
+        assert bool((err <= bound * (1 + 1e-12)).all()), float((err / bound).max())
+    # the saturating corner was reached, on both sides
+    assert (y == INT32_MAX).any() and (y == INT32_MIN).any()
+
+
+def test_dequant_worst_case_saturates_never_wraps():
+    acc = torch.tensor([[INT32_MIN, INT32_MAX, 1, -1, 0]])
+    S1 = torch.full((5,), (1 << S1_BITS) - 1)
+    mn, L = torch.tensor([(1 << MANT_BITS) - 1]), torch.tensor([15])
+    big = dequant(acc, S1, -60, mn, L, in_frac=0, out_frac=30)     # a huge left shift
+    assert big.tolist() == [[INT32_MIN, INT32_MAX, INT32_MAX, INT32_MIN, 0]]
+    tiny = dequant(acc, S1, 100, mn, L, in_frac=14, out_frac=0)    # shifted out
+    assert tiny.tolist() == [[0, 0, 0, 0, 0]]
+
+
+# --------------------------------------------------------------------------- bad inputs
+def _ok_dequant(**over):
+    kw = dict(acc=torch.zeros(2, 3, dtype=torch.int64), S1=torch.ones(3, dtype=torch.int64),
+              e=20, mn=torch.full((2,), 1 << 15), L=torch.zeros(2, dtype=torch.int64),
+              in_frac=14, out_frac=14)
+    kw.update(over)
+    return dequant(kw.pop("acc"), kw.pop("S1"), kw.pop("e"), kw.pop("mn"), kw.pop("L"), **kw)
+
+
+@pytest.mark.parametrize("call, exc, match", [
+    (lambda: quant_a8(torch.zeros(3, 4)), TypeError, "integer dtype"),
+    (lambda: quant_a8([1, 2]), TypeError, "torch.Tensor"),
+    (lambda: quant_a8(torch.tensor([[1 << 31]])), ValueError, "int32"),
+    (lambda: quant_a8(torch.zeros(3, 0, dtype=torch.int64)), ValueError, "non-empty"),
+    (lambda: token_scale(torch.tensor([1 << 62])), ValueError, "2\\*\\*62"),
+    (lambda: weight_scale(torch.tensor([1, 2])), TypeError, "float tensor"),
+    (lambda: weight_scale(torch.tensor([0.1, -0.1])), ValueError, "negative"),
+    (lambda: weight_scale(torch.tensor([0.1, float("inf")])), ValueError, "NaN or Inf"),
+    (lambda: weight_scale(torch.ones(2, 2)), ValueError, "1-D"),
+    (lambda: _ok_dequant(acc=torch.full((2, 3), 1 << 31)), ValueError, "int32"),
+    (lambda: _ok_dequant(S1=torch.full((3,), 1 << 15)), ValueError, "15-bit"),
+    (lambda: _ok_dequant(S1=torch.ones(4, dtype=torch.int64)), ValueError, "shape"),
+    (lambda: _ok_dequant(mn=torch.full((2,), 100)), ValueError, "normalised"),
+    (lambda: _ok_dequant(mn=torch.full((3,), 1 << 15)), ValueError, "shape"),
+    (lambda: _ok_dequant(e=2.0), TypeError, "e must be an int"),
+    (lambda: _ok_dequant(in_frac=True), TypeError, "in_frac must be an int"),
+])
+def test_bad_inputs(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_config_validation():
+    c = SFUConfig()
+    assert c.frac == 14 and c.sig_entries <= 2048
+    with pytest.raises(TypeError, match="frac must be an int"):
+        SFUConfig(frac=14.0)
+    with pytest.raises(ValueError, match="frac must be <= 30"):
+        SFUConfig(frac=31)
+    with pytest.raises(ValueError, match="entries"):
+        SFUConfig(sig_step_bits=8)
+    with pytest.raises(ValueError, match="sig_step_bits must be <= 4"):
+        SFUConfig(frac=4, sig_step_bits=6)
