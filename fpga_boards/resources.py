@@ -11,8 +11,8 @@ pipeline registers in fabric and its LUT mapping (ABC) differs from Vivado's.
 
 The per-block tables built on it share the stem: resources_mixpe.py (MixPE
 against the baselines, `make resources`), resources_lut.py,
-resources_sparse_dsp.py, kv4_resources.py. `replace_section` rewrites one
-generated section of docs/results.md between its marker comments.
+resources_sparse_dsp.py, resources_kv4_attention.py. `replace_section` rewrites
+one generated section of docs/results.md between its marker comments.
 """
 from __future__ import annotations
 

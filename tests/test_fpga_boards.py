@@ -1,5 +1,5 @@
 """fpga_boards: boards, register map, kernel ports, fit check, build tree, host code
-(everything that needs no simulator; the kernel cosim is in test_kernel_mixpe.py)."""
+(everything that needs no simulator; the kernel cosim is in test_cosim_kernel_mixpe.py)."""
 from __future__ import annotations
 
 import json

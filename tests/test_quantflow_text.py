@@ -1,5 +1,5 @@
 """quantflow.text: the real texts, their split into calibration and evaluation,
-and the fixed windows (issue 3)."""
+and the fixed windows."""
 from __future__ import annotations
 
 import pytest

@@ -1,5 +1,5 @@
 """quantflow.export_model: whole-model export in the MixPE formats, read-back with
-checksums, and one real SmolLM2 layer as MixPE images for the cosim (issue 3)."""
+checksums, and one real SmolLM2 layer as MixPE images for the cosim."""
 from __future__ import annotations
 
 import json

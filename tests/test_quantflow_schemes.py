@@ -1,5 +1,5 @@
 """quantflow.schemes and the fake-quantized model (quantflow.fakequant): registry,
-validation, A8 + SmoothQuant, the integer path, generic modules (issue 3)."""
+validation, A8 + SmoothQuant, the integer path, generic modules."""
 from __future__ import annotations
 
 import pytest
