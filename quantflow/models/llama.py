@@ -4,7 +4,10 @@ Parameter names equal Hugging Face's LlamaForCausalLM state dict
 (model.layers.N.self_attn.q_proj.weight, ...), so the same tensors load into both
 and tests can compare logits. RoPE uses the Hugging Face channel pairing
 (channel i with i + D/2, "rotate_half"); GGUF files store the llama.cpp
-interleaved order, which the GGUF loader undoes.
+interleaved order, which the GGUF loader undoes. The rotation frequencies are
+transformers' default or Llama 3 scaled ones (rope_inv_freq, LlamaConfig.rope_inv_freq);
+LlamaConfig.from_dict reads a Hugging Face config.json and refuses any field whose
+meaning this Llama does not implement.
 
 Quantization hooks, all None (float) by default, set by quantflow.fakequant:
   LlamaAttention.qk_rotation  [D, D] orthonormal matrix applied to each head's Q
@@ -33,8 +36,47 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["LlamaConfig", "LlamaForCausalLM", "RMSNorm", "rope_cos_sin", "apply_rope",
-           "window_attention"]
+from ..errors import QuantflowError
+
+__all__ = ["LlamaConfig", "RopeScaling", "ROPE_TYPES", "LlamaForCausalLM", "RMSNorm",
+           "rope_inv_freq", "rope_cos_sin", "apply_rope", "window_attention"]
+
+
+#: rope types rope_inv_freq implements (transformers' names); config.json may name
+#: the type under "rope_type" or the older key "type".
+ROPE_TYPES = ("default", "llama3")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RopeScaling:
+    """Llama 3 (3.1, 3.2) frequency-dependent RoPE scaling, transformers' rope_type
+    "llama3": wavelengths longer than original_max_position_embeddings /
+    low_freq_factor are stretched by `factor`, those shorter than
+    original_max_position_embeddings / high_freq_factor are kept, and the band
+    between interpolates smoothly (rope_inv_freq)."""
+
+    factor: float
+    low_freq_factor: float
+    high_freq_factor: float
+    original_max_position_embeddings: int
+    rope_type: str = "llama3"
+
+    def __post_init__(self):
+        if self.rope_type != "llama3":
+            raise QuantflowError(f"RopeScaling holds rope_type 'llama3' only, got "
+                                 f"{self.rope_type!r}")
+        for k in ("factor", "low_freq_factor", "high_freq_factor"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or \
+                    not math.isfinite(v) or v <= 0:
+                raise QuantflowError(f"rope scaling {k} must be a positive number, got {v!r}")
+        if not self.high_freq_factor > self.low_freq_factor:
+            raise QuantflowError(f"rope scaling high_freq_factor ({self.high_freq_factor}) "
+                                 f"must exceed low_freq_factor ({self.low_freq_factor})")
+        m = self.original_max_position_embeddings
+        if isinstance(m, bool) or not isinstance(m, int) or m <= 0:
+            raise QuantflowError(f"rope scaling original_max_position_embeddings must be a "
+                                 f"positive integer, got {m!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,6 +91,7 @@ class LlamaConfig:
     rms_norm_eps: float = 1e-5
     tie_word_embeddings: bool = True
     max_position_embeddings: int = 8192
+    rope_scaling: RopeScaling | None = None
 
     @property
     def head_dim(self) -> int:
@@ -58,13 +101,142 @@ class LlamaConfig:
     def kv_groups(self) -> int:
         return self.num_attention_heads // self.num_key_value_heads
 
+    def rope_inv_freq(self) -> torch.Tensor:
+        """The model's RoPE inverse frequencies, float32 [head_dim / 2]: what the
+        float model rotates by and what a fixed-point cos/sin table must be built
+        from."""
+        return rope_inv_freq(self.head_dim, self.rope_theta, self.rope_scaling)
+
     def as_dict(self) -> dict:
+        """A Hugging Face style config.json dict (from_dict reads it back)."""
         return {"model_type": "llama", **asdict(self)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "LlamaConfig":
-        names = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in d.items() if k in names})
+        """Read a Hugging Face Llama config.json dict (or as_dict's output). A field
+        that would change what the model computes and that this Llama does not
+        implement is refused by name, never dropped (QuantflowError)."""
+        return _config_from_hf(cls, d)
+
+
+# --------------------------------------------------------------------------- config.json
+#: transformers' LlamaConfig values for optional fields a config.json omits.
+_HF_DEFAULTS = {"rope_theta": 10000.0, "rms_norm_eps": 1e-6, "tie_word_embeddings": False,
+                "max_position_embeddings": 2048}
+_HF_REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                "num_attention_heads")
+#: config.json fields that do not change what the model computes at inference:
+#: metadata, token ids, training-only settings (dropout is inactive in eval mode).
+_HF_IGNORED = frozenset({
+    "architectures", "torch_dtype", "dtype", "transformers_version", "_name_or_path",
+    "bos_token_id", "eos_token_id", "pad_token_id", "initializer_range", "use_cache",
+    "attention_dropout", "is_llama_config"})
+#: fields accepted only at the value this Llama implements (transformers' meaning).
+_HF_FIXED = {"model_type": "llama", "hidden_act": "silu", "attention_bias": False,
+             "mlp_bias": False, "pretraining_tp": 1, "rope_interleaved": False,
+             "partial_rotary_factor": 1.0}
+_ROPE_KEYS = frozenset({"rope_type", "type", "rope_theta", "partial_rotary_factor",
+                        "factor", "low_freq_factor", "high_freq_factor",
+                        "original_max_position_embeddings"})
+
+
+def _int(name, v):
+    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+        raise QuantflowError(f"config field {name!r} must be a positive integer, got {v!r}")
+    return v
+
+
+def _num(name, v):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise QuantflowError(f"config field {name!r} must be a finite number, got {v!r}")
+    return float(v)
+
+
+def _rope_from_hf(d: dict, max_pos: int) -> tuple[float, RopeScaling | None]:
+    """(rope_theta, scaling) from the top-level rope_theta and the rope dict, which
+    older configs call rope_scaling and transformers >= 5 rope_parameters."""
+    scaling, params = d.get("rope_scaling"), d.get("rope_parameters")
+    if scaling is not None and params is not None and scaling != params:
+        raise QuantflowError("config.json gives both rope_scaling and rope_parameters and "
+                             "they differ; keep one of them")
+    p = params if params is not None else (scaling if scaling is not None else {})
+    if not isinstance(p, dict):
+        raise QuantflowError(f"config field rope_scaling/rope_parameters must be an object, "
+                             f"got {p!r}")
+    unknown = sorted(set(p) - _ROPE_KEYS)
+    if unknown:
+        raise QuantflowError(f"config.json rope parameters {unknown} are not understood "
+                             f"(known: {sorted(_ROPE_KEYS)}); per-layer-type RoPE and "
+                             f"other rope variants are not supported by this Llama")
+    rtype = p.get("rope_type", p.get("type", "default"))
+    if rtype not in ROPE_TYPES:
+        raise QuantflowError(f"rope type {rtype!r} is not supported (supported: "
+                             f"{', '.join(map(repr, ROPE_TYPES))}); use a checkpoint "
+                             f"with one of these, or implement it in "
+                             f"quantflow.models.llama.rope_inv_freq")
+    # transformers: the rope dict's own rope_theta wins over the top-level field
+    theta = _num("rope_theta", p.get("rope_theta", d.get("rope_theta",
+                                                          _HF_DEFAULTS["rope_theta"])))
+    prf = p.get("partial_rotary_factor", d.get("partial_rotary_factor", 1.0))
+    if prf != _HF_FIXED["partial_rotary_factor"]:
+        raise QuantflowError(f"partial_rotary_factor {prf!r} (RoPE on part of each head) is "
+                             f"not supported; only 1.0")
+    if rtype == "default":
+        return theta, None
+    missing = [k for k in ("factor", "low_freq_factor", "high_freq_factor") if k not in p]
+    if missing:
+        raise QuantflowError(f"llama3 rope scaling lacks {missing}; config.json is incomplete")
+    # transformers falls back to max_position_embeddings when the key is absent
+    return theta, RopeScaling(
+        factor=float(p["factor"]), low_freq_factor=float(p["low_freq_factor"]),
+        high_freq_factor=float(p["high_freq_factor"]),
+        original_max_position_embeddings=p.get("original_max_position_embeddings", max_pos))
+
+
+def _config_from_hf(cls, d: dict) -> LlamaConfig:
+    if not isinstance(d, dict):
+        raise TypeError(f"a config dict is needed, got {type(d).__name__}")
+    own = set(cls.__dataclass_fields__)
+    unknown = sorted(set(d) - own - _HF_IGNORED - set(_HF_FIXED)
+                     - {"rope_parameters", "head_dim"})
+    if unknown:
+        raise QuantflowError(
+            f"config.json fields {unknown} are not understood by quantflow's Llama; they "
+            f"may change what the model computes, so the model is refused rather than run "
+            f"without them. If a field does not affect inference, remove it from "
+            f"config.json; otherwise the model needs support in quantflow.models.llama")
+    for k, want in _HF_FIXED.items():
+        if k in d and d[k] is not None and d[k] != want:
+            raise QuantflowError(f"config field {k!r} = {d[k]!r} is not supported; this "
+                                 f"Llama implements {k} = {want!r} only")
+    archs = d.get("architectures") or []
+    bad = [a for a in archs if a != "LlamaForCausalLM"]
+    if bad:
+        raise QuantflowError(f"architectures {bad} are not supported; only "
+                             f"LlamaForCausalLM (a causal LM head on the Llama decoder)")
+    missing = [k for k in _HF_REQUIRED if k not in d]
+    if missing:
+        raise QuantflowError(f"config.json lacks {missing}; it is not a complete Llama config")
+    shape = {k: _int(k, d[k]) for k in _HF_REQUIRED}
+    kv = d.get("num_key_value_heads")
+    shape["num_key_value_heads"] = shape["num_attention_heads"] if kv is None else \
+        _int("num_key_value_heads", kv)
+    hd = d.get("head_dim")
+    if hd is not None and hd != shape["hidden_size"] // shape["num_attention_heads"]:
+        raise QuantflowError(f"head_dim {hd!r} differs from hidden_size / "
+                             f"num_attention_heads; this Llama needs head_dim = "
+                             f"{shape['hidden_size']} / {shape['num_attention_heads']}")
+    max_pos = _int("max_position_embeddings",
+                   d.get("max_position_embeddings", _HF_DEFAULTS["max_position_embeddings"]))
+    tie = d.get("tie_word_embeddings", _HF_DEFAULTS["tie_word_embeddings"])
+    if not isinstance(tie, bool):
+        raise QuantflowError(f"config field 'tie_word_embeddings' must be true or false, "
+                             f"got {tie!r}")
+    theta, scaling = _rope_from_hf(d, max_pos)
+    return cls(**shape, rope_theta=theta, max_position_embeddings=max_pos,
+               rms_norm_eps=_num("rms_norm_eps", d.get("rms_norm_eps",
+                                                       _HF_DEFAULTS["rms_norm_eps"])),
+               tie_word_embeddings=tie, rope_scaling=scaling)
 
 
 class RMSNorm(nn.Module):
@@ -78,9 +250,29 @@ class RMSNorm(nn.Module):
         return self.weight * (x * torch.rsqrt(var + self.eps))
 
 
-def rope_cos_sin(T: int, D: int, theta: float, *, offset: int = 0):
-    """cos, sin [T, D] for positions offset..offset+T-1 (HF layout: freqs repeated)."""
+def rope_inv_freq(D: int, theta: float, scaling: RopeScaling | None = None) -> torch.Tensor:
+    """RoPE inverse frequencies, float32 [D / 2], computed op for op as transformers
+    does (modeling_rope_utils: the default rope, and _compute_llama3_parameters for
+    `scaling`), so both models rotate by the same float32 numbers."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, D, 2, dtype=torch.int64).float() / D))
+    if scaling is None:
+        return inv_freq
+    old_len = scaling.original_max_position_embeddings
+    lo_f, hi_f, factor = scaling.low_freq_factor, scaling.high_freq_factor, scaling.factor
+    low_freq_wavelen = old_len / lo_f
+    high_freq_wavelen = old_len / hi_f
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - lo_f) / (hi_f - lo_f)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < high_freq_wavelen) * ~(wavelen > low_freq_wavelen)
+    return torch.where(medium, smoothed, scaled)
+
+
+def rope_cos_sin(T: int, D: int, theta: float, *, offset: int = 0,
+                 scaling: RopeScaling | None = None):
+    """cos, sin [T, D] for positions offset..offset+T-1 (HF layout: freqs repeated)."""
+    inv_freq = rope_inv_freq(D, theta, scaling)
     pos = torch.arange(offset, offset + T, dtype=torch.float32)
     freqs = torch.outer(pos, inv_freq)
     emb = torch.cat((freqs, freqs), dim=-1)
@@ -210,7 +402,8 @@ class LlamaForCausalLM(nn.Module):
             self.lm_head.weight = self.model.embed_tokens.weight
 
     def rope(self, T: int):
-        return rope_cos_sin(T, self.config.head_dim, self.config.rope_theta)
+        c = self.config
+        return rope_cos_sin(T, c.head_dim, c.rope_theta, scaling=c.rope_scaling)
 
     def hidden_states(self, ids: torch.Tensor) -> torch.Tensor:
         x = self.model.embed_tokens(ids)

@@ -214,6 +214,29 @@ def load_gguf(path, *, progress: bool = True):
         _init_check(cfg)
     except ValueError as e:
         raise QuantflowError(f"{path}: {e}") from None
+    # llama.cpp stores RoPE scaling as metadata or as per-frequency factors
+    # (rope_freqs, Llama 3.1); neither is read here, so refuse instead of ignoring it
+    scaling = _gguf_field(reader, p + "rope.scaling.type", required=False)
+    if (scaling not in (None, "none")) or "rope_freqs.weight" in names:
+        raise QuantflowError(f"{path}: RoPE scaling ({scaling or 'rope_freqs'}) in a GGUF "
+                             f"file is not supported; load the model's Hugging Face folder "
+                             f"instead (config.json rope_scaling 'llama3' is supported)")
+    rope_dim = _gguf_field(reader, p + "rope.dimension_count", required=False)
+    if rope_dim is not None and int(rope_dim) != cfg.head_dim:
+        raise QuantflowError(f"{path}: RoPE on {int(rope_dim)} of {cfg.head_dim} head "
+                             f"channels (partial rotary) is not supported")
+    top = {"token_embd.weight": "model.embed_tokens.weight",
+           "output_norm.weight": "model.norm.weight", "output.weight": "lm_head.weight"}
+    def known(n: str) -> bool:
+        parts = n.split(".", 2)
+        return n in top or (len(parts) == 3 and parts[0] == "blk" and parts[1].isdigit()
+                            and parts[2] in _GGUF_MAP)
+
+    unknown = sorted(n for n in names if not known(n))
+    if unknown:
+        raise QuantflowError(f"{path}: tensors {unknown[:5]} ({len(unknown)} in all) are not "
+                             f"part of the plain Llama this loader builds (biases, experts, "
+                             f"...); the model is not supported")
     sd = {}
     for t in _progress(tensors, desc="dequantize GGUF", enabled=progress):
         try:
@@ -225,23 +248,15 @@ def load_gguf(path, *, progress: bool = True):
         w = torch.from_numpy(np.array(arr, dtype=np.float32))  # own, writable copy
         check_finite(t.name, w)
         name = t.name
-        if name == "token_embd.weight":
-            hf = "model.embed_tokens.weight"
-        elif name == "output_norm.weight":
-            hf = "model.norm.weight"
-        elif name == "output.weight":
-            hf = "lm_head.weight"
-        elif name.startswith("blk."):
+        if name in top:
+            hf = top[name]
+        else:
             _, n, rest = name.split(".", 2)
-            if rest not in _GGUF_MAP:
-                continue  # e.g. rope_freqs: not used by the plain Llama
             hf = f"model.layers.{int(n)}.{_GGUF_MAP[rest]}"
             if rest == "attn_q.weight":
                 w = gguf_unpermute(w, H)
             elif rest == "attn_k.weight":
                 w = gguf_unpermute(w, Hkv)
-        else:
-            continue
         sd[hf] = w
     return cfg, sd, _gguf_tokenizer(reader)
 
@@ -262,19 +277,92 @@ def llama_from_state_dict(cfg: LlamaConfig, sd: dict):
 
 
 # --------------------------------------------------------------------------- HF folders
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    st = require("safetensors.torch")
+SAFETENSORS_FILE = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+#: Float dtypes checkpoints ship in; every one is read as float32 (fp16 and bf16
+#: exactly, so a bf16 folder runs as the float32 folder of its upcast tensors).
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def _read_safetensors(path: Path, names=None, *, index: Path | None = None
+                      ) -> dict[str, torch.Tensor]:
+    """Tensors of one safetensors file, floats as float32. `names`: the tensors the
+    shard index maps to this file (it must hold exactly those); None: all."""
+    st = require("safetensors")
     if not path.is_file():
         raise QuantflowError(f"{path} does not exist; a Hugging Face model folder needs "
-                             f"model.safetensors")
+                             f"{SAFETENSORS_FILE} or the shards {SAFETENSORS_INDEX} names")
+    sd = {}
     try:
-        sd = st.load_file(str(path))
+        with st.safe_open(str(path), framework="pt") as f:
+            keys = list(f.keys())
+            if names is not None:
+                absent = sorted(set(names) - set(keys))
+                if absent:
+                    raise QuantflowError(
+                        f"{index} maps tensor {absent[0]!r} to {path.name}, but that shard "
+                        f"does not hold it ({len(absent)} such tensors); the shards and "
+                        f"index are from different downloads: re-download the model")
+                extra = sorted(set(keys) - set(names))
+                if extra:
+                    raise QuantflowError(
+                        f"{path.name} holds tensor {extra[0]!r}, which {index.name} does "
+                        f"not map to it ({len(extra)} such tensors); the shards and index "
+                        f"are from different downloads: re-download the model")
+            for k in keys:
+                t = f.get_tensor(k)
+                if t.is_floating_point():
+                    if t.dtype not in _FLOAT_DTYPES:
+                        raise QuantflowError(
+                            f"{path}: tensor {k!r} is {t.dtype}, a quantized checkpoint "
+                            f"format; use the model's float32/float16/bfloat16 release")
+                    t = t.to(torch.float32)
+                check_finite(k, t)
+                sd[k] = t
+    except QuantflowError:
+        raise
     except Exception as e:  # SafetensorError / OSError on bad headers or short files
         raise QuantflowError(f"{path} is truncated or corrupted: it cannot be read as "
                              f"safetensors ({type(e).__name__}: {e}); re-download or "
                              f"re-install the model") from None
-    for k, v in sd.items():
-        check_finite(k, v)
+    return sd
+
+
+def _read_index(index: Path) -> dict[str, list[str]]:
+    """A shard index -> {shard file name: [tensor names]}."""
+    try:
+        wm = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise QuantflowError(f"{index} is not a safetensors shard index with a weight_map "
+                             f"({type(e).__name__}: {e}); re-download it") from None
+    if not isinstance(wm, dict) or not wm:
+        raise QuantflowError(f"{index}: weight_map must map tensor names to shard files; "
+                             f"re-download it")
+    shards: dict[str, list[str]] = {}
+    for name, fn in wm.items():
+        if not isinstance(fn, str) or Path(fn).name != fn or fn in ("", ".", ".."):
+            raise QuantflowError(f"{index} maps {name!r} to {fn!r}, not a file name in the "
+                                 f"model folder; re-download the index")
+        shards.setdefault(fn, []).append(name)
+    return shards
+
+
+def _read_weights(folder: Path, *, progress: bool) -> dict[str, torch.Tensor]:
+    """The folder's tensors: model.safetensors, or the shards its index names."""
+    single, index = folder / SAFETENSORS_FILE, folder / SAFETENSORS_INDEX
+    if single.is_file() or not index.is_file():
+        return _read_safetensors(single)
+    shards = _read_index(index)
+    absent = [fn for fn in sorted(shards) if not (folder / fn).is_file()]
+    if absent:
+        raise QuantflowError(f"{folder / absent[0]} is missing: {index.name} maps "
+                             f"{len(shards[absent[0]])} tensors (e.g. "
+                             f"{shards[absent[0]][0]!r}) to it; download every shard "
+                             f"({len(shards)} files: {', '.join(sorted(shards))}) into "
+                             f"{folder}")
+    sd: dict[str, torch.Tensor] = {}
+    for fn in _progress(sorted(shards), desc="read shards", enabled=progress):
+        sd.update(_read_safetensors(folder / fn, shards[fn], index=index))
     return sd
 
 
@@ -289,22 +377,25 @@ def _read_config(folder: Path) -> dict:
 
 
 def load_hf_folder(folder, *, progress: bool = True):
-    """A Hugging Face folder (config.json + model.safetensors [+ tokenizer.json])
-    -> (model in eval mode, tokenizer or None, config dict)."""
+    """A Hugging Face folder (config.json + model.safetensors, or the shards
+    model-0000i-of-0000N.safetensors its model.safetensors.index.json names
+    [+ tokenizer.json]) -> (model in eval mode, float32, tokenizer or None, config
+    dict). float16/bfloat16 tensors are read as float32."""
     folder = Path(folder)
     cfg = _read_config(folder)
     arch = cfg.get("model_type")
     if arch not in SUPPORTED_ARCHITECTURES:
         raise _unsupported(arch, str(folder))
-    sd = _read_safetensors(folder / "model.safetensors")
     if arch == "llama":
-        lcfg = LlamaConfig.from_dict(cfg)
-        try:
+        try:  # before reading any weight: a refused config costs nothing
+            lcfg = LlamaConfig.from_dict(cfg)
             _init_check(lcfg)
         except ValueError as e:
-            raise QuantflowError(f"{folder}: {e}") from None
+            raise QuantflowError(f"{folder / 'config.json'}: {e}") from None
+        sd = _read_weights(folder, progress=progress)
         model, missing, unexpected = llama_from_state_dict(lcfg, sd)
     else:
+        sd = _read_weights(folder, progress=progress)
         tr = require("transformers")
         bcfg = tr.BertConfig(**{k: v for k, v in cfg.items() if not k.startswith("_")})
         model = tr.BertModel(bcfg, add_pooling_layer=any(k.startswith("pooler.") for k in sd))
@@ -312,7 +403,7 @@ def load_hf_folder(folder, *, progress: bool = True):
         missing, unexpected = model.load_state_dict(sd, strict=False)
         missing = [m for m in missing if not m.endswith("position_ids")]
     if missing or unexpected:
-        raise QuantflowError(f"{folder}/model.safetensors does not match its config.json "
+        raise QuantflowError(f"the weights in {folder} do not match its config.json "
                              f"(missing {sorted(missing)[:5]}, unexpected "
                              f"{sorted(unexpected)[:5]}); the folder is inconsistent")
     tok = None
