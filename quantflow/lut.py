@@ -199,14 +199,9 @@ def write_lut_images(outdir, config: LUTConfig, mode, *, weights: QoQWeights, a,
     """Pack quantized operands, compute golden.lut's expected acc and write the
     image directory atomically (nothing is left behind on an error)."""
     c, mode = _cfg(config), _mode(mode)
-    if not isinstance(weights, QoQWeights):
-        raise TypeError(f"weights must be a QoQWeights, got {type(weights).__name__}; "
-                        f"quantize them with quantize_lut_weights")
-    if (weights.bits, weights.group) != (mode.bits, c.group):
-        raise QuantflowError(f"weights have bits={weights.bits}, group={weights.group} but "
-                             f"the format is {mode.name} with group={c.group}; quantize with "
-                             f"quantize_lut_weights(mode={mode.name!r}, group={c.group})")
-    a, s_a, M, N = qoq_operands(weights, a, s_a, c.K)
+    a, s_a, M, N = qoq_operands(
+        weights, a, s_a, K=c.K, bits=mode.bits, group=c.group,
+        quantize=f"quantflow.lut.quantize_lut_weights(W, mode={mode.name!r}, group={c.group})")
     try:
         acc = lut_acc(a, weights.q, weights.s2, weights.z, c, mode)
     except ValueError as e:

@@ -162,14 +162,9 @@ def write_mixpe_images(outdir, config: MixPEConfig, *, weights: QoQWeights, a, s
     quantize_act), compute golden's expected acc, and write the image directory.
     Returns the manifest dict."""
     c = _check_cfg(config)
-    if not isinstance(weights, QoQWeights):
-        raise TypeError(f"weights must be a QoQWeights, got {type(weights).__name__}; "
-                        f"quantize them with quantflow.quantize_qoq")
-    if (weights.bits, weights.group) != (c.bits, c.group):
-        raise QuantflowError(f"weights were quantized with bits={weights.bits}, "
-                             f"group={weights.group} but config has bits={c.bits}, "
-                             f"group={c.group}; quantize with the config's values")
-    a, s_a, M, N = qoq_operands(weights, a, s_a, c.K)
+    a, s_a, M, N = qoq_operands(
+        weights, a, s_a, K=c.K, bits=c.bits, group=c.group,
+        quantize=f"quantflow.quantize_qoq(W, bits={c.bits}, group={c.group})")
 
     # packing first: it raises the tiling errors (M % rows, N % cols) before any I/O
     words = {

@@ -22,9 +22,18 @@ __all__ = ["qoq_operands", "write_qoq_images", "QoQImages", "check_qoq_images",
            "qoq_fields", "agree"]
 
 
-def qoq_operands(weights: QoQWeights, a, s_a, K: int):
-    """(a, s_a as float32, M, N) once a [M, K] and s_a [M] fit weights [N, K] and
-    the configuration's K."""
+def qoq_operands(weights: QoQWeights, a, s_a, *, K: int, bits: int, group: int,
+                 quantize: str):
+    """(a, s_a as float32, M, N) once `weights` [N, K] are QoQWeights of `bits`
+    and `group`, and a [M, K] and s_a [M] fit them and the configuration's K.
+    `quantize`: the call that makes fitting weights (named in the errors)."""
+    if not isinstance(weights, QoQWeights):
+        raise TypeError(f"weights must be a QoQWeights, got {type(weights).__name__}; "
+                        f"quantize them with {quantize}")
+    if (weights.bits, weights.group) != (bits, group):
+        raise QuantflowError(f"weights were quantized with bits={weights.bits}, "
+                             f"group={weights.group} but the block reads bits={bits}, "
+                             f"group={group}; quantize with {quantize}")
     a = torch.as_tensor(a)
     s_a = torch.as_tensor(s_a).to(torch.float32)
     N, Kw = weights.shape
