@@ -1,11 +1,14 @@
-"""What every testbench shares: the clock, seeds, a stopwatch and the error
-injection that proves a scoreboard can fail."""
+"""What every testbench shares: the clock, the job and its seed, a stopwatch
+and the error injection that proves a scoreboard can fail."""
 from __future__ import annotations
 
 import random
 import time
 
-__all__ = ["CLK_PERIOD_NS", "start_clock", "job_seed", "Stopwatch", "inject_errors"]
+from cosim.runner import read_job
+
+__all__ = ["CLK_PERIOD_NS", "start_clock", "job_seed", "open_job", "Stopwatch",
+           "inject_errors"]
 
 #: Clock period of every testbench (any value works for a cycle-based run).
 CLK_PERIOD_NS = 2
@@ -26,6 +29,15 @@ def job_seed(job: dict) -> int:
     if seed is None:
         seed = random.SystemRandom().randrange(1 << 31)
     return int(seed)
+
+
+def open_job(dut, test: str) -> tuple[dict, int]:
+    """The job this run was started with and its seed (job_seed), logged under
+    `test` so that the run can be repeated."""
+    job = read_job()
+    seed = job_seed(job)
+    dut._log.info(f"{test} seed={seed} (rerun with job seed={seed})")
+    return job, seed
 
 
 class Stopwatch:

@@ -25,8 +25,8 @@ import random
 import cocotb
 from cocotb.triggers import RisingEdge
 
-from cosim.runner import read_job, write_result
-from cosim.tb.common import inject_errors, job_seed, start_clock
+from cosim.runner import write_result
+from cosim.tb.common import inject_errors, open_job, start_clock
 from cosim.tb.streams import Scoreboard, StreamRun, StreamSink, StreamSource
 
 #: The unit's input streams (held idle through the reset).
@@ -162,9 +162,7 @@ async def bad_t_case(dut, case, cfg) -> dict:
 @cocotb.test()
 async def kv4_attention_stream(dut):
     from golden.kv4_attention_config import KV4Config
-    job = read_job()
-    seed = job_seed(job)
-    dut._log.info(f"kv4_attention_stream seed={seed} (rerun with job seed={seed})")
+    job, seed = open_job(dut, "kv4_attention_stream")
     cfg = KV4Config(**job["config"])
     rng = random.Random(seed)
     start_clock(dut.clk)

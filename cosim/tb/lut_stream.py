@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import cocotb
 
-from cosim.runner import read_job, write_result
-from cosim.tb.common import Stopwatch, inject_errors, job_seed, start_clock
-from cosim.tb.streams import Scoreboard, StreamRun, StreamSink, StreamSource, stream_rngs
+from cosim.runner import write_result
+from cosim.tb.common import Stopwatch, inject_errors, open_job, start_clock
+from cosim.tb.streams import Scoreboard, StreamRun, stream_ends
 
 
 def load_lut_case(job: dict):
@@ -50,9 +50,7 @@ def _describe(img):
 
 @cocotb.test()
 async def lut_stream(dut):
-    job = read_job()
-    seed = job_seed(job)
-    dut._log.info(f"lut_stream seed={seed} (rerun with job seed={seed})")
+    job, seed = open_job(dut, "lut_stream")
     sw = Stopwatch()
     img, expected = load_lut_case(job)
     load_seconds = sw.seconds()
@@ -63,13 +61,7 @@ async def lut_stream(dut):
     code = [w for tn, tm in order for w in img.code_words[tn * per_tile:(tn + 1) * per_tile]]
     gs = cfg.groups * cfg.slices
     scale = [w for tn, tm in order for w in img.scale_words[tn * gs:(tn + 1) * gs]]
-
-    sub = stream_rngs(seed, 4)
-    p_idle, p_stall = float(job.get("p_idle", 0.0)), float(job.get("p_stall", 0.0))
-    sources = [StreamSource(dut, "act", act, p_idle=p_idle, rng=sub[0]),
-               StreamSource(dut, "code", code, p_idle=p_idle, rng=sub[1]),
-               StreamSource(dut, "scale", scale, p_idle=p_idle, rng=sub[2])]
-    sink = StreamSink(dut, "result", p_stall=p_stall, rng=sub[3])
+    sources, sink = stream_ends(dut, {"act": act, "code": code, "scale": scale}, job, seed)
     sb = Scoreboard(expected, describe=_describe(img))
     dut.bits.value = mode.bits
     max_cycles = int(job.get("max_cycles") or (20 * len(code) + 10_000))

@@ -19,9 +19,9 @@ import cocotb
 
 from golden.mixpe_config import MixPEConfig
 
-from cosim.runner import read_job, write_result
-from cosim.tb.common import Stopwatch, inject_errors, job_seed, start_clock
-from cosim.tb.streams import Scoreboard, StreamRun, StreamSink, StreamSource, stream_rngs
+from cosim.runner import write_result
+from cosim.tb.common import Stopwatch, inject_errors, open_job, start_clock
+from cosim.tb.streams import Scoreboard, StreamRun, stream_ends
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,30 +77,24 @@ class MixPEStreamTB:
     """The three sources, the sink and the scoreboard (cosim.tb.streams.StreamRun
     clocks them)."""
 
-    def __init__(self, dut, data: MixPECaseData, *, seed: int, p_idle: float,
-                 p_stall: float):
+    def __init__(self, dut, data: MixPECaseData, job: dict, *, seed: int):
         self.dut = dut
         self.data = data
         self.seed = seed
-        sub = stream_rngs(seed, 4)
         cfg = data.config
         order = [(tn, tm) for tn in range(data.n_tiles) for tm in range(data.m_tiles)]
         act = [w for tn, tm in order for w in data.act_words[tm * cfg.K:(tm + 1) * cfg.K]]
         code = [w for tn, tm in order for w in data.code_words[tn * cfg.K:(tn + 1) * cfg.K]]
         g = cfg.groups
         scale = [w for tn, tm in order for w in data.scale_words[tn * g:(tn + 1) * g]]
-        self.sources = [StreamSource(dut, "act", act, p_idle=p_idle, rng=sub[0]),
-                        StreamSource(dut, "code", code, p_idle=p_idle, rng=sub[1]),
-                        StreamSource(dut, "scale", scale, p_idle=p_idle, rng=sub[2])]
-        self.sink = StreamSink(dut, "result", p_stall=p_stall, rng=sub[3])
+        self.sources, self.sink = stream_ends(dut, {"act": act, "code": code, "scale": scale},
+                                              job, seed)
         self.scoreboard = Scoreboard(data.expected_words, describe=describe_mismatch(data))
 
 
 @cocotb.test()
 async def mixpe_stream(dut):
-    job = read_job()
-    seed = job_seed(job)
-    dut._log.info(f"mixpe_stream seed={seed} (rerun with job seed={seed})")
+    job, seed = open_job(dut, "mixpe_stream")
     sw = Stopwatch()
     data = load_case(job)
     load_seconds = sw.seconds()
@@ -108,8 +102,7 @@ async def mixpe_stream(dut):
     tiles = data.m_tiles * data.n_tiles
     max_cycles = int(job.get("max_cycles") or (50 * tiles * max(cfg.K, cfg.rows + 8) + 10_000))
     start_clock(dut.clk)
-    tb = MixPEStreamTB(dut, data, seed=seed, p_idle=float(job.get("p_idle", 0.0)),
-                       p_stall=float(job.get("p_stall", 0.0)))
+    tb = MixPEStreamTB(dut, data, job, seed=seed)
     run = StreamRun(dut, tb.sources, tb.sink)
     await run.reset()
     sim_seconds = await run.run(len(data.expected_words), max_cycles)

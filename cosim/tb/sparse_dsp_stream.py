@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import cocotb
 
-from cosim.runner import read_job, write_result
-from cosim.tb.common import Stopwatch, inject_errors, job_seed, start_clock
-from cosim.tb.streams import Scoreboard, StreamRun, StreamSink, StreamSource, stream_rngs
+from cosim.runner import write_result
+from cosim.tb.common import Stopwatch, inject_errors, open_job, start_clock
+from cosim.tb.streams import Scoreboard, StreamRun, stream_ends
 
 STREAMS = ("ctrl", "act", "weight", "scale")
 
@@ -44,19 +44,13 @@ def load_job(job: dict):
 
 @cocotb.test()
 async def sparse_dsp_stream(dut):
-    job = read_job()
-    seed = job_seed(job)
-    dut._log.info(f"sparse_dsp_stream seed={seed} (rerun with job seed={seed})")
+    job, seed = open_job(dut, "sparse_dsp_stream")
     sw = Stopwatch()
     cfg, words, expected, modes, macs, kept = load_job(job)
     load_seconds = sw.seconds()
     beats = len(words["weight"])
     max_cycles = int(job.get("max_cycles") or (20 * beats + 50 * len(expected) + 10_000))
-    p_idle, p_stall = float(job.get("p_idle", 0.0)), float(job.get("p_stall", 0.0))
-    sub = stream_rngs(seed, len(STREAMS) + 1)
-    sources = [StreamSource(dut, k, words[k], p_idle=p_idle, rng=sub[i])
-               for i, k in enumerate(STREAMS)]
-    sink = StreamSink(dut, "result", p_stall=p_stall, rng=sub[-1])
+    sources, sink = stream_ends(dut, {k: words[k] for k in STREAMS}, job, seed)
     sb = Scoreboard(expected)
     start_clock(dut.clk)
     run = StreamRun(dut, sources, sink)

@@ -34,18 +34,26 @@ def _handle(dut, name: str):
             f"stream ports as <name>__payload/__valid/__ready") from None
 
 
-class StreamSource:
-    """Drives one stream with a list of words (ints, element 0 in the LSBs)."""
+class _StreamEnd:
+    """The toplevel's ports of stream `name` and the generator of its random
+    idle / stall cycles."""
 
-    def __init__(self, dut, name: str, words: list[int], *, p_idle: float = 0.0,
-                 rng: random.Random | None = None):
+    def __init__(self, dut, name: str, rng: random.Random | None):
         self.name = name
         self.valid = _handle(dut, f"{name}__valid")
         self.ready = _handle(dut, f"{name}__ready")
         self.payload = _handle(dut, f"{name}__payload")
+        self.rng = rng or random.Random(0)
+
+
+class StreamSource(_StreamEnd):
+    """Drives one stream with a list of words (ints, element 0 in the LSBs)."""
+
+    def __init__(self, dut, name: str, words: list[int], *, p_idle: float = 0.0,
+                 rng: random.Random | None = None):
+        super().__init__(dut, name, rng)
         self.words = words
         self.p_idle = p_idle
-        self.rng = rng or random.Random(0)
         self.idx = 0              # next word to offer
         self.offering = False     # valid driven high this cycle
         self.first_cycle = None   # cycle whose ReadOnly saw the first transfer
@@ -78,17 +86,13 @@ class StreamSource:
             self.offering = False
 
 
-class StreamSink:
+class StreamSink(_StreamEnd):
     """Takes words from one stream with random back-pressure."""
 
     def __init__(self, dut, name: str, *, p_stall: float = 0.0,
                  rng: random.Random | None = None):
-        self.name = name
-        self.valid = _handle(dut, f"{name}__valid")
-        self.ready = _handle(dut, f"{name}__ready")
-        self.payload = _handle(dut, f"{name}__payload")
+        super().__init__(dut, name, rng)
         self.p_stall = p_stall
-        self.rng = rng or random.Random(0)
         self.words: list[int] = []
         self.cycles: list[int] = []
         self.ready_now = False
@@ -146,6 +150,19 @@ def stream_rngs(seed: int, n: int) -> list[random.Random]:
     when narrowing a failure down)."""
     rng = random.Random(seed)
     return [random.Random(rng.randrange(1 << 62)) for _ in range(n)]
+
+
+def stream_ends(dut, words: dict[str, list[int]], job: dict, seed: int, *,
+                sink: str = "result") -> tuple[list[StreamSource], StreamSink]:
+    """A StreamSource per input stream of `words` (name -> words, in that order)
+    idling with the job's p_idle, and the StreamSink of `sink` stalling with its
+    p_stall (0 when the job has none); one generator each, drawn from `seed`
+    (stream_rngs) in that order."""
+    rngs = stream_rngs(seed, len(words) + 1)
+    p_idle, p_stall = float(job.get("p_idle", 0.0)), float(job.get("p_stall", 0.0))
+    sources = [StreamSource(dut, name, w, p_idle=p_idle, rng=rng)
+               for (name, w), rng in zip(words.items(), rngs)]
+    return sources, StreamSink(dut, sink, p_stall=p_stall, rng=rngs[-1])
 
 
 async def step_cycle(clk, parts, cycle: int) -> None:
