@@ -33,8 +33,8 @@ from quattro_fs import atomic_write_text
 
 __all__ = [
     "Resources", "ResourceEstimateError", "SynthOptions", "estimate", "estimate_verilog",
-    "parse_stat", "resources_from_stat", "yosys_argv", "yosys_version", "replace_section",
-    "REPO_ROOT", "DEFAULT_CACHE", "DOCS_RESULTS",
+    "parse_stat", "resources_from_stat", "yosys_argv", "yosys_version", "markdown_table",
+    "replace_section", "REPO_ROOT", "DEFAULT_CACHE", "DOCS_RESULTS",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -272,6 +272,16 @@ def estimate(component, name: str, *, options: SynthOptions = SynthOptions(),
     """Estimate the UltraScale+ resources of an Amaranth component named `name`."""
     return estimate_verilog(verilog(component, name), name, options=options,
                             cache_dir=cache_dir)
+
+
+def markdown_table(head, rows, *, text_columns: int = 2) -> str:
+    """A Markdown table of the `head` cells and each row's cells (str() of each):
+    the first `text_columns` columns (the names) left-aligned, the counts after
+    them right-aligned."""
+    lines = ["| " + " | ".join(head) + " |",
+             "|" + "---|" * text_columns + "--:|" * (len(head) - text_columns)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
 
 
 def replace_section(path: Path | str, begin: str, end: str, section: str) -> None:

@@ -31,7 +31,7 @@ from pathlib import Path
 from golden.kv4_attention_config import KV4Config
 from golden.validate import check_choice
 
-from .resources import DEFAULT_CACHE, Resources, SynthOptions, estimate
+from .resources import DEFAULT_CACHE, Resources, SynthOptions, estimate, markdown_table
 
 __all__ = ["CONFIGS", "Design", "DESIGNS", "DEFAULT_KEYS", "Row", "build", "synth", "summed", "with_sums",
            "render", "main"]
@@ -138,16 +138,16 @@ def _cfg_label(c: KV4Config) -> str:
 
 def render(rows: list[Row], *, seconds: bool = True) -> str:
     """Markdown table, one line per row; `seconds` adds the Yosys wall-time column."""
-    head = ("| design | config | LUT | LUTRAM | FF | DSP48E2 | CARRY4 | BRAM36 "
-            "| lane-MACs/cycle | LUT / lane-MAC |" + (" Yosys s |" if seconds else ""))
-    lines = [head, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|" + ("--:|" if seconds else "")]
+    head = ("design", "config", "LUT", "LUTRAM", "FF", "DSP48E2", "CARRY4", "BRAM36",
+            "lane-MACs/cycle", "LUT / lane-MAC") + (("Yosys s",) if seconds else ())
+    body = []
     for r in rows:
         res, n = r.res, r.design.macs_per_cycle
-        lines.append(
-            f"| {_PART_LABEL[r.design.part]} | {_cfg_label(r.design.config)} | {res.lut} "
-            f"| {res.lutram} | {res.ff} | {res.dsp} | {res.carry4} | {res.bram36:g} | {n} "
-            f"| {(res.lut + res.lutram) / n:.1f} |" + (f" {r.seconds:.0f} |" if seconds else ""))
-    return "\n".join(lines)
+        body.append((_PART_LABEL[r.design.part], _cfg_label(r.design.config), res.lut,
+                     res.lutram, res.ff, res.dsp, res.carry4, f"{res.bram36:g}", n,
+                     f"{(res.lut + res.lutram) / n:.1f}")
+                    + ((f"{r.seconds:.0f}",) if seconds else ()))
+    return markdown_table(head, body)
 
 
 def _keys(text: str) -> list[Design]:

@@ -25,7 +25,7 @@ from hdl.baselines import BaselineArray, BaselinePE, ProductKernel
 from quattro_fs import atomic_write_json
 
 from .resources import (DEFAULT_CACHE, DOCS_RESULTS, REPO_ROOT, Resources, SynthOptions, estimate,
-                        replace_section, yosys_version)
+                        markdown_table, replace_section, yosys_version)
 
 __all__ = ["TABLE_BEGIN", "TABLE_END", "DesignRow", "comparison_designs", "render_table",
            "render_amortised_table", "table_section", "write_docs", "main"]
@@ -114,35 +114,27 @@ def _fmt(x: float | None, digits: int = 1) -> str:
 
 def render_table(rows: list[DesignRow], results: list[Resources]) -> str:
     """Markdown table, one line per design."""
-    head = ("| design | synthesis | LUT | FF | DSP48E2 | CARRY4 | CARRY8 | BRAM36 "
-            "| MACs/cycle | MACs/cycle per kLUT | MACs/cycle per DSP |")
-    lines = [head, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
-    for row, res in zip(rows, results):
-        bram = f"{res.bram36:g}"
-        lines.append(
-            f"| {row.label} | {row.options.label} | {res.lut + res.lutram} | {res.ff} "
-            f"| {res.dsp} | {res.carry4} | {res.carry8} | {bram} "
-            f"| {row.macs_per_cycle} | {_fmt(res.macs_per_klut(row.macs_per_cycle) or None)} "
-            f"| {_fmt(res.macs_per_dsp(row.macs_per_cycle) or None, 2)} |")
-    return "\n".join(lines)
+    head = ("design", "synthesis", "LUT", "FF", "DSP48E2", "CARRY4", "CARRY8", "BRAM36",
+            "MACs/cycle", "MACs/cycle per kLUT", "MACs/cycle per DSP")
+    return markdown_table(head, [
+        (row.label, row.options.label, res.lut + res.lutram, res.ff, res.dsp, res.carry4,
+         res.carry8, f"{res.bram36:g}", row.macs_per_cycle,
+         _fmt(res.macs_per_klut(row.macs_per_cycle) or None),
+         _fmt(res.macs_per_dsp(row.macs_per_cycle) or None, 2))
+        for row, res in zip(rows, results)])
 
 
 def render_amortised_table(rows: list[DesignRow], results: list[Resources]) -> str:
     """Markdown table of the array rows (`pes` > 0), every count divided by the
     number of PEs: the cost of one MAC/cycle inside an array."""
-    head = ("| design | synthesis | PEs | LUT/PE | FF/PE | DSP48E2/PE | CARRY4/PE "
-            "| MACs/cycle per kLUT | MACs/cycle per DSP |")
-    lines = [head, "|---|---|--:|--:|--:|--:|--:|--:|--:|"]
-    for row, res in zip(rows, results):
-        if row.pes <= 0:
-            continue
-        n = row.pes
-        lines.append(
-            f"| {row.label} | {row.options.label} | {n} | {(res.lut + res.lutram) / n:.1f} "
-            f"| {res.ff / n:.1f} | {res.dsp / n:.3f} | {res.carry4 / n:.1f} "
-            f"| {_fmt(res.macs_per_klut(row.macs_per_cycle))} "
-            f"| {_fmt(res.macs_per_dsp(row.macs_per_cycle), 2)} |")
-    return "\n".join(lines)
+    head = ("design", "synthesis", "PEs", "LUT/PE", "FF/PE", "DSP48E2/PE", "CARRY4/PE",
+            "MACs/cycle per kLUT", "MACs/cycle per DSP")
+    return markdown_table(head, [
+        (row.label, row.options.label, n, f"{(res.lut + res.lutram) / n:.1f}",
+         f"{res.ff / n:.1f}", f"{res.dsp / n:.3f}", f"{res.carry4 / n:.1f}",
+         _fmt(res.macs_per_klut(row.macs_per_cycle)),
+         _fmt(res.macs_per_dsp(row.macs_per_cycle), 2))
+        for row, res in zip(rows, results) if (n := row.pes) > 0])
 
 
 def table_section(rows: list[DesignRow], results: list[Resources]) -> str:
