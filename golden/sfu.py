@@ -29,8 +29,10 @@ import torch
 
 from golden.formats import ACT_QMAX, INT32_MAX, INT32_MIN
 from golden.kv4_attention import rshift_round
-from golden.sfu_config import (INT64_SAFE_BITS, MANT_BITS, RCP_BITS, S1_BITS, X_BITS,
-                               SFUConfig)
+from golden.sfu_config import (INT64_SAFE_BITS, MANT_BITS, NORM_G_SHIFT, NW_BITS, RCP_BITS,
+                               RMS_MAX_K, RMS_XS_BITS, ROPE_BITS, ROPE_FRAC, RSQRT_FRAC,
+                               RSQRT_M_BITS, S1_BITS, SQRTK_BITS, X_BITS, SFUConfig, rms_eps,
+                               rsqrt_table, sigmoid_table, sqrt_k)
 from golden.tensors import check_dims, check_range, check_shape, int_tensor
 from golden.validate import check_int, expect_type
 
@@ -38,10 +40,14 @@ __all__ = [
     # helpers
     "shift_sat", "sat", "to_fixed", "to_float", "bitlen",
     # ops
-    "token_scale", "quant_a8", "weight_scale", "dequant",
+    "token_scale", "quant_a8", "weight_scale", "dequant", "norm_weight", "rsqrt_fx", "rmsnorm",
+    "rope_inv_freq", "rope_table", "rope", "silu_table", "sigmoid_fx", "silu_fx", "swiglu",
+    "residual_add", "requant", "argmax",
     # float references and bounds
     "quant_a8_exact", "quant_a8_float", "QUANT_A8_BOUND", "QUANT_A8_CODE_DIFF",
-    "dequant_reference", "dequant_bound",
+    "dequant_reference", "dequant_bound", "rsqrt_rel_bound", "rmsnorm_reference",
+    "rmsnorm_bound", "rope_reference", "rope_bound", "sigmoid_bound", "silu_reference",
+    "silu_bound", "swiglu_reference", "swiglu_bound",
 ]
 
 #: Widest shift the helpers ever need to apply: any |x| < 2**62 shifted right by
@@ -272,3 +278,374 @@ def dequant_bound(acc, s1, e: int, amax, *, in_frac: int, out_frac: int) -> torc
     per = (amax.unsqueeze(-1) * 2.0 ** -(e + 1)
            + (s1 / ACT_QMAX) * trunc.unsqueeze(-1))
     return 0.5 + acc * 2.0 ** (out_frac - in_frac) * per
+
+
+# --------------------------------------------------------------------------- RMSNorm
+def norm_weight(w) -> tuple[torch.Tensor, int]:
+    """Compile-time NW of one RMSNorm: w [K] float -> (NW [K] int64, e) with
+    NW = round_half_even(w * 2**e) and e the largest exponent with
+    max|NW| <= 2**(NW_BITS-1) - 1 (signed 16-bit, symmetric). |NW 2**-e - w| <= 2**-(e+1).
+    An all-zero w gives e = 0."""
+    w = _float_tensor("w", w, 1, "[K]")
+    wmax = float(w.abs().max()) if w.numel() else 0.0
+    if wmax == 0.0:
+        return torch.zeros(w.shape, dtype=torch.int64), 0
+    lim = (1 << (NW_BITS - 1)) - 1
+    e = math.floor(math.log2(lim / wmax))
+    while round(math.ldexp(wmax, e + 1)) <= lim:
+        e += 1
+    while round(math.ldexp(wmax, e)) > lim:
+        e -= 1
+    return torch.round(torch.ldexp(w, torch.tensor(float(e), dtype=torch.float64))).to(
+        torch.int64), e
+
+
+def rsqrt_fx(M: torch.Tensor, config: SFUConfig) -> torch.Tensor:
+    """Y ~= 2**(RSQRT_FRAC + RSQRT_M_BITS/2) / sqrt(M) for normalised int64 M in
+    [2**(W-2), 2**W), W = RSQRT_M_BITS, so Y in (2**RSQRT_FRAC, 2**(RSQRT_FRAC+1)]:
+      Y   = TABLE[(M >> (W - b)) - 2**(b-2)]            (trunc index, b = rsqrt_index_bits)
+      newton_steps times (Newton-Raphson on 1/sqrt, correction form):
+        y2 = rshift_round(Y * Y, RSQRT_FRAC)            Y*Y <= 2**62
+        t  = rshift_round(M * y2, W)                    M*y2 < 2**30 * 2**32 = 2**62;
+                                                        t ~= 2**RSQRT_FRAC (M Y**2 ~= 1)
+        Y  = Y + rshift_round(Y * (2**RSQRT_FRAC - t), RSQRT_FRAC + 1)
+    Relative error at most rsqrt_rel_bound(config)."""
+    b = config.rsqrt_index_bits
+    table = torch.tensor(rsqrt_table(config), dtype=torch.int64)
+    Y = table[(M >> (RSQRT_M_BITS - b)) - (1 << (b - 2))]
+    one = 1 << RSQRT_FRAC
+    for _ in range(config.newton_steps):
+        y2 = rshift_round(Y * Y, RSQRT_FRAC)
+        t = rshift_round(M * y2, RSQRT_M_BITS)
+        Y = Y + rshift_round(Y * (one - t), RSQRT_FRAC + 1)
+    return Y
+
+
+def rsqrt_rel_bound(config: SFUConfig) -> float:
+    """Bound on |rsqrt_fx(M) * sqrt(M) / 2**(RSQRT_FRAC + W/2) - 1|: the table's
+    2**-b (half the log-width of an index interval, plus its rounding), squared by each
+    Newton step (eps' = 1.5 eps**2 + 0.5 eps**3) plus 2**-28 of per-step rounding
+    (three roundings of at most half a unit of 2**-30 each, times Y <= 2)."""
+    expect_type("config", config, SFUConfig)
+    eps = 2.0 ** -config.rsqrt_index_bits + 2.0 ** -RSQRT_FRAC
+    for _ in range(config.newton_steps):
+        eps = 1.5 * eps ** 2 + 0.5 * eps ** 3 + 2.0 ** -28
+    return eps
+
+
+def _rms_gain(x: torch.Tensor, eps: float, config: SFUConfig):
+    """The per-token steps of rmsnorm before the per-element product (see rmsnorm):
+    returns (R, k, p) int64 [...] and the compile-time (E, SK, es)."""
+    K = x.shape[-1]
+    E = rms_eps(eps, K, config.frac)
+    SK, es = sqrt_k(K)
+    amax = x.abs().amax(-1)
+    k = (bitlen(amax) - RMS_XS_BITS).clamp(min=0)
+    xs = rshift_round(x, k.unsqueeze(-1))                    # |xs| <= 2**16
+    Q = (xs * xs).sum(-1)                                    # <= K * 2**32 < 2**52
+    T = (Q + rshift_round(torch.full_like(k, E), 2 * k)).clamp(min=1)   # < 2**53
+    p = torch.div(bitlen(T) - RSQRT_M_BITS + 1, 2, rounding_mode="floor")
+    M = torch.where(p >= 0, T >> (2 * p).clamp(min=0), T << (-2 * p).clamp(min=0))
+    Y = rsqrt_fx(M, config)
+    R = rshift_round(Y * SK, SQRTK_BITS)                     # Y*SK < 2**56; R <= 2**31
+    return R, k, p, E, SK, es
+
+
+def _norm_shift(e_w: int, es: int, config: SFUConfig) -> int:
+    """The token-independent part of rmsnorm's final shift."""
+    return (e_w + es + RSQRT_FRAC + RSQRT_M_BITS // 2 - NORM_G_SHIFT - SQRTK_BITS
+            - config.frac)
+
+
+def rmsnorm(x, NW, e_w: int, *, eps: float, config: SFUConfig) -> torch.Tensor:
+    """RMSNorm of X32 vectors x [..., K] (frac = config.frac in and out), integer only:
+    y = x / sqrt(mean(x**2) + eps) * w, with w ~= NW * 2**-e_w (norm_weight).
+    Per token:
+      k  = max(0, bitlen(max|x|) - RMS_XS_BITS);  xs = rshift_round(x, k)   |xs| <= 2**16
+      Q  = sum xs**2                                          exact, < K 2**32 <= 2**52
+      T  = Q + rshift_round(E, 2k), E = rms_eps(eps, K, frac) (compile time), T >= 1
+           so that mean(x**2) + eps ~= T * 2**(2k - 2 frac) / K
+      p  = ceil((bitlen(T) - W) / 2);  M = T >> 2p (trunc; T << -2p if p < 0),
+           M in [2**(W-2), 2**W), W = RSQRT_M_BITS: T ~= M * 4**p
+      Y  = rsqrt_fx(M)   ~= 2**(RSQRT_FRAC + W/2) / sqrt(M)      Y <= 2**31
+      R  = rshift_round(Y * SK, SQRTK_BITS), sqrt(K) ~= SK 2**-es (compile time)
+                                                              Y*SK < 2**56, R <= 2**31
+    Per element:
+      G  = rshift_round(NW[k] * R, NORM_G_SHIFT)              |NW * R| < 2**46, |G| < 2**31
+      y  = sat32(rshift_round(x * G, s)),                     |x * G| < 2**62
+      s  = e_w + es + k + p + RSQRT_FRAC + W/2 - NORM_G_SHIFT - SQRTK_BITS - frac
+    (s <= 0 is a saturating left shift). An all-zero token gives y = 0.
+    Float reference: rmsnorm_reference; |y - sat32(reference)| <= rmsnorm_bound."""
+    expect_type("config", config, SFUConfig)
+    x = _x32("x", x)
+    _vectors("x", x)
+    K = x.shape[-1]
+    check_int("K (x.shape[-1])", K, 1, RMS_MAX_K)
+    lim = (1 << (NW_BITS - 1)) - 1
+    NW = _ints("NW", NW, lo=-lim, hi=lim, why="NW is a signed 16-bit mantissa (norm_weight)")
+    check_shape("NW", NW, (K,), "[K]")
+    check_int("e_w", e_w, -64, 128)
+    R, k, p, _, _, es = _rms_gain(x, eps, config)
+    G = rshift_round(NW * R.unsqueeze(-1), NORM_G_SHIFT)
+    s = _norm_shift(e_w, es, config) + k + p
+    return shift_sat(x * G, s.unsqueeze(-1))
+
+
+def rmsnorm_reference(x, w, *, eps: float, frac: int) -> torch.Tensor:
+    """float64 x / sqrt(mean(x**2) + eps) * w in X32 units (frac in and out),
+    quantflow.models.llama.RMSNorm."""
+    xf = to_float(x, frac)
+    w = _float_tensor("w", w)
+    r = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return xf * r * w * 2.0 ** frac
+
+
+def rmsnorm_bound(x, w, e_w: int, *, eps: float, config: SFUConfig) -> torch.Tensor:
+    """Elementwise bound on |rmsnorm - rmsnorm_reference| in X32 units (before
+    saturation, which only shrinks it):
+      0.5 (final rounding) + |x| 2**-(s+1) (G rounding)
+      + |x r w'| rho            (the per-token gain's relative error rho, below;
+                                 w' = w + 2**-(e_w+1) sign(w))
+      + |x r| 2**-(e_w+1)       (NW rounding), x r in X32 units
+    with rho = dT/2 (1 + dT) + 2**-(W-2) + rsqrt_rel_bound + 2**-(SQRTK_BITS-1) +
+    2**-29 (+ a 1e-12 float margin), dT = (sum |x| 2**-k + K/4 [k > 0] + 1) / T_exact the
+    sum of squares' rounding (pre-shift squares and eps)."""
+    expect_type("config", config, SFUConfig)
+    x = _x32("x", x)
+    F = config.frac
+    R, k, p, E, SK, es = _rms_gain(x, eps, config)
+    K = x.shape[-1]
+    kf = k.double()
+    xa = x.abs().double()
+    t_exact = (xa.pow(2).sum(-1) + E) * 4.0 ** -kf
+    dq = torch.where(k > 0, xa.sum(-1) * 2.0 ** -kf + K / 4, torch.zeros_like(kf)) + 1.0
+    # an all-zero token with eps = 0 is exactly 0 in both: only the final 0.5 remains
+    dT = torch.where(t_exact > 0, dq / t_exact.clamp(min=1e-300), torch.zeros_like(dq))
+    rho = (dT / 2 * (1 + dT) + 2.0 ** -(RSQRT_M_BITS - 2) + rsqrt_rel_bound(config)
+           + 2.0 ** -(SQRTK_BITS - 1) + 2.0 ** -29 + 1e-12)
+    r = torch.rsqrt(to_float(x, F).pow(2).mean(-1, keepdim=True) + eps)
+    xr = xa * torch.where(torch.isfinite(r), r, torch.zeros_like(r))
+    w = _float_tensor("w", w).abs() + 2.0 ** -(e_w + 1)
+    s = _norm_shift(e_w, es, config) + k + p
+    g_round = xa * torch.ldexp(torch.tensor(0.5, dtype=torch.float64), -s.double()).unsqueeze(-1)
+    return 0.5 + g_round + xr * w * rho.unsqueeze(-1) + xr * 2.0 ** -(e_w + 1)
+
+
+# --------------------------------------------------------------------------- RoPE
+def rope_inv_freq(theta: float, head_dim: int) -> list[float]:
+    """The plain Llama inverse frequencies theta**(-2i / head_dim), i < head_dim/2,
+    in float64 (models with rope scaling pass their own list to rope_table)."""
+    check_int("head_dim", head_dim, 2)
+    if head_dim % 2:
+        raise ValueError(f"head_dim must be even for RoPE, got {head_dim}")
+    if isinstance(theta, bool) or not isinstance(theta, (int, float)) \
+            or not math.isfinite(theta) or theta <= 0:
+        raise ValueError(f"theta must be a positive finite float, got {theta!r}; pass the "
+                         f"model's rope_theta")
+    return [theta ** (-(2 * i) / head_dim) for i in range(head_dim // 2)]
+
+
+def _inv_freq(inv_freq) -> torch.Tensor:
+    if isinstance(inv_freq, (str, bytes)) or not isinstance(
+            inv_freq, (Sequence, torch.Tensor, np.ndarray)):
+        raise TypeError(f"inv_freq must be a sequence of floats, got "
+                        f"{type(inv_freq).__name__}; pass the model's inverse frequencies")
+    f = torch.as_tensor(np.asarray(inv_freq, dtype=np.float64)
+                        if not isinstance(inv_freq, torch.Tensor) else inv_freq.double())
+    if f.dim() != 1 or f.numel() < 1:
+        raise ValueError(f"inv_freq must be a non-empty 1-D sequence (head_dim/2 values), "
+                         f"got shape {list(f.shape)}")
+    if not bool(torch.isfinite(f).all()):
+        raise ValueError("inv_freq holds NaN or Inf; fix the model's rope config")
+    return f
+
+
+def _angles(inv_freq: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    # float64 products of exact integers and the given frequencies: the same on
+    # every IEEE machine
+    return pos.double().unsqueeze(-1) * inv_freq
+
+
+def rope_table(inv_freq, positions: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Compile-time RoPE tables: cos, sin [positions, D/2] int64 holding ROPE_BITS-wide
+    values round_half_even(cos(p * inv_freq[i]) * 2**ROPE_FRAC) (angles in float64;
+    1.0 = 16384 fits int16). inv_freq comes from the model's config (rope scaling is
+    the caller's business; rope_inv_freq gives the plain one)."""
+    f = _inv_freq(inv_freq)
+    check_int("positions", positions, 1, 1 << 24)
+    ang = _angles(f, torch.arange(positions))
+    one = float(1 << ROPE_FRAC)
+    return (torch.round(torch.cos(ang) * one).to(torch.int64),
+            torch.round(torch.sin(ang) * one).to(torch.int64))
+
+
+def rope(x, cos, sin, pos) -> torch.Tensor:
+    """RoPE of X32 heads x [..., T, D] at positions pos [T], Hugging Face rotate_half
+    pairing (channel i with i + D/2, quantflow.models.llama.apply_rope), c, s =
+    cos[pos], sin[pos] [T, D/2]:
+      out_i       = sat32(rshift_round(x_i * c - x_{i+D/2} * s, ROPE_FRAC))
+      out_{i+D/2} = sat32(rshift_round(x_{i+D/2} * c + x_i * s, ROPE_FRAC))
+    int64: |x| <= 2**31, |c|, |s| <= 2**15, so each sum is < 2**47.
+    Float reference: rope_reference; |out - sat32(reference)| <= rope_bound."""
+    x = _x32("x", x)
+    lim = 1 << (ROPE_BITS - 1)
+    cos = _ints("cos", cos, lo=-lim, hi=lim - 1, why="ROPE tables are int16")
+    sin = _ints("sin", sin, lo=-lim, hi=lim - 1, why="ROPE tables are int16")
+    check_dims("cos", cos, 2, "[positions, D/2]")
+    check_shape("sin", sin, cos.shape, "cos.shape")
+    if x.dim() < 2:
+        raise ValueError(f"x must be [..., T, D], got shape {list(x.shape)}")
+    T, D = x.shape[-2:]
+    if D != 2 * cos.shape[1]:
+        raise ValueError(f"x has D={D} but the tables cover D/2={cos.shape[1]} pairs; build "
+                         f"them with rope_table(inv_freq of length D/2, ...)")
+    pos = _ints("pos", pos, lo=0, hi=cos.shape[0] - 1,
+                why=f"the tables hold positions 0..{cos.shape[0] - 1}: build longer ones")
+    check_shape("pos", pos, (T,), "[T]")
+    c, s = cos[pos], sin[pos]
+    lo, hi = x[..., : D // 2], x[..., D // 2:]
+    return torch.cat([shift_sat(lo * c - hi * s, ROPE_FRAC),
+                      shift_sat(hi * c + lo * s, ROPE_FRAC)], -1)
+
+
+def rope_reference(x, inv_freq, pos) -> torch.Tensor:
+    """float64 x * cos + rotate_half(x) * sin at the float64 angles pos * inv_freq, in
+    X32 units."""
+    x = int_tensor("x", x).double()
+    ang = _angles(_inv_freq(inv_freq), int_tensor("pos", pos))
+    c, s = torch.cos(ang), torch.sin(ang)
+    D = x.shape[-1]
+    lo, hi = x[..., : D // 2], x[..., D // 2:]
+    return torch.cat([lo * c - hi * s, hi * c + lo * s], -1)
+
+
+def rope_bound(x) -> torch.Tensor:
+    """Elementwise bound on |rope - rope_reference| in X32 units: 0.5 (rounding) +
+    (|x_i| + |x_{i+D/2}|) 2**-(ROPE_FRAC+1) (the tables' rounding)."""
+    x = int_tensor("x", x).double().abs()
+    D = x.shape[-1]
+    pair = x[..., : D // 2] + x[..., D // 2:]
+    return 0.5 + torch.cat([pair, pair], -1) * 2.0 ** -(ROPE_FRAC + 1)
+
+
+# --------------------------------------------------------------------------- SiLU, SwiGLU
+def silu_table(config: SFUConfig) -> torch.Tensor:
+    """The sigmoid table of golden.sfu_config.sigmoid_table as an int64 tensor
+    [sig_range * 2**sig_step_bits + 1]."""
+    expect_type("config", config, SFUConfig)
+    return torch.tensor(sigmoid_table(config), dtype=torch.int64)
+
+
+def sigmoid_fx(g, config: SFUConfig) -> torch.Tensor:
+    """sigmoid of X32 g (frac = config.frac) with sig_frac fraction bits, by the table
+    and linear interpolation on |g|, d = frac - sig_step_bits:
+      a = |g|;  j = a >> d (trunc);  f = a mod 2**d
+      sig(a) = TABLE[j] + rshift_round((TABLE[j+1] - TABLE[j]) * f, d)  for j < N
+             = 2**sig_frac (saturate to 1.0)                            for j >= N
+      (N = sig_range * 2**sig_step_bits);  sigmoid_fx(g) = 2**sig_frac - sig(a) for g < 0
+    so sigmoid_fx(-g) = 2**sig_frac - sigmoid_fx(g) exactly and g <= -sig_range gives 0.
+    |sigmoid_fx(g) 2**-sig_frac - sigmoid(g)| <= sigmoid_bound(config)."""
+    expect_type("config", config, SFUConfig)
+    g = _x32("g", g)
+    table = silu_table(config)
+    d = config.frac - config.sig_step_bits
+    N = config.sig_entries - 1
+    a = g.abs()
+    j = (a >> d).clamp(max=N)
+    f = a & ((1 << d) - 1)
+    lo = table[j]
+    hi = table[(j + 1).clamp(max=N)]
+    one = 1 << config.sig_frac
+    sig = torch.where(j < N, lo + rshift_round((hi - lo) * f, d), torch.full_like(a, one))
+    return torch.where(g < 0, one - sig, sig)
+
+
+def sigmoid_bound(config: SFUConfig) -> float:
+    """Bound on |sigmoid_fx 2**-sig_frac - sigmoid| (real units): inside the table, half a
+    unit of the knots' rounding + half a unit of the interpolation's rounding
+    + h**2 max|sigmoid''| / 8 (linear interpolation, h = 2**-sig_step_bits,
+    max|sigmoid''| = 1 / (6 sqrt(3))); outside it, sigmoid(-sig_range) (saturation)."""
+    expect_type("config", config, SFUConfig)
+    h = 2.0 ** -config.sig_step_bits
+    inside = 2.0 ** -config.sig_frac + h * h / (8 * 6 * math.sqrt(3))
+    return max(inside, 1.0 / (1.0 + math.exp(config.sig_range)))
+
+
+def silu_fx(g, config: SFUConfig) -> torch.Tensor:
+    """SiLU of X32 g: rshift_round(g * sigmoid_fx(g), sig_frac) (X32, same frac;
+    |g * sigmoid_fx| <= 2**31 * 2**24 = 2**55; |silu_fx(g)| <= |g| so it stays int32)."""
+    g = _x32("g", g)
+    return rshift_round(g * sigmoid_fx(g, config), config.sig_frac)
+
+
+def swiglu(g, u, *, config: SFUConfig) -> torch.Tensor:
+    """The Llama MLP's SiLU(gate) * up of X32 g, u (same shape, frac = config.frac):
+      h = sat32(rshift_round(silu_fx(g) * u, frac))      |silu_fx * u| <= 2**62
+    Float reference: swiglu_reference; |h - sat32(reference)| <= swiglu_bound."""
+    expect_type("config", config, SFUConfig)
+    g = _x32("g", g)
+    u = _x32("u", u)
+    check_shape("u", u, g.shape, "g.shape")
+    return shift_sat(silu_fx(g, config) * u, config.frac)
+
+
+def silu_reference(g, frac: int) -> torch.Tensor:
+    """float64 silu(g) in X32 units."""
+    gf = to_float(g, frac)
+    return gf * torch.sigmoid(gf) * 2.0 ** frac
+
+
+def swiglu_reference(g, u, frac: int) -> torch.Tensor:
+    """float64 silu(g) * u in X32 units."""
+    return silu_reference(g, frac) * to_float(u, frac)
+
+
+def silu_bound(g, config: SFUConfig) -> torch.Tensor:
+    """Elementwise bound on |silu_fx - silu_reference| in X32 units:
+    0.5 (rounding) + min(|g|, sig_range 2**frac) sigmoid_bound (inside the table the
+    sigmoid error times |g|; beyond it |x| sigmoid(-|x|) <= sig_range sigmoid(-sig_range))."""
+    expect_type("config", config, SFUConfig)
+    g = int_tensor("g", g).double().abs()
+    cap = float(config.sig_range << config.frac)
+    return 0.5 + g.clamp(max=cap) * sigmoid_bound(config)
+
+
+def swiglu_bound(g, u, config: SFUConfig) -> torch.Tensor:
+    """Elementwise bound on |swiglu - swiglu_reference| in X32 units:
+    0.5 (rounding) + |u| 2**-frac silu_bound(g) (silu_fx's error, scaled by u)."""
+    u = int_tensor("u", u).double().abs()
+    return 0.5 + u * 2.0 ** -config.frac * silu_bound(g, config)
+
+
+# --------------------------------------------------------------------------- the rest
+def residual_add(x, y) -> torch.Tensor:
+    """sat32(x + y) of X32 tensors of one shape (the same frac)."""
+    x = _x32("x", x)
+    y = _x32("y", y)
+    check_shape("y", y, x.shape, "x.shape")
+    return sat(x + y)
+
+
+def requant(x, from_frac, to_frac, bits: int = X_BITS) -> torch.Tensor:
+    """Fixed point from from_frac to to_frac fraction bits in `bits` bits:
+    sat_bits(rshift_round(x, from_frac - to_frac)), a saturating left shift when
+    to_frac > from_frac. from_frac / to_frac are ints or int tensors broadcasting with
+    x (e.g. one frac per KV head). |x| < 2**62. Error 0.5 unit of to_frac unless
+    saturated."""
+    x = _ints("x", x)
+    check_int("bits", bits, 2, X_BITS)
+    fr = [check_int(n, v, -64, 64) if not isinstance(v, (torch.Tensor, np.ndarray))
+          else _ints(n, v, lo=-64, hi=64, why="a fraction-bit count")
+          for n, v in (("from_frac", from_frac), ("to_frac", to_frac))]
+    return shift_sat(x, torch.as_tensor(fr[0]) - torch.as_tensor(fr[1]), bits)
+
+
+def argmax(v) -> torch.Tensor:
+    """Index of the largest element along the last dim of an integer tensor, the lowest
+    index among ties -> int64 [...]."""
+    v = int_tensor("v", v)
+    _vectors("v", v)
+    V = v.shape[-1]
+    idx = torch.arange(V).expand_as(v)
+    top = v == v.amax(-1, keepdim=True)
+    return torch.where(top, idx, torch.full_like(idx, V)).amin(-1)

@@ -13,13 +13,30 @@ import pytest
 import torch
 
 from golden.formats import INT32_MAX, INT32_MIN
-from golden.sfu import (QUANT_A8_BOUND, QUANT_A8_CODE_DIFF, bitlen, dequant, dequant_bound,
-                        dequant_reference, quant_a8, quant_a8_exact, quant_a8_float, sat,
-                        shift_sat, to_fixed, to_float, token_scale, weight_scale)
-from golden.sfu_config import MANT_BITS, S1_BITS, SFUConfig
+from golden.sfu import (QUANT_A8_BOUND, QUANT_A8_CODE_DIFF, argmax, bitlen, dequant,
+                        dequant_bound, dequant_reference, norm_weight, quant_a8, quant_a8_exact,
+                        quant_a8_float, requant, residual_add, rmsnorm, rmsnorm_bound,
+                        rmsnorm_reference, rope, rope_bound, rope_inv_freq, rope_reference,
+                        rope_table, rsqrt_fx, rsqrt_rel_bound, shift_sat, sigmoid_bound,
+                        sigmoid_fx, silu_bound, silu_fx, silu_reference, silu_table, swiglu,
+                        swiglu_bound, swiglu_reference, to_fixed, to_float, token_scale,
+                        weight_scale)
+from golden.sfu_config import (MANT_BITS, NW_BITS, ROPE_FRAC, RSQRT_FRAC, RSQRT_M_BITS,
+                               S1_BITS, SFUConfig, rms_eps, rsqrt_table, sigmoid_table, sqrt_k)
 
 torch.set_num_threads(1)
 SEEDS = (0, 1, 2)
+CFG = SFUConfig()
+#: Float64 slack on a bound compared against a float64 reference.
+SLACK = 1e-9
+
+
+def _within(err: torch.Tensor, bound: torch.Tensor) -> bool:
+    ok = err <= bound * (1 + SLACK) + SLACK
+    if not bool(ok.all()):
+        i = tuple(int(v) for v in (~ok).nonzero()[0])
+        print(f"first violation at {list(i)}: error {float(err[i])} > bound {float(bound[i])}")
+    return bool(ok.all())
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -161,7 +178,7 @@ def test_dequant_against_float(seed):
         bound = dequant_bound(acc, s1, e, amax, in_frac=in_frac, out_frac=out_frac)
         assert y.abs().max() <= INT32_MAX + 1
         err = (y - ref.clamp(INT32_MIN, INT32_MAX)).abs()
-        assert bool((err <= bound * (1 + 1e-12)).all()), float((err / bound).max())
+        assert _within(err, bound), float((err / bound).max())
     # the saturating corner was reached, on both sides
     assert (y == INT32_MAX).any() and (y == INT32_MIN).any()
 
@@ -219,3 +236,204 @@ def test_config_validation():
         SFUConfig(sig_step_bits=8)
     with pytest.raises(ValueError, match="sig_step_bits must be <= 4"):
         SFUConfig(frac=4, sig_step_bits=6)
+
+
+# --------------------------------------------------------------------------- tables
+def test_tables_from_their_formulas():
+    sig = sigmoid_table(CFG)
+    assert len(sig) == CFG.sig_entries == silu_table(CFG).numel()
+    assert sig[0] == 1 << (CFG.sig_frac - 1) and sig[-1] <= 1 << CFG.sig_frac
+    assert all(a <= b for a, b in zip(sig, sig[1:]))
+    rs = rsqrt_table(CFG)
+    assert len(rs) == CFG.rsqrt_entries
+    b = CFG.rsqrt_index_bits
+    for j, y in enumerate(rs):            # the seed's relative error over its interval
+        i = j + (1 << (b - 2))
+        for m in (i, i + 1):
+            assert abs(y / 2 ** RSQRT_FRAC * math.sqrt(m / 2 ** b) - 1) <= 2.0 ** -b
+    for K in (1, 2, 3, 576, 1536, 4096, 1 << 20):
+        SK, es = sqrt_k(K)
+        assert 1 << 23 <= SK < 1 << 24 and abs(SK * 2.0 ** -es - math.sqrt(K)) <= 2.0 ** -(es + 1)
+    assert rms_eps(1e-5, 576, 14) == round(Fraction(1e-5) * 576 * 2 ** 28)
+    assert rms_eps(0.0, 576, 14) == 0
+
+
+# --------------------------------------------------------------------------- RMSNorm
+def test_rsqrt_fx_relative_error():
+    M = torch.randint(1 << (RSQRT_M_BITS - 2), 1 << RSQRT_M_BITS, (20000,), generator=_gen(0))
+    M[:3] = torch.tensor([1 << (RSQRT_M_BITS - 2), (1 << RSQRT_M_BITS) - 1, 3 << 28])
+    for steps in (0, 1, 2):
+        c = CFG.replace(newton_steps=steps)
+        Y = rsqrt_fx(M, c).double()
+        rel = (Y * M.double().sqrt() * 2.0 ** -(RSQRT_FRAC + RSQRT_M_BITS // 2) - 1).abs()
+        assert rel.max() <= rsqrt_rel_bound(c)
+        assert Y.max() <= 2 ** 31 + 1
+    assert rsqrt_rel_bound(CFG) < 1e-8
+
+
+def test_norm_weight():
+    w = torch.tensor([0.5, -1.25, 3.34375, 1e-7, 0.0], dtype=torch.float64)
+    NW, e = norm_weight(w)
+    lim = (1 << (NW_BITS - 1)) - 1
+    assert NW.abs().max() <= lim < round(3.34375 * 2 ** (e + 1))
+    assert ((NW * 2.0 ** -e - w).abs() <= 2.0 ** -(e + 1)).all()
+    assert NW[1] < 0 and NW[3] == 0 and norm_weight(torch.zeros(4))[1] == 0
+
+
+def _rms_case(seed: int, K: int = 192) -> tuple[torch.Tensor, torch.Tensor]:
+    g = _gen(seed)
+    rows = []
+    for scale in (1e-4, 1e-2, 1.0, 30.0, 3000.0, 24904.0, 1e5):
+        rows.append(torch.randn(6, K, generator=g, dtype=torch.float64) * scale)
+    xf = torch.cat(rows)
+    xf[1, 7] = 24904.0                            # a massive activation in a small token
+    x = to_fixed(xf, CFG.frac)
+    x[2] = 0                                      # all zero
+    x[3] = -torch.arange(1, K + 1)                # all negative
+    x[4] = 2 ** 31 - 1                            # max magnitudes
+    x[5] = -(2 ** 31)
+    x[6, 0] = 1                                   # a single unit
+    w = torch.rand(K, generator=g, dtype=torch.float64) * 1.2 - 0.1
+    return x, w
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_rmsnorm_against_float(seed):
+    x, w = _rms_case(seed)
+    NW, e = norm_weight(w)
+    for eps in (1e-5, 1e-6, 0.0):
+        y = rmsnorm(x, NW, e, eps=eps, config=CFG)
+        ref = rmsnorm_reference(x, w, eps=eps, frac=CFG.frac)
+        ref = torch.nan_to_num(ref)               # 0 / 0 of the all-zero token with eps = 0
+        bound = rmsnorm_bound(x, w, e, eps=eps, config=CFG)
+        assert _within((y - ref.clamp(INT32_MIN, INT32_MAX)).abs(), bound)
+        assert y[2].abs().sum() == 0
+    # a weight NW represents exactly isolates the arithmetic: within 2 units here
+    wq = NW * 2.0 ** -e
+    ref = rmsnorm_reference(x, wq, eps=1e-5, frac=CFG.frac)
+    y = rmsnorm(x, NW, e, eps=1e-5, config=CFG)
+    assert (y - ref).abs().max() <= 2.5
+
+
+def test_rmsnorm_saturates_never_wraps():
+    K = 4
+    x = torch.tensor([[2 ** 31 - 1, 0, 0, 0], [-(2 ** 31), 0, 0, 0], [1, 0, 0, 0]])
+    NW, e = norm_weight(torch.tensor([1.0, 1, 1, 1]) * 2 ** 16)     # y = 2 * 2**16 * x/|x|
+    y = rmsnorm(x, NW, e, eps=0.0, config=CFG)
+    assert y[:, 0].tolist() == [INT32_MAX, INT32_MIN, INT32_MAX]
+    y = rmsnorm(x, *norm_weight(torch.ones(K, dtype=torch.float64)), eps=0.0, config=CFG)
+    assert y[:, 0].tolist() == [2 << CFG.frac, -(2 << CFG.frac), 2 << CFG.frac]
+
+
+# --------------------------------------------------------------------------- RoPE
+def test_rope_table():
+    f = rope_inv_freq(100000.0, 64)
+    cos, sin = rope_table(f, 300)
+    assert cos.shape == sin.shape == (300, 32)
+    assert cos[0].tolist() == [1 << ROPE_FRAC] * 32 and sin[0].abs().sum() == 0
+    p, i = 257, 5
+    assert int(cos[p, i]) == round(math.cos(p * f[i]) * 2 ** ROPE_FRAC)
+    assert int(sin[p, i]) == round(math.sin(p * f[i]) * 2 ** ROPE_FRAC)
+    assert cos.abs().max() <= 1 << ROPE_FRAC
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_rope_against_float_and_llama(seed):
+    from quantflow.models.llama import apply_rope, rope_cos_sin
+    g = _gen(seed)
+    H, T, D = 2, 44, 64
+    f = rope_inv_freq(10000.0, D)
+    cos, sin = rope_table(f, 512)
+    x = _x32_cases(seed, K=D)[: H * T].reshape(H, T, D)
+    pos = torch.randint(0, 512, (T,), generator=g)
+    pos[0] = 0
+    out = rope(x, cos, sin, pos)
+    ref = rope_reference(x, f, pos)
+    assert _within((out - ref.clamp(INT32_MIN, INT32_MAX)).abs(), rope_bound(x))
+    assert (out == INT32_MAX).any() and (out == INT32_MIN).any()     # saturation reached
+    # the pairing is quantflow's apply_rope (HF rotate_half)
+    xs = (torch.randn(1, H, T, D, generator=g, dtype=torch.float64) * 2 ** 14).round().long()
+    pos = torch.arange(T)
+    c, s = rope_cos_sin(T, D, 10000.0)
+    want = apply_rope(xs.double(), c.double(), s.double())
+    got = rope(xs, cos, sin, pos)
+    # + 1 unit: the model's float32 angles and tables
+    assert _within((got - want).abs(), rope_bound(xs) + 1)
+
+
+# --------------------------------------------------------------------------- SiLU, SwiGLU
+def test_sigmoid_and_silu_exhaustive():
+    """Every X32 input of the table's domain (and beyond it)."""
+    F = CFG.frac
+    g = torch.arange(-(CFG.sig_range + 2) << F, ((CFG.sig_range + 2) << F) + 1)
+    sig = sigmoid_fx(g, CFG)
+    real = torch.sigmoid(to_float(g, F))
+    assert (sig.double() * 2.0 ** -CFG.sig_frac - real).abs().max() <= sigmoid_bound(CFG)
+    assert (sig + sigmoid_fx(-g, CFG) == 1 << CFG.sig_frac).all()     # exact symmetry
+    assert int(sigmoid_fx(torch.tensor([-(CFG.sig_range << F)]), CFG)) == 0
+    big = torch.tensor([INT32_MIN, INT32_MAX, 50 << F, -(50 << F)])
+    assert sigmoid_fx(big, CFG).tolist() == [0, 1 << CFG.sig_frac, 1 << CFG.sig_frac, 0]
+    s = silu_fx(g, CFG)
+    assert _within((s - silu_reference(g, F)).abs(), silu_bound(g, CFG))
+    assert silu_fx(big, CFG).tolist() == [0, INT32_MAX, 50 << F, 0]
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_swiglu_against_float(seed):
+    x = _x32_cases(seed, K=64)
+    gate, up = x[: x.shape[0] // 2], x[x.shape[0] // 2: 2 * (x.shape[0] // 2)]
+    for g, u in ((gate, up), (up, gate), (gate, gate)):
+        h = swiglu(g, u, config=CFG)
+        ref = swiglu_reference(g, u, CFG.frac).clamp(INT32_MIN, INT32_MAX)
+        assert _within((h - ref).abs(), swiglu_bound(g, u, CFG))
+    h = swiglu(torch.tensor([INT32_MAX, INT32_MIN, INT32_MAX]),
+               torch.tensor([INT32_MAX, INT32_MAX, INT32_MIN]), config=CFG)
+    assert h.tolist() == [INT32_MAX, 0, INT32_MIN]
+
+
+# --------------------------------------------------------------------------- the rest
+def test_residual_requant_argmax():
+    x = torch.tensor([INT32_MAX, INT32_MIN, 5, -5])
+    assert residual_add(x, torch.tensor([1, -1, 7, 2])).tolist() == [INT32_MAX, INT32_MIN,
+                                                                      12, -3]
+    v = torch.tensor([1000, -1000, 3, -3, 2 ** 20 + 1])
+    assert requant(v, 14, 10, 16).tolist() == [63, -62, 0, 0, 32767]     # 62.5 -> 63, -62.5 -> -62
+    assert requant(v, 10, 14, 16).tolist() == [16000, -16000, 48, -48, 32767]
+    assert requant(torch.tensor([[1], [1]]), torch.tensor([[0], [4]]), 2).tolist() == [[4],
+                                                                                     [0]]
+    assert requant(torch.tensor([-1]), 0, 40).tolist() == [INT32_MIN]
+    a = torch.tensor([[3, 7, 7, 1], [-5, -5, -9, -5], [0, 0, 0, 0]])
+    assert argmax(a).tolist() == [1, 0, 0]
+    assert argmax(a[0]).tolist() == 1
+
+
+@pytest.mark.parametrize("call, exc, match", [
+    (lambda: norm_weight([1.0]), TypeError, "float tensor"),
+    (lambda: rmsnorm(torch.zeros(2, 4, dtype=torch.int64), torch.ones(3, dtype=torch.int64),
+                     15, eps=1e-5, config=CFG), ValueError, "shape"),
+    (lambda: rmsnorm(torch.zeros(2, 4, dtype=torch.int64), torch.full((4,), 1 << 15), 15,
+                     eps=1e-5, config=CFG), ValueError, "16-bit"),
+    (lambda: rmsnorm(torch.zeros(2, 4, dtype=torch.int64), torch.ones(4, dtype=torch.int64),
+                     15, eps=-1.0, config=CFG), ValueError, "eps"),
+    (lambda: rmsnorm(torch.zeros(2, 4, dtype=torch.int64), torch.ones(4, dtype=torch.int64),
+                     15, eps=1e-5, config=None), TypeError, "SFUConfig"),
+    (lambda: rope_table("abc", 8), TypeError, "sequence of floats"),
+    (lambda: rope_table([0.1, float("nan")], 8), ValueError, "NaN"),
+    (lambda: rope_inv_freq(10000.0, 63), ValueError, "even"),
+    (lambda: rope(torch.zeros(2, 4, dtype=torch.int64), *rope_table([1.0, 0.1], 4),
+                  torch.tensor([0, 4])), ValueError, "positions 0..3"),
+    (lambda: rope(torch.zeros(2, 6, dtype=torch.int64), *rope_table([1.0, 0.1], 4),
+                  torch.tensor([0, 1])), ValueError, "D/2"),
+    (lambda: rope(torch.zeros(2, 4, dtype=torch.int64), *rope_table([1.0, 0.1], 4),
+                  torch.tensor([0, 1, 2])), ValueError, "shape"),
+    (lambda: swiglu(torch.zeros(2, dtype=torch.int64), torch.zeros(3, dtype=torch.int64),
+                    config=CFG), ValueError, "shape"),
+    (lambda: swiglu(torch.zeros(2), torch.zeros(2), config=CFG), TypeError, "integer dtype"),
+    (lambda: requant(torch.tensor([1]), 14, 10, bits=33), ValueError, "bits must be <= 32"),
+    (lambda: requant(torch.tensor([1]), 14.0, 10), TypeError, "from_frac must be an int"),
+    (lambda: residual_add(torch.tensor([1]), torch.tensor([1 << 31])), ValueError, "int32"),
+    (lambda: argmax(torch.tensor([1.0, 2.0])), TypeError, "integer dtype"),
+])
+def test_bad_inputs_rest(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
