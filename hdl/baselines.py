@@ -34,8 +34,8 @@ from golden.mixpe_config import MixPEConfig
 from golden.sparse_dsp_config import DSP_ACC_BITS, SparseDSPConfig
 from golden.validate import check_bool, expect_type
 
-from .mixpe import product_shape
-from .rtl import count_width, tree_sum
+from .mixpe import element_ports, product_shape, shift_add_product
+from .rtl import count_width
 from .sparse_dsp import B_BITS, DSPGroup
 
 __all__ = ["BaselinePE", "BaselineArray", "BASELINE_LATENCY", "ProductKernel", "DenseChain"]
@@ -74,8 +74,7 @@ class BaselinePE(wiring.Component):
         self.config = _config(self, config, MixPEConfig)
         super().__init__({
             "valid": In(1),
-            "a": In(signed(ACT_BITS)),
-            "q": In(unsigned(config.bits)),
+            **element_ports(config),
             "s2": In(unsigned(SCALE_BITS)),
             "z": In(unsigned(config.bits)),
             "first": In(1),
@@ -195,14 +194,12 @@ class ProductKernel(wiring.Component):
         if not isinstance(shift_add, bool):
             self._MustUse__silence = True
         self.shift_add = check_bool("shift_add", shift_add)
-        super().__init__({"a": In(signed(ACT_BITS)), "q": In(unsigned(config.bits)),
-                          "p": Out(product_shape(config))})
+        super().__init__({**element_ports(config), "p": Out(product_shape(config))})
 
     def elaborate(self, platform):
         m = Module()
         if self.shift_add:
-            m.d.sync += self.p.eq(tree_sum(
-                [Mux(self.q[i], self.a << i, 0) for i in range(self.config.bits)]))
+            m.d.sync += self.p.eq(shift_add_product(self.a, self.q, self.config.bits))
         else:
             m.d.sync += self.p.eq(self.a * self.q)
         return m

@@ -45,7 +45,7 @@ __all__ = [
     "PIPELINE_LATENCY", "system_cycle_model", "MixPECell", "MixPEDQLane",
     "MixPE", "MixPESystem", "cycle_model", "pipeline_latency", "dq_lane_cells",
     "dq_lane_length", "act_layout", "code_layout", "scale_layout", "result_layout",
-    "product_shape", "group_sum_shape", "act_sum_shape",
+    "product_shape", "group_sum_shape", "act_sum_shape", "element_ports", "shift_add_product",
 ]
 
 #: Fixed part of the latency: cycles from the clock edge that accepts a tile's
@@ -97,6 +97,19 @@ def act_sum_shape(config: MixPEConfig) -> Shape:
     """A: sum of `group` activations."""
     g = config.group
     return Shape.cast(range(ACT_MIN * g, ACT_MAX * g + 1))
+
+
+def element_ports(config: MixPEConfig) -> dict:
+    """The operands of one element at a PE: signed INT8 activation `a`, unsigned
+    `bits`-bit code `q` (hdl.baselines' PE and product kernel take the same, so
+    that a comparison with MixPECell is like for like)."""
+    return {"a": In(signed(ACT_BITS)), "q": In(unsigned(config.bits))}
+
+
+def shift_add_product(a, q, bits: int):
+    """a * q without a multiplier, as S2 computes it: one gated shifted copy of
+    `a` per code bit, summed in a tree."""
+    return tree_sum([Mux(q[i], a << i, 0) for i in range(bits)])
 
 
 # ---------------------------------------------------------------------------
@@ -172,22 +185,15 @@ class MixPECell(wiring.Component):
 
     def __init__(self, config: MixPEConfig):
         self.config = _check_config(config)
-        super().__init__({
-            "a": In(signed(ACT_BITS)),
-            "q": In(unsigned(config.bits)),
-            "p_en": In(1),
-            "p_first": In(1),
-            "p_last": In(1),
-            "Pg": Out(group_sum_shape(config)),
-        })
+        super().__init__({**element_ports(config), **_GROUP_STROBES,
+                          "Pg": Out(group_sum_shape(config))})
 
     def elaborate(self, platform):
         m = Module()
         cfg = self.config
-        # S2: shift-and-add product, one gated shifted copy of `a` per code bit.
-        terms = [Mux(self.q[i], self.a << i, 0) for i in range(cfg.bits)]
+        # S2: shift-and-add product.
         pp = Signal(product_shape(cfg))
-        m.d.sync += pp.eq(tree_sum(terms))
+        m.d.sync += pp.eq(shift_add_product(self.a, self.q, cfg.bits))
 
         # S3: group partial sum, the finished one held in Pg.
         _group_sum(m, self, pp, self.Pg, "P")
@@ -200,13 +206,8 @@ class _RowActSum(wiring.Component):
 
     def __init__(self, config: MixPEConfig):
         self.config = config
-        super().__init__({
-            "a": In(signed(ACT_BITS)),
-            "p_en": In(1),
-            "p_first": In(1),
-            "p_last": In(1),
-            "Ag": Out(act_sum_shape(config)),
-        })
+        super().__init__({"a": In(signed(ACT_BITS)), **_GROUP_STROBES,
+                          "Ag": Out(act_sum_shape(config))})
 
     def elaborate(self, platform):
         m = Module()
@@ -214,6 +215,10 @@ class _RowActSum(wiring.Component):
         m.d.sync += a_d.eq(self.a)
         _group_sum(m, self, a_d, self.Ag, "A")
         return m
+
+
+#: The strobes _group_sum reads from its unit (MixPECell, _RowActSum).
+_GROUP_STROBES = {"p_en": In(1), "p_first": In(1), "p_last": In(1)}
 
 
 def _group_sum(m, unit, term, held, name: str) -> None:
@@ -501,8 +506,7 @@ class MixPESystem(wiring.Component):
         self._input_memories(m, pe, run)
         res_busy = self._result_memory(m, pe, run)
         # The run ends when the result write-address walk has ended.
-        m.d.comb += [run.start.eq(self.start), run.finished.eq(~res_busy),
-                     self.done.eq(run.done), self.cycles.eq(run.cycles)]
+        run.connect_system(m, self, finished=~res_busy)
         return m
 
     def _input_memories(self, m, pe, run):
@@ -521,9 +525,7 @@ class MixPESystem(wiring.Component):
                                   outer_stride=ostride, max_outer=self.max_n_tiles,
                                   max_inner=self.max_m_tiles)
             m.submodules[f"{name}_src"] = src
-            self._load.connect(m, self, src)
-            m.d.comb += [src.lock.eq(run.running), src.start.eq(run.go),
-                         src.n_outer.eq(self.n_tiles), src.n_inner.eq(self.m_tiles)]
+            src.connect_run(m, self, run, n_outer=self.n_tiles, n_inner=self.m_tiles)
             wiring.connect(m, src.data, sink)
 
     def _result_memory(self, m, pe, run):

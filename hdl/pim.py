@@ -684,8 +684,7 @@ class PIMSystem(wiring.Component):
         finished = Signal()
         m.d.comb += finished.eq(~sources_busy & ch.idle & is_const(ch.m_issue.cmd, 0)
                                 & is_const(ch.p_issue.cmd, 0))
-        m.d.comb += [run.start.eq(self.start), run.finished.eq(finished),
-                     self.done.eq(run.done), self.cycles.eq(run.cycles)]
+        run.connect_system(m, self, finished=finished)
         return m
 
     def _bank_load(self, m, ch, run):
@@ -715,9 +714,7 @@ class PIMSystem(wiring.Component):
             src = PreloadedMemory(load=self._load, sel=sel, shape=layout, depth=depth,
                                   max_outer=depth)
             m.submodules[f"{name}_src"] = src
-            self._load.connect(m, self, src)
-            m.d.comb += [src.lock.eq(run.running), src.start.eq(run.go),
-                         src.n_outer.eq(count), src.n_inner.eq(1)]
+            src.connect_run(m, self, run, n_outer=count)
             wiring.connect(m, src.data, sink)
             busy.append(src.busy)
         return Cat(*busy).any()

@@ -19,12 +19,9 @@ A system wrapper (see hdl.mixpe.MixPESystem) reads::
         m.submodules.dut = dut = Block(...)
         m.submodules.act_src = src = PreloadedMemory(
             load=LOAD, sel=0, shape=act_layout, depth=depth, max_outer=depth)
-        LOAD.connect(m, self, src)            # the system's load ports -> src
-        m.d.comb += [src.lock.eq(run.running), src.start.eq(run.go),
-                     src.n_outer.eq(self.n), src.n_inner.eq(1)]
+        src.connect_run(m, self, run, n_outer=self.n)   # load ports, lock, walk
         wiring.connect(m, src.data, dut.act)
-        m.d.comb += [run.start.eq(self.start), run.finished.eq(~src.busy & ...),
-                     self.done.eq(run.done), self.cycles.eq(run.cycles)]
+        run.connect_system(m, self, finished=~src.busy & ...)   # start / done / cycles
         return m
 
 SYSTEM_OVERHEAD cycles of such a run are not the datapath's: the address
@@ -262,6 +259,14 @@ class PreloadedMemory(wiring.Component):
         m.d.comb += self.busy.eq(gen.busy | rd.data.valid)
         return m
 
+    def connect_run(self, m: Module, system, run: RunControl, *, n_outer,
+                    n_inner=1) -> None:
+        """Load through `system`'s load ports (LoadPort.connect), locked while
+        `run` runs; the walk restarts at `run.go` over n_outer x n_inner."""
+        self._load.connect(m, system, self)
+        m.d.comb += [self.lock.eq(run.running), self.start.eq(run.go),
+                     self.n_outer.eq(n_outer), self.n_inner.eq(n_inner)]
+
 
 class RunControl(wiring.Component):
     """The start / done / cycles handshake of a preloaded run.
@@ -295,3 +300,9 @@ class RunControl(wiring.Component):
             with m.If(self.finished):
                 m.d.sync += [self.running.eq(0), self.done.eq(1)]
         return m
+
+    def connect_system(self, m: Module, system, *, finished) -> None:
+        """Run `system`: started by its `start` port, ended by `finished`,
+        reported on its `done` and `cycles` ports."""
+        m.d.comb += [self.start.eq(system.start), self.finished.eq(finished),
+                     system.done.eq(self.done), system.cycles.eq(self.cycles)]
