@@ -4,11 +4,12 @@ ProductKernel a*q, DenseChain each group's dot product."""
 import random
 
 import pytest
-from amaranth.sim import Simulator
 
 from golden.mixpe_config import MixPEConfig
 from golden.sparse_dsp_config import SparseDSPConfig
 from hdl.baselines import BASELINE_LATENCY, BaselineArray, BaselinePE, DenseChain, ProductKernel
+
+from helpers.amaranth_streams import simulate
 
 
 def _wrap32(x: int) -> int:
@@ -47,10 +48,7 @@ def _run(config, dots, *, gaps=True, seed=0):
             if ctx.get(dut.out_load):
                 got.append(ctx.get(dut.out))
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(bench)
-    sim.run()
+    simulate(dut, bench)
     return got
 
 
@@ -100,10 +98,7 @@ def test_baseline_pe_output_bank_shifts():
         await ctx.tick()
         seen.append(ctx.get(dut.out))
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(bench)
-    sim.run()
+    simulate(dut, bench)
     assert seen == [-12345]
 
 
@@ -145,10 +140,7 @@ def test_baseline_array_rows_and_columns():
             ctx.set(dut.row, m)
             got.append([ctx.get(dut.result[n]) for n in range(config.cols)])
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(bench)
-    sim.run()
+    simulate(dut, bench)
     assert got == expected
 
 
@@ -167,10 +159,7 @@ def test_product_kernel(shift_add):
             await ctx.tick()
             got.append(ctx.get(dut.p))
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(bench)
-    sim.run()
+    simulate(dut, bench)
     assert got == [a * q for a, q in pairs]
 
 
@@ -193,10 +182,7 @@ def test_dense_chain_sums_each_group():
             await ctx.tick()
         got.extend(ctx.get(dut.p[g]) for g in range(config.n_groups))
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(bench)
-    sim.run()
+    simulate(dut, bench)
     gl = config.group_len
     assert got == [sum(a[j] * b[j] for j in range(g * gl, (g + 1) * gl))
                    for g in range(config.n_groups)]

@@ -216,47 +216,41 @@ def _resign(d, name=None, **man_changes):
     (d / "manifest.json").write_text(json.dumps(man))
 
 
+def _refused(d, match: str, config=C) -> None:
+    with pytest.raises(QuantflowError, match=match):
+        load_kv4_cache(d, config)
+
+
 def test_cache_image_manifest_mismatches(tmp_path):
     cache = _cache()
     d = tmp_path / "cache"
     export_kv4_cache(d, cache, C)
-    with pytest.raises(QuantflowError, match="written for"):
-        load_kv4_cache(d, KV4Config(head_dim=32, lanes=8, max_t=20, heads=2))   # recent 8
+    _refused(d, "written for", KV4Config(head_dim=32, lanes=8, max_t=20, heads=2))  # recent 8
     # a changed hex word: checksum
     (d / "k.hex").write_text((d / "k.hex").read_text().replace("0", "1", 1))
-    with pytest.raises(QuantflowError, match="sha256"):
-        load_kv4_cache(d, C)
-    # manifest T that disagrees with the files (checksums re-signed): word count
-    export_kv4_cache(d, cache, C)
-    _resign(d, T=6)
-    with pytest.raises(QuantflowError, match="k.hex shape disagrees with the manifest"):
-        load_kv4_cache(d, C)
-    _resign(d, T=99)
-    with pytest.raises(QuantflowError, match="max_t"):
-        load_kv4_cache(d, C)
-    export_kv4_cache(d, cache, C)
-    _resign(d, recent_tokens=2)
-    with pytest.raises(QuantflowError, match="recent_tokens=2 disagrees"):
-        load_kv4_cache(d, C)
-    _resign(d, recent_tokens=3, rotated=False)
-    with pytest.raises(QuantflowError, match="rotated=False"):
-        load_kv4_cache(d, C)
+    _refused(d, "sha256")
+    # manifest fields that disagree with the files (checksums re-signed)
+    for changes, match in (({"T": 6}, "k.hex shape disagrees with the manifest"),  # word count
+                           ({"T": 99}, "max_t"),
+                           ({"recent_tokens": 2}, "recent_tokens=2 disagrees"),
+                           ({"recent_tokens": 3, "rotated": False}, "rotated=False")):
+        export_kv4_cache(d, cache, C)
+        _resign(d, **changes)
+        _refused(d, match)
     # npy that disagrees with the hex (checksum updated to isolate the check)
     for name, arr in (("k_zero.npy", cache.kz + 1), ("v_zero8.npy", cache.vz8[4:] + 1),
                       ("k_codes8.npy", (cache.kcodes8[4:] ^ 1).to(torch.uint8))):
         export_kv4_cache(d, cache, C)
         np.save(d / name, arr.numpy())
         _resign(d, name)
-        with pytest.raises(QuantflowError, match="disagree with their .npy"):
-            load_kv4_cache(d, C)
+        _refused(d, "disagree with their .npy")
     # the ring's scale differs from the 4-bit words' (no npy holds it twice)
     export_kv4_cache(d, cache, C)
     from quantflow.imagedir import write_hex
     write_hex(d / "k8.hex", pack_recent_words(cache.kcodes8[4:], cache.ks[4:] + 1,
                                               cache.kz8[4:], C), token_bits(C))
     _resign(d, "k8.hex")
-    with pytest.raises(QuantflowError, match="on the scale of the recent tokens 4..6"):
-        load_kv4_cache(d, C)
+    _refused(d, "on the scale of the recent tokens 4..6")
     # files that agree with each other but hold a zero no append produces
     export_kv4_cache(d, cache, C)
     write_hex(d / "v.hex", pack_token_words(cache.vcodes, cache.vs, cache.vz + 16, C),
@@ -264,8 +258,7 @@ def test_cache_image_manifest_mismatches(tmp_path):
     np.save(d / "v_zero.npy", (cache.vz + 16).numpy())
     _resign(d, "v.hex")
     _resign(d, "v_zero.npy")
-    with pytest.raises(QuantflowError, match="no append produces"):
-        load_kv4_cache(d, C)
+    _refused(d, "no append produces")
 
 
 def test_export_refuses_bad_caches_and_leaves_nothing(tmp_path):
