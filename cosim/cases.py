@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from golden.validate import check_int, expect_type
+from golden.validate import check_counts, expect_type
 
 __all__ = ["MIN_MACS", "TiledCase", "RealLayer", "tiles_for"]
 
@@ -33,8 +33,7 @@ class TiledCase:
         ValueError unless the tile counts are >= 1 and p_idle, p_stall
         probabilities below 1."""
         expect_type("config", self.config, config_cls)
-        for n in ("m_tiles", "n_tiles"):
-            check_int(n, getattr(self, n), 1)
+        check_counts(self, "m_tiles", "n_tiles")
         for n in ("p_idle", "p_stall"):
             v = getattr(self, n)
             if not 0.0 <= v < 1.0:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from golden.formats import (ACC_BITS, ACT_BITS, INT8_ABS_MAX, SCALE_BITS, W8_ABS_MAX,
                             int32_safe_terms)
 from golden.mixpe_config import MIXPE_GROUP_RANGE, check_reduction
-from golden.validate import check_bool, check_choice, check_int
+from golden.validate import check_bool, check_choice, check_counts, check_int
 
 __all__ = ["LUT_K_CHUNK", "LUT_STORED_ENTRIES", "LUT_PLANE_BITS", "LUT_MAX_PLANES",
            "LUT_MAX_K", "LUTConfig", "LUTMode", "MODES"]
@@ -114,10 +114,7 @@ class LUTConfig:
     group: int = 64
 
     def __post_init__(self):
-        check_int("rows", self.rows, 1)
-        check_int("cols", self.cols, 1)
-        check_int("lanes", self.lanes, 1)
-        check_int("K", self.K, 1)
+        check_counts(self, "rows", "cols", "lanes", "K")
         lo, hi = MIXPE_GROUP_RANGE
         check_int("group", self.group, lo, hi,
                   hint="as MixPE's, so the same quantized weights run on both")

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from golden.formats import (ACC_BITS, ACT_BITS, INT8_ABS_MAX, SCALE_BITS, W8_ABS_MAX,
                             int32_safe_terms)
-from golden.validate import check_choice, check_int
+from golden.validate import check_choice, check_counts, check_int
 
 __all__ = ["MIXPE_WEIGHT_BITS", "MIXPE_GROUP_RANGE", "MIXPE_MAX_K", "MixPEConfig",
            "suggest_group", "check_reduction"]
@@ -76,9 +76,7 @@ class MixPEConfig:
         lo, hi = MIXPE_GROUP_RANGE
         check_int("group", self.group, lo, hi,
                   hint="64 or 128 consecutive k are usual")
-        check_int("rows", self.rows, 1)
-        check_int("cols", self.cols, 1)
-        check_int("K", self.K, 1)
+        check_counts(self, "rows", "cols", "K")
         check_reduction(self.K, self.group, MIXPE_MAX_K)
 
     # --- derived quantities (never re-derive these elsewhere) ---

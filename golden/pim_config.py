@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import NamedTuple, Sequence
 
 from golden.formats import ACT_BITS, ACT_MAX, ACT_MIN, INT8_ABS_MAX, int32_safe_terms
-from golden.validate import check_choice, check_int
+from golden.validate import check_choice, check_counts, check_int
 
 __all__ = ["PIMConfig", "PIM_MODES", "MCMD", "PCMD", "RULES", "rule_bit", "rule_mask",
            "TIMING_FIELDS", "PIM_MAX_COLUMNS", "JOB_STEPS", "MemReq", "GemvJob", "Cmd",
@@ -179,10 +179,7 @@ class PIMConfig:
 
     def __post_init__(self):
         check_choice("mode", self.mode, PIM_MODES)
-        check_int("banks", self.banks, 1)
-        check_int("rows", self.rows, 1)
-        check_int("lanes", self.lanes, 1)
-        check_int("columns", self.columns, 1)
+        check_counts(self, "banks", "rows", "lanes", "columns")
         if self.columns % self.lanes:
             raise ValueError(
                 f"columns={self.columns} is not a multiple of lanes={self.lanes}: a COMP "
@@ -193,8 +190,7 @@ class PIMConfig:
                              f"int32 dot product could wrap; split the row")
         for name in TIMING_FIELDS:
             check_int(f"timing {name}", getattr(self, name), 1, hint="a time in cycles")
-        check_int("quantum", self.quantum, 1)
-        check_int("max_job_rows", self.max_job_rows, 1)
+        check_counts(self, "quantum", "max_job_rows")
         if self.max_job_rows > self.rows:
             raise ValueError(f"max_job_rows={self.max_job_rows} exceeds rows={self.rows}; "
                              f"a job covers consecutive rows of one bank")

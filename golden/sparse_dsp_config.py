@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from golden.formats import ACC_BITS, ACT_BITS, INT8_ABS_MAX, SCALE_BITS, int32_safe_terms
 
 from golden.mixpe_config import MIXPE_GROUP_RANGE
-from golden.validate import check_choice, check_int, check_pow2, expect_type
+from golden.validate import check_choice, check_counts, check_int, check_pow2, expect_type
 
 __all__ = [
     "PATTERNS", "PATTERN_NAMES", "MAX_RATIO", "MAX_N", "MAX_M", "INDEX_BITS",
@@ -101,9 +101,7 @@ class SparseDSPConfig:
     qgroup: int = 64
 
     def __post_init__(self):
-        check_int("L", self.L, 1)
-        check_int("group_len", self.group_len, 1)
-        check_int("K", self.K, 1)
+        check_counts(self, "L", "group_len", "K")
         lo, hi = MIXPE_GROUP_RANGE
         check_int("qgroup", self.qgroup, lo, hi)
         check_pow2("L", self.L, hint=f"the run-time window arithmetic is shifts; use "

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Iterable
 
-__all__ = ["check_int", "check_bool", "check_choice", "check_pow2", "expect_type"]
+__all__ = ["check_int", "check_counts", "check_bool", "check_choice", "check_pow2",
+           "expect_type"]
 
 
 def check_int(name: str, value, lo: int | None = None, hi: int | None = None,
@@ -24,6 +25,13 @@ def check_int(name: str, value, lo: int | None = None, hi: int | None = None,
     if hi is not None and value > hi:
         raise ValueError(f"{name} must be <= {hi}, got {value}{'; ' + hint if hint else ''}")
     return value
+
+
+def check_counts(obj, *names: str) -> None:
+    """Each field `names` of `obj` (a configuration's sizes and counts) an int
+    >= 1 (check_int), checked in the order given."""
+    for name in names:
+        check_int(name, getattr(obj, name), 1)
 
 
 def check_bool(name: str, value) -> bool:
