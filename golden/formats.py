@@ -7,8 +7,8 @@ Standard library only, so that `hdl` reads it without torch.
 from __future__ import annotations
 
 __all__ = ["ACT_BITS", "ACT_QMAX", "ACT_MIN", "ACT_MAX", "QOQ_W8_QMAX", "SCALE_BITS",
-           "SCALE_MAX", "ACC_BITS", "INT32_MIN", "INT32_MAX", "W8_ABS_MAX", "INT8_ABS_MAX",
-           "int32_safe_terms"]
+           "SCALE_MAX", "SCALE_PAIR_BITS", "ACC_BITS", "INT32_MIN", "INT32_MAX", "W8_ABS_MAX",
+           "INT8_ABS_MAX", "int32_safe_terms"]
 
 #: Activation format (DESIGN §3.1): per-token symmetric INT8. The quantizer emits
 #: codes in [-ACT_QMAX, ACT_QMAX]; the hardware accepts the whole int8 range.
@@ -22,6 +22,9 @@ QOQ_W8_QMAX = 119
 #: hardware's scale words (both unsigned). quantflow refuses values that do not fit.
 SCALE_BITS = 8
 SCALE_MAX = (1 << SCALE_BITS) - 1
+#: One (s2, z*s2) pair of MixPE's and the LUT block's scale words: s2 in bits
+#: [0, SCALE_BITS), z*s2 in [SCALE_BITS, SCALE_PAIR_BITS).
+SCALE_PAIR_BITS = 2 * SCALE_BITS
 #: Accumulator / result format: int32, two's complement, wraps on overflow
 #: (golden wraps the same way; each config bounds its reduction so that it cannot).
 ACC_BITS = 32

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from golden.formats import (ACC_BITS, ACT_BITS, INT8_ABS_MAX, SCALE_BITS, W8_ABS_MAX,
+from golden.formats import (ACC_BITS, ACT_BITS, INT8_ABS_MAX, SCALE_PAIR_BITS, W8_ABS_MAX,
                             int32_safe_terms)
 from golden.mixpe_config import MIXPE_GROUP_RANGE, check_reduction
 from golden.validate import check_bool, check_choice, check_counts, check_int
@@ -167,7 +167,7 @@ class LUTConfig:
 
     @property
     def scale_word_bits(self) -> int:
-        return 2 * SCALE_BITS * self.lanes
+        return SCALE_PAIR_BITS * self.lanes
 
     @property
     def result_word_bits(self) -> int:

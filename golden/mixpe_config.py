@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from golden.formats import (ACC_BITS, ACT_BITS, INT8_ABS_MAX, SCALE_BITS, W8_ABS_MAX,
+from golden.formats import (ACC_BITS, ACT_BITS, INT8_ABS_MAX, SCALE_PAIR_BITS, W8_ABS_MAX,
                             int32_safe_terms)
 from golden.validate import check_choice, check_counts, check_int
 
@@ -110,7 +110,7 @@ class MixPEConfig:
 
     @property
     def scale_word_bits(self) -> int:
-        return 2 * SCALE_BITS * self.cols
+        return SCALE_PAIR_BITS * self.cols
 
     @property
     def result_word_bits(self) -> int:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from golden.formats import ACC_BITS, ACT_BITS, ACT_QMAX, SCALE_BITS
+from golden.formats import ACC_BITS, ACT_BITS, ACT_QMAX, SCALE_BITS, SCALE_MAX, SCALE_PAIR_BITS
 from golden.lut import lut_acc
 from golden.lut_config import LUT_K_CHUNK, LUT_PLANE_BITS, LUTConfig, LUTMode
 from golden.validate import expect_type
@@ -30,7 +30,7 @@ from .errors import QuantflowError
 from .imagedir import FIX, MANIFEST, read_manifest_for, read_npy, read_words
 from .pack import pack_words, unpack_words
 from .qoq import QoQWeights, quantize_act, quantize_qoq
-from .qoq_images import (QoQImages, check_qoq_images, qoq_fields, qoq_operands,
+from .qoq_images import (SCALE_FIELDS, QoQImages, check_qoq_images, qoq_fields, qoq_operands,
                          write_qoq_images)
 
 __all__ = ["LUT_FORMAT", "LUT_FORMAT_VERSION", "LUTImages", "quantize_lut_weights",
@@ -162,18 +162,17 @@ def pack_lut_scale_words(s2, z, config: LUTConfig) -> list[int]:
     nt = _tiles(s2.shape[0], c.cols, "N")
     zs2 = z * s2
     if s2.size and (s2.min() < 1 or max(s2.max(), zs2.max()) >> SCALE_BITS or zs2.min() < 0):
-        raise QuantflowError(f"s2 must be in [1, {(1 << SCALE_BITS) - 1}] and z*s2 in "
-                             f"[0, {(1 << SCALE_BITS) - 1}]")
+        raise QuantflowError(f"s2 must be in [1, {SCALE_MAX}] and z*s2 in [0, {SCALE_MAX}]")
     pair = (s2 | (zs2 << SCALE_BITS)).reshape(nt, c.slices, c.lanes, c.groups)
-    return pack_words(pair.transpose(0, 3, 1, 2).reshape(-1, c.lanes), 2 * SCALE_BITS, c.lanes)
+    return pack_words(pair.transpose(0, 3, 1, 2).reshape(-1, c.lanes), SCALE_PAIR_BITS, c.lanes)
 
 
 def unpack_lut_scale_words(words, config: LUTConfig) -> tuple[np.ndarray, np.ndarray]:
     c = _cfg(config)
-    v = unpack_words(words, 2 * SCALE_BITS, c.lanes)
+    v = unpack_words(words, SCALE_PAIR_BITS, c.lanes)
     nt = v.shape[0] // (c.groups * c.slices)
     v = v.reshape(nt, c.groups, c.slices, c.lanes).transpose(0, 2, 3, 1).reshape(-1, c.groups)
-    return v & ((1 << SCALE_BITS) - 1), v >> SCALE_BITS
+    return v & SCALE_MAX, v >> SCALE_BITS
 
 
 def pack_lut_result_words(acc, config: LUTConfig) -> list[int]:
@@ -220,9 +219,8 @@ def write_lut_images(outdir, config: LUTConfig, mode, *, weights: QoQWeights, a,
                      order="word[((tn*K/4 + c)*slices + s)*planes + planes-1-i] holds, as "
                            "element l, bit i of q[tn*cols + s*lanes + l, 4c + t] in bit t; "
                            "npy holds the codes q [N, K]"),
-        "scale": dict(elem_bits=2 * SCALE_BITS, signed=False, elems_per_word=c.lanes,
-                      word_bits=c.scale_word_bits, layout="lut_scale",
-                      fields={"s2": [0, SCALE_BITS], "zs2": [SCALE_BITS, 2 * SCALE_BITS]},
+        "scale": dict(elem_bits=SCALE_PAIR_BITS, signed=False, elems_per_word=c.lanes,
+                      word_bits=c.scale_word_bits, layout="lut_scale", fields=SCALE_FIELDS,
                       order="word[(tn*groups + j)*slices + s] holds (s2 | zs2 << 8) of column "
                             "tn*cols + s*lanes + l as element l; npy is [N, G, 2]"),
         "result": dict(elem_bits=ACC_BITS, signed=True, elems_per_word=c.rows * c.lanes,

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from golden.formats import ACC_BITS, ACT_BITS, ACT_QMAX, QOQ_W8_QMAX, SCALE_BITS
+from golden.formats import (ACC_BITS, ACT_BITS, ACT_QMAX, QOQ_W8_QMAX, SCALE_BITS, SCALE_MAX,
+                            SCALE_PAIR_BITS)
 from golden.mixpe import mixpe_acc
 from golden.mixpe_config import MixPEConfig
 from golden.validate import check_int, expect_type
@@ -29,8 +30,8 @@ from .errors import QuantflowError
 from .imagedir import FIX, read_manifest_for, read_npy, read_words
 from .pack import int64_array, pack_words, pack_words_array, unpack_words
 from .qoq import QoQWeights, quantize_act, quantize_qoq
-from .qoq_images import (QoQImages, agree, check_qoq_images, qoq_fields, qoq_operands,
-                         write_qoq_images)
+from .qoq_images import (SCALE_FIELDS, QoQImages, agree, check_qoq_images, qoq_fields,
+                         qoq_operands, write_qoq_images)
 
 __all__ = ["FORMAT", "FORMAT_VERSION",
            "pack_act_words", "unpack_act_words", "pack_code_words", "unpack_code_words",
@@ -112,25 +113,23 @@ def pack_scale_words(s2, z, config: MixPEConfig, *, as_array: bool = False) -> l
     if (zv < 0).any() or (zv > c.levels).any():
         raise QuantflowError(f"z must be in [0, {c.levels}]")
     zs2 = zv * s2v
-    smax = (1 << SCALE_BITS) - 1
-    if (s2v > smax).any() or (zs2 > smax).any():
+    if (s2v > SCALE_MAX).any() or (zs2 > SCALE_MAX).any():
         raise QuantflowError(f"s2 and z*s2 must fit {SCALE_BITS} bits; re-quantize with "
                              f"quantflow.quantize_qoq")
     nt = _tiles("N", s2v.shape[0], c.cols, "weights", "cols")
     pairs = s2v | (zs2 << SCALE_BITS)
     elems = pairs.reshape(nt, c.cols, c.groups).transpose(0, 2, 1).reshape(-1, c.cols)
-    words = pack_words_array(elems, 2 * SCALE_BITS, c.cols)
+    words = pack_words_array(elems, SCALE_PAIR_BITS, c.cols)
     return words if as_array else words.tolist()
 
 
 def unpack_scale_words(words, config: MixPEConfig) -> tuple[np.ndarray, np.ndarray]:
     """-> (s2, zs2) int64 [N, G] each."""
     c = _check_cfg(config)
-    e = unpack_words(words, 2 * SCALE_BITS, c.cols)
+    e = unpack_words(words, SCALE_PAIR_BITS, c.cols)
     nt = _tiles("scale words", e.shape[0], c.groups, "scale words", "groups")
     pairs = e.reshape(nt, c.groups, c.cols).transpose(0, 2, 1).reshape(nt * c.cols, c.groups)
-    mask = (1 << SCALE_BITS) - 1
-    return pairs & mask, (pairs >> SCALE_BITS) & mask
+    return pairs & SCALE_MAX, (pairs >> SCALE_BITS) & SCALE_MAX
 
 
 # ---- results: acc [M, N] -> words ((tn*MT + tm)*rows + m), `cols` int32 per word
@@ -182,9 +181,8 @@ def write_mixpe_images(outdir, config: MixPEConfig, *, weights: QoQWeights, a, s
                      word_bits=c.code_word_bits, layout="mixpe_code",
                      order=f"word[tn*K + k] holds q[tn*cols + c, k] in bits "
                            f"[{c.bits}c, {c.bits}c+{c.bits})"),
-        "scale": dict(elem_bits=2 * SCALE_BITS, signed=False, elems_per_word=c.cols,
-                      word_bits=c.scale_word_bits, layout="mixpe_scale",
-                      fields={"s2": [0, SCALE_BITS], "zs2": [SCALE_BITS, 2 * SCALE_BITS]},
+        "scale": dict(elem_bits=SCALE_PAIR_BITS, signed=False, elems_per_word=c.cols,
+                      word_bits=c.scale_word_bits, layout="mixpe_scale", fields=SCALE_FIELDS,
                       order="word[tn*G + j] holds (s2 | zs2 << 8)[tn*cols + c, j] in bits "
                             "[16c, 16c+16); npy is [N, G, 2] = (s2, zs2)"),
         "result": dict(elem_bits=ACC_BITS, signed=True, elems_per_word=c.cols,

@@ -14,12 +14,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from golden.formats import SCALE_BITS, SCALE_PAIR_BITS
+
 from .errors import QuantflowError
 from .imagedir import FIX, hex_digits, write_hex, write_image_dir, write_side
 from .qoq import QoQWeights
 
-__all__ = ["qoq_operands", "write_qoq_images", "QoQImages", "check_qoq_images",
-           "qoq_fields", "agree"]
+__all__ = ["SCALE_FIELDS", "qoq_operands", "write_qoq_images", "QoQImages",
+           "check_qoq_images", "qoq_fields", "agree"]
+
+#: The manifest's bit fields of one scale element (golden.formats.SCALE_PAIR_BITS).
+SCALE_FIELDS = {"s2": [0, SCALE_BITS], "zs2": [SCALE_BITS, SCALE_PAIR_BITS]}
 
 
 def qoq_operands(weights: QoQWeights, a, s_a, *, K: int, bits: int, group: int,
