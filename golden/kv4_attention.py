@@ -46,8 +46,9 @@ from dataclasses import dataclass
 import torch
 
 from golden.formats import ACT_BITS, ACT_MAX, ACT_MIN, ACT_QMAX
-from golden.kv4_attention_config import (C_BITS, CODE_SHIFT, KV8_LEVELS, KV_LEVELS, LSH_BITS,
-                                         SHIFT_SAT, KV4Config, exp2_table)
+from golden.kv4_attention_config import (C_BITS, CODE8_MAX, CODE_SHIFT, KV8_LEVELS, KV_LEVELS,
+                                         LSH_BITS, SHIFT_SAT, KV4Config, exp2_table)
+from golden.tensors import check_dims, check_range, check_shape, int_tensor
 from golden.validate import expect_type
 
 __all__ = ["KV4Cache", "DecodeResult", "to_fixed", "choose_frac", "quantize_token",
@@ -55,6 +56,7 @@ __all__ = ["KV4Cache", "DecodeResult", "to_fixed", "choose_frac", "quantize_toke
            "scheme_kv", "append_fixed", "append_cache", "quantize_query", "logit_multiplier",
            "rshift_round",
            "logits", "online_softmax", "pv_accumulate", "normalise", "kv4_decode",
+           "kv4_decode_many", "output_frac",
            "dequantize", "float_attention", "cosine", "decode_float"]
 
 LOG2E = 1.0 / math.log(2.0)
@@ -62,6 +64,12 @@ LOG2E = 1.0 / math.log(2.0)
 
 def _cfg(config) -> KV4Config:
     return expect_type("config", config, KV4Config)
+
+
+def _bit_length(x: torch.Tensor) -> torch.Tensor:
+    """int.bit_length of every element of an int64 tensor 0 <= x < 2**53 (exact:
+    float64 holds x exactly and frexp's exponent is the bit length)."""
+    return torch.frexp(x.double()).exponent.to(torch.int64)
 
 
 def rshift_round(x, s):
@@ -150,9 +158,7 @@ def rotate_query(q8, config: KV4Config):
     if not c.rotate:
         return q8, torch.zeros(q8.shape[:-1], dtype=torch.int64)
     qr = fwht(q8)
-    M = qr.abs().amax(-1)
-    e = torch.tensor([max(0, int(m).bit_length() - (ACT_BITS - 1)) for m in M.flatten()],
-                     dtype=torch.int64).reshape(M.shape)
+    e = (_bit_length(qr.abs().amax(-1)) - (ACT_BITS - 1)).clamp(min=0)
     return torch.clamp(rshift_round(qr, e.unsqueeze(-1)), ACT_MIN, ACT_MAX), e
 
 
@@ -462,7 +468,328 @@ def kv4_decode(q8, C, lsh, cache: KV4Cache, T: int, config: KV4Config) -> Decode
     acc, wz = pv_accumulate(p, sh, cache, T, c)
     out = normalise(acc, wz, d, c)
     return DecodeResult(l=l, p=p, sh=sh, m=m, d=d, acc=acc, wz=wz, out=out,
-                        frac_out=cache.frac_v + c.out_frac)
+                        frac_out=output_frac(cache, c))
+
+
+def output_frac(cache: KV4Cache, config: KV4Config) -> int:
+    """Fraction bits of a decode's output: value = out * 2**-output_frac."""
+    return cache.frac_v + _cfg(config).out_frac
+
+
+# --------------------------------------------------------------------------- many queries
+#: float64 holds every integer of magnitude below 2**53 exactly: a BLAS product whose
+#: terms and partial sums all stay below it is exact in any summation order.
+_F64_EXACT_BITS = 53
+#: Token block of the P.V prefix sums (kv4_decode_many): block sums are one batched
+#: product, a segment boundary inside a block costs one block-sized product.
+_PV_BLOCK = 32
+#: Elements of one vectorised pass of kv4_decode_many (rows x tokens of the logit
+#: planes plus rows x window x (head_dim + 1) of the 8-bit window's terms): bounds
+#: the working set and lets a causal batch skip the tokens beyond its longest context.
+_PASS_ELEMS = 1 << 20
+#: Limb width of the normaliser's exact (acc - wz) * R (two's complement pieces).
+_LIMB = 31
+#: |acc - wz| * R below 2**88 keeps every limb product and sum of _normalise_many
+#: inside int64 (proof there); larger products take the Python-int normalise.
+_NORM_LIMB_BOUND = 2.0 ** 88
+
+
+def _index_tensor(name: str, x) -> torch.Tensor:
+    """An int64 tensor from an integer tensor or array, or a (nested) sequence of ints."""
+    if isinstance(x, (list, tuple)):
+        # an empty sequence has no dtype to check (torch would make it float)
+        x = torch.as_tensor(x) if len(x) else torch.zeros(0, dtype=torch.int64)
+    return int_tensor(name, x)
+
+
+def _many_inputs(q8, C, lsh, cache, T, c: KV4Config):
+    expect_type("cache", cache, KV4Cache)
+    if tuple(cache.kcodes.shape[1:]) != (c.head_dim,):
+        raise ValueError(f"the cache holds [T, {list(cache.kcodes.shape[1:])}] K codes, the "
+                         f"config head_dim={c.head_dim}; decode with the cache's own config")
+    q8 = _index_tensor("q8", q8)
+    check_dims("q8", q8, 3, "[N, heads, head_dim]")
+    N = q8.shape[0]
+    check_shape("q8", q8, (N, c.heads, c.head_dim), "[N, heads, head_dim]")
+    check_range("q8", q8, ACT_MIN, ACT_MAX, "INT8 query codes")
+    C, lsh, T = _index_tensor("C", C), _index_tensor("lsh", lsh), _index_tensor("T", T)
+    check_shape("C", C, (N, c.heads), "[N, heads]")
+    check_shape("lsh", lsh, (N, c.heads), "[N, heads]")
+    check_shape("T", T, (N,), "[N]")
+    check_range("C", C, 0, (1 << C_BITS) - 1,
+                f"an unsigned {C_BITS}-bit multiplier: use logit_multiplier")
+    check_range("lsh", lsh, c.min_lsh, (1 << LSH_BITS) - 1,
+                "min_lsh: the query requantization shift is subtracted from it; use "
+                "logit_multiplier")
+    if N:
+        lo, hi, i_lo, i_hi = int(T.min()), int(T.max()), int(T.argmin()), int(T.argmax())
+        if lo < 1:
+            raise ValueError(f"T must be >= 1, got T[{i_lo}] = {lo}")
+        if hi > c.max_t:
+            raise ValueError(f"T[{i_hi}] = {hi} exceeds max_t={c.max_t}; the unit flags this "
+                             f"as an overflow: raise max_t or shorten the context")
+        if hi > cache.T:
+            raise ValueError(f"T[{i_hi}] = {hi} exceeds the {cache.T} cached tokens")
+    return q8, C, lsh, T
+
+
+def _tokens(cache: KV4Cache, T, c: KV4Config) -> dict:
+    """The per-token operands every query of a kv4_decode_many call shares (first
+    max T tokens): K as [codes | zero] rows in the 4-bit (16 c4, 16 z4) and 8-bit
+    (c8, z8) readings, the V side alike, both scales and the exp2 table."""
+    n4 = T - T.clamp(max=c.recent)
+    Tc = int(T.max())
+    sl = slice(0, Tc)
+    # the recent window of every query must have its 8-bit codes (decode_codes)
+    miss = ((cache.kcodes8[sl] < 0).any(1) | (cache.kz8[sl] < 0) | (cache.vcodes8[sl] < 0).any(1)
+            | (cache.vz8[sl] < 0)).long()
+    cm = torch.cat([miss.new_zeros(1), miss.cumsum(0)])
+    bad = (cm[T] - cm[n4]) > 0
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0])
+        raise ValueError(f"the cache does not hold 8-bit codes for tokens {int(n4[i])}.."
+                         f"{int(T[i]) - 1} (the recent window of query {i}, T={int(T[i])}); "
+                         f"decode at the cache's own length or keep 8-bit codes for every token")
+    # widths the exact float64 products below rely on (a cache of this config meets them)
+    for name, hi in (("ks", (1 << c.scale_bits) - 1), ("vs", (1 << c.scale_bits) - 1),
+                     ("kcodes", KV_LEVELS), ("vcodes", KV_LEVELS), ("kz", KV_LEVELS),
+                     ("vz", KV_LEVELS), ("kcodes8", CODE8_MAX), ("vcodes8", CODE8_MAX),
+                     ("kz8", CODE8_MAX), ("vz8", CODE8_MAX)):
+        check_range(f"cache.{name}", getattr(cache, name)[sl], -1 if name.endswith("8") else 0,
+                    hi, "a cache appended with this config")
+
+    def rows(codes, zero, shift):
+        return torch.cat([codes[sl] << shift, zero[sl].unsqueeze(1) << shift], 1)
+
+    nb = -(-Tc // _PV_BLOCK)
+    v4 = torch.zeros(nb * _PV_BLOCK, c.head_dim + 1, dtype=torch.float64)
+    v4[:Tc] = rows(cache.vcodes, cache.vz, CODE_SHIFT).double()
+    return dict(k4=rows(cache.kcodes, cache.kz, CODE_SHIFT).double(),
+                k8=rows(cache.kcodes8, cache.kz8, 0).clamp(min=0).double(),
+                ks=cache.ks[sl].double(), vs=cache.vs[sl], v4=v4,
+                v8=rows(cache.vcodes8, cache.vz8, 0).clamp(min=0).double(),
+                ptab=_p_table(c))
+
+
+def _p_table(c: KV4Config) -> torch.Tensor:
+    """p as a function of e = m 2**lf - l >= 0, one lookup: P[e] = RHU(TABLE[e mod
+    2**lf], e >> lf) for e < (p_frac + 2) 2**lf, then one 0 that every larger e reads
+    (TABLE <= 2**p_frac: a shift by p_frac + 2 or more, up to SHIFT_SAT, gives 0)."""
+    lf = c.logit_frac
+    e = torch.arange((c.p_frac + 2) << lf)
+    tab = torch.tensor(exp2_table(c), dtype=torch.int64)
+    p = rshift_round(tab[e & ((1 << lf) - 1)], torch.bitwise_right_shift(e, lf))
+    return torch.cat([p, p.new_zeros(1)])
+
+
+def _normalise_many(acc: torch.Tensor, wz: torch.Tensor, d: torch.Tensor,
+                    c: KV4Config) -> torch.Tensor:
+    """normalise() vectorised, bit for bit: out = sat_out(RHU((acc - wz) * R, s)).
+
+    R = floor(2**P / dn), P = dd_bits - 1 + recip_bits may exceed 62 bits: with
+    g = max(0, P - 62), 2**(P-g) = q0 dn + r0 gives R = q0 2**g + floor(r0 2**g / dn)
+    (r0 2**g < dn 2**g < 2**63).
+    The product a R (a = acc - wz, |a| < 2**62, R <= 2**recip_bits <= 2**32) exceeds
+    64 bits. Limbs: a = ah 2**31 + al, R = Rh 2**31 + Rl with 0 <= al, Rl < 2**31
+    (ah = a >> 31 floors, so this holds for negative a), then
+      al Rl = c1 2**31 + x0,  0 <= x0 < 2**31,
+      u = ah Rh 2**31 + ah Rl + al Rh + c1 = floor(a R / 2**31),  a R = u 2**31 + x0.
+    Where |a| R < 2**88: |ah Rh 2**31| <= (|a| / 2**31 + 1) R < 2**57 + 2**32, |ah Rl| <
+    2**62, al Rh < 2**33, c1 < 2**31, so u and every partial sum fit int64.
+    RHU(a R, s) = floor((u 2**31 + x0 + 2**(s-1)) / 2**s):
+      s >= 32: = floor((u + 2**(s-32)) / 2**(s-31))  (x0 < 2**31 cannot carry into
+               floor(. / 2**31) once 2**(s-1) is a multiple of 2**31; floors nest),
+               i.e. RHU(u, s - 31);
+      s <= 31: = u 2**(31-s) + floor((x0 + 2**(s-1)) / 2**s)  (u 2**31 is a multiple
+               of 2**s); u is first clamped to +-2**(out_bits+1): a clamped u gives
+               |y| >= 2**(out_bits+1) - 2**(31-s) on the same side, so the saturated
+               output is unchanged, and the shifted value stays below 2**55.
+    s >= 8 - 1 + recip_bits - out_frac >= 7 (dd = 240 d >= 240). Rows with a larger
+    |a| R (none for the shipped widths: acc_bits + recip_bits <= 80 at d64) run the
+    Python-int normalise()."""
+    P = c.dd_bits - 1 + c.recip_bits
+    g = max(0, P - 62)
+    dd = KV8_LEVELS * d
+    sd = c.dd_bits - _bit_length(dd)
+    dn = dd << sd
+    top = torch.full_like(dn, 1 << (P - g))
+    q0 = top // dn
+    R = (q0 << g) + (((top - q0 * dn) << g) // dn)
+    s = (P - sd - c.out_frac).unsqueeze(1)
+    a = acc - wz.unsqueeze(1)
+    lim = 1 << (c.out_bits - 1)
+    M = (1 << _LIMB) - 1
+    shr = torch.bitwise_right_shift                # floors, like >>, and fast for int64
+    ah, al = shr(a, _LIMB), a & M
+    Rc = R.unsqueeze(1)
+    Rh, Rl = shr(Rc, _LIMB), Rc & M
+    lo = al * Rl
+    u = ((ah * Rh) << _LIMB) + ah * Rl + al * Rh + shr(lo, _LIMB)
+    one = torch.ones_like(s)
+    sA = (s - _LIMB).clamp(min=1)
+    yA = (u + (one << (sA - 1))) >> sA
+    sB = s.clamp(max=_LIMB)
+    yB = ((u.clamp(-4 * lim, 4 * lim) << (_LIMB - sB))
+          + (((lo & M) + (one << (sB - 1))) >> sB))
+    out = torch.where(s > _LIMB, yA, yB).clamp(-lim, lim - 1)
+    big = (a.abs().amax(1).double() * R.double()) >= _NORM_LIMB_BOUND
+    if bool(big.any()):
+        rows = big.nonzero().squeeze(1)
+        out[rows] = normalise(acc[rows], wz[rows], d[rows], c)
+    return out
+
+
+def _pv_prefix(w, pr, px, n4, Tr, tw, twq, tok: dict) -> torch.Tensor:
+    """sum_{t < x} w[r, t] V_r[t] [points, D+1] at the points (r = pr, x = px) for
+    integer-valued float64 w [rows, Tm], V_r = [codes | zero] of V as row r reads
+    it: 4-bit codes (16 c4) for tokens < y = min(x, n4_r), 8-bit codes (c8) for its
+    window tokens n4_r .. x - 1. The caller bounds every sum below 2**53 (exact).
+    Whole blocks of _PV_BLOCK tokens come from a block prefix, the rest of y's block
+    from one product per block; the window from one product per row at its end point
+    x = T_r and one per point inside a window."""
+    rows, Tm = w.shape
+    n, W = twq.shape
+    H = rows // n
+    B = _PV_BLOCK
+    nb = -(-Tm // B)
+    v4 = tok["v4"][:nb * B]
+    D1 = v4.shape[1]
+    wp = torch.nn.functional.pad(w, (0, nb * B - Tm))
+    bs = torch.matmul(wp.view(rows, nb, B).transpose(0, 1), v4.view(nb, B, D1))
+    for b in range(1, nb):                 # in place: cheaper than cumsum over dim 0
+        bs[b] += bs[b - 1]
+    y = torch.minimum(px, n4[pr, 0])
+    yb, yo = y // B, y % B
+    pref = torch.where((yb > 0).unsqueeze(1), bs[(yb - 1).clamp(min=0), pr], 0.0)
+    part = yo > 0
+    for b in yb[part].unique().tolist():
+        sel = (part & (yb == b)).nonzero().squeeze(1)
+        wb = wp[pr[sel], b * B:(b + 1) * B] * (torch.arange(B) < yo[sel].unsqueeze(1))
+        pref[sel] += wb @ v4[b * B:(b + 1) * B]
+    if W:
+        ww = w.gather(1, tw) * (tw < Tr)                              # [rows, W]
+        v8 = tok["v8"][twq]                                            # [n, W, D+1]
+        end = px == Tr[pr, 0]
+        pref[end] += (ww.view(n, H, W) @ v8).view(rows, D1)[pr[end]]
+        jx = px - n4[pr, 0]
+        sel = ((jx > 0) & ~end).nonzero().squeeze(1)
+        if sel.numel():
+            wm = ww[pr[sel]] * (torch.arange(W) < jx[sel].unsqueeze(1))
+            pref[sel] += (wm.unsqueeze(1) @ v8[pr[sel] // H]).squeeze(1)
+    return pref
+
+
+def _decode_pass(q, e, C, lsh, T, tok: dict, c: KV4Config) -> torch.Tensor:
+    """kv4_decode_many on one pass: rotated queries q [n, H, D] (shifts e [n, H]);
+    rows r = (i, h) query-major."""
+    n, H, D = q.shape
+    rows, lf = n * H, c.logit_frac
+    Tm = int(T.max())
+    Tr = T.repeat_interleave(H).unsqueeze(1)                          # [rows, 1]
+    n4 = Tr - Tr.clamp(max=c.recent)                                  # first 8-bit token
+    valid = torch.arange(Tm) < Tr
+    W = min(c.recent, Tm)
+    # a row's window tokens n4 + j; where T_r < recent, j >= T_r lies beyond the
+    # context but still below W <= Tm, and is masked like every token t >= T_r
+    tw = n4 + torch.arange(W)                                         # [rows, W]
+    twq = tw.view(n, H, W)[:, 0]                                      # heads share it
+    # logits: [q | -sum q] . [c | z] = dot_t, float64 products of integers whose
+    # terms and partial sums stay below 2**dot_bits (exact); dot * S_k < 2**(prod_bits
+    # - C_BITS) <= 2**47 (exact); * C in int64 (prod_bits <= 63)
+    qa = torch.cat([q, -q.sum(-1, keepdim=True)], -1).double()        # [n, H, D+1]
+    dot = qa.view(rows, D + 1) @ tok["k4"][:Tm].T
+    if W:
+        dot.scatter_(1, tw, (qa @ tok["k8"][twq].transpose(1, 2)).view(rows, W))
+    prod = (dot * tok["ks"][:Tm]).to(torch.int64) * C.reshape(rows, 1)
+    l = _sat(rshift_round(prod, (lsh - e).reshape(rows, 1)), c.logit_bits)
+    # online softmax, all tokens at once: the running integer max m_t = max ceil(l)
+    # by cummax (torch.bitwise_right_shift: a tensor shift, fast for int64)
+    m = torch.cummax(torch.bitwise_right_shift(l + ((1 << lf) - 1), lf), 1).values
+    sh = torch.zeros_like(m)
+    sh[:, 1:] = (m[:, 1:] - m[:, :-1]).clamp(max=SHIFT_SAT)
+    ptab = tok["ptab"]
+    p = ptab.take(((m << lf) - l).clamp(max=ptab.numel() - 1)).masked_fill_(~valid, 0)
+    w = p * tok["vs"][:Tm]
+    wmax = int(w.max())
+    # The rounding of d, acc and wz only acts where the max increases (sh > 0): between
+    # two increases (a segment) they are plain sums. Row r's segments end at its
+    # points x: every increase's token and the end x = T_r, in order. Prefix sums
+    # over the tokens < x give every segment sum exactly.
+    pts = torch.arange(Tm + 1) == Tr
+    pts[:, :Tm] |= (sh > 0) & valid
+    pr, px = pts.nonzero(as_tuple=True)                               # by row, then x
+    K = pts.sum(1)                                                     # segments per row
+    # P.V prefix sums at the points, in float64: exact while every sum, at most
+    # Tm * wmax * CODE8_MAX, stays below 2**53; a wider w runs in limbs
+    limb = _F64_EXACT_BITS - CODE8_MAX.bit_length() - Tm.bit_length()
+    if wmax < 1 << limb:
+        pref = _pv_prefix(w.double(), pr, px, n4, Tr, tw, twq, tok).to(torch.int64)
+    else:
+        pref = 0
+        for j in range(-(-wmax.bit_length() // limb)):
+            wj = torch.bitwise_right_shift(w, j * limb) & ((1 << limb) - 1)
+            pref = pref + (_pv_prefix(wj.double(), pr, px, n4, Tr, tw, twq, tok)
+                           .to(torch.int64) << (j * limb))
+    pc = torch.cat([p.new_zeros(rows, 1), p.cumsum(1)], 1)
+    pref = torch.cat([pref, pc[pr, px].unsqueeze(1)], 1)               # [acc | wz | d]
+    first = torch.ones_like(pr, dtype=torch.bool)
+    first[1:] = pr[1:] != pr[:-1]
+    seg = pref - torch.where(first.unsqueeze(1), 0, pref.roll(1, 0))
+    segsh = torch.where(first, 0, sh[pr, px.roll(1).clamp(max=Tm - 1)])
+    # state = RHU(state, sh at the segment's first token) + segment sum, over the
+    # segment index k; rows sorted by segment count, so the rows still running are a prefix
+    off = K.cumsum(0) - K
+    order = torch.argsort(K, descending=True, stable=True)
+    offs = off[order]
+    live = (rows - torch.bincount(K).cumsum(0)).tolist()               # rows with K > k
+    state = seg[offs]
+    for k in range(1, len(live)):
+        if not live[k]:
+            break
+        j = offs[:live[k]] + k
+        state[:live[k]] = rshift_round(state[:live[k]], segsh[j].unsqueeze(1)) + seg[j]
+    final = torch.empty_like(state)
+    final[order] = state
+    out = _normalise_many(final[:, :D], final[:, D], final[:, D + 1], c)
+    return out.view(n, H, D)
+
+
+def kv4_decode_many(q8, C, lsh, cache: KV4Cache, T, config: KV4Config) -> torch.Tensor:
+    """N decode steps at once over one KV head's cache: out [N, H, D] int64 with
+    out[i] == kv4_decode(q8[i], C[i], lsh[i], cache, int(T[i]), config).out bit for
+    bit (output value = out * 2**-output_frac(cache, config)).
+
+    q8 [N, heads, head_dim] int (INT8 codes), C and lsh [N, heads] int, T [N] int
+    (tensor or sequence; 1 <= T_i <= min(max_t, cache.T)): query i reads tokens
+    0..T_i - 1, its last min(recent, T_i) at 8 bits (its own recent window), as the
+    hardware's prefill runs one decode per position.
+
+    Same integer steps as kv4_decode, vectorised: logits of every (i, h, t) by float64
+    products that are exact (every integer below 2**53); the running integer max by
+    cummax; the RHU rescaling of d, acc and wz applied once per increase of the max
+    (between increases they are plain sums, taken from exact prefix sums), looping
+    over the segment index, not over t; the normalisation in 31-bit limbs
+    (_normalise_many). Queries run in passes of similar T (_PASS_ELEMS)."""
+    c = _cfg(config)
+    q8, C, lsh, T = _many_inputs(q8, C, lsh, cache, T, c)
+    N, H, D = q8.shape
+    out = torch.zeros(N, H, D, dtype=torch.int64)
+    if N == 0:
+        return out
+    tok = _tokens(cache, T, c)
+    q8r, e = rotate_query(q8, c)
+    order = torch.argsort(T, stable=True)
+    Ts = T[order].tolist()
+    W = min(c.recent, Ts[-1])
+    start = 0
+    while start < N:
+        stop = start + 1
+        while stop < N and (stop + 1 - start) * H * (Ts[stop] + W * (D + 1)) <= _PASS_ELEMS:
+            stop += 1
+        i = order[start:stop]
+        out[i] = _decode_pass(q8r[i], e[i], C[i], lsh[i], T[i], tok, c)
+        start = stop
+    return out
 
 
 def decode_float(q: torch.Tensor, cache: KV4Cache, T: int, config: KV4Config) -> DecodeResult:

@@ -371,3 +371,162 @@ def test_scheme_kv_within_the_quantization_bound():
         assert float(err[n4:].max()) < 0.2 * float(err[:n4].min())
         assert torch.equal(vd, cache.v_dequant()[:T].where(
             torch.arange(T).unsqueeze(-1) < n4, cache.v_dequant(8)[:T]))
+
+
+# --------------------------------------------------------------------------- many queries
+def _random_cache(c: KV4Config, T: int, g: torch.Generator, outliers: bool = True):
+    k = torch.randn(T, c.head_dim, generator=g)
+    if outliers:
+        k[:, :2] *= 8
+    return append_cache(k, torch.randn(T, c.head_dim, generator=g), c)
+
+
+def _multipliers(q8, s_q, cache, c):
+    """(C, lsh) [N, H] from logit_multiplier, per query and head."""
+    pairs = [[logit_multiplier(float(s), cache.frac_k, c) for s in row] for row in s_q]
+    return (torch.tensor([[a for a, _ in r] for r in pairs]),
+            torch.tensor([[b for _, b in r] for r in pairs]))
+
+
+def _assert_many_equals_decode(q8, C, lsh, cache, T, c):
+    """kv4_decode_many against kv4_decode, every element of every row; returns the
+    reference results."""
+    from golden.kv4_attention import kv4_decode_many
+    out = kv4_decode_many(q8, C, lsh, cache, T, c)
+    assert out.dtype == torch.int64 and out.shape == q8.shape
+    refs = []
+    for i in range(q8.shape[0]):
+        ref = kv4_decode(q8[i], C[i].tolist(), lsh[i].tolist(), cache, int(T[i]), c)
+        assert torch.equal(out[i], ref.out), (i, int(T[i]), (out[i] - ref.out).abs().max())
+        refs.append(ref)
+    return refs
+
+
+@pytest.mark.parametrize("D,heads,rotate,recent", [(64, 3, True, 8), (32, 1, False, 0),
+                                                    (64, 1, True, 0), (32, 3, False, 8)])
+def test_decode_many_equals_decode_row_by_row(D, heads, rotate, recent):
+    """Random caches (outlier channels), every T from 1 past the recent window, the
+    multipliers of logit_multiplier and random legal (C, lsh) (saturating logits)."""
+    c = KV4Config(head_dim=D, lanes=16, heads=heads, max_t=64, rotate=rotate, recent=recent)
+    for seed in range(2):
+        g = torch.Generator().manual_seed(100 + seed + D + heads)
+        cache = _random_cache(c, 40, g)
+        N = 24
+        q = torch.randn(N, heads, D, generator=g) * (0.3 + 3 * torch.rand(N, 1, 1, generator=g))
+        q8, s_q = quantize_query(q)
+        C, lsh = _multipliers(q8, s_q, cache, c)
+        T = torch.randint(1, 41, (N,), generator=g)
+        T[:6] = torch.tensor([1, 2, recent, recent + 1, 39, 40]).clamp(min=1)
+        _assert_many_equals_decode(q8, C, lsh, cache, T, c)
+        # any legal command: C = 0, the largest C with the smallest shift (logits
+        # saturate at logit_bits), random shifts
+        C = torch.randint(0, 1 << 16, (N, heads), generator=g)
+        lsh = torch.randint(c.min_lsh, 64, (N, heads), generator=g)
+        C[0], C[1], lsh[1] = 0, (1 << 16) - 1, c.min_lsh
+        refs = _assert_many_equals_decode(q8, C, lsh, cache, T, c)
+        sat = (1 << (c.logit_bits - 1)) - 1
+        assert any(int(r.l.abs().max()) >= sat for r in refs)
+
+
+def test_decode_many_at_many_max_increases_and_saturated_shifts():
+    """Logits that rise token after token (an increase of the integer max at almost
+    every token, so segments of one token), and jumps of more than 63 (the rescale
+    shift saturates); a causal batch T_i = i + 1 as the integer model's prefill runs."""
+    c = KV4Config(head_dim=32, lanes=16, heads=3, max_t=80, recent=8)
+    g = torch.Generator().manual_seed(7)
+    Tc = 70
+    k = torch.randn(Tc, 32, generator=g) * 0.1 + torch.linspace(0.0, 12.0, Tc).unsqueeze(1)
+    k[50] *= 40                   # a jump far above everything before it
+    k[65] *= 60
+    cache = append_cache(k, torch.randn(Tc, 32, generator=g), c)
+    q = torch.ones(Tc, 3, 32) + 0.05 * torch.randn(Tc, 3, 32, generator=g)
+    q8, s_q = quantize_query(q)
+    C, lsh = _multipliers(q8, s_q, cache, c)
+    refs = _assert_many_equals_decode(q8, C, lsh, cache, torch.arange(1, Tc + 1), c)
+    sh = refs[-1].sh
+    assert int((sh[0] > 0).sum()) > Tc // 2              # most tokens raise the max
+    assert int(sh.max()) == 63                            # saturated rescale shifts
+
+
+def test_decode_many_real_fixture():
+    """The SmolLM2 fixture: every KV head, 16 of its captured queries per GQA group,
+    each at its own position (T = position + 1) and at a short prefix."""
+    from quantflow.capture_attention import load_fixture
+    fx = load_fixture(FIXTURE)
+    meta = fx["meta"]
+    g = meta["q_heads"] // meta["kv_heads"]
+    c = KV4Config(head_dim=64, heads=g, max_t=meta["tokens"])
+    first, last = meta["query_positions"]
+    for h in range(meta["kv_heads"]):
+        cache = append_cache(fx["k"][h], fx["v"][h], c)
+        qi = torch.arange(0, last - first + 1, 4)
+        q8, s_q = quantize_query(fx["q"][h * g:(h + 1) * g, qi].transpose(0, 1))
+        C, lsh = _multipliers(q8, s_q, cache, c)
+        T = first + qi + 1
+        T[::4] = torch.arange(1, T[::4].numel() + 1) * 3           # short contexts too
+        _assert_many_equals_decode(q8, C, lsh, cache, T, c)
+
+
+def test_decode_many_bad_inputs():
+    from golden.kv4_attention import kv4_decode_many
+    c = KV4Config(head_dim=32, lanes=16, heads=2, max_t=16, recent=4)
+    g = torch.Generator().manual_seed(9)
+    cache = _random_cache(c, 10, g)
+    q8 = torch.randint(-127, 128, (3, 2, 32), generator=g)
+    C = torch.full((3, 2), 1000)
+    lsh = torch.full((3, 2), 20)
+    T = [1, 5, 10]
+    assert kv4_decode_many(q8, C, lsh, cache, T, c).shape == (3, 2, 32)
+    empty = kv4_decode_many(q8[:0], C[:0], lsh[:0], cache, [], c)
+    assert empty.shape == (0, 2, 32)
+    for args, err, match in (
+            ((q8[0], C, lsh, cache, T), ValueError, "3-D"),
+            ((q8[:, :1], C, lsh, cache, T), ValueError, "heads"),
+            ((q8[..., :16], C, lsh, cache, T), ValueError, "head_dim"),
+            ((q8, C[:2], lsh, cache, T), ValueError, "C must have shape"),
+            ((q8, C, lsh[:, :1], cache, T), ValueError, "lsh must have shape"),
+            ((q8, C, lsh, cache, T[:2]), ValueError, "T must have shape"),
+            ((q8, C, lsh, cache, [1, 0, 3]), ValueError, "T must be >= 1"),
+            ((q8, C, lsh, cache, [1, 17, 3]), ValueError, "exceeds max_t"),
+            ((q8, C, lsh, cache, [1, 11, 3]), ValueError, "cached tokens"),
+            ((q8 * 2, C, lsh, cache, T), ValueError, "INT8"),
+            ((q8, C + (1 << 16), lsh, cache, T), ValueError, "16-bit"),
+            ((q8, C, lsh - 20, cache, T), ValueError, "min_lsh"),
+            ((q8.float(), C, lsh, cache, T), TypeError, "integer"),
+            ((q8, C.double(), lsh, cache, T), TypeError, "integer"),
+            ((q8, C, lsh, cache, [1.0, 2.0, 3.0]), TypeError, "integer"),
+            ((q8, C, lsh, cache.__dict__, T), TypeError, "KV4Cache")):
+        with pytest.raises(err, match=match):
+            kv4_decode_many(*args, c)
+    with pytest.raises(TypeError, match="KV4Config"):
+        kv4_decode_many(q8, C, lsh, cache, T, c.as_dict())
+    other = KV4Config(head_dim=64, heads=2, max_t=16, recent=4)
+    with pytest.raises(ValueError, match="head_dim"):
+        kv4_decode_many(torch.zeros(3, 2, 64, dtype=torch.int64), C, lsh, cache, T, other)
+    # an image that keeps the 8-bit codes of the last `recent` tokens only
+    ring = KV4Cache(**{**cache.__dict__, "kcodes8": cache.kcodes8.clone()})
+    ring.kcodes8[:6] = -1
+    assert kv4_decode_many(q8, C, lsh, ring, [10, 10, 10], c).shape == (3, 2, 32)
+    with pytest.raises(ValueError, match="does not hold 8-bit codes"):
+        kv4_decode_many(q8, C, lsh, ring, [10, 5, 10], c)
+
+
+def test_normalise_many_equals_normalise():
+    """The vectorised normalisation (31-bit limbs) against the Python-int one on the
+    widths where its shift s lies above and below 31, at the largest accumulators
+    (where |acc - wz| R needs the Python-int rows) and at d = 1."""
+    from golden.kv4_attention import _normalise_many, normalise
+    g = torch.Generator().manual_seed(11)
+    for cfg in (dict(), dict(recip_bits=8, out_frac=8), dict(recip_bits=32, out_frac=0),
+                dict(p_frac=16, max_t=4096, recip_bits=30)):
+        c = KV4Config(**cfg)
+        H = 40
+        top = 1 << min(c.acc_bits, 62)
+        acc = torch.randint(0, top, (H, 64), generator=g)
+        wz = torch.randint(0, top, (H,), generator=g)
+        acc[:8] >>= torch.randint(0, 50, (8, 1), generator=g)
+        wz[:8] >>= torch.randint(0, 50, (8,), generator=g)
+        dmax = (1 << c.p_frac) * c.max_t              # every p <= 1.0, at most max_t of them
+        d = torch.randint(1, dmax + 1, (H,), generator=g)
+        d[:5] = torch.tensor([1, 2, 240, dmax, 1 << c.p_frac])
+        assert torch.equal(_normalise_many(acc, wz, d, c), normalise(acc, wz, d, c)), cfg
