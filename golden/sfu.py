@@ -341,9 +341,9 @@ def _rms_gain(x: torch.Tensor, eps: float, config: SFUConfig):
     SK, es = sqrt_k(K)
     amax = x.abs().amax(-1)
     k = (bitlen(amax) - RMS_XS_BITS).clamp(min=0)
-    xs = rshift_round(x, k.unsqueeze(-1))                    # |xs| <= 2**16
-    Q = (xs * xs).sum(-1)                                    # <= K * 2**32 < 2**52
-    T = (Q + rshift_round(torch.full_like(k, E), 2 * k)).clamp(min=1)   # < 2**53
+    xs = rshift_round(x, k.unsqueeze(-1))                    # |xs| <= 2**20
+    Q = (xs * xs).sum(-1)                                    # <= K * 2**40 <= 2**60
+    T = (Q + rshift_round(torch.full_like(k, E), 2 * k)).clamp(min=1)   # < 2**61
     p = torch.div(bitlen(T) - RSQRT_M_BITS + 1, 2, rounding_mode="floor")
     M = torch.where(p >= 0, T >> (2 * p).clamp(min=0), T << (-2 * p).clamp(min=0))
     Y = rsqrt_fx(M, config)
@@ -361,9 +361,10 @@ def rmsnorm(x, NW, e_w: int, *, eps: float, config: SFUConfig) -> torch.Tensor:
     """RMSNorm of X32 vectors x [..., K] (frac = config.frac in and out), integer only:
     y = x / sqrt(mean(x**2) + eps) * w, with w ~= NW * 2**-e_w (norm_weight).
     Per token:
-      k  = max(0, bitlen(max|x|) - RMS_XS_BITS);  xs = rshift_round(x, k)   |xs| <= 2**16
-      Q  = sum xs**2                                          exact, < K 2**32 <= 2**52
-      T  = Q + rshift_round(E, 2k), E = rms_eps(eps, K, frac) (compile time), T >= 1
+      k  = max(0, bitlen(max|x|) - RMS_XS_BITS);  xs = rshift_round(x, k)   |xs| <= 2**20
+      Q  = sum xs**2                                          exact, <= K 2**40 <= 2**60
+      T  = Q + rshift_round(E, 2k), E = rms_eps(eps, K, frac) < 2**52 (compile time),
+           1 <= T < 2**61
            so that mean(x**2) + eps ~= T * 2**(2k - 2 frac) / K
       p  = ceil((bitlen(T) - W) / 2);  M = T >> 2p (trunc; T << -2p if p < 0),
            M in [2**(W-2), 2**W), W = RSQRT_M_BITS: T ~= M * 4**p

@@ -437,3 +437,156 @@ def test_residual_requant_argmax():
 def test_bad_inputs_rest(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+# --------------------------------------------------------------------------- real SmolLM2
+REAL_LAYERS = (2, 12, 29)       # before, inside and after the massive-activation layers
+
+
+def _smollm2_or_skip():
+    from quantflow.models.loaders import load_model, models_dir
+    if not (models_dir() / "smollm2").is_dir():
+        pytest.skip("build/models/smollm2 is not prepared (run `make models`)")
+    return load_model("smollm2", progress=False)
+
+
+def _capture(lm, windows: int, length: int, layers) -> dict[str, torch.Tensor]:
+    """Float activations of the model on real text: residual stream at both norms
+    (res_a, res_m), q_proj input (ln), q/k projections before RoPE, gate, up, and the
+    down_proj input (h), each [tokens, width] (q, k: [windows, heads, length, 64])."""
+    from quantflow.text import evaluation_tokens
+    m = lm.model
+    ids = evaluation_tokens(lm.tokenizer, windows=windows, length=length)
+    out: dict[str, list[torch.Tensor]] = {}
+
+    def keep(name):
+        def hook(mod, args, result=None):
+            t = args[0] if result is None else result
+            out.setdefault(name, []).append(t.detach().double().reshape(-1, t.shape[-1]))
+        return hook
+
+    hooks = []
+    for i in layers:
+        L = m.model.layers[i]
+        hooks += [L.input_layernorm.register_forward_pre_hook(keep(f"res_a{i}")),
+                  L.post_attention_layernorm.register_forward_pre_hook(keep(f"res_m{i}")),
+                  L.self_attn.q_proj.register_forward_pre_hook(keep(f"ln{i}")),
+                  L.self_attn.q_proj.register_forward_hook(keep(f"q{i}")),
+                  L.self_attn.k_proj.register_forward_hook(keep(f"k{i}")),
+                  L.mlp.gate_proj.register_forward_hook(keep(f"g{i}")),
+                  L.mlp.up_proj.register_forward_hook(keep(f"u{i}")),
+                  L.mlp.down_proj.register_forward_pre_hook(keep(f"h{i}"))]
+    try:
+        with torch.no_grad():
+            for w in range(windows):
+                m.hidden_states(ids[w:w + 1])
+    finally:
+        for h in hooks:
+            h.remove()
+    cat = {k: torch.cat(v) for k, v in out.items()}
+    D = m.config.head_dim
+    for k in [k for k in cat if k[0] in "qk"]:
+        cat[k] = cat[k].reshape(windows, length, -1, D).transpose(1, 2)
+    return cat
+
+
+@pytest.fixture(scope="module")
+def smollm2_acts():
+    lm = _smollm2_or_skip()
+    return lm.model, _capture(lm, windows=1, length=160, layers=REAL_LAYERS)
+
+
+def test_real_quant_a8_and_dequant(smollm2_acts):
+    model, acts = smollm2_acts
+    F = CFG.frac
+    for i in REAL_LAYERS:
+        x = to_fixed(acts[f"ln{i}"], F)
+        a, mn, L = quant_a8(x)
+        exact = quant_a8_exact(x)
+        assert (a - exact).abs().max() <= QUANT_A8_CODE_DIFF
+        assert (a != exact).double().mean() < 1e-3          # 4.7e-5 on 8 x 512 tokens
+        assert (a.double() - quant_a8_float(x)).abs().max() <= QUANT_A8_BOUND
+        # q_proj as QoQ step 1 gives it (s1 in fp16, DESIGN §3.2): its s1 spans ~25x
+        W = model.model.layers[i].self_attn.q_proj.weight.detach().double()
+        s1 = (W.abs().amax(1) / 119).half().double()
+        w8 = torch.clamp(torch.round(W / s1[:, None]), -119, 119).long()
+        acc = a @ w8.T
+        S1, e = weight_scale(s1)
+        y = dequant(acc, S1, e, mn, L, in_frac=F, out_frac=F)
+        amax = x.abs().amax(-1)
+        ref = dequant_reference(acc, s1, amax, in_frac=F, out_frac=F)
+        assert _within((y - ref).abs(), dequant_bound(acc, s1, e, amax, in_frac=F, out_frac=F))
+
+
+def test_real_rmsnorm(smollm2_acts):
+    model, acts = smollm2_acts
+    F = CFG.frac
+    eps = model.config.rms_norm_eps
+    for i in REAL_LAYERS:
+        layer = model.model.layers[i]
+        for name, norm in ((f"res_a{i}", layer.input_layernorm),
+                           (f"res_m{i}", layer.post_attention_layernorm)):
+            x = to_fixed(acts[name], F)
+            w = norm.weight.detach().double()
+            NW, e = norm_weight(w)
+            y = rmsnorm(x, NW, e, eps=eps, config=CFG)
+            ref = rmsnorm_reference(x, w, eps=eps, frac=F)
+            assert _within((y - ref).abs(), rmsnorm_bound(x, w, e, eps=eps, config=CFG))
+            # the arithmetic alone (a weight NW holds exactly): rounding-level
+            exact_w = rmsnorm_reference(x, NW * 2.0 ** -e, eps=eps, frac=F)
+            assert (y - exact_w).abs().max() <= 1.0
+    # the massive activation is there (layer 12's input), and int32 has room for it
+    big = acts["res_a12"].abs().max()
+    assert big > 1000 and big * 2 ** F * 4 < INT32_MAX
+
+
+def test_real_rope_and_swiglu(smollm2_acts):
+    from quantflow.models.llama import apply_rope, rope_cos_sin
+    model, acts = smollm2_acts
+    F = CFG.frac
+    cfg = model.config
+    f = rope_inv_freq(cfg.rope_theta, cfg.head_dim)
+    T = acts[f"q{REAL_LAYERS[0]}"].shape[-2]
+    cos, sin = rope_table(f, T)
+    pos = torch.arange(T)
+    c32, s32 = rope_cos_sin(T, cfg.head_dim, cfg.rope_theta)
+    for i in REAL_LAYERS:
+        for name in (f"q{i}", f"k{i}"):
+            x = to_fixed(acts[name], F)
+            out = rope(x, cos, sin, pos)
+            assert _within((out - rope_reference(x, f, pos)).abs(), rope_bound(x))
+            model_out = apply_rope(acts[name], c32.double(), s32.double()) * 2 ** F
+            # + 2 units: the model's float32 angles (p * inv_freq, p < 160)
+            assert _within((out - model_out).abs(), rope_bound(x) + 2)
+        g, u = to_fixed(acts[f"g{i}"], F), to_fixed(acts[f"u{i}"], F)
+        h = swiglu(g, u, config=CFG)
+        assert _within((h - swiglu_reference(g, u, F)).abs(), swiglu_bound(g, u, CFG))
+
+
+@pytest.mark.slow
+def test_real_residual_headroom_8x512():
+    """SFUConfig.frac = 14 on the measured residual stream: 8 x 512 tokens of Hamlet
+    reach max|x| = 24,904 (layers 11..27); frac 14 leaves 2**17 / 24,904 = 5.3x,
+    frac 16 would leave 1.3x."""
+    from quantflow.text import evaluation_tokens
+    lm = _smollm2_or_skip()
+    m = lm.model
+    ids = evaluation_tokens(lm.tokenizer, windows=8, length=512)
+    amax = [0.0]
+
+    def track(mod, args):
+        amax[0] = max(amax[0], float(args[0].abs().max()))
+
+    hooks = [L.input_layernorm.register_forward_pre_hook(track) for L in m.model.layers]
+    hooks += [L.post_attention_layernorm.register_forward_pre_hook(track)
+              for L in m.model.layers]
+    hooks.append(m.model.norm.register_forward_pre_hook(track))
+    try:
+        with torch.no_grad():
+            for w in range(ids.shape[0]):
+                m.hidden_states(ids[w:w + 1])
+    finally:
+        for h in hooks:
+            h.remove()
+    assert 20000 < amax[0] < 2 ** (31 - CFG.frac) / 4
+    assert amax[0] > 2 ** (31 - 16) / 2          # frac 16 would leave < 2x
