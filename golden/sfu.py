@@ -335,7 +335,7 @@ def rsqrt_rel_bound(config: SFUConfig) -> float:
 
 def _rms_gain(x: torch.Tensor, eps: float, config: SFUConfig):
     """The per-token steps of rmsnorm before the per-element product (see rmsnorm):
-    returns (R, k, p) int64 [...] and the compile-time (E, SK, es)."""
+    (R, k, p), int64 [...], then the compile-time ints (E, SK, es)."""
     K = x.shape[-1]
     E = rms_eps(eps, K, config.frac)
     SK, es = sqrt_k(K)
