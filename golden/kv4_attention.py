@@ -49,11 +49,12 @@ from golden.formats import ACT_BITS, ACT_MAX, ACT_MIN, ACT_QMAX
 from golden.kv4_attention_config import (C_BITS, CODE8_MAX, CODE_SHIFT, KV8_LEVELS, KV_LEVELS,
                                          LSH_BITS, SHIFT_SAT, KV4Config, exp2_table)
 from golden.tensors import check_dims, check_range, check_shape, int_tensor
-from golden.validate import expect_type
+from golden.validate import check_int, expect_type
 
 __all__ = ["KV4Cache", "DecodeResult", "to_fixed", "choose_frac", "quantize_token",
            "fwht", "fwht_matrix", "rotate_k", "rotate_query", "effective_query", "decode_codes",
            "scheme_kv", "append_fixed", "append_cache", "quantize_query", "logit_multiplier",
+           "logit_constant", "logit_multiplier_fixed", "KM_BITS", "MN_BITS", "LOGIT_FIXED_REL_ERR",
            "rshift_round",
            "logits", "online_softmax", "pv_accumulate", "normalise", "kv4_decode",
            "kv4_decode_many", "output_frac",
@@ -312,6 +313,20 @@ def quantize_query(q: torch.Tensor):
     return q8.to(torch.int64), s
 
 
+def _logit_scale(x: float, c: KV4Config) -> float:
+    """x * log2(e) / (240 sqrt(head_dim)) * 2**(rot_shift - log2 D if rotate) in
+    float64: from a query-scale times K-unit product to the base-2 logit factor."""
+    m = x * LOG2E / (KV8_LEVELS * math.sqrt(c.head_dim))
+    if c.rotate:
+        m *= 2.0 ** (c.rot_shift - c.log2_d)
+    return m
+
+
+def _zero_multiplier_lsh(c: KV4Config) -> int:
+    """The shift sent with C = 0 (an all-zero query): any legal one gives logits 0."""
+    return max(c.logit_frac, c.min_lsh)
+
+
 def logit_multiplier(s_q: float, frac_k: int, config: KV4Config) -> tuple[int, int]:
     """(C, lsh) with C * 2**-lsh ~= 2**logit_frac * s_q * 2**-frac_k * log2(e) *
     2**(rot_shift - log2 D if rotate) / (240 sqrt(head_dim)), C < 2**C_BITS,
@@ -320,11 +335,9 @@ def logit_multiplier(s_q: float, frac_k: int, config: KV4Config) -> tuple[int, i
     s_q = float(s_q)
     if not math.isfinite(s_q) or s_q < 0:
         raise ValueError(f"s_q must be finite and >= 0, got {s_q}")
-    mult = s_q * 2.0 ** -frac_k * LOG2E / (KV8_LEVELS * math.sqrt(c.head_dim))
-    if c.rotate:
-        mult *= 2.0 ** (c.rot_shift - c.log2_d)
+    mult = _logit_scale(s_q * 2.0 ** -frac_k, c)
     if mult == 0.0:
-        return 0, max(c.logit_frac, c.min_lsh)
+        return 0, _zero_multiplier_lsh(c)
     for lsh in range((1 << LSH_BITS) - 1, c.min_lsh - 1, -1):
         C = int(round(mult * 2.0 ** (lsh + c.logit_frac)))
         if C < (1 << C_BITS):
@@ -334,6 +347,82 @@ def logit_multiplier(s_q: float, frac_k: int, config: KV4Config) -> tuple[int, i
     raise ValueError(f"logit multiplier {mult:.3g} does not fit C_BITS={C_BITS} with a "
                      f"shift in [{c.min_lsh}, {(1 << LSH_BITS) - 1}]; rescale K (frac_k) or "
                      f"the query")
+
+
+#: Bits of the compile-time mantissa KM of logit_constant.
+KM_BITS = 24
+#: Token-scale mantissa of the integer model's A8 quantizer: mn in [2**15, 2**16), or 0.
+MN_BITS = 16
+#: Relative error of logit_multiplier_fixed's C * 2**-lsh against the exact multiplier
+#: while lsh is not saturated: C = RHU(mn KM, t) >= 2**(C_BITS-1) errs by <= 2**-C_BITS,
+#: KM >= 2**(KM_BITS-1) by <= 2**-KM_BITS (plus float64 ulps); the product of the
+#: two (1 + e) factors stays below 1 + this.
+LOGIT_FIXED_REL_ERR = 2.0 ** -C_BITS + 2.0 ** -(KM_BITS - 1)
+
+
+def logit_constant(config: KV4Config, *, in_frac: int, frac_k: int) -> tuple[int, int]:
+    """(KM, KE): every constant of the logit multiplier of an integer-model query in
+    one mantissa/exponent pair, KM * 2**-KE ~= 2**logit_frac * log2(e) / (127 * 240
+    sqrt(D)) * 2**(rot_shift - log2 D if rotate) * 2**-frac_k * 2**-in_frac, KM in
+    [2**(KM_BITS-1), 2**KM_BITS), round to nearest. Compile time: floats only here."""
+    c = _cfg(config)
+    check_int("in_frac", in_frac)
+    check_int("frac_k", frac_k)
+    m, ex = math.frexp(_logit_scale(2.0 ** c.logit_frac / ACT_QMAX, c))    # m in [1/2, 1)
+    KM, KE = round(m * 2.0 ** KM_BITS), KM_BITS - ex
+    if KM == 1 << KM_BITS:                       # m rounded up to 1
+        KM, KE = KM >> 1, KE - 1
+    return KM, KE + in_frac + frac_k
+
+
+def logit_multiplier_fixed(mn, L, *, in_frac: int, frac_k: int, config: KV4Config):
+    """(C, lsh) int64 tensors shaped like mn: logit_multiplier in integers for queries
+    whose INT8 codes came from the integer model's A8 quantizer (docs/integer-model.md):
+    token scale (mn, L), max|q| ~= mn * 2**L units of 2**-in_frac, so s_q = mn * 2**L *
+    2**-in_frac / 127; K in units of 2**-frac_k.
+
+      P   = mn * KM                     (exact, < 2**(MN_BITS + KM_BITS); logit_constant)
+      t   = bitlen(P) - C_BITS, plus 1 where RHU(P, t) rounds up to 2**C_BITS
+      C   = RHU(P, t) in [2**(C_BITS-1), 2**C_BITS)   (the most precise C, as
+            logit_multiplier chooses it)
+      lsh = KE - L - t
+    so C * 2**-lsh = P * 2**(L - KE) within LOGIT_FIXED_REL_ERR of the exact multiplier.
+    Saturation: lsh > 2**LSH_BITS - 1 (a multiplier below about 2**-48) becomes lsh =
+    2**LSH_BITS - 1 with C = RHU(P, t + excess), precision lost down to C = 0 (logits 0,
+    uniform weights; logit_multiplier raises there instead). lsh < min_lsh (a
+    multiplier too large for C_BITS) has no legal value: ValueError.
+    mn == 0 (an all-zero query): C = 0."""
+    c = _cfg(config)
+    mn, L = _index_tensor("mn", mn), _index_tensor("L", L)
+    if mn.shape != L.shape:
+        raise ValueError(f"mn {list(mn.shape)} and L {list(L.shape)} must have one shape "
+                         f"(one token scale per query head)")
+    zero = mn == 0
+    bad = ~zero & ((mn < 1 << (MN_BITS - 1)) | (mn >= 1 << MN_BITS))
+    if bool(bad.any()):
+        i = tuple(int(j) for j in bad.nonzero()[0])
+        raise ValueError(f"mn{list(i)} = {int(mn[i])} is not a normalised {MN_BITS}-bit "
+                         f"mantissa in [2**{MN_BITS - 1}, 2**{MN_BITS}) or 0; take (mn, L) "
+                         f"from the A8 quantizer")
+    KM, KE = logit_constant(c, in_frac=in_frac, frac_k=frac_k)
+    P = mn * KM
+    t = (_bit_length(P) - C_BITS).clamp(min=0)
+    t = t + torch.bitwise_right_shift(rshift_round(P, t), C_BITS)
+    lsh_max = (1 << LSH_BITS) - 1
+    lsh = KE - L - t
+    # a shift past the field: C shifts right by the excess (RHU(P, s) = 0 for s >= 62)
+    t = (t + (lsh - lsh_max).clamp(min=0)).clamp(max=62)
+    lsh = lsh.clamp(max=lsh_max)
+    low = ~zero & (lsh < c.min_lsh)
+    if bool(low.any()):
+        i = tuple(int(j) for j in low.nonzero()[0])
+        raise ValueError(f"the logit multiplier of mn{list(i)} = {int(mn[i])}, L = "
+                         f"{int(L[i])} (in_frac={in_frac}, frac_k={frac_k}) needs a shift "
+                         f"{int(lsh[i])} < min_lsh={c.min_lsh} with C < 2**{C_BITS}: the "
+                         f"query times the K unit 2**-frac_k is too large; raise frac_k (a "
+                         f"finer K unit) or check the token scale")
+    C = torch.where(zero, 0, rshift_round(P, t))
+    return C, torch.where(zero, _zero_multiplier_lsh(c), lsh)
 
 
 # --------------------------------------------------------------------------- decode

@@ -530,3 +530,154 @@ def test_normalise_many_equals_normalise():
         d = torch.randint(1, dmax + 1, (H,), generator=g)
         d[:5] = torch.tensor([1, 2, 240, dmax, 1 << c.p_frac])
         assert torch.equal(_normalise_many(acc, wz, d, c), normalise(acc, wz, d, c)), cfg
+
+
+# --------------------------------------------------------------------------- integer multiplier
+def _float_multiplier(s_q: float, frac_k: int, c: KV4Config) -> float:
+    """C * 2**-lsh as docs/kv4_attention.md writes it (decode step 3), in float64."""
+    rot = 2.0 ** (c.rot_shift - c.log2_d) if c.rotate else 1.0
+    return (2.0 ** c.logit_frac * s_q * 2.0 ** -frac_k * math.log2(math.e) * rot
+            / (240 * math.sqrt(c.head_dim)))
+
+
+def _quant_a8_like(x: torch.Tensor):
+    """The integer model's per-token A8 quantizer on fixed-point x [..., D]
+    (docs/integer-model.md §2): max|x| truncated to mn * 2**L (mn 16 bits),
+    RC = floor(2**31 / mn), a = clamp(RHU(x * 127 * RC, 31 + L), -127, 127)."""
+    from golden.kv4_attention import rshift_round
+    amax = x.abs().amax(-1)
+    L = torch.tensor([int(a).bit_length() - 16 for a in amax.flatten()]).view(amax.shape)
+    mn = torch.where(L >= 0, amax >> L.clamp(min=0), amax << (-L).clamp(min=0))
+    RC = (1 << 31) // mn.clamp(min=1)
+    a = rshift_round(x * 127 * RC.unsqueeze(-1), (31 + L).clamp(min=0).unsqueeze(-1))
+    return a.clamp(-127, 127), mn, L
+
+
+@pytest.mark.parametrize("cfg", [dict(), dict(rotate=False), dict(head_dim=128, lanes=16),
+                                 dict(head_dim=32, lanes=16, logit_frac=4)])
+def test_logit_multiplier_fixed_within_its_bound(cfg):
+    """C * 2**-lsh within LOGIT_FIXED_REL_ERR of the exact multiplier, the same shift
+    as logit_multiplier and a C at most 1 apart; saturated shifts (C shifted down,
+    then 0), an all-zero query, and the too-large multiplier that has no legal value."""
+    from golden.kv4_attention import (LOGIT_FIXED_REL_ERR, logit_constant,
+                                      logit_multiplier_fixed, rshift_round)
+    c = KV4Config(**cfg)
+    g = torch.Generator().manual_seed(20)
+    mn = torch.randint(1 << 15, 1 << 16, (30, 20), generator=g)
+    mn[0, :3] = torch.tensor([1 << 15, (1 << 16) - 1, 46341])
+    L = torch.randint(-24, 8, (30, 20), generator=g)
+    for in_frac, frac_k in ((16, 11), (8, 14), (4, 9), (30, 20)):     # the last saturates
+        C, lsh = logit_multiplier_fixed(mn, L, in_frac=in_frac, frac_k=frac_k, config=c)
+        assert C.shape == lsh.shape == mn.shape and C.dtype == lsh.dtype == torch.int64
+        for i, j in zip(*(x.flatten().tolist() for x in torch.meshgrid(
+                torch.arange(30), torch.arange(20), indexing="ij"))):
+            s_q = int(mn[i, j]) * 2.0 ** int(L[i, j]) * 2.0 ** -in_frac / 127
+            want = _float_multiplier(s_q, frac_k, c)
+            Ci, li = int(C[i, j]), int(lsh[i, j])
+            if li == 63:              # saturated: only RHU's half unit of 2**-63 lost
+                assert abs(Ci * 2.0 ** -63 - want) <= 2.0 ** -64 * (1 + 1e-9) + want * 1e-6
+                continue
+            assert 1 << 15 <= Ci < 1 << 16 and c.min_lsh <= li
+            assert abs(Ci * 2.0 ** -li / want - 1) <= LOGIT_FIXED_REL_ERR
+            Cf, lf = logit_multiplier(s_q, frac_k, c)
+            assert lf == li and abs(Cf - Ci) <= 1
+    # saturation: a tiny multiplier keeps lsh = 63 and shifts C down, to 0 in the end
+    KM, KE = logit_constant(c, in_frac=16, frac_k=11)
+    mn1 = torch.full((4,), 50000)
+    P = 50000 * KM
+    t = P.bit_length() - 16                       # C's shift (no rounding carry here)
+    assert rshift_round(P, t) < 1 << 16
+    L1 = torch.tensor([KE - 63 - t - 7, KE - 63 - t - 13, -200, -10 ** 6])   # 7, 13 past 63
+    C1, l1 = logit_multiplier_fixed(mn1, L1, in_frac=16, frac_k=11, config=c)
+    assert l1.tolist() == [63] * 4 and C1[2:].tolist() == [0, 0]
+    assert C1[:2].tolist() == [rshift_round(P, t + 7), rshift_round(P, t + 13)]
+    assert int(C1[1]) > 0
+    # an all-zero query: C = 0 at a legal shift
+    C0, l0 = logit_multiplier_fixed(torch.tensor([0, 40000]), torch.tensor([5, -3]),
+                                    in_frac=16, frac_k=11, config=c)
+    assert int(C0[0]) == 0 and c.min_lsh <= int(l0[0]) <= 63 and int(C0[1]) > 0
+    # a multiplier too large for C_BITS at any legal shift
+    with pytest.raises(ValueError, match="raise frac_k"):
+        logit_multiplier_fixed(mn1, torch.full((4,), KE), in_frac=16, frac_k=11, config=c)
+
+
+def test_logit_multiplier_fixed_bad_inputs():
+    from golden.kv4_attention import logit_multiplier_fixed
+    c = KV4Config()
+    mn, L = torch.tensor([40000, 50000]), torch.tensor([0, -3])
+    for kw, err, match in ((dict(mn=torch.tensor([40000, 100])), ValueError, "mantissa"),
+                           (dict(mn=torch.tensor([40000, 1 << 16])), ValueError, "mantissa"),
+                           (dict(mn=torch.tensor([4e4, 5e4])), TypeError, "integer"),
+                           (dict(L=torch.tensor([0, 1, 2])), ValueError, "one shape"),
+                           (dict(in_frac=1.5), TypeError, "in_frac"),
+                           (dict(frac_k=True), TypeError, "frac_k"),
+                           (dict(config={"head_dim": 64}), TypeError, "KV4Config")):
+        args = dict(mn=mn, L=L, in_frac=16, frac_k=11, config=c) | kw
+        with pytest.raises(err, match=match):
+            logit_multiplier_fixed(args.pop("mn"), args.pop("L"), **args)
+
+
+def _integer_query_decode(q: torch.Tensor, cache, T, c: KV4Config, in_frac: int):
+    """Queries q [N, H, D] (float) as the integer model feeds them: fixed point with
+    in_frac bits, A8 per head, (C, lsh) from logit_multiplier_fixed; decoded by
+    kv4_decode_many. Returns (value [N, H, D], q8, s_q)."""
+    from golden.kv4_attention import kv4_decode_many, logit_multiplier_fixed, output_frac
+    x = torch.round(q.double() * 2.0 ** in_frac).long()
+    q8, mn, L = _quant_a8_like(x)
+    C, lsh = logit_multiplier_fixed(mn, L, in_frac=in_frac, frac_k=cache.frac_k, config=c)
+    out = kv4_decode_many(q8, C, lsh, cache, T, c)
+    s_q = mn.double() * torch.pow(2.0, L.double()) * 2.0 ** -in_frac / 127
+    return out.double() * 2.0 ** -output_frac(cache, c), q8, s_q
+
+
+def _decode_fidelity(value, q, q8, s_q, k, v, cache, T, c):
+    """For one query set q [H, D] over T tokens, ref = float attention on the original
+    K/V: (|cos(hw, ref) - cos(float scheme with the INT8 query, ref)| (the decode's
+    bound), cos(hw, float scheme with the query the K side multiplies), |cos(hw, ref)
+    - cos(the same decode with logit_multiplier's float-derived (C, lsh), ref)|)."""
+    ref = float_attention(q, k[:T], v[:T])
+    kd, vd = scheme_kv(cache, T, c)
+    kv4q = float_attention(q8.double() * s_q.unsqueeze(-1), kd, vd)
+    hwq = float_attention(effective_query(q8, s_q, c), kd, vd)
+    Cs, ls = zip(*(logit_multiplier(float(s), cache.frac_k, c) for s in s_q))
+    hw_float = kv4_decode(q8, list(Cs), list(ls), cache, T, c).value()
+    return (abs(cosine(value, ref) - cosine(kv4q, ref)), cosine(value, hwq),
+            abs(cosine(value, ref) - cosine(hw_float, ref)))
+
+
+def test_integer_multiplier_decode_within_bound_of_float_attention():
+    """kv4_decode with the integer multipliers keeps the decode's stated accuracy
+    (COSINE_BOUND vs the float KV4 scheme with the same INT8 query, > 0.9999 against
+    its own operands) and moves the output cosine by < 1e-5 against logit_multiplier's
+    (C, lsh), on random data and on the SmolLM2 fixture (queries at their own
+    positions). The INT8 query itself can cost more than COSINE_BOUND against a float
+    query (see COSINE_BOUND), with either multiplier."""
+    from quantflow.capture_attention import load_fixture
+    c = KV4Config(head_dim=64, heads=3, max_t=600)
+    g = torch.Generator().manual_seed(21)
+    k = torch.randn(600, 64, generator=g)
+    k[:, :2] *= 8
+    v = torch.randn(600, 64, generator=g)
+    q = torch.randn(4, 3, 64, generator=g) * 0.5
+    cache = append_cache(k, v, c)
+    T = torch.tensor([600, 300, 40, 9])
+    value, q8, s_q = _integer_query_decode(q, cache, T, c, in_frac=16)
+    stats = [_decode_fidelity(value[i], q[i], q8[i], s_q[i], k, v, cache, int(T[i]), c)
+             for i in range(4)]
+    fx = load_fixture(FIXTURE)
+    meta = fx["meta"]
+    grp = meta["q_heads"] // meta["kv_heads"]
+    cf = KV4Config(head_dim=64, heads=grp, max_t=meta["tokens"])
+    first = meta["query_positions"][0]
+    qi = torch.arange(0, 64, 9)
+    for h in range(meta["kv_heads"]):
+        cache = append_cache(fx["k"][h], fx["v"][h], cf)
+        q = fx["q"][h * grp:(h + 1) * grp, qi].transpose(0, 1)
+        T = first + qi + 1
+        value, q8, s_q = _integer_query_decode(q, cache, T, cf, in_frac=16)
+        stats += [_decode_fidelity(value[i], q[i], q8[i], s_q[i], fx["k"][h], fx["v"][h],
+                                   cache, int(T[i]), cf) for i in range(len(qi))]
+    deltas, agree, vs_float = zip(*stats)
+    assert max(deltas) < COSINE_BOUND
+    assert min(agree) > 1 - 1e-4
+    assert max(vs_float) < 1e-5
