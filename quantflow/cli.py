@@ -8,6 +8,9 @@
   python -m quantflow schemes                    list the registered schemes
   python -m quantflow eval --model smollm2 --scheme w4a8kv4-g64 [--windows 8 --length 512]
   python -m quantflow export --model smollm2 --scheme w4a8kv4-g64 [--out DIR]
+  python -m quantflow compile --model smollm2 --scheme w4a8kv4-g64 [--out DIR] [--context N]
+  python -m quantflow generate --model smollm2 --prompt "..." [--max-new-tokens 32]
+        [--engine float|fakequant|integer] [--scheme S] [--image DIR]
 
 A user error prints one line `quantflow: error: ...` and exits with code 2.
 """
@@ -101,7 +104,10 @@ def _parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="perplexity + per-layer SQNR of a scheme on a model")
     ev.add_argument("--model", default="smollm2")
     ev.add_argument("--scheme", default="w4a8kv4-g64")
-    ev.add_argument("--text", default=None, help="evaluation text (default hamlet)")
+    ev.add_argument("--text", default=None, help="evaluation text: a named text or a UTF-8 "
+                                                 "file (default hamlet)")
+    ev.add_argument("--engine", default="fakequant", choices=("fakequant", "integer"),
+                    help="integer: also compile the model and measure the integer model")
     ev.add_argument("--windows", type=int, default=8)
     ev.add_argument("--length", type=int, default=512)
     ev.add_argument("--calib-text", default=None, help="calibration text (default plays-calib)")
@@ -110,7 +116,25 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-components", action="store_true",
                     help="skip the component-alone perplexities")
     ev.add_argument("--out", help="report directory (default build/quant/<model>/<scheme>)")
-    for p in (ex, ev):
+    co = sub.add_parser("compile", help="quantize a model and write the integer model's "
+                                        "image (flat memory map + manifest)")
+    co.add_argument("--model", default="smollm2")
+    co.add_argument("--scheme", default="w4a8kv4-g64")
+    co.add_argument("--out", help="image directory (default build/compiled/<model>-<scheme>)")
+    co.add_argument("--context", type=int, default=1024,
+                    help="positions of the RoPE table and KV cache (default 1024)")
+    co.add_argument("--head-bits", type=int, default=8, choices=(4, 8),
+                    help="bits of the LM head / embedding codes (default 8)")
+    ge = sub.add_parser("generate", help="greedy text generation on a float, fake-quant or "
+                                         "integer engine")
+    ge.add_argument("--model", default="smollm2")
+    ge.add_argument("--prompt", required=True)
+    ge.add_argument("--max-new-tokens", type=int, default=32)
+    ge.add_argument("--engine", default="integer", choices=("float", "fakequant", "integer"))
+    ge.add_argument("--scheme", default="w4a8kv4-g64")
+    ge.add_argument("--image", help="compiled image (default build/compiled/<model>-<scheme>, "
+                                    "compiled on first use)")
+    for p in (ex, ev, co, ge):
         p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     return ap
 
@@ -136,9 +160,27 @@ def _real(args) -> str:
                        windows=args.windows, length=args.length,
                        calib_text=args.calib_text or DEFAULT_CALIB,
                        calib_samples=args.calib_samples, calib_length=args.calib_length,
-                       components=not args.no_components, out=args.out,
+                       components=not args.no_components, out=args.out, engine=args.engine,
                        log=lambda m: print(m, file=sys.stderr))
         return format_table(rep) + f"\nwrote {rep['path']}"
+    if args.cmd == "compile":
+        from .compile import compile_model
+        m = compile_model(args.model, args.scheme, out=args.out, context=args.context,
+                          head_bits=args.head_bits, log=lambda m: print(m, file=sys.stderr))
+        st = m["stats"]
+        return (f"wrote {m['path']}: {m['image_bytes']} bytes, {len(m['tensors'])} tensors; "
+                f"{st['seconds']} s ({st['cpu_seconds']} s CPU), peak RSS "
+                f"{st['peak_rss_mb']} MB")
+    if args.cmd == "generate":
+        from .generate import generate
+        def stream(piece):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        g = generate(args.model, args.prompt, max_new_tokens=args.max_new_tokens,
+                     engine=args.engine, scheme=args.scheme, image=args.image, stream=stream,
+                     log=lambda m: print(m, file=sys.stderr))
+        return (f"\n[{g.engine}] prompt ids {g.prompt_ids}\n[{g.engine}] new ids "
+                f"{g.token_ids} ({g.seconds:.1f} s)")
     from .export_model import export_model
     m = export_model(args.model, args.scheme, out=args.out, cols=args.cols)
     t = m["timing"]
@@ -176,7 +218,7 @@ def _export(args) -> str:
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
-        if args.cmd in ("models", "schemes", "eval") or (
+        if args.cmd in ("models", "schemes", "eval", "compile", "generate") or (
                 args.cmd == "export" and args.model):
             print(_real(args))
         elif args.cmd == "export":

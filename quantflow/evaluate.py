@@ -26,7 +26,8 @@ from .errors import QuantflowError
 from .fakequant import QuantizedModel, quantize_model
 from .models.loaders import LoadedModel, build_dir, load_model, require
 from .schemes import get_scheme
-from .text import DEFAULT_CALIB, DEFAULT_EVAL, TEXTS, calibration_tokens, evaluation_tokens
+from .text import (DEFAULT_CALIB, DEFAULT_EVAL, calibration_tokens, evaluation_tokens,
+                   text_description)
 
 __all__ = ["perplexity", "layer_sqnr", "evaluate", "format_table", "plot_sqnr", "quant_dir"]
 
@@ -43,19 +44,23 @@ def _bar(it, *, desc, total=None, enabled=True):
 
 @torch.no_grad()
 def perplexity(model, windows: torch.Tensor, *, progress: bool = False,
-               desc: str = "perplexity") -> float:
-    """exp(mean next-token NLL) over windows [W, T] (each window its own sequence)."""
+               desc: str = "perplexity", top1: list | None = None) -> float:
+    """exp(mean next-token NLL) over windows [W, T] (each window its own sequence);
+    `model(ids [1, T])` gives logits [1, T, vocab]. With `top1` (a list), each
+    window's greedy predictions [T - 1] are appended to it."""
     nll, n = 0.0, 0
     for w in _bar(windows, desc=desc, enabled=progress):
         logits = model(w[None])[0]
-        nll += float(F.cross_entropy(logits[:-1].float(), w[1:], reduction="sum"))
+        nll += float(F.cross_entropy(logits[:-1].double(), w[1:], reduction="sum"))
         n += w.numel() - 1
+        if top1 is not None:
+            top1.append(logits[:-1].argmax(-1))
     return math.exp(nll / n)
 
 
 @torch.no_grad()
 def layer_sqnr(qm: QuantizedModel, windows: torch.Tensor, *, progress: bool = False,
-               with_ppl: bool = True):
+               with_ppl: bool = True, top1: list | None = None):
     """Per block linear: SQNR (dB) of its output in the quantized model against
     x @ w_ref.T on the same input x. Returns (layers list, perplexity or None)."""
     m = qm.model
@@ -79,8 +84,8 @@ def layer_sqnr(qm: QuantizedModel, windows: torch.Tensor, *, progress: bool = Fa
         hooks.append(lin.register_forward_pre_hook(pre, prepend=True))  # raw x, before A8
         hooks.append(lin.register_forward_hook(post))
     try:
-        ppl = perplexity(m, windows, progress=progress, desc="ppl + layer SQNR") \
-            if with_ppl else None
+        ppl = perplexity(m, windows, progress=progress, desc="ppl + layer SQNR",
+                         top1=top1) if with_ppl else None
     finally:
         for h in hooks:
             h.remove()
@@ -121,12 +126,23 @@ def plot_sqnr(layers: list, path: Path, title: str) -> None:
     atomic_write_bytes(path, png.getvalue())
 
 
+#: Seed of every random draw an evaluation makes (weight searches included).
+EVAL_SEED = 0
+ENGINES = ("fakequant", "integer")
+
+
 def evaluate(model="smollm2", scheme="w4a8kv4-g64", *, text: str = DEFAULT_EVAL,
              windows: int = 8, length: int = 512, calib_text: str = DEFAULT_CALIB,
              calib_samples: int = 8, calib_length: int = 256, components: bool = True,
-             out=None, progress: bool = True, log=print) -> dict:
-    """Measure `scheme` on `model` (module docstring); returns the report dict."""
+             engine: str = "fakequant", out=None, progress: bool = True, log=print) -> dict:
+    """Measure `scheme` on `model` (module docstring); returns the report dict.
+    engine="integer" also compiles the quantized model (quantflow.compile) and
+    measures golden.decoder's integer model on the same windows: ppl_integer,
+    its top-1 agreement with the fake-quant engine, and its per-layer error."""
     t0 = time.perf_counter()
+    if engine not in ENGINES:
+        raise QuantflowError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    torch.manual_seed(EVAL_SEED)
     sch = get_scheme(scheme)
     lm = model if isinstance(model, LoadedModel) else load_model(model, progress=progress)
     if lm.arch != "llama":
@@ -148,16 +164,26 @@ def evaluate(model="smollm2", scheme="w4a8kv4-g64", *, text: str = DEFAULT_EVAL,
             log(f"ppl {key} only = {p:.3f} ({p / ppl_fp32:.4f} x)")
             del qc
     qm = quantize_model(lm, sch, calib_ids=cal, progress=progress)
-    layers, ppl = layer_sqnr(qm, ev, progress=progress)
+    top1_fq: list = []
+    t_fq = time.perf_counter()
+    layers, ppl = layer_sqnr(qm, ev, progress=progress, top1=top1_fq)
+    t_fq = time.perf_counter() - t_fq
     log(f"ppl {sch.name} = {ppl:.3f} ({ppl / ppl_fp32:.4f} x)")
+    integer = None
+    if engine == "integer":
+        integer = _integer_engine(lm, qm, cal, ev, top1_fq, outdir / "image",
+                                  progress=progress, log=log)
+        integer["fakequant_seconds"] = round(t_fq, 2)
+        log(f"ppl integer = {integer['ppl']:.3f} ({integer['ppl'] / ppl:.4f} x fake quant), "
+            f"top-1 agreement {integer['top1_agreement']:.4f}")
     worst = sorted(layers, key=lambda l: l["sqnr_db"])[:5]
     report = {
         "model": lm.name,
         "scheme": sch.name,
         "scheme_label": sch.label,
-        "text": {"name": text, "description": TEXTS[text].description, "windows": windows,
+        "text": {"name": text, "description": text_description(text), "windows": windows,
                  "length": length},
-        "calibration": {"name": calib_text, "description": TEXTS[calib_text].description,
+        "calibration": {"name": calib_text, "description": text_description(calib_text),
                         "samples": calib_samples, "length": calib_length},
         "tokens": int(ev.numel()),
         "ppl_fp32": ppl_fp32,
@@ -169,7 +195,14 @@ def evaluate(model="smollm2", scheme="w4a8kv4-g64", *, text: str = DEFAULT_EVAL,
         "quantize_seconds": round(qm.seconds["quantize"], 2),
         "seconds": round(time.perf_counter() - t0, 2),
         "torch_threads": torch.get_num_threads(),
+        "seed": EVAL_SEED,
+        "engine": engine,
     }
+    if integer is not None:
+        report["ppl_integer"] = integer.pop("ppl")
+        report["ppl_integer_ratio"] = report["ppl_integer"] / ppl_fp32
+        report["integer_vs_fakequant"] = report["ppl_integer"] / ppl
+        report["integer"] = integer
     atomic_write_json(outdir / "report.json", report, indent=2)
     plot_sqnr(layers, outdir / "sqnr.png",
               f"{lm.name} {sch.name}: per-layer output SQNR (ppl {ppl:.2f}, "
@@ -178,12 +211,63 @@ def evaluate(model="smollm2", scheme="w4a8kv4-g64", *, text: str = DEFAULT_EVAL,
     return report
 
 
+def _integer_engine(lm, qm: QuantizedModel, cal, ev, top1_fq: list, image: Path, *,
+                    progress: bool, log) -> dict:
+    """Compile `qm`, run golden.decoder on the evaluation windows: perplexity, top-1
+    agreement with the fake-quant predictions, per-layer residual error of window 0
+    against the fake-quant model, and timings."""
+    from golden.decoder import IntegerDecoder
+    from .compile import compile_quantized, load_image
+    t0 = time.perf_counter()
+    compile_quantized(qm, cal, image, context=ev.shape[1], model_name=lm.name)
+    config, tensors = load_image(image)
+    dec = IntegerDecoder(config, tensors)
+    t_compile = time.perf_counter() - t0
+    top1: list = []
+    t1 = time.perf_counter()
+    ppl = perplexity(dec.logits, ev, progress=progress, desc="ppl integer", top1=top1)
+    t_int = time.perf_counter() - t1
+    agree = float(torch.cat(top1).eq(torch.cat(top1_fq)).double().mean())
+    return {"ppl": ppl, "top1_agreement": agree, "image": str(image),
+            "compile_seconds": round(t_compile, 2), "seconds": round(t_int, 2),
+            "layers": residual_error(dec, qm.model, ev[0]),
+            "decoder": config.as_dict()}
+
+
+@torch.no_grad()
+def residual_error(dec, model, ids: torch.Tensor) -> list[dict]:
+    """Per layer: the integer model's residual stream after the layer against the
+    fake-quant model's on the same tokens: relative RMS error and cosine."""
+    ref = []
+    hooks = [layer.register_forward_hook(lambda m, a, out: ref.append(out[0].double()))
+             for layer in model.model.layers]
+    try:
+        model(ids[None])
+    finally:
+        for h in hooks:
+            h.remove()
+    got: dict = {}
+    dec.step(ids, dec.new_state(),
+             trace=lambda n, t: got.__setitem__(n, t) if n.endswith(".residual") else None)
+    scale = 2.0 ** -dec.config.sfu.frac
+    out = []
+    for i, r in enumerate(ref):
+        x = got[f"layers.{i}.residual"].double() * scale
+        err = float((x - r).norm() / r.norm().clamp(min=1e-30))
+        cos = float((x * r).sum() / (x.norm() * r.norm()).clamp(min=1e-30))
+        out.append({"layer": i, "rel_rms_error": round(err, 6), "cosine": round(cos, 6)})
+    return out
+
+
 def format_table(report: dict) -> str:
     """The perplexity table and the worst layers, as printed by the CLI."""
     rows = [("FP32", "float", report["ppl_fp32"], 1.0)]
     for k, c in report["components"].items():
         rows.append((f"{k} only", c["label"], c["ppl"], c["ppl_ratio"]))
     rows.append((report["scheme"], report["scheme_label"], report["ppl"], report["ppl_ratio"]))
+    if "ppl_integer" in report:
+        rows.append((f"{report['scheme']} integer", "golden.decoder on the compiled image",
+                     report["ppl_integer"], report["ppl_integer_ratio"]))
     w = max(len(r[0]) for r in rows)
     t = report["text"]
     out = [f"{report['model']} on {t['name']} ({t['windows']} x {t['length']} tokens)",

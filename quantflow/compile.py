@@ -1,0 +1,306 @@
+"""Compile a quantized Llama into the model image the integer model and the
+accelerator core read (docs/integer-model.md):
+
+    python -m quantflow compile --model smollm2 --scheme w4a8kv4-g64 \
+        --out build/compiled/smollm2-w4a8kv4-g64 [--context 1024] [--head-bits 8]
+
+The image directory (written beside its destination and renamed into place):
+  image.bin      every tensor of golden.decoder.image_spec, little-endian, each at
+                 a 64-byte aligned offset of one flat memory map
+  manifest.json  format, model, scheme, the DecoderConfig, and per tensor its
+                 offset, bytes, shape, dtype and sha256; the sha256 of image.bin
+
+`load_image` reads it back (one read, numpy views, checksums verified) into
+(DecoderConfig, tensors): golden.decoder.IntegerDecoder runs from that alone.
+
+What the compile does, per tensor:
+  linears     QoQ codes, s2, z of the scheme's weights (quantflow.fakequant), and
+              s1 / 127 as a 15-bit mantissa + one shift per linear (golden.sfu)
+  norms       RMSNorm weights after the SmoothQuant/AWQ folds, 16-bit mantissa +
+              one exponent per norm
+  frac_k/v    fraction bits of the KV4 unit's x_bits input per layer and KV head:
+              the largest that holds twice the calibration text's max |K| (after
+              RoPE) / max |V| (one bit of headroom; larger values saturate)
+  embed       the (tied) embedding / LM head as QoQ codes at --head-bits
+  rope        cos / sin tables of the model's own inverse frequencies
+  sigmoid     the SFU's SiLU table
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from golden.decoder import image_spec
+from golden.decoder_config import LINEARS, DecoderConfig
+from golden.kv4_attention import choose_frac
+from golden.kv4_attention_config import KV4Config
+from golden.sfu import norm_weight, rope_table, silu_table, weight_scale
+from golden.sfu_config import SFUConfig
+from quattro_fs import replace_dir
+
+from .errors import QuantflowError
+from .fakequant import QuantizedModel, quantize_model
+from .models.llama import LlamaForCausalLM, apply_rope
+from .models.loaders import LoadedModel, load_model
+from .qoq import quantize_qoq
+from .schemes import QuantScheme, get_scheme
+from .text import DEFAULT_CALIB, calibration_tokens
+
+__all__ = ["IMAGE_FORMAT", "IMAGE_FORMAT_VERSION", "compile_model", "compile_quantized",
+           "load_image", "decoder_config", "compiled_dir"]
+
+IMAGE_FORMAT = "quattro-model-image"
+IMAGE_FORMAT_VERSION = 1
+#: Tensor offsets in image.bin are multiples of this (an AXI burst / cache line).
+ALIGN = 64
+_FIX = "recompile it with `python -m quantflow compile`"
+
+
+def compiled_dir(model: str, scheme: str) -> Path:
+    return Path("build") / "compiled" / f"{model}-{scheme}"
+
+
+# --------------------------------------------------------------------------- checks
+def _check_scheme(s: QuantScheme) -> None:
+    """The integer model runs QoQ weights, A8 activations and the KV4 unit's scheme."""
+    why = None
+    if s.weight is None or s.weight.method != "qoq":
+        why = "QoQ weights (the MixPE format)"
+    elif s.act is None or s.act.bits != 8:
+        why = "A8 activations"
+    elif s.kv is None or s.kv.bits != 4 or s.kv.sink_tokens or not s.kv.integer_zero:
+        why = "the KV4 unit's cache (4 bits, integer zero points, no sink tokens)"
+    if why:
+        raise QuantflowError(f"scheme {s.name!r} cannot run on the integer model: it needs "
+                             f"{why}; use w4a8kv4-g64 or w4a8kv4-g64-plain")
+
+
+def decoder_config(model: LlamaForCausalLM, scheme: QuantScheme, *, context: int,
+                   head_bits: int, sfu: SFUConfig | None = None) -> DecoderConfig:
+    """The DecoderConfig of a Llama model under `scheme` (refuses what the KV4 unit
+    or MixPE cannot run, with the reason)."""
+    _check_scheme(scheme)
+    c = model.config
+    try:
+        kv4 = KV4Config(head_dim=c.head_dim, heads=c.kv_groups, max_t=context,
+                        rotate=bool(scheme.kv.hadamard), recent=scheme.kv.window)
+        return DecoderConfig(
+            vocab=c.vocab_size, hidden=c.hidden_size, intermediate=c.intermediate_size,
+            layers=c.num_hidden_layers, heads=c.num_attention_heads,
+            kv_heads=c.num_key_value_heads, head_dim=c.head_dim, max_context=context,
+            rms_eps=float(c.rms_norm_eps), w_bits=scheme.weight.bits,
+            group=scheme.weight.group, head_bits=head_bits, head_group=scheme.weight.group,
+            tied=bool(c.tie_word_embeddings), sfu=sfu or SFUConfig(), kv4=kv4)
+    except (TypeError, ValueError) as e:
+        raise QuantflowError(f"this model/scheme cannot be compiled for the integer model: "
+                             f"{e}") from None
+
+
+# --------------------------------------------------------------------------- tensors
+def _linear_tensors(prefix: str, qw) -> dict[str, np.ndarray]:
+    S1, e = weight_scale(qw.s1.to(torch.float32))
+    return {f"{prefix}.q": qw.q.numpy().astype(np.uint8),
+            f"{prefix}.s2": qw.s2.numpy().astype(np.uint8),
+            f"{prefix}.z": qw.z.numpy().astype(np.uint8),
+            f"{prefix}.S1": S1.numpy().astype(np.int32),
+            f"{prefix}.e": np.array([e], dtype=np.int32)}
+
+
+def _norm_tensors(prefix: str, w: torch.Tensor) -> dict[str, np.ndarray]:
+    NW, e = norm_weight(w.detach().to(torch.float32))
+    return {f"{prefix}.w": NW.numpy().astype(np.int16), f"{prefix}.e": np.array([e], np.int32)}
+
+
+@torch.no_grad()
+def _kv_fracs(model: LlamaForCausalLM, calib_ids: torch.Tensor, kv4: KV4Config):
+    """Per layer: (frac_k [Hkv], frac_v [Hkv]) from max |K| after RoPE and max |V|
+    over the calibration tokens, run through the quantized model."""
+    c = model.config
+    Hkv, D = c.num_key_value_heads, c.head_dim
+    kmax = torch.zeros(c.num_hidden_layers, Hkv)
+    vmax = torch.zeros(c.num_hidden_layers, Hkv)
+    hooks = []
+    T = calib_ids.shape[1]
+    cos, sin = model.rope(T)
+
+    def rec(i, which):
+        def hook(mod, args, out):
+            x = out.view(out.shape[0], T, Hkv, D)
+            if which == "k":
+                x = apply_rope(x.transpose(1, 2), cos, sin).transpose(1, 2)
+            m = kmax if which == "k" else vmax
+            m[i] = torch.maximum(m[i], x.abs().amax(dim=(0, 1, 3)))
+        return hook
+
+    for i, layer in enumerate(model.model.layers):
+        hooks.append(layer.self_attn.k_proj.register_forward_hook(rec(i, "k")))
+        hooks.append(layer.self_attn.v_proj.register_forward_hook(rec(i, "v")))
+    try:
+        for b in range(calib_ids.shape[0]):
+            model.hidden_states(calib_ids[b:b + 1])
+    finally:
+        for h in hooks:
+            h.remove()
+    frac = lambda m: [choose_frac(torch.tensor([2.0 * float(x)]), kv4) for x in m]
+    return [(frac(kmax[i]), frac(vmax[i])) for i in range(c.num_hidden_layers)]
+
+
+def build_tensors(qm: QuantizedModel, config: DecoderConfig, calib_ids: torch.Tensor,
+                  *, progress: bool = False) -> dict[str, np.ndarray]:
+    """Every image tensor of the quantized Llama `qm` (module docstring)."""
+    m = qm.model
+    c = config
+    out: dict[str, np.ndarray] = {}
+    emb = m.model.embed_tokens.weight.detach()
+    out.update(_linear_tensors("embed", quantize_qoq(emb, bits=c.head_bits, group=c.head_group)))
+    if not c.tied:
+        out.update(_linear_tensors("lm_head", quantize_qoq(m.lm_head.weight.detach(),
+                                                           bits=c.head_bits,
+                                                           group=c.head_group)))
+    fracs = _kv_fracs(m, calib_ids, c.kv4)
+    for i, layer in enumerate(m.model.layers):
+        p = f"layers.{i}"
+        out.update(_norm_tensors(f"{p}.input_norm", layer.input_layernorm.weight))
+        out.update(_norm_tensors(f"{p}.post_norm", layer.post_attention_layernorm.weight))
+        for lin in LINEARS:
+            part = "self_attn" if lin.endswith(("q_proj", "k_proj", "v_proj", "o_proj")) \
+                else "mlp"
+            out.update(_linear_tensors(f"{p}.{lin}", qm.qoq(f"{p}.{part}.{lin}")))
+        fk, fv = fracs[i]
+        out[f"{p}.frac_k"] = np.array(fk, dtype=np.int32)
+        out[f"{p}.frac_v"] = np.array(fv, dtype=np.int32)
+    out.update(_norm_tensors("norm", m.model.norm.weight))
+    cos, sin = rope_table(m.config.rope_inv_freq().tolist(), c.max_context)
+    out["rope.cos"] = cos.numpy().astype(np.int16)
+    out["rope.sin"] = sin.numpy().astype(np.int16)
+    out["sfu.sigmoid"] = silu_table(c.sfu).numpy().astype(np.int32)
+    return out
+
+
+# --------------------------------------------------------------------------- image file
+def _layout(config: DecoderConfig, tensors: dict[str, np.ndarray]) -> tuple[dict, int]:
+    spec = image_spec(config)
+    entries, off = {}, 0
+    for name, (shape, dtype) in spec.items():
+        a = tensors[name]
+        if tuple(a.shape) != shape or a.dtype != np.dtype(dtype):
+            raise QuantflowError(f"internal: {name} is {a.dtype}{list(a.shape)}, the image "
+                                 f"spec says {dtype}{list(shape)}")
+        off = -(-off // ALIGN) * ALIGN
+        entries[name] = {"offset": off, "bytes": a.nbytes, "shape": list(shape),
+                         "dtype": dtype}
+        off += a.nbytes
+    return entries, off
+
+
+def write_image(outdir, config: DecoderConfig, tensors: dict[str, np.ndarray],
+                meta: dict) -> dict:
+    """image.bin + manifest.json into `outdir`, atomically; returns the manifest."""
+    entries, total = _layout(config, tensors)
+
+    def fill(tmp: Path) -> dict:
+        buf = bytearray(total)
+        for name, e in entries.items():
+            raw = np.ascontiguousarray(tensors[name]).astype(
+                np.dtype(e["dtype"]).newbyteorder("<"), copy=False).tobytes()
+            buf[e["offset"]:e["offset"] + len(raw)] = raw
+            e["sha256"] = hashlib.sha256(raw).hexdigest()
+        (tmp / "image.bin").write_bytes(buf)
+        manifest = {"format": IMAGE_FORMAT, "format_version": IMAGE_FORMAT_VERSION, **meta,
+                    "decoder": config.as_dict(), "align": ALIGN, "image_bytes": total,
+                    "image_sha256": hashlib.sha256(buf).hexdigest(), "tensors": entries}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+        return manifest
+
+    return replace_dir(outdir, fill)
+
+
+def load_image(outdir) -> tuple[DecoderConfig, dict[str, torch.Tensor]]:
+    """(DecoderConfig, tensors) of a compiled image, every checksum verified."""
+    d = Path(outdir)
+    mpath, ipath = d / "manifest.json", d / "image.bin"
+    if not mpath.is_file() or not ipath.is_file():
+        raise QuantflowError(f"{d} is not a compiled model image (manifest.json and "
+                             f"image.bin expected); {_FIX}")
+    try:
+        man = json.loads(mpath.read_text())
+    except json.JSONDecodeError as e:
+        raise QuantflowError(f"{mpath} is not valid JSON ({e}); {_FIX}") from None
+    if man.get("format") != IMAGE_FORMAT or man.get("format_version") != IMAGE_FORMAT_VERSION:
+        raise QuantflowError(f"{d} holds format {man.get('format')!r} version "
+                             f"{man.get('format_version')!r}, expected {IMAGE_FORMAT!r} "
+                             f"version {IMAGE_FORMAT_VERSION}; {_FIX}")
+    try:
+        config = DecoderConfig.from_dict(man["decoder"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise QuantflowError(f"{mpath}: bad decoder configuration ({e}); {_FIX}") from None
+    raw = ipath.read_bytes()
+    if len(raw) != man.get("image_bytes"):
+        raise QuantflowError(f"{ipath} has {len(raw)} bytes, the manifest says "
+                             f"{man.get('image_bytes')}; {_FIX}")
+    spec = image_spec(config)
+    entries = man.get("tensors", {})
+    missing = [n for n in spec if n not in entries]
+    if missing:
+        raise QuantflowError(f"{d}: the manifest lacks tensor(s) {missing[:3]}; {_FIX}")
+    tensors = {}
+    for name, (shape, dtype) in spec.items():
+        e = entries[name]
+        if e["shape"] != list(shape) or e["dtype"] != dtype:
+            raise QuantflowError(f"{d}: tensor {name} is {e['dtype']}{e['shape']}, this "
+                                 f"configuration needs {dtype}{list(shape)}; {_FIX}")
+        chunk = raw[e["offset"]:e["offset"] + e["bytes"]]
+        if hashlib.sha256(chunk).hexdigest() != e.get("sha256"):
+            raise QuantflowError(f"{d}: tensor {name} fails its checksum (the image was "
+                                 f"altered or truncated); {_FIX}")
+        a = np.frombuffer(chunk, dtype=np.dtype(dtype).newbyteorder("<")).reshape(shape)
+        tensors[name] = torch.from_numpy(a.astype(np.dtype(dtype)))
+    return config, tensors
+
+
+# --------------------------------------------------------------------------- entry
+def compile_quantized(qm: QuantizedModel, calib_ids: torch.Tensor, outdir, *, context: int,
+                      head_bits: int = 8, model_name: str = "model",
+                      sfu: SFUConfig | None = None) -> dict:
+    """Write the image of an already quantized Llama; returns the manifest."""
+    if not isinstance(qm.model, LlamaForCausalLM):
+        raise QuantflowError(f"the integer model runs Llama-architecture decoders, got "
+                             f"{type(qm.model).__name__}")
+    config = decoder_config(qm.model, qm.scheme, context=context, head_bits=head_bits, sfu=sfu)
+    tensors = build_tensors(qm, config, calib_ids)
+    return write_image(outdir, config, tensors,
+                       {"model": model_name, "scheme": qm.scheme.name,
+                        "scheme_label": qm.scheme.label})
+
+
+def compile_model(model="smollm2", scheme="w4a8kv4-g64", *, out=None, context: int = 1024,
+                  head_bits: int = 8, calib_text: str = DEFAULT_CALIB, calib_samples: int = 8,
+                  calib_length: int = 256, progress: bool = True, log=print) -> dict:
+    """Load, quantize (fake-quant flow, calibrated) and compile `model`; returns the
+    manifest with the compile's wall/CPU seconds and peak memory."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    sch = get_scheme(scheme)
+    _check_scheme(sch)
+    lm = model if isinstance(model, LoadedModel) else load_model(model, progress=progress)
+    if not isinstance(lm.model, LlamaForCausalLM):
+        raise QuantflowError(f"the integer model runs Llama-architecture decoders; "
+                             f"{lm.name!r} is {lm.arch!r}")
+    cal = calibration_tokens(lm.tokenizer, text=calib_text, samples=calib_samples,
+                             length=calib_length)
+    qm = quantize_model(lm, sch, calib_ids=cal, progress=progress, keep_reference=False)
+    outdir = Path(out) if out is not None else compiled_dir(lm.name, sch.name)
+    man = compile_quantized(qm, cal, outdir, context=context, head_bits=head_bits,
+                            model_name=lm.name)
+    stats = {"seconds": round(time.perf_counter() - t0, 2),
+             "cpu_seconds": round(time.process_time() - c0, 2),
+             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+             "quantize_seconds": round(qm.seconds.get("quantize", 0.0), 2)}
+    log(f"compiled {lm.name} {sch.name} -> {outdir} ({man['image_bytes'] / 2**20:.1f} MiB, "
+        f"{len(man['tensors'])} tensors) in {stats['seconds']} s")
+    return {**man, "path": str(outdir), "stats": stats}
