@@ -21,8 +21,14 @@ Every rounding is round-half-to-even (torch.round). Steps, for W [N, K]:
    Note: because s2 is rounded to an integer it can be smaller than
    (hi - lo)/levels, and z is clamped, so a group's extreme values may saturate
    (error up to (levels + s2)/2 W8 units instead of s2/2). This is the contract.
-3. Reconstruction is integer: w8 = (q - z) * s2 (golden.mixpe.dequant_w8); for
-   bits = 4 it is guaranteed inside INT8 (|w8| <= 119 + s2/2 <= 127).
+3. Reconstruction is integer: w8 = (q - z) * s2 (golden.mixpe.dequant_w8). As z is
+   an integer, q - z = round(W8 / s2) unless clamped, so per group
+       |q - z| <= round(119 / s2)   and   |w8| <= 119 + s2/2;
+   for bits = 4 (s2 <= 16) that is inside INT8 (|w8| <= 127), for bits = 8 (s2 = 1)
+   within 119. quantflow.weightq keeps the same code range in every path (clip
+   search, AWQ, GPTQ with or without act order), so every W4 scheme keeps |w8| <= 127.
+   INT8 matters where w8 is an int8 multiplier operand (QServe's W4A8 GEMM); MixPE and
+   the LUT block accumulate in int32 and accept |w8| <= golden.formats.W8_ABS_MAX.
 """
 from __future__ import annotations
 

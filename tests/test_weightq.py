@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import quantflow as qf
-from golden.formats import SCALE_BITS
+from golden.formats import QOQ_W8_QMAX, SCALE_BITS
 from golden.mixpe import dequant_w8
 from quantflow.weightq import (Calibration, WeightQuantOptions, output_error,
                                quantize_shared, quantize_weight)
@@ -290,3 +290,41 @@ def test_gptq_generalises_to_held_out_tokens_with_few_calibration_tokens():
     rtn = quantize_weight(W, scheme=Scheme(clip_search=True), calib=cal)
     gq = quantize_weight(W, scheme=Scheme(clip_search=True, gptq=True), calib=cal)
     assert _out_err(W, gq.w_fake, Xh) < _out_err(W, rtn.w_fake, Xh)
+
+
+# ------------------------------------------------------------------ INT8 reconstruction
+def _reach_ok(qw) -> bool:
+    """Every path's promise (quantflow.qoq step 3): |q - z| <= round(119 / s2) per
+    group, the codes plain QoQ reaches from step-1 codes in [-119, 119]."""
+    s2 = qw.s2.repeat_interleave(qw.group, dim=1).double()
+    z = qw.z.repeat_interleave(qw.group, dim=1)
+    return bool(((qw.q - z).abs().double() <= torch.round(QOQ_W8_QMAX / s2)).all())
+
+
+@pytest.mark.parametrize("path", ["w4a8kv4-g64", "weights", "weights-act-order", "plain",
+                                  "clip", "w3-gptq"])
+def test_w4_reconstruction_stays_int8_in_every_path(path):
+    """The default scheme's GPTQ re-rounds with fixed (s2, z); on a small random Llama
+    it used to reach (q - z) * s2 = 128..130 in most layers."""
+    from dataclasses import replace
+    from quantflow.fakequant import quantize_model
+    from quantflow.schemes import QuantScheme, get_scheme
+    full = get_scheme("w4a8kv4-g64")
+    w = full.weight
+    scheme, opts = {
+        "w4a8kv4-g64": (full, None),
+        "weights": (QuantScheme(name="w", weight=w), None),
+        "weights-act-order": (QuantScheme(name="w", weight=w), WeightQuantOptions(act_order=True)),
+        "plain": (QuantScheme(name="w", weight=replace(w, clip_search=False, awq=False,
+                                                       gptq=False)), None),
+        "clip": (QuantScheme(name="w", weight=replace(w, awq=False, gptq=False)), None),
+        "w3-gptq": (QuantScheme(name="w", weight=replace(w, bits=3)), None),
+    }[path]
+    ids = torch.randint(0, 96, (2, 64), generator=torch.Generator().manual_seed(3))
+    qm = quantize_model(_tiny_llama(), scheme, calib_ids=ids, weight_options=opts,
+                        progress=False, keep_reference=False)
+    assert len(qm.weights) == 2 * 7
+    for name, r in qm.weights.items():
+        assert _reach_ok(r.qoq), name
+        if r.qoq.bits == 4:
+            assert int(r.qoq.w8().abs().max()) <= 127, name

@@ -35,6 +35,12 @@ Objective of every search: the layer-output error on calibration data,
 ||X W^T - X Wq^T||_F^2 = sum_n (W - Wq)[n] H (W - Wq)[n]^T with H = X^T X, computed
 from the Hessian so all calibration tokens count and X is never kept.
 
+**Integer range (QoQ).**  Every path returns codes with |q - z| <= round(119 / s2) in
+each group, the codes plain QoQ reaches (quantflow.qoq step 3), so at 4 bits the
+reconstruction (q - z) * s2 stays in INT8 (|w8| <= 127). The clip search only narrows
+the range (s2, z) are fitted to; GPTQ re-rounds with fixed (s2, z) and is limited to
+that code range (its error updates can push a weight past the channel maximum).
+
 Deterministic: no randomness is used anywhere (ties resolve to the first grid point,
 which is always "no clipping" / "no scaling").
 """
@@ -292,11 +298,20 @@ class _QoQ(_Format):
         return s2, z
 
     def fake(self, w, P):
-        """Nearest code of float w [N, G, c] on the group's grid (single rounding)."""
+        """Nearest code of float w [N, G, c] on the group's grid (single rounding),
+        limited to the codes plain QoQ reaches from step-1 codes in [-119, 119]:
+        |q - z| <= round(119 / s2). GPTQ's error updates can push w past the channel
+        maximum that s1 was set from; without the limit (q - z) * s2 reaches
+        (levels - z) * s2 (up to 132 on SmolLM2 at 4 bits) and leaves INT8."""
         s2, z = P
-        step = (self.s1f.view(-1, 1, 1) * s2.unsqueeze(2).to(torch.float32))
+        s2f = s2.unsqueeze(2).to(torch.float32)
+        zf = z.unsqueeze(2).to(torch.float32)
+        step = self.s1f.view(-1, 1, 1) * s2f
         step = torch.where(step > 0, step, torch.ones_like(step))
-        q = torch.clamp(torch.round(w / step) + z.unsqueeze(2), 0, self.levels)
+        reach = torch.round(QOQ_W8_QMAX / s2f)
+        q = torch.round(w / step) + zf
+        q = torch.minimum(torch.maximum(q, (zf - reach).clamp(min=0)),
+                          (zf + reach).clamp(max=self.levels))
         q = torch.where(self.zero.view(-1, 1, 1), 0.0, q)
         w8 = (q - z.unsqueeze(2)) * s2.unsqueeze(2)
         return self.s1f.view(-1, 1, 1) * w8.to(torch.float32), q
