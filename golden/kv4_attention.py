@@ -35,8 +35,13 @@ Decode (one query vector per head of a GQA group, T cached tokens; `kv4_decode`)
   out_i  = sat_out(rshift_round((acc_i - wz) * R, s))  ~= (acc_i - wz) * 2**out_frac / (240 d)
            dd = 240 d normalised left by sd bits into [2**(dd_bits-1), 2**dd_bits),
            R = floor(2**(dd_bits-1+recip_bits) / dn),  s = dd_bits-1+recip_bits-sd-out_frac
-  output value = out * 2**-(frac_v + out_frac)
+  output value = out * 2**-(frac_v + out_frac)   (`output_frac`)
 rshift_round(x, s) = floor((x + 2**(s-1)) / 2**s) for s > 0 (round half up), x for s = 0.
+
+Many queries (`kv4_decode_many`): N query sets over one cache, each with its own T
+(prefill runs one decode per position), the same integers as kv4_decode, vectorised.
+Integer-model queries (`logit_multiplier_fixed`): (C, lsh) from the A8 token scale
+(mn, L) in integer arithmetic, one compile-time constant (`logit_constant`).
 """
 from __future__ import annotations
 
@@ -797,7 +802,7 @@ def _decode_pass(q, e, C, lsh, T, tok: dict, c: KV4Config) -> torch.Tensor:
     sh = torch.zeros_like(m)
     sh[:, 1:] = (m[:, 1:] - m[:, :-1]).clamp(max=SHIFT_SAT)
     ptab = tok["ptab"]
-    p = ptab.take(((m << lf) - l).clamp(max=ptab.numel() - 1)).masked_fill_(~valid, 0)
+    p = ptab.take((m * (1 << lf) - l).clamp(max=ptab.numel() - 1)).masked_fill_(~valid, 0)
     w = p * tok["vs"][:Tm]
     wmax = int(w.max())
     # The rounding of d, acc and wz only acts where the max increases (sh > 0): between
@@ -806,8 +811,14 @@ def _decode_pass(q, e, C, lsh, T, tok: dict, c: KV4Config) -> torch.Tensor:
     # over the tokens < x give every segment sum exactly.
     pts = torch.arange(Tm + 1) == Tr
     pts[:, :Tm] |= (sh > 0) & valid
-    pr, px = pts.nonzero(as_tuple=True)                               # by row, then x
     K = pts.sum(1)                                                     # segments per row
+    if n > 1 and int(K.sum()) * (D + 2) > 4 * _PASS_ELEMS:
+        # logits that rise token after token make a point of almost every token: halve
+        # the pass to bound the [points, D + 2] prefix sums
+        h = n // 2
+        return torch.cat([_decode_pass(q[:h], e[:h], C[:h], lsh[:h], T[:h], tok, c),
+                          _decode_pass(q[h:], e[h:], C[h:], lsh[h:], T[h:], tok, c)])
+    pr, px = pts.nonzero(as_tuple=True)                               # by row, then x
     # P.V prefix sums at the points, in float64: exact while every sum, at most
     # Tm * wmax * CODE8_MAX, stays below 2**53; a wider w runs in limbs
     limb = _F64_EXACT_BITS - CODE8_MAX.bit_length() - Tm.bit_length()

@@ -428,10 +428,12 @@ def test_decode_many_equals_decode_row_by_row(D, heads, rotate, recent):
         assert any(int(r.l.abs().max()) >= sat for r in refs)
 
 
-def test_decode_many_at_many_max_increases_and_saturated_shifts():
+def test_decode_many_at_many_max_increases_and_saturated_shifts(monkeypatch):
     """Logits that rise token after token (an increase of the integer max at almost
     every token, so segments of one token), and jumps of more than 63 (the rescale
-    shift saturates); a causal batch T_i = i + 1 as the integer model's prefill runs."""
+    shift saturates); a causal batch T_i = i + 1 as the integer model's prefill runs.
+    The same with tiny passes (many passes, and passes halved for their points)."""
+    import golden.kv4_attention as ka
     c = KV4Config(head_dim=32, lanes=16, heads=3, max_t=80, recent=8)
     g = torch.Generator().manual_seed(7)
     Tc = 70
@@ -442,10 +444,15 @@ def test_decode_many_at_many_max_increases_and_saturated_shifts():
     q = torch.ones(Tc, 3, 32) + 0.05 * torch.randn(Tc, 3, 32, generator=g)
     q8, s_q = quantize_query(q)
     C, lsh = _multipliers(q8, s_q, cache, c)
-    refs = _assert_many_equals_decode(q8, C, lsh, cache, torch.arange(1, Tc + 1), c)
+    T = torch.arange(1, Tc + 1)
+    refs = _assert_many_equals_decode(q8, C, lsh, cache, T, c)
     sh = refs[-1].sh
     assert int((sh[0] > 0).sum()) > Tc // 2              # most tokens raise the max
     assert int(sh.max()) == 63                            # saturated rescale shifts
+    out = ka.kv4_decode_many(q8, C, lsh, cache, T, c)
+    # passes of about 4 queries, halved again where a row has a point at most tokens
+    monkeypatch.setattr(ka, "_PASS_ELEMS", 1 << 12)
+    assert torch.equal(ka.kv4_decode_many(q8, C, lsh, cache, T, c), out)
 
 
 def test_decode_many_real_fixture():
