@@ -630,7 +630,7 @@ def _many_inputs(q8, C, lsh, cache, T, c: KV4Config):
 def _tokens(cache: KV4Cache, T, c: KV4Config) -> dict:
     """The per-token operands every query of a kv4_decode_many call shares (first
     max T tokens): K as [codes | zero] rows in the 4-bit (16 c4, 16 z4) and 8-bit
-    (c8, z8) readings, the V side alike, both scales and the exp2 table."""
+    (c8, z8) readings, the V side alike, both scales and the p lookup (_p_table)."""
     n4 = T - T.clamp(max=c.recent)
     Tc = int(T.max())
     sl = slice(0, Tc)
