@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from golden.kv4_attention_config import KV4Config
 from golden.mixpe_config import MIXPE_MAX_K, MIXPE_WEIGHT_BITS, check_reduction
 from golden.sfu_config import SFUConfig
-from golden.validate import check_choice, check_int, expect_type
+from golden.validate import check_choice, check_counts, check_int, expect_type
 
 __all__ = ["DecoderConfig", "LINEARS", "ATTN_LINEARS", "MLP_LINEARS"]
 
@@ -56,9 +56,8 @@ class DecoderConfig:
     kv4: KV4Config = dataclasses.field(default_factory=KV4Config)
 
     def __post_init__(self):
-        for name in ("vocab", "hidden", "intermediate", "layers", "heads", "kv_heads",
-                     "head_dim", "max_context"):
-            check_int(name, getattr(self, name), 1)
+        check_counts(self, "vocab", "hidden", "intermediate", "layers", "heads", "kv_heads",
+                     "head_dim", "max_context")
         if not isinstance(self.rms_eps, float) or not 0.0 < self.rms_eps < 1.0:
             raise ValueError(f"rms_eps must be a float in (0, 1), got {self.rms_eps!r}; "
                              f"use the model config's rms_norm_eps")

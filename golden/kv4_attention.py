@@ -546,17 +546,26 @@ class DecodeResult:
         return self.out.double() * 2.0 ** -self.frac_out
 
 
+def _check_t_range(lo: int, hi: int, cache: KV4Cache, c: KV4Config, *, at_lo: str = "",
+                   at_hi: str = "") -> None:
+    """Decode lengths lo..hi: at least 1, at most max_t (the unit flags more as an
+    overflow) and at most the cached tokens; at_lo / at_hi name the offending entry."""
+    if lo < 1:
+        raise ValueError(f"T must be an int >= 1, got T{at_lo} = {lo}")
+    if hi > c.max_t:
+        raise ValueError(f"T{at_hi}={hi} exceeds max_t={c.max_t}; the unit flags this as an "
+                         f"overflow: raise max_t or shorten the context")
+    if hi > cache.T:
+        raise ValueError(f"T{at_hi}={hi} exceeds the {cache.T} cached tokens")
+
+
 def kv4_decode(q8, C, lsh, cache: KV4Cache, T: int, config: KV4Config) -> DecodeResult:
     """One decode step: q8 [H, D] int (H = config.heads query heads of the GQA
     group), per-head C and lsh, over the first T tokens of the cache."""
     c = _cfg(config)
-    if not isinstance(T, int) or isinstance(T, bool) or T < 1:
+    if not isinstance(T, int) or isinstance(T, bool):
         raise ValueError(f"T must be an int >= 1, got {T!r}")
-    if T > c.max_t:
-        raise ValueError(f"T={T} exceeds max_t={c.max_t}; the unit flags this as an "
-                         f"overflow: raise max_t or shorten the context")
-    if T > cache.T:
-        raise ValueError(f"T={T} exceeds the {cache.T} cached tokens")
+    _check_t_range(T, T, cache, c)
     l = logits(q8, C, lsh, cache, T, c)
     p, sh, m, d = online_softmax(l, c)
     acc, wz = pv_accumulate(p, sh, cache, T, c)
@@ -616,14 +625,8 @@ def _many_inputs(q8, C, lsh, cache, T, c: KV4Config):
                 "min_lsh: the query requantization shift is subtracted from it; use "
                 "logit_multiplier")
     if N:
-        lo, hi, i_lo, i_hi = int(T.min()), int(T.max()), int(T.argmin()), int(T.argmax())
-        if lo < 1:
-            raise ValueError(f"T must be >= 1, got T[{i_lo}] = {lo}")
-        if hi > c.max_t:
-            raise ValueError(f"T[{i_hi}] = {hi} exceeds max_t={c.max_t}; the unit flags this "
-                             f"as an overflow: raise max_t or shorten the context")
-        if hi > cache.T:
-            raise ValueError(f"T[{i_hi}] = {hi} exceeds the {cache.T} cached tokens")
+        _check_t_range(int(T.min()), int(T.max()), cache, c,
+                       at_lo=f"[{int(T.argmin())}]", at_hi=f"[{int(T.argmax())}]")
     return q8, C, lsh, T
 
 

@@ -17,7 +17,8 @@ from golden.mixpe_config import MixPEConfig
 from golden.sfu import quant_a8, requant
 from quantflow.compile import build_tensors, decoder_config
 from quantflow.fakequant import quantize_model
-from quantflow.models import LlamaConfig, LlamaForCausalLM
+from quantflow.models import LlamaConfig
+from helpers.tiny_llama import tiny_llama
 
 torch.set_num_threads(1)
 
@@ -29,11 +30,7 @@ CONTEXT = 48
 
 @pytest.fixture(scope="module")
 def built():
-    torch.manual_seed(0)
-    m = LlamaForCausalLM(CFG).eval()
-    with torch.no_grad():
-        for n, p in m.named_parameters():
-            p.copy_(torch.rand_like(p) + 0.5 if "norm" in n else torch.randn_like(p) * 0.1)
+    m = tiny_llama(CFG, seed=0)
     qm = quantize_model(m, "w4a8kv4-g64", calib_ids=IDS, progress=False)
     config = decoder_config(qm.model, qm.scheme, context=CONTEXT, head_bits=8)
     tensors = {k: torch.from_numpy(v) for k, v in build_tensors(qm, config, IDS).items()}

@@ -493,7 +493,7 @@ def test_decode_many_bad_inputs():
             ((q8, C[:2], lsh, cache, T), ValueError, "C must have shape"),
             ((q8, C, lsh[:, :1], cache, T), ValueError, "lsh must have shape"),
             ((q8, C, lsh, cache, T[:2]), ValueError, "T must have shape"),
-            ((q8, C, lsh, cache, [1, 0, 3]), ValueError, "T must be >= 1"),
+            ((q8, C, lsh, cache, [1, 0, 3]), ValueError, r"T must be an int >= 1, got T\[1\] = 0"),
             ((q8, C, lsh, cache, [1, 17, 3]), ValueError, "exceeds max_t"),
             ((q8, C, lsh, cache, [1, 11, 3]), ValueError, "cached tokens"),
             ((q8 * 2, C, lsh, cache, T), ValueError, "INT8"),

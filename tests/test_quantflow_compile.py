@@ -13,6 +13,7 @@ from quantflow.errors import QuantflowError
 from quantflow.fakequant import quantize_model
 from quantflow.generate import _check_prompt, generate
 from quantflow.models import LlamaConfig, LlamaForCausalLM
+from helpers.tiny_llama import tiny_llama
 from quantflow.text import get_text
 
 torch.set_num_threads(1)
@@ -24,11 +25,7 @@ IDS = torch.randint(0, CFG.vocab_size, (2, 32), generator=torch.Generator().manu
 
 @pytest.fixture(scope="module")
 def image(tmp_path_factory):
-    torch.manual_seed(1)
-    m = LlamaForCausalLM(CFG).eval()
-    with torch.no_grad():
-        for n, p in m.named_parameters():
-            p.copy_(torch.rand_like(p) + 0.5 if "norm" in n else torch.randn_like(p) * 0.1)
+    m = tiny_llama(CFG, seed=1)
     qm = quantize_model(m, "w4a8kv4-g64-plain", calib_ids=IDS, progress=False)
     d = tmp_path_factory.mktemp("img") / "tiny"
     man = compile_quantized(qm, IDS, d, context=40, model_name="tiny")

@@ -14,7 +14,8 @@ from quantflow.errors import QuantflowError
 from quantflow.export_model import export_quantized, export_real_layer, load_model_export
 from quantflow.fakequant import quantize_model
 from quantflow.mixpe import load_mixpe, pack_code_words
-from quantflow.models import LlamaConfig, LlamaForCausalLM
+from quantflow.models import LlamaConfig
+from helpers.tiny_llama import tiny_llama
 
 torch.set_num_threads(1)
 
@@ -25,11 +26,7 @@ IDS = torch.randint(0, CFG.vocab_size, (3, 40), generator=torch.Generator().manu
 
 @pytest.fixture(scope="module")
 def qm():
-    torch.manual_seed(0)
-    m = LlamaForCausalLM(CFG).eval()
-    with torch.no_grad():
-        for n, p in m.named_parameters():
-            p.copy_(torch.rand_like(p) + 0.5 if "norm" in n else torch.randn_like(p) * 0.1)
+    m = tiny_llama(CFG, seed=0)
     return quantize_model(m, "w4a8kv4-g64", calib_ids=IDS, progress=False)
 
 
