@@ -96,7 +96,8 @@ def decoder_config(model: LlamaForCausalLM, scheme: QuantScheme, *, context: int
             kv_heads=c.num_key_value_heads, head_dim=c.head_dim, max_context=context,
             rms_eps=float(c.rms_norm_eps), w_bits=scheme.weight.bits,
             group=scheme.weight.group, head_bits=head_bits, head_group=scheme.weight.group,
-            tied=bool(c.tie_word_embeddings), sfu=sfu or SFUConfig(), kv4=kv4)
+            tied=model.lm_head.weight is model.model.embed_tokens.weight,
+            sfu=sfu or SFUConfig(), kv4=kv4)
     except (TypeError, ValueError) as e:
         raise QuantflowError(f"this model/scheme cannot be compiled for the integer model: "
                              f"{e}") from None
