@@ -32,12 +32,12 @@ from typing import Callable, Mapping
 
 import torch
 
-from golden.decoder_config import ATTN_LINEARS, LINEARS, MLP_LINEARS, DecoderConfig
+from golden.decoder_config import FRAC_SLOTS, LINEARS, DecoderConfig
 from golden.formats import ACT_QMAX
 from golden.kv4_attention import KV4Cache, append_fixed, kv4_decode_many, logit_multiplier_fixed
 from golden.mixpe import dequant_w8
-from golden.sfu import (argmax, dequant, quant_a8, requant, residual_add, rmsnorm, rope,
-                        silu_table, swiglu)
+from golden.sfu import (argmax, dequant, embed_rows, quant_a8, requant, residual_add, rmsnorm,
+                        rope, silu_table, swiglu)
 from golden.tensors import int_tensor
 from golden.validate import check_int, expect_type
 
@@ -45,8 +45,6 @@ __all__ = ["IntegerDecoder", "DecoderState", "StepResult", "image_spec", "linear
 
 #: float32 holds every integer below 2**24 exactly.
 _F32_EXACT = 1 << 24
-#: 127 << 9 is 127 as a normalised 16-bit token-scale mantissa.
-_UNIT_SHIFT = 9
 
 
 # --------------------------------------------------------------------------- image
@@ -61,9 +59,10 @@ def image_spec(config: DecoderConfig) -> dict[str, tuple[tuple[int, ...], str]]:
     """Every tensor of a model image: name -> (shape, numpy dtype name). The one
     list quantflow.compile writes, its loader checks and this model reads."""
     c = expect_type("config", config, DecoderConfig)
-    spec = dict(_qoq_spec("embed", c.vocab, c.hidden, c.head_group))
-    if not c.tied:
-        spec.update(_qoq_spec("lm_head", c.vocab, c.hidden, c.head_group))
+    spec = {"embed.codes": ((c.vocab, c.hidden), "int8"),
+            "embed.S": ((c.vocab, c.hidden // c.embed_group), "int32"),
+            "embed.e": ((1,), "int32")}
+    spec.update(_qoq_spec("lm_head", c.vocab, c.hidden, c.head_group))
     for i in range(c.layers):
         p = f"layers.{i}"
         for n in ("input_norm", "post_norm"):
@@ -72,6 +71,7 @@ def image_spec(config: DecoderConfig) -> dict[str, tuple[tuple[int, ...], str]]:
         for lin in LINEARS:
             N, K = c.linear_shape(lin)
             spec.update(_qoq_spec(f"{p}.{lin}", N, K, c.group))
+        spec[f"{p}.fracs"] = ((len(FRAC_SLOTS),), "int32")
         spec[f"{p}.frac_k"] = ((c.kv_heads,), "int32")
         spec[f"{p}.frac_v"] = ((c.kv_heads,), "int32")
     spec["norm.w"] = ((c.hidden,), "int16")
@@ -173,7 +173,9 @@ class StepResult:
         return argmax(self.acc * self.S1.unsqueeze(0))
 
 
-Trace = Callable[[str, torch.Tensor], None]
+#: trace(name, tensor, frac): every op's output; frac is its X32 fraction-bit count,
+#: None for codes and accumulators.
+Trace = Callable[[str, torch.Tensor, "int | None"], None]
 
 
 # --------------------------------------------------------------------------- model
@@ -182,8 +184,8 @@ class IntegerDecoder:
 
     new_state() -> DecoderState; step(ids, state) runs a token block (prefill or
     one decode token) and returns its StepResult; generate() is greedy decoding;
-    logits() scores whole sequences (perplexity). An optional trace(name, tensor)
-    callback receives every op's output, named 'layers.<i>.<op>' (the core's
+    logits() scores whole sequences (perplexity). An optional trace(name, tensor,
+    frac) callback receives every op's output, named 'layers.<i>.<op>' (the core's
     mismatch locator compares against these)."""
 
     def __init__(self, config: DecoderConfig, tensors: Mapping):
@@ -193,8 +195,8 @@ class IntegerDecoder:
             raise ValueError("the image's sigmoid table differs from its SFU config's; "
                              "recompile the image")
         self.frac = c.sfu.frac
-        self.embed = _Linear.from_image(t, "embed", c.head_group)
-        self.head = self.embed if c.tied else _Linear.from_image(t, "lm_head", c.head_group)
+        self.embed = (t["embed.codes"], t["embed.S"], int(t["embed.e"][0]))
+        self.head = _Linear.from_image(t, "lm_head", c.head_group)
         self.layers = []
         for i in range(c.layers):
             p = f"layers.{i}"
@@ -202,6 +204,7 @@ class IntegerDecoder:
                 **{lin: _Linear.from_image(t, f"{p}.{lin}", c.group) for lin in LINEARS},
                 "input_norm": (t[f"{p}.input_norm.w"], int(t[f"{p}.input_norm.e"][0])),
                 "post_norm": (t[f"{p}.post_norm.w"], int(t[f"{p}.post_norm.e"][0])),
+                "fracs": dict(zip(FRAC_SLOTS, (int(f) for f in t[f"{p}.fracs"]))),
                 "frac_k": [int(f) for f in t[f"{p}.frac_k"]],
                 "frac_v": [int(f) for f in t[f"{p}.frac_v"]],
             })
@@ -214,73 +217,75 @@ class IntegerDecoder:
         return DecoderState(caches=[[None] * c.kv_heads for _ in range(c.layers)])
 
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
-        """X32 rows of the embedding: the LM head's codes dequantized, x = w8 * s1:
-        dequant with the token scale of an A8 vector whose max is 127 in units of
-        2**0 (mn = 127 << 9, L = -9), which undoes the 1/127 folded into S1."""
-        e = self.embed
-        w8 = e.w8f[ids].to(torch.int64)                                    # [T, hidden]
-        mn = torch.full((w8.shape[1],), ACT_QMAX << _UNIT_SHIFT, dtype=torch.int64)
-        L = torch.full_like(mn, -_UNIT_SHIFT)
-        return dequant(w8.T, e.S1[ids], e.e, mn, L, in_frac=0, out_frac=self.frac).T
+        """X32 rows of the INT8 embedding table (golden.sfu.embed_rows)."""
+        codes, S, e = self.embed
+        return embed_rows(codes[ids], S[ids], e, out_frac=self.frac)
 
-    def _linear(self, lin: _Linear, x: torch.Tensor, name: str, trace) -> torch.Tensor:
+    def _linear(self, lin: _Linear, x: torch.Tensor, name: str, trace, *, in_frac: int,
+                out_frac: int) -> torch.Tensor:
         a, mn, L = quant_a8(x)
         acc = lin.acc(a)
-        y = dequant(acc, lin.S1, lin.e, mn, L, in_frac=self.frac, out_frac=self.frac)
+        y = dequant(acc, lin.S1, lin.e, mn, L, in_frac=in_frac, out_frac=out_frac)
         if trace:
-            trace(f"{name}.a", a)
-            trace(f"{name}.acc", acc)
-            trace(name, y)
+            trace(f"{name}.a", a, None)
+            trace(f"{name}.acc", acc, None)
+            trace(name, y, out_frac)
         return y
 
     def _norm(self, x, w_e, name, trace):
         w, e = w_e
         y = rmsnorm(x, w, e, eps=self.config.rms_eps, config=self.config.sfu)
         if trace:
-            trace(name, y)
+            trace(name, y, self.frac)
         return y
 
     def _attention(self, i: int, x: torch.Tensor, state: DecoderState, pos: torch.Tensor,
                    trace) -> torch.Tensor:
         c, F, kv4 = self.config, self.frac, self.config.kv4
         L_ = self.layers[i]
+        fr = L_["fracs"]
         p = f"layers.{i}"
         T, D, g = x.shape[0], c.head_dim, c.kv_groups
-        q = self._linear(L_["q_proj"], x, f"{p}.q_proj", trace).view(T, c.heads, D)
-        k = self._linear(L_["k_proj"], x, f"{p}.k_proj", trace).view(T, c.kv_heads, D)
-        v = self._linear(L_["v_proj"], x, f"{p}.v_proj", trace).view(T, c.kv_heads, D)
+        lin = {n: self._linear(L_[n], x, f"{p}.{n}", trace, in_frac=F, out_frac=fr[n])
+               for n in ("q_proj", "k_proj", "v_proj")}
+        q = lin["q_proj"].view(T, c.heads, D)
+        k = lin["k_proj"].view(T, c.kv_heads, D)
+        v = lin["v_proj"].view(T, c.kv_heads, D)
         q = rope(q.transpose(0, 1), self.cos, self.sin, pos).transpose(0, 1)
         k = rope(k.transpose(0, 1), self.cos, self.sin, pos).transpose(0, 1)
         if trace:
-            trace(f"{p}.rope_q", q)
-            trace(f"{p}.rope_k", k)
+            trace(f"{p}.rope_q", q, fr["q_proj"])
+            trace(f"{p}.rope_k", k, fr["k_proj"])
         q8, mn, L = quant_a8(q)                                            # per head
         outs = []
         for h in range(c.kv_heads):
             fk, fv = L_["frac_k"][h], L_["frac_v"][h]
-            Xk = requant(k[:, h], F, fk, kv4.x_bits)
-            Xv = requant(v[:, h], F, fv, kv4.x_bits)
+            Xk = requant(k[:, h], fr["k_proj"], fk, kv4.x_bits)
+            Xv = requant(v[:, h], fr["v_proj"], fv, kv4.x_bits)
             new = append_fixed(Xk, Xv, kv4, frac_k=fk, frac_v=fv)
             cache = state.caches[i][h] = _cat_cache(state.caches[i][h], new)
             hs = slice(h * g, (h + 1) * g)
-            C, lsh = logit_multiplier_fixed(mn[:, hs], L[:, hs], in_frac=F, frac_k=fk,
-                                            config=kv4)
+            C, lsh = logit_multiplier_fixed(mn[:, hs], L[:, hs], in_frac=fr["q_proj"],
+                                            frac_k=fk, config=kv4)
             out = kv4_decode_many(q8[:, hs], C, lsh, cache, pos + 1, kv4)
-            outs.append(requant(out, cache.frac_v + kv4.out_frac, F, 32))
+            outs.append(requant(out, cache.frac_v + kv4.out_frac, fr["attn"], 32))
         att = torch.cat(outs, dim=1).reshape(T, c.hidden)
         if trace:
-            trace(f"{p}.attn", att)
-        return self._linear(L_["o_proj"], att, f"{p}.o_proj", trace)
+            trace(f"{p}.attn", att, fr["attn"])
+        return self._linear(L_["o_proj"], att, f"{p}.o_proj", trace, in_frac=fr["attn"],
+                            out_frac=F)
 
     def _mlp(self, i: int, x: torch.Tensor, trace) -> torch.Tensor:
         L_ = self.layers[i]
+        F, fu = self.frac, L_["fracs"]["up_proj"]
         p = f"layers.{i}"
-        gate = self._linear(L_["gate_proj"], x, f"{p}.gate_proj", trace)
-        up = self._linear(L_["up_proj"], x, f"{p}.up_proj", trace)
-        h = swiglu(gate, up, config=self.config.sfu)
+        gate = self._linear(L_["gate_proj"], x, f"{p}.gate_proj", trace, in_frac=F, out_frac=F)
+        up = self._linear(L_["up_proj"], x, f"{p}.up_proj", trace, in_frac=F, out_frac=fu)
+        h = swiglu(gate, up, config=self.config.sfu)                       # frac of up
         if trace:
-            trace(f"{p}.swiglu", h)
-        return self._linear(L_["down_proj"], h, f"{p}.down_proj", trace)
+            trace(f"{p}.swiglu", h, fu)
+        return self._linear(L_["down_proj"], h, f"{p}.down_proj", trace, in_frac=fu,
+                            out_frac=F)
 
     # ----------------------------------------------------------------- runs
     def step(self, ids, state: DecoderState, *, trace: Trace | None = None) -> StepResult:
@@ -302,23 +307,23 @@ class IntegerDecoder:
         pos = torch.arange(state.pos, state.pos + T, dtype=torch.int64)
         x = self.embed_tokens(ids)
         if trace:
-            trace("embed", x)
+            trace("embed", x, self.frac)
         for i in range(c.layers):
             h = self._norm(x, self.layers[i]["input_norm"], f"layers.{i}.input_norm", trace)
             x = residual_add(x, self._attention(i, h, state, pos, trace))
             if trace:
-                trace(f"layers.{i}.attn_residual", x)
+                trace(f"layers.{i}.attn_residual", x, self.frac)
             h = self._norm(x, self.layers[i]["post_norm"], f"layers.{i}.post_norm", trace)
             x = residual_add(x, self._mlp(i, h, trace))
             if trace:
-                trace(f"layers.{i}.residual", x)
+                trace(f"layers.{i}.residual", x, self.frac)
         state.pos += T
         h = self._norm(x, self.norm, "norm", trace)
         a, mn, L = quant_a8(h)
         acc = self.head.acc(a)
         if trace:
-            trace("lm_head.a", a)
-            trace("lm_head.acc", acc)
+            trace("lm_head.a", a, None)
+            trace("lm_head.acc", acc, None)
         return StepResult(acc=acc, mn=mn, L=L, S1=self.head.S1, e=self.head.e, frac=self.frac)
 
     def logits(self, ids: torch.Tensor) -> torch.Tensor:

@@ -14,13 +14,22 @@ from golden.mixpe_config import MIXPE_MAX_K, MIXPE_WEIGHT_BITS, check_reduction
 from golden.sfu_config import SFUConfig
 from golden.validate import check_choice, check_counts, check_int, expect_type
 
-__all__ = ["DecoderConfig", "LINEARS", "ATTN_LINEARS", "MLP_LINEARS"]
+__all__ = ["DecoderConfig", "LINEARS", "ATTN_LINEARS", "MLP_LINEARS", "FRAC_SLOTS",
+           "ACT_FRAC_MAX"]
 
 #: The linears of one decoder layer, in execution order, with their
 #: (output, input) dimensions named by DecoderConfig attributes.
 ATTN_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_LINEARS = ("gate_proj", "up_proj", "down_proj")
 LINEARS = ATTN_LINEARS + MLP_LINEARS
+#: Activations with a fraction-bit count of their own per layer (a layer's `fracs`
+#: tensor, in this order): their ranges differ from the residual stream's by orders
+#: of magnitude (SmoothQuant divides v_proj and up_proj rows). Every other X32
+#: tensor (residual, norms, gate, o_proj and down_proj outputs) uses sfu.frac; gate
+#: stays there because the sigmoid table is indexed in those units.
+FRAC_SLOTS = ("q_proj", "k_proj", "v_proj", "up_proj", "attn")
+#: Largest per-tensor fraction-bit count the compiler assigns.
+ACT_FRAC_MAX = 24
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,8 +41,8 @@ class DecoderConfig:
     max_context: positions the RoPE table and the KV cache hold (<= kv4.max_t).
     rms_eps: the RMSNorm epsilon (a compile-time float, folded into an integer).
     w_bits, group: QoQ weights of every block linear (golden.mixpe).
-    head_bits, head_group: QoQ weights of the LM head; the embedding table is the
-        same codes when `tied` (the head's rows dequantized).
+    head_bits, head_group: QoQ weights of the LM head.
+    embed_group: the embedding table's INT8 groups (one scale per row and group).
     sfu: the special-function unit's formats (golden.sfu_config).
     kv4: the attention unit; its heads are the query heads of one KV head.
     """
@@ -51,7 +60,7 @@ class DecoderConfig:
     group: int = 64
     head_bits: int = 8
     head_group: int = 64
-    tied: bool = True
+    embed_group: int = 32
     sfu: SFUConfig = dataclasses.field(default_factory=SFUConfig)
     kv4: KV4Config = dataclasses.field(default_factory=KV4Config)
 
@@ -73,8 +82,10 @@ class DecoderConfig:
         for K in (self.hidden, self.intermediate):
             check_reduction(K, self.group, MIXPE_MAX_K)
         check_reduction(self.hidden, self.head_group, MIXPE_MAX_K)
-        if not isinstance(self.tied, bool):
-            raise TypeError(f"tied must be a bool, got {self.tied!r}")
+        check_int("embed_group", self.embed_group, 1, self.hidden)
+        if self.hidden % self.embed_group:
+            raise ValueError(f"hidden={self.hidden} is not a multiple of embed_group="
+                             f"{self.embed_group}; choose a divisor of hidden")
         expect_type("sfu", self.sfu, SFUConfig)
         expect_type("kv4", self.kv4, KV4Config)
         if self.kv4.head_dim != self.head_dim:

@@ -40,7 +40,7 @@ __all__ = [
     # helpers
     "shift_sat", "sat", "to_fixed", "to_float", "bitlen",
     # ops
-    "token_scale", "quant_a8", "weight_scale", "dequant", "norm_weight", "rsqrt_fx", "rmsnorm",
+    "token_scale", "quant_a8", "weight_scale", "embed_quantize", "embed_rows", "dequant", "norm_weight", "rsqrt_fx", "rmsnorm",
     "rope_inv_freq", "rope_table", "rope", "silu_table", "sigmoid_fx", "silu_fx", "swiglu",
     "residual_add", "requant", "argmax",
     # float references and bounds
@@ -196,6 +196,22 @@ def quant_a8_float(x) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- weight scale, dequant
+def _unsigned_mantissas(v: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """round_half_even(v * 2**e) for v >= 0 (float64) with e the largest shift that
+    keeps every mantissa below 2**S1_BITS; an all-zero v gives (0, 0)."""
+    vmax = float(v.max()) if v.numel() else 0.0
+    if vmax == 0.0:
+        return torch.zeros(v.shape, dtype=torch.int64), 0
+    lim = 1 << S1_BITS
+    e = math.floor(math.log2((lim - 0.5) / vmax))
+    while round(math.ldexp(vmax, e + 1)) < lim:
+        e += 1
+    while round(math.ldexp(vmax, e)) >= lim:
+        e -= 1
+    return torch.round(torch.ldexp(v, torch.tensor(float(e), dtype=torch.float64))).to(
+        torch.int64), e
+
+
 def weight_scale(s1) -> tuple[torch.Tensor, int]:
     """Compile-time S1 of one linear: s1 [N] (float, >= 0, the per-channel QoQ scale,
     DESIGN §3.2) -> (S1 [N] int64, e) with S1[n] = round_half_even(s1[n] / 127 * 2**e)
@@ -206,18 +222,44 @@ def weight_scale(s1) -> tuple[torch.Tensor, int]:
     if bool((s1 < 0).any()):
         n = int((s1 < 0).nonzero()[0, 0])
         raise ValueError(f"s1[{n}] = {float(s1[n])} is negative; a scale is max|W| / 119 >= 0")
-    v = s1 / ACT_QMAX
-    vmax = float(v.max()) if v.numel() else 0.0
-    if vmax == 0.0:
-        return torch.zeros(s1.shape, dtype=torch.int64), 0
-    lim = 1 << S1_BITS
-    e = math.floor(math.log2((lim - 0.5) / vmax))
-    while round(math.ldexp(vmax, e + 1)) < lim:
-        e += 1
-    while round(math.ldexp(vmax, e)) >= lim:
-        e -= 1
-    return torch.round(torch.ldexp(v, torch.tensor(float(e), dtype=torch.float64))).to(
-        torch.int64), e
+    return _unsigned_mantissas(s1 / ACT_QMAX)
+
+
+# --------------------------------------------------------------------------- embedding
+def embed_quantize(E, group: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Compile-time embedding table: E [V, H] float -> (codes [V, H] int8 range,
+    S [V, H/group] int64, e): per row and group of `group` columns, symmetric INT8
+    with s = max|E| / 127, codes = clamp(round_half_even(E / s), -127, 127), and
+    S = round_half_even(s * 2**e) the unsigned S1_BITS-wide mantissa of s with one
+    shift e for the table (zero groups: s = 0, codes 0). The GGUF Q8_0 embedding of
+    SmolLM2 is this format at group 32 up to the scale's rounding."""
+    E = _float_tensor("E", E, 2, "[V, H]")
+    V, H = E.shape
+    check_int("group", group, 1, H)
+    if H % group:
+        raise ValueError(f"H={H} is not a multiple of group={group}; choose a divisor of H")
+    Eg = E.reshape(V, H // group, group)
+    s = Eg.abs().amax(-1) / ACT_QMAX
+    codes = torch.round(Eg / torch.where(s > 0, s, 1.0).unsqueeze(-1)).clamp(-ACT_QMAX, ACT_QMAX)
+    S, e = _unsigned_mantissas(s)
+    return codes.reshape(V, H).to(torch.int64), S, e
+
+
+def embed_rows(codes, S, e: int, *, out_frac: int) -> torch.Tensor:
+    """The embedding lookup of rows already selected: codes [T, H], S [T, H/group]
+    -> X32 with out_frac fraction bits:
+      x[t, k] = sat32(rshift_round(codes[t, k] * S[t, k // group], e - out_frac))
+    (|codes| <= 127, S < 2**15: the product fits 22 bits). Error 0.5 unit of out_frac
+    plus the scale's rounding, |S 2**-e - s| <= 2**-(e+1), times |code| <= 127."""
+    codes = _ints("codes", codes, lo=-ACT_QMAX, hi=ACT_QMAX, why="INT8 embedding codes")
+    S = _ints("S", S, lo=0, hi=(1 << S1_BITS) - 1, why="S is unsigned 15-bit")
+    if codes.dim() != 2 or S.dim() != 2 or S.shape[0] != codes.shape[0] or \
+            S.shape[1] == 0 or codes.shape[1] % S.shape[1]:
+        raise ValueError(f"codes {list(codes.shape)} and S {list(S.shape)} must be [T, H] "
+                         f"and [T, H/group]")
+    check_int("e", e, -1024, 1024)
+    group = codes.shape[1] // S.shape[1]
+    return shift_sat(codes * S.repeat_interleave(group, dim=1), e - out_frac)
 
 
 def _token_pair(acc: torch.Tensor, mn, L) -> tuple[torch.Tensor, torch.Tensor]:

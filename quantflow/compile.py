@@ -18,10 +18,12 @@ What the compile does, per tensor:
               s1 / 127 as a 15-bit mantissa + one shift per linear (golden.sfu)
   norms       RMSNorm weights after the SmoothQuant/AWQ folds, 16-bit mantissa +
               one exponent per norm
-  frac_k/v    fraction bits of the KV4 unit's x_bits input per layer and KV head:
-              the largest that holds twice the calibration text's max |K| (after
-              RoPE) / max |V| (one bit of headroom; larger values saturate)
-  embed       the (tied) embedding / LM head as QoQ codes at --head-bits
+  fracs       per layer, the X32 fraction bits of q, k (after RoPE), v, up and the
+              attention output: the largest that holds twice the calibration
+              text's max (one bit of headroom; larger values saturate)
+  frac_k/v    the same for the KV4 unit's x_bits input per layer and KV head
+  embed       INT8 per row and group of embed_group, 15-bit scale mantissas
+  lm_head     QoQ codes at --head-bits (a separate tensor even when tied)
   rope        cos / sin tables of the model's own inverse frequencies
   sigmoid     the SFU's SiLU table
 """
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import resource
 import time
 from pathlib import Path
@@ -37,11 +40,10 @@ import numpy as np
 import torch
 
 from golden.decoder import image_spec
-from golden.decoder_config import LINEARS, DecoderConfig
-from golden.kv4_attention import choose_frac
+from golden.decoder_config import ACT_FRAC_MAX, FRAC_SLOTS, LINEARS, DecoderConfig
 from golden.kv4_attention_config import KV4Config
-from golden.sfu import norm_weight, rope_table, silu_table, weight_scale
-from golden.sfu_config import SFUConfig
+from golden.sfu import embed_quantize, norm_weight, rope_table, silu_table, weight_scale
+from golden.sfu_config import X_BITS, SFUConfig
 from quattro_fs import replace_dir
 
 from .errors import QuantflowError
@@ -96,7 +98,6 @@ def decoder_config(model: LlamaForCausalLM, scheme: QuantScheme, *, context: int
             kv_heads=c.num_key_value_heads, head_dim=c.head_dim, max_context=context,
             rms_eps=float(c.rms_norm_eps), w_bits=scheme.weight.bits,
             group=scheme.weight.group, head_bits=head_bits, head_group=scheme.weight.group,
-            tied=model.lm_head.weight is model.model.embed_tokens.weight,
             sfu=sfu or SFUConfig(), kv4=kv4)
     except (TypeError, ValueError) as e:
         raise QuantflowError(f"this model/scheme cannot be compiled for the integer model: "
@@ -118,38 +119,67 @@ def _norm_tensors(prefix: str, w: torch.Tensor) -> dict[str, np.ndarray]:
     return {f"{prefix}.w": NW.numpy().astype(np.int16), f"{prefix}.e": np.array([e], np.int32)}
 
 
+def _frac(amax: float, bits: int, cap: int) -> int:
+    """Largest fraction-bit count f <= cap with 2 * amax * 2**f inside signed `bits`
+    (one bit of headroom over the calibration maximum)."""
+    lim = (1 << (bits - 1)) - 1
+    if amax <= 0.0:
+        return cap
+    f = math.floor(math.log2(lim / (2.0 * amax)))
+    while 2.0 * amax * 2.0 ** f > lim:
+        f -= 1
+    return min(f, cap)
+
+
 @torch.no_grad()
-def _kv_fracs(model: LlamaForCausalLM, calib_ids: torch.Tensor, kv4: KV4Config):
-    """Per layer: (frac_k [Hkv], frac_v [Hkv]) from max |K| after RoPE and max |V|
-    over the calibration tokens, run through the quantized model."""
+def calibrate_fracs(model: LlamaForCausalLM, calib_ids: torch.Tensor,
+                    config: DecoderConfig) -> list[dict]:
+    """Per layer, from the quantized model on the calibration tokens: the X32
+    fraction bits of every FRAC_SLOTS activation (q and k after RoPE) and the KV4
+    unit's input fractions frac_k / frac_v per KV head (max |K| after RoPE, max |V|),
+    each with one bit of headroom."""
     c = model.config
     Hkv, D = c.num_key_value_heads, c.head_dim
-    kmax = torch.zeros(c.num_hidden_layers, Hkv)
-    vmax = torch.zeros(c.num_hidden_layers, Hkv)
-    hooks = []
+    n = c.num_hidden_layers
+    amax = {slot: torch.zeros(n) for slot in FRAC_SLOTS}
+    kmax, vmax = torch.zeros(n, Hkv), torch.zeros(n, Hkv)
     T = calib_ids.shape[1]
     cos, sin = model.rope(T)
 
-    def rec(i, which):
+    def heads(out, H):
+        return out.view(out.shape[0], T, H, D).transpose(1, 2)          # [B, H, T, D]
+
+    def rec(i, slot):
         def hook(mod, args, out):
-            x = out.view(out.shape[0], T, Hkv, D)
-            if which == "k":
-                x = apply_rope(x.transpose(1, 2), cos, sin).transpose(1, 2)
-            m = kmax if which == "k" else vmax
-            m[i] = torch.maximum(m[i], x.abs().amax(dim=(0, 1, 3)))
+            x = args[0] if slot == "attn" else out
+            if slot in ("q_proj", "k_proj"):
+                x = apply_rope(heads(x, x.shape[-1] // D), cos, sin)
+            if slot == "k_proj":
+                kmax[i] = torch.maximum(kmax[i], x.abs().amax(dim=(0, 2, 3)))
+            if slot == "v_proj":
+                vmax[i] = torch.maximum(vmax[i], heads(x, Hkv).abs().amax(dim=(0, 2, 3)))
+            amax[slot][i] = max(float(amax[slot][i]), float(x.abs().max()))
         return hook
 
+    hooks = []
     for i, layer in enumerate(model.model.layers):
-        hooks.append(layer.self_attn.k_proj.register_forward_hook(rec(i, "k")))
-        hooks.append(layer.self_attn.v_proj.register_forward_hook(rec(i, "v")))
+        a, m = layer.self_attn, layer.mlp
+        mods = {"q_proj": a.q_proj, "k_proj": a.k_proj, "v_proj": a.v_proj,
+                "up_proj": m.up_proj}
+        for slot, mod in mods.items():
+            hooks.append(mod.register_forward_hook(rec(i, slot)))
+        hooks.append(a.o_proj.register_forward_hook(rec(i, "attn")))
     try:
         for b in range(calib_ids.shape[0]):
             model.hidden_states(calib_ids[b:b + 1])
     finally:
         for h in hooks:
             h.remove()
-    frac = lambda m: [choose_frac(torch.tensor([2.0 * float(x)]), kv4) for x in m]
-    return [(frac(kmax[i]), frac(vmax[i])) for i in range(c.num_hidden_layers)]
+    xb = config.kv4.x_bits
+    return [{"fracs": [_frac(float(amax[s][i]), X_BITS, ACT_FRAC_MAX) for s in FRAC_SLOTS],
+             "frac_k": [_frac(float(x), xb, ACT_FRAC_MAX) for x in kmax[i]],
+             "frac_v": [_frac(float(x), xb, ACT_FRAC_MAX) for x in vmax[i]]}
+            for i in range(n)]
 
 
 def build_tensors(qm: QuantizedModel, config: DecoderConfig, calib_ids: torch.Tensor,
@@ -157,14 +187,13 @@ def build_tensors(qm: QuantizedModel, config: DecoderConfig, calib_ids: torch.Te
     """Every image tensor of the quantized Llama `qm` (module docstring)."""
     m = qm.model
     c = config
-    out: dict[str, np.ndarray] = {}
-    emb = m.model.embed_tokens.weight.detach()
-    out.update(_linear_tensors("embed", quantize_qoq(emb, bits=c.head_bits, group=c.head_group)))
-    if not c.tied:
-        out.update(_linear_tensors("lm_head", quantize_qoq(m.lm_head.weight.detach(),
-                                                           bits=c.head_bits,
-                                                           group=c.head_group)))
-    fracs = _kv_fracs(m, calib_ids, c.kv4)
+    codes, S, e = embed_quantize(m.model.embed_tokens.weight.detach(), c.embed_group)
+    out: dict[str, np.ndarray] = {"embed.codes": codes.numpy().astype(np.int8),
+                                  "embed.S": S.numpy().astype(np.int32),
+                                  "embed.e": np.array([e], dtype=np.int32)}
+    out.update(_linear_tensors("lm_head", quantize_qoq(m.lm_head.weight.detach(),
+                                                       bits=c.head_bits, group=c.head_group)))
+    fracs = calibrate_fracs(m, calib_ids, c)
     for i, layer in enumerate(m.model.layers):
         p = f"layers.{i}"
         out.update(_norm_tensors(f"{p}.input_norm", layer.input_layernorm.weight))
@@ -173,9 +202,8 @@ def build_tensors(qm: QuantizedModel, config: DecoderConfig, calib_ids: torch.Te
             part = "self_attn" if lin.endswith(("q_proj", "k_proj", "v_proj", "o_proj")) \
                 else "mlp"
             out.update(_linear_tensors(f"{p}.{lin}", qm.qoq(f"{p}.{part}.{lin}")))
-        fk, fv = fracs[i]
-        out[f"{p}.frac_k"] = np.array(fk, dtype=np.int32)
-        out[f"{p}.frac_v"] = np.array(fv, dtype=np.int32)
+        for name in ("fracs", "frac_k", "frac_v"):
+            out[f"{p}.{name}"] = np.array(fracs[i][name], dtype=np.int32)
     out.update(_norm_tensors("norm", m.model.norm.weight))
     cos, sin = rope_table(m.config.rope_inv_freq().tolist(), c.max_context)
     out["rope.cos"] = cos.numpy().astype(np.int16)

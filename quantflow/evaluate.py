@@ -247,12 +247,12 @@ def residual_error(dec, model, ids: torch.Tensor) -> list[dict]:
         for h in hooks:
             h.remove()
     got: dict = {}
-    dec.step(ids, dec.new_state(),
-             trace=lambda n, t: got.__setitem__(n, t) if n.endswith(".residual") else None)
-    scale = 2.0 ** -dec.config.sfu.frac
+    dec.step(ids, dec.new_state(), trace=lambda n, t, frac: got.__setitem__(n, (t, frac))
+             if n.endswith(".residual") else None)
     out = []
     for i, r in enumerate(ref):
-        x = got[f"layers.{i}.residual"].double() * scale
+        t, frac = got[f"layers.{i}.residual"]
+        x = t.double() * 2.0 ** -frac
         err = float((x - r).norm() / r.norm().clamp(min=1e-30))
         cos = float((x * r).sum() / (x.norm() * r.norm()).clamp(min=1e-30))
         out.append({"layer": i, "rel_rms_error": round(err, 6), "cosine": round(cos, 6)})

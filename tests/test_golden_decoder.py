@@ -39,7 +39,7 @@ def built():
 
 def _trace():
     got: dict = {}
-    return got, lambda n, t: got.__setitem__(n, t)
+    return got, lambda n, t, frac: got.__setitem__(n, t)
 
 
 def test_image_spec_is_complete(built):
@@ -71,8 +71,9 @@ def test_attention_equals_kv4_decode(built):
     state = dec.new_state()
     T = 12
     dec.step(IDS[1, :T], state, trace=trace)
-    kv4, F, g, D = config.kv4, config.sfu.frac, config.kv_groups, config.head_dim
+    kv4, g, D = config.kv4, config.kv_groups, config.head_dim
     for layer in range(config.layers):
+        fr = dec.layers[layer]["fracs"]
         q = got[f"layers.{layer}.rope_q"]                                 # [T, H, D]
         att = got[f"layers.{layer}.attn"].view(T, config.heads, D)
         for h in range(config.kv_heads):
@@ -81,9 +82,10 @@ def test_attention_equals_kv4_decode(built):
             hs = slice(h * g, (h + 1) * g)
             for p in (0, 5, T - 1):
                 q8, mn, L = quant_a8(q[p, hs])
-                C, lsh = logit_multiplier_fixed(mn, L, in_frac=F, frac_k=fk, config=kv4)
+                C, lsh = logit_multiplier_fixed(mn, L, in_frac=fr["q_proj"], frac_k=fk,
+                                                config=kv4)
                 r = kv4_decode(q8, C, lsh, cache, p + 1, kv4)
-                want = requant(r.out, r.frac_out, F, 32)
+                want = requant(r.out, r.frac_out, fr["attn"], 32)
                 assert torch.equal(att[p, hs], want), (layer, h, p)
 
 
@@ -141,7 +143,7 @@ def test_bad_inputs(built):
 
 
 def test_config_validation():
-    base = dict(vocab=61, hidden=128, intermediate=192, layers=2, heads=2, kv_heads=1,
+    base = dict(vocab=64, hidden=128, intermediate=192, layers=2, heads=2, kv_heads=1,
                 head_dim=64, max_context=48, rms_eps=1e-5)
     from golden.kv4_attention_config import KV4Config
     kv4 = KV4Config(head_dim=64, heads=2, max_t=64)
