@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from golden.formats import ACC_BITS
-from golden.validate import check_int
+from golden.validate import check_int, check_pow2
 
 __all__ = ["X_BITS", "MANT_BITS", "S1_BITS", "NW_BITS", "ROPE_FRAC", "ROPE_BITS",
            "RCP_BITS", "INT64_SAFE_BITS", "RMS_XS_BITS", "RMS_MAX_K", "RSQRT_M_BITS",
            "RSQRT_FRAC", "SQRTK_BITS", "NORM_G_SHIFT", "SIG_TABLE_MAX", "SFUConfig",
-           "sigmoid_table", "rsqrt_table", "sqrt_k", "rms_eps"]
+           "sigmoid_table", "rsqrt_table", "sqrt_k", "rms_eps", "SFU_MAX_LANES",
+           "SFU_MAX_BUFFER", "SFUHWConfig"]
 
 #: X32: the residual stream and every wide activation, int32, value = X * 2**-frac.
 X_BITS = ACC_BITS
@@ -181,3 +182,65 @@ def rms_eps(eps: float, K: int, frac: int) -> int:
                          f"above 2**52; an eps that large swamps the activations: check it")
     return E
 
+
+#: Most elements the SFU (hdl.sfu) takes per beat, and the largest on-chip vector
+#: buffer it is generated with (quant_a8, rmsnorm and rope hold one whole vector).
+SFU_MAX_LANES = 16
+SFU_MAX_BUFFER = 1 << 16
+
+
+@dataclass(frozen=True, kw_only=True)
+class SFUHWConfig(SFUConfig):
+    """The SFU hardware (hdl.sfu, docs/sfu.md): the numeric choices of SFUConfig
+    (inherited: every golden.sfu op accepts it as its config) plus what is fixed
+    when the RTL is generated:
+
+      max_k   elements of the on-chip vector buffer: the longest vector quant_a8,
+              rmsnorm and rope take (the streaming ops take up to 2**20 - 1);
+              a multiple of lanes
+      lanes   elements per stream beat (one per cycle per lane in steady state)
+    """
+
+    max_k: int = 2048
+    lanes: int = 1
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_pow2("lanes", self.lanes, 1, SFU_MAX_LANES,
+                   hint="elements per beat; every lane has its own multipliers")
+        check_int("max_k", self.max_k, 2, SFU_MAX_BUFFER,
+                  hint="the longest buffered vector (hidden size, intermediate size)")
+        if self.max_k % self.lanes:
+            raise ValueError(f"max_k={self.max_k} is not a multiple of lanes={self.lanes}; "
+                             f"the buffer holds whole beats: round max_k up")
+
+    @property
+    def buffer_beats(self) -> int:
+        """Depth of the vector buffer in beats."""
+        return self.max_k // self.lanes
+
+    @property
+    def q_bits(self) -> int:
+        """RMSNorm's sum of squares Q: max_k squares of |xs| <= 2**RMS_XS_BITS."""
+        return 2 * RMS_XS_BITS + 1 + (self.max_k - 1).bit_length()
+
+    @property
+    def sig_diff_bits(self) -> int:
+        """Width of the sigmoid table's knot differences T[j+1] - T[j] (>= 0)."""
+        t = sigmoid_table(self)
+        return max(1, max(b - a for a, b in zip(t, t[1:])).bit_length())
+
+    def numerics(self) -> SFUConfig:
+        """The plain SFUConfig of the same numeric choices."""
+        return SFUConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(SFUConfig)})
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def name(self) -> str:
+        base = SFUConfig()
+        diff = "".join(f"_{k}{getattr(self, f)}" for f, k in (
+            ("frac", "f"), ("rsqrt_index_bits", "ri"), ("newton_steps", "n"),
+            ("sig_frac", "sf"), ("sig_step_bits", "ss"), ("sig_range", "sr"))
+            if getattr(self, f) != getattr(base, f))
+        return f"sfu_l{self.lanes}_k{self.max_k}{diff}"

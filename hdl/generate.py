@@ -20,6 +20,7 @@ from golden.kv4_attention_config import KV4Config
 from golden.lut_config import LUTConfig
 from golden.mixpe_config import MixPEConfig
 from golden.pim_config import PIMConfig
+from golden.sfu_config import SFUHWConfig
 from golden.sparse_dsp_config import SparseDSPConfig
 from golden.validate import check_choice, check_int
 from quattro_fs import atomic_write_text
@@ -28,10 +29,12 @@ from .kv4_attention import KV4Unit
 from .lut import LUTBlock
 from .mixpe import MixPE, MixPECell, MixPESystem
 from .pim import pim_factory
+from .sfu import SFU
 from .sparse_dsp import SparseDSP, SparseDSPChain
 
 __all__ = ["verilog", "write_verilog", "BlockGen", "BLOCKS", "design", "default_designs",
-           "design_name", "mixpe_factory", "lut_factory", "sparse_dsp_factory", "kv4_factory"]
+           "design_name", "mixpe_factory", "lut_factory", "sparse_dsp_factory", "kv4_factory",
+           "sfu_factory"]
 
 Design = tuple[str, Callable]
 
@@ -102,6 +105,12 @@ def kv4_factory(config: KV4Config, *, kind: str = "unit") -> Design:
     return config.name(), lambda: KV4Unit(config)
 
 
+def sfu_factory(config: SFUHWConfig, *, kind: str = "unit") -> Design:
+    """The special-function unit (hdl.sfu.SFU)."""
+    check_choice("kind", kind, BLOCKS["sfu"].kinds)
+    return config.name(), lambda: SFU(config)
+
+
 # ---------------------------------------------------------------- the table
 
 @dataclass(frozen=True, kw_only=True)
@@ -165,6 +174,12 @@ BLOCKS: dict[str, BlockGen] = {
             # SmolLM2's GQA group (head_dim 64, 3 heads) and head_dim 128
             (KV4Config(head_dim=64, lanes=16, max_t=4096, heads=3), {}),
             (KV4Config(head_dim=128, lanes=16, max_t=4096, heads=1), {}))),
+    "sfu": BlockGen(
+        config=SFUHWConfig, design=sfu_factory, kinds=("unit",),
+        defaults=(
+            # one lane with SmolLM2's intermediate size in the buffer, and four lanes
+            (SFUHWConfig(max_k=2048, lanes=1), {}),
+            (SFUHWConfig(max_k=4096, lanes=4), {}))),
 }
 
 

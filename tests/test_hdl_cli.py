@@ -31,6 +31,7 @@ CASES = [
      "pim_dual_b2_r16_c64_l16_q32_j4_sys_m64_j8_r64_s16"),
     ("kv4_attention", {"head_dim": 32, "lanes": 4, "max_t": 64, "heads": 1}, None, {},
      "kv4_d32_l4_t64_h1_x16_rot_r8"),
+    ("sfu", {"max_k": 64, "lanes": 2}, None, {}, "sfu_l2_k64"),
 ]
 
 
