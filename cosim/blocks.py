@@ -25,6 +25,7 @@ BLOCKS: dict[str, str] = {
     "pim": "cosim.pim",
     "sparse_dsp": "cosim.sparse_dsp",
     "kv4_attention": "cosim.kv4_attention",
+    "sfu": "cosim.sfu",
 }
 
 

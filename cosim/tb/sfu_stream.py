@@ -1,0 +1,119 @@
+"""Stream testbench of hdl.sfu.SFU: one simulation runs a list of cases against one
+build, the unit keeping its state from one case to the next.
+
+Job fields: config (SFUHWConfig fields), seed (printed; every case's stream
+generators are drawn from it), cases: a list of
+  {"cmd": [words], "x": [words], "expected": [out words], "ops": [[op, k], ...],
+   "p_idle", "p_stall", "model_cycles", "elements", "corrupt_expected": [[word, xor]]}
+     (cosim.sfu.case_job: the calls' words and golden.sfu's outputs): the cmd and x
+     sources idle with p_idle, the out sink stalls with p_stall; out is compared
+     bit for bit; `cycles` runs from the first cmd transfer to the last out transfer
+  {"kind": "bad", "cmd": word, "x": [words]}: a cmd the unit must refuse: it raises
+     `error`, consumes the cmd (and the given x beats) and emits nothing.
+Result: {"passed", "seed", "cases": [per-case dicts], "errors"}.
+"""
+from __future__ import annotations
+
+import random
+
+import cocotb
+from cocotb.triggers import RisingEdge
+
+from cosim.runner import write_result
+from cosim.tb.common import inject_errors, open_job, start_clock
+from cosim.tb.streams import Scoreboard, StreamRun, StreamSink, stream_ends
+
+INPUTS = ("cmd", "x")
+
+
+async def _phase(dut, sources, sink, want: int, limit: int) -> tuple[StreamRun, float]:
+    """Step `sources` and `sink` until the sink holds `want` words or `limit` cycles
+    have passed, then idle them so that the next phase can drive."""
+    run = StreamRun(dut, sources, sink)
+    seconds = await run.run(want, limit)
+    for s in sources:
+        s.valid.value = 0
+        s.offering = False
+    sink.ready.value = 0
+    sink.ready_now = False
+    return run, seconds
+
+
+def _describe(case: dict, lanes: int):
+    """'out word i' as the op and element it belongs to."""
+    spans, n = [], 0
+    for op, k in case["ops"]:
+        # quant_a8: the TS beat and k/lanes codes; argmax: the index beat
+        words = 1 if op == "argmax" else k // lanes + (op == "quant_a8")
+        spans.append((n, n + words, op, k))
+        n += words
+
+    def describe(i: int, got: int, exp: int) -> str:
+        for lo, hi, op, k in spans:
+            if lo <= i < hi:
+                return (f"out word {i}: {op} (k={k}) beat {i - lo}: got {got:#x} "
+                        f"expected {exp:#x}")
+        return f"out word {i}: got {got:#x} expected {exp:#x}"
+    return describe
+
+
+async def op_case(dut, case: dict, cfg, rng: random.Random) -> dict:
+    expected = inject_errors(list(case["expected"]), case.get("corrupt_expected"))
+    job = {"p_idle": case.get("p_idle", 0.0), "p_stall": case.get("p_stall", 0.0)}
+    sources, sink = stream_ends(dut, {"cmd": case["cmd"], "x": case["x"]}, job,
+                                rng.randrange(1 << 62), sink="out")
+    sb = Scoreboard(expected, describe=_describe(case, cfg.lanes))
+    limit = 40 * (len(case["x"]) + len(expected)) + 200 * len(case["cmd"]) + 1000
+    run, secs = await _phase(dut, sources, sink, len(expected), limit)
+    await _phase(dut, [], sink, len(expected) + 1, 4)     # nothing beyond the last word
+    errors = run.check(sb, limit)
+    if int(dut.error.value):
+        errors.append("`error` raised by a valid cmd")
+    return {"kind": "ops", "passed": sb.passed and not errors, "mismatches": sb.mismatches,
+            "vectors": sb.compared, "cycles": run.cycles, "model_cycles": case["model_cycles"],
+            "sim_cycles": run.cycle + 1, "sim_seconds": secs,
+            "stall_cycles": sink.stall_cycles, "ops": case["ops"],
+            "elements": case["elements"], "errors": errors}
+
+
+async def bad_case(dut, case: dict) -> dict:
+    words = {"cmd": [case["cmd"]], "x": list(case.get("x", []))}
+    sources, sink = stream_ends(dut, words, {}, 0, sink="out")
+    sink.p_stall = 0.0
+    await _phase(dut, sources, sink, 1, 60 + 4 * len(words["x"]))   # an out word: error
+    errors = []
+    if not all(s.done for s in sources):
+        errors.append("the refused cmd (or its x beats) was not consumed")
+    if int(dut.error.value) != 1:
+        errors.append(f"cmd {case['cmd']:#x} did not raise `error`")
+    if sink.words or int(dut.busy.value):
+        errors.append(f"cmd {case['cmd']:#x} was not refused (out words or busy)")
+    return {"kind": "bad", "passed": not errors, "errors": errors}
+
+
+@cocotb.test()
+async def sfu_stream(dut):
+    from golden.sfu_config import SFUHWConfig
+    job, seed = open_job(dut, "sfu_stream")
+    cfg = SFUHWConfig(**job["config"])
+    rng = random.Random(seed)
+    start_clock(dut.clk)
+    for n in INPUTS:
+        getattr(dut, f"{n}__valid").value = 0
+    dut.out__ready.value = 0
+    await StreamRun(dut, [], None).reset()
+    results, errors = [], []
+    for i, case in enumerate(job["cases"]):
+        try:
+            r = await (bad_case(dut, case) if case.get("kind") == "bad"
+                       else op_case(dut, case, cfg, rng))
+        except Exception as e:  # noqa: BLE001 - reported per case, the run continues
+            r = {"kind": case.get("kind", "ops"), "passed": False,
+                 "errors": [f"{type(e).__name__}: {e}"]}
+            await RisingEdge(dut.clk)
+        results.append(r)
+        errors += [f"case {i}: {e}" for e in r["errors"]]
+    passed = all(r["passed"] for r in results) and bool(results)
+    write_result({"test": "sfu_stream", "passed": passed, "seed": seed, "cases": results,
+                  "errors": errors})
+    assert passed, "; ".join(errors[:6]) or "no cases"
