@@ -277,14 +277,14 @@ class IntegerDecoder:
 
     def _mlp(self, i: int, x: torch.Tensor, trace) -> torch.Tensor:
         L_ = self.layers[i]
-        F, fu = self.frac, L_["fracs"]["up_proj"]
+        F, fu, fh = self.frac, L_["fracs"]["up_proj"], L_["fracs"]["swiglu"]
         p = f"layers.{i}"
         gate = self._linear(L_["gate_proj"], x, f"{p}.gate_proj", trace, in_frac=F, out_frac=F)
         up = self._linear(L_["up_proj"], x, f"{p}.up_proj", trace, in_frac=F, out_frac=fu)
-        h = swiglu(gate, up, config=self.config.sfu)                       # frac of up
+        h = swiglu(gate, up, config=self.config.sfu, shift=F + fu - fh)
         if trace:
-            trace(f"{p}.swiglu", h, fu)
-        return self._linear(L_["down_proj"], h, f"{p}.down_proj", trace, in_frac=fu,
+            trace(f"{p}.swiglu", h, fh)
+        return self._linear(L_["down_proj"], h, f"{p}.down_proj", trace, in_frac=fh,
                             out_frac=F)
 
     # ----------------------------------------------------------------- runs

@@ -27,7 +27,7 @@ LINEARS = ATTN_LINEARS + MLP_LINEARS
 #: of magnitude (SmoothQuant divides v_proj and up_proj rows). Every other X32
 #: tensor (residual, norms, gate, o_proj and down_proj outputs) uses sfu.frac; gate
 #: stays there because the sigmoid table is indexed in those units.
-FRAC_SLOTS = ("q_proj", "k_proj", "v_proj", "up_proj", "attn")
+FRAC_SLOTS = ("q_proj", "k_proj", "v_proj", "up_proj", "swiglu", "attn")
 #: Largest per-tensor fraction-bit count the compiler assigns.
 ACT_FRAC_MAX = 24
 

@@ -621,15 +621,21 @@ def silu_fx(g, config: SFUConfig) -> torch.Tensor:
     return rshift_round(g * sigmoid_fx(g, config), config.sig_frac)
 
 
-def swiglu(g, u, *, config: SFUConfig) -> torch.Tensor:
-    """The Llama MLP's SiLU(gate) * up of X32 g, u (same shape, frac = config.frac):
-      h = sat32(rshift_round(silu_fx(g) * u, frac))      |silu_fx * u| <= 2**62
-    Float reference: swiglu_reference; |h - sat32(reference)| <= swiglu_bound."""
+def swiglu(g, u, *, config: SFUConfig, shift: int | None = None) -> torch.Tensor:
+    """The Llama MLP's SiLU(gate) * up of X32 g (frac = config.frac: the sigmoid
+    table is indexed in those units) and u (same shape, any frac f_u):
+      h = sat32(rshift_round(silu_fx(g) * u, shift))      |silu_fx * u| <= 2**62
+    shift = config.frac by default (h in u's units); a caller whose h needs another
+    format f_h passes shift = config.frac + f_u - f_h (|h| can exceed |u| by the
+    largest |silu|, so h rarely fits u's format).
+    Float reference: swiglu_reference; |h - sat32(reference)| <= swiglu_bound
+    (for the default shift)."""
     expect_type("config", config, SFUConfig)
     g = _x32("g", g)
     u = _x32("u", u)
     check_shape("u", u, g.shape, "g.shape")
-    return shift_sat(silu_fx(g, config) * u, config.frac)
+    shift = config.frac if shift is None else check_int("shift", shift, -64, 64)
+    return shift_sat(silu_fx(g, config) * u, shift)
 
 
 def silu_reference(g, frac: int) -> torch.Tensor:

@@ -18,9 +18,9 @@ What the compile does, per tensor:
               s1 / 127 as a 15-bit mantissa + one shift per linear (golden.sfu)
   norms       RMSNorm weights after the SmoothQuant/AWQ folds, 16-bit mantissa +
               one exponent per norm
-  fracs       per layer, the X32 fraction bits of q, k (after RoPE), v, up and the
-              attention output: the largest that holds twice the calibration
-              text's max (one bit of headroom; larger values saturate)
+  fracs       per layer, the X32 fraction bits of q, k (after RoPE), v, up, the
+              SwiGLU product and the attention output: the largest that holds
+              HEADROOM (4) times the calibration text's max (larger values saturate)
   frac_k/v    the same for the KV4 unit's x_bits input per layer and KV head
   embed       INT8 per row and group of embed_group, 15-bit scale mantissas
   lm_head     QoQ codes at --head-bits (a separate tensor even when tied)
@@ -119,14 +119,21 @@ def _norm_tensors(prefix: str, w: torch.Tensor) -> dict[str, np.ndarray]:
     return {f"{prefix}.w": NW.numpy().astype(np.int16), f"{prefix}.e": np.array([e], np.int32)}
 
 
+#: Calibration maxima are scaled by this before a format is chosen: two bits of
+#: headroom, because text the calibration never saw (and the integer model's own
+#: rounding) can exceed them, and saturation costs far more than a lost low bit.
+HEADROOM = 4.0
+
+
 def _frac(amax: float, bits: int, cap: int) -> int:
-    """Largest fraction-bit count f <= cap with 2 * amax * 2**f inside signed `bits`
-    (one bit of headroom over the calibration maximum)."""
+    """Largest fraction-bit count f <= cap with HEADROOM * amax * 2**f inside
+    signed `bits`."""
     lim = (1 << (bits - 1)) - 1
     if amax <= 0.0:
         return cap
-    f = math.floor(math.log2(lim / (2.0 * amax)))
-    while 2.0 * amax * 2.0 ** f > lim:
+    top = HEADROOM * amax
+    f = math.floor(math.log2(lim / top))
+    while top * 2.0 ** f > lim:
         f -= 1
     return min(f, cap)
 
@@ -137,7 +144,7 @@ def calibrate_fracs(model: LlamaForCausalLM, calib_ids: torch.Tensor,
     """Per layer, from the quantized model on the calibration tokens: the X32
     fraction bits of every FRAC_SLOTS activation (q and k after RoPE) and the KV4
     unit's input fractions frac_k / frac_v per KV head (max |K| after RoPE, max |V|),
-    each with one bit of headroom."""
+    each with HEADROOM."""
     c = model.config
     Hkv, D = c.num_key_value_heads, c.head_dim
     n = c.num_hidden_layers
@@ -151,7 +158,7 @@ def calibrate_fracs(model: LlamaForCausalLM, calib_ids: torch.Tensor,
 
     def rec(i, slot):
         def hook(mod, args, out):
-            x = args[0] if slot == "attn" else out
+            x = args[0] if slot in ("attn", "swiglu") else out
             if slot in ("q_proj", "k_proj"):
                 x = apply_rope(heads(x, x.shape[-1] // D), cos, sin)
             if slot == "k_proj":
@@ -169,6 +176,7 @@ def calibrate_fracs(model: LlamaForCausalLM, calib_ids: torch.Tensor,
         for slot, mod in mods.items():
             hooks.append(mod.register_forward_hook(rec(i, slot)))
         hooks.append(a.o_proj.register_forward_hook(rec(i, "attn")))
+        hooks.append(m.down_proj.register_forward_hook(rec(i, "swiglu")))
     try:
         for b in range(calib_ids.shape[0]):
             model.hidden_states(calib_ids[b:b + 1])
