@@ -21,7 +21,7 @@ from cocotb.triggers import RisingEdge
 
 from cosim.runner import write_result
 from cosim.tb.common import inject_errors, open_job, start_clock
-from cosim.tb.streams import Scoreboard, StreamRun, StreamSink, stream_ends
+from cosim.tb.streams import Scoreboard, StreamRun, stream_ends
 
 INPUTS = ("cmd", "x")
 
