@@ -41,7 +41,8 @@ class SFUCall:
     """One cmd: `op`, the elements' a (and b) fields and the op's parameters in the
     golden's terms: dequant mn, L, e, in_frac, out_frac (b = S1); rmsnorm e_w, eps
     (b = NW); rope d, cos, sin (lists of d/2; b of each head's first half = cos | sin
-    << 16, the second half's b is ignored); requant from_frac, to_frac, bits;
+    << 16, the second half's b is ignored); swiglu shift (default frac: h in u's
+    units, golden.sfu.swiglu); requant from_frac, to_frac, bits;
     argmax b = S1 (1 for a plain argmax)."""
     op: str
     a: tuple
@@ -66,6 +67,8 @@ def call_cmd(config: SFUHWConfig, call: SFUCall) -> int:
                         es=es, e_w=P["e_w"])
     if call.op == "rope":
         return pack_cmd("rope", call.k, d=P["d"])
+    if call.op == "swiglu":
+        return pack_cmd("swiglu", call.k, shift=P.get("shift", config.frac))
     if call.op == "requant":
         return pack_cmd("requant", call.k, **{n: P[n] for n in ("from_frac", "to_frac",
                                                                    "bits")})
@@ -97,7 +100,7 @@ def golden_values(config: SFUHWConfig, call: SFUCall) -> list[int]:
         cos, sin = (torch.tensor(P[n], dtype=torch.int64)[None] for n in ("cos", "sin"))
         return g.rope(a.view(-1, 1, d), cos, sin, torch.tensor([0])).reshape(-1).tolist()
     if op == "swiglu":
-        return g.swiglu(a, b, config=c.numerics()).tolist()
+        return g.swiglu(a, b, config=c.numerics(), shift=P.get("shift")).tolist()
     if op == "residual_add":
         return g.residual_add(a, b).tolist()
     if op == "requant":
@@ -159,7 +162,8 @@ def random_call(config: SFUHWConfig, op: str, k: int, rng: random.Random) -> SFU
         return _rope_call(c, k, rng, _x32(rng, k, F, -2, 10))
     if op == "swiglu":
         g = _x32(rng, k, F, -3, 5)
-        return SFUCall(op=op, a=tuple(g), b=tuple(_x32(rng, k, F, -3, 9)))
+        return SFUCall(op=op, a=tuple(g), b=tuple(_x32(rng, k, F, -3, 9)),
+                       params=dict(shift=rng.choice((F, rng.randint(F - 10, F + 10)))))
     if op == "residual_add":
         return SFUCall(op=op, a=tuple(_x32(rng, k, F, 0, 17)), b=tuple(_x32(rng, k, F, 0, 17)))
     if op == "requant":
@@ -221,6 +225,10 @@ def edge_calls(config: SFUHWConfig, rng: random.Random) -> list[SFUCall]:
                    sin=[(1 << 15) - 1] * L),                                     # saturates
         _rope_call(c, K, rng, _x32(rng, K, F)),
         SFUCall(op="swiglu", a=tuple(ext[:2 * L]), b=tuple(ext[1:2 * L + 1])),
+        SFUCall(op="swiglu", a=tuple(ext[1:2 * L + 1]), b=tuple(ext[:2 * L]),
+                params=dict(shift=-5)),                                          # left
+        SFUCall(op="swiglu", a=tuple(ext[1:2 * L + 1]), b=tuple(ext[:2 * L]),
+                params=dict(shift=64)),
         SFUCall(op="swiglu", a=tuple(rng.randint(-(20 << F), 20 << F) for _ in range(K)),
                 b=tuple(_x32(rng, K, F, 0, 16))),
         SFUCall(op="residual_add", a=tuple(ext[:2 * L]), b=tuple(ext[:2 * L])),

@@ -18,7 +18,8 @@ Ops (cmd.op), with where the input comes from and what comes out:
   rmsnorm       x.a = X32, x.b = NW[n]; (E, SK, es, e_w) in cmd -> X32  (buffered)
   rope          x.a = X32, x.b = cos | sin << 16 (first half of each head) -> X32
                 (buffered; d = head_dim in cmd)
-  swiglu        x.a = g, x.b = u (X32) -> X32 (the sigmoid table is a ROM)
+  swiglu        x.a = g, x.b = u (X32); the product's shift in cmd -> X32 (the
+                sigmoid table is a ROM)
   residual_add  x.a, x.b -> sat32(a + b)
   requant       x.a -> shift_sat(a, from_frac - to_frac, bits)
   argmax        x.a = v, x.b = S1 (1: plain) -> one beat: the index of max(v * S1)
@@ -111,6 +112,7 @@ def param_layout() -> data.UnionLayout:
         "rmsnorm": data.StructLayout({"E": unsigned(52), "SK": unsigned(SQRTK_BITS),
                                       "es": signed(8), "e_w": signed(9)}),
         "rope": data.StructLayout({"d": unsigned(CMD_K_BITS)}),
+        "swiglu": data.StructLayout({"shift": signed(8)}),
         "requant": data.StructLayout({"from_frac": signed(8), "to_frac": signed(8),
                                       "bits": unsigned(6)}),
     })
@@ -139,16 +141,17 @@ def _put(layout, values: dict, base: int = 0) -> int:
 
 
 def pack_cmd(op: str, k: int, **params) -> int:
-    """The cmd word of `op` over k elements with the op's parameters (docs/sfu.md):
-    dequant mn, L, e, in_frac, out_frac; rmsnorm E, SK, es, e_w; rope d; requant
-    from_frac, to_frac, bits; the others none."""
+    """The cmd word of `op` over k elements with the op's parameters, all of them
+    (docs/sfu.md): dequant mn, L, e, in_frac, out_frac; rmsnorm E, SK, es, e_w;
+    rope d; swiglu shift; requant from_frac, to_frac, bits; the others none."""
     check_choice("op", op, OPS)
     lay = cmd_layout()
     word = _put(lay, {"op": OP_CODE[op], "k": k})
     members = dict(param_layout())
+    need = sorted(name for name, _ in members[op].shape) if op in members else []
+    if sorted(params) != need:
+        raise ValueError(f"{op} takes the parameters {need}, got {sorted(params)}")
     if params:
-        if op not in members:
-            raise ValueError(f"{op} takes no parameters, got {sorted(params)}")
         word |= _put(members[op].shape, params, base=lay["p"].offset)
     return word
 
@@ -493,7 +496,7 @@ class SFU(wiring.Component):
                      r.bits.eq(Mux(op == OP_CODE["requant"], rq.bits, X_BITS)), r.sym.eq(0)]
         shift = Mux(op == OP_CODE["dequant"], dq.e + dq.in_frac - dq.out_frac - dq.L,
                     Mux(op == OP_CODE["rope"], ROPE_FRAC,
-                        Mux(op == OP_CODE["swiglu"], c.frac,
+                        Mux(op == OP_CODE["swiglu"], p.swiglu.shift,
                             Mux(op == OP_CODE["requant"], rq.from_frac - rq.to_frac, 0))))
         m.d.sync += [r.s_amt.eq(shift), r.mn.eq(dq.mn)]
         with m.If(buffered):

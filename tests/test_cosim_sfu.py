@@ -21,7 +21,7 @@ def test_small_unit_all_fast_cases():
              SFUCase(config=SMALL, source="random", seed=2, rounds=2, p_idle=0.3, p_stall=0.4),
              SFUCase(config=SMALL, source="edge", seed=3, p_idle=0.2, p_stall=0.3)]
     jobs = [case_job(c) for c in cases]
-    bad = [{"kind": "bad", "cmd": pack_cmd("swiglu", 0)},
+    bad = [{"kind": "bad", "cmd": pack_cmd("swiglu", 0, shift=14)},
            {"kind": "bad", "cmd": pack_cmd("rmsnorm", SMALL.max_k + 2, E=0, SK=1 << 23, es=0,
                                            e_w=0)},
            {"kind": "bad", "cmd": pack_cmd("requant", 5, from_frac=0, to_frac=0, bits=40)},

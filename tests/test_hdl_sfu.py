@@ -87,6 +87,25 @@ def test_edge_cases(config):
     assert_same(config, got, exp, calls)
 
 
+def test_dequant_serves_embed_rows():
+    """golden.sfu.embed_rows (codes times a per-group S, one shift) is dequant with
+    acc = codes, S1 = S per element, mn = 2**15, L = -15, in_frac = 0."""
+    import torch
+
+    from golden.sfu import embed_rows
+    c = ONE
+    rng = random.Random(9)
+    codes = [rng.randint(-127, 127) for _ in range(16)]
+    S = [rng.randrange(1 << 15) for _ in range(4)]
+    calls, want = [], []
+    for e in (30, 14, 4, -20):                   # right shifts, exact, left, saturating
+        calls.append(SFUCall(op="dequant", a=tuple(codes), b=tuple(s for s in S for _ in range(4)),
+                             params=dict(mn=1 << 15, L=-15, e=e, in_frac=0, out_frac=14)))
+        want += embed_rows(torch.tensor([codes]), torch.tensor([S]), e, out_frac=14)[0].tolist()
+    got, exp, _ = run_calls(c, calls)
+    assert unpack_out(c, got) == want and got == exp
+
+
 def test_cycle_model_per_op_and_sequence():
     """Ideal streams: every op's cmd-to-last-out span is cycle_model, and back-to-back
     cmds follow each other without a gap."""
@@ -112,7 +131,7 @@ def test_refused_cmds_and_recovery():
     that is not whole heads consumes its elements, then is refused; the next good cmd
     clears `error` and runs normally."""
     c = TWO
-    bad = [pack_cmd("swiglu", 0), pack_cmd("residual_add", 3),
+    bad = [pack_cmd("swiglu", 0, shift=14), pack_cmd("residual_add", 3),
            pack_cmd("quant_a8", c.max_k + 2), pack_cmd("rope", 8, d=6),
            pack_cmd("rope", 8, d=16), pack_cmd("requant", 4, from_frac=0, to_frac=0, bits=33),
            pack_cmd("requant", 4, from_frac=0, to_frac=0, bits=1)]
@@ -144,6 +163,8 @@ def test_word_formats():
         pack_cmd("requant", 4, from_frac=0, to_frac=0, bits=64)
     with pytest.raises(ValueError):
         pack_cmd("swiglu", 4, d=8)
+    with pytest.raises(ValueError):
+        pack_cmd("swiglu", 4)                    # every parameter of the op is given
     with pytest.raises(ValueError):
         pack_elems(c, [1, 2, 3])
 
