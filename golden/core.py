@@ -573,7 +573,8 @@ class InstrCycles:
 
     @property
     def bound(self) -> str:
-        return "memory" if self.mem_cycles >= self.compute_cycles else "compute"
+        """Which side sets the cycles ("compute" on a tie: HALT, zero-byte ops)."""
+        return "memory" if self.mem_cycles > self.compute_cycles else "compute"
 
 
 @dataclass(frozen=True)
@@ -636,7 +637,9 @@ def instruction_cycles(ins: Instr, config: CoreConfig, registers: Registers,
         compute = T * beats + SFU_TOKEN_CYCLES
     elif op in SFU_PASSES:
         width = ins["heads"] * c.kv4.head_dim if op == "ROPE" else n
-        nbytes = 2 * n if op == "RMSNORM" else (2 * T * width if op == "ROPE" else 0)
+        # NW int16 [n]; RoPE's cos and sin rows (int16 [D/2] per position, shared by
+        # every head)
+        nbytes = 2 * n if op == "RMSNORM" else (2 * T * c.kv4.head_dim if op == "ROPE" else 0)
         compute = T * (SFU_PASSES[op] * _ceil(width, lanes) + SFU_TOKEN_CYCLES)
     elif op in ("SWIGLU", "ADD"):
         compute = T * beats + SFU_TOKEN_CYCLES
