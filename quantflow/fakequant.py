@@ -4,6 +4,11 @@ so that PyTorch measures its accuracy, plus the exact integer path of one layer.
 Pipeline of quantize_model for a Llama (quantflow.models.llama), in this order,
 each fold exact in float arithmetic (tests check the output is unchanged):
 
+0. Residual rotation (QuantScheme.rotation, quantflow.rotation): the RMSNorm weights
+   fold into the linears that read them (the LM head is untied and takes the final
+   norm), then the residual stream is rotated by an orthogonal Q: embedding E Q,
+   q/k/v/gate/up/LM head W Q, o_proj/down_proj Q^T W. Everything below then works
+   in the rotated frame (statistics, smoothing and AWQ scales fold on top of it).
 1. Hadamard (KVScheme.hadamard): v_proj rows of each KV head become H^T W_v[h] and
    o_proj's columns of each query head W_o[:, h] H, so V is cached rotated and the
    rotation is undone inside o_proj; Q and K are rotated by H after RoPE at run time
@@ -45,6 +50,7 @@ from .errors import QuantflowError
 from .models.llama import LlamaForCausalLM
 from .models.loaders import LoadedModel, linear_layers
 from .qoq import QoQWeights, quantize_act
+from .rotation import rotate_model
 from .schemes import KVScheme, QuantScheme, get_scheme
 
 __all__ = ["fake_quant_act", "quantize_kv", "fake_quant_kv", "KVQuantizer", "hadamard",
@@ -143,8 +149,8 @@ def hadamard(n: int) -> torch.Tensor:
 
 def _llama_layers(model):
     if not isinstance(model, LlamaForCausalLM):
-        raise QuantflowError(f"KV quantization, SmoothAttention and SmoothQuant folding "
-                             f"need a Llama model (quantflow.models.llama), got "
+        raise QuantflowError(f"KV quantization, SmoothAttention, SmoothQuant folding and "
+                             f"residual rotations need a Llama model (quantflow.models.llama), got "
                              f"{type(model).__name__}; use a weight-only or A8-without-"
                              f"smoothing scheme")
     return model.model.layers
@@ -318,7 +324,8 @@ class QuantizedModel:
     """A fake-quantized copy of a model. weights: {block linear name ('layers.i.…'):
     quantflow.weightq.WeightQuantResult}; w_ref: the float weight each linear
     approximates in the transformed frame (for per-layer SQNR); kv_lambda: [L] of
-    SmoothAttention lambdas [Hkv, D]; rotation: the Hadamard matrix or None."""
+    SmoothAttention lambdas [Hkv, D]; rotation: the KV Hadamard matrix or None;
+    residual_rotation: the residual stream's Q [hidden, hidden] (float64) or None."""
 
     model: nn.Module
     scheme: QuantScheme
@@ -326,6 +333,7 @@ class QuantizedModel:
     w_ref: dict = field(default_factory=dict)
     kv_lambda: list | None = None
     rotation: torch.Tensor | None = None
+    residual_rotation: torch.Tensor | None = None
     smooth_scales: dict = field(default_factory=dict)
     seconds: dict = field(default_factory=dict)
 
@@ -388,7 +396,8 @@ def quantize_model(model, scheme, *, calib_ids: torch.Tensor | None = None, cali
                                  f"(quantflow.text.calibration_tokens)")
     with torch.no_grad():
         if not is_llama:
-            if scheme.kv is not None or (scheme.act and scheme.act.smooth_alpha is not None):
+            if scheme.kv is not None or scheme.rotation is not None or \
+                    (scheme.act and scheme.act.smooth_alpha is not None):
                 _llama_layers(m)  # raises the explanation
             names = list(linear_layers(m))
             if scheme.weight is not None:
@@ -407,7 +416,9 @@ def quantize_model(model, scheme, *, calib_ids: torch.Tensor | None = None, cali
             qm.seconds["quantize"] = time.perf_counter() - t0
             return qm
 
-        kv, act = scheme.kv, scheme.act
+        kv, act, rot = scheme.kv, scheme.act, scheme.rotation
+        if rot is not None:
+            qm.residual_rotation = rotate_model(m, rot.kind, seed=rot.seed, block=rot.block)
         if kv is not None and kv.hadamard:
             qm.rotation = fold_hadamard_v(m)
         if (kv is not None and kv.smooth_attention) or (act and act.smooth_alpha is not None):

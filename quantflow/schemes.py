@@ -19,6 +19,13 @@ dataclass (None = that tensor stays float):
     get_scheme("w4a8kv4-g64")                 # the registry (SCHEMES)
     get_scheme("w4a8kv4-g64").components()    # {"W4": ..., "A8": ..., "KV4": ...}
     QuantScheme(name="mine", weight=WeightScheme(method="rtn-asym", group=32))
+
+A fourth, optional field is no quantizer but a float-exact transform applied first:
+
+  rotation  RotationScheme  an orthogonal rotation of the residual stream (QuaRot /
+                        SpinQuant style) folded into the weights after the RMSNorm
+                        weights are folded into their readers (quantflow.rotation);
+                        every component of the scheme carries it
 """
 from __future__ import annotations
 
@@ -30,10 +37,13 @@ from golden.validate import check_bool, check_int
 
 from .errors import QuantflowError
 
-__all__ = ["WeightScheme", "ActScheme", "KVScheme", "QuantScheme", "SCHEMES",
-           "get_scheme", "WEIGHT_METHODS"]
+__all__ = ["WeightScheme", "ActScheme", "KVScheme", "RotationScheme", "QuantScheme",
+           "SCHEMES", "get_scheme", "WEIGHT_METHODS", "ROTATION_KINDS"]
 
 WEIGHT_METHODS = ("rtn-sym", "rtn-asym", "qoq")
+#: quantflow.rotation.rotation_matrix's kinds (kept here so schemes import no torch code)
+ROTATION_KINDS = ("hadamard", "random-hadamard", "block-hadamard", "random",
+                  "kron-random-hadamard")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -138,18 +148,47 @@ class KVScheme:
 
 
 @dataclass(frozen=True, kw_only=True)
+class RotationScheme:
+    """The residual stream rotated by quantflow.rotation.rotation_matrix(kind, hidden,
+    seed=seed, block=block), after the RMSNorm weights are folded into the linears
+    that read them (the LM head is then untied from the embedding). Exact in float;
+    free in hardware (the rotation lives in the weights and the embedding)."""
+    kind: str = "hadamard"
+    seed: int = 0           # random kinds only
+    block: int = 64         # block-hadamard / kron-random-hadamard only
+
+    def __post_init__(self):
+        if self.kind not in ROTATION_KINDS:
+            raise QuantflowError(f"rotation kind {self.kind!r} is not supported; use one "
+                                 f"of {ROTATION_KINDS}")
+        check_int("rotation seed", self.seed, 0)
+        check_int("rotation block", self.block, 1)
+
+    @property
+    def label(self) -> str:
+        k = self.kind
+        if k in ("block-hadamard", "kron-random-hadamard"):
+            k += f" {self.block}"
+        if k.startswith(("random", "kron-random")):
+            k += f" seed {self.seed}"
+        return f"rotated ({k})"
+
+
+@dataclass(frozen=True, kw_only=True)
 class QuantScheme:
     name: str
     weight: WeightScheme | None = None
     act: ActScheme | None = None
     kv: KVScheme | None = None
+    rotation: RotationScheme | None = None
     description: str = ""
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name or "/" in self.name:
             raise QuantflowError(f"scheme name must be a non-empty string without '/', got "
                                  f"{self.name!r}")
-        for n, t in (("weight", WeightScheme), ("act", ActScheme), ("kv", KVScheme)):
+        for n, t in (("weight", WeightScheme), ("act", ActScheme), ("kv", KVScheme),
+                     ("rotation", RotationScheme)):
             v = getattr(self, n)
             if v is not None and not isinstance(v, t):
                 raise TypeError(f"{n} must be a {t.__name__} or None, got "
@@ -160,19 +199,25 @@ class QuantScheme:
         return self.weight is None and self.act is None and self.kv is None
 
     def components(self) -> dict[str, "QuantScheme"]:
-        """Each present component alone, keyed 'W<bits>', 'A<bits>', 'KV<bits>'."""
+        """Each present component alone, keyed 'W<bits>', 'A<bits>', 'KV<bits>'
+        (each with the scheme's rotation, a float-exact transform)."""
         out = {}
+        r = self.rotation
         if self.weight is not None:
-            out[f"W{self.weight.bits}"] = QuantScheme(name=f"{self.name}.W", weight=self.weight)
+            out[f"W{self.weight.bits}"] = QuantScheme(name=f"{self.name}.W", weight=self.weight,
+                                                      rotation=r)
         if self.act is not None:
-            out[f"A{self.act.bits}"] = QuantScheme(name=f"{self.name}.A", act=self.act)
+            out[f"A{self.act.bits}"] = QuantScheme(name=f"{self.name}.A", act=self.act,
+                                                   rotation=r)
         if self.kv is not None:
-            out[f"KV{self.kv.bits}"] = QuantScheme(name=f"{self.name}.KV", kv=self.kv)
+            out[f"KV{self.kv.bits}"] = QuantScheme(name=f"{self.name}.KV", kv=self.kv,
+                                                   rotation=r)
         return out
 
     @property
     def label(self) -> str:
-        parts = [c.label for c in (self.weight, self.act, self.kv) if c is not None]
+        parts = [c.label for c in (self.rotation, self.weight, self.act, self.kv)
+                 if c is not None]
         return ", ".join(parts) or "float"
 
 

@@ -1,0 +1,220 @@
+"""Rotations of a Llama's residual stream (QuaRot arXiv 2404.00456, SpinQuant
+arXiv 2405.16406), folded offline into the weights: free in hardware, exact in
+float arithmetic.
+
+An orthogonal Q [hidden, hidden] rotates every residual vector x (a row) to x Q.
+RMSNorm commutes with it only without a per-channel weight (||x Q|| = ||x||), so
+first every norm weight is folded into the linears that read it:
+
+  fuse_norms       input_layernorm g -> q/k/v columns (W diag(g)),
+                   post_attention_layernorm -> gate/up columns, the final norm ->
+                   the LM head's columns; the norm weights become ones. A tied LM
+                   head is untied first (it becomes W diag(g_final), the embedding
+                   stays E).
+  rotate_residual  embedding E <- E Q; every linear reading the residual (q/k/v,
+                   gate/up, LM head) W <- W Q; every linear writing it (o_proj,
+                   down_proj) W <- Q^T W.
+
+Then the model computes the same logits (tests: within float rounding), but the
+linears' input channels are mixed: the few massive channels of the residual
+stream (and of the weights that read them) are spread over all channels, which
+is what W4 groups and A8 per-token scales need. Every product is done in float64
+and rounded to float32 once per tensor.
+
+Rotation matrices (rotation_matrix; `kind`, ROTATION_KINDS):
+  hadamard          one Walsh-Hadamard matrix of order n (entries +-1/sqrt(n)):
+                    Sylvester for n = 2^k, Kronecker products with Paley's H12
+                    otherwise (576 = 12 x 12 x 4, 1536 = 12 x 128)
+  random-hadamard   diag(+-1, seeded) times that Hadamard (QuaRot's)
+  block-hadamard    block-diagonal Sylvester Hadamard of `block` (576: 9 x 64)
+  random            a seeded Haar-random orthogonal matrix (SpinQuant's start)
+  kron-random-hadamard  R (n/block x n/block, seeded Haar random) Kronecker the
+                    Sylvester Hadamard of `block` (576: R9 x H64)
+Seeds go through torch.Generator(seed), so a rotation is the same on every run.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from golden.validate import check_int
+
+from .errors import QuantflowError
+
+__all__ = ["ROTATION_KINDS", "hadamard_matrix", "random_orthogonal", "rotation_matrix",
+           "fuse_norms", "rotate_residual", "rotate_model"]
+
+ROTATION_KINDS = ("hadamard", "random-hadamard", "block-hadamard", "random",
+                  "kron-random-hadamard")
+
+
+# --------------------------------------------------------------------------- matrices
+def _sylvester(n: int) -> torch.Tensor:
+    H = torch.ones(1, 1, dtype=torch.float64)
+    while H.shape[0] < n:
+        H = torch.cat([torch.cat([H, H], 1), torch.cat([H, -H], 1)], 0)
+    return H
+
+
+def _paley12() -> torch.Tensor:
+    """The +-1 Hadamard matrix of order 12 (Paley construction I, q = 11)."""
+    q = 11
+    residues = {(i * i) % q for i in range(1, q)}
+    chi = [0] + [1 if a in residues else -1 for a in range(1, q)]
+    Q = torch.tensor([[chi[(j - i) % q] for j in range(q)] for i in range(q)],
+                     dtype=torch.float64)
+    S = torch.zeros(q + 1, q + 1, dtype=torch.float64)
+    S[0, 1:] = 1
+    S[1:, 0] = -1
+    S[1:, 1:] = Q
+    return torch.eye(q + 1, dtype=torch.float64) + S
+
+
+def _hadamard_pm1(n: int) -> torch.Tensor | None:
+    if n >= 1 and not n & (n - 1):
+        return _sylvester(n)
+    if n % 12 == 0:
+        rest = _hadamard_pm1(n // 12)
+        if rest is not None:
+            return torch.kron(_paley12(), rest)
+    return None
+
+
+def hadamard_matrix(n: int) -> torch.Tensor:
+    """An orthonormal Hadamard matrix [n, n], float64, entries +-1/sqrt(n), for
+    n = 2^k * 12^j (Sylvester and Paley's order 12)."""
+    check_int("n", n, 1)
+    H = _hadamard_pm1(n)
+    if H is None:
+        raise QuantflowError(f"no Hadamard matrix of order {n} is built here (orders "
+                             f"2^k * 12^j); use rotation kind 'block-hadamard' (a block "
+                             f"that divides {n}) or 'random'")
+    return H / math.sqrt(n)
+
+
+def random_orthogonal(n: int, seed: int) -> torch.Tensor:
+    """A Haar-random orthogonal matrix [n, n], float64: QR of a seeded Gaussian
+    with R's diagonal made positive (so Q is unique)."""
+    check_int("n", n, 1)
+    check_int("seed", seed, 0)
+    g = torch.Generator().manual_seed(seed)
+    A = torch.randn(n, n, generator=g, dtype=torch.float64)
+    Q, R = torch.linalg.qr(A)
+    d = torch.diagonal(R)
+    return (Q * torch.where(d < 0, -1.0, 1.0).to(torch.float64)).contiguous()
+
+
+def _random_signs(n: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 2, (n,), generator=g).to(torch.float64) * 2 - 1
+
+
+def rotation_matrix(kind: str, n: int, *, seed: int = 0, block: int = 64) -> torch.Tensor:
+    """The orthogonal matrix [n, n] (float64) of rotation `kind` (module docstring)."""
+    check_int("n", n, 1)
+    check_int("seed", seed, 0)
+    check_int("block", block, 1)
+    if kind not in ROTATION_KINDS:
+        raise QuantflowError(f"rotation kind {kind!r} is not supported; use one of "
+                             f"{ROTATION_KINDS}")
+    if kind == "hadamard":
+        return hadamard_matrix(n)
+    if kind == "random-hadamard":
+        return _random_signs(n, seed).unsqueeze(1) * hadamard_matrix(n)
+    if kind == "random":
+        return random_orthogonal(n, seed)
+    if n % block or block & (block - 1):
+        raise QuantflowError(f"rotation kind {kind!r} needs a power-of-two block that "
+                             f"divides {n}, got block={block}")
+    H = _sylvester(block) / math.sqrt(block)
+    outer = torch.eye(n // block, dtype=torch.float64) if kind == "block-hadamard" \
+        else random_orthogonal(n // block, seed)
+    return torch.kron(outer, H)
+
+
+# --------------------------------------------------------------------------- folds
+def _llama(model):
+    from .models.llama import LlamaForCausalLM
+    if not isinstance(model, LlamaForCausalLM):
+        raise QuantflowError(f"residual rotations need a Llama model "
+                             f"(quantflow.models.llama), got {type(model).__name__}")
+    return model
+
+
+def _scale_columns(lin: nn.Linear, g: torch.Tensor) -> None:
+    lin.weight.data.copy_((lin.weight.data.double() * g).to(lin.weight.dtype))
+
+
+@torch.no_grad()
+def fuse_norms(model) -> None:
+    """Fold every RMSNorm weight into the linears that read it (module docstring);
+    the norm weights become ones and a tied LM head gets its own tensor."""
+    m = _llama(model)
+    for layer in m.model.layers:
+        a, p = layer.self_attn, layer.mlp
+        for norm, readers in ((layer.input_layernorm, (a.q_proj, a.k_proj, a.v_proj)),
+                              (layer.post_attention_layernorm, (p.gate_proj, p.up_proj))):
+            g = norm.weight.data.double()
+            for lin in readers:
+                _scale_columns(lin, g)
+            norm.weight.data.fill_(1.0)
+    if m.lm_head.weight is m.model.embed_tokens.weight:
+        m.lm_head.weight = nn.Parameter(m.lm_head.weight.detach().clone(),
+                                        requires_grad=m.lm_head.weight.requires_grad)
+    _scale_columns(m.lm_head, m.model.norm.weight.data.double())
+    m.model.norm.weight.data.fill_(1.0)
+
+
+def _norms_are_ones(m) -> bool:
+    norms = [m.model.norm] + [n for l in m.model.layers
+                              for n in (l.input_layernorm, l.post_attention_layernorm)]
+    return all(bool((n.weight == 1).all()) for n in norms)
+
+
+@torch.no_grad()
+def rotate_residual(model, Q: torch.Tensor) -> None:
+    """x -> x Q on the residual stream of a model whose norms are ones (fuse_norms
+    first): E Q, readers W Q, writers Q^T W (module docstring)."""
+    m = _llama(model)
+    n = m.config.hidden_size
+    if not isinstance(Q, torch.Tensor) or tuple(Q.shape) != (n, n):
+        raise QuantflowError(f"the rotation must be a [{n}, {n}] tensor, got "
+                             f"{getattr(Q, 'shape', type(Q).__name__)}")
+    Q = Q.to(torch.float64)
+    err = float((Q @ Q.T - torch.eye(n, dtype=torch.float64)).abs().max())
+    if err > 1e-9:
+        raise QuantflowError(f"the rotation is not orthogonal (max |Q Q^T - I| = {err:.2e})")
+    if not _norms_are_ones(m):
+        raise QuantflowError("RMSNorm weights must be ones before a rotation (a weighted "
+                             "norm does not commute with it): call fuse_norms first")
+    if m.lm_head.weight is m.model.embed_tokens.weight:
+        raise QuantflowError("internal: the LM head is still tied; fuse_norms unties it")
+
+    def right(w):   # W Q: a linear reading the residual, or the embedding's rows
+        w.data.copy_((w.data.double() @ Q).to(w.dtype))
+
+    def left(w):    # Q^T W: a linear writing the residual
+        w.data.copy_((Q.T @ w.data.double()).to(w.dtype))
+
+    right(m.model.embed_tokens.weight)
+    right(m.lm_head.weight)
+    for layer in m.model.layers:
+        a, p = layer.self_attn, layer.mlp
+        for lin in (a.q_proj, a.k_proj, a.v_proj, p.gate_proj, p.up_proj):
+            right(lin.weight)
+        for lin in (a.o_proj, p.down_proj):
+            left(lin.weight)
+            if lin.bias is not None:
+                lin.bias.data.copy_((lin.bias.data.double() @ Q).to(lin.bias.dtype))
+
+
+def rotate_model(model, kind: str, *, seed: int = 0, block: int = 64) -> torch.Tensor:
+    """fuse_norms, then rotate_residual by rotation_matrix(kind, hidden, seed, block).
+    Returns Q (float64)."""
+    m = _llama(model)
+    Q = rotation_matrix(kind, m.config.hidden_size, seed=seed, block=block)
+    fuse_norms(m)
+    rotate_residual(m, Q)
+    return Q
