@@ -319,15 +319,16 @@ class CoreConfig:
                   hint="the buffer fields are 4 bits")
         check_int("buf_elems", self.buf_elems, 1, FIELDS["col"].max + 1,
                   hint="the col field addresses 2**16 elements")
-        check_int("max_tokens", self.max_tokens, 1, 1 << 16)
+        check_int("max_tokens", self.max_tokens, 1, FIELDS["ctx"].max,
+                  hint="a block's positions must fit the ctx field")
         expect_type("sfu", self.sfu, SFUHWConfig)
         expect_type("kv4", self.kv4, KV4Config)
         if self.kv4.max_t > FIELDS["ctx"].max:
             raise ValueError(f"kv4.max_t={self.kv4.max_t} exceeds the ctx field's "
-                             f"{FIELDS['ctx'].max}")
+                             f"{FIELDS['ctx'].max}; lower kv4.max_t")
         if self.kv4.heads > FIELDS["heads"].max:
             raise ValueError(f"kv4.heads={self.kv4.heads} exceeds the heads field's "
-                             f"{FIELDS['heads'].max}")
+                             f"{FIELDS['heads'].max}; lower kv4.heads")
         check_int("addr_bits", self.addr_bits, 32, FIELDS["addr0"].width,
                   hint="the address fields are 64 bits")
         check_pow2("beat_bytes", self.beat_bytes, 4, MAX_BEAT_BYTES,
