@@ -4,13 +4,14 @@ core's co-simulation compares against, instruction by instruction and token by
 token.
 
 It runs from a model image alone (a mapping name -> integer tensor, written by
-quantflow.compile and described by `image_spec`): packed weights are given as
-codes, scales and zero points; norms, RoPE and the sigmoid table as fixed-point
-words. Nothing is read from a float model.
+quantflow.compile and described by `image_spec`): weights as QoQ codes, scales
+and zero points; the embedding as an INT8 table; norms, RoPE, the sigmoid table
+and every activation's fraction bits as integers. Nothing is read from a float
+model.
 
 Per token block (prefill of T tokens, or T = 1 decode), per layer:
   x (X32) -> rmsnorm -> quant_a8 -> q/k/v: acc = a . w8 (golden.mixpe's integer
-  GEMM, exact) -> dequant (X32) -> rope(q, k) ->
+  GEMM, exact) -> dequant (each to its own fraction bits) -> rope(q, k) ->
   K, V requant to the KV4 unit's x_bits (frac_k / frac_v per KV head) -> append ->
   q quant_a8 per head -> (C, lsh) -> KV4 decode of each query over positions 0..p
   -> requant to X32 -> quant_a8 -> o_proj -> dequant -> residual_add ->
