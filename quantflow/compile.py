@@ -324,13 +324,16 @@ def compile_model(model="smollm2", scheme="w4a8kv4-g64", *, out=None, context: i
     t0, c0 = time.perf_counter(), time.process_time()
     sch = get_scheme(scheme)
     _check_scheme(sch)
-    lm = model if isinstance(model, LoadedModel) else load_model(model, progress=progress)
+    own = not isinstance(model, LoadedModel)
+    lm = load_model(model, progress=progress) if own else model
     if not isinstance(lm.model, LlamaForCausalLM):
         raise QuantflowError(f"the integer model runs Llama-architecture decoders; "
                              f"{lm.name!r} is {lm.arch!r}")
     cal = calibration_tokens(lm.tokenizer, text=calib_text, samples=calib_samples,
                              length=calib_length)
-    qm = quantize_model(lm, sch, calib_ids=cal, progress=progress, keep_reference=False)
+    # a model loaded here is quantized in place: no second copy in memory
+    qm = quantize_model(lm, sch, calib_ids=cal, progress=progress, keep_reference=False,
+                        copy_model=not own)
     outdir = Path(out) if out is not None else compiled_dir(lm.name, sch.name)
     man = compile_quantized(qm, cal, outdir, context=context, head_bits=head_bits,
                             model_name=lm.name)
