@@ -47,7 +47,8 @@ from golden.kv4_attention_config import (C_BITS, CMD_T_BITS, CODE_SHIFT, KV8_LEV
                                          ZERO_BITS, KV4Config, exp2_table)
 from golden.validate import expect_type
 
-from .rtl import count_width, select, tree, tree_sum, wire, zext
+from .rtl import (FSM, bit_length, count_width, rshift_round, select, tree, tree_sum, wire,
+                  zext)
 
 __all__ = ["KV4Quantizer", "KV4Attention", "KV4Unit", "cycle_model", "append_cycles",
            "token_layout", "cache_token_layout", "append_layout", "cache_layout", "cmd_layout",
@@ -107,24 +108,6 @@ def out_layout(c: KV4Config) -> data.ArrayLayout:
 
 
 # --------------------------------------------------------------------------- helpers
-def _rshift_round(m, x, s, name: str = "rsh"):
-    """Round-half-up right shift by a variable s (golden.kv4_attention.rshift_round),
-    both addends the same width. Signed x is first widened so that the half LSB
-    2**(s-1) fits for every s; for unsigned x a half beyond x's width is 0,
-    which gives the same result (x < 2**len(x) <= 2**(s-1))."""
-    smax = (1 << len(s)) - 1
-    if x.shape().signed:
-        w = max(len(x), smax + 1) + 1
-        half = Signal(signed(w), name=f"{name}_half")
-        xs = Signal(signed(w), name=f"{name}_x")
-        m.d.comb += [half.eq(((Const(1, w) << s) >> 1)[:w - 1]), xs.eq(x)]
-        return (xs + half) >> s
-    w = len(x)
-    half = Signal(w, name=f"{name}_half")
-    m.d.comb += half.eq(((Const(1, w + 1) << s) >> 1)[:w])
-    return (x + half) >> s
-
-
 def _zx(m, x, width: int, name: str):
     """x zero-extended to `width` bits in a named signal, the operand of an
     unsigned add or compare at that width (rtl.zext: where Yosys still folds
@@ -150,36 +133,10 @@ def _clamp(m, x, top: int, name: str):
     return Mux(x < 0, 0, Mux(x > top, top, x))
 
 
-def _bit_length(m, x, bits: int, name: str) -> Signal:
-    """The bit length of x's low `bits` bits (0 for none set): the highest set
-    bit wins."""
-    bl = Signal(count_width(bits), name=name)
-    for b in range(bits):
-        with m.If(x[b]):
-            m.d.comb += bl.eq(b + 1)
-    return bl
-
-
 def _z8(m, zero, recent, name: str):
     """A token's zero in the 8-bit domain: z8 as stored for a recent token, 16*z4
     (the stored low nibble shifted) for a 4-bit one."""
     return wire(m, Mux(recent, zero, zero[:KV_BITS] << CODE_SHIFT)[:ZERO_BITS], name)
-
-
-class _FSM:
-    """A state register with one `If` per state: Amaranth's m.FSM emits a
-    `casez` that Verilator's lint flags as incomplete (CASEINCOMPLETE)."""
-
-    def __init__(self, m, states, name: str):
-        self.m = m
-        self.codes = {n: i for i, n in enumerate(states)}
-        self.reg = Signal(range(len(states)), name=name)
-
-    def state(self, name: str):
-        return self.m.If(self.reg == self.codes[name])
-
-    def next(self, name: str) -> None:
-        self.m.d.sync += self.reg.eq(self.codes[name])
 
 
 def _split_lanes(lanes: int, per_cycle: int, steps: int) -> list[list[int]]:
@@ -307,7 +264,7 @@ class KV4Quantizer(wiring.Component):
         m = Module()
         r = _TokenRegs(c)
         states = ["IN"] + (["ROT"] if c.rotate else []) + ["MINMAX", "SCALE", "ZERO", "OUT"]
-        fsm = _FSM(m, states, "qstate")
+        fsm = FSM(m, states, "qstate")
         with fsm.state("IN"):          # the token's chunks beats into the buffer
             self._take_token(m, r, fsm, after=states[1])
         if c.rotate:
@@ -325,7 +282,7 @@ class KV4Quantizer(wiring.Component):
             self._emit_codes(m, r, fsm)
         return m
 
-    def _take_token(self, m, r: _TokenRegs, fsm: _FSM, after: str) -> None:
+    def _take_token(self, m, r: _TokenRegs, fsm: FSM, after: str) -> None:
         c = self.config
         m.d.comb += self.x.ready.eq(1)
         with m.If(self.x.valid):
@@ -339,7 +296,7 @@ class KV4Quantizer(wiring.Component):
                 m.d.sync += r.stage.eq(0)
                 fsm.next(after)
 
-    def _rotate_k(self, m, r: _TokenRegs, fsm: _FSM) -> None:
+    def _rotate_k(self, m, r: _TokenRegs, fsm: FSM) -> None:
         """One butterfly stage a cycle over the whole K vector; the last one
         rounds by rot_shift."""
         c = self.config
@@ -352,7 +309,7 @@ class KV4Quantizer(wiring.Component):
         with m.If(final):
             fsm.next("MINMAX")
 
-    def _min_max(self, m, r: _TokenRegs, fsm: _FSM) -> None:
+    def _min_max(self, m, r: _TokenRegs, fsm: FSM) -> None:
         """lanes-wide min and max trees (not head_dim-wide), one chunk a cycle."""
         for n in _KV:
             vals = [r.lane(n, i) for i in range(self.config.lanes)]
@@ -378,7 +335,7 @@ class KV4Quantizer(wiring.Component):
             m.d.sync += [r.z4[n].eq(_clamp(m, -t4, KV_LEVELS, f"{n}zc4")),
                          r.z8[n].eq(_clamp(m, -t8, KV8_LEVELS, f"{n}zc8"))]
 
-    def _emit_codes(self, m, r: _TokenRegs, fsm: _FSM) -> None:
+    def _emit_codes(self, m, r: _TokenRegs, fsm: FSM) -> None:
         """The lane dividers are time-shared: ql lanes per cycle, qsteps cycles
         per cache beat; the last group goes straight to the beat."""
         c = self.config
@@ -637,7 +594,7 @@ class KV4Attention(wiring.Component):
         for h in range(H):
             m.d.sync += [s4[h].eq(s3.dot[h] * s3.S),
                          s5[h].eq(s4[h] * s.cs[h]),
-                         s6.l[h].eq(_sat(m, _rshift_round(m, s5[h], lsh_eff[h], f"lr{h}"),
+                         s6.l[h].eq(_sat(m, rshift_round(m, s5[h], lsh_eff[h], f"lr{h}"),
                                          c.logit_bits, f"l{h}"))]
         return s6
 
@@ -677,11 +634,11 @@ class KV4Attention(wiring.Component):
             ei = wire(m, s7.e[h] >> lf, f"ei{h}")
             ef = s7.e[h][:lf]
             p = Mux(ei >= SHIFT_SAT, 0,
-                    _rshift_round(m, table[ef], ei[:_SHIFT_W], f"pr{h}"))[:c.p_bits]
+                    rshift_round(m, table[ef], ei[:_SHIFT_W], f"pr{h}"))[:c.p_bits]
             ps = Signal(c.p_bits, name=f"s8_p{h}")
             m.d.comb += ps.eq(p)
             with m.If(s7.v):
-                m.d.sync += s.d[h].eq(_uadd(m, _rshift_round(m, s.d[h], s7.sh[h], f"dr{h}"), ps,
+                m.d.sync += s.d[h].eq(_uadd(m, rshift_round(m, s.d[h], s7.sh[h], f"dr{h}"), ps,
                                             f"du{h}"))
             pushed += [ps, s7.sh[h]]
         m.d.comb += [tf.w_en.eq(s7.v), tf.w_data.eq(Cat(*pushed))]
@@ -711,13 +668,13 @@ class KV4Attention(wiring.Component):
                          sh.eq(Mux(vp.pl, 0, Mux(vp.first, fs, s_reg)))]
             with m.If(vp.go & vp.first):
                 m.d.sync += [w_reg.eq(w), s_reg.eq(sh),
-                             s.wz[h].eq(_uadd(m, _rshift_round(m, s.wz[h], sh, f"wzr{h}"),
+                             s.wz[h].eq(_uadd(m, rshift_round(m, s.wz[h], sh, f"wzr{h}"),
                                               w * _z8(m, v.zero, vp.rec, f"vz{h}"), f"wzu{h}"))]
             new = [Signal(c.acc_bits, name=f"accnew{h}_{i}") for i in range(c.lanes)]
             for i in range(c.lanes):
                 prod = wire(m, w * v.codes[i], f"vp{h}_{i}")
                 old = select(vp.j, [row[i] for row in s.acc[h]])
-                m.d.comb += new[i].eq(_uadd(m, _rshift_round(m, old, sh, f"ar{h}_{i}"),
+                m.d.comb += new[i].eq(_uadd(m, rshift_round(m, old, sh, f"ar{h}_{i}"),
                                             Mux(vp.pl, prod, prod << CODE_SHIFT), f"au{h}_{i}"))
             with m.If(vp.go):
                 for j in range(c.chunks):  # one If per chunk: no case statement
@@ -738,7 +695,7 @@ class KV4Attention(wiring.Component):
     def _control(self, m, s: _DecodeRegs) -> None:
         c = self.config
         qstates = ["QUERY"] + (["QROT", "QMAX", "QPUT"] if c.rotate else [])
-        fsm = _FSM(m, ["IDLE"] + qstates + ["RUN", "NORM", "DIV", "OUT"], "state")
+        fsm = FSM(m, ["IDLE"] + qstates + ["RUN", "NORM", "DIV", "OUT"], "state")
         with fsm.state("IDLE"):        # take a cmd: check it, clear the step's state
             self._take_cmd(m, s, fsm)
         with fsm.state("QUERY"):       # heads*chunks query beats
@@ -766,7 +723,7 @@ class KV4Attention(wiring.Component):
         with fsm.state("OUT"):         # (acc - wz) * R >> s, a beat every osteps cycles
             self._emit_out(m, s, fsm)
 
-    def _take_cmd(self, m, s: _DecodeRegs, fsm: _FSM) -> None:
+    def _take_cmd(self, m, s: _DecodeRegs, fsm: FSM) -> None:
         c = self.config
         m.d.comb += self.cmd.ready.eq(1)
         with m.If(self.cmd.valid):
@@ -789,7 +746,7 @@ class KV4Attention(wiring.Component):
                         m.d.sync += [a.eq(0) for a in row]
                 fsm.next("QUERY")
 
-    def _load_query(self, m, s: _DecodeRegs, fsm: _FSM) -> None:
+    def _load_query(self, m, s: _DecodeRegs, fsm: FSM) -> None:
         """Without rotate the beats go straight to qbuf and sumq; with rotate a
         head's vector is collected in qr and rotated after its last beat."""
         c = self.config
@@ -824,13 +781,13 @@ class KV4Attention(wiring.Component):
         """e = max(0, bitlen(max |qr|) - 7)."""
         mags = [wire(m, Mux(x < 0, -x, x).as_unsigned(), f"qmag{n}") for n, x in enumerate(s.qr)]
         M = wire(m, tree(m, mags, lambda a, b: Mux(a > b, a, b), "qmax"), "qM")
-        bl = _bit_length(m, M, len(M), "qbl")
+        bl = bit_length(m, M, "qbl")
         keep = ACT_BITS - 1
         m.d.sync += s.qe_cur.eq(Mux(bl > keep, bl - keep, 0))
 
-    def _put_query(self, m, s: _DecodeRegs, fsm: _FSM) -> None:
+    def _put_query(self, m, s: _DecodeRegs, fsm: FSM) -> None:
         c = self.config
-        q8 = [wire(m, _sat(m, _rshift_round(m, x, s.qe_cur, f"qrr{n}"), ACT_BITS, f"q8s{n}"),
+        q8 = [wire(m, _sat(m, rshift_round(m, x, s.qe_cur, f"qrr{n}"), ACT_BITS, f"q8s{n}"),
                    f"q8_{n}") for n, x in enumerate(s.qr)]
         qsum = Signal(signed(c.sumq_bits), name="qsum")   # |sum| <= 128 * D
         m.d.comb += qsum.eq(tree_sum(q8))
@@ -853,7 +810,7 @@ class KV4Attention(wiring.Component):
         top = c.dd_bits - 1 + c.recip_bits - c.out_frac
         for h in range(c.heads):
             dd = s.d[h] * KV8_LEVELS
-            bl = _bit_length(m, dd, c.dd_bits, f"bl{h}")
+            bl = bit_length(m, dd, f"bl{h}", c.dd_bits)
             sd = Signal(count_width(c.dd_bits), name=f"sd{h}")
             m.d.comb += sd.eq(c.dd_bits - bl)
             osh = s.osh[h]
@@ -863,7 +820,7 @@ class KV4Attention(wiring.Component):
                          s.rem[h].eq(1 << (c.dd_bits - 3)), s.R[h].eq(0)]
         m.d.sync += s.step.eq(0)
 
-    def _divide(self, m, s: _DecodeRegs, fsm: _FSM) -> None:
+    def _divide(self, m, s: _DecodeRegs, fsm: FSM) -> None:
         """R = floor(2**(dd_bits-1+recip_bits) / dn), recip_width steps."""
         c = self.config
         for h in range(c.heads):
@@ -876,7 +833,7 @@ class KV4Attention(wiring.Component):
             m.d.sync += [s.oh.eq(0), s.oj.eq(0), s.osub.eq(0)]
             fsm.next("OUT")
 
-    def _emit_out(self, m, s: _DecodeRegs, fsm: _FSM) -> None:
+    def _emit_out(self, m, s: _DecodeRegs, fsm: FSM) -> None:
         """Head and lane group are selected first, so nl multipliers serve every
         element; groups 0..osteps-2 go to obuf, the last one straight to the beat."""
         c = self.config
@@ -889,7 +846,7 @@ class KV4Attention(wiring.Component):
             a_o = wire(m, select(s.oh, per_head), f"acc_o{q}")
             diff = wire(m, a_o - wz_o, f"diff_o{q}")
             y = Signal(signed(c.out_bits), name=f"ynorm{q}")
-            m.d.comb += y.eq(_sat(m, _rshift_round(m, diff * R_o, osh_o, f"yr{q}"),
+            m.d.comb += y.eq(_sat(m, rshift_round(m, diff * R_o, osh_o, f"yr{q}"),
                                   c.out_bits, f"y{q}"))
             for k, i in enumerate(lanes_q):
                 if k < s.osteps - 1:

@@ -1,15 +1,17 @@
 """Small combinational helpers every block uses, each written once so that
 the generated Verilog is lint-clean (Verilator -Wall) everywhere.
 
-No state, no ports: functions of Amaranth values. `wire` and `tree` take the
-Module so that reused intermediate values become named signals.
+No ports: functions of Amaranth values, and the one state register `FSM`.
+`wire`, `tree`, `bit_length` and `rshift_round` take the Module so that reused
+intermediate values become named signals.
 """
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Mux, Signal, Value
+from amaranth.hdl import Cat, Const, Mux, Signal, Value, signed
 from amaranth.utils import ceil_log2
 
-__all__ = ["count_width", "is_const", "wire", "tree", "tree_sum", "select", "zext"]
+__all__ = ["count_width", "is_const", "wire", "tree", "tree_sum", "select", "zext",
+           "bit_length", "rshift_round", "FSM"]
 
 
 def count_width(max_value: int) -> int:
@@ -91,3 +93,54 @@ def zext(value, width: int):
     value = Value.cast(value)
     n = len(value)
     return value if n >= width else Cat(value, Const(0, width - n))
+
+
+def bit_length(m, x, name: str, bits: int | None = None) -> Signal:
+    """The bit length of x's low `bits` bits (all of x by default; 0 for none set)
+    in a named comb signal: the highest set bit wins."""
+    bits = len(x) if bits is None else bits
+    bl = Signal(count_width(bits), name=name)
+    for b in range(bits):
+        with m.If(x[b]):
+            m.d.comb += bl.eq(b + 1)
+    return bl
+
+
+def rshift_round(m, x, s, name: str):
+    """Round-half-up right shift by a variable s (golden.kv4_attention.rshift_round),
+    both addends the same width. Signed x is first widened so that the half LSB
+    2**(s-1) fits for every s; for unsigned x a half beyond x's width is 0,
+    which gives the same result (x < 2**len(x) <= 2**(s-1))."""
+    smax = (1 << len(s)) - 1
+    if x.shape().signed:
+        w = max(len(x), smax + 1) + 1
+        half = Signal(signed(w), name=f"{name}_half")
+        xs = Signal(signed(w), name=f"{name}_x")
+        m.d.comb += [half.eq(((Const(1, w) << s) >> 1)[:w - 1]), xs.eq(x)]
+        return (xs + half) >> s
+    w = len(x)
+    half = Signal(w, name=f"{name}_half")
+    m.d.comb += half.eq(((Const(1, w + 1) << s) >> 1)[:w])
+    return (x + half) >> s
+
+
+class FSM:
+    """A state register with one `If` per state: Amaranth's m.FSM emits a `casez`
+    that Verilator's lint flags as incomplete (CASEINCOMPLETE). `states` in code
+    order (the first is the reset state)."""
+
+    def __init__(self, m, states, name: str):
+        self.m = m
+        self.codes = {n: i for i, n in enumerate(states)}
+        self.reg = Signal(range(len(states)), name=name)
+
+    def is_(self, name: str):
+        """reg == the code of state `name`."""
+        return self.reg == self.codes[name]
+
+    def state(self, name: str):
+        """`with fsm.state(name):` the logic of that state."""
+        return self.m.If(self.is_(name))
+
+    def next(self, name: str) -> None:
+        self.m.d.sync += self.reg.eq(self.codes[name])

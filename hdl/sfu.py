@@ -58,7 +58,7 @@ from golden.sfu_config import (MANT_BITS, NORM_G_SHIFT, NW_BITS, RCP_BITS, RMS_X
                                SQRTK_BITS, X_BITS, SFUHWConfig, rsqrt_table, sigmoid_table)
 from golden.validate import check_choice, check_int, expect_type
 
-from .rtl import count_width, tree, tree_sum, wire
+from .rtl import FSM, bit_length, count_width, tree, tree_sum, wire
 
 __all__ = ["OPS", "OP_CODE", "BUFFERED", "CMD_K_BITS", "DEPTH", "DIV_STEPS", "SFU",
            "elem_layout", "in_layout", "out_layout", "cmd_layout", "param_layout",
@@ -243,7 +243,9 @@ def _rsr(x, s: int):
 
 def _rsr_var(m, x, s, name: str):
     """rshift_round of signed x by a variable s: the half LSB 2**(s-1) added at a
-    width that holds it for every s, then an arithmetic shift."""
+    width that holds it for every s, then an arithmetic shift. (hdl.rtl.rshift_round
+    adds at one bit less where len(x) > 2**len(s) - 1, and treats unsigned x apart:
+    the same values, other Verilog; this is the SFU's verified form.)"""
     w = max(len(x), (1 << len(s)) - 1) + 2
     half = Signal(signed(w), name=f"{name}_half")
     xs = Signal(signed(w), name=f"{name}_x")
@@ -254,15 +256,6 @@ def _rsr_var(m, x, s, name: str):
 def _abs32(m, x, name: str) -> Signal:
     """|x| of a signed 32-bit x as unsigned 32 bits (2**31 for -2**31)."""
     return wire(m, Mux(x < 0, -x, x)[:X_BITS], name)
-
-
-def _bit_length(m, x, name: str) -> Signal:
-    """Bit length of unsigned x (0 for 0): the highest set bit wins."""
-    bl = Signal(count_width(len(x)), name=name)
-    for b in range(len(x)):
-        with m.If(x[b]):
-            m.d.comb += bl.eq(b + 1)
-    return bl
 
 
 def _sx(m, x, width: int, name: str) -> Signal:
@@ -276,25 +269,6 @@ def _sx(m, x, width: int, name: str) -> Signal:
 
 def _clamp(x, lo, hi):
     return Mux(x > hi, hi, Mux(x < lo, lo, x))
-
-
-class _FSM:
-    """A state register with one `If` per state (Amaranth's m.FSM emits a casez that
-    Verilator's lint flags as incomplete)."""
-
-    def __init__(self, m, states, name: str):
-        self.m = m
-        self.codes = {n: i for i, n in enumerate(states)}
-        self.reg = Signal(range(len(states)), name=name)
-
-    def is_(self, name: str):
-        return self.reg == self.codes[name]
-
-    def state(self, name: str):
-        return self.m.If(self.is_(name))
-
-    def next(self, name: str) -> None:
-        self.m.d.sync += self.reg.eq(self.codes[name])
 
 
 _STATES = ("IDLE", "IN", "SCALE", "DIV", "RUN", "GAIN", "EMIT")
@@ -371,7 +345,7 @@ class SFU(wiring.Component):
         m = Module()
         r = _Regs(self.config)
         r.decode(m)
-        fsm = _FSM(m, _STATES, "state")
+        fsm = FSM(m, _STATES, "state")
         adv = wire(m, ~r.v[-1] | self.out.ready, "adv")
         r.run = wire(m, fsm.is_("RUN"), "run")
         mem = self._memories(m, r, fsm, adv)     # buffers and ROMs, their ports
@@ -389,7 +363,7 @@ class SFU(wiring.Component):
         return m
 
     # ---------------- memories
-    def _memories(self, m, r: _Regs, fsm: _FSM, adv) -> SimpleNamespace:
+    def _memories(self, m, r: _Regs, fsm: FSM, adv) -> SimpleNamespace:
         """The vector buffer (x.a and x.b of every element, written in the IN pass;
         a has a second read port for rope's partner), the sigmoid ROM (one read port
         per lane) and the reciprocal-square-root ROM."""
@@ -435,7 +409,7 @@ class SFU(wiring.Component):
         return mm
 
     # ---------------- control
-    def _control(self, m, r: _Regs, fsm: _FSM, adv) -> None:
+    def _control(self, m, r: _Regs, fsm: FSM, adv) -> None:
         m.d.comb += [self.busy.eq(~fsm.is_("IDLE")), self.cmd.ready.eq(fsm.is_("IDLE"))]
         with m.If(r.sc_valid & self.out.ready):
             m.d.sync += r.sc_valid.eq(0)
@@ -460,7 +434,7 @@ class SFU(wiring.Component):
         m.d.sync += r.rc127.eq(Mux(r.mn == 0, 0, (qs << (ACT_BITS - 1)) - qs))
         self._shift_decode(m, r)
 
-    def _take_cmd(self, m, r: _Regs, fsm: _FSM) -> None:
+    def _take_cmd(self, m, r: _Regs, fsm: FSM) -> None:
         c = self.config
         cmd = self.cmd.payload
         p = cmd.p
@@ -482,7 +456,7 @@ class SFU(wiring.Component):
             with m.Else():
                 self._start(m, r, fsm, cmd, buffered)
 
-    def _start(self, m, r: _Regs, fsm: _FSM, cmd, buffered) -> None:
+    def _start(self, m, r: _Regs, fsm: FSM, cmd, buffered) -> None:
         c = self.config
         p = cmd.p
         op = cmd.op
@@ -504,7 +478,7 @@ class SFU(wiring.Component):
         with m.Else():
             fsm.next("RUN")
 
-    def _fill(self, m, r: _Regs, fsm: _FSM) -> None:
+    def _fill(self, m, r: _Regs, fsm: FSM) -> None:
         """One beat a cycle into the buffer (the write port is driven in
         _memories); max|x| over the lanes and beats."""
         c = self.config
@@ -528,10 +502,10 @@ class SFU(wiring.Component):
                 with m.Else():
                     fsm.next("SCALE")
 
-    def _scale(self, m, r: _Regs, fsm: _FSM) -> None:
+    def _scale(self, m, r: _Regs, fsm: FSM) -> None:
         """quant_a8: (mn, L) = token_scale, the TS beat, the divider's start;
         rmsnorm: k = max(0, bitlen(max|x|) - 20), then the sum-of-squares pass."""
-        bl = _bit_length(m, r.amax, "amax_bl")
+        bl = bit_length(m, r.amax, "amax_bl")
         L = wire(m, bl - MANT_BITS, "ts_L")                       # -16 .. 16
         zero = r.amax == 0
         am = _sx(m, r.amax, X_BITS + 1, "amax_s")
@@ -550,7 +524,7 @@ class SFU(wiring.Component):
                          r.src_buf.eq(1), r.sq.eq(1)]
             fsm.next("RUN")
 
-    def _divide(self, m, r: _Regs, fsm: _FSM) -> None:
+    def _divide(self, m, r: _Regs, fsm: FSM) -> None:
         """Restoring division: rem starts at 2**31 >> 17 = 2**14 < mn (the quotient's
         bits above 16 are 0), then DIV_STEPS steps bring down the zero bits."""
         r2 = _sx(m, Cat(Const(0, 1), r.rem), MANT_BITS + 3, "div_r2")
@@ -563,7 +537,7 @@ class SFU(wiring.Component):
             m.d.sync += [r.j.eq(0), r.src_buf.eq(1)]
             fsm.next("RUN")
 
-    def _run(self, m, r: _Regs, fsm: _FSM, adv) -> None:
+    def _run(self, m, r: _Regs, fsm: FSM, adv) -> None:
         """The pass ends when every beat is in and the pipeline has emptied (the
         last out beat transfers in this cycle)."""
         busy = r.v[0]
@@ -580,7 +554,7 @@ class SFU(wiring.Component):
             with m.Else():
                 fsm.next("IDLE")
 
-    def _gain(self, m, r: _Regs, fsm: _FSM) -> None:
+    def _gain(self, m, r: _Regs, fsm: FSM) -> None:
         """rmsnorm's per-token gain (golden.sfu._rms_gain) on one shared multiplier:
         each product is registered in one cycle and rounded into its target in the
         next (gain_cycles)."""
@@ -601,7 +575,7 @@ class SFU(wiring.Component):
         with m.If(st == 0):
             m.d.sync += g.T.eq(_clamp(r.Q + _rsr_var(m, r.E, Cat(Const(0, 1), r.kx), "e_r"),
                                       1, (1 << len(g.T)) - 1))
-        bl = _bit_length(m, g.T, "t_bl")
+        bl = bit_length(m, g.T, "t_bl")
         p = wire(m, (bl - (RSQRT_M_BITS - 1)) >> 1, "g_p")
         pm = p.as_unsigned()[:count_width(len(g.T))]
         Ts = _sx(m, g.T, len(g.T) + 1, "g_T_s")
