@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from golden.kv4_attention_config import KV4Config
 from golden.mixpe_config import MIXPE_MAX_K, MIXPE_WEIGHT_BITS, check_reduction
 from golden.sfu_config import SFUConfig
-from golden.validate import check_choice, check_counts, check_int, expect_type
+from golden.validate import (check_choice, check_counts, check_int, check_multiple,
+                            expect_type)
 
 __all__ = ["DecoderConfig", "LINEARS", "ATTN_LINEARS", "MLP_LINEARS", "FRAC_SLOTS",
            "ACT_FRAC_MAX"]
@@ -83,9 +84,8 @@ class DecoderConfig:
             check_reduction(K, self.group, MIXPE_MAX_K)
         check_reduction(self.hidden, self.head_group, MIXPE_MAX_K)
         check_int("embed_group", self.embed_group, 1, self.hidden)
-        if self.hidden % self.embed_group:
-            raise ValueError(f"hidden={self.hidden} is not a multiple of embed_group="
-                             f"{self.embed_group}; choose a divisor of hidden")
+        check_multiple("hidden", self.hidden, "embed_group", self.embed_group,
+                       hint="choose a divisor of hidden")
         expect_type("sfu", self.sfu, SFUConfig)
         expect_type("kv4", self.kv4, KV4Config)
         if self.kv4.head_dim != self.head_dim:

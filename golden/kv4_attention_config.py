@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 
 from golden.formats import ACT_BITS, INT8_ABS_MAX
-from golden.validate import check_bool, check_choice, check_int
+from golden.validate import check_bool, check_choice, check_int, check_multiple
 
 
 #: K/V cache codes: 4-bit unsigned, levels 0..15, per token and head asymmetric.
@@ -84,10 +84,9 @@ class KV4Config:
         check_int("head_dim", self.head_dim)
         check_choice("head_dim", self.head_dim, KV4_HEAD_DIMS)
         check_int("lanes", self.lanes, 1)
-        if self.head_dim % self.lanes:
-            raise ValueError(
-                f"head_dim={self.head_dim} is not a multiple of lanes={self.lanes}; choose "
-                f"lanes that divide head_dim, e.g. lanes={math.gcd(self.head_dim, self.lanes)}")
+        check_multiple("head_dim", self.head_dim, "lanes", self.lanes,
+                       hint=f"choose lanes that divide head_dim, e.g. "
+                            f"lanes={math.gcd(self.head_dim, self.lanes)}")
         check_int("max_t", self.max_t, 1, KV4_MAX_T, hint="split the context over several units")
         check_int("heads", self.heads, 1, KV4_MAX_HEADS,
                   hint="heads counts the query heads of one KV head (a GQA group)")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from golden.formats import (ACC_BITS, ACT_BITS, INT8_ABS_MAX, SCALE_PAIR_BITS, W8_ABS_MAX,
                             int32_safe_terms)
 from golden.mixpe_config import MIXPE_GROUP_RANGE, check_reduction
-from golden.validate import check_bool, check_choice, check_counts, check_int
+from golden.validate import check_bool, check_choice, check_counts, check_int, check_multiple
 
 __all__ = ["LUT_K_CHUNK", "LUT_STORED_ENTRIES", "LUT_PLANE_BITS", "LUT_MAX_PLANES",
            "LUT_MAX_K", "LUTConfig", "LUTMode", "MODES"]
@@ -118,10 +118,9 @@ class LUTConfig:
         lo, hi = MIXPE_GROUP_RANGE
         check_int("group", self.group, lo, hi,
                   hint="as MixPE's, so the same quantized weights run on both")
-        if self.cols % self.lanes:
-            raise ValueError(f"cols={self.cols} is not a multiple of lanes={self.lanes}; "
-                             f"choose lanes dividing cols (e.g. lanes="
-                             f"{max(d for d in range(1, self.lanes + 1) if self.cols % d == 0)})")
+        check_multiple("cols", self.cols, "lanes", self.lanes,
+                       hint=f"choose lanes dividing cols (e.g. lanes="
+                            f"{max(d for d in range(1, self.lanes + 1) if self.cols % d == 0)})")
         if self.group % LUT_K_CHUNK:
             raise ValueError(f"group={self.group} is not a multiple of {LUT_K_CHUNK} (one "
                              f"table covers {LUT_K_CHUNK} activations); use a multiple of 4")

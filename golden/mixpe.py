@@ -25,7 +25,7 @@ import torch
 from golden.formats import ACT_MAX, ACT_MIN, SCALE_BITS, SCALE_MAX
 from golden.mixpe_config import MixPEConfig
 from golden.tensors import check_dims, check_range, check_shape, int_tensor, wrap_int32
-from golden.validate import check_int, expect_type
+from golden.validate import check_int, check_multiple, expect_type
 
 __all__ = [
     "shift_add_product",
@@ -96,9 +96,7 @@ def dequant_w8(q, s2, z, group: int) -> torch.Tensor:
     z = int_tensor("z", z)
     check_dims("q", q, 2, "[N, K]")
     N, K = q.shape
-    if K % group:
-        raise ValueError(f"K={K} is not a multiple of group={group}; choose a group that "
-                         f"divides K")
+    check_multiple("K", K, "group", group, hint="choose a group that divides K")
     check_shape("s2", s2, (N, K // group), "[N, K/group]")
     check_shape("z", z, (N, K // group), "[N, K/group]")
     return (q - z.repeat_interleave(group, dim=1)) * s2.repeat_interleave(group, dim=1)

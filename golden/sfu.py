@@ -34,7 +34,7 @@ from golden.sfu_config import (INT64_SAFE_BITS, MANT_BITS, NORM_G_SHIFT, NW_BITS
                                RSQRT_M_BITS, S1_BITS, SQRTK_BITS, X_BITS, SFUConfig, rms_eps,
                                rsqrt_table, sigmoid_table, sqrt_k)
 from golden.tensors import check_dims, check_range, check_shape, int_tensor
-from golden.validate import check_int, expect_type
+from golden.validate import check_int, check_multiple, expect_type
 
 __all__ = [
     # helpers
@@ -236,8 +236,7 @@ def embed_quantize(E, group: int) -> tuple[torch.Tensor, torch.Tensor, int]:
     E = _float_tensor("E", E, 2, "[V, H]")
     V, H = E.shape
     check_int("group", group, 1, H)
-    if H % group:
-        raise ValueError(f"H={H} is not a multiple of group={group}; choose a divisor of H")
+    check_multiple("H", H, "group", group, hint="choose a divisor of H")
     Eg = E.reshape(V, H // group, group)
     s = Eg.abs().amax(-1) / ACT_QMAX
     codes = torch.round(Eg / torch.where(s > 0, s, 1.0).unsqueeze(-1)).clamp(-ACT_QMAX, ACT_QMAX)

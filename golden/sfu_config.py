@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from golden.formats import ACC_BITS
-from golden.validate import check_int, check_pow2
+from golden.validate import check_int, check_multiple, check_pow2
 
 __all__ = ["X_BITS", "MANT_BITS", "S1_BITS", "NW_BITS", "ROPE_FRAC", "ROPE_BITS",
            "RCP_BITS", "INT64_SAFE_BITS", "RMS_XS_BITS", "RMS_MAX_K", "RSQRT_M_BITS",
@@ -210,9 +210,8 @@ class SFUHWConfig(SFUConfig):
                    hint="elements per beat; every lane has its own multipliers")
         check_int("max_k", self.max_k, 2, SFU_MAX_BUFFER,
                   hint="the longest buffered vector (hidden size, intermediate size)")
-        if self.max_k % self.lanes:
-            raise ValueError(f"max_k={self.max_k} is not a multiple of lanes={self.lanes}; "
-                             f"the buffer holds whole beats: round max_k up")
+        check_multiple("max_k", self.max_k, "lanes", self.lanes,
+                       hint="the buffer holds whole beats: round max_k up")
 
     @property
     def buffer_beats(self) -> int:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Iterable
 
-__all__ = ["check_int", "check_counts", "check_bool", "check_choice", "check_pow2",
-           "expect_type"]
+__all__ = ["check_int", "check_counts", "check_multiple", "check_bool", "check_choice",
+           "check_pow2", "expect_type"]
 
 
 def check_int(name: str, value, lo: int | None = None, hi: int | None = None,
@@ -32,6 +32,16 @@ def check_counts(obj, *names: str) -> None:
     >= 1 (check_int), checked in the order given."""
     for name in names:
         check_int(name, getattr(obj, name), 1)
+
+
+def check_multiple(name: str, value: int, of: str, divisor: int, *, hint: str = "") -> int:
+    """`value` (an int, checked by the caller) a whole multiple of `divisor`, the
+    value named `of`: ValueError "<name>=<value> is not a multiple of <of>=<divisor>"
+    and the hint otherwise."""
+    if value % divisor:
+        raise ValueError(f"{name}={value} is not a multiple of {of}={divisor}"
+                         f"{'; ' + hint if hint else ''}")
+    return value
 
 
 def check_bool(name: str, value) -> bool:

@@ -56,7 +56,7 @@ from golden.formats import ACT_BITS
 from golden.sfu_config import (MANT_BITS, NORM_G_SHIFT, NW_BITS, RCP_BITS, RMS_XS_BITS,
                                ROPE_BITS, ROPE_FRAC, RSQRT_FRAC, RSQRT_M_BITS, S1_BITS,
                                SQRTK_BITS, X_BITS, SFUHWConfig, rsqrt_table, sigmoid_table)
-from golden.validate import check_choice, check_int, expect_type
+from golden.validate import check_choice, check_int, check_multiple, expect_type
 
 from .rtl import FSM, bit_length, count_width, tree, tree_sum, wire
 
@@ -221,8 +221,7 @@ def cycle_model(config: SFUHWConfig, op: str, k: int) -> int:
     check_choice("op", op, OPS)
     hi = c.max_k if op in BUFFERED else (1 << CMD_K_BITS) - 1
     check_int("k", k, c.lanes, hi)
-    if k % c.lanes:
-        raise ValueError(f"k={k} is not a multiple of lanes={c.lanes}")
+    check_multiple("k", k, "lanes", c.lanes)
     n = k // c.lanes
     if op == "argmax":
         return n + 5
