@@ -67,14 +67,21 @@ def _fields(*rows) -> Mapping[str, Field]:
     return MappingProxyType(out)
 
 
+def _family(width: int, signed: bool, **docs: str) -> tuple:
+    """The rows of fields that share one width and signedness, in order: the
+    buffer selectors (CoreConfig bounds `buffers` by dst's), the fraction fields and
+    the addresses (`addr_bits` bounded by addr0's)."""
+    return tuple((name, width, signed, doc) for name, doc in docs.items())
+
+
+_ADDRS = ("addr0", "addr1", "addr2", "addr3")
 #: The field map, low bits first (a None row is reserved: must be zero).
 FIELDS = _fields(
     ("op", 8, False, "opcode (OPCODES); 0 is no opcode, so zeroed memory traps"),
     ("flags", 8, False, "LINEAR: FLAG_RES (add src2)"),
-    ("dst", 4, False, "destination buffer"),
-    ("src", 4, False, "source buffer"),
-    ("src2", 4, False, "second source buffer (SwiGLU's up, ADD's addend, LINEAR's residual, "
-                       "KV_APPEND's V)"),
+    *_family(4, False, dst="destination buffer", src="source buffer",
+             src2="second source buffer (SwiGLU's up, ADD's addend, LINEAR's residual, "
+                  "KV_APPEND's V)"),
     (None, 4, False, "reserved"),
     ("n", 20, False, "elements per token written (a linear's N, a vector's length)"),
     ("k", 20, False, "a linear's reduction length K"),
@@ -82,22 +89,18 @@ FIELDS = _fields(
     ("heads", 5, False, "heads of D = kv4.head_dim elements (ROPE, ATTEND)"),
     ("col", 16, False, "first buffer column (element) of a KV head's slice"),
     ("e", 12, True, "shift e of S1 (LINEAR), the embedding's e, RMSNorm's e_w"),
-    ("in_frac", 8, True, "fraction bits of src (X32)"),
-    ("in_frac2", 8, True, "fraction bits of src2 (KV_APPEND's V, SWIGLU's up)"),
-    ("out_frac", 8, True, "fraction bits of the result (X32)"),
-    ("frac_k", 8, True, "the KV4 unit's K input fraction bits"),
-    ("frac_v", 8, True, "the KV4 unit's V input fraction bits"),
+    *_family(8, True, in_frac="fraction bits of src (X32)",
+             in_frac2="fraction bits of src2 (KV_APPEND's V, SWIGLU's up)",
+             out_frac="fraction bits of the result (X32)",
+             frac_k="the KV4 unit's K input fraction bits",
+             frac_v="the KV4 unit's V input fraction bits"),
     ("ctx", 20, False, "rows of the table or cache at addr0/addr1: positions (ROPE, "
                        "KV_APPEND, ATTEND) or the vocabulary (EMBED)"),
     ("E", 52, False, "RMSNorm's eps in sum-of-squares units (golden.sfu_config.rms_eps)"),
     ("SK", 24, False, "RMSNorm's sqrt(K) mantissa (golden.sfu_config.sqrt_k)"),
     ("es", 6, True, "RMSNorm's sqrt(K) exponent"),
-    ("addr0", 64, False, "byte address"),
-    ("addr1", 64, False, "byte address"),
-    ("addr2", 64, False, "byte address"),
-    ("addr3", 64, False, "byte address"),
+    *_family(64, False, **dict.fromkeys(_ADDRS, "byte address")),
 )
-_ADDRS = ("addr0", "addr1", "addr2", "addr3")
 
 #: Execution units by the opcode's high nibble: the sequencer dispatches on it.
 UNITS = MappingProxyType({0: "sequencer", 1: "sfu", 2: "linear", 3: "kv4"})
