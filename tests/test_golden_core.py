@@ -28,21 +28,17 @@ from golden.decoder import IntegerDecoder
 from golden.kv4_attention_config import KV4Config
 from golden.sfu import residual_add, swiglu
 from golden.sfu_config import SFUHWConfig, sqrt_k
-from quantflow.compile import compile_quantized
 from quantflow.errors import QuantflowError
-from quantflow.fakequant import quantize_model
-from quantflow.models import LlamaConfig
 from quantflow.program import (CompiledImage, build_memory, compile_program, core_for,
                                read_hidden, read_logits, read_next_tokens, write_hidden,
                                write_tokens)
-from helpers.tiny_llama import tiny_llama
+from helpers.tiny_llama import tiny_config, tiny_image, tiny_quantized, token_ids
 
 torch.set_num_threads(1)
 
 # two KV heads of two query heads each: per-head cache regions and GQA columns
-CFG = LlamaConfig(vocab_size=61, hidden_size=128, intermediate_size=192, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, rope_theta=10000.0)
-IDS = torch.randint(0, CFG.vocab_size, (3, 40), generator=torch.Generator().manual_seed(5))
+CFG = tiny_config(heads=4, kv_heads=2)
+IDS = token_ids(CFG, 3, 40, seed=5)
 CONTEXT = 48
 SMOLLM2 = Path("build/compiled/smollm2-w4a8kv4-g64-plain")
 
@@ -51,10 +47,8 @@ SMOLLM2 = Path("build/compiled/smollm2-w4a8kv4-g64-plain")
 def built(request, tmp_path_factory):
     """(image, core, program, decoder) of the tiny Llama under a scheme with the
     Hadamard rotation and the 8-bit recent window, and under the plain one."""
-    qm = quantize_model(tiny_llama(CFG, seed=0), request.param, calib_ids=IDS, progress=False)
-    d = tmp_path_factory.mktemp("img") / "tiny"
-    compile_quantized(qm, IDS, d, context=CONTEXT, model_name="tiny")
-    img = CompiledImage.from_dir(d)
+    qm = tiny_quantized(CFG, request.param, IDS, seed=0)
+    img = tiny_image(qm, IDS, tmp_path_factory.mktemp("img") / "tiny", context=CONTEXT)
     core = core_for(img.config, max_tokens=16)
     return img, core, compile_program(img, core), IntegerDecoder(img.config, img.tensors)
 

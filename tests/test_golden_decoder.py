@@ -16,22 +16,18 @@ from golden.mixpe import mixpe_acc
 from golden.mixpe_config import MixPEConfig
 from golden.sfu import quant_a8, requant
 from quantflow.compile import build_tensors, decoder_config
-from quantflow.fakequant import quantize_model
-from quantflow.models import LlamaConfig
-from helpers.tiny_llama import tiny_llama
+from helpers.tiny_llama import tiny_config, tiny_quantized, token_ids
 
 torch.set_num_threads(1)
 
-CFG = LlamaConfig(vocab_size=61, hidden_size=128, intermediate_size=192, num_hidden_layers=2,
-                  num_attention_heads=2, num_key_value_heads=1, rope_theta=10000.0)
-IDS = torch.randint(0, CFG.vocab_size, (3, 40), generator=torch.Generator().manual_seed(5))
+CFG = tiny_config(heads=2, kv_heads=1)
+IDS = token_ids(CFG, 3, 40, seed=5)
 CONTEXT = 48
 
 
 @pytest.fixture(scope="module")
 def built():
-    m = tiny_llama(CFG, seed=0)
-    qm = quantize_model(m, "w4a8kv4-g64", calib_ids=IDS, progress=False)
+    qm = tiny_quantized(CFG, "w4a8kv4-g64", IDS, seed=0)
     config = decoder_config(qm.model, qm.scheme, context=CONTEXT, head_bits=8)
     tensors = {k: torch.from_numpy(v) for k, v in build_tensors(qm, config, IDS).items()}
     return qm, config, tensors, IntegerDecoder(config, tensors)

@@ -11,30 +11,23 @@ import torch
 from golden.core import execute, first_mismatch
 from golden.core_config import (INSTR_BYTES, MEM_ALIGN, Registers, bytes_to_words, decode,
                                 kv_region_bytes)
-from quantflow.compile import compile_quantized
 from quantflow.errors import QuantflowError
-from quantflow.fakequant import quantize_model
-from quantflow.models import LlamaConfig
-from quantflow.program import (REGION_ALIGN, CompiledImage, build_memory, compile_program,
-                               core_for, linear_tiling, read_hidden, read_next_tokens,
-                               write_hidden, write_tokens)
-from helpers.tiny_llama import tiny_llama
+from quantflow.program import (REGION_ALIGN, build_memory, compile_program, core_for,
+                               linear_tiling, read_hidden, read_next_tokens, write_hidden,
+                               write_tokens)
+from helpers.tiny_llama import tiny_config, tiny_image, tiny_quantized, token_ids
 
 torch.set_num_threads(1)
 
-CFG = LlamaConfig(vocab_size=61, hidden_size=128, intermediate_size=192, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, rope_theta=10000.0)
-IDS = torch.randint(0, CFG.vocab_size, (2, 32), generator=torch.Generator().manual_seed(3))
+CFG = tiny_config(heads=4, kv_heads=2)
+IDS = token_ids(CFG, 2, 32, seed=3)
 CONTEXT = 40
 
 
 @pytest.fixture(scope="module")
 def img(tmp_path_factory):
-    qm = quantize_model(tiny_llama(CFG, seed=2), "w4a8kv4-g64-plain", calib_ids=IDS,
-                        progress=False)
-    d = tmp_path_factory.mktemp("img") / "tiny"
-    compile_quantized(qm, IDS, d, context=CONTEXT, model_name="tiny")
-    return CompiledImage.from_dir(d)
+    qm = tiny_quantized(CFG, "w4a8kv4-g64-plain", IDS, seed=2)
+    return tiny_image(qm, IDS, tmp_path_factory.mktemp("img") / "tiny", context=CONTEXT)
 
 
 def _run(img, core, prog, ids):
