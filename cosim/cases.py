@@ -1,7 +1,8 @@
-"""What the co-simulation cases of the tiled GEMM blocks (MixPE, LUT) share:
-the compared-MAC floor, the tiled workload, where a real model layer's data
-comes from, and the tile split that meets the floor. Each block's own cases
-and plan live in its module (cosim/mixpe.py, cosim/lut.py).
+"""What the co-simulation cases share: the seed and stream randomness of every
+stream case; for the tiled GEMM blocks (MixPE, LUT) the compared-MAC floor, the
+tiled workload, where a real model layer's data comes from, and the tile split
+that meets the floor. Each block's own cases and plan live in its module
+(cosim/mixpe.py, cosim/lut.py, cosim/kv4_attention.py, cosim/sfu.py).
 """
 from __future__ import annotations
 
@@ -9,23 +10,49 @@ from dataclasses import dataclass
 
 from golden.validate import check_counts, expect_type
 
-__all__ = ["MIN_MACS", "TiledCase", "RealLayer", "tiles_for"]
+from cosim.flow import is_ideal
+
+__all__ = ["MIN_MACS", "StreamCase", "TiledCase", "RealLayer", "tiles_for"]
 
 #: Compared MACs per configuration in `make sim`.
 MIN_MACS = 100_000
 
 
 @dataclass(frozen=True, kw_only=True)
-class TiledCase:
+class StreamCase:
+    """A case driven through streams: `seed` draws its data and its streams'
+    random patterns; p_idle / p_stall 0 make it ideal (the cycle model is then
+    enforced)."""
+    seed: int = 1
+    #: probability that a source holds `valid` low in a cycle (each stream on its own)
+    p_idle: float = 0.0
+    #: probability that the result sink holds `ready` low in a cycle
+    p_stall: float = 0.0
+
+    @property
+    def ideal(self) -> bool:
+        return is_ideal({"p_idle": self.p_idle, "p_stall": self.p_stall})
+
+    @property
+    def path(self) -> str:
+        """The records' path: "stream-ideal" or "stream"."""
+        return "stream-ideal" if self.ideal else "stream"
+
+    @property
+    def pressure(self) -> str:
+        """The case name's part for its streams: "ideal" or "bp<p_stall in %>"."""
+        return "ideal" if self.ideal else f"bp{int(self.p_stall * 100)}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TiledCase(StreamCase):
     """A workload of m_tiles x n_tiles array tiles, M = m_tiles * config.rows
-    activation rows, N = n_tiles * config.cols output channels, K = config.K."""
+    activation rows, N = n_tiles * config.cols output channels, K = config.K;
+    streams with idle cycles and back-pressure unless told otherwise."""
     config: object
     m_tiles: int
     n_tiles: int
-    seed: int = 1
-    #: probability that a source holds `valid` low in a cycle (each stream on its own)
     p_idle: float = 0.2
-    #: probability that the result sink holds `ready` low in a cycle
     p_stall: float = 0.3
 
     def _check_case(self, config_cls: type) -> None:

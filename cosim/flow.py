@@ -1,6 +1,7 @@
 """The per-block co-simulation flow, written once: where case data lives, the
-cached export (reuse a verified image directory, else export it again), one
-testbench run on a build, and the record's build fields.
+cached export (reuse a verified image directory, else export it again), the
+build of an hdl.generate design, one testbench run on a build (or one run of a
+unit's list of cases), the record's build fields and make sim's item of a case.
 
 A block module (cosim/<block>.py) supplies what is its own: how to export and
 load its images, the job its testbench reads, and its record.
@@ -12,7 +13,8 @@ from typing import Callable
 
 from cosim import runner
 
-__all__ = ["DATA_ROOT", "cached_export", "run_on", "is_ideal", "with_build"]
+__all__ = ["DATA_ROOT", "cached_export", "build_design", "run_on", "run_case_list",
+           "first_case", "is_ideal", "with_build", "case_item"]
 
 #: Exported case data of `make sim` and the cosim tests: build/sim/data/<case>.
 DATA_ROOT = runner.REPO_ROOT / "build" / "sim" / "data"
@@ -36,12 +38,37 @@ def cached_export(outdir: Path, *, load: Callable[[Path], object],
     return outdir
 
 
+def build_design(design: tuple[str, Callable[[], object]], *, sim: str | None = None,
+                 waves: bool | None = None) -> runner.Build:
+    """The simulator build of an hdl.generate design (module name, factory)."""
+    from hdl.generate import verilog
+    name, factory = design
+    return runner.build(verilog(factory(), name), name, sim=sim, waves=waves)
+
+
 def run_on(b: runner.Build, test_module: str, job: dict) -> dict:
     """One testbench run of `job` on build `b`; the result carries the build's
     cache fields (build_cached, build_seconds)."""
     res = runner.run(b, test_module=test_module, job=job)
     res["build_cached"], res["build_seconds"] = b.cached, b.build_seconds
     return res
+
+
+def run_case_list(b: runner.Build, test_module: str, config, jobs: list[dict],
+                  seed: int) -> dict:
+    """One simulation of a unit's list of case `jobs` on build `b` (the testbench's
+    job: the unit's `config` fields, `seed` and the cases; cosim.tb.streams.
+    run_case_list runs them)."""
+    return run_on(b, test_module, {"config": config.as_dict(), "seed": seed, "cases": jobs})
+
+
+def first_case(res: dict) -> dict:
+    """The first case's result of a run_case_list run, failed with the run's
+    errors when the run as a whole failed (a crash, a case that raised)."""
+    r = res["cases"][0]
+    if not res.get("passed"):
+        r = {**r, "passed": False, "errors": res.get("errors", [])}
+    return r
 
 
 def is_ideal(res: dict) -> bool:
@@ -55,3 +82,11 @@ def with_build(rec: dict, b: runner.Build) -> dict:
     rec["build_seconds"] = round(b.build_seconds, 1)
     rec["build_cached"] = b.cached
     return rec
+
+
+def case_item(block: str, case, run: Callable[[], dict], *, macs: int, peak: int):
+    """make sim's cosim.blocks.SimItem of a stream case (cosim.cases.StreamCase
+    with a config and a name) that `run()` records."""
+    from cosim.blocks import SimItem
+    return SimItem(block=block, name=case.name, path=case.path, config=case.config.as_dict(),
+                   macs=macs, peak_macs_per_cycle=peak, run=run)

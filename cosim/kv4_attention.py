@@ -19,7 +19,8 @@ from golden.validate import check_bool, check_choice, check_int, expect_type
 from quattro_fs import atomic_write_bytes
 
 from cosim import runner
-from cosim.flow import DATA_ROOT, is_ideal, run_on, with_build
+from cosim.cases import StreamCase
+from cosim.flow import DATA_ROOT, build_design, case_item, first_case, run_case_list, with_build
 from cosim.report import make_record
 
 __all__ = ["KV4Case", "FIXTURE", "REAL_MODEL", "PLAN_CONFIGS", "default_plan", "prepare_data",
@@ -31,7 +32,7 @@ REAL_MODEL = "smollm2"
 
 
 @dataclass(frozen=True, kw_only=True)
-class KV4Case:
+class KV4Case(StreamCase):
     """One decode step: `source` "random" (seeded K/V with outlier channels and
     a large first token) or "real" (the SmolLM2 fixture: KV head `kv_head`, the
     query at position T-1). p_idle / p_stall: random source idle cycles and
@@ -39,10 +40,7 @@ class KV4Case:
     config: KV4Config
     source: str = "random"
     T: int = 64
-    seed: int = 1
     kv_head: int = 0
-    p_idle: float = 0.0
-    p_stall: float = 0.0
     overflow_check: bool = False
 
     def __post_init__(self):
@@ -55,20 +53,15 @@ class KV4Case:
                              f"max_t={self.config.max_t}; set T=max_t")
 
     @property
-    def ideal(self) -> bool:
-        return is_ideal({"p_idle": self.p_idle, "p_stall": self.p_stall})
-
-    @property
     def macs(self) -> int:
         """K side and V side: 2 * heads * T * head_dim."""
         return 2 * self.config.heads * self.T * self.config.head_dim
 
     @property
     def name(self) -> str:
-        bp = "ideal" if self.ideal else f"bp{int(self.p_stall * 100)}"
         src = f"real-{REAL_MODEL}-kvh{self.kv_head}" if self.source == "real" else \
             f"rand-s{self.seed}"
-        return f"{self.config.name()}_{src}_T{self.T}_{bp}"
+        return f"{self.config.name()}_{src}_T{self.T}_{self.pressure}"
 
 
 def _inputs(case: KV4Case):
@@ -125,9 +118,8 @@ def prepare_data(case: KV4Case, *, root: Path | None = None) -> Path:
 
 
 def unit_build(config: KV4Config, *, sim: str | None = None) -> runner.Build:
-    from hdl.generate import kv4_factory, verilog
-    name, factory = kv4_factory(config)
-    return runner.build(verilog(factory(), name), name, sim=sim)
+    from hdl.generate import kv4_factory
+    return build_design(kv4_factory(config), sim=sim)
 
 
 def case_job(case: KV4Case, *, root: Path | None = None) -> dict:
@@ -139,8 +131,7 @@ def case_job(case: KV4Case, *, root: Path | None = None) -> dict:
 def run_cases(config: KV4Config, jobs: list[dict], *, build: runner.Build | None = None,
               seed: int = 1, sim: str | None = None) -> dict:
     """One simulation of `jobs` (case_job dicts or {"kind": "bad_t", "t": T})."""
-    return run_on(build or unit_build(config, sim=sim), STREAM_TB,
-                  {"config": config.as_dict(), "seed": seed, "cases": jobs})
+    return run_case_list(build or unit_build(config, sim=sim), STREAM_TB, config, jobs, seed)
 
 
 def cosines(case: KV4Case, out_values, data_dir: Path) -> dict:
@@ -175,7 +166,7 @@ def to_record(case: KV4Case, r: dict, *, simulator=None, data_root: Path | None 
     from quantflow.kv4_attention import kv_bytes_per_token
     c = case.config
     model = cycle_model(c, case.T)
-    extra = {"path": "stream-ideal" if case.ideal else "stream", "case": case.name,
+    extra = {"path": case.path, "case": case.name,
              "source": case.source, "T": case.T, "simulator": simulator,
              "model_cycles_ideal": model, "append_cycles": r.get("append_cycles"),
              "lanes_busy": round(k_beats(c, case.T) / r["cycles"], 4) if r.get("cycles") else 0.0,
@@ -234,17 +225,10 @@ def _run_item(case: KV4Case, sim: str) -> dict:
         if case.config.min_lsh:
             jobs.append({"kind": "bad_t", "t": 1, "lsh": case.config.min_lsh - 1})
     res = run_cases(case.config, jobs, build=b, seed=case.seed)
-    r = res["cases"][0]
-    if not res.get("passed"):
-        r = {**r, "passed": False, "errors": res.get("errors", [])}
-    return with_build(to_record(case, r, simulator=res.get("sim")), b)
+    return with_build(to_record(case, first_case(res), simulator=res.get("sim")), b)
 
 
 def sim_items(*, sim: str) -> list:
-    from cosim.blocks import SimItem
-    return [SimItem(block="kv4_attention", name=case.name,
-                    path="stream-ideal" if case.ideal else "stream",
-                    config=case.config.as_dict(), macs=case.macs,
-                    peak_macs_per_cycle=case.config.peak_macs_per_cycle,
-                    run=lambda case=case: _run_item(case, sim))
+    return [case_item("kv4_attention", case, lambda case=case: _run_item(case, sim),
+                      macs=case.macs, peak=case.config.peak_macs_per_cycle)
             for case in default_plan()]

@@ -23,7 +23,8 @@ from golden.validate import check_choice, expect_type
 from quattro_fs import atomic_write_bytes
 
 from cosim import runner
-from cosim.flow import DATA_ROOT, is_ideal, run_on, with_build
+from cosim.cases import StreamCase
+from cosim.flow import DATA_ROOT, build_design, case_item, first_case, run_case_list, with_build
 from cosim.report import make_record
 
 __all__ = ["SFUCall", "SFUCase", "PLAN_CONFIG", "REAL_MODEL", "call_cmd", "golden_values",
@@ -342,33 +343,25 @@ def real_calls(config: SFUHWConfig, token: int, path: Path = REAL_DATA) -> list[
 
 # --------------------------------------------------------------------------- cases
 @dataclass(frozen=True, kw_only=True)
-class SFUCase:
+class SFUCase(StreamCase):
     """A list of calls run back to back: `source` "random" (every op at random k,
     `rounds` times), "edge" (edge_calls) or "real" (real_calls of `tokens` tokens).
     p_idle / p_stall: random source idle cycles and sink back-pressure (0: ideal,
     the cycle model is then enforced)."""
     config: SFUHWConfig
     source: str = "random"
-    seed: int = 1
     rounds: int = 1
     tokens: int = 1
-    p_idle: float = 0.0
-    p_stall: float = 0.0
 
     def __post_init__(self):
         expect_type("config", self.config, SFUHWConfig)
         check_choice("source", self.source, SOURCES)
 
     @property
-    def ideal(self) -> bool:
-        return is_ideal({"p_idle": self.p_idle, "p_stall": self.p_stall})
-
-    @property
     def name(self) -> str:
-        bp = "ideal" if self.ideal else f"bp{int(self.p_stall * 100)}"
         src = f"real-{REAL_MODEL}-l{REAL_LAYER}-t{self.tokens}" if self.source == "real" \
             else f"{self.source}-s{self.seed}-r{self.rounds}"
-        return f"{self.config.name()}_{src}_{bp}"
+        return f"{self.config.name()}_{src}_{self.pressure}"
 
 
 def _random_k(c: SFUHWConfig, op: str, rng: random.Random) -> int:
@@ -413,21 +406,19 @@ def case_job(case: SFUCase, *, corrupt_expected=()) -> dict:
 
 
 def unit_build(config: SFUHWConfig, *, sim: str | None = None) -> runner.Build:
-    from hdl.generate import sfu_factory, verilog
-    name, factory = sfu_factory(config)
-    return runner.build(verilog(factory(), name), name, sim=sim)
+    from hdl.generate import sfu_factory
+    return build_design(sfu_factory(config), sim=sim)
 
 
 def run_cases(config: SFUHWConfig, jobs: list[dict], *, build: runner.Build | None = None,
               seed: int = 1, sim: str | None = None) -> dict:
     """One simulation of `jobs` (case_job dicts, or {"kind": "bad", "cmd": word})."""
-    return run_on(build or unit_build(config, sim=sim), STREAM_TB,
-                  {"config": config.as_dict(), "seed": seed, "cases": jobs})
+    return run_case_list(build or unit_build(config, sim=sim), STREAM_TB, config, jobs, seed)
 
 
 def to_record(case: SFUCase, r: dict, *, simulator=None) -> dict:
     c = case.config
-    extra = {"path": "stream-ideal" if case.ideal else "stream", "case": case.name,
+    extra = {"path": case.path, "case": case.name,
              "source": case.source, "seed": case.seed, "simulator": simulator,
              "model_cycles_ideal": r.get("model_cycles"), "ops": r.get("ops"),
              "p_idle": case.p_idle, "p_stall": case.p_stall,
@@ -467,17 +458,10 @@ def default_plan() -> list[SFUCase]:
 def _run_item(case: SFUCase, sim: str) -> dict:
     b = unit_build(case.config, sim=sim)
     res = run_cases(case.config, [case_job(case)], build=b, seed=case.seed)
-    r = res["cases"][0]
-    if not res.get("passed"):
-        r = {**r, "passed": False, "errors": res.get("errors", [])}
-    return with_build(to_record(case, r, simulator=res.get("sim")), b)
+    return with_build(to_record(case, first_case(res), simulator=res.get("sim")), b)
 
 
 def sim_items(*, sim: str) -> list:
-    from cosim.blocks import SimItem
-    return [SimItem(block="sfu", name=case.name,
-                    path="stream-ideal" if case.ideal else "stream",
-                    config=case.config.as_dict(), macs=0,
-                    peak_macs_per_cycle=case.config.lanes,
-                    run=lambda case=case: _run_item(case, sim))
+    return [case_item("sfu", case, lambda case=case: _run_item(case, sim), macs=0,
+                      peak=case.config.lanes)
             for case in default_plan()]

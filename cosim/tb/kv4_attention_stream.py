@@ -25,9 +25,9 @@ import random
 import cocotb
 from cocotb.triggers import RisingEdge
 
-from cosim.runner import write_result
-from cosim.tb.common import inject_errors, open_job, start_clock
-from cosim.tb.streams import Scoreboard, StreamRun, StreamSink, StreamSource
+from cosim.tb.common import inject_errors, open_job
+from cosim.tb.streams import (Scoreboard, StreamSink, StreamSource, run_case_list, run_phase,
+                              start_unit)
 
 #: The unit's input streams (held idle through the reset).
 INPUTS = ("cmd", "query", "k", "v", "append")
@@ -52,21 +52,6 @@ def load_decode_case(data_dir: str, config):
     full = append_fixed(torch.from_numpy(arr["Xk"][:T]), torch.from_numpy(arr["Xv"][:T]),
                         config, frac_k=img.cache.frac_k, frac_v=img.cache.frac_v)
     return img, arr, exp, pack_cache_words(full, config)
-
-
-async def _phase(dut, sources: list[StreamSource], sink: StreamSink, want: int,
-                 limit: int) -> tuple[StreamRun, float]:
-    """Step `sources` and `sink` until the sink holds `want` words or `limit`
-    cycles have passed, then idle them (StreamRun.run has let the edge that
-    transfers the last sampled beats pass, so the next phase can drive)."""
-    run = StreamRun(dut, sources, sink)
-    seconds = await run.run(want, limit)
-    for s in sources:
-        s.valid.value = 0
-        s.offering = False
-    sink.ready.value = 0
-    sink.ready_now = False
-    return run, seconds
 
 
 async def _pulse(dut, name: str) -> None:
@@ -95,8 +80,8 @@ async def decode_case(dut, case, cfg, rng) -> dict:
         f"cache word {i} (token {i // cfg.chunks}, chunk {i % cfg.chunks}): "
         f"got {g:#x} expected {e:#x}"))
     limit = 40 * n_app + 1000
-    app_run, _ = await _phase(dut, [app], csink, n_app, limit)
-    await _phase(dut, [], csink, n_app + 1, 2)    # no cache word beyond the last
+    app_run, _ = await run_phase(dut, [app], csink, n_app, limit)
+    await run_phase(dut, [], csink, n_app + 1, 2)    # no cache word beyond the last
     errors = app_run.check(csb, limit)
     if int(dut.count.value) != T:
         errors.append(f"cache count {int(dut.count.value)} after {T} appends")
@@ -105,7 +90,7 @@ async def decode_case(dut, case, cfg, rng) -> dict:
     if case.get("overflow_check"):
         extra = StreamSource(dut, "append", pack_append_words(arr["Xk"][:1], arr["Xv"][:1], cfg),
                              rng=rngs[2])
-        await _phase(dut, [extra], csink, n_app + 1, 104 * cfg.chunks + 8)
+        await run_phase(dut, [extra], csink, n_app + 1, 104 * cfg.chunks + 8)
         if not extra.done:
             errors.append("the overflowing token's beats were not drained")
         if int(dut.overflow.value) != 1:
@@ -126,7 +111,7 @@ async def decode_case(dut, case, cfg, rng) -> dict:
         f"got {g:#x} expected {e:#x}"))
     n_out = cfg.heads * cfg.chunks
     limit = 60 * (len(img.k_words) + n_out) + 2000
-    run, secs = await _phase(dut, [cmd, qry, ks, vs], out, n_out, limit)
+    run, secs = await run_phase(dut, [cmd, qry, ks, vs], out, n_out, limit)
     errors += run.check(sb, limit)
     if int(dut.error.value):
         errors.append("`error` raised on a valid decode")
@@ -147,7 +132,7 @@ async def bad_t_case(dut, case, cfg) -> dict:
     cmd = StreamSource(dut, "cmd", [pack_cmd_word(T, [1] * cfg.heads, [lsh] * cfg.heads, cfg)])
     out = StreamSink(dut, "out")
     # any out word ends the phase early: it is an error
-    await _phase(dut, [cmd], out, 1, 50 + 10 * cfg.chunks)
+    await run_phase(dut, [cmd], out, 1, 50 + 10 * cfg.chunks)
     errors = []
     if not cmd.done:
         errors.append("the bad cmd was not consumed")
@@ -165,28 +150,13 @@ async def kv4_attention_stream(dut):
     job, seed = open_job(dut, "kv4_attention_stream")
     cfg = KV4Config(**job["config"])
     rng = random.Random(seed)
-    start_clock(dut.clk)
-    for n in INPUTS:
-        getattr(dut, f"{n}__valid").value = 0
-    dut.out__ready.value = 0
-    dut.cache__ready.value = 0
-    dut.cache_clear.value = 0
-    await StreamRun(dut, [], None).reset()
-    results, errors = [], []
-    for i, case in enumerate(job["cases"]):
-        try:
-            if case["kind"] == "decode":
-                r = await decode_case(dut, case, cfg, rng)
-            elif case["kind"] == "bad_t":
-                r = await bad_t_case(dut, case, cfg)
-            else:
-                raise ValueError(f"unknown case kind {case['kind']!r}; use 'decode' or 'bad_t'")
-        except Exception as e:  # noqa: BLE001 - reported per case, the run continues
-            r = {"kind": case.get("kind"), "passed": False, "errors": [f"{type(e).__name__}: {e}"]}
-            await RisingEdge(dut.clk)
-        results.append(r)
-        errors += [f"case {i}: {e}" for e in r["errors"]]
-    passed = all(r["passed"] for r in results) and bool(results)
-    write_result({"test": "kv4_attention_stream", "passed": passed, "seed": seed,
-                  "cases": results, "errors": errors})
-    assert passed, "; ".join(errors[:6]) or "no cases"
+    await start_unit(dut, INPUTS, low=("cache__ready", "cache_clear"))
+
+    async def run_case(case):
+        if case["kind"] == "decode":
+            return await decode_case(dut, case, cfg, rng)
+        if case["kind"] == "bad_t":
+            return await bad_t_case(dut, case, cfg)
+        raise ValueError(f"unknown case kind {case['kind']!r}; use 'decode' or 'bad_t'")
+
+    await run_case_list(dut, "kv4_attention_stream", seed, job["cases"], run_case)

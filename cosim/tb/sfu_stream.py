@@ -17,26 +17,11 @@ from __future__ import annotations
 import random
 
 import cocotb
-from cocotb.triggers import RisingEdge
 
-from cosim.runner import write_result
-from cosim.tb.common import inject_errors, open_job, start_clock
-from cosim.tb.streams import Scoreboard, StreamRun, stream_ends
+from cosim.tb.common import inject_errors, open_job
+from cosim.tb.streams import Scoreboard, run_case_list, run_phase, start_unit, stream_ends
 
 INPUTS = ("cmd", "x")
-
-
-async def _phase(dut, sources, sink, want: int, limit: int) -> tuple[StreamRun, float]:
-    """Step `sources` and `sink` until the sink holds `want` words or `limit` cycles
-    have passed, then idle them so that the next phase can drive."""
-    run = StreamRun(dut, sources, sink)
-    seconds = await run.run(want, limit)
-    for s in sources:
-        s.valid.value = 0
-        s.offering = False
-    sink.ready.value = 0
-    sink.ready_now = False
-    return run, seconds
 
 
 def _describe(case: dict, lanes: int):
@@ -64,8 +49,8 @@ async def op_case(dut, case: dict, cfg, rng: random.Random) -> dict:
                                 rng.randrange(1 << 62), sink="out")
     sb = Scoreboard(expected, describe=_describe(case, cfg.lanes))
     limit = 40 * (len(case["x"]) + len(expected)) + 200 * len(case["cmd"]) + 1000
-    run, secs = await _phase(dut, sources, sink, len(expected), limit)
-    await _phase(dut, [], sink, len(expected) + 1, 4)     # nothing beyond the last word
+    run, secs = await run_phase(dut, sources, sink, len(expected), limit)
+    await run_phase(dut, [], sink, len(expected) + 1, 4)     # nothing beyond the last word
     errors = run.check(sb, limit)
     if int(dut.error.value):
         errors.append("`error` raised by a valid cmd")
@@ -80,7 +65,7 @@ async def bad_case(dut, case: dict) -> dict:
     words = {"cmd": [case["cmd"]], "x": list(case.get("x", []))}
     sources, sink = stream_ends(dut, words, {}, 0, sink="out")
     sink.p_stall = 0.0
-    await _phase(dut, sources, sink, 1, 60 + 4 * len(words["x"]))   # an out word: error
+    await run_phase(dut, sources, sink, 1, 60 + 4 * len(words["x"]))   # an out word: error
     errors = []
     if not all(s.done for s in sources):
         errors.append("the refused cmd (or its x beats) was not consumed")
@@ -97,23 +82,7 @@ async def sfu_stream(dut):
     job, seed = open_job(dut, "sfu_stream")
     cfg = SFUHWConfig(**job["config"])
     rng = random.Random(seed)
-    start_clock(dut.clk)
-    for n in INPUTS:
-        getattr(dut, f"{n}__valid").value = 0
-    dut.out__ready.value = 0
-    await StreamRun(dut, [], None).reset()
-    results, errors = [], []
-    for i, case in enumerate(job["cases"]):
-        try:
-            r = await (bad_case(dut, case) if case.get("kind") == "bad"
-                       else op_case(dut, case, cfg, rng))
-        except Exception as e:  # noqa: BLE001 - reported per case, the run continues
-            r = {"kind": case.get("kind", "ops"), "passed": False,
-                 "errors": [f"{type(e).__name__}: {e}"]}
-            await RisingEdge(dut.clk)
-        results.append(r)
-        errors += [f"case {i}: {e}" for e in r["errors"]]
-    passed = all(r["passed"] for r in results) and bool(results)
-    write_result({"test": "sfu_stream", "passed": passed, "seed": seed, "cases": results,
-                  "errors": errors})
-    assert passed, "; ".join(errors[:6]) or "no cases"
+    await start_unit(dut, INPUTS)
+    await run_case_list(dut, "sfu_stream", seed, job["cases"], lambda case: (
+        bad_case(dut, case) if case.get("kind") == "bad" else op_case(dut, case, cfg, rng)),
+        kind="ops")

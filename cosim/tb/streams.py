@@ -7,7 +7,8 @@ values; valid & ready there means the beat transfers at the *next* edge).
 One coroutine stepping all of them costs two scheduler wake-ups per cycle
 instead of two per stream, which is what makes Python-driven streams usable.
 StreamRun is that coroutine, with the reset before it and the checks and result
-fields every stream testbench reports after it.
+fields every stream testbench reports after it; `run_phase` and `run_case_list`
+serve the units whose one simulation runs a list of cases, phase after phase.
 
 Stream rules followed (amaranth.lib.stream, AXI-Stream alike): a source keeps
 `valid` high and the payload stable until the beat is taken; idle cycles are
@@ -19,7 +20,8 @@ import random
 
 from cocotb.triggers import ReadOnly, RisingEdge
 
-from cosim.tb.common import Stopwatch
+from cosim.runner import write_result
+from cosim.tb.common import Stopwatch, start_clock
 
 #: Reset length of every testbench (stream and preloaded-system alike).
 RESET_CYCLES = 3
@@ -243,3 +245,53 @@ class StreamRun:
                 "ready_low_cycles": self.sink.ready_low_cycles,
                 "idle_cycles": {s.name: s.idle_cycles for s in self.sources},
                 **fields, "errors": errors}
+
+
+async def run_phase(dut, sources: list[StreamSource], sink: StreamSink, want: int,
+                    limit: int) -> tuple[StreamRun, float]:
+    """One phase of a unit's case: step `sources` and `sink` until the sink holds
+    `want` words or `limit` cycles have passed, then idle them (StreamRun.run has
+    let the edge that transfers the last sampled beats pass, so the next phase can
+    drive). Returns the run and its wall seconds."""
+    run = StreamRun(dut, sources, sink)
+    seconds = await run.run(want, limit)
+    for s in sources:
+        s.valid.value = 0
+        s.offering = False
+    sink.ready.value = 0
+    sink.ready_now = False
+    return run, seconds
+
+
+async def start_unit(dut, inputs, low=()) -> None:
+    """The clock started, the `inputs` streams' valid, the out stream's ready and
+    the `low` ports held low through the reset."""
+    start_clock(dut.clk)
+    for n in inputs:
+        getattr(dut, f"{n}__valid").value = 0
+    dut.out__ready.value = 0
+    for n in low:
+        getattr(dut, n).value = 0
+    await StreamRun(dut, [], None).reset()
+
+
+async def run_case_list(dut, test: str, seed: int, cases: list[dict], run_case, *,
+                        kind: str | None = None) -> None:
+    """`await run_case(case)` for each case in order, the unit keeping its state; a
+    case that raises fails alone (its kind, or `kind` when it names none) and the
+    run goes on. Writes the result {"test", "passed", "seed", "cases", "errors"}
+    and fails the test unless every case passed."""
+    results, errors = [], []
+    for i, case in enumerate(cases):
+        try:
+            r = await run_case(case)
+        except Exception as e:  # noqa: BLE001 - reported per case, the run continues
+            r = {"kind": case.get("kind", kind), "passed": False,
+                 "errors": [f"{type(e).__name__}: {e}"]}
+            await RisingEdge(dut.clk)
+        results.append(r)
+        errors += [f"case {i}: {e}" for e in r["errors"]]
+    passed = all(r["passed"] for r in results) and bool(results)
+    write_result({"test": test, "passed": passed, "seed": seed, "cases": results,
+                  "errors": errors})
+    assert passed, "; ".join(errors[:6]) or "no cases"
