@@ -18,7 +18,7 @@ from golden.validate import expect_type
 
 from cosim import runner
 from cosim.cases import MIN_MACS, TiledCase
-from cosim.flow import DATA_ROOT, cached_export, is_ideal, run_on, with_build
+from cosim.flow import DATA_ROOT, build_design, cached_export, is_ideal, run_on, with_build
 from cosim.report import make_record
 
 __all__ = ["LUTCase", "default_plan", "prepare_data", "stream_build", "run_stream",
@@ -84,9 +84,8 @@ def prepare_data(case: LUTCase, *, root: Path | None = None) -> Path:
 
 def stream_build(config: LUTConfig, *, sim: str | None = None,
                  waves: bool | None = None) -> runner.Build:
-    from hdl.generate import lut_factory, verilog
-    name, factory = lut_factory(config)
-    return runner.build(verilog(factory(), name), name, sim=sim, waves=waves)
+    from hdl.generate import lut_factory
+    return build_design(lut_factory(config), sim=sim, waves=waves)
 
 
 def run_stream(case: LUTCase, *, build: runner.Build | None = None,

@@ -21,7 +21,7 @@ from hdl.pim import DEFAULT_SYSTEM_SIZES, pim_factory
 from hdl.streams import SYSTEM_OVERHEAD
 
 from cosim import runner
-from cosim.flow import run_on, with_build
+from cosim.flow import build_design, run_on, with_build
 from cosim.report import make_record
 
 __all__ = ["SYSTEM_SIZES", "TB_MODULE", "workload_from_spec", "system_build", "run_workloads",
@@ -55,9 +55,7 @@ def _check_fits(config: PIMConfig, w, sizes: dict) -> None:
 
 def system_build(config: PIMConfig, *, sizes: dict | None = None, sim: str | None = None,
                  waves: bool | None = None) -> runner.Build:
-    from hdl.generate import verilog
-    name, factory = pim_factory(config, kind="system", sizes=sizes)
-    return runner.build(verilog(factory(), name), name, sim=sim, waves=waves)
+    return build_design(pim_factory(config, kind="system", sizes=sizes), sim=sim, waves=waves)
 
 
 def run_workloads(config: PIMConfig, specs: list[dict], *, build: runner.Build | None = None,

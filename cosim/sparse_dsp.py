@@ -17,7 +17,7 @@ from golden.sparse_dsp_config import PATTERN_NAMES, MODES, SparseDSPConfig, Tile
 
 from cosim import runner
 from cosim.cases import MIN_MACS
-from cosim.flow import DATA_ROOT, cached_export, is_ideal, run_on, with_build
+from cosim.flow import DATA_ROOT, build_design, cached_export, is_ideal, run_on, with_build
 from cosim.report import make_record
 
 __all__ = ["DEFAULT_CONFIG", "SparseDSPCase", "prepare_data", "build",
@@ -105,9 +105,8 @@ def prepare_data(case: SparseDSPCase, *, root: Path | None = None) -> Path:
 
 def build(config: SparseDSPConfig = DEFAULT_CONFIG, *, sim: str | None = None,
           waves: bool | None = None) -> runner.Build:
-    from hdl.generate import sparse_dsp_factory, verilog
-    name, factory = sparse_dsp_factory(config)
-    return runner.build(verilog(factory(), name), name, sim=sim, waves=waves)
+    from hdl.generate import sparse_dsp_factory
+    return build_design(sparse_dsp_factory(config), sim=sim, waves=waves)
 
 
 def run_dirs(config: SparseDSPConfig, data_dirs, *, build_: runner.Build | None = None,
