@@ -284,6 +284,19 @@ SAFETENSORS_INDEX = "model.safetensors.index.json"
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
+def _check_shard_names(names: set, keys: set, path: Path, index: Path) -> None:
+    """The tensors an index maps to shard `path` are exactly the ones it holds."""
+    for odd, what in ((names - keys, f"{index} maps tensor {{}} to {path.name}, but that "
+                                     f"shard does not hold it"),
+                      (keys - names, f"{path.name} holds tensor {{}}, which {index.name} "
+                                     f"does not map to it")):
+        if odd:
+            first = sorted(odd)[0]
+            raise QuantflowError(f"{what.format(repr(first))} ({len(odd)} such tensors); the "
+                                 f"shards and index are from different downloads: "
+                                 f"re-download the model")
+
+
 def _read_safetensors(path: Path, names=None, *, index: Path | None = None
                       ) -> dict[str, torch.Tensor]:
     """Tensors of one safetensors file, floats as float32. `names`: the tensors the
@@ -297,18 +310,7 @@ def _read_safetensors(path: Path, names=None, *, index: Path | None = None
         with st.safe_open(str(path), framework="pt") as f:
             keys = list(f.keys())
             if names is not None:
-                absent = sorted(set(names) - set(keys))
-                if absent:
-                    raise QuantflowError(
-                        f"{index} maps tensor {absent[0]!r} to {path.name}, but that shard "
-                        f"does not hold it ({len(absent)} such tensors); the shards and "
-                        f"index are from different downloads: re-download the model")
-                extra = sorted(set(keys) - set(names))
-                if extra:
-                    raise QuantflowError(
-                        f"{path.name} holds tensor {extra[0]!r}, which {index.name} does "
-                        f"not map to it ({len(extra)} such tensors); the shards and index "
-                        f"are from different downloads: re-download the model")
+                _check_shard_names(set(names), set(keys), path, index)
             for k in keys:
                 t = f.get_tensor(k)
                 if t.is_floating_point():
