@@ -7,8 +7,10 @@ each fold exact in float arithmetic (tests check the output is unchanged):
 0. Residual rotation (QuantScheme.rotation, quantflow.rotation): the RMSNorm weights
    fold into the linears that read them (the LM head is untied and takes the final
    norm), then the residual stream is rotated by an orthogonal Q: embedding E Q,
-   q/k/v/gate/up/LM head W Q, o_proj/down_proj Q^T W. Everything below then works
-   in the rotated frame (statistics, smoothing and AWQ scales fold on top of it).
+   q/k/v/gate/up/LM head W Q, o_proj/down_proj Q^T W. With RotationScheme.keep the
+   channels with the most energy at the norms' inputs (calibration pass) stay out
+   of the rotation and keep their norm weights. Everything below then works in the
+   rotated frame (statistics, smoothing and AWQ scales fold on top of it).
 1. Hadamard (KVScheme.hadamard): v_proj rows of each KV head become H^T W_v[h] and
    o_proj's columns of each query head W_o[:, h] H, so V is cached rotated and the
    rotation is undone inside o_proj; Q and K are rotated by H after RoPE at run time
@@ -50,7 +52,7 @@ from .errors import QuantflowError
 from .models.llama import LlamaForCausalLM
 from .models.loaders import LoadedModel, linear_layers
 from .qoq import QoQWeights, quantize_act
-from .rotation import rotate_model
+from .rotation import massive_channels, rotate_model
 from .schemes import KVScheme, QuantScheme, get_scheme
 
 __all__ = ["fake_quant_act", "quantize_kv", "fake_quant_kv", "KVQuantizer", "hadamard",
@@ -365,6 +367,7 @@ def use_integer_path(qm: QuantizedModel, name: str) -> IntegerLinear:
 
 def _calib_needed(scheme: QuantScheme) -> bool:
     return bool((scheme.weight and scheme.weight.needs_calibration)
+                or (scheme.rotation and scheme.rotation.keep)
                 or (scheme.act and scheme.act.smooth_alpha is not None)
                 or (scheme.kv and scheme.kv.smooth_attention))
 
@@ -418,7 +421,9 @@ def quantize_model(model, scheme, *, calib_ids: torch.Tensor | None = None, cali
 
         kv, act, rot = scheme.kv, scheme.act, scheme.rotation
         if rot is not None:
-            qm.residual_rotation = rotate_model(m, rot.kind, seed=rot.seed, block=rot.block)
+            keep = massive_channels(m, calib_ids, rot.keep) if rot.keep else None
+            qm.residual_rotation = rotate_model(m, rot.kind, seed=rot.seed, block=rot.block,
+                                                keep=keep)
         if kv is not None and kv.hadamard:
             qm.rotation = fold_hadamard_v(m)
         if (kv is not None and kv.smooth_attention) or (act and act.smooth_alpha is not None):

@@ -21,6 +21,15 @@ stream (and of the weights that read them) are spread over all channels, which
 is what W4 groups and A8 per-token scales need. Every product is done in float64
 and rounded to float32 once per tensor.
 
+Partial rotation (`keep` channels): RMSNorm commutes with Q as long as diag(g)
+commutes with Q, so a set of channels can stay out of the rotation (Q is the
+identity on them) and keep their own norm weights; only the rotated channels'
+weights are folded. massive_channels picks them from calibration data: the
+channels holding most of the normalized activations' energy at the norms' inputs
+(SmolLM2: 4 channels hold about half of it, and its norms give them weights near
+0, i.e. the norms, not the linears, discard them; a full rotation moves that job
+into the quantized weights and the A8 inputs).
+
 Rotation matrices (rotation_matrix; `kind`, ROTATION_KINDS):
   hadamard          one Walsh-Hadamard matrix of order n (entries +-1/sqrt(n)):
                     Sylvester for n = 2^k, Kronecker products with Paley's H12
@@ -44,7 +53,8 @@ from golden.validate import check_int
 from .errors import QuantflowError
 
 __all__ = ["ROTATION_KINDS", "hadamard_matrix", "random_orthogonal", "rotation_matrix",
-           "fuse_norms", "rotate_residual", "rotate_model"]
+           "partial_rotation", "massive_channels", "fuse_norms", "rotate_residual",
+           "rotate_model"]
 
 ROTATION_KINDS = ("hadamard", "random-hadamard", "block-hadamard", "random",
                   "kron-random-hadamard")
@@ -134,6 +144,21 @@ def rotation_matrix(kind: str, n: int, *, seed: int = 0, block: int = 64) -> tor
     return torch.kron(outer, H)
 
 
+def partial_rotation(R: torch.Tensor, n: int, keep) -> torch.Tensor:
+    """The [n, n] orthogonal matrix that is the identity on channels `keep` and R
+    (of order n - len(keep)) on the others, in their order."""
+    keep = torch.as_tensor(keep, dtype=torch.int64).reshape(-1)
+    mask = torch.ones(n, dtype=torch.bool)
+    mask[keep] = False
+    rest = torch.nonzero(mask).squeeze(1)
+    if tuple(R.shape) != (len(rest), len(rest)) or len(torch.unique(keep)) != len(keep):
+        raise QuantflowError(f"partial rotation: R is {tuple(R.shape)}, {len(rest)} channels "
+                             f"are rotated (keep must be distinct channels < {n})")
+    Q = torch.eye(n, dtype=torch.float64)
+    Q[rest.unsqueeze(1), rest.unsqueeze(0)] = R.to(torch.float64)
+    return Q
+
+
 # --------------------------------------------------------------------------- folds
 def _llama(model):
     from .models.llama import LlamaForCausalLM
@@ -148,29 +173,73 @@ def _scale_columns(lin: nn.Linear, g: torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def fuse_norms(model) -> None:
-    """Fold every RMSNorm weight into the linears that read it (module docstring);
-    the norm weights become ones and a tied LM head gets its own tensor."""
+def massive_channels(model, calib_ids: torch.Tensor, k: int) -> torch.Tensor:
+    """The k residual channels with the largest energy of the normalized activation
+    x / rms(x), summed over every RMSNorm's input and the calibration tokens
+    [B, T] (one sequence at a time), in descending order (int64 [k])."""
     m = _llama(model)
+    check_int("k", k, 0, m.config.hidden_size - 1)
+    norms = [m.model.norm] + [n for l in m.model.layers
+                              for n in (l.input_layernorm, l.post_attention_layernorm)]
+    energy = torch.zeros(m.config.hidden_size, dtype=torch.float64)
+
+    def hook(mod, args):
+        x = args[0].detach().double()
+        n = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + mod.eps)
+        energy.add_(n.pow(2).reshape(-1, n.shape[-1]).sum(0))
+
+    hs = [n.register_forward_pre_hook(hook) for n in norms]
+    try:
+        for b in range(calib_ids.shape[0]):
+            m(calib_ids[b:b + 1])
+    finally:
+        for h in hs:
+            h.remove()
+    return torch.argsort(energy, descending=True, stable=True)[:k]
+
+
+def _norms(m):
+    return [m.model.norm] + [n for l in m.model.layers
+                             for n in (l.input_layernorm, l.post_attention_layernorm)]
+
+
+@torch.no_grad()
+def fuse_norms(model, keep=None) -> None:
+    """Fold every RMSNorm weight into the linears that read it (module docstring);
+    the norm weights become ones, except on channels `keep` (their weights stay in
+    the norms), and a tied LM head gets its own tensor."""
+    m = _llama(model)
+    n = m.config.hidden_size
+    fold = torch.ones(n, dtype=torch.bool)
+    if keep is not None:
+        fold[torch.as_tensor(keep, dtype=torch.int64)] = False
+
+    def split(norm):
+        g = norm.weight.data.double()
+        moved = torch.where(fold, g, torch.ones_like(g))
+        norm.weight.data.copy_(torch.where(fold, torch.ones_like(g), g).to(norm.weight.dtype))
+        return moved
+
     for layer in m.model.layers:
         a, p = layer.self_attn, layer.mlp
         for norm, readers in ((layer.input_layernorm, (a.q_proj, a.k_proj, a.v_proj)),
                               (layer.post_attention_layernorm, (p.gate_proj, p.up_proj))):
-            g = norm.weight.data.double()
+            g = split(norm)
             for lin in readers:
                 _scale_columns(lin, g)
-            norm.weight.data.fill_(1.0)
     if m.lm_head.weight is m.model.embed_tokens.weight:
         m.lm_head.weight = nn.Parameter(m.lm_head.weight.detach().clone(),
                                         requires_grad=m.lm_head.weight.requires_grad)
-    _scale_columns(m.lm_head, m.model.norm.weight.data.double())
-    m.model.norm.weight.data.fill_(1.0)
+    _scale_columns(m.lm_head, split(m.model.norm))
 
 
-def _norms_are_ones(m) -> bool:
-    norms = [m.model.norm] + [n for l in m.model.layers
-                              for n in (l.input_layernorm, l.post_attention_layernorm)]
-    return all(bool((n.weight == 1).all()) for n in norms)
+def _norms_commute(m, Q: torch.Tensor) -> bool:
+    """RMSNorm(x Q) = RMSNorm(x) Q for every norm: diag(g) Q = Q diag(g)."""
+    for norm in _norms(m):
+        g = norm.weight.detach().double()
+        if float((g.unsqueeze(1) * Q - Q * g.unsqueeze(0)).abs().max()) > 1e-12:
+            return False
+    return True
 
 
 @torch.no_grad()
@@ -186,9 +255,10 @@ def rotate_residual(model, Q: torch.Tensor) -> None:
     err = float((Q @ Q.T - torch.eye(n, dtype=torch.float64)).abs().max())
     if err > 1e-9:
         raise QuantflowError(f"the rotation is not orthogonal (max |Q Q^T - I| = {err:.2e})")
-    if not _norms_are_ones(m):
-        raise QuantflowError("RMSNorm weights must be ones before a rotation (a weighted "
-                             "norm does not commute with it): call fuse_norms first")
+    if not _norms_commute(m, Q):
+        raise QuantflowError("RMSNorm weights must be ones on the rotated channels before "
+                             "a rotation (a weighted norm does not commute with it): call "
+                             "fuse_norms first")
     if m.lm_head.weight is m.model.embed_tokens.weight:
         raise QuantflowError("internal: the LM head is still tied; fuse_norms unties it")
 
@@ -210,11 +280,20 @@ def rotate_residual(model, Q: torch.Tensor) -> None:
                 lin.bias.data.copy_((lin.bias.data.double() @ Q).to(lin.bias.dtype))
 
 
-def rotate_model(model, kind: str, *, seed: int = 0, block: int = 64) -> torch.Tensor:
-    """fuse_norms, then rotate_residual by rotation_matrix(kind, hidden, seed, block).
-    Returns Q (float64)."""
+def rotate_model(model, kind: str, *, seed: int = 0, block: int = 64,
+                 keep=None) -> torch.Tensor:
+    """fuse_norms, then rotate_residual by rotation_matrix(kind, hidden, seed, block),
+    or with channels `keep` (e.g. massive_channels) left out: identity on them,
+    rotation_matrix(kind, hidden - len(keep)) on the rest. Returns Q (float64)."""
     m = _llama(model)
-    Q = rotation_matrix(kind, m.config.hidden_size, seed=seed, block=block)
-    fuse_norms(m)
+    n = m.config.hidden_size
+    if keep is None or len(keep) == 0:
+        Q = rotation_matrix(kind, n, seed=seed, block=block)
+        keep = None
+    else:
+        keep = torch.as_tensor(keep, dtype=torch.int64).reshape(-1)
+        Q = partial_rotation(rotation_matrix(kind, n - len(keep), seed=seed, block=block),
+                             n, keep)
+    fuse_norms(m, keep)
     rotate_residual(m, Q)
     return Q

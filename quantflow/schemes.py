@@ -156,6 +156,10 @@ class RotationScheme:
     kind: str = "hadamard"
     seed: int = 0           # random kinds only
     block: int = 64         # block-hadamard / kron-random-hadamard only
+    keep: int = 0           # channels left unrotated: the `keep` with the most energy at
+                            # the norms' inputs on the calibration text (their norm
+                            # weights stay in the norms); the rest get a rotation of
+                            # order hidden - keep
 
     def __post_init__(self):
         if self.kind not in ROTATION_KINDS:
@@ -163,6 +167,7 @@ class RotationScheme:
                                  f"of {ROTATION_KINDS}")
         check_int("rotation seed", self.seed, 0)
         check_int("rotation block", self.block, 1)
+        check_int("rotation keep", self.keep, 0)
 
     @property
     def label(self) -> str:
@@ -171,6 +176,8 @@ class RotationScheme:
             k += f" {self.block}"
         if k.startswith(("random", "kron-random")):
             k += f" seed {self.seed}"
+        if self.keep:
+            k += f", {self.keep} massive channels kept"
         return f"rotated ({k})"
 
 

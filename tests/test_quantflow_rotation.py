@@ -9,8 +9,9 @@ import torch
 from quantflow.errors import QuantflowError
 from quantflow.fakequant import quantize_model
 from quantflow.models import LlamaConfig
-from quantflow.rotation import (ROTATION_KINDS, fuse_norms, hadamard_matrix, rotate_model,
-                                rotate_residual, rotation_matrix)
+from quantflow.rotation import (ROTATION_KINDS, fuse_norms, hadamard_matrix, massive_channels,
+                                partial_rotation, rotate_model, rotate_residual,
+                                rotation_matrix)
 from quantflow.schemes import (ROTATION_KINDS as SCHEME_KINDS, QuantScheme, RotationScheme,
                                get_scheme)
 from helpers.tiny_llama import tiny_llama
@@ -128,3 +129,39 @@ def test_rotation_only_scheme_keeps_logits_and_the_model():
     with pytest.raises(QuantflowError, match="need a Llama"):
         quantize_model(torch.nn.Sequential(torch.nn.Linear(8, 8)),
                        QuantScheme(name="r", rotation=RotationScheme()), progress=False)
+
+
+def test_partial_rotation_keeps_logits_and_massive_channels():
+    m = tiny_llama(CFG, seed=4)
+    with torch.no_grad():
+        for layer in m.model.layers:  # a massive residual channel the MLP norm drops
+            layer.self_attn.o_proj.weight[7] *= 30
+            layer.post_attention_layernorm.weight[7] = 0.01
+        ref = m(IDS)
+    keep = massive_channels(m, IDS, 64)
+    assert int(keep[0]) == 7 and len(set(keep.tolist())) == 64
+    g = [l.post_attention_layernorm.weight.detach().clone() for l in m.model.layers]
+    Q = rotate_model(m, "random-hadamard", keep=keep)  # 192 - 64 = 128 rotated
+    assert torch.allclose(Q @ Q.T, EYE(192), atol=1e-12)
+    assert torch.equal(Q[keep][:, keep], EYE(64))
+    with torch.no_grad():
+        assert _close(m(IDS), ref)
+    for layer, g0 in zip(m.model.layers, g):  # kept channels keep their norm weights
+        w = layer.post_attention_layernorm.weight.detach()
+        assert torch.equal(w[keep], g0[keep])
+        rest = torch.ones(192, dtype=torch.bool)
+        rest[keep] = False
+        assert torch.equal(w[rest], torch.ones(128))
+    with pytest.raises(QuantflowError, match="partial rotation"):
+        partial_rotation(EYE(128), 192, torch.zeros(64, dtype=torch.int64))
+
+
+def test_partial_rotation_scheme_needs_calibration():
+    sch = QuantScheme(name="r", rotation=RotationScheme(kind="random", keep=4))
+    assert "4 massive channels kept" in sch.label
+    with pytest.raises(QuantflowError, match="needs calibration tokens"):
+        quantize_model(tiny_llama(CFG), sch, progress=False)
+    m = tiny_llama(CFG, seed=5)
+    qm = quantize_model(m, sch, calib_ids=IDS, progress=False)
+    with torch.no_grad():
+        assert _close(qm.model(IDS), m(IDS))
