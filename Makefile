@@ -6,7 +6,7 @@ VPY    := $(VENV)/bin/python
 STAMP  := $(VENV)/.quattro-installed
 JOBS   ?= auto
 
-.PHONY: all sim test verilog lint bench resources models eval bitstream clean distclean
+.PHONY: all sim slow test verilog lint bench resources models eval bitstream clean distclean
 
 all: test
 
@@ -18,9 +18,13 @@ $(STAMP): requirements.lock requirements-models.lock pyproject.toml
 	@touch $@
 
 ## sim: generate Verilog, quantize, co-simulate every block under Verilator,
-##      write build/sim/report.json; also runs the tests marked slow.
+##      write build/sim/report.json (about 20 min on 2 cores with a cold build cache)
 sim: $(STAMP)
 	$(VPY) -m cosim sim
+
+## slow: the tests marked slow (whole real layers and models, Yosys resource runs,
+##       fixture recapture: over an hour on 2 cores)
+slow: $(STAMP)
 	$(VPY) -m pytest -n $(JOBS) -m slow || test $$? -eq 5  # 5: no slow tests collected
 
 ## test: the test suite (fast tier; < 15 min on 2 cores)

@@ -2,7 +2,7 @@
 
 One small build serves four configurations (W1, W2, W4, ternary: the plane
 count is a run-time port); the full plan (>= 100,000 MACs per configuration,
-4 builds) is the slow test that `make sim` also runs.
+4 builds) is the slow test (`make slow`) of what `make sim` runs.
 """
 from __future__ import annotations
 
