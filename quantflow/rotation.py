@@ -21,10 +21,11 @@ stream (and of the weights that read them) are spread over all channels, which
 is what W4 groups and A8 per-token scales need. Every product is done in float64
 and rounded to float32 once per tensor.
 
-Partial rotation (`keep` channels): RMSNorm commutes with Q as long as diag(g)
-commutes with Q, so a set of channels can stay out of the rotation (Q is the
-identity on them) and keep their own norm weights; only the rotated channels'
-weights are folded. massive_channels picks them from calibration data: the
+Partial rotation (`keep` channels): RMSNorm_g(x) Q = RMSNorm_g'(x Q) whenever
+Q^T diag(g) Q = diag(g') is diagonal, so a set of channels can stay out of the
+rotation (Q only permutes them: partial_rotation gathers them into the first
+positions, i.e. whole leading weight groups) and keep their own norm weights;
+only the rotated channels' weights are folded. massive_channels picks them from calibration data: the
 channels holding most of the normalized activations' energy at the norms' inputs
 (SmolLM2: 4 channels hold about half of it, and its norms give them weights near
 0, i.e. the norms, not the linears, discard them; a full rotation moves that job
@@ -145,8 +146,10 @@ def rotation_matrix(kind: str, n: int, *, seed: int = 0, block: int = 64) -> tor
 
 
 def partial_rotation(R: torch.Tensor, n: int, keep) -> torch.Tensor:
-    """The [n, n] orthogonal matrix that is the identity on channels `keep` and R
-    (of order n - len(keep)) on the others, in their order."""
+    """The [n, n] orthogonal matrix that moves channels `keep` unchanged to the first
+    len(keep) positions (in their order) and rotates the others by R (of order
+    n - len(keep)) into the remaining positions: a permutation, so the kept channels
+    fill whole leading weight groups instead of sitting inside rotated ones."""
     keep = torch.as_tensor(keep, dtype=torch.int64).reshape(-1)
     mask = torch.ones(n, dtype=torch.bool)
     mask[keep] = False
@@ -154,8 +157,10 @@ def partial_rotation(R: torch.Tensor, n: int, keep) -> torch.Tensor:
     if tuple(R.shape) != (len(rest), len(rest)) or len(torch.unique(keep)) != len(keep):
         raise QuantflowError(f"partial rotation: R is {tuple(R.shape)}, {len(rest)} channels "
                              f"are rotated (keep must be distinct channels < {n})")
-    Q = torch.eye(n, dtype=torch.float64)
-    Q[rest.unsqueeze(1), rest.unsqueeze(0)] = R.to(torch.float64)
+    k = len(keep)
+    Q = torch.zeros(n, n, dtype=torch.float64)
+    Q[keep, torch.arange(k)] = 1.0
+    Q[rest.unsqueeze(1), torch.arange(k, n).unsqueeze(0)] = R.to(torch.float64)
     return Q
 
 
@@ -233,19 +238,21 @@ def fuse_norms(model, keep=None) -> None:
     _scale_columns(m.lm_head, split(m.model.norm))
 
 
-def _norms_commute(m, Q: torch.Tensor) -> bool:
-    """RMSNorm(x Q) = RMSNorm(x) Q for every norm: diag(g) Q = Q diag(g)."""
-    for norm in _norms(m):
-        g = norm.weight.detach().double()
-        if float((g.unsqueeze(1) * Q - Q * g.unsqueeze(0)).abs().max()) > 1e-12:
-            return False
-    return True
+def _rotated_norm_weight(g: torch.Tensor, Q: torch.Tensor) -> torch.Tensor | None:
+    """g' with RMSNorm_g(x) Q = RMSNorm_g'(x Q), i.e. Q^T diag(g) Q = diag(g') (ones
+    on rotated channels, a permutation of the kept ones), or None when Q^T diag(g) Q
+    is not diagonal (the norm does not commute with the rotation)."""
+    M = Q.T @ (g.double().unsqueeze(1) * Q)
+    d = torch.diagonal(M).clone()
+    off = (M - torch.diag(d)).abs().max()
+    return d if float(off) <= 1e-12 * max(1.0, float(g.abs().max())) else None
 
 
 @torch.no_grad()
 def rotate_residual(model, Q: torch.Tensor) -> None:
-    """x -> x Q on the residual stream of a model whose norms are ones (fuse_norms
-    first): E Q, readers W Q, writers Q^T W (module docstring)."""
+    """x -> x Q on the residual stream of a model whose norms are ones on the rotated
+    channels (fuse_norms first): E Q, readers W Q, writers Q^T W, and the norm
+    weights follow the kept channels Q moves (module docstring)."""
     m = _llama(model)
     n = m.config.hidden_size
     if not isinstance(Q, torch.Tensor) or tuple(Q.shape) != (n, n):
@@ -255,7 +262,8 @@ def rotate_residual(model, Q: torch.Tensor) -> None:
     err = float((Q @ Q.T - torch.eye(n, dtype=torch.float64)).abs().max())
     if err > 1e-9:
         raise QuantflowError(f"the rotation is not orthogonal (max |Q Q^T - I| = {err:.2e})")
-    if not _norms_commute(m, Q):
+    new_g = [_rotated_norm_weight(norm.weight.detach(), Q) for norm in _norms(m)]
+    if any(g is None for g in new_g):
         raise QuantflowError("RMSNorm weights must be ones on the rotated channels before "
                              "a rotation (a weighted norm does not commute with it): call "
                              "fuse_norms first")
@@ -268,6 +276,8 @@ def rotate_residual(model, Q: torch.Tensor) -> None:
     def left(w):    # Q^T W: a linear writing the residual
         w.data.copy_((Q.T @ w.data.double()).to(w.dtype))
 
+    for norm, g in zip(_norms(m), new_g):
+        norm.weight.data.copy_(g.to(norm.weight.dtype))
     right(m.model.embed_tokens.weight)
     right(m.lm_head.weight)
     for layer in m.model.layers:
@@ -283,8 +293,9 @@ def rotate_residual(model, Q: torch.Tensor) -> None:
 def rotate_model(model, kind: str, *, seed: int = 0, block: int = 64,
                  keep=None) -> torch.Tensor:
     """fuse_norms, then rotate_residual by rotation_matrix(kind, hidden, seed, block),
-    or with channels `keep` (e.g. massive_channels) left out: identity on them,
-    rotation_matrix(kind, hidden - len(keep)) on the rest. Returns Q (float64)."""
+    or with channels `keep` (e.g. massive_channels) left out: moved unrotated to the
+    first positions, rotation_matrix(kind, hidden - len(keep)) on the rest
+    (partial_rotation). Returns Q (float64)."""
     m = _llama(model)
     n = m.config.hidden_size
     if keep is None or len(keep) == 0:
