@@ -241,6 +241,12 @@ _A8 = ActScheme(bits=8, smooth_alpha=0.5)
 _KV4 = KVScheme(bits=4, smooth_attention=False, hadamard=True, window=8)
 # the previous KV scheme, kept so that its figures stay reproducible
 _KV4_SMOOTH_SINKS = KVScheme(bits=4, smooth_attention=True, hadamard=True, sink_tokens=4)
+# residual-stream rotations, measured on SmolLM2 and not adopted (docs/quantize-a-model.md,
+# "Residual rotations"): QuaRot's randomised Hadamard of order 576 (H12 x H12 x H4,
+# seeded signs), and a seeded random rotation of all but the 16 channels with the most
+# normalized energy at the norms' inputs (those keep their norm weights)
+_ROT = RotationScheme(kind="random-hadamard", seed=0)
+_ROT_KEEP16 = RotationScheme(kind="random", seed=0, keep=16)
 
 SCHEMES = _reg(
     QuantScheme(name="fp32", description="float reference (the dequantized GGUF)"),
@@ -251,6 +257,14 @@ SCHEMES = _reg(
     QuantScheme(name="w4a8kv4-g64-smooth-sinks", weight=_QOQ64, act=_A8, kv=_KV4_SMOOTH_SINKS,
                 description="w4a8kv4-g64 with the previous KV scheme (SmoothAttention, "
                             "Hadamard, 4 sink tokens)"),
+    QuantScheme(name="w4a8kv4-g64-rot", weight=_QOQ64, act=_A8, kv=_KV4, rotation=_ROT,
+                description="w4a8kv4-g64 on a residual stream rotated by a randomised "
+                            "Hadamard of the full width (QuaRot; norms folded, LM head "
+                            "untied)"),
+    QuantScheme(name="w4a8kv4-g64-rot-keep16", weight=_QOQ64, act=_A8, kv=_KV4,
+                rotation=_ROT_KEEP16,
+                description="w4a8kv4-g64 on a residual stream rotated by a seeded random "
+                            "orthogonal matrix except its 16 most energetic channels"),
     QuantScheme(name="w4a8kv4-g64-plain", weight=WeightScheme(method="qoq", group=64),
                 act=ActScheme(smooth_alpha=None),
                 kv=KVScheme(smooth_attention=False),

@@ -163,3 +163,27 @@ def test_partial_rotation_scheme_needs_calibration():
     qm = quantize_model(m, sch, calib_ids=IDS, progress=False)
     with torch.no_grad():
         assert _close(qm.model(IDS), m(IDS))
+
+
+@pytest.mark.parametrize("name", ["w4a8kv4-g64-rot", "w4a8kv4-g64-rot-keep16"])
+def test_rotated_schemes_quantize_and_compile(name):
+    """The registered rotated variants are the target with a rotation; they compile
+    with the untied LM head (W diag(g_final) Q) and the rotated embedding (E Q)."""
+    from quantflow.compile import build_tensors, decoder_config
+    s, target = get_scheme(name), get_scheme("w4a8kv4-g64")
+    assert target.rotation is None and s.rotation is not None
+    assert (s.weight, s.act, s.kv) == (target.weight, target.act, target.kv)
+    assert all(c.rotation == s.rotation for c in s.components().values())
+    m = tiny_llama(CFG, seed=0)
+    qm = quantize_model(m, s, calib_ids=IDS, progress=False, keep_reference=False)
+    Q = qm.residual_rotation
+    E = m.model.embed_tokens.weight.detach().double()
+    assert torch.allclose(qm.model.model.embed_tokens.weight.double(), E @ Q, atol=1e-6)
+    assert qm.model.lm_head.weight is not qm.model.model.embed_tokens.weight
+    config = decoder_config(qm.model, s, context=48, head_bits=8)
+    t = build_tensors(qm, config, IDS)  # the image holds embedding and LM head apart
+    assert t["embed.codes"].shape == (CFG.vocab_size, CFG.hidden_size) and "lm_head.q" in t
+    with torch.no_grad():
+        ref = m(IDS)
+        rel = float((qm.model(IDS) - ref).norm() / ref.norm())
+    assert rel < 0.3
