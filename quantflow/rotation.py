@@ -25,7 +25,7 @@ Partial rotation (`keep` channels): RMSNorm_g(x) Q = RMSNorm_g'(x Q) whenever
 Q^T diag(g) Q = diag(g') is diagonal, so a set of channels can stay out of the
 rotation (Q only permutes them: partial_rotation gathers them into the first
 positions, i.e. whole leading weight groups) and keep their own norm weights;
-only the rotated channels' weights are folded. massive_channels picks them from calibration data: the
+only the rotated channels' weights are folded (down to one common weight c each). massive_channels picks them from calibration data: the
 channels holding most of the normalized activations' energy at the norms' inputs
 (SmolLM2: 4 channels hold about half of it, and its norms give them weights near
 0, i.e. the norms, not the linears, discard them; a full rotation moves that job
@@ -211,8 +211,11 @@ def _norms(m):
 @torch.no_grad()
 def fuse_norms(model, keep=None) -> None:
     """Fold every RMSNorm weight into the linears that read it (module docstring);
-    the norm weights become ones, except on channels `keep` (their weights stay in
-    the norms), and a tied LM head gets its own tensor."""
+    the norm weights become ones and a tied LM head gets its own tensor. With
+    channels `keep`, their weights stay in the norms and the other channels keep
+    one common weight c = RMS of theirs (g / c is folded), so kept and rotated
+    channels stay in the model's proportion (A8 per-token scales and the weight
+    groups that mix them see the same balance)."""
     m = _llama(model)
     n = m.config.hidden_size
     fold = torch.ones(n, dtype=torch.bool)
@@ -221,8 +224,12 @@ def fuse_norms(model, keep=None) -> None:
 
     def split(norm):
         g = norm.weight.data.double()
-        moved = torch.where(fold, g, torch.ones_like(g))
-        norm.weight.data.copy_(torch.where(fold, torch.ones_like(g), g).to(norm.weight.dtype))
+        # with kept channels the rotated ones keep one common weight c, the RMS of
+        # theirs, so the balance between kept and rotated channels stays the model's
+        c = g[fold].pow(2).mean().sqrt().clamp(min=1e-30) if keep is not None \
+            else torch.ones((), dtype=torch.float64)
+        moved = torch.where(fold, g / c, torch.ones_like(g))
+        norm.weight.data.copy_(torch.where(fold, c, g).to(norm.weight.dtype))
         return moved
 
     for layer in m.model.layers:
