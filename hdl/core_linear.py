@@ -292,6 +292,8 @@ class LinearEngine(wiring.Component):
         self.g_max = c.max_k // _GROUP_MIN                 # groups per output at most
         self.sz_bytes = c.cols * self.g_max                # s2 / z memory bytes each
         self.qbits = quotient_bits(c)
+        self.kb_shape = Shape.cast(range(max(2, c.max_k // c.beat_bytes)))
+        self.bg_shape = Shape.cast(range(max(2, _GROUP_MAX // c.beat_bytes)))
         levels = (1 << c.w_bits) - 1
         B, gm = c.beat_bytes, _GROUP_MAX
         self.shapes = {
@@ -336,13 +338,18 @@ class LinearEngine(wiring.Component):
         -> ACCEPT (the transfer: refused, or latched and the first tile loaded)."""
         c, q = self.config, self.qbits
         p = self.cmd.payload
-        rem = Signal(_K_BITS)
-        dsh = Signal(_GROUP_BITS + q - 1)       # group << (remaining quotient bits)
+        # One width for both (Verilog operands of equal width): k > max_k is refused
+        # whatever its low bits divide to.
+        dw = max(count_width(c.max_k), _GROUP_BITS + q - 1)
+        rem = Signal(dw)
+        dsh = Signal(dw)                         # group << (remaining quotient bits)
         quot = Signal(q)                         # G of the accepted cmd
         step = Signal(range(q))
-        ctl = {"G": quot, "n": Signal(_N_BITS, name="n_total"),
-               "kbn": Signal(range(c.max_k // c.beat_bytes + 1), name="kbn"),
-               "gbn": Signal(range(_GROUP_MAX // c.beat_bytes + 1), name="gbn"),
+        # The counters' last values (n - 1, k / B - 1, group / B - 1), so that every
+        # compare is between equal widths.
+        ctl = {"G": quot, "n_last": Signal(_N_BITS, name="n_last"),
+               "kb_last": Signal(self.kb_shape, name="kb_last"),
+               "bg_last": Signal(self.bg_shape, name="bg_last"),
                "tok": Signal(c.rows, name="tok_mask"),
                "accept": Signal(name="accept")}
         m.d.comb += [self.cmd.ready.eq(fsm.is_("ACCEPT")),
@@ -374,8 +381,9 @@ class LinearEngine(wiring.Component):
                 m.d.sync += self.error.eq(1)
                 fsm.next("IDLE")
             with m.Else():
-                m.d.sync += [self.error.eq(0), ctl["n"].eq(p.n), ctl["kbn"].eq(p.k[lb:]),
-                             ctl["gbn"].eq(p.group[lb:]),
+                m.d.sync += [self.error.eq(0), ctl["n_last"].eq(p.n - 1),
+                             ctl["kb_last"].eq(p.k[lb:] - 1),
+                             ctl["bg_last"].eq(p.group[lb:] - 1),
                              ctl["tok"].eq(Cat(p.tokens > r for r in range(c.rows)))]
                 fsm.next("S2")
         return ctl
@@ -417,24 +425,27 @@ class LinearEngine(wiring.Component):
                      fire.eq(self.mem.valid & self.mem.ready)]
         sz_depth = self.sz_bytes // B
         n_left = Signal(_N_BITS)                       # outputs of the tiles not begun
-        cur_nt = Signal(range(c.cols + 1))
-        cur_blk = Signal(range(sz_depth + 1))
-        blk_i = Signal(range(sz_depth))
+        nl = Signal(range(c.cols), name="output_in_tile")
+        blk_i = Signal(range(sz_depth), name="scale_beat")
+        nl_last = Signal(len(nl), name="nl_last")           # this tile's nt - 1
+        blk_last_i = Signal(len(blk_i), name="blk_last_i")  # its scale block beats - 1
         # The next tile's shape, from n (at the cmd) or n_left (at a tile's end).
         n_src = wire(m, Mux(ctl["accept"], self.cmd.payload.n, n_left), "n_src")
-        nt_nx = wire(m, Mux(n_src >= c.cols, c.cols, n_src), "nt_next")
-        nt_nx = nt_nx[:len(cur_nt)]
-        blk_nx = wire(m, (nt_nx * ctl["G"] + (B - 1)) >> lb, "blk_next")
+        full = wire(m, n_src >= c.cols, "full_tile")
+        nt_nx = Signal(range(c.cols + 1), name="nt_next")
+        blk_nx = Signal(range(sz_depth + 1), name="blk_next")
+        m.d.comb += [nt_nx.eq(Mux(full, c.cols, n_src)),
+                     blk_nx.eq((nt_nx * ctl["G"] + (B - 1)) >> lb)]
 
         def load_tile():
-            m.d.sync += [cur_nt.eq(nt_nx), cur_blk.eq(blk_nx), n_left.eq(n_src - nt_nx),
-                         blk_i.eq(0)]
+            m.d.sync += [nl_last.eq(nt_nx - 1), blk_last_i.eq(blk_nx - 1),
+                         n_left.eq(Mux(full, n_src - c.cols, 0)), blk_i.eq(0)]
 
         with m.If(ctl["accept"] & ~ctl["bad"]):
             load_tile()
 
         # Scale blocks: one memory word per beat.
-        blk_last = wire(m, blk_i == cur_blk - 1, "blk_last")
+        blk_last = wire(m, blk_i == blk_last_i, "blk_last")
         self.sz_rd = {}
         for name in ("s2", "z"):
             mem = memory.Memory(shape=unsigned(BYTE * B), depth=sz_depth, init=[])
@@ -451,14 +462,13 @@ class LinearEngine(wiring.Component):
                         fsm.next("Z" if name == "s2" else "CODE")
 
         # Code beats: position in group, output, tile; the s2/z byte pointer.
-        bg = Signal(range(max(2, _GROUP_MAX // B)), name="beat_in_group")
-        kb = Signal(range(max(2, c.max_k // B)), name="beat_in_output")
-        nl = Signal(range(c.cols), name="output_in_tile")
+        bg = Signal(self.bg_shape, name="beat_in_group")
+        kb = Signal(self.kb_shape, name="beat_in_output")
         fo = Signal(init=1, name="first_group")
         sz_ptr = Signal(range(self.sz_bytes), name="sz_ptr")
-        lg = wire(m, bg == ctl["gbn"] - 1, "last_beat_of_group")
-        lo = wire(m, kb == ctl["kbn"] - 1, "last_beat_of_output")
-        lt = wire(m, lo & (nl == cur_nt - 1), "last_beat_of_tile")
+        lg = wire(m, bg == ctl["bg_last"], "last_beat_of_group")
+        lo = wire(m, kb == ctl["kb_last"], "last_beat_of_output")
+        lt = wire(m, lo & (nl == nl_last), "last_beat_of_tile")
         with fsm.state("CODE"):
             with m.If(fire):
                 m.d.sync += [bg.eq(Mux(lg, 0, bg + 1)), kb.eq(Mux(lo, 0, kb + 1)),
@@ -547,10 +557,10 @@ class LinearEngine(wiring.Component):
         for r in range(c.rows):
             P = Signal(sh["P"], name=f"P_{r}")
             A = Signal(sh["A"], name=f"A_{r}")
-            pn.append(wire(m, Mux(s3["fg"], 0, P) + s3["pb"][r], f"P_next{r}")[:len(P)]
-                      .as_signed())
-            an.append(wire(m, Mux(s3["fg"], 0, A) + s3["ab"][r], f"A_next{r}")[:len(A)]
-                      .as_signed())
+            pn.append(Signal(sh["P"], name=f"P_next{r}"))
+            an.append(Signal(sh["A"], name=f"A_next{r}"))
+            m.d.comb += [pn[r].eq(Mux(s3["fg"], 0, P) + s3["pb"][r]),
+                         an[r].eq(Mux(s3["fg"], 0, A) + s3["ab"][r])]
             with m.If(adv & s3["v"]):
                 m.d.sync += [P.eq(pn[r]), A.eq(an[r])]
         return stage("d1", {"P": pn, "A": an, "s2": s3["s2"], "z": s3["z"], "fo": s3["fo"],
@@ -596,5 +606,5 @@ class LinearEngine(wiring.Component):
         with m.Elif(xfer):
             m.d.sync += out_n.eq(out_n + 1)
         with fsm.state("DRAIN"):
-            with m.If(xfer & (out_n == ctl["n"] - 1)):
+            with m.If(xfer & (out_n == ctl["n_last"])):
                 fsm.next("IDLE")
