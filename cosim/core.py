@@ -1,0 +1,443 @@
+"""Co-simulation of the accelerator core (hdl.core) against golden.core.execute.
+
+A case is a list of program runs on one memory image: each run starts the core
+with its registers (pos, tokens) and program address, and every instruction's
+result must equal the reference executor's bit for bit. The Verilated design is
+the core wired to the AXI4 memory model (cosim/axi_mem.v: read latency and beat
+gap are parameters), preloaded with `$readmemh`; a Verilog wrapper writes the
+core's trace port (every buffer word, token scale, acc beat and retired
+instruction) to a file and the memory model logs every write, so Python touches
+the simulation only at the start and end of each run.
+
+The mismatch locator (`compare_runs`) rebuilds each instruction's outputs from
+the trace and the write log and names the first instruction, output, element and
+both values that differ (golden.core.first_mismatch).
+
+Real layers: a layer program of quantflow.program is split into the two parts
+this RTL runs -- the attention front (LOAD the layer input, input_norm, QUANT,
+q/k/v, RoPE of q and k, STORE q) and the MLP half (LOAD the residual after
+o_proj, post_norm, QUANT, gate, up, SwiGLU, QUANT, down + residual, STORE) --
+whose inputs are the integer model's (golden.decoder) activations of a real
+prompt, prefill and decode steps. The model's KV4 attention between them is not
+in this RTL yet (hdl.core.IMPLEMENTED).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from golden.core import Step, execute, first_mismatch
+from golden.core_config import (INSTR_BYTES, MEM_ALIGN, CoreConfig, Registers, decode, encode,
+                                words_to_bytes)
+
+from . import runner
+
+__all__ = ["CoreRun", "CoreCase", "relocate", "layer_parts", "sim_config", "core_verilog",
+           "core_build", "run_case", "parse_trace", "rtl_steps", "compare_runs",
+           "TB_MODULE", "TOP"]
+
+TB_MODULE = "cosim.tb.core_run"
+TOP = "quattro_core_tb"
+_AXI_MEM = Path(__file__).with_name("axi_mem.v")
+
+
+# --------------------------------------------------------------------------- cases
+@dataclass(frozen=True)
+class CoreRun:
+    """One start of the core: the program's words, its registers, and the int32 rows
+    its LOAD reads (x_in [tokens, n], or None)."""
+    words: tuple
+    pos: int
+    tokens: int
+    x_in: object = None
+    name: str = ""
+
+
+@dataclass
+class CoreCase:
+    """A memory image and the runs on it (laid out by `relocate`)."""
+    config: CoreConfig
+    memory: bytearray
+    runs: list             # dicts: prog (address), pos, tokens, name, words
+    expected: list         # per run: list[golden.core.Step]
+    memory_after: bytearray
+    name: str = ""
+
+
+def _extents(ins, core: CoreConfig) -> list[tuple[str, int]]:
+    """(address field, bytes) that an instruction reads or writes in memory."""
+    op, f = ins.op, ins.fields
+    D = core.kv4.head_dim
+    if op in ("LOAD", "STORE"):
+        return [("addr0", core.max_tokens * f["n"] * 4)]
+    if op == "RMSNORM":
+        return [("addr0", 2 * f["n"])]
+    if op == "ROPE":
+        return [("addr0", f["ctx"] * D), ("addr1", f["ctx"] * D)]
+    if op == "LINEAR":
+        G = f["k"] // f["group"]
+        return [("addr0", f["n"] * f["k"]), ("addr1", f["n"] * G), ("addr2", f["n"] * G),
+                ("addr3", 4 * f["n"])]
+    if op in ("HALT", "SYNC", "QUANT", "SWIGLU", "ADD"):
+        return []
+    raise ValueError(f"{op} is not run by hdl.core yet (hdl.core.IMPLEMENTED)")
+
+
+def _pad(x: int, a: int = MEM_ALIGN) -> int:
+    return -(-x // a) * a
+
+
+def relocate(runs: list[CoreRun], memory, core: CoreConfig, *, slack: int = 256):
+    """A compact memory holding only what `runs` touch: every tensor range an
+    instruction reads (merged where ranges overlap, each keeping its offset inside
+    the merged range), then each run's program and its x_in rows. Returns
+    (memory bytearray, [(program address, words)] per run). Address fields are
+    rewritten; `slack` bytes after each range cover the engine's whole-beat reads."""
+    src = np.frombuffer(memory, dtype=np.uint8)
+    spans = []
+    for r in runs:
+        for w in r.words:
+            ins = decode(w)
+            for field, n in _extents(ins, core):
+                if ins.op in ("LOAD", "STORE"):
+                    continue                    # I/O rows get a slot per run below
+                spans.append((ins[field], ins[field] + n))
+    spans.sort()
+    merged = []
+    for lo, hi in spans:
+        if merged and lo <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], hi)
+        else:
+            merged.append([lo, hi])
+    new_base, out = {}, 0
+    for lo, hi in merged:
+        new_base[lo] = out
+        out = _pad(out + hi - lo + slack)
+    placed = []
+    progs = []
+    for r in runs:
+        words = []
+        io = {}
+        for w in r.words:
+            ins = decode(w)
+            fields = dict(ins.fields)
+            for field, n in _extents(ins, core):
+                a = fields[field]
+                if ins.op in ("LOAD", "STORE"):
+                    if a not in io:
+                        io[a] = out
+                        out = _pad(out + n)
+                    fields[field] = io[a]
+                    continue
+                lo = next(m for m in reversed(merged) if m[0] <= a)
+                fields[field] = new_base[lo[0]] + a - lo[0]
+            words.append(encode(ins.op, **fields))
+        prog = out
+        out = _pad(out + len(words) * INSTR_BYTES)
+        progs.append((prog, words, io))
+    mem = bytearray(_pad(out + slack, 4096))
+    for lo, hi in merged:
+        b = new_base[lo]
+        mem[b:b + hi - lo] = src[lo:hi].tobytes()
+        placed.append((lo, hi, b))
+    for r, (prog, words, io) in zip(runs, progs):
+        mem[prog:prog + len(words) * INSTR_BYTES] = words_to_bytes(words)
+        if r.x_in is not None:
+            load = next(decode(w) for w in words if decode(w).op == "LOAD")
+            raw = torch.as_tensor(r.x_in).to(torch.int64).numpy().astype("<i4").tobytes()
+            a = load["addr0"]
+            mem[a:a + len(raw)] = raw
+    return mem, [(p, w) for p, w, _ in progs]
+
+
+def build_case(runs: list[CoreRun], memory, core: CoreConfig, *, name: str = "") -> CoreCase:
+    """Lay the runs out (relocate) and execute them with the reference executor in
+    order on one memory (a STORE of one run is visible to the next)."""
+    mem, progs = relocate(runs, memory, core)
+    before = bytearray(mem)
+    expected, rr = [], []
+    for r, (prog, words) in zip(runs, progs):
+        steps = execute(words, mem, core, Registers(pos=r.pos, tokens=r.tokens))
+        expected.append(steps)
+        rr.append({"prog": prog, "pos": r.pos, "tokens": r.tokens, "name": r.name,
+                   "words": [hex(w) for w in words]})
+    return CoreCase(config=core, memory=before, runs=rr, expected=expected, memory_after=mem,
+                    name=name)
+
+
+def layer_parts(program) -> dict[str, list[int]]:
+    """The two parts of a layer program (quantflow.program.compile_program(...,
+    layer=i)) this RTL runs: "front" (input_norm .. rope_k, then STORE of the rotated
+    q over x_out) and "mlp" (post_norm .. down_proj on the LOAD of x_in, STORE)."""
+    labels = list(program.labels)
+    words = list(program.words)
+    ins = [decode(w) for w in words]
+
+    def idx(suffix):
+        return next(i for i, lab in enumerate(labels) if lab.endswith(suffix))
+
+    load, store, halt = words[0], words[labels.index("output")], words[labels.index("halt")]
+    out = decode(store)
+    rope_q = ins[idx(".rope_q")]
+    front = [load] + words[1:idx(".rope_k") + 1] + [
+        encode("STORE", src=rope_q["dst"], n=rope_q["heads"] * _head_dim(program),
+               addr0=out["addr0"]), halt]
+    mlp = [load] + words[idx(".post_norm"):idx(".down_proj") + 1] + [store, halt]
+    return {"front": front, "mlp": mlp}
+
+
+def _head_dim(program) -> int:
+    return program.core.kv4.head_dim
+
+
+def sim_config(decoder, **overrides) -> CoreConfig:
+    """The core co-simulated for a model: the image's numerics (core_for), one memory
+    port of 32-byte beats, buffers and vector lengths sized to the model's widest
+    vector, a small engine (rows 4, cols 64) so that a layer simulates in seconds."""
+    from golden.sfu_config import SFUHWConfig
+    from quantflow.program import core_for
+    L = 16
+    widest = max(decoder.hidden, decoder.intermediate, decoder.heads * decoder.head_dim)
+    widest = -(-widest // L) * L
+    sfu = SFUHWConfig(**dataclasses.asdict(decoder.sfu), lanes=L, max_k=widest)
+    kw = dict(rows=4, cols=64, max_k=widest, max_n=widest, buffers=6, max_tokens=8,
+              buf_elems=widest, sfu=sfu, beat_bytes=32, mem_ports=1, mem_latency=20)
+    kw.update(overrides)
+    return core_for(decoder, **kw)
+
+
+# --------------------------------------------------------------------------- design
+def core_verilog(config: CoreConfig, *, mem_bytes: int, latency: int, gap: int = 0) -> str:
+    """The core, the memory model and the wrapper that logs the trace, one text."""
+    from hdl.core import Core, trace_layout
+    from hdl.generate import verilog
+    core_v = verilog(Core(config), "quattro_core")
+    lay = trace_layout(config)
+    sl = {name: (f.offset, f.width) for name, f in lay}
+
+    def part(name):
+        lo, w = sl[name]
+        return f"trace[{lo + w - 1}:{lo}]"
+
+    bb = config.beat_bytes
+    axi = [n for n in ("arid araddr arlen arsize arburst arvalid arready rid rdata rresp "
+                       "rlast rvalid rready").split()]
+    axw = [n for n in ("awid awaddr awlen awsize awburst awvalid awready wdata wstrb wlast "
+                       "wvalid wready bid bresp bvalid bready").split()]
+    wires = "\n".join(f"  wire [{_axi_width(n, bb)}-1:0] {n};" for n in axi + axw)
+    core_conn = ",\n".join([f"    .rd__{n}({n})" for n in axi] + [f"    .wr__{n}({n})" for n in axw])
+    mem_conn = ",\n".join(f"    .s_{n}({n})" for n in axi + axw)
+    tw = lay.size
+    wrapper = f"""
+module {TOP} (
+  input clk, input rst, input start, input [63:0] prog, input [19:0] pos,
+  input [15:0] tokens, input dump,
+  output busy, output done, output [7:0] error, output [19:0] err_pc,
+  output [31:0] cycles
+);
+{wires}
+  wire [{tw - 1}:0] trace;
+  wire [7:0] err_w;
+  quattro_core core (
+    .clk(clk), .rst(rst), .start(start), .prog(prog), .pos(pos), .tokens(tokens),
+    .busy(busy), .done(done), .error(err_w), .err_pc(err_pc), .cycles(cycles),
+    .trace(trace),
+{core_conn}
+  );
+  assign error = err_w;
+  quattro_axi_mem #(.ADDR_BITS(64), .DATA_BYTES({bb}), .MEM_BYTES({mem_bytes}),
+                    .LATENCY({latency}), .GAP({gap})) mem (
+    .clk(clk), .rst(rst), .dump(dump),
+{mem_conn}
+  );
+  // the trace file: one line per record, the run (start pulses) first
+  integer tf;
+  reg [31:0] run;
+  reg [8*256-1:0] tpath;
+  initial begin
+    run = 0;
+    tf = 0;
+    if ($value$plusargs("trace=%s", tpath)) tf = $fopen(tpath, "w");
+  end
+  always @(posedge clk) begin
+    if (start & ~busy) run <= run + 1;
+    if (tf != 0 && {part('valid')})
+      $fwrite(tf, "%0d %0d %0d %0d %0d %0d %h %h %0d\\n", run, {part('kind')}, {part('pc')},
+              {part('buf')}, {part('row')}, {part('word')}, {part('mask')}, {part('data')},
+              {part('cycle')});
+    if (tf != 0 && {part('valid')} && {part('kind')} == 3) $fflush(tf);
+  end
+endmodule
+"""
+    return core_v + "\n" + _AXI_MEM.read_text() + wrapper
+
+
+def _axi_width(name: str, bb: int) -> int:
+    return {"araddr": 64, "awaddr": 64, "arlen": 8, "awlen": 8, "arsize": 3, "awsize": 3,
+            "arburst": 2, "awburst": 2, "rdata": 8 * bb, "wdata": 8 * bb, "wstrb": bb,
+            "rresp": 2, "bresp": 2}.get(name, 1)
+
+
+def core_build(config: CoreConfig, *, mem_bytes: int, latency: int, gap: int = 0,
+               sim: str | None = None) -> runner.Build:
+    return runner.build(core_verilog(config, mem_bytes=mem_bytes, latency=latency, gap=gap),
+                        TOP, sim=sim)
+
+
+# --------------------------------------------------------------------------- run
+def run_case(case: CoreCase, *, latency: int = 20, gap: int = 0, sim: str | None = None,
+             build: runner.Build | None = None) -> dict:
+    """Simulate every run of `case`; returns the testbench's result plus the parsed
+    `steps` per run and the `mismatch` (None when bit-exact)."""
+    from .axi_mem import write_init
+    mem_bytes = len(case.memory)
+    b = build or core_build(case.config, mem_bytes=mem_bytes, latency=latency, gap=gap, sim=sim)
+    t0 = time.perf_counter()
+    run_dir = Path(b.directory).parent / "runs" / f"core-{time.time_ns()}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    init = run_dir / "mem.hex"
+    write_init(init, case.memory, case.config.beat_bytes)
+    trace, log = run_dir / "trace.txt", run_dir / "mem_log.txt"
+    job = {"runs": [{k: r[k] for k in ("prog", "pos", "tokens", "name")} for r in case.runs],
+           "max_cycles": 50_000_000}
+    res = runner.run(b, test_module=TB_MODULE, job=job, run_dir=run_dir,
+                     plusargs=[f"+mem_init={init}", f"+trace={trace}", f"+mem_log={log}"])
+    res["sim_seconds_total"] = time.perf_counter() - t0
+    records = parse_trace(trace)
+    writes = parse_mem_log(log)
+    res["steps"] = rtl_steps(case, records, writes)
+    res["mismatch"] = compare_runs(case, res["steps"], res["runs"])
+    return res
+
+
+def parse_trace(path) -> list[tuple]:
+    """(run, kind, pc, buf, row, word, mask, data, cycle) per trace line."""
+    out = []
+    p = Path(path)
+    if not p.is_file():
+        return out
+    for line in p.read_text().splitlines():
+        run, kind, pc, buf, row, word, mask, dat, cyc = line.split()
+        out.append((int(run), int(kind), int(pc), int(buf), int(row), int(word),
+                    int(mask, 16), int(dat, 16), int(cyc)))
+    return out
+
+
+def parse_mem_log(path) -> list[tuple[int, int, int]]:
+    out = []
+    p = Path(path)
+    if not p.is_file():
+        return out
+    for line in p.read_text().splitlines():
+        a, d, s = line.split()
+        out.append((int(a, 16), int(d, 16), int(s, 16)))
+    return out
+
+
+def _s32(v: int) -> int:
+    v &= 0xFFFFFFFF
+    return v - (1 << 32) if v >> 31 else v
+
+
+def rtl_steps(case: CoreCase, records, writes) -> list[list[Step]]:
+    """Each run's instructions as golden.core Steps rebuilt from the trace (buffer
+    words -> the dst rows an instruction wrote; token scales -> QUANT's mn, L; acc
+    beats -> LINEAR's acc) and the memory write log (STORE's rows)."""
+    c = case.config
+    L = c.sfu.lanes
+    bb = c.beat_bytes
+    mem = bytearray(case.memory)
+    for a, d, s in writes:
+        for i in range(bb):
+            if s >> i & 1:
+                mem[a + i] = d >> (8 * i) & 0xFF
+    by_run: dict[int, list] = {}
+    for r in records:
+        by_run.setdefault(r[0], []).append(r)
+    out = []
+    for ri, (run, exp) in enumerate(zip(case.runs, case.expected)):
+        recs = by_run.get(ri + 1, [])
+        T = run["tokens"]
+        words = [int(w, 16) for w in run["words"]]
+        retired = [r[2] for r in recs if r[1] == 3]
+        steps = []
+        for pc in retired:
+            ins = decode(words[pc])
+            mine = [r for r in recs if r[2] == pc]
+            outs = {}
+            if ins.op in ("LOAD", "RMSNORM", "QUANT", "ROPE", "SWIGLU", "ADD", "LINEAR"):
+                n = ins["heads"] * c.kv4.head_dim if ins.op == "ROPE" else ins["n"]
+                y = torch.zeros(T, n, dtype=torch.int64)
+                seen = torch.zeros(T, n, dtype=torch.bool)
+                for r in mine:
+                    if r[1] != 0:
+                        continue
+                    _, _, _, _, row, word, mask, dat, _ = r
+                    for j in range(L):
+                        col = word * L + j
+                        if mask >> j & 1 and row < T and col < n:
+                            y[row, col] = _s32(dat >> (32 * j))
+                            seen[row, col] = True
+                outs["out"] = y
+                if ins.op == "QUANT":
+                    mn = torch.zeros(T, dtype=torch.int64)
+                    Ls = torch.zeros(T, dtype=torch.int64)
+                    for r in mine:
+                        if r[1] == 1 and r[4] < T:
+                            v = r[7] & 0xFFFFFFFF
+                            mn[r[4]] = v & 0xFFFF
+                            Ls[r[4]] = _s32(v) >> 16
+                    outs["mn"], outs["L"] = mn, Ls
+                if ins.op == "LINEAR":
+                    acc = torch.zeros(T, ins["n"], dtype=torch.int64)
+                    for r in mine:
+                        if r[1] == 2:
+                            for t in range(c.rows):
+                                if r[6] >> t & 1 and r[4] + t < T:
+                                    acc[r[4] + t, r[5]] = _s32(r[7] >> (32 * t))
+                    outs = {"acc": acc, "out": outs["out"]}
+            elif ins.op == "STORE":
+                n = ins["n"]
+                a = ins["addr0"]
+                outs["out"] = torch.from_numpy(np.frombuffer(
+                    mem, "<i4", T * n, a).astype(np.int64)).view(T, n)
+            steps.append(Step(pc, ins, outs))
+        out.append(steps)
+    return out
+
+
+def compare_runs(case: CoreCase, got: list[list[Step]], runs_res: list[dict]) -> dict | None:
+    """The first difference over the runs: run, instruction, op, output, element and
+    both values (golden.core.first_mismatch), or a run that stopped with an error."""
+    for i, (exp, mine, rr) in enumerate(zip(case.expected, got, runs_res)):
+        if rr.get("error"):
+            return {"run": i, "name": case.runs[i]["name"], "index": rr.get("err_pc"),
+                    "op": None, "tensor": "error",
+                    "message": f"the core stopped with error {rr.get('error_name')} at "
+                               f"instruction {rr.get('err_pc')}"}
+        mm = first_mismatch(exp, mine)
+        if mm is not None:
+            return {"run": i, "name": case.runs[i]["name"], "index": mm.index, "op": mm.op,
+                    "tensor": mm.tensor, "element": list(mm.element), "expected": mm.expected,
+                    "got": mm.got, "message": f"run {i} ({case.runs[i]['name']}): {mm}"}
+    return None
+
+
+def instruction_cycles(records, run: int) -> list[tuple[int, int]]:
+    """(pc, cycles) of each retired instruction of run `run` (1-based as traced)."""
+    out, prev = [], 0
+    for r in records:
+        if r[0] == run and r[1] == 3:
+            out.append((r[2], r[8] - prev))
+            prev = r[8]
+    return out
+
+
+def dump_json(obj) -> str:
+    return json.dumps(obj, default=lambda o: o.tolist() if isinstance(o, torch.Tensor) else str(o))

@@ -1,0 +1,63 @@
+"""cocotb testbench of the accelerator core (cosim/core.py): the memory is
+preloaded by the memory model ($readmemh), the clock runs in cocotb's C layer,
+and Python acts only between program runs: set the registers, pulse start, then
+wait for done or an error status in steps of many cycles. The results (each
+instruction's outputs) come from the trace and write-log files the Verilog side
+writes; this bench records per run the cycles, the error status and the
+simulation speed."""
+from __future__ import annotations
+
+import cocotb
+from cocotb.triggers import ClockCycles, RisingEdge
+
+from cosim.runner import write_result
+from cosim.tb.common import Stopwatch, open_job, start_clock
+
+#: Cycles between two looks at done / error (Python's share of a long run).
+POLL = 512
+
+
+@cocotb.test()
+async def core_runs(dut):
+    job, _ = open_job(dut, "core_runs")
+    from hdl.core import ERRORS
+    start_clock(dut.clk, impl="gpi")
+    dut.rst.value = 1
+    dut.start.value = 0
+    dut.dump.value = 0
+    dut.prog.value = 0
+    dut.pos.value = 0
+    dut.tokens.value = 0
+    await ClockCycles(dut.clk, 4)
+    dut.rst.value = 0
+    await RisingEdge(dut.clk)
+    runs = []
+    sim_cycles = 0
+    watch = Stopwatch()
+    for r in job["runs"]:
+        dut.prog.value = int(r["prog"])
+        dut.pos.value = int(r["pos"])
+        dut.tokens.value = int(r["tokens"])
+        dut.start.value = 1
+        await RisingEdge(dut.clk)
+        dut.start.value = 0
+        waited = 1
+        t0 = watch.seconds()
+        while True:
+            await ClockCycles(dut.clk, POLL)
+            waited += POLL
+            err = int(dut.error.value)
+            if int(dut.done.value) or err or waited > job["max_cycles"]:
+                break
+        err = int(dut.error.value)
+        rec = {"name": r["name"], "cycles": int(dut.cycles.value), "error": err,
+               "error_name": ERRORS[err] if err < len(ERRORS) else str(err),
+               "err_pc": int(dut.err_pc.value), "done": bool(int(dut.done.value)),
+               "timeout": waited > job["max_cycles"], "sim_cycles": waited,
+               "sim_seconds": watch.seconds() - t0}
+        sim_cycles += waited
+        runs.append(rec)
+        dut._log.info(f"run {r['name']}: {rec}")
+        if err or rec["timeout"]:
+            break
+    write_result({"runs": runs, "sim_cycles": sim_cycles, "sim_seconds": watch.seconds()})

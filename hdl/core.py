@@ -1,0 +1,924 @@
+"""The accelerator core (docs/core.md) in Amaranth 0.5: a sequencer that fetches
+the ISA of golden.core_config from memory and runs it on on-chip activation
+buffers, the SFU (hdl.sfu), the linear engine (hdl.core_linear) and two AXI4
+masters (hdl.axi), bit-exact with golden.core.execute.
+
+What this RTL runs today: HALT, SYNC, LOAD, STORE, RMSNORM, QUANT, ROPE, SWIGLU,
+ADD and LINEAR (with FLAG_RES) -- every instruction of a decoder layer's MLP half
+and of its attention half up to the KV4 unit. EMBED, ARGMAX, LOGITS, KV_APPEND and
+ATTEND are decoded and refused with ERR_UNIMPLEMENTED (the error status names the
+instruction), never run wrongly.
+
+Structure (one instruction at a time; the phases of an instruction run in order):
+
+  sequencer   FETCH (INSTR_BYTES from prog + 64 pc through the read master) ->
+              DECODE (field checks -> error status, or dispatch) -> the op's
+              phases -> RETIRE (pc + 1)
+  buffers     `buffers` memories of max_tokens x buf_elems 32-bit elements, one
+              word = sfu.lanes elements; two read ports (A: src, B: src2) and one
+              lane-granular write port each; a token-scale memory (mn, L) per
+              buffer row, written by QUANT's TS beat
+  V memory    the vector operand of an SFU pass read from memory: RMSNorm's NW
+              (int16), RoPE's cos (low halves) and sin (high halves) rows
+              pos..pos+T-1, LINEAR's S1 (int32)
+  acc RAM     rows x buf_elems int32: the engine's accumulators of one row tile,
+              dequantized in place when the LINEAR adds a residual
+  movers      VLOAD (read beats -> V or a buffer), STORE (buffer -> write beats),
+              ACT (A8 rows -> the engine's activation file), SFU pass (per token:
+              one cmd, x.a / x.b words read with the `adv` pattern, out words
+              written back), ENGINE (cmd, the read ranges of each column tile,
+              acc beats -> acc RAM)
+
+Every buffer, token-scale and acc write and every retired instruction appears on
+the `trace` port (one record a cycle at most), so a testbench reconstructs each
+instruction's result without peeking inside: the mismatch locator.
+
+`cycle_model` gives the RTL's cycles per instruction for the memory model of
+cosim/axi_mem.v (read latency, beat gap); tests hold the RTL equal to it.
+"""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, memory, wiring
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import exact_log2
+
+from golden.core_config import FIELDS, FLAG_RES, INSTR_BITS, INSTR_BYTES, MEM_ALIGN, OPS, \
+    CoreConfig
+from golden.mixpe_config import MIXPE_GROUP_RANGE
+from golden.sfu_config import MANT_BITS, X_BITS
+from golden.validate import expect_type
+
+from . import sfu as sfu_mod
+from .axi import AXI_ADDR_BITS, AxiReader, AxiWriter, axi_read_members, axi_write_members
+from .core_linear import LinearEngine
+from .rtl import FSM, count_width, is_const, wire
+
+__all__ = ["IMPLEMENTED", "ERRORS", "ERROR_CODE", "TRACE_KINDS", "check_rtl_config",
+           "trace_layout", "Core"]
+
+#: Opcodes this RTL executes; the others are refused with ERR_UNIMPLEMENTED.
+IMPLEMENTED = ("HALT", "SYNC", "LOAD", "STORE", "RMSNORM", "QUANT", "ROPE", "SWIGLU",
+               "ADD", "LINEAR")
+#: Error status codes (the `error` output; 0 = none), in the order the checks of
+#: golden.core.ProgramError name them.
+ERRORS = ("none", "opcode", "unimplemented", "field", "buffer", "extent", "lanes", "k",
+          "group", "tokens", "align", "ctx", "flags", "same_buffer", "overflow", "memory",
+          "sfu", "engine")
+ERROR_CODE = {name: i for i, name in enumerate(ERRORS)}
+#: trace.kind: a buffer word write, a token-scale write (data lane 0 = mn | L << 16),
+#: an engine acc beat (word = its output n, lane t = token t of the tile, row = the
+#: tile's first row), an instruction retired (cycle = the cycle counter).
+TRACE_KINDS = ("buf", "ts", "acc", "retire")
+_K_BUF, _K_TS, _K_ACC, _K_RETIRE = range(4)
+
+_ST = ("IDLE", "FETCH", "FETCH_WAIT", "DECODE", "VLOAD", "SFU_CMD", "SFU_RUN", "STORE",
+       "ACT", "ENGINE", "DRAIN", "RETIRE", "DONE", "ERROR")
+
+# SFU pass operand sources
+_A_BUF, _A_ACC = 0, 1
+_B_NONE, _B_BUF, _B_NW, _B_ROPE, _B_S1 = range(5)
+
+
+def check_rtl_config(c: CoreConfig) -> CoreConfig:
+    """The CoreConfig limits of this RTL besides CoreConfig's own: one read and one
+    write master, elements of memory beats that fit whole into a buffer word,
+    power-of-two shapes where the address arithmetic shifts."""
+    expect_type("config", c, CoreConfig)
+    L, BB = c.sfu.lanes, c.beat_bytes
+    D = c.kv4.head_dim
+    problems = []
+    if c.mem_ports != 1:
+        problems.append(f"mem_ports={c.mem_ports}: the RTL drives one AXI read and one "
+                        f"write master (mem_ports=1); the cycle model's mem_ports is the "
+                        f"system model's")
+    if BB > INSTR_BYTES:
+        problems.append(f"beat_bytes={BB} exceeds an instruction ({INSTR_BYTES} bytes)")
+    if BB // 2 > L or L % max(1, BB // 2):
+        problems.append(f"beat_bytes={BB} carries {BB // 2} int16 elements, more than "
+                        f"sfu.lanes={L} (or not dividing it): use beat_bytes <= 2 x lanes")
+    if BB < 4:
+        problems.append(f"beat_bytes={BB}: an int32 element must fit one beat")
+    if c.buf_elems % L:
+        problems.append(f"buf_elems={c.buf_elems} is not a multiple of sfu.lanes={L}")
+    if c.cols & (c.cols - 1) or c.cols % BB:
+        problems.append(f"cols={c.cols} must be a power of two and a multiple of "
+                        f"beat_bytes={BB}")
+    if c.rows > L:
+        problems.append(f"rows={c.rows} exceeds sfu.lanes={L} (the trace carries a tile's "
+                        f"accumulators in one word)")
+    if D % BB or (D // 2) % L:
+        problems.append(f"kv4.head_dim={D}: a RoPE table row (D bytes) must be whole beats "
+                        f"and D/2 a multiple of lanes")
+    if problems:
+        raise ValueError("hdl.core cannot generate this CoreConfig: " + "; ".join(problems))
+    return c
+
+
+def trace_layout(c: CoreConfig) -> data.StructLayout:
+    L = c.sfu.lanes
+    return data.StructLayout({
+        "valid": unsigned(1), "kind": unsigned(2), "pc": unsigned(20),
+        "buf": unsigned(4), "row": unsigned(count_width(c.max_tokens)),
+        "word": unsigned(20), "mask": unsigned(L), "data": unsigned(32 * L),
+        "cycle": unsigned(32)})
+
+
+def _field(ir, name: str):
+    f = FIELDS[name]
+    v = ir[f.lo:f.lo + f.width]
+    return v.as_signed() if f.signed else v
+
+
+def _unused_mask(op: str) -> int:
+    """Bits of the word that `op` must leave zero."""
+    used = set(OPS[op].fields) | {"op"}
+    mask = (1 << INSTR_BITS) - 1
+    for name in used:
+        f = FIELDS[name]
+        mask &= ~(((1 << f.width) - 1) << f.lo)
+    return mask
+
+
+class Core(wiring.Component):
+    """The core (module docstring). Ports:
+
+      start  In   pulse while idle: run the program at `prog` with `pos`, `tokens`
+      prog, pos, tokens  In   the registers (sampled at start)
+      busy, done  Out  done holds from the HALT until the next start
+      error  Out  the status code (ERRORS; 0 none), err_pc the instruction
+      cycles Out  cycles of the current / last run
+      rd, wr      AXI4 read / write masters (hdl.axi member names)
+      trace  Out  trace_layout: every result as it is written (module docstring)
+    """
+
+    def __init__(self, config: CoreConfig):
+        self.config = c = check_rtl_config(config)
+        self.L = c.sfu.lanes
+        self.W = c.buf_elems // self.L
+        self.BB = c.beat_bytes
+        mb = max(c.max_tokens * c.buf_elems * 4, c.cols * c.max_k,
+                 max(c.buf_elems, c.sfu.max_k) * 4, c.max_tokens * c.kv4.head_dim) // self.BB
+        self.max_beats = max(1, mb)
+        super().__init__({
+            "start": In(1), "prog": In(AXI_ADDR_BITS), "pos": In(FIELDS["ctx"].width),
+            "tokens": In(count_width(c.max_tokens) + 1),
+            "busy": Out(1), "done": Out(1), "error": Out(count_width(len(ERRORS) - 1)),
+            "err_pc": Out(20), "cycles": Out(32),
+            "rd": Out(wiring.Signature(axi_read_members(8 * self.BB))),
+            "wr": Out(wiring.Signature(axi_write_members(8 * self.BB))),
+            "trace": Out(trace_layout(c)),
+        })
+
+    # ------------------------------------------------------------------ top
+    def elaborate(self, platform):
+        m = Module()
+        s = SimpleNamespace()
+        s.fsm = FSM(m, _ST, "state")
+        self._units(m, s)               # AXI masters, SFU, engine
+        self._storage(m, s)             # buffers, token scales, V, acc RAM
+        self._registers(m, s)           # pc, ir and its fields, run registers
+        self._declare(m, s)             # the movers' registers
+        self._sequencer(m, s)           # fetch, decode and checks, dispatch, retire
+        self._vload(m, s)               # read beats -> V or a buffer
+        self._store(m, s)               # buffer -> write beats
+        self._sfu_pass(m, s)            # per token: cmd, x words, out words
+        self._act(m, s)                 # A8 rows -> the engine's activation file
+        self._engine(m, s)              # ranges, mem beats, acc beats
+        self._ports(m, s)               # the shared ports' owners by state
+        self._trace(m, s)
+        # an error stops the run (last: it overrides every other transition)
+        with m.If(s.raise_.any() & ~s.fsm.is_("ERROR")):
+            m.d.sync += [s.err.eq(s.raise_), s.err_pc.eq(s.pc)]
+            s.fsm.next("ERROR")
+        return m
+
+    # ------------------------------------------------------------------ units
+    def _units(self, m, s):
+        c = self.config
+        m.submodules.rd = s.rd = AxiReader(beat_bytes=self.BB, max_beats=self.max_beats)
+        m.submodules.wr = s.wr = AxiWriter(beat_bytes=self.BB, max_beats=self.max_beats)
+        wiring.connect(m, wiring.flipped(self.rd), s.rd.axi)
+        wiring.connect(m, wiring.flipped(self.wr), s.wr.axi)
+        m.submodules.sfu = s.sfu = sfu_mod.SFU(c.sfu)
+        m.submodules.engine = s.eng = LinearEngine(c)
+
+    def _storage(self, m, s):
+        c, L, W = self.config, self.L, self.W
+        word = unsigned(32 * L)
+        s.bufs = []
+        s.pa = SimpleNamespace(addr=Signal(range(c.max_tokens * W), name="pa_addr"),
+                               en=Signal(name="pa_en"), sel=Signal(4, name="pa_sel"))
+        s.pb = SimpleNamespace(addr=Signal(range(c.max_tokens * W), name="pb_addr"),
+                               en=Signal(name="pb_en"), sel=Signal(4, name="pb_sel"))
+        s.bw = SimpleNamespace(row=Signal(range(c.max_tokens + 1), name="bw_row"),
+                               word=Signal(range(W + 1), name="bw_word"),
+                               addr=Signal(range(c.max_tokens * W), name="bw_addr"),
+                               data=Signal(word, name="bw_data"), mask=Signal(L, name="bw_mask"),
+                               sel=Signal(4, name="bw_sel"))
+        s.pa.data = Signal(word, name="pa_data")
+        s.pb.data = Signal(word, name="pb_data")
+        for i in range(c.buffers):
+            mem = memory.Memory(shape=word, depth=c.max_tokens * W, init=[])
+            m.submodules[f"buf{i}"] = mem
+            ra, rb = mem.read_port(), mem.read_port()
+            wp = mem.write_port(granularity=32)
+            m.d.comb += [ra.addr.eq(s.pa.addr), ra.en.eq(s.pa.en),
+                         rb.addr.eq(s.pb.addr), rb.en.eq(s.pb.en),
+                         wp.addr.eq(s.bw.addr), wp.data.eq(s.bw.data),
+                         wp.en.eq(Mux(s.bw.sel == i, s.bw.mask, 0))]
+            s.bufs.append((ra, rb))
+        # the read data of the buffer each port selected (selects are stable for a pass)
+        with m.Switch(s.pa.sel):
+            for i, (ra, _) in enumerate(s.bufs):
+                with m.Case(i):
+                    m.d.comb += s.pa.data.eq(ra.data)
+        with m.Switch(s.pb.sel):
+            for i, (_, rb) in enumerate(s.bufs):
+                with m.Case(i):
+                    m.d.comb += s.pb.data.eq(rb.data)
+        # token scales (mn, L) per buffer row: written by QUANT's TS beat, read by
+        # LINEAR's dequant pass
+        ts = memory.Memory(shape=unsigned(MANT_BITS + 8), depth=c.buffers * c.max_tokens,
+                           init=[])
+        m.submodules.ts = ts
+        s.ts_r = ts.read_port(domain="comb")
+        s.ts_w = ts.write_port()
+        # V: the pass's vector operand from memory, 16-bit granularity (cos | sin)
+        vdepth = max(-(-max(c.buf_elems, c.sfu.max_k) // L),
+                     c.max_tokens * c.kv4.head_dim // 2 // L)
+        vmem = memory.Memory(shape=word, depth=vdepth, init=[])
+        m.submodules.vmem = vmem
+        s.v_r = vmem.read_port()
+        s.v_w = vmem.write_port(granularity=16)
+        s.vdepth = vdepth
+        # acc RAM: one memory per tile row (the engine's acc beat writes every row)
+        s.acc = []
+        for t in range(c.rows):
+            am = memory.Memory(shape=word, depth=W, init=[])
+            m.submodules[f"acc{t}"] = am
+            s.acc.append((am.read_port(), am.write_port(granularity=32)))
+        s.acc_r_addr = Signal(range(W), name="acc_r_addr")
+        s.acc_r_en = Signal(name="acc_r_en")
+        s.acc_r_row = Signal(range(c.rows), name="acc_r_row")
+        s.acc_r_data = Signal(word, name="acc_r_data")
+        for t, (rp, _) in enumerate(s.acc):
+            m.d.comb += [rp.addr.eq(s.acc_r_addr), rp.en.eq(s.acc_r_en)]
+        with m.Switch(s.acc_r_row):
+            for t, (rp, _) in enumerate(s.acc):
+                with m.Case(t):
+                    m.d.comb += s.acc_r_data.eq(rp.data)
+
+    # ------------------------------------------------------------------ registers
+    def _registers(self, m, s):
+        c = self.config
+        s.pc = Signal(20, name="pc")
+        s.ir = Signal(INSTR_BITS, name="ir")
+        s.prog = Signal(AXI_ADDR_BITS, name="prog_base")
+        s.pos = Signal(FIELDS["ctx"].width, name="pos_r")
+        s.T = Signal(count_width(c.max_tokens) + 1, name="T_r")
+        s.cyc = Signal(32, name="cyc")
+        s.err = Signal(count_width(len(ERRORS) - 1), name="err")
+        s.err_pc = Signal(20, name="err_pc_r")
+        s.f = {name: wire(m, _field(s.ir, name), f"f_{name}") for name in FIELDS}
+        s.is_op = {op: wire(m, s.f["op"] == OPS[op].code, f"is_{op.lower()}") for op in OPS}
+        # per-instruction phase and the row tile of a LINEAR
+        s.phase = Signal(3, name="phase")
+        s.r0 = Signal(range(c.max_tokens + 1), name="r0")
+        s.tt = Signal(range(c.rows + 1), name="tile_tokens")
+        m.d.comb += [self.busy.eq(~s.fsm.is_("IDLE") & ~s.fsm.is_("DONE")
+                                  & ~s.fsm.is_("ERROR")),
+                     self.done.eq(s.fsm.is_("DONE")), self.error.eq(s.err),
+                     self.err_pc.eq(s.err_pc), self.cycles.eq(s.cyc)]
+        with m.If(self.busy):
+            m.d.sync += s.cyc.eq(s.cyc + 1)
+
+    def _declare(self, m, s):
+        """The movers' registers, declared before any logic uses them."""
+        c, L, W, BB = self.config, self.L, self.W, self.BB
+        sub = L * 4 // BB
+        s.raise_ = Signal(count_width(len(ERRORS) - 1), name="raise_err")   # comb
+        s.ps_out_addr_acc = Signal(range(W), name="ps_out_addr_acc")
+        s.vl = SimpleNamespace(
+            to_buf=Signal(name="vl_to_buf"), e16=Signal(name="vl_e16"),
+            hi=Signal(name="vl_hi"), count=Signal(32, name="vl_count"),
+            beats=Signal(32, name="vl_beats"), e=Signal(32, name="vl_e"),
+            got=Signal(32, name="vl_got"), addr=Signal(AXI_ADDR_BITS, name="vl_addr"),
+            req=Signal(name="vl_req"), rowlen=Signal(21, name="vl_rowlen"),
+            row=Signal(range(c.max_tokens + 1), name="vl_row"),
+            col=Signal(21, name="vl_col"))
+        s.st = SimpleNamespace(req=Signal(name="st_req"), row=Signal(range(c.max_tokens + 1),
+                                    name="st_row"), w=Signal(range(W + 1), name="st_w"),
+                                    left=Signal(32, name="st_left"),
+                                    v=Signal(name="st_v"), k=Signal(range(sub), name="st_k"),
+                                    out=Signal(32, name="st_out"))
+        s.ps = SimpleNamespace(
+            t=Signal(range(c.max_tokens + 1), name="ps_t"),
+            row0=Signal(range(c.max_tokens + 1), name="ps_row0"),
+            tokens=Signal(range(c.max_tokens + 1), name="ps_tokens"),
+            w=Signal(range(W + 1), name="ps_w"), left=Signal(range(W + 1), name="ps_left"),
+            v=Signal(name="ps_v"), ow=Signal(range(W + 1), name="ps_ow"),
+            ts=Signal(name="ps_ts"))
+        s.ac = SimpleNamespace(row=Signal(range(c.rows + 1), name="ac_row"),
+                                    w=Signal(range(W + 1), name="ac_w"),
+                                    left=Signal(32, name="ac_left"), v=Signal(name="ac_v"),
+                                    orow=Signal(range(c.rows + 1), name="ac_orow"),
+                                    ow=Signal(range(c.max_k // L + 1), name="ac_ow"))
+        s.ac_nw = wire(m, s.f["k"] >> exact_log2(L), "ac_nw")
+        s.en = SimpleNamespace(cmd=Signal(name="en_cmd"), issue=Signal(name="en_issue"),
+                                    tile=Signal(21, name="en_tile"),
+                                    which=Signal(2, name="en_which"),
+                                    got=Signal(21, name="en_got"))
+
+    # ------------------------------------------------------------------ sequencer
+    def _sequencer(self, m, s):
+        c, fsm, f = self.config, s.fsm, s.f
+        ib = INSTR_BYTES // self.BB
+        s.fetch_beat = Signal(range(ib + 1), name="fetch_beat")
+        with fsm.state("IDLE"), m.If(self.start):
+            self._begin(m, s)
+        with fsm.state("DONE"), m.If(self.start):
+            self._begin(m, s)
+        with fsm.state("ERROR"), m.If(self.start):
+            self._begin(m, s)
+
+        # FETCH: one range of the instruction's beats; FETCH_WAIT shifts them in
+        rq = s.rd.req
+        s.fetch_req = wire(m, fsm.is_("FETCH"), "fetch_req")
+        with fsm.state("FETCH"), m.If(rq.ready):
+            m.d.sync += s.fetch_beat.eq(0)
+            fsm.next("FETCH_WAIT")
+        with fsm.state("FETCH_WAIT"):
+            with m.If(s.rd.data.valid):
+                m.d.sync += [s.ir.eq(Cat(s.ir[8 * self.BB:], s.rd.data.payload)),
+                             s.fetch_beat.eq(s.fetch_beat + 1)]
+                with m.If(s.fetch_beat == ib - 1):
+                    fsm.next("DECODE")
+        with fsm.state("DECODE"):
+            self._decode(m, s)
+        with fsm.state("RETIRE"):
+            m.d.sync += [s.pc.eq(s.pc + 1), s.phase.eq(0)]
+            fsm.next("FETCH")
+        # SYNC / HALT: every write answered
+        with fsm.state("DRAIN"), m.If(s.wr.idle):
+            with m.If(s.is_op["HALT"]):
+                fsm.next("DONE")
+            with m.Else():
+                fsm.next("RETIRE")
+        # bus errors of either master stop the run
+        with m.If(s.rd.error | s.wr.error):
+            m.d.comb += s.raise_.eq(ERROR_CODE["memory"])
+        m.d.comb += [s.rd.clear.eq(self.start & ~self.busy),
+                     s.wr.clear.eq(self.start & ~self.busy)]
+
+    def _begin(self, m, s):
+        c = self.config
+        m.d.sync += [s.pc.eq(0), s.prog.eq(self.prog), s.pos.eq(self.pos),
+                     s.T.eq(self.tokens), s.cyc.eq(0), s.err.eq(0), s.err_pc.eq(0),
+                     s.phase.eq(0)]
+        with m.If((self.tokens == 0) | (self.tokens > c.max_tokens)):
+            m.d.sync += s.err.eq(ERROR_CODE["tokens"])
+            s.fsm.next("ERROR")
+        with m.Else():
+            s.fsm.next("FETCH")
+
+    def _decode(self, m, s):
+        """The checks of golden.core's executor that the hardware makes, in its order;
+        the first failing one sets the error status, else the op's first phase."""
+        c, f, L = self.config, s.f, self.L
+        err = Signal.like(s.raise_, name="dec_err")
+        known = Signal(name="known")
+        impl = Signal(name="impl")
+        bad_unused = Signal(name="bad_unused")
+        m.d.comb += [known.eq(0), impl.eq(0), bad_unused.eq(0)]
+        for op in OPS:
+            with m.If(s.is_op[op]):
+                m.d.comb += [known.eq(1), impl.eq(op in IMPLEMENTED),
+                             bad_unused.eq((s.ir & _unused_mask(op)).any())]
+        uses = {name: Signal(name=f"uses_{name}") for name in
+                ("dst", "src", "src2", "n", "addr0", "addr1", "addr2", "addr3")}
+        for name, sig in uses.items():
+            m.d.comb += sig.eq(0)
+            for op, spec in OPS.items():
+                if name in spec.fields:
+                    with m.If(s.is_op[op]):
+                        m.d.comb += sig.eq(1)
+        sfu_n = Signal(21, name="sfu_n")        # the SFU vector length of the op
+        m.d.comb += sfu_n.eq(Mux(s.is_op["ROPE"], f["heads"] * c.kv4.head_dim, f["n"]))
+        buffered = wire(m, s.is_op["RMSNORM"] | s.is_op["QUANT"] | s.is_op["ROPE"], "buffered")
+        lin = s.is_op["LINEAR"]
+        glo, ghi = MIXPE_GROUP_RANGE
+        g = f["group"]
+        pow2 = wire(m, ~(g & (g - 1)).any(), "group_pow2")
+        kbeats_ok = wire(m, ~f["k"][:exact_log2(L)].any() if L > 1 else Const(1), "k_lanes")
+        sw_shift = wire(m, c.sfu.frac + f["in_frac2"] - f["out_frac"], "swiglu_shift")
+        addr_bad = Signal(name="addr_bad")
+        m.d.comb += addr_bad.eq(0)
+        for a in ("addr0", "addr1", "addr2", "addr3"):
+            bad = f[a][:exact_log2(MEM_ALIGN)].any()
+            if c.addr_bits < 64:
+                bad = bad | f[a][c.addr_bits:].any()
+            with m.If(uses[a] & bad):
+                m.d.comb += addr_bad.eq(1)
+        checks = [
+            (~known, "opcode"), (bad_unused, "field"),
+            ((uses["dst"] & (f["dst"] >= c.buffers)) | (uses["src"] & (f["src"] >= c.buffers))
+             | (uses["src2"] & (f["src2"] >= c.buffers)), "buffer"),
+            (addr_bad, "align"),
+            (uses["n"] & is_const(f["n"], 0), "extent"),
+            (~impl, "unimplemented"),
+            ((uses["n"] & (f["n"] > c.buf_elems)) | (buffered & (sfu_n > c.sfu.max_k))
+             | (s.is_op["ROPE"] & (is_const(f["heads"], 0) | (sfu_n > c.buf_elems))),
+             "extent"),
+            ((uses["n"] | s.is_op["ROPE"]) & (sfu_n[:exact_log2(L)].any() if L > 1
+                                              else Const(0)), "lanes"),
+            (lin & (is_const(f["k"], 0) | (f["k"] > c.max_k) | ~kbeats_ok), "k"),
+            (lin & ((g < glo) | (g > ghi) | ~pow2 | (f["k"] & (g - 1)).any()), "group"),
+            (lin & (f["flags"] & ~FLAG_RES).any(), "flags"),
+            (lin & ~f["flags"][0] & f["src2"].any(), "flags"),
+            (lin & (f["dst"] == f["src"]), "same_buffer"),
+            (s.is_op["ROPE"] & (is_const(f["ctx"], 0) | (s.pos + s.T > f["ctx"])), "ctx"),
+            (s.is_op["RMSNORM"] & ((f["e"] < -256) | (f["e"] > 255)), "field"),
+            (s.is_op["SWIGLU"] & ((sw_shift < -128) | (sw_shift > 127)), "field"),
+        ]
+        m.d.comb += err.eq(0)
+        for cond, name in reversed(checks):
+            with m.If(cond):
+                m.d.comb += err.eq(ERROR_CODE[name])
+        with m.If(err.any()):
+            m.d.comb += s.raise_.eq(err)
+        with m.Else():
+            m.d.sync += [s.r0.eq(0), s.phase.eq(0)]
+            with m.If(s.is_op["HALT"] | s.is_op["SYNC"]):
+                s.fsm.next("DRAIN")
+            with m.If(s.is_op["LOAD"] | s.is_op["RMSNORM"] | s.is_op["ROPE"] | lin):
+                self._start_vload_for_op(m, s)
+            with m.If(s.is_op["STORE"]):
+                s.fsm.next("STORE")
+            with m.If(s.is_op["QUANT"] | s.is_op["SWIGLU"] | s.is_op["ADD"]):
+                self._start_pass(m, s, r0=0, tokens=s.T)
+
+    # ------------------------------------------------------------------ VLOAD
+    def _vload(self, m, s):
+        """Read beats of one range into V (int16 into the low or high halves, or
+        int32) or into buffer rows (LOAD: int32 [T, n], rows of n elements)."""
+        c, L, BB = self.config, self.L, self.BB
+        vl = s.vl
+        # one range per VLOAD: requested in its first cycle
+        active = wire(m, s.fsm.is_("VLOAD"), "vl_active")
+        beat = s.rd.data.payload
+        epb16, epb32 = BB // 2, BB // 4
+        take = wire(m, active & s.rd.data.valid, "vl_take")
+        # V writes: element e .. e+epb-1 at word e // L, lanes (e % L) ..
+        v_data = Signal(32 * L, name="vl_vdata")
+        v_en = Signal(2 * L, name="vl_ven")
+        off = wire(m, vl.e[:exact_log2(L)] if L > 1 else Const(0, 1), "vl_off")
+        lanes16 = []
+        lanes32 = []
+        for j in range(L):
+            e16 = beat[16 * (j % epb16):16 * (j % epb16) + 16]
+            e32 = beat[32 * (j % epb32):32 * (j % epb32) + 32]
+            lanes16.append(Cat(e16, e16))
+            lanes32.append(e32)
+        en16 = Signal(L, name="vl_en16")       # lanes this beat fills (int16 elements)
+        en32 = Signal(L, name="vl_en32")
+        for j in range(L):
+            m.d.comb += [en16[j].eq((j // epb16 == (off >> exact_log2(epb16)) if epb16 > 1
+                                     else (off == j)) & (vl.e + (j % epb16) < vl.count)),
+                         en32[j].eq((j // epb32 == (off >> exact_log2(epb32)) if epb32 > 1
+                                     else (off == j)) & (vl.e + (j % epb32) < vl.count))]
+        m.d.comb += v_data.eq(Mux(vl.e16, Cat(*lanes16), Cat(*lanes32)))
+        for j in range(L):
+            m.d.comb += [v_en[2 * j].eq(Mux(vl.e16, en16[j] & ~vl.hi, en32[j])),
+                         v_en[2 * j + 1].eq(Mux(vl.e16, en16[j] & vl.hi, en32[j]))]
+        m.d.comb += [s.v_w.addr.eq(vl.e >> exact_log2(L)), s.v_w.data.eq(v_data),
+                     s.v_w.en.eq(Mux(take & ~vl.to_buf, v_en, 0))]
+        s.vl_buf_we = wire(m, take & vl.to_buf, "vl_buf_we")
+        s.vl_buf_mask = wire(m, en32, "vl_buf_mask")
+        s.vl_buf_data = wire(m, Cat(*lanes32), "vl_buf_data")
+        with m.If(take):
+            step = Mux(vl.e16, epb16, epb32)
+            m.d.sync += [vl.e.eq(vl.e + step), vl.got.eq(vl.got + 1)]
+            with m.If(vl.col + step >= vl.rowlen):
+                m.d.sync += [vl.col.eq(0), vl.row.eq(vl.row + 1)]
+            with m.Else():
+                m.d.sync += vl.col.eq(vl.col + step)
+        with m.If(active & vl.req & s.rd.req.ready):
+            m.d.sync += vl.req.eq(0)
+        s.vl_done = wire(m, active & ~vl.req & take & (vl.got + 1 == vl.beats), "vl_done")
+
+    def _vload_setup(self, m, s, *, addr, count, e16, hi=0, to_buf=0, rowlen=0):
+        vl, BB = s.vl, self.BB
+        nbytes = count * (2 if e16 else 4)
+        m.d.sync += [vl.addr.eq(addr), vl.count.eq(count), vl.e16.eq(e16), vl.hi.eq(hi),
+                     vl.to_buf.eq(to_buf), vl.rowlen.eq(rowlen), vl.e.eq(0), vl.got.eq(0),
+                     vl.row.eq(0), vl.col.eq(0), vl.req.eq(1),
+                     vl.beats.eq((nbytes + BB - 1) >> exact_log2(BB))]
+        s.fsm.next("VLOAD")
+
+    def _start_vload_for_op(self, m, s):
+        """The first VLOAD of LOAD, RMSNORM (NW), ROPE (cos) and LINEAR (S1)."""
+        f, D = s.f, self.config.kv4.head_dim
+        with m.If(s.is_op["LOAD"]):
+            self._vload_setup(m, s, addr=f["addr0"], count=s.T * f["n"], e16=0, to_buf=1,
+                              rowlen=f["n"])
+        with m.If(s.is_op["RMSNORM"]):
+            self._vload_setup(m, s, addr=f["addr0"], count=f["n"], e16=1)
+        with m.If(s.is_op["ROPE"]):
+            self._vload_setup(m, s, addr=f["addr0"] + s.pos * D, count=s.T * (D // 2), e16=1)
+        with m.If(s.is_op["LINEAR"]):
+            self._vload_setup(m, s, addr=f["addr3"], count=f["n"], e16=0)
+
+    # ------------------------------------------------------------------ STORE
+    def _store(self, m, s):
+        """src rows -> int32 [T, n] at addr0: one write range, each buffer word
+        split into lanes x 4 / beat_bytes beats."""
+        c, L, BB, W = self.config, self.L, self.BB, self.W
+        sub = L * 4 // BB
+        st = s.st
+        active = s.fsm.is_("STORE")
+        nw = wire(m, s.f["n"] >> exact_log2(L), "st_nw")
+        # the word register: v = a word sits in pa.data; it leaves with its last beat
+        last_sub = wire(m, st.k == sub - 1, "st_last_sub")
+        adv = wire(m, ~st.v | (s.wr.data.ready & last_sub), "st_adv")
+        s.st_adv = adv
+        s.st_raddr = wire(m, st.row * W + st.w, "st_raddr")
+        with m.If(active & adv):
+            m.d.sync += st.v.eq(st.left.any())
+            with m.If(st.left.any()):
+                m.d.sync += st.left.eq(st.left - 1)
+                with m.If(st.w + 1 == nw):
+                    m.d.sync += [st.w.eq(0), st.row.eq(st.row + 1)]
+                with m.Else():
+                    m.d.sync += st.w.eq(st.w + 1)
+        pieces = [s.pa.data[8 * BB * i:8 * BB * (i + 1)] for i in range(sub)]
+        with m.Switch(st.k):
+            for i, p in enumerate(pieces):
+                with m.Case(i):
+                    m.d.comb += s.wr.data.payload.data.eq(p)
+        m.d.comb += [s.wr.data.payload.strb.eq(-1),
+                     s.wr.data.valid.eq(active & st.v)]
+        with m.If(active & st.v & s.wr.data.ready):
+            m.d.sync += st.k.eq(Mux(last_sub, 0, st.k + 1))
+            with m.If(last_sub):
+                m.d.sync += st.out.eq(st.out - 1)
+                with m.If(st.out == 1):
+                    s.fsm.next("RETIRE")
+        with m.If(active & st.req & s.wr.req.ready):
+            m.d.sync += st.req.eq(0)
+        # entry (from DECODE)
+        with m.If(s.fsm.is_("DECODE") & s.is_op["STORE"]):
+            words = wire(m, s.T * nw, "st_words")
+            m.d.sync += [st.req.eq(1), st.row.eq(0), st.w.eq(0), st.left.eq(words),
+                         st.out.eq(words), st.v.eq(0), st.k.eq(0)]
+        m.d.comb += [s.wr.req.valid.eq(active & st.req),
+                     s.wr.req.payload.addr.eq(s.f["addr0"]),
+                     s.wr.req.payload.beats.eq(s.T * nw * sub)]
+
+    # ------------------------------------------------------------------ SFU pass
+    def _start_pass(self, m, s, *, r0, tokens):
+        """Enter an SFU pass over `tokens` rows from row r0 (registers set by the
+        op's dispatch: _pass_kind derives everything from the op and phase)."""
+        m.d.sync += [s.ps.t.eq(0), s.ps.row0.eq(r0), s.ps.tokens.eq(tokens)]
+        s.fsm.next("SFU_CMD")
+
+    def _sfu_pass(self, m, s):
+        c, L, W, f = self.config, self.L, self.W, s.f
+        D = c.kv4.head_dim
+        sfu = s.sfu
+        ps = s.ps
+        # what the pass is, from the op and its phase (LINEAR: phase 1 dequant,
+        # phase 2 the residual add)
+        lin = s.is_op["LINEAR"]
+        deq = wire(m, lin & (s.phase == 1), "ps_deq")
+        res = wire(m, lin & (s.phase == 2), "ps_res")
+        op = Signal(3, name="ps_op")
+        b_src = Signal(3, name="ps_b_src")
+        a_acc = wire(m, deq, "ps_a_acc")
+        out_acc = wire(m, deq & f["flags"][0], "ps_out_acc")
+        k = Signal(21, name="ps_k")
+        m.d.comb += [op.eq(0), b_src.eq(_B_NONE), k.eq(f["n"])]
+        table = {"RMSNORM": ("rmsnorm", _B_NW), "QUANT": ("quant_a8", _B_NONE),
+                 "ROPE": ("rope", _B_ROPE), "SWIGLU": ("swiglu", _B_BUF),
+                 "ADD": ("residual_add", _B_BUF)}
+        for name, (sop, b) in table.items():
+            with m.If(s.is_op[name]):
+                m.d.comb += [op.eq(sfu_mod.OP_CODE[sop]), b_src.eq(b)]
+        with m.If(s.is_op["ROPE"]):
+            m.d.comb += k.eq(f["heads"] * D)
+        with m.If(deq):
+            m.d.comb += [op.eq(sfu_mod.OP_CODE["dequant"]), b_src.eq(_B_S1)]
+        with m.If(res):
+            m.d.comb += [op.eq(sfu_mod.OP_CODE["residual_add"]), b_src.eq(_B_BUF)]
+        nw = wire(m, k >> exact_log2(L), "ps_nw")
+        row = wire(m, ps.row0 + ps.t, "ps_row")
+        # token scales of the A8 source row (dequant)
+        m.d.comb += s.ts_r.addr.eq(f["src"] * c.max_tokens + row)
+        mn = s.ts_r.data[:MANT_BITS]
+        Lsh = s.ts_r.data[MANT_BITS:].as_signed()
+        # cmd
+        cmd = sfu.cmd.payload
+        p = cmd.p
+        m.d.comb += [cmd.op.eq(op), cmd.k.eq(k)]
+        with m.If(s.is_op["RMSNORM"]):
+            m.d.comb += [p.rmsnorm.E.eq(f["E"]), p.rmsnorm.SK.eq(f["SK"]),
+                         p.rmsnorm.es.eq(f["es"]), p.rmsnorm.e_w.eq(f["e"])]
+        with m.If(s.is_op["ROPE"]):
+            m.d.comb += p.rope.d.eq(D)
+        with m.If(s.is_op["SWIGLU"]):
+            m.d.comb += p.swiglu.shift.eq(c.sfu.frac + f["in_frac2"] - f["out_frac"])
+        with m.If(deq):
+            m.d.comb += [p.dequant.mn.eq(mn), p.dequant.L.eq(Lsh), p.dequant.e.eq(f["e"]),
+                         p.dequant.in_frac.eq(f["in_frac"]),
+                         p.dequant.out_frac.eq(f["out_frac"])]
+        m.d.comb += sfu.cmd.valid.eq(s.fsm.is_("SFU_CMD"))
+        with s.fsm.state("SFU_CMD"), m.If(sfu.cmd.ready):
+            m.d.sync += [ps.w.eq(0), ps.left.eq(nw), ps.v.eq(0), ps.ow.eq(0),
+                         ps.ts.eq(s.is_op["QUANT"])]
+            s.fsm.next("SFU_RUN")
+        running = wire(m, s.fsm.is_("SFU_RUN"), "ps_running")
+        with m.If(running & sfu.error):
+            m.d.comb += s.raise_.eq(ERROR_CODE["sfu"])
+        # x: words w = 0 .. nw-1 of the row through the read ports (adv pattern)
+        adv = wire(m, ~ps.v | sfu.x.ready, "ps_adv")
+        s.ps_adv = wire(m, running & adv, "ps_adv_run")
+        with m.If(s.ps_adv):
+            m.d.sync += ps.v.eq(ps.left.any())
+            with m.If(ps.left.any()):
+                m.d.sync += [ps.w.eq(ps.w + 1), ps.left.eq(ps.left - 1)]
+        s.ps_a_addr = wire(m, row * W + ps.w, "ps_a_addr")
+        s.ps_a_acc = a_acc
+        s.ps_acc_row = wire(m, ps.t, "ps_acc_row")
+        # V address of word w: NW / S1 -> w; RoPE -> row t's cos/sin of the word's
+        # position in its head (first half; the second half ignores x.b)
+        dw = D // L
+        hw = wire(m, ps.w[:exact_log2(dw)] if dw > 1 else Const(0, 1), "ps_head_word")
+        v_addr = Mux(b_src == _B_ROPE, ps.t * (dw // 2) + (hw[:exact_log2(dw // 2)]
+                                                           if dw > 2 else 0), ps.w)
+        m.d.comb += [s.v_r.addr.eq(v_addr), s.v_r.en.eq(s.ps_adv)]
+        xa = Mux(a_acc, s.acc_r_data, s.pa.data)
+        xb = Signal(32 * L, name="ps_xb")
+        with m.Switch(b_src):
+            with m.Case(_B_BUF):
+                m.d.comb += xb.eq(Mux(res, s.acc_r_data, s.pb.data))
+            with m.Case(_B_NW):         # NW int16 in the low halves, sign-extended
+                m.d.comb += xb.eq(Cat(*(Cat(s.v_r.data[32 * j:32 * j + 16],
+                                            s.v_r.data[32 * j + 15].replicate(16))
+                                        for j in range(L))))
+            with m.Case(_B_ROPE, _B_S1):
+                m.d.comb += xb.eq(s.v_r.data)
+        x = sfu.x.payload
+        for j in range(L):
+            m.d.comb += [x[j].a.eq(xa[32 * j:32 * j + 32]), x[j].b.eq(xb[32 * j:32 * j + 32])]
+        m.d.comb += sfu.x.valid.eq(running & ps.v)
+        # res: x.a = the residual (src2 via port A), x.b = the dequantized row (acc RAM)
+        s.ps_res = res
+        # out: the TS beat (QUANT), then words ow = 0 .. nw-1
+        m.d.comb += sfu.out.ready.eq(running)
+        s.ps_out_take = wire(m, running & sfu.out.valid, "ps_out_take")
+        s.ps_out_ts = wire(m, s.ps_out_take & ps.ts, "ps_out_ts")
+        s.ps_out_word = wire(m, s.ps_out_take & ~ps.ts, "ps_out_word")
+        s.ps_out_acc = out_acc
+        s.ps_out_row = row
+        s.ps_out_data = wire(m, sfu.out.payload.as_value(), "ps_out_data")
+        with m.If(s.ps_out_ts):
+            m.d.sync += ps.ts.eq(0)
+        with m.If(s.ps_out_word):
+            m.d.sync += ps.ow.eq(ps.ow + 1)
+            with m.If(ps.ow + 1 == nw):
+                with m.If(ps.t + 1 == ps.tokens):
+                    self._pass_done(m, s)
+                with m.Else():
+                    m.d.sync += ps.t.eq(ps.t + 1)
+                    s.fsm.next("SFU_CMD")
+
+    def _pass_done(self, m, s):
+        """After a pass: the op's next phase or RETIRE."""
+        f, c = s.f, self.config
+        lin = s.is_op["LINEAR"]
+        with m.If(lin & (s.phase == 1) & f["flags"][0]):
+            m.d.sync += s.phase.eq(2)
+            m.d.sync += [s.ps.t.eq(0)]
+            s.fsm.next("SFU_CMD")
+        with m.Elif(lin):
+            self._next_tile(m, s)
+        with m.Else():
+            s.fsm.next("RETIRE")
+
+    # ------------------------------------------------------------------ LINEAR
+    def _next_tile(self, m, s):
+        c = self.config
+        nxt = s.r0 + c.rows
+        with m.If(nxt >= s.T):
+            s.fsm.next("RETIRE")
+        with m.Else():
+            m.d.sync += [s.r0.eq(nxt), s.phase.eq(0)]
+            self._enter_act(m, s, nxt)
+
+    def _enter_act(self, m, s, r0):
+        c = self.config
+        rem = s.T - r0
+        m.d.sync += [s.tt.eq(Mux(rem > c.rows, c.rows, rem)), s.ac.row.eq(0), s.ac.w.eq(0),
+                     s.ac.v.eq(0), s.ac.left.eq(Mux(rem > c.rows, c.rows, rem) * s.ac_nw)]
+        s.fsm.next("ACT")
+
+    def _act(self, m, s):
+        """A8 rows r0 .. r0+tt-1 of src, k elements each -> engine.act."""
+        c, L, W = self.config, self.L, self.W
+        eng = s.eng
+        ac = s.ac
+        active = wire(m, s.fsm.is_("ACT"), "ac_active")
+        adv = wire(m, ~ac.v | eng.act.ready, "ac_adv")
+        s.ac_adv = wire(m, active & adv, "ac_adv_run")
+        s.ac_raddr = wire(m, (s.r0 + ac.row) * W + ac.w, "ac_raddr")
+        with m.If(s.ac_adv):
+            m.d.sync += ac.v.eq(ac.left.any())
+            with m.If(ac.left.any()):
+                m.d.sync += ac.left.eq(ac.left - 1)
+                with m.If(ac.w + 1 == s.ac_nw):
+                    m.d.sync += [ac.w.eq(0), ac.row.eq(ac.row + 1)]
+                with m.Else():
+                    m.d.sync += ac.w.eq(ac.w + 1)
+        pl = eng.act.payload
+        m.d.comb += [eng.act.valid.eq(active & ac.v), pl.row.eq(ac.orow), pl.beat.eq(ac.ow)]
+        for j in range(L):
+            m.d.comb += pl.data[j].eq(s.pa.data[32 * j:32 * j + 8])
+        with m.If(active & ac.v & eng.act.ready):
+            with m.If(ac.ow + 1 == s.ac_nw):
+                m.d.sync += [ac.ow.eq(0), ac.orow.eq(ac.orow + 1)]
+                with m.If(ac.orow + 1 == s.tt):
+                    self._enter_engine(m, s)
+            with m.Else():
+                m.d.sync += ac.ow.eq(ac.ow + 1)
+        with m.If(~active):
+            m.d.sync += [ac.orow.eq(0), ac.ow.eq(0)]
+
+    def _enter_engine(self, m, s):
+        en = s.en
+        m.d.sync += [en.cmd.eq(1), en.tile.eq(0), en.which.eq(0), en.got.eq(0),
+                     en.issue.eq(1)]
+        s.fsm.next("ENGINE")
+
+    def _engine(self, m, s):
+        """The engine's cmd, the read ranges of every column tile (s2, z, codes),
+        its mem beats and acc beats -> acc RAM."""
+        c, L, BB, f = self.config, self.L, self.BB, s.f
+        eng = s.eng
+        lc = exact_log2(c.cols)
+        lbb = exact_log2(BB)
+        en = s.en
+        active = wire(m, s.fsm.is_("ENGINE"), "en_active")
+        n, k, g = f["n"], f["k"], f["group"]
+        # G = k / group (group a power of two: a shift by its bit position)
+        G = Signal(20, name="en_G")
+        for b in range(exact_log2(MIXPE_GROUP_RANGE[0]), exact_log2(MIXPE_GROUP_RANGE[1]) + 1):
+            with m.If(g == (1 << b)):
+                m.d.comb += G.eq(k >> b)
+        tiles = wire(m, (n + c.cols - 1) >> lc, "en_tiles")
+        last = wire(m, en.tile + 1 == tiles, "en_last_tile")
+        nt = wire(m, Mux(last, n - (en.tile << lc), c.cols), "en_nt")
+        sbytes = wire(m, nt * G, "en_sbytes")
+        sbeats = wire(m, (sbytes + BB - 1) >> lbb, "en_sbeats")
+        cbeats = wire(m, nt * (k >> lbb), "en_cbeats")
+        n0 = wire(m, en.tile << lc, "en_n0")
+        addr = Signal(AXI_ADDR_BITS, name="en_addr")
+        beats = Signal(32, name="en_beats")
+        with m.Switch(en.which):
+            with m.Case(0):
+                m.d.comb += [addr.eq(f["addr1"] + n0 * G), beats.eq(sbeats)]
+            with m.Case(1):
+                m.d.comb += [addr.eq(f["addr2"] + n0 * G), beats.eq(sbeats)]
+            with m.Default():
+                m.d.comb += [addr.eq(f["addr0"] + n0 * k), beats.eq(cbeats)]
+        s.en_req_valid = wire(m, active & en.issue, "en_req_valid")
+        s.en_req_addr, s.en_req_beats = addr, beats
+        with m.If(s.en_req_valid & s.rd.req.ready):
+            with m.If(en.which == 2):
+                m.d.sync += [en.which.eq(0), en.tile.eq(en.tile + 1)]
+                with m.If(last):
+                    m.d.sync += en.issue.eq(0)
+            with m.Else():
+                m.d.sync += en.which.eq(en.which + 1)
+        cmdp = eng.cmd.payload
+        m.d.comb += [eng.cmd.valid.eq(active & en.cmd), cmdp.n.eq(n), cmdp.k.eq(k),
+                     cmdp.group.eq(g), cmdp.tokens.eq(s.tt)]
+        with m.If(active & en.cmd & eng.cmd.ready):
+            m.d.sync += en.cmd.eq(0)
+        with m.If(active & eng.error):
+            m.d.comb += s.raise_.eq(ERROR_CODE["engine"])
+        # mem beats straight from the read master
+        m.d.comb += [eng.mem.valid.eq(active & s.rd.data.valid),
+                     eng.mem.payload.eq(s.rd.data.payload)]
+        # acc beats -> acc RAM, lane n % L of word n / L of every tile row
+        a = eng.acc.payload
+        m.d.comb += eng.acc.ready.eq(active)
+        s.en_acc_take = wire(m, active & eng.acc.valid, "en_acc_take")
+        word = wire(m, a.n >> exact_log2(L), "en_acc_word")
+        lane = wire(m, a.n[:exact_log2(L)] if L > 1 else Const(0, 1), "en_acc_lane")
+        for t, (_, wp) in enumerate(s.acc):
+            m.d.comb += [wp.addr.eq(Mux(active, word, s.ps_out_addr_acc)),
+                         wp.data.eq(Mux(active, a.acc[t].as_unsigned().replicate(L),
+                                        s.ps_out_data)),
+                         wp.en.eq(Mux(active, Mux(s.en_acc_take, (Const(1, L) << lane)[:L], 0),
+                                      Mux(s.ps_out_word & s.ps_out_acc & (s.ps.t == t),
+                                          (1 << L) - 1, 0)))]
+        with m.If(s.en_acc_take):
+            with m.If(a.overflow):
+                m.d.comb += s.raise_.eq(ERROR_CODE["overflow"])
+            m.d.sync += en.got.eq(en.got + 1)
+            with m.If(en.got + 1 == n):
+                m.d.sync += s.phase.eq(1)
+                self._start_pass(m, s, r0=s.r0, tokens=s.tt)
+
+    # ------------------------------------------------------------------ port muxes
+    def _ports(self, m, s):
+        """The shared ports' owners by state."""
+        c, L, W, f = self.config, self.L, self.W, s.f
+        fsm = s.fsm
+        rq = s.rd.req
+        # read master requests: FETCH, VLOAD, ENGINE
+        with m.If(fsm.is_("FETCH")):
+            m.d.comb += [rq.valid.eq(1), rq.payload.addr.eq(s.prog + (s.pc << 6)),
+                         rq.payload.beats.eq(INSTR_BYTES // self.BB)]
+        with m.If(fsm.is_("VLOAD")):
+            m.d.comb += [rq.valid.eq(s.vl.req), rq.payload.addr.eq(s.vl.addr),
+                         rq.payload.beats.eq(s.vl.beats)]
+        with m.If(fsm.is_("ENGINE")):
+            m.d.comb += [rq.valid.eq(s.en_req_valid), rq.payload.addr.eq(s.en_req_addr),
+                         rq.payload.beats.eq(s.en_req_beats)]
+        m.d.comb += s.rd.data.ready.eq(fsm.is_("FETCH_WAIT") | fsm.is_("VLOAD")
+                                       | (fsm.is_("ENGINE") & s.eng.mem.ready))
+        # read port A: STORE, SFU x.a (or the residual), ACT; port B: SFU x.b
+        with m.If(fsm.is_("STORE")):
+            m.d.comb += [s.pa.addr.eq(s.st_raddr), s.pa.en.eq(s.st_adv), s.pa.sel.eq(f["src"])]
+        with m.If(fsm.is_("ACT")):
+            m.d.comb += [s.pa.addr.eq(s.ac_raddr), s.pa.en.eq(s.ac_adv), s.pa.sel.eq(f["src"])]
+        with m.If(fsm.is_("SFU_RUN") | fsm.is_("SFU_CMD")):
+            m.d.comb += [s.pa.addr.eq(s.ps_a_addr), s.pa.en.eq(s.ps_adv),
+                         s.pa.sel.eq(Mux(s.ps_res, f["src2"], f["src"])),
+                         s.pb.addr.eq(s.ps_a_addr), s.pb.en.eq(s.ps_adv),
+                         s.pb.sel.eq(f["src2"]),
+                         s.acc_r_addr.eq(s.ps.w), s.acc_r_en.eq(s.ps_adv),
+                         s.acc_r_row.eq(s.ps_acc_row)]
+        # buffer writes: LOAD's beats or an SFU pass's out words
+        m.d.comb += s.ps_out_addr_acc.eq(s.ps.ow)
+        s.buf_we = buf_we = wire(m, s.vl_buf_we | (s.ps_out_word & ~s.ps_out_acc), "buf_we")
+        with m.If(s.vl_buf_we):
+            m.d.comb += [s.bw.row.eq(s.vl.row), s.bw.word.eq(s.vl.col >> exact_log2(L)),
+                         s.bw.data.eq(s.vl_buf_data),
+                         s.bw.mask.eq(s.vl_buf_mask), s.bw.sel.eq(f["dst"])]
+        with m.Elif(s.ps_out_word & ~s.ps_out_acc):
+            m.d.comb += [s.bw.row.eq(s.ps_out_row), s.bw.word.eq(s.ps.ow),
+                         s.bw.data.eq(s.ps_out_data),
+                         s.bw.mask.eq((1 << L) - 1), s.bw.sel.eq(f["dst"])]
+        with m.Else():
+            m.d.comb += s.bw.sel.eq(15 if c.buffers <= 15 else 0)
+        m.d.comb += s.bw.addr.eq(s.bw.row * W + s.bw.word)
+        # QUANT's TS beat -> the token scales of dst's row
+        s.ts_word = ts_word = s.ps_out_data[:32]
+        m.d.comb += [s.ts_w.addr.eq(f["dst"] * c.max_tokens + s.ps_out_row),
+                     s.ts_w.data.eq(Cat(ts_word[:MANT_BITS], ts_word[16:24])),
+                     s.ts_w.en.eq(s.ps_out_ts)]
+        with s.fsm.state("VLOAD"), m.If(s.vl_done):
+            self._after_vload(m, s)
+
+    def _trace(self, m, s):
+        """One record per cycle: a buffer word, a token scale, an acc beat, a retire."""
+        c, L, f, fsm = self.config, self.L, s.f, s.fsm
+        tr = self.trace
+        buf_we = s.buf_we
+        m.d.comb += [tr.pc.eq(s.pc), tr.cycle.eq(s.cyc)]
+        with m.If(buf_we):
+            m.d.comb += [tr.valid.eq(1), tr.kind.eq(_K_BUF), tr.buf.eq(s.bw.sel),
+                         tr.row.eq(s.bw.row), tr.word.eq(s.bw.word),
+                         tr.mask.eq(s.bw.mask), tr.data.eq(s.bw.data)]
+        with m.Elif(s.ps_out_ts):
+            m.d.comb += [tr.valid.eq(1), tr.kind.eq(_K_TS), tr.buf.eq(f["dst"]),
+                         tr.row.eq(s.ps_out_row), tr.data.eq(s.ts_word)]
+        with m.Elif(s.en_acc_take):
+            a = s.eng.acc.payload
+            m.d.comb += [tr.valid.eq(1), tr.kind.eq(_K_ACC), tr.row.eq(s.r0),
+                         tr.word.eq(a.n), tr.mask.eq(Cat(*(s.tt > t for t in range(L)))),
+                         tr.data.eq(Cat(*(a.acc[t] for t in range(c.rows))))]
+        with m.Elif(fsm.is_("RETIRE") | (fsm.is_("DRAIN") & s.wr.idle & s.is_op["HALT"])):
+            m.d.comb += [tr.valid.eq(1), tr.kind.eq(_K_RETIRE)]
+
+    def _after_vload(self, m, s):
+        f, D = s.f, self.config.kv4.head_dim
+        with m.If(s.is_op["LOAD"]):
+            s.fsm.next("RETIRE")
+        with m.If(s.is_op["RMSNORM"]):
+            self._start_pass(m, s, r0=0, tokens=s.T)
+        with m.If(s.is_op["ROPE"]):
+            with m.If(s.phase == 0):
+                m.d.sync += s.phase.eq(1)
+                self._vload_setup(m, s, addr=f["addr1"] + s.pos * D, count=s.T * (D // 2),
+                                  e16=1, hi=1)
+            with m.Else():
+                m.d.sync += s.phase.eq(0)
+                self._start_pass(m, s, r0=0, tokens=s.T)
+        with m.If(s.is_op["LINEAR"]):
+            m.d.sync += s.r0.eq(0)
+            self._enter_act(m, s, 0)
