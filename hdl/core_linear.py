@@ -40,8 +40,8 @@ inside one group; `mem_words` lays a tile's tensors out in this order.
 
 Control. A cmd is checked before it is taken: its group divides k (a restoring
 divider, `accept_delay` cycles while cmd.valid is held) and every field is in range
-(k in 1..max_k, n in 1..max_n, group in [32, 256] and a multiple of B, tokens in
-1..rows); a bad cmd transfers with `error` set and nothing else happens. The s2 and z
+(k in 1..max_k, n in 1..max_n, group in [32, 256] (golden.core's range; the
+s2/z memories hold k / 32 groups) and a multiple of B, tokens in 1..rows); a bad cmd transfers with `error` set and nothing else happens. The s2 and z
 blocks go into two on-chip memories of cols * (max_k // 32) bytes (one beat-wide word
 per beat); the codes go straight into the pipeline. Per code beat a byte pointer
 names the (output, group) of its s2 and z: the pointer is (output in tile) G + group,
@@ -72,9 +72,13 @@ transfer when the engine is idle.
 
 Resources: rows x B shift-and-add PEs (w_bits gated adds each), rows adder trees of
 B terms, rows group accumulators, rows 8-term shift-and-add z * A, rows s2 x d
-multipliers (8 x 24 bits: one DSP each), rows exact accumulators; memories: rows
-activation words of max(B, lanes) bytes (max_k bytes per row), s2 and z of
-cols * (max_k // 32) bytes each.
+multipliers (unsigned 8 x signed 25 bits: one DSP each), rows exact accumulators of
+ceil(log2(max_k 128 255 255)) + 1 bits (36 at max_k 4096); memories: rows activation
+files of max_k bytes (words of max(B, lanes) bytes, lanes-wide byte enables), s2 and
+z of cols * (max_k // 32) bytes each (B-byte words, one per beat).
+Only the low w_bits of a code byte enter a PE: the compiler refuses codes wider than
+the core's w_bits (quantflow.program.check_core); z is a full byte (its product with
+A is outside the PEs).
 """
 from __future__ import annotations
 
