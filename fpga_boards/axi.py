@@ -11,7 +11,8 @@
                      two words (low word first, 8-byte aligned)
   `interrupt` = GIE & |(ISR).
 * `BurstSplitter` -- turns ranges (a byte address, a fixed number of beats) into
-  AXI4 INCR bursts of at most 256 beats that never cross a 4 KB boundary.
+  AXI4 INCR bursts of at most 256 beats that never cross a 4 KB boundary
+  (hdl.axi.RangeBursts with the beat count fixed).
 * `AxiReadDMA`    -- loop nest of ranges -> AR bursts; R beats unpacked into a
   stream of memory words (several words per beat when a word is narrower).
 * `AxiWriteDMA`   -- a stream of words -> AW bursts + W beats; `done` once every
@@ -27,13 +28,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
-from amaranth.lib import data, fifo, stream, wiring
+from amaranth.lib import fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2, exact_log2
 
+from hdl.axi import (AXI_ADDR_BITS, AXI_ID_BITS, BOUNDARY_BYTES, BURST_LAYOUT,
+                     MAX_BURST_BEATS, RangeBursts, axi_read_members, axi_write_members)
 from hdl.streams import NestedAddressGenerator
 
-from hdl.rtl import count_width, is_const, zext
+from hdl.rtl import is_const, zext
 
 __all__ = [
     "AXI_ADDR_BITS", "AXIL_DATA_BITS", "AXIL_ADDR_BITS", "AXI_ID_BITS", "MAX_BURST_BEATS",
@@ -43,12 +46,11 @@ __all__ = [
     "ControlSlave", "BurstSplitter", "AxiReadDMA", "AxiWriteDMA",
 ]
 
-AXI_ADDR_BITS = 64        # device addresses of Alveo platforms are 64-bit
+# AXI_ADDR_BITS, AXI_ID_BITS, MAX_BURST_BEATS, BOUNDARY_BYTES, axi_read_members and
+# axi_write_members live in hdl.axi (the run-time DMAs of the core use them too)
+# and are re-exported here under the same names.
 AXIL_DATA_BITS = 32
 AXIL_ADDR_BITS = 12       # 4 KB control window
-AXI_ID_BITS = 1           # one ID: every burst of a master returns in order
-MAX_BURST_BEATS = 256     # AXI4 INCR limit
-BOUNDARY_BYTES = 4096     # AXI: a burst must not cross a 4 KB boundary
 MAX_DATA_BITS = 512       # widest m_axi data bus Vitis links
 
 REG_CTRL, REG_GIE, REG_IER, REG_ISR, ARGS_BASE = 0x00, 0x04, 0x08, 0x0C, 0x10
@@ -101,21 +103,6 @@ def axil_slave_members() -> dict:
             "bresp": Out(2), "bvalid": Out(1), "bready": In(1),
             "araddr": In(a), "arvalid": In(1), "arready": Out(1),
             "rdata": Out(d), "rresp": Out(2), "rvalid": Out(1), "rready": In(1)}
-
-
-def axi_read_members(data_bits: int) -> dict:
-    return {"arid": Out(AXI_ID_BITS), "araddr": Out(AXI_ADDR_BITS), "arlen": Out(8),
-            "arsize": Out(3), "arburst": Out(2), "arvalid": Out(1), "arready": In(1),
-            "rid": In(AXI_ID_BITS), "rdata": In(data_bits), "rresp": In(2), "rlast": In(1),
-            "rvalid": In(1), "rready": Out(1)}
-
-
-def axi_write_members(data_bits: int) -> dict:
-    return {"awid": Out(AXI_ID_BITS), "awaddr": Out(AXI_ADDR_BITS), "awlen": Out(8),
-            "awsize": Out(3), "awburst": Out(2), "awvalid": Out(1), "awready": In(1),
-            "wdata": Out(data_bits), "wstrb": Out(data_bits // 8), "wlast": Out(1),
-            "wvalid": Out(1), "wready": In(1),
-            "bid": In(AXI_ID_BITS), "bresp": In(2), "bvalid": In(1), "bready": Out(1)}
 
 
 class ControlSlave(wiring.Component):
@@ -229,13 +216,11 @@ class ControlSlave(wiring.Component):
         return m
 
 
-_BURST = data.StructLayout({"addr": unsigned(AXI_ADDR_BITS), "len": unsigned(8)})
-
-
 class BurstSplitter(wiring.Component):
     """Ranges of `range_beats` beats of `beat_bytes` bytes each, starting at a
     beat-aligned byte address -> INCR bursts (addr, len = beats - 1) of at most
-    256 beats, none crossing a 4 KB boundary. `busy` while a range is pending."""
+    256 beats, none crossing a 4 KB boundary. `busy` while a range is pending.
+    hdl.axi.RangeBursts does the splitting; here the beat count is fixed."""
 
     def __init__(self, *, range_beats: int, beat_bytes: int):
         if range_beats < 1:
@@ -245,43 +230,20 @@ class BurstSplitter(wiring.Component):
         self.beat_bytes = beat_bytes
         super().__init__({
             "ranges": In(stream.Signature(unsigned(AXI_ADDR_BITS))),
-            "bursts": Out(stream.Signature(_BURST)),
+            "bursts": Out(stream.Signature(BURST_LAYOUT)),
             "busy": Out(1),
         })
 
     def elaborate(self, platform):
         m = Module()
-        shift = exact_log2(self.beat_bytes)
-        page_beats = BOUNDARY_BYTES >> shift
-        cap = min(MAX_BURST_BEATS, page_beats)
-        cw = count_width(max(self.range_beats, page_beats))
-        addr = Signal(AXI_ADDR_BITS)
-        remaining = Signal(cw)
-        active = Signal()
-        # Beats left before the next 4 KB boundary: 1 .. page_beats.
-        to_page = Signal(cw)
-        n = Signal(cw)
-        lim = Signal(cw)
-        # 2**k - off for a k-bit offset, written as -off (mod 2**k) with off == 0
-        # giving 2**k, so that no operand is narrower than the operation.
-        off = addr[shift:12]
-        neg = Signal(12 - shift)
-        m.d.comb += [neg.eq(~off + 1),
-                     to_page.eq(Mux(is_const(off, 0), page_beats, neg))]
-        m.d.comb += [lim.eq(Mux(remaining < cap, remaining, cap)),
-                     n.eq(Mux(to_page < lim, to_page, lim))]
-        m.d.comb += [self.ranges.ready.eq(~active), self.busy.eq(active),
-                     self.bursts.valid.eq(active),
-                     self.bursts.payload.addr.eq(addr),
-                     self.bursts.payload.len.eq(n - 1)]
-        with m.If(self.ranges.valid & ~active):
-            m.d.sync += [addr.eq(self.ranges.payload), remaining.eq(self.range_beats),
-                         active.eq(1)]
-        with m.If(self.bursts.valid & self.bursts.ready):
-            m.d.sync += [addr.eq(addr + zext(Cat(Const(0, shift), n), AXI_ADDR_BITS)),
-                         remaining.eq(remaining - n)]
-            with m.If(remaining == n):
-                m.d.sync += active.eq(0)
+        m.submodules.split = split = RangeBursts(beat_bytes=self.beat_bytes,
+                                                 max_beats=self.range_beats)
+        m.d.comb += [split.req.valid.eq(self.ranges.valid),
+                     split.req.payload.addr.eq(self.ranges.payload),
+                     split.req.payload.beats.eq(self.range_beats),
+                     self.ranges.ready.eq(split.req.ready),
+                     self.busy.eq(split.busy)]
+        wiring.connect(m, split.bursts, wiring.flipped(self.bursts))
         return m
 
 
