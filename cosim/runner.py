@@ -304,9 +304,12 @@ def write_result(result: dict) -> None:
 
 
 def run(b: Build, *, test_module: str, job: dict, run_dir: Path | None = None,
-        testcase: str | None = None, seed: int | None = None) -> dict:
+        testcase: str | None = None, seed: int | None = None,
+        plusargs: tuple[str, ...] | list[str] = ()) -> dict:
     """Run cocotb test module `test_module` on build `b` with `job`.
 
+    `plusargs` ("+name=value" strings) reach the design's $value$plusargs (for
+    example the memory model's +mem_init=<path>, cosim/axi_mem.py).
     Returns the result dict the testbench wrote, plus `run_dir`, `log` and
     `waves_file` (when traced). Raises CosimError when no result was written."""
     if b.sim == "verilator":
@@ -344,6 +347,7 @@ def run(b: Build, *, test_module: str, job: dict, run_dir: Path | None = None,
         r.test(test_module=test_module, hdl_toplevel=b.toplevel, hdl_toplevel_lang="verilog",
                build_dir=b.directory, test_dir=run_dir, testcase=testcase,
                seed=seed, extra_env=env, waves=b.waves, test_args=test_args,
+               plusargs=list(plusargs),
                results_xml=str(run_dir / "results.xml"), log_file=log_file)
     except SystemExit as e:  # the runner exits on a failing cocotb test
         err = f"exit status {e.code}"
