@@ -38,7 +38,7 @@ from golden.core_config import (INSTR_BYTES, MEM_ALIGN, CoreConfig, Registers, d
 
 from . import runner
 
-__all__ = ["CoreRun", "CoreCase", "relocate", "layer_parts", "sim_config", "core_verilog",
+__all__ = ["CoreRun", "CoreCase", "relocate", "build_case", "layer_parts", "real_layer_runs", "real_image", "prompt_ids", "sim_config", "core_verilog",
            "core_build", "run_case", "parse_trace", "rtl_steps", "compare_runs",
            "TB_MODULE", "TOP"]
 
@@ -206,7 +206,7 @@ def sim_config(decoder, **overrides) -> CoreConfig:
     widest = max(decoder.hidden, decoder.intermediate, decoder.heads * decoder.head_dim)
     widest = -(-widest // L) * L
     sfu = SFUHWConfig(**dataclasses.asdict(decoder.sfu), lanes=L, max_k=widest)
-    kw = dict(rows=4, cols=64, max_k=widest, max_n=widest, buffers=6, max_tokens=8,
+    kw = dict(rows=4, cols=64, max_k=widest, buffers=6, max_tokens=8,
               buf_elems=widest, sfu=sfu, beat_bytes=32, mem_ports=1, mem_latency=20)
     kw.update(overrides)
     return core_for(decoder, **kw)
@@ -312,6 +312,7 @@ def run_case(case: CoreCase, *, latency: int = 20, gap: int = 0, sim: str | None
     records = parse_trace(trace)
     writes = parse_mem_log(log)
     res["steps"] = rtl_steps(case, records, writes)
+    res["instr_cycles"] = [instruction_cycles(records, i + 1) for i in range(len(case.runs))]
     res["mismatch"] = compare_runs(case, res["steps"], res["runs"])
     return res
 
@@ -441,3 +442,57 @@ def instruction_cycles(records, run: int) -> list[tuple[int, int]]:
 
 def dump_json(obj) -> str:
     return json.dumps(obj, default=lambda o: o.tolist() if isinstance(o, torch.Tensor) else str(o))
+
+
+# --------------------------------------------------------------------------- real layers
+REAL_MODEL = "smollm2"
+#: The plain scheme: the image the integer model and the core share (no rotation,
+#: no recent window) -- the KV4 unit's scheme does not reach this RTL's ops.
+REAL_SCHEME = "w4a8kv4-g64-plain"
+#: Layer 12: the first whose input carries SmolLM2's massive activation.
+REAL_LAYER = 12
+REAL_PROMPT = "The capital of France is"
+DECODE_STEPS = 2
+
+
+def real_layer_runs(image, core: CoreConfig, layer: int, ids: list[int], *,
+                    decode_steps: int = DECODE_STEPS):
+    """(runs, memory) of one real layer: the front and MLP parts of its program on
+    the integer model's inputs for a prefill of `ids`, then `decode_steps` greedy
+    decode steps (the model's own next tokens), each at its position."""
+    from golden.decoder import IntegerDecoder
+    from quantflow.program import build_memory, compile_program
+    prog = compile_program(image, core, layer=layer)
+    parts = layer_parts(prog)
+    dec = IntegerDecoder(image.config, image.tensors)
+    state = dec.new_state()
+    x_in = f"layers.{layer - 1}.residual" if layer else "embed"
+    mid = f"layers.{layer}.attn_residual"
+    runs, pos, step_ids = [], 0, list(ids)
+    for s in range(decode_steps + 1):
+        got = {}
+        r = dec.step(torch.tensor(step_ids), state,
+                     trace=lambda n, t, f: got.__setitem__(n, t))
+        T = len(step_ids)
+        tag = "prefill" if s == 0 else f"decode{s}"
+        runs.append(CoreRun(tuple(parts["front"]), pos, T, got[x_in], f"front-{tag}"))
+        runs.append(CoreRun(tuple(parts["mlp"]), pos, T, got[mid], f"mlp-{tag}"))
+        pos += T
+        step_ids = [int(r.next_tokens()[-1])]
+    return runs, build_memory(image, prog)
+
+
+def real_image(model: str = REAL_MODEL, scheme: str = REAL_SCHEME, *, log=print):
+    """The compiled image of `model` (compiled once into build/compiled/)."""
+    from quantflow.compile import compile_model, compiled_dir
+    from quantflow.program import CompiledImage
+    d = compiled_dir(model, scheme)
+    if not (d / "manifest.json").is_file():
+        log(f"no compiled image at {d}: compiling {model} {scheme} (once, ~1 min)")
+        compile_model(model, scheme, out=d, progress=False, log=log)
+    return CompiledImage.from_dir(d)
+
+
+def prompt_ids(model: str, prompt: str) -> list[int]:
+    from quantflow.models.loaders import load_model
+    return load_model(model, progress=False).encode(prompt).tolist()
