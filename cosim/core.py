@@ -313,8 +313,21 @@ def run_case(case: CoreCase, *, latency: int = 20, gap: int = 0, sim: str | None
     writes = parse_mem_log(log)
     res["steps"] = rtl_steps(case, records, writes)
     res["instr_cycles"] = [instruction_cycles(records, i + 1) for i in range(len(case.runs))]
+    res["model_cycles"] = model_cycles(case, latency) if gap == 0 else None
+    res["cycle_diffs"] = [] if res["model_cycles"] is None else [
+        (i, pc, got, want) for i, (run_c, want_c) in
+        enumerate(zip(res["instr_cycles"], res["model_cycles"]))
+        for (pc, got), want in zip(run_c, want_c) if got != want]
     res["mismatch"] = compare_runs(case, res["steps"], res["runs"])
     return res
+
+
+def model_cycles(case: CoreCase, latency: int) -> list[list[int]]:
+    """hdl.core.cycle_model of every run's instructions (memory model at GAP 0)."""
+    from hdl.core import cycle_model
+    return [cycle_model([int(w, 16) for w in r["words"]], case.config,
+                        Registers(pos=r["pos"], tokens=r["tokens"]), latency=latency)
+            for r in case.runs]
 
 
 def parse_trace(path) -> list[tuple]:

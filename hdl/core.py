@@ -57,7 +57,7 @@ from .core_linear import LinearEngine
 from .rtl import FSM, count_width, is_const, wire
 
 __all__ = ["IMPLEMENTED", "ERRORS", "ERROR_CODE", "TRACE_KINDS", "check_rtl_config",
-           "trace_layout", "Core"]
+           "trace_layout", "Core", "cycle_model"]
 
 #: Opcodes this RTL executes; the others are refused with ERR_UNIMPLEMENTED.
 IMPLEMENTED = ("HALT", "SYNC", "LOAD", "STORE", "RMSNORM", "QUANT", "ROPE", "SWIGLU",
@@ -922,3 +922,74 @@ class Core(wiring.Component):
         with m.If(s.is_op["LINEAR"]):
             m.d.sync += s.r0.eq(0)
             self._enter_act(m, s, 0)
+
+
+# --------------------------------------------------------------------------- cycle model
+def cycle_model(words, config: CoreConfig, registers, *, latency: int) -> list[int]:
+    """Cycles of each instruction of one run (up to its HALT) on this RTL with the
+    memory model of cosim/axi_mem.v at read latency `latency` and one beat a cycle
+    (GAP 0): from the cycle after the previous instruction retired to its own
+    retirement, inclusive. The instructions run one after another; within one, its
+    phases (hdl.core module docstring) run in order:
+
+      fetch      latency + INSTR_BYTES / beat_bytes + 1, then decode 1, retire 1
+      VLOAD      latency + beats + 1 (LOAD: latency + beats, it retires from it)
+      SFU pass   per token 1 + hdl.sfu.cycle_model(op, k) (the cmd cycle)
+      STORE      beats + 3 (the writes are answered during the next fetch)
+      LINEAR     VLOAD of S1, then per row tile of `rows` tokens: ACT (tt k / lanes
+                 words), the engine (its cmd after accept_delay, its first beat
+                 latency + 2 after the ranges; hdl.core_linear.cycle_model), the
+                 dequant pass (and the residual pass)
+    Each term is a phase of the RTL; tests hold the sum equal to the simulation."""
+    from golden.core_config import decode
+
+    from . import core_linear
+    c = check_rtl_config(config)
+    L, BB, D = c.sfu.lanes, c.beat_bytes, c.kv4.head_dim
+    T = registers.tokens
+
+    def beats(nbytes):
+        return -(-nbytes // BB)
+
+    def vload(nbytes):
+        return latency + beats(nbytes) + 1
+
+    def sfu_pass(op, k, tokens):
+        return tokens * (1 + sfu_mod.cycle_model(c.sfu, op, k))
+
+    out = []
+    for w in words:
+        ins = decode(w)
+        op, f = ins.op, ins.fields
+        cyc = latency + INSTR_BYTES // BB + 1 + 2
+        if op == "LOAD":
+            cyc += vload(T * f["n"] * 4) - 1
+        elif op == "STORE":
+            cyc += beats(T * f["n"] * 4) + 3
+        elif op == "RMSNORM":
+            cyc += vload(2 * f["n"]) + sfu_pass("rmsnorm", f["n"], T)
+        elif op == "QUANT":
+            cyc += sfu_pass("quant_a8", f["n"], T)
+        elif op in ("SWIGLU", "ADD"):
+            cyc += sfu_pass("swiglu" if op == "SWIGLU" else "residual_add", f["n"], T)
+        elif op == "ROPE":
+            cyc += 2 * vload(T * D) + sfu_pass("rope", f["heads"] * D, T)
+        elif op == "LINEAR":
+            n, k, g = f["n"], f["k"], f["group"]
+            cyc += vload(4 * n)
+            for r0 in range(0, T, c.rows):
+                tt = min(c.rows, T - r0)
+                eng = core_linear.cycle_model(c, n, k, g, tt)
+                start = max(latency + 2, core_linear.accept_delay(c) + 2)
+                cyc += tt * (k // L) + start + eng - 1
+                cyc += sfu_pass("dequant", n, tt)
+                if f["flags"] & FLAG_RES:
+                    cyc += sfu_pass("residual_add", n, tt)
+        elif op not in ("HALT", "SYNC"):
+            raise ValueError(f"{op} is not run by this RTL (IMPLEMENTED)")
+        if op == "SYNC":
+            cyc += 1
+        out.append(cyc)
+        if op == "HALT":
+            break
+    return out
