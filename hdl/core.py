@@ -937,10 +937,12 @@ def cycle_model(words, config: CoreConfig, registers, *, latency: int) -> list[i
       SFU pass   per token 1 + hdl.sfu.cycle_model(op, k) (the cmd cycle)
       STORE      beats + 3 (the writes are answered during the next fetch)
       LINEAR     VLOAD of S1, then per row tile of `rows` tokens: ACT (tt k / lanes
-                 words), the engine (its cmd after accept_delay, its first beat
-                 latency + 2 after the ranges; hdl.core_linear.cycle_model), the
-                 dequant pass (and the residual pass)
-    Each term is a phase of the RTL; tests hold the sum equal to the simulation."""
+                 words), the engine (its first beat max(latency + 2, accept_delay
+                 + 2) cycles in: the ranges' latency and the engine's divider
+                 overlap; then hdl.core_linear.cycle_model), the dequant pass (and
+                 the residual pass)
+    Each term is a phase of the RTL; tests hold the sum equal to the simulation.
+    A run's `cycles` output is the sum plus one (the start cycle)."""
     from golden.core_config import decode
 
     from . import core_linear
