@@ -26,6 +26,7 @@ BLOCKS: dict[str, str] = {
     "sparse_dsp": "cosim.sparse_dsp",
     "kv4_attention": "cosim.kv4_attention",
     "sfu": "cosim.sfu",
+    "core": "cosim.core",
 }
 
 

@@ -57,6 +57,8 @@ class CoreRun:
     tokens: int
     x_in: object = None
     name: str = ""
+    expect_error: str | None = None    # a refused program: the error status it must set
+    expect_pc: int = 0                 # ... at this instruction
 
 
 @dataclass
@@ -102,6 +104,8 @@ def relocate(runs: list[CoreRun], memory, core: CoreConfig, *, slack: int = 256)
     src = np.frombuffer(memory, dtype=np.uint8)
     spans = []
     for r in runs:
+        if r.expect_error:
+            continue
         for w in r.words:
             ins = decode(w)
             for field, n in _extents(ins, core):
@@ -119,11 +123,15 @@ def relocate(runs: list[CoreRun], memory, core: CoreConfig, *, slack: int = 256)
     for lo, hi in merged:
         new_base[lo] = out
         out = _pad(out + hi - lo + slack)
-    placed = []
     progs = []
     for r in runs:
         words = []
         io = {}
+        if r.expect_error:             # a refused program runs as written
+            prog = out
+            out = _pad(out + len(r.words) * INSTR_BYTES)
+            progs.append((prog, list(r.words), io))
+            continue
         for w in r.words:
             ins = decode(w)
             fields = dict(ins.fields)
@@ -145,10 +153,9 @@ def relocate(runs: list[CoreRun], memory, core: CoreConfig, *, slack: int = 256)
     for lo, hi in merged:
         b = new_base[lo]
         mem[b:b + hi - lo] = src[lo:hi].tobytes()
-        placed.append((lo, hi, b))
     for r, (prog, words, io) in zip(runs, progs):
         mem[prog:prog + len(words) * INSTR_BYTES] = words_to_bytes(words)
-        if r.x_in is not None:
+        if r.x_in is not None and not r.expect_error:
             load = next(decode(w) for w in words if decode(w).op == "LOAD")
             raw = torch.as_tensor(r.x_in).to(torch.int64).numpy().astype("<i4").tobytes()
             a = load["addr0"]
@@ -163,12 +170,31 @@ def build_case(runs: list[CoreRun], memory, core: CoreConfig, *, name: str = "")
     before = bytearray(mem)
     expected, rr = [], []
     for r, (prog, words) in zip(runs, progs):
-        steps = execute(words, mem, core, Registers(pos=r.pos, tokens=r.tokens))
-        expected.append(steps)
+        if r.expect_error:
+            expected.append({"error": r.expect_error, "pc": r.expect_pc,
+                             "golden": _golden_refusal(words, mem, core, r)})
+        else:
+            expected.append(execute(words, mem, core, Registers(pos=r.pos, tokens=r.tokens)))
         rr.append({"prog": prog, "pos": r.pos, "tokens": r.tokens, "name": r.name,
                    "words": [hex(w) for w in words]})
     return CoreCase(config=core, memory=before, runs=rr, expected=expected, memory_after=mem,
                     name=name)
+
+
+def _golden_refusal(words, mem, core, r) -> str | None:
+    """How the reference executor refuses the same program (None: it runs it --
+    a limit of this RTL, not of the ISA)."""
+    from golden.core import ProgramError
+    try:
+        execute(words, bytearray(mem), core,
+                Registers(pos=r.pos, tokens=min(r.tokens, core.max_tokens)))
+    except ProgramError as e:
+        if r.tokens > core.max_tokens or r.tokens == 0:
+            return "tokens"
+        return f"instruction {e.index}: {e}"
+    if r.tokens > core.max_tokens or r.tokens == 0:
+        return "tokens"
+    return None
 
 
 def layer_parts(program) -> dict[str, list[int]]:
@@ -238,7 +264,7 @@ def core_verilog(config: CoreConfig, *, mem_bytes: int, latency: int, gap: int =
 module {TOP} (
   input clk, input rst, input start, input [63:0] prog, input [19:0] pos,
   input [15:0] tokens, input dump,
-  output busy, output done, output [7:0] error, output [19:0] err_pc,
+  output busy, output idle, output done, output [7:0] error, output [19:0] err_pc,
   output [31:0] cycles
 );
 {wires}
@@ -246,7 +272,7 @@ module {TOP} (
   wire [7:0] err_w;
   quattro_core core (
     .clk(clk), .rst(rst), .start(start), .prog(prog), .pos(pos), .tokens(tokens),
-    .busy(busy), .done(done), .error(err_w), .err_pc(err_pc), .cycles(cycles),
+    .busy(busy), .idle(idle), .done(done), .error(err_w), .err_pc(err_pc), .cycles(cycles),
     .trace(trace),
 {core_conn}
   );
@@ -266,7 +292,7 @@ module {TOP} (
     if ($value$plusargs("trace=%s", tpath)) tf = $fopen(tpath, "w");
   end
   always @(posedge clk) begin
-    if (start & ~busy) run <= run + 1;
+    if (start & idle) run <= run + 1;
     if (tf != 0 && {part('valid')})
       $fwrite(tf, "%0d %0d %0d %0d %0d %0d %h %h %0d\\n", run, {part('kind')}, {part('pc')},
               {part('buf')}, {part('row')}, {part('word')}, {part('mask')}, {part('data')},
@@ -325,9 +351,10 @@ def run_case(case: CoreCase, *, latency: int = 20, gap: int = 0, sim: str | None
 def model_cycles(case: CoreCase, latency: int) -> list[list[int]]:
     """hdl.core.cycle_model of every run's instructions (memory model at GAP 0)."""
     from hdl.core import cycle_model
-    return [cycle_model([int(w, 16) for w in r["words"]], case.config,
+    return [[] if isinstance(e, dict) else
+            cycle_model([int(w, 16) for w in r["words"]], case.config,
                         Registers(pos=r["pos"], tokens=r["tokens"]), latency=latency)
-            for r in case.runs]
+            for r, e in zip(case.runs, case.expected)]
 
 
 def parse_trace(path) -> list[tuple]:
@@ -377,6 +404,9 @@ def rtl_steps(case: CoreCase, records, writes) -> list[list[Step]]:
     out = []
     for ri, (run, exp) in enumerate(zip(case.runs, case.expected)):
         recs = by_run.get(ri + 1, [])
+        if isinstance(exp, dict):
+            out.append([])
+            continue
         T = run["tokens"]
         words = [int(w, 16) for w in run["words"]]
         retired = [r[2] for r in recs if r[1] == 3]
@@ -429,7 +459,19 @@ def rtl_steps(case: CoreCase, records, writes) -> list[list[Step]]:
 def compare_runs(case: CoreCase, got: list[list[Step]], runs_res: list[dict]) -> dict | None:
     """The first difference over the runs: run, instruction, op, output, element and
     both values (golden.core.first_mismatch), or a run that stopped with an error."""
+    if len(runs_res) < len(case.runs):
+        return {"run": len(runs_res), "name": case.runs[len(runs_res)]["name"],
+                "tensor": "runs", "message": f"only {len(runs_res)} of {len(case.runs)} "
+                                             f"runs finished (a run timed out)"}
     for i, (exp, mine, rr) in enumerate(zip(case.expected, got, runs_res)):
+        if isinstance(exp, dict):
+            if rr.get("error_name") != exp["error"] or rr.get("err_pc") != exp["pc"]:
+                return {"run": i, "name": case.runs[i]["name"], "index": exp["pc"],
+                        "op": None, "tensor": "error",
+                        "message": f"run {i} ({case.runs[i]['name']}): expected error "
+                                   f"{exp['error']} at instruction {exp['pc']}, got "
+                                   f"{rr.get('error_name')} at {rr.get('err_pc')}"}
+            continue
         if rr.get("error"):
             return {"run": i, "name": case.runs[i]["name"], "index": rr.get("err_pc"),
                     "op": None, "tensor": "error",
@@ -509,3 +551,132 @@ def real_image(model: str = REAL_MODEL, scheme: str = REAL_SCHEME, *, log=print)
 def prompt_ids(model: str, prompt: str) -> list[int]:
     from quantflow.models.loaders import load_model
     return load_model(model, progress=False).encode(prompt).tolist()
+
+
+# --------------------------------------------------------------------------- refused programs
+def bad_runs(core: CoreConfig) -> list[CoreRun]:
+    """Programs the core must refuse, each with the error status and instruction it
+    must report (hdl.core.ERRORS): they run after the good runs of a case, so the
+    core is also shown to start cleanly after an error."""
+    from golden.core_config import FIELDS, OPCODES
+    halt = encode("HALT")
+    lin = dict(dst=2, src=1, n=16, k=64, group=64, e=0, in_frac=14, out_frac=14)
+    unknown = next(c for c in range(1, 256) if c not in OPCODES)
+
+    def run(name, words, err, pc=0, *, pos=0, tokens=1):
+        return CoreRun(tuple(words), pos, tokens, None, f"bad-{name}", err, pc)
+
+    return [
+        run("opcode", [unknown, halt], "opcode"),
+        run("unused-field", [encode("QUANT", dst=1, src=0, n=16) | 1 << FIELDS["k"].lo, halt],
+            "field"),
+        run("buffer", [encode("QUANT", dst=FIELDS["dst"].max, src=0, n=16), halt], "buffer"),
+        run("align", [encode("LOAD", dst=0, n=16, addr0=MEM_ALIGN // 2), halt], "align"),
+        run("k", [encode("LINEAR", **{**lin, "k": core.max_k + 64}), halt], "k"),
+        run("group", [encode("LINEAR", **{**lin, "group": 16}), halt], "group"),
+        run("same-buffer", [encode("LINEAR", **{**lin, "dst": 1}), halt], "same_buffer"),
+        run("tokens", [halt], "tokens", tokens=core.max_tokens + 1),
+        run("ctx", [encode("ROPE", dst=1, src=0, heads=1, ctx=4), halt], "ctx", pos=4),
+        run("memory", [encode("LOAD", dst=0, n=16, addr0=1 << 36), halt], "memory"),
+        run("unimplemented", [encode("ATTEND", dst=1, src=2, heads=1, ctx=8), halt],
+            "unimplemented"),
+        run("lanes", [encode("LOAD", dst=0, n=16, addr0=0),
+                      encode("QUANT", dst=1, src=0, n=20), halt], "lanes", 1),
+    ]
+
+
+# --------------------------------------------------------------------------- make sim
+#: Random small Llamas co-simulated besides the real layer: (heads, kv_heads, hidden,
+#: intermediate) -- GQA groups of 2 and 4, head_dim 32 and 64.
+RANDOM_SHAPES = ((4, 2, 128, 192), (4, 1, 256, 320))
+SIM_LATENCY = 20
+
+
+def random_layer_runs(shape, *, seed: int, workdir, prefill: int = 6, decode_steps: int = 1):
+    """(image, runs, memory) of layer 1 of a seeded random Llama of `shape`."""
+    from quantflow.synthetic import (compiled_image, random_llama_quantized,
+                                     small_llama_config, token_ids)
+    heads, kv_heads, hidden, inter = shape
+    cfg = small_llama_config(heads=heads, kv_heads=kv_heads, hidden=hidden,
+                             intermediate=inter)
+    ids = token_ids(cfg, 2, 32, seed=seed)
+    qm = random_llama_quantized(cfg, REAL_SCHEME, ids, seed=seed)
+    img = compiled_image(qm, ids, Path(workdir) / "image", context=48)
+    core = sim_config(img.config)
+    runs, mem = real_layer_runs(img, core, 1, ids[0, :prefill].tolist(),
+                                decode_steps=decode_steps)
+    return img, core, runs, mem
+
+
+def case_record(name: str, case: CoreCase, res: dict, *, layer: str, model: str,
+                prompt=None, latency: int = SIM_LATENCY) -> dict:
+    """The make-sim record of one case: bit-exact over every run, the refused
+    programs with their status, cycles against hdl.core.cycle_model."""
+    from .report import make_record
+    good = [r for r, e in zip(case.runs, case.expected) if not isinstance(e, dict)]
+    steps = sum(len(e) for e in case.expected if not isinstance(e, dict))
+    elems = sum(int(t.numel()) for e in case.expected if not isinstance(e, dict)
+                for st in e for t in st.outputs.values())
+    runs = res["runs"]
+    cycles = sum(r["cycles"] for r, e in zip(runs, case.expected) if not isinstance(e, dict))
+    model_c = res.get("model_cycles")
+    expected = (sum(sum(m) + 1 for m, e in zip(model_c, case.expected)
+                    if not isinstance(e, dict)) if model_c is not None else None)
+    macs = 0
+    for r in good:
+        for w in r["words"]:
+            ins = decode(int(w, 16))
+            if ins.op == "LINEAR":
+                macs += r["tokens"] * ins["n"] * ins["k"]
+    mm = res.get("mismatch")
+    c = case.config
+    return make_record(
+        block="core", test=name, config=c.as_dict(), passed=mm is None and not res["cycle_diffs"],
+        mismatches=0 if mm is None else 1, vectors=elems, cycles=cycles, macs=macs,
+        peak_macs_per_cycle=c.rows * c.beat_bytes, sim_seconds=res.get("sim_seconds", 0.0),
+        sim_cycles=res.get("sim_cycles"), expected_cycles=expected, path="memory-model",
+        model=model, layer=layer, prompt=prompt, instructions=steps,
+        mem_latency=latency, runs=[{k: r[k] for k in ("name", "cycles", "error_name",
+                                                      "err_pc")} for r in runs],
+        refused=[run["name"] for run, e in zip(case.runs, case.expected)
+                 if isinstance(e, dict)],
+        first_mismatch=mm, cycle_diffs=res["cycle_diffs"][:8], simulator=res.get("sim"))
+
+
+def _random_item(shape, seed: int, sim: str) -> dict:
+    import tempfile
+    with tempfile.TemporaryDirectory(prefix="quattro-core-") as tmp:
+        img, core, runs, mem = random_layer_runs(shape, seed=seed, workdir=tmp)
+        case = build_case(runs + bad_runs(core), mem, core, name="random")
+        res = run_case(case, latency=SIM_LATENCY, sim=sim)
+    h, kv, hid, inter = shape
+    return case_record(f"random-layer-h{h}kv{kv}-d{hid}-i{inter}", case, res,
+                       layer="layers.1", model=f"random Llama seed {seed}")
+
+
+def _real_item(sim: str) -> dict:
+    img = real_image()
+    core = sim_config(img.config)
+    ids = prompt_ids(REAL_MODEL, REAL_PROMPT)
+    runs, mem = real_layer_runs(img, core, REAL_LAYER, ids)
+    case = build_case(runs, mem, core, name="real")
+    res = run_case(case, latency=SIM_LATENCY, sim=sim)
+    return case_record(f"{REAL_MODEL}-layer{REAL_LAYER}", case, res,
+                       layer=f"layers.{REAL_LAYER}", model=f"{REAL_MODEL} {REAL_SCHEME}",
+                       prompt=REAL_PROMPT)
+
+
+def sim_items(*, sim: str) -> list:
+    from quantflow.models.loaders import models_dir
+    from .blocks import SimItem
+    items = []
+    for i, shape in enumerate(RANDOM_SHAPES):
+        h, kv, hid, inter = shape
+        items.append(SimItem(block="core", name=f"core-random-h{h}kv{kv}-d{hid}", path="memory-model",
+                             config={"shape": list(shape)}, macs=0, peak_macs_per_cycle=0,
+                             run=lambda shape=shape, i=i: _random_item(shape, 11 + i, sim)))
+    if (models_dir() / REAL_MODEL).is_dir():
+        items.append(SimItem(block="core", name=f"core-{REAL_MODEL}-layer{REAL_LAYER}",
+                             path="memory-model", config={"model": REAL_MODEL}, macs=0,
+                             peak_macs_per_cycle=0, run=lambda: _real_item(sim)))
+    return items

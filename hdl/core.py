@@ -40,7 +40,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, ResetInserter, Signal, unsigned
 from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import exact_log2
@@ -148,6 +148,7 @@ class Core(wiring.Component):
       start  In   pulse while idle: run the program at `prog` with `pos`, `tokens`
       prog, pos, tokens  In   the registers (sampled at start)
       busy, done  Out  done holds from the HALT until the next start
+      idle   Out  a start is taken now (after an error: once both masters are quiet)
       error  Out  the status code (ERRORS; 0 none), err_pc the instruction
       cycles Out  cycles of the current / last run
       rd, wr      AXI4 read / write masters (hdl.axi member names)
@@ -165,7 +166,7 @@ class Core(wiring.Component):
         super().__init__({
             "start": In(1), "prog": In(AXI_ADDR_BITS), "pos": In(FIELDS["ctx"].width),
             "tokens": In(count_width(c.max_tokens) + 1),
-            "busy": Out(1), "done": Out(1), "error": Out(count_width(len(ERRORS) - 1)),
+            "busy": Out(1), "idle": Out(1), "done": Out(1), "error": Out(count_width(len(ERRORS) - 1)),
             "err_pc": Out(20), "cycles": Out(32),
             "rd": Out(wiring.Signature(axi_read_members(8 * self.BB))),
             "wr": Out(wiring.Signature(axi_write_members(8 * self.BB))),
@@ -202,8 +203,12 @@ class Core(wiring.Component):
         m.submodules.wr = s.wr = AxiWriter(beat_bytes=self.BB, max_beats=self.max_beats)
         wiring.connect(m, wiring.flipped(self.rd), s.rd.axi)
         wiring.connect(m, wiring.flipped(self.wr), s.wr.axi)
-        m.submodules.sfu = s.sfu = sfu_mod.SFU(c.sfu)
-        m.submodules.engine = s.eng = LinearEngine(c)
+        # the units restart clean after an error stopped them mid-op
+        s.unit_rst = Signal(name="unit_rst")
+        s.sfu = sfu_mod.SFU(c.sfu)
+        s.eng = LinearEngine(c)
+        m.submodules.sfu = ResetInserter(s.unit_rst)(s.sfu)
+        m.submodules.engine = ResetInserter(s.unit_rst)(s.eng)
 
     def _storage(self, m, s):
         c, L, W = self.config, self.L, self.W
@@ -337,11 +342,16 @@ class Core(wiring.Component):
         c, fsm, f = self.config, s.fsm, s.f
         ib = INSTR_BYTES // self.BB
         s.fetch_beat = Signal(range(ib + 1), name="fetch_beat")
+        m.d.comb += self.idle.eq(fsm.is_("IDLE") | fsm.is_("DONE")
+                                 | (fsm.is_("ERROR") & ~s.rd.busy & s.wr.idle))
         with fsm.state("IDLE"), m.If(self.start):
             self._begin(m, s)
         with fsm.state("DONE"), m.If(self.start):
             self._begin(m, s)
-        with fsm.state("ERROR"), m.If(self.start):
+        # ERROR: the units held in reset, the read master drained (a range cut short
+        # by the error still returns its beats); a start waits for both masters
+        m.d.comb += s.unit_rst.eq(fsm.is_("ERROR"))
+        with fsm.state("ERROR"), m.If(self.start & ~s.rd.busy & s.wr.idle):
             self._begin(m, s)
 
         # FETCH: one range of the instruction's beats; FETCH_WAIT shifts them in
@@ -848,7 +858,7 @@ class Core(wiring.Component):
         with m.If(fsm.is_("ENGINE")):
             m.d.comb += [rq.valid.eq(s.en_req_valid), rq.payload.addr.eq(s.en_req_addr),
                          rq.payload.beats.eq(s.en_req_beats)]
-        m.d.comb += s.rd.data.ready.eq(fsm.is_("FETCH_WAIT") | fsm.is_("VLOAD")
+        m.d.comb += s.rd.data.ready.eq(fsm.is_("FETCH_WAIT") | fsm.is_("VLOAD") | fsm.is_("ERROR")
                                        | (fsm.is_("ENGINE") & s.eng.mem.ready))
         # read port A: STORE, SFU x.a (or the residual), ACT; port B: SFU x.b
         with m.If(fsm.is_("STORE")):

@@ -8,7 +8,8 @@ from golden.validate import check_int
 
 from .errors import QuantflowError
 
-__all__ = ["random_linear_weights", "random_activations"]
+__all__ = ["random_linear_weights", "random_activations", "small_llama_config", "token_ids",
+           "random_llama", "random_llama_quantized", "compiled_image"]
 
 
 def _pick(gen: torch.Generator, total: int, count: int, what: str) -> torch.Tensor:
@@ -46,3 +47,47 @@ def random_activations(M: int, K: int, *, seed: int, outlier_features: int = 4,
     X = torch.randn((M, K), generator=gen)
     X[:, _pick(gen, K, outlier_features, "outlier_features")] *= float(outlier_scale)
     return X
+
+
+# --------------------------------------------------------------------------- small Llamas
+def small_llama_config(*, heads: int = 2, kv_heads: int = 1, hidden: int = 128,
+                       intermediate: int = 192, layers: int = 2, vocab: int = 61):
+    """A small Llama configuration (quantflow.models.LlamaConfig): `heads` query heads
+    sharing `kv_heads` KV heads, head_dim = hidden / heads."""
+    from .models import LlamaConfig
+    return LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate,
+                       num_hidden_layers=layers, num_attention_heads=heads,
+                       num_key_value_heads=kv_heads, rope_theta=10000.0)
+
+
+def token_ids(config, batch: int, length: int, *, seed: int) -> torch.Tensor:
+    """Seeded random token ids [batch, length] of config's vocabulary."""
+    return torch.randint(0, config.vocab_size, (batch, length),
+                         generator=torch.Generator().manual_seed(seed))
+
+
+def random_llama(config, *, seed: int = 0):
+    """A seeded random LlamaForCausalLM: weights ~N(0, 0.1), norm weights in [0.5, 1.5)."""
+    from .models import LlamaForCausalLM
+    torch.manual_seed(seed)
+    m = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            p.copy_(torch.rand_like(p) + 0.5 if "norm" in n else torch.randn_like(p) * 0.1)
+    return m
+
+
+def random_llama_quantized(config, scheme: str, calib_ids: torch.Tensor, *, seed: int = 0):
+    """random_llama(config, seed) quantized with `scheme`, calibrated on calib_ids."""
+    from .fakequant import quantize_model
+    return quantize_model(random_llama(config, seed=seed), scheme, calib_ids=calib_ids,
+                          progress=False)
+
+
+def compiled_image(qm, calib_ids: torch.Tensor, outdir, *, context: int, name: str = "tiny"):
+    """A quantized model compiled into the model image directory `outdir` (fracs
+    calibrated on calib_ids), read back as quantflow.program.CompiledImage."""
+    from .compile import compile_quantized
+    from .program import CompiledImage
+    compile_quantized(qm, calib_ids, outdir, context=context, model_name=name)
+    return CompiledImage.from_dir(outdir)

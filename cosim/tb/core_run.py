@@ -38,6 +38,8 @@ async def core_runs(dut):
         dut.prog.value = int(r["prog"])
         dut.pos.value = int(r["pos"])
         dut.tokens.value = int(r["tokens"])
+        while not int(dut.idle.value):      # after an error the masters drain first
+            await ClockCycles(dut.clk, 8)
         dut.start.value = 1
         await RisingEdge(dut.clk)
         dut.start.value = 0
