@@ -59,14 +59,17 @@ Bytes read per ATTEND: (pos+T) (D + 10) + (recent > 0) (min(pos+T, recent+T-1)) 
 each plane rounded to whole beats: once per instruction (golden.core's memory model
 charges every query its own pos+t+1 tokens).
 
-Cycle model (`cycle_model`, ideal streams, the reader's first beat `latency` cycles after
-the cycle its first range is taken, then one beat a cycle; the cmd's transfer to the
-last y word or write beat, inclusive):
-  KV_APPEND  the quantizer's append_cycles per token bound it (the plane writes of a token
-             overlap the next one), plus the words of the first token, the capture and
-             the last token's writes (planes: one range cycle + its beats each)
-  ATTEND     max(load, first query's words + scale) + per query: 1 cmd + the decoder's
-             hdl.kv4_attention.cycle_model(kv4, pos+t+1) - 2 + ...; see `cycle_model`.
+Cycle model (`cycle_model`, ideal streams, a range's first beat `latency` cycles after
+the reader takes it, then a beat a cycle; the cmd's transfer to the last y word or write
+beat, inclusive; the tests hold the RTL to it exactly):
+  KV_APPEND  per token the quantizer's append path (hdl.kv4_attention.append_cycles),
+             its next token's code beats waiting for the capture row while the plane
+             writes (one range cycle + its beats per plane: 20 cycles at D 32, 32-byte
+             beats, recent) take longer; the last token's writes end it
+  ATTEND     max(query 0's words + 20 (scale, divider, multiplier), latency + load
+             beats + 1), then per query the decoder's hdl.kv4_attention.cycle_model(kv4,
+             pos+t+1) (+1: the query beats leave the query memory a cycle late) + 1 for
+             the next cmd; the next query's words and scale hide under the decode.
 On-chip storage: max_t (D + 10) bytes of 4-bit planes, 2 rings for the 8-bit codes of
 about (recent + max_tokens) D bytes and two for their zeros, the query memory (kv4.heads D
 int32), the K row of an append (D x_bits) and one token's cache rows.
@@ -76,30 +79,49 @@ Limits (`check_config`): kv4.lanes == sfu.lanes (a buffer word is a decoder beat
 """
 from __future__ import annotations
 
+import math
+
 from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2, exact_log2
 
 from golden.core_config import FIELDS, MEM_ALIGN, CoreConfig
-from golden.formats import ACT_BITS
-from golden.kv4_attention import KM_BITS, logit_constant
-from golden.kv4_attention_config import C_BITS, KV_LEVELS, LSH_BITS
+from golden.formats import ACT_BITS, ACT_QMAX
+from golden.kv4_attention_config import C_BITS, KV8_LEVELS, KV_LEVELS, LSH_BITS, KV4Config
 from golden.sfu_config import MANT_BITS, RCP_BITS, X_BITS
 from golden.validate import expect_type
 
 from .axi import AXI_ADDR_BITS, range_signature, write_beat_signature
-from .kv4_attention import (K_LATENCY, KV4Attention, KV4Quantizer, _norm_split,
-                            _quant_split, append_cycles)
+from .kv4_attention import KV4Attention, KV4Quantizer, _quant_split
 from .kv4_attention import cycle_model as decode_cycles
 from .rtl import FSM, bit_length, count_width, is_const, rshift_round, select, tree, wire
 
 __all__ = ["KVUnit", "check_config", "cmd_layout", "refusal", "planes", "max_beats",
-           "load_ranges", "cycle_model", "pack_cmd"]
+           "load_ranges", "cycle_model", "pack_cmd", "logit_constant"]
 
 _FRAC = signed(8)
 #: The ATTEND query path's constants (golden.sfu.quant_a8): |a| <= 127.
 _QMAX = (1 << (ACT_BITS - 1)) - 1
+
+
+#: Bits of the logit constant's mantissa (golden.kv4_attention.KM_BITS).
+KM_BITS = 24
+
+
+def logit_constant(k: KV4Config) -> tuple[int, int]:
+    """golden.kv4_attention.logit_constant(k, in_frac=0, frac_k=0), here because hdl
+    stays torch-free (the tests hold the two equal): (KM, KE0) with KM 2**-KE0 ~=
+    2**logit_frac log2(e) / (127 240 sqrt(D)) (* 2**(rot_shift - log2 D) with rotate);
+    the unit adds in_frac + frac_k to KE0 at run time."""
+    x = 2.0 ** k.logit_frac / ACT_QMAX * (1.0 / math.log(2.0)) / (KV8_LEVELS * math.sqrt(k.head_dim))
+    if k.rotate:
+        x *= 2.0 ** (k.rot_shift - k.log2_d)
+    mant, ex = math.frexp(x)
+    KM, KE = round(mant * 2.0 ** KM_BITS), KM_BITS - ex
+    if KM == 1 << KM_BITS:
+        KM, KE = KM >> 1, KE - 1
+    return KM, KE
 
 
 # --------------------------------------------------------------------------- config
@@ -232,35 +254,45 @@ def cycle_model(config: CoreConfig, attend: bool, pos: int, tokens: int, heads: 
                 latency: int) -> int:
     """Cycles from the cmd's transfer to the last y word (ATTEND) or write beat
     (KV_APPEND), both inclusive, with always-valid x, always-ready y and wr ports and
-    a reader that returns the first beat of the queued ranges `latency` cycles after
-    the cycle it takes the first one, then one beat a cycle (module docstring)."""
+    a reader whose first beat of a range comes `latency` cycles after the cycle it takes
+    the range and never before the beats of the ranges before it (module docstring).
+
+    KV_APPEND: the quantizer's cache beats of token t are F_t, F_t + qsteps, ..; the
+      last one Q_t = F_t + (chunks - 1) qsteps, then the token's plane writes W cycles
+      (one range cycle + its beats per plane). F_0 = 3 chunks + rot + 2 + qsteps (K
+      words, V words into the quantizer, its butterfly, min/max, S, zeros, first code
+      beat); F_{t+1} = Q_t + max(2 chunks + rot + 2 + qsteps, W + 1) (the next token's
+      codes wait for the capture row the writes free). cycles = Q_{T-1} + W + 1.
+    ATTEND: the ranges are taken at cycles 1..planes, N beats follow from 1 + latency;
+      query 0's words, scale, divider and multiplier end at heads chunks + 19; its
+      decoder cmd at c_0 = max(heads chunks + 20, latency + N + 1). A query's last out
+      beat at c_t + hdl.kv4_attention.cycle_model(kv4, pos+t+1) (its query beats leave
+      the query memory one cycle late); the next cmd at max(that + 1, the query beats'
+      end + heads chunks + 20)."""
     c = check_config(config)
     k = c.kv4
     NC = k.chunks
+    rot = k.log2_d if k.rotate else 0
+    W = _write_cycles(c)
     if not attend:
-        # words of token 0 (K then V: the quantizer takes V chunk j with K chunk j),
-        # then the quantizer's append path per token, the last token's capture and
-        # plane writes after its last cache beat
-        per = append_cycles(k, 1)
-        return 1 + NC + tokens * per - NC + _write_cycles(c) + 1
-    ranges = load_ranges(c, pos, tokens, pos + tokens, 0)
-    nbeats = sum(b for _, _, b in ranges)
-    load = len(ranges) + latency + nbeats       # the last range is taken, beats stream
+        qsteps = _quant_split(k)[1]
+        F = 3 * NC + rot + 2 + qsteps
+        Q = F + (NC - 1) * qsteps
+        for _ in range(1, tokens):
+            F = Q + max(2 * NC + rot + 2 + qsteps, W + 1)
+            Q = F + (NC - 1) * qsteps
+        return Q + W + 1
+    N = sum(b for _, _, b in load_ranges(c, pos, tokens, pos + tokens, 0))
     H = k.heads
-    qin = H * NC                                 # one query's words
-    scale = 2 + 17 + 1                           # mn/L, divider, C/lsh
-    front = 1 + qin + scale
-    start = max(load + 1, front)
-    total = start
+    words = heads * NC
+    cmd = max(words + 20, latency + N + 1)
+    # the decoder takes a head's query beats, then (rotate) log2 D + 2 cycles per head
+    qbeats = H * NC + ((H - 1) * (k.log2_d + 2) if k.rotate else 0)
+    last = 0
     for t in range(tokens):
-        total += _query_cycles(c, pos + t + 1)
-    return total
-
-
-def _query_cycles(config: CoreConfig, Tq: int) -> int:
-    """One query from its decoder cmd to its last out beat (the next cmd follows)."""
-    k = config.kv4
-    return decode_cycles(k, Tq) - 1
+        last = cmd + decode_cycles(k, pos + t + 1)
+        cmd = max(last + 1, cmd + 1 + qbeats + words + 20)
+    return last + 1
 
 
 # --------------------------------------------------------------------------- RTL helpers
@@ -707,7 +739,7 @@ class KVUnit(wiring.Component):
             with m.If(step == nq - 1):
                 st.next("CL")
         # ---- CL: golden.kv4_attention.logit_multiplier_fixed per head
-        KM, KE0 = logit_constant(k, in_frac=0, frac_k=0)
+        KM, KE0 = logit_constant(k)
         lsh_max = (1 << LSH_BITS) - 1
         zero_lsh = max(k.logit_frac, k.min_lsh)
         KE = wire(m, KE0 + r["in_frac"] + r["frac_k"], "cl_KE")
