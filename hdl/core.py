@@ -240,10 +240,14 @@ class Core(wiring.Component):
             for i, (ra, _) in enumerate(s.bufs):
                 with m.Case(i):
                     m.d.comb += s.pa.data.eq(ra.data)
+            with m.Default():          # decode refuses other indices
+                m.d.comb += s.pa.data.eq(0)
         with m.Switch(s.pb.sel):
             for i, (_, rb) in enumerate(s.bufs):
                 with m.Case(i):
                     m.d.comb += s.pb.data.eq(rb.data)
+            with m.Default():
+                m.d.comb += s.pb.data.eq(0)
         # token scales (mn, L) per buffer row: written by QUANT's TS beat, read by
         # LINEAR's dequant pass
         ts = memory.Memory(shape=unsigned(MANT_BITS + 8), depth=c.buffers * c.max_tokens,
@@ -424,6 +428,8 @@ class Core(wiring.Component):
         pow2 = wire(m, ~(g & (g - 1)).any(), "group_pow2")
         kbeats_ok = wire(m, ~f["k"][:exact_log2(L)].any() if L > 1 else Const(1), "k_lanes")
         sw_shift = wire(m, c.sfu.frac + f["in_frac2"] - f["out_frac"], "swiglu_shift")
+        s.ctx21 = Signal(21, name="ctx21")
+        m.d.comb += s.ctx21.eq(f["ctx"])
         addr_bad = Signal(name="addr_bad")
         m.d.comb += addr_bad.eq(0)
         for a in ("addr0", "addr1", "addr2", "addr3"):
@@ -449,7 +455,7 @@ class Core(wiring.Component):
             (lin & (f["flags"] & ~FLAG_RES).any(), "flags"),
             (lin & ~f["flags"][0] & f["src2"].any(), "flags"),
             (lin & (f["dst"] == f["src"]), "same_buffer"),
-            (s.is_op["ROPE"] & (is_const(f["ctx"], 0) | (s.pos + s.T > f["ctx"])), "ctx"),
+            (s.is_op["ROPE"] & (is_const(f["ctx"], 0) | (s.pos + s.T > s.ctx21)), "ctx"),
             (s.is_op["RMSNORM"] & ((f["e"] < -256) | (f["e"] > 255)), "field"),
             (s.is_op["SWIGLU"] & ((sw_shift < -128) | (sw_shift > 127)), "field"),
         ]
@@ -554,7 +560,7 @@ class Core(wiring.Component):
         last_sub = wire(m, st.k == sub - 1, "st_last_sub")
         adv = wire(m, ~st.v | (s.wr.data.ready & last_sub), "st_adv")
         s.st_adv = adv
-        s.st_raddr = wire(m, st.row * W + st.w, "st_raddr")
+        s.st_raddr = wire(m, (st.row * W + st.w)[:len(s.pa.addr)], "st_raddr")
         with m.If(active & adv):
             m.d.sync += st.v.eq(st.left.any())
             with m.If(st.left.any()):
@@ -658,7 +664,7 @@ class Core(wiring.Component):
             m.d.sync += ps.v.eq(ps.left.any())
             with m.If(ps.left.any()):
                 m.d.sync += [ps.w.eq(ps.w + 1), ps.left.eq(ps.left - 1)]
-        s.ps_a_addr = wire(m, row * W + ps.w, "ps_a_addr")
+        s.ps_a_addr = wire(m, (row * W + ps.w)[:len(s.pa.addr)], "ps_a_addr")
         s.ps_a_acc = a_acc
         s.ps_acc_row = wire(m, ps.t, "ps_acc_row")
         # V address of word w: NW / S1 -> w; RoPE -> row t's cos/sin of the word's
@@ -679,6 +685,8 @@ class Core(wiring.Component):
                                         for j in range(L))))
             with m.Case(_B_ROPE, _B_S1):
                 m.d.comb += xb.eq(s.v_r.data)
+            with m.Default():              # ops with one operand: x.b unused
+                m.d.comb += xb.eq(0)
         x = sfu.x.payload
         for j in range(L):
             m.d.comb += [x[j].a.eq(xa[32 * j:32 * j + 32]), x[j].b.eq(xb[32 * j:32 * j + 32])]
@@ -742,7 +750,7 @@ class Core(wiring.Component):
         active = wire(m, s.fsm.is_("ACT"), "ac_active")
         adv = wire(m, ~ac.v | eng.act.ready, "ac_adv")
         s.ac_adv = wire(m, active & adv, "ac_adv_run")
-        s.ac_raddr = wire(m, (s.r0 + ac.row) * W + ac.w, "ac_raddr")
+        s.ac_raddr = wire(m, ((s.r0 + ac.row) * W + ac.w)[:len(s.pa.addr)], "ac_raddr")
         with m.If(s.ac_adv):
             m.d.sync += ac.v.eq(ac.left.any())
             with m.If(ac.left.any()):
@@ -788,13 +796,16 @@ class Core(wiring.Component):
                 m.d.comb += G.eq(k >> b)
         tiles = wire(m, (n + c.cols - 1) >> lc, "en_tiles")
         last = wire(m, en.tile + 1 == tiles, "en_last_tile")
-        nt = wire(m, Mux(last, n - (en.tile << lc), c.cols), "en_nt")
+        # the last tile holds n mod cols outputs (cols when that is 0)
+        rem = wire(m, n[:lc], "en_rem")
+        nt = wire(m, Mux(last & rem.any(), rem, c.cols), "en_nt")
         sbytes = wire(m, nt * G, "en_sbytes")
-        sbeats = wire(m, (sbytes + BB - 1) >> lbb, "en_sbeats")
-        cbeats = wire(m, nt * (k >> lbb), "en_cbeats")
+        bw = len(s.rd.req.payload.beats)
+        sbeats = wire(m, ((sbytes + BB - 1) >> lbb)[:bw], "en_sbeats")
+        cbeats = wire(m, (nt * (k >> lbb))[:bw], "en_cbeats")
         n0 = wire(m, en.tile << lc, "en_n0")
         addr = Signal(AXI_ADDR_BITS, name="en_addr")
-        beats = Signal(32, name="en_beats")
+        beats = Signal(len(s.rd.req.payload.beats), name="en_beats")
         with m.Switch(en.which):
             with m.Case(0):
                 m.d.comb += [addr.eq(f["addr1"] + n0 * G), beats.eq(sbeats)]
@@ -834,11 +845,12 @@ class Core(wiring.Component):
                          wp.en.eq(Mux(active, Mux(s.en_acc_take, (Const(1, L) << lane)[:L], 0),
                                       Mux(s.ps_out_word & s.ps_out_acc & (s.ps.t == t),
                                           (1 << L) - 1, 0)))]
+        s.en_got_next = wire(m, (en.got + 1)[:20], "en_got_next")
         with m.If(s.en_acc_take):
             with m.If(a.overflow):
                 m.d.comb += s.raise_.eq(ERROR_CODE["overflow"])
             m.d.sync += en.got.eq(en.got + 1)
-            with m.If(en.got + 1 == n):
+            with m.If(s.en_got_next == n):
                 m.d.sync += s.phase.eq(1)
                 self._start_pass(m, s, r0=s.r0, tokens=s.tt)
 
@@ -910,7 +922,8 @@ class Core(wiring.Component):
         with m.Elif(s.en_acc_take):
             a = s.eng.acc.payload
             m.d.comb += [tr.valid.eq(1), tr.kind.eq(_K_ACC), tr.row.eq(s.r0),
-                         tr.word.eq(a.n), tr.mask.eq(Cat(*(s.tt > t for t in range(L)))),
+                         tr.word.eq(a.n), tr.mask.eq(Cat(*((s.tt > t) if t < c.rows else Const(0)
+                                                  for t in range(L)))),
                          tr.data.eq(Cat(*(a.acc[t] for t in range(c.rows))))]
         with m.Elif(fsm.is_("RETIRE") | (fsm.is_("DRAIN") & s.wr.idle & s.is_op["HALT"])):
             m.d.comb += [tr.valid.eq(1), tr.kind.eq(_K_RETIRE)]

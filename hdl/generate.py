@@ -16,6 +16,7 @@ from typing import Callable
 
 from amaranth.back import verilog as _verilog
 
+from golden.core_config import CoreConfig
 from golden.kv4_attention_config import KV4Config
 from golden.lut_config import LUTConfig
 from golden.mixpe_config import MixPEConfig
@@ -25,6 +26,7 @@ from golden.sparse_dsp_config import SparseDSPConfig
 from golden.validate import check_choice, check_int
 from quattro_fs import atomic_write_text
 
+from .core import Core
 from .kv4_attention import KV4Unit
 from .lut import LUTBlock
 from .mixpe import MixPE, MixPECell, MixPESystem
@@ -34,7 +36,7 @@ from .sparse_dsp import SparseDSP, SparseDSPChain
 
 __all__ = ["verilog", "write_verilog", "BlockGen", "BLOCKS", "design", "default_designs",
            "design_name", "mixpe_factory", "lut_factory", "sparse_dsp_factory", "kv4_factory",
-           "sfu_factory"]
+           "sfu_factory", "core_factory"]
 
 Design = tuple[str, Callable]
 
@@ -103,6 +105,13 @@ def kv4_factory(config: KV4Config, *, kind: str = "unit") -> Design:
     quantizer)."""
     check_choice("kind", kind, BLOCKS["kv4_attention"].kinds)
     return config.name(), lambda: KV4Unit(config)
+
+
+def core_factory(config: CoreConfig, *, kind: str = "core") -> Design:
+    """The accelerator core (hdl.core.Core: sequencer, buffers, SFU, linear engine,
+    AXI4 masters)."""
+    check_choice("kind", kind, BLOCKS["core"].kinds)
+    return config.name(), lambda: Core(config)
 
 
 def sfu_factory(config: SFUHWConfig, *, kind: str = "unit") -> Design:
@@ -180,6 +189,15 @@ BLOCKS: dict[str, BlockGen] = {
             # one lane with SmolLM2's intermediate size in the buffer, and four lanes
             (SFUHWConfig(max_k=2048, lanes=1), {}),
             (SFUHWConfig(max_k=4096, lanes=4), {}))),
+    "core": BlockGen(
+        config=CoreConfig, design=core_factory, kinds=("core",),
+        defaults=(
+            # the default core as this RTL takes it (one AXI read and one write
+            # master), and the small core of the tests
+            (CoreConfig(mem_ports=1), {}),
+            (CoreConfig(rows=2, cols=64, max_k=256, buffers=4, max_tokens=4, buf_elems=256,
+                        sfu=SFUHWConfig(lanes=16, max_k=256),
+                        kv4=KV4Config(head_dim=32, lanes=16), mem_ports=1), {}))),
 }
 
 
