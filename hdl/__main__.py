@@ -76,6 +76,21 @@ def _mixpe_flags(args) -> tuple[dict, dict]:
 
 def _config(block: str, fields: dict):
     cls = BLOCKS[block].config
+    # a nested configuration (the core's sfu and kv4) comes as a JSON object of its
+    # own fields
+    nested = {k: v for k, v in fields.items() if isinstance(v, dict)}
+    if nested:
+        default = cls()
+        for k, v in nested.items():
+            sub = getattr(default, k)
+            if not dataclasses.is_dataclass(sub):
+                raise UsageError(f"{cls.__name__}.{k} is not a configuration; give it a "
+                                 f"value, not a JSON object")
+            fields = {**fields, k: _config_of(type(sub), v)}
+    return _config_of(cls, fields)
+
+
+def _config_of(cls, fields: dict):
     known = [f.name for f in dataclasses.fields(cls) if f.init]
     unknown = sorted(set(fields) - set(known))
     if unknown:

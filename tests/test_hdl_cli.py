@@ -32,6 +32,10 @@ CASES = [
     ("kv4_attention", {"head_dim": 32, "lanes": 4, "max_t": 64, "heads": 1}, None, {},
      "kv4_d32_l4_t64_h1_x16_rot_r8"),
     ("sfu", {"max_k": 64, "lanes": 2}, None, {}, "sfu_l2_k64"),
+    ("core", {"rows": 2, "cols": 64, "max_k": 128, "buffers": 2, "max_tokens": 2,
+              "buf_elems": 128, "mem_ports": 1, "sfu": {"lanes": 16, "max_k": 128},
+              "kv4": {"head_dim": 32, "lanes": 16, "max_t": 64}}, None, {},
+     "core_r2_c64_k128_b2x2x128_sfu_l16_k128_kv4_d32_l16_t64_h1_x16_rot_r8_m1x32"),
 ]
 
 
