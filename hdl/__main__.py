@@ -82,7 +82,9 @@ def _config(block: str, fields: dict):
     if nested:
         default = cls()
         for k, v in nested.items():
-            sub = getattr(default, k)
+            sub = getattr(default, k, None)     # an unknown field: _config_of names it
+            if sub is None:
+                continue
             if not dataclasses.is_dataclass(sub):
                 raise UsageError(f"{cls.__name__}.{k} is not a configuration; give it a "
                                  f"value, not a JSON object")
