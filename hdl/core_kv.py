@@ -12,8 +12,11 @@ Ports (the core routes its AXI masters and buffer ports here while a KV instruct
   y       sfu.lanes int32  ATTEND's output words (below)
   rd_req, rd_data          the core's AXI reader (ranges of whole beats, in order)
   wr_req, wr_data          the core's AXI writer (ranges + beats with byte strobes)
-  busy    from the cmd's transfer to the last y word / write beat handed over
-  error   a refused instruction, sticky until the next good cmd (`refusal`)
+  busy    from the cmd's transfer to the last write beat (KV_APPEND) or the decoder's
+          last out beat (ATTEND: the last y word, or a dropped beat of an unused head)
+  error   a refused instruction, sticky until the next good cmd (`refusal`): the cmd
+          is taken into registers and checked the next cycle (CHECK), then error and
+          nothing else, or its run
 
 x / y order (D = kv4.head_dim, L = lanes, words of L elements, columns in order):
   KV_APPEND  for t < T: D/L words of K = src[t, col:col+D], then D/L words of
@@ -43,9 +46,13 @@ prefill block does not re-stream it per query):
   QUERY  per query t: its heads D/L words into a query memory with the per-head max|x|;
          then per head golden.sfu.quant_a8's (mn, L) and RC = floor(2**31 / mn) (a
          17-step restoring divider, all heads at once), and
-         golden.kv4_attention.logit_multiplier_fixed's (C, lsh) (a multiplier shift
-         lsh < min_lsh refuses the query: error, nothing more is started). The first
-         query's words are taken while the cache loads.
+         golden.kv4_attention.logit_multiplier_fixed's (C, lsh). The first query's
+         words are taken while the cache loads.
+         Refusals golden makes on data (it refuses the whole instruction, before any
+         output): a cache value check at the end of LOAD, or a query whose shift lsh <
+         min_lsh, sets error and starts nothing more; the queries already issued still
+         leave their y words, the refused query's words have been taken, later ones are
+         not (the core stops on error).
   DECODE a KV4Attention cmd {pos+t+1, C, lsh} per query, then its INT8 query beats
          (q8 = clamp(RHU(x 127 RC, 31 + L), +-127), computed as they leave the query
          memory; kv4.heads - heads unused heads get zeros and C = 0), while two feeders
@@ -281,7 +288,7 @@ def cycle_model(config: CoreConfig, attend: bool, pos: int, tokens: int, heads: 
         for _ in range(1, tokens):
             F = Q + max(2 * NC + rot + 2 + qsteps, W + 1)
             Q = F + (NC - 1) * qsteps
-        return Q + W + 1
+        return 1 + Q + W + 1            # 1: the cmd's check
     N = sum(b for _, _, b in load_ranges(c, pos, tokens, pos + tokens, 0))
     H = k.heads
     words = heads * NC
@@ -292,7 +299,7 @@ def cycle_model(config: CoreConfig, attend: bool, pos: int, tokens: int, heads: 
     for t in range(tokens):
         last = cmd + decode_cycles(k, pos + t + 1)
         cmd = max(last + 1, cmd + 1 + qbeats + words + 20)
-    return last + 1
+    return 1 + last + 1                 # 1: the cmd's check
 
 
 # --------------------------------------------------------------------------- RTL helpers
@@ -352,8 +359,8 @@ class _Feeder:
                 with m.If(last):
                     m.d.sync += t.eq(t + 1)
         # byte addresses in the planes; the 8-bit rings by beat index mod depth
-        a4 = wire(m, t * (D // 2) + j * (L // 2), f"{side}f_a4")
-        a8 = wire(m, t * D + j * L, f"{side}f_a8")
+        a4 = t * (D // 2) + j * (L // 2)
+        a8 = t * D + j * L
         addrs = {"c4": a4 >> lbb, "s": t >> (lbb - 2), "z": t >> lbb}
         subs = {"c4": (a4 >> exact_log2(L // 2))[:max(0, lbb - exact_log2(L // 2))],
                 "s": t[:lbb - 2], "z": t[:lbb]}
@@ -376,10 +383,10 @@ class _Feeder:
             return select(held[key], _slices(rd, width, n)) if n > 1 else rd[:width]
 
         c4 = wire(m, pick("c4", 4 * L), f"{side}f_c4")
-        s = wire(m, pick("s", 32), f"{side}f_s")
+        s = wire(m, pick("s", 32)[:k.scale_bits], f"{side}f_s")
         z = wire(m, pick("z", 8), f"{side}f_z")
         p = port.payload
-        m.d.comb += [port.valid.eq(fv), p.scale.eq(s[:k.scale_bits])]
+        m.d.comb += [port.valid.eq(fv), p.scale.eq(s)]
         if k.recent:
             c8 = wire(m, pick("c8", 8 * L), f"{side}f_c8")
             z8 = wire(m, pick("z8", 8), f"{side}f_z8")
@@ -431,37 +438,46 @@ class KVUnit(wiring.Component):
         c = self.config
         k = c.kv4
         p = self.cmd.payload
-        fsm = FSM(m, ("IDLE", "APPEND", "ATTEND"), "kv_state")
+        fsm = FSM(m, ("IDLE", "CHECK", "APPEND", "ATTEND"), "kv_state")
         r = {"fsm": fsm}
         lay = cmd_layout(c)
-        for name in ("pos", "tokens", "ctx", "heads", "in_frac", "in_frac2", "frac_k",
-                     "frac_v", "out_frac", "addr"):
-            r[name] = Signal(lay[name].shape, name=f"r_{name}")
-        r["go"] = Signal(name="kv_go")          # the cycle after a good cmd's transfer
-        r["accept"] = Signal(name="kv_accept")  # comb: a good cmd transfers (resets)
+        # pos, tokens and ctx in registers of one width: the checks compare them at
+        # equal widths (Verilator -Wall; Yosys folds a zero-extension of a port slice)
+        cw = FIELDS["ctx"].width + 1
+        for name in ("attend", "pos", "tokens", "ctx", "heads", "in_frac", "in_frac2",
+                     "frac_k", "frac_v", "out_frac", "addr"):
+            shape = cw if name in ("pos", "tokens", "ctx") else lay[name].shape
+            r[name] = Signal(shape, name=f"r_{name}")
+        fields = [n for n in r if n != "fsm"]
+        r["go"] = Signal(name="kv_go")          # the cycle after a good cmd's check
+        r["accept"] = Signal(name="kv_accept")  # comb: a good cmd is checked (resets)
         r["done"] = Signal(name="kv_done")      # comb: the running instruction ends
         m.d.comb += [self.cmd.ready.eq(fsm.is_("IDLE")),
                      self.busy.eq(~fsm.is_("IDLE"))]
-        end = wire(m, p.pos + p.tokens, "cmd_end")
-        bad = wire(m, is_const(p.tokens, 0) | (p.ctx > k.max_t) | (end > p.ctx)
-                   | (p.attend & (is_const(p.heads, 0) | (p.heads > k.heads)))
-                   | p.addr[:exact_log2(MEM_ALIGN)].any()
-                   | (p.addr[c.addr_bits:].any() if c.addr_bits < AXI_ADDR_BITS else 0),
+        end = Signal(cw, name="cmd_end")        # pos + tokens < 2**cw
+        m.d.comb += end.eq(r["pos"] + r["tokens"])
+        addr = r["addr"]
+        bad = wire(m, is_const(r["tokens"], 0) | (r["ctx"] > k.max_t) | (end > r["ctx"])
+                   | (r["attend"] & (is_const(r["heads"], 0) | (r["heads"] > k.heads)))
+                   | addr[:exact_log2(MEM_ALIGN)].any()
+                   | (addr[c.addr_bits:].any() if c.addr_bits < AXI_ADDR_BITS else 0),
                    "cmd_bad")
         m.d.sync += r["go"].eq(0)
         with fsm.state("IDLE"):
             with m.If(self.cmd.valid):
-                with m.If(bad):
-                    m.d.sync += self.error.eq(1)
+                m.d.sync += [r[n].eq(p[n]) for n in fields]
+                fsm.next("CHECK")
+        with fsm.state("CHECK"):
+            with m.If(bad):
+                m.d.sync += self.error.eq(1)
+                fsm.next("IDLE")
+            with m.Else():
+                m.d.comb += r["accept"].eq(1)
+                m.d.sync += [self.error.eq(0), r["go"].eq(1)]
+                with m.If(r["attend"]):
+                    fsm.next("ATTEND")
                 with m.Else():
-                    m.d.comb += r["accept"].eq(1)
-                    m.d.sync += [self.error.eq(0), r["go"].eq(1)]
-                    m.d.sync += [r[n].eq(p[n]) for n in r
-                                 if n not in ("fsm", "go", "done", "accept")]
-                    with m.If(p.attend):
-                        fsm.next("ATTEND")
-                    with m.Else():
-                        fsm.next("APPEND")
+                    fsm.next("APPEND")
         with m.If(r["done"]):
             fsm.next("IDLE")
         # plane offsets of kv_layout(ctx): sizes per * ctx rounded up to MEM_ALIGN
@@ -492,8 +508,9 @@ class KVUnit(wiring.Component):
         sk = wire(m, r["in_frac"] - r["frac_k"], "ap_sk")
         sv = wire(m, r["in_frac2"] - r["frac_v"], "ap_sv")
         x = self.x.payload
-        xr = [wire(m, _shift_sat(m, x[i], Mux(in_v, sv, sk), k.x_bits, f"apq{i}"), f"apx{i}")
-              for i in range(L)]
+        xr = [Signal(signed(k.x_bits), name=f"apx{i}") for i in range(L)]
+        m.d.comb += [xr[i].eq(_shift_sat(m, x[i], Mux(in_v, sv, sk), k.x_bits, f"apq{i}"))
+                     for i in range(L)]
         m.d.comb += [qz.x.valid.eq(taking & in_v & self.x.valid)]
         for i in range(L):
             m.d.comb += [qz.x.payload.k[i].eq(select(jv, [row[i] for row in kbuf])),
@@ -549,7 +566,7 @@ class KVUnit(wiring.Component):
         tok = wire(m, r["pos"] + t_out, "ap_tok")
         addrs, beats, datas, strbs = [], [], [], []
         for name, per in pls:
-            a = wire(m, r["addr"] + r["off"][name] + tok * per, f"wa_{name}")
+            a = r["addr"] + r["off"][name] + tok * per
             v = Cat(value[name], Const(0, 8 * per - len(value[name])))
             if per >= BB:
                 addrs.append(a)
@@ -749,36 +766,39 @@ class KVUnit(wiring.Component):
                 P = wire(m, mn[h] * KM, f"cl_P{h}")
                 blP = bit_length(m, P, f"cl_blP{h}")
                 t0 = wire(m, Mux(blP > C_BITS, blP - C_BITS, 0)[:6], f"cl_t0_{h}")
-                r0 = wire(m, rshift_round(m, P, t0, f"cl_r0_{h}"), f"cl_r0v{h}")
-                t1 = wire(m, t0 + r0[C_BITS:].any(), f"cl_t1_{h}")
+                # RHU(P, t0) reaching 2**C_BITS takes one more shift
+                up = wire(m, rshift_round(m, P, t0, f"cl_r0_{h}")[C_BITS:].any(), f"cl_up{h}")
+                t1 = wire(m, t0 + up, f"cl_t1_{h}")
                 l0 = wire(m, KE - Lx[h] - t1, f"cl_l0_{h}")
                 exc = wire(m, Mux(l0 > lsh_max, l0 - lsh_max, 0), f"cl_exc{h}")
                 t2w = wire(m, t1 + exc, f"cl_t2w{h}")
                 t2 = wire(m, Mux(t2w > 62, 62, t2w)[:6], f"cl_t2_{h}")
-                Cv = wire(m, rshift_round(m, P, t2, f"cl_C{h}"), f"cl_Cv{h}")
+                Cv = Signal(C_BITS, name=f"cl_Cv{h}")     # < 2**C_BITS (t2 >= t1)
+                m.d.comb += Cv.eq(rshift_round(m, P, t2, f"cl_C{h}"))
                 lsh = wire(m, Mux(l0 > lsh_max, lsh_max, l0), f"cl_lsh{h}")
                 zero = is_const(mn[h], 0)
                 low_any.append(~zero & (lsh < k.min_lsh))
-                m.d.sync += [Cs[h].eq(Mux(zero, 0, Cv[:C_BITS])),
+                m.d.sync += [Cs[h].eq(Mux(zero, 0, Cv)),
                              lshs[h].eq(Mux(zero, zero_lsh, lsh[:LSH_BITS])),
                              rc[h].eq(Mux(zero, 0, rc[h])),
                              m127[h].eq(Mux(zero, 0, rc[h] * _QMAX))]
             with m.If(Cat(*low_any).any()):
-                m.d.sync += f["abort"].eq(1)
+                m.d.sync += [f["abort"].eq(1), self.error.eq(1)]
                 st.next("END")
             with m.Else():
                 st.next("CMD")
         # ---- CMD: the decoder cmd once the cache is in and the decoder is idle
         with st.state("CMD"):
             with m.If(load["loaded"] & load["bad"]):
-                m.d.sync += f["abort"].eq(1)
+                m.d.sync += [f["abort"].eq(1), self.error.eq(1)]
                 st.next("END")
             with m.Elif(load["loaded"]):
                 m.d.comb += dec.cmd.valid.eq(1)
                 with m.If(dec.cmd.ready):
                     m.d.sync += f["issued"].eq(f["issued"] + 1)
                     st.next("QOUT")
-        Tq = wire(m, r["pos"] + tq + 1, "q_Tq")
+        Tq = Signal(k.t_bits + 1, name="q_Tq")     # <= ctx <= max_t
+        m.d.comb += Tq.eq(r["pos"] + tq + 1)
         m.d.comb += dec.cmd.payload.t.eq(Tq)
         for h in range(H):
             m.d.comb += [dec.cmd.payload.c[h].eq(Cs[h]), dec.cmd.payload.lsh[h].eq(lshs[h])]
@@ -820,8 +840,6 @@ class KVUnit(wiring.Component):
             m.d.sync += [tq.eq(0), wq.eq(0), hq.eq(0), jq.eq(0), f["abort"].eq(0),
                          f["issued"].eq(0)]
             st.next("IN")
-        with m.If(f["abort"]):
-            m.d.sync += self.error.eq(1)
         f["end"] = st.is_("END")
         return f
 
@@ -849,11 +867,15 @@ class KVUnit(wiring.Component):
                 _shift_sat(m, dec.out.payload[i], s, X_BITS, f"yo{i}"))
         m.d.comb += [self.y.valid.eq(dec.out.valid & used),
                      dec.out.ready.eq(Mux(used, self.y.ready, 1))]
+        q_end = wire(m, dec.out.valid & dec.out.ready & (ob == H * NC - 1), "yo_q_end")
         with m.If(dec.out.valid & dec.out.ready):
             m.d.sync += ob.eq(Mux(ob == H * NC - 1, 0, ob + 1))
-            with m.If(ob == H * NC - 1):
-                m.d.sync += done_q.eq(done_q + 1)
+        with m.If(q_end):
+            m.d.sync += done_q.eq(done_q + 1)
         with m.If(r["accept"]):
             m.d.sync += [ob.eq(0), done_q.eq(0)]
-        with m.If(on & f["end"] & (done_q == f["issued"]) & ~r["go"]):
+        # the instruction ends with its last query's last out beat (or, after a refused
+        # query, once the queries already issued are out)
+        outs = Mux(q_end, done_q + 1, done_q)
+        with m.If(on & f["end"] & (outs == f["issued"]) & ~r["go"]):
             m.d.comb += r["done"].eq(1)
