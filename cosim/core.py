@@ -34,11 +34,11 @@ import torch
 
 from golden.core import Step, execute, first_mismatch
 from golden.core_config import (INSTR_BYTES, MEM_ALIGN, CoreConfig, Registers, decode, encode,
-                                words_to_bytes)
+                                kv_layout, kv_region_bytes, words_to_bytes)
 
 from . import runner
 
-__all__ = ["CoreRun", "CoreCase", "relocate", "build_case", "layer_parts", "real_layer_runs", "real_image", "prompt_ids", "sim_config", "core_verilog",
+__all__ = ["CoreRun", "CoreCase", "relocate", "build_case", "real_layer_runs", "real_image", "prompt_ids", "sim_config", "core_verilog",
            "core_build", "run_case", "parse_trace", "rtl_steps", "compare_runs",
            "TB_MODULE", "TOP"]
 
@@ -86,6 +86,8 @@ def _extents(ins, core: CoreConfig) -> list[tuple[str, int]]:
         G = f["k"] // f["group"]
         return [("addr0", f["n"] * f["k"]), ("addr1", f["n"] * G), ("addr2", f["n"] * G),
                 ("addr3", 4 * f["n"])]
+    if op in ("KV_APPEND", "ATTEND"):
+        return [("addr0", kv_region_bytes(f["ctx"], D, core.kv4.recent))]
     if op in ("HALT", "SYNC", "QUANT", "SWIGLU", "ADD"):
         return []
     raise ValueError(f"{op} is not run by hdl.core yet (hdl.core.IMPLEMENTED)")
@@ -195,31 +197,6 @@ def _golden_refusal(words, mem, core, r) -> str | None:
     if r.tokens > core.max_tokens or r.tokens == 0:
         return "tokens"
     return None
-
-
-def layer_parts(program) -> dict[str, list[int]]:
-    """The two parts of a layer program (quantflow.program.compile_program(...,
-    layer=i)) this RTL runs: "front" (input_norm .. rope_k, then STORE of the rotated
-    q over x_out) and "mlp" (post_norm .. down_proj on the LOAD of x_in, STORE)."""
-    labels = list(program.labels)
-    words = list(program.words)
-    ins = [decode(w) for w in words]
-
-    def idx(suffix):
-        return next(i for i, lab in enumerate(labels) if lab.endswith(suffix))
-
-    load, store, halt = words[0], words[labels.index("output")], words[labels.index("halt")]
-    out = decode(store)
-    rope_q = ins[idx(".rope_q")]
-    front = [load] + words[1:idx(".rope_k") + 1] + [
-        encode("STORE", src=rope_q["dst"], n=rope_q["heads"] * _head_dim(program),
-               addr0=out["addr0"]), halt]
-    mlp = [load] + words[idx(".post_norm"):idx(".down_proj") + 1] + [store, halt]
-    return {"front": front, "mlp": mlp}
-
-
-def _head_dim(program) -> int:
-    return program.core.kv4.head_dim
 
 
 def sim_config(decoder, **overrides) -> CoreConfig:
@@ -415,8 +392,11 @@ def rtl_steps(case: CoreCase, records, writes) -> list[list[Step]]:
             ins = decode(words[pc])
             mine = [r for r in recs if r[2] == pc]
             outs = {}
-            if ins.op in ("LOAD", "RMSNORM", "QUANT", "ROPE", "SWIGLU", "ADD", "LINEAR"):
-                n = ins["heads"] * c.kv4.head_dim if ins.op == "ROPE" else ins["n"]
+            if ins.op in ("LOAD", "RMSNORM", "QUANT", "ROPE", "SWIGLU", "ADD", "LINEAR",
+                          "ATTEND"):
+                n = (ins["heads"] * c.kv4.head_dim if ins.op in ("ROPE", "ATTEND")
+                     else ins["n"])
+                base = ins["col"] if ins.op == "ATTEND" else 0
                 y = torch.zeros(T, n, dtype=torch.int64)
                 seen = torch.zeros(T, n, dtype=torch.bool)
                 for r in mine:
@@ -424,8 +404,8 @@ def rtl_steps(case: CoreCase, records, writes) -> list[list[Step]]:
                         continue
                     _, _, _, _, row, word, mask, dat, _ = r
                     for j in range(L):
-                        col = word * L + j
-                        if mask >> j & 1 and row < T and col < n:
+                        col = word * L + j - base
+                        if mask >> j & 1 and row < T and 0 <= col < n:
                             y[row, col] = _s32(dat >> (32 * j))
                             seen[row, col] = True
                 outs["out"] = y
@@ -446,6 +426,8 @@ def rtl_steps(case: CoreCase, records, writes) -> list[list[Step]]:
                                 if r[6] >> t & 1 and r[4] + t < T:
                                     acc[r[4] + t, r[5]] = _s32(r[7] >> (32 * t))
                     outs = {"acc": acc, "out": outs["out"]}
+            elif ins.op == "KV_APPEND":
+                outs = _kv_planes(mem, ins, c, run["pos"], T)
             elif ins.op == "STORE":
                 n = ins["n"]
                 a = ins["addr0"]
@@ -454,6 +436,32 @@ def rtl_steps(case: CoreCase, records, writes) -> list[list[Step]]:
             steps.append(Step(pc, ins, outs))
         out.append(steps)
     return out
+
+
+def _kv_planes(mem, ins, c: CoreConfig, pos: int, T: int) -> dict:
+    """Tokens pos..pos+T-1 of every cache plane of a KV_APPEND's region, shaped as
+    golden.core's KV_APPEND step outputs."""
+    out = {}
+    for name, (off, per, _) in kv_layout(ins["ctx"], c.kv4.head_dim, c.kv4.recent).items():
+        a = ins["addr0"] + off + pos * per
+        if name in ("ks", "vs"):
+            v = np.frombuffer(mem, "<u4", T, a).astype(np.int64)
+        else:
+            v = np.frombuffer(mem, np.uint8, T * per, a).astype(np.int64)
+            if per > 1:
+                v = v.reshape(T, per)
+        out[name] = torch.from_numpy(v.copy())
+    return out
+
+
+#: Step outputs the RTL keeps inside a unit (ATTEND's INT8 queries): not compared.
+INTERNAL = {"ATTEND": ("q8",)}
+
+
+def _visible(steps: list[Step]) -> list[Step]:
+    return [Step(st.index, st.instr, {k: v for k, v in st.outputs.items()
+                                      if k not in INTERNAL.get(st.op, ())})
+            for st in steps]
 
 
 def compare_runs(case: CoreCase, got: list[list[Step]], runs_res: list[dict]) -> dict | None:
@@ -477,7 +485,7 @@ def compare_runs(case: CoreCase, got: list[list[Step]], runs_res: list[dict]) ->
                     "op": None, "tensor": "error",
                     "message": f"the core stopped with error {rr.get('error_name')} at "
                                f"instruction {rr.get('err_pc')}"}
-        mm = first_mismatch(exp, mine)
+        mm = first_mismatch(_visible(exp), mine)
         if mm is not None:
             return {"run": i, "name": case.runs[i]["name"], "index": mm.index, "op": mm.op,
                     "tensor": mm.tensor, "element": list(mm.element), "expected": mm.expected,
@@ -518,11 +526,9 @@ def real_layer_runs(image, core: CoreConfig, layer: int, ids: list[int], *,
     from golden.decoder import IntegerDecoder
     from quantflow.program import build_memory, compile_program
     prog = compile_program(image, core, layer=layer)
-    parts = layer_parts(prog)
     dec = IntegerDecoder(image.config, image.tensors)
     state = dec.new_state()
     x_in = f"layers.{layer - 1}.residual" if layer else "embed"
-    mid = f"layers.{layer}.attn_residual"
     runs, pos, step_ids = [], 0, list(ids)
     for s in range(decode_steps + 1):
         got = {}
@@ -530,8 +536,7 @@ def real_layer_runs(image, core: CoreConfig, layer: int, ids: list[int], *,
                      trace=lambda n, t, f: got.__setitem__(n, t))
         T = len(step_ids)
         tag = "prefill" if s == 0 else f"decode{s}"
-        runs.append(CoreRun(tuple(parts["front"]), pos, T, got[x_in], f"front-{tag}"))
-        runs.append(CoreRun(tuple(parts["mlp"]), pos, T, got[mid], f"mlp-{tag}"))
+        runs.append(CoreRun(tuple(prog.words), pos, T, got[x_in], f"layer-{tag}"))
         pos += T
         step_ids = [int(r.next_tokens()[-1])]
     return runs, build_memory(image, prog)
@@ -578,7 +583,7 @@ def bad_runs(core: CoreConfig) -> list[CoreRun]:
         run("tokens", [halt], "tokens", tokens=core.max_tokens + 1),
         run("ctx", [encode("ROPE", dst=1, src=0, heads=1, ctx=4), halt], "ctx", pos=4),
         run("memory", [encode("LOAD", dst=0, n=16, addr0=1 << 36), halt], "memory"),
-        run("unimplemented", [encode("ATTEND", dst=1, src=2, heads=1, ctx=8), halt],
+        run("unimplemented", [encode("LOGITS", src=1, n=16, k=64, group=64), halt],
             "unimplemented"),
         run("lanes", [encode("LOAD", dst=0, n=16, addr0=0),
                       encode("QUANT", dst=1, src=0, n=20), halt], "lanes", 1),

@@ -53,6 +53,8 @@ from golden.validate import expect_type
 
 from . import sfu as sfu_mod
 from .axi import AXI_ADDR_BITS, AxiReader, AxiWriter, axi_read_members, axi_write_members
+from . import core_kv
+from .core_kv import KVUnit
 from .core_linear import LinearEngine
 from .rtl import FSM, count_width, is_const, wire
 
@@ -61,12 +63,12 @@ __all__ = ["IMPLEMENTED", "ERRORS", "ERROR_CODE", "TRACE_KINDS", "check_rtl_conf
 
 #: Opcodes this RTL executes; the others are refused with ERR_UNIMPLEMENTED.
 IMPLEMENTED = ("HALT", "SYNC", "LOAD", "STORE", "RMSNORM", "QUANT", "ROPE", "SWIGLU",
-               "ADD", "LINEAR")
+               "ADD", "LINEAR", "KV_APPEND", "ATTEND")
 #: Error status codes (the `error` output; 0 = none), in the order the checks of
 #: golden.core.ProgramError name them.
 ERRORS = ("none", "opcode", "unimplemented", "field", "buffer", "extent", "lanes", "k",
           "group", "tokens", "align", "ctx", "flags", "same_buffer", "overflow", "memory",
-          "sfu", "engine")
+          "sfu", "engine", "kv4")
 ERROR_CODE = {name: i for i, name in enumerate(ERRORS)}
 #: trace.kind: a buffer word write, a token-scale write (data lane 0 = mn | L << 16),
 #: an engine acc beat (word = its output n, lane t = token t of the tile, row = the
@@ -75,7 +77,7 @@ TRACE_KINDS = ("buf", "ts", "acc", "retire")
 _K_BUF, _K_TS, _K_ACC, _K_RETIRE = range(4)
 
 _ST = ("IDLE", "FETCH", "FETCH_WAIT", "DECODE", "VLOAD", "SFU_CMD", "SFU_RUN", "STORE",
-       "ACT", "ENGINE", "DRAIN", "RETIRE", "DONE", "ERROR")
+       "ACT", "ENGINE", "KV", "DRAIN", "RETIRE", "DONE", "ERROR")
 
 # SFU pass operand sources
 _A_BUF, _A_ACC = 0, 1
@@ -114,6 +116,7 @@ def check_rtl_config(c: CoreConfig) -> CoreConfig:
                         f"and D/2 a multiple of lanes")
     if problems:
         raise ValueError("hdl.core cannot generate this CoreConfig: " + "; ".join(problems))
+    core_kv.check_config(c)
     return c
 
 
@@ -162,7 +165,7 @@ class Core(wiring.Component):
         self.BB = c.beat_bytes
         mb = max(c.max_tokens * c.buf_elems * 4, c.cols * c.max_k,
                  max(c.buf_elems, c.sfu.max_k) * 4, c.max_tokens * c.kv4.head_dim) // self.BB
-        self.max_beats = max(1, mb)
+        self.max_beats = max(1, mb, core_kv.max_beats(c))
         super().__init__({
             "start": In(1), "prog": In(AXI_ADDR_BITS), "pos": In(FIELDS["ctx"].width),
             "tokens": In(count_width(c.max_tokens) + 1),
@@ -188,6 +191,7 @@ class Core(wiring.Component):
         self._sfu_pass(m, s)            # per token: cmd, x words, out words
         self._act(m, s)                 # A8 rows -> the engine's activation file
         self._engine(m, s)              # ranges, mem beats, acc beats
+        self._kv(m, s)                  # KV_APPEND / ATTEND through the KV4 unit
         self._ports(m, s)               # the shared ports' owners by state
         self._trace(m, s)
         # an error stops the run (last: it overrides every other transition)
@@ -207,8 +211,10 @@ class Core(wiring.Component):
         s.unit_rst = Signal(name="unit_rst")
         s.sfu = sfu_mod.SFU(c.sfu)
         s.eng = LinearEngine(c)
+        s.kv = KVUnit(c, max_range_beats=self.max_beats)
         m.submodules.sfu = ResetInserter(s.unit_rst)(s.sfu)
         m.submodules.engine = ResetInserter(s.unit_rst)(s.eng)
+        m.submodules.kv4 = ResetInserter(s.unit_rst)(s.kv)
 
     def _storage(self, m, s):
         c, L, W = self.config, self.L, self.W
@@ -309,6 +315,15 @@ class Core(wiring.Component):
         c, L, W, BB = self.config, self.L, self.W, self.BB
         sub = L * 4 // BB
         s.raise_ = Signal(count_width(len(ERRORS) - 1), name="raise_err")   # comb
+        kvw = c.kv4.heads * c.kv4.head_dim // L + 1
+        s.kv_cmd = Signal(name="kv_cmd")
+        s.kv_run = Signal(name="kv_run")
+        s.kx = SimpleNamespace(t=Signal(range(c.max_tokens + 1), name="kx_t"),
+                               h=Signal(name="kx_h"), w=Signal(range(kvw), name="kx_w"),
+                               v=Signal(name="kx_v"), src2=Signal(name="kx_src2"),
+                               left=Signal(name="kx_left"))
+        s.ky = SimpleNamespace(t=Signal(range(c.max_tokens + 1), name="ky_t"),
+                               w=Signal(range(kvw), name="ky_w"))
         s.ps_out_addr_acc = Signal(range(W), name="ps_out_addr_acc")
         s.vl = SimpleNamespace(
             to_buf=Signal(name="vl_to_buf"), e16=Signal(name="vl_e16"),
@@ -428,6 +443,9 @@ class Core(wiring.Component):
         pow2 = wire(m, ~(g & (g - 1)).any(), "group_pow2")
         kbeats_ok = wire(m, ~f["k"][:exact_log2(L)].any() if L > 1 else Const(1), "k_lanes")
         sw_shift = wire(m, c.sfu.frac + f["in_frac2"] - f["out_frac"], "swiglu_shift")
+        kvop = wire(m, s.is_op["KV_APPEND"] | s.is_op["ATTEND"], "kvop")
+        D = c.kv4.head_dim
+        kv_width = wire(m, Mux(s.is_op["ATTEND"], f["heads"] * D, D), "kv_width")
         s.ctx21 = Signal(21, name="ctx21")
         m.d.comb += s.ctx21.eq(f["ctx"])
         addr_bad = Signal(name="addr_bad")
@@ -455,7 +473,14 @@ class Core(wiring.Component):
             (lin & (f["flags"] & ~FLAG_RES).any(), "flags"),
             (lin & ~f["flags"][0] & f["src2"].any(), "flags"),
             (lin & (f["dst"] == f["src"]), "same_buffer"),
-            (s.is_op["ROPE"] & (is_const(f["ctx"], 0) | (s.pos + s.T > s.ctx21)), "ctx"),
+            (kvop & ((f["col"] + kv_width > c.buf_elems)
+                     | (s.is_op["ATTEND"] & (is_const(f["heads"], 0)
+                                             | (f["heads"] > c.kv4.heads)))), "extent"),
+            (kvop & (f["col"][:exact_log2(L)].any() if L > 1 else Const(0)), "lanes"),
+            (s.is_op["ATTEND"] & (f["dst"] == f["src"]), "same_buffer"),
+            ((s.is_op["ROPE"] | kvop) & (is_const(f["ctx"], 0) | (s.pos + s.T > s.ctx21)),
+             "ctx"),
+            (kvop & (f["ctx"] > c.kv4.max_t), "ctx"),
             (s.is_op["RMSNORM"] & ((f["e"] < -256) | (f["e"] > 255)), "field"),
             (s.is_op["SWIGLU"] & ((sw_shift < -128) | (sw_shift > 127)), "field"),
         ]
@@ -475,6 +500,8 @@ class Core(wiring.Component):
                 s.fsm.next("STORE")
             with m.If(s.is_op["QUANT"] | s.is_op["SWIGLU"] | s.is_op["ADD"]):
                 self._start_pass(m, s, r0=0, tokens=s.T)
+            with m.If(kvop):
+                self._enter_kv(m, s)
 
     # ------------------------------------------------------------------ VLOAD
     def _vload(self, m, s):
@@ -854,6 +881,69 @@ class Core(wiring.Component):
                 m.d.sync += s.phase.eq(1)
                 self._start_pass(m, s, r0=s.r0, tokens=s.tt)
 
+    # ------------------------------------------------------------------ KV4 unit
+    def _enter_kv(self, m, s):
+        kx, ky = s.kx, s.ky
+        m.d.sync += [s.kv_cmd.eq(1), s.kv_run.eq(0), kx.t.eq(0), kx.h.eq(0), kx.w.eq(0),
+                     kx.v.eq(0), kx.src2.eq(0), kx.left.eq(1), ky.t.eq(0), ky.w.eq(0)]
+        s.fsm.next("KV")
+
+    def _kv(self, m, s):
+        """KV_APPEND / ATTEND: the instruction to the unit, its x words from the
+        buffers (hdl.core_kv: per token K then V words, or the queries), its y words
+        into dst, its memory traffic through the masters (_ports)."""
+        c, L, W, f = self.config, self.L, self.W, s.f
+        kv, kx, ky = s.kv, s.kx, s.ky
+        D = c.kv4.head_dim
+        active = wire(m, s.fsm.is_("KV"), "kv_active")
+        attend = s.is_op["ATTEND"]
+        p = kv.cmd.payload
+        m.d.comb += [kv.cmd.valid.eq(active & s.kv_cmd), p.attend.eq(attend), p.pos.eq(s.pos),
+                     p.tokens.eq(s.T), p.ctx.eq(f["ctx"]), p.col.eq(f["col"]),
+                     p.heads.eq(f["heads"]), p.in_frac.eq(f["in_frac"]),
+                     p.in_frac2.eq(f["in_frac2"]), p.frac_k.eq(f["frac_k"]),
+                     p.frac_v.eq(f["frac_v"]), p.out_frac.eq(f["out_frac"]),
+                     p.addr.eq(f["addr0"])]
+        with m.If(active & s.kv_cmd & kv.cmd.ready):
+            m.d.sync += [s.kv_cmd.eq(0), s.kv_run.eq(1)]
+        with m.If(active & kv.error):
+            m.d.comb += s.raise_.eq(ERROR_CODE["kv4"])
+        with m.If(active & s.kv_run & ~kv.busy & ~kv.error):
+            s.fsm.next("RETIRE")
+        # x: words w of half h (0: src, 1: src2) of token t, read at one address by
+        # both ports; the half travels with the word
+        col_w = wire(m, f["col"] >> exact_log2(L), "kv_col_w")
+        nw = wire(m, Mux(attend, f["heads"] * (D // L), D // L), "kv_nw")
+        last_w = wire(m, kx.w + 1 == nw, "kx_last_w")
+        last_h = wire(m, attend | kx.h.bool(), "kx_last_h")
+        adv = wire(m, ~kx.v | kv.x.ready, "kx_adv")
+        s.kx_adv = wire(m, active & adv, "kx_adv_run")
+        s.kx_raddr = wire(m, (kx.t * W + col_w + kx.w)[:len(s.pa.addr)], "kx_raddr")
+        with m.If(s.kx_adv):
+            m.d.sync += [kx.v.eq(kx.left), kx.src2.eq(kx.h)]
+            with m.If(kx.left):
+                with m.If(last_w):
+                    m.d.sync += kx.w.eq(0)
+                    with m.If(last_h):
+                        m.d.sync += [kx.h.eq(0), kx.t.eq(kx.t + 1)]
+                        with m.If(kx.t + 1 == s.T):
+                            m.d.sync += kx.left.eq(0)
+                    with m.Else():
+                        m.d.sync += kx.h.eq(1)
+                with m.Else():
+                    m.d.sync += kx.w.eq(kx.w + 1)
+        m.d.comb += [kv.x.valid.eq(active & kx.v),
+                     kv.x.payload.eq(Mux(kx.src2, s.pb.data, s.pa.data))]
+        # y: word w of token t -> dst row t, word col / L + w
+        m.d.comb += kv.y.ready.eq(active)
+        s.ky_take = wire(m, active & kv.y.valid, "ky_take")
+        s.ky_word = wire(m, (col_w + ky.w)[:len(s.bw.word)], "ky_word")
+        with m.If(s.ky_take):
+            with m.If(ky.w + 1 == nw):
+                m.d.sync += [ky.w.eq(0), ky.t.eq(ky.t + 1)]
+            with m.Else():
+                m.d.sync += ky.w.eq(ky.w + 1)
+
     # ------------------------------------------------------------------ port muxes
     def _ports(self, m, s):
         """The shared ports' owners by state."""
@@ -870,13 +960,35 @@ class Core(wiring.Component):
         with m.If(fsm.is_("ENGINE")):
             m.d.comb += [rq.valid.eq(s.en_req_valid), rq.payload.addr.eq(s.en_req_addr),
                          rq.payload.beats.eq(s.en_req_beats)]
+        kv = s.kv
+        in_kv = fsm.is_("KV")
+        with m.If(in_kv):
+            m.d.comb += [rq.valid.eq(kv.rd_req.valid), rq.payload.addr.eq(kv.rd_req.payload.addr),
+                         rq.payload.beats.eq(kv.rd_req.payload.beats)]
+        m.d.comb += [kv.rd_req.ready.eq(in_kv & rq.ready),
+                     kv.rd_data.valid.eq(in_kv & s.rd.data.valid),
+                     kv.rd_data.payload.eq(s.rd.data.payload)]
         m.d.comb += s.rd.data.ready.eq(fsm.is_("FETCH_WAIT") | fsm.is_("VLOAD") | fsm.is_("ERROR")
-                                       | (fsm.is_("ENGINE") & s.eng.mem.ready))
+                                       | (fsm.is_("ENGINE") & s.eng.mem.ready)
+                                       | (in_kv & kv.rd_data.ready))
+        # the write master: STORE's beats, or the KV4 unit's plane writes
+        with m.If(in_kv):
+            m.d.comb += [s.wr.req.valid.eq(kv.wr_req.valid),
+                         s.wr.req.payload.addr.eq(kv.wr_req.payload.addr),
+                         s.wr.req.payload.beats.eq(kv.wr_req.payload.beats),
+                         s.wr.data.valid.eq(kv.wr_data.valid),
+                         s.wr.data.payload.eq(kv.wr_data.payload)]
+        m.d.comb += [kv.wr_req.ready.eq(in_kv & s.wr.req.ready),
+                     kv.wr_data.ready.eq(in_kv & s.wr.data.ready)]
         # read port A: STORE, SFU x.a (or the residual), ACT; port B: SFU x.b
         with m.If(fsm.is_("STORE")):
             m.d.comb += [s.pa.addr.eq(s.st_raddr), s.pa.en.eq(s.st_adv), s.pa.sel.eq(f["src"])]
         with m.If(fsm.is_("ACT")):
             m.d.comb += [s.pa.addr.eq(s.ac_raddr), s.pa.en.eq(s.ac_adv), s.pa.sel.eq(f["src"])]
+        with m.If(in_kv):               # K (src) and V (src2) words at one address
+            m.d.comb += [s.pa.addr.eq(s.kx_raddr), s.pa.en.eq(s.kx_adv), s.pa.sel.eq(f["src"]),
+                         s.pb.addr.eq(s.kx_raddr), s.pb.en.eq(s.kx_adv),
+                         s.pb.sel.eq(f["src2"])]
         with m.If(fsm.is_("SFU_RUN") | fsm.is_("SFU_CMD")):
             m.d.comb += [s.pa.addr.eq(s.ps_a_addr), s.pa.en.eq(s.ps_adv),
                          s.pa.sel.eq(Mux(s.ps_res, f["src2"], f["src"])),
@@ -886,7 +998,8 @@ class Core(wiring.Component):
                          s.acc_r_row.eq(s.ps_acc_row)]
         # buffer writes: LOAD's beats or an SFU pass's out words
         m.d.comb += s.ps_out_addr_acc.eq(s.ps.ow)
-        s.buf_we = buf_we = wire(m, s.vl_buf_we | (s.ps_out_word & ~s.ps_out_acc), "buf_we")
+        s.buf_we = buf_we = wire(m, s.vl_buf_we | (s.ps_out_word & ~s.ps_out_acc) | s.ky_take,
+                                 "buf_we")
         with m.If(s.vl_buf_we):
             m.d.comb += [s.bw.row.eq(s.vl.row), s.bw.word.eq(s.vl.col >> exact_log2(L)),
                          s.bw.data.eq(s.vl_buf_data),
@@ -894,6 +1007,10 @@ class Core(wiring.Component):
         with m.Elif(s.ps_out_word & ~s.ps_out_acc):
             m.d.comb += [s.bw.row.eq(s.ps_out_row), s.bw.word.eq(s.ps.ow),
                          s.bw.data.eq(s.ps_out_data),
+                         s.bw.mask.eq((1 << L) - 1), s.bw.sel.eq(f["dst"])]
+        with m.Elif(s.ky_take):
+            m.d.comb += [s.bw.row.eq(s.ky.t), s.bw.word.eq(s.ky_word),
+                         s.bw.data.eq(s.kv.y.payload.as_value()),
                          s.bw.mask.eq((1 << L) - 1), s.bw.sel.eq(f["dst"])]
         with m.Else():
             m.d.comb += s.bw.sel.eq(15 if c.buffers <= 15 else 0)
@@ -948,6 +1065,11 @@ class Core(wiring.Component):
 
 
 # --------------------------------------------------------------------------- cycle model
+#: Cycles from a write range's transfer to its first W beat's through hdl.axi.AxiWriter
+#: and the memory model (the range, the AW, the burst length into the W side).
+KV_WRITE_SETUP = 3
+
+
 def cycle_model(words, config: CoreConfig, registers, *, latency: int) -> list[int]:
     """Cycles of each instruction of one run (up to its HALT) on this RTL with the
     memory model of cosim/axi_mem.v at read latency `latency` and one beat a cycle
@@ -1010,6 +1132,13 @@ def cycle_model(words, config: CoreConfig, registers, *, latency: int) -> list[i
                 cyc += sfu_pass("dequant", n, tt)
                 if f["flags"] & FLAG_RES:
                     cyc += sfu_pass("residual_add", n, tt)
+        elif op in ("KV_APPEND", "ATTEND"):
+            # the unit's reader latency counts from its range's transfer, one cycle
+            # before the AXI request leaves; a write range's first beat waits for its
+            # AW to reach the memory model (KV_WRITE_SETUP)
+            cyc += 1 + core_kv.cycle_model(c, op == "ATTEND", registers.pos, T,
+                                           f.get("heads", 0), latency + 1,
+                                           write_setup=KV_WRITE_SETUP)
         elif op not in ("HALT", "SYNC"):
             raise ValueError(f"{op} is not run by this RTL (IMPLEMENTED)")
         if op == "SYNC":

@@ -251,18 +251,21 @@ def load_ranges(config: CoreConfig, pos: int, tokens: int, ctx: int,
 
 
 # --------------------------------------------------------------------------- model
-def _write_cycles(config: CoreConfig) -> int:
-    """Cycles of one token's plane writes: per plane one range cycle and its beats."""
+def _write_cycles(config: CoreConfig, setup: int = 1) -> int:
+    """Cycles of one token's plane writes: per plane `setup` cycles for its range
+    (1 on an ideal writer) and its beats."""
     BB = config.beat_bytes
-    return sum(1 + max(1, per // BB) for _, per in planes(config))
+    return sum(setup + max(1, per // BB) for _, per in planes(config))
 
 
 def cycle_model(config: CoreConfig, attend: bool, pos: int, tokens: int, heads: int,
-                latency: int) -> int:
+                latency: int, *, write_setup: int = 1) -> int:
     """Cycles from the cmd's transfer to the last y word (ATTEND) or write beat
     (KV_APPEND), both inclusive, with always-valid x, always-ready y and wr ports and
     a reader whose first beat of a range comes `latency` cycles after the cycle it takes
-    the range and never before the beats of the ranges before it (module docstring).
+    the range and never before the beats of the ranges before it (module docstring);
+    `write_setup`: cycles from a write range's transfer to its first beat's (1 here; the
+    core's AXI writer and memory model take 3).
 
     KV_APPEND: the quantizer's cache beats of token t are F_t, F_t + qsteps, ..; the
       last one Q_t = F_t + (chunks - 1) qsteps, then the token's plane writes W cycles
@@ -280,7 +283,7 @@ def cycle_model(config: CoreConfig, attend: bool, pos: int, tokens: int, heads: 
     k = c.kv4
     NC = k.chunks
     rot = k.log2_d if k.rotate else 0
-    W = _write_cycles(c)
+    W = _write_cycles(c, write_setup)
     if not attend:
         qsteps = _quant_split(k)[1]
         F = 3 * NC + rot + 2 + qsteps
