@@ -387,7 +387,9 @@ try:
 except ImportError:          # no cocotb: only the C++ side and the tables work
     _cocotb = None
 if _cocotb is not None:
-    core_runs_timer = _cocotb.test()(_timer_runs)
+    @_cocotb.test()
+    async def core_runs_timer(dut):
+        await _timer_runs(dut)
 
 
 if __name__ == "__main__":

@@ -59,7 +59,7 @@ from .resources import (DEFAULT_CACHE, REPO_ROOT, ResourceEstimateError, Resourc
 __all__ = ["CONFIGS", "PARTS", "UNITS", "SMOLLM2", "CoreSynthOptions", "synth_options",
            "Design", "Row", "smollm2_decoder",
            "core_config", "build", "synth", "memories", "buffer_bram", "bram_of",
-           "split", "render", "fit_rows", "render_fit", "main"]
+           "split", "units_identical", "default_split", "render_default", "render", "fit_rows", "render_fit", "main"]
 
 PARTS = ("core", "engine", "sfu", "axi")
 UNITS = ("engine", "sfu", "axi")
@@ -331,22 +331,47 @@ def render_fit(counts: dict, label: str) -> str:
     return markdown_table(head, body)
 
 
-def default_estimate(rows: list[Row]) -> tuple[dict, str] | None:
-    """The default core's counts for the fit: measured whole when it was, else the
-    `small` core's measured whole with the buffers' BRAM replaced by the analytic
-    difference default - small (the units are the same netlists in both)."""
-    d = split(rows, "default")
+def units_identical(a: CoreConfig, b: CoreConfig, parts=UNITS) -> bool:
+    """Whether every unit of `parts` elaborates to the same Verilog under both
+    configs: then the units measured at one hold for the other."""
+    from hdl.generate import verilog
+    for part in parts:
+        ca, cb = build(Design("x", part, a)), build(Design("x", part, b))
+        if verilog(ca, "unit") != verilog(cb, "unit"):
+            return False
+    return True
+
+
+def default_split(rows: list[Row], *, identical: bool | None = None) -> list[tuple]:
+    """The default core by part: (part label, counts, source). The units as measured
+    at `default`; the whole core measured when it was, else (when the `small` core was
+    measured and the units are the same netlists in both, `identical`) the small
+    core with the buffers' BRAM36 raised by buffer_bram(default) - buffer_bram(small);
+    rest = whole - units."""
+    d, s = split(rows, "default"), split(rows, "small")
+    out = [(_PART_LABEL[u], d[u], "Yosys") for u in UNITS if u in d]
     if "core" in d:
-        return d["core"], "default core, measured"
-    s = split(rows, "small")
-    if "core" not in s:
-        return None
-    dc, sc = core_config("default"), core_config("small")
-    extra = buffer_bram(dc)["total"] - buffer_bram(sc)["total"]
-    cnt = dict(s["core"])
-    cnt["bram36"] = cnt["bram36"] + extra
-    return cnt, (f"default core = small core measured + {extra:g} BRAM36 of buffers "
-                 f"(analytic)")
+        whole, src = d["core"], "Yosys"
+    elif "core" in s and identical:
+        extra = buffer_bram(core_config("default"))["total"] - \
+            buffer_bram(core_config("small"))["total"]
+        whole = dict(s["core"])
+        whole["bram36"] += extra
+        src = f"Yosys (small core) + {extra:g} BRAM36 of buffers (analytic)"
+    else:
+        return out
+    if all(u in d for u in UNITS):
+        rest = {k: whole[k] - sum(d[u][k] for u in UNITS) for k in _COLS}
+        out.append((_PART_LABEL["rest"], rest, "derived" if src == "Yosys" else
+                    "derived (BRAM36 incl. the analytic buffers)"))
+    out.append(("whole core", whole, src))
+    return out
+
+
+def render_default(parts: list[tuple]) -> str:
+    head = ("part", "LUT", "FF", "DSP48E2", "BRAM36", "URAM288", "source")
+    return markdown_table(head, [(label, *(_fmt(c[k]) for k in _COLS), src)
+                                 for label, c, src in parts], text_columns=1)
 
 
 def _parts(text: str) -> list[str]:
@@ -399,12 +424,22 @@ def main(argv: list[str] | None = None) -> int:
     bb = {k: buffer_bram(core_config(k, decoder)) for k in args.configs}
     print("analytic BRAM36 of the core's memories: " + "; ".join(
         f"{k} {v['total']:g}" for k, v in bb.items()))
-    est = default_estimate(rows)
+    dsplit = []
+    if "default" in args.configs:
+        ident = None
+        if "core" not in split(rows, "default") and "core" in split(rows, "small"):
+            ident = units_identical(core_config("default", decoder),
+                                    core_config("small", decoder))
+        dsplit = default_split(rows, identical=ident)
+        if dsplit:
+            print()
+            print("default core by unit:")
+            print(render_default(dsplit))
     fits = {}
     for key in args.configs:
         s = split(rows, key)
-        if key == "default" and est is not None:
-            cnt, label = est
+        if key == "default" and dsplit and dsplit[-1][0] == "whole core":
+            cnt, label = dsplit[-1][1], f"default core: {dsplit[-1][2]}"
         elif "core" in s:
             cnt, label = s["core"], f"{key} core, measured"
         else:
@@ -420,7 +455,9 @@ def main(argv: list[str] | None = None) -> int:
                          "seconds": r.seconds, "note": r.note,
                          "resources": r.res.as_dict() if r.res else None} for r in rows],
                "split": {k: split(rows, k) for k in args.configs},
-               "analytic_bram36": bb, "fit": fits}
+               "analytic_bram36": bb, "fit": fits,
+               "default_split": [{"part": a, "counts": c, "source": src}
+                                 for a, c, src in dsplit]}
         atomic_write_text(args.json, json.dumps(out, indent=1, default=str))
     return 0 if measured else 1
 

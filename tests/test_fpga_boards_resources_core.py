@@ -108,15 +108,32 @@ def test_fit_table():
     assert len(t) == 5 and "201.6 / 2,016 (10.0%)" in t[2]
 
 
-def test_default_estimate_from_small_core():
-    rows, big, _ = _rows()
-    small_rows = [dataclasses.replace(r, design=dataclasses.replace(
-        r.design, key="small", config=RC.core_config("small"))) for r in rows]
-    cnt, label = RC.default_estimate(small_rows)
-    extra = (RC.buffer_bram(RC.core_config("default"))["total"]
-             - RC.buffer_bram(RC.core_config("small"))["total"])
-    assert cnt["bram36"] == big.bram36 + extra and "analytic" in label
-    assert RC.default_estimate(rows) is None
+def test_default_split_from_small_core():
+    rows, big, small = _rows()
+    d = RC.core_config("default")
+    units = [dataclasses.replace(r, design=RC.Design("default", r.design.part, d))
+             for r in rows[1:]]
+    small_core = dataclasses.replace(rows[0], design=RC.Design(
+        "small", "core", RC.core_config("small")))
+    assert [p for p, _, _ in RC.default_split(units + [small_core], identical=False)] == [
+        RC._PART_LABEL[u] for u in RC.UNITS]
+    parts = RC.default_split(units + [small_core], identical=True)
+    extra = (RC.buffer_bram(d)["total"] - RC.buffer_bram(RC.core_config("small"))["total"])
+    label, whole, src = parts[-1]
+    assert label == "whole core" and "analytic" in src
+    assert whole["bram36"] == big.bram36 + extra and whole["lut"] == big.lut + big.lutram
+    rest = parts[-2][1]
+    assert rest["lut"] == big.lut + big.lutram - 3 * (small.lut + small.lutram)
+    assert rest["bram36"] == whole["bram36"] - 3 * small.bram36
+    t = RC.render_default(parts).splitlines()
+    assert len(t) == 2 + 5 and t[-1].startswith("| whole core |")
+
+
+def test_units_identical():
+    s = RC.core_config("sim", RC.smollm2_decoder(None))
+    assert RC.units_identical(s, dataclasses.replace(s, buffers=2), parts=("axi",))
+    # the masters' burst counters follow cols x max_k
+    assert not RC.units_identical(s, dataclasses.replace(s, max_k=2 * s.max_k), parts=("axi",))
 
 
 def test_cli_arguments(capsys):
