@@ -592,20 +592,23 @@ def bad_runs(core: CoreConfig) -> list[CoreRun]:
 
 # --------------------------------------------------------------------------- make sim
 #: Random small Llamas co-simulated besides the real layer: (heads, kv_heads, hidden,
-#: intermediate) -- GQA groups of 2 and 4, head_dim 32 and 64.
-RANDOM_SHAPES = ((4, 2, 128, 192), (4, 1, 256, 320))
+#: intermediate) and the scheme -- GQA groups of 2 and 4, head_dim 32 and 64, the KV4
+#: unit with the Hadamard rotation and the 8-bit recent window, and without.
+RANDOM_CASES = (((4, 2, 128, 192), "w4a8kv4-g64"), ((4, 1, 256, 320), REAL_SCHEME))
 SIM_LATENCY = 20
 
 
-def random_layer_runs(shape, *, seed: int, workdir, prefill: int = 6, decode_steps: int = 1):
-    """(image, runs, memory) of layer 1 of a seeded random Llama of `shape`."""
+def random_layer_runs(shape, *, seed: int, workdir, scheme: str = REAL_SCHEME,
+                      prefill: int = 6, decode_steps: int = 1):
+    """(image, core, runs, memory) of layer 1 of a seeded random Llama of `shape`
+    quantized with `scheme`."""
     from quantflow.synthetic import (compiled_image, random_llama_quantized,
                                      small_llama_config, token_ids)
     heads, kv_heads, hidden, inter = shape
     cfg = small_llama_config(heads=heads, kv_heads=kv_heads, hidden=hidden,
                              intermediate=inter)
     ids = token_ids(cfg, 2, 32, seed=seed)
-    qm = random_llama_quantized(cfg, REAL_SCHEME, ids, seed=seed)
+    qm = random_llama_quantized(cfg, scheme, ids, seed=seed)
     img = compiled_image(qm, ids, Path(workdir) / "image", context=48)
     core = sim_config(img.config)
     runs, mem = real_layer_runs(img, core, 1, ids[0, :prefill].tolist(),
@@ -648,15 +651,15 @@ def case_record(name: str, case: CoreCase, res: dict, *, layer: str, model: str,
         first_mismatch=mm, cycle_diffs=res["cycle_diffs"][:8], simulator=res.get("sim"))
 
 
-def _random_item(shape, seed: int, sim: str) -> dict:
+def _random_item(shape, scheme: str, seed: int, sim: str) -> dict:
     import tempfile
     with tempfile.TemporaryDirectory(prefix="quattro-core-") as tmp:
-        img, core, runs, mem = random_layer_runs(shape, seed=seed, workdir=tmp)
+        img, core, runs, mem = random_layer_runs(shape, seed=seed, workdir=tmp, scheme=scheme)
         case = build_case(runs + bad_runs(core), mem, core, name="random")
         res = run_case(case, latency=SIM_LATENCY, sim=sim)
     h, kv, hid, inter = shape
-    return case_record(f"random-layer-h{h}kv{kv}-d{hid}-i{inter}", case, res,
-                       layer="layers.1", model=f"random Llama seed {seed}")
+    return case_record(f"random-layer-h{h}kv{kv}-d{hid}-i{inter}-{scheme}", case, res,
+                       layer="layers.1", model=f"random Llama seed {seed} {scheme}")
 
 
 def _real_item(sim: str) -> dict:
@@ -675,11 +678,13 @@ def sim_items(*, sim: str) -> list:
     from quantflow.models.loaders import models_dir
     from .blocks import SimItem
     items = []
-    for i, shape in enumerate(RANDOM_SHAPES):
+    for i, (shape, scheme) in enumerate(RANDOM_CASES):
         h, kv, hid, inter = shape
-        items.append(SimItem(block="core", name=f"core-random-h{h}kv{kv}-d{hid}", path="memory-model",
-                             config={"shape": list(shape)}, macs=0, peak_macs_per_cycle=0,
-                             run=lambda shape=shape, i=i: _random_item(shape, 11 + i, sim)))
+        items.append(SimItem(block="core", name=f"core-random-h{h}kv{kv}-d{hid}",
+                             path="memory-model", config={"shape": list(shape), "scheme": scheme},
+                             macs=0, peak_macs_per_cycle=0,
+                             run=lambda shape=shape, scheme=scheme, i=i:
+                             _random_item(shape, scheme, 11 + i, sim)))
     if (models_dir() / REAL_MODEL).is_dir():
         items.append(SimItem(block="core", name=f"core-{REAL_MODEL}-layer{REAL_LAYER}",
                              path="memory-model", config={"model": REAL_MODEL}, macs=0,

@@ -20,9 +20,10 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="module")
 def simulated(tmp_path_factory):
-    img, core, runs, mem = cc.random_layer_runs(cc.RANDOM_SHAPES[0], seed=3,
+    shape, scheme = cc.RANDOM_CASES[0]          # Hadamard K/Q, an 8-token 8-bit window
+    img, core, runs, mem = cc.random_layer_runs(shape, seed=3, scheme=scheme,
                                                 workdir=tmp_path_factory.mktemp("core"),
-                                                prefill=6, decode_steps=1)
+                                                prefill=6, decode_steps=2)
     case = cc.build_case(runs + cc.bad_runs(core), mem, core, name="test")
     try:
         res = cc.run_case(case, latency=cc.SIM_LATENCY)
@@ -35,13 +36,15 @@ def test_random_layer_is_bit_exact(simulated):
     case, res = simulated
     assert res["mismatch"] is None, res["mismatch"]
     good = [e for e in case.expected if not isinstance(e, dict)]
-    assert len(good) == 4          # front and MLP, prefill and one decode step
+    assert len(good) == 3          # the whole layer: prefill, two decode steps
     for exp, got in zip(good, res["steps"]):
         assert [s.op for s in got] == [s.op for s in exp]
         assert sum(t.numel() for s in got for t in s.outputs.values()) > 1000
     ops = {s.op for run in res["steps"] for s in run}
-    assert {"LOAD", "RMSNORM", "QUANT", "LINEAR", "ROPE", "SWIGLU", "STORE", "HALT"} <= ops
-    # the MLP part's down_proj adds the residual in the engine's dequant pass
+    assert {"LOAD", "RMSNORM", "QUANT", "LINEAR", "ROPE", "KV_APPEND", "SYNC", "ATTEND",
+            "SWIGLU", "STORE", "HALT"} <= ops
+    assert case.config.kv4.rotate and case.config.kv4.recent
+    # o_proj and down_proj add the residual in the engine's dequant pass
     assert any(s.op == "LINEAR" and s.instr["flags"] for run in res["steps"] for s in run)
 
 
@@ -71,14 +74,25 @@ def test_refused_programs_set_their_status(simulated):
 def test_mismatch_locator_names_an_injected_error(simulated):
     case, res = simulated
     exp = [list(e) if not isinstance(e, dict) else e for e in case.expected]
-    st = exp[1][4]                 # the MLP part's second LINEAR (up_proj)
+    st = exp[1][4]                 # the decode step's k_proj
+    assert st.op == "LINEAR"
     out = dict(st.outputs)
     out["acc"] = out["acc"].clone()
-    out["acc"][2, 7] += 1
+    out["acc"][0, 7] += 1
     exp[1][4] = Step(st.index, st.instr, out)
     bad = dataclasses.replace(case, expected=exp)
     mm = cc.compare_runs(bad, res["steps"], res["runs"])
     assert mm["run"] == 1 and mm["index"] == 4 and mm["op"] == "LINEAR"
-    assert mm["tensor"] == "acc" and mm["element"] == [2, 7]
+    assert mm["tensor"] == "acc" and mm["element"] == [0, 7]
     assert mm["expected"] == mm["got"] + 1
-    assert "instruction 4 (LINEAR) output 'acc' element [2, 7]" in mm["message"]
+    assert "instruction 4 (LINEAR) output 'acc' element [0, 7]" in mm["message"]
+    # a cache byte the unit wrote differently is found in its KV_APPEND
+    exp = [list(e) if not isinstance(e, dict) else e for e in case.expected]
+    i = next(j for j, st in enumerate(exp[0]) if st.op == "KV_APPEND")
+    st = exp[0][i]
+    out = {k: v.clone() for k, v in st.outputs.items()}
+    out["kz"][3] ^= 1
+    exp[0][i] = Step(st.index, st.instr, out)
+    mm = cc.compare_runs(dataclasses.replace(case, expected=exp), res["steps"], res["runs"])
+    assert (mm["run"], mm["index"], mm["op"], mm["tensor"], mm["element"]) == \
+        (0, i, "KV_APPEND", "kz", [3])
