@@ -13,13 +13,10 @@ The mismatch locator (`compare_runs`) rebuilds each instruction's outputs from
 the trace and the write log and names the first instruction, output, element and
 both values that differ (golden.core.first_mismatch).
 
-Real layers: a layer program of quantflow.program is split into the two parts
-this RTL runs -- the attention front (LOAD the layer input, input_norm, QUANT,
-q/k/v, RoPE of q and k, STORE q) and the MLP half (LOAD the residual after
-o_proj, post_norm, QUANT, gate, up, SwiGLU, QUANT, down + residual, STORE) --
-whose inputs are the integer model's (golden.decoder) activations of a real
-prompt, prefill and decode steps. The model's KV4 attention between them is not
-in this RTL yet (hdl.core.IMPLEMENTED).
+Real layers: the layer program of quantflow.program (LOAD the layer input, the
+layer's instructions, STORE, HALT) runs on the integer model's (golden.decoder)
+input for a real prompt, then on the decode steps' inputs at their positions: the
+KV cache the prefill wrote in memory is the one the decode steps attend over.
 """
 from __future__ import annotations
 
