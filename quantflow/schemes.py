@@ -287,6 +287,17 @@ SCHEMES = _reg(
                 description="QoQ progressive g64, round to nearest"),
     QuantScheme(name="w4-qoq-g32", weight=WeightScheme(method="qoq", group=32),
                 description="QoQ progressive g32, round to nearest"),
+    # the cheap weight-only pair for residual rotations (docs/quantize-a-model.md,
+    # "Residual rotations"): plain QoQ g64 rounding on the rotated residual stream
+    QuantScheme(name="w4-qoq-g64-rot", weight=WeightScheme(method="qoq", group=64),
+                rotation=_ROT,
+                description="QoQ progressive g64, round to nearest, on a residual stream "
+                            "rotated by a randomised Hadamard of the full width"),
+    QuantScheme(name="w4-qoq-g64-rot-keep16", weight=WeightScheme(method="qoq", group=64),
+                rotation=_ROT_KEEP16,
+                description="QoQ progressive g64, round to nearest, on a residual stream "
+                            "rotated by a seeded random rotation except its 16 most "
+                            "energetic channels"),
     QuantScheme(name="w4-qoq-g64-clip", weight=WeightScheme(method="qoq", group=64,
                                                             clip_search=True),
                 description="QoQ g64 with output-aware clip search"),

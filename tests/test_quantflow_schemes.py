@@ -195,3 +195,26 @@ def test_kv_schemes_follow_the_kv4_unit():
     old = get_scheme("kv4-smooth-sinks").kv
     assert (old.smooth_attention, old.hadamard, old.sink_tokens, old.window) == (True, True, 4, 0)
     assert KVScheme(window=256).label.endswith("recent 256 @8b (240 levels)")
+
+
+@pytest.mark.parametrize("name, full", [("w4-qoq-g64-rot", "w4a8kv4-g64-rot"),
+                                        ("w4-qoq-g64-rot-keep16", "w4a8kv4-g64-rot-keep16")])
+def test_weight_only_rotation_pair(name, full):
+    """The cheap weight-only rotation measurements: plain QoQ g64 rounding (w4-qoq-g64)
+    on the residual stream of the full rotated scheme; no activation or KV quantizer.
+    On the tiny model (norm weight 20 on channel 5, folded into the q/k/v and gate/up
+    columns by the rotation) the rotated weights round better than the plain ones."""
+    s = get_scheme(name)
+    assert s.weight == get_scheme("w4-qoq-g64").weight and not s.weight.needs_calibration
+    assert s.act is None and s.kv is None
+    assert s.rotation is not None and s.rotation == get_scheme(full).rotation
+    m = tiny()
+    with torch.no_grad():
+        ref = m(IDS)
+    qm = quantize_model(m, s, calib_ids=IDS, progress=False)
+    assert qm.residual_rotation is not None
+    plain = quantize_model(m, "w4-qoq-g64", progress=False)
+    with torch.no_grad():
+        rel = float((qm.model(IDS) - ref).norm() / ref.norm())
+        rel_plain = float((plain.model(IDS) - ref).norm() / ref.norm())
+    assert 0 < rel < rel_plain
