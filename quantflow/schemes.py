@@ -265,12 +265,19 @@ SCHEMES = _reg(
                 rotation=_ROT_KEEP16,
                 description="w4a8kv4-g64 on a residual stream rotated by a seeded random "
                             "orthogonal matrix except its 16 most energetic channels"),
+    QuantScheme(name="w4a8kv4-g64-rot-seed1", weight=_QOQ64, act=_A8, kv=_KV4,
+                rotation=RotationScheme(kind="random-hadamard", seed=1),
+                description="w4a8kv4-g64-rot with the rotation's signs drawn from seed 1 "
+                            "(how much the figure depends on the draw)"),
     QuantScheme(name="w4a8kv4-g64-plain", weight=WeightScheme(method="qoq", group=64),
                 act=ActScheme(smooth_alpha=None),
                 kv=KVScheme(smooth_attention=False),
                 description="QoQ W4 g64 RTN, A8 without smoothing, plain KV4"),
     # its components alone
     QuantScheme(name="w4-g64", weight=_QOQ64, description="QoQ W4 g64, output-aware"),
+    QuantScheme(name="w4-g64-rot", weight=_QOQ64, rotation=_ROT,
+                description="QoQ W4 g64, output-aware, on the residual stream of "
+                            "w4a8kv4-g64-rot (its W4 component)"),
     QuantScheme(name="a8", act=_A8, description="A8 per-token with SmoothQuant 0.5"),
     QuantScheme(name="kv4", kv=_KV4, description="KV4 Hadamard + 8-token 8-bit window "
                                                  "(the KV4 unit's scheme)"),
