@@ -191,6 +191,12 @@ def _per_run(runs: list[dict]) -> list[dict]:
              if r["sim_seconds"] > 0 else None} for r in runs]
 
 
+def _git_head() -> str:
+    p = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=runner.REPO_ROOT,
+                       capture_output=True, text=True, check=False)
+    return p.stdout.strip() if p.returncode == 0 else ""
+
+
 def _best(results: list[list[dict]]) -> list[dict]:
     """The repeat whose runs took the least simulated seconds in total."""
     return min(results, key=lambda runs: sum(r["sim_seconds"] for r in runs))
@@ -240,7 +246,7 @@ def measure(case=None, *, latency: int = 20, threads=(1, 2), repeat: int = 2,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                     "processor": platform.processor() or platform.machine(),
                     "load_average": list(os.getloadavg())},
-        "core_config": case.config.as_dict(),
+        "core_config": case.config.as_dict(), "git_head": _git_head(),
         "bit_exact": exact,
         "cocotb": _summary(coco, wall_seconds=round(wall, 3)),
         "cpp": {}, "cocotb_variants": {},

@@ -18,8 +18,9 @@ where both exist):
            1536, 6 buffers x 8 tokens x 1536)
 
 Parts: "core" (the whole hdl.core.Core), "engine" (hdl.core_linear.LinearEngine),
-"sfu" (hdl.sfu.SFU), "axi" (hdl.axi.AxiReader + AxiWriter, the core's two
-masters); "rest" = core - engine - sfu - axi is derived: the sequencer and its
+"sfu" (hdl.sfu.SFU), "kv" (hdl.core_kv.KVUnit, the KV4 unit), "axi"
+(hdl.axi.AxiReader + AxiWriter, the core's two masters); "rest" = core - units is
+derived: the sequencer and its
 decoder, the activation buffers, token scales, V memory, acc RAM and the port
 multiplexers. A part is synthesized on its own (ports as the only context), so a
 unit's logic that the core leaves unused (e.g. inputs tied off) is not trimmed;
@@ -33,7 +34,7 @@ memories (buffers: one copy per read port, each a min over the RAMB36/RAMB18
 aspect ratios), checked against Yosys on the configs it synthesized.
 
 CLI: `python -m fpga_boards.resources_core [--configs default,small,sim]
-[--parts core,engine,sfu,axi] [--timeout S] [--json FILE]` (also
+[--parts core,engine,sfu,kv,axi] [--timeout S] [--json FILE]` (also
 `python -m fpga_boards resources --block core ...`) runs the Yosys jobs one after
 another and prints the per-unit table, the fit against U280 / U250 / U55C and the
 seconds each job took (~0 from the cache). A job past `--timeout` is reported as
@@ -61,10 +62,11 @@ __all__ = ["CONFIGS", "PARTS", "UNITS", "SMOLLM2", "CoreSynthOptions", "synth_op
            "core_config", "build", "synth", "memories", "buffer_bram", "bram_of",
            "split", "units_identical", "default_split", "render_default", "render", "fit_rows", "render_fit", "main"]
 
-PARTS = ("core", "engine", "sfu", "axi")
-UNITS = ("engine", "sfu", "axi")
+PARTS = ("core", "engine", "sfu", "kv", "axi")
+UNITS = ("engine", "sfu", "kv", "axi")
 _PART_LABEL = {"core": "whole core (hdl.core.Core)",
                "engine": "linear engine (LinearEngine)", "sfu": "SFU (hdl.sfu.SFU)",
+               "kv": "KV4 unit (hdl.core_kv.KVUnit)",
                "axi": "AXI masters (AxiReader + AxiWriter)",
                "rest": "rest = core - units (sequencer, buffers, TS, V, acc RAM)"}
 CONFIGS = ("default", "small", "sim")
@@ -148,7 +150,7 @@ class CoreSynthOptions(SynthOptions):
 
 
 #: Parts that hold a many-port memory (the SFU's sigmoid ROM): CoreSynthOptions.
-_MANY_PORTS = ("core", "sfu")
+_MANY_PORTS = ("core", "sfu", "kv")
 
 
 def synth_options(part: str) -> SynthOptions:
@@ -210,6 +212,12 @@ def build(design: Design):
         return SFU(c.sfu)
     if design.part == "axi":
         return _AxiPair.make(c)
+    if design.part == "kv":
+        from hdl.core import Core
+        from hdl.core_kv import KVUnit
+        core = Core(c)                       # only for its sizing of the unit's ranges
+        core._MustUse__silence = True
+        return KVUnit(c, max_range_beats=core.max_beats)
     raise ValueError(f"part must be one of {', '.join(PARTS)}, got {design.part!r}")
 
 

@@ -85,10 +85,10 @@ def test_split_and_render():
     rows, big, small = _rows()
     s = RC.split(rows, "sim")
     assert s["core"]["lut"] == big.lut + big.lutram
-    assert s["rest"]["lut"] == big.lut + big.lutram - 3 * (small.lut + small.lutram)
-    assert s["rest"]["dsp"] == big.dsp - 3 * small.dsp
+    assert s["rest"]["lut"] == big.lut + big.lutram - len(RC.UNITS) * (small.lut + small.lutram)
+    assert s["rest"]["dsp"] == big.dsp - len(RC.UNITS) * small.dsp
     text = RC.render(rows).splitlines()
-    assert len(text) == 2 + 5 and "rest = core - units" in text[-1]
+    assert len(text) == 2 + len(RC.PARTS) + 1 and "rest = core - units" in text[-1]
     cells = [x.strip() for x in text[2].strip("|").split("|")]
     assert cells[:3] == ["sim", "whole core (hdl.core.Core)", f"{big.lut + big.lutram:,}"]
     assert cells[-1] == "100"
@@ -123,10 +123,10 @@ def test_default_split_from_small_core():
     assert label == "whole core" and "analytic" in src
     assert whole["bram36"] == big.bram36 + extra and whole["lut"] == big.lut + big.lutram
     rest = parts[-2][1]
-    assert rest["lut"] == big.lut + big.lutram - 3 * (small.lut + small.lutram)
-    assert rest["bram36"] == whole["bram36"] - 3 * small.bram36
+    assert rest["lut"] == big.lut + big.lutram - len(RC.UNITS) * (small.lut + small.lutram)
+    assert rest["bram36"] == whole["bram36"] - len(RC.UNITS) * small.bram36
     t = RC.render_default(parts).splitlines()
-    assert len(t) == 2 + 5 and t[-1].startswith("| whole core |")
+    assert len(t) == 2 + len(RC.UNITS) + 2 and t[-1].startswith("| whole core |")
 
 
 def test_units_identical():
@@ -156,7 +156,7 @@ def test_real_yosys_sim_core_by_unit(tmp_path):
                         "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     split = data["split"]["sim"]
-    assert set(split) == {"core", "engine", "sfu", "axi", "rest"}
+    assert set(split) == {"core", "engine", "sfu", "kv", "axi", "rest"}
     assert all(r["resources"]["latch"] == 0 for r in data["rows"])
     assert split["engine"]["dsp"] > 0 and split["sfu"]["dsp"] > 0
     assert split["core"]["bram36"] > 0 and split["rest"]["lut"] > 0
