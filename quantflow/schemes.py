@@ -269,6 +269,10 @@ SCHEMES = _reg(
                 rotation=RotationScheme(kind="random-hadamard", seed=1),
                 description="w4a8kv4-g64-rot with the rotation's signs drawn from seed 1 "
                             "(how much the figure depends on the draw)"),
+    QuantScheme(name="w4a8kv4-g64-rot-keep16-seed1", weight=_QOQ64, act=_A8, kv=_KV4,
+                rotation=RotationScheme(kind="random", seed=1, keep=16),
+                description="w4a8kv4-g64-rot-keep16 with the random rotation drawn from "
+                            "seed 1"),
     QuantScheme(name="w4a8kv4-g64-plain", weight=WeightScheme(method="qoq", group=64),
                 act=ActScheme(smooth_alpha=None),
                 kv=KVScheme(smooth_attention=False),

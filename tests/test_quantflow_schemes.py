@@ -221,11 +221,15 @@ def test_weight_only_rotation_pair(name, full):
 
 
 def test_rotation_seed_and_w4_component_schemes():
-    """w4a8kv4-g64-rot-seed1 is w4a8kv4-g64-rot with another draw of the signs;
+    """w4a8kv4-g64-rot-seed1 is w4a8kv4-g64-rot with another draw of the signs (and
+    w4a8kv4-g64-rot-keep16-seed1 of its random rotation);
     w4-g64-rot is that scheme's W4 component under a registered name."""
     rot, s1 = get_scheme("w4a8kv4-g64-rot"), get_scheme("w4a8kv4-g64-rot-seed1")
     assert (s1.weight, s1.act, s1.kv) == (rot.weight, rot.act, rot.kv)
     assert s1.rotation.kind == rot.rotation.kind and (rot.rotation.seed, s1.rotation.seed) == (0, 1)
+    k, k1 = get_scheme("w4a8kv4-g64-rot-keep16"), get_scheme("w4a8kv4-g64-rot-keep16-seed1")
+    assert (k1.weight, k1.act, k1.kv) == (k.weight, k.act, k.kv)
+    assert (k1.rotation.kind, k1.rotation.keep, k1.rotation.seed) == ("random", 16, 1)
     w = get_scheme("w4-g64-rot")
     c = rot.components()["W4"]
     assert (w.weight, w.act, w.kv, w.rotation) == (c.weight, c.act, c.kv, c.rotation)
