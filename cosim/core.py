@@ -79,15 +79,28 @@ def _extents(ins, core: CoreConfig) -> list[tuple[str, int]]:
         return [("addr0", 2 * f["n"])]
     if op == "ROPE":
         return [("addr0", f["ctx"] * D), ("addr1", f["ctx"] * D)]
-    if op == "LINEAR":
+    if op in ("LINEAR", "LOGITS"):
         G = f["k"] // f["group"]
         return [("addr0", f["n"] * f["k"]), ("addr1", f["n"] * G), ("addr2", f["n"] * G),
-                ("addr3", 4 * f["n"])]
+                ("addr3", 4 * f["n"] * (core.max_tokens if op == "LOGITS" else 1))]
+    if op == "EMBED":
+        G = f["n"] // f["group"]
+        return [("addr0", core.max_tokens * 4), ("addr1", f["ctx"] * f["n"]),
+                ("addr2", f["ctx"] * G * 4)]
+    if op == "ARGMAX":
+        return [("addr0", core.max_tokens * f["n"] * 4), ("addr1", 4 * f["n"]),
+                ("addr2", core.max_tokens * 4)]
     if op in ("KV_APPEND", "ATTEND"):
         return [("addr0", kv_region_bytes(f["ctx"], D, core.kv4.recent))]
     if op in ("HALT", "SYNC", "QUANT", "SWIGLU", "ADD"):
         return []
     raise ValueError(f"{op} is not run by hdl.core yet (hdl.core.IMPLEMENTED)")
+
+
+#: (opcode, field) of the per-run I/O: inputs and outputs get a slot per run (the
+#: same original address maps to the same slot within a run: LOGITS -> ARGMAX).
+IO_FIELDS = {("LOAD", "addr0"), ("STORE", "addr0"), ("EMBED", "addr0"),
+             ("LOGITS", "addr3"), ("ARGMAX", "addr0"), ("ARGMAX", "addr2")}
 
 
 def _pad(x: int, a: int = MEM_ALIGN) -> int:
@@ -108,7 +121,7 @@ def relocate(runs: list[CoreRun], memory, core: CoreConfig, *, slack: int = 256)
         for w in r.words:
             ins = decode(w)
             for field, n in _extents(ins, core):
-                if ins.op in ("LOAD", "STORE"):
+                if (ins.op, field) in IO_FIELDS:
                     continue                    # I/O rows get a slot per run below
                 spans.append((ins[field], ins[field] + n))
     spans.sort()
@@ -136,7 +149,7 @@ def relocate(runs: list[CoreRun], memory, core: CoreConfig, *, slack: int = 256)
             fields = dict(ins.fields)
             for field, n in _extents(ins, core):
                 a = fields[field]
-                if ins.op in ("LOAD", "STORE"):
+                if (ins.op, field) in IO_FIELDS:
                     if a not in io:
                         io[a] = out
                         out = _pad(out + n)
@@ -155,7 +168,7 @@ def relocate(runs: list[CoreRun], memory, core: CoreConfig, *, slack: int = 256)
     for r, (prog, words, io) in zip(runs, progs):
         mem[prog:prog + len(words) * INSTR_BYTES] = words_to_bytes(words)
         if r.x_in is not None and not r.expect_error:
-            load = next(decode(w) for w in words if decode(w).op == "LOAD")
+            load = next(decode(w) for w in words if decode(w).op in ("LOAD", "EMBED"))
             raw = torch.as_tensor(r.x_in).to(torch.int64).numpy().astype("<i4").tobytes()
             a = load["addr0"]
             mem[a:a + len(raw)] = raw
@@ -239,7 +252,7 @@ module {TOP} (
   input clk, input rst, input start, input [63:0] prog, input [19:0] pos,
   input [15:0] tokens, input dump,
   output busy, output idle, output done, output [7:0] error, output [19:0] err_pc,
-  output [31:0] cycles
+  output [31:0] cycles, output [7:0] state
 );
 {wires}
   wire [{tw - 1}:0] trace;
@@ -247,7 +260,7 @@ module {TOP} (
   quattro_core core (
     .clk(clk), .rst(rst), .start(start), .prog(prog), .pos(pos), .tokens(tokens),
     .busy(busy), .idle(idle), .done(done), .error(err_w), .err_pc(err_pc), .cycles(cycles),
-    .trace(trace),
+    .trace(trace), .state(state),
 {core_conn}
   );
   assign error = err_w;
@@ -292,7 +305,8 @@ def core_build(config: CoreConfig, *, mem_bytes: int, latency: int, gap: int = 0
 
 # --------------------------------------------------------------------------- run
 def run_case(case: CoreCase, *, latency: int = 20, gap: int = 0, sim: str | None = None,
-             build: runner.Build | None = None) -> dict:
+             build: runner.Build | None = None, max_cycles: int = 50_000_000,
+             peek: tuple = ()) -> dict:
     """Simulate every run of `case`; returns the testbench's result plus the parsed
     `steps` per run and the `mismatch` (None when bit-exact)."""
     from .axi_mem import write_init
@@ -305,7 +319,7 @@ def run_case(case: CoreCase, *, latency: int = 20, gap: int = 0, sim: str | None
     write_init(init, case.memory, case.config.beat_bytes)
     trace, log = run_dir / "trace.txt", run_dir / "mem_log.txt"
     job = {"runs": [{k: r[k] for k in ("prog", "pos", "tokens", "name")} for r in case.runs],
-           "max_cycles": 50_000_000}
+           "max_cycles": max_cycles, "peek": list(peek)}
     res = runner.run(b, test_module=TB_MODULE, job=job, run_dir=run_dir,
                      plusargs=[f"+mem_init={init}", f"+trace={trace}", f"+mem_log={log}"])
     res["sim_seconds_total"] = time.perf_counter() - t0
@@ -390,7 +404,7 @@ def rtl_steps(case: CoreCase, records, writes) -> list[list[Step]]:
             mine = [r for r in recs if r[2] == pc]
             outs = {}
             if ins.op in ("LOAD", "RMSNORM", "QUANT", "ROPE", "SWIGLU", "ADD", "LINEAR",
-                          "ATTEND"):
+                          "ATTEND", "EMBED"):
                 n = (ins["heads"] * c.kv4.head_dim if ins.op in ("ROPE", "ATTEND")
                      else ins["n"])
                 base = ins["col"] if ins.op == "ATTEND" else 0
@@ -416,13 +430,12 @@ def rtl_steps(case: CoreCase, records, writes) -> list[list[Step]]:
                             Ls[r[4]] = _s32(v) >> 16
                     outs["mn"], outs["L"] = mn, Ls
                 if ins.op == "LINEAR":
-                    acc = torch.zeros(T, ins["n"], dtype=torch.int64)
-                    for r in mine:
-                        if r[1] == 2:
-                            for t in range(c.rows):
-                                if r[6] >> t & 1 and r[4] + t < T:
-                                    acc[r[4] + t, r[5]] = _s32(r[7] >> (32 * t))
-                    outs = {"acc": acc, "out": outs["out"]}
+                    outs = {"acc": _acc_from(mine, T, ins["n"], c.rows), "out": outs["out"]}
+            elif ins.op == "ARGMAX":
+                outs["out"] = torch.from_numpy(np.frombuffer(
+                    mem, "<i4", T, ins["addr2"]).astype(np.int64).copy())
+            elif ins.op == "LOGITS":
+                outs["acc"] = _acc_from(mine, T, ins["n"], c.rows)
             elif ins.op == "KV_APPEND":
                 outs = _kv_planes(mem, ins, c, run["pos"], T)
             elif ins.op == "STORE":
@@ -433,6 +446,17 @@ def rtl_steps(case: CoreCase, records, writes) -> list[list[Step]]:
             steps.append(Step(pc, ins, outs))
         out.append(steps)
     return out
+
+
+def _acc_from(records, T: int, n: int, rows: int) -> torch.Tensor:
+    """A LINEAR's or LOGITS' accumulators [T, n] from its traced acc beats."""
+    acc = torch.zeros(T, n, dtype=torch.int64)
+    for r in records:
+        if r[1] == 2:
+            for t in range(rows):
+                if r[6] >> t & 1 and r[4] + t < T:
+                    acc[r[4] + t, r[5]] = _s32(r[7] >> (32 * t))
+    return acc
 
 
 def _kv_planes(mem, ins, c: CoreConfig, pos: int, T: int) -> dict:

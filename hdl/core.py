@@ -58,12 +58,12 @@ from .core_kv import KVUnit
 from .core_linear import LinearEngine
 from .rtl import FSM, count_width, is_const, wire
 
-__all__ = ["IMPLEMENTED", "ERRORS", "ERROR_CODE", "TRACE_KINDS", "check_rtl_config",
+__all__ = ["IMPLEMENTED", "ERRORS", "STATES", "ERROR_CODE", "TRACE_KINDS", "check_rtl_config",
            "trace_layout", "Core", "cycle_model"]
 
 #: Opcodes this RTL executes; the others are refused with ERR_UNIMPLEMENTED.
 IMPLEMENTED = ("HALT", "SYNC", "LOAD", "STORE", "RMSNORM", "QUANT", "ROPE", "SWIGLU",
-               "ADD", "LINEAR", "KV_APPEND", "ATTEND")
+               "ADD", "LINEAR", "LOGITS", "KV_APPEND", "ATTEND", "EMBED", "ARGMAX")
 #: Error status codes (the `error` output; 0 = none), in the order the checks of
 #: golden.core.ProgramError name them.
 ERRORS = ("none", "opcode", "unimplemented", "field", "buffer", "extent", "lanes", "k",
@@ -76,8 +76,9 @@ ERROR_CODE = {name: i for i, name in enumerate(ERRORS)}
 TRACE_KINDS = ("buf", "ts", "acc", "retire")
 _K_BUF, _K_TS, _K_ACC, _K_RETIRE = range(4)
 
-_ST = ("IDLE", "FETCH", "FETCH_WAIT", "DECODE", "VLOAD", "SFU_CMD", "SFU_RUN", "STORE",
-       "ACT", "ENGINE", "KV", "DRAIN", "RETIRE", "DONE", "ERROR")
+STATES = _ST = ("IDLE", "FETCH", "FETCH_WAIT", "DECODE", "VLOAD", "SFU_CMD", "SFU_RUN", "STORE",
+       "ACT", "ENGINE", "FLUSH", "KV", "EMB_ID", "EMB_ID2", "EMB_CMD", "EMB_X", "EMB_END", "ARG_CMD",
+       "ARG_X", "ARG_OUT", "DRAIN", "RETIRE", "DONE", "ERROR")
 
 # SFU pass operand sources
 _A_BUF, _A_ACC = 0, 1
@@ -154,6 +155,7 @@ class Core(wiring.Component):
       idle   Out  a start is taken now (after an error: once both masters are quiet)
       error  Out  the status code (ERRORS; 0 none), err_pc the instruction
       cycles Out  cycles of the current / last run
+      state  Out  the sequencer's state (STATES): where a stuck run waits
       rd, wr      AXI4 read / write masters (hdl.axi member names)
       trace  Out  trace_layout: every result as it is written (module docstring)
     """
@@ -170,7 +172,7 @@ class Core(wiring.Component):
             "start": In(1), "prog": In(AXI_ADDR_BITS), "pos": In(FIELDS["ctx"].width),
             "tokens": In(count_width(c.max_tokens) + 1),
             "busy": Out(1), "idle": Out(1), "done": Out(1), "error": Out(count_width(len(ERRORS) - 1)),
-            "err_pc": Out(20), "cycles": Out(32),
+            "err_pc": Out(20), "cycles": Out(32), "state": Out(count_width(len(_ST) - 1)),
             "rd": Out(wiring.Signature(axi_read_members(8 * self.BB))),
             "wr": Out(wiring.Signature(axi_write_members(8 * self.BB))),
             "trace": Out(trace_layout(c)),
@@ -191,6 +193,9 @@ class Core(wiring.Component):
         self._sfu_pass(m, s)            # per token: cmd, x words, out words
         self._act(m, s)                 # A8 rows -> the engine's activation file
         self._engine(m, s)              # ranges, mem beats, acc beats
+        self._flush(m, s)               # LOGITS' accumulators -> memory
+        self._embed(m, s)               # EMBED: ids, scale rows, code rows -> requant
+        self._argmax(m, s)              # ARGMAX: acc rows x S1 chunks -> the index
         self._kv(m, s)                  # KV_APPEND / ATTEND through the KV4 unit
         self._ports(m, s)               # the shared ports' owners by state
         self._trace(m, s)
@@ -262,8 +267,11 @@ class Core(wiring.Component):
         s.ts_r = ts.read_port(domain="comb")
         s.ts_w = ts.write_port()
         # V: the pass's vector operand from memory, 16-bit granularity (cos | sin)
+        # ... and after them EMBED's token ids (whole words)
+        id_words = -(-c.max_tokens // L)
         vdepth = max(-(-max(c.buf_elems, c.sfu.max_k) // L),
-                     c.max_tokens * c.kv4.head_dim // 2 // L)
+                     c.max_tokens * c.kv4.head_dim // 2 // L) + id_words
+        s.id_base = (vdepth - id_words) * L
         vmem = memory.Memory(shape=word, depth=vdepth, init=[])
         m.submodules.vmem = vmem
         s.v_r = vmem.read_port()
@@ -303,6 +311,7 @@ class Core(wiring.Component):
         s.phase = Signal(3, name="phase")
         s.r0 = Signal(range(c.max_tokens + 1), name="r0")
         s.tt = Signal(range(c.rows + 1), name="tile_tokens")
+        m.d.comb += self.state.eq(s.fsm.reg)
         m.d.comb += [self.busy.eq(~s.fsm.is_("IDLE") & ~s.fsm.is_("DONE")
                                   & ~s.fsm.is_("ERROR")),
                      self.done.eq(s.fsm.is_("DONE")), self.error.eq(s.err),
@@ -316,6 +325,30 @@ class Core(wiring.Component):
         sub = L * 4 // BB
         s.raise_ = Signal(count_width(len(ERRORS) - 1), name="raise_err")   # comb
         kvw = c.kv4.heads * c.kv4.head_dim // L + 1
+        s.fl = SimpleNamespace(fill=Signal(range(c.buf_elems + 1), name="fl_fill"),
+                               j0=Signal(20, name="fl_j0"), last=Signal(name="fl_last"),
+                               t=Signal(range(c.rows + 1), name="fl_t"),
+                               w=Signal(range(W + 1), name="fl_w"),
+                               left=Signal(range(W + 1), name="fl_left"),
+                               v=Signal(name="fl_v"), k=Signal(range(max(2, sub)), name="fl_k"),
+                               req=Signal(name="fl_req"),
+                               out=Signal(range(W * sub + 1), name="fl_out"))
+        s.ax = SimpleNamespace(t=Signal(range(c.max_tokens + 1), name="ax_t"),
+                               j0=Signal(21, name="ax_j0"), cnt=Signal(21, name="ax_cnt"),
+                               w=Signal(range(W + 1), name="ax_w"),
+                               nw=Signal(range(W + 1), name="ax_nw"),
+                               k=Signal(range(max(2, sub)), name="ax_k"),
+                               aw=Signal(32 * L, name="ax_aw"), xv=Signal(name="ax_xv"),
+                               req=Signal(name="ax_req"), addr=Signal(AXI_ADDR_BITS,
+                                                                      name="ax_addr"),
+                               beats=Signal(32, name="ax_beats"),
+                               idx=Signal(32, name="ax_idx"), wreq=Signal(name="ax_wreq"),
+                               wv=Signal(name="ax_wv"), id=Signal(32, name="ax_id"),
+                               soff=Signal(range(BB // 4 + 1), name="ax_soff"),
+                               slot=Signal(range(max(2, BB // L)), name="ax_slot"),
+                               codes=Signal(8 * L, name="ax_codes"),
+                               sidx=Signal(21, name="ax_sidx"),
+                               got=Signal(32, name="ax_got"))
         s.kv_cmd = Signal(name="kv_cmd")
         s.kv_run = Signal(name="kv_run")
         s.kx = SimpleNamespace(t=Signal(range(c.max_tokens + 1), name="kx_t"),
@@ -438,6 +471,9 @@ class Core(wiring.Component):
         m.d.comb += sfu_n.eq(Mux(s.is_op["ROPE"], f["heads"] * c.kv4.head_dim, f["n"]))
         buffered = wire(m, s.is_op["RMSNORM"] | s.is_op["QUANT"] | s.is_op["ROPE"], "buffered")
         lin = s.is_op["LINEAR"]
+        eng_op = wire(m, lin | s.is_op["LOGITS"], "eng_op")
+        # LOGITS and ARGMAX stream their rows to / from memory: n up to max_n
+        wide_n = wire(m, s.is_op["LOGITS"] | s.is_op["ARGMAX"], "wide_n")
         glo, ghi = MIXPE_GROUP_RANGE
         g = f["group"]
         pow2 = wire(m, ~(g & (g - 1)).any(), "group_pow2")
@@ -463,13 +499,14 @@ class Core(wiring.Component):
             (addr_bad, "align"),
             (uses["n"] & is_const(f["n"], 0), "extent"),
             (~impl, "unimplemented"),
-            ((uses["n"] & (f["n"] > c.buf_elems)) | (buffered & (sfu_n > c.sfu.max_k))
+            ((uses["n"] & ~wide_n & (f["n"] > c.buf_elems)) | (wide_n & (f["n"] > c.max_n))
+             | (buffered & (sfu_n > c.sfu.max_k))
              | (s.is_op["ROPE"] & (is_const(f["heads"], 0) | (sfu_n > c.buf_elems))),
              "extent"),
             ((uses["n"] | s.is_op["ROPE"]) & (sfu_n[:exact_log2(L)].any() if L > 1
                                               else Const(0)), "lanes"),
-            (lin & (is_const(f["k"], 0) | (f["k"] > c.max_k) | ~kbeats_ok), "k"),
-            (lin & ((g < glo) | (g > ghi) | ~pow2 | (f["k"] & (g - 1)).any()), "group"),
+            (eng_op & (is_const(f["k"], 0) | (f["k"] > c.max_k) | ~kbeats_ok), "k"),
+            (eng_op & ((g < glo) | (g > ghi) | ~pow2 | (f["k"] & (g - 1)).any()), "group"),
             (lin & (f["flags"] & ~FLAG_RES).any(), "flags"),
             (lin & ~f["flags"][0] & f["src2"].any(), "flags"),
             (lin & (f["dst"] == f["src"]), "same_buffer"),
@@ -481,6 +518,10 @@ class Core(wiring.Component):
             ((s.is_op["ROPE"] | kvop) & (is_const(f["ctx"], 0) | (s.pos + s.T > s.ctx21)),
              "ctx"),
             (kvop & (f["ctx"] > c.kv4.max_t), "ctx"),
+            (s.is_op["EMBED"] & ((g < glo) | (g > ghi) | ~pow2 | (f["n"] & (g - 1)).any()),
+             "group"),
+            (s.is_op["EMBED"] & is_const(f["ctx"], 0), "ctx"),
+            (s.is_op["EMBED"] & ((f["e"] < -128) | (f["e"] > 127)), "field"),
             (s.is_op["RMSNORM"] & ((f["e"] < -256) | (f["e"] > 255)), "field"),
             (s.is_op["SWIGLU"] & ((sw_shift < -128) | (sw_shift > 127)), "field"),
         ]
@@ -502,6 +543,14 @@ class Core(wiring.Component):
                 self._start_pass(m, s, r0=0, tokens=s.T)
             with m.If(kvop):
                 self._enter_kv(m, s)
+            with m.If(s.is_op["LOGITS"]):
+                m.d.sync += s.r0.eq(0)
+                self._enter_act(m, s, 0)
+            with m.If(s.is_op["EMBED"]):
+                self._vload_setup(m, s, addr=f["addr0"], count=s.T, e16=0, base=s.id_base)
+            with m.If(s.is_op["ARGMAX"]):
+                m.d.sync += s.ax.t.eq(0)
+                s.fsm.next("ARG_CMD")
 
     # ------------------------------------------------------------------ VLOAD
     def _vload(self, m, s):
@@ -552,11 +601,13 @@ class Core(wiring.Component):
             m.d.sync += vl.req.eq(0)
         s.vl_done = wire(m, active & ~vl.req & take & (vl.got + 1 == vl.beats), "vl_done")
 
-    def _vload_setup(self, m, s, *, addr, count, e16, hi=0, to_buf=0, rowlen=0):
+    def _vload_setup(self, m, s, *, addr, count, e16, hi=0, to_buf=0, rowlen=0, base=0):
+        """A VLOAD of `count` elements from the beat-aligned `addr` into V elements
+        base .. base + count - 1 (or into buffer rows)."""
         vl, BB = s.vl, self.BB
         nbytes = count * (2 if e16 else 4)
-        m.d.sync += [vl.addr.eq(addr), vl.count.eq(count), vl.e16.eq(e16), vl.hi.eq(hi),
-                     vl.to_buf.eq(to_buf), vl.rowlen.eq(rowlen), vl.e.eq(0), vl.got.eq(0),
+        m.d.sync += [vl.addr.eq(addr), vl.count.eq(base + count), vl.e16.eq(e16), vl.hi.eq(hi),
+                     vl.to_buf.eq(to_buf), vl.rowlen.eq(rowlen), vl.e.eq(base), vl.got.eq(0),
                      vl.row.eq(0), vl.col.eq(0), vl.req.eq(1),
                      vl.beats.eq((nbytes + BB - 1) >> exact_log2(BB))]
         s.fsm.next("VLOAD")
@@ -655,6 +706,10 @@ class Core(wiring.Component):
             m.d.comb += [op.eq(sfu_mod.OP_CODE["dequant"]), b_src.eq(_B_S1)]
         with m.If(res):
             m.d.comb += [op.eq(sfu_mod.OP_CODE["residual_add"]), b_src.eq(_B_BUF)]
+        with m.If(s.is_op["EMBED"]):
+            m.d.comb += op.eq(sfu_mod.OP_CODE["requant"])
+        with m.If(s.is_op["ARGMAX"]):
+            m.d.comb += op.eq(sfu_mod.OP_CODE["argmax"])
         nw = wire(m, k >> exact_log2(L), "ps_nw")
         row = wire(m, ps.row0 + ps.t, "ps_row")
         # token scales of the A8 source row (dequant)
@@ -676,13 +731,18 @@ class Core(wiring.Component):
             m.d.comb += [p.dequant.mn.eq(mn), p.dequant.L.eq(Lsh), p.dequant.e.eq(f["e"]),
                          p.dequant.in_frac.eq(f["in_frac"]),
                          p.dequant.out_frac.eq(f["out_frac"])]
-        m.d.comb += sfu.cmd.valid.eq(s.fsm.is_("SFU_CMD"))
+        with m.If(s.is_op["EMBED"]):   # x.a = code x S: sat32(rshift_round(., e - out_frac))
+            m.d.comb += [p.requant.from_frac.eq(f["e"]), p.requant.to_frac.eq(f["out_frac"]),
+                         p.requant.bits.eq(X_BITS)]
+        m.d.comb += sfu.cmd.valid.eq(s.fsm.is_("SFU_CMD") | s.fsm.is_("EMB_CMD")
+                                     | s.fsm.is_("ARG_CMD"))
         with s.fsm.state("SFU_CMD"), m.If(sfu.cmd.ready):
             m.d.sync += [ps.w.eq(0), ps.left.eq(nw), ps.v.eq(0), ps.ow.eq(0),
                          ps.ts.eq(s.is_op["QUANT"])]
             s.fsm.next("SFU_RUN")
         running = wire(m, s.fsm.is_("SFU_RUN"), "ps_running")
-        with m.If(running & sfu.error):
+        with m.If((running | s.fsm.is_("EMB_X") | s.fsm.is_("ARG_X") | s.fsm.is_("ARG_OUT"))
+                  & sfu.error):
             m.d.comb += s.raise_.eq(ERROR_CODE["sfu"])
         # x: words w = 0 .. nw-1 of the row through the read ports (adv pattern)
         adv = wire(m, ~ps.v | sfu.x.ready, "ps_adv")
@@ -721,8 +781,10 @@ class Core(wiring.Component):
         # res: x.a = the residual (src2 via port A), x.b = the dequantized row (acc RAM)
         s.ps_res = res
         # out: the TS beat (QUANT), then words ow = 0 .. nw-1
-        m.d.comb += sfu.out.ready.eq(running)
-        s.ps_out_take = wire(m, running & sfu.out.valid, "ps_out_take")
+        # EMBED's out words go the same way (dst row t)
+        out_run = wire(m, running | s.fsm.is_("EMB_X"), "ps_out_run")
+        m.d.comb += sfu.out.ready.eq(out_run)
+        s.ps_out_take = wire(m, out_run & sfu.out.valid, "ps_out_take")
         s.ps_out_ts = wire(m, s.ps_out_take & ps.ts, "ps_out_ts")
         s.ps_out_word = wire(m, s.ps_out_take & ~ps.ts, "ps_out_word")
         s.ps_out_acc = out_acc
@@ -733,7 +795,9 @@ class Core(wiring.Component):
         with m.If(s.ps_out_word):
             m.d.sync += ps.ow.eq(ps.ow + 1)
             with m.If(ps.ow + 1 == nw):
-                with m.If(ps.t + 1 == ps.tokens):
+                with m.If(s.is_op["EMBED"]):
+                    s.fsm.next("EMB_END")
+                with m.Elif(ps.t + 1 == ps.tokens):
                     self._pass_done(m, s)
                 with m.Else():
                     m.d.sync += ps.t.eq(ps.t + 1)
@@ -803,7 +867,7 @@ class Core(wiring.Component):
     def _enter_engine(self, m, s):
         en = s.en
         m.d.sync += [en.cmd.eq(1), en.tile.eq(0), en.which.eq(0), en.got.eq(0),
-                     en.issue.eq(1)]
+                     en.issue.eq(1), s.fl.fill.eq(0), s.fl.j0.eq(0)]
         s.fsm.next("ENGINE")
 
     def _engine(self, m, s):
@@ -862,9 +926,12 @@ class Core(wiring.Component):
         # acc beats -> acc RAM, lane n % L of word n / L of every tile row
         a = eng.acc.payload
         m.d.comb += eng.acc.ready.eq(active)
+        fl = s.fl
         s.en_acc_take = wire(m, active & eng.acc.valid, "en_acc_take")
-        word = wire(m, a.n >> exact_log2(L), "en_acc_word")
-        lane = wire(m, a.n[:exact_log2(L)] if L > 1 else Const(0, 1), "en_acc_lane")
+        lg = s.is_op["LOGITS"]
+        pos_n = wire(m, Mux(lg, s.fl.fill, a.n), "en_acc_pos")   # LOGITS: in its chunk
+        word = wire(m, (pos_n >> exact_log2(L))[:len(s.acc_r_addr)], "en_acc_word")
+        lane = wire(m, pos_n[:exact_log2(L)] if L > 1 else Const(0, 1), "en_acc_lane")
         for t, (_, wp) in enumerate(s.acc):
             m.d.comb += [wp.addr.eq(Mux(active, word, s.ps_out_addr_acc)),
                          wp.data.eq(Mux(active, a.acc[t].as_unsigned().replicate(L),
@@ -876,10 +943,249 @@ class Core(wiring.Component):
         with m.If(s.en_acc_take):
             with m.If(a.overflow):
                 m.d.comb += s.raise_.eq(ERROR_CODE["overflow"])
-            m.d.sync += en.got.eq(en.got + 1)
-            with m.If(s.en_got_next == n):
+            m.d.sync += [en.got.eq(en.got + 1), fl.fill.eq(fl.fill + 1)]
+            with m.If(lg):
+                # a full chunk, or the last output: write the chunk's rows to memory
+                with m.If((fl.fill + 1 == c.buf_elems) | (s.en_got_next == n)):
+                    self._enter_flush(m, s, last=s.en_got_next == n)
+            with m.Elif(s.en_got_next == n):
                 m.d.sync += s.phase.eq(1)
                 self._start_pass(m, s, r0=s.r0, tokens=s.tt)
+
+    # ------------------------------------------------------------------ LOGITS' flush
+    def _enter_flush(self, m, s, *, last):
+        fl = s.fl
+        m.d.sync += [fl.last.eq(last), fl.t.eq(0), fl.w.eq(0), fl.v.eq(0), fl.k.eq(0),
+                     fl.req.eq(1), fl.left.eq((fl.fill + 1) >> exact_log2(self.L)),
+                     fl.out.eq((fl.fill + 1) >> exact_log2(self.L))]
+        s.fsm.next("FLUSH")
+
+    def _flush(self, m, s):
+        """LOGITS: a chunk of `fill` accumulators per tile row (acc RAM) -> int32 rows of
+        [T, n] at addr3: per row one write range, each word split into beats. The
+        engine waits (its acc beats and the read master's beats hold) meanwhile."""
+        c, L, BB, f = self.config, self.L, self.BB, s.f
+        fl, en = s.fl, s.en
+        sub = L * 4 // BB
+        active = wire(m, s.fsm.is_("FLUSH"), "fl_active")
+        nwords = wire(m, fl.fill >> exact_log2(L), "fl_words")
+        last_sub = wire(m, fl.k == sub - 1, "fl_last_sub")
+        adv = wire(m, ~fl.v | (s.wr.data.ready & last_sub), "fl_adv")
+        s.fl_adv = wire(m, active & adv & ~fl.req, "fl_adv_run")
+        with m.If(s.fl_adv):
+            m.d.sync += fl.v.eq(fl.left.any())
+            with m.If(fl.left.any()):
+                m.d.sync += [fl.left.eq(fl.left - 1), fl.w.eq(fl.w + 1)]
+        pieces = [s.acc_r_data[8 * BB * i:8 * BB * (i + 1)] for i in range(sub)]
+        s.fl_data = Signal(8 * BB, name="fl_data")
+        with m.Switch(fl.k):
+            for i, piece in enumerate(pieces):
+                with m.Case(i):
+                    m.d.comb += s.fl_data.eq(piece)
+            with m.Default():
+                m.d.comb += s.fl_data.eq(0)
+        # the row's range: addr3 + ((r0 + t) n + j0) 4
+        row = wire(m, (s.r0 + fl.t)[:len(s.r0)], "fl_row")
+        s.fl_addr = wire(m, (f["addr3"] + ((row * f["n"] + fl.j0) << 2))[:AXI_ADDR_BITS],
+                         "fl_addr")
+        s.fl_beats = wire(m, (nwords * sub)[:len(s.wr.req.payload.beats)], "fl_beats")
+        with m.If(active & fl.req & s.wr.req.ready):
+            m.d.sync += fl.req.eq(0)
+        with m.If(active & fl.v & s.wr.data.ready):
+            m.d.sync += fl.k.eq(Mux(last_sub, 0, fl.k + 1))
+            with m.If(last_sub):
+                m.d.sync += fl.out.eq(fl.out - 1)
+                with m.If(fl.out == 1):
+                    # the row is out: the next row, or back to the engine, or the tile ends
+                    with m.If(fl.t + 1 < s.tt):
+                        m.d.sync += [fl.t.eq(fl.t + 1), fl.w.eq(0), fl.v.eq(0), fl.req.eq(1),
+                                     fl.left.eq(nwords), fl.out.eq(nwords)]
+                    with m.Elif(fl.last):
+                        self._next_tile(m, s)
+                    with m.Else():
+                        m.d.sync += [fl.j0.eq(fl.j0 + fl.fill), fl.fill.eq(0)]
+                        s.fsm.next("ENGINE")
+        s.fl_active = active
+
+    # ------------------------------------------------------------------ ARGMAX
+    def _arg_chunk(self, m, s):
+        """S1's chunk j0 .. j0+cnt is in V: stream acc row t's chunk to the SFU."""
+        c, L, BB, f, ax = self.config, self.L, self.BB, s.f, s.ax
+        m.d.sync += [ax.req.eq(1), ax.w.eq(0), ax.k.eq(0), ax.xv.eq(0),
+                     ax.nw.eq(ax.cnt >> exact_log2(L)),
+                     ax.addr.eq(f["addr0"] + ((ax.t * f["n"] + ax.j0) << 2)),
+                     ax.beats.eq((ax.cnt << 2) >> exact_log2(BB))]
+        s.fsm.next("ARG_X")
+
+    def _arg_next(self, m, s, j0):
+        """S1's chunk from j0 into V (a chunk is what V holds, buf_elems elements)."""
+        c, f, ax = self.config, s.f, s.ax
+        left = wire(m, (f["n"] - j0)[:21], "ax_left")
+        cnt = Mux(left > c.buf_elems, c.buf_elems, left)
+        m.d.sync += [ax.j0.eq(j0), ax.cnt.eq(cnt)]
+        self._vload_setup(m, s, addr=f["addr1"] + (j0 << 2), count=cnt, e16=0)
+
+    def _argmax(self, m, s):
+        """ARGMAX per token: the SFU's argmax cmd over n, then chunk by chunk S1 into V
+        and the acc row's chunk from memory as x words (x.a the accumulators, x.b S1),
+        then its index beat -> int32 at addr2 + 4 t (one beat, byte strobes)."""
+        c, L, BB, f, ax, sfu = self.config, self.L, self.BB, s.f, s.ax, s.sfu
+        sub = L * 4 // BB
+        with s.fsm.state("ARG_CMD"), m.If(sfu.cmd.ready):
+            self._arg_next(m, s, Const(0, 21))
+        # ARG_X: beats -> words (sub beats each); V's S1 word read as a word completes
+        active = wire(m, s.fsm.is_("ARG_X"), "ax_active")
+        take = wire(m, active & ~ax.req & s.rd.data.valid & (~ax.xv | sfu.x.ready), "ax_take")
+        done_word = wire(m, take & (ax.k == sub - 1), "ax_done_word")
+        s.ax_take = take
+        with m.If(take):
+            for i in range(sub):
+                with m.If(ax.k == i):
+                    m.d.sync += ax.aw[8 * BB * i:8 * BB * (i + 1)].eq(s.rd.data.payload)
+            m.d.sync += ax.k.eq(Mux(ax.k == sub - 1, 0, ax.k + 1))
+        with m.If(done_word):
+            m.d.sync += [ax.xv.eq(1), ax.w.eq(ax.w + 1)]
+        with m.Elif(active & ax.xv & sfu.x.ready):
+            m.d.sync += ax.xv.eq(0)
+        s.ax_v_addr = wire(m, ax.w[:len(s.v_r.addr)], "ax_v_addr")
+        s.ax_v_en = done_word
+        with m.If(active):
+            x = sfu.x.payload
+            for j in range(L):
+                m.d.comb += [x[j].a.eq(ax.aw[32 * j:32 * j + 32]),
+                             x[j].b.eq(s.v_r.data[32 * j:32 * j + 32])]
+            m.d.comb += sfu.x.valid.eq(ax.xv)
+        with m.If(active & ax.req & s.rd.req.ready):
+            m.d.sync += ax.req.eq(0)
+        # the chunk's last word taken by the SFU: the next chunk, or the index
+        with m.If(active & ax.xv & sfu.x.ready & ~done_word & (ax.w == ax.nw)):
+            nxt = wire(m, (ax.j0 + ax.cnt)[:21], "ax_next_j0")
+            with m.If(nxt < f["n"]):
+                self._arg_next(m, s, nxt)
+            with m.Else():
+                m.d.sync += [ax.wreq.eq(1), ax.wv.eq(0)]
+                s.fsm.next("ARG_OUT")
+        # ARG_OUT: the index beat, then its write
+        out = wire(m, s.fsm.is_("ARG_OUT"), "ax_out")
+        with m.If(out):
+            m.d.comb += sfu.out.ready.eq(~ax.wv)
+        with m.If(out & ~ax.wv & sfu.out.valid):
+            m.d.sync += [ax.wv.eq(1), ax.idx.eq(sfu.out.payload[0])]
+        byte = wire(m, f["addr2"] + (ax.t << 2), "ax_waddr")
+        lo = exact_log2(BB)
+        s.ax_wr_addr = wire(m, Cat(Const(0, lo), byte[lo:])[:AXI_ADDR_BITS], "ax_wr_addr")
+        s.ax_wr_strb = wire(m, (Const(0xF, BB) << Cat(Const(0, 2), byte[2:lo]))[:BB]
+                            if lo > 2 else Const(0xF, BB), "ax_wr_strb")
+        s.ax_out = out
+        with m.If(out & ax.wreq & s.wr.req.ready):
+            m.d.sync += ax.wreq.eq(0)
+        with m.If(out & ax.wv & ~ax.wreq & s.wr.data.ready):
+            m.d.sync += ax.wv.eq(0)
+            with m.If(ax.t + 1 == s.T):
+                s.fsm.next("RETIRE")
+            with m.Else():
+                m.d.sync += ax.t.eq(ax.t + 1)
+                s.fsm.next("ARG_CMD")
+
+    # ------------------------------------------------------------------ EMBED
+    def _embed(self, m, s):
+        """EMBED per token: its id from V (the ids were loaded at V element id_base),
+        its scale row into V (from the beat holding its first scale), the SFU's requant
+        cmd, then its code row from memory as x words (x.a = code x S of the word's
+        group, one S per word: group >= 32 >= lanes) -> dst row t."""
+        c, L, BB, f, ax, sfu, ps = self.config, self.L, self.BB, s.f, s.ax, s.sfu, s.ps
+        n, g = f["n"], f["group"]
+        lo = exact_log2(BB)
+        # EMB_ID: read the id's V word; EMB_ID2: take its lane, check it, load the scales
+        idw = wire(m, (s.id_base + ps.t)[:21], "emb_id_elem")
+        with s.fsm.state("EMB_ID"):
+            m.d.comb += [s.v_r.addr.eq(idw >> exact_log2(L)), s.v_r.en.eq(1)]
+            s.fsm.next("EMB_ID2")
+        lanes = [s.v_r.data[32 * j:32 * j + 32] for j in range(L)]
+        the_id = Signal(32, name="emb_id")
+        with m.Switch(idw[:exact_log2(L)] if L > 1 else Const(0, 1)):
+            for j in range(L):
+                with m.Case(j):
+                    m.d.comb += the_id.eq(lanes[j])
+        G = Signal(20, name="emb_G")
+        for b in range(exact_log2(MIXPE_GROUP_RANGE[0]), exact_log2(MIXPE_GROUP_RANGE[1]) + 1):
+            with m.If(g == (1 << b)):
+                m.d.comb += G.eq(n >> b)
+        srow = wire(m, f["addr2"] + ((the_id[:20] * G) << 2), "emb_srow")
+        with s.fsm.state("EMB_ID2"):
+            with m.If(the_id >= f["ctx"]):
+                m.d.comb += s.raise_.eq(ERROR_CODE["ctx"])
+            with m.Else():
+                # whole beats from the one holding the first scale: always
+                # ceil(4 G / BB) + 1 of them, so the cycles do not depend on the id
+                m.d.sync += [ax.id.eq(the_id), ax.soff.eq(srow[2:lo])]
+                self._vload_setup(m, s, addr=Cat(Const(0, lo), srow[lo:]),
+                                  count=(((G << 2) + BB - 1) >> lo) * (BB // 4) + BB // 4,
+                                  e16=0)
+        # EMB_CMD -> EMB_X: the code row's range from the beat holding its first code
+        crow = wire(m, f["addr1"] + ax.id[:20] * n, "emb_crow")
+        with s.fsm.state("EMB_CMD"), m.If(sfu.cmd.ready):
+            # n / BB + 1 beats from the one holding the first code, whatever the id
+            # (the beats past the row are drained)
+            m.d.sync += [ax.req.eq(1), ax.addr.eq(Cat(Const(0, lo), crow[lo:])),
+                         ax.beats.eq(((n + BB - 1) >> lo) + 1), ax.w.eq(0), ax.xv.eq(0),
+                         ax.k.eq(0), ax.got.eq(0),
+                         ax.nw.eq(n >> exact_log2(L)), ps.ow.eq(0), ps.ts.eq(0),
+                         ax.slot.eq(crow[exact_log2(L):lo] if BB > L else 0)]
+            s.fsm.next("EMB_X")
+        active = wire(m, s.fsm.is_("EMB_X"), "emb_active")
+        spb = BB // L                      # code words per beat
+        adv = wire(m, active & ~ax.req & (~ax.xv | sfu.x.ready), "emb_adv")
+        more = wire(m, ax.w != ax.nw, "emb_more")
+        take = wire(m, adv & more & s.rd.data.valid, "emb_take")
+        last_slot = wire(m, (ax.slot == spb - 1) | (ax.w + 1 == ax.nw), "emb_last_slot")
+        # after the last word the range's remaining beats are drained
+        ending = wire(m, active | s.fsm.is_("EMB_END"), "emb_ending")
+        drain = wire(m, ending & ~ax.req & ~more & (ax.got != ax.beats) & s.rd.data.valid,
+                     "emb_drain")
+        # EMB_END: the row's out words are written; the range drained -> next token
+        with s.fsm.state("EMB_END"), m.If(ax.got == ax.beats):
+            with m.If(ps.t + 1 == s.T):
+                s.fsm.next("RETIRE")
+            with m.Else():
+                m.d.sync += ps.t.eq(ps.t + 1)
+                s.fsm.next("EMB_ID")
+        s.emb_pop = wire(m, (take & last_slot) | drain, "emb_pop")
+        with m.If(s.emb_pop):
+            m.d.sync += ax.got.eq(ax.got + 1)
+        slots = [s.rd.data.payload[8 * L * i:8 * L * (i + 1)] for i in range(spb)]
+        with m.If(take):
+            for i, sl in enumerate(slots):
+                with m.If(ax.slot == i):
+                    m.d.sync += ax.codes.eq(sl)
+            m.d.sync += [ax.w.eq(ax.w + 1), ax.slot.eq(Mux(ax.slot == spb - 1, 0,
+                                                              ax.slot + 1))]
+        with m.If(adv):
+            m.d.sync += ax.xv.eq(take)
+        # the word's S: V element soff + w L / group
+        widx = wire(m, ax.soff + ((ax.w * L) >> exact_log2(MIXPE_GROUP_RANGE[0])), "emb_widx")
+        sel = Signal(21, name="emb_sidx")
+        for b in range(exact_log2(MIXPE_GROUP_RANGE[0]), exact_log2(MIXPE_GROUP_RANGE[1]) + 1):
+            with m.If(g == (1 << b)):
+                m.d.comb += sel.eq(ax.soff + ((ax.w * L) >> b))
+        del widx
+        with m.If(take):
+            m.d.sync += ax.sidx.eq(sel)
+        s.emb_v_addr = wire(m, (sel >> exact_log2(L))[:len(s.v_r.addr)], "emb_v_addr")
+        s.emb_v_en = take
+        S = Signal(32, name="emb_S")
+        with m.Switch(ax.sidx[:exact_log2(L)] if L > 1 else Const(0, 1)):
+            for j in range(L):
+                with m.Case(j):
+                    m.d.comb += S.eq(s.v_r.data[32 * j:32 * j + 32])
+        with m.If(active):
+            x = sfu.x.payload
+            for j in range(L):
+                code = ax.codes[8 * j:8 * j + 8].as_signed()
+                m.d.comb += [x[j].a.eq(code * S[:16].as_signed()), x[j].b.eq(0)]
+            m.d.comb += sfu.x.valid.eq(ax.xv)
+        with m.If(active & ax.req & s.rd.req.ready):
+            m.d.sync += ax.req.eq(0)
 
     # ------------------------------------------------------------------ KV4 unit
     def _enter_kv(self, m, s):
@@ -970,7 +1276,8 @@ class Core(wiring.Component):
                      kv.rd_data.payload.eq(s.rd.data.payload)]
         m.d.comb += s.rd.data.ready.eq(fsm.is_("FETCH_WAIT") | fsm.is_("VLOAD") | fsm.is_("ERROR")
                                        | (fsm.is_("ENGINE") & s.eng.mem.ready)
-                                       | (in_kv & kv.rd_data.ready))
+                                       | (in_kv & kv.rd_data.ready)
+                                       | s.ax_take | s.emb_pop)
         # the write master: STORE's beats, or the KV4 unit's plane writes
         with m.If(in_kv):
             m.d.comb += [s.wr.req.valid.eq(kv.wr_req.valid),
@@ -980,6 +1287,27 @@ class Core(wiring.Component):
                          s.wr.data.payload.eq(kv.wr_data.payload)]
         m.d.comb += [kv.wr_req.ready.eq(in_kv & s.wr.req.ready),
                      kv.wr_data.ready.eq(in_kv & s.wr.data.ready)]
+        with m.If(fsm.is_("ARG_X") | fsm.is_("EMB_X")):
+            m.d.comb += [rq.valid.eq(s.ax.req), rq.payload.addr.eq(s.ax.addr),
+                         rq.payload.beats.eq(s.ax.beats)]
+        with m.If(fsm.is_("ARG_X")):
+            m.d.comb += [s.v_r.addr.eq(s.ax_v_addr), s.v_r.en.eq(s.ax_v_en)]
+        with m.If(fsm.is_("EMB_X")):
+            m.d.comb += [s.v_r.addr.eq(s.emb_v_addr), s.v_r.en.eq(s.emb_v_en)]
+        with m.If(s.ax_out):
+            m.d.comb += [s.wr.req.valid.eq(s.ax.wreq), s.wr.req.payload.addr.eq(s.ax_wr_addr),
+                         s.wr.req.payload.beats.eq(1),
+                         s.wr.data.valid.eq(s.ax.wv & ~s.ax.wreq),
+                         s.wr.data.payload.data.eq(s.ax.idx.replicate(self.BB // 4)),
+                         s.wr.data.payload.strb.eq(s.ax_wr_strb)]
+        with m.If(s.fl_active):
+            m.d.comb += [s.wr.req.valid.eq(s.fl.req), s.wr.req.payload.addr.eq(s.fl_addr),
+                         s.wr.req.payload.beats.eq(s.fl_beats),
+                         s.wr.data.valid.eq(s.fl.v & ~s.fl.req),
+                         s.wr.data.payload.data.eq(s.fl_data),
+                         s.wr.data.payload.strb.eq(-1),
+                         s.acc_r_addr.eq(s.fl.w), s.acc_r_en.eq(s.fl_adv),
+                         s.acc_r_row.eq(s.fl.t)]
         # read port A: STORE, SFU x.a (or the residual), ACT; port B: SFU x.b
         with m.If(fsm.is_("STORE")):
             m.d.comb += [s.pa.addr.eq(s.st_raddr), s.pa.en.eq(s.st_adv), s.pa.sel.eq(f["src"])]
@@ -1062,12 +1390,28 @@ class Core(wiring.Component):
         with m.If(s.is_op["LINEAR"]):
             m.d.sync += s.r0.eq(0)
             self._enter_act(m, s, 0)
+        with m.If(s.is_op["EMBED"]):
+            with m.If(s.phase == 0):          # the ids are in V: the first token's id
+                m.d.sync += [s.phase.eq(1), s.ps.t.eq(0), s.ps.row0.eq(0)]
+                s.fsm.next("EMB_ID")
+            with m.Else():                    # its scales are in V
+                s.fsm.next("EMB_CMD")
+        with m.If(s.is_op["ARGMAX"]):         # S1's chunk is in V
+            self._arg_chunk(m, s)
 
 
 # --------------------------------------------------------------------------- cycle model
 #: Cycles from a write range's transfer to its first W beat's through hdl.axi.AxiWriter
 #: and the memory model (the range, the AW, the burst length into the W side).
 KV_WRITE_SETUP = 3
+#: LOGITS: cycles per flushed row besides its beats, and per flushed chunk.
+FLUSH_ROW = 3
+FLUSH_CHUNK = 0
+#: ARGMAX: per chunk besides its S1 VLOAD and its acc beats; per token for the index.
+ARG_CHUNK = 2
+ARG_OUT = 5
+#: EMBED: per token besides its id, scale VLOAD, cmd, code beats and the SFU's requant.
+EMB_TOKEN = 5
 
 
 def cycle_model(words, config: CoreConfig, registers, *, latency: int) -> list[int]:
@@ -1132,6 +1476,31 @@ def cycle_model(words, config: CoreConfig, registers, *, latency: int) -> list[i
                 cyc += sfu_pass("dequant", n, tt)
                 if f["flags"] & FLAG_RES:
                     cyc += sfu_pass("residual_add", n, tt)
+        elif op == "LOGITS":
+            n, k, g = f["n"], f["k"], f["group"]
+            for r0 in range(0, T, c.rows):
+                tt = min(c.rows, T - r0)
+                eng = core_linear.cycle_model(c, n, k, g, tt)
+                start = max(latency + 2, core_linear.accept_delay(c) + 2)
+                cyc += tt * (k // L) + start + eng - 1
+                for j0 in range(0, n, c.buf_elems):       # the chunks' flushes
+                    words = min(c.buf_elems, n - j0) // L
+                    cyc += tt * (words * (L * 4 // BB) + FLUSH_ROW) + FLUSH_CHUNK
+        elif op == "ARGMAX":
+            n = f["n"]
+            for _ in range(T):
+                cyc += 1                                   # the SFU cmd
+                for j0 in range(0, n, c.buf_elems):
+                    cnt = min(c.buf_elems, n - j0)
+                    cyc += vload(4 * cnt) + latency + beats(4 * cnt) + ARG_CHUNK
+                cyc += ARG_OUT
+        elif op == "EMBED":
+            n, g = f["n"], f["group"]
+            G = n // g
+            cyc += vload(4 * T)
+            per = (2 + vload(beats(4 * G) * BB + BB) + 1 + latency + beats(n) + 1
+                   + sfu_mod.cycle_model(c.sfu, "requant", n) - n // L + EMB_TOKEN)
+            cyc += T * per - 1
         elif op in ("KV_APPEND", "ATTEND"):
             # the unit's reader latency counts from its range's transfer, one cycle
             # before the AXI request leaves; a write range's first beat waits for its

@@ -20,7 +20,7 @@ POLL = 512
 @cocotb.test()
 async def core_runs(dut):
     job, _ = open_job(dut, "core_runs")
-    from hdl.core import ERRORS
+    from hdl.core import ERRORS, STATES
     start_clock(dut.clk, impl="gpi")
     dut.rst.value = 1
     dut.start.value = 0
@@ -56,7 +56,19 @@ async def core_runs(dut):
                "error_name": ERRORS[err] if err < len(ERRORS) else str(err),
                "err_pc": int(dut.err_pc.value), "done": bool(int(dut.done.value)),
                "timeout": waited > job["max_cycles"], "sim_cycles": waited,
+               "state": STATES[int(dut.state.value)] if int(dut.state.value) < len(STATES)
+               else str(int(dut.state.value)),
                "sim_seconds": watch.seconds() - t0}
+        if rec["timeout"] and job.get("peek"):       # a debug build (public="all")
+            rec["peek"] = {}
+            for name in job["peek"]:
+                h = dut
+                try:
+                    for part in name.split("."):
+                        h = getattr(h, part)
+                    rec["peek"][name] = str(h.value)
+                except AttributeError:
+                    rec["peek"][name] = None
         sim_cycles += waited
         runs.append(rec)
         dut._log.info(f"run {r['name']}: {rec}")
