@@ -108,7 +108,8 @@ def _pad(x: int, a: int = MEM_ALIGN) -> int:
 
 
 def relocate(runs: list[CoreRun], memory, core: CoreConfig, *, slack: int = 256):
-    """A compact memory holding only what `runs` touch: every tensor range an
+    """A compact memory holding only what `runs` touch: a line of -1 words at 0 (what
+    the refused programs read), every tensor range an
     instruction reads (merged where ranges overlap, each keeping its offset inside
     the merged range), then each run's program and its x_in rows. Returns
     (memory bytearray, [(program address, words)] per run). Address fields are
@@ -131,7 +132,9 @@ def relocate(runs: list[CoreRun], memory, core: CoreConfig, *, slack: int = 256)
             merged[-1][1] = max(merged[-1][1], hi)
         else:
             merged.append([lo, hi])
-    new_base, out = {}, 0
+    # the first line holds -1 words: what the refused programs read (a token id out of
+    # every vocabulary)
+    new_base, out = {}, MEM_ALIGN
     for lo, hi in merged:
         new_base[lo] = out
         out = _pad(out + hi - lo + slack)
@@ -162,6 +165,7 @@ def relocate(runs: list[CoreRun], memory, core: CoreConfig, *, slack: int = 256)
         out = _pad(out + len(words) * INSTR_BYTES)
         progs.append((prog, words, io))
     mem = bytearray(_pad(out + slack, 4096))
+    mem[:MEM_ALIGN] = b"\xff" * MEM_ALIGN
     for lo, hi in merged:
         b = new_base[lo]
         mem[b:b + hi - lo] = src[lo:hi].tobytes()
@@ -604,8 +608,8 @@ def bad_runs(core: CoreConfig) -> list[CoreRun]:
         run("tokens", [halt], "tokens", tokens=core.max_tokens + 1),
         run("ctx", [encode("ROPE", dst=1, src=0, heads=1, ctx=4), halt], "ctx", pos=4),
         run("memory", [encode("LOAD", dst=0, n=16, addr0=1 << 36), halt], "memory"),
-        run("unimplemented", [encode("LOGITS", src=1, n=16, k=64, group=64), halt],
-            "unimplemented"),
+        run("token-id", [encode("EMBED", dst=0, n=64, group=32, ctx=4, addr0=0), halt],
+            "ctx"),
         run("lanes", [encode("LOAD", dst=0, n=16, addr0=0),
                       encode("QUANT", dst=1, src=0, n=20), halt], "lanes", 1),
     ]
@@ -634,6 +638,42 @@ def random_layer_runs(shape, *, seed: int, workdir, scheme: str = REAL_SCHEME,
     core = sim_config(img.config)
     runs, mem = real_layer_runs(img, core, 1, ids[0, :prefill].tolist(),
                                 decode_steps=decode_steps)
+    return img, core, runs, mem
+
+
+def model_runs(image, core: CoreConfig, ids: list[int], *, decode_steps: int = DECODE_STEPS):
+    """(runs, memory) of the whole-model program (EMBED .. LOGITS, ARGMAX): a prefill of
+    `ids`, then greedy decode steps, each fed the integer model's own next token."""
+    from golden.decoder import IntegerDecoder
+    from quantflow.program import build_memory, compile_program
+    prog = compile_program(image, core)
+    dec = IntegerDecoder(image.config, image.tensors)
+    state = dec.new_state()
+    runs, pos, step_ids = [], 0, list(ids)
+    for s in range(decode_steps + 1):
+        r = dec.step(torch.tensor(step_ids), state)
+        tag = "prefill" if s == 0 else f"decode{s}"
+        runs.append(CoreRun(tuple(prog.words), pos, len(step_ids),
+                            torch.tensor(step_ids).view(-1, 1), f"model-{tag}"))
+        pos += len(step_ids)
+        step_ids = [int(r.next_tokens()[-1])]
+    return runs, build_memory(image, prog)
+
+
+def random_model_runs(shape, *, seed: int, workdir, scheme: str = REAL_SCHEME,
+                      vocab: int = 400, prefill: int = 6, decode_steps: int = 2):
+    """(image, core, runs, memory) of the whole program of a seeded random Llama of
+    `shape` (two layers; a vocabulary of more than one chunk of the core's buffers)."""
+    from quantflow.synthetic import (compiled_image, random_llama_quantized,
+                                     small_llama_config, token_ids)
+    heads, kv_heads, hidden, inter = shape
+    cfg = small_llama_config(heads=heads, kv_heads=kv_heads, hidden=hidden,
+                             intermediate=inter, vocab=vocab)
+    ids = token_ids(cfg, 2, 32, seed=seed)
+    qm = random_llama_quantized(cfg, scheme, ids, seed=seed)
+    img = compiled_image(qm, ids, Path(workdir) / "image", context=48)
+    core = sim_config(img.config)
+    runs, mem = model_runs(img, core, ids[0, :prefill].tolist(), decode_steps=decode_steps)
     return img, core, runs, mem
 
 
@@ -675,12 +715,13 @@ def case_record(name: str, case: CoreCase, res: dict, *, layer: str, model: str,
 def _random_item(shape, scheme: str, seed: int, sim: str) -> dict:
     import tempfile
     with tempfile.TemporaryDirectory(prefix="quattro-core-") as tmp:
-        img, core, runs, mem = random_layer_runs(shape, seed=seed, workdir=tmp, scheme=scheme)
+        img, core, runs, mem = random_model_runs(shape, seed=seed, workdir=tmp, scheme=scheme)
         case = build_case(runs + bad_runs(core), mem, core, name="random")
         res = run_case(case, latency=SIM_LATENCY, sim=sim)
     h, kv, hid, inter = shape
-    return case_record(f"random-layer-h{h}kv{kv}-d{hid}-i{inter}-{scheme}", case, res,
-                       layer="layers.1", model=f"random Llama seed {seed} {scheme}")
+    return case_record(f"random-model-h{h}kv{kv}-d{hid}-i{inter}-{scheme}", case, res,
+                       layer="whole model (2 layers, vocabulary 400)",
+                       model=f"random Llama seed {seed} {scheme}")
 
 
 def _real_item(sim: str) -> dict:
