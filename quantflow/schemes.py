@@ -283,6 +283,9 @@ SCHEMES = _reg(
                 description="QoQ W4 g64, output-aware, on the residual stream of "
                             "w4a8kv4-g64-rot (its W4 component)"),
     QuantScheme(name="a8", act=_A8, description="A8 per-token with SmoothQuant 0.5"),
+    QuantScheme(name="a8-rot", act=_A8, rotation=_ROT,
+                description="A8 per-token with SmoothQuant 0.5 on the residual stream of "
+                            "w4a8kv4-g64-rot (its A8 component)"),
     QuantScheme(name="kv4", kv=_KV4, description="KV4 Hadamard + 8-token 8-bit window "
                                                  "(the KV4 unit's scheme)"),
     # weight baselines (float activations)

@@ -223,7 +223,7 @@ def test_weight_only_rotation_pair(name, full):
 def test_rotation_seed_and_w4_component_schemes():
     """w4a8kv4-g64-rot-seed1 is w4a8kv4-g64-rot with another draw of the signs (and
     w4a8kv4-g64-rot-keep16-seed1 of its random rotation);
-    w4-g64-rot is that scheme's W4 component under a registered name."""
+    w4-g64-rot and a8-rot are that scheme's W4 and A8 components under registered names."""
     rot, s1 = get_scheme("w4a8kv4-g64-rot"), get_scheme("w4a8kv4-g64-rot-seed1")
     assert (s1.weight, s1.act, s1.kv) == (rot.weight, rot.act, rot.kv)
     assert s1.rotation.kind == rot.rotation.kind and (rot.rotation.seed, s1.rotation.seed) == (0, 1)
@@ -234,3 +234,5 @@ def test_rotation_seed_and_w4_component_schemes():
     c = rot.components()["W4"]
     assert (w.weight, w.act, w.kv, w.rotation) == (c.weight, c.act, c.kv, c.rotation)
     assert w.weight == get_scheme("w4-g64").weight
+    a, ca = get_scheme("a8-rot"), rot.components()["A8"]
+    assert (a.weight, a.act, a.kv, a.rotation) == (ca.weight, ca.act, ca.kv, ca.rotation)
