@@ -33,6 +33,8 @@ from golden.core import Step, execute, first_mismatch
 from golden.core_config import (INSTR_BYTES, MEM_ALIGN, CoreConfig, Registers, decode, encode,
                                 kv_layout, kv_region_bytes, words_to_bytes)
 
+from quantflow.program import sim_core_for as sim_config
+
 from . import runner
 
 __all__ = ["CoreRun", "CoreCase", "relocate", "build_case", "real_layer_runs", "real_image", "prompt_ids", "sim_config", "core_verilog",
@@ -211,22 +213,6 @@ def _golden_refusal(words, mem, core, r) -> str | None:
     if r.tokens > core.max_tokens or r.tokens == 0:
         return "tokens"
     return None
-
-
-def sim_config(decoder, **overrides) -> CoreConfig:
-    """The core co-simulated for a model: the image's numerics (core_for), one memory
-    port of 32-byte beats, buffers and vector lengths sized to the model's widest
-    vector, a small engine (rows 4, cols 64) so that a layer simulates in seconds."""
-    from golden.sfu_config import SFUHWConfig
-    from quantflow.program import core_for
-    L = 16
-    widest = max(decoder.hidden, decoder.intermediate, decoder.heads * decoder.head_dim)
-    widest = -(-widest // L) * L
-    sfu = SFUHWConfig(**dataclasses.asdict(decoder.sfu), lanes=L, max_k=widest)
-    kw = dict(rows=4, cols=64, max_k=widest, buffers=6, max_tokens=8,
-              buf_elems=widest, sfu=sfu, beat_bytes=32, mem_ports=1, mem_latency=20)
-    kw.update(overrides)
-    return core_for(decoder, **kw)
 
 
 # --------------------------------------------------------------------------- design

@@ -106,8 +106,8 @@ def core_config(key: str, decoder=None) -> CoreConfig:
     if key == "small":
         return core_for(d, mem_ports=1, **SMALL_BUFFERS)
     if key == "sim":
-        from cosim.core import sim_config
-        return sim_config(d)
+        from quantflow.program import sim_core_for
+        return sim_core_for(d)
     raise ValueError(f"unknown config {key!r}; choose from {', '.join(CONFIGS)}")
 
 

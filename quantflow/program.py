@@ -49,7 +49,7 @@ from .compile import load_image
 from .errors import QuantflowError
 
 __all__ = ["REGION_ALIGN", "Region", "MemoryMap", "LinearTiling", "CoreProgram",
-           "CompiledImage", "core_for", "check_core", "linear_tiling", "model_tiling",
+           "CompiledImage", "core_for", "sim_core_for", "check_core", "linear_tiling", "model_tiling",
            "memory_map", "compile_program", "build_memory", "write_tokens",
            "read_next_tokens", "read_logits", "write_hidden", "read_hidden"]
 
@@ -101,6 +101,21 @@ def core_for(decoder: DecoderConfig, **overrides) -> CoreConfig:
     sfu = SFUHWConfig(**dataclasses.asdict(decoder.sfu), lanes=base.sfu.lanes,
                       max_k=base.sfu.max_k)
     return CoreConfig(**{"sfu": sfu, "kv4": decoder.kv4, **overrides})
+
+
+def sim_core_for(decoder: DecoderConfig, **overrides) -> CoreConfig:
+    """The core the co-simulation and the board flow's small builds use for a model:
+    the image's numerics (core_for), one memory port of 32-byte beats (the RTL's one
+    AXI read and one write master), buffers and vectors sized to the model's widest
+    vector, a small engine (rows 4, cols 64) so that a layer simulates in seconds."""
+    L = 16
+    widest = max(decoder.hidden, decoder.intermediate, decoder.heads * decoder.head_dim)
+    widest = -(-widest // L) * L
+    sfu = SFUHWConfig(**dataclasses.asdict(decoder.sfu), lanes=L, max_k=widest)
+    kw = dict(rows=4, cols=64, max_k=widest, buffers=6, max_tokens=8, buf_elems=widest,
+              sfu=sfu, beat_bytes=32, mem_ports=1, mem_latency=20)
+    kw.update(overrides)
+    return core_for(decoder, **kw)
 
 
 def check_core(core: CoreConfig, decoder: DecoderConfig) -> None:
