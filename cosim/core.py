@@ -20,8 +20,6 @@ KV cache the prefill wrote in memory is the one the decode steps attend over.
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -513,9 +511,6 @@ def instruction_cycles(records, run: int) -> list[tuple[int, int]]:
             prev = r[8]
     return out
 
-
-def dump_json(obj) -> str:
-    return json.dumps(obj, default=lambda o: o.tolist() if isinstance(o, torch.Tensor) else str(o))
 
 
 # --------------------------------------------------------------------------- real layers
