@@ -348,6 +348,7 @@ class Core(wiring.Component):
                                slot=Signal(range(max(2, BB // L)), name="ax_slot"),
                                codes=Signal(8 * L, name="ax_codes"),
                                sidx=Signal(21, name="ax_sidx"),
+                               rem=Signal(21, name="ax_rem"),
                                got=Signal(32, name="ax_got"))
         s.kv_cmd = Signal(name="kv_cmd")
         s.kv_run = Signal(name="kv_run")
@@ -1017,12 +1018,12 @@ class Core(wiring.Component):
                      ax.beats.eq((ax.cnt << 2) >> exact_log2(BB))]
         s.fsm.next("ARG_X")
 
-    def _arg_next(self, m, s, j0):
-        """S1's chunk from j0 into V (a chunk is what V holds, buf_elems elements)."""
+    def _arg_next(self, m, s, j0, left):
+        """S1's chunk from j0 into V (a chunk is what V holds, buf_elems elements);
+        `left` outputs from j0 on."""
         c, f, ax = self.config, s.f, s.ax
-        left = wire(m, (f["n"] - j0)[:21], "ax_left")
         cnt = Mux(left > c.buf_elems, c.buf_elems, left)
-        m.d.sync += [ax.j0.eq(j0), ax.cnt.eq(cnt)]
+        m.d.sync += [ax.j0.eq(j0), ax.cnt.eq(cnt), ax.rem.eq(left)]
         self._vload_setup(m, s, addr=f["addr1"] + (j0 << 2), count=cnt, e16=0)
 
     def _argmax(self, m, s):
@@ -1031,8 +1032,10 @@ class Core(wiring.Component):
         then its index beat -> int32 at addr2 + 4 t (one beat, byte strobes)."""
         c, L, BB, f, ax, sfu = self.config, self.L, self.BB, s.f, s.ax, s.sfu
         sub = L * 4 // BB
+        n21 = Signal(21, name="ax_n")          # n as a register-width operand
+        m.d.comb += n21.eq(f["n"])
         with s.fsm.state("ARG_CMD"), m.If(sfu.cmd.ready):
-            self._arg_next(m, s, Const(0, 21))
+            self._arg_next(m, s, Const(0, 21), n21)
         # ARG_X: beats -> words (sub beats each); V's S1 word read as a word completes
         active = wire(m, s.fsm.is_("ARG_X"), "ax_active")
         take = wire(m, active & ~ax.req & s.rd.data.valid & (~ax.xv | sfu.x.ready), "ax_take")
@@ -1060,8 +1063,8 @@ class Core(wiring.Component):
         # the chunk's last word taken by the SFU: the next chunk, or the index
         with m.If(active & ax.xv & sfu.x.ready & ~done_word & (ax.w == ax.nw)):
             nxt = wire(m, (ax.j0 + ax.cnt)[:21], "ax_next_j0")
-            with m.If(nxt < f["n"]):
-                self._arg_next(m, s, nxt)
+            with m.If(ax.rem != ax.cnt):
+                self._arg_next(m, s, nxt, (ax.rem - ax.cnt)[:21])
             with m.Else():
                 m.d.sync += [ax.wreq.eq(1), ax.wv.eq(0)]
                 s.fsm.next("ARG_OUT")
@@ -1071,10 +1074,11 @@ class Core(wiring.Component):
             m.d.comb += sfu.out.ready.eq(~ax.wv)
         with m.If(out & ~ax.wv & sfu.out.valid):
             m.d.sync += [ax.wv.eq(1), ax.idx.eq(sfu.out.payload[0])]
-        byte = wire(m, f["addr2"] + (ax.t << 2), "ax_waddr")
+        # the int32 slot t of the output: its word address, the beat and the slot in it
+        word = wire(m, (f["addr2"] + (ax.t << 2))[2:AXI_ADDR_BITS], "ax_waddr")
         lo = exact_log2(BB)
-        s.ax_wr_addr = wire(m, Cat(Const(0, lo), byte[lo:])[:AXI_ADDR_BITS], "ax_wr_addr")
-        s.ax_wr_strb = wire(m, (Const(0xF, BB) << Cat(Const(0, 2), byte[2:lo]))[:BB]
+        s.ax_wr_addr = wire(m, Cat(Const(0, lo), word[lo - 2:]), "ax_wr_addr")
+        s.ax_wr_strb = wire(m, (Const(0xF, BB) << Cat(Const(0, 2), word[:lo - 2]))[:BB]
                             if lo > 2 else Const(0xF, BB), "ax_wr_strb")
         s.ax_out = out
         with m.If(out & ax.wreq & s.wr.req.ready):
@@ -1111,7 +1115,8 @@ class Core(wiring.Component):
         for b in range(exact_log2(MIXPE_GROUP_RANGE[0]), exact_log2(MIXPE_GROUP_RANGE[1]) + 1):
             with m.If(g == (1 << b)):
                 m.d.comb += G.eq(n >> b)
-        srow = wire(m, f["addr2"] + ((the_id[:20] * G) << 2), "emb_srow")
+        srow = wire(m, Cat(Const(0, 2), (f["addr2"] + ((the_id[:20] * G) << 2))
+                               [2:AXI_ADDR_BITS]), "emb_srow")
         with s.fsm.state("EMB_ID2"):
             with m.If(the_id >= f["ctx"]):
                 m.d.comb += s.raise_.eq(ERROR_CODE["ctx"])
@@ -1123,7 +1128,9 @@ class Core(wiring.Component):
                                   count=(((G << 2) + BB - 1) >> lo) * (BB // 4) + BB // 4,
                                   e16=0)
         # EMB_CMD -> EMB_X: the code row's range from the beat holding its first code
-        crow = wire(m, f["addr1"] + ax.id[:20] * n, "emb_crow")
+        lL = exact_log2(L)
+        crow = wire(m, Cat(Const(0, lL), (f["addr1"] + ax.id[:20] * n)[lL:AXI_ADDR_BITS]),
+                    "emb_crow")
         with s.fsm.state("EMB_CMD"), m.If(sfu.cmd.ready):
             # n / BB + 1 beats from the one holding the first code, whatever the id
             # (the beats past the row are drained)
@@ -1173,16 +1180,16 @@ class Core(wiring.Component):
             m.d.sync += ax.sidx.eq(sel)
         s.emb_v_addr = wire(m, (sel >> exact_log2(L))[:len(s.v_r.addr)], "emb_v_addr")
         s.emb_v_en = take
-        S = Signal(32, name="emb_S")
+        S = Signal(16, name="emb_S")           # S < 2**15 (golden.sfu.embed_rows)
         with m.Switch(ax.sidx[:exact_log2(L)] if L > 1 else Const(0, 1)):
             for j in range(L):
                 with m.Case(j):
-                    m.d.comb += S.eq(s.v_r.data[32 * j:32 * j + 32])
+                    m.d.comb += S.eq(s.v_r.data[32 * j:32 * j + 16])
         with m.If(active):
             x = sfu.x.payload
             for j in range(L):
                 code = ax.codes[8 * j:8 * j + 8].as_signed()
-                m.d.comb += [x[j].a.eq(code * S[:16].as_signed()), x[j].b.eq(0)]
+                m.d.comb += [x[j].a.eq(code * S.as_signed()), x[j].b.eq(0)]
             m.d.comb += sfu.x.valid.eq(ax.xv)
         with m.If(active & ax.req & s.rd.req.ready):
             m.d.sync += ax.req.eq(0)
