@@ -1418,7 +1418,7 @@ FLUSH_CHUNK = 0
 ARG_CHUNK = 2
 ARG_OUT = 5
 #: EMBED: per token besides its id, scale VLOAD, cmd, code beats and the SFU's requant.
-EMB_TOKEN = 5
+EMB_TOKEN = 1
 
 
 def cycle_model(words, config: CoreConfig, registers, *, latency: int) -> list[int]:
@@ -1505,7 +1505,8 @@ def cycle_model(words, config: CoreConfig, registers, *, latency: int) -> list[i
             n, g = f["n"], f["group"]
             G = n // g
             cyc += vload(4 * T)
-            per = (2 + vload(beats(4 * G) * BB + BB) + 1 + latency + beats(n) + 1
+            # the code words leave one a cycle (a beat holds beat_bytes / lanes of them)
+            per = (2 + vload(beats(4 * G) * BB + BB) + 1 + latency + n // L + 1
                    + sfu_mod.cycle_model(c.sfu, "requant", n) - n // L + EMB_TOKEN)
             cyc += T * per - 1
         elif op in ("KV_APPEND", "ATTEND"):
