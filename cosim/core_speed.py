@@ -20,10 +20,9 @@ cycles / sum of seconds), for cocotb (its per-run sim_cycles / sim_seconds, whic
 include up to POLL - 1 cycles after done) and for the harness single-threaded and
 built with `--threads 2`; ratio = cocotb / C++ (target >= 0.5). Diagnosis
 variants: the C++ harness without the trace / write-log files (what the $fwrite
-trace costs both), and `core_runs_timer` below, the cocotb bench with its wait
-between two looks at done made one Timer of POLL clock periods instead of
-cocotb's ClockCycles (which in cocotb 2.x awaits every single RisingEdge: one
-Python coroutine resume per simulated cycle), at POLL and at 8 x POLL. Each
+trace costs both), and the cocotb bench (which sleeps one Timer of POLL clock
+periods between two looks at done: cocotb 2.x's ClockCycles would resume Python on
+every edge) at 8 x POLL besides its POLL. Each
 variant runs `repeat` times and keeps its fastest (the machine is shared).
 Written to build/sim/core_speed.json atomically.
 
@@ -209,11 +208,12 @@ def _summary(runs: list[dict], **extra) -> dict:
 
 
 def _run_timer_variant(case, b, init: Path, run_dir: Path, poll: int) -> list[dict]:
-    """The cocotb bench with a Timer wait (core_runs_timer), same files as run_case."""
+    """The core's cocotb bench (cosim.tb.core_run) at another POLL, same files as
+    run_case."""
     job = {"runs": [{k: r[k] for k in ("prog", "pos", "tokens", "name")} for r in case.runs],
            "max_cycles": 50_000_000, "poll": poll}
     run_dir.mkdir(parents=True, exist_ok=True)
-    res = runner.run(b, test_module="cosim.core_speed", testcase="core_runs_timer", job=job,
+    res = runner.run(b, test_module="cosim.tb.core_run", job=job,
                      run_dir=run_dir, plusargs=[f"+mem_init={init}",
                                                 f"+trace={run_dir / 'trace.txt'}",
                                                 f"+mem_log={run_dir / 'mem_log.txt'}"])
@@ -273,7 +273,7 @@ def measure(case=None, *, latency: int = 20, threads=(1, 2), repeat: int = 2,
             if name == "threads1":
                 cpp1 = cps
     if timer:
-        for poll in (core_run.POLL, 8 * core_run.POLL):
+        for poll in (8 * core_run.POLL,):        # POLL itself is the main cocotb run
             log(f"cocotb with a Timer wait, POLL {poll} ...")
             runs = _best([_run_timer_variant(case, b, init, run_dir / f"timer{poll}-{i}", poll)
                           for i in range(repeat)])
@@ -342,60 +342,6 @@ def main(argv=None) -> int:
     same = all(v["same_cycles_as_cocotb"] for v in
                [*out["cpp"].values(), *out["cocotb_variants"].values()])
     return 0 if out["bit_exact"] and same else 1
-
-
-# --------------------------------------------------------------------------- diagnosis
-async def _timer_runs(dut) -> None:
-    """cosim.tb.core_run.core_runs with one change: between two looks at done the
-    testbench sleeps in one Timer of POLL - 1/2 clock periods and one RisingEdge
-    (the same cycle count as ClockCycles(clk, POLL), two Python wake-ups instead
-    of POLL)."""
-    from cocotb.triggers import ClockCycles, RisingEdge, Timer
-
-    from cosim.runner import read_job, write_result
-    from cosim.tb.common import CLK_PERIOD_NS, Stopwatch, start_clock
-    job = read_job()
-    poll = int(job["poll"])
-    start_clock(dut.clk, impl="gpi")
-    dut.rst.value = 1
-    for sig in (dut.start, dut.dump, dut.prog, dut.pos, dut.tokens):
-        sig.value = 0
-    await ClockCycles(dut.clk, 4)
-    dut.rst.value = 0
-    await RisingEdge(dut.clk)
-    runs, watch = [], Stopwatch()
-    sleep_ps = (poll - 1) * CLK_PERIOD_NS * 1000 + CLK_PERIOD_NS * 500
-    for r in job["runs"]:
-        dut.prog.value = int(r["prog"])
-        dut.pos.value = int(r["pos"])
-        dut.tokens.value = int(r["tokens"])
-        dut.start.value = 1
-        await RisingEdge(dut.clk)
-        dut.start.value = 0
-        waited = 1
-        t0 = watch.seconds()
-        while True:
-            await Timer(sleep_ps, unit="ps")
-            await RisingEdge(dut.clk)
-            waited += poll
-            if int(dut.done.value) or int(dut.error.value) or waited > job["max_cycles"]:
-                break
-        runs.append({"name": r["name"], "cycles": int(dut.cycles.value),
-                     "error": int(dut.error.value), "done": bool(int(dut.done.value)),
-                     "sim_cycles": waited, "sim_seconds": watch.seconds() - t0})
-        if waited > job["max_cycles"]:
-            break
-    write_result({"runs": runs})
-
-
-try:
-    import cocotb as _cocotb
-except ImportError:          # no cocotb: only the C++ side and the tables work
-    _cocotb = None
-if _cocotb is not None:
-    @_cocotb.test()
-    async def core_runs_timer(dut):
-        await _timer_runs(dut)
 
 
 if __name__ == "__main__":

@@ -13,13 +13,15 @@ from cocotb.triggers import ClockCycles, RisingEdge, Timer
 from cosim.runner import write_result
 from cosim.tb.common import CLK_PERIOD_NS, Stopwatch, open_job, start_clock
 
-#: Cycles between two looks at done / error (Python's share of a long run).
+#: Cycles between two looks at done / error (Python's share of a long run); a job's
+#: "poll" overrides it (cosim.core_speed measures the effect).
 POLL = 512
 
 
 @cocotb.test()
 async def core_runs(dut):
     job, _ = open_job(dut, "core_runs")
+    poll = int(job.get("poll", POLL))
     from hdl.core import ERRORS, STATES
     start_clock(dut.clk, impl="gpi")
     dut.rst.value = 1
@@ -47,9 +49,9 @@ async def core_runs(dut):
         t0 = watch.seconds()
         while True:
             # ClockCycles would wake Python on every edge; a Timer sleeps POLL cycles
-            await Timer((POLL - 1) * CLK_PERIOD_NS + CLK_PERIOD_NS // 2, "ns")
+            await Timer((poll - 1) * CLK_PERIOD_NS + CLK_PERIOD_NS // 2, "ns")
             await RisingEdge(dut.clk)
-            waited += POLL
+            waited += poll
             err = int(dut.error.value)
             if int(dut.done.value) or err or waited > job["max_cycles"]:
                 break
