@@ -382,22 +382,21 @@ def render_default(parts: list[tuple]) -> str:
                                  for label, c, src in parts], text_columns=1)
 
 
-def _parts(text: str) -> list[str]:
-    keys = [k.strip() for k in text.split(",") if k.strip()]
-    bad = [k for k in keys if k not in PARTS]
-    if bad or not keys:
-        raise argparse.ArgumentTypeError(
-            f"unknown part {', '.join(bad) or '(none)'}; choose from {', '.join(PARTS)}")
-    return keys
+def _choices(what: str, known) -> "callable":
+    """An argparse type: a comma-separated list of `known` keys."""
+    def parse(text: str) -> list[str]:
+        keys = [k.strip() for k in text.split(",") if k.strip()]
+        bad = [k for k in keys if k not in known]
+        if bad or not keys:
+            raise argparse.ArgumentTypeError(
+                f"unknown {what} {', '.join(bad) or '(none)'}; choose from "
+                f"{', '.join(known)}")
+        return keys
+    return parse
 
 
-def _configs(text: str) -> list[str]:
-    keys = [k.strip() for k in text.split(",") if k.strip()]
-    bad = [k for k in keys if k not in CONFIGS]
-    if bad or not keys:
-        raise argparse.ArgumentTypeError(
-            f"unknown config {', '.join(bad) or '(none)'}; choose from {', '.join(CONFIGS)}")
-    return keys
+_parts = _choices("part", PARTS)
+_configs = _choices("config", CONFIGS)
 
 
 def main(argv: list[str] | None = None) -> int:
