@@ -362,6 +362,10 @@ def _s32(v: int) -> int:
     return v - (1 << 32) if v >> 31 else v
 
 
+#: The value of an output element no trace record wrote (outside int32: never a result).
+UNWRITTEN = 1 << 40
+
+
 def rtl_steps(case: CoreCase, records, writes) -> list[list[Step]]:
     """Each run's instructions as golden.core Steps rebuilt from the trace (buffer
     words -> the dst rows an instruction wrote; token scales -> QUANT's mn, L; acc
@@ -396,8 +400,8 @@ def rtl_steps(case: CoreCase, records, writes) -> list[list[Step]]:
                 n = (ins["heads"] * c.kv4.head_dim if ins.op in ("ROPE", "ATTEND")
                      else ins["n"])
                 base = ins["col"] if ins.op == "ATTEND" else 0
-                y = torch.zeros(T, n, dtype=torch.int64)
-                seen = torch.zeros(T, n, dtype=torch.bool)
+                # an element the RTL never wrote keeps UNWRITTEN: a mismatch, not a 0
+                y = torch.full((T, n), UNWRITTEN, dtype=torch.int64)
                 for r in mine:
                     if r[1] != 0:
                         continue
@@ -406,10 +410,9 @@ def rtl_steps(case: CoreCase, records, writes) -> list[list[Step]]:
                         col = word * L + j - base
                         if mask >> j & 1 and row < T and 0 <= col < n:
                             y[row, col] = _s32(dat >> (32 * j))
-                            seen[row, col] = True
                 outs["out"] = y
                 if ins.op == "QUANT":
-                    mn = torch.zeros(T, dtype=torch.int64)
+                    mn = torch.full((T,), UNWRITTEN, dtype=torch.int64)
                     Ls = torch.zeros(T, dtype=torch.int64)
                     for r in mine:
                         if r[1] == 1 and r[4] < T:
@@ -438,7 +441,7 @@ def rtl_steps(case: CoreCase, records, writes) -> list[list[Step]]:
 
 def _acc_from(records, T: int, n: int, rows: int) -> torch.Tensor:
     """A LINEAR's or LOGITS' accumulators [T, n] from its traced acc beats."""
-    acc = torch.zeros(T, n, dtype=torch.int64)
+    acc = torch.full((T, n), UNWRITTEN, dtype=torch.int64)
     for r in records:
         if r[1] == 2:
             for t in range(rows):
