@@ -1,4 +1,4 @@
-"""python -m cosim {sim,bench,lint,host}
+"""python -m cosim {sim,bench,lint,host,generate}
 
   sim    every block of cosim.blocks.BLOCKS (MixPE: every case of
          cosim.mixpe.default_plan()): quantize (quantflow) into build/sim/data/,
@@ -11,6 +11,9 @@
   lint   verilator --lint-only on generated Verilog (cosim.lint).
   host   `python -m fpga_boards host` on the simulated kernel (cosim.xrt_sim):
          python -m cosim host <quantflow export dir> --config '<json>' [--wait irq]
+  generate  greedy text generation through the co-simulated core, every token
+         and instruction compared with the integer golden (cosim.generate):
+         python -m cosim generate --model smollm2 --prompt "..." --max-new-tokens 8
 """
 from __future__ import annotations
 
@@ -97,7 +100,16 @@ def _host(args) -> int:
     return xrt_sim.main(list(args.rest))
 
 
+def _generate(args) -> int:
+    from cosim import generate
+    return generate.main(list(args.rest))
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["generate"]:      # its own parser (options before any positional)
+        from cosim import generate
+        return generate.main(argv[1:])
     p = argparse.ArgumentParser(prog="python -m cosim", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -117,6 +129,10 @@ def main(argv=None) -> int:
                        add_help=False)
     h.add_argument("rest", nargs=argparse.REMAINDER)
     h.set_defaults(func=_host)
+    g = sub.add_parser("generate", help="generate text through the co-simulated core, "
+                       "checked against the integer golden", add_help=False)
+    g.add_argument("rest", nargs=argparse.REMAINDER)
+    g.set_defaults(func=_generate)
     args = p.parse_args(argv)
     return args.func(args)
 

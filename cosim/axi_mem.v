@@ -101,7 +101,8 @@ module quattro_axi_mem #(
     localparam [1:0] INCR = 2'b01;
     localparam [2:0] SIZE = SHIFT[2:0];                     // arsize / awsize of a full beat
 
-    reg [DW-1:0] mem [0:WORDS-1];
+    // public: a C++ harness (cosim/core_device.py) loads and reads it in place
+    reg [DW-1:0] mem [0:WORDS-1] /*verilator public_flat_rw*/;
     // Cycle counter: the due times below are absolute cycles.
     reg [63:0] now;
 

@@ -335,11 +335,13 @@ def model_cycles(case: CoreCase, latency: int) -> list[list[int]]:
 
 def parse_trace(path) -> list[tuple]:
     """(run, kind, pc, buf, row, word, mask, data, cycle) per trace line."""
-    out = []
     p = Path(path)
-    if not p.is_file():
-        return out
-    for line in p.read_text().splitlines():
+    return parse_trace_text(p.read_text()) if p.is_file() else []
+
+
+def parse_trace_text(text: str) -> list[tuple]:
+    out = []
+    for line in text.splitlines():
         run, kind, pc, buf, row, word, mask, dat, cyc = line.split()
         out.append((int(run), int(kind), int(pc), int(buf), int(row), int(word),
                     int(mask, 16), int(dat, 16), int(cyc)))
@@ -347,11 +349,14 @@ def parse_trace(path) -> list[tuple]:
 
 
 def parse_mem_log(path) -> list[tuple[int, int, int]]:
-    out = []
+    """(address, data, strobes) per write beat of the memory model's log."""
     p = Path(path)
-    if not p.is_file():
-        return out
-    for line in p.read_text().splitlines():
+    return parse_mem_log_text(p.read_text()) if p.is_file() else []
+
+
+def parse_mem_log_text(text: str) -> list[tuple[int, int, int]]:
+    out = []
+    for line in text.splitlines():
         a, d, s = line.split()
         out.append((int(a, 16), int(d, 16), int(s, 16)))
     return out

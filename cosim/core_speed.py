@@ -109,26 +109,27 @@ int main(int argc, char** argv) {
 """
 
 
-def build_cpp(verilog: str, *, threads: int = 1, log=None) -> Path:
-    """Compile MAIN_CPP around `verilog` (top quattro_core_tb) with the runner's
-    Verilator flags; cached under build/cosim/ like the cocotb builds. Returns the
-    executable."""
+def build_cpp(verilog: str, *, threads: int = 1, log=None, main: str = MAIN_CPP,
+              exe: str = "core_main") -> Path:
+    """Compile the C++ harness `main` (default MAIN_CPP) around `verilog` (top
+    quattro_core_tb) with the runner's Verilator flags; cached under build/cosim/ like
+    the cocotb builds. Returns the executable."""
     from .core import TOP
     inst = runner.find_verilator()
     runner.verilator_env()
     flags = list(runner.VERILATOR_FLAGS) + (["--threads", str(threads)] if threads > 1 else [])
-    key = hashlib.sha256("\0".join([verilog, MAIN_CPP, repr(flags), inst.version,
+    key = hashlib.sha256("\0".join([verilog, main, repr(flags), inst.version,
                                     repr(runner.VERILATOR_MAKE_OVERRIDES)]).encode()
                          ).hexdigest()[:16]
 
     def fill(tmp: Path) -> dict:
         (tmp / f"{TOP}.v").write_text(verilog)
-        (tmp / "main.cpp").write_text(MAIN_CPP)
+        (tmp / "main.cpp").write_text(main)
         env = dict(os.environ)
         env["MAKEFLAGS"] = " ".join([env.get("MAKEFLAGS", ""),
                                      *runner.VERILATOR_MAKE_OVERRIDES]).strip()
         cmd = [str(inst.executable), "--cc", "--exe", "--build", "-j", "2",
-               "--top-module", TOP, "--prefix", "Vtop", "-o", "core_main",
+               "--top-module", TOP, "--prefix", "Vtop", "-o", exe,
                "-Mdir", str(tmp), *flags, str(tmp / "main.cpp"), str(tmp / f"{TOP}.v")]
         t0 = time.perf_counter()
         p = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
@@ -140,8 +141,8 @@ def build_cpp(verilog: str, *, threads: int = 1, log=None) -> Path:
             log(f"built the C++ harness ({' '.join(flags)}) in {time.perf_counter() - t0:.0f} s")
         return {"toplevel": TOP, "flags": flags}
 
-    d, _, _ = cached_dir(runner.BUILD_ROOT, f"{TOP}-cpp{threads}-{key}", fill)
-    return d / "core_main"
+    d, _, _ = cached_dir(runner.BUILD_ROOT, f"{TOP}-{exe}{threads}-{key}", fill)
+    return d / exe
 
 
 def run_cpp(exe: Path, runs: list[dict], run_dir: Path, *, init: Path,

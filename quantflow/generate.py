@@ -31,7 +31,7 @@ from .fakequant import quantize_model
 from .models.loaders import LoadedModel, load_model, require
 from .text import DEFAULT_CALIB, calibration_tokens
 
-__all__ = ["ENGINES", "Generation", "generate", "integer_decoder", "PREFILL_CHUNK"]
+__all__ = ["ENGINES", "Generation", "generate", "integer_decoder", "integer_greedy", "PREFILL_CHUNK"]
 
 ENGINES = ("float", "fakequant", "integer")
 #: Prompt tokens per integer prefill step (the progress bar's unit).
@@ -80,8 +80,10 @@ def _float_greedy(model, ids: torch.Tensor, n: int, on_token) -> list[int]:
     return out
 
 
-def _integer_greedy(dec: IntegerDecoder, ids: torch.Tensor, n: int, on_token,
-                    progress: bool) -> list[int]:
+def integer_greedy(dec: IntegerDecoder, ids: torch.Tensor, n: int, on_token,
+                   progress: bool) -> list[int]:
+    """Greedy decoding of n tokens after `ids` on the integer model: prefill in
+    PREFILL_CHUNK blocks, then one token per step; `on_token(id)` as each appears."""
     state = dec.new_state()
     chunks = list(torch.split(ids, PREFILL_CHUNK))
     it = chunks
@@ -131,7 +133,7 @@ def generate(model="smollm2", prompt: str = "", *, max_new_tokens: int = 32,
 
     t0 = time.perf_counter()
     if dec is not None:
-        _integer_greedy(dec, ids, max_new_tokens, on_token, progress)
+        integer_greedy(dec, ids, max_new_tokens, on_token, progress)
     else:
         net = lm.model
         if engine == "fakequant":

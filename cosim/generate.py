@@ -1,0 +1,288 @@
+"""Text generation through the co-simulated accelerator core, checked against the
+integer golden token by token and instruction by instruction.
+
+    python -m cosim generate --model smollm2 --prompt "The capital of France is" \
+        --max-new-tokens 8 [--layers N] [--scheme w4a8kv4-g64-plain] [--device verilator]
+
+The model's compiled image (quantflow.compile; compiled once into build/compiled/)
+is lowered to the whole-model program (quantflow.program.compile_program: EMBED,
+every layer, the final norm, LOGITS, ARGMAX; the KV cache in memory) for the
+co-simulated core (quantflow.program.sim_core_for), and the host loop
+(fpga_boards.host_core.generate: prompt blocks of max_tokens, then one decode
+step per token) runs it on a device:
+
+  verilator  the Verilated core and its AXI4 memory model, driven from Python over
+             pipes (cosim.core_device.VerilatedCore: the clock runs in C++, the
+             image loads as one binary copy). Every start of the core is compared
+             with golden.core.execute of the same program on the same memory: every
+             instruction's outputs (each layer's residual stream, the KV cache
+             writes, the logits' accumulators, the argmax), bit for bit; the first
+             difference is named (cosim.core.compare_runs). The comparison of a run
+             overlaps the simulation of the next.
+  sim        the Vitis kernel around the core under cocotb (cosim.kernel_core)
+  xrt        a card (fpga_boards.host_core_xrt; needs XRT and an xclbin)
+
+The generated tokens are also compared with the integer model's own greedy
+decoding (quantflow.generate.integer_greedy on golden.decoder.IntegerDecoder, the
+engine of `python -m quantflow generate --engine integer`). `--layers N` runs the
+first N decoder layers only (a depth-reduced model: same image, same LM head),
+for quick checks. The result goes to build/sim/generate/<run>.json.
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from golden.core import execute
+from golden.core_config import Registers
+from quattro_fs import atomic_write_json
+
+from . import runner
+from .core import (REAL_MODEL, REAL_SCHEME, SIM_LATENCY, CoreCase, compare_runs, real_image,
+                   rtl_steps)
+
+__all__ = ["GENERATE_DIR", "DEVICES", "depth_reduced", "run_generate", "main"]
+
+GENERATE_DIR = runner.REPO_ROOT / "build" / "sim" / "generate"
+DEVICES = ("verilator", "sim", "xrt")
+#: U280 kernel clock the tokens/s figure assumes (the core's timing is not closed on a
+#: part: docs/generate.md says so).
+ASSUMED_CLOCK_MHZ = 300
+
+
+def depth_reduced(image, layers: int | None):
+    """`image` with only its first `layers` decoder layers in the program and the
+    golden (the same bytes: later layers' tensors stay in memory, unread)."""
+    from quantflow.program import CompiledImage
+    d = image.config
+    if layers is None or layers == d.layers:
+        return image
+    if isinstance(layers, bool) or not isinstance(layers, int) or not 1 <= layers <= d.layers:
+        raise ValueError(f"--layers must be an int in [1, {d.layers}], got {layers!r}")
+    keep = {k: v for k, v in image.tensors.items()
+            if not k.startswith("layers.") or int(k.split(".")[1]) < layers}
+    return CompiledImage(config=dataclasses.replace(d, layers=layers), tensors=keep,
+                         offsets=image.offsets, raw=image.raw)
+
+
+class _Checker:
+    """Runs golden.core.execute on its own copy of the memory for every start the
+    device made and compares the device's trace with it (in a worker thread, while
+    the device simulates the next start)."""
+
+    def __init__(self, program, memory, device):
+        self.program = program
+        self.mem = bytearray(memory)
+        self.device = device
+        self.pool = cf.ThreadPoolExecutor(max_workers=1)
+        self.futures = []
+        self.mismatch = None
+
+    def submit(self, info) -> None:
+        records, writes = self.device.take_records()
+        self.futures.append(self.pool.submit(self._check, info, records, writes))
+
+    def _check(self, info, records, writes) -> dict:
+        from quantflow.program import write_tokens
+        prog, core = self.program, self.program.core
+        write_tokens(self.mem, prog, list(info.ids))
+        before = bytes(self.mem)
+        regs = Registers(pos=info.pos, tokens=len(info.ids))
+        expected = execute(list(prog.words), self.mem, core, regs)
+        name = f"{info.kind}@{info.pos}"
+        case = CoreCase(config=core, memory=before,
+                        runs=[{"prog": prog.memory_map.program.base, "pos": info.pos,
+                               "tokens": len(info.ids), "name": name,
+                               "words": [hex(w) for w in prog.words]}],
+                        expected=[expected], memory_after=self.mem, name=name)
+        recs = [(1,) + r[1:] for r in records]          # this run is the case's run 1
+        got = rtl_steps(case, recs, writes)
+        mm = compare_runs(case, got, [info.report])
+        golden_next = int(expected[-1].outputs["out"][-1]) if expected[-1].op == "ARGMAX" \
+            else None
+        if mm is not None:
+            mm["label"] = prog.labels[mm["index"]] if isinstance(mm.get("index"), int) else None
+        return {"run": info.index, "name": name, "instructions": len(expected),
+                "mismatch": mm, "golden_next": golden_next,
+                "instructions_compared": len(got[0])}
+
+    def results(self) -> list[dict]:
+        out = [f.result() for f in self.futures]
+        self.pool.shutdown()
+        return out
+
+
+def _device(kind: str, core, memory, run_dir: Path, *, latency: int, trace: bool, log):
+    if kind == "verilator":
+        from .core_device import VerilatedCore
+        return VerilatedCore(core, mem_bytes=len(memory), run_dir=run_dir, latency=latency,
+                             trace=trace, log=log)
+    if kind == "sim":
+        from .kernel_core import SimCoreDevice  # noqa: PLC0415 (cocotb only when asked)
+        return SimCoreDevice(core, mem_bytes=len(memory), run_dir=run_dir)
+    if kind == "xrt":
+        from fpga_boards.host_core_xrt import XrtCoreDevice  # noqa: PLC0415
+        return XrtCoreDevice.open_default(core, mem_bytes=len(memory))
+    raise ValueError(f"unknown device {kind!r}; choose one of {', '.join(DEVICES)}")
+
+
+def run_generate(model: str = REAL_MODEL, prompt: str = "The capital of France is", *,
+                 max_new_tokens: int = 8, scheme: str = REAL_SCHEME, layers: int | None = None,
+                 device: str = "verilator", check: bool = True, latency: int = SIM_LATENCY,
+                 out: Path | None = None, stream=None, log=print) -> dict:
+    """Generate through the co-simulated core (module doc); returns the JSON record
+    (also written to `out`, default build/sim/generate/<model>[-L<layers>]-<n>.json)."""
+    from fpga_boards.host_core import generate
+    from quantflow.generate import integer_greedy
+    from quantflow.models.loaders import load_model
+    from quantflow.program import build_memory, compile_program, sim_core_for
+
+    from golden.decoder import IntegerDecoder
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+    t_start = time.perf_counter()
+    lm = load_model(model, progress=False)
+    ids = lm.encode(prompt).tolist()
+    if not ids:
+        raise ValueError("the prompt encodes to no tokens; give a non-empty prompt")
+    img = depth_reduced(real_image(model, scheme, log=log), layers)
+    d = img.config
+    core = sim_core_for(d)
+    prog = compile_program(img, core)
+    memory = build_memory(img, prog)
+    tag = f"{model}" + (f"-L{d.layers}" if layers is not None else "") + f"-{max_new_tokens}"
+    out = Path(out) if out is not None else GENERATE_DIR / f"{tag}.json"
+    run_dir = GENERATE_DIR / "runs" / f"{tag}-{time.time_ns()}"
+    log(f"{model} ({d.layers} layers, {scheme}), {len(ids)} prompt tokens, "
+        f"{len(prog.words)} instructions, memory {len(memory) / 2**20:.1f} MiB; "
+        f"core rows {core.rows} cols {core.cols} lanes {core.sfu.lanes}, "
+        f"{core.beat_bytes}-B port, read latency {latency}")
+
+    # the integer golden's own greedy tokens (quantflow generate --engine integer)
+    t0 = time.perf_counter()
+    dec = IntegerDecoder(d, img.tensors)
+    golden_tokens = integer_greedy(dec, torch.tensor(ids), max_new_tokens, lambda t: None,
+                                   progress=False)
+    t_golden = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    dev = _device(device, core, memory, run_dir, latency=latency, trace=check, log=log)
+    t_build = time.perf_counter() - t0
+    shown, toks = "", []
+
+    def on_token(t: int) -> None:
+        nonlocal shown
+        toks.append(t)
+        text = lm.tokenizer.decode(toks)
+        if stream is not None and text.startswith(shown):
+            stream(text[len(shown):])
+        shown = text
+
+    try:
+        t0 = time.perf_counter()
+        dev.load(memory)
+        t_load = time.perf_counter() - t0
+        checker = _Checker(prog, memory, dev) if check and device == "verilator" else None
+
+        def on_run(info):
+            r = info.report
+            log(f"  run {info.index} {info.kind} pos {info.pos} T {len(info.ids)}: "
+                f"{info.cycles:,} cycles in {r.get('sim_seconds', info.seconds):.1f} s")
+            if checker is not None:
+                checker.submit(info)
+
+        res = generate(dev, prog, ids, max_new_tokens, on_token=on_token, on_run=on_run)
+        checks = checker.results() if checker is not None else []
+    finally:
+        dev.close()
+    if stream is not None:
+        stream("\n")
+    runs = res.runs
+    sim_s = sum(r.report.get("sim_seconds", r.seconds) for r in runs)
+    sim_c = sum(r.report.get("sim_cycles", r.cycles) for r in runs)
+    mismatch = next((c["mismatch"] for c in checks if c["mismatch"] is not None), None)
+    decode = res.cycles_per_token
+    from hdl.core import cycle_model
+    model_c = [sum(cycle_model(list(prog.words), core, Registers(pos=r.pos, tokens=len(r.ids)),
+                               latency=latency)) + 1 for r in runs]
+    rec = {
+        "model": model, "scheme": scheme, "layers": d.layers, "prompt": prompt,
+        "device": device, "prompt_ids": ids,
+        "tokens_rtl": res.tokens, "tokens_golden": golden_tokens,
+        "text_rtl": lm.tokenizer.decode(res.tokens),
+        "text_golden": lm.tokenizer.decode(golden_tokens),
+        "equal": res.tokens == golden_tokens and mismatch is None,
+        "tokens_equal": res.tokens == golden_tokens,
+        "instructions_checked": sum(c["instructions_compared"] for c in checks) if check else 0,
+        "checked": bool(checks),
+        "mismatch": mismatch,
+        "cycles_prefill": res.cycles_prefill,
+        "cycles_per_token": round(sum(decode) / len(decode)) if decode else None,
+        "cycles_decode": decode,
+        "cycles_model": model_c,
+        "cycles_equal_model": [r.cycles for r in runs] == model_c,
+        "sim_seconds": round(sim_s, 3),
+        "sim_cycles_per_second": round(sim_c / sim_s) if sim_s > 0 else None,
+        "sim_seconds_per_token": round(sum(r.report.get("sim_seconds", r.seconds)
+                                           for r in runs if r.kind == "decode")
+                                       / max(1, len(decode)), 3),
+        "assumed_clock_mhz": ASSUMED_CLOCK_MHZ,
+        "tokens_per_second_at_clock": round(ASSUMED_CLOCK_MHZ * 1e6 * len(decode) / sum(decode), 2)
+        if decode else None,
+        "core": dataclasses.asdict(core), "latency": latency, "instructions": len(prog.words),
+        "runs": [{"kind": r.kind, "pos": r.pos, "tokens": len(r.ids), "cycles": r.cycles,
+                  "sim_seconds": round(r.report.get("sim_seconds", r.seconds), 3),
+                  "next": r.next_token} for r in runs],
+        "golden_seconds": round(t_golden, 2), "build_seconds": round(t_build, 1),
+        "load_seconds": round(t_load, 3), "wall_seconds": round(time.perf_counter() - t_start, 1),
+        "run_dir": str(run_dir),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out, rec)
+    rec["path"] = str(out)
+    return rec
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m cosim generate",
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=REAL_MODEL)
+    p.add_argument("--prompt", default="The capital of France is")
+    p.add_argument("--max-new-tokens", type=int, default=8)
+    p.add_argument("--scheme", default=REAL_SCHEME,
+                   help="the compiled image's scheme (default %(default)s: the core's ops)")
+    p.add_argument("--layers", type=int, default=None,
+                   help="run only the first N decoder layers (a depth-reduced model)")
+    p.add_argument("--device", choices=DEVICES, default="verilator")
+    p.add_argument("--no-check", action="store_true",
+                   help="skip the per-instruction comparison with golden.core (tokens are "
+                        "still compared with the integer model)")
+    p.add_argument("--latency", type=int, default=SIM_LATENCY,
+                   help="memory model read latency in cycles (default %(default)s)")
+    p.add_argument("--out", type=Path, default=None)
+    a = p.parse_args(argv)
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    try:
+        rec = run_generate(a.model, a.prompt, max_new_tokens=a.max_new_tokens, scheme=a.scheme,
+                           layers=a.layers, device=a.device, check=not a.no_check,
+                           latency=a.latency, out=a.out,
+                           stream=lambda s: print(s, end="", flush=True), log=log)
+    except (ValueError, runner.CosimError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"tokens (RTL):    {rec['tokens_rtl']}")
+    print(f"tokens (golden): {rec['tokens_golden']}")
+    if rec["mismatch"]:
+        print(f"first mismatch: {rec['mismatch']['message']}")
+    print(f"equal: {str(rec['equal']).lower()}; prefill {rec['cycles_prefill']:,} cycles, "
+          f"decode {rec['cycles_per_token']:,} cycles/token; simulated "
+          f"{rec['sim_cycles_per_second']:,} cycles/s, {rec['sim_seconds_per_token']} s/token; "
+          f"-> {rec['path']}")
+    return 0 if rec["equal"] else 1
