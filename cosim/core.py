@@ -245,16 +245,30 @@ module {TOP} (
 {wires}
   wire [{tw - 1}:0] trace;
   wire [7:0] err_w;
+  wire done_w;
+  // The inputs reach the design through flops: logic that reads a top-level input
+  // is evaluated by Verilator on every eval (both clock edges), logic behind a flop
+  // once per rising edge. The core sees a start one cycle after the testbench
+  // pulses it; done / error read 0 in that cycle (the core still shows the last
+  // run's), so a testbench that waits for them after the pulse sees this run's.
+  reg rst_q = 1'b1, start_q = 1'b0;
+  reg [63:0] prog_q = 64'd0;
+  reg [19:0] pos_q = 20'd0;
+  reg [15:0] tokens_q = 16'd0;
+  always @(posedge clk) begin
+    rst_q <= rst; start_q <= start; prog_q <= prog; pos_q <= pos; tokens_q <= tokens;
+  end
   quattro_core core (
-    .clk(clk), .rst(rst), .start(start), .prog(prog), .pos(pos), .tokens(tokens),
-    .busy(busy), .idle(idle), .done(done), .error(err_w), .err_pc(err_pc), .cycles(cycles),
+    .clk(clk), .rst(rst_q), .start(start_q), .prog(prog_q), .pos(pos_q), .tokens(tokens_q),
+    .busy(busy), .idle(idle), .done(done_w), .error(err_w), .err_pc(err_pc), .cycles(cycles),
     .trace(trace), .state(state),
 {core_conn}
   );
-  assign error = err_w;
+  assign done = done_w & ~start_q;
+  assign error = start_q ? 8'd0 : err_w;
   quattro_axi_mem #(.ADDR_BITS(64), .DATA_BYTES({bb}), .MEM_BYTES({mem_bytes}),
                     .LATENCY({latency}), .GAP({gap})) mem (
-    .clk(clk), .rst(rst), .dump(dump),
+    .clk(clk), .rst(rst_q), .dump(dump),
 {mem_conn}
   );
   // the trace file: one line per record, the run (start pulses) first
@@ -267,7 +281,7 @@ module {TOP} (
     if ($value$plusargs("trace=%s", tpath)) tf = $fopen(tpath, "w");
   end
   always @(posedge clk) begin
-    if (start & idle) run <= run + 1;
+    if (start_q & idle) run <= run + 1;
     if (tf != 0 && {part('valid')})
       $fwrite(tf, "%0d %0d %0d %0d %0d %0d %h %h %0d\\n", run, {part('kind')}, {part('pc')},
               {part('buf')}, {part('row')}, {part('word')}, {part('mask')}, {part('data')},
@@ -759,4 +773,5 @@ def sim_items(*, sim: str) -> list:
         items.append(SimItem(block="core", name=f"core-{REAL_MODEL}-layer{REAL_LAYER}",
                              path="memory-model", config={"model": REAL_MODEL}, macs=0,
                              peak_macs_per_cycle=0, run=lambda: _real_item(sim)))
-    return items
+    from .generate import sim_items as generate_items   # noqa: PLC0415 (it imports this)
+    return items + generate_items(sim=sim)

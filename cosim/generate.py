@@ -48,13 +48,14 @@ from . import runner
 from .core import (REAL_MODEL, REAL_SCHEME, SIM_LATENCY, CoreCase, compare_runs, real_image,
                    rtl_steps)
 
-__all__ = ["GENERATE_DIR", "DEVICES", "depth_reduced", "run_generate", "main"]
+__all__ = ["GENERATE_DIR", "DEVICES", "depth_reduced", "generate_image", "run_generate", "main"]
 
 GENERATE_DIR = runner.REPO_ROOT / "build" / "sim" / "generate"
 DEVICES = ("verilator", "sim", "xrt")
 #: U280 kernel clock the tokens/s figure assumes (the core's timing is not closed on a
 #: part: docs/generate.md says so).
 ASSUMED_CLOCK_MHZ = 300
+DEFAULT_PROMPT = "The capital of France is"
 
 
 def depth_reduced(image, layers: int | None):
@@ -133,62 +134,45 @@ def _device(kind: str, core, memory, run_dir: Path, *, latency: int, trace: bool
     raise ValueError(f"unknown device {kind!r}; choose one of {', '.join(DEVICES)}")
 
 
-def run_generate(model: str = REAL_MODEL, prompt: str = "The capital of France is", *,
-                 max_new_tokens: int = 8, scheme: str = REAL_SCHEME, layers: int | None = None,
-                 device: str = "verilator", check: bool = True, latency: int = SIM_LATENCY,
-                 out: Path | None = None, stream=None, log=print) -> dict:
-    """Generate through the co-simulated core (module doc); returns the JSON record
-    (also written to `out`, default build/sim/generate/<model>[-L<layers>]-<n>.json)."""
+def generate_image(img, ids: list[int], max_new_tokens: int, *, device: str = "verilator",
+                   check: bool = True, latency: int = SIM_LATENCY, run_dir: Path,
+                   on_token=None, poke=(), log=print) -> dict:
+    """Greedy generation of `max_new_tokens` after `ids` on the whole-model program of
+    the CompiledImage `img`, on `device`, compared with the integer golden (module
+    doc). Returns the record's numeric part (tokens, checks, cycles, timings).
+    `poke`: (address, bytes) written into the device's memory only, after the load
+    (fault injection: the comparison must name the first instruction they change)."""
     from fpga_boards.host_core import generate
     from quantflow.generate import integer_greedy
-    from quantflow.models.loaders import load_model
     from quantflow.program import build_memory, compile_program, sim_core_for
 
     from golden.decoder import IntegerDecoder
+    from hdl.core import cycle_model
     if device not in DEVICES:
         raise ValueError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
-    t_start = time.perf_counter()
-    lm = load_model(model, progress=False)
-    ids = lm.encode(prompt).tolist()
-    if not ids:
-        raise ValueError("the prompt encodes to no tokens; give a non-empty prompt")
-    img = depth_reduced(real_image(model, scheme, log=log), layers)
     d = img.config
     core = sim_core_for(d)
     prog = compile_program(img, core)
     memory = build_memory(img, prog)
-    tag = f"{model}" + (f"-L{d.layers}" if layers is not None else "") + f"-{max_new_tokens}"
-    out = Path(out) if out is not None else GENERATE_DIR / f"{tag}.json"
-    run_dir = GENERATE_DIR / "runs" / f"{tag}-{time.time_ns()}"
-    log(f"{model} ({d.layers} layers, {scheme}), {len(ids)} prompt tokens, "
-        f"{len(prog.words)} instructions, memory {len(memory) / 2**20:.1f} MiB; "
-        f"core rows {core.rows} cols {core.cols} lanes {core.sfu.lanes}, "
-        f"{core.beat_bytes}-B port, read latency {latency}")
+    log(f"{d.layers} layers, {len(ids)} prompt tokens, {len(prog.words)} instructions, "
+        f"memory {len(memory) / 2**20:.1f} MiB; core rows {core.rows} cols {core.cols} "
+        f"lanes {core.sfu.lanes}, {core.beat_bytes}-B port, read latency {latency}")
 
     # the integer golden's own greedy tokens (quantflow generate --engine integer)
     t0 = time.perf_counter()
-    dec = IntegerDecoder(d, img.tensors)
-    golden_tokens = integer_greedy(dec, torch.tensor(ids), max_new_tokens, lambda t: None,
-                                   progress=False)
+    golden_tokens = integer_greedy(IntegerDecoder(d, img.tensors), torch.tensor(ids),
+                                   max_new_tokens, lambda t: None, progress=False)
     t_golden = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    dev = _device(device, core, memory, run_dir, latency=latency, trace=check, log=log)
+    dev = _device(device, core, memory, Path(run_dir), latency=latency, trace=check, log=log)
     t_build = time.perf_counter() - t0
-    shown, toks = "", []
-
-    def on_token(t: int) -> None:
-        nonlocal shown
-        toks.append(t)
-        text = lm.tokenizer.decode(toks)
-        if stream is not None and text.startswith(shown):
-            stream(text[len(shown):])
-        shown = text
-
     try:
         t0 = time.perf_counter()
         dev.load(memory)
         t_load = time.perf_counter() - t0
+        for addr, data in poke:
+            dev.write(addr, data)
         checker = _Checker(prog, memory, dev) if check and device == "verilator" else None
 
         def on_run(info):
@@ -202,26 +186,22 @@ def run_generate(model: str = REAL_MODEL, prompt: str = "The capital of France i
         checks = checker.results() if checker is not None else []
     finally:
         dev.close()
-    if stream is not None:
-        stream("\n")
     runs = res.runs
     sim_s = sum(r.report.get("sim_seconds", r.seconds) for r in runs)
     sim_c = sum(r.report.get("sim_cycles", r.cycles) for r in runs)
     mismatch = next((c["mismatch"] for c in checks if c["mismatch"] is not None), None)
     decode = res.cycles_per_token
-    from hdl.core import cycle_model
     model_c = [sum(cycle_model(list(prog.words), core, Registers(pos=r.pos, tokens=len(r.ids)),
                                latency=latency)) + 1 for r in runs]
-    rec = {
-        "model": model, "scheme": scheme, "layers": d.layers, "prompt": prompt,
-        "device": device, "prompt_ids": ids,
+    dec_s = [r.report.get("sim_seconds", r.seconds) for r in runs if r.kind == "decode"]
+    return {
+        "layers": d.layers, "device": device, "prompt_ids": list(ids),
         "tokens_rtl": res.tokens, "tokens_golden": golden_tokens,
-        "text_rtl": lm.tokenizer.decode(res.tokens),
-        "text_golden": lm.tokenizer.decode(golden_tokens),
-        "equal": res.tokens == golden_tokens and mismatch is None,
+        "equal": res.tokens == golden_tokens and mismatch is None
+        and (bool(checks) or not check),
         "tokens_equal": res.tokens == golden_tokens,
-        "instructions_checked": sum(c["instructions_compared"] for c in checks) if check else 0,
         "checked": bool(checks),
+        "instructions_checked": sum(c["instructions_compared"] for c in checks),
         "mismatch": mismatch,
         "cycles_prefill": res.cycles_prefill,
         "cycles_per_token": round(sum(decode) / len(decode)) if decode else None,
@@ -230,9 +210,7 @@ def run_generate(model: str = REAL_MODEL, prompt: str = "The capital of France i
         "cycles_equal_model": [r.cycles for r in runs] == model_c,
         "sim_seconds": round(sim_s, 3),
         "sim_cycles_per_second": round(sim_c / sim_s) if sim_s > 0 else None,
-        "sim_seconds_per_token": round(sum(r.report.get("sim_seconds", r.seconds)
-                                           for r in runs if r.kind == "decode")
-                                       / max(1, len(decode)), 3),
+        "sim_seconds_per_token": round(sum(dec_s) / len(dec_s), 3) if dec_s else None,
         "assumed_clock_mhz": ASSUMED_CLOCK_MHZ,
         "tokens_per_second_at_clock": round(ASSUMED_CLOCK_MHZ * 1e6 * len(decode) / sum(decode), 2)
         if decode else None,
@@ -241,20 +219,107 @@ def run_generate(model: str = REAL_MODEL, prompt: str = "The capital of France i
                   "sim_seconds": round(r.report.get("sim_seconds", r.seconds), 3),
                   "next": r.next_token} for r in runs],
         "golden_seconds": round(t_golden, 2), "build_seconds": round(t_build, 1),
-        "load_seconds": round(t_load, 3), "wall_seconds": round(time.perf_counter() - t_start, 1),
-        "run_dir": str(run_dir),
+        "load_seconds": round(t_load, 3), "run_dir": str(run_dir),
     }
+
+
+def run_generate(model: str = REAL_MODEL, prompt: str = DEFAULT_PROMPT, *,
+                 max_new_tokens: int = 8, scheme: str = REAL_SCHEME, layers: int | None = None,
+                 device: str = "verilator", check: bool = True, latency: int = SIM_LATENCY,
+                 out: Path | None = None, stream=None, log=print) -> dict:
+    """Generate through the co-simulated core (module doc); returns the JSON record
+    (also written to `out`, default build/sim/generate/<model>[-L<layers>]-<n>.json)."""
+    from quantflow.models.loaders import load_model
+    t_start = time.perf_counter()
+    lm = load_model(model, progress=False)
+    ids = lm.encode(prompt).tolist()
+    if not ids:
+        raise ValueError("the prompt encodes to no tokens; give a non-empty prompt")
+    img = depth_reduced(real_image(model, scheme, log=log), layers)
+    tag = f"{model}" + (f"-L{img.config.layers}" if layers is not None else "") \
+        + f"-{max_new_tokens}"
+    out = Path(out) if out is not None else GENERATE_DIR / f"{tag}.json"
+    log(f"{model} ({scheme}): {prompt!r}")
+    shown, toks = "", []
+
+    def on_token(t: int) -> None:
+        nonlocal shown
+        toks.append(t)
+        text = lm.tokenizer.decode(toks)
+        if stream is not None and text.startswith(shown):
+            stream(text[len(shown):])
+        shown = text
+
+    g = generate_image(img, ids, max_new_tokens, device=device, check=check, latency=latency,
+                       run_dir=GENERATE_DIR / "runs" / f"{tag}-{time.time_ns()}",
+                       on_token=on_token, log=log)
+    if stream is not None:
+        stream("\n")
+    rec = {"model": model, "scheme": scheme, "prompt": prompt, **g,
+           "text_rtl": lm.tokenizer.decode(g["tokens_rtl"]),
+           "text_golden": lm.tokenizer.decode(g["tokens_golden"]),
+           "wall_seconds": round(time.perf_counter() - t_start, 1)}
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out, rec)
     rec["path"] = str(out)
     return rec
 
 
+#: make sim's generation: the full model, a few tokens of the real prompt.
+SIM_NEW_TOKENS = 3
+
+
+def sim_record(rec: dict, *, name: str) -> dict:
+    """A generation as a make-sim record (block "core")."""
+    from .report import make_record
+    core = rec["core"]
+    passed = rec["equal"] and rec["cycles_equal_model"] and rec["checked"]
+    errors = []
+    if not rec["tokens_equal"]:
+        errors.append(f"tokens: RTL {rec['tokens_rtl']} != golden {rec['tokens_golden']}")
+    if rec["mismatch"]:
+        errors.append(f"first mismatch: {rec['mismatch'].get('message')}")
+    if not rec["cycles_equal_model"]:
+        errors.append(f"cycles {[r['cycles'] for r in rec['runs']]} != hdl.core.cycle_model "
+                      f"{rec['cycles_model']}")
+    cycles = sum(r["cycles"] for r in rec["runs"])
+    return make_record(
+        block="core", test=name, config={k: core[k] for k in ("rows", "cols", "beat_bytes",
+                                                              "buffers", "max_tokens")},
+        passed=passed, mismatches=0 if rec["mismatch"] is None else 1,
+        vectors=rec["instructions_checked"], cycles=cycles, macs=0,
+        peak_macs_per_cycle=core["rows"] * core["beat_bytes"],
+        sim_seconds=rec["sim_seconds"], expected_cycles=sum(rec["cycles_model"]),
+        path="generate", errors=errors, json=rec.get("path"),
+        **{k: rec.get(k) for k in ("model", "scheme", "layers", "prompt", "tokens_rtl",
+                                   "tokens_golden", "text_rtl", "equal", "cycles_prefill",
+                                   "cycles_per_token", "sim_seconds_per_token",
+                                   "instructions_checked", "mismatch")})
+
+
+def sim_items(*, sim: str) -> list:
+    """make sim: SmolLM2 (all layers) generates SIM_NEW_TOKENS tokens of the real
+    prompt through the Verilated core (the C++ device harness: Verilator only)."""
+    from quantflow.models.loaders import models_dir
+    from .blocks import SimItem
+    if sim != "verilator" or not (models_dir() / REAL_MODEL).is_dir():
+        return []
+    name = f"core-generate-{REAL_MODEL}-{SIM_NEW_TOKENS}"
+
+    def run():
+        rec = run_generate(REAL_MODEL, DEFAULT_PROMPT, max_new_tokens=SIM_NEW_TOKENS,
+                           log=lambda m: None)
+        return sim_record(rec, name=f"generate-{REAL_MODEL}-{SIM_NEW_TOKENS}-tokens")
+    return [SimItem(block="core", name=name, path="generate",
+                    config={"model": REAL_MODEL, "max_new_tokens": SIM_NEW_TOKENS},
+                    macs=0, peak_macs_per_cycle=0, run=run)]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m cosim generate",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=REAL_MODEL)
-    p.add_argument("--prompt", default="The capital of France is")
+    p.add_argument("--prompt", default=DEFAULT_PROMPT)
     p.add_argument("--max-new-tokens", type=int, default=8)
     p.add_argument("--scheme", default=REAL_SCHEME,
                    help="the compiled image's scheme (default %(default)s: the core's ops)")
@@ -281,8 +346,11 @@ def main(argv=None) -> int:
     print(f"tokens (golden): {rec['tokens_golden']}")
     if rec["mismatch"]:
         print(f"first mismatch: {rec['mismatch']['message']}")
+    per_tok = (f"decode {rec['cycles_per_token']:,} cycles/token "
+               f"({rec['sim_seconds_per_token']} s/token simulated)"
+               if rec["cycles_per_token"] else "no decode step")
     print(f"equal: {str(rec['equal']).lower()}; prefill {rec['cycles_prefill']:,} cycles, "
-          f"decode {rec['cycles_per_token']:,} cycles/token; simulated "
-          f"{rec['sim_cycles_per_second']:,} cycles/s, {rec['sim_seconds_per_token']} s/token; "
+          f"{per_tok}; {rec['sim_cycles_per_second']:,} simulated cycles/s; "
+          f"cycles = hdl.core.cycle_model: {str(rec['cycles_equal_model']).lower()}; "
           f"-> {rec['path']}")
     return 0 if rec["equal"] else 1
