@@ -55,7 +55,7 @@ from .schemes import QuantScheme, get_scheme
 from .text import DEFAULT_CALIB, calibration_tokens
 
 __all__ = ["IMAGE_FORMAT", "IMAGE_FORMAT_VERSION", "compile_model", "compile_quantized",
-           "load_image", "decoder_config", "compiled_dir"]
+           "load_image", "decoder_config", "compiled_dir", "image_layout"]
 
 IMAGE_FORMAT = "quattro-model-image"
 IMAGE_FORMAT_VERSION = 1
@@ -221,19 +221,29 @@ def build_tensors(qm: QuantizedModel, config: DecoderConfig, calib_ids: torch.Te
 
 
 # --------------------------------------------------------------------------- image file
-def _layout(config: DecoderConfig, tensors: dict[str, np.ndarray]) -> tuple[dict, int]:
-    spec = image_spec(config)
+def image_layout(config: DecoderConfig) -> tuple[dict, int]:
+    """(name -> {offset, bytes, shape, dtype}, image bytes) of every tensor of
+    golden.decoder.image_spec, as image.bin holds them: in spec order, each at the
+    next ALIGN-aligned offset. Needs no data (quantflow.shape_image lowers a model
+    from its shape alone with it)."""
     entries, off = {}, 0
-    for name, (shape, dtype) in spec.items():
-        a = tensors[name]
-        if tuple(a.shape) != shape or a.dtype != np.dtype(dtype):
-            raise QuantflowError(f"internal: {name} is {a.dtype}{list(a.shape)}, the image "
-                                 f"spec says {dtype}{list(shape)}")
+    for name, (shape, dtype) in image_spec(config).items():
+        nbytes = math.prod(shape) * np.dtype(dtype).itemsize
         off = -(-off // ALIGN) * ALIGN
-        entries[name] = {"offset": off, "bytes": a.nbytes, "shape": list(shape),
+        entries[name] = {"offset": off, "bytes": nbytes, "shape": list(shape),
                          "dtype": dtype}
-        off += a.nbytes
+        off += nbytes
     return entries, off
+
+
+def _layout(config: DecoderConfig, tensors: dict[str, np.ndarray]) -> tuple[dict, int]:
+    entries, total = image_layout(config)
+    for name, e in entries.items():
+        a = tensors[name]
+        if list(a.shape) != e["shape"] or a.dtype != np.dtype(e["dtype"]):
+            raise QuantflowError(f"internal: {name} is {a.dtype}{list(a.shape)}, the image "
+                                 f"spec says {e['dtype']}{e['shape']}")
+    return entries, total
 
 
 def write_image(outdir, config: DecoderConfig, tensors: dict[str, np.ndarray],
