@@ -8,7 +8,8 @@
       0x08 IER       bit0 ap_done, bit1 ap_ready interrupt enable
       0x0C ISR       bit0 ap_done, bit1 ap_ready status (toggle on write)
       0x10...        kernel arguments: 32-bit scalars one word, 64-bit pointers
-                     two words (low word first, 8-byte aligned)
+                     two words (low word first, 8-byte aligned); a read-only
+                     argument (a status the kernel reports) ignores writes
   `interrupt` = GIE & |(ISR).
 * `BurstSplitter` -- turns ranges (a byte address, a fixed number of beats) into
   AXI4 INCR bursts of at most 256 beats that never cross a 4 KB boundary
@@ -41,7 +42,8 @@ from hdl.rtl import is_const, zext
 __all__ = [
     "AXI_ADDR_BITS", "AXIL_DATA_BITS", "AXIL_ADDR_BITS", "AXI_ID_BITS", "MAX_BURST_BEATS",
     "BOUNDARY_BYTES", "MAX_DATA_BITS", "REG_CTRL", "REG_GIE", "REG_IER", "REG_ISR",
-    "ARGS_BASE", "KernelArg", "arg_offsets", "word_bytes", "beat_bits",
+    "ARGS_BASE", "KernelArg", "Register", "control_registers", "arg_registers",
+    "arg_offsets", "word_bytes", "beat_bits",
     "axil_slave_members", "axi_read_members", "axi_write_members",
     "ControlSlave", "BurstSplitter", "AxiReadDMA", "AxiWriteDMA",
 ]
@@ -60,15 +62,62 @@ CTRL_START, CTRL_DONE, CTRL_IDLE, CTRL_READY, CTRL_AUTO_RESTART = 0, 1, 2, 3, 7
 @dataclass(frozen=True, kw_only=True)
 class KernelArg:
     """One kernel argument in the register map: a 64-bit buffer pointer (bits=64)
-    or a 32-bit scalar (bits=32)."""
+    or a 32-bit scalar (bits=32). `readonly`: a status register the kernel
+    drives (the host reads it after ap_done; its writes are ignored)."""
     name: str
     bits: int
+    readonly: bool = False
 
     def __post_init__(self):
         if self.bits not in (32, 64):
             raise ValueError(f"argument {self.name!r}: bits must be 32 or 64, got {self.bits}")
         if not self.name.isidentifier():
             raise ValueError(f"argument name {self.name!r} must be an identifier")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Register:
+    """One register of a kernel's s_axi_control map, as the build tree (package
+    Tcl, manifest) and the docs list it. access: "control" (the four ap_ctrl_hs
+    registers), "rw" (an argument the host writes), "ro" (a status it reads);
+    `bus`: the m_axi bundle a pointer argument addresses (ASSOCIATED_BUSIF)."""
+    name: str
+    offset: int
+    bits: int
+    access: str
+    description: str
+    bus: str | None = None
+
+
+def control_registers() -> tuple[Register, ...]:
+    """The ap_ctrl_hs registers every kernel has, at 0x00..0x0C."""
+    return (Register(name="CTRL", offset=REG_CTRL, bits=32, access="control",
+                     description="ap_start/ap_done/ap_idle/ap_ready/auto_restart"),
+            Register(name="GIER", offset=REG_GIE, bits=32, access="control",
+                     description="global interrupt enable"),
+            Register(name="IP_IER", offset=REG_IER, bits=32, access="control",
+                     description="IP interrupt enable"),
+            Register(name="IP_ISR", offset=REG_ISR, bits=32, access="control",
+                     description="IP interrupt status"))
+
+
+def arg_registers(args, *, buses: dict | None = None,
+                  descriptions: dict | None = None) -> tuple[Register, ...]:
+    """The registers of `args` (KernelArg) at their arg_offsets; `buses` maps a
+    pointer argument to its m_axi bundle, `descriptions` overrides the default
+    text."""
+    offs = arg_offsets(args)
+    buses, descriptions = buses or {}, descriptions or {}
+    out = []
+    for a in args:
+        bus = buses.get(a.name)
+        kind = ("status" if a.readonly else "buffer pointer" if bus else
+                "64-bit scalar" if a.bits == 64 else "scalar")
+        out.append(Register(name=a.name, offset=offs[a.name], bits=a.bits,
+                            access="ro" if a.readonly else "rw",
+                            description=descriptions.get(a.name, f"{kind} argument {a.name}"),
+                            bus=bus))
+    return tuple(out)
 
 
 def arg_offsets(args) -> dict[str, int]:
@@ -110,7 +159,8 @@ class ControlSlave(wiring.Component):
 
     Kernel side: `ap_start` (level: the host asked for a run), `ap_done` and
     `ap_ready` (one-cycle pulses from the kernel), `ap_idle` (level), and one
-    `arg_<name>` output per argument (the register contents)."""
+    `arg_<name>` port per argument: an output (the register contents), or for a
+    read-only argument an input (the value the host reads)."""
 
     def __init__(self, args):
         self.args = tuple(args)
@@ -119,7 +169,7 @@ class ControlSlave(wiring.Component):
         members.update({"interrupt": Out(1), "ap_start": Out(1), "ap_done": In(1),
                         "ap_ready": In(1), "ap_idle": In(1)})
         for a in self.args:
-            members[f"arg_{a.name}"] = Out(a.bits)
+            members[f"arg_{a.name}"] = In(a.bits) if a.readonly else Out(a.bits)
         super().__init__(members)
 
     def elaborate(self, platform):
@@ -147,13 +197,17 @@ class ControlSlave(wiring.Component):
         def wr(offset):
             return whs & (self.awaddr == offset)
 
-        # Words of each argument, low word first.
+        # Words of each argument, low word first; the host writes only the
+        # read-write ones.
         words = {}  # offset -> (signal slice)
+        writable = {}
         for a in self.args:
             reg = getattr(self, f"arg_{a.name}")
             for w in range(a.bits // 32):
                 words[self.offsets[a.name] + 4 * w] = reg[32 * w:32 * (w + 1)]
-        for off, word in words.items():
+                if not a.readonly:
+                    writable[self.offsets[a.name] + 4 * w] = reg[32 * w:32 * (w + 1)]
+        for off, word in writable.items():
             for b in range(4):
                 with m.If(wr(off) & self.wstrb[b]):
                     m.d.sync += word[8 * b:8 * (b + 1)].eq(self.wdata[8 * b:8 * (b + 1)])

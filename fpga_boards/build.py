@@ -3,18 +3,24 @@
 Writes build/boards/<board>/<kernel>/ (atomically: a temporary directory renamed
 into place):
 
-  rtl/<kernel>.v        the RTL kernel (fpga_boards.kernel.RtlKernel)
+  rtl/<kernel>.v        the RTL kernel (its top(): RtlKernel, kernel_core.CoreKernel)
   package_kernel.tcl    Vivado: package the Verilog as a Vitis kernel IP + package_xo
   link.cfg              v++ link config: platform, kernel clock, each master -> bank
   build_xclbin.sh       the whole Vitis flow: package_kernel.tcl, then v++ -l -> .xclbin
   fullchip/             Amaranth XilinxPlatform build plan (shell-less Vivado bitstream
                         of a self-test top: the block fed by LFSRs, results folded
-                        into a DONT_TOUCH checksum), build_top.sh runs it
+                        into a DONT_TOUCH checksum), build_top.sh runs it; only for
+                        kernels that have such a top (the core needs its memory: none)
   fit.json, fit.md      resource estimate vs the board's capacity
   manifest.json         board, kernel, configuration, register map, banks, files
   RUN.md                what to run on a Vitis machine
 
-Steps, cheapest first: the instant fit precheck, the Yosys fit check (refusal
+Any kernel with the calls of fpga_boards.kernel.BoardKernel gets a tree: the
+MixPE KernelSpec (kernel "mixpe") and the accelerator core (kernel "core",
+fpga_boards.kernel_core).
+
+Steps, cheapest first: the instant fit precheck, the fit check (the kernel's own
+estimate: Yosys for MixPE, analytic and recorded figures for the core; refusal
 before any long step), generation, the Tcl check with `tclsh`, then v++/vivado
 when they are on PATH.
 
@@ -40,7 +46,7 @@ from quattro_fs import replace_dir
 
 from .boards import Board, board as get_board, platform as board_platform
 from .fit import Fit, FitError, fit_table, kernel_fit
-from .kernel import KernelSpec, RtlKernel, kernel_spec
+from .kernel import BoardKernel, KernelSpec, kernel_spec
 
 __all__ = ["EXIT_OK", "EXIT_USAGE", "EXIT_NO_FIT", "EXIT_TCL", "EXIT_NO_TOOLS",
            "EXIT_TOOL_FAILED", "BUILD_ROOT", "FullChipTop", "link_config", "package_tcl",
@@ -91,38 +97,40 @@ class FullChipTop(Elaboratable):
 
 # --------------------------------------------------------------------------- files
 
-def banks_for(spec: KernelSpec, b: Board) -> dict[str, str]:
-    """Each buffer on its own bank of the board's default memory (round robin)."""
-    return {buf.name: b.banks.bank(i % b.banks.count) for i, buf in enumerate(spec.buffers)}
+def banks_for(spec: BoardKernel, b: Board) -> dict[str, str]:
+    """Pointer argument -> the memory bank it is linked to (spec.connectivity)."""
+    return {link.arg: link.bank for link in spec.connectivity(b)}
 
 
-def link_config(spec: KernelSpec, b: Board) -> str:
+def link_config(spec: BoardKernel, b: Board) -> str:
     lines = [f"# {GENERATED}", f"# v++ link config of kernel {spec.name} for {b.name.upper()}",
              f"platform={b.platform}", f"kernel_frequency={b.kernel_clock_mhz}", "",
              "[connectivity]", f"nk={spec.name}:1:{spec.name}_1"]
-    for name, bank in banks_for(spec, b).items():
-        lines.append(f"# m_axi_{name} -> {bank}")
-        lines.append(f"sp={spec.name}_1.{name}:{bank}")
+    for link in spec.connectivity(b):
+        lines.append(f"# {link.bus} -> {link.bank}")
+        lines += [f"#   {w}" for w in link.why.splitlines() if w]
+        lines.append(f"sp={spec.name}_1.{link.arg}:{link.bank}")
     return "\n".join(lines) + "\n"
 
 
-def _registers(spec: KernelSpec) -> list[tuple[str, int, int, str]]:
-    regs = [("CTRL", 0x00, 32, "ap_start/ap_done/ap_idle/ap_ready/auto_restart"),
-            ("GIER", 0x04, 32, "global interrupt enable"),
-            ("IP_IER", 0x08, 32, "IP interrupt enable"),
-            ("IP_ISR", 0x0C, 32, "IP interrupt status")]
-    for a in spec.args:
-        kind = "buffer pointer" if a.bits == 64 else "scalar"
-        regs.append((a.name, spec.offsets[a.name], a.bits, f"{kind} argument {a.name}"))
-    return regs
+def _packaged(spec: BoardKernel) -> list:
+    """The registers the package Tcl declares: every one but the read-only status
+    registers. package_xo makes each register of the map (past the four control
+    ones) a kernel argument that XRT writes at every start; a status register is
+    read by the host with xrt::kernel::read_register at its offset instead."""
+    return [r for r in spec.registers() if r.access != "ro"]
 
 
-def package_tcl(spec: KernelSpec, b: Board) -> str:
+def package_tcl(spec: BoardKernel, b: Board) -> str:
     """Vivado Tcl: package rtl/<kernel>.v as a Vitis RTL kernel and write <kernel>.xo."""
-    masters = [f"m_axi_{buf.name}" for buf in spec.buffers]
-    regs = "\n".join(f"    {{{n}}} 0x{off:03X} {size} {{{desc}}}"
-                     for n, off, size, desc in _registers(spec))
-    assoc = "\n".join(f"    {buf.name} m_axi_{buf.name}" for buf in spec.buffers)
+    masters = [f"m_axi_{name}" for name in spec.masters()]
+    regs = "\n".join(f"    {{{r.name}}} 0x{r.offset:03X} {r.bits} {{{r.description}}}"
+                     for r in _packaged(spec))
+    assoc = "\n".join(f"    {r.name} {r.bus}" for r in spec.registers() if r.bus)
+    status = ", ".join(f"{r.name} 0x{r.offset:03X}" for r in spec.registers() if r.access == "ro")
+    status_note = (f"\n# Read-only status registers, not declared below (package_xo would make them\n"
+                   f"# arguments); the host reads them with xrt::kernel::read_register: {status}."
+                   if status else "")
     return f"""# {GENERATED}
 # Packages the RTL kernel `{spec.name}` for {b.name.upper()} ({b.part}) and writes {spec.name}.xo.
 # Run: vivado -mode batch -source package_kernel.tcl
@@ -148,7 +156,7 @@ foreach busif {{s_axi_control {' '.join(masters)}}} {{
     ipx::associate_bus_interfaces -busif $busif -clock ap_clk $core
 }}
 
-# The s_axi_control register map (ap_ctrl_hs; arguments from 0x10).
+# The s_axi_control register map (ap_ctrl_hs; arguments from 0x10).{status_note}
 set mem_map [ipx::add_memory_map -quiet s_axi_control $core]
 set block [ipx::add_address_block -quiet reg0 $mem_map]
 set_property range 0x1000 $block
@@ -183,7 +191,7 @@ puts "wrote $xo"
 """
 
 
-def build_script(spec: KernelSpec, b: Board) -> str:
+def build_script(spec: BoardKernel, b: Board) -> str:
     return f"""#!/bin/sh
 # {GENERATED}
 # The whole Vitis flow for kernel {spec.name} on {b.name.upper()}: package the RTL
@@ -198,9 +206,9 @@ echo "built $(pwd)/{spec.name}.xclbin"
 """
 
 
-def run_md(spec: KernelSpec, b: Board, out: Path) -> str:
+def run_md(spec: BoardKernel, b: Board, out: Path, *, fullchip: bool = True) -> str:
     rel = os.path.relpath(out, REPO_ROOT)
-    return f"""# {spec.name} on {b.name.upper()} — what to run on a Vitis machine
+    text = f"""# {spec.name} on {b.name.upper()} — what to run on a Vitis machine
 
 {GENERATED}
 
@@ -209,12 +217,14 @@ def run_md(spec: KernelSpec, b: Board, out: Path) -> str:
 2. `sh {rel}/build_xclbin.sh` — packages `rtl/{spec.name}.v` into `{spec.name}.xo`
    (Vivado) and links `{spec.name}.xclbin` with `link.cfg` (v++; hours).
 3. On the machine with the card:
-   `python -m fpga_boards host <quantflow images> --xclbin {rel}/{spec.name}.xclbin --config '<json>'`
-   runs the kernel through pyxrt and compares every result word with golden.
-
+   {spec.host_usage(rel)}
+"""
+    if fullchip:
+        text += f"""
 Full-chip (no shell) alternative: `sh {rel}/fullchip/build_top.sh` (Vivado,
 part {b.part}) builds `top.bit` of the self-test top.
 """
+    return text
 
 
 # --------------------------------------------------------------------------- checks / tools
@@ -271,32 +281,32 @@ class BuildResult:
     files: tuple[str, ...]
 
 
-def _fullchip(spec: KernelSpec, b: Board, dest: Path) -> None:
+def _fullchip(top, b: Board, dest: Path) -> None:
     plat = board_platform(b)
-    plan = plat.build(FullChipTop(spec), name="top", do_build=False)
+    plan = plat.build(top, name="top", do_build=False)
     plan.extract(str(dest))
 
 
-def generate(board_name: str, spec: KernelSpec, *, out_root: Path | None = None,
+def generate(board_name: str, spec: BoardKernel, *, out_root: Path | None = None,
              fit: bool = True, used: dict | None = None) -> BuildResult:
     """Fit check (unless fit=False), then write the build tree atomically and
     check its Tcl/shell scripts. Raises FitError before writing anything."""
-    from hdl.generate import verilog
-
     b = get_board(board_name)
     fit_result = kernel_fit(spec, b, used=used) if fit else None
     out = Path(out_root or BUILD_ROOT) / b.name / spec.name
+    fullchip_top = spec.fullchip_top()
 
     def fill(tmp: Path) -> tuple[dict, list[str]]:
         (tmp / "rtl").mkdir()
-        (tmp / "rtl" / f"{spec.name}.v").write_text(verilog(RtlKernel(spec), spec.name))
+        (tmp / "rtl" / f"{spec.name}.v").write_text(spec.verilog())
         (tmp / "package_kernel.tcl").write_text(package_tcl(spec, b))
         (tmp / "link.cfg").write_text(link_config(spec, b))
         script = tmp / "build_xclbin.sh"
         script.write_text(build_script(spec, b))
         script.chmod(0o755)
-        (tmp / "RUN.md").write_text(run_md(spec, b, out))
-        _fullchip(spec, b, tmp / "fullchip")
+        (tmp / "RUN.md").write_text(run_md(spec, b, out, fullchip=fullchip_top is not None))
+        if fullchip_top is not None:
+            _fullchip(fullchip_top, b, tmp / "fullchip")
         if fit_result is not None:
             (tmp / "fit.json").write_text(json.dumps(fit_result.as_dict(), indent=1) + "\n")
             (tmp / "fit.md").write_text(fit_table([fit_result]) + "\n")
@@ -304,20 +314,20 @@ def generate(board_name: str, spec: KernelSpec, *, out_root: Path | None = None,
         manifest = {
             "generator": "quattro fpga_boards.build", "board": b.as_dict(),
             "kernel": spec.name, "block": spec.block, "config": spec.config.as_dict(),
-            "registers": [{"name": n, "offset": off, "bits": size}
-                          for n, off, size, _ in _registers(spec)],
+            "registers": [{"name": r.name, "offset": r.offset, "bits": r.bits,
+                           "access": r.access} for r in spec.registers()],
             "banks": banks_for(spec, b),
-            "masters": {buf.name: {"direction": buf.direction, "data_bits": buf.data_bits,
-                                   "word_bits": buf.word_bits} for buf in spec.buffers},
+            "masters": spec.masters(),
             "fit": fit_result.as_dict() if fit_result else None, "files": files,
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
         checked = {}
-        tcls = [tmp / "package_kernel.tcl", *sorted((tmp / "fullchip").glob("*.tcl"))]
+        fc = tmp / "fullchip"
+        tcls = [tmp / "package_kernel.tcl", *sorted(fc.glob("*.tcl"))]
         if shutil.which("tclsh"):
             for t in tcls:
                 checked[str(t.relative_to(tmp))] = tcl_check(t)
-        for sh in [script, *sorted((tmp / "fullchip").glob("*.sh"))]:
+        for sh in [script, *sorted(fc.glob("*.sh"))]:
             checked[str(sh.relative_to(tmp))] = sh_check(sh)
         tmp.chmod(0o755)
         return checked, files
@@ -367,6 +377,10 @@ def main(argv=None) -> int:
         spec = kernel_spec(args.kernel, _load_config(args.config))
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.fullchip and spec.fullchip_top() is None:
+        print(f"error: kernel {args.kernel!r} has no full-chip self-test top (it needs the "
+              f"shell's memory); drop --fullchip", file=sys.stderr)
         return EXIT_USAGE
     try:
         res = generate(args.board, spec, out_root=args.out, fit=not args.no_fit)

@@ -4,12 +4,14 @@
     print(fit_table([fit])); fit.as_dict()    # table / JSON
 
 `precheck(spec, board)` refuses, without synthesis, a configuration whose
-known lower bounds (`KernelSpec.min_resources`, e.g. MixPE's DSPs = 2 per DQ
-lane) already exceed the device; `check(fit)` refuses one whose estimate does.
-Both raise `FitError` naming the resource and by how much. The estimate is
-Yosys's (fpga_boards.resources), not Vivado's: a rough figure that keeps some
-DSP pipeline registers in fabric; the device totals include what the Vitis
-shell occupies.
+known lower bounds (`min_resources`, e.g. MixPE's DSPs = 2 per DQ lane)
+already exceed the device; `check(fit)` refuses one whose estimate does. Both
+raise `FitError` naming the resource and by how much. The estimate is the
+kernel's `resources()` (fpga_boards.kernel.BoardKernel): for MixPE Yosys's
+(fpga_boards.resources), not Vivado's -- a rough figure that keeps some DSP
+pipeline registers in fabric; for the core the analytic BRAM of its memories
+plus the units Yosys measured (fpga_boards.kernel_core). The device totals
+include what the Vitis shell occupies.
 """
 from __future__ import annotations
 
@@ -98,9 +100,13 @@ def check(fit: Fit) -> Fit:
 
 
 def kernel_fit(spec, b: Board, *, used: dict | None = None) -> Fit:
-    """Precheck, estimate (unless `used` is given), check. Raises FitError."""
+    """Precheck, estimate (spec.resources(), unless `used` is given), check.
+    Raises FitError."""
     precheck(spec, b)
-    return check(fit_of(spec.name, used if used is not None else kernel_resources(spec), b))
+    if used is not None:
+        return check(fit_of(spec.name, used, b, source="given"))
+    counts, source = spec.resources()
+    return check(fit_of(spec.name, counts, b, source=source))
 
 
 def fit_table(fits) -> str:

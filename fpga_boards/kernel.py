@@ -15,24 +15,77 @@ and runs: ap_start -> every DMA starts (arguments sampled) -> the block streams
 
 Adding a block's kernel = a function returning its KernelSpec plus one line in
 `KERNELS` (see `mixpe_kernel`).
+
+The build flow (fpga_boards.build, fpga_boards.fit) needs less than a KernelSpec:
+any object with the calls of `BoardKernel` -- its RTL top, register map, AXI
+masters, memory connectivity, resource estimate -- becomes a build tree. A
+KernelSpec is one; the accelerator core's kernel (fpga_boards.kernel_core), which
+has its own AXI masters rather than streams fed by DMAs, is another.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Protocol
 
 from amaranth.hdl import ClockDomain, Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from golden.core_config import CoreConfig
 from golden.mixpe_config import MixPEConfig
 
-from .axi import (MAX_DATA_BITS, AxiReadDMA, AxiWriteDMA, ControlSlave, KernelArg, RangeNest, arg_offsets,
-                  axi_read_members, axi_write_members, axil_slave_members, beat_bits,
-                  word_bytes)
+from .axi import (MAX_DATA_BITS, AxiReadDMA, AxiWriteDMA, ControlSlave, KernelArg, RangeNest,
+                  Register, arg_offsets, arg_registers, axi_read_members, axi_write_members,
+                  axil_slave_members, beat_bits, control_registers, word_bytes)
 
-__all__ = ["BufferSpec", "KernelSpec", "RtlKernel", "KERNELS", "kernel_spec", "mixpe_kernel",
-           "words_to_bytes", "bytes_to_words", "RangeNest"]
+__all__ = ["BoardKernel", "Link", "BufferSpec", "KernelSpec", "RtlKernel", "KERNELS",
+           "kernel_spec", "mixpe_kernel", "words_to_bytes", "bytes_to_words", "RangeNest",
+           "connect_flat"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Link:
+    """One `sp=` line of the v++ link config: kernel argument `arg` (whose m_axi
+    bundle is `bus`) -> memory resource `bank` (e.g. HBM[0], HBM[0:3], DDR[1]),
+    with the reason written next to it."""
+    arg: str
+    bus: str
+    bank: str
+    why: str = ""
+
+
+class BoardKernel(Protocol):
+    """What the build flow needs of a kernel (a KernelSpec, the core's kernel)."""
+
+    name: str               # Verilog top, .xo and compute-unit name
+    block: str              # the cosim / report block name
+    config: object          # the block configuration (has as_dict())
+    min_resources: dict     # lower bounds known without synthesis (the fit precheck)
+
+    def top(self) -> wiring.Component:
+        """The RTL kernel (ap_clk, ap_rst_n, s_axi_control_*, m_axi_*, interrupt)."""
+
+    def verilog(self) -> str:
+        """The Verilog of top() as module `name`."""
+
+    def registers(self) -> tuple[Register, ...]:
+        """The whole s_axi_control map (fpga_boards.axi.Register)."""
+
+    def masters(self) -> dict[str, dict]:
+        """m_axi bundle name (without m_axi_) -> {"direction": "in" | "out" | "inout",
+        "data_bits": int, ...} for the manifest."""
+
+    def connectivity(self, board) -> tuple[Link, ...]:
+        """The memory bank of every pointer argument on `board`."""
+
+    def resources(self) -> tuple[dict, str]:
+        """(resource -> count, where the figures come from) for the fit check."""
+
+    def fullchip_top(self):
+        """A shell-less self-test top for the full-chip Vivado path, or None."""
+
+    def host_usage(self, rel: str) -> str:
+        """RUN.md's command on the machine with the card (`rel`: the tree's path)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -97,6 +150,42 @@ class KernelSpec:
                 return b
         raise KeyError(name)
 
+    # BoardKernel
+    def top(self) -> "RtlKernel":
+        return RtlKernel(self)
+
+    def verilog(self) -> str:
+        from hdl.generate import verilog
+        return verilog(self.top(), self.name)
+
+    def registers(self) -> tuple[Register, ...]:
+        return control_registers() + arg_registers(
+            self.args, buses={b.name: f"m_axi_{b.name}" for b in self.buffers})
+
+    def masters(self) -> dict[str, dict]:
+        return {b.name: {"direction": b.direction, "data_bits": b.data_bits,
+                         "word_bits": b.word_bits} for b in self.buffers}
+
+    def connectivity(self, board) -> tuple[Link, ...]:
+        """Each buffer on its own bank of the board's default memory (round robin):
+        the streams run at once, so separate banks add their bandwidths."""
+        n = board.banks.count
+        return tuple(Link(arg=b.name, bus=f"m_axi_{b.name}", bank=board.banks.bank(i % n))
+                     for i, b in enumerate(self.buffers))
+
+    def resources(self) -> tuple[dict, str]:
+        from .fit import kernel_resources
+        return kernel_resources(self), "yosys synth_xilinx -family xcup"
+
+    def fullchip_top(self):
+        from .build import FullChipTop
+        return FullChipTop(self)
+
+    def host_usage(self, rel: str) -> str:
+        return (f"`python -m fpga_boards host <quantflow images> --xclbin {rel}/{self.name}.xclbin "
+                f"--config '<json>'`\n   runs the kernel through pyxrt and compares every result "
+                f"word with golden.")
+
 
 class RtlKernel(wiring.Component):
     """The Vitis RTL kernel of `spec`, with flat port names (module docstring)."""
@@ -127,12 +216,7 @@ class RtlKernel(wiring.Component):
         m.d.comb += [cd.clk.eq(self.ap_clk), cd.rst.eq(~self.ap_rst_n)]
 
         m.submodules.control = ctl = ControlSlave(spec.args)
-        for k in axil_slave_members():
-            port, sub = getattr(self, f"s_axi_control_{k}"), getattr(ctl, k)
-            if _is_input(axil_slave_members()[k]):
-                m.d.comb += sub.eq(port)
-            else:
-                m.d.comb += port.eq(sub)
+        connect_flat(m, self, "s_axi_control", ctl, axil_slave_members())
         m.d.comb += self.interrupt.eq(ctl.interrupt)
 
         m.submodules.block = block = spec.factory()
@@ -153,12 +237,7 @@ class RtlKernel(wiring.Component):
             m.d.comb += [dma.start.eq(go), dma.base.eq(getattr(ctl, f"arg_{b.name}")),
                          dma.n_outer.eq(getattr(ctl, f"arg_{b.outer_arg}")),
                          dma.n_inner.eq(getattr(ctl, f"arg_{b.inner_arg}"))]
-            for k, flow in members.items():
-                port, sub = getattr(self, f"m_axi_{b.name}_{k}"), getattr(dma.axi, k)
-                if _is_input(flow):
-                    m.d.comb += sub.eq(port)
-                else:
-                    m.d.comb += port.eq(sub)
+            connect_flat(m, self, f"m_axi_{b.name}", dma.axi, members)
             s = getattr(block, b.stream)
             # Payload layouts equal the memory words (element 0 in the LSBs).
             if b.direction == "in":
@@ -187,6 +266,21 @@ class RtlKernel(wiring.Component):
 
 def _is_input(flow) -> bool:
     return flow.flow == wiring.Flow.In
+
+
+def connect_flat(m: Module, top, prefix: str, sub, members: dict, *, skip=()) -> None:
+    """Wire `sub`'s bare AXI members (araddr, rdata, ...) to `top`'s flat ports
+    `<prefix>_<member>`, each in its direction (`members`: the bare names' flows,
+    as the sub-component's side sees them); members in `skip` are left to the
+    caller."""
+    for k, flow in members.items():
+        if k in skip:
+            continue
+        port, inner = getattr(top, f"{prefix}_{k}"), getattr(sub, k)
+        if _is_input(flow):
+            m.d.comb += inner.eq(port)
+        else:
+            m.d.comb += port.eq(inner)
 
 
 def _all(sigs):
@@ -249,19 +343,33 @@ def mixpe_kernel(config: MixPEConfig | None = None) -> KernelSpec:
                       min_resources={"dsp": MIXPE_DSP_PER_DQ_LANE * cfg.dq_lanes})
 
 
-#: kernel name -> (configuration class, spec factory). One line per block.
-KERNELS: dict[str, tuple[type, Callable]] = {
-    "mixpe": (MixPEConfig, mixpe_kernel),
+def _core_kernel(config):
+    from .kernel_core import core_kernel     # it imports this module
+    return core_kernel(config)
+
+
+def _core_config(fields: dict):
+    from .kernel_core import config_from_fields
+    return config_from_fields(fields)
+
+
+#: kernel name -> (configuration class, spec factory, configuration from JSON fields
+#: or None for cls(**fields)). One line per block. The core's configuration starts
+#: from its default kernel (SmolLM2's numerics, fpga_boards.kernel_core) because
+#: CoreConfig's own defaults describe the architecture's 8-port target, not an RTL.
+KERNELS: dict[str, tuple[type, Callable, Callable | None]] = {
+    "mixpe": (MixPEConfig, mixpe_kernel, None),
+    "core": (CoreConfig, _core_kernel, _core_config),
 }
 
 
-def kernel_spec(name: str, config: dict | None = None) -> KernelSpec:
-    """The KernelSpec of kernel `name` with configuration fields `config`."""
+def kernel_spec(name: str, config: dict | None = None) -> BoardKernel:
+    """The kernel `name` (a BoardKernel) with configuration fields `config`."""
     if name not in KERNELS:
         raise ValueError(f"unknown kernel {name!r}; choose one of {', '.join(sorted(KERNELS))}")
-    cls, factory = KERNELS[name]
+    cls, factory, configure = KERNELS[name]
     try:
-        cfg = cls(**(config or {}))
+        cfg = configure(config or {}) if configure else cls(**(config or {}))
     except TypeError as e:
         raise ValueError(f"bad {name} configuration {config!r}: {e}") from None
     return factory(cfg)
