@@ -6,7 +6,7 @@ VPY    := $(VENV)/bin/python
 STAMP  := $(VENV)/.quattro-installed
 JOBS   ?= auto
 
-.PHONY: all sim slow test verilog lint bench resources models eval bitstream clean distclean
+.PHONY: all sim slow test verilog lint bench resources models eval generate bitstream clean distclean
 
 all: test
 
@@ -58,6 +58,14 @@ SCHEME ?= w4a8kv4-g64
 eval: models
 	$(VPY) -m quantflow eval --model smollm2 --scheme $(SCHEME)
 	$(VPY) -m quantflow export --model smollm2 --scheme $(SCHEME)
+
+## generate: SmolLM2 generates text through the co-simulated core, every token and
+##           instruction checked against the integer golden (about 1 min per token
+##           on 2 cores); build/sim/generate/*.json. PROMPT, TOKENS, LAYERS override.
+PROMPT ?= The capital of France is
+TOKENS ?= 8
+generate: models
+	$(VPY) -m cosim generate --model smollm2 --prompt "$(PROMPT)" --max-new-tokens $(TOKENS) $(if $(LAYERS),--layers $(LAYERS))
 
 ## bitstream: Alveo build tree of a kernel in build/boards/$(BOARD)/$(KERNEL) (fit check,
 ##            Tcl checked); runs Vivado/v++ when on PATH, else prints what to run
