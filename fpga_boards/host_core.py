@@ -27,7 +27,8 @@ import numpy as np
 
 from quantflow.program import CoreProgram
 
-__all__ = ["CoreDevice", "CoreDeviceError", "RunInfo", "GenerateResult", "blocks", "generate"]
+__all__ = ["CoreDevice", "CoreDeviceError", "RunInfo", "GenerateResult", "blocks", "generate",
+           "ReferenceDevice"]
 
 
 class CoreDevice(Protocol):
@@ -125,9 +126,11 @@ def generate(device: CoreDevice, program: CoreProgram, ids, max_new_tokens: int,
         if rep.get("error", 0):
             pc = int(rep.get("err_pc", 0))
             where = program.labels[pc] if 0 <= pc < len(program.labels) else "outside the program"
+            name = rep.get("error_name") or _error_name(rep["error"])
+            detail = f": {rep['message']}" if rep.get("message") else ""
             raise CoreDeviceError(
-                f"the core stopped with error {_error_name(rep['error'])!r} at instruction "
-                f"{pc} ({where}) in the {kind} block at position {pos}")
+                f"the core stopped with error {name!r} at instruction {pc} ({where}) in the "
+                f"{kind} block at position {pos}{detail}")
         nxt = np.frombuffer(device.read(mm.next + 4 * (len(block) - 1), 4), "<i4")[0]
         info = RunInfo(index=len(runs), kind=kind, pos=pos, ids=tuple(block),
                        next_token=int(nxt), cycles=int(rep["cycles"]), seconds=dt, report=rep)
@@ -149,3 +152,41 @@ def generate(device: CoreDevice, program: CoreProgram, ids, max_new_tokens: int,
         nxt = start("decode", pos, [nxt])
         pos += 1
     return GenerateResult(prompt_ids=ids, tokens=out, runs=runs)
+
+
+class ReferenceDevice:
+    """The core's executable specification as a device: golden.core.execute runs each
+    start on a bytearray memory. Runs the host loop without RTL (and is what the
+    co-simulation compares the RTL with, instruction by instruction)."""
+
+    def __init__(self, core):
+        self.core = core
+        self.memory = bytearray()
+
+    def load(self, memory) -> None:
+        self.memory = bytearray(memory)
+
+    def write(self, addr: int, data: bytes) -> None:
+        self.memory[addr:addr + len(data)] = data
+
+    def read(self, addr: int, n: int) -> bytes:
+        return bytes(self.memory[addr:addr + n])
+
+    def run(self, prog: int, pos: int, tokens: int) -> dict:
+        from golden.core import ProgramError, execute
+        from golden.core_config import INSTR_BYTES, Registers, bytes_to_words, decode
+        words, a = [], prog          # the program: its words up to the first HALT
+        while a + INSTR_BYTES <= len(self.memory):
+            words.append(bytes_to_words(self.memory[a:a + INSTR_BYTES])[0])
+            a += INSTR_BYTES
+            try:
+                if decode(words[-1]).op == "HALT":
+                    break
+            except ValueError:
+                break                # an unknown opcode: execute names it
+        try:
+            execute(words, self.memory, self.core, Registers(pos=pos, tokens=tokens))
+        except ProgramError as e:
+            return {"cycles": 0, "error": 1, "err_pc": e.index if e.index is not None else 0,
+                    "error_name": e.field, "message": str(e)}
+        return {"cycles": 0, "error": 0, "err_pc": 0}
