@@ -1,5 +1,6 @@
 """Crash-safe file operations shared by every package: atomic file and
-directory writes, an inter-process file lock, sha256 of a file.
+directory writes, an inter-process file lock, sha256 of a file, and where
+generated files go (`build_root`).
 
 Standard library only, so that any layer (golden included) may import it
 without pulling in anything heavy. A reader never sees a half-written file or
@@ -18,7 +19,41 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 __all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "replace_dir",
-           "cached_dir", "file_lock", "sha256_file"]
+           "cached_dir", "file_lock", "sha256_file", "build_root", "BUILD_ENV", "umask"]
+
+#: Environment variable naming the directory for generated files (`build_root`).
+BUILD_ENV = "QUATTRO_BUILD"
+_SOURCE_ROOT = Path(__file__).resolve().parent.parent
+
+
+def build_root() -> Path:
+    """Where generated files go (Verilog, simulator builds, reports, models):
+    $QUATTRO_BUILD when set; else `build/` of the source checkout when quattro
+    runs from one (make, an editable install), so a run from any subdirectory
+    shares one cache; else `./build` under the working directory (an installed
+    quattro never writes into site-packages). Absolute, so that it survives the
+    simulators' changes of directory."""
+    env = os.environ.get(BUILD_ENV, "").strip()
+    if env:
+        return Path(env).expanduser().absolute()
+    if (_SOURCE_ROOT / "pyproject.toml").is_file() and (_SOURCE_ROOT / "quattro_fs").is_dir():
+        return _SOURCE_ROOT / "build"
+    return Path.cwd() / "build"
+
+
+def umask() -> int:
+    """The process umask, read without changing it where Linux shows it (setting
+    it to read it would race with other threads creating files)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
 
 
 def atomic_write_bytes(path: Path | str, data: bytes) -> None:
@@ -28,6 +63,8 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp makes 0600 files; give the result the mode open() would have
+        os.fchmod(fd, 0o666 & ~umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
@@ -52,6 +89,8 @@ def replace_dir(outdir: Path | str, fill: Callable[[Path], object]) -> object:
     outdir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.tmp-", dir=outdir.parent))
     try:
+        # mkdtemp makes 0700 directories; give the result the mode mkdir() would have
+        tmp.chmod(0o777 & ~umask())
         result = fill(tmp)
         if outdir.exists():
             # rename the old one away first: os.replace cannot overwrite a non-empty dir

@@ -1,5 +1,6 @@
 """quattro_fs: atomic writes and directory replacement leave nothing half done,
-cached_dir fills once under concurrency, file_lock serialises, sha256_file."""
+cached_dir fills once under concurrency, file_lock serialises, sha256_file;
+outputs follow the umask; build_root."""
 import hashlib
 import json
 import os
@@ -11,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from quattro_fs import (atomic_write_bytes, atomic_write_json, atomic_write_text, cached_dir,
-                        file_lock, read_cached_meta, replace_dir, sha256_file)
+import quattro_fs
+from quattro_fs import (BUILD_ENV, atomic_write_bytes, atomic_write_json, atomic_write_text,
+                        build_root, cached_dir, file_lock, read_cached_meta, replace_dir,
+                        sha256_file, umask)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -161,3 +164,26 @@ def test_sha256_file(tmp_path):
     (tmp_path / "e").write_bytes(b"")
     assert sha256_file(tmp_path / "f") == hashlib.sha256(data).hexdigest()
     assert sha256_file(str(tmp_path / "e")) == hashlib.sha256(b"").hexdigest()
+
+
+def test_outputs_follow_the_umask(tmp_path):
+    old = os.umask(0o027)
+    try:
+        atomic_write_text(tmp_path / "f.txt", "x")
+        replace_dir(tmp_path / "d", lambda d: (d / "a").write_text("a"))
+        assert umask() == 0o027
+    finally:
+        os.umask(old)
+    assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o750
+
+
+def test_build_root(tmp_path, monkeypatch):
+    monkeypatch.setenv(BUILD_ENV, str(tmp_path / "out"))
+    assert build_root() == tmp_path / "out"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(BUILD_ENV, "rel")
+    assert build_root() == tmp_path / "rel"          # absolute: simulators change directory
+    monkeypatch.delenv(BUILD_ENV)
+    # from the source checkout: its build/, wherever the command runs
+    assert build_root() == Path(quattro_fs.__file__).resolve().parent.parent / "build"
