@@ -13,11 +13,10 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 
-from .generate import BLOCKS, default_designs, design, write_verilog
+from .generate import BLOCKS, block_config, default_designs, design, write_verilog
 
 #: MixPE's own flags: configuration fields, and the kind and tile options.
 _MIXPE_FIELDS = ("bits", "group", "rows", "cols", "K")
@@ -74,33 +73,6 @@ def _mixpe_flags(args) -> tuple[dict, dict]:
     return fields, opts
 
 
-def _config(block: str, fields: dict):
-    cls = BLOCKS[block].config
-    # a nested configuration (the core's sfu and kv4) comes as a JSON object of its
-    # own fields
-    nested = {k: v for k, v in fields.items() if isinstance(v, dict)}
-    if nested:
-        default = cls()
-        for k, v in nested.items():
-            sub = getattr(default, k, None)     # an unknown field: _config_of names it
-            if sub is None:
-                continue
-            if not dataclasses.is_dataclass(sub):
-                raise UsageError(f"{cls.__name__}.{k} is not a configuration; give it a "
-                                 f"value, not a JSON object")
-            fields = {**fields, k: _config_of(type(sub), v)}
-    return _config_of(cls, fields)
-
-
-def _config_of(cls, fields: dict):
-    known = [f.name for f in dataclasses.fields(cls) if f.init]
-    unknown = sorted(set(fields) - set(known))
-    if unknown:
-        raise UsageError(f"{cls.__name__} has no field {', '.join(map(repr, unknown))}; "
-                         f"its fields are {', '.join(known)}")
-    return cls(**fields)
-
-
 def _selected(args) -> list:
     if args.all == (args.block is not None):
         raise UsageError(f"give either a block name ({', '.join(BLOCKS)}) or --all")
@@ -113,7 +85,7 @@ def _selected(args) -> list:
     opts = {**_json_object("--options", args.options), **opts}
     if args.kind is not None:
         opts["kind"] = args.kind
-    return [design(args.block, _config(args.block, fields), **opts)]
+    return [design(args.block, block_config(args.block, fields), **opts)]
 
 
 def main(argv=None) -> int:

@@ -10,6 +10,7 @@ factory) of one design; `default_designs()` is every block's default set.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -35,6 +36,7 @@ from .sfu import SFU
 from .sparse_dsp import SparseDSP, SparseDSPChain
 
 __all__ = ["verilog", "write_verilog", "BlockGen", "BLOCKS", "design", "default_designs",
+           "block_config", "config_of",
            "design_name", "mixpe_factory", "lut_factory", "sparse_dsp_factory", "kv4_factory",
            "sfu_factory", "core_factory"]
 
@@ -210,3 +212,34 @@ def design(block: str, config, **options) -> Design:
 def default_designs() -> list[Design]:
     """Every block's default design set (`python -m hdl --all`, `make lint`)."""
     return [gen.design(cfg, **opts) for gen in BLOCKS.values() for cfg, opts in gen.defaults]
+
+
+def block_config(block: str, fields: dict):
+    """`block`'s golden configuration with `fields` (a JSON object's worth: the
+    rest keep their defaults); a nested configuration (the core's sfu and kv4)
+    comes as a dict of its own fields. ValueError naming the known fields for
+    an unknown one; the configuration's own ValueError for a bad value."""
+    check_choice("block", block, BLOCKS)
+    cls = BLOCKS[block].config
+    nested = {k: v for k, v in fields.items() if isinstance(v, dict)}
+    if nested:
+        default = cls()
+        for k, v in nested.items():
+            sub = getattr(default, k, None)     # an unknown field: config_of names it
+            if sub is None:
+                continue
+            if not dataclasses.is_dataclass(sub):
+                raise ValueError(f"{cls.__name__}.{k} is not a configuration; give it a "
+                                 f"value, not a JSON object")
+            fields = {**fields, k: config_of(type(sub), v)}
+    return config_of(cls, fields)
+
+
+def config_of(cls: type, fields: dict):
+    """`cls(**fields)`, or a ValueError naming the fields `cls` has."""
+    known = [f.name for f in dataclasses.fields(cls) if f.init]
+    unknown = sorted(set(fields) - set(known))
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no field {', '.join(map(repr, unknown))}; "
+                         f"its fields are {', '.join(known)}")
+    return cls(**fields)
