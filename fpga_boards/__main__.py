@@ -1,5 +1,6 @@
-"""python -m fpga_boards build ... | host ... | resources --block BLOCK ... (see
-fpga_boards.build / fpga_boards.host / fpga_boards.resources_<block>)."""
+"""python -m fpga_boards build ... | host ... | resources --block BLOCK ... | perf ...
+(see fpga_boards.build / fpga_boards.host / fpga_boards.resources_<block> /
+fpga_boards.perf)."""
 import sys
 
 #: `resources --block NAME`: the per-block Yosys tables (fpga_boards.resources_NAME).
@@ -8,8 +9,8 @@ RESOURCE_BLOCKS = ("mixpe", "lut", "kv4_attention", "core")
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0] not in ("build", "host", "resources"):
-        print("usage: python -m fpga_boards {build,host,resources} ...  (-h after the "
+    if not argv or argv[0] not in ("build", "host", "resources", "perf"):
+        print("usage: python -m fpga_boards {build,host,resources,perf} ...  (-h after the "
               "command for help)", file=sys.stderr)
         return 2
     if argv[0] == "resources":
@@ -26,7 +27,9 @@ def main(argv=None) -> int:
         import importlib
         run = importlib.import_module(f"fpga_boards.resources_{block}").main
         return run(rest)
-    if argv[0] == "build":
+    if argv[0] == "perf":
+        from .perf import main as run
+    elif argv[0] == "build":
         from .build import main as run
     else:
         from .host import main as run

@@ -42,6 +42,16 @@ class MemoryBanks:
     kind: str               # "HBM" | "DDR"
     count: int              # pseudo-channels (HBM) or DIMMs/controllers (DDR)
     bytes_per_bank: int
+    gbps_per_bank: float    # peak GB/s (1e9 bytes) of one bank
+
+    @property
+    def gbps(self) -> float:
+        """Peak GB/s of all banks together."""
+        return self.count * self.gbps_per_bank
+
+    @property
+    def bytes(self) -> int:
+        return self.count * self.bytes_per_bank
 
     def bank(self, i: int) -> str:
         """Vitis connectivity name of bank i, e.g. HBM[3] / DDR[1]."""
@@ -67,8 +77,8 @@ class Board:
     def as_dict(self) -> dict:
         return {"name": self.name, "part": self.part, "platform": self.platform,
                 "capacity": self.capacity.as_dict(),
-                "memory": [{"kind": m.kind, "count": m.count, "bytes_per_bank": m.bytes_per_bank}
-                           for m in self.memory],
+                "memory": [{"kind": m.kind, "count": m.count, "bytes_per_bank": m.bytes_per_bank,
+                            "gbps_per_bank": m.gbps_per_bank} for m in self.memory],
                 "clocks": [{"name": c.name, "hz": c.hz, "pins": [c.pin_p, c.pin_n],
                             "iostandard": c.iostandard, "verified": c.verified}
                            for c in self.clocks],
@@ -76,6 +86,11 @@ class Board:
 
 
 _GiB = 1 << 30
+# Peak bandwidths: HBM2 460 GB/s over 32 pseudo-channels on the U280 (DS963, UG1314)
+# and U55C (DS978); DDR4-2400 x 64-bit data = 19.2 GB/s a channel (U280: 2 channels,
+# UG1314; U250: 4 channels, 76.8 GB/s, DS962's "77 GB/s").
+_HBM_PC_GBPS = 460 / 32
+_DDR4_GBPS = 19.2
 # VU37P-class die (U280) and VU55P-class die (U55C) share these totals.
 _HBM_DIE = Capacity(lut=1_303_680, ff=2_607_360, dsp=9_024, bram36=2_016, uram=960)
 
@@ -83,21 +98,25 @@ BOARDS: dict[str, Board] = {
     "u280": Board(
         name="u280", part="xcu280-fsvh2892-2L-e",
         platform="xilinx_u280_gen3x16_xdma_1_202211_1", capacity=_HBM_DIE,
-        memory=(MemoryBanks(kind="HBM", count=32, bytes_per_bank=256 << 20),
-                MemoryBanks(kind="DDR", count=2, bytes_per_bank=16 * _GiB)),
+        memory=(MemoryBanks(kind="HBM", count=32, bytes_per_bank=256 << 20,
+                            gbps_per_bank=_HBM_PC_GBPS),
+                MemoryBanks(kind="DDR", count=2, bytes_per_bank=16 * _GiB,
+                            gbps_per_bank=_DDR4_GBPS)),
         clocks=(RefClock(name="sysclk0", hz=100e6, pin_p="BJ43", pin_n="BJ44",
                          iostandard="LVDS"),)),
     "u250": Board(
         name="u250", part="xcu250-figd2104-2L-e",
         platform="xilinx_u250_gen3x16_xdma_4_1_202210_1",
         capacity=Capacity(lut=1_728_000, ff=3_456_000, dsp=12_288, bram36=2_688, uram=1_280),
-        memory=(MemoryBanks(kind="DDR", count=4, bytes_per_bank=16 * _GiB),),
+        memory=(MemoryBanks(kind="DDR", count=4, bytes_per_bank=16 * _GiB,
+                            gbps_per_bank=_DDR4_GBPS),),
         clocks=(RefClock(name="sysclk0_300", hz=300e6, pin_p="AY37", pin_n="AY38",
                          iostandard="DIFF_SSTL12"),)),
     "u55c": Board(
         name="u55c", part="xcu55c-fsvh2892-2L-e",
         platform="xilinx_u55c_gen3x16_xdma_3_202210_1", capacity=_HBM_DIE,
-        memory=(MemoryBanks(kind="HBM", count=32, bytes_per_bank=512 << 20),),
+        memory=(MemoryBanks(kind="HBM", count=32, bytes_per_bank=512 << 20,
+                            gbps_per_bank=_HBM_PC_GBPS),),
         clocks=(RefClock(name="sysclk2", hz=100e6, pin_p="BK10", pin_n="BL10",
                          iostandard="LVDS", verified=False),)),
 }
