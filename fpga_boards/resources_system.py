@@ -18,6 +18,8 @@ from golden.core_config import CoreConfig
 from golden.sparse_dsp_config import SparseDSPConfig
 from golden.system_config import SystemConfig
 
+from .kernel_core import MEASURED_DEFAULT
+
 __all__ = ["UnitFigure", "UNIT_MEASURED", "KEYS", "SOURCE_NOTE", "core_estimate",
            "sparse_stage_config"]
 
@@ -45,10 +47,11 @@ class UnitFigure:
 
 _SFU_L1 = {"lut": 4347, "ff": 1430, "dsp": 18, "bram36": 5, "uram": 0}
 _SFU_L4 = {"lut": 10687, "ff": 3065, "dsp": 60, "bram36": 10, "uram": 0}
-#: The units' last Yosys 0.70 (synth_xilinx -family xcup) figures.
+#: The units' last Yosys 0.70 (synth_xilinx -family xcup) figures (the default core's
+#: engine and masters as fpga_boards.kernel_core records them).
 UNIT_MEASURED = {
     "engine": UnitFigure(
-        {"lut": 23498, "ff": 3458, "dsp": 5, "bram36": 45, "uram": 0}, 4 * 32,
+        MEASURED_DEFAULT["engine"], CoreConfig().rows * CoreConfig().beat_bytes,
         "multiplier-free PE (rows x codes a beat; measured at rows 4 x 32, w_bits 8, "
         "cols 512)", "docs/results.md, Core"),
     "sparse_engine": UnitFigure(
@@ -56,7 +59,7 @@ UNIT_MEASURED = {
         "sparse DSP stage (the SparseDSP stream block at L = 16)",
         "docs/results.md, Sparse DSP chain"),
     "axi": UnitFigure(
-        {"lut": 320, "ff": 196, "dsp": 0, "bram36": 0, "uram": 0}, 1,
+        MEASURED_DEFAULT["axi"], 1,
         "AXI read + write master pair", "docs/results.md, Core"),
     # per SFU lane: the step from 1 to 4 lanes (the rest is the lane-independent base)
     "sfu_lane": UnitFigure(
