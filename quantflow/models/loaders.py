@@ -428,12 +428,31 @@ def _source_file(src: ModelSource) -> Path:
     return p
 
 
+def safetensors_complete(path: Path) -> bool:
+    """Whether a .safetensors file is whole: its size equals the 8-byte header length,
+    the JSON header and the end of the last tensor the header names. Cheap (reads the
+    header only), so a cache hit stays fast while a truncated file is caught."""
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if n <= 0 or n > 100 << 20:
+                return False
+            header = json.loads(f.read(n))
+        ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+        return path.stat().st_size == 8 + n + max(ends, default=0)
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return False
+
+
 def _cache_ok(outdir: Path, src_sha: str) -> bool:
     try:
         meta = json.loads((outdir / "source.json").read_text())
     except (OSError, ValueError):
         return False
-    return meta.get("sha256") == src_sha and meta.get("cache_version") == CACHE_VERSION
+    # source.json is written last, but the files may have been damaged since
+    return (meta.get("sha256") == src_sha and meta.get("cache_version") == CACHE_VERSION
+            and (outdir / "config.json").is_file()
+            and safetensors_complete(outdir / "model.safetensors"))
 
 
 def prepare_model(name: str, *, root=None, progress: bool = True, force: bool = False) -> Path:

@@ -1,0 +1,89 @@
+"""Bad inputs a user can give the command lines (issue 17, Build item 6): each one
+clear error naming the fix (exit 2, no traceback), nothing written half-way, and
+no flag silently ignored or misread. The CLIs' main(argv) run in-process."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from quantflow.cli import main as qf_main
+
+torch.set_num_threads(1)
+
+
+def _one_line_error(capsys, prefix: str = "quantflow: error:") -> str:
+    err = capsys.readouterr().err
+    assert err.startswith(prefix) and err.count("\n") == 1, err
+    assert "Traceback" not in err
+    return err
+
+
+# ------------------------------------------------------------------ quantflow export
+def _npy(tmp_path, name, array):
+    np.save(tmp_path / name, array)
+    return str(tmp_path / name)
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda p: (p / "w.npy").write_bytes(b"") or str(p / "w.npy"), "not a readable .npy"),
+    (lambda p: _npy(p, "w.npy", np.array([["a", "b"]])), "not numbers"),
+    (lambda p: _npy(p, "w.npy", np.zeros((0, 64), np.float32)), "holds no values"),
+], ids=["zero-byte", "strings", "empty-array"])
+def test_export_weights_unusable_npy(tmp_path, capsys, make, match):
+    w = make(tmp_path)
+    assert qf_main(["export", "--weights", w, "--out", str(tmp_path / "o")]) == 2
+    assert match in _one_line_error(capsys)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--model", "smollm2", "--bits", "2"], "--bits apply to --weights"),
+    (["--model", "smollm2", "--group", "32"], "--group apply to --weights"),
+    (["--random-weights", "8", "64", "--scheme", "w4a8kv4-g64"], "--scheme applies to --model"),
+    (["--random-weights", "8", "64", "--random-acts", "0"], "--random-acts must be >= 1"),
+    (["--random-weights", "8", "64", "--threads", "0"], "--threads must be >= 1"),
+    (["--random-weights", "8", "64", "--threads", "-2"], "--threads must be >= 1"),
+], ids=["bits+model", "group+model", "scheme-no-model", "random-acts-0", "threads-0",
+        "threads-negative"])
+def test_export_flags_ignored_or_misread_are_refused(tmp_path, capsys, argv, match):
+    assert qf_main(["export", *argv, "--out", str(tmp_path / "o")]) == 2
+    assert match in _one_line_error(capsys)
+    assert not (tmp_path / "o").exists()
+
+
+def test_verify_accepts_whole_model_export(tmp_path, capsys):
+    from helpers.tiny_llama import tiny_llama
+    from quantflow.export_model import export_quantized
+    from quantflow.fakequant import quantize_model
+    from quantflow.models import LlamaConfig
+    cfg = LlamaConfig(vocab_size=31, hidden_size=64, intermediate_size=128,
+                      num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1)
+    ids = torch.randint(0, cfg.vocab_size, (2, 40), generator=torch.Generator().manual_seed(1))
+    qm = quantize_model(tiny_llama(cfg, seed=0), "w4a8kv4-g64", calib_ids=ids, progress=False)
+    export_quantized(tmp_path / "exp", qm, model_name="tiny", progress=False)
+    assert qf_main(["verify", str(tmp_path / "exp")]) == 0
+    assert "ok (tiny w4a8kv4-g64, 7 linear layers)" in capsys.readouterr().out
+    # and a damaged one is still refused with the fix
+    victim = next((tmp_path / "exp").rglob("code.hex"))
+    victim.write_text(victim.read_text()[:-2])
+    assert qf_main(["verify", str(tmp_path / "exp")]) == 2
+    _one_line_error(capsys)
+
+
+def test_models_cache_with_truncated_safetensors_is_not_ready(tmp_path):
+    st = pytest.importorskip("safetensors.torch")
+    from quantflow.models.loaders import CACHE_VERSION, _cache_ok, safetensors_complete
+    d = tmp_path / "m"
+    d.mkdir()
+    st.save_file({"a": torch.zeros(64, 64)}, str(d / "model.safetensors"))
+    (d / "config.json").write_text("{}")
+    (d / "source.json").write_text(json.dumps({"sha256": "x", "cache_version": CACHE_VERSION}))
+    assert safetensors_complete(d / "model.safetensors") and _cache_ok(d, "x")
+    data = (d / "model.safetensors").read_bytes()
+    (d / "model.safetensors").write_bytes(data[:-100])
+    assert not safetensors_complete(d / "model.safetensors") and not _cache_ok(d, "x")
+    (d / "model.safetensors").write_bytes(b"")
+    assert not _cache_ok(d, "x")
