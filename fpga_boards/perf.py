@@ -49,11 +49,11 @@ from golden.kv4_attention_config import KV4Config
 from golden.sfu_config import SFUHWConfig
 from golden.sparse_dsp_config import parse_pattern
 from golden.system_config import SystemConfig
+from quattro_fs import build_root
 
 from .boards import BOARDS, Board
 from .fit import Fit, FitError, check, fit_of, fit_table
 from .model_shapes import MODELS, ModelShape, load_shape
-from .resources import REPO_ROOT
 from .resources_system import SOURCE_NOTE
 
 __all__ = ["PERF_DIR", "GENERATE_DIR", "AGREEMENT_TOLERANCE", "UNITS", "BOUNDS", "PerfError",
@@ -61,9 +61,9 @@ __all__ = ["PERF_DIR", "GENERATE_DIR", "AGREEMENT_TOLERANCE", "UNITS", "BOUNDS",
            "Format", "Totals", "SystemModel", "Scenario", "scenarios", "agreement",
            "evaluate", "render", "roofline", "main"]
 
-PERF_DIR = REPO_ROOT / "build" / "perf"
+PERF_DIR = build_root() / "perf"
 #: `python -m cosim generate` writes the co-simulated core's measured cycles here.
-GENERATE_DIR = REPO_ROOT / "build" / "sim" / "generate"
+GENERATE_DIR = build_root() / "sim" / "generate"
 #: The model must agree with the co-simulated core within this (cycles per token).
 AGREEMENT_TOLERANCE = 0.02
 #: An HBM2 pseudo-channel moves 64 data bits on both clock edges: 16 bytes a clock.
@@ -229,7 +229,7 @@ class Format:
         # the image stores a code in this container (quantflow.compile: uint8 codes)
         container = np.dtype(image_spec(decoder)["lm_head.q"][1]).itemsize * 8
         head = decoder.head_bits if system.packed else container
-        if system.sparsity == "dense":
+        if system.engine_kind == "mixpe":
             return cls(system.w_bits if system.packed else container, 1.0, head)
         n, m = parse_pattern(system.sparsity)
         if system.packed:
@@ -651,8 +651,8 @@ def saturating_ports(board: Board, core: CoreConfig, clock_mhz: float = 0.0) -> 
 def scenarios(system: SystemConfig, board: Board, core: CoreConfig) -> list[tuple[str, SystemConfig]]:
     """The table's rows: the RTL as built, packed codes, N ports, both, and the
     requested configuration when it is none of these."""
-    rtl = system.replace(packed=False, ports=1, sparsity="dense", kv_units=1, batch=1,
-                         attention="kv4")
+    rtl = system.replace(packed=False, ports=1, sparsity="dense", engine="", kv_units=1,
+                         batch=1, attention="kv4")
     P = system.ports if system.ports > 1 else saturating_ports(board, core, system.clock_mhz)
     rows = [("RTL as built", rtl), ("what-if: packed", rtl.replace(packed=True)),
             (f"what-if: {P} ports", rtl.replace(ports=P)),
@@ -671,7 +671,7 @@ def _generate_records() -> list[dict]:
         except (OSError, json.JSONDecodeError):
             continue
         if rec.get("model") == "smollm2" and rec.get("cycles_decode") and rec.get("core"):
-            out.append({**rec, "path": str(p.relative_to(REPO_ROOT))})
+            out.append({**rec, "path": str(p.relative_to(GENERATE_DIR.parent.parent.parent))})
     return out
 
 
@@ -781,7 +781,7 @@ def _targets(d, core, system, b, rows, latency, lowered) -> list[dict]:
             "instances": best.instances,
             "met_single_stream": best.pct_of_bound >= 0.95,
             "met_aggregate": best.aggregate_tps / best.bound_tps >= 0.95}]
-    s2 = system.replace(w_bits=2, sparsity="2:4", packed=True,
+    s2 = system.replace(w_bits=2, sparsity="2:4", engine="", packed=True,
                         ports=max(system.ports, saturating_ports(b, core, system.clock_mhz)),
                         batch=1, attention="kv4")
     d2 = dataclasses.replace(d, w_bits=2)
@@ -957,6 +957,7 @@ def main(argv=None) -> int:
     ap.add_argument("--prompt", type=int, default=0, help="prefill tokens (0: the context)")
     ap.add_argument("--batch", type=int, default=1, help="sequences per step (what-if > 1)")
     ap.add_argument("--sparsity", default="dense", help="dense or N:M (what-if: sparse DSP)")
+    ap.add_argument("--engine", default="", help="mixpe or sparse_dsp ('': by --sparsity)")
     ap.add_argument("--packed", action="store_true", help="what-if: packed W codes")
     ap.add_argument("--ports", type=int, default=1, help="what-if: engine slices / ports")
     ap.add_argument("--kv-units", type=int, default=1, help="what-if: KV4 units at once")
@@ -970,7 +971,8 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     try:
         system = SystemConfig(context=a.context, prompt=a.prompt, batch=a.batch,
-                              sparsity=a.sparsity, packed=a.packed, ports=a.ports,
+                              sparsity=a.sparsity, engine=a.engine, packed=a.packed,
+                              ports=a.ports,
                               kv_units=a.kv_units, attention=a.attention,
                               instances=a.instances, clock_mhz=a.clock_mhz,
                               **_scheme_fields(a.scheme))

@@ -93,7 +93,7 @@ def core_estimate(core: CoreConfig, system: SystemConfig,
     from .resources_core import buffer_bram
     units = {}
     per_beat = codes_per_beat
-    if system.sparsity == "dense":
+    if system.engine_kind == "mixpe":
         pe = core.rows * per_beat
         eng = UNIT_MEASURED["engine"].scaled(pe)
         # the engine's block RAM is its column tile's scales and partials: by cols

@@ -13,8 +13,10 @@ its figures with them):
              takes beat_bytes * 8 / w_bits codes a beat
   ports      engine slices, each with its own AXI read port on its own memory bank,
              a linear's column tiles interleaved over them (docs/core.md section 10)
-  sparsity   N:M weights through the sparse DSP chain (golden.sparse_dsp_config) as
-             the core's linear engine
+  engine     "sparse_dsp": the sparse DSP chain (golden.sparse_dsp_config) as the
+             core's linear engine, with N:M weights (`sparsity`) or dense ones; the
+             default "" is the core's own MixPE engine for dense weights and the chain
+             for N:M ones
   kv_units   KV4 units working on different KV heads' ATTEND / KV_APPEND at once
   batch      `batch` sequences per step: the linears on `batch` token rows, the
              attention of each sequence on its own
@@ -36,10 +38,13 @@ from golden.mixpe_config import MIXPE_GROUP_RANGE, MIXPE_WEIGHT_BITS
 from golden.sparse_dsp_config import PATTERN_NAMES
 from golden.validate import check_bool, check_choice, check_int
 
-__all__ = ["ATTENTION_KINDS", "SystemConfig"]
+__all__ = ["ATTENTION_KINDS", "ENGINE_KINDS", "SystemConfig"]
 
 #: Where a decode step's attention runs: the core's KV4 unit, or PIM banks.
 ATTENTION_KINDS = ("kv4", "pim")
+#: The linear engine: the core's (MixPE arithmetic, hdl.core_linear) or the sparse
+#: DSP chain (hdl.sparse_dsp); "" picks by `sparsity`.
+ENGINE_KINDS = ("", "mixpe", "sparse_dsp")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,6 +57,7 @@ class SystemConfig:
     w_bits: int = 4
     group: int = 128
     sparsity: str = "dense"
+    engine: str = ""
     context: int = 1024
     prompt: int = 0
     batch: int = 1
@@ -69,6 +75,11 @@ class SystemConfig:
         check_int("group", self.group, lo, hi, hint="the engine's QoQ group range")
         check_choice("sparsity", self.sparsity, PATTERN_NAMES,
                      hint="the sparse DSP chain's N:M patterns")
+        check_choice("engine", self.engine, ENGINE_KINDS,
+                     hint="'' picks mixpe for dense weights, sparse_dsp for N:M")
+        if self.engine == "mixpe" and self.sparsity != "dense":
+            raise ValueError(f"engine='mixpe' streams dense weights, sparsity="
+                             f"{self.sparsity!r} needs engine='sparse_dsp' (or '')")
         check_int("context", self.context, 1, KV4_MAX_T,
                   hint="the KV4 unit holds at most KV4_MAX_T tokens")
         check_int("prompt", self.prompt, 0, self.context,
@@ -90,6 +101,11 @@ class SystemConfig:
                              f"or attention='kv4'")
 
     @property
+    def engine_kind(self) -> str:
+        """The linear engine in effect (`engine`, or picked by `sparsity`)."""
+        return self.engine or ("mixpe" if self.sparsity == "dense" else "sparse_dsp")
+
+    @property
     def prefill_tokens(self) -> int:
         return self.prompt or self.context
 
@@ -101,8 +117,8 @@ class SystemConfig:
             out.append(f"W{self.w_bits} codes packed")
         if self.ports > 1:
             out.append(f"{self.ports} ports")
-        if self.sparsity != "dense":
-            out.append(f"{self.sparsity} sparse DSP engine")
+        if self.engine_kind == "sparse_dsp":
+            out.append(f"sparse DSP engine ({self.sparsity})")
         if self.kv_units > 1:
             out.append(f"{self.kv_units} KV4 units")
         if self.batch > 1:
