@@ -57,7 +57,7 @@ from .model_shapes import MODELS, ModelShape, load_shape
 from .resources_system import SOURCE_NOTE
 
 __all__ = ["PERF_DIR", "GENERATE_DIR", "AGREEMENT_TOLERANCE", "UNITS", "BOUNDS", "PerfError",
-           "parse_scheme", "decoder_for", "default_core", "core_from_json", "lower",
+           "parse_scheme", "decoder_for", "default_core", "core_from_json", "rtl_core", "lower",
            "Format", "Totals", "SystemModel", "Scenario", "scenarios", "agreement",
            "evaluate", "render", "roofline", "main"]
 
@@ -738,28 +738,29 @@ def evaluate(model: str, scheme: str, board: str, system: SystemConfig | None = 
     core = core_from_json(d, core_config)
     if core.mem_ports > 1 and system.ports == 1:
         system = system.replace(ports=core.mem_ports)
-    rtl_core = core.replace(mem_ports=1)
-    lowered = lower(d, _rtl(rtl_core))
+    rcore = rtl_core(core.replace(mem_ports=1))
+    lowered = lower(d, rcore)
     rows = []
-    for label, s in scenarios(system, b, rtl_core):
+    for label, s in scenarios(system, b, rcore):
         # the comparison rows may not fit (a row says so); the requested one must
-        rows.append(evaluate_system(d, rtl_core, s, b, label=label, latency=latency,
+        rows.append(evaluate_system(d, rcore, s, b, label=label, latency=latency,
                                     lowered=lowered, strict=s == system))
     out = {"board": b.as_dict(), "model": {"name": shape.name, "source": shape.source},
-           "scheme": sch.name, "decoder": d.as_dict(), "core": rtl_core.as_dict(),
-           "latency": rtl_core.mem_latency if latency is None else latency,
+           "scheme": sch.name, "decoder": d.as_dict(), "core": rcore.as_dict(),
+           "latency": rcore.mem_latency if latency is None else latency,
            "clock_mhz": rows[0].clock_hz / 1e6, "notes": list(lowered[1]),
            "scenarios": [r.as_dict() for r in rows], "_rows": rows}
     if targets is None:
         targets = shape.name == "llama2-7b" and b.name == "u280"
     if targets:
-        out["targets"] = _targets(d, rtl_core, system, b, rows, latency, lowered)
+        out["targets"] = _targets(d, rcore, system, b, rows, latency, lowered)
     if with_agreement:
         out["agreement"] = agreement(b)
     return out
 
 
-def _rtl(core: CoreConfig) -> CoreConfig:
+def rtl_core(core: CoreConfig) -> CoreConfig:
+    """`core` when hdl.core generates it (hdl.core.check_rtl_config), else PerfError."""
     from hdl.core import check_rtl_config
     try:
         return check_rtl_config(core)

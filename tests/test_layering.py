@@ -8,6 +8,7 @@ function-local ones included) and, for the torch-free layer, by importing it.
     quantflow    golden, quattro_fs (never hdl)
     fpga_boards  golden, hdl, quantflow, quattro_fs (never cosim)
     cosim        everything (it sits on top; nothing imports it)
+    dse          everything but cosim (it sits on top, beside cosim; nothing imports it)
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("quattro_fs", "golden", "hdl", "quantflow", "fpga_boards", "cosim")
+PACKAGES = ("quattro_fs", "golden", "hdl", "quantflow", "fpga_boards", "cosim", "dse")
 STDLIB = frozenset(sys.stdlib_module_names) | {"__future__"}
 
 
@@ -53,7 +54,11 @@ def _rule(module: str) -> Rule:
         return Rule("fpga_boards imports golden, hdl, quantflow and quattro_fs, never cosim "
                     "(cosim imports fpga_boards)",
                     frozenset({"fpga_boards", "golden", "hdl", "quantflow", "quattro_fs"}))
-    return Rule("cosim may import every package", frozenset(PACKAGES))
+    if pkg == "dse":
+        return Rule("dse imports golden, hdl, quantflow, fpga_boards and quattro_fs, never "
+                    "cosim (both sit on top; neither imports the other)",
+                    frozenset(PACKAGES) - {"cosim"})
+    return Rule("cosim may import every package but dse", frozenset(PACKAGES) - {"dse"})
 
 
 def _is_torch_free(module: str) -> bool:
@@ -140,6 +145,9 @@ def test_the_rules_catch_an_edge_each_way():
     assert _violation("quattro_fs", "numpy")
     assert _violation("cosim.lint", "hdl.no_such_module")
     assert _violation("cosim.xrt_sim", "fpga_boards.host") is None
+    assert _violation("dse.sweep", "cosim.runner")
+    assert _violation("fpga_boards.perf", "dse.sweep")
+    assert _violation("dse.point", "fpga_boards.perf") is None
     assert _violation("hdl.mixpe", "golden.mixpe_config") is None
 
 
