@@ -157,6 +157,9 @@ def generate_image(img, ids: list[int], max_new_tokens: int, *, device: str = "v
     log(f"{d.layers} layers, {len(ids)} prompt tokens, {len(prog.words)} instructions, "
         f"memory {len(memory) / 2**20:.1f} MiB; core rows {core.rows} cols {core.cols} "
         f"lanes {core.sfu.lanes}, {core.beat_bytes}-B port, read latency {latency}")
+    est = sum(cycle_model(list(prog.words), core, Registers(pos=len(ids), tokens=1), latency=latency))
+    log(f"simulating the prefill of {len(ids)} tokens, then about {est / 1e6:.2f} M cycles "
+        f"a token")
 
     # the integer golden's own greedy tokens (quantflow generate --engine integer)
     t0 = time.perf_counter()
@@ -332,8 +335,18 @@ def main(argv=None) -> int:
     p.add_argument("--latency", type=int, default=SIM_LATENCY,
                    help="memory model read latency in cycles (default %(default)s)")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--verbose", "-v", action="store_true",
+                   help="a line per start of the core (cycles, simulated seconds)")
     a = p.parse_args(argv)
-    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    if a.max_new_tokens < 1:
+        p.error(f"--max-new-tokens must be >= 1, got {a.max_new_tokens}")
+    if a.layers is not None and a.layers < 1:
+        p.error(f"--layers must be >= 1, got {a.layers}")
+
+    def log(m: str) -> None:
+        # per-start lines would split the streamed text: only with --verbose
+        if a.verbose or not m.startswith("  run "):
+            print(m, file=sys.stderr, flush=True)
     try:
         rec = run_generate(a.model, a.prompt, max_new_tokens=a.max_new_tokens, scheme=a.scheme,
                            layers=a.layers, device=a.device, check=not a.no_check,
