@@ -40,6 +40,7 @@ from pathlib import Path
 
 import torch
 
+from fpga_boards.host import XrtUnavailable
 from golden.core import execute
 from golden.core_config import Registers
 from quattro_fs import atomic_write_json
@@ -188,7 +189,8 @@ def generate_image(img, ids: list[int], max_new_tokens: int, *, device: str = "v
         res = generate(dev, prog, ids, max_new_tokens, on_token=on_token, on_run=on_run)
         checks = checker.results() if checker is not None else []
     finally:
-        dev.close()
+        if hasattr(dev, "close"):
+            dev.close()
     runs = res.runs
     sim_s = sum(r.report.get("sim_seconds", r.seconds) for r in runs)
     sim_c = sum(r.report.get("sim_cycles", r.cycles) for r in runs)
@@ -352,7 +354,7 @@ def main(argv=None) -> int:
                            layers=a.layers, device=a.device, check=not a.no_check,
                            latency=a.latency, out=a.out,
                            stream=lambda s: print(s, end="", flush=True), log=log)
-    except (ValueError, runner.CosimError) as e:
+    except (ValueError, runner.CosimError, XrtUnavailable, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"tokens (RTL):    {rec['tokens_rtl']}")
