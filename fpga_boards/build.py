@@ -294,11 +294,12 @@ def generate(board_name: str, spec: BoardKernel, *, out_root: Path | None = None
     b = get_board(board_name)
     fit_result = kernel_fit(spec, b, used=used) if fit else None
     out = Path(out_root or BUILD_ROOT) / b.name / spec.name
-    fullchip_top = spec.fullchip_top()
+    rtl = spec.verilog()  # elaborate first: a kernel it refuses leaves no folder behind
 
     def fill(tmp: Path) -> tuple[dict, list[str]]:
+        fullchip_top = spec.fullchip_top()  # built here, where it is elaborated
         (tmp / "rtl").mkdir()
-        (tmp / "rtl" / f"{spec.name}.v").write_text(spec.verilog())
+        (tmp / "rtl" / f"{spec.name}.v").write_text(rtl)
         (tmp / "package_kernel.tcl").write_text(package_tcl(spec, b))
         (tmp / "link.cfg").write_text(link_config(spec, b))
         script = tmp / "build_xclbin.sh"
@@ -387,6 +388,14 @@ def main(argv=None) -> int:
     except FitError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_NO_FIT
+    except ValueError as e:  # a legal config the kernel cannot carry (e.g. AXI too wide)
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as e:  # the tree is replaced atomically: nothing half-written
+        root = args.out or BUILD_ROOT
+        print(f"error: cannot write the build tree under --out {root} ({e.strerror or e}: "
+              f"{e.filename or root}); give a writable folder", file=sys.stderr)
+        return EXIT_USAGE
     print(f"wrote {res.out}")
     if res.fit is not None:
         print(fit_table([res.fit]))

@@ -15,6 +15,7 @@ module; fpga_boards never imports cosim. `python -m cosim host` runs this CLI on
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,25 +188,62 @@ def main(argv=None, *, prog: str = "python -m fpga_boards host",
     device (cosim.xrt_sim.main passes its SimDevice)."""
     import argparse
     import json
-    from golden.mixpe_config import MixPEConfig
     from quantflow import load_mixpe
     from .kernel import mixpe_kernel
 
     ap = argparse.ArgumentParser(prog=prog, description="run the MixPE kernel on quantflow "
                                  + ("images, simulated" if simulated else "images on a card"))
     ap.add_argument("images", type=Path, help="a quantflow export directory")
-    ap.add_argument("--config", default="{}", help="MixPE configuration as JSON")
+    ap.add_argument("--config", default=None, help="MixPE configuration as a JSON object "
+                    "(default: the one the images' manifest.json records)")
     if simulated is None:
         ap.add_argument("--xclbin", type=Path, required=True, help="the kernel's xclbin")
     ap.add_argument("--wait", choices=("poll", "irq"), default="poll")
     args = ap.parse_args(argv)
-    cfg = MixPEConfig(**json.loads(args.config))
-    spec = mixpe_kernel(cfg)
     try:
-        device = simulated(spec, args.wait) if simulated else XrtDevice(args.xclbin, spec)
-    except XrtUnavailable as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 3
-    out = run_mixpe(device, load_mixpe(args.images, cfg))
+        cfg = _host_config(args.images, args.config)
+        images = load_mixpe(args.images, cfg)
+        spec = mixpe_kernel(cfg)
+        try:
+            device = simulated(spec, args.wait) if simulated else XrtDevice(args.xclbin, spec)
+        except XrtUnavailable as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 3
+    except (ValueError, TypeError, OSError) as e:  # QuantflowError is a ValueError
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    out = run_mixpe(device, images)
     print(json.dumps(out))
     return 0 if out["passed"] else 1
+
+
+def _host_config(images: Path, text: str | None):
+    """The MixPEConfig of a host run: --config's JSON object, else the one the
+    images were exported for. ValueError naming the fix otherwise."""
+    import json
+    from golden.mixpe_config import MixPEConfig
+    from quantflow.imagedir import MANIFEST
+    if text is None:
+        if not (images / MANIFEST).is_file():
+            raise ValueError(f"{images} is not a quantflow export directory (no {MANIFEST}); "
+                             f"write one with `python -m quantflow export ... --out {images}`")
+        try:
+            fields = json.loads((images / MANIFEST).read_text(encoding="utf-8"))["config"]
+        except (ValueError, KeyError, TypeError):
+            raise ValueError(f"{images / MANIFEST} records no MixPE configuration; re-export "
+                             f"the images with `python -m quantflow export`, or give "
+                             f"--config") from None
+    else:
+        try:
+            fields = json.loads(text)
+        except ValueError as e:
+            raise ValueError(f"--config is not valid JSON ({e}); quote it in the shell, e.g. "
+                             f"--config '{{\"bits\": 4, \"group\": 64}}'") from None
+    if not isinstance(fields, dict):
+        raise ValueError(f"--config must be a JSON object of MixPEConfig fields, got {text!r}")
+    known = [f.name for f in dataclasses.fields(MixPEConfig)]
+    unknown = sorted(set(fields) - set(known))
+    if unknown:
+        raise ValueError(f"--config: MixPEConfig has no field {', '.join(map(repr, unknown))}; "
+                         f"its fields are {', '.join(known)}")
+    return MixPEConfig(**fields)

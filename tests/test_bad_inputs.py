@@ -87,3 +87,51 @@ def test_models_cache_with_truncated_safetensors_is_not_ready(tmp_path):
     assert not safetensors_complete(d / "model.safetensors") and not _cache_ok(d, "x")
     (d / "model.safetensors").write_bytes(b"")
     assert not _cache_ok(d, "x")
+
+
+
+# ------------------------------------------------------------------ fpga_boards host
+@pytest.fixture(scope="module")
+def mixpe_images(tmp_path_factory):
+    out = tmp_path_factory.mktemp("host") / "img"
+    assert qf_main(["export", "--random-weights", "8", "64", "--group", "32", "--cols", "4",
+                    "--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.parametrize("images,config,match", [
+    ("img", "{bits: 4}", "--config is not valid JSON"),
+    ("img", "[4]", "must be a JSON object"),
+    ("img", '{"bits": 5}', "bits must be one of"),
+    ("img", '{"bit": 4}', "has no field 'bit'"),
+    ("img", '{"bits": 2, "group": 32, "cols": 4, "K": 64}', "was written for"),
+    ("missing", None, "not a quantflow export directory"),
+    ("missing", '{"bits": 4}', "missing"),
+], ids=["json", "not-object", "bad-bits", "unknown-field", "config-mismatch",
+        "missing-dir", "missing-dir-with-config"])
+def test_fpga_boards_host_errors(tmp_path, capsys, mixpe_images, images, config, match):
+    from fpga_boards.host import main as host_main
+    d = mixpe_images if images == "img" else tmp_path / "nowhere"
+    argv = [str(d), "--xclbin", str(tmp_path / "k.xclbin")]
+    if config is not None:
+        argv += ["--config", config]
+    assert host_main(argv) == 2
+    assert match in _one_line_error(capsys, "error:")
+
+
+# ------------------------------------------------------------------ fpga_boards build
+WIDE = '{"bits": 8, "cols": 64, "rows": 8, "group": 64, "K": 1024}'
+
+
+@pytest.mark.parametrize("config,out,match", [
+    (WIDE, "out", "Vitis links at most 512 bits"),
+    ('{"bits": 4, "group": 32, "rows": 2, "cols": 4, "K": 64}', "file/sub",
+     "cannot write the build tree"),
+], ids=["axi-word-too-wide", "unwritable-out"])
+def test_fpga_boards_build_errors_exit_2(tmp_path, capsys, config, out, match):
+    from fpga_boards import build as fb_build
+    (tmp_path / "file").write_text("keep")
+    assert fb_build.main(["--board", "u280", "--kernel", "mixpe", "--config", config,
+                          "--generate-only", "--no-fit", "--out", str(tmp_path / out)]) == 2
+    assert match in _one_line_error(capsys, "error:")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]

@@ -263,8 +263,12 @@ def test_xrt_absent_message(monkeypatch, tmp_path):
 
 def test_host_cli_without_xrt_points_to_the_simulation(monkeypatch, tmp_path, capsys):
     from fpga_boards import host
+    from quantflow.cli import main as qf_main
     monkeypatch.setitem(sys.modules, "pyxrt", None)
-    assert host.main([str(tmp_path), "--xclbin", str(tmp_path / "x.xclbin")]) == 3
+    # the images are checked first: a valid export, so the missing XRT is the error
+    assert qf_main(["export", "--random-weights", "8", "64", "--group", "32", "--cols", "4",
+                    "--out", str(tmp_path / "img")]) == 0
+    assert host.main([str(tmp_path / "img"), "--xclbin", str(tmp_path / "x.xclbin")]) == 3
     assert "python -m cosim host" in capsys.readouterr().err
     with pytest.raises(SystemExit):   # a card run needs its xclbin
         host.main([str(tmp_path)])
