@@ -57,10 +57,18 @@ def accuracy(model: str, scheme: str, sparsity: str) -> dict:
         rep = json.loads(path.read_text())
         ppl, fp32, same = key(rep)
     except (OSError, json.JSONDecodeError, AttributeError):
-        return {"ppl": None, "missing": cmd}
+        return {"ppl": None, "missing": _missing(cmd, scheme)}
     if not same or ppl is None:
-        return {"ppl": None, "missing": cmd}
+        return {"ppl": None, "missing": _missing(cmd, scheme)}
     return {"ppl": float(ppl), "ppl_fp32": fp32, "source": str(path)}
+
+
+def _missing(cmd: str, scheme: str) -> str:
+    from quantflow.schemes import SCHEMES
+    if scheme in SCHEMES:
+        return cmd
+    return (f"{cmd} (register {scheme} in quantflow.schemes.SCHEMES first: quantflow eval "
+            f"runs registered schemes)")
 
 
 @functools.lru_cache(maxsize=16)

@@ -29,6 +29,7 @@ A fourth, optional field is no quantizer but a float-exact transform applied fir
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from golden.mixpe_config import MIXPE_WEIGHT_BITS
@@ -273,6 +274,9 @@ SCHEMES = _reg(
                 rotation=RotationScheme(kind="random", seed=1, keep=16),
                 description="w4a8kv4-g64-rot-keep16 with the random rotation drawn from "
                             "seed 1"),
+    # W2 under the same flow: the accuracy axis of the design-space sweeps (dse, issue 16)
+    QuantScheme(name="w2a8kv4-g64", weight=dataclasses.replace(_QOQ64, bits=2), act=_A8,
+                kv=_KV4, description="w4a8kv4-g64 with QoQ W2 codes"),
     QuantScheme(name="w4a8kv4-g64-plain", weight=WeightScheme(method="qoq", group=64),
                 act=ActScheme(smooth_alpha=None),
                 kv=KVScheme(smooth_attention=False),
