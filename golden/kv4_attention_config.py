@@ -100,10 +100,16 @@ class KV4Config:
         if self.logit_bits - self.logit_frac < 8:
             raise ValueError(f"logit_bits - logit_frac must be >= 8 integer bits, got "
                              f"{self.logit_bits} - {self.logit_frac}; raise logit_bits")
-        if self.acc_bits > 62 or self.prod_bits > 63:
-            raise ValueError(f"widths overflow 64-bit arithmetic (acc {self.acc_bits}, "
-                             f"logit product {self.prod_bits}); lower x_bits or p_frac "
-                             f"(rotate=True widens K by log2(head_dim)/2 bits)")
+        over = max(self.acc_bits - 62, self.prod_bits - 63)
+        if over > 0:
+            # K (x_bits wide, widened by the rotation) feeds both; name the x_bits that fits
+            x_max = self.x_bits - over
+            fix = (f"set x_bits={x_max} or lower" if x_max >= 6 else
+                   "lower p_frac or max_t (x_bits is at its minimum 6)")
+            raise ValueError(f"head_dim={self.head_dim} with x_bits={self.x_bits} overflows "
+                             f"64-bit arithmetic (acc {self.acc_bits} bits > 62, logit product "
+                             f"{self.prod_bits} bits > 63; rotate=True widens K by "
+                             f"log2(head_dim)/2 bits): {fix}")
 
     # --- derived widths (never re-derive these elsewhere) ---
     @property

@@ -128,6 +128,18 @@ class LUTConfig:
             raise ValueError(f"K={self.K} is not a multiple of {LUT_K_CHUNK}; pad K with "
                              f"zero activations/weights to a multiple of 4")
         check_reduction(self.K, self.group, LUT_MAX_K)
+        # The RTL's time-shared dequantization walk (hdl.lut.dq_lanes_per_unit) must
+        # finish within a group even with one lane per unit: checked here, not at
+        # elaboration, so a config that validates always generates.
+        max_rows = min(self.group // LUT_K_CHUNK - 1, self.group // self.slices)
+        if self.rows > max_rows:
+            need = max(LUT_K_CHUNK * (self.rows + 1), -(-self.slices * self.rows // 4) * 4)
+            fixes = ([f"rows <= {max_rows}"] if max_rows >= 1 else []) + \
+                ([f"group >= {need}"] if need <= hi else []) + ["more lanes (fewer slices)"]
+            raise ValueError(f"rows={self.rows} is too many for group={self.group} with "
+                             f"{self.slices} column slices (cols/lanes): the dequantization "
+                             f"walk needs rows <= group/4 - 1 and slices*rows <= group; use "
+                             f"{', '.join(fixes[:-1])} or {fixes[-1]}")
 
     # --- derived quantities (never re-derive these elsewhere) ---
     @property

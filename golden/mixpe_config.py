@@ -34,12 +34,19 @@ def suggest_group(K: int, group: int) -> int:
 def check_reduction(K: int, group: int, max_k: int) -> None:
     """K (an int >= 1) is a whole number of groups and at most `max_k`, the
     longest reduction the int32 accumulator cannot overflow on."""
-    if K % group:
-        raise ValueError(f"K={K} is not a multiple of group={group}; choose a group that "
-                         f"divides K, e.g. group={suggest_group(K, group)}")
+    # the K limit first: no group fixes it, so a group suggested for such a K would
+    # only fail next
     if K > max_k:
         raise ValueError(f"K={K} exceeds {max_k}: the int32 accumulator could overflow; "
                          f"split the reduction")
+    if K % group:
+        lo, hi = MIXPE_GROUP_RANGE
+        g = suggest_group(K, group)
+        padded = -(-K // group) * group
+        fixes = ([f"choose a group that divides K, e.g. group={g}"] if lo <= g <= hi else []) \
+            + ([f"zero-pad K to {padded}"] if padded <= max_k else [])
+        raise ValueError(f"K={K} is not a multiple of group={group}; "
+                         f"{' or '.join(fixes) or 'split the reduction'}")
 
 
 @dataclass(frozen=True, kw_only=True)

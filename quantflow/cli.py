@@ -26,7 +26,7 @@ import torch
 
 from golden.mixpe_config import MixPEConfig
 
-from golden.mixpe_config import suggest_group
+from golden.mixpe_config import MIXPE_GROUP_RANGE, MIXPE_MAX_K, suggest_group
 from .errors import QuantflowError
 from .imagedir import read_manifest
 from .mixpe import FORMAT, FORMAT_VERSION, export_mixpe, load_mixpe
@@ -242,9 +242,12 @@ def _export(args) -> str:
     if W.dim() != 2:
         raise QuantflowError(f"weights must be 2-D [N, K], got shape {list(W.shape)}")
     K = W.shape[1]
-    if args.group > 0 and K % args.group:
-        raise QuantflowError(f"K={K} is not a multiple of --group={args.group}; use a group "
-                             f"that divides K, e.g. --group {suggest_group(K, args.group)}")
+    lo, hi = MIXPE_GROUP_RANGE
+    if args.group > 0 and K % args.group and K <= MIXPE_MAX_K:
+        g = suggest_group(K, args.group)
+        fix = (f"use a group that divides K, e.g. --group {g}, or " if lo <= g <= hi else "")
+        raise QuantflowError(f"K={K} is not a multiple of --group={args.group}; {fix}zero-pad "
+                             f"the weights' K to {-(-K // args.group) * args.group}")
     config = MixPEConfig(bits=args.bits, group=args.group, rows=args.rows, cols=args.cols,
                          K=K)
     if args.acts:

@@ -135,3 +135,63 @@ def test_fpga_boards_build_errors_exit_2(tmp_path, capsys, config, out, match):
                           "--generate-only", "--no-fit", "--out", str(tmp_path / out)]) == 2
     assert match in _one_line_error(capsys, "error:")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+# ------------------------------------------------------------------ configs that validate generate
+def test_lut_config_refuses_rows_the_rtl_cannot_walk():
+    from golden.lut_config import LUTConfig
+    with pytest.raises(ValueError, match=r"rows=8 is too many for group=32.*rows <= 4, "
+                                         r"group >= 64"):
+        LUTConfig(rows=8, group=32)
+    LUTConfig(rows=4, group=32)
+    LUTConfig(rows=8, group=64)
+
+
+def test_lut_configs_that_validate_elaborate_their_dequantization():
+    from golden.lut_config import LUTConfig
+    from hdl.lut import dq_lanes_per_unit
+    for rows in range(1, 20):
+        for group in (32, 64, 128):
+            for cols, lanes in ((64, 8), (64, 16), (32, 1), (128, 8)):
+                try:
+                    cfg = LUTConfig(rows=rows, cols=cols, lanes=lanes, group=group, K=512)
+                except ValueError:
+                    continue
+                assert dq_lanes_per_unit(cfg) >= 1, cfg
+
+
+def test_kv4_head_dim_256_names_the_x_bits_that_fit():
+    from golden.kv4_attention_config import KV4_HEAD_DIMS, KV4Config
+    with pytest.raises(ValueError, match="head_dim=256 with x_bits=16 .*set x_bits=15"):
+        KV4Config(head_dim=256)
+    for d in KV4_HEAD_DIMS:          # the x_bits each message names is legal
+        try:
+            KV4Config(head_dim=d, x_bits=20)
+        except ValueError as e:
+            x = int(str(e).split("set x_bits=")[1].split()[0])
+            assert KV4Config(head_dim=d, x_bits=x).x_bits == x
+
+
+def test_mixpe_k_limit_before_a_group_suggestion():
+    from golden.mixpe_config import MIXPE_GROUP_RANGE, MixPEConfig
+    with pytest.raises(ValueError, match="K=70000 exceeds") as e:
+        MixPEConfig(K=70000, group=64)
+    assert "group=70" not in str(e.value)
+    with pytest.raises(ValueError, match="zero-pad K to 1024") as e:   # prime K: no divisor
+        MixPEConfig(K=1021, group=64)
+    assert "group=" not in str(e.value).split(";")[1]
+    lo, hi = MIXPE_GROUP_RANGE
+    for K in range(lo, 4096, 37):    # every suggested group then validates
+        try:
+            MixPEConfig(K=K, group=64)
+        except ValueError as err:
+            if "e.g. group=" in str(err):
+                g = int(str(err).split("e.g. group=")[1].split()[0])
+                MixPEConfig(K=K, group=g)
+
+
+def test_export_k_over_the_limit_names_the_limit(tmp_path, capsys):
+    assert qf_main(["export", "--random-weights", "8", "70000", "--out",
+                    str(tmp_path / "o")]) == 2
+    err = _one_line_error(capsys)
+    assert "exceeds" in err and "--group 70" not in err
