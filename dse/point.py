@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import json
 
-__all__ = ["split_point", "scheme_of", "evaluate_point", "accuracy"]
+__all__ = ["split_point", "scheme_of", "evaluate_point", "accuracy", "add_accuracy"]
 
 
 def scheme_of(point: dict) -> str:
@@ -127,11 +127,18 @@ def evaluate_point(settings: dict, point: dict, pid: str) -> dict:
         "resources_source": "analytic: " + sc.resources_source,
         **{f"ms.{k}": v * 1e3 / sc.batch for k, v in sc.decode.by_bound.items()},
     })
-    acc = accuracy(settings["accuracy_model"], row["scheme"], system.sparsity)
+    add_accuracy(row, settings["accuracy_model"])
+    row["seconds"] = round(time.perf_counter() - t0, 3)
+    return row
+
+
+def add_accuracy(row: dict, model: str) -> dict:
+    """A row's perplexity fields from the reports on disk now (a resumed sweep calls it
+    again: an eval finished since fills its points in)."""
+    acc = accuracy(model, row["scheme"], row.get("p.sparsity", "dense"))
     row["ppl"] = acc.get("ppl")
     row["ppl_fp32"] = acc.get("ppl_fp32")
-    row["ppl_model"] = settings["accuracy_model"]
+    row["ppl_model"] = model
     row["ppl_source"] = acc.get("source") or f"not measured: {acc['missing']}"
-    row["seconds"] = round(time.perf_counter() - t0, 3)
     return row
 

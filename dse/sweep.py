@@ -17,6 +17,9 @@ Ray is the scheduler (a local Ray with the machine's cores by default, a cluster
   pareto_ppl.png  the objective against perplexity (points with an eval report)
   summary.json    counts by status, the best point, timings
 
+The perplexities are re-read from the eval reports at every run (cheap), so a report
+written after a point was evaluated fills it in on the next run.
+
 Pareto fronts (rows with status "ok"): `pareto_lut` maximises the objective and
 minimises LUTs, `pareto_ppl` maximises the objective and minimises perplexity,
 `pareto` all three at once. LUTs are one core's for the single-sequence objective,
@@ -34,7 +37,7 @@ from pathlib import Path
 
 from quattro_fs import atomic_write_json, atomic_write_text, build_root
 
-from .point import evaluate_point, split_point
+from .point import add_accuracy, evaluate_point, split_point
 from .space import DSEError, Space, point_id
 
 __all__ = ["results_dir", "read_rows", "pareto", "sweep", "finalize", "prevalidate"]
@@ -247,6 +250,9 @@ def sweep(space: Space, *, address: str | None = None, num_cpus: int | None = No
         if started:
             ray.shutdown()
     rows = [keep[i] for i in ids if i in keep]
+    for r in rows:           # reports may have appeared since a row was first written
+        if r["status"] == "ok":
+            add_accuracy(r, space.accuracy_model)
     extra = {"evaluated": len(todo), "resumed": resumed, "complete": len(rows) == len(ids),
              "ray": where, "seconds": round(time.perf_counter() - t0, 1)}
     summary = finalize(space, rows, out, extra=extra)
