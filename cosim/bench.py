@@ -20,8 +20,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from fpga_boards.progress import step
 from golden.mixpe_config import MixPEConfig
-from quattro_fs import atomic_write_json, cached_dir
+from quattro_fs import atomic_write_json, build_root, cached_dir
 
 from cosim import mixpe, runner
 from cosim.mixpe import MixPECase
@@ -29,7 +30,7 @@ from cosim.mixpe import MixPECase
 __all__ = ["BENCH_PATH", "BENCH_CASES", "build_cpp_harness", "run_cpp_harness",
            "bench_case", "main"]
 
-BENCH_PATH = runner.REPO_ROOT / "build" / "sim" / "bench.json"
+BENCH_PATH = build_root() / "sim" / "bench.json"
 
 #: Benchmarked designs: a GEMV and a GEMM array, K >= 1024, enough tiles that
 #: fill/drain is < 1 % of a run.
@@ -187,7 +188,8 @@ def build_cpp_harness(config: MixPEConfig, *, max_m_tiles: int, max_n_tiles: int
         cmd = [str(inst.executable), "--cc", "--exe", "--build", "-j", "2",
                "--top-module", name, "--prefix", "Vtop", "-o", "bench_main",
                "-Mdir", str(tmp), *flags, str(tmp / "main.cpp"), str(tmp / f"{name}.v")]
-        p = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+        with step(f"verilator C++ build of {name}"):
+            p = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
         (tmp / "build.log").write_text(p.stdout + p.stderr)
         if p.returncode != 0:
             raise runner.CosimError(f"C++ harness build of {name} failed; log:\n"

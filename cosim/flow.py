@@ -11,13 +11,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from quattro_fs import build_root
+
 from cosim import runner
 
 __all__ = ["DATA_ROOT", "cached_export", "build_design", "run_on", "run_case_list",
            "first_case", "is_ideal", "with_build", "case_item"]
 
 #: Exported case data of `make sim` and the cosim tests: build/sim/data/<case>.
-DATA_ROOT = runner.REPO_ROOT / "build" / "sim" / "data"
+DATA_ROOT = build_root() / "sim" / "data"
 
 
 def cached_export(outdir: Path, *, load: Callable[[Path], object],

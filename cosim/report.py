@@ -18,14 +18,12 @@ import json
 import time
 from pathlib import Path
 
-from quattro_fs import atomic_write_json, file_lock
-
-from cosim.runner import REPO_ROOT
+from quattro_fs import atomic_write_json, build_root, file_lock
 
 __all__ = ["REPORT_PATH", "REQUIRED_KEYS", "make_record", "record_key",
            "append_records", "load_records", "format_table"]
 
-REPORT_PATH = REPO_ROOT / "build" / "sim" / "report.json"
+REPORT_PATH = build_root() / "sim" / "report.json"
 
 REQUIRED_KEYS = ("block", "test", "config", "passed", "mismatches", "vectors",
                  "cycles", "macs", "macs_per_cycle", "peak_macs_per_cycle",

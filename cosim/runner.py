@@ -28,25 +28,28 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from quattro_fs import atomic_write_json, cached_dir, read_cached_meta
+from fpga_boards.progress import step
+from quattro_fs import atomic_write_json, build_root, cached_dir, read_cached_meta
 
 __all__ = [
     "CosimError", "SimulatorUnavailable", "VerilatorInstall", "Build",
     "JOB_ENV", "RESULT_ENV", "REPO_ROOT", "BUILD_ROOT",
     "find_verilator", "verilator_env", "select_simulator", "waves_enabled",
-    "build", "run", "read_job", "write_result",
+    "build", "run", "read_job", "write_result", "track_runs",
 ]
 
 #: Environment variables through which a run's job/result files are passed.
 JOB_ENV = "QUATTRO_COSIM_JOB"
 RESULT_ENV = "QUATTRO_COSIM_RESULT"
 
+#: The source tree (or site-packages when installed): never a place to write.
 REPO_ROOT = Path(__file__).resolve().parent.parent
-BUILD_ROOT = REPO_ROOT / "build" / "cosim"
+BUILD_ROOT = build_root() / "cosim"
 
 SIMULATORS = ("verilator", "icarus")
 #: Bump when the way builds are made changes, so old cache entries are not reused.
@@ -55,6 +58,12 @@ _BUILD_RECIPE_VERSION = 4
 #: build time for simulation speed; warnings are linted elsewhere (`cosim lint`).
 VERILATOR_FLAGS = ("-O3", "--x-assign", "fast", "--x-initial", "fast", "-Wno-fatal",
                    "-Wno-lint", "-Wno-style")
+#: Icarus flags of every build, after cocotb's own `-g2012` (the last -g wins).
+#: Yosys's Verilog (Amaranth's backend) makes each `always @*` run at time 0 through
+#: a `reg ... = 0` declaration initialiser; as SystemVerilog (-g2012) that
+#: initialiser raises no event, so combinational outputs that depend only on
+#: registers (KV4's cmd__ready, append__ready) stay X. Verilog-2005 semantics do.
+ICARUS_FLAGS = ("-g2005",)
 
 
 class CosimError(RuntimeError):
@@ -119,7 +128,7 @@ def select_simulator(sim: str | None = None) -> str:
     if name == "icarus" and shutil.which("iverilog") is None:
         raise SimulatorUnavailable(
             "SIM=icarus but Icarus Verilog (`iverilog`) is not on PATH; install it "
-            "(e.g. `apt-get install iverilog`, version >= 12) or unset SIM to use "
+            "(e.g. `apt-get install iverilog`, version >= 11) or unset SIM to use "
             "Verilator")
     if name == "verilator":
         verilator_env()
@@ -212,7 +221,7 @@ def build(verilog: str, toplevel: str, *, sim: str | None = None,
     waves = waves_enabled(waves)
     if public not in ("ports", "all"):
         raise CosimError(f"public must be 'ports' or 'all', got {public!r}")
-    flags = (VERILATOR_FLAGS if sim == "verilator" else ()) + tuple(extra_args)
+    flags = (VERILATOR_FLAGS if sim == "verilator" else ICARUS_FLAGS) + tuple(extra_args)
     vlt = None
     if sim == "verilator" and public == "ports":
         vlt = public_ports_vlt(verilog, toplevel)
@@ -229,8 +238,10 @@ def build(verilog: str, toplevel: str, *, sim: str | None = None,
         if vlt is not None:
             (tmp / "public_ports.vlt").write_text(vlt)
             sources.append(tmp / "public_ports.vlt")
-        _compile(sim=sim, sources=sources, toplevel=toplevel, build_dir=tmp,
-                 flags=flags, waves=waves, log=log)
+        # minutes for a large design, silent otherwise
+        with step(f"{sim} build of {toplevel}" + (" (with waves)" if waves else "")):
+            _compile(sim=sim, sources=sources, toplevel=toplevel, build_dir=tmp,
+                     flags=flags, waves=waves, log=log)
         return {"toplevel": toplevel, "sim": sim, "flags": list(flags), "waves": waves}
 
     final, cached, secs = cached_dir(BUILD_ROOT if root is None else root,
@@ -287,6 +298,23 @@ def _compile(*, sim, sources: list[Path], toplevel: str, build_dir: Path, flags,
                          f"{tail}") from None
     if log is not None:
         log(f"built {toplevel} with {sim} in {build_dir}")
+
+
+_tracked = threading.local()
+
+
+@contextlib.contextmanager
+def track_runs():
+    """Collect {run_dir, log, waves_file, seed} of every `run` this thread makes
+    inside the block (make sim attaches the trace path and log to the record)."""
+    outer = getattr(_tracked, "runs", None)
+    _tracked.runs = runs = []
+    try:
+        yield runs
+    finally:
+        _tracked.runs = outer
+        if outer is not None:
+            outer.extend(runs)
 
 
 def read_job() -> dict:
@@ -355,6 +383,10 @@ def run(b: Build, *, test_module: str, job: dict, run_dir: Path | None = None,
         err = str(e)
     wall = time.perf_counter() - t0
     if not result_path.is_file():
+        runs = getattr(_tracked, "runs", None)
+        if runs is not None:
+            runs.append({"run_dir": str(run_dir), "log": str(log_file),
+                         "waves_file": str(waves_file) if waves_file else None, "seed": seed})
         tail = log_file.read_text(errors="replace")[-6000:] if log_file.exists() else ""
         raise CosimError(f"simulation of {b.toplevel} ({test_module}) wrote no result "
                          f"({err or 'no error reported'}); log {log_file}:\n{tail}")
@@ -369,5 +401,8 @@ def run(b: Build, *, test_module: str, job: dict, run_dir: Path | None = None,
     if err is not None:
         result["passed"] = False
         result.setdefault("errors", []).append(f"cocotb reported failure: {err}")
+    runs = getattr(_tracked, "runs", None)
+    if runs is not None:
+        runs.append({k: result.get(k) for k in ("run_dir", "log", "waves_file", "seed")})
     return result
 

@@ -29,7 +29,9 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from hdl.generate import verilog
-from quattro_fs import atomic_write_text
+from quattro_fs import atomic_write_text, build_root
+
+from .progress import step
 
 __all__ = [
     "Resources", "ResourceEstimateError", "SynthOptions", "estimate", "estimate_verilog",
@@ -37,8 +39,9 @@ __all__ = [
     "replace_section", "REPO_ROOT", "DEFAULT_CACHE", "DOCS_RESULTS",
 ]
 
+#: The source tree (or site-packages when installed): never a place to write but docs/.
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CACHE = REPO_ROOT / "build" / "resources"
+DEFAULT_CACHE = build_root() / "resources"
 DOCS_RESULTS = REPO_ROOT / "docs" / "results.md"
 
 #: Bump when the parsing or the script changes so that stale cache entries are not reused.
@@ -246,8 +249,10 @@ def estimate_verilog(verilog_text: str, top: str, *, name: str | None = None,
         ]))
         # YoWASP sees the host filesystem through the working directory.
         try:
-            proc = subprocess.run(yosys_argv() + ["-q", "-l", "yosys.log", "-s", "synth.ys"],
-                                  cwd=tmpd, capture_output=True, text=True, timeout=timeout_s)
+            with step(f"Yosys synth_xilinx of {name}" + ("" if options.dsp else " (-nodsp)")):
+                proc = subprocess.run(yosys_argv() + ["-q", "-l", "yosys.log", "-s", "synth.ys"],
+                                      cwd=tmpd, capture_output=True, text=True,
+                                      timeout=timeout_s)
         except subprocess.TimeoutExpired:
             raise ResourceEstimateError(
                 f"Yosys synthesis of {name} took over {timeout_s:.0f} s; synthesize a "
