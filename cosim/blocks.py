@@ -4,7 +4,12 @@ Each entry names a module that provides
 
     sim_items(*, sim: str, only: list[str] | None) -> list[SimItem]
 
-one item per run of the block's default plan. The driver runs the items in
+one item per run of the block's default plan, and where a configuration of the
+block can be co-simulated (`python -m cosim sim --block B --config JSON`)
+
+    config_items(config, *, sim: str) -> list[SimItem]
+
+the plan's runs on that configuration. The driver runs the items in
 parallel, checks each record (bit-exact, and `cycles == expected_cycles` where
 the record carries an analytic expectation), and merges the records into
 build/sim/report.json block by block. Adding a block = adding one line here.
@@ -15,7 +20,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Callable
 
-__all__ = ["BLOCKS", "SimItem", "block_items"]
+__all__ = ["BLOCKS", "CONFIG_BLOCKS", "SimItem", "block_items", "configured_items"]
 
 #: block name (the records' "block" field) -> module providing sim_items()
 BLOCKS: dict[str, str] = {
@@ -27,6 +32,14 @@ BLOCKS: dict[str, str] = {
     "kv4_attention": "cosim.kv4_attention",
     "sfu": "cosim.sfu",
     "core": "cosim.core",
+}
+
+#: block -> the hdl.generate block whose configuration `--config` fills, for the
+#: blocks whose module has config_items. The core is not here: its co-simulation
+#: takes its configuration from the model it runs (cosim.core).
+CONFIG_BLOCKS: dict[str, str] = {
+    "mixpe": "mixpe", "kernel_mixpe": "mixpe", "lut": "lut", "pim": "pim",
+    "sparse_dsp": "sparse_dsp", "kv4_attention": "kv4_attention", "sfu": "sfu",
 }
 
 
@@ -43,13 +56,37 @@ class SimItem:
     run: Callable[[], dict]
 
 
-def block_items(*, sim: str, only: list[str] | None = None) -> dict[str, list[SimItem]]:
-    """Every block's items, filtered by `only` (substrings of item names)."""
+def block_items(*, sim: str, only: list[str] | None = None,
+                block: str | None = None) -> dict[str, list[SimItem]]:
+    """Every block's items (or only `block`'s), filtered by `only` (substrings of
+    item names, or block names)."""
+    if block is not None and block not in BLOCKS:
+        raise ValueError(f"unknown block {block!r}; choose one of {', '.join(BLOCKS)}")
     out = {}
-    for block, module in BLOCKS.items():
+    for name, module in BLOCKS.items():
+        if block is not None and name != block:
+            continue
         items = importlib.import_module(module).sim_items(sim=sim)
         if only:
-            items = [i for i in items if any(s in i.name or s == block for s in only)]
+            items = [i for i in items if any(s in i.name or s == name for s in only)]
         if items:
-            out[block] = items
+            out[name] = items
     return out
+
+
+def configured_items(block: str, fields: dict, *, sim: str,
+                     only: list[str] | None = None) -> dict[str, list[SimItem]]:
+    """`block`'s plan on the configuration with `fields` (the rest default),
+    filtered by `only`. ValueError naming the fix for a block without
+    config_items, an unknown field or a bad value."""
+    if block not in CONFIG_BLOCKS:
+        why = ("its co-simulation takes the configuration from the model it runs; "
+               "choose its cases with --only" if block == "core" else
+               f"choose one of {', '.join(CONFIG_BLOCKS)}")
+        raise ValueError(f"--config is not available for block {block!r}: {why}")
+    from hdl.generate import block_config   # noqa: PLC0415 (only with --config)
+    config = block_config(CONFIG_BLOCKS[block], fields)
+    items = importlib.import_module(BLOCKS[block]).config_items(config, sim=sim)
+    if only:
+        items = [i for i in items if any(s in i.name for s in only)]
+    return {block: items} if items else {}

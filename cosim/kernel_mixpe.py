@@ -15,7 +15,8 @@ from cosim import runner
 from cosim.mixpe import MixPECase, prepare_data
 from cosim.report import make_record
 
-__all__ = ["BLOCK", "kernel_build", "run_case", "to_record", "sim_items", "default_cases"]
+__all__ = ["BLOCK", "kernel_build", "run_case", "to_record", "sim_items", "config_items",
+           "default_cases"]
 
 BLOCK = "kernel_mixpe"
 TB = "cosim.tb.kernel_axi"
@@ -107,9 +108,21 @@ def default_cases() -> list[MixPECase]:
 
 
 def sim_items(*, sim: str) -> list:
+    return _plan_items(default_cases(), sim)
+
+
+def config_items(config, *, sim: str) -> list:
+    """`quattro sim --block kernel_mixpe --config ...`: the kernel of MixPE
+    `config` on a seeded random workload (>= 100,000 MACs), both waits."""
+    from cosim.cases import tiles_for
+    m, n = tiles_for(config)
+    return _plan_items([MixPECase(config=config, m_tiles=m, n_tiles=n, seed=11)], sim)
+
+
+def _plan_items(cases: list[MixPECase], sim: str) -> list:
     from cosim.blocks import SimItem
     items = []
-    for case in default_cases():
+    for case in cases:
         # ideal memory + interrupt; random back-pressure + polling with buffers
         # straddling 4 KB boundaries
         for wait, p, off in (("irq", 0.0, 0), ("poll", 0.3, 4096 - 128)):

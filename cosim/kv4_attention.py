@@ -24,7 +24,7 @@ from cosim.flow import DATA_ROOT, build_design, case_item, first_case, run_case_
 from cosim.report import make_record
 
 __all__ = ["KV4Case", "FIXTURE", "REAL_MODEL", "PLAN_CONFIGS", "default_plan", "prepare_data",
-           "unit_build", "run_cases", "to_record", "sim_items", "case_job"]
+           "unit_build", "run_cases", "to_record", "sim_items", "config_items", "case_job"]
 
 STREAM_TB = "cosim.tb.kv4_attention_stream"
 FIXTURE = runner.REPO_ROOT / "tests" / "fixtures" / "kv4_smollm2_layer10.npz"
@@ -229,6 +229,22 @@ def _run_item(case: KV4Case, sim: str) -> dict:
 
 
 def sim_items(*, sim: str) -> list:
+    return _plan_items(default_plan(), sim)
+
+
+def config_items(config: KV4Config, *, sim: str) -> list:
+    """`quattro sim --block kv4_attention --config ...`: the plan's random cases
+    on `config` (T from 1 to max_t, ideal and with back-pressure, the full cache
+    with one token too many)."""
+    Ts = sorted({1, min(37, config.max_t), min(512, config.max_t)})
+    cases = [KV4Case(config=config, T=T, seed=11 + i,
+                     **({"p_idle": 0.2, "p_stall": 0.3} if i % 2 else {}))
+             for i, T in enumerate(Ts)]
+    cases.append(KV4Case(config=config, T=config.max_t, seed=19, overflow_check=True))
+    return _plan_items(cases, sim)
+
+
+def _plan_items(cases: list[KV4Case], sim: str) -> list:
     return [case_item("kv4_attention", case, lambda case=case: _run_item(case, sim),
                       macs=case.macs, peak=case.config.peak_macs_per_cycle)
-            for case in default_plan()]
+            for case in cases]

@@ -21,10 +21,12 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from fpga_boards.kernel import RtlKernel, mixpe_kernel
+from fpga_boards.progress import step
 from golden.mixpe_config import MixPEConfig
 from golden.sparse_dsp_config import SparseDSPConfig
 from hdl.baselines import BaselinePE, DenseChain, ProductKernel
-from hdl.generate import default_designs, write_verilog
+from hdl.generate import BLOCKS, block_designs, default_designs, write_verilog
+from quattro_fs import build_root
 
 from cosim import runner
 
@@ -33,7 +35,7 @@ __all__ = ["LintResult", "WAIVERS", "verilator_command", "lint_file", "lint_desi
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 WAIVERS = Path(__file__).resolve().parent / "lint.vlt"
-DEFAULT_OUT = REPO_ROOT / "build" / "verilog"
+DEFAULT_OUT = build_root() / "verilog"
 
 _WARNING_RE = re.compile(r"^%(Warning|Error)(-[A-Z0-9_]+)?:", re.M)
 
@@ -94,10 +96,19 @@ def lint_designs(designs: Iterable[tuple[str, Callable]] | None = None, *,
                  jobs: int | None = None) -> list[LintResult]:
     """Generate each (name, factory) design into `out_dir` and lint it."""
     designs = designs_to_lint() if designs is None else list(designs)
-    paths = [(name, write_verilog(factory(), name, out_dir)) for name, factory in designs]
+    with step(f"generating {len(designs)} design(s)", total=len(designs)) as s:
+        paths = []
+        for name, factory in designs:
+            paths.append((name, write_verilog(factory(), name, out_dir)))
+            s.advance()
     jobs = jobs or min(len(paths), os.cpu_count() or 1) or 1
-    with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
-        return list(pool.map(lambda np: lint_file(np[1], np[0], waivers=waivers), paths))
+    with step(f"verilator --lint-only of {len(paths)} design(s)", total=len(paths)) as s:
+        def lint_one(np):
+            r = lint_file(np[1], np[0], waivers=waivers)
+            s.advance()
+            return r
+        with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+            return list(pool.map(lint_one, paths))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,6 +121,12 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"lint without {WAIVERS.name} (shows what the waivers hide)")
     ap.add_argument("--design", action="append", default=[],
                     help="lint only this design name (repeatable)")
+    ap.add_argument("--block", help=f"lint only this block's designs ({', '.join(BLOCKS)}): "
+                    f"its default set, or the one design --config/--kind/--options name")
+    ap.add_argument("--config", help="with --block: configuration fields (JSON object or a "
+                    ".json file), as `python -m hdl <block> --config`")
+    ap.add_argument("--kind", help="with --block: which design of the block")
+    ap.add_argument("--options", help="with --block: the design's options (JSON object)")
     ap.add_argument("-j", "--jobs", type=int, default=None)
     if argv is None:
         argv = sys.argv[1:]
@@ -117,7 +134,15 @@ def main(argv: list[str] | None = None) -> int:
             argv = argv[1:]
     args = ap.parse_args(argv)
 
-    designs = designs_to_lint()
+    if args.block is None and (args.config or args.kind or args.options):
+        print("error: --config, --kind and --options need --block <name>", file=sys.stderr)
+        return 2
+    try:
+        designs = (designs_to_lint() if args.block is None else
+                   block_designs(args.block, args.config, args.kind, args.options))
+    except (ValueError, TypeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.design:
         known = {n for n, _ in designs}
         unknown = sorted(set(args.design) - known)

@@ -22,7 +22,7 @@ from cosim.flow import DATA_ROOT, build_design, cached_export, is_ideal, run_on,
 from cosim.report import make_record
 
 __all__ = ["LUTCase", "default_plan", "prepare_data", "stream_build", "run_stream",
-           "to_record", "sim_items", "record_config"]
+           "to_record", "sim_items", "config_items", "record_config"]
 
 STREAM_TB = "cosim.tb.lut_stream"
 
@@ -146,10 +146,22 @@ def _run_item(case: LUTCase, ideal: bool, sim: str) -> dict:
 def sim_items(*, sim: str) -> list:
     """`make sim`'s LUT runs: every plan case with back-pressure, then ideal
     (the cycle model held to the RTL's count)."""
+    return _plan_items(default_plan(), sim)
+
+
+def config_items(config: LUTConfig, *, sim: str) -> list:
+    """`quattro sim --block lut --config ...`: W1, W2, W4 and ternary on `config`,
+    with back-pressure and ideal."""
+    cases = [_plan_case(config, MODES[name], seed=41 + j)
+             for j, name in enumerate(("w1", "w2", "w4", "ternary"))]
+    return _plan_items(cases, sim)
+
+
+def _plan_items(cases: list[LUTCase], sim: str) -> list:
     from cosim.blocks import SimItem
     items = []
     for ideal in (False, True):
-        for case in default_plan():
+        for case in cases:
             items.append(SimItem(
                 block="lut", name=case.name, path="stream-ideal" if ideal else "stream",
                 config=record_config(case), macs=case.macs,

@@ -32,7 +32,7 @@ from cosim.report import make_record
 
 __all__ = ["MixPECase", "default_plan", "real_plan", "REAL_Q_PROJ", "REAL_DOWN_PROJ",
            "prepare_data", "prepare_real", "stream_build", "system_build", "run_stream",
-           "run_fast", "to_record", "stream_job", "sim_items"]
+           "run_fast", "to_record", "stream_job", "sim_items", "config_items"]
 
 STREAM_TB = "cosim.tb.mixpe_stream"
 SYSTEM_TB = "cosim.tb.mixpe_system"
@@ -302,6 +302,29 @@ def _run_item(case: MixPECase, path: str, sim: str) -> dict:
     return with_build(to_record(case, res), b)
 
 
+def _plan_items(cases: list[MixPECase], sim: str) -> list:
+    """Every case with back-pressure, then ideal, then on the fast path where set."""
+    from cosim.blocks import SimItem
+    items = []
+    for path in ("stream", "stream-ideal", "fast"):
+        for case in cases:
+            if path == "fast" and not case.fast:
+                continue
+            items.append(SimItem(
+                block="mixpe", name=case.name, path=path, config=case.config.as_dict(),
+                macs=case.macs, peak_macs_per_cycle=case.config.peak_macs_per_cycle,
+                run=lambda case=case, path=path: _run_item(case, path, sim)))
+    return items
+
+
+def config_items(config: MixPEConfig, *, sim: str) -> list:
+    """`quattro sim --block mixpe --config ...`: the plan's runs (back-pressure,
+    ideal, fast path) of one seeded random workload on `config`."""
+    m, n = tiles_for(config)
+    return _plan_items([MixPECase(config=config, m_tiles=m, n_tiles=n, seed=11, fast=True)],
+                       sim)
+
+
 def sim_items(*, sim: str) -> list:
     """`make sim`'s MixPE runs (cosim.blocks registry): every plan case with
     back-pressure, ideal (cycle model held to the RTL), and the fast path
@@ -310,17 +333,7 @@ def sim_items(*, sim: str) -> list:
     into build/models on first use)."""
     from cosim.blocks import SimItem
 
-    cases = default_plan()
-    items = []
-    for paths in (["stream"], ["stream-ideal"], ["fast"]):
-        for case in cases:
-            for path in paths:
-                if path == "fast" and not case.fast:
-                    continue
-                items.append(SimItem(
-                    block="mixpe", name=case.name, path=path, config=case.config.as_dict(),
-                    macs=case.macs, peak_macs_per_cycle=case.config.peak_macs_per_cycle,
-                    run=lambda case=case, path=path: _run_item(case, path, sim)))
+    items = _plan_items(default_plan(), sim)
     for case in real_plan():
         for path in ("stream", "fast") if case.fast else ("stream",):
             items.append(SimItem(

@@ -12,6 +12,7 @@ its record.
 """
 from __future__ import annotations
 
+import dataclasses
 import threading
 from dataclasses import dataclass
 
@@ -26,7 +27,7 @@ from cosim.report import make_record
 
 __all__ = ["SYSTEM_SIZES", "TB_MODULE", "workload_from_spec", "system_build", "run_workloads",
            "model_for", "system_cycles", "to_record", "default_plan", "PIMCase", "sim_items",
-           "run_case"]
+           "config_items", "run_case"]
 
 TB_MODULE = "cosim.tb.pim_system"
 #: One build per mode serves every workload.
@@ -174,13 +175,13 @@ def run_case(config: PIMConfig, spec: dict, *, sim: str | None = None) -> tuple[
         return _cache[key]
 
 
-def _item_record(mode: str, case: PIMCase, sim: str) -> dict:
-    cfg = default_config(mode)
+def _item_record(cfg: PIMConfig, case: PIMCase, sim: str) -> dict:
+    mode = cfg.mode
     run, info = run_case(cfg, case.spec, sim=sim)
     model = model_for(cfg, case.spec)
     extra = dict(info)
     if case.spec["kind"] == "subbatch":
-        other = default_config("blocked" if mode == "dual" else "dual")
+        other = dataclasses.replace(cfg, mode="blocked" if mode == "dual" else "dual")
         orun, _ = run_case(other, case.spec, sim=sim)
         dual_c, blocked_c = ((run["cycles"], orun["cycles"]) if mode == "dual"
                              else (orun["cycles"], run["cycles"]))
@@ -195,13 +196,22 @@ def _item_record(mode: str, case: PIMCase, sim: str) -> dict:
 def sim_items(*, sim: str) -> list:
     """make sim's pim runs (cosim.blocks registry): every plan workload in both
     modes; the sub-batch records carry the dual-over-blocked speedup."""
+    return _plan_items([default_config(mode) for mode in ("blocked", "dual")], sim)
+
+
+def config_items(config: PIMConfig, *, sim: str) -> list:
+    """`quattro sim --block pim --config ...`: the plan's workloads on `config`
+    (its mode; the sub-batch record also runs the other mode for the speedup)."""
+    return _plan_items([config], sim)
+
+
+def _plan_items(configs: list[PIMConfig], sim: str) -> list:
     from cosim.blocks import SimItem
     items = []
-    for mode in ("blocked", "dual"):
-        cfg = default_config(mode)
+    for cfg in configs:
         for case in default_plan():
             items.append(SimItem(
-                block="pim", name=f"{mode}_{case.name}", path="system",
+                block="pim", name=f"{cfg.mode}_{case.name}", path="system",
                 config=cfg.as_dict(), macs=0, peak_macs_per_cycle=cfg.peak_macs_per_cycle,
-                run=lambda mode=mode, case=case: _item_record(mode, case, sim)))
+                run=lambda cfg=cfg, case=case: _item_record(cfg, case, sim)))
     return items

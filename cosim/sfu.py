@@ -29,7 +29,8 @@ from cosim.report import make_record
 
 __all__ = ["SFUCall", "SFUCase", "PLAN_CONFIG", "REAL_MODEL", "call_cmd", "golden_values",
            "call_words", "random_call", "edge_calls", "real_calls", "case_calls", "case_job",
-           "unit_build", "run_cases", "to_record", "default_plan", "sim_items", "SOURCES"]
+           "unit_build", "run_cases", "to_record", "default_plan", "sim_items", "config_items",
+           "SOURCES"]
 
 STREAM_TB = "cosim.tb.sfu_stream"
 REAL_MODEL = "smollm2"
@@ -462,6 +463,22 @@ def _run_item(case: SFUCase, sim: str) -> dict:
 
 
 def sim_items(*, sim: str) -> list:
+    return _plan_items(default_plan(), sim)
+
+
+def config_items(config: SFUHWConfig, *, sim: str) -> list:
+    """`quattro sim --block sfu --config ...`: every op at random k and the edge
+    cases on `config`, ideal and with back-pressure."""
+    c = config
+    return _plan_items([SFUCase(config=c, source="random", seed=3, rounds=2),
+                        SFUCase(config=c, source="random", seed=4, rounds=2, p_idle=0.2,
+                                p_stall=0.3),
+                        SFUCase(config=c, source="edge", seed=5),
+                        SFUCase(config=c, source="edge", seed=6, p_idle=0.3, p_stall=0.4)],
+                       sim)
+
+
+def _plan_items(cases: list[SFUCase], sim: str) -> list:
     return [case_item("sfu", case, lambda case=case: _run_item(case, sim), macs=0,
                       peak=case.config.lanes)
-            for case in default_plan()]
+            for case in cases]

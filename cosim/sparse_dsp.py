@@ -21,7 +21,7 @@ from cosim.flow import DATA_ROOT, build_design, cached_export, is_ideal, run_on,
 from cosim.report import make_record
 
 __all__ = ["DEFAULT_CONFIG", "SparseDSPCase", "prepare_data", "build",
-           "run_dirs", "run_cases", "to_record", "default_plan", "sim_items"]
+           "run_dirs", "run_cases", "to_record", "default_plan", "sim_items", "config_items"]
 
 STREAM_TB = "cosim.tb.sparse_dsp_stream"
 #: The chain `make sim` and the tests build: 8 DSPs in two groups of 4.
@@ -191,9 +191,18 @@ def _run_item(case: SparseDSPCase, sim: str, ideal: bool) -> dict:
 def sim_items(*, sim: str) -> list:
     """make sim: every plan case under back-pressure, plus each pattern once with
     ideal source/sink (cycle model held to the RTL: expected_cycles)."""
+    from cosim.sparse_dsp_real import real_items
+    return _plan_items(default_plan(), sim) + real_items(sim=sim)
+
+
+def config_items(config: SparseDSPConfig, *, sim: str) -> list:
+    """`quattro sim --block sparse_dsp --config ...`: default_plan(config)."""
+    return _plan_items(default_plan(config), sim)
+
+
+def _plan_items(cases: list[SparseDSPCase], sim: str) -> list:
     from cosim.blocks import SimItem
     items = []
-    cases = default_plan()
     for case in cases:
         items.append(SimItem(
             block="sparse_dsp", name=case.name, path="stream", config=case.record_config(),
@@ -206,5 +215,4 @@ def sim_items(*, sim: str) -> list:
                 config=case.record_config(), macs=case.macs,
                 peak_macs_per_cycle=case.config.peak_macs_per_cycle(case.mode.pattern),
                 run=lambda case=case: _run_item(case, sim, True)))
-    from cosim.sparse_dsp_real import real_items
-    return items + real_items(sim=sim)
+    return items

@@ -11,6 +11,7 @@ factory) of one design; `default_designs()` is every block's default set.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -36,7 +37,7 @@ from .sfu import SFU
 from .sparse_dsp import SparseDSP, SparseDSPChain
 
 __all__ = ["verilog", "write_verilog", "BlockGen", "BLOCKS", "design", "default_designs",
-           "block_config", "config_of",
+           "block_config", "block_designs", "config_of", "json_object",
            "design_name", "mixpe_factory", "lut_factory", "sparse_dsp_factory", "kv4_factory",
            "sfu_factory", "core_factory"]
 
@@ -243,3 +244,37 @@ def config_of(cls: type, fields: dict):
         raise ValueError(f"{cls.__name__} has no field {', '.join(map(repr, unknown))}; "
                          f"its fields are {', '.join(known)}")
     return cls(**fields)
+
+
+def json_object(flag: str, text: str) -> dict:
+    """The JSON object given to a command-line `flag` as text or as the path of a
+    .json file; ValueError with a quoting example otherwise."""
+    if text.strip().endswith(".json") and not text.lstrip().startswith("{"):
+        try:
+            text = Path(text.strip()).read_text()
+        except OSError as e:
+            raise ValueError(f"{flag} {text}: cannot read the file ({e.strerror})") from None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{flag} is not valid JSON ({e.msg} at character {e.pos}); "
+                         f"quote it in the shell, e.g. {flag} '{{\"rows\": 2}}'") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{flag} must be a JSON object of fields, got {text!r}")
+    return value
+
+
+def block_designs(block: str, config: str | None = None, kind: str | None = None,
+                  options: str | None = None) -> list[Design]:
+    """The designs of one hdl.generate block: its default set, or with any of
+    `config`, `kind`, `options` (JSON text, as `python -m hdl` takes them) the one
+    design they name. ValueError (a user's mistake) with the fix."""
+    if block not in BLOCKS:
+        raise ValueError(f"unknown block {block!r}; choose one of {', '.join(BLOCKS)}")
+    if config is None and kind is None and options is None:
+        return [BLOCKS[block].design(cfg, **opts) for cfg, opts in BLOCKS[block].defaults]
+    opts = json_object("--options", options or "{}")
+    if kind is not None:
+        opts["kind"] = kind
+    cfg = block_config(block, json_object("--config", config or "{}"))
+    return [design(block, cfg, **opts)]
