@@ -9,6 +9,7 @@ function-local ones included) and, for the torch-free layer, by importing it.
     fpga_boards  golden, hdl, quantflow, quattro_fs (never cosim)
     cosim        everything (it sits on top; nothing imports it)
     dse          everything but cosim (it sits on top, beside cosim; nothing imports it)
+    quattro_cli  everything (the `quattro` command, above all; nothing imports it)
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("quattro_fs", "golden", "hdl", "quantflow", "fpga_boards", "cosim", "dse")
+PACKAGES = ("quattro_fs", "golden", "hdl", "quantflow", "fpga_boards", "cosim", "dse",
+            "quattro_cli")
 STDLIB = frozenset(sys.stdlib_module_names) | {"__future__"}
 
 
@@ -57,8 +59,11 @@ def _rule(module: str) -> Rule:
     if pkg == "dse":
         return Rule("dse imports golden, hdl, quantflow, fpga_boards and quattro_fs, never "
                     "cosim (both sit on top; neither imports the other)",
-                    frozenset(PACKAGES) - {"cosim"})
-    return Rule("cosim may import every package but dse", frozenset(PACKAGES) - {"dse"})
+                    frozenset(PACKAGES) - {"cosim", "quattro_cli"})
+    if pkg == "quattro_cli":
+        return Rule("quattro_cli may import every package", frozenset(PACKAGES))
+    return Rule("cosim may import every package but dse and quattro_cli",
+                frozenset(PACKAGES) - {"dse", "quattro_cli"})
 
 
 def _is_torch_free(module: str) -> bool:
@@ -148,6 +153,8 @@ def test_the_rules_catch_an_edge_each_way():
     assert _violation("dse.sweep", "cosim.runner")
     assert _violation("fpga_boards.perf", "dse.sweep")
     assert _violation("dse.point", "fpga_boards.perf") is None
+    assert _violation("cosim.runner", "quattro_cli")
+    assert _violation("quattro_cli", "dse") is None
     assert _violation("hdl.mixpe", "golden.mixpe_config") is None
 
 

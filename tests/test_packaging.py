@@ -9,7 +9,8 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("golden", "hdl", "quantflow", "cosim", "fpga_boards", "quattro_fs", "dse")
+PACKAGES = ("golden", "hdl", "quantflow", "cosim", "fpga_boards", "quattro_fs", "dse",
+            "quattro_cli")
 #: Files other than modules that the code opens next to itself.
 DATA_FILES = ("cosim/lint.vlt",)
 

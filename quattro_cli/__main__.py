@@ -1,0 +1,6 @@
+"""python -m quattro_cli: the `quattro` command."""
+import sys
+
+from quattro_cli import main
+
+sys.exit(main())
