@@ -187,7 +187,7 @@ def lower(decoder, core: CoreConfig) -> tuple[tuple, tuple]:
         return qp.compile_program(img, core).words, ()
     except QuantflowError as e:
         if decoder.heads <= hmax or "heads" not in str(e):
-            raise PerfError(f"the core cannot run {decoder.layers}-layer model: {e}") from None
+            raise PerfError(str(e)) from None
     qp.check_core(core, decoder)
     b = qp._Builder(img, core, qp.memory_map(core, decoder, len(img.raw), 0), 0)
     b.model()
