@@ -141,10 +141,9 @@ def finalize(space: Space, rows: list[dict], out: Path, *, extra: dict | None = 
     return summary
 
 
-def _label(r: dict) -> str:
-    p = {k[2:]: v for k, v in r.items() if k.startswith("p.")}
-    keys = ("w_bits", "sparsity", "rows", "cols", "ports", "kv_units", "packed")
-    return ",".join(f"{k}={p[k]}" for k in keys if k in p)
+def _label(r: dict, keys) -> str:
+    """A point by the settings the grid sweeps (the fixed ones are in the title)."""
+    return " ".join(f"{k}={r[f'p.{k}']}" for k in keys if f"p.{k}" in r)
 
 
 def _plots(space: Space, rows: list[dict], out: Path) -> list[Path]:
@@ -169,15 +168,20 @@ def _plots(space: Space, rows: list[dict], out: Path) -> list[Path]:
             ax.plot([r[xkey] for r in front], [r[obj] for r in front], "o-", color="C3",
                     label="Pareto front")
             for r in front:
-                ax.annotate(_label(r), (r[xkey], r[obj]), fontsize=5, xytext=(3, 3),
-                            textcoords="offset points")
+                ax.annotate(_label(r, [k for k, _ in space.grid]), (r[xkey], r[obj]),
+                            fontsize=5, xytext=(3, -8), textcoords="offset points")
         if not have:
             ax.text(0.5, 0.5, "no point has this figure yet" + (
                 "\n(no quantflow eval report for the schemes: see rows.csv, ppl_source)"
                 if xkey == "ppl" else ""), ha="center", va="center", transform=ax.transAxes)
+        xs = [r[xkey] for r in have if r[xkey] > 0]
+        if xs and max(xs) > 10 * min(xs):      # perplexities of W2 next to W4
+            ax.set_xscale("log")
         ax.set_xlabel(xlabel)
         ax.set_ylabel(obj.replace("_", " "))
-        ax.set_title(f"{space.name}: {space.model} on {space.board.upper()}", fontsize=9)
+        fixed = " ".join(f"{k}={v}" for k, v in space.fixed)
+        ax.set_title(f"{space.name}: {space.model} on {space.board.upper()}\n{fixed}",
+                     fontsize=8)
         ax.grid(True, lw=0.3)
         ax.legend(fontsize=7)
         fig.tight_layout()
