@@ -125,18 +125,20 @@ class DQLane(wiring.Component):
         e0 = {"valid": Signal(name="e0_valid"),
               "idx": Signal(count_width(g.cells - 1), name="e0_idx"),
               "lc": Signal(count_width(g.cols - 1), name="e0_lc"),
-              "lr": Signal(count_width(g.rows - 1), name="e0_lr"),
               "fg": Signal(name="e0_fg"), "lg": Signal(name="e0_lg")}
+        # one row: no row counter (its registers would be dead logic)
+        lr = {"lr": Signal(count_width(g.rows - 1), name="e0_lr")} if g.rows > 1 else {}
+        e0.update(lr)
         with m.If(self.start):
             m.d.sync += [e0["valid"].eq(1), e0["idx"].eq(0), e0["lc"].eq(g.col_start),
-                         e0["lr"].eq(0), e0["fg"].eq(self.first_group),
-                         e0["lg"].eq(self.last_group)]
+                         e0["fg"].eq(self.first_group), e0["lg"].eq(self.last_group)]
+            m.d.sync += [r.eq(0) for r in lr.values()]
         with m.Elif(e0["valid"]):
             m.d.sync += e0["idx"].eq(e0["idx"] + 1)
             with m.If(is_const(e0["idx"], g.cells - 1)):
                 m.d.sync += e0["valid"].eq(0)
             with m.If(is_const(e0["lc"], g.cols - 1)):
-                m.d.sync += [e0["lc"].eq(0), e0["lr"].eq(e0["lr"] + 1)]
+                m.d.sync += [e0["lc"].eq(0), *(r.eq(r + 1) for r in lr.values())]
             with m.Else():
                 m.d.sync += e0["lc"].eq(e0["lc"] + 1)
         return e0
@@ -144,7 +146,7 @@ class DQLane(wiring.Component):
     def _scales(self, m, e0):
         """E0 -> E1: the column's scales, selected and registered."""
         cols = range(self.geometry.cols)
-        e1 = self._delay(m, e0, "e1", _CTRL + ("lr",))
+        e1 = self._delay(m, e0, "e1", _CTRL + (("lr",) if "lr" in e0 else ()))
         e1["s2"] = Signal(unsigned(SCALE_BITS), name="s2_r")
         e1["zs2"] = Signal(unsigned(SCALE_BITS), name="zs2_r")
         m.d.sync += [
@@ -166,8 +168,8 @@ class DQLane(wiring.Component):
         m.d.sync += [
             e2["p"].eq(wire(m, select(e1["idx"], [self.pg[i] for i in range(g.cells)]),
                             "pg_sel")),
-            e2["a"].eq(wire(m, select(e1["lr"], [self.ag[j] for j in range(g.rows)]),
-                            "ag_sel")),
+            e2["a"].eq(wire(m, select(e1["lr"], [self.ag[j] for j in range(g.rows)]), "ag_sel")
+                       if g.rows > 1 else self.ag[0]),
             e2["s2"].eq(e1["s2"]), e2["zs2"].eq(e1["zs2"]),
         ]
         return e2

@@ -279,6 +279,15 @@ class PIMBank(wiring.Component):
             self.rd_data.eq(rpa.data),
             rpb.addr.eq(self._addr(p_row, self.p_col)), rpb.en.eq(pCOMP),
         ]
+        if cfg.col_words == 1:
+            # one word per row: a register, not a depth-1 memory (its zero-width
+            # address becomes `wire [-1:0]` in Verilog); same timing as the port
+            gword, gdata = Signal(cfg.word_bits), Signal(cfg.word_bits)
+            with m.If(pGWR):
+                m.d.sync += gword.eq(self.p_data)
+            with m.If(pCOMP):
+                m.d.sync += gdata.eq(gword)
+            return rpb.data, gdata
         m.submodules.gbuf = gb = memory.Memory(shape=unsigned(cfg.word_bits),
                                                depth=cfg.col_words, init=[])
         gwp = gb.write_port()

@@ -312,10 +312,13 @@ class SparseDSP(wiring.Component):
         mode = Signal(CTRL)
         raw = Signal(CTRL)
         m.d.comb += raw.eq(Mux(in_tile, cur, self.ctrl.payload))
+        # one span (a single DSP group): span_log is 0, not a comparison with 0
+        # that is constant false (lint UNSIGNED)
+        span_log = (0 if len(cfg.spans) == 1 else
+                    Mux(raw.span_log < len(cfg.spans) - 1, raw.span_log, len(cfg.spans) - 1))
         m.d.comb += [mode.w4.eq(raw.w4), mode.pattern.eq(Mux(raw.pattern < len(PATTERNS),
                                                              raw.pattern, 0)),
-                     mode.span_log.eq(Mux(raw.span_log < len(cfg.spans) - 1, raw.span_log,
-                                          len(cfg.spans) - 1))]
+                     mode.span_log.eq(span_log)]
         # beats per tile and per quantization group: constants of (pattern, span)
         max_beats = cfg.K // (cfg.group_len * min(mm // nn for nn, mm in PATTERNS))
         last_idx = Signal(count_width(max_beats - 1))

@@ -165,3 +165,17 @@ def test_request_layouts_are_the_configs_fields():
             assert (layout[name].offset, layout[name].width) == (offset, bits)
             offset += bits
         assert layout.size == offset
+
+
+@pytest.mark.parametrize("mode", ["dual", "blocked"])
+def test_system_with_one_column_word_per_row(mode):
+    # col_words == 1: the global buffer is a register, not a depth-1 memory
+    cfg = PIMConfig(mode=mode, **{**SMALL, "columns": SMALL.get("lanes", 16)})
+    assert cfg.col_words == 1
+    w = mixed_workload(cfg, seed=5, n_mem=40, n_jobs=4, job_rows=2, max_burst=1)
+    reads, results = expected_outputs(cfg, w.storage, w.mem, w.jobs)
+    model = schedule(cfg, w.mem, w.jobs)
+    out = _run_system(cfg, w)
+    assert out["err_bits"] == 0, _names(out["err_bits"])
+    assert out["reads"] == reads and out["results"] == results
+    assert out["cycles"] == model.cycles + SYSTEM_OVERHEAD

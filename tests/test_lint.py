@@ -56,3 +56,26 @@ def test_unwaived_generated_verilog_warns(tmp_path):
 def test_main_rejects_unknown_design(capsys):
     assert lint.main(["--design", "no_such_design"]) == 2
     assert "unknown design" in capsys.readouterr().err
+
+
+def test_legal_edge_configurations_lint_clean(tmp_path):
+    """Sizes at the edge of each block's legal space (issue 17): one DSP group
+    (a span comparison with 0 was constant: UNSIGNED), one column word per PIM row
+    (a depth-1 memory's zero-width address: ASCRANGE [-1:0]), one walk row of the
+    dequantization lane (a dead row register, hidden by the alias waiver)."""
+    from golden.lut_config import LUTConfig
+    from golden.pim_config import PIMConfig
+    from golden.sparse_dsp_config import SparseDSPConfig
+    from hdl.generate import _PIM_SMALL, design, verilog
+    one_group = SparseDSPConfig(L=4, group_len=4, K=512, qgroup=64)
+    one_word = dict(columns=16, lanes=16)
+    designs = [design("sparse_dsp", one_group), design("sparse_dsp", one_group, kind="chain"),
+               design("pim", PIMConfig(**one_word), kind="bank"),
+               design("pim", PIMConfig(mode="blocked", banks=2, rows=16, max_job_rows=4,
+                                       **one_word), kind="system", sizes=_PIM_SMALL),
+               design("lut", LUTConfig(rows=1, cols=8, lanes=8, K=64, group=32))]
+    results = lint.lint_designs(designs, out_dir=tmp_path, jobs=2)
+    dirty = {r.name: r.messages for r in results if not r.clean}
+    assert not dirty, dirty
+    name, factory = designs[-1]
+    assert "e1_lr" not in verilog(factory(), name)
