@@ -23,7 +23,6 @@ A point's keys (`fixed` and `grid` together):
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import itertools
 import json
@@ -147,7 +146,3 @@ def load_space(path) -> Space:
                  prefill=doc.get("prefill", False),
                  fixed=tuple((k, _plain(v, f"{p}: fixed {k}")) for k, v in fixed.items()),
                  grid=tuple(g), path=str(p))
-
-
-def replace(space: Space, **kw) -> Space:
-    return dataclasses.replace(space, **kw)

@@ -3,9 +3,7 @@ with the core's cycle model (hdl.core.cycle_model, held to the RTL) on SmolLM2's
 shape and with a compiled image's program, the what-ifs, and the refusals."""
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
 
 import pytest
 import torch
@@ -16,7 +14,7 @@ from hdl.core import cycle_model
 from hdl import core_linear
 from fpga_boards.boards import BOARDS
 from fpga_boards.fit import FitError
-from fpga_boards.model_shapes import MODELS, load_shape
+from fpga_boards.model_shapes import MODELS
 from fpga_boards.perf import (GENERATE_DIR, PerfError, SystemModel, agreement, core_from_json,
                               decoder_for, default_core, evaluate, evaluate_system, lower,
                               main, parse_scheme)
