@@ -59,6 +59,17 @@ def _failure_lines(args, item, rec) -> list[str]:
     return lines
 
 
+def _positive_int(text: str) -> int:
+    """argparse type of a count that must be >= 1 (argparse names the flag)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
+    return n
+
+
 def _sim(args) -> int:
     from cosim import blocks, report, runner
     from fpga_boards.progress import step
@@ -183,16 +194,18 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("sim", help="co-simulate the default plan, write build/sim/report.json")
-    s.add_argument("--jobs", "-j", type=int, default=min(2, os.cpu_count() or 1),
+    s.add_argument("--jobs", "-j", type=_positive_int, default=min(2, os.cpu_count() or 1),
                    help="parallel builds/simulations (default 2)")
-    s.add_argument("--only", nargs="*", help="run only cases whose name contains one of these (or a block name)")
+    # "+": a bare --only (an empty shell variable) must not mean "every run"
+    s.add_argument("--only", nargs="+", help="run only cases whose name contains one of these (or a block name)")
     s.add_argument("--block", help="run only this block's plan (cosim.blocks.BLOCKS)")
     s.add_argument("--config", help="with --block: co-simulate the plan on this configuration "
                    "(JSON object of fields, or a .json file; the rest default) instead")
     s.add_argument("--sim", default=None, help="verilator (default) or icarus; $SIM also works")
     s.set_defaults(func=_sim)
     b = sub.add_parser("bench", help="simulation speed: cocotb fast path vs Verilator C++")
-    b.add_argument("--repeat", type=int, default=None, help="runs per measurement")
+    b.add_argument("--repeat", type=_positive_int, default=None,
+                   help="runs per measurement (default 20)")
     b.set_defaults(func=_bench)
     lt = sub.add_parser("lint", help="verilator --lint-only on generated Verilog")
     lt.add_argument("rest", nargs=argparse.REMAINDER)

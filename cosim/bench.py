@@ -14,6 +14,7 @@ Writes build/sim/bench.json atomically.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -270,5 +271,16 @@ def main(args=None) -> int:
     return 0 if all(r["passed"] for r in rows) else 1
 
 
+def _repeat(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return int(text)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    # parse first: --help (or a bad option) must not start a minutes-long benchmark
+    _ap = argparse.ArgumentParser(prog="python -m cosim.bench", description=__doc__,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    _ap.add_argument("--repeat", type=_repeat, default=None,
+                     help="runs per measurement (default 20)")
+    sys.exit(main(_ap.parse_args()))

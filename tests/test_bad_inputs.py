@@ -195,3 +195,40 @@ def test_export_k_over_the_limit_names_the_limit(tmp_path, capsys):
                     str(tmp_path / "o")]) == 2
     err = _one_line_error(capsys)
     assert "exceeds" in err and "--group 70" not in err
+
+
+# ------------------------------------------------------------------ python -m cosim
+def _argparse_refuses(capsys, call, match: str) -> None:
+    with pytest.raises(SystemExit) as e:
+        call()
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert match in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["sim", "--jobs", "0"], "--jobs/-j: must be >= 1, got 0"),
+    (["sim", "--jobs", "-3"], "must be >= 1, got -3"),
+    (["sim", "--only"], "--only: expected at least one argument"),
+    (["bench", "--repeat", "0"], "--repeat: must be >= 1"),
+], ids=["jobs-0", "jobs-negative", "only-without-value", "bench-repeat-0"])
+def test_cosim_counts_and_empty_filters_refused(capsys, argv, match):
+    from cosim.__main__ import main as cosim_main
+    _argparse_refuses(capsys, lambda: cosim_main(argv), match)
+
+
+def test_cosim_bench_module_help_does_not_start_the_benchmark(monkeypatch, capsys):
+    import runpy
+    import sys
+    monkeypatch.setattr(sys, "argv", ["python -m cosim.bench", "--help"])
+    with pytest.raises(SystemExit) as e:
+        runpy.run_module("cosim.bench", run_name="__main__")
+    assert e.value.code == 0
+    assert "usage: python -m cosim.bench" in capsys.readouterr().out
+
+
+def test_cosim_lint_takes_its_own_options(capsys):
+    # `python -m cosim lint --design X` reached argparse's REMAINDER, which refused it
+    from cosim.__main__ import main as cosim_main
+    assert cosim_main(["lint", "--design", "no_such_design"]) == 2
+    assert "unknown design" in capsys.readouterr().err
