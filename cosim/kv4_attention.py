@@ -27,7 +27,9 @@ __all__ = ["KV4Case", "FIXTURE", "REAL_MODEL", "PLAN_CONFIGS", "default_plan", "
            "unit_build", "run_cases", "to_record", "sim_items", "config_items", "case_job"]
 
 STREAM_TB = "cosim.tb.kv4_attention_stream"
-FIXTURE = runner.REPO_ROOT / "tests" / "fixtures" / "kv4_smollm2_layer10.npz"
+#: Captured SmolLM2 attention (quantflow.capture_attention), shipped with the package:
+#: make sim's real-layer cases read it wherever quattro is installed.
+FIXTURE = Path(__file__).resolve().parent / "data" / "kv4_smollm2_layer10.npz"
 REAL_MODEL = "smollm2"
 
 

@@ -52,9 +52,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from golden.core_config import CoreConfig
+from quattro_fs import build_root
 
 from .boards import BOARDS
-from .resources import (DEFAULT_CACHE, REPO_ROOT, ResourceEstimateError, Resources,
+from .resources import (DEFAULT_CACHE, ResourceEstimateError, Resources,
                         SynthOptions, estimate_verilog, markdown_table)
 
 __all__ = ["CONFIGS", "PARTS", "UNITS", "SMOLLM2", "CoreSynthOptions", "synth_options",
@@ -85,7 +86,7 @@ SMOLLM2 = {"vocab": 49152, "hidden": 576, "intermediate": 1536, "layers": 30, "h
            "kv4": {"head_dim": 64, "lanes": 16, "max_t": 1024, "heads": 3, "x_bits": 16,
                    "logit_frac": 8, "p_frac": 12, "out_frac": 4, "recip_bits": 24,
                    "logit_bits": 24, "rotate": False, "recent": 0}}
-_MANIFEST = REPO_ROOT / "build" / "compiled" / "smollm2-w4a8kv4-g64-plain" / "manifest.json"
+_MANIFEST = build_root() / "compiled" / "smollm2-w4a8kv4-g64-plain" / "manifest.json"
 
 
 def smollm2_decoder(manifest: Path | None = _MANIFEST):

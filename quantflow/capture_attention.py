@@ -2,7 +2,7 @@
 (quantflow.text): Q and K after RoPE, V, and the attention output, per layer.
 
     python -m quantflow.capture_attention --layer 10 \
-        --out tests/fixtures/kv4_smollm2_layer10.npz
+        --out cosim/data/kv4_smollm2_layer10.npz
 
 writes the KV4 attention fixture (float16, ~0.5 MB): q [Hq, queries, D] (the
 last `queries` positions), k and v [Hkv, tokens, D], o [Hq, queries, D] (the

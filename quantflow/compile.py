@@ -44,7 +44,7 @@ from golden.decoder_config import ACT_FRAC_MAX, FRAC_SLOTS, LINEARS, DecoderConf
 from golden.kv4_attention_config import KV4Config
 from golden.sfu import embed_quantize, norm_weight, rope_table, silu_table, weight_scale
 from golden.sfu_config import X_BITS, SFUConfig
-from quattro_fs import replace_dir
+from quattro_fs import build_root, replace_dir
 
 from .errors import QuantflowError
 from .fakequant import QuantizedModel, quantize_model
@@ -65,7 +65,7 @@ _FIX = "recompile it with `python -m quantflow compile`"
 
 
 def compiled_dir(model: str, scheme: str) -> Path:
-    return Path("build") / "compiled" / f"{model}-{scheme}"
+    return build_root() / "compiled" / f"{model}-{scheme}"
 
 
 # --------------------------------------------------------------------------- checks

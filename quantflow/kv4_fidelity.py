@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from golden.kv4_attention import append_cache, decode_float
 from golden.kv4_attention_config import KV8_LEVELS, KV4Config
+from quattro_fs import build_root
 
 from .fakequant import fake_quant_kv, hadamard, smooth_attention_lambdas
 
@@ -208,7 +209,7 @@ def main(argv=None) -> int:
     ap.add_argument("--fixed-point", action="store_true")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--layers", default="", help="comma-separated layer indices (default all)")
-    ap.add_argument("--out", default="build/kv4_fidelity.json")
+    ap.add_argument("--out", default=str(build_root() / "kv4_fidelity.json"))
     a = ap.parse_args(argv)
     r = measure(model_name=a.model, tokens=a.tokens, queries=a.queries,
                 fixed_point=a.fixed_point, variants=tuple(a.variants.split(",")),

@@ -20,7 +20,7 @@ from golden.kv4_attention import (KV4Cache, append_cache, cosine, decode_float, 
 from golden.kv4_attention_config import KV4Config, exp2_table
 
 torch.set_num_threads(1)
-FIXTURE = Path(__file__).parent / "fixtures" / "kv4_smollm2_layer10.npz"
+FIXTURE = Path(__file__).parent.parent / "cosim" / "data" / "kv4_smollm2_layer10.npz"
 #: The stated bound: the fixed-point pipeline's output cosine (vs float attention on
 #: the original K/V) is within this of the float-domain KV4 scheme's on the same
 #: operands (INT8 query, DESIGN §3.1) and never lower than the float-query scheme's

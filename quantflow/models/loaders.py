@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from quattro_fs import file_lock, replace_dir, sha256_file
+from quattro_fs import build_root, file_lock, replace_dir, sha256_file
 
 from ..errors import QuantflowError
 from .llama import LlamaConfig, LlamaForCausalLM, _init_check
@@ -85,9 +84,9 @@ def require(module: str):
 
 
 def build_dir() -> Path:
-    """Generated files go here: $QUATTRO_BUILD or <repo>/build."""
-    env = os.environ.get("QUATTRO_BUILD")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "build"
+    """Generated files go here: quattro_fs.build_root() ($QUATTRO_BUILD, the
+    checkout's build/, else ./build)."""
+    return build_root()
 
 
 def models_dir() -> Path:
