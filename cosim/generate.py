@@ -26,7 +26,8 @@ The generated tokens are also compared with the integer model's own greedy
 decoding (quantflow.generate.integer_greedy on golden.decoder.IntegerDecoder, the
 engine of `python -m quantflow generate --engine integer`). `--layers N` runs the
 first N decoder layers only (a depth-reduced model: same image, same LM head),
-for quick checks. The result goes to build/sim/generate/<run>.json.
+for quick checks. The result goes to
+build/sim/generate/<model>-<scheme>[-L<layers>]-<new tokens>.json.
 """
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ import torch
 from fpga_boards.host import XrtUnavailable
 from golden.core import execute
 from golden.core_config import Registers
+from quantflow.schemes import DEFAULT_SCHEME
 from quattro_fs import atomic_write_json
 
 from . import runner
@@ -229,11 +231,12 @@ def generate_image(img, ids: list[int], max_new_tokens: int, *, device: str = "v
 
 
 def run_generate(model: str = REAL_MODEL, prompt: str = DEFAULT_PROMPT, *,
-                 max_new_tokens: int = 8, scheme: str = REAL_SCHEME, layers: int | None = None,
+                 max_new_tokens: int = 8, scheme: str = DEFAULT_SCHEME, layers: int | None = None,
                  device: str = "verilator", check: bool = True, latency: int = SIM_LATENCY,
                  out: Path | None = None, stream=None, log=print) -> dict:
     """Generate through the co-simulated core (module doc); returns the JSON record
-    (also written to `out`, default build/sim/generate/<model>[-L<layers>]-<n>.json)."""
+    (also written to `out`, default
+    build/sim/generate/<model>-<scheme>[-L<layers>]-<n>.json)."""
     from quantflow.models.loaders import load_model
     t_start = time.perf_counter()
     lm = load_model(model, progress=False)
@@ -241,7 +244,7 @@ def run_generate(model: str = REAL_MODEL, prompt: str = DEFAULT_PROMPT, *,
     if not ids:
         raise ValueError("the prompt encodes to no tokens; give a non-empty prompt")
     img = depth_reduced(real_image(model, scheme, log=log), layers)
-    tag = f"{model}" + (f"-L{img.config.layers}" if layers is not None else "") \
+    tag = f"{model}-{scheme}" + (f"-L{img.config.layers}" if layers is not None else "") \
         + f"-{max_new_tokens}"
     out = Path(out) if out is not None else GENERATE_DIR / f"{tag}.json"
     log(f"{model} ({scheme}): {prompt!r}")
@@ -313,7 +316,7 @@ def sim_items(*, sim: str) -> list:
 
     def run():
         rec = run_generate(REAL_MODEL, DEFAULT_PROMPT, max_new_tokens=SIM_NEW_TOKENS,
-                           log=lambda m: None)
+                           scheme=REAL_SCHEME, log=lambda m: None)
         return sim_record(rec, name=f"generate-{REAL_MODEL}-{SIM_NEW_TOKENS}-tokens")
     return [SimItem(block="core", name=name, path="generate",
                     config={"model": REAL_MODEL, "max_new_tokens": SIM_NEW_TOKENS},
@@ -326,8 +329,10 @@ def main(argv=None) -> int:
     p.add_argument("--model", default=REAL_MODEL)
     p.add_argument("--prompt", default=DEFAULT_PROMPT)
     p.add_argument("--max-new-tokens", type=int, default=8)
-    p.add_argument("--scheme", default=REAL_SCHEME,
-                   help="the compiled image's scheme (default %(default)s: the core's ops)")
+    p.add_argument("--scheme", default=DEFAULT_SCHEME,
+                   help="quantization scheme of the compiled image (default %(default)s, "
+                        "as quantflow generate; compiled once on first use, about 10 min "
+                        "on 2 cores; w4a8kv4-g64-plain compiles in under a minute)")
     p.add_argument("--layers", type=int, default=None,
                    help="run only the first N decoder layers (a depth-reduced model)")
     p.add_argument("--device", choices=DEVICES, default="verilator")

@@ -31,6 +31,7 @@ from .errors import QuantflowError
 from .imagedir import read_manifest
 from .mixpe import FORMAT, FORMAT_VERSION, export_mixpe, load_mixpe
 from .pack import pad_to_multiple
+from .schemes import DEFAULT_SCHEME
 from .synthetic import random_activations, random_linear_weights
 
 
@@ -115,7 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("schemes", help="list the registered quantization schemes")
     ev = sub.add_parser("eval", help="perplexity + per-layer SQNR of a scheme on a model")
     ev.add_argument("--model", default="smollm2")
-    ev.add_argument("--scheme", default="w4a8kv4-g64")
+    ev.add_argument("--scheme", default=DEFAULT_SCHEME)
     ev.add_argument("--text", default=None, help="evaluation text: a named text or a UTF-8 "
                                                  "file (default hamlet)")
     ev.add_argument("--engine", default="fakequant", choices=("fakequant", "integer"),
@@ -131,7 +132,7 @@ def _parser() -> argparse.ArgumentParser:
     co = sub.add_parser("compile", help="quantize a model and write the integer model's "
                                         "image (flat memory map + manifest)")
     co.add_argument("--model", default="smollm2")
-    co.add_argument("--scheme", default="w4a8kv4-g64")
+    co.add_argument("--scheme", default=DEFAULT_SCHEME)
     co.add_argument("--out", help="image directory (default build/compiled/<model>-<scheme>)")
     co.add_argument("--context", type=int, default=1024,
                     help="positions of the RoPE table and KV cache (default 1024)")
@@ -143,7 +144,7 @@ def _parser() -> argparse.ArgumentParser:
     ge.add_argument("--prompt", required=True)
     ge.add_argument("--max-new-tokens", type=int, default=32)
     ge.add_argument("--engine", default="integer", choices=("float", "fakequant", "integer"))
-    ge.add_argument("--scheme", default="w4a8kv4-g64")
+    ge.add_argument("--scheme", default=DEFAULT_SCHEME)
     ge.add_argument("--image", help="compiled image (default build/compiled/<model>-<scheme>, "
                                     "compiled on first use)")
     for p in (ex, ev, co, ge):
@@ -170,7 +171,7 @@ def _check_flags(args) -> None:
                                  f"--model the bits and group come from --scheme (see "
                                  f"`quantflow schemes`)")
         if args.scheme is None:
-            args.scheme = "w4a8kv4-g64"
+            args.scheme = DEFAULT_SCHEME
         return
     if args.scheme is not None:
         raise QuantflowError("--scheme applies to --model only; for --weights/"

@@ -51,7 +51,7 @@ from .fakequant import QuantizedModel, quantize_model
 from .models.llama import LlamaForCausalLM, apply_rope
 from .models.loaders import LoadedModel, load_model
 from .qoq import quantize_qoq
-from .schemes import QuantScheme, get_scheme
+from .schemes import DEFAULT_SCHEME, QuantScheme, get_scheme
 from .text import DEFAULT_CALIB, calibration_tokens
 
 __all__ = ["IMAGE_FORMAT", "IMAGE_FORMAT_VERSION", "compile_model", "compile_quantized",
@@ -326,7 +326,7 @@ def compile_quantized(qm: QuantizedModel, calib_ids: torch.Tensor, outdir, *, co
                         "scheme_label": qm.scheme.label})
 
 
-def compile_model(model="smollm2", scheme="w4a8kv4-g64", *, out=None, context: int = 1024,
+def compile_model(model="smollm2", scheme=DEFAULT_SCHEME, *, out=None, context: int = 1024,
                   head_bits: int = 8, calib_text: str = DEFAULT_CALIB, calib_samples: int = 8,
                   calib_length: int = 256, progress: bool = True, log=print) -> dict:
     """Load, quantize (fake-quant flow, calibrated) and compile `model`; returns the

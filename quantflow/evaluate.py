@@ -25,7 +25,7 @@ from quattro_fs import atomic_write_bytes, atomic_write_json
 from .errors import QuantflowError
 from .fakequant import QuantizedModel, quantize_model
 from .models.loaders import LoadedModel, build_dir, load_model, require
-from .schemes import get_scheme
+from .schemes import DEFAULT_SCHEME, get_scheme
 from .text import (DEFAULT_CALIB, DEFAULT_EVAL, calibration_tokens, evaluation_tokens,
                    text_description)
 
@@ -131,7 +131,7 @@ EVAL_SEED = 0
 ENGINES = ("fakequant", "integer")
 
 
-def evaluate(model="smollm2", scheme="w4a8kv4-g64", *, text: str = DEFAULT_EVAL,
+def evaluate(model="smollm2", scheme=DEFAULT_SCHEME, *, text: str = DEFAULT_EVAL,
              windows: int = 8, length: int = 512, calib_text: str = DEFAULT_CALIB,
              calib_samples: int = 8, calib_length: int = 256, components: bool = True,
              engine: str = "fakequant", out=None, progress: bool = True, log=print) -> dict:

@@ -46,7 +46,7 @@ from .models.loaders import LoadedModel, load_model, require
 from .mixpe import (pack_code_words, pack_scale_words, unpack_code_words,
                     unpack_scale_words, write_mixpe_images)
 from .qoq import QoQWeights, quantize_act
-from .schemes import QuantScheme, get_scheme
+from .schemes import DEFAULT_SCHEME, QuantScheme, get_scheme
 from .text import DEFAULT_CALIB, DEFAULT_EVAL, calibration_tokens, evaluation_tokens
 
 __all__ = ["MODEL_FORMAT", "MODEL_FORMAT_VERSION", "export_quantized", "export_model",
@@ -150,7 +150,7 @@ def _cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def export_model(model="smollm2", scheme="w4a8kv4-g64", *, out=None, cols: int = 8,
+def export_model(model="smollm2", scheme=DEFAULT_SCHEME, *, out=None, cols: int = 8,
                  calib_text: str = DEFAULT_CALIB, calib_samples: int = 8,
                  calib_length: int = 256, progress: bool = True) -> dict:
     """Quantize `model` with `scheme` and export it; returns the manifest plus
@@ -267,7 +267,7 @@ def capture_layer_inputs(model: torch.nn.Module, layer: str, ids: torch.Tensor) 
 def export_real_layer(outdir, config: MixPEConfig, *, model="smollm2",
                       layer: str = "layers.0.self_attn.q_proj", tokens: int | None = None,
                       channels: int | None = None,
-                      scheme="w4a8kv4-g64", text: str = DEFAULT_EVAL,
+                      scheme=DEFAULT_SCHEME, text: str = DEFAULT_EVAL,
                       calib_text: str = DEFAULT_CALIB, calib_samples: int = 4,
                       calib_length: int = 128, progress: bool = False) -> dict:
     """One real linear layer as MixPE images: its weight quantized with the scheme's

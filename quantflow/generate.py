@@ -29,6 +29,7 @@ from .compile import compile_model, compiled_dir, load_image
 from .errors import QuantflowError
 from .fakequant import quantize_model
 from .models.loaders import LoadedModel, load_model, require
+from .schemes import DEFAULT_SCHEME
 from .text import DEFAULT_CALIB, calibration_tokens
 
 __all__ = ["ENGINES", "Generation", "generate", "integer_decoder", "integer_greedy", "PREFILL_CHUNK"]
@@ -104,7 +105,7 @@ def integer_greedy(dec: IntegerDecoder, ids: torch.Tensor, n: int, on_token,
 
 
 def generate(model="smollm2", prompt: str = "", *, max_new_tokens: int = 32,
-             engine: str = "integer", scheme: str = "w4a8kv4-g64", image=None,
+             engine: str = "integer", scheme: str = DEFAULT_SCHEME, image=None,
              stream=None, progress: bool = True, log=print) -> Generation:
     """Greedy generation (module docstring); `stream(text_piece)` receives the text
     as it appears."""

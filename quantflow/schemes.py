@@ -38,7 +38,7 @@ from golden.validate import check_bool, check_int
 
 from .errors import QuantflowError
 
-__all__ = ["WeightScheme", "ActScheme", "KVScheme", "RotationScheme", "QuantScheme",
+__all__ = ["DEFAULT_SCHEME", "WeightScheme", "ActScheme", "KVScheme", "RotationScheme", "QuantScheme",
            "SCHEMES", "get_scheme", "WEIGHT_METHODS", "ROTATION_KINDS"]
 
 WEIGHT_METHODS = ("rtn-sym", "rtn-asym", "qoq")
@@ -248,6 +248,10 @@ _KV4_SMOOTH_SINKS = KVScheme(bits=4, smooth_attention=True, hadamard=True, sink_
 # normalized energy at the norms' inputs (those keep their norm weights)
 _ROT = RotationScheme(kind="random-hadamard", seed=0)
 _ROT_KEEP16 = RotationScheme(kind="random", seed=0, keep=16)
+
+#: The scheme every command uses when none is named (W4 g64 QoQ with clip search and
+#: GPTQ, A8, KV4 with Hadamard K/Q and the recent window).
+DEFAULT_SCHEME = "w4a8kv4-g64"
 
 SCHEMES = _reg(
     QuantScheme(name="fp32", description="float reference (the dequantized GGUF)"),
