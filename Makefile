@@ -6,7 +6,7 @@ VPY    := $(VENV)/bin/python
 STAMP  := $(VENV)/.quattro-installed
 JOBS   ?= auto
 
-.PHONY: all sim slow test verilog lint bench resources models eval generate bitstream clean distclean
+.PHONY: all sim slow test verilog lint bench resources models eval generate bitstream docs clean distclean
 
 all: test
 
@@ -74,6 +74,15 @@ BOARD  ?= u280
 KERNEL ?= mixpe
 bitstream: $(STAMP)
 	$(VPY) -m fpga_boards build --board $(BOARD) --kernel $(KERNEL) $(if $(CONFIG),--config '$(CONFIG)')
+
+## docs: the docs site (MkDocs, Material theme, API reference from the docstrings)
+##       into build/site, built with --strict: a broken link or anchor fails it
+DOCS_STAMP := $(VENV)/.quattro-docs-installed
+$(DOCS_STAMP): requirements-docs.lock $(STAMP)
+	$(VPY) -m pip install --quiet --disable-pip-version-check -r requirements-docs.lock
+	@touch $@
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VPY) -m mkdocs build --strict
 
 clean:
 	rm -rf build
