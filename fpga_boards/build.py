@@ -379,10 +379,13 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    if args.fullchip and spec.fullchip_top() is None:
-        print(f"error: kernel {args.kernel!r} has no full-chip self-test top (it needs the "
-              f"shell's memory); drop --fullchip", file=sys.stderr)
-        return EXIT_USAGE
+    if args.fullchip:
+        top = spec.fullchip_top()
+        if top is None:
+            print(f"error: kernel {args.kernel!r} has no full-chip self-test top (it needs "
+                  f"the shell's memory); drop --fullchip", file=sys.stderr)
+            return EXIT_USAGE
+        top._MustUse__silence = True        # only asked whether there is one
     try:
         res = generate(args.board, spec, out_root=args.out, fit=not args.no_fit)
     except FitError as e:
