@@ -79,3 +79,27 @@ def test_legal_edge_configurations_lint_clean(tmp_path):
     assert not dirty, dirty
     name, factory = designs[-1]
     assert "e1_lr" not in verilog(factory(), name)
+
+
+class _UnusedInputDeadRegister(wiring.Component):
+    """An input port no logic reads and a register nothing reads: both real
+    findings that a blanket "Signal is not used: *" waiver used to hide."""
+    d: In(8)
+    spare: In(8)
+    q: Out(8)
+
+    def elaborate(self, platform):
+        m = Module()
+        dead = Signal(8, name="dead_reg")
+        alias = Signal(8, name="kept_alias")     # named comb signal: waived
+        m.d.sync += dead.eq(self.d)
+        m.d.comb += [alias.eq(self.d + 1), self.q.eq(self.d)]
+        return m
+
+
+def test_unused_ports_and_dead_registers_are_findings(tmp_path):
+    path = write_verilog(_UnusedInputDeadRegister(), "unused_bits", tmp_path)
+    result = lint.lint_file(path)
+    unused = {m.split("'")[1] for m in result.messages if "Signal is not used" in m}
+    assert {"spare", "dead_reg"} <= unused, result.messages
+    assert "kept_alias" not in unused
