@@ -32,6 +32,7 @@ BLOCKS: dict[str, str] = {
     "kv4_attention": "cosim.kv4_attention",
     "sfu": "cosim.sfu",
     "core": "cosim.core",
+    "kernel_core": "cosim.kernel_core",
 }
 
 #: block -> the hdl.generate block whose configuration `--config` fills, for the
