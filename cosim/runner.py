@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fpga_boards.progress import step
-from quattro_fs import atomic_write_json, build_root, cached_dir, read_cached_meta
+from quattro_fs import atomic_write_json, build_root, cached_dir, read_cached_meta, umask
 
 __all__ = [
     "CosimError", "SimulatorUnavailable", "VerilatorInstall", "Build",
@@ -346,6 +346,7 @@ def run(b: Build, *, test_module: str, job: dict, run_dir: Path | None = None,
         base = b.directory.parent / "runs"
         base.mkdir(parents=True, exist_ok=True)
         run_dir = Path(tempfile.mkdtemp(prefix=f"{b.toplevel}-", dir=base))
+        run_dir.chmod(0o777 & ~umask())     # mkdtemp's 0700 would hide traces from others
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     job_path = run_dir / "job.json"

@@ -71,18 +71,19 @@ def installed(tmp_path_factory):
     wheel = _build_wheel(tmp)
     venv = tmp / "venv"
     base = getattr(sys, "_base_executable", sys.executable)
-    subprocess.run([base, "-m", "venv", "--without-pip", str(venv)], check=True)
+    # the venv's own pip (ensurepip: bundled, offline) installs the wheel before the
+    # shared site-packages are linked in: a pip that saw the checkout's editable
+    # quattro there would uninstall it from the shared venv first
+    subprocess.run([base, "-m", "venv", str(venv)], check=True)
     py = venv / "bin" / "python"
-    site = Path(subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()"
-                                "['purelib'])"], capture_output=True, text=True,
-                               check=True).stdout.strip())
-    (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    # pip (from the shared site-packages) run by the new interpreter: installs there,
-    # with that interpreter in the `quattro` script's #! line
     r = subprocess.run([str(py), "-m", "pip", "install", "--no-deps", "--no-index", "-q",
                         "--disable-pip-version-check", str(wheel)],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    site = Path(subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()"
+                                "['purelib'])"], capture_output=True, text=True,
+                               check=True).stdout.strip())
+    (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     work = tmp / "work"
     work.mkdir()
     return venv / "bin", work, site, _files(site)
