@@ -1,8 +1,10 @@
 """python -m hdl: write Verilog of any block (hdl.generate.BLOCKS).
 
   python -m hdl <block> [--config JSON] [--kind KIND] [--options JSON] --out DIR
-      block: mixpe, lut, sparse_dsp, pim, kv4_attention; --config gives fields of
-      the block's golden configuration (the rest keep their defaults); --kind
+      block: mixpe, lut, sparse_dsp, pim, kv4_attention, sfu, core; --config gives
+      fields of the block's golden configuration as a JSON object or a .json file
+      (the rest keep their defaults; nested ones, the core's sfu and kv4, as
+      objects of their own fields); --kind
       picks one of the block's designs; --options its keyword arguments, e.g.
       python -m hdl pim --kind system --options '{"sizes": {"max_mem": 64, ...}}'
   python -m hdl mixpe --bits 4 --group 64 --rows 4 --cols 8 --K 1024 --out DIR
@@ -13,10 +15,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
-from .generate import BLOCKS, block_config, default_designs, design, write_verilog
+from quattro_fs import build_root
+
+from .generate import BLOCKS, block_config, default_designs, design, json_object, write_verilog
 
 #: MixPE's own flags: configuration fields, and the kind and tile options.
 _MIXPE_FIELDS = ("bits", "group", "rows", "cols", "K")
@@ -32,8 +35,10 @@ def _parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("block", nargs="?", help=f"block to generate: {', '.join(BLOCKS)}")
     p.add_argument("--all", action="store_true", help="generate every block's default designs")
-    p.add_argument("--out", default="build/verilog", help="output directory")
-    p.add_argument("--config", default="{}", help="configuration fields as a JSON object")
+    p.add_argument("--out", default=str(build_root() / "verilog"),
+                   help="output directory (default: build/verilog, see quattro_fs.build_root)")
+    p.add_argument("--config", default="{}", help="configuration fields as a JSON object "
+                   "(or a .json file)")
     p.add_argument("--kind", default=None, help="which design of the block (default: the first)")
     p.add_argument("--options", default="{}", help="the design's options as a JSON object")
     mix = p.add_argument_group("mixpe only")
@@ -45,17 +50,6 @@ def _parser() -> argparse.ArgumentParser:
     for opt in _MIXPE_TILES:
         mix.add_argument(f"--{opt.replace('_', '-')}", dest=opt, type=int, default=None)
     return p
-
-
-def _json_object(flag: str, text: str) -> dict:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise UsageError(f"{flag} is not valid JSON ({e.msg} at character {e.pos}); "
-                         f"quote it in the shell, e.g. {flag} '{{\"rows\": 2}}'") from None
-    if not isinstance(value, dict):
-        raise UsageError(f"{flag} must be a JSON object of fields, got {text!r}")
-    return value
 
 
 def _mixpe_flags(args) -> tuple[dict, dict]:
@@ -81,8 +75,8 @@ def _selected(args) -> list:
     if args.block not in BLOCKS:
         raise UsageError(f"unknown block {args.block!r}; choose one of {', '.join(BLOCKS)}")
     flag_fields, opts = _mixpe_flags(args)
-    fields = {**_json_object("--config", args.config), **flag_fields}
-    opts = {**_json_object("--options", args.options), **opts}
+    fields = {**json_object("--config", args.config), **flag_fields}
+    opts = {**json_object("--options", args.options), **opts}
     if args.kind is not None:
         opts["kind"] = args.kind
     return [design(args.block, block_config(args.block, fields), **opts)]
