@@ -26,6 +26,7 @@ import torch
 
 from golden.mixpe_config import MixPEConfig
 
+from golden.kv4_attention_config import KV4_MAX_T
 from golden.mixpe_config import MIXPE_GROUP_RANGE, MIXPE_MAX_K, suggest_group
 from .errors import QuantflowError
 from .imagedir import read_manifest
@@ -161,6 +162,10 @@ def _check_flags(args) -> None:
     """Refuse flags the chosen path would ignore or misread, then fill defaults."""
     if getattr(args, "threads", 1) < 1:
         raise QuantflowError(f"--threads must be >= 1, got {args.threads}")
+    if args.cmd == "compile" and not 1 <= args.context <= KV4_MAX_T:
+        # checked before minutes of quantization, not when the cache is sized
+        raise QuantflowError(f"--context must be 1..{KV4_MAX_T} positions (the KV4 cache's "
+                             f"max_t), got {args.context}")
     if args.cmd != "export":
         return
     given = [f for f in _MATRIX_FLAGS if getattr(args, f) not in (None, False)]
@@ -293,7 +298,12 @@ def main(argv=None) -> int:
             print(_export(args))
         else:
             print(_verify(args.dir))
-    except (QuantflowError, TypeError, ValueError, OSError) as e:
+    except OSError as e:  # a path the user gave: say which and what is wrong with it
+        where = f" {e.filename}" if e.filename else ""
+        print(f"quantflow: error: cannot use{where}: {e.strerror or e}; check the path (an "
+              f"--out folder must be creatable and writable)", file=sys.stderr)
+        return 2
+    except (QuantflowError, TypeError, ValueError) as e:
         print(f"quantflow: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     return 0

@@ -54,6 +54,20 @@ def test_export_flags_ignored_or_misread_are_refused(tmp_path, capsys, argv, mat
     assert not (tmp_path / "o").exists()
 
 
+def test_export_out_under_a_file(tmp_path, capsys):
+    (tmp_path / "f").write_text("keep")
+    assert qf_main(["export", "--random-weights", "8", "64", "--out",
+                    str(tmp_path / "f" / "img")]) == 2
+    assert "check the path" in _one_line_error(capsys)
+    assert (tmp_path / "f").read_text() == "keep"
+
+
+@pytest.mark.parametrize("context", ["0", "5000"])
+def test_compile_context_checked_before_quantizing(capsys, context):
+    assert qf_main(["compile", "--context", context]) == 2
+    assert "--context must be 1..4096" in _one_line_error(capsys)
+
+
 def test_verify_accepts_whole_model_export(tmp_path, capsys):
     from helpers.tiny_llama import tiny_llama
     from quantflow.export_model import export_quantized
