@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from quattro_fs import build_root
@@ -84,12 +85,22 @@ def _selected(args) -> list:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        print(f"error: --out {args.out} is a file; --out names a folder for the .v files "
+              f"(created if missing)", file=sys.stderr)
+        return 2
     try:
         for name, factory in _selected(args):
             print(write_verilog(factory(), name, args.out))
     except (ValueError, TypeError) as e:
         # a bad field value or option: the configuration's own message names the fix
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        # files are written atomically, so nothing half-written is left behind
+        print(f"error: cannot write Verilog into --out {args.out} ({e.strerror or e}: "
+              f"{e.filename or args.out}); give a writable folder (it is created if "
+              f"missing)", file=sys.stderr)
         return 2
     return 0
 

@@ -1,9 +1,12 @@
 """Bad inputs a user can give the command lines (issue 17, Build item 6): each one
 clear error naming the fix (exit 2, no traceback), nothing written half-way, and
-no flag silently ignored or misread. The CLIs' main(argv) run in-process."""
+no flag silently ignored or misread; and configurations that validate are ones
+the RTL accepts. The CLIs' main(argv) run in-process."""
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -246,3 +249,39 @@ def test_cosim_lint_takes_its_own_options(capsys):
     from cosim.__main__ import main as cosim_main
     assert cosim_main(["lint", "--design", "no_such_design"]) == 2
     assert "unknown design" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ python -m hdl --out
+def _unwritable_dir(tmp_path):
+    """A folder this process cannot write into (root ignores mode bits: use /sys)."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    if not os.access(ro, os.W_OK):
+        return ro / "verilog"
+    if os.path.isdir("/sys/kernel"):  # sysfs refuses new folders even to root
+        return Path("/sys/kernel/quattro_no_such_dir")
+    pytest.skip("no unwritable folder on this machine")
+
+
+@pytest.mark.parametrize("where", ["existing-file", "under-a-file", "read-only"])
+def test_hdl_out_unwritable(tmp_path, capsys, where):
+    from hdl.__main__ import main as hdl_main
+    (tmp_path / "f").write_text("keep")
+    out = {"existing-file": tmp_path / "f", "under-a-file": tmp_path / "f" / "v",
+           "read-only": None}[where] or _unwritable_dir(tmp_path)
+    assert hdl_main(["mixpe", "--rows", "1", "--cols", "2", "--K", "64", "--group", "32",
+                     "--out", str(out)]) == 2
+    err = _one_line_error(capsys, "error:")
+    assert "--out" in err and "folder" in err
+    assert (tmp_path / "f").read_text() == "keep"
+
+
+
+def test_fpga_boards_build_missing_config_file(tmp_path, capsys):
+    from fpga_boards import build as fb_build
+    assert fb_build.main(["--board", "u280", "--kernel", "mixpe", "--config",
+                          str(tmp_path / "nofile.json"), "--generate-only",
+                          "--out", str(tmp_path / "out")]) == 2
+    assert "nofile.json: no such file" in _one_line_error(capsys, "error:")
+    assert not (tmp_path / "out").exists()
