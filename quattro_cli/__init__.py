@@ -91,15 +91,23 @@ def _block_args(argv: list[str]) -> tuple[str | None, str | None, list[str]]:
     return known.block, config, rest
 
 
-def _help_asked(argv: list[str]) -> bool:
-    return any(a in ("-h", "--help") for a in argv)
+def _help_asked(argv: list[str], command: str | None = None, target: str = "") -> bool:
+    """True when -h/--help is among `argv`; for a per-block `command`, first say how
+    --block/--config map onto the package command whose help follows."""
+    asked = any(a in ("-h", "--help") for a in argv)
+    if asked and command is not None:
+        as_what = {"verilog": "block argument", "bitstream": "--kernel"}.get(command, "--block")
+        print(f"quattro {command} --block NAME --config JSON|FILE.json|FILE.yaml [options]\n"
+              f"runs `{target}` with the block as its {as_what} and the configuration as "
+              f"JSON text; its options:\n")
+    return asked
 
 
 # ------------------------------------------------------------------ the commands
 
 def _verilog(argv: list[str]) -> int:
     from hdl.__main__ import main as hdl_main
-    if _help_asked(argv):
+    if _help_asked(argv, "verilog", "python -m hdl"):
         return hdl_main(["--help"])
     block, config, rest = _block_args(argv)
     if block is None and "--all" not in rest:
@@ -113,7 +121,7 @@ def _verilog(argv: list[str]) -> int:
 def _cosim(command: str) -> Callable[[list[str]], int]:
     def run(argv: list[str]) -> int:
         from cosim.__main__ import main as cosim_main
-        if _help_asked(argv):
+        if _help_asked(argv, command, f"python -m cosim {command}"):
             return cosim_main([command, "--help"])
         block, config, rest = _block_args(argv)
         args = ([] if block is None else ["--block", block]) + (
@@ -124,7 +132,7 @@ def _cosim(command: str) -> Callable[[list[str]], int]:
 
 def _resources(argv: list[str]) -> int:
     from fpga_boards.__main__ import main as boards_main
-    if _help_asked(argv):
+    if _help_asked(argv, "resources", "python -m fpga_boards resources"):
         from fpga_boards.resources_block import main as block_main
         return block_main(["--help"])
     block, config, rest = _block_args(argv)
@@ -135,7 +143,7 @@ def _resources(argv: list[str]) -> int:
 
 def _bitstream(argv: list[str]) -> int:
     from fpga_boards.__main__ import main as boards_main
-    if _help_asked(argv):
+    if _help_asked(argv, "bitstream", "python -m fpga_boards build"):
         return boards_main(["build", "--help"])
     from fpga_boards.kernel import KERNELS
     block, config, rest = _block_args(argv)

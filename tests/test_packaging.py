@@ -66,7 +66,8 @@ def installed(tmp_path_factory):
     """The wheel in a fresh venv whose dependencies come from this interpreter's
     site-packages through a .pth file (offline: nothing is downloaded; the
     checkout's editable install is not seen, since .pth files of an added
-    directory are not run). Returns (bin dir, a work folder outside the checkout, site-packages, its files)."""
+    directory are not run). Returns (bin dir, a work folder outside the checkout,
+    site-packages, its files)."""
     tmp = tmp_path_factory.mktemp("install")
     wheel = _build_wheel(tmp)
     venv = tmp / "venv"
