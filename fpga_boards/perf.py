@@ -693,13 +693,15 @@ def agreement(board: Board | None = None) -> dict:
         c = rec["core"]
         core = CoreConfig(**{**c, "sfu": SFUHWConfig(**c["sfu"]), "kv4": KV4Config(**c["kv4"])})
         runs = [(r["pos"], r["tokens"], r["cycles"]) for r in rec["runs"] if r["kind"] == "decode"]
-        cases.append((rec["path"], rec["layers"], core, rec["latency"], runs))
+        sch = parse_scheme(rec.get("scheme", scheme.name))
+        cases.append((rec["path"], sch, rec["layers"], core, rec["latency"], runs))
     if not cases:
         d = decoder_for(shape, scheme, 1024)
         core = sim_core_for(d)
-        cases.append((None, d.layers, core, core.mem_latency, [(5, 1, None), (6, 1, None)]))
-    for path, layers, core, latency, runs in cases:
-        d = decoder_for(shape, scheme, core.kv4.max_t, layers=layers)
+        cases.append((None, scheme, d.layers, core, core.mem_latency,
+                      [(5, 1, None), (6, 1, None)]))
+    for path, sch, layers, core, latency, runs in cases:
+        d = decoder_for(shape, sch, core.kv4.max_t, layers=layers)
         sys_ = SystemConfig(w_bits=d.w_bits, group=d.group, context=core.kv4.max_t)
         m = SystemModel(d, core, sys_, board, latency=latency)
         for pos, T, measured in runs:
@@ -707,7 +709,8 @@ def agreement(board: Board | None = None) -> dict:
             rtl = sum(cycle_model(list(m.words), m.core, Registers(pos=pos, tokens=T),
                                   latency=latency)) + 1
             ref = measured if measured is not None else rtl
-            checks.append({"record": path, "layers": layers, "pos": pos, "tokens": T,
+            checks.append({"record": path, "scheme": sch.name, "layers": layers, "pos": pos,
+                           "tokens": T,
                            "model_cycles": model, "hdl_cycle_model": rtl,
                            "cosim_cycles": measured, "error": (model - ref) / ref})
     worst = max(abs(c["error"]) for c in checks)
