@@ -6,7 +6,7 @@ VPY    := $(VENV)/bin/python
 STAMP  := $(VENV)/.quattro-installed
 JOBS   ?= auto
 
-.PHONY: all sim slow test verilog lint bench resources models eval generate bitstream docs clean distclean
+.PHONY: all sim slow test verilog lint bench resources models eval generate perf dse bitstream docs clean distclean
 
 all: test
 
@@ -66,6 +66,18 @@ PROMPT ?= The capital of France is
 TOKENS ?= 8
 generate: models
 	$(VPY) -m cosim generate --model smollm2 --prompt "$(PROMPT)" --max-new-tokens $(TOKENS) $(if $(LAYERS),--layers $(LAYERS))
+
+## perf: system model of the core on an Alveo card (tokens/s, bounds, roofline PNG in
+##       build/perf/): LLaMA-2-7B and SmolLM2 on the U280 (docs/system.md)
+perf: $(STAMP)
+	$(VPY) -m fpga_boards perf --board u280 --model llama2-7b --scheme w4a8kv4-g128
+	$(VPY) -m fpga_boards perf --board u280 --model smollm2 --scheme w4a8kv4-g64
+
+## dse: a design-space sweep on a local Ray (resumable rows, Pareto fronts, plots);
+##      SPACE=dse/spaces/u280-llama2-7b.yaml for the larger space
+SPACE ?= dse/spaces/small.yaml
+dse: $(STAMP)
+	$(VPY) -m dse sweep $(SPACE) --num-cpus 2
 
 ## bitstream: Alveo build tree of a kernel in build/boards/$(BOARD)/$(KERNEL) (fit check,
 ##            Tcl checked); runs Vivado/v++ when on PATH, else prints what to run
