@@ -42,6 +42,7 @@ from pathlib import Path
 import torch
 
 from fpga_boards.host import XrtUnavailable
+from fpga_boards.host_core import GENERATE_DIR
 from golden.core import execute
 from golden.core_config import Registers
 from quantflow.schemes import DEFAULT_SCHEME
@@ -53,7 +54,6 @@ from .core import (REAL_MODEL, REAL_SCHEME, SIM_LATENCY, CoreCase, compare_runs,
 
 __all__ = ["GENERATE_DIR", "DEVICES", "depth_reduced", "generate_image", "run_generate", "main"]
 
-GENERATE_DIR = runner.REPO_ROOT / "build" / "sim" / "generate"
 DEVICES = ("verilator", "sim", "xrt")
 #: U280 kernel clock the tokens/s figure assumes (the core's timing is not closed on a
 #: part: docs/generate.md says so).

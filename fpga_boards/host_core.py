@@ -26,9 +26,14 @@ from typing import Callable, Protocol
 import numpy as np
 
 from quantflow.program import CoreProgram
+from quattro_fs import build_root
 
-__all__ = ["CoreDevice", "CoreDeviceError", "RunInfo", "GenerateResult", "blocks", "generate",
+__all__ = ["GENERATE_DIR", "CoreDevice", "CoreDeviceError", "RunInfo", "GenerateResult", "blocks", "generate",
            "ReferenceDevice"]
+
+
+#: Where `python -m cosim generate` writes its records (the system model reads them).
+GENERATE_DIR = build_root() / "sim" / "generate"
 
 
 class CoreDevice(Protocol):

@@ -53,6 +53,7 @@ from quattro_fs import build_root
 
 from .boards import BOARDS, Board
 from .fit import Fit, FitError, check, fit_of, fit_table
+from .host_core import GENERATE_DIR
 from .model_shapes import MODELS, ModelShape, load_shape
 from .resources_system import SOURCE_NOTE
 
@@ -63,7 +64,6 @@ __all__ = ["PERF_DIR", "GENERATE_DIR", "AGREEMENT_TOLERANCE", "UNITS", "BOUNDS",
 
 PERF_DIR = build_root() / "perf"
 #: `python -m cosim generate` writes the co-simulated core's measured cycles here.
-GENERATE_DIR = build_root() / "sim" / "generate"
 #: The model must agree with the co-simulated core within this (cycles per token).
 AGREEMENT_TOLERANCE = 0.02
 #: An HBM2 pseudo-channel moves 64 data bits on both clock edges: 16 bytes a clock.
