@@ -663,10 +663,11 @@ def model_runs(image, core: CoreConfig, ids: list[int], *, decode_steps: int = D
     return runs, build_memory(image, prog)
 
 
-def random_model_runs(shape, *, seed: int, workdir, scheme: str = REAL_SCHEME,
-                      vocab: int = 400, prefill: int = 6, decode_steps: int = 2):
-    """(image, core, runs, memory) of the whole program of a seeded random Llama of
-    `shape` (two layers; a vocabulary of more than one chunk of the core's buffers)."""
+def random_model_image(shape, *, seed: int, workdir, scheme: str = REAL_SCHEME,
+                       vocab: int = 400):
+    """(CompiledImage, token ids [2, 32]) of a seeded random two-layer Llama of `shape`
+    (heads, kv heads, hidden, intermediate) quantized with `scheme`, calibrated on the
+    ids, compiled for a context of 48 into `workdir`/image."""
     from quantflow.synthetic import (compiled_image, random_llama_quantized,
                                      small_llama_config, token_ids)
     heads, kv_heads, hidden, inter = shape
@@ -674,7 +675,15 @@ def random_model_runs(shape, *, seed: int, workdir, scheme: str = REAL_SCHEME,
                              intermediate=inter, vocab=vocab)
     ids = token_ids(cfg, 2, 32, seed=seed)
     qm = random_llama_quantized(cfg, scheme, ids, seed=seed)
-    img = compiled_image(qm, ids, Path(workdir) / "image", context=48)
+    return compiled_image(qm, ids, Path(workdir) / "image", context=48), ids
+
+
+def random_model_runs(shape, *, seed: int, workdir, scheme: str = REAL_SCHEME,
+                      vocab: int = 400, prefill: int = 6, decode_steps: int = 2):
+    """(image, core, runs, memory) of the whole program of a seeded random Llama of
+    `shape` (two layers; a vocabulary of more than one chunk of the core's buffers)."""
+    img, ids = random_model_image(shape, seed=seed, workdir=workdir, scheme=scheme,
+                                  vocab=vocab)
     core = sim_config(img.config)
     runs, mem = model_runs(img, core, ids[0, :prefill].tolist(), decode_steps=decode_steps)
     return img, core, runs, mem

@@ -36,6 +36,7 @@ from pathlib import Path
 from golden.core_config import CoreConfig
 
 from . import runner
+from .core_speed import CPP_TICK_RESET
 
 __all__ = ["MAIN_CPP", "VerilatedCore", "mem_bytes_for", "harness"]
 
@@ -70,16 +71,7 @@ int main(int argc, char** argv) {
     auto& arr = top->rootp->quattro_core_tb__DOT__mem__DOT__mem;
     uint8_t* mem = reinterpret_cast<uint8_t*>(&arr.m_storage[0]);
     const uint64_t mem_bytes = sizeof(arr.m_storage);
-    auto tick = [&]() {
-        top->clk = 1; top->eval(); ctx->timeInc(1);
-        top->clk = 0; top->eval(); ctx->timeInc(1);
-    };
-    top->clk = 0; top->rst = 1; top->start = 0; top->dump = 0;
-    top->prog = 0; top->pos = 0; top->tokens = 0;
-    top->eval();
-    for (int i = 0; i < 4; i++) tick();
-    top->rst = 0; tick();
-    std::ios::sync_with_stdio(false);
+""" + CPP_TICK_RESET + r"""    std::ios::sync_with_stdio(false);
     std::string line;
     while (std::getline(std::cin, line)) {
         std::istringstream in(line);

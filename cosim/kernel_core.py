@@ -371,14 +371,10 @@ def random_generation(workdir, *, shape=GEN_SHAPE, scheme: str = GEN_SCHEME,
     """(image, core, program, memory, prompt ids) of a seeded random Llama: the
     whole-model program for the co-simulated core (quantflow.program.sim_core_for)."""
     from quantflow.program import build_memory, compile_program, sim_core_for
-    from quantflow.synthetic import (compiled_image, random_llama_quantized,
-                                     small_llama_config, token_ids)
-    heads, kv_heads, hidden, inter = shape
-    cfg = small_llama_config(heads=heads, kv_heads=kv_heads, hidden=hidden,
-                             intermediate=inter, vocab=vocab)
-    ids = token_ids(cfg, 2, 32, seed=seed)
-    qm = random_llama_quantized(cfg, scheme, ids, seed=seed)
-    img = compiled_image(qm, ids, Path(workdir) / "image", context=48)
+
+    from .core import random_model_image
+    img, ids = random_model_image(shape, seed=seed, workdir=workdir, scheme=scheme,
+                                  vocab=vocab)
     core = sim_core_for(img.config)
     prog = compile_program(img, core)
     return img, core, prog, build_memory(img, prog), ids[0, :prompt].tolist()

@@ -23,14 +23,9 @@ NEW = 4
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from quantflow.synthetic import (compiled_image, random_llama_quantized,
-                                     small_llama_config, token_ids)
-    heads, kv, hidden, inter = SHAPE
-    cfg = small_llama_config(heads=heads, kv_heads=kv, hidden=hidden, intermediate=inter,
-                             vocab=400)
-    ids = token_ids(cfg, 2, 32, seed=5)
-    qm = random_llama_quantized(cfg, "w4a8kv4-g64-plain", ids, seed=5)
-    img = compiled_image(qm, ids, tmp_path_factory.mktemp("gen") / "image", context=48)
+    from cosim.core import random_model_image
+    img, ids = random_model_image(SHAPE, seed=5, workdir=tmp_path_factory.mktemp("gen"),
+                                  scheme="w4a8kv4-g64-plain")
     return img, ids[0, :PROMPT].tolist()
 
 
