@@ -204,8 +204,8 @@ def generate_image(img, ids: list[int], max_new_tokens: int, *, device: str = "v
     return {
         "layers": d.layers, "device": device, "prompt_ids": list(ids),
         "tokens_rtl": res.tokens, "tokens_golden": golden_tokens,
-        "equal": res.tokens == golden_tokens and mismatch is None
-        and (bool(checks) or not check),
+        # tokens equal and, where the device has a trace (verilator), every instruction
+        "equal": res.tokens == golden_tokens and mismatch is None,
         "tokens_equal": res.tokens == golden_tokens,
         "checked": bool(checks),
         "instructions_checked": sum(c["instructions_compared"] for c in checks),
