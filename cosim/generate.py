@@ -214,7 +214,10 @@ def generate_image(img, ids: list[int], max_new_tokens: int, *, device: str = "v
         "cycles_per_token": round(sum(decode) / len(decode)) if decode else None,
         "cycles_decode": decode,
         "cycles_model": model_c,
-        "cycles_equal_model": [r.cycles for r in runs] == model_c,
+        # the model is of the Verilog memory model (read latency `latency`); a kernel's
+        # memory (AxiRam, a card's HBM) has other timing
+        "cycles_equal_model": [r.cycles for r in runs] == model_c
+        if device == "verilator" else None,
         "sim_seconds": round(sim_s, 3),
         "sim_cycles_per_second": round(sim_c / sim_s) if sim_s > 0 else None,
         "sim_seconds_per_token": round(sum(dec_s) / len(dec_s), 3) if dec_s else None,
@@ -371,6 +374,7 @@ def main(argv=None) -> int:
                if rec["cycles_per_token"] else "no decode step")
     print(f"equal: {str(rec['equal']).lower()}; prefill {rec['cycles_prefill']:,} cycles, "
           f"{per_tok}; {rec['sim_cycles_per_second']:,} simulated cycles/s; "
-          f"cycles = hdl.core.cycle_model: {str(rec['cycles_equal_model']).lower()}; "
-          f"-> {rec['path']}")
+          + (f"cycles = hdl.core.cycle_model: {str(rec['cycles_equal_model']).lower()}; "
+             if rec["cycles_equal_model"] is not None else "")
+          + f"-> {rec['path']}")
     return 0 if rec["equal"] else 1
