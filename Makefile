@@ -6,7 +6,7 @@ VPY    := $(VENV)/bin/python
 STAMP  := $(VENV)/.quattro-installed
 JOBS   ?= auto
 
-.PHONY: all sim slow test verilog lint bench resources models eval generate perf dse bitstream docs clean distclean
+.PHONY: all sim slow test formal soak mutate verilog lint bench resources models eval generate perf dse bitstream docs clean distclean
 
 all: test
 
@@ -30,6 +30,21 @@ slow: $(STAMP)
 ## test: the test suite (fast tier; < 15 min on 2 cores)
 test: $(STAMP)
 	$(VPY) -m pytest -n $(JOBS) -m "not slow"
+
+## formal: SymbiYosys proofs (k-induction, else BMC to a stated depth) of every block's
+##         stream interfaces and invariants, pip-only (yowasp-sby + Yices); docs/verification.md
+formal: $(STAMP)
+	$(VPY) -m cosim.formal
+
+## soak: >= 10^6 random vectors per block (random legal configurations, idle cycles and
+##       back-pressure, seeds recorded) through the fast paths; build/soak/report.json
+soak: $(STAMP)
+	$(VPY) -m cosim.soak
+
+## mutate: mutation testing of the generated Verilog (per block: share of mutants the
+##         fast co-simulation catches, survivors listed); build/mutate/report.json
+mutate: $(STAMP)
+	$(VPY) -m cosim.mutate
 
 ## verilog: write Verilog for every default configuration into build/verilog
 verilog: $(STAMP)
