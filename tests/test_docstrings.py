@@ -1,0 +1,245 @@
+"""Every public function and class of the packages has a docstring and type hints.
+
+The rule, checked by an AST walk over the sources (nothing is imported):
+
+- public means a name not starting with ``_``: module-level functions and classes,
+  and the methods of public classes (nested classes of a public class included);
+  functions nested in functions are implementation detail and not checked;
+- a public function or method needs a docstring, an annotation on every parameter
+  (``self``/``cls`` of methods excepted) and a return annotation; an overridden
+  framework method such as ``elaborate(self, platform)`` follows the same rule;
+- a public class needs a docstring;
+- dunder methods are not public API, except that ``__init__`` parameters need
+  annotations (no docstring, no return annotation: the class docstring covers it);
+- cocotb tests in ``cosim/tb/`` are module-level functions and count like any other;
+- private modules (``_name.py``) are skipped, ``__init__.py`` and ``__main__.py`` are not.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("golden", "hdl", "cosim", "quantflow", "fpga_boards", "dse", "quattro_cli", "quattro_fs")
+
+# Files whose offenders are known and being finished; the test prints them
+# instead of failing on them. Empty it as they are done.
+PENDING: set[str] = {
+    "cosim/__main__.py",
+    "cosim/axi_mem.py",
+    "cosim/bench.py",
+    "cosim/cases.py",
+    "cosim/core.py",
+    "cosim/core_device.py",
+    "cosim/core_speed.py",
+    "cosim/flow.py",
+    "cosim/generate.py",
+    "cosim/kernel_core.py",
+    "cosim/kernel_mixpe.py",
+    "cosim/kv4_attention.py",
+    "cosim/lint.py",
+    "cosim/lut.py",
+    "cosim/mixpe.py",
+    "cosim/pim.py",
+    "cosim/report.py",
+    "cosim/runner.py",
+    "cosim/sfu.py",
+    "cosim/sparse_dsp.py",
+    "cosim/sparse_dsp_real.py",
+    "cosim/tb/axi_mem.py",
+    "cosim/tb/common.py",
+    "cosim/tb/core_run.py",
+    "cosim/tb/frames.py",
+    "cosim/tb/kernel_axi.py",
+    "cosim/tb/kernel_core.py",
+    "cosim/tb/kv4_attention_stream.py",
+    "cosim/tb/lut_stream.py",
+    "cosim/tb/mixpe_stream.py",
+    "cosim/tb/mixpe_system.py",
+    "cosim/tb/pim_system.py",
+    "cosim/tb/sfu_stream.py",
+    "cosim/tb/smoke.py",
+    "cosim/tb/sparse_dsp_stream.py",
+    "cosim/tb/streams.py",
+    "cosim/tb/system.py",
+    "cosim/xrt_sim.py",
+    "dse/__main__.py",
+    "dse/space.py",
+    "dse/sweep.py",
+    "fpga_boards/__main__.py",
+    "fpga_boards/axi.py",
+    "fpga_boards/boards.py",
+    "fpga_boards/build.py",
+    "fpga_boards/fit.py",
+    "fpga_boards/host.py",
+    "fpga_boards/host_core.py",
+    "fpga_boards/host_core_xrt.py",
+    "fpga_boards/kernel.py",
+    "fpga_boards/kernel_core.py",
+    "fpga_boards/model_shapes.py",
+    "fpga_boards/perf.py",
+    "fpga_boards/progress.py",
+    "fpga_boards/resources.py",
+    "fpga_boards/resources_block.py",
+    "fpga_boards/resources_core.py",
+    "fpga_boards/resources_kv4_attention.py",
+    "fpga_boards/resources_lut.py",
+    "fpga_boards/resources_mixpe.py",
+    "fpga_boards/resources_sparse_dsp.py",
+    "fpga_boards/resources_system.py",
+    "golden/core.py",
+    "golden/core_config.py",
+    "golden/decoder.py",
+    "golden/decoder_config.py",
+    "golden/kv4_attention.py",
+    "golden/kv4_attention_config.py",
+    "golden/lut.py",
+    "golden/lut_config.py",
+    "golden/mixpe.py",
+    "golden/mixpe_config.py",
+    "golden/pim.py",
+    "golden/pim_config.py",
+    "golden/sfu.py",
+    "golden/sfu_config.py",
+    "golden/sparse_dsp.py",
+    "golden/sparse_dsp_config.py",
+    "golden/system_config.py",
+    "golden/tensors.py",
+    "golden/validate.py",
+    "hdl/__main__.py",
+    "hdl/axi.py",
+    "hdl/baselines.py",
+    "hdl/core.py",
+    "hdl/core_kv.py",
+    "hdl/core_linear.py",
+    "hdl/dq_lane.py",
+    "hdl/generate.py",
+    "hdl/kv4_attention.py",
+    "hdl/lut.py",
+    "hdl/mixpe.py",
+    "hdl/pim.py",
+    "hdl/rtl.py",
+    "hdl/sfu.py",
+    "hdl/sparse_dsp.py",
+    "hdl/streams.py",
+    "quantflow/capture_attention.py",
+    "quantflow/cli.py",
+    "quantflow/compile.py",
+    "quantflow/evaluate.py",
+    "quantflow/export_model.py",
+    "quantflow/fakequant.py",
+    "quantflow/generate.py",
+    "quantflow/imagedir.py",
+    "quantflow/kv4_attention.py",
+    "quantflow/kv4_fidelity.py",
+    "quantflow/lut.py",
+    "quantflow/mixpe.py",
+    "quantflow/models/llama.py",
+    "quantflow/models/loaders.py",
+    "quantflow/pack.py",
+    "quantflow/pim.py",
+    "quantflow/program.py",
+    "quantflow/prune.py",
+    "quantflow/qoq.py",
+    "quantflow/qoq_images.py",
+    "quantflow/rotation.py",
+    "quantflow/schemes.py",
+    "quantflow/sparse_dsp.py",
+    "quantflow/sparse_eval.py",
+    "quantflow/synthetic.py",
+    "quantflow/text.py",
+    "quantflow/weightq/core.py",
+    "quantflow/weightq/llama.py",
+    "quattro_cli/__init__.py",
+    "quattro_fs/__init__.py",
+}
+
+
+def _sources() -> list[Path]:
+    # A private module (``_name.py``, or one under a ``_name/`` folder) is not public API.
+    def public(p: Path) -> bool:
+        return not any(part.startswith("_") and not part.startswith("__") for part in p.relative_to(ROOT).parts)
+    return sorted(p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py") if public(p))
+
+
+def _func_offences(fn: ast.FunctionDef | ast.AsyncFunctionDef, is_method: bool) -> list[str]:
+    out = []
+    is_init = fn.name == "__init__"
+    if not is_init and ast.get_docstring(fn) is None:
+        out.append("no docstring")
+    args = fn.args
+    params = [*args.posonlyargs, *args.args, *args.kwonlyargs]
+    is_static = any(isinstance(d, ast.Name) and d.id == "staticmethod" for d in fn.decorator_list)
+    if is_method and not is_static and params:
+        params = params[1:]                 # self / cls
+    params += [a for a in (args.vararg, args.kwarg) if a is not None]
+    missing = [a.arg for a in params if a.annotation is None]
+    if missing:
+        out.append("unannotated parameter(s) " + ", ".join(missing))
+    if not is_init and fn.returns is None:
+        out.append("no return annotation")
+    return out
+
+
+def _is_public(name: str) -> bool:
+    return not name.startswith("_")
+
+
+def _walk_class(cls: ast.ClassDef, rel: str, found: list[str]) -> None:
+    if ast.get_docstring(cls) is None:
+        found.append(f"{rel}:{cls.lineno}: class {cls.name}: no docstring")
+    for node in cls.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            if _is_public(node.name) or node.name == "__init__":
+                for o in _func_offences(node, is_method=True):
+                    found.append(f"{rel}:{node.lineno}: {cls.name}.{node.name}: {o}")
+        elif isinstance(node, ast.ClassDef) and _is_public(node.name):
+            _walk_class(node, rel, found)
+
+
+def offences(path: Path, root: Path = ROOT) -> list[str]:
+    """Every breach of the rule in one source file, as ``file:line: name: what``."""
+    rel = path.relative_to(root).as_posix()
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=rel)
+    found: list[str] = []
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and _is_public(node.name):
+            for o in _func_offences(node, is_method=False):
+                found.append(f"{rel}:{node.lineno}: {node.name}: {o}")
+        elif isinstance(node, ast.ClassDef) and _is_public(node.name):
+            _walk_class(node, rel, found)
+    return found
+
+
+def test_rule_catches_a_bare_function(tmp_path: Path) -> None:
+    # The walk itself must see what it is meant to see, and skip what it must skip.
+    p = tmp_path / "golden" / "probe.py"
+    p.parent.mkdir()
+    p.write_text(
+        "def f(x, y: int):\n    return x\n"
+        "class C:\n    def __init__(self, a):\n        pass\n"
+        "    def m(self) -> int:\n        'Doc.'\n        return 1\n"
+        "    def _p(self):\n        pass\n"
+        "def g(a: int) -> int:\n    'Doc.'\n    def inner(z):\n        return z\n    return inner(a)\n"
+    )
+    assert offences(p, tmp_path) == [
+        "golden/probe.py:1: f: no docstring",
+        "golden/probe.py:1: f: unannotated parameter(s) x",
+        "golden/probe.py:1: f: no return annotation",
+        "golden/probe.py:3: class C: no docstring",
+        "golden/probe.py:4: C.__init__: unannotated parameter(s) a",
+    ]
+
+
+def test_public_api_has_docstrings_and_type_hints() -> None:
+    failing, pending = [], []
+    for path in _sources():
+        found = offences(path)
+        rel = path.relative_to(ROOT).as_posix()
+        (pending if rel in PENDING else failing).extend(found)
+    if pending:
+        print(f"\nPENDING ({len(pending)} offences in {len(PENDING)} files, not failing):")
+        print("\n".join(pending))
+    stale = sorted(f for f in PENDING if not any(o.startswith(f + ":") for o in pending))
+    assert not stale, f"PENDING lists files that now pass; remove them: {stale}"
+    assert not failing, f"{len(failing)} offences:\n" + "\n".join(failing)
