@@ -79,11 +79,13 @@ class Step:
 
     @property
     def op(self) -> str:
+        """The instruction's mnemonic."""
         return self.instr.op
 
 
 @dataclass(frozen=True)
 class Mismatch:
+    """Where two execution traces first differ: instruction index and op, output tensor name, element index, and the two values (None when the op or the tensor itself differs)."""
     index: int
     op: str
     tensor: str
@@ -521,7 +523,7 @@ def _unpack4(b: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def execute(program_words: Sequence[int], memory, config: CoreConfig,
+def execute(program_words: Sequence[int], memory: bytearray | memoryview, config: CoreConfig,
             registers: Registers) -> list[Step]:
     """Run a program (a sequence of INSTR_BITS-bit ints) on `memory` (a writable
     bytes-like object: the flat memory holding the model image, the KV cache, the I/O
@@ -579,16 +581,19 @@ class InstrCycles:
 
 @dataclass(frozen=True)
 class ProgramCycles:
+    """Cycle-model totals of one program: one InstrCycles per executed instruction and their sum."""
     steps: tuple
     total: int
 
     def by_op(self) -> dict[str, int]:
+        """Cycles summed per opcode mnemonic."""
         out: dict[str, int] = {}
         for s in self.steps:
             out[s.op] = out.get(s.op, 0) + s.cycles
         return out
 
     def by_bound(self) -> dict[str, int]:
+        """Cycles summed by what bounds each step, "memory" or "compute"."""
         out = {"memory": 0, "compute": 0}
         for s in self.steps:
             out[s.bound] += s.cycles
@@ -596,6 +601,7 @@ class ProgramCycles:
 
     @property
     def mem_bytes(self) -> int:
+        """Bytes the whole program moves to and from memory."""
         return sum(s.mem_bytes for s in self.steps)
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Mapping, NamedTuple
+from typing import Any, Iterable, Mapping, NamedTuple
 
 from golden.kv4_attention_config import KV4Config
 from golden.mixpe_config import MIXPE_GROUP_RANGE, MIXPE_MAX_K, MIXPE_WEIGHT_BITS
@@ -50,10 +50,12 @@ class Field(NamedTuple):
 
     @property
     def min(self) -> int:
+        """Smallest value the field holds (two's complement when signed)."""
         return -(1 << (self.width - 1)) if self.signed else 0
 
     @property
     def max(self) -> int:
+        """Largest value the field holds."""
         return (1 << (self.width - 1)) - 1 if self.signed else (1 << self.width) - 1
 
 
@@ -116,6 +118,7 @@ class OpSpec(NamedTuple):
 
     @property
     def unit(self) -> str:
+        """The execution unit that runs the opcode (from its high nibble)."""
         return UNITS[self.code >> 4]
 
 
@@ -193,6 +196,7 @@ class Instr:
 
     @property
     def spec(self) -> OpSpec:
+        """The OpSpec of this instruction's opcode."""
         return OPS[self.op]
 
 
@@ -246,12 +250,13 @@ def decode(word: int) -> Instr:
     return Instr(name, MappingProxyType({n: _get(word, FIELDS[n]) for n in used}))
 
 
-def words_to_bytes(words) -> bytes:
+def words_to_bytes(words: Iterable[int]) -> bytes:
     """The program as it sits in memory: INSTR_BYTES per word, little-endian."""
     return b"".join(int(w).to_bytes(INSTR_BYTES, "little") for w in words)
 
 
-def bytes_to_words(raw) -> list[int]:
+def bytes_to_words(raw: bytes | bytearray | memoryview) -> list[int]:
+    """Inverse of words_to_bytes: INSTR_BITS-bit ints from little-endian program bytes."""
     raw = bytes(raw)
     if len(raw) % INSTR_BYTES:
         raise ValueError(f"a program is a whole number of {INSTR_BYTES}-byte words, got "
@@ -346,6 +351,7 @@ class CoreConfig:
 
     @property
     def peak_macs_per_cycle(self) -> int:
+        """MACs the linear engine's rows x cols array does per cycle."""
         return self.rows * self.cols
 
     @property
@@ -353,13 +359,16 @@ class CoreConfig:
         """On-chip activation storage: buffers x max_tokens x buf_elems 32-bit words."""
         return self.buffers * self.max_tokens * self.buf_elems * 4
 
-    def replace(self, **kw) -> "CoreConfig":
+    def replace(self, **kw: Any) -> "CoreConfig":
+        """A copy with the given fields changed (validated again)."""
         return dataclasses.replace(self, **kw)
 
     def as_dict(self) -> dict:
+        """The configuration as nested plain dicts (dataclasses.asdict)."""
         return dataclasses.asdict(self)
 
     def name(self) -> str:
+        """A name that encodes every field, for generated files and build caches."""
         return (f"core_r{self.rows}_c{self.cols}_k{self.max_k}_b{self.buffers}"
                 f"x{self.max_tokens}x{self.buf_elems}_{self.sfu.name()}_{self.kv4.name()}"
                 f"_m{self.mem_ports}x{self.beat_bytes}")

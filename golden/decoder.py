@@ -29,7 +29,7 @@ products over K-chunks short enough that every partial sum is an integer below
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import torch
 
@@ -171,6 +171,7 @@ class StepResult:
         return self.acc.double() * self.S1.double().unsqueeze(0) * scale.unsqueeze(1)
 
     def next_tokens(self) -> torch.Tensor:
+        """Greedy next token per row: argmax of acc * S1 (the logits without their scale)."""
         return argmax(self.acc * self.S1.unsqueeze(0))
 
 
@@ -214,6 +215,7 @@ class IntegerDecoder:
 
     # ----------------------------------------------------------------- pieces
     def new_state(self) -> DecoderState:
+        """An empty decoding state: position 0 and no KV cache in any layer."""
         c = self.config
         return DecoderState(caches=[[None] * c.kv_heads for _ in range(c.layers)])
 
@@ -289,7 +291,8 @@ class IntegerDecoder:
                             out_frac=F)
 
     # ----------------------------------------------------------------- runs
-    def step(self, ids, state: DecoderState, *, trace: Trace | None = None) -> StepResult:
+    def step(self, ids: torch.Tensor | Sequence[int], state: DecoderState, *,
+             trace: Trace | None = None) -> StepResult:
         """Run token ids [T] (int) at positions state.pos.. through every layer and
         the LM head; the KV caches and state.pos advance."""
         c = self.config
@@ -335,7 +338,8 @@ class IntegerDecoder:
             raise ValueError(f"ids must be [B, T], got shape {list(ids.shape)}")
         return torch.stack([self.step(row, self.new_state()).logits() for row in ids])
 
-    def generate(self, prompt, max_new_tokens: int, *, on_token=None) -> list[int]:
+    def generate(self, prompt: Sequence[int] | torch.Tensor, max_new_tokens: int, *,
+                 on_token: Callable[[int], object] | None = None) -> list[int]:
         """Greedy decoding: prefill `prompt` (token ids), then up to max_new_tokens
         decode steps; on_token(id) is called as each token appears. Returns the new
         token ids."""

@@ -113,6 +113,7 @@ class DecoderConfig:
                 "down_proj": (h, i)}[name]
 
     def as_dict(self) -> dict:
+        """The configuration as nested plain dicts (a manifest's "decoder" entry)."""
         return dataclasses.asdict(self)
 
     @classmethod

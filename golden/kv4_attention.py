@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
@@ -78,7 +79,7 @@ def _bit_length(x: torch.Tensor) -> torch.Tensor:
     return torch.frexp(x.double()).exponent.to(torch.int64)
 
 
-def rshift_round(x, s):
+def rshift_round(x: int | torch.Tensor, s: int | torch.Tensor) -> int | torch.Tensor:
     """Round-half-up right shift of int64 x by s >= 0 (int or int64 tensor)."""
     if isinstance(x, int) and isinstance(s, int):
         return (x + ((1 << s) >> 1)) >> s
@@ -155,7 +156,7 @@ def rotate_k(X: torch.Tensor, config: KV4Config) -> torch.Tensor:
     return rshift_round(fwht(X), c.rot_shift) if c.rotate else X
 
 
-def rotate_query(q8, config: KV4Config):
+def rotate_query(q8: torch.Tensor, config: KV4Config) -> tuple[torch.Tensor, torch.Tensor]:
     """The query path: (q8 [..., D] as the K side reads it, e [...]). With rotate:
     qr = fwht(q8), e = max(0, bitlen(max|qr|) - 7), q8' = clamp(rshift_round(qr, e),
     -128, 127); otherwise (q8, 0)."""
@@ -168,7 +169,7 @@ def rotate_query(q8, config: KV4Config):
     return torch.clamp(rshift_round(qr, e.unsqueeze(-1)), ACT_MIN, ACT_MAX), e
 
 
-def effective_query(q8, s_q, config: KV4Config) -> torch.Tensor:
+def effective_query(q8: torch.Tensor, s_q: torch.Tensor, config: KV4Config) -> torch.Tensor:
     """The float query [..., D] (original frame) the K side multiplies: the host's
     q8 * s_q after the query path's rotation and power-of-two requantization."""
     c = _cfg(config)
@@ -181,7 +182,7 @@ def effective_query(q8, s_q, config: KV4Config) -> torch.Tensor:
 
 
 def quantize_token(X: torch.Tensor, config: KV4Config, *, levels: int = KV_LEVELS,
-                   width: int | None = None):
+                   width: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-token asymmetric quantization of fixed-point X [..., head_dim] with
     `levels` (15: 4-bit codes, 240: 8-bit recent-window codes) (module docstring).
     X must fit signed `width` bits (default x_bits). Returns (codes [..., D],
@@ -229,9 +230,11 @@ class KV4Cache:
 
     @property
     def T(self) -> int:
+        """Tokens held in the cache."""
         return int(self.kcodes.shape[0])
 
     def v_dequant(self, bits: int = 4) -> torch.Tensor:
+        """V [T, D] as float64 from its 4-bit (bits=4) or 8-bit codes."""
         if bits == 4:
             return dequantize(self.vcodes, self.vs, self.vz, self.frac_v)
         return dequantize(self.vcodes8, self.vs, self.vz8, self.frac_v, KV8_LEVELS)
@@ -255,7 +258,8 @@ def append_cache(k: torch.Tensor, v: torch.Tensor, config: KV4Config, *,
     return append_fixed(to_fixed(k, fk, c), to_fixed(v, fv, c), c, frac_k=fk, frac_v=fv)
 
 
-def append_fixed(Xk, Xv, config: KV4Config, *, frac_k: int, frac_v: int) -> KV4Cache:
+def append_fixed(Xk: torch.Tensor, Xv: torch.Tensor, config: KV4Config, *, frac_k: int,
+                 frac_v: int) -> KV4Cache:
     """The append path on fixed-point K, V [T, D] (x_bits): K rotated (if the
     scheme rotates), both quantized to 4 and 8 bits with one shared S."""
     c = _cfg(config)
@@ -268,7 +272,8 @@ def append_fixed(Xk, Xv, config: KV4Config, *, frac_k: int, frac_v: int) -> KV4C
                     vcodes8=vc8, vz8=vz8, frac_k=frac_k, frac_v=frac_v, rotated=c.rotate)
 
 
-def dequantize(codes, S, zero, frac: int, levels: int = KV_LEVELS) -> torch.Tensor:
+def dequantize(codes: torch.Tensor, S: torch.Tensor, zero: torch.Tensor, frac: int,
+               levels: int = KV_LEVELS) -> torch.Tensor:
     """(code - zero) * S * 2**-frac / levels in float64."""
     return ((codes - zero.unsqueeze(-1)).double() * S.unsqueeze(-1).double()
             * 2.0 ** -frac / levels)
@@ -280,7 +285,7 @@ def _unrotate(k: torch.Tensor) -> torch.Tensor:
     return k @ fwht_matrix(D).T * (2.0 ** ((D.bit_length() - 1) // 2) / D)
 
 
-def scheme_kv(cache: KV4Cache, T: int, config: KV4Config):
+def scheme_kv(cache: KV4Cache, T: int, config: KV4Config) -> tuple[torch.Tensor, torch.Tensor]:
     """The float K [T, D] (original frame) and V [T, D] a T-token decode reads:
     the 4-bit values, the last min(recent, T) tokens at 8 bits (float64)."""
     c = _cfg(config)
@@ -290,7 +295,8 @@ def scheme_kv(cache: KV4Cache, T: int, config: KV4Config):
     return (_unrotate(k) if cache.rotated else k), v
 
 
-def decode_codes(cache: KV4Cache, T: int, config: KV4Config):
+def decode_codes(cache: KV4Cache, T: int, config: KV4Config) -> tuple[torch.Tensor, torch.Tensor,
+                 torch.Tensor, torch.Tensor]:
     """The 8-bit-domain operands of a decode over T tokens (module docstring):
     (kc [T, D], kz [T], vc [T, D], vz [T]) int64: 16*c4 and 16*z4 for the first
     T - R tokens, the 8-bit codes for the last R = min(recent, T)."""
@@ -309,7 +315,7 @@ def decode_codes(cache: KV4Cache, T: int, config: KV4Config):
 
 
 # --------------------------------------------------------------------------- query
-def quantize_query(q: torch.Tensor):
+def quantize_query(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-vector symmetric INT8 of q [..., D] (DESIGN §3.1): (q8 int64, s_q float64)."""
     _check_finite("q", q)
     s = q.double().abs().amax(-1) / ACT_QMAX
@@ -380,7 +386,8 @@ def logit_constant(config: KV4Config, *, in_frac: int, frac_k: int) -> tuple[int
     return KM, KE + in_frac + frac_k
 
 
-def logit_multiplier_fixed(mn, L, *, in_frac: int, frac_k: int, config: KV4Config):
+def logit_multiplier_fixed(mn: torch.Tensor, L: torch.Tensor, *, in_frac: int, frac_k: int,
+                           config: KV4Config) -> tuple[torch.Tensor, torch.Tensor]:
     """(C, lsh) int64 tensors shaped like mn: logit_multiplier in integers for queries
     whose INT8 codes came from the integer model's A8 quantizer (docs/integer-model.md):
     token scale (mn, L), max|q| ~= mn * 2**L units of 2**-in_frac, so s_q = mn * 2**L *
@@ -445,7 +452,8 @@ def _check_lsh(lsh, c: KV4Config) -> torch.Tensor:
     return lsh
 
 
-def logits(q8, C, lsh, cache: KV4Cache, T: int, config: KV4Config) -> torch.Tensor:
+def logits(q8: torch.Tensor, C: torch.Tensor, lsh: torch.Tensor, cache: KV4Cache, T: int,
+           config: KV4Config) -> torch.Tensor:
     """Base-2 logits l [H, T] (logit_frac fraction bits, saturating logit_bits) of
     the host's un-rotated INT8 queries q8 [H, D]."""
     c = _cfg(config)
@@ -460,7 +468,8 @@ def logits(q8, C, lsh, cache: KV4Cache, T: int, config: KV4Config) -> torch.Tens
     return _sat(rshift_round(prod, lsh - e.reshape(-1, 1)), c.logit_bits)
 
 
-def online_softmax(l: torch.Tensor, config: KV4Config):
+def online_softmax(l: torch.Tensor, config: KV4Config) -> tuple[torch.Tensor, torch.Tensor,
+                   torch.Tensor, torch.Tensor]:
     """Streaming softmax over t (module docstring). Returns p [H, T], sh [H, T],
     m [H] (final integer max) and d [H] (denominator), all int64."""
     c = _cfg(config)
@@ -492,7 +501,8 @@ def online_softmax(l: torch.Tensor, config: KV4Config):
             torch.tensor(ms, dtype=t64), torch.tensor(ds, dtype=t64))
 
 
-def pv_accumulate(p, sh, cache: KV4Cache, T: int, config: KV4Config):
+def pv_accumulate(p: torch.Tensor, sh: torch.Tensor, cache: KV4Cache, T: int,
+                  config: KV4Config) -> tuple[torch.Tensor, torch.Tensor]:
     """acc [H, D] = rescaled sum_t w_t v_t and wz [H] = rescaled sum_t w_t zv_t."""
     _cfg(config)
     H = p.shape[0]
@@ -510,7 +520,8 @@ def pv_accumulate(p, sh, cache: KV4Cache, T: int, config: KV4Config):
     return acc, wz
 
 
-def normalise(acc, wz, d, config: KV4Config) -> torch.Tensor:
+def normalise(acc: torch.Tensor, wz: torch.Tensor, d: torch.Tensor,
+              config: KV4Config) -> torch.Tensor:
     """out [H, D] = sat(rshift_round((acc - wz) * R, s)) (module docstring); the
     product exceeds 64 bits, so this step runs on Python ints."""
     c = _cfg(config)
@@ -543,6 +554,7 @@ class DecodeResult:
     frac_out: int      # output value = out * 2**-frac_out
 
     def value(self) -> torch.Tensor:
+        """The output as float64: out * 2**-frac_out."""
         return self.out.double() * 2.0 ** -self.frac_out
 
 
@@ -559,7 +571,8 @@ def _check_t_range(lo: int, hi: int, cache: KV4Cache, c: KV4Config, *, at_lo: st
         raise ValueError(f"T{at_hi}={hi} exceeds the {cache.T} cached tokens")
 
 
-def kv4_decode(q8, C, lsh, cache: KV4Cache, T: int, config: KV4Config) -> DecodeResult:
+def kv4_decode(q8: torch.Tensor, C: torch.Tensor, lsh: torch.Tensor, cache: KV4Cache, T: int,
+               config: KV4Config) -> DecodeResult:
     """One decode step: q8 [H, D] int (H = config.heads query heads of the GQA
     group), per-head C and lsh, over the first T tokens of the cache."""
     c = _cfg(config)
@@ -857,7 +870,8 @@ def _decode_pass(q, e, C, lsh, T, tok: dict, c: KV4Config) -> torch.Tensor:
     return out.view(n, H, D)
 
 
-def kv4_decode_many(q8, C, lsh, cache: KV4Cache, T, config: KV4Config) -> torch.Tensor:
+def kv4_decode_many(q8: torch.Tensor, C: torch.Tensor, lsh: torch.Tensor, cache: KV4Cache,
+                    T: torch.Tensor | Sequence[int], config: KV4Config) -> torch.Tensor:
     """N decode steps at once over one KV head's cache: out [N, H, D] int64 with
     out[i] == kv4_decode(q8[i], C[i], lsh[i], cache, int(T[i]), config).out bit for
     bit (output value = out * 2**-output_frac(cache, config)).

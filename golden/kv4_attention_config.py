@@ -124,6 +124,7 @@ class KV4Config:
 
     @property
     def log2_d(self) -> int:
+        """log2 of head_dim."""
         return self.head_dim.bit_length() - 1
 
     @property
@@ -214,6 +215,7 @@ class KV4Config:
 
     @property
     def table_size(self) -> int:
+        """Entries of the exp2 table: 2**logit_frac."""
         return 1 << self.logit_frac
 
     def recent_tokens(self, T: int) -> int:
@@ -226,9 +228,11 @@ class KV4Config:
         return 2 * self.heads * self.lanes
 
     def as_dict(self) -> dict:
+        """The configuration as a plain dict (dataclasses.asdict)."""
         return dataclasses.asdict(self)
 
     def name(self) -> str:
+        """A name that encodes every field, for generated files and build caches."""
         return (f"kv4_d{self.head_dim}_l{self.lanes}_t{self.max_t}_h{self.heads}"
                 f"_x{self.x_bits}{'_rot' if self.rotate else ''}_r{self.recent}")
 

@@ -66,7 +66,7 @@ def _codes(q, mode: LUTMode) -> torch.Tensor:
     return q
 
 
-def odd_code(q, mode: LUTMode) -> torch.Tensor:
+def odd_code(q: torch.Tensor, mode: LUTMode) -> torch.Tensor:
     """q' = 2q - (2**bits - 1), the odd symmetric code (int64)."""
     mode = expect_type("mode", mode, LUTMode)
     return 2 * _codes(q, mode) - mode.levels
@@ -79,7 +79,7 @@ def _signs(idx: torch.Tensor) -> torch.Tensor:
     return 2 * bits - 1
 
 
-def full_table(a) -> torch.Tensor:
+def full_table(a: torch.Tensor) -> torch.Tensor:
     """All 16 sums T[m, c, idx] = sum_l (bit l of idx ? +a : -a)[m, 4c + l]
     (int64 [M, K/4, 16]), computed directly (the reference for the symmetry)."""
     a = _act(a)
@@ -89,7 +89,7 @@ def full_table(a) -> torch.Tensor:
     return torch.einsum("mcl,il->mci", chunks, signs)
 
 
-def symmetric_table(a) -> torch.Tensor:
+def symmetric_table(a: torch.Tensor) -> torch.Tensor:
     """The 8 stored entries E[m, c, e] = T[8 + e] (a3 positive), int64 [M, K/4, 8].
     These are what the hardware's table register holds."""
     a = _act(a)
@@ -100,7 +100,7 @@ def symmetric_table(a) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- 2./3.
-def bit_plane_indices(q, mode: LUTMode) -> torch.Tensor:
+def bit_plane_indices(q: torch.Tensor, mode: LUTMode) -> torch.Tensor:
     """idx[i, n, c] = sum_t ((q[n, 4c + t] >> i) & 1) << t, int64 [planes, N, K/4]."""
     mode = expect_type("mode", mode, LUTMode)
     q = _codes(q, mode)
@@ -111,7 +111,7 @@ def bit_plane_indices(q, mode: LUTMode) -> torch.Tensor:
                         for i in range(mode.planes)])
 
 
-def table_lookup(stored, idx) -> torch.Tensor:
+def table_lookup(stored: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """T[idx] through the symmetry: idx[3] ? E[idx & 7] : -E[~idx & 7].
     stored [M, C, 8], idx [N, C] (values 0..15) -> int64 [M, N, C]."""
     stored = int_tensor("stored", stored)
@@ -133,7 +133,7 @@ def table_lookup(stored, idx) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- 4. accumulate
-def lut_plane_sums(a, q, mode: LUTMode, group: int) -> torch.Tensor:
+def lut_plane_sums(a: torch.Tensor, q: torch.Tensor, mode: LUTMode, group: int) -> torch.Tensor:
     """R[i, m, n, j] = sum_{chunks c of group j} T_c[idx_i]  (= sum_k a * t_i),
     int64 [planes, M, N, K/group]: the per-plane table accumulation."""
     mode = expect_type("mode", mode, LUTMode)
@@ -154,7 +154,8 @@ def lut_plane_sums(a, q, mode: LUTMode, group: int) -> torch.Tensor:
                         for i in range(mode.planes)])
 
 
-def lut_group_sums(a, q, config: LUTConfig, mode: LUTMode):
+def lut_group_sums(a: torch.Tensor, q: torch.Tensor, config: LUTConfig,
+                   mode: LUTMode) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(Qodd, P, A): Qodd [M, N, G] = sum_i 2**i R_i (= sum a*q'), P = (Qodd + L*A)/2
     (= sum a*q, as golden.mixpe.mixpe_group_sums' P), A [M, G] = sum of the
     table's all-positive entries E[7] over the group's chunks. All int64."""
@@ -190,7 +191,8 @@ def _check_scales(s2, z, N: int, config: LUTConfig, mode: LUTMode):
     return s2, z
 
 
-def lut_acc(a, q, s2, z, config: LUTConfig, mode: LUTMode) -> torch.Tensor:
+def lut_acc(a: torch.Tensor, q: torch.Tensor, s2: torch.Tensor, z: torch.Tensor, config: LUTConfig,
+            mode: LUTMode) -> torch.Tensor:
     """acc [M, N] int32 = wrap32( sum_j s2[n,j] * P[m,n,j] - (z*s2)[n,j] * A[m,j] ),
     P and A from the table path (`lut_group_sums`)."""
     config = expect_type("config", config, LUTConfig)

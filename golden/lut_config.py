@@ -61,6 +61,7 @@ class LUTMode:
 
     @property
     def planes(self) -> int:
+        """Bit planes the table path walks: one per weight bit."""
         return self.bits
 
     @property
@@ -75,9 +76,11 @@ class LUTMode:
 
     @property
     def name(self) -> str:
+        """"ternary" or "w<bits>", as used in file and case names."""
         return "ternary" if self.ternary else f"w{self.bits}"
 
     def as_dict(self) -> dict:
+        """The mode as a plain dict of its fields."""
         return {"bits": self.bits, "ternary": self.ternary}
 
 
@@ -149,10 +152,12 @@ class LUTConfig:
 
     @property
     def group_chunks(self) -> int:
+        """4-element chunks per quantization group."""
         return self.group // LUT_K_CHUNK
 
     @property
     def groups(self) -> int:
+        """Quantization groups along K."""
         return self.K // self.group
 
     @property
@@ -170,22 +175,28 @@ class LUTConfig:
 
     @property
     def act_word_bits(self) -> int:
+        """Width of an activation-stream word: 4 INT8 activations per row."""
         return ACT_BITS * LUT_K_CHUNK * self.rows
 
     @property
     def code_word_bits(self) -> int:
+        """Width of a code-stream word: one 4-bit table index per lane."""
         return LUT_K_CHUNK * self.lanes
 
     @property
     def scale_word_bits(self) -> int:
+        """Width of a scale-stream word: one (s2, z) pair per lane."""
         return SCALE_PAIR_BITS * self.lanes
 
     @property
     def result_word_bits(self) -> int:
+        """Width of a result word: one int32 accumulator per row and lane."""
         return ACC_BITS * self.rows * self.lanes
 
     def as_dict(self) -> dict:
+        """The configuration as a plain dict (dataclasses.asdict)."""
         return dataclasses.asdict(self)
 
     def name(self) -> str:
+        """A name that encodes every field, for generated files and build caches."""
         return (f"lut_r{self.rows}_c{self.cols}_l{self.lanes}_k{self.K}_g{self.group}")

@@ -72,7 +72,7 @@ def _check_scales(s2, z, N: int, config: MixPEConfig) -> tuple[torch.Tensor, tor
 
 
 # --------------------------------------------------------------------------- model
-def shift_add_product(a, q, bits: int) -> torch.Tensor:
+def shift_add_product(a: torch.Tensor, q: torch.Tensor, bits: int) -> torch.Tensor:
     """Elementwise a*q computed as sum_i q_i * (a << i) over the `bits` bits q_i of
     the unsigned code q: the PE's multiplier-free datapath. Broadcasts; int64 result.
     """
@@ -87,7 +87,7 @@ def shift_add_product(a, q, bits: int) -> torch.Tensor:
     return out
 
 
-def dequant_w8(q, s2, z, group: int) -> torch.Tensor:
+def dequant_w8(q: torch.Tensor, s2: torch.Tensor, z: torch.Tensor, group: int) -> torch.Tensor:
     """Integer reconstruction w8 = (q - z) * s2 with s2, z expanded over each group
     of `group` consecutive k. q [N, K], s2/z [N, K/group] -> int64 [N, K]."""
     check_int("group", group, 1)
@@ -102,7 +102,8 @@ def dequant_w8(q, s2, z, group: int) -> torch.Tensor:
     return (q - z.repeat_interleave(group, dim=1)) * s2.repeat_interleave(group, dim=1)
 
 
-def mixpe_group_sums(a, q, config: MixPEConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def mixpe_group_sums(a: torch.Tensor, q: torch.Tensor, config: MixPEConfig) -> tuple[torch.Tensor,
+                     torch.Tensor]:
     """Per-group partial sums, for localising a mismatch:
     P [M, N, G] = sum_{k in group} a*q  (built from the bit planes of q: the
     shift-add form, sum_i 2**i * sum_k a * q_i), A [M, G] = sum_{k in group} a.
@@ -119,7 +120,8 @@ def mixpe_group_sums(a, q, config: MixPEConfig) -> tuple[torch.Tensor, torch.Ten
     return P, A
 
 
-def mixpe_acc(a, q, s2, z, config: MixPEConfig) -> torch.Tensor:
+def mixpe_acc(a: torch.Tensor, q: torch.Tensor, s2: torch.Tensor, z: torch.Tensor,
+              config: MixPEConfig) -> torch.Tensor:
     """acc [M, N] int32 = wrap32( sum_j s2[n,j]*P[m,n,j] - (z*s2)[n,j]*A[m,j] ).
 
     a [M, K] int8-range, q [N, K] in [0, levels], s2/z [N, K/group]; M and N are
@@ -133,7 +135,7 @@ def mixpe_acc(a, q, s2, z, config: MixPEConfig) -> torch.Tensor:
     return wrap_int32(acc)
 
 
-def reference_acc(a, w8) -> torch.Tensor:
+def reference_acc(a: torch.Tensor, w8: torch.Tensor) -> torch.Tensor:
     """Plain integer GEMM acc [M, N] = a @ w8.T (int64, then wrapped to int32):
     DESIGN §3.2 step 4, against which mixpe_acc is proven."""
     a = int_tensor("a", a)
@@ -145,7 +147,7 @@ def reference_acc(a, w8) -> torch.Tensor:
     return wrap_int32(a @ w8.T)
 
 
-def float_reference(acc, s1, s_a) -> torch.Tensor:
+def float_reference(acc: torch.Tensor, s1: torch.Tensor, s_a: torch.Tensor) -> torch.Tensor:
     """y [M, N] float32 = (acc[m, n] * s1[n]) * s_a[m], evaluated in float32 in that
     order (s1 is fp16 per output channel, s_a float per token)."""
     acc = int_tensor("acc", acc)

@@ -94,10 +94,12 @@ class MixPEConfig:
 
     @property
     def groups(self) -> int:
+        """Quantization groups along K."""
         return self.K // self.group
 
     @property
     def peak_macs_per_cycle(self) -> int:
+        """MACs the rows x cols PE array does per cycle."""
         return self.rows * self.cols
 
     @property
@@ -109,22 +111,28 @@ class MixPEConfig:
 
     @property
     def act_word_bits(self) -> int:
+        """Width of an activation-stream word: one INT8 per row."""
         return ACT_BITS * self.rows
 
     @property
     def code_word_bits(self) -> int:
+        """Width of a code-stream word: one bits-wide code per column."""
         return self.bits * self.cols
 
     @property
     def scale_word_bits(self) -> int:
+        """Width of a scale-stream word: one (s2, z) pair per column."""
         return SCALE_PAIR_BITS * self.cols
 
     @property
     def result_word_bits(self) -> int:
+        """Width of a result word: one int32 accumulator per column."""
         return ACC_BITS * self.cols
 
     def as_dict(self) -> dict:
+        """The configuration as a plain dict (dataclasses.asdict)."""
         return dataclasses.asdict(self)
 
     def name(self) -> str:
+        """A name that encodes every field, for generated files and build caches."""
         return f"mixpe_w{self.bits}_g{self.group}_r{self.rows}_c{self.cols}_k{self.K}"

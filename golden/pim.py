@@ -59,7 +59,7 @@ def _flags(rules) -> int:
 
 
 # --------------------------------------------------------------------------- functional
-def gemv(weights, x) -> torch.Tensor:
+def gemv(weights: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """y = W x for INT8 W [n, columns], x [columns] -> int32 (wrapping)."""
     W = torch.as_tensor(weights).to(torch.int64)
     v = torch.as_tensor(x).to(torch.int64)
@@ -91,7 +91,7 @@ def check_requests(config: PIMConfig, mem: Sequence[MemReq], jobs: Sequence[Gemv
                              f"columns={config.columns}")
 
 
-def expected_outputs(config: PIMConfig, storage, mem: Sequence[MemReq],
+def expected_outputs(config: PIMConfig, storage: torch.Tensor, mem: Sequence[MemReq],
                      jobs: Sequence[GemvJob]) -> tuple[list[int], list[int]]:
     """(read words in request order, GEMV results in job/row order) for bank
     contents `storage` [banks, rows, columns] INT8 before the run.
@@ -236,6 +236,8 @@ class Checker:
         return err
 
     def violations(self, t: int, m: Cmd | None, p: Cmd | None) -> int:
+        """Bit mask (golden.pim_config.RULES) of the timing rules that issuing the
+        commands m, p at cycle t would break."""
         err = self._channel_violations(t, m, p)
         if m is not None:
             err |= self._mem_violations(t, m)
@@ -244,6 +246,8 @@ class Checker:
         return err
 
     def issue(self, t: int, m: Cmd | None, p: Cmd | None) -> int:
+        """Issue m and p at cycle t: record their violations, update the bank and bus
+        state; returns the violation mask."""
         err = self.violations(t, m, p)
         self.errors |= err
         for c in (m, p):
@@ -278,6 +282,8 @@ class Checker:
 # --------------------------------------------------------------------------- scheduler
 @dataclass
 class ScheduleResult:
+    """A scheduled run: its cycles, the command trace, the delivery cycles of reads
+    and GEMV results, and any timing violations."""
     config: PIMConfig
     cycles: int                       # first cycle with nothing left to do (0 = empty run)
     trace: list[tuple[int, Cmd | None, Cmd | None]] = field(repr=False)
@@ -287,9 +293,11 @@ class ScheduleResult:
 
     @property
     def commands(self) -> int:
+        """Commands issued on both paths."""
         return sum((m is not None) + (p is not None) for _, m, p in self.trace)
 
     def count(self, kind: str) -> int:
+        """Commands of one kind (e.g. "ACT", "COMP") issued on either path."""
         return sum((m is not None and m.kind == kind) + (p is not None and p.kind == kind)
                    for _, m, p in self.trace)
 
@@ -304,6 +312,7 @@ class ScheduleResult:
         return sum(self.count(k) for k in ("RD", "WR", "GWR", "RDRES")) * self.config.tCCD_S
 
     def utilisation(self) -> dict:
+        """Busy fractions of the run: PIM lanes (COMP cycles per bank) and the data bus."""
         c = max(1, self.cycles)
         return {"pim_lanes": round(self.comp_cycles / (c * self.config.banks), 4),
                 "data_bus": round(self.bus_cycles / c, 4)}

@@ -94,6 +94,7 @@ PIM_MAX_COLUMNS = int32_safe_terms(INT8_ABS_MAX, INT8_ABS_MAX)
 
 
 class MemReq(NamedTuple):
+    """One memory-path request: read or write one column word of a bank row."""
     bank: int
     row: int
     col: int
@@ -102,6 +103,8 @@ class MemReq(NamedTuple):
 
 
 class GemvJob(NamedTuple):
+    """One GEMV on the PIM path: nrows rows of a bank from `row` on, times an INT8
+    vector of `columns` values."""
     bank: int
     row: int
     nrows: int
@@ -118,6 +121,7 @@ class Cmd(NamedTuple):
 
     @property
     def code(self) -> int:
+        """The command's opcode on its path (MCMD or PCMD)."""
         return (MCMD if self.path == "m" else PCMD)[self.kind]
 
 
@@ -198,14 +202,17 @@ class PIMConfig:
     # --- derived quantities (never re-derive these elsewhere) ---
     @property
     def col_words(self) -> int:
+        """Column words per row: columns / lanes."""
         return self.columns // self.lanes
 
     @property
     def word_bits(self) -> int:
+        """Width of a column word: lanes INT8 values."""
         return ACT_BITS * self.lanes
 
     @property
     def bank_words(self) -> int:
+        """Column words in one bank."""
         return self.rows * self.col_words
 
     @property
@@ -227,9 +234,11 @@ class PIMConfig:
                 ("nrows", _bits(self.max_job_rows)))
 
     def as_dict(self) -> dict:
+        """The configuration as a plain dict (dataclasses.asdict)."""
         return dataclasses.asdict(self)
 
     def timing(self) -> dict:
+        """The timing parameters (TIMING_FIELDS) by name."""
         return {k: getattr(self, k) for k in TIMING_FIELDS}
 
     def name(self) -> str:

@@ -77,7 +77,7 @@ def sat(x: torch.Tensor, bits: int = X_BITS) -> torch.Tensor:
     return torch.clamp(x, -(1 << (bits - 1)), (1 << (bits - 1)) - 1)
 
 
-def shift_sat(x: torch.Tensor, s, bits: int = X_BITS) -> torch.Tensor:
+def shift_sat(x: torch.Tensor, s: int | torch.Tensor, bits: int = X_BITS) -> torch.Tensor:
     """sat_bits(rshift_round(x, s)) for int64 x with |x| < 2**62 and a shift s (int or
     int64 tensor broadcasting with x) of either sign; s <= 0 is a left shift by -s.
 
@@ -124,7 +124,7 @@ def _float_tensor(name: str, x, dims: int | None = None, what: str = "") -> torc
     return x.double()
 
 
-def to_fixed(x, frac: int, bits: int = X_BITS) -> torch.Tensor:
+def to_fixed(x: torch.Tensor | np.ndarray, frac: int, bits: int = X_BITS) -> torch.Tensor:
     """sat_bits(round_half_even(x * 2**frac)) of a finite float tensor -> int64."""
     check_int("frac", frac, -64, 64)
     check_int("bits", bits, 2, X_BITS)
@@ -133,7 +133,7 @@ def to_fixed(x, frac: int, bits: int = X_BITS) -> torch.Tensor:
                .clamp(-2.0 ** 62, 2.0 ** 62).to(torch.int64), bits)
 
 
-def to_float(X, frac: int) -> torch.Tensor:
+def to_float(X: torch.Tensor | np.ndarray, frac: int) -> torch.Tensor:
     """X * 2**-frac as float64 (exact for |X| < 2**53)."""
     check_int("frac", frac, -64, 64)
     X = int_tensor("X", X)
@@ -141,7 +141,7 @@ def to_float(X, frac: int) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- token scale, A8
-def token_scale(x) -> tuple[torch.Tensor, torch.Tensor]:
+def token_scale(x: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """TS of each vector along the last dim of an integer tensor x (any frac,
     |x| < 2**62): amax = max|x|; L = bitlen(amax) - MANT_BITS;
     mn = amax >> L (trunc) for L >= 0, amax << -L otherwise, so mn in [2**15, 2**16)
@@ -156,7 +156,7 @@ def token_scale(x) -> tuple[torch.Tensor, torch.Tensor]:
     return mn.masked_fill(zero, 0), L.masked_fill(zero, 0)
 
 
-def quant_a8(x) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def quant_a8(x: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-token A8 of X32 vectors x [..., K] (DESIGN §3.1) as the hardware computes
     it, one integer division per token and none per element:
       (mn, L) = token_scale(x)
@@ -176,7 +176,7 @@ def quant_a8(x) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return torch.clamp(a, -ACT_QMAX, ACT_QMAX), mn, L
 
 
-def quant_a8_exact(x) -> torch.Tensor:
+def quant_a8_exact(x: torch.Tensor | np.ndarray) -> torch.Tensor:
     """DESIGN §3.1 in exact integer arithmetic: clamp(round_half_even(127 x / max|x|),
     -127, 127) (0 for an all-zero token)."""
     x = _x32("x", x)
@@ -188,7 +188,7 @@ def quant_a8_exact(x) -> torch.Tensor:
     return torch.sign(x) * (q + up.to(torch.int64))
 
 
-def quant_a8_float(x) -> torch.Tensor:
+def quant_a8_float(x: torch.Tensor | np.ndarray) -> torch.Tensor:
     """The real value 127 x / max|x| (float64) that both A8 roundings approximate."""
     x = _x32("x", x)
     _vectors("x", x)
@@ -212,7 +212,7 @@ def _unsigned_mantissas(v: torch.Tensor) -> tuple[torch.Tensor, int]:
         torch.int64), e
 
 
-def weight_scale(s1) -> tuple[torch.Tensor, int]:
+def weight_scale(s1: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, int]:
     """Compile-time S1 of one linear: s1 [N] (float, >= 0, the per-channel QoQ scale,
     DESIGN §3.2) -> (S1 [N] int64, e) with S1[n] = round_half_even(s1[n] / 127 * 2**e)
     and e the largest shift with max S1 < 2**S1_BITS (so max S1 >= 2**(S1_BITS-1)).
@@ -226,7 +226,8 @@ def weight_scale(s1) -> tuple[torch.Tensor, int]:
 
 
 # --------------------------------------------------------------------------- embedding
-def embed_quantize(E, group: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+def embed_quantize(E: torch.Tensor | np.ndarray, group: int) -> tuple[torch.Tensor, torch.Tensor,
+                   int]:
     """Compile-time embedding table: E [V, H] float -> (codes [V, H] int8 range,
     S [V, H/group] int64, e): per row and group of `group` columns, symmetric INT8
     with s = max|E| / 127, codes = clamp(round_half_even(E / s), -127, 127), and
@@ -244,7 +245,8 @@ def embed_quantize(E, group: int) -> tuple[torch.Tensor, torch.Tensor, int]:
     return codes.reshape(V, H).to(torch.int64), S, e
 
 
-def embed_rows(codes, S, e: int, *, out_frac: int) -> torch.Tensor:
+def embed_rows(codes: torch.Tensor | np.ndarray, S: torch.Tensor | np.ndarray, e: int, *,
+               out_frac: int) -> torch.Tensor:
     """The embedding lookup of rows already selected: codes [T, H], S [T, H/group]
     -> X32 with out_frac fraction bits:
       x[t, k] = sat32(rshift_round(codes[t, k] * S[t, k // group], e - out_frac))
@@ -274,7 +276,9 @@ def _token_pair(acc: torch.Tensor, mn, L) -> tuple[torch.Tensor, torch.Tensor]:
     return mn, L
 
 
-def dequant(acc, S1, e: int, mn, L, *, in_frac: int, out_frac: int) -> torch.Tensor:
+def dequant(acc: torch.Tensor | np.ndarray, S1: torch.Tensor | np.ndarray, e: int,
+            mn: torch.Tensor | np.ndarray, L: torch.Tensor | np.ndarray, *, in_frac: int,
+            out_frac: int) -> torch.Tensor:
     """A linear's int32 accumulator acc [..., N] back to X32 with out_frac fraction bits:
       y = sat32(rshift_round(acc * S1[n] * mn[...], e + in_frac - out_frac - L[...]))
     (a negative shift is a saturating left shift, shift_sat). (mn, L) is the TS that
@@ -293,7 +297,9 @@ def dequant(acc, S1, e: int, mn, L, *, in_frac: int, out_frac: int) -> torch.Ten
     return shift_sat(p, (e + in_frac - out_frac) - L.unsqueeze(-1))
 
 
-def dequant_reference(acc, s1, amax, *, in_frac: int, out_frac: int) -> torch.Tensor:
+def dequant_reference(acc: torch.Tensor | np.ndarray, s1: torch.Tensor | np.ndarray,
+                      amax: torch.Tensor | np.ndarray, *, in_frac: int,
+                      out_frac: int) -> torch.Tensor:
     """float64 acc * s1[n] * (amax[...] * 2**-in_frac / 127) * 2**out_frac: DESIGN §3.2
     step 4 (y = acc * s1 * s_a) in X32 units; amax is the max|x| quant_a8 saw."""
     acc = int_tensor("acc", acc).double()
@@ -302,7 +308,8 @@ def dequant_reference(acc, s1, amax, *, in_frac: int, out_frac: int) -> torch.Te
     return acc * s1 * (amax.unsqueeze(-1) / ACT_QMAX) * 2.0 ** (out_frac - in_frac)
 
 
-def dequant_bound(acc, s1, e: int, amax, *, in_frac: int, out_frac: int) -> torch.Tensor:
+def dequant_bound(acc: torch.Tensor | np.ndarray, s1: torch.Tensor | np.ndarray, e: int,
+                  amax: torch.Tensor | np.ndarray, *, in_frac: int, out_frac: int) -> torch.Tensor:
     """Elementwise bound on |dequant - dequant_reference| (before saturation, which
     only shrinks it) in X32 units:
       0.5 (final rounding)
@@ -322,7 +329,7 @@ def dequant_bound(acc, s1, e: int, amax, *, in_frac: int, out_frac: int) -> torc
 
 
 # --------------------------------------------------------------------------- RMSNorm
-def norm_weight(w) -> tuple[torch.Tensor, int]:
+def norm_weight(w: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, int]:
     """Compile-time NW of one RMSNorm: w [K] float -> (NW [K] int64, e) with
     NW = round_half_even(w * 2**e) and e the largest exponent with
     max|NW| <= 2**(NW_BITS-1) - 1 (signed 16-bit, symmetric). |NW 2**-e - w| <= 2**-(e+1).
@@ -398,7 +405,8 @@ def _norm_shift(e_w: int, es: int, config: SFUConfig) -> int:
             - config.frac)
 
 
-def rmsnorm(x, NW, e_w: int, *, eps: float, config: SFUConfig) -> torch.Tensor:
+def rmsnorm(x: torch.Tensor | np.ndarray, NW: torch.Tensor | np.ndarray, e_w: int, *, eps: float,
+            config: SFUConfig) -> torch.Tensor:
     """RMSNorm of X32 vectors x [..., K] (frac = config.frac in and out), integer only:
     y = x / sqrt(mean(x**2) + eps) * w, with w ~= NW * 2**-e_w (norm_weight).
     Per token:
@@ -433,7 +441,8 @@ def rmsnorm(x, NW, e_w: int, *, eps: float, config: SFUConfig) -> torch.Tensor:
     return shift_sat(x * G, s.unsqueeze(-1))
 
 
-def rmsnorm_reference(x, w, *, eps: float, frac: int) -> torch.Tensor:
+def rmsnorm_reference(x: torch.Tensor | np.ndarray, w: torch.Tensor | np.ndarray, *, eps: float,
+                      frac: int) -> torch.Tensor:
     """float64 x / sqrt(mean(x**2) + eps) * w in X32 units (frac in and out),
     quantflow.models.llama.RMSNorm."""
     xf = to_float(x, frac)
@@ -442,7 +451,8 @@ def rmsnorm_reference(x, w, *, eps: float, frac: int) -> torch.Tensor:
     return xf * r * w * 2.0 ** frac
 
 
-def rmsnorm_bound(x, w, e_w: int, *, eps: float, config: SFUConfig) -> torch.Tensor:
+def rmsnorm_bound(x: torch.Tensor | np.ndarray, w: torch.Tensor | np.ndarray, e_w: int, *,
+                  eps: float, config: SFUConfig) -> torch.Tensor:
     """Elementwise bound on |rmsnorm - rmsnorm_reference| in X32 units (before
     saturation, which only shrinks it):
       0.5 (final rounding) + |x| 2**-(s+1) (G rounding)
@@ -508,7 +518,8 @@ def _angles(inv_freq: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     return pos.double().unsqueeze(-1) * inv_freq
 
 
-def rope_table(inv_freq, positions: int) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_table(inv_freq: Sequence[float] | torch.Tensor | np.ndarray,
+               positions: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Compile-time RoPE tables: cos, sin [positions, D/2] int64 holding ROPE_BITS-wide
     values round_half_even(cos(p * inv_freq[i]) * 2**ROPE_FRAC) (angles in float64;
     1.0 = 16384 fits int16). inv_freq comes from the model's config (rope scaling is
@@ -521,7 +532,8 @@ def rope_table(inv_freq, positions: int) -> tuple[torch.Tensor, torch.Tensor]:
             torch.round(torch.sin(ang) * one).to(torch.int64))
 
 
-def rope(x, cos, sin, pos) -> torch.Tensor:
+def rope(x: torch.Tensor | np.ndarray, cos: torch.Tensor | np.ndarray,
+         sin: torch.Tensor | np.ndarray, pos: torch.Tensor | np.ndarray) -> torch.Tensor:
     """RoPE of X32 heads x [..., T, D] at positions pos [T], Hugging Face rotate_half
     pairing (channel i with i + D/2, quantflow.models.llama.apply_rope), c, s =
     cos[pos], sin[pos] [T, D/2]:
@@ -550,7 +562,9 @@ def rope(x, cos, sin, pos) -> torch.Tensor:
                       shift_sat(hi * c + lo * s, ROPE_FRAC)], -1)
 
 
-def rope_reference(x, inv_freq, pos) -> torch.Tensor:
+def rope_reference(x: torch.Tensor | np.ndarray,
+                   inv_freq: Sequence[float] | torch.Tensor | np.ndarray,
+                   pos: torch.Tensor | np.ndarray) -> torch.Tensor:
     """float64 x * cos + rotate_half(x) * sin at the float64 angles pos * inv_freq, in
     X32 units."""
     x = int_tensor("x", x).double()
@@ -561,7 +575,7 @@ def rope_reference(x, inv_freq, pos) -> torch.Tensor:
     return torch.cat([lo * c - hi * s, hi * c + lo * s], -1)
 
 
-def rope_bound(x) -> torch.Tensor:
+def rope_bound(x: torch.Tensor | np.ndarray) -> torch.Tensor:
     """Elementwise bound on |rope - rope_reference| in X32 units: 0.5 (rounding) +
     (|x_i| + |x_{i+D/2}|) 2**-(ROPE_FRAC+1) (the tables' rounding)."""
     x = int_tensor("x", x).double().abs()
@@ -578,7 +592,7 @@ def silu_table(config: SFUConfig) -> torch.Tensor:
     return torch.tensor(sigmoid_table(config), dtype=torch.int64)
 
 
-def sigmoid_fx(g, config: SFUConfig) -> torch.Tensor:
+def sigmoid_fx(g: torch.Tensor | np.ndarray, config: SFUConfig) -> torch.Tensor:
     """sigmoid of X32 g (frac = config.frac) with sig_frac fraction bits, by the table
     and linear interpolation on |g|, d = frac - sig_step_bits:
       a = |g|;  j = a >> d (trunc);  f = a mod 2**d
@@ -613,14 +627,15 @@ def sigmoid_bound(config: SFUConfig) -> float:
     return max(inside, 1.0 / (1.0 + math.exp(config.sig_range)))
 
 
-def silu_fx(g, config: SFUConfig) -> torch.Tensor:
+def silu_fx(g: torch.Tensor | np.ndarray, config: SFUConfig) -> torch.Tensor:
     """SiLU of X32 g: rshift_round(g * sigmoid_fx(g), sig_frac) (X32, same frac;
     |g * sigmoid_fx| <= 2**31 * 2**24 = 2**55; |silu_fx(g)| <= |g| so it stays int32)."""
     g = _x32("g", g)
     return rshift_round(g * sigmoid_fx(g, config), config.sig_frac)
 
 
-def swiglu(g, u, *, config: SFUConfig, shift: int | None = None) -> torch.Tensor:
+def swiglu(g: torch.Tensor | np.ndarray, u: torch.Tensor | np.ndarray, *, config: SFUConfig,
+           shift: int | None = None) -> torch.Tensor:
     """The Llama MLP's SiLU(gate) * up of X32 g (frac = config.frac: the sigmoid
     table is indexed in those units) and u (same shape, any frac f_u):
       h = sat32(rshift_round(silu_fx(g) * u, shift))      |silu_fx * u| <= 2**62
@@ -637,18 +652,19 @@ def swiglu(g, u, *, config: SFUConfig, shift: int | None = None) -> torch.Tensor
     return shift_sat(silu_fx(g, config) * u, shift)
 
 
-def silu_reference(g, frac: int) -> torch.Tensor:
+def silu_reference(g: torch.Tensor | np.ndarray, frac: int) -> torch.Tensor:
     """float64 silu(g) in X32 units."""
     gf = to_float(g, frac)
     return gf * torch.sigmoid(gf) * 2.0 ** frac
 
 
-def swiglu_reference(g, u, frac: int) -> torch.Tensor:
+def swiglu_reference(g: torch.Tensor | np.ndarray, u: torch.Tensor | np.ndarray,
+                     frac: int) -> torch.Tensor:
     """float64 silu(g) * u in X32 units."""
     return silu_reference(g, frac) * to_float(u, frac)
 
 
-def silu_bound(g, config: SFUConfig) -> torch.Tensor:
+def silu_bound(g: torch.Tensor | np.ndarray, config: SFUConfig) -> torch.Tensor:
     """Elementwise bound on |silu_fx - silu_reference| in X32 units:
     0.5 (rounding) + min(|g|, sig_range 2**frac) sigmoid_bound (inside the table the
     sigmoid error times |g|; beyond it |x| sigmoid(-|x|) <= sig_range sigmoid(-sig_range))."""
@@ -658,7 +674,8 @@ def silu_bound(g, config: SFUConfig) -> torch.Tensor:
     return 0.5 + g.clamp(max=cap) * sigmoid_bound(config)
 
 
-def swiglu_bound(g, u, config: SFUConfig) -> torch.Tensor:
+def swiglu_bound(g: torch.Tensor | np.ndarray, u: torch.Tensor | np.ndarray,
+                 config: SFUConfig) -> torch.Tensor:
     """Elementwise bound on |swiglu - swiglu_reference| in X32 units:
     0.5 (rounding) + |u| 2**-frac silu_bound(g) (silu_fx's error, scaled by u)."""
     u = int_tensor("u", u).double().abs()
@@ -666,7 +683,7 @@ def swiglu_bound(g, u, config: SFUConfig) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- the rest
-def residual_add(x, y) -> torch.Tensor:
+def residual_add(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray) -> torch.Tensor:
     """sat32(x + y) of X32 tensors of one shape (the same frac)."""
     x = _x32("x", x)
     y = _x32("y", y)
@@ -674,7 +691,8 @@ def residual_add(x, y) -> torch.Tensor:
     return sat(x + y)
 
 
-def requant(x, from_frac, to_frac, bits: int = X_BITS) -> torch.Tensor:
+def requant(x: torch.Tensor | np.ndarray, from_frac: int | torch.Tensor | np.ndarray,
+            to_frac: int | torch.Tensor | np.ndarray, bits: int = X_BITS) -> torch.Tensor:
     """Fixed point from from_frac to to_frac fraction bits in `bits` bits:
     sat_bits(rshift_round(x, from_frac - to_frac)), a saturating left shift when
     to_frac > from_frac. from_frac / to_frac are ints or int tensors broadcasting with
@@ -688,7 +706,7 @@ def requant(x, from_frac, to_frac, bits: int = X_BITS) -> torch.Tensor:
     return shift_sat(x, torch.as_tensor(fr[0]) - torch.as_tensor(fr[1]), bits)
 
 
-def argmax(v) -> torch.Tensor:
+def argmax(v: torch.Tensor | np.ndarray) -> torch.Tensor:
     """Index of the largest element along the last dim of an integer tensor, the lowest
     index among ties -> int64 [...]."""
     v = int_tensor("v", v)

@@ -12,6 +12,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Any
 
 from golden.formats import ACC_BITS
 from golden.validate import check_int, check_multiple, check_pow2
@@ -114,7 +115,8 @@ class SFUConfig:
         """Stored reciprocal-square-root entries (indices 2**(b-2) .. 2**b - 1)."""
         return 3 << (self.rsqrt_index_bits - 2)
 
-    def replace(self, **kw) -> "SFUConfig":
+    def replace(self, **kw: Any) -> "SFUConfig":
+        """A copy with the given fields changed (validated again)."""
         return dataclasses.replace(self, **kw)
 
 
@@ -234,9 +236,12 @@ class SFUHWConfig(SFUConfig):
         return SFUConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(SFUConfig)})
 
     def as_dict(self) -> dict:
+        """The configuration as a plain dict (dataclasses.asdict)."""
         return dataclasses.asdict(self)
 
     def name(self) -> str:
+        """A name for generated files: lanes, max_k and every field that differs from
+        SFUConfig's default."""
         base = SFUConfig()
         diff = "".join(f"_{k}{getattr(self, f)}" for f, k in (
             ("frac", "f"), ("rsqrt_index_bits", "ri"), ("newton_steps", "n"),

@@ -41,7 +41,8 @@ __all__ = ["check_compressed", "expand", "compress_dense", "kept_k", "stage_weig
 _W4_MAX = (1 << W4_BITS) - 1
 
 
-def check_compressed(values, indices, pattern, K: int) -> tuple[torch.Tensor, torch.Tensor]:
+def check_compressed(values: torch.Tensor, indices: torch.Tensor, pattern: str | tuple[int, int],
+                     K: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Validate a compressed N:M tensor: values/indices [R, K*N/M], M divides K,
     indices in [0, M), strictly increasing (sorted and unique) inside each block
     of N (so no block holds more than N values). Returns int64 tensors."""
@@ -71,7 +72,7 @@ def check_compressed(values, indices, pattern, K: int) -> tuple[torch.Tensor, to
     return values, indices
 
 
-def kept_k(indices, pattern, K: int) -> torch.Tensor:
+def kept_k(indices: torch.Tensor, pattern: str | tuple[int, int], K: int) -> torch.Tensor:
     """Dense position k of every kept value [R, K*N/M] (indices already checked)."""
     n, m = parse_pattern(pattern)
     indices = int_tensor("indices", indices)
@@ -79,7 +80,8 @@ def kept_k(indices, pattern, K: int) -> torch.Tensor:
     return (c // n * m).unsqueeze(0) + indices
 
 
-def expand(values, indices, pattern, K: int, *, fill=0) -> torch.Tensor:
+def expand(values: torch.Tensor, indices: torch.Tensor, pattern: str | tuple[int, int], K: int, *,
+           fill: int | torch.Tensor = 0) -> torch.Tensor:
     """Dense [R, K] int64 tensor: kept values scattered to their k, `fill`
     elsewhere (an int, or an [R, K] tensor giving the pruned entries)."""
     values, indices = check_compressed(values, indices, pattern, K)
@@ -94,7 +96,8 @@ def expand(values, indices, pattern, K: int, *, fill=0) -> torch.Tensor:
     return out
 
 
-def compress_dense(w, pattern) -> tuple[torch.Tensor, torch.Tensor]:
+def compress_dense(w: torch.Tensor, pattern: str | tuple[int, int]) -> tuple[torch.Tensor,
+                   torch.Tensor]:
     """Inverse of expand for a dense [R, K] tensor that has at most N non-zeros
     per block (exactly N kept: zeros are kept at the lowest free positions).
     The pruning itself (choosing what to keep) is quantflow.prune's business."""
@@ -134,8 +137,8 @@ def _check_quant(values, s2, z, config: SparseDSPConfig, mode: TileMode, R: int)
     return None, None
 
 
-def stage_weights(values, indices, *, config: SparseDSPConfig, mode: TileMode,
-                  z=None) -> torch.Tensor:
+def stage_weights(values: torch.Tensor, indices: torch.Tensor, *, config: SparseDSPConfig,
+                  mode: TileMode, z: torch.Tensor | None = None) -> torch.Tensor:
     """The B operand of every stage: W8A8 the int8 value, W4A8 q - z of the kept
     value's quantization group (the DSP pre-adder). [R, K*N/M] int64."""
     values, indices = check_compressed(values, indices, mode.nm, config.K)
@@ -161,8 +164,9 @@ class ChainStages:
     acc: torch.Tensor
 
 
-def chain_stages(a, values, indices, *, config: SparseDSPConfig, mode: TileMode,
-                 s2=None, z=None) -> ChainStages:
+def chain_stages(a: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, *,
+                 config: SparseDSPConfig, mode: TileMode, s2: torch.Tensor | None = None,
+                 z: torch.Tensor | None = None) -> ChainStages:
     """The chain's arithmetic, stage by stage (see the module docstring)."""
     expect_type("config", config, SparseDSPConfig)
     expect_type("mode", mode, TileMode)
@@ -196,14 +200,16 @@ def chain_stages(a, values, indices, *, config: SparseDSPConfig, mode: TileMode,
     return ChainStages(group_sums, beat_sums, qgroup_sums, wrap_int32(total))
 
 
-def sparse_dsp_acc(a, values, indices, *, config: SparseDSPConfig, mode: TileMode,
-                   s2=None, z=None) -> torch.Tensor:
+def sparse_dsp_acc(a: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, *,
+                   config: SparseDSPConfig, mode: TileMode, s2: torch.Tensor | None = None,
+                   z: torch.Tensor | None = None) -> torch.Tensor:
     """acc [Ma, R] int32 of the chain (module docstring)."""
     return chain_stages(a, values, indices, config=config, mode=mode, s2=s2, z=z).acc
 
 
-def dense_weights(values, indices, *, config: SparseDSPConfig, mode: TileMode,
-                  s2=None, z=None) -> torch.Tensor:
+def dense_weights(values: torch.Tensor, indices: torch.Tensor, *, config: SparseDSPConfig,
+                  mode: TileMode, s2: torch.Tensor | None = None,
+                  z: torch.Tensor | None = None) -> torch.Tensor:
     """The dense integer weights the chain multiplies by, [R, K] int64:
     W8A8 the int8 weights with 0 at pruned k; W4A8 w8 = (q - z) * s2 with q = z
     (so w8 = 0) at pruned k. golden.mixpe.reference_acc(a, dense) == acc."""

@@ -63,7 +63,7 @@ SPAN_LOG_BITS = 3
 _MAX_K = int32_safe_terms(INT8_ABS_MAX, INT8_ABS_MAX)
 
 
-def parse_pattern(pattern) -> tuple[int, int]:
+def parse_pattern(pattern: str | tuple[int, int]) -> tuple[int, int]:
     """'dense', '2:4', (2, 4) -> (N, M); refuses unsupported patterns."""
     expect_type("pattern", pattern, (str, tuple))
     if isinstance(pattern, str):
@@ -86,7 +86,8 @@ def parse_pattern(pattern) -> tuple[int, int]:
                      f"{list(PATTERN_NAMES)}")
 
 
-def pattern_name(pattern) -> str:
+def pattern_name(pattern: str | tuple[int, int]) -> str:
+    """The canonical name ('dense', '2:4', ...) of a pattern given as a name or an (N, M) pair."""
     return PATTERN_NAMES[PATTERNS.index(parse_pattern(pattern))]
 
 
@@ -156,41 +157,50 @@ class SparseDSPConfig:
 
     @property
     def weight_lane_bits(self) -> int:
+        """Width of one stage's weight lane: an INT8 value and its N:M index."""
         return ACT_BITS + INDEX_BITS
 
     @property
     def act_word_bits(self) -> int:
+        """Width of an activation word: window_max INT8 activations."""
         return ACT_BITS * self.window_max
 
     @property
     def weight_word_bits(self) -> int:
+        """Width of a weight word: one weight lane per stage."""
         return self.weight_lane_bits * self.L
 
     @property
     def scale_lane_bits(self) -> int:
+        """Width of one group's scale lane: the W4A8 scale s2 and zero point z."""
         return SCALE_BITS + W4_BITS
 
     @property
     def scale_word_bits(self) -> int:
+        """Width of a scale word: one scale lane per DSP group."""
         return self.scale_lane_bits * self.n_groups
 
     @property
     def ctrl_word_bits(self) -> int:
+        """Width of a tile's control word: pattern code, W4A8 flag and log2 span."""
         return PATTERN_BITS + 1 + SPAN_LOG_BITS
 
     @property
     def result_word_bits(self) -> int:
+        """Width of a result word: one int32 accumulator per DSP group."""
         return ACC_BITS * self.n_groups
 
-    def peak_macs_per_cycle(self, pattern="dense") -> int:
+    def peak_macs_per_cycle(self, pattern: str | tuple[int, int] = "dense") -> int:
         """Dense-equivalent MACs per cycle: L x M/N."""
         n, m = parse_pattern(pattern)
         return self.L * m // n
 
     def as_dict(self) -> dict:
+        """The configuration as a plain dict (dataclasses.asdict)."""
         return dataclasses.asdict(self)
 
     def name(self) -> str:
+        """A name that encodes every field, for generated files and build caches."""
         return f"sparse_dsp_l{self.L}_g{self.group_len}_k{self.K}_q{self.qgroup}"
 
 
@@ -210,14 +220,17 @@ class TileMode:
 
     @property
     def nm(self) -> tuple[int, int]:
+        """The pattern as (N, M)."""
         return parse_pattern(self.pattern)
 
     @property
     def pattern_code(self) -> int:
+        """The pattern's index in PATTERNS, as the control word carries it."""
         return PATTERNS.index(self.nm)
 
     @property
     def w4(self) -> bool:
+        """Whether the tile is W4A8 (otherwise W8A8)."""
         return self.mode == "w4a8"
 
     def check(self, config: SparseDSPConfig) -> "TileMode":
@@ -230,16 +243,20 @@ class TileMode:
 
     # derived per configuration
     def segments(self, config: SparseDSPConfig) -> int:
+        """Dot products the chain computes at once: DSP groups / span."""
         return config.n_groups // self.check(config).span
 
     def seg_len(self, config: SparseDSPConfig) -> int:
+        """Stages in one dot product: group_len * span."""
         return config.group_len * self.check(config).span
 
     def window(self, config: SparseDSPConfig) -> int:
+        """Dense k one beat covers per dot product: seg_len * M / N."""
         n, m = self.nm
         return self.seg_len(config) * m // n
 
     def beats(self, config: SparseDSPConfig) -> int:
+        """Weight beats per output: K / window."""
         return config.K // self.window(config)
 
     def qgroup_beats(self, config: SparseDSPConfig) -> int:
@@ -247,9 +264,11 @@ class TileMode:
         return config.qgroup // self.window(config) if self.w4 else self.beats(config)
 
     def ctrl_word(self, config: SparseDSPConfig) -> int:
+        """The control word the chain reads for this tile (ctrl_word_bits wide)."""
         self.check(config)
         return (self.pattern_code | (int(self.w4) << PATTERN_BITS)
                 | ((self.span.bit_length() - 1) << (PATTERN_BITS + 1)))
 
     def as_dict(self) -> dict:
+        """The mode as a plain dict of its fields."""
         return {"pattern": self.pattern, "mode": self.mode, "span": self.span}

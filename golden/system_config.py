@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from golden.core_config import MAX_MEM_PORTS
 from golden.kv4_attention_config import KV4_MAX_T
@@ -107,6 +108,7 @@ class SystemConfig:
 
     @property
     def prefill_tokens(self) -> int:
+        """Tokens of the prefill: `prompt`, or the whole context when it is 0."""
         return self.prompt or self.context
 
     @property
@@ -132,8 +134,10 @@ class SystemConfig:
         """Whether this is what the RTL builds (no what-if)."""
         return not self.whatifs
 
-    def replace(self, **kw) -> "SystemConfig":
+    def replace(self, **kw: Any) -> "SystemConfig":
+        """A copy with the given fields changed (validated again)."""
         return dataclasses.replace(self, **kw)
 
     def as_dict(self) -> dict:
+        """The configuration as a plain dict (dataclasses.asdict)."""
         return dataclasses.asdict(self)

@@ -27,7 +27,7 @@ from golden.formats import ACC_BITS
 __all__ = ["int_tensor", "check_dims", "check_shape", "check_range", "wrap_int32"]
 
 
-def int_tensor(name: str, x) -> torch.Tensor:
+def int_tensor(name: str, x: torch.Tensor | np.ndarray) -> torch.Tensor:
     """`x` (a torch tensor or numpy array of an integer dtype) as int64."""
     if isinstance(x, np.ndarray):
         if not np.issubdtype(x.dtype, np.integer):
@@ -44,6 +44,7 @@ def int_tensor(name: str, x) -> torch.Tensor:
 
 
 def check_dims(name: str, x: torch.Tensor, dims: int, what: str) -> None:
+    """Raise ValueError unless x has `dims` dimensions (`what` names the expected shape)."""
     if x.dim() != dims:
         raise ValueError(f"{name} must be {dims}-D {what}, got shape {list(x.shape)}")
 

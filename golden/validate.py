@@ -7,13 +7,15 @@ Standard library only (configurations import it; `hdl` reads those without torch
 """
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, TypeVar
 
 __all__ = ["check_int", "check_counts", "check_multiple", "check_bool", "check_choice",
            "check_pow2", "expect_type"]
 
+_V = TypeVar("_V")
 
-def check_int(name: str, value, lo: int | None = None, hi: int | None = None,
+
+def check_int(name: str, value: object, lo: int | None = None, hi: int | None = None,
               *, hint: str = "") -> int:
     """`value` as an int in [lo, hi] (either bound optional). bool is refused:
     True is not a count."""
@@ -27,7 +29,7 @@ def check_int(name: str, value, lo: int | None = None, hi: int | None = None,
     return value
 
 
-def check_counts(obj, *names: str) -> None:
+def check_counts(obj: object, *names: str) -> None:
     """Each field `names` of `obj` (a configuration's sizes and counts) an int
     >= 1 (check_int), checked in the order given."""
     for name in names:
@@ -44,13 +46,14 @@ def check_multiple(name: str, value: int, of: str, divisor: int, *, hint: str = 
     return value
 
 
-def check_bool(name: str, value) -> bool:
+def check_bool(name: str, value: object) -> bool:
+    """`value` itself when it is a bool; TypeError otherwise (1 and 0 are not bools)."""
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be a bool (True or False), got {value!r}")
     return value
 
 
-def check_choice(name: str, value, choices: Iterable, *, hint: str = ""):
+def check_choice(name: str, value: _V, choices: Iterable, *, hint: str = "") -> _V:
     """`value` is one of `choices`: TypeError when no choice has its type (bool
     counts apart from int: True is not the 1 of (1, 2, 4)), ValueError naming
     the choices when it has the type but is none of them."""
@@ -70,7 +73,8 @@ def _same_type(value, choice) -> bool:
     return isinstance(value, type(choice))
 
 
-def check_pow2(name: str, value, lo: int = 1, hi: int | None = None, *, hint: str = "") -> int:
+def check_pow2(name: str, value: object, lo: int = 1, hi: int | None = None, *,
+               hint: str = "") -> int:
     """An int in [lo, hi] that is a power of two."""
     check_int(name, value, lo, hi, hint=hint)
     if value & (value - 1):
@@ -79,7 +83,7 @@ def check_pow2(name: str, value, lo: int = 1, hi: int | None = None, *, hint: st
     return value
 
 
-def expect_type(name: str, value, cls: type | tuple[type, ...]):
+def expect_type(name: str, value: _V, cls: type | tuple[type, ...]) -> _V:
     """`value` is an instance of `cls` (TypeError naming what to pass otherwise)."""
     if not isinstance(value, cls):
         names = " or ".join(c.__name__ for c in (cls if isinstance(cls, tuple) else (cls,)))
