@@ -6,7 +6,7 @@ VPY    := $(VENV)/bin/python
 STAMP  := $(VENV)/.quattro-installed
 JOBS   ?= auto
 
-.PHONY: all sim slow test formal soak mutate verilog lint bench resources models eval generate perf dse bitstream docs clean distclean
+.PHONY: all sim slow test formal soak mutate verilog lint bench resources models eval generate perf dse bitstream docs docs-screenshots clean distclean
 
 all: test
 
@@ -116,3 +116,8 @@ clean:
 
 distclean: clean
 	rm -rf $(VENV) *.egg-info
+
+## docs-screenshots: build the docs site, serve it on localhost and take PNGs of its
+##       home page and the MixPE page with headless Chromium into build/docs-screenshots
+docs-screenshots: docs
+	$(VPY) -m quattro_cli.screenshots
