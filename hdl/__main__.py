@@ -83,7 +83,9 @@ def _selected(args) -> list:
     return [design(args.block, block_config(args.block, fields), **opts)]
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
+    """`python -m hdl`: write the Verilog of the designs the options name; returns
+    the exit status."""
     args = _parser().parse_args(argv)
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         print(f"error: --out {args.out} is a file; --out names a folder for the .v files "

@@ -118,7 +118,8 @@ class RangeBursts(wiring.Component):
             "busy": Out(1),
         })
 
-    def elaborate(self, platform):
+    def elaborate(self, platform: object) -> Module:
+        """Build the range-to-burst splitter."""
         m = Module()
         shift = exact_log2(self.beat_bytes)
         page_beats = BOUNDARY_BYTES >> shift
@@ -234,7 +235,8 @@ class AxiReader(wiring.Component):
             "clear": In(1),
         })
 
-    def elaborate(self, platform):
+    def elaborate(self, platform: object) -> Module:
+        """Build the read master: burst splitter, AR channel and R data path."""
         m = Module()
         axi = self.axi
         m.submodules.split = split = RangeBursts(beat_bytes=self.beat_bytes,
@@ -298,7 +300,8 @@ class AxiWriter(wiring.Component):
             "clear": In(1),
         })
 
-    def elaborate(self, platform):
+    def elaborate(self, platform: object) -> Module:
+        """Build the write master: burst splitter, AW, W and B channels."""
         m = Module()
         axi = self.axi
         m.submodules.split = split = RangeBursts(beat_bytes=self.beat_bytes,

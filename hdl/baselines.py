@@ -85,7 +85,8 @@ class BaselinePE(wiring.Component):
             "out_load": Out(1),
         })
 
-    def elaborate(self, platform):
+    def elaborate(self, platform: object) -> Module:
+        """Build the PE: multiply, dequantize per element, accumulate."""
         m = Module()
         bits = self.config.bits
 
@@ -155,7 +156,8 @@ class BaselineArray(wiring.Component):
             "out_load": Out(1),
         })
 
-    def elaborate(self, platform):
+    def elaborate(self, platform: object) -> Module:
+        """Build the rows x cols grid of BaselinePEs with shared row and column inputs."""
         m = Module()
         cfg = self.config
         pes = [[BaselinePE(cfg) for _ in range(cfg.cols)] for _ in range(cfg.rows)]
@@ -196,7 +198,8 @@ class ProductKernel(wiring.Component):
         self.shift_add = check_bool("shift_add", shift_add)
         super().__init__({**element_ports(config), "p": Out(product_shape(config))})
 
-    def elaborate(self, platform):
+    def elaborate(self, platform: object) -> Module:
+        """Build the registered product, by shift-and-add or by `*`."""
         m = Module()
         if self.shift_add:
             m.d.sync += self.p.eq(shift_add_product(self.a, self.q, self.config.bits))
@@ -222,7 +225,8 @@ class DenseChain(wiring.Component):
             "b": In(data.ArrayLayout(signed(B_BITS), config.L)),
             "p": Out(data.ArrayLayout(signed(DSP_ACC_BITS), config.n_groups))})
 
-    def elaborate(self, platform):
+    def elaborate(self, platform: object) -> Module:
+        """Build the dense DSP cascade: the groups of DSPStages fed straight from the ports."""
         m = Module()
         gl = self.config.group_len
         for g in range(self.config.n_groups):

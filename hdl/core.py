@@ -39,6 +39,7 @@ cosim/axi_mem.v (read latency, beat gap); tests hold the RTL equal to it.
 from __future__ import annotations
 
 from types import SimpleNamespace
+from typing import Sequence
 
 from amaranth.hdl import Cat, Const, Module, Mux, ResetInserter, Signal, unsigned
 from amaranth.lib import data, memory, wiring
@@ -46,7 +47,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import exact_log2
 
 from golden.core_config import FIELDS, FLAG_RES, INSTR_BITS, INSTR_BYTES, MEM_ALIGN, OPS, \
-    CoreConfig
+    CoreConfig, Registers
 from golden.mixpe_config import MIXPE_GROUP_RANGE
 from golden.sfu_config import MANT_BITS, X_BITS
 from golden.validate import expect_type
@@ -122,6 +123,8 @@ def check_rtl_config(c: CoreConfig) -> CoreConfig:
 
 
 def trace_layout(c: CoreConfig) -> data.StructLayout:
+    """Layout of a `trace` record: a buffer, token-scale or acc write or a retired
+    instruction (TRACE_KINDS), at most one a cycle."""
     L = c.sfu.lanes
     return data.StructLayout({
         "valid": unsigned(1), "kind": unsigned(2), "pc": unsigned(20),
@@ -179,7 +182,9 @@ class Core(wiring.Component):
         })
 
     # ------------------------------------------------------------------ top
-    def elaborate(self, platform):
+    def elaborate(self, platform: object) -> Module:
+        """Build the core: sequencer, activation buffers, SFU, linear engine, KV4 unit
+        and AXI masters."""
         m = Module()
         s = SimpleNamespace()
         s.fsm = FSM(m, _ST, "state")
@@ -1421,7 +1426,8 @@ ARG_OUT = 5
 EMB_TOKEN = 1
 
 
-def cycle_model(words, config: CoreConfig, registers, *, latency: int) -> list[int]:
+def cycle_model(words: Sequence[int], config: CoreConfig, registers: Registers, *,
+                latency: int) -> list[int]:
     """Cycles of each instruction of one run (up to its HALT) on this RTL with the
     memory model of cosim/axi_mem.v at read latency `latency` and one beat a cycle
     (GAP 0): from the cycle after the previous instruction retired to its own

@@ -133,6 +133,8 @@ def logit_constant(k: KV4Config) -> tuple[int, int]:
 
 # --------------------------------------------------------------------------- config
 def check_config(config: CoreConfig) -> CoreConfig:
+    """`config` if the KV unit can be generated for it; a ValueError naming every
+    problem otherwise."""
     c = expect_type("config", config, CoreConfig)
     k, L, BB = c.kv4, c.sfu.lanes, c.beat_bytes
     problems = []
@@ -152,6 +154,7 @@ def check_config(config: CoreConfig) -> CoreConfig:
 
 
 def cmd_layout(config: CoreConfig) -> data.StructLayout:
+    """Layout of the KV unit's cmd word."""
     c = expect_type("config", config, CoreConfig)
     return data.StructLayout({
         "attend": unsigned(1), "pos": unsigned(FIELDS["ctx"].width),
@@ -161,7 +164,7 @@ def cmd_layout(config: CoreConfig) -> data.StructLayout:
         "out_frac": _FRAC, "addr": unsigned(AXI_ADDR_BITS)})
 
 
-def pack_cmd(config: CoreConfig, **fields) -> int:
+def pack_cmd(config: CoreConfig, **fields: int) -> int:
     """The cmd word of `fields` (every field of cmd_layout; absent ones 0)."""
     lay = cmd_layout(config)
     word = 0
@@ -426,7 +429,8 @@ class KVUnit(wiring.Component):
         })
 
     # ------------------------------------------------------------------ top
-    def elaborate(self, platform):
+    def elaborate(self, platform: object) -> Module:
+        """Build the KV unit: the cache append and decode-attention paths over memory."""
         c = self.config
         m = Module()
         m.submodules.quant = self.qz = KV4Quantizer(c.kv4)

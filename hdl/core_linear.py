@@ -82,6 +82,8 @@ A is outside the PEs).
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
@@ -130,6 +132,7 @@ def _cfg(config) -> CoreConfig:
 
 # --------------------------------------------------------------------------- layouts
 def cmd_layout(config: CoreConfig) -> data.StructLayout:
+    """Layout of the engine's cmd word: output channels n, depth k, group size, tokens."""
     c = _cfg(config)
     return data.StructLayout({"n": unsigned(_N_BITS), "k": unsigned(_K_BITS),
                               "group": unsigned(_GROUP_BITS),
@@ -137,6 +140,7 @@ def cmd_layout(config: CoreConfig) -> data.StructLayout:
 
 
 def act_layout(config: CoreConfig) -> data.StructLayout:
+    """Layout of an act write: token row, beat index along k, sfu.lanes INT8 values."""
     c = _cfg(config)
     return data.StructLayout({"row": Shape.cast(range(c.rows)),
                               "beat": Shape.cast(range(c.max_k // c.sfu.lanes)),
@@ -144,6 +148,7 @@ def act_layout(config: CoreConfig) -> data.StructLayout:
 
 
 def acc_layout(config: CoreConfig) -> data.StructLayout:
+    """Layout of an acc beat: output channel n, one int32 per row, overflow flag."""
     c = _cfg(config)
     return data.StructLayout({"n": unsigned(_N_BITS),
                               "acc": data.ArrayLayout(signed(ACC_BITS), c.rows),
@@ -204,7 +209,8 @@ def cycle_model(config: CoreConfig, n: int, k: int, group: int, tokens: int) -> 
     return mem_beats(config, n, k, group) + LATENCY + 1
 
 
-def mem_words(config: CoreConfig, codes, s2, z, n: int, k: int, group: int) -> list[int]:
+def mem_words(config: CoreConfig, codes: bytes, s2: bytes, z: bytes, n: int, k: int,
+              group: int) -> list[int]:
     """The mem beats of one cmd, as ints, in the order the engine takes them (module
     docstring). codes, s2 and z are the bytes of the tensors [n, k], [n, G], [n, G]
     row-major as they sit in memory; s2 and z may run on (the bytes that follow them
@@ -242,7 +248,7 @@ def pack_cmd(config: CoreConfig, n: int, k: int, group: int, tokens: int) -> int
     return _put(cmd_layout(config), {"n": n, "k": k, "group": group, "tokens": tokens})
 
 
-def pack_act(config: CoreConfig, row: int, beat: int, values) -> int:
+def pack_act(config: CoreConfig, row: int, beat: int, values: Sequence[int]) -> int:
     """The act word writing `lanes` int8 `values` of token `row` at elements
     beat*lanes .. ."""
     c = _cfg(config)
@@ -320,7 +326,8 @@ class LinearEngine(wiring.Component):
             "busy": Out(1),
         })
 
-    def elaborate(self, platform):
+    def elaborate(self, platform: object) -> Module:
+        """Build the engine: cmd decode, weight stream from mem, MixPE arithmetic, acc output."""
         m = Module()
         c = self.config
         fsm = FSM(m, ("IDLE", "DIV", "ACCEPT", "S2", "Z", "CODE", "DRAIN"), "state")

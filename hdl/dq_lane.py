@@ -103,7 +103,8 @@ class DQLane(wiring.Component):
             "done": Out(1),
         })
 
-    def elaborate(self, platform):
+    def elaborate(self, platform: object) -> Module:
+        """Build the lane: the cell walk and the E0..E3 multiply-accumulate pipeline."""
         m = Module()
         e0 = self._walk(m)
         e1 = self._scales(m, e0)

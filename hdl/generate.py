@@ -14,9 +14,10 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypeVar
 
 from amaranth.back import verilog as _verilog
+from amaranth.lib import wiring
 
 from golden.core_config import CoreConfig
 from golden.kv4_attention_config import KV4Config
@@ -42,9 +43,13 @@ __all__ = ["verilog", "write_verilog", "BlockGen", "BLOCKS", "design", "default_
            "sfu_factory", "core_factory"]
 
 Design = tuple[str, Callable]
+#: A golden configuration of one of the blocks.
+BlockConfig = (CoreConfig | KV4Config | LUTConfig | MixPEConfig | PIMConfig | SFUHWConfig
+               | SparseDSPConfig)
+_C = TypeVar("_C")
 
 
-def verilog(component, name: str) -> str:
+def verilog(component: wiring.Component, name: str) -> str:
     """Verilog text of `component` as a module called `name`. Ports follow the
     component's signature, flattened with `__` (act__payload, act__valid, ...),
     plus clk and rst."""
@@ -54,7 +59,7 @@ def verilog(component, name: str) -> str:
     return _verilog.convert(component, name=name, emit_src=False)
 
 
-def write_verilog(component, name: str, out_dir) -> Path:
+def write_verilog(component: wiring.Component, name: str, out_dir: Path | str) -> Path:
     """Write `<out_dir>/<name>.v` atomically."""
     target = Path(out_dir) / f"{name}.v"
     atomic_write_text(target, verilog(component, name))
@@ -204,7 +209,7 @@ BLOCKS: dict[str, BlockGen] = {
 }
 
 
-def design(block: str, config, **options) -> Design:
+def design(block: str, config: BlockConfig, **options: object) -> Design:
     """(module name, zero-argument factory) of one design of `block`."""
     check_choice("block", block, BLOCKS)
     return BLOCKS[block].design(config, **options)
@@ -215,7 +220,7 @@ def default_designs() -> list[Design]:
     return [gen.design(cfg, **opts) for gen in BLOCKS.values() for cfg, opts in gen.defaults]
 
 
-def block_config(block: str, fields: dict):
+def block_config(block: str, fields: dict) -> BlockConfig:
     """`block`'s golden configuration with `fields` (a JSON object's worth: the
     rest keep their defaults); a nested configuration (the core's sfu and kv4)
     comes as a dict of its own fields. ValueError naming the known fields for
@@ -236,7 +241,7 @@ def block_config(block: str, fields: dict):
     return config_of(cls, fields)
 
 
-def config_of(cls: type, fields: dict):
+def config_of(cls: type, fields: dict) -> _C:
     """`cls(**fields)`, or a ValueError naming the fields `cls` has."""
     known = [f.name for f in dataclasses.fields(cls) if f.init]
     unknown = sorted(set(fields) - set(known))

@@ -85,25 +85,30 @@ def cache_token_layout(c: KV4Config) -> data.StructLayout:
 
 
 def append_layout(c: KV4Config) -> data.StructLayout:
+    """Layout of an append beat: `lanes` elements of K and of V (x_bits each)."""
     return data.StructLayout({"k": data.ArrayLayout(signed(c.x_bits), c.lanes),
                               "v": data.ArrayLayout(signed(c.x_bits), c.lanes)})
 
 
 def cache_layout(c: KV4Config) -> data.StructLayout:
+    """Layout of a cache beat: one cache_token_layout chunk of K and of V."""
     return data.StructLayout({"k": cache_token_layout(c), "v": cache_token_layout(c)})
 
 
 def cmd_layout(c: KV4Config) -> data.StructLayout:
+    """Layout of a decode cmd: token count t and per-head multiplier C and shift lsh."""
     return data.StructLayout({"t": unsigned(CMD_T_BITS),
                               "c": data.ArrayLayout(unsigned(C_BITS), c.heads),
                               "lsh": data.ArrayLayout(unsigned(LSH_BITS), c.heads)})
 
 
 def query_layout(c: KV4Config) -> data.ArrayLayout:
+    """Layout of a query beat: `lanes` INT8 query elements."""
     return data.ArrayLayout(signed(ACT_BITS), c.lanes)
 
 
 def out_layout(c: KV4Config) -> data.ArrayLayout:
+    """Layout of an output beat: `lanes` out_bits-wide output elements."""
     return data.ArrayLayout(signed(c.out_bits), c.lanes)
 
 
@@ -259,7 +264,8 @@ class KV4Quantizer(wiring.Component):
             "y": Out(stream.Signature(cache_layout(c))),
         })
 
-    def elaborate(self, platform):
+    def elaborate(self, platform: object) -> Module:
+        """Build the quantizer: input buffer, K rotation butterflies, 4- and 8-bit quantization."""
         c = self.config
         m = Module()
         r = _TokenRegs(c)
@@ -507,7 +513,8 @@ class KV4Attention(wiring.Component):
         self.config = c = _cfg(config)
         super().__init__(_decode_ports(c))
 
-    def elaborate(self, platform):
+    def elaborate(self, platform: object) -> Module:
+        """Build the decode datapath: query path, logits, online softmax, P.V, normalisation."""
         c = self.config
         m = Module()
         s = _DecodeRegs(c)
@@ -883,7 +890,8 @@ class KV4Unit(wiring.Component):
             "overflow": Out(1),
         })
 
-    def elaborate(self, platform):
+    def elaborate(self, platform: object) -> Module:
+        """Build the unit: quantizer, attention and the cache fill counter."""
         c = self.config
         m = Module()
         m.submodules.core = core = KV4Attention(c)

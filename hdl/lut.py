@@ -79,18 +79,22 @@ def _check_config(config) -> LUTConfig:
 # Layouts and shapes derived from the configuration
 # ---------------------------------------------------------------------------
 def act_layout(config: LUTConfig) -> data.ArrayLayout:
+    """Layout of an act beat: 4 INT8 activations (one k chunk) per row."""
     return data.ArrayLayout(signed(ACT_BITS), LUT_K_CHUNK * config.rows)
 
 
 def code_layout(config: LUTConfig) -> data.ArrayLayout:
+    """Layout of a code beat: one 4-bit table index per lane."""
     return data.ArrayLayout(unsigned(LUT_K_CHUNK), config.lanes)
 
 
 def scale_layout(config: LUTConfig) -> data.ArrayLayout:
+    """Layout of a scale beat: one (s2, z) pair per lane."""
     return data.ArrayLayout(SCALE_PAIR, config.lanes)
 
 
 def result_layout(config: LUTConfig) -> data.ArrayLayout:
+    """Layout of a result beat: one int32 accumulator per row and lane."""
     return data.ArrayLayout(signed(ACC_BITS), config.rows * config.lanes)
 
 
@@ -116,6 +120,7 @@ def odd_sum_shape(config: LUTConfig) -> Shape:
 
 
 def act_sum_shape(config: LUTConfig) -> Shape:
+    """Shape of a group's activation sum: any sum of `group` INT8 values."""
     g = config.group
     return Shape.cast(range(ACT_MIN * g, ACT_MAX * g + 1))
 
@@ -247,7 +252,8 @@ class LUTBlock(wiring.Component):
             "error": Out(1),
         })
 
-    def elaborate(self, platform):
+    def elaborate(self, platform: object) -> Module:
+        """Build the block: table builder, bit-plane lookups, group accumulation, dequantization."""
         m = Module()
         w = self._walker_state(m)         # declared first: `adv` needs it
         inp = self._input_side(m, w)

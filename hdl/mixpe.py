@@ -26,7 +26,9 @@ inputs from being accepted. See docs/mixpe.md.
 """
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Shape, Signal, signed, unsigned
+from typing import Iterable
+
+from amaranth.hdl import Module, Mux, Shape, Signal, Value, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
@@ -67,18 +69,22 @@ def _check_config(config) -> MixPEConfig:
 
 
 def act_layout(config: MixPEConfig) -> data.ArrayLayout:
+    """Layout of an act beat: one INT8 activation per row."""
     return data.ArrayLayout(signed(ACT_BITS), config.rows)
 
 
 def code_layout(config: MixPEConfig) -> data.ArrayLayout:
+    """Layout of a code beat: one bits-wide weight code per column."""
     return data.ArrayLayout(unsigned(config.bits), config.cols)
 
 
 def scale_layout(config: MixPEConfig) -> data.ArrayLayout:
+    """Layout of a scale beat: one (s2, z) pair per column."""
     return data.ArrayLayout(SCALE_PAIR, config.cols)
 
 
 def result_layout(config: MixPEConfig) -> data.ArrayLayout:
+    """Layout of a result beat: one int32 accumulator per column."""
     return data.ArrayLayout(signed(ACC_BITS), config.cols)
 
 
@@ -106,7 +112,7 @@ def element_ports(config: MixPEConfig) -> dict:
     return {"a": In(signed(ACT_BITS)), "q": In(unsigned(config.bits))}
 
 
-def shift_add_product(a, q, bits: int):
+def shift_add_product(a: Value, q: Value, bits: int) -> Value:
     """a * q without a multiplier, as S2 computes it: one gated shifted copy of
     `a` per code bit, summed in a tree."""
     return tree_sum([Mux(q[i], a << i, 0) for i in range(bits)])
@@ -188,7 +194,8 @@ class MixPECell(wiring.Component):
         super().__init__({**element_ports(config), **_GROUP_STROBES,
                           "Pg": Out(group_sum_shape(config))})
 
-    def elaborate(self, platform):
+    def elaborate(self, platform: object) -> Module:
+        """Build the PE: shift-and-add product and the group partial sum."""
         m = Module()
         cfg = self.config
         # S2: shift-and-add product.
@@ -248,7 +255,7 @@ class MixPEDQLane(DQLane):
     `lane.cols[j]` / row `lane.rows[j]`; `pg[i]` is the Pg of `cells[i]`.
     """
 
-    def __init__(self, config: MixPEConfig, *, cells):
+    def __init__(self, config: MixPEConfig, *, cells: Iterable[tuple[int, int]]):
         self.config = cfg = _check_config(config)
         cells = tuple((int(r), int(c)) for r, c in cells)
         if not 1 <= len(cells) <= cfg.group:
@@ -300,7 +307,8 @@ class MixPE(wiring.Component):
             "result": Out(stream.Signature(result_layout(config))),
         })
 
-    def elaborate(self, platform):
+    def elaborate(self, platform: object) -> Module:
+        """Build the array: PE cells, row activation sums, DQ lanes, stream control, output bank."""
         m = Module()
         claimed = Signal()   # output bank reserved by a tile whose last beat is in
         pos = self._input_side(m, claimed)
@@ -499,7 +507,8 @@ class MixPESystem(wiring.Component):
             "res_data": Out(cfg.result_word_bits),
         })
 
-    def elaborate(self, platform):
+    def elaborate(self, platform: object) -> Module:
+        """Build MixPE with its preloaded input memories, result memory and run control."""
         m = Module()
         m.submodules.mixpe = pe = MixPE(self.config)
         m.submodules.run = run = RunControl()

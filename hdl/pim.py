@@ -22,7 +22,10 @@ the independent second implementation the tests compare against.
 """
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
+from typing import Callable
+
+from amaranth.hdl import (Cat, Const, Module, Mux, Signal, Value, ValueLike, signed,
+                          unsigned)
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
@@ -59,6 +62,7 @@ def _w(cfg):
 
 
 def cmd_layout(cfg: PIMConfig) -> data.StructLayout:
+    """Layout of a decoded command to a bank: opcode, bank, row, column, data word."""
     w = _w(cfg)
     return data.StructLayout({"cmd": 3, "bank": w["bank"], "row": w["row"], "col": w["col"],
                               "data": w["word"]})
@@ -91,7 +95,8 @@ def _is(v, code):
     return is_const(v, code)
 
 
-def bank_rules(cfg: PIMConfig, st, m_cmd, m_row, p_cmd, p_row) -> dict:
+def bank_rules(cfg: PIMConfig, st: Value, m_cmd: ValueLike, m_row: ValueLike, p_cmd: ValueLike,
+               p_row: ValueLike) -> dict:
     """Bank-local rule violations of a memory command `m_cmd` (row `m_row`) and a
     PIM command `p_cmd` (row `p_row`) issued together to one bank in state `st`."""
     blocked = cfg.mode == "blocked"
@@ -139,7 +144,8 @@ def _p_bus(cfg, p_cmd):
     return rd | wr, Mux(rd, _bus_mask(cfg, cfg.tCL), Mux(wr, _bus_mask(cfg, 0), 0))
 
 
-def channel_rules(cfg: PIMConfig, busy, faw, any_m_open, any_p_open, m_cmd, p_cmd) -> dict:
+def channel_rules(cfg: PIMConfig, busy: Value, faw: tuple[Value, Value], any_m_open: Value,
+                  any_p_open: Value, m_cmd: ValueLike, p_cmd: ValueLike) -> dict:
     """Channel-wide rule violations of the commands of one cycle: data-bus
     overlap, tFAW and blocked-mode exclusion. `faw` = (one more activation
     would break tFAW, two more would)."""
@@ -202,7 +208,8 @@ class PIMBank(wiring.Component):
             a = row * cfg.col_words + zext(col, len(row) + ceil_log2(cfg.col_words))
         return a[:self.addr_width]
 
-    def elaborate(self, platform):
+    def elaborate(self, platform: object) -> Module:
+        """Build the bank: row buffers of both paths, timing counters, rule checks, PIM lanes."""
         m = Module()
         cfg = self.config
         m_row, p_row = self._timing_state(m)
@@ -403,7 +410,9 @@ class PIMChannel(wiring.Component):
             })
         super().__init__(ports)
 
-    def elaborate(self, platform):
+    def elaborate(self, platform: object) -> Module:
+        """Build the channel: its banks, the shared bus, and the scheduler or the
+        direct command ports."""
         m = Module()
         banks = [PIMBank(self.config) for _ in range(self.config.banks)]
         for k, b in enumerate(banks):
@@ -679,7 +688,8 @@ class PIMSystem(wiring.Component):
             "n_rd": Out(32), "n_res": Out(32),
         })
 
-    def elaborate(self, platform):
+    def elaborate(self, platform: object) -> Module:
+        """Build the channel with its request and response memories and run control."""
         m = Module()
         m.submodules.channel = ch = PIMChannel(self.config)
         m.submodules.run = run = RunControl()
@@ -755,7 +765,8 @@ class PIMSystem(wiring.Component):
 DEFAULT_SYSTEM_SIZES = {"max_mem": 8192, "max_jobs": 256, "max_reads": 8192, "max_results": 2048}
 
 
-def pim_factory(config: PIMConfig, *, kind: str = "system", sizes: dict | None = None):
+def pim_factory(config: PIMConfig, *, kind: str = "system",
+                sizes: dict | None = None) -> tuple[str, Callable[[], PIMBank | PIMSystem]]:
     """(module name, zero-argument factory) of a PIM design: kind "bank"
     (PIMBank) or "system" (PIMSystem with `sizes`, default DEFAULT_SYSTEM_SIZES)."""
     _check_config(config)

@@ -7,7 +7,10 @@ intermediate values become named signals.
 """
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Mux, Signal, Value, signed
+from contextlib import AbstractContextManager
+from typing import Callable, Sequence
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, ValueLike, signed
 from amaranth.utils import ceil_log2
 
 __all__ = ["count_width", "is_const", "wire", "tree", "tree_sum", "select", "zext",
@@ -19,7 +22,7 @@ def count_width(max_value: int) -> int:
     return max(1, ceil_log2(max_value + 1))
 
 
-def is_const(value, const: int):
+def is_const(value: Value, const: int) -> Value:
     """value == const. Comparisons with 0 are written as ~|value: Yosys prints
     `value == 0` as `!value`, which Verilator's lint flags (WIDTHTRUNC)."""
     if const == 0:
@@ -27,7 +30,7 @@ def is_const(value, const: int):
     return value == const
 
 
-def wire(m, value, name: str) -> Signal:
+def wire(m: Module, value: ValueLike, name: str) -> Signal:
     """A comb signal holding `value`: Amaranth does not share common
     subexpressions, so a value reused in a chain would grow exponentially."""
     sig = Signal(Value.cast(value).shape(), name=name)
@@ -35,7 +38,8 @@ def wire(m, value, name: str) -> Signal:
     return sig
 
 
-def tree(m, values, op, name: str):
+def tree(m: Module, values: Sequence[ValueLike], op: Callable[[Value, Value], Value],
+         name: str) -> Value:
     """Balanced reduction of `values` by `op` (log depth), every node a named
     comb signal `<name><k>`."""
     values = list(values)
@@ -53,7 +57,7 @@ def tree(m, values, op, name: str):
     return values[0]
 
 
-def tree_sum(terms):
+def tree_sum(terms: Sequence[ValueLike]) -> Value:
     """Balanced adder tree as one expression (log depth instead of a ripple
     chain); for sums whose nodes need no names."""
     terms = list(terms)
@@ -67,7 +71,7 @@ def tree_sum(terms):
     return terms[0]
 
 
-def select(index, values):
+def select(index: Value, values: Sequence[ValueLike]) -> Value:
     """values[index] as a chain of 2:1 muxes, the one run-time selector of the
     project. No case statement and no dynamic part-select: both lint clean for any
     len(values), where a Switch leaves incomplete cases and an Array index lowers
@@ -82,7 +86,7 @@ def select(index, values):
     return out
 
 
-def zext(value, width: int):
+def zext(value: Value, width: int) -> Value:
     """`value` zero-extended to `width` bits (returned as is when already that
     wide): the add or compare it enters is computed at `width` bits. It does not
     by itself make the Verilog's operands equal in width: Yosys folds the zero
@@ -95,7 +99,7 @@ def zext(value, width: int):
     return value if n >= width else Cat(value, Const(0, width - n))
 
 
-def bit_length(m, x, name: str, bits: int | None = None) -> Signal:
+def bit_length(m: Module, x: Value, name: str, bits: int | None = None) -> Signal:
     """The bit length of x's low `bits` bits (all of x by default; 0 for none set)
     in a named comb signal: the highest set bit wins."""
     bits = len(x) if bits is None else bits
@@ -106,7 +110,7 @@ def bit_length(m, x, name: str, bits: int | None = None) -> Signal:
     return bl
 
 
-def rshift_round(m, x, s, name: str):
+def rshift_round(m: Module, x: Value, s: Value, name: str) -> Value:
     """Round-half-up right shift by a variable s (golden.kv4_attention.rshift_round),
     both addends the same width. Signed x is first widened so that the half LSB
     2**(s-1) fits for every s; for unsigned x a half beyond x's width is 0,
@@ -129,18 +133,19 @@ class FSM:
     that Verilator's lint flags as incomplete (CASEINCOMPLETE). `states` in code
     order (the first is the reset state)."""
 
-    def __init__(self, m, states, name: str):
+    def __init__(self, m: Module, states: Sequence[str], name: str):
         self.m = m
         self.codes = {n: i for i, n in enumerate(states)}
         self.reg = Signal(range(len(states)), name=name)
 
-    def is_(self, name: str):
+    def is_(self, name: str) -> Value:
         """reg == the code of state `name`."""
         return self.reg == self.codes[name]
 
-    def state(self, name: str):
+    def state(self, name: str) -> AbstractContextManager:
         """`with fsm.state(name):` the logic of that state."""
         return self.m.If(self.is_(name))
 
     def next(self, name: str) -> None:
+        """Go to state `name` on the next cycle."""
         self.m.d.sync += self.reg.eq(self.codes[name])

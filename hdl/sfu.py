@@ -47,6 +47,7 @@ the passes. `cycle_model` gives every op's cycles; the tests hold the RTL to it.
 from __future__ import annotations
 
 from types import SimpleNamespace
+from typing import Sequence
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
@@ -96,10 +97,12 @@ def elem_layout() -> data.StructLayout:
 
 
 def in_layout(c: SFUHWConfig) -> data.ArrayLayout:
+    """Layout of an x beat: `lanes` elements of elem_layout."""
     return data.ArrayLayout(elem_layout(), c.lanes)
 
 
 def out_layout(c: SFUHWConfig) -> data.ArrayLayout:
+    """Layout of an out beat: `lanes` signed 32-bit elements."""
     return data.ArrayLayout(signed(X_BITS), c.lanes)
 
 
@@ -119,6 +122,7 @@ def param_layout() -> data.UnionLayout:
 
 
 def cmd_layout() -> data.StructLayout:
+    """Layout of the cmd word: op, element count k and the op's parameters."""
     return data.StructLayout({"op": unsigned(3), "k": unsigned(CMD_K_BITS),
                               "p": param_layout()})
 
@@ -140,7 +144,7 @@ def _put(layout, values: dict, base: int = 0) -> int:
     return word
 
 
-def pack_cmd(op: str, k: int, **params) -> int:
+def pack_cmd(op: str, k: int, **params: int) -> int:
     """The cmd word of `op` over k elements with the op's parameters, all of them
     (docs/sfu.md): dequant mn, L, e, in_frac, out_frac; rmsnorm E, SK, es, e_w;
     rope d; swiglu shift; requant from_frac, to_frac, bits; the others none."""
@@ -156,7 +160,7 @@ def pack_cmd(op: str, k: int, **params) -> int:
     return word
 
 
-def pack_elems(config: SFUHWConfig, a, b=None) -> list[int]:
+def pack_elems(config: SFUHWConfig, a: Sequence[int], b: Sequence[int] | None = None) -> list[int]:
     """x beats of the elements a (and b; 0 where None), `lanes` per beat."""
     c = _cfg(config)
     a = [int(v) for v in a]
@@ -174,7 +178,7 @@ def pack_elems(config: SFUHWConfig, a, b=None) -> list[int]:
     return words
 
 
-def unpack_out(config: SFUHWConfig, words) -> list[int]:
+def unpack_out(config: SFUHWConfig, words: Sequence[int]) -> list[int]:
     """The signed 32-bit elements of out beats, in order."""
     c = _cfg(config)
     out = []
@@ -185,7 +189,7 @@ def unpack_out(config: SFUHWConfig, words) -> list[int]:
     return out
 
 
-def pack_out(config: SFUHWConfig, values) -> list[int]:
+def pack_out(config: SFUHWConfig, values: Sequence[int]) -> list[int]:
     """out beats of signed 32-bit elements (the inverse of unpack_out)."""
     c = _cfg(config)
     values = [int(v) for v in values]
@@ -340,7 +344,8 @@ class SFU(wiring.Component):
             "busy": Out(1),
         })
 
-    def elaborate(self, platform):
+    def elaborate(self, platform: object) -> Module:
+        """Build the SFU: cmd decode, the element buffer and every op's datapath."""
         m = Module()
         r = _Regs(self.config)
         r.decode(m)

@@ -34,6 +34,7 @@ See docs/sparse_dsp.md.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 from amaranth.hdl import Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
@@ -64,22 +65,27 @@ def _check_config(config) -> SparseDSPConfig:
 
 
 def ctrl_layout(config: SparseDSPConfig) -> data.StructLayout:
+    """Layout of a ctrl beat: pattern code, W4A8 flag, log2 span (the same for every config)."""
     return CTRL
 
 
 def act_layout(config: SparseDSPConfig) -> data.ArrayLayout:
+    """Layout of an act beat: window_max INT8 activations."""
     return data.ArrayLayout(signed(ACT_BITS), config.window_max)
 
 
 def weight_layout(config: SparseDSPConfig) -> data.ArrayLayout:
+    """Layout of a weight beat: one (value, index) lane per stage."""
     return data.ArrayLayout(WEIGHT_LANE, config.L)
 
 
 def scale_layout(config: SparseDSPConfig) -> data.ArrayLayout:
+    """Layout of a scale beat: one (s2, z) lane per DSP group."""
     return data.ArrayLayout(SCALE_LANE, config.n_groups)
 
 
 def result_layout(config: SparseDSPConfig) -> data.ArrayLayout:
+    """Layout of a result beat: one int32 accumulator per DSP group."""
     return data.ArrayLayout(signed(ACC_BITS), config.n_groups)
 
 
@@ -104,7 +110,7 @@ def pipeline_latency(config: SparseDSPConfig) -> int:
     return chain_latency(config) + 3
 
 
-def cycle_model(config: SparseDSPConfig, modes) -> int:
+def cycle_model(config: SparseDSPConfig, modes: Sequence[TileMode]) -> int:
     """Cycles from the first accepted beat to the last result transfer, both
     inclusive, with always-valid sources and an always-ready sink, for tiles run
     back to back with the given TileModes (one per tile). A tile takes
@@ -128,7 +134,8 @@ class DSPStage(wiring.Component):
             members["pcin"] = In(signed(DSP_ACC_BITS))
         super().__init__(members)
 
-    def elaborate(self, platform):
+    def elaborate(self, platform: object) -> Module:
+        """Build the stage: A/B, M and P registers under the common enable."""
         m = Module()
         # reset_less: DSP48E2 registers need no reset (the valid flags travel
         # beside them), which keeps them packable into the DSP.
@@ -155,7 +162,8 @@ class DSPGroup(wiring.Component):
             "p": Out(signed(DSP_ACC_BITS)),
         })
 
-    def elaborate(self, platform):
+    def elaborate(self, platform: object) -> Module:
+        """Build the cascade: stages chained through PCIN, operands delayed per stage."""
         m = Module()
         prev = None
         for j in range(self.length):
@@ -199,7 +207,8 @@ class SparseDSPChain(wiring.Component):
             "p": Out(data.ArrayLayout(signed(DSP_ACC_BITS), config.n_groups)),
         })
 
-    def elaborate(self, platform):
+    def elaborate(self, platform: object) -> Module:
+        """Build the chain: sparse multiplexer, DSP groups and reduction nodes."""
         m = Module()
         cfg = self.config
         # Every (pattern, span) fixes, per stage, the window position of its
@@ -288,7 +297,8 @@ class SparseDSP(wiring.Component):
             "result": Out(stream.Signature(result_layout(config))),
         })
 
-    def elaborate(self, platform):
+    def elaborate(self, platform: object) -> Module:
+        """Build the block: the chain with tile control and stream handshakes."""
         m = Module()
         cfg = self.config
         en = Signal()   # the whole pipeline advances together

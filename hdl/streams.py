@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from amaranth.hdl import Module, Shape, Signal, unsigned
+from amaranth.hdl import Module, Shape, ShapeLike, Signal, ValueLike, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
@@ -60,7 +60,7 @@ class MemoryStreamReader(wiring.Component):
       port : In(ReadPort.Signature) -- connect to `Memory.read_port()` (domain "sync")
     """
 
-    def __init__(self, *, addr_width: int, shape):
+    def __init__(self, *, addr_width: int, shape: ShapeLike):
         self._shape = shape
         super().__init__({
             "addr": In(stream.Signature(unsigned(addr_width))),
@@ -68,7 +68,8 @@ class MemoryStreamReader(wiring.Component):
             "port": In(memory.ReadPort.Signature(addr_width=addr_width, shape=shape)),
         })
 
-    def elaborate(self, platform):
+    def elaborate(self, platform: object) -> Module:
+        """Build the reader: address take, read port and the stalled output register."""
         m = Module()
         take = Signal()
         m.d.comb += [
@@ -123,7 +124,8 @@ class NestedAddressGenerator(wiring.Component):
             "busy": Out(1),
         })
 
-    def elaborate(self, platform):
+    def elaborate(self, platform: object) -> Module:
+        """Build the loop-nest counters and the address stream."""
         m = Module()
         aw = self.addr_width
         j = Signal(count_width(self.inner_len - 1))
@@ -184,7 +186,7 @@ class LoadPort:
         return {"load_sel": In(self.sel_width), "load_addr": In(self.addr_width),
                 "load_data": In(self.data_width), "load_en": In(1)}
 
-    def connect(self, m: Module, source, sink) -> None:
+    def connect(self, m: Module, source: wiring.Component, sink: wiring.Component) -> None:
         """Drive `sink`'s load ports from `source`'s (the system's own), each
         cut to the sink's width (a memory takes the low address and data bits)."""
         for name in self.members():
@@ -208,8 +210,8 @@ class PreloadedMemory(wiring.Component):
       busy    : Out(1) some word of the walk has not been transferred yet
     """
 
-    def __init__(self, *, load: LoadPort, sel: int, shape, depth: int, inner_len: int = 1,
-                 inner_stride: int = 1, outer_stride: int | None = None,
+    def __init__(self, *, load: LoadPort, sel: int, shape: ShapeLike, depth: int,
+                 inner_len: int = 1, inner_stride: int = 1, outer_stride: int | None = None,
                  max_outer: int, max_inner: int = 1):
         if not 0 <= sel < (1 << load.sel_width):
             raise ValueError(f"sel={sel} does not fit load_sel of {load.sel_width} bits")
@@ -239,7 +241,8 @@ class PreloadedMemory(wiring.Component):
             "busy": Out(1),
         })
 
-    def elaborate(self, platform):
+    def elaborate(self, platform: object) -> Module:
+        """Build the memory, its load write port and the streaming read walk."""
         m = Module()
         m.submodules.mem = mem = memory.Memory(shape=self._shape, depth=self._depth, init=[])
         wp = mem.write_port()
@@ -259,8 +262,8 @@ class PreloadedMemory(wiring.Component):
         m.d.comb += self.busy.eq(gen.busy | rd.data.valid)
         return m
 
-    def connect_run(self, m: Module, system, run: RunControl, *, n_outer,
-                    n_inner=1) -> None:
+    def connect_run(self, m: Module, system: wiring.Component, run: RunControl, *,
+                    n_outer: ValueLike, n_inner: ValueLike = 1) -> None:
         """Load through `system`'s load ports (LoadPort.connect), locked while
         `run` runs; the walk restarts at `run.go` over n_outer x n_inner."""
         self._load.connect(m, system, self)
@@ -290,7 +293,8 @@ class RunControl(wiring.Component):
             "cycles": Out(cycle_bits),
         })
 
-    def elaborate(self, platform):
+    def elaborate(self, platform: object) -> Module:
+        """Build the running and done flags, the go pulse and the cycle counter."""
         m = Module()
         m.d.comb += self.go.eq(self.start & ~self.running)
         with m.If(self.go):
@@ -301,7 +305,7 @@ class RunControl(wiring.Component):
                 m.d.sync += [self.running.eq(0), self.done.eq(1)]
         return m
 
-    def connect_system(self, m: Module, system, *, finished) -> None:
+    def connect_system(self, m: Module, system: wiring.Component, *, finished: ValueLike) -> None:
         """Run `system`: started by its `start` port, ended by `finished`,
         reported on its `done` and `cycles` ports."""
         m.d.comb += [self.start.eq(system.start), self.finished.eq(finished),
