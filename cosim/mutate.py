@@ -175,8 +175,10 @@ def mutation_sites(text: str) -> dict[str, list[tuple[tuple[int, ...], tuple[str
             sites["cond"].append(((i,), (f"{ind}if (!({cond})) begin",),
                                   f"if ({cond.strip()}) inverted"))
             continue
-        # reset and default values of a register's next value (`\$12 = 4'h0;`)
-        s = re.match(r"^(\s*)(\\\$\d+|\S+) = (\d+'[hdb][0-9a-fA-F_]+);\s*$", line)
+        # reset and default values of a register's next value (`\$12 = 4'h0;`);
+        # not memory initialisers (`mem[3] = ...`): a RAM's are overwritten before
+        # use, and a ROM's hundreds of entries would crowd out every other site
+        s = re.match(r"^(\s*)(\\\$\d+|[A-Za-z_][\w$]*) = (\d+'[hdb][0-9a-fA-F_]+);\s*$", line)
         if s:
             lit = _LITERAL.match(s.group(3))
             rep = _off_by_one(lit, 1) if lit else None
@@ -423,7 +425,20 @@ PLANS: dict[str, Callable[[], Plan]] = {
 
 #: Survivors judged equivalent: (block, the mutant's recorded what) -> why no legal
 #: configuration or input can observe the change.
-EQUIVALENT: dict[tuple[str, str], str] = {}
+#: Keyed by the generated names of PLANS' configurations: a change of the HDL that
+#: renames them turns the entry back into a survivor to be judged again.
+EQUIVALENT: dict[tuple[str, str], str] = {
+    ("lut", "\\$172: 2'h3 -> 2'h0"):
+        "selects the S3 sum for bits == 3, mutated bits == 0: neither is a weight format "
+        "the block accepts (bits_ok: 1, 2, 4; an illegal `bits` raises `error` and no "
+        "beat enters), so no valid beat ever carries either value",
+    ("lut", "\\$329: & -> |"):
+        "the write enable of the result slot of the last cell of each slice "
+        "(r = 1, l = 1) is ORed with `adv` instead of ANDed: extra writes land only "
+        "while no result is held (`adv` = ~valid | ready), and the slot's real write "
+        "comes last, in the cycle `result.valid` rises; observable only with one cell "
+        "per slice (rows * lanes per DQ unit = 1), not a configuration of this plan",
+}
 
 
 def _failed(block: str, errors: list[str]) -> dict:
@@ -484,11 +499,15 @@ def _worker(job_path: Path) -> int:
         result.update(invalid=True, reason=[str(e)[:600]])
         Path(job["result"]).write_text(json.dumps(result))
         return 0
-    for name, run in PLANS[block]().runs(sim):
+    for name, run in PLANS[block]().runs(sim)[:job.get("max_runs")]:
         result["runs"] += 1
         try:
             recs = run()
             errs = [e for r in recs for e in verdict(r)]
+            # what the run measured: the same figures under either simulator
+            result.setdefault("measured", {})[name] = [
+                {k: r.get(k) for k in ("test", "vectors", "cycles", "expected_cycles")}
+                for r in recs]
         except Exception as e:     # noqa: BLE001 (a mutant may break the build or the TB)
             errs = [f"{type(e).__name__}: {str(e)[:600]}"]
         if errs:
@@ -500,13 +519,14 @@ def _worker(job_path: Path) -> int:
 
 
 def run_mutant(block: str, text: str | None, *, sim: str, timeout: float,
-               workdir: Path) -> dict:
-    """The plan of `block` on Verilog `text` (None: the unmutated design) in a
-    worker process; {killed, by, reason, seconds}, killed by "timeout" when the
-    worker outlives `timeout` seconds."""
+               workdir: Path, max_runs: int | None = None) -> dict:
+    """The plan of `block` (its first `max_runs` runs when given) on Verilog
+    `text` (None: the unmutated design) in a worker process; {killed, by,
+    reason, seconds}, killed by "timeout" when the worker outlives `timeout`
+    seconds, {invalid: True} when the simulator cannot compile `text`."""
     workdir.mkdir(parents=True, exist_ok=True)
     job = {"block": block, "sim": sim, "result": str(workdir / "result.json"),
-           "build_root": str(workdir / "builds"), "mutant": None}
+           "build_root": str(workdir / "builds"), "mutant": None, "max_runs": max_runs}
     if text is not None:
         (workdir / "mutant.v").write_text(text)
         job["mutant"] = str(workdir / "mutant.v")
@@ -533,7 +553,7 @@ def run_mutant(block: str, text: str | None, *, sim: str, timeout: float,
 
 
 def run_block(block: str, *, per_block: int, seed: int, jobs: int, sim: str,
-              log=print) -> dict:
+              log=lambda s: print(s, flush=True)) -> dict:
     """Baseline, then every mutant of `block`; the block's report entry."""
     toplevel, text = design_text(block)
     ms = mutants(block, text, per_block=per_block, seed=seed)
@@ -560,12 +580,9 @@ def run_block(block: str, *, per_block: int, seed: int, jobs: int, sim: str,
         rec = {**m.as_dict(), **{k: r.get(k) for k in ("killed", "by", "reason", "seconds")}}
         if r.get("invalid"):
             rec.update(status="invalid", why="does not compile")
-        elif not r.get("killed"):
-            why = EQUIVALENT.get((block, m.what))
-            rec["status"] = "equivalent" if why else "survived"
-            rec["why"] = why or "test gap"
         else:
-            rec["status"] = "killed"
+            rec["status"] = "killed" if r.get("killed") else "survived"
+        _judge(block, rec)
         log(f"  {m.id:28s} {rec['status']:10s} {m.what}"
             + (f"  [{r.get('by')}]" if r.get("killed") else ""))
         return rec
@@ -573,6 +590,27 @@ def run_block(block: str, *, per_block: int, seed: int, jobs: int, sim: str,
     with cf.ThreadPoolExecutor(max_workers=jobs) as ex:
         entry["mutants"] = list(ex.map(one, ms))
     return _score(entry)
+
+
+def _judge(block: str, rec: dict) -> None:
+    """A surviving mutant's status and reason from EQUIVALENT (else a test gap)."""
+    if rec["status"] in ("survived", "equivalent"):
+        why = EQUIVALENT.get((block, rec["what"]))
+        rec["status"] = "equivalent" if why else "survived"
+        rec["why"] = why or "test gap"
+
+
+def rejudge() -> list[dict]:
+    """The stored report with its survivors judged again against EQUIVALENT
+    (no simulation: the verdicts stand, only their classification changes)."""
+    entries = json.loads(REPORT_PATH.read_text())["blocks"]
+    for e in entries:
+        for m in e.get("mutants", []):
+            _judge(e["block"], m)
+        if "mutants" in e and "error" not in e:
+            _score(e)
+    atomic_write_json(REPORT_PATH, {"blocks": entries})
+    return entries
 
 
 def _score(entry: dict) -> dict:
@@ -626,6 +664,8 @@ def main(argv=None) -> int:
     ap.add_argument("--sim", default="icarus", help="icarus (default: builds in seconds) "
                     "or verilator")
     ap.add_argument("--list", action="store_true", help="list the mutants, run nothing")
+    ap.add_argument("--rejudge", action="store_true",
+                    help="judge the stored report's survivors again (EQUIVALENT), run nothing")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
@@ -638,6 +678,12 @@ def main(argv=None) -> int:
     if args.per_block < 1 or args.jobs < 1:
         print("--per-block and --jobs must be >= 1", file=sys.stderr)
         return 2
+    if args.rejudge:
+        if not REPORT_PATH.is_file():
+            print(f"no report at {REPORT_PATH}: run `make mutate` first", file=sys.stderr)
+            return 2
+        print(format_table(rejudge()))
+        return 0
     if args.list:
         for b in blocks:
             _, text = design_text(b)
