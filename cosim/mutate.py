@@ -402,12 +402,13 @@ def _sfu_plan() -> Plan:
         from cosim import sfu
         from cosim.flow import first_case
 
-        def one(case):
+        def one(case, extra=()):
             b = sfu.unit_build(cfg, sim=sim)
-            res = sfu.run_cases(cfg, [sfu.case_job(case)], build=b, seed=case.seed)
+            res = sfu.run_cases(cfg, [sfu.case_job(case), *extra], build=b, seed=case.seed)
             return [sfu.to_record(case, first_case(res), simulator=res.get("sim"))]
         return [("random ideal", lambda: one(sfu.SFUCase(config=cfg, source="random", seed=3))),
-                ("edge ideal", lambda: one(sfu.SFUCase(config=cfg, source="edge", seed=5))),
+                ("edge ideal + refused cmds",
+                 lambda: one(sfu.SFUCase(config=cfg, source="edge", seed=5), sfu.bad_jobs(cfg))),
                 ("random stream", lambda: one(sfu.SFUCase(config=cfg, source="random", seed=4,
                                                           p_idle=0.2, p_stall=0.3)))]
 
@@ -553,12 +554,16 @@ def run_mutant(block: str, text: str | None, *, sim: str, timeout: float,
 
 
 def run_block(block: str, *, per_block: int, seed: int, jobs: int, sim: str,
-              log=lambda s: print(s, flush=True)) -> dict:
-    """Baseline, then every mutant of `block`; the block's report entry."""
+              only: list[str] | None = None, log=lambda s: print(s, flush=True)) -> dict:
+    """Baseline, then every mutant of `block` (those of `only`, mutant ids, when
+    given); the block's report entry."""
     toplevel, text = design_text(block)
     ms = mutants(block, text, per_block=per_block, seed=seed)
+    if only:
+        ms = [m for m in ms if m.id in only]
     root = MUTATE_ROOT / "runs" / block
-    shutil.rmtree(root, ignore_errors=True)
+    for d in ([root / m.id for m in ms] + [root / "baseline"]) if only else [root]:
+        shutil.rmtree(d, ignore_errors=True)
     base = run_mutant(block, None, sim=sim, timeout=1800, workdir=root / "baseline")
     entry = {"block": block, "toplevel": toplevel, "sim": sim, "seed": seed,
              "design_sha256": hashlib.sha256(text.encode()).hexdigest()[:16],
@@ -642,13 +647,36 @@ def format_table(entries: list[dict]) -> str:
     return "\n".join(out)
 
 
-def _merge_report(entries: list[dict]) -> None:
-    old = []
+def _stored() -> list[dict]:
     if REPORT_PATH.is_file():
         try:
-            old = json.loads(REPORT_PATH.read_text())["blocks"]
+            return json.loads(REPORT_PATH.read_text())["blocks"]
         except (ValueError, KeyError):
-            old = []
+            pass
+    return []
+
+
+def _rerun_into(entry: dict) -> dict:
+    """The stored entry of entry's block with entry's (rerun) mutants replacing
+    theirs; each keeps its first verdict as `first_status`."""
+    old = next((e for e in _stored() if e["block"] == entry["block"]), None)
+    if old is None or old.get("seed") != entry["seed"] or "error" in entry:
+        return entry
+    new = {m["id"]: m for m in entry["mutants"]}
+    merged = []
+    for m in old["mutants"]:
+        if m["id"] in new:
+            r = new[m["id"]]
+            r["first_status"] = m.get("first_status", m["status"])
+            merged.append(r)
+        else:
+            merged.append(m)
+    return _score({**old, "mutants": merged, "baseline": entry["baseline"],
+                   "design_sha256": entry["design_sha256"]})
+
+
+def _merge_report(entries: list[dict]) -> None:
+    old = _stored()
     done = {e["block"] for e in entries}
     blocks = [e for e in old if e.get("block") not in done] + entries
     atomic_write_json(REPORT_PATH, {"blocks": blocks})
@@ -663,6 +691,8 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=2, help="mutants simulated at once (default 2)")
     ap.add_argument("--sim", default="icarus", help="icarus (default: builds in seconds) "
                     "or verilator")
+    ap.add_argument("--only", help="comma-separated mutant ids to run again (their verdicts "
+                    "replace the stored ones, the first kept as first_status)")
     ap.add_argument("--list", action="store_true", help="list the mutants, run nothing")
     ap.add_argument("--rejudge", action="store_true",
                     help="judge the stored report's survivors again (EQUIVALENT), run nothing")
@@ -700,8 +730,12 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     entries = []
     for b in blocks:
-        entries.append(run_block(b, per_block=args.per_block, seed=args.seed, jobs=args.jobs,
-                                 sim=sim))
+        only = [m for m in args.only.split(",") if m.startswith(b + "-")] if args.only else None
+        if args.only and not only:
+            continue
+        e = run_block(b, per_block=args.per_block, seed=args.seed, jobs=args.jobs, sim=sim,
+                      only=only)
+        entries.append(_rerun_into(e) if only else e)
         _merge_report(entries)
     print()
     print(format_table(entries))

@@ -27,8 +27,8 @@ from cosim.cases import StreamCase
 from cosim.flow import DATA_ROOT, build_design, case_item, first_case, run_case_list, with_build
 from cosim.report import make_record
 
-__all__ = ["SFUCall", "SFUCase", "PLAN_CONFIG", "REAL_MODEL", "call_cmd", "golden_values",
-           "call_words", "random_call", "edge_calls", "real_calls", "case_calls", "case_job",
+__all__ = ["SFUCall", "SFUCase", "PLAN_CONFIG", "REAL_MODEL", "call_cmd", "bad_jobs",
+           "golden_values", "call_words", "random_call", "edge_calls", "real_calls", "case_calls", "case_job",
            "unit_build", "run_cases", "to_record", "default_plan", "sim_items", "config_items",
            "SOURCES"]
 
@@ -406,6 +406,25 @@ def case_job(case: SFUCase, *, corrupt_expected=()) -> dict:
             "corrupt_expected": [list(x) for x in corrupt_expected]}
 
 
+def bad_jobs(config: SFUHWConfig) -> list[dict]:
+    """One cmd per rule of the unit's cmd check that it must refuse (raise `error`,
+    emit nothing): k = 0; a buffered k over max_k; k not a multiple of lanes; rope
+    d = 0, d > k, d not a multiple of 2 * lanes; requant bits below 2 or above 32."""
+    from hdl.sfu import pack_cmd
+    L, K = config.lanes, config.max_k
+    rms = dict(E=0, SK=1 << 23, es=0, e_w=0)
+    cmds = [pack_cmd("swiglu", 0, shift=14),
+            pack_cmd("rmsnorm", K + L, **rms),
+            pack_cmd("rope", 2 * L, d=0),
+            pack_cmd("rope", 2 * L, d=4 * L),
+            pack_cmd("rope", 4 * L, d=L if L > 1 else 1),
+            pack_cmd("requant", L, from_frac=0, to_frac=0, bits=1),
+            pack_cmd("requant", L, from_frac=0, to_frac=0, bits=X_BITS + 1)]
+    if L > 1:
+        cmds.append(pack_cmd("residual_add", L + 1))
+    return [{"kind": "bad", "cmd": c} for c in cmds]
+
+
 def unit_build(config: SFUHWConfig, *, sim: str | None = None) -> runner.Build:
     from hdl.generate import sfu_factory
     return build_design(sfu_factory(config), sim=sim)
@@ -458,7 +477,10 @@ def default_plan() -> list[SFUCase]:
 
 def _run_item(case: SFUCase, sim: str) -> dict:
     b = unit_build(case.config, sim=sim)
-    res = run_cases(case.config, [case_job(case)], build=b, seed=case.seed)
+    jobs = [case_job(case)]
+    if case.source == "edge" and case.ideal:     # refused cmds ride along with the edge cases
+        jobs += bad_jobs(case.config)
+    res = run_cases(case.config, jobs, build=b, seed=case.seed)
     return with_build(to_record(case, first_case(res), simulator=res.get("sim")), b)
 
 
