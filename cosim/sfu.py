@@ -207,6 +207,7 @@ def edge_calls(config: SFUHWConfig, rng: random.Random) -> list[SFUCall]:
     ext = [lo, hi, hi, lo] * K
     calls = [
         SFUCall(op="quant_a8", a=(0,) * L),
+        SFUCall(op="quant_a8", a=(-1,) * L),                                      # |-1| = 1
         SFUCall(op="quant_a8", a=tuple(ext[:K])),
         SFUCall(op="quant_a8", a=tuple(rng.randint(-5, 5) for _ in range(L))),   # L = -13..
         SFUCall(op="quant_a8", a=tuple(_x32(rng, K, F, -12, 4))),
