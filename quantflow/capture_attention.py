@@ -18,6 +18,7 @@ import io
 import json
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 import torch
@@ -27,20 +28,24 @@ from quattro_fs import atomic_write_bytes
 
 from .errors import QuantflowError
 
+if TYPE_CHECKING:
+    from .models.llama import LlamaForCausalLM
+
 __all__ = ["capture_layers", "capture_fixture", "load_fixture", "real_tokens"]
 
 DEFAULT_MODEL = "smollm2"
 DEFAULT_TEXT = "hamlet"
 
 
-def real_tokens(tokenizer, *, tokens: int = 512, text: str = DEFAULT_TEXT) -> torch.Tensor:
+def real_tokens(tokenizer: object, *, tokens: int = 512, text: str = DEFAULT_TEXT) -> torch.Tensor:
     """The first evaluation window [1, tokens] of a real text."""
     from .text import evaluation_tokens
     return evaluation_tokens(tokenizer, text=text, windows=1, length=tokens)
 
 
 @torch.no_grad()
-def capture_layers(model, ids: torch.Tensor, layers=None) -> dict[int, tuple]:
+def capture_layers(model: LlamaForCausalLM, ids: torch.Tensor,
+                   layers: Iterable[int] | None = None) -> dict[int, tuple]:
     """{layer: (q [Hq, T, D], k [Hkv, T, D], v [Hkv, T, D])} float32 for batch 0 of
     ids [1, T], from one float forward pass (RoPE applied, no quantization)."""
     from .models.llama import LlamaForCausalLM
@@ -95,7 +100,7 @@ def _one_thread():
         torch.set_num_threads(threads)
 
 
-def capture_fixture(out_path, *, layer: int = 10, tokens: int = 512, queries: int = 64,
+def capture_fixture(out_path: Path | str, *, layer: int = 10, tokens: int = 512, queries: int = 64,
                     model_name: str = DEFAULT_MODEL, text: str = DEFAULT_TEXT) -> dict:
     """Write the fixture (module docstring) atomically; returns its meta dict."""
     from .models import load_model
@@ -120,7 +125,7 @@ def capture_fixture(out_path, *, layer: int = 10, tokens: int = 512, queries: in
     return meta
 
 
-def load_fixture(path) -> dict:
+def load_fixture(path: Path | str) -> dict:
     """{q, k, v, o: float32 tensors, meta: dict} of a captured fixture."""
     path = Path(path)
     if not path.is_file():
@@ -132,7 +137,9 @@ def load_fixture(path) -> dict:
     return d
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
+    """`python -m quantflow.capture_attention`: capture the fixture into --out;
+    returns the exit status."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--layer", type=int, default=10)

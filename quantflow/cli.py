@@ -285,7 +285,8 @@ def _verify(outdir: str) -> str:
     return f"{outdir}: ok ({man['config_name']})"
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
+    """Run one `python -m quantflow` subcommand; returns the exit status."""
     args = _parser().parse_args(argv)
     try:
         _check_flags(args)

@@ -35,6 +35,7 @@ import math
 import resource
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -65,6 +66,7 @@ _FIX = "recompile it with `python -m quantflow compile`"
 
 
 def compiled_dir(model: str, scheme: str) -> Path:
+    """Where the compiled image of `model` under `scheme` goes: build/compiled/<model>-<scheme>."""
     return build_root() / "compiled" / f"{model}-{scheme}"
 
 
@@ -246,7 +248,7 @@ def _layout(config: DecoderConfig, tensors: dict[str, np.ndarray]) -> tuple[dict
     return entries, total
 
 
-def write_image(outdir, config: DecoderConfig, tensors: dict[str, np.ndarray],
+def write_image(outdir: Path | str, config: DecoderConfig, tensors: dict[str, np.ndarray],
                 meta: dict) -> dict:
     """image.bin + manifest.json into `outdir`, atomically; returns the manifest."""
     entries, total = _layout(config, tensors)
@@ -268,7 +270,7 @@ def write_image(outdir, config: DecoderConfig, tensors: dict[str, np.ndarray],
     return replace_dir(outdir, fill)
 
 
-def load_image(outdir) -> tuple[DecoderConfig, dict[str, torch.Tensor]]:
+def load_image(outdir: Path | str) -> tuple[DecoderConfig, dict[str, torch.Tensor]]:
     """(DecoderConfig, tensors) of a compiled image, every checksum verified."""
     d = Path(outdir)
     mpath, ipath = d / "manifest.json", d / "image.bin"
@@ -312,8 +314,8 @@ def load_image(outdir) -> tuple[DecoderConfig, dict[str, torch.Tensor]]:
 
 
 # --------------------------------------------------------------------------- entry
-def compile_quantized(qm: QuantizedModel, calib_ids: torch.Tensor, outdir, *, context: int,
-                      head_bits: int = 8, model_name: str = "model",
+def compile_quantized(qm: QuantizedModel, calib_ids: torch.Tensor, outdir: Path | str, *,
+                      context: int, head_bits: int = 8, model_name: str = "model",
                       sfu: SFUConfig | None = None) -> dict:
     """Write the image of an already quantized Llama; returns the manifest."""
     if not isinstance(qm.model, LlamaForCausalLM):
@@ -326,9 +328,10 @@ def compile_quantized(qm: QuantizedModel, calib_ids: torch.Tensor, outdir, *, co
                         "scheme_label": qm.scheme.label})
 
 
-def compile_model(model="smollm2", scheme=DEFAULT_SCHEME, *, out=None, context: int = 1024,
-                  head_bits: int = 8, calib_text: str = DEFAULT_CALIB, calib_samples: int = 8,
-                  calib_length: int = 256, progress: bool = True, log=print) -> dict:
+def compile_model(model: str | LoadedModel = "smollm2", scheme: str | QuantScheme = DEFAULT_SCHEME,
+                  *, out: Path | str | None = None, context: int = 1024, head_bits: int = 8,
+                  calib_text: str = DEFAULT_CALIB, calib_samples: int = 8, calib_length: int = 256,
+                  progress: bool = True, log: Callable[[str], object] = print) -> dict:
     """Load, quantize (fake-quant flow, calibrated) and compile `model`; returns the
     manifest with the compile's wall/CPU seconds and peak memory."""
     t0, c0 = time.perf_counter(), time.process_time()

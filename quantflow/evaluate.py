@@ -16,6 +16,7 @@ import io
 import math
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
@@ -25,14 +26,20 @@ from quattro_fs import atomic_write_bytes, atomic_write_json
 from .errors import QuantflowError
 from .fakequant import QuantizedModel, quantize_model
 from .models.loaders import LoadedModel, build_dir, load_model, require
-from .schemes import DEFAULT_SCHEME, get_scheme
+from .schemes import DEFAULT_SCHEME, QuantScheme, get_scheme
 from .text import (DEFAULT_CALIB, DEFAULT_EVAL, calibration_tokens, evaluation_tokens,
                    text_description)
+
+if TYPE_CHECKING:
+    from golden.decoder import IntegerDecoder
+
+    from .models.llama import LlamaForCausalLM
 
 __all__ = ["perplexity", "layer_sqnr", "evaluate", "format_table", "plot_sqnr", "quant_dir"]
 
 
 def quant_dir(model: str, scheme: str) -> Path:
+    """Where the evaluation report of `model` under `scheme` goes: build/quant/<model>/<scheme>."""
     return build_dir() / "quant" / model / scheme
 
 
@@ -43,8 +50,9 @@ def _bar(it, *, desc, total=None, enabled=True):
 
 
 @torch.no_grad()
-def perplexity(model, windows: torch.Tensor, *, progress: bool = False,
-               desc: str = "perplexity", top1: list | None = None) -> float:
+def perplexity(model: Callable[[torch.Tensor], torch.Tensor], windows: torch.Tensor, *,
+               progress: bool = False, desc: str = "perplexity",
+               top1: list | None = None) -> float:
     """exp(mean next-token NLL) over windows [W, T] (each window its own sequence);
     `model(ids [1, T])` gives logits [1, T, vocab]. With `top1` (a list), each
     window's greedy predictions [T - 1] are appended to it."""
@@ -60,7 +68,7 @@ def perplexity(model, windows: torch.Tensor, *, progress: bool = False,
 
 @torch.no_grad()
 def layer_sqnr(qm: QuantizedModel, windows: torch.Tensor, *, progress: bool = False,
-               with_ppl: bool = True, top1: list | None = None):
+               with_ppl: bool = True, top1: list | None = None) -> tuple[list[dict], float | None]:
     """Per block linear: SQNR (dB) of its output in the quantized model against
     x @ w_ref.T on the same input x. Returns (layers list, perplexity or None)."""
     m = qm.model
@@ -131,10 +139,11 @@ EVAL_SEED = 0
 ENGINES = ("fakequant", "integer")
 
 
-def evaluate(model="smollm2", scheme=DEFAULT_SCHEME, *, text: str = DEFAULT_EVAL,
-             windows: int = 8, length: int = 512, calib_text: str = DEFAULT_CALIB,
-             calib_samples: int = 8, calib_length: int = 256, components: bool = True,
-             engine: str = "fakequant", out=None, progress: bool = True, log=print) -> dict:
+def evaluate(model: str | LoadedModel = "smollm2", scheme: str | QuantScheme = DEFAULT_SCHEME, *,
+             text: str = DEFAULT_EVAL, windows: int = 8, length: int = 512,
+             calib_text: str = DEFAULT_CALIB, calib_samples: int = 8, calib_length: int = 256,
+             components: bool = True, engine: str = "fakequant", out: Path | str | None = None,
+             progress: bool = True, log: Callable[[str], object] = print) -> dict:
     """Measure `scheme` on `model` (module docstring); returns the report dict.
     engine="integer" also compiles the quantized model (quantflow.compile) and
     measures golden.decoder's integer model on the same windows: ppl_integer,
@@ -235,7 +244,7 @@ def _integer_engine(lm, qm: QuantizedModel, cal, ev, top1_fq: list, image: Path,
 
 
 @torch.no_grad()
-def residual_error(dec, model, ids: torch.Tensor) -> list[dict]:
+def residual_error(dec: IntegerDecoder, model: LlamaForCausalLM, ids: torch.Tensor) -> list[dict]:
     """Per layer: the integer model's residual stream after the layer against the
     fake-quant model's on the same tokens: relative RMS error and cosine."""
     ref = []

@@ -67,8 +67,8 @@ def _need_qoq(scheme: QuantScheme) -> None:
                              f"a qoq weight scheme (e.g. w4a8kv4-g64 or w4-qoq-g64)")
 
 
-def export_quantized(outdir, qm: QuantizedModel, *, cols: int = 8, model_name: str = "model",
-                     progress: bool = True) -> dict:
+def export_quantized(outdir: Path | str, qm: QuantizedModel, *, cols: int = 8,
+                     model_name: str = "model", progress: bool = True) -> dict:
     """Write an already quantized model (quantize_model) to `outdir`; returns the
     manifest."""
     _need_qoq(qm.scheme)
@@ -150,9 +150,9 @@ def _cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def export_model(model="smollm2", scheme=DEFAULT_SCHEME, *, out=None, cols: int = 8,
-                 calib_text: str = DEFAULT_CALIB, calib_samples: int = 8,
-                 calib_length: int = 256, progress: bool = True) -> dict:
+def export_model(model: str | LoadedModel = "smollm2", scheme: str | QuantScheme = DEFAULT_SCHEME,
+                 *, out: Path | str | None = None, cols: int = 8, calib_text: str = DEFAULT_CALIB,
+                 calib_samples: int = 8, calib_length: int = 256, progress: bool = True) -> dict:
     """Quantize `model` with `scheme` and export it; returns the manifest plus
     'timing' (seconds of load / quantize / write, peak RSS in MB)."""
     sch = get_scheme(scheme)
@@ -183,7 +183,7 @@ def export_model(model="smollm2", scheme=DEFAULT_SCHEME, *, out=None, cols: int 
     return man
 
 
-def load_model_export(outdir, *, check_words: bool = True) -> dict:
+def load_model_export(outdir: Path | str, *, check_words: bool = True) -> dict:
     """Read an export directory: verify the manifest, every sha256 and (check_words)
     that each .hex equals its .npy. Returns {"manifest", "layers": {name:
     QoQWeights}, "norms": {name: tensor}, "kv_lambda", "hadamard"}."""
@@ -264,12 +264,13 @@ def capture_layer_inputs(model: torch.nn.Module, layer: str, ids: torch.Tensor) 
     return torch.cat(got)
 
 
-def export_real_layer(outdir, config: MixPEConfig, *, model="smollm2",
+def export_real_layer(outdir: Path | str, config: MixPEConfig, *,
+                      model: str | LoadedModel = "smollm2",
                       layer: str = "layers.0.self_attn.q_proj", tokens: int | None = None,
-                      channels: int | None = None,
-                      scheme=DEFAULT_SCHEME, text: str = DEFAULT_EVAL,
-                      calib_text: str = DEFAULT_CALIB, calib_samples: int = 4,
-                      calib_length: int = 128, progress: bool = False) -> dict:
+                      channels: int | None = None, scheme: str | QuantScheme = DEFAULT_SCHEME,
+                      text: str = DEFAULT_EVAL, calib_text: str = DEFAULT_CALIB,
+                      calib_samples: int = 4, calib_length: int = 128,
+                      progress: bool = False) -> dict:
     """One real linear layer as MixPE images: its weight quantized with the scheme's
     QoQ weight component (calibrated on `calib_text`), fed with the activations the
     model produces for the first `tokens` (default config.rows) tokens of a fixed

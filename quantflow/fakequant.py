@@ -38,6 +38,7 @@ import copy
 import math
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import torch
 from torch import nn
@@ -54,6 +55,9 @@ from .models.loaders import LoadedModel, linear_layers
 from .qoq import QoQWeights, quantize_act
 from .rotation import massive_channels, rotate_model
 from .schemes import KVScheme, QuantScheme, get_scheme
+
+if TYPE_CHECKING:
+    from .weightq import WeightQuantOptions
 
 __all__ = ["fake_quant_act", "quantize_kv", "fake_quant_kv", "KVQuantizer", "hadamard",
            "fold_hadamard_v", "collect_llama_stats", "smooth_attention_lambdas",
@@ -76,7 +80,7 @@ def _act_hook(module, args):
     return (fake_quant_act(args[0]),) + tuple(args[1:])
 
 
-def install_act_quant(model: nn.Module, names) -> list:
+def install_act_quant(model: nn.Module, names: Iterable[str]) -> list:
     """Fake-quantize the inputs of the named linears; returns the hook handles."""
     mods = dict(model.named_modules())
     return [mods[n].register_forward_pre_hook(_act_hook) for n in names]
@@ -84,7 +88,8 @@ def install_act_quant(model: nn.Module, names) -> list:
 
 # --------------------------------------------------------------------------- KV4
 def quantize_kv(x: torch.Tensor, *, bits: int = 4, sink_tokens: int = 0, sink_bits: int = 8,
-                integer_zero: bool = True, levels: int | None = None):
+                integer_zero: bool = True, levels: int | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per token, per head asymmetric quantization over the last dim (head_dim) of
     x [..., T, D] (DESIGN §3.7): scale = (max - min) / levels, zero =
     clamp(round(-min / scale), 0, levels) (unrounded, unclamped if not
@@ -112,7 +117,8 @@ def quantize_kv(x: torch.Tensor, *, bits: int = 4, sink_tokens: int = 0, sink_bi
     return q, scale, zero, levels.squeeze(-1)
 
 
-def fake_quant_kv(x: torch.Tensor, **kw) -> torch.Tensor:
+def fake_quant_kv(x: torch.Tensor, **kw: Any) -> torch.Tensor:
+    """quantize_kv's (q - zero) * scale: x with its per-token KV quantization error."""
     q, scale, zero, _ = quantize_kv(x, **kw)
     return (q - zero) * scale
 
@@ -132,7 +138,8 @@ class KVQuantizer:
     def __call__(self, k, v):
         return fake_quant_kv(k, **self.kw), fake_quant_kv(v, **self.kw)
 
-    def recent(self, k, v):
+    def recent(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """K and V fake-quantized at 8 bits (KV8_LEVELS), as the recent window keeps them."""
         kw = dict(levels=KV8_LEVELS, integer_zero=self.kw["integer_zero"])
         return fake_quant_kv(k, **kw), fake_quant_kv(v, **kw)
 
@@ -229,7 +236,7 @@ def smooth_attention_lambdas(kmax: torch.Tensor, *, alpha: float = 0.5) -> torch
 
 
 @torch.no_grad()
-def fold_smooth_attention(model: LlamaForCausalLM, lambdas) -> None:
+def fold_smooth_attention(model: LlamaForCausalLM, lambdas: Iterable[torch.Tensor]) -> None:
     """K channels / lambda (k_proj rows), Q channels * lambda of the KV head their
     GQA group reads (q_proj rows): q.k and RoPE are unchanged."""
     cfg = model.config
@@ -301,6 +308,7 @@ class IntegerLinear(nn.Module):
         self.config = MixPEConfig(bits=qoq.bits, group=qoq.group, rows=1, cols=8, K=K)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """y = x W.T (+ bias) by golden.mixpe.mixpe_acc on A8-quantized x, chunk by chunk."""
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1])
         out = []
@@ -313,6 +321,7 @@ class IntegerLinear(nn.Module):
 
 
 def set_submodule(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
+    """Replace the submodule `name` of `model` by `new`; returns the old one."""
     parent, _, leaf = name.rpartition(".")
     p = model.get_submodule(parent) if parent else model
     old = getattr(p, leaf)
@@ -340,6 +349,7 @@ class QuantizedModel:
     seconds: dict = field(default_factory=dict)
 
     def qoq(self, name: str) -> QoQWeights:
+        """The QoQ weights of one linear (full or short name); QuantflowError if it has none."""
         name = _short(name)
         r = self.weights.get(name)
         if r is None or r.qoq is None:
@@ -372,9 +382,11 @@ def _calib_needed(scheme: QuantScheme) -> bool:
                 or (scheme.kv and scheme.kv.smooth_attention))
 
 
-def quantize_model(model, scheme, *, calib_ids: torch.Tensor | None = None, calib=None,
-                   weight_options=None, progress: bool = True, copy_model: bool = True,
-                   keep_reference: bool = True) -> QuantizedModel:
+def quantize_model(model: LoadedModel | nn.Module, scheme: str | QuantScheme, *,
+                   calib_ids: torch.Tensor | None = None,
+                   calib: Callable[[nn.Module], object] | None = None,
+                   weight_options: WeightQuantOptions | None = None, progress: bool = True,
+                   copy_model: bool = True, keep_reference: bool = True) -> QuantizedModel:
     """Quantize a copy of `model` (LoadedModel or nn.Module; left unchanged) with
     `scheme` (QuantScheme or registered name). Llama models take calib_ids [B, T]
     (calibration tokens); other modules take `calib`, a callable run(module) that

@@ -20,6 +20,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -41,6 +42,8 @@ PREFILL_CHUNK = 64
 
 @dataclass
 class Generation:
+    """The result of one generate() call: the engine, the prompt's and the new token
+    ids, the new text and the seconds it took."""
     engine: str
     prompt_ids: list[int]
     token_ids: list[int] = field(default_factory=list)
@@ -48,8 +51,9 @@ class Generation:
     seconds: float = 0.0
 
 
-def integer_decoder(model: str, scheme: str, *, image=None, context: int = 1024,
-                    progress: bool = True, log=print) -> IntegerDecoder:
+def integer_decoder(model: str, scheme: str, *, image: Path | str | None = None,
+                    context: int = 1024, progress: bool = True,
+                    log: Callable[[str], object] = print) -> IntegerDecoder:
     """The integer model of `model` under `scheme` from its compiled image
     (compiled into build/compiled/ first when `image` is None and none exists)."""
     d = Path(image) if image is not None else compiled_dir(model, scheme)
@@ -81,8 +85,8 @@ def _float_greedy(model, ids: torch.Tensor, n: int, on_token) -> list[int]:
     return out
 
 
-def integer_greedy(dec: IntegerDecoder, ids: torch.Tensor, n: int, on_token,
-                   progress: bool) -> list[int]:
+def integer_greedy(dec: IntegerDecoder, ids: torch.Tensor, n: int,
+                   on_token: Callable[[int], object], progress: bool) -> list[int]:
     """Greedy decoding of n tokens after `ids` on the integer model: prefill in
     PREFILL_CHUNK blocks, then one token per step; `on_token(id)` as each appears."""
     state = dec.new_state()
@@ -104,9 +108,10 @@ def integer_greedy(dec: IntegerDecoder, ids: torch.Tensor, n: int, on_token,
     return out
 
 
-def generate(model="smollm2", prompt: str = "", *, max_new_tokens: int = 32,
-             engine: str = "integer", scheme: str = DEFAULT_SCHEME, image=None,
-             stream=None, progress: bool = True, log=print) -> Generation:
+def generate(model: str | LoadedModel = "smollm2", prompt: str = "", *, max_new_tokens: int = 32,
+             engine: str = "integer", scheme: str = DEFAULT_SCHEME,
+             image: Path | str | None = None, stream: Callable[[str], object] | None = None,
+             progress: bool = True, log: Callable[[str], object] = print) -> Generation:
     """Greedy generation (module docstring); `stream(text_piece)` receives the text
     as it appears."""
     if engine not in ENGINES:

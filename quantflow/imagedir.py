@@ -14,8 +14,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable, Iterable
 
 import numpy as np
+
+from golden.lut_config import LUTConfig
+from golden.mixpe_config import MixPEConfig
+from golden.sparse_dsp_config import SparseDSPConfig
 
 from quattro_fs import replace_dir, sha256_file
 
@@ -32,6 +37,7 @@ FIX = "re-run quantflow export"
 
 
 def hex_digits(word_bits: int) -> int:
+    """Hex digits of one word_bits-wide word in a .hex file."""
     return (word_bits + 3) // 4
 
 
@@ -52,7 +58,7 @@ def _hex_text(u: np.ndarray, d: int) -> bytes:
     return out.tobytes()
 
 
-def write_hex(path: Path, words, word_bits: int) -> None:
+def write_hex(path: Path, words: Iterable[int] | np.ndarray, word_bits: int) -> None:
     """One word per line, fixed width lowercase hex ($readmemh). `words`: Python
     ints or an integer numpy array (quantflow.pack.pack_words_array: fastest)."""
     d = hex_digits(word_bits)
@@ -94,6 +100,8 @@ def _read_hex_fast(path: Path, word_bits: int) -> list[int] | None:
 
 
 def read_hex(path: Path, word_bits: int, words: int | None = None) -> list[int]:
+    """The words of a .hex file in write_hex's format, checked line by line; `words`,
+    when given, is the count the manifest says it holds."""
     d = hex_digits(word_bits)
     out = _read_hex_fast(path, word_bits)
     if out is not None:
@@ -117,7 +125,7 @@ def read_hex(path: Path, word_bits: int, words: int | None = None) -> list[int]:
 
 
 # --------------------------------------------------------------------------- writing
-def write_image_dir(outdir, fill) -> dict:
+def write_image_dir(outdir: Path | str, fill: Callable[[Path], dict]) -> dict:
     """Write an image directory atomically (every block's exporter and the model
     export use this): `fill(tmp)` writes the data files into the temporary
     directory and returns the manifest without checksums; the sha256 of every
@@ -167,7 +175,7 @@ def verify_checksums(outdir: Path, sums: dict, fix: str) -> None:
                                  f"changed after export); {fix}")
 
 
-def read_manifest(outdir, *, fmt: str, version: int) -> dict:
+def read_manifest(outdir: Path | str, *, fmt: str, version: int) -> dict:
     """Read manifest.json and verify the sha256 of every file it lists. `fmt` and
     `version`: the block's image format (its manifest's format, format_version)."""
     outdir = Path(outdir)
@@ -196,8 +204,8 @@ def read_manifest(outdir, *, fmt: str, version: int) -> dict:
     return manifest
 
 
-def read_manifest_for(outdir: Path, config, *, fmt: str, version: int,
-                      fix: str = FIX) -> dict:
+def read_manifest_for(outdir: Path, config: MixPEConfig | LUTConfig | SparseDSPConfig, *, fmt: str,
+                      version: int, fix: str = FIX) -> dict:
     """read_manifest, and the images must have been written for `config`."""
     man = read_manifest(outdir, fmt=fmt, version=version)
     if man.get("config") != config.as_dict():

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -47,7 +48,7 @@ from golden.validate import expect_type
 
 from .errors import QuantflowError
 from .imagedir import read_hex, read_manifest, write_hex, write_image_dir
-from .pack import pack_words, unpack_words
+from .pack import IntArray, Words, pack_words, unpack_words
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "KV4CacheImage", "token_bits", "cache_token_bits",
            "pack_token_words", "unpack_token_words", "pack_recent_words",
@@ -143,7 +144,7 @@ def _check_fit(words, bits: int, what: str) -> list[int]:
 
 
 # --------------------------------------------------------------------------- stream words
-def pack_token_words(codes, S, zero, config: KV4Config) -> list[int]:
+def pack_token_words(codes: IntArray, S: IntArray, zero: IntArray, config: KV4Config) -> list[int]:
     """4-bit codes [T, D], S [T], zero [T] -> T*chunks token words (token-major)."""
     c = _cfg(config)
     codes = _ints("codes", codes, (None, c.head_dim))
@@ -153,7 +154,8 @@ def pack_token_words(codes, S, zero, config: KV4Config) -> list[int]:
                   ("S", rep("S", S), c.scale_bits), ("zero", rep("zero", zero), ZERO_BITS)])
 
 
-def unpack_token_words(words, config: KV4Config):
+def unpack_token_words(words: Words, config: KV4Config) -> tuple[np.ndarray, np.ndarray,
+                       np.ndarray]:
     """Inverse of pack_token_words: (codes [T, D], S [T], zero [T]) int64 arrays,
     checking that every beat of a token repeats its scale and zero."""
     c = _cfg(config)
@@ -164,7 +166,7 @@ def unpack_token_words(words, config: KV4Config):
     return codes.reshape(-1, c.head_dim), S, z
 
 
-def pack_recent_words(codes8, S, z8, config: KV4Config) -> list[int]:
+def pack_recent_words(codes8: IntArray, S: IntArray, z8: IntArray, config: KV4Config) -> list[int]:
     """8-bit codes [R, D] (0..240), S [R], z8 [R] -> R*2*chunks recent words:
     per token the chunks words of code8 >> 4, then the chunks words of code8 & 15."""
     c = _cfg(config)
@@ -180,7 +182,8 @@ def pack_recent_words(codes8, S, z8, config: KV4Config) -> list[int]:
                   ("S", rep("S", S), c.scale_bits), ("zero8", rep("zero8", z8), ZERO_BITS)])
 
 
-def unpack_recent_words(words, config: KV4Config):
+def unpack_recent_words(words: Words, config: KV4Config) -> tuple[np.ndarray, np.ndarray,
+                        np.ndarray]:
     """Inverse of pack_recent_words: (codes8 [R, D], S [R], z8 [R]) int64 arrays,
     checking that the 2*chunks words of a token agree on S and zero."""
     c = _cfg(config)
@@ -238,7 +241,8 @@ def pack_cache_words(cache: KV4Cache, config: KV4Config) -> list[int]:
     return [k | (v << cb) for k, v in zip(*sides)]
 
 
-def unpack_cache_words(words, config: KV4Config):
+def unpack_cache_words(words: Words, config: KV4Config) -> tuple[tuple[np.ndarray, ...],
+                       tuple[np.ndarray, ...]]:
     """Inverse of pack_cache_words -> ((codes4, codes8, S, z4, z8) of K, the same
     of V): codes [T, D], the rest [T], int64 arrays."""
     c = _cfg(config)
@@ -254,7 +258,7 @@ def unpack_cache_words(words, config: KV4Config):
     return tuple(out)
 
 
-def pack_append_words(Xk, Xv, config: KV4Config) -> list[int]:
+def pack_append_words(Xk: IntArray, Xv: IntArray, config: KV4Config) -> list[int]:
     """Fixed-point K, V [T, D] -> T*chunks append words."""
     c = _cfg(config)
     kw = pack_words(np.asarray(Xk).reshape(-1), c.x_bits, c.lanes, signed=True)
@@ -262,7 +266,8 @@ def pack_append_words(Xk, Xv, config: KV4Config) -> list[int]:
     return [a | (b << (c.x_bits * c.lanes)) for a, b in zip(kw, vw)]
 
 
-def pack_cmd_word(T: int, C, lsh, config: KV4Config) -> int:
+def pack_cmd_word(T: int, C: Sequence[int], lsh: Sequence[int], config: KV4Config) -> int:
+    """The decode cmd word: token count T, then each head's multiplier C and shift lsh."""
     c = _cfg(config)
     if len(C) != c.heads or len(lsh) != c.heads:
         raise QuantflowError(f"need {c.heads} (C, lsh) pairs, got {len(C)}/{len(lsh)}")
@@ -279,13 +284,14 @@ def pack_cmd_word(T: int, C, lsh, config: KV4Config) -> int:
     return w
 
 
-def pack_query_words(q8, config: KV4Config) -> list[int]:
+def pack_query_words(q8: IntArray, config: KV4Config) -> list[int]:
     """q8 [heads, D] -> heads*chunks words, head-major."""
     c = _cfg(config)
     return pack_words(np.asarray(q8, dtype=np.int64).reshape(-1), ACT_BITS, c.lanes, signed=True)
 
 
-def unpack_out_words(words, config: KV4Config) -> np.ndarray:
+def unpack_out_words(words: Words, config: KV4Config) -> np.ndarray:
+    """Inverse of the out stream's packing: the attention output [heads, D] as int64."""
     c = _cfg(config)
     return unpack_words(words, c.out_bits, c.lanes, signed=True).reshape(-1, c.head_dim)
 
@@ -304,7 +310,7 @@ def kv_bytes_per_token(config: KV4Config) -> dict:
 
 
 # --------------------------------------------------------------------------- images
-def export_kv4_cache(outdir, cache: KV4Cache, config: KV4Config) -> dict:
+def export_kv4_cache(outdir: Path | str, cache: KV4Cache, config: KV4Config) -> dict:
     """Write one KV head's cache as an image directory (atomic, checksummed): the
     4-bit words of every token and the recent ring of a decode at T = cache.T."""
     c = _cfg(config)
@@ -359,7 +365,7 @@ class KV4CacheImage:
     manifest: dict
 
 
-def load_kv4_cache(outdir, config: KV4Config) -> KV4CacheImage:
+def load_kv4_cache(outdir: Path | str, config: KV4Config) -> KV4CacheImage:
     """Read and verify a cache image: checksums, config, T and the recent window,
     word counts, and that the hex words agree with the .npy arrays."""
     c = _cfg(config)

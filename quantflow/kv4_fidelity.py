@@ -30,6 +30,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -97,7 +98,8 @@ def _cos(a, b) -> float:
     return float(a @ b / (a.norm() * b.norm()))
 
 
-def attention_cosine(q, k, v, variant: str, *, queries: int, lam=None) -> float:
+def attention_cosine(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, variant: str, *,
+                     queries: int, lam: torch.Tensor | None = None) -> float:
     """Cosine of the variant's attention output vs float attention, over the last
     `queries` positions of q [Hq, T, D], k and v [Hkv, T, D]."""
     T, D = k.shape[1], k.shape[2]
@@ -133,7 +135,7 @@ def attention_cosine(q, k, v, variant: str, *, queries: int, lam=None) -> float:
     return _cos(out, ref)
 
 
-def fixed_point_cosine(q, k, v, *, queries: int) -> float:
+def fixed_point_cosine(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, queries: int) -> float:
     """FIXED_POINT: the adopted hardware scheme through golden's bit-exact pipeline.
     Per KV head, the append path quantizes the original-frame K/V (rotating K
     itself); each of the last `queries` positions p decodes over its own causal
@@ -155,8 +157,8 @@ def fixed_point_cosine(q, k, v, *, queries: int) -> float:
 
 
 def measure(*, model_name: str = "smollm2", tokens: int = 512, queries: int = 64,
-            variants=VARIANTS, fixed_point: bool = False, layers=None,
-            progress: bool = True) -> dict:
+            variants: Sequence[str] = VARIANTS, fixed_point: bool = False,
+            layers: Iterable[int] | None = None, progress: bool = True) -> dict:
     """Per-layer cosines of `variants` (and FIXED_POINT if fixed_point) over `layers`
     (default all), with their summary; per_layer lists follow result["layers"]."""
     from .capture_attention import capture_layers, real_tokens
@@ -193,7 +195,7 @@ def measure(*, model_name: str = "smollm2", tokens: int = 512, queries: int = 64
             "seconds": round(time.perf_counter() - t0, 1)}
 
 
-def summarise(per_layer: dict, layers=None) -> dict:
+def summarise(per_layer: dict, layers: Sequence[int] | None = None) -> dict:
     """Mean, worst and worst layer (an index of `layers`, default 0..n-1) per variant."""
     return {v: {"mean": sum(c) / len(c), "worst": min(c),
                 "worst_layer": int((layers or range(len(c)))[min(range(len(c)),
@@ -201,7 +203,9 @@ def summarise(per_layer: dict, layers=None) -> dict:
             for v, c in per_layer.items() if c}
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
+    """`python -m quantflow.kv4_fidelity`: measure, write the JSON to --out and print
+    each variant's mean and worst cosine; returns the exit status."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--tokens", type=int, default=512)

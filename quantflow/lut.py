@@ -28,7 +28,7 @@ from golden.validate import expect_type
 from ._check import as_float_tensor
 from .errors import QuantflowError
 from .imagedir import FIX, MANIFEST, read_manifest_for, read_npy, read_words
-from .pack import pack_words, unpack_words
+from .pack import IntArray, Words, pack_words, unpack_words
 from .qoq import QoQWeights, quantize_act, quantize_qoq
 from .qoq_images import (SCALE_FIELDS, QoQImages, check_qoq_images, qoq_fields, qoq_operands,
                          write_qoq_images)
@@ -75,7 +75,8 @@ def _tiles(length: int, size: int, what: str) -> int:
 
 
 # --------------------------------------------------------------------------- quantize
-def quantize_lut_weights(W, *, mode, group: int) -> QoQWeights:
+def quantize_lut_weights(W: torch.Tensor | np.ndarray, *, mode: LUTMode | str,
+                         group: int) -> QoQWeights:
     """Float W [N, K] -> QoQWeights in the LUT format `mode` (module docstring)."""
     mode = _mode(mode)
     if not mode.ternary:
@@ -98,7 +99,7 @@ def quantize_lut_weights(W, *, mode, group: int) -> QoQWeights:
 
 
 # --------------------------------------------------------------------------- pack
-def pack_lut_act_words(a, config: LUTConfig) -> list[int]:
+def pack_lut_act_words(a: IntArray, config: LUTConfig) -> list[int]:
     """word[tm*K/4 + c] holds a[tm*rows + r, 4c + t] as element 4r + t."""
     c = _cfg(config)
     a = _np("a", a)
@@ -110,7 +111,8 @@ def pack_lut_act_words(a, config: LUTConfig) -> list[int]:
                       signed=True)
 
 
-def unpack_lut_act_words(words, config: LUTConfig) -> np.ndarray:
+def unpack_lut_act_words(words: Words, config: LUTConfig) -> np.ndarray:
+    """Inverse of pack_lut_act_words: activations [M, K] as int64."""
     c = _cfg(config)
     v = unpack_words(words, ACT_BITS, LUT_K_CHUNK * c.rows, signed=True)
     mt = v.shape[0] // c.chunks
@@ -118,7 +120,7 @@ def unpack_lut_act_words(words, config: LUTConfig) -> np.ndarray:
     return v.reshape(mt * c.rows, c.K)
 
 
-def pack_lut_code_words(q, config: LUTConfig, mode) -> list[int]:
+def pack_lut_code_words(q: IntArray, config: LUTConfig, mode: LUTMode | str) -> list[int]:
     """Bit-plane layout: word[((tn*K/4 + c)*slices + s)*planes + (planes-1-i)]
     holds, as element l, plane i of q[tn*cols + s*lanes + l, 4c .. 4c+3]."""
     c, mode = _cfg(config), _mode(mode)
@@ -136,7 +138,8 @@ def pack_lut_code_words(q, config: LUTConfig, mode) -> list[int]:
     return pack_words(idx.reshape(-1, c.lanes), LUT_K_CHUNK, c.lanes)
 
 
-def unpack_lut_code_words(words, config: LUTConfig, mode) -> np.ndarray:
+def unpack_lut_code_words(words: Words, config: LUTConfig, mode: LUTMode | str) -> np.ndarray:
+    """Inverse of pack_lut_code_words: weight codes [N, K] as int64."""
     c, mode = _cfg(config), _mode(mode)
     idx = unpack_words(words, LUT_K_CHUNK, c.lanes)
     per = c.chunks * c.slices * mode.planes
@@ -151,7 +154,7 @@ def unpack_lut_code_words(words, config: LUTConfig, mode) -> np.ndarray:
     return q.transpose(0, 2, 3, 1, 4).reshape(nt * c.cols, c.K)
 
 
-def pack_lut_scale_words(s2, z, config: LUTConfig) -> list[int]:
+def pack_lut_scale_words(s2: IntArray, z: IntArray, config: LUTConfig) -> list[int]:
     """word[(tn*groups + j)*slices + s] holds (s2 | z*s2 << 8) of column
     tn*cols + s*lanes + l as element l."""
     c = _cfg(config)
@@ -167,7 +170,8 @@ def pack_lut_scale_words(s2, z, config: LUTConfig) -> list[int]:
     return pack_words(pair.transpose(0, 3, 1, 2).reshape(-1, c.lanes), SCALE_PAIR_BITS, c.lanes)
 
 
-def unpack_lut_scale_words(words, config: LUTConfig) -> tuple[np.ndarray, np.ndarray]:
+def unpack_lut_scale_words(words: Words, config: LUTConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of pack_lut_scale_words: (s2, z*s2) [N, groups] as int64."""
     c = _cfg(config)
     v = unpack_words(words, SCALE_PAIR_BITS, c.lanes)
     nt = v.shape[0] // (c.groups * c.slices)
@@ -175,7 +179,7 @@ def unpack_lut_scale_words(words, config: LUTConfig) -> tuple[np.ndarray, np.nda
     return v & SCALE_MAX, v >> SCALE_BITS
 
 
-def pack_lut_result_words(acc, config: LUTConfig) -> list[int]:
+def pack_lut_result_words(acc: IntArray, config: LUTConfig) -> list[int]:
     """word[(tn*m_tiles + tm)*slices + s] holds acc[tm*rows + r, tn*cols +
     s*lanes + l] as element r*lanes + l (the block's emission order)."""
     c = _cfg(config)
@@ -186,7 +190,8 @@ def pack_lut_result_words(acc, config: LUTConfig) -> list[int]:
     return pack_words(v.reshape(-1, c.rows * c.lanes), ACC_BITS, c.rows * c.lanes, signed=True)
 
 
-def unpack_lut_result_words(words, config: LUTConfig, *, M: int, N: int) -> np.ndarray:
+def unpack_lut_result_words(words: Words, config: LUTConfig, *, M: int, N: int) -> np.ndarray:
+    """Inverse of pack_lut_result_words: acc [M, N] as int64."""
     c = _cfg(config)
     mt, nt = _tiles(M, c.rows, "M"), _tiles(N, c.cols, "N")
     v = unpack_words(words, ACC_BITS, c.rows * c.lanes, signed=True)
@@ -194,7 +199,8 @@ def unpack_lut_result_words(words, config: LUTConfig, *, M: int, N: int) -> np.n
 
 
 # --------------------------------------------------------------------------- images
-def write_lut_images(outdir, config: LUTConfig, mode, *, weights: QoQWeights, a, s_a) -> dict:
+def write_lut_images(outdir: Path | str, config: LUTConfig, mode: LUTMode | str, *,
+                     weights: QoQWeights, a: IntArray, s_a: torch.Tensor | np.ndarray) -> dict:
     """Pack quantized operands, compute golden.lut's expected acc and write the
     image directory atomically (nothing is left behind on an error)."""
     c, mode = _cfg(config), _mode(mode)
@@ -245,7 +251,8 @@ def write_lut_images(outdir, config: LUTConfig, mode, *, weights: QoQWeights, a,
                             desc=desc, manifest=manifest)
 
 
-def export_lut(outdir, config: LUTConfig, mode, W, X) -> dict:
+def export_lut(outdir: Path | str, config: LUTConfig, mode: LUTMode | str,
+               W: torch.Tensor | np.ndarray, X: torch.Tensor | np.ndarray) -> dict:
     """Quantize float W [N, K] in `mode` and X [M, K] (per-token INT8), pack, write."""
     c, mode = _cfg(config), _mode(mode)
     qw = quantize_lut_weights(W, mode=mode, group=c.group)
@@ -265,7 +272,7 @@ class LUTImages(QoQImages):
     mode: LUTMode
 
 
-def load_lut(outdir, config: LUTConfig, mode) -> LUTImages:
+def load_lut(outdir: Path | str, config: LUTConfig, mode: LUTMode | str) -> LUTImages:
     """Read and verify an image directory: checksums, configuration and weight
     format, word counts/widths, and every .hex against its .npy."""
     c, mode = _cfg(config), _mode(mode)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,10 +29,13 @@ from golden.validate import check_int, expect_type
 
 from .errors import QuantflowError
 from .imagedir import FIX, read_manifest_for, read_npy, read_words
-from .pack import int64_array, pack_words, pack_words_array, unpack_words
+from .pack import IntArray, Words, int64_array, pack_words, pack_words_array, unpack_words
 from .qoq import QoQWeights, quantize_act, quantize_qoq
 from .qoq_images import (SCALE_FIELDS, QoQImages, agree, check_qoq_images, qoq_fields,
                          qoq_operands, write_qoq_images)
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["FORMAT", "FORMAT_VERSION",
            "pack_act_words", "unpack_act_words", "pack_code_words", "unpack_code_words",
@@ -66,7 +70,8 @@ def _check_cfg(config) -> MixPEConfig:
 
 
 # ---- activations: [M, K] -> words (tile_m, k), `rows` int8 per word
-def pack_act_words(a, config: MixPEConfig) -> list[int]:
+def pack_act_words(a: IntArray, config: MixPEConfig) -> list[int]:
+    """Activations a [M, K] as act words: word[tm*K + k] holds a[tm*rows + r, k] as element r."""
     c = _check_cfg(config)
     v = _np2d("a", a, c.K)
     mt = _tiles("M", v.shape[0], c.rows, "activations", "rows")
@@ -75,7 +80,8 @@ def pack_act_words(a, config: MixPEConfig) -> list[int]:
     return pack_words(elems, ACT_BITS, c.rows, signed=True)
 
 
-def unpack_act_words(words, config: MixPEConfig) -> np.ndarray:
+def unpack_act_words(words: Words, config: MixPEConfig) -> np.ndarray:
+    """Inverse of pack_act_words: activations [M, K] as int64."""
     c = _check_cfg(config)
     e = unpack_words(words, ACT_BITS, c.rows, signed=True)
     mt = _tiles("act words", e.shape[0], c.K, "act words", "K")
@@ -83,7 +89,8 @@ def unpack_act_words(words, config: MixPEConfig) -> np.ndarray:
 
 
 # ---- codes: [N, K] -> words (tile_n, k), `cols` codes per word
-def pack_code_words(q, config: MixPEConfig, *, as_array: bool = False) -> list[int]:
+def pack_code_words(q: IntArray, config: MixPEConfig, *,
+                    as_array: bool = False) -> list[int] | np.ndarray:
     """as_array: the words as a numpy array (pack_words_array) instead of a list."""
     c = _check_cfg(config)
     v = _np2d("q", q, c.K)
@@ -93,7 +100,8 @@ def pack_code_words(q, config: MixPEConfig, *, as_array: bool = False) -> list[i
     return words if as_array else words.tolist()
 
 
-def unpack_code_words(words, config: MixPEConfig) -> np.ndarray:
+def unpack_code_words(words: Words, config: MixPEConfig) -> np.ndarray:
+    """Inverse of pack_code_words: weight codes [N, K] as int64."""
     c = _check_cfg(config)
     e = unpack_words(words, c.bits, c.cols)
     nt = _tiles("code words", e.shape[0], c.K, "code words", "K")
@@ -101,7 +109,8 @@ def unpack_code_words(words, config: MixPEConfig) -> np.ndarray:
 
 
 # ---- scales: s2, z [N, G] -> words (tile_n, group), `cols` (s2, z*s2) pairs per word
-def pack_scale_words(s2, z, config: MixPEConfig, *, as_array: bool = False) -> list[int]:
+def pack_scale_words(s2: IntArray, z: IntArray, config: MixPEConfig, *,
+                     as_array: bool = False) -> list[int] | np.ndarray:
     """as_array: the words as a numpy array (pack_words_array) instead of a list."""
     c = _check_cfg(config)
     s2v = _np2d("s2", s2, c.groups)
@@ -123,7 +132,7 @@ def pack_scale_words(s2, z, config: MixPEConfig, *, as_array: bool = False) -> l
     return words if as_array else words.tolist()
 
 
-def unpack_scale_words(words, config: MixPEConfig) -> tuple[np.ndarray, np.ndarray]:
+def unpack_scale_words(words: Words, config: MixPEConfig) -> tuple[np.ndarray, np.ndarray]:
     """-> (s2, zs2) int64 [N, G] each."""
     c = _check_cfg(config)
     e = unpack_words(words, SCALE_PAIR_BITS, c.cols)
@@ -133,7 +142,8 @@ def unpack_scale_words(words, config: MixPEConfig) -> tuple[np.ndarray, np.ndarr
 
 
 # ---- results: acc [M, N] -> words ((tn*MT + tm)*rows + m), `cols` int32 per word
-def pack_result_words(acc, config: MixPEConfig) -> list[int]:
+def pack_result_words(acc: IntArray, config: MixPEConfig) -> list[int]:
+    """acc [M, N] as result words in the array's emission order: tile n, then tile m, then row."""
     c = _check_cfg(config)
     v = _np2d("acc", acc)
     M, N = v.shape
@@ -144,7 +154,8 @@ def pack_result_words(acc, config: MixPEConfig) -> list[int]:
     return pack_words(elems, ACC_BITS, c.cols, signed=True)
 
 
-def unpack_result_words(words, config: MixPEConfig, *, M: int, N: int) -> np.ndarray:
+def unpack_result_words(words: Words, config: MixPEConfig, *, M: int, N: int) -> np.ndarray:
+    """Inverse of pack_result_words: acc [M, N] as int64."""
     c = _check_cfg(config)
     mt = _tiles("M", check_int("M", M, 1), c.rows, "activations", "rows")
     nt = _tiles("N", check_int("N", N, 1), c.cols, "weights", "cols")
@@ -156,7 +167,8 @@ def unpack_result_words(words, config: MixPEConfig, *, M: int, N: int) -> np.nda
 
 
 # --------------------------------------------------------------------------- images
-def write_mixpe_images(outdir, config: MixPEConfig, *, weights: QoQWeights, a, s_a) -> dict:
+def write_mixpe_images(outdir: Path | str, config: MixPEConfig, *, weights: QoQWeights,
+                       a: IntArray, s_a: torch.Tensor | np.ndarray) -> dict:
     """Pack already-quantized operands (weights from quantize_qoq, a/s_a from
     quantize_act), compute golden's expected acc, and write the image directory.
     Returns the manifest dict."""
@@ -210,7 +222,8 @@ def write_mixpe_images(outdir, config: MixPEConfig, *, weights: QoQWeights, a, s
                             desc=desc, manifest=manifest)
 
 
-def export_mixpe(outdir, config: MixPEConfig, W, X) -> dict:
+def export_mixpe(outdir: Path | str, config: MixPEConfig, W: torch.Tensor | np.ndarray,
+                 X: torch.Tensor | np.ndarray) -> dict:
     """Quantize float weights W [N, K] (QoQ with config.bits/config.group) and float
     activations X [M, K] (per-token INT8), pack, and write the image directory.
     N must be a multiple of config.cols, M of config.rows. Returns the manifest."""
@@ -231,11 +244,12 @@ class MixPEImages(QoQImages):
 
     @property
     def weights(self) -> QoQWeights:
+        """The images' weights as QoQWeights (q, s1, s2, z at the config's bits and group)."""
         return QoQWeights(q=self.q, s1=self.s1, s2=self.s2, z=self.z,
                           bits=self.config.bits, group=self.config.group)
 
 
-def load_mixpe(outdir, config: MixPEConfig) -> MixPEImages:
+def load_mixpe(outdir: Path | str, config: MixPEConfig) -> MixPEImages:
     """Read and verify an image directory written for `config`: checksums, config,
     hex widths/word counts, and that every .hex agrees with its .npy."""
     c = _check_cfg(config)

@@ -8,6 +8,8 @@ with each block: quantflow.mixpe, .lut, .sparse_dsp, .kv4_attention.
 """
 from __future__ import annotations
 
+from typing import Sequence, Union
+
 import numpy as np
 import torch
 
@@ -16,10 +18,15 @@ from golden.validate import check_int
 from .errors import QuantflowError
 
 __all__ = ["pack_words", "pack_words_array", "unpack_words", "words_uint64", "int64_array",
-           "pad_to_multiple"]
+           "pad_to_multiple", "IntArray", "Words"]
+
+#: Integers as the packers take them: a torch tensor, a numpy array or nested lists.
+IntArray = Union[torch.Tensor, np.ndarray, Sequence]
+#: Packed words: Python ints, or an integer numpy array (pack_words_array).
+Words = Union[Sequence[int], np.ndarray]
 
 
-def int64_array(name: str, values) -> np.ndarray:
+def int64_array(name: str, values: IntArray) -> np.ndarray:
     """Integer `values` (tensor, array or nested lists) as an int64 numpy array;
     floats and bools are refused, naming `name`."""
     if isinstance(values, torch.Tensor):
@@ -34,14 +41,15 @@ def int64_array(name: str, values) -> np.ndarray:
     return arr.astype(np.int64)
 
 
-def pack_words(values, elem_bits: int, elems_per_word: int, *, signed: bool = False) -> list[int]:
+def pack_words(values: IntArray, elem_bits: int, elems_per_word: int, *,
+               signed: bool = False) -> list[int]:
     """Pack integers [W, elems_per_word] (or 1-D, length a multiple of
     elems_per_word) into W words, element 0 in the LSBs; signed values two's
     complement. Refuses values that do not fit `elem_bits`."""
     return pack_words_array(values, elem_bits, elems_per_word, signed=signed).tolist()
 
 
-def pack_words_array(values, elem_bits: int, elems_per_word: int, *,
+def pack_words_array(values: IntArray, elem_bits: int, elems_per_word: int, *,
                      signed: bool = False) -> np.ndarray:
     """pack_words as a numpy array: uint64 when a word fits 64 bits (no Python int
     per word: what write_hex formats fastest), else an object array of ints."""
@@ -86,7 +94,7 @@ def _pack_array(v: np.ndarray, elem_bits: int) -> np.ndarray:
     return words
 
 
-def words_uint64(words, width: int) -> np.ndarray | None:
+def words_uint64(words: Words, width: int) -> np.ndarray | None:
     """`words` as a uint64 array when they are integers that fit `width` <= 64
     bits, else None (the caller's general path then handles or refuses them)."""
     if width > 64:
@@ -110,7 +118,7 @@ def words_uint64(words, width: int) -> np.ndarray | None:
     return w
 
 
-def unpack_words(words, elem_bits: int, elems_per_word: int, *,
+def unpack_words(words: Words, elem_bits: int, elems_per_word: int, *,
                  signed: bool = False) -> np.ndarray:
     """Inverse of pack_words -> int64 array [W, elems_per_word]."""
     elem_bits = check_int("elem_bits", elem_bits, 1)

@@ -22,7 +22,7 @@ __all__ = ["Workload", "mixed_workload", "subbatch_workload", "pack_fields", "pa
 
 
 # --------------------------------------------------------------------------- words
-def pack_fields(fields: Sequence[tuple[str, int]], **values) -> int:
+def pack_fields(fields: Sequence[tuple[str, int]], **values: int) -> int:
     """One word of `fields` ((name, bits) LSB first, as PIMConfig.memreq_fields)."""
     word, offset = 0, 0
     for name, bits in fields:
@@ -39,7 +39,7 @@ def pack_vector(vector: Sequence[int], config: PIMConfig) -> list[int]:
     return [pack_word(vector[i * L:(i + 1) * L], L) for i in range(config.col_words)]
 
 
-def bank_words(storage, config: PIMConfig) -> list[int]:
+def bank_words(storage: torch.Tensor | Sequence, config: PIMConfig) -> list[int]:
     """Bank contents [banks, rows, columns] INT8 as words, address
     bank * bank_words + row * col_words + col."""
     S = torch.as_tensor(storage).tolist()
@@ -49,10 +49,12 @@ def bank_words(storage, config: PIMConfig) -> list[int]:
 
 
 def memreq_words(mem: Sequence[MemReq], config: PIMConfig) -> list[int]:
+    """The memory-request stream's words: one per MemReq (PIMConfig.memreq_fields)."""
     return [pack_fields(config.memreq_fields, **q._asdict()) for q in mem]
 
 
 def job_words(jobs: Sequence[GemvJob], config: PIMConfig) -> list[int]:
+    """The job stream's words: one per GemvJob (PIMConfig.job_fields)."""
     return [pack_fields(config.job_fields, bank=j.bank, row=j.row, nrows=j.nrows)
             for j in jobs]
 
@@ -72,10 +74,12 @@ class Workload:
 
     @property
     def n_reads(self) -> int:
+        """Read requests in the memory stream."""
         return sum(1 for r in self.mem if not r.write)
 
     @property
     def n_results(self) -> int:
+        """GEMV results the jobs produce: one per row."""
         return sum(j.nrows for j in self.jobs)
 
 

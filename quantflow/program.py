@@ -33,7 +33,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -79,7 +79,8 @@ class CompiledImage:
     raw: bytes
 
     @classmethod
-    def from_dir(cls, path) -> "CompiledImage":
+    def from_dir(cls, path: Path | str) -> "CompiledImage":
+        """Load a compiled image directory (quantflow.compile), checksums verified."""
         d = Path(path)
         config, tensors = load_image(d)
         man = json.loads((d / "manifest.json").read_text())
@@ -88,11 +89,12 @@ class CompiledImage:
                    raw=(d / "image.bin").read_bytes())
 
     def scalar(self, name: str, i: int = 0) -> int:
+        """Element i of the flattened tensor `name`, as an int."""
         return int(self.tensors[name].flatten()[i])
 
 
 # --------------------------------------------------------------------------- core fit
-def core_for(decoder: DecoderConfig, **overrides) -> CoreConfig:
+def core_for(decoder: DecoderConfig, **overrides: object) -> CoreConfig:
     """The default CoreConfig with the model's SFU and KV4 numerics (the formats a
     core is generated with), and `overrides`."""
     if not isinstance(decoder, DecoderConfig):
@@ -103,7 +105,7 @@ def core_for(decoder: DecoderConfig, **overrides) -> CoreConfig:
     return CoreConfig(**{"sfu": sfu, "kv4": decoder.kv4, **overrides})
 
 
-def sim_core_for(decoder: DecoderConfig, **overrides) -> CoreConfig:
+def sim_core_for(decoder: DecoderConfig, **overrides: object) -> CoreConfig:
     """The core the co-simulation and the board flow's small builds use for a model:
     the image's numerics (core_for), one memory port of 32-byte beats (the RTL's one
     AXI read and one write master), buffers and vectors sized to the model's widest
@@ -185,6 +187,7 @@ class LinearTiling:
 
     @property
     def n_tiles(self) -> int:
+        """Column tiles of cols output channels (the last may be partial)."""
         return -(-self.N // self.cols)
 
     @property
@@ -194,9 +197,11 @@ class LinearTiling:
 
     @property
     def k_groups(self) -> int:
+        """Quantization groups along K."""
         return self.K // self.group
 
     def m_tiles(self, T: int) -> int:
+        """Row tiles of `rows` tokens that a T-token block takes."""
         return -(-T // self.rows)
 
     @property
@@ -210,6 +215,7 @@ class LinearTiling:
 
 
 def linear_tiling(core: CoreConfig, name: str, N: int, K: int, group: int) -> LinearTiling:
+    """The tiling of one linear [N, K] on `core`'s rows x cols array."""
     return LinearTiling(name=name, N=N, K=K, group=group, rows=core.rows, cols=core.cols)
 
 
@@ -226,12 +232,14 @@ def model_tiling(core: CoreConfig, decoder: DecoderConfig) -> tuple[LinearTiling
 # --------------------------------------------------------------------------- memory map
 @dataclass(frozen=True)
 class Region:
+    """A named memory region: [base, base + size) bytes."""
     name: str
     base: int
     size: int
 
     @property
     def end(self) -> int:
+        """First byte after the region."""
         return self.base + self.size
 
 
@@ -252,9 +260,11 @@ class MemoryMap:
 
     @property
     def total(self) -> int:
+        """Bytes of the whole memory: up to the end of the program region."""
         return self.program.end
 
     def regions(self) -> tuple[Region, ...]:
+        """The image, KV, I/O and program regions, in address order."""
         return (self.image, self.kv, self.io, self.program)
 
 
@@ -305,9 +315,11 @@ class CoreProgram:
     tiling: tuple
 
     def to_bytes(self) -> bytes:
+        """The program as it sits in memory (golden.core_config.words_to_bytes)."""
         return words_to_bytes(self.words)
 
     def index(self, label: str) -> int:
+        """Index of the instruction labelled `label`."""
         return self.labels.index(label)
 
 
@@ -497,8 +509,8 @@ def _allocate(ops: list[_Op], buffers: int | None) -> tuple[dict, int]:
     return where, peak
 
 
-def compile_program(image, core: CoreConfig, *, layer: int | None = None,
-                    image_base: int = 0) -> CoreProgram:
+def compile_program(image: CompiledImage | Path | str, core: CoreConfig, *,
+                    layer: int | None = None, image_base: int = 0) -> CoreProgram:
     """The program (and memory map) of the whole model (layer=None: EMBED, every
     layer, the final norm, LOGITS, ARGMAX) or of one decoder layer (LOAD x_in, the
     layer, STORE x_out) for `core`. `image`: a CompiledImage or an image directory.
@@ -546,7 +558,7 @@ def compile_program(image, core: CoreConfig, *, layer: int | None = None,
 
 
 # --------------------------------------------------------------------------- memory
-def build_memory(image, program: CoreProgram) -> bytearray:
+def build_memory(image: CompiledImage | Path | str, program: CoreProgram) -> bytearray:
     """The whole memory of a run: the image at its base, a zeroed KV cache and I/O
     region, the program's words. `image`: the CompiledImage (or directory) the
     program was compiled from."""
@@ -568,7 +580,8 @@ def _rows(program: CoreProgram, T: int) -> int:
     return T
 
 
-def write_tokens(memory, program: CoreProgram, ids) -> None:
+def write_tokens(memory: bytearray, program: CoreProgram,
+                 ids: Sequence[int] | torch.Tensor | np.ndarray) -> None:
     """Token ids into the I/O region (EMBED reads them)."""
     ids = np.asarray(ids, dtype=np.int64).reshape(-1)
     _rows(program, len(ids))
@@ -578,13 +591,13 @@ def write_tokens(memory, program: CoreProgram, ids) -> None:
     memory[a:a + 4 * len(ids)] = ids.astype("<i4").tobytes()
 
 
-def read_next_tokens(memory, program: CoreProgram, T: int) -> list[int]:
+def read_next_tokens(memory: bytes | bytearray, program: CoreProgram, T: int) -> list[int]:
     """The ARGMAX results of a T-token block: the next token after each position."""
     a = program.memory_map.next
     return np.frombuffer(memory, "<i4", _rows(program, T), a).astype(np.int64).tolist()
 
 
-def read_logits(memory, program: CoreProgram, T: int) -> torch.Tensor:
+def read_logits(memory: bytes | bytearray, program: CoreProgram, T: int) -> torch.Tensor:
     """LOGITS' int32 accumulators [T, vocab] (logits = acc * S1 * token scale)."""
     V = program.decoder.vocab
     a = program.memory_map.logits
@@ -592,7 +605,7 @@ def read_logits(memory, program: CoreProgram, T: int) -> torch.Tensor:
                             .astype(np.int64)).view(T, V)
 
 
-def write_hidden(memory, program: CoreProgram, x: torch.Tensor) -> None:
+def write_hidden(memory: bytearray, program: CoreProgram, x: torch.Tensor) -> None:
     """A layer program's input rows x [T, hidden] (X32) into x_in."""
     x = torch.as_tensor(x)
     H = program.decoder.hidden
@@ -604,7 +617,7 @@ def write_hidden(memory, program: CoreProgram, x: torch.Tensor) -> None:
     memory[a:a + len(raw)] = raw
 
 
-def read_hidden(memory, program: CoreProgram, T: int) -> torch.Tensor:
+def read_hidden(memory: bytes | bytearray, program: CoreProgram, T: int) -> torch.Tensor:
     """A layer program's output rows [T, hidden] from x_out."""
     H = program.decoder.hidden
     a = program.memory_map.x_out

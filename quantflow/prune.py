@@ -12,12 +12,17 @@ compressed format: values [R, K*N/M] in k order and indices [R, K*N/M] in
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from golden.sparse_dsp_config import parse_pattern
 
 from ._check import as_float_tensor
 from .errors import QuantflowError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["nm_mask", "check_nm_mask", "prune_magnitude", "wanda_score", "prune_wanda",
            "compress", "prune"]
@@ -37,7 +42,7 @@ def _check_k(K: int, n: int, m: int) -> None:
                              f"whose M divides K")
 
 
-def nm_mask(score, pattern) -> torch.Tensor:
+def nm_mask(score: torch.Tensor, pattern: str | tuple[int, int]) -> torch.Tensor:
     """Boolean [R, K] mask keeping the N highest scores of every block of M."""
     n, m = _pattern(pattern)
     score = as_float_tensor("score", score, 2, "[R, K]")
@@ -50,7 +55,7 @@ def nm_mask(score, pattern) -> torch.Tensor:
     return mask.reshape(R, K)
 
 
-def check_nm_mask(mask, pattern) -> None:
+def check_nm_mask(mask: torch.Tensor, pattern: str | tuple[int, int]) -> None:
     """Exactly N kept in every block of M (raises QuantflowError otherwise)."""
     n, m = _pattern(pattern)
     if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.dim() != 2:
@@ -65,14 +70,15 @@ def check_nm_mask(mask, pattern) -> None:
                              f"{n}:{m} needs exactly {n}; build the mask with nm_mask()")
 
 
-def prune_magnitude(W, pattern) -> tuple[torch.Tensor, torch.Tensor]:
+def prune_magnitude(W: torch.Tensor | np.ndarray,
+                    pattern: str | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
     """(W with pruned entries set to 0, mask) keeping the N largest |W| per block."""
     W = as_float_tensor("W", W, 2, "[N_out, K]")
     mask = nm_mask(W.abs(), pattern)
     return W * mask, mask
 
 
-def wanda_score(W, X) -> torch.Tensor:
+def wanda_score(W: torch.Tensor | np.ndarray, X: torch.Tensor | np.ndarray) -> torch.Tensor:
     """|W[n, k]| * ||X[:, k]||_2 over the calibration tokens X [T, K]."""
     W = as_float_tensor("W", W, 2, "[N_out, K]")
     X = as_float_tensor("X", X, 2, "[T, K] calibration activations")
@@ -85,14 +91,17 @@ def wanda_score(W, X) -> torch.Tensor:
     return W.abs() * norm.unsqueeze(0)
 
 
-def prune_wanda(W, X, pattern) -> tuple[torch.Tensor, torch.Tensor]:
+def prune_wanda(W: torch.Tensor | np.ndarray, X: torch.Tensor | np.ndarray,
+                pattern: str | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
     """(W pruned, mask) keeping the N largest Wanda scores per block."""
     W = as_float_tensor("W", W, 2, "[N_out, K]")
     mask = nm_mask(wanda_score(W, X), pattern)
     return W * mask, mask
 
 
-def prune(W, pattern, *, method: str = "magnitude", X=None) -> tuple[torch.Tensor, torch.Tensor]:
+def prune(W: torch.Tensor | np.ndarray, pattern: str | tuple[int, int], *,
+          method: str = "magnitude",
+          X: torch.Tensor | np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Dispatch: method 'magnitude' or 'wanda' (needs calibration X)."""
     if method == "magnitude":
         return prune_magnitude(W, pattern)
@@ -103,7 +112,8 @@ def prune(W, pattern, *, method: str = "magnitude", X=None) -> tuple[torch.Tenso
     raise QuantflowError(f"unknown pruning method {method!r}; use 'magnitude' or 'wanda'")
 
 
-def compress(w, mask, pattern) -> tuple[torch.Tensor, torch.Tensor]:
+def compress(w: torch.Tensor, mask: torch.Tensor,
+             pattern: str | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
     """(values, indices) of a dense [R, K] tensor under an N:M mask: values keep
     w's dtype, indices int64 in [0, M), sorted inside each block."""
     n, m = _pattern(pattern)

@@ -33,6 +33,7 @@ Every rounding is round-half-to-even (torch.round). Steps, for W [N, K]:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterable
 
 import torch
 
@@ -44,6 +45,9 @@ from golden.validate import check_int
 
 from ._check import as_float_tensor
 from .errors import QuantflowError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["QoQWeights", "quantize_qoq", "quantize_groups", "quantize_act"]
 
@@ -65,10 +69,12 @@ class QoQWeights:
 
     @property
     def levels(self) -> int:
+        """Largest code: 2**bits - 1."""
         return (1 << self.bits) - 1
 
     @property
     def shape(self) -> tuple[int, int]:
+        """[N, K] of the codes."""
         return tuple(self.q.shape)
 
     def w8(self) -> torch.Tensor:
@@ -92,7 +98,8 @@ def _check_bits_group(bits, group, K: int, allowed=MIXPE_WEIGHT_BITS) -> tuple[i
 
 
 def quantize_groups(w8: torch.Tensor, *, bits: int, group: int,
-                    allowed_bits=MIXPE_WEIGHT_BITS):
+                    allowed_bits: Iterable[int] = MIXPE_WEIGHT_BITS
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Step 2 alone: asymmetric integer-scale group quantization of integer codes
     w8 [N, K] -> (q, s2, z) as torch.int32. Refuses s2 or z*s2 beyond SCALE_BITS.
     `allowed_bits`: the widths the caller's block reads (the LUT block adds 1)."""
@@ -119,8 +126,8 @@ def quantize_groups(w8: torch.Tensor, *, bits: int, group: int,
     return (q.reshape(N, K).to(torch.int32), s2.to(torch.int32), z.to(torch.int32))
 
 
-def quantize_qoq(W, *, bits: int = 4, group: int = 128,
-                 allowed_bits=MIXPE_WEIGHT_BITS) -> QoQWeights:
+def quantize_qoq(W: torch.Tensor | np.ndarray, *, bits: int = 4, group: int = 128,
+                 allowed_bits: Iterable[int] = MIXPE_WEIGHT_BITS) -> QoQWeights:
     """QoQ progressive group quantization (module docstring) of float W [N, K].
     `allowed_bits`: the widths the caller's block reads (default MixPE's)."""
     W = as_float_tensor("W", W, 2, "[N, K] weights (out_features x in_features)")
@@ -147,7 +154,7 @@ def quantize_qoq(W, *, bits: int = 4, group: int = 128,
     return QoQWeights(q=q, s1=s1, s2=s2, z=z, bits=bits, group=group)
 
 
-def quantize_act(x) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_act(x: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token symmetric INT8 (DESIGN §3.1) of float x [M, K] -> (a, s_a):
     s_a[m] = max|x[m, :]| / 127 (float32), a = clamp(round(x / s_a), -127, 127)
     as torch.int8. A zero row (s_a == 0) gives s_a = 0 and a = 0."""

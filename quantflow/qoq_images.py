@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -27,8 +28,9 @@ __all__ = ["SCALE_FIELDS", "qoq_operands", "write_qoq_images", "QoQImages",
 SCALE_FIELDS = {"s2": [0, SCALE_BITS], "zs2": [SCALE_BITS, SCALE_PAIR_BITS]}
 
 
-def qoq_operands(weights: QoQWeights, a, s_a, *, K: int, bits: int, group: int,
-                 quantize: str):
+def qoq_operands(weights: QoQWeights, a: torch.Tensor | np.ndarray, s_a: torch.Tensor | np.ndarray,
+                 *, K: int, bits: int, group: int,
+                 quantize: str) -> tuple[torch.Tensor, torch.Tensor, int, int]:
     """(a, s_a as float32, M, N) once `weights` [N, K] are QoQWeights of `bits`
     and `group`, and a [M, K] and s_a [M] fit them and the configuration's K.
     `quantize`: the call that makes fitting weights (named in the errors)."""
@@ -51,8 +53,9 @@ def qoq_operands(weights: QoQWeights, a, s_a, *, K: int, bits: int, group: int,
     return a, s_a, M, N
 
 
-def write_qoq_images(outdir, *, weights: QoQWeights, a, s_a, acc, words: dict, desc: dict,
-                     manifest: dict) -> dict:
+def write_qoq_images(outdir: Path | str, *, weights: QoQWeights, a: torch.Tensor | np.ndarray,
+                     s_a: torch.Tensor | np.ndarray, acc: torch.Tensor | np.ndarray, words: dict,
+                     desc: dict, manifest: dict) -> dict:
     """Write a QoQ image set: the memory images act/code/scale/result (.hex of
     `words`, .npy of the tensors they pack; `desc`: each one's layout fields) and
     the side tensors s1, s_a, s2, z. `manifest`: the block's own fields, to which
@@ -114,14 +117,17 @@ class QoQImages:
 
     @property
     def m_tiles(self) -> int:
+        """Row tiles of the activations: M / rows."""
         return self.M // self.config.rows
 
     @property
     def n_tiles(self) -> int:
+        """Column tiles of the weights: N / cols."""
         return self.N // self.config.cols
 
     @property
     def macs(self) -> int:
+        """Multiply-accumulates of the whole GEMM: M * N * K."""
         return self.M * self.N * self.config.K
 
 
@@ -131,8 +137,11 @@ def agree(outdir: Path, fname: str, ok: bool) -> None:
         raise QuantflowError(f"{outdir / fname} disagrees with the other image files; {FIX}")
 
 
-def check_qoq_images(outdir: Path, words: dict, arrays: dict, side: dict, *, act, code,
-                     scale, result) -> None:
+def check_qoq_images(outdir: Path, words: dict, arrays: dict, side: dict, *,
+                     act: Callable[[list[int]], np.ndarray],
+                     code: Callable[[list[int]], np.ndarray],
+                     scale: Callable[[list[int]], tuple[np.ndarray, np.ndarray]],
+                     result: Callable[[list[int]], np.ndarray]) -> None:
     """Every memory image's words, decoded by the block's unpacker (act, code,
     result: words -> array; scale: words -> (s2, zs2)), equal its .npy, and the
     side s2 and z agree with the scale words; the first file that disagrees is

@@ -45,6 +45,7 @@ Seeds go through torch.Generator(seed), so a rotation is the same on every run.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from torch import nn
@@ -52,6 +53,9 @@ from torch import nn
 from golden.validate import check_int
 
 from .errors import QuantflowError
+
+if TYPE_CHECKING:
+    from .models.llama import LlamaForCausalLM
 
 __all__ = ["ROTATION_KINDS", "hadamard_matrix", "random_orthogonal", "rotation_matrix",
            "partial_rotation", "massive_channels", "fuse_norms", "rotate_residual",
@@ -145,7 +149,7 @@ def rotation_matrix(kind: str, n: int, *, seed: int = 0, block: int = 64) -> tor
     return torch.kron(outer, H)
 
 
-def partial_rotation(R: torch.Tensor, n: int, keep) -> torch.Tensor:
+def partial_rotation(R: torch.Tensor, n: int, keep: torch.Tensor | Sequence[int]) -> torch.Tensor:
     """The [n, n] orthogonal matrix that moves channels `keep` unchanged to the first
     len(keep) positions (in their order) and rotates the others by R (of order
     n - len(keep)) into the remaining positions: a permutation, so the kept channels
@@ -178,7 +182,7 @@ def _scale_columns(lin: nn.Linear, g: torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def massive_channels(model, calib_ids: torch.Tensor, k: int) -> torch.Tensor:
+def massive_channels(model: LlamaForCausalLM, calib_ids: torch.Tensor, k: int) -> torch.Tensor:
     """The k residual channels with the largest energy of the normalized activation
     x / rms(x), summed over every RMSNorm's input and the calibration tokens
     [B, T] (one sequence at a time), in descending order (int64 [k])."""
@@ -209,7 +213,7 @@ def _norms(m):
 
 
 @torch.no_grad()
-def fuse_norms(model, keep=None) -> None:
+def fuse_norms(model: LlamaForCausalLM, keep: torch.Tensor | Sequence[int] | None = None) -> None:
     """Fold every RMSNorm weight into the linears that read it (module docstring);
     the norm weights become ones and a tied LM head gets its own tensor. With
     channels `keep`, their weights stay in the norms and the other channels keep
@@ -256,7 +260,7 @@ def _rotated_norm_weight(g: torch.Tensor, Q: torch.Tensor) -> torch.Tensor | Non
 
 
 @torch.no_grad()
-def rotate_residual(model, Q: torch.Tensor) -> None:
+def rotate_residual(model: LlamaForCausalLM, Q: torch.Tensor) -> None:
     """x -> x Q on the residual stream of a model whose norms are ones on the rotated
     channels (fuse_norms first): E Q, readers W Q, writers Q^T W, and the norm
     weights follow the kept channels Q moves (module docstring)."""
@@ -297,8 +301,8 @@ def rotate_residual(model, Q: torch.Tensor) -> None:
                 lin.bias.data.copy_((lin.bias.data.double() @ Q).to(lin.bias.dtype))
 
 
-def rotate_model(model, kind: str, *, seed: int = 0, block: int = 64,
-                 keep=None) -> torch.Tensor:
+def rotate_model(model: LlamaForCausalLM, kind: str, *, seed: int = 0, block: int = 64,
+                 keep: torch.Tensor | Sequence[int] | None = None) -> torch.Tensor:
     """fuse_norms, then rotate_residual by rotation_matrix(kind, hidden, seed, block),
     or with channels `keep` (e.g. massive_channels) left out: moved unrotated to the
     first positions, rotation_matrix(kind, hidden - len(keep)) on the rest

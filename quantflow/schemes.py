@@ -49,6 +49,8 @@ ROTATION_KINDS = ("hadamard", "random-hadamard", "block-hadamard", "random",
 
 @dataclass(frozen=True, kw_only=True)
 class WeightScheme:
+    """How weights are quantized: method, bits and group size, with the clip search,
+    AWQ and GPTQ options."""
     method: str = "qoq"
     bits: int = 4
     group: int | None = 64          # None: one scale per output channel
@@ -75,10 +77,12 @@ class WeightScheme:
 
     @property
     def needs_calibration(self) -> bool:
+        """Whether quantizing needs calibration data (clip search, AWQ or GPTQ)."""
         return self.clip_search or self.awq or self.gptq
 
     @property
     def label(self) -> str:
+        """A short description, e.g. "W4 qoq g64+awq"."""
         g = f"g{self.group}" if self.group else "ch"
         opts = "".join(f"+{n}" for n in ("clip", "awq", "gptq")
                        if getattr(self, {"clip": "clip_search"}.get(n, n)))
@@ -87,6 +91,7 @@ class WeightScheme:
 
 @dataclass(frozen=True, kw_only=True)
 class ActScheme:
+    """How activations are quantized: INT8 per token, with optional SmoothQuant."""
     bits: int = 8
     smooth_alpha: float | None = 0.5   # SmoothQuant migration strength; None: off
 
@@ -101,6 +106,7 @@ class ActScheme:
 
     @property
     def label(self) -> str:
+        """A short description, e.g. "A8 per-token SmoothQuant a=0.5"."""
         sq = f" SmoothQuant a={self.smooth_alpha}" if self.smooth_alpha is not None else ""
         return f"A{self.bits} per-token{sq}"
 
@@ -134,6 +140,7 @@ class KVScheme:
 
     @property
     def label(self) -> str:
+        """A short description of the KV-cache quantization."""
         parts = [f"KV{self.bits} per-token-head asym"]
         if self.smooth_attention:
             parts.append("SmoothAttention")
@@ -172,6 +179,7 @@ class RotationScheme:
 
     @property
     def label(self) -> str:
+        """A short description of the rotation."""
         k = self.kind
         if k in ("block-hadamard", "kron-random-hadamard"):
             k += f" {self.block}"
@@ -184,6 +192,8 @@ class RotationScheme:
 
 @dataclass(frozen=True, kw_only=True)
 class QuantScheme:
+    """A named quantization scheme: its weight, activation, KV and rotation components
+    (each None when that part stays float)."""
     name: str
     weight: WeightScheme | None = None
     act: ActScheme | None = None
@@ -204,6 +214,7 @@ class QuantScheme:
 
     @property
     def is_float(self) -> bool:
+        """Whether nothing is quantized (no weight, activation or KV component)."""
         return self.weight is None and self.act is None and self.kv is None
 
     def components(self) -> dict[str, "QuantScheme"]:
@@ -224,6 +235,7 @@ class QuantScheme:
 
     @property
     def label(self) -> str:
+        """The components' labels joined, or "float"."""
         parts = [c.label for c in (self.rotation, self.weight, self.act, self.kv)
                  if c is not None]
         return ", ".join(parts) or "float"
@@ -338,7 +350,7 @@ SCHEMES = _reg(
 )
 
 
-def get_scheme(name) -> QuantScheme:
+def get_scheme(name: str | QuantScheme) -> QuantScheme:
     """A registered scheme by name (or a QuantScheme passed through)."""
     if isinstance(name, QuantScheme):
         return name

@@ -71,10 +71,11 @@ class SparseLayer:
 
     @property
     def rows(self) -> int:
+        """Output channels R of the layer."""
         return int(self.values.shape[0])
 
 
-def quantize_w8(W) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_w8(W: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel symmetric INT8: s1 = max|W[n]| / 127, w8 = clamp(round(W / s1))
     (round half to even); a zero channel gets s1 = 0 and w8 = 0."""
     W = as_float_tensor("W", W, 2, "[N_out, K]")
@@ -85,8 +86,9 @@ def quantize_w8(W) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.where(zero.unsqueeze(1), 0.0, w8).to(torch.int64), s1
 
 
-def quantize_sparse(W, *, config: SparseDSPConfig, mode: TileMode, method: str = "magnitude",
-                    X=None) -> SparseLayer:
+def quantize_sparse(W: torch.Tensor | np.ndarray, *, config: SparseDSPConfig, mode: TileMode,
+                    method: str = "magnitude",
+                    X: torch.Tensor | np.ndarray | None = None) -> SparseLayer:
     """Prune float W [R, K] to mode's N:M (method 'magnitude' or 'wanda' with
     calibration X [T, K]) along K, quantize (W8A8 per-channel int8; W4A8 QoQ
     with group=config.qgroup) and compress. Pruned weights are exact zeros of the
@@ -118,7 +120,8 @@ def _np(t) -> np.ndarray:
         else np.asarray(t, dtype=np.int64)
 
 
-def stream_words(config: SparseDSPConfig, layer: SparseLayer, a) -> dict[str, list[int]]:
+def stream_words(config: SparseDSPConfig, layer: SparseLayer,
+                 a: torch.Tensor | np.ndarray) -> dict[str, list[int]]:
     """The chain's stream words for `a` [Ma, K] against every row of `layer`,
     tiles ordered (row tile, activation row), plus the golden result words."""
     cfg = _cfg(config)
@@ -230,7 +233,8 @@ def _manifest(cfg: SparseDSPConfig, mode: TileMode, layer: SparseLayer, Ma: int,
     }
 
 
-def write_sparse_dsp_images(outdir, config: SparseDSPConfig, *, layer: SparseLayer, a, s_a,
+def write_sparse_dsp_images(outdir: Path | str, config: SparseDSPConfig, *, layer: SparseLayer,
+                            a: torch.Tensor | np.ndarray, s_a: torch.Tensor | np.ndarray,
                             provenance: dict | None = None) -> dict:
     """Write the image directory of `layer` against activations a [Ma, K] (int8,
     per-token scale s_a [Ma]). All words are computed (and all errors raised)
@@ -258,8 +262,9 @@ def write_sparse_dsp_images(outdir, config: SparseDSPConfig, *, layer: SparseLay
     return write_image_dir(outdir, fill)
 
 
-def export_sparse_dsp(outdir, config: SparseDSPConfig, W, X, *, mode: TileMode,
-                      method: str = "magnitude", calib=None,
+def export_sparse_dsp(outdir: Path | str, config: SparseDSPConfig, W: torch.Tensor | np.ndarray,
+                      X: torch.Tensor | np.ndarray, *, mode: TileMode, method: str = "magnitude",
+                      calib: torch.Tensor | np.ndarray | None = None,
                       provenance: dict | None = None) -> dict:
     """Prune + quantize float W [R, K] (calibration `calib` [T, K] for Wanda),
     quantize activations X [Ma, K] per token, write the image directory."""
@@ -286,22 +291,26 @@ class SparseDSPImages:
 
     @property
     def mode(self) -> TileMode:
+        """The tile mode the layer was compressed for."""
         return self.layer.mode
 
     @property
     def tiles(self) -> int:
+        """Tiles the chain runs: one ctrl word each."""
         return len(self.words["ctrl"])
 
     @property
     def kept_macs(self) -> int:
+        """MACs the chain does: L per weight beat (the kept weights only)."""
         return len(self.words["weight"]) * self.config.L
 
     @property
     def dense_macs(self) -> int:
+        """MACs of the same product with dense weights: Ma * R * K."""
         return int(self.a.shape[0]) * self.layer.rows * self.config.K
 
 
-def load_sparse_dsp(outdir, config: SparseDSPConfig) -> SparseDSPImages:
+def load_sparse_dsp(outdir: Path | str, config: SparseDSPConfig) -> SparseDSPImages:
     """Read and verify an image directory: checksums, configuration, the
     compressed format (indices in range, strictly increasing inside a block, so
     no block holds more than N values), and every .hex word against the words

@@ -16,6 +16,7 @@ import argparse
 import copy
 import dataclasses
 import time
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import nn
@@ -25,6 +26,9 @@ from quattro_fs import atomic_write_json
 from .errors import QuantflowError
 from .evaluate import perplexity, quant_dir
 from .prune import prune
+
+if TYPE_CHECKING:
+    from .models.loaders import LoadedModel
 
 __all__ = ["linear_input_norms", "prune_model", "evaluate_sparse", "main"]
 
@@ -54,7 +58,7 @@ def linear_input_norms(model: nn.Module, calib_ids: torch.Tensor) -> dict[str, t
 
 
 @torch.no_grad()
-def prune_model(model: nn.Module, pattern, *, method: str = "wanda",
+def prune_model(model: nn.Module, pattern: str | tuple[int, int], *, method: str = "wanda",
                 calib_ids: torch.Tensor | None = None) -> nn.Module:
     """A pruned copy of `model` (the original is left unchanged)."""
     m = copy.deepcopy(model).eval()
@@ -90,10 +94,12 @@ def _scheme_report(model: str, scheme: str, *, windows: int, length: int,
         return None
 
 
-def evaluate_sparse(model="smollm2", *, pattern: str = "2:4", method: str = "wanda",
-                    scheme: str = "w4a8kv4-g64", windows: int = 8, length: int = 512,
-                    calib_samples: int = 8, calib_length: int = 256, progress: bool = False,
-                    log=print) -> dict:
+def evaluate_sparse(model: str | LoadedModel = "smollm2", *, pattern: str = "2:4",
+                    method: str = "wanda", scheme: str = "w4a8kv4-g64", windows: int = 8,
+                    length: int = 512, calib_samples: int = 8, calib_length: int = 256,
+                    progress: bool = False, log: Callable[[str], object] = print) -> dict:
+    """Perplexity of the float model, pruned to `pattern`, quantized with `scheme`,
+    and both; writes the report to build/quant and returns it."""
     from .fakequant import quantize_model
     from .models.loaders import LoadedModel, load_model
     from .text import DEFAULT_CALIB, DEFAULT_EVAL, calibration_tokens, evaluation_tokens
@@ -139,7 +145,9 @@ def evaluate_sparse(model="smollm2", *, pattern: str = "2:4", method: str = "wan
     return report
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
+    """`python -m quantflow.sparse_eval`: run evaluate_sparse with the options given;
+    returns the exit status."""
     ap = argparse.ArgumentParser(prog="python -m quantflow.sparse_eval", description=__doc__)
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--pattern", default="2:4")

@@ -2,11 +2,19 @@
 Deterministic for a given seed (torch CPU RNG)."""
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import torch
 
 from golden.validate import check_int
 
 from .errors import QuantflowError
+
+if TYPE_CHECKING:
+    from .fakequant import QuantizedModel
+    from .models import LlamaConfig, LlamaForCausalLM
+    from .program import CompiledImage
 
 __all__ = ["random_linear_weights", "random_activations", "small_llama_config", "token_ids",
            "random_llama", "random_llama_quantized", "compiled_image"]
@@ -51,7 +59,7 @@ def random_activations(M: int, K: int, *, seed: int, outlier_features: int = 4,
 
 # --------------------------------------------------------------------------- small Llamas
 def small_llama_config(*, heads: int = 2, kv_heads: int = 1, hidden: int = 128,
-                       intermediate: int = 192, layers: int = 2, vocab: int = 61):
+                       intermediate: int = 192, layers: int = 2, vocab: int = 61) -> LlamaConfig:
     """A small Llama configuration (quantflow.models.LlamaConfig): `heads` query heads
     sharing `kv_heads` KV heads, head_dim = hidden / heads."""
     from .models import LlamaConfig
@@ -60,13 +68,13 @@ def small_llama_config(*, heads: int = 2, kv_heads: int = 1, hidden: int = 128,
                        num_key_value_heads=kv_heads, rope_theta=10000.0)
 
 
-def token_ids(config, batch: int, length: int, *, seed: int) -> torch.Tensor:
+def token_ids(config: LlamaConfig, batch: int, length: int, *, seed: int) -> torch.Tensor:
     """Seeded random token ids [batch, length] of config's vocabulary."""
     return torch.randint(0, config.vocab_size, (batch, length),
                          generator=torch.Generator().manual_seed(seed))
 
 
-def random_llama(config, *, seed: int = 0):
+def random_llama(config: LlamaConfig, *, seed: int = 0) -> LlamaForCausalLM:
     """A seeded random LlamaForCausalLM: weights ~N(0, 0.1), norm weights in [0.5, 1.5)."""
     from .models import LlamaForCausalLM
     torch.manual_seed(seed)
@@ -77,14 +85,16 @@ def random_llama(config, *, seed: int = 0):
     return m
 
 
-def random_llama_quantized(config, scheme: str, calib_ids: torch.Tensor, *, seed: int = 0):
+def random_llama_quantized(config: LlamaConfig, scheme: str, calib_ids: torch.Tensor, *,
+                           seed: int = 0) -> QuantizedModel:
     """random_llama(config, seed) quantized with `scheme`, calibrated on calib_ids."""
     from .fakequant import quantize_model
     return quantize_model(random_llama(config, seed=seed), scheme, calib_ids=calib_ids,
                           progress=False)
 
 
-def compiled_image(qm, calib_ids: torch.Tensor, outdir, *, context: int, name: str = "tiny"):
+def compiled_image(qm: QuantizedModel, calib_ids: torch.Tensor, outdir: Path | str, *,
+                   context: int, name: str = "tiny") -> CompiledImage:
     """A quantized model compiled into the model image directory `outdir` (fracs
     calibrated on calib_ids), read back as quantflow.program.CompiledImage."""
     from .compile import compile_quantized

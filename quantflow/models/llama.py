@@ -81,6 +81,7 @@ class RopeScaling:
 
 @dataclass(frozen=True, kw_only=True)
 class LlamaConfig:
+    """The Llama architecture's hyperparameters (Hugging Face config.json names)."""
     vocab_size: int
     hidden_size: int
     intermediate_size: int
@@ -95,10 +96,12 @@ class LlamaConfig:
 
     @property
     def head_dim(self) -> int:
+        """Channels per attention head: hidden_size / num_attention_heads."""
         return self.hidden_size // self.num_attention_heads
 
     @property
     def kv_groups(self) -> int:
+        """Query heads sharing one KV head (GQA group size)."""
         return self.num_attention_heads // self.num_key_value_heads
 
     def rope_inv_freq(self) -> torch.Tensor:
@@ -240,12 +243,14 @@ def _config_from_hf(cls, d: dict) -> LlamaConfig:
 
 
 class RMSNorm(nn.Module):
+    """RMSNorm over the last dim with a learned per-channel weight."""
     def __init__(self, dim: int, eps: float):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """weight * x / sqrt(mean(x**2) + eps) over the last dim."""
         var = x.pow(2).mean(-1, keepdim=True)
         return self.weight * (x * torch.rsqrt(var + self.eps))
 
@@ -270,7 +275,7 @@ def rope_inv_freq(D: int, theta: float, scaling: RopeScaling | None = None) -> t
 
 
 def rope_cos_sin(T: int, D: int, theta: float, *, offset: int = 0,
-                 scaling: RopeScaling | None = None):
+                 scaling: RopeScaling | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """cos, sin [T, D] for positions offset..offset+T-1 (HF layout: freqs repeated)."""
     inv_freq = rope_inv_freq(D, theta, scaling)
     pos = torch.arange(offset, offset + T, dtype=torch.float32)
@@ -289,7 +294,8 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + _rotate_half(x) * sin
 
 
-def window_attention(q, k, v, k8, v8, window: int) -> torch.Tensor:
+def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k8: torch.Tensor,
+                     v8: torch.Tensor, window: int) -> torch.Tensor:
     """Causal attention of q [B, H, T, D] over a cache read at two precisions:
     query position p reads tokens p-window+1..p from k8, v8 and tokens < p-window+1
     from k, v (all [B, Hkv, T, D], H a multiple of Hkv: GQA). Scores and P.V are
@@ -308,6 +314,8 @@ def window_attention(q, k, v, k8, v8, window: int) -> torch.Tensor:
 
 
 class LlamaAttention(nn.Module):
+    """Grouped-query self-attention with RoPE, an optional Q/K rotation and an
+    optional KV quantizer."""
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
         self.cfg = cfg
@@ -319,7 +327,8 @@ class LlamaAttention(nn.Module):
         self.qk_rotation: torch.Tensor | None = None
         self.kv_quant = None
 
-    def project(self, x: torch.Tensor, cos, sin):
+    def project(self, x: torch.Tensor, cos: torch.Tensor,
+                sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Q [B, H, T, D], K and V [B, Hkv, T, D] after RoPE and rotation, before the
         KV quantizer."""
         B, T, _ = x.shape
@@ -332,7 +341,8 @@ class LlamaAttention(nn.Module):
             q, k = q @ self.qk_rotation, k @ self.qk_rotation
         return q, k, v
 
-    def qkv(self, x: torch.Tensor, cos, sin):
+    def qkv(self, x: torch.Tensor, cos: torch.Tensor,
+            sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Q, and K and V after the KV quantizer: the cache attention consumes (all of
         it without a window; the tokens older than each query's window with one);
         used for calibration and capture too."""
@@ -341,7 +351,9 @@ class LlamaAttention(nn.Module):
             k, v = self.kv_quant(k, v)
         return q, k, v
 
-    def forward(self, x: torch.Tensor, cos, sin) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """Causal attention of x [B, T, hidden] -> [B, T, hidden]; windowed
+        (window_attention) when the KV quantizer keeps a recent window."""
         B, T, _ = x.shape
         window = getattr(self.kv_quant, "window", 0)
         if window:
@@ -359,6 +371,7 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaMLP(nn.Module):
+    """The SwiGLU feed-forward block: down(silu(gate(x)) * up(x))."""
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
         self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
@@ -366,10 +379,12 @@ class LlamaMLP(nn.Module):
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """down_proj(silu(gate_proj(x)) * up_proj(x))."""
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
 class LlamaDecoderLayer(nn.Module):
+    """One pre-norm decoder layer: attention and MLP, each with its RMSNorm and residual."""
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
@@ -377,12 +392,14 @@ class LlamaDecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = LlamaMLP(cfg)
 
-    def forward(self, x: torch.Tensor, cos, sin) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """x + attention(norm(x)), then + mlp(norm(x))."""
         x = x + self.self_attn(self.input_layernorm(x), cos, sin)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
 class LlamaModel(nn.Module):
+    """The token embedding, the decoder layers and the final RMSNorm."""
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
@@ -401,11 +418,13 @@ class LlamaForCausalLM(nn.Module):
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 
-    def rope(self, T: int):
+    def rope(self, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """RoPE cos, sin [T, head_dim] for positions 0..T-1."""
         c = self.config
         return rope_cos_sin(T, c.head_dim, c.rope_theta, scaling=c.rope_scaling)
 
     def hidden_states(self, ids: torch.Tensor) -> torch.Tensor:
+        """Final-norm hidden states [B, T, hidden] of ids [B, T]."""
         x = self.model.embed_tokens(ids)
         cos, sin = self.rope(ids.shape[1])
         for layer in self.model.layers:
@@ -413,6 +432,7 @@ class LlamaForCausalLM(nn.Module):
         return self.model.norm(x)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """Logits [B, T, vocab] of ids [B, T]."""
         return self.lm_head(self.hidden_states(ids))
 
     def block_linears(self) -> dict[str, nn.Linear]:
@@ -422,6 +442,7 @@ class LlamaForCausalLM(nn.Module):
 
     @property
     def head_dim(self) -> int:
+        """Channels per attention head."""
         return self.config.head_dim
 
 

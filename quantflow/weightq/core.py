@@ -49,7 +49,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
@@ -60,6 +60,11 @@ from golden.validate import check_int
 from .._check import as_float_tensor
 from ..errors import QuantflowError
 from ..qoq import QoQWeights, quantize_groups, quantize_qoq
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ..schemes import WeightScheme
 
 __all__ = [
     "METHODS", "MIN_CALIB_TOKENS", "Calibration", "WeightQuantOptions",
@@ -84,7 +89,7 @@ class Calibration:
     tokens: int
 
     @classmethod
-    def from_activations(cls, X, *, name: str = "X") -> "Calibration":
+    def from_activations(cls, X: torch.Tensor | np.ndarray, *, name: str = "X") -> "Calibration":
         """X: float [..., K] real inputs of the layer (leading dims are tokens)."""
         if isinstance(X, torch.Tensor) and X.dim() > 2:
             X = X.reshape(-1, X.shape[-1])
@@ -96,6 +101,7 @@ class Calibration:
                    tokens=int(X.shape[0]))
 
     def merge(self, other: "Calibration") -> "Calibration":
+        """The calibration of both token sets together (same K)."""
         if other.K != self.K:
             raise QuantflowError(f"cannot merge calibrations with K={self.K} and "
                                  f"K={other.K}; they belong to different layers")
@@ -104,6 +110,7 @@ class Calibration:
 
     @property
     def K(self) -> int:
+        """Input features of the layer."""
         return int(self.abs_sum.shape[0])
 
     @property
@@ -458,8 +465,8 @@ def _split_params(P):
 
 
 # ------------------------------------------------------------------ entry points
-def quantize_weight(W, *, scheme, calib: Calibration | None = None,
-                    options: WeightQuantOptions | None = None,
+def quantize_weight(W: torch.Tensor | np.ndarray, *, scheme: WeightScheme,
+                    calib: Calibration | None = None, options: WeightQuantOptions | None = None,
                     name: str = "W") -> WeightQuantResult:
     """Quantize one linear weight W [N, K] (out x in) with `scheme` (module docstring).
     `calib` (the layer's inputs) is required when scheme uses clip_search, awq or
@@ -468,10 +475,10 @@ def quantize_weight(W, *, scheme, calib: Calibration | None = None,
                            names=[name])[0]
 
 
-def quantize_shared(weights: Sequence, *, scheme, calib: Calibration | None = None,
+def quantize_shared(weights: Sequence, *, scheme: WeightScheme, calib: Calibration | None = None,
                     options: WeightQuantOptions | None = None,
                     names: Sequence[str] | None = None,
-                    tie=None) -> list[WeightQuantResult]:
+                    tie: torch.Tensor | None = None) -> list[WeightQuantResult]:
     """Quantize layers that read the same input x (q/k/v; gate/up) with one shared
     input_scale (AWQ), each otherwise as quantize_weight. Returns one result each.
     `tie` (int64 [K] channel ids, optional) forces equal input_scale on channels with
@@ -551,7 +558,7 @@ def quantize_shared(weights: Sequence, *, scheme, calib: Calibration | None = No
     return results
 
 
-def fold_output_scale(res: WeightQuantResult, s) -> WeightQuantResult:
+def fold_output_scale(res: WeightQuantResult, s: torch.Tensor) -> WeightQuantResult:
     """Divide the output channels (rows) of a quantized layer by s [N]: how the next
     layer's input_scale folds into this one (v_proj for o_proj, up_proj for
     down_proj). For QoQ the division goes into the fp16 s1 (the integer codes are

@@ -12,6 +12,7 @@ output rows). lm_head and the embedding stay float.
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +20,10 @@ import torch.nn.functional as F
 from ..errors import QuantflowError
 from .core import (Calibration, WeightQuantOptions, WeightQuantResult, fold_output_scale,
                    quantize_shared)
+
+if TYPE_CHECKING:
+    from ..models.llama import LlamaForCausalLM
+    from ..schemes import WeightScheme
 
 __all__ = ["quantize_llama_weights"]
 
@@ -37,9 +42,10 @@ def _set(linear, res: WeightQuantResult):
     linear.weight.data.copy_(res.w_fake)
 
 
-def quantize_llama_weights(model, calib_ids, *, scheme, options: WeightQuantOptions | None = None,
-                           progress: bool = True, prefix: str = "model.layers"
-                           ) -> dict[str, WeightQuantResult]:
+def quantize_llama_weights(model: LlamaForCausalLM, calib_ids: torch.Tensor, *,
+                           scheme: WeightScheme, options: WeightQuantOptions | None = None,
+                           progress: bool = True,
+                           prefix: str = "model.layers" ) -> dict[str, WeightQuantResult]:
     """Quantize every decoder linear of `model` in place with `scheme`; folds AWQ
     input scales into the norms / previous linears so the float model computes
     (x / s) @ w_fake.T. calib_ids: int64 [B, T] calibration tokens (B*T >= the
