@@ -102,8 +102,8 @@ def dequant_w8(q: torch.Tensor, s2: torch.Tensor, z: torch.Tensor, group: int) -
     return (q - z.repeat_interleave(group, dim=1)) * s2.repeat_interleave(group, dim=1)
 
 
-def mixpe_group_sums(a: torch.Tensor, q: torch.Tensor, config: MixPEConfig) -> tuple[torch.Tensor,
-                     torch.Tensor]:
+def mixpe_group_sums(a: torch.Tensor, q: torch.Tensor,
+                     config: MixPEConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-group partial sums, for localising a mismatch:
     P [M, N, G] = sum_{k in group} a*q  (built from the bit planes of q: the
     shift-add form, sum_i 2**i * sum_k a * q_i), A [M, G] = sum_{k in group} a.

@@ -96,8 +96,8 @@ def expand(values: torch.Tensor, indices: torch.Tensor, pattern: str | tuple[int
     return out
 
 
-def compress_dense(w: torch.Tensor, pattern: str | tuple[int, int]) -> tuple[torch.Tensor,
-                   torch.Tensor]:
+def compress_dense(w: torch.Tensor,
+                   pattern: str | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Inverse of expand for a dense [R, K] tensor that has at most N non-zeros
     per block (exactly N kept: zeros are kept at the lowest free positions).
     The pruning itself (choosing what to keep) is quantflow.prune's business."""
