@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
+    """`python -m dse`: run the sweep subcommand; returns the exit status."""
     ap = argparse.ArgumentParser(prog="python -m dse", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
     s = sub.add_parser("sweep", help="evaluate a space's points on Ray (resumable)")

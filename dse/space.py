@@ -48,6 +48,8 @@ class DSEError(ValueError):
 
 @dataclass(frozen=True)
 class Space:
+    """A design space from its YAML file: board, models, objective, the fixed settings
+    and the grid to sweep."""
     name: str
     board: str
     model: str
@@ -97,6 +99,7 @@ class Space:
                 "accuracy_model": self.accuracy_model, "prefill": self.prefill}
 
     def as_dict(self) -> dict:
+        """The space as a plain dict, as its YAML file states it."""
         return {"name": self.name, **self.settings(), "objective": self.objective,
                 "fixed": dict(self.fixed), "grid": {k: list(v) for k, v in self.grid},
                 "path": self.path}
@@ -115,7 +118,7 @@ def _plain(v, where: str):
     raise DSEError(f"{where}: values are strings, numbers or booleans, got {v!r}")
 
 
-def load_space(path) -> Space:
+def load_space(path: Path | str) -> Space:
     """The Space of a YAML file (DSEError naming the problem)."""
     import yaml
     p = Path(path)

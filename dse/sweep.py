@@ -34,6 +34,7 @@ import math
 import os
 import time
 from pathlib import Path
+from typing import Callable
 
 from quattro_fs import atomic_write_json, atomic_write_text, build_root
 
@@ -44,6 +45,7 @@ __all__ = ["results_dir", "read_rows", "pareto", "sweep", "finalize", "prevalida
 
 
 def results_dir(space: Space) -> Path:
+    """Where the sweep of `space` writes its results: build/dse/<name>."""
     return build_root() / "dse" / space.name
 
 
@@ -194,7 +196,7 @@ def _plots(space: Space, rows: list[dict], out: Path) -> list[Path]:
 
 def sweep(space: Space, *, address: str | None = None, num_cpus: int | None = None,
           out: Path | None = None, restart: bool = False, limit: int | None = None,
-          progress: bool = True, log=print) -> dict:
+          progress: bool = True, log: Callable[[str], object] = print) -> dict:
     """Evaluate every point of `space` not already in its rows.jsonl (module doc) on
     Ray, then write the results. `limit`: evaluate at most that many new points and
     stop (as a killed sweep would; the next call continues). DSEError when no point

@@ -251,6 +251,7 @@ def _pop_build_dir(argv: list[str]) -> tuple[str | None, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `quattro` command: run the subcommand argv names; returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
     cmds = commands()
     try:

@@ -74,10 +74,12 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> None:
 
 
 def atomic_write_text(path: Path | str, text: str) -> None:
+    """Write `text` (UTF-8) to `path` atomically (atomic_write_bytes)."""
     atomic_write_bytes(path, text.encode())
 
 
-def atomic_write_json(path: Path | str, obj, *, indent: int | None = 1) -> None:
+def atomic_write_json(path: Path | str, obj: object, *, indent: int | None = 1) -> None:
+    """Write `obj` as JSON, newline-terminated, to `path` atomically."""
     atomic_write_text(path, json.dumps(obj, indent=indent) + "\n")
 
 

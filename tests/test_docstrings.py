@@ -71,9 +71,6 @@ PENDING: set[str] = {
     "cosim/tb/streams.py",
     "cosim/tb/system.py",
     "cosim/xrt_sim.py",
-    "dse/__main__.py",
-    "dse/space.py",
-    "dse/sweep.py",
     "fpga_boards/__main__.py",
     "fpga_boards/axi.py",
     "fpga_boards/boards.py",
@@ -95,8 +92,6 @@ PENDING: set[str] = {
     "fpga_boards/resources_mixpe.py",
     "fpga_boards/resources_sparse_dsp.py",
     "fpga_boards/resources_system.py",
-    "quattro_cli/__init__.py",
-    "quattro_fs/__init__.py",
 }
 
 
