@@ -439,6 +439,10 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         "while no result is held (`adv` = ~valid | ready), and the slot's real write "
         "comes last, in the cycle `result.valid` rises; observable only with one cell "
         "per slice (rows * lanes per DQ unit = 1), not a configuration of this plan",
+    ("sfu", "register SK bypassed"):
+        "SK (rmsnorm's sqrt(k) from the cmd) is written only in the cycle a cmd is "
+        "taken and read only in later states: made a transparent latch, it holds the "
+        "same value whenever it is read",
 }
 
 
