@@ -64,8 +64,8 @@ BLOCKS = tuple(VECTOR_MEANING)
 
 #: vectors one batch (one simulator run) aims at; small enough for a few seconds
 #: to a minute of simulation, large enough to amortise the simulator start-up
-BATCH_VECTORS = {"mixpe": 8_192, "lut": 12_000, "sparse_dsp": 12_000, "pim": 30_000,
-                 "kv4_attention": 12_000, "sfu": 20_000}
+BATCH_VECTORS = {"mixpe": 16_384, "lut": 20_000, "sparse_dsp": 20_000, "pim": 40_000,
+                 "kv4_attention": 20_000, "sfu": 50_000}
 
 
 class SoakError(ValueError):
@@ -179,8 +179,8 @@ def _mixpe_run(cfg, rng, target, corrupt):
 def _lut_config(rng):
     from golden.lut_config import LUTConfig
     cols = rng.choice((8, 16))
-    return LUTConfig(rows=rng.choice((1, 2)), cols=cols, lanes=rng.choice((4, 8, cols)),
-                     K=rng.choice((64, 128)), group=rng.choice((32, 64)))
+    return LUTConfig(rows=rng.choice((1, 2, 4)), cols=cols, lanes=rng.choice((cols // 2, cols)),
+                     K=rng.choice((32, 64)), group=32)
 
 
 def _lut_run(cfg, rng, target, corrupt):
@@ -430,6 +430,7 @@ def soak(*, vectors: int = DEFAULT_VECTORS, blocks=BLOCKS, jobs: int = 2, seed: 
     `pinned` ({block: config}) replaces a block's drawn configurations (a test
     then shares the Verilator build of the block's own tests)."""
     pinned = pinned or {}
+    started = time.perf_counter()
     say = progress or (lambda s: None)
     sem = threading.Semaphore(max(1, jobs))
     lock = threading.Lock()
@@ -438,6 +439,7 @@ def soak(*, vectors: int = DEFAULT_VECTORS, blocks=BLOCKS, jobs: int = 2, seed: 
 
     def block_loop(block: str) -> None:
         t0 = time.perf_counter()
+        walls.pop(block, None)
         if replay is not None:
             cs, ks, n = (int(x) for x in replay.split(":"))
             todo = [Batch(block, cs, ks, n)]
@@ -453,6 +455,8 @@ def soak(*, vectors: int = DEFAULT_VECTORS, blocks=BLOCKS, jobs: int = 2, seed: 
                 r = run_batch(batch, corrupt=corrupt and i == 0, config=pinned.get(block))
             with lock:
                 results[block].append(r)
+                if report_path is not None:  # so that a stopped soak leaves its figures
+                    _write(report_path, _report(False))
             done += r["vectors"]
             i += 1
             say(f"soak {block}: batch {i} {r['vectors']} vectors, {r['mismatches']} "
@@ -466,23 +470,32 @@ def soak(*, vectors: int = DEFAULT_VECTORS, blocks=BLOCKS, jobs: int = 2, seed: 
     import importlib
     for m in ("hdl.generate", "quantflow", *(f"cosim.{b}" for b in blocks)):
         importlib.import_module(m)
-    t0 = time.perf_counter()
+    def _report(complete: bool) -> dict:
+        now = time.perf_counter()
+        rep = {
+            "seed": seed, "vectors_per_block": vectors, "configs_per_block": configs,
+            "jobs": jobs, "replay": replay, "complete": complete,
+            "wall_seconds": round(now - started, 1), "load_average": _load(),
+            "blocks": [_block_summary(b, results[b], walls.get(b, now - started))
+                       for b in blocks],
+            "batches": [r for b in blocks for r in results[b]],
+        }
+        rep["passed"] = complete and all(r["passed"] for r in rep["batches"]) and all(
+            s["vectors"] >= (1 if replay else vectors) for s in rep["blocks"])
+        return rep
+
     with ThreadPoolExecutor(max_workers=len(blocks)) as pool:
         for f in [pool.submit(block_loop, b) for b in blocks]:
             f.result()
-    report = {
-        "seed": seed, "vectors_per_block": vectors, "configs_per_block": configs,
-        "jobs": jobs, "replay": replay, "wall_seconds": round(time.perf_counter() - t0, 1),
-        "load_average": _load(),
-        "blocks": [_block_summary(b, results[b], walls.get(b, 0.0)) for b in blocks],
-        "batches": [r for b in blocks for r in results[b]],
-    }
-    report["passed"] = all(r["passed"] for r in report["batches"]) and all(
-        s["vectors"] >= (1 if replay else vectors) for s in report["blocks"])
+    report = _report(True)
     if report_path is not None:
-        Path(report_path).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(Path(report_path), report)
+        _write(report_path, report)
     return report
+
+
+def _write(path, report: dict) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(Path(path), report)
 
 
 def _load() -> list[float] | None:
