@@ -313,9 +313,10 @@ def _sparse_dsp_plan() -> Plan:
         from golden.sparse_dsp_config import MODES, PATTERN_NAMES, TileMode
         from cosim import sparse_dsp as sd
         out, seed = [], 100
-        for p in PATTERN_NAMES:
-            for span in (1, cfg.n_groups):
-                md = MODES[(seed + span) % len(MODES)]
+        # every pattern with both group splits, the modes alternating between them
+        for i, p in enumerate(PATTERN_NAMES):
+            for j, span in enumerate((1, cfg.n_groups)):
+                md = MODES[(i + j) % len(MODES)]
                 seed += 1
                 mode = TileMode(pattern=p, mode=md, span=span)
                 ideal = span == cfg.n_groups
