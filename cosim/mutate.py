@@ -440,6 +440,11 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         "while no result is held (`adv` = ~valid | ready), and the slot's real write "
         "comes last, in the cycle `result.valid` rises; observable only with one cell "
         "per slice (rows * lanes per DQ unit = 1), not a configuration of this plan",
+    ("sfu", "\\$221: + -> -"):
+        "one of three copies Yosys makes of rmsnorm's rounded eps term; this one feeds "
+        "only the upper clamp test T > 2**53 - 1, unreachable on this configuration with "
+        "either rounding: Q < 2**47 (q_bits) and the rounded E < 2**52 (its field), so "
+        "T < 2**53 - 1 (the copy that forms T is another site)",
     ("sfu", "register SK bypassed"):
         "SK (rmsnorm's sqrt(k) from the cmd) is written only in the cycle a cmd is "
         "taken and read only in later states: made a transparent latch, it holds the "
