@@ -224,8 +224,7 @@ def edge_calls(config: SFUHWConfig, rng: random.Random) -> list[SFUCall]:
                 params=dict(e_w=-10, eps=1e-6)),                                  # saturates
         SFUCall(op="rmsnorm", a=tuple(rng.randint(-3, 3) for _ in range(L)), b=(1,) * L,
                 params=dict(e_w=0, eps=0.0)),
-        # |x| over 2**20: x is pre-shifted and the sum of squares lands on a power of
-        # two, where a rounding off by one in the eps term changes the table index
+        # |x| over 2**20 with eps 0: the pre-shifted sum of squares (kx > 0), a power of two
         SFUCall(op="rmsnorm", a=(1 << 21,) * L, b=(32767,) * L, params=dict(e_w=15, eps=0.0)),
         _rope_call(c, 2 * L, rng, ext[:2 * L], d=2 * L, cos=[-(1 << 15)] * L,
                    sin=[(1 << 15) - 1] * L),                                     # saturates
