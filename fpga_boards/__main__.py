@@ -40,7 +40,8 @@ def _resources(rest: list[str]) -> int:
     return run(table_args)
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
+    """`python -m fpga_boards`: run the subcommand argv names; returns its exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] in (["-h"], ["--help"]):
         print(__doc__)

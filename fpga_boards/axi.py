@@ -27,6 +27,7 @@ power-of-two number of bytes (`word_bytes`); quantflow's word layouts are kept.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import fifo, stream, wiring
@@ -101,7 +102,7 @@ def control_registers() -> tuple[Register, ...]:
                      description="IP interrupt status"))
 
 
-def arg_registers(args, *, buses: dict | None = None,
+def arg_registers(args: Iterable[KernelArg], *, buses: dict | None = None,
                   descriptions: dict | None = None) -> tuple[Register, ...]:
     """The registers of `args` (KernelArg) at their arg_offsets; `buses` maps a
     pointer argument to its m_axi bundle, `descriptions` overrides the default
@@ -120,7 +121,7 @@ def arg_registers(args, *, buses: dict | None = None,
     return tuple(out)
 
 
-def arg_offsets(args) -> dict[str, int]:
+def arg_offsets(args: Iterable[KernelArg]) -> dict[str, int]:
     """Byte offset of every argument: from 0x10, 64-bit ones 8-byte aligned."""
     out, off = {}, ARGS_BASE
     for a in args:
@@ -146,6 +147,7 @@ def beat_bits(word_bits: int) -> int:
 
 
 def axil_slave_members() -> dict:
+    """The AXI4-Lite slave's ports as wiring members (AW, W, B, AR, R channels)."""
     a, d = AXIL_ADDR_BITS, AXIL_DATA_BITS
     return {"awaddr": In(a), "awvalid": In(1), "awready": Out(1),
             "wdata": In(d), "wstrb": In(d // 8), "wvalid": In(1), "wready": Out(1),
@@ -162,7 +164,7 @@ class ControlSlave(wiring.Component):
     `arg_<name>` port per argument: an output (the register contents), or for a
     read-only argument an input (the value the host reads)."""
 
-    def __init__(self, args):
+    def __init__(self, args: Iterable[KernelArg]):
         self.args = tuple(args)
         self.offsets = arg_offsets(self.args)
         members = dict(axil_slave_members())
@@ -172,7 +174,8 @@ class ControlSlave(wiring.Component):
             members[f"arg_{a.name}"] = In(a.bits) if a.readonly else Out(a.bits)
         super().__init__(members)
 
-    def elaborate(self, platform):
+    def elaborate(self, platform: object) -> Module:
+        """Build the AXI4-Lite register file and the ap_ctrl_hs start/done/idle logic."""
         m = Module()
         start = Signal()
         done = Signal()
@@ -288,7 +291,8 @@ class BurstSplitter(wiring.Component):
             "busy": Out(1),
         })
 
-    def elaborate(self, platform):
+    def elaborate(self, platform: object) -> Module:
+        """Build the splitter: a range at a time through hdl.axi.RangeBursts."""
         m = Module()
         m.submodules.split = split = RangeBursts(beat_bytes=self.beat_bytes,
                                                  max_beats=self.range_beats)
@@ -375,7 +379,8 @@ class AxiReadDMA(_RangeDMA):
             "axi": Out(wiring.Signature(axi_read_members(beat_bits(word_bits)))),
         })
 
-    def elaborate(self, platform):
+    def elaborate(self, platform: object) -> Module:
+        """Build the DMA: range walk, burst splitter, AR channel and the R data path."""
         m = Module()
         split, _ = self._front(m)
         axi = self.axi
@@ -423,7 +428,8 @@ class AxiWriteDMA(_RangeDMA):
             raise ValueError(f"the write DMA needs words of >= {AXIL_DATA_BITS} bits, "
                              f"got {word_bits}")
 
-    def elaborate(self, platform):
+    def elaborate(self, platform: object) -> Module:
+        """Build the DMA: range walk, burst splitter, AW, W and B channels."""
         m = Module()
         split, gen_busy = self._front(m)
         axi = self.axi

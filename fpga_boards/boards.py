@@ -10,12 +10,18 @@ marked unverified (check it against the U55C XDC before a full-chip build).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from amaranth.vendor import XilinxPlatform
 
 __all__ = ["Capacity", "RefClock", "MemoryBanks", "Board", "BOARDS", "board", "platform"]
 
 
 @dataclass(frozen=True, kw_only=True)
 class Capacity:
+    """The programmable-logic resources of a device: LUTs, flip-flops, DSPs, BRAM36
+    and URAM blocks."""
     lut: int
     ff: int
     dsp: int
@@ -23,12 +29,14 @@ class Capacity:
     uram: int
 
     def as_dict(self) -> dict:
+        """The capacity as a plain dict."""
         return {"lut": self.lut, "ff": self.ff, "dsp": self.dsp, "bram36": self.bram36,
                 "uram": self.uram}
 
 
 @dataclass(frozen=True, kw_only=True)
 class RefClock:
+    """A reference clock input of a board: frequency, differential pins and I/O standard."""
     name: str
     hz: float
     pin_p: str
@@ -39,6 +47,7 @@ class RefClock:
 
 @dataclass(frozen=True, kw_only=True)
 class MemoryBanks:
+    """One kind of off-chip memory of a board (HBM or DDR): bank count, size and peak bandwidth."""
     kind: str               # "HBM" | "DDR"
     count: int              # pseudo-channels (HBM) or DIMMs/controllers (DDR)
     bytes_per_bank: int
@@ -51,6 +60,7 @@ class MemoryBanks:
 
     @property
     def bytes(self) -> int:
+        """Bytes of all banks together."""
         return self.count * self.bytes_per_bank
 
     def bank(self, i: int) -> str:
@@ -62,6 +72,7 @@ class MemoryBanks:
 
 @dataclass(frozen=True, kw_only=True)
 class Board:
+    """An Alveo card: part, Vitis platform, resources, memories and reference clocks."""
     name: str
     part: str               # device-package-speed, as Vivado spells it
     platform: str           # Vitis platform (XSA) name
@@ -72,9 +83,11 @@ class Board:
 
     @property
     def banks(self) -> MemoryBanks:
+        """The memory where kernel buffers go by default (the first entry)."""
         return self.memory[0]
 
     def as_dict(self) -> dict:
+        """The board as a plain dict (capacity and memories included)."""
         return {"name": self.name, "part": self.part, "platform": self.platform,
                 "capacity": self.capacity.as_dict(),
                 "memory": [{"kind": m.kind, "count": m.count, "bytes_per_bank": m.bytes_per_bank,
@@ -123,13 +136,14 @@ BOARDS: dict[str, Board] = {
 
 
 def board(name: str) -> Board:
+    """The Board called `name` (case and spaces ignored); ValueError naming the known ones."""
     key = name.strip().lower()
     if key not in BOARDS:
         raise ValueError(f"unknown board {name!r}; choose one of {', '.join(sorted(BOARDS))}")
     return BOARDS[key]
 
 
-def platform(b: Board | str):
+def platform(b: Board | str) -> XilinxPlatform:
     """An Amaranth `XilinxPlatform` (Vivado toolchain) for board `b`: device,
     package and speed split from the part, the reference clock as the default
     clock (a differential input, with its frequency constraint)."""

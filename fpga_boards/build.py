@@ -40,7 +40,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from amaranth.hdl import Elaboratable
+from amaranth.hdl import Elaboratable, Module
 
 from quattro_fs import build_root, replace_dir
 
@@ -69,7 +69,9 @@ class FullChipTop(Elaboratable):
     def __init__(self, spec: KernelSpec):
         self.spec = spec
 
-    def elaborate(self, platform):
+    def elaborate(self, platform: object) -> Module:
+        """Build the self-test top: clock, one xorshift generator per input stream, the output
+        checksum."""
         from amaranth.hdl import Cat, Module, Signal
         m = Module()
         m.submodules.block = block = self.spec.factory()
@@ -102,6 +104,8 @@ def banks_for(spec: BoardKernel, b: Board) -> dict[str, str]:
 
 
 def link_config(spec: BoardKernel, b: Board) -> str:
+    """The v++ link configuration (.cfg) of the kernel on the board: platform, clock,
+    connectivity."""
     lines = [f"# {GENERATED}", f"# v++ link config of kernel {spec.name} for {b.name.upper()}",
              f"platform={b.platform}", f"kernel_frequency={b.kernel_clock_mhz}", "",
              "[connectivity]", f"nk={spec.name}:1:{spec.name}_1"]
@@ -191,6 +195,7 @@ puts "wrote $xo"
 
 
 def build_script(spec: BoardKernel, b: Board) -> str:
+    """The shell script that runs the whole Vitis flow of the kernel on the board."""
     return f"""#!/bin/sh
 # {GENERATED}
 # The whole Vitis flow for kernel {spec.name} on {b.name.upper()}: package the RTL
@@ -206,6 +211,7 @@ echo "built $(pwd)/{spec.name}.xclbin"
 
 
 def run_md(spec: BoardKernel, b: Board, out: Path, *, fullchip: bool = True) -> str:
+    """RUN.md of the build tree: what to run on a Vitis machine, step by step."""
     rel = os.path.relpath(out)    # from where the user ran the build
     text = f"""# {spec.name} on {b.name.upper()} — what to run on a Vitis machine
 
@@ -262,11 +268,13 @@ def tcl_check(path: Path) -> str | None:
 
 
 def sh_check(path: Path) -> str | None:
+    """None if `sh -n` parses the script at `path`, else its error text."""
     p = subprocess.run(["sh", "-n", str(path)], capture_output=True, text=True)
     return None if p.returncode == 0 else (p.stderr.strip() or f"exit {p.returncode}")
 
 
 def vendor_tools() -> dict[str, str | None]:
+    """Path of vivado and v++ on PATH (None where missing)."""
     return {t: shutil.which(t) for t in ("vivado", "v++")}
 
 
@@ -274,6 +282,8 @@ def vendor_tools() -> dict[str, str | None]:
 
 @dataclass(frozen=True, kw_only=True)
 class BuildResult:
+    """What a build generated: its folder, the fit check, each checked file's problem (None: ok)
+    and the files."""
     out: Path
     fit: Fit | None
     checked: dict        # file -> None (ok) or problem
@@ -356,7 +366,9 @@ def _load_config(text: str | None) -> dict:
     return cfg
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
+    """`python -m fpga_boards build`: generate (and with Vitis on PATH, run) a kernel's build;
+    returns the exit status."""
     import argparse
     from .boards import BOARDS
     from .kernel import KERNELS

@@ -16,8 +16,12 @@ include what the Vitis shell occupies.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterable
 
 from .boards import Board
+
+if TYPE_CHECKING:
+    from .kernel import BoardKernel
 
 __all__ = ["FitError", "Fit", "RESOURCE_NAMES", "precheck", "kernel_resources", "fit_of",
            "check", "kernel_fit", "fit_table"]
@@ -32,6 +36,7 @@ class FitError(ValueError):
 
 @dataclass(frozen=True, kw_only=True)
 class Fit:
+    """Resources a kernel uses against a board's capacity, and where the figures come from."""
     board: str
     kernel: str
     used: dict          # resource -> count
@@ -40,6 +45,7 @@ class Fit:
 
     @property
     def utilisation(self) -> dict:
+        """Fraction of the board's capacity used, per resource."""
         return {k: self.used.get(k, 0) / self.capacity[k] for k in self.capacity}
 
     @property
@@ -50,9 +56,11 @@ class Fit:
 
     @property
     def fits(self) -> bool:
+        """Whether every resource is within capacity."""
         return not self.over
 
     def as_dict(self) -> dict:
+        """The fit as a plain dict (utilisation and overruns included)."""
         return {"board": self.board, "kernel": self.kernel, "source": self.source,
                 "fits": self.fits, "used": dict(self.used), "capacity": dict(self.capacity),
                 "utilisation": {k: round(v, 6) for k, v in self.utilisation.items()},
@@ -68,7 +76,7 @@ def _refusal(fit: Fit) -> FitError:
                     "a larger group for fewer DQ lanes) or a larger board")
 
 
-def precheck(spec, b: Board) -> Fit:
+def precheck(spec: BoardKernel, b: Board) -> Fit:
     """Instant refusal from the spec's lower bounds (no synthesis)."""
     cap = b.capacity.as_dict()
     used = {k: int(spec.min_resources.get(k, 0)) for k in cap}
@@ -78,7 +86,7 @@ def precheck(spec, b: Board) -> Fit:
     return fit
 
 
-def kernel_resources(spec) -> dict:
+def kernel_resources(spec: BoardKernel) -> dict:
     """Yosys estimate of the whole RTL kernel (shell + block), cached by Verilog hash."""
     from .kernel import RtlKernel
     from .resources import estimate
@@ -89,17 +97,19 @@ def kernel_resources(spec) -> dict:
 
 def fit_of(spec_name: str, used: dict, b: Board,
            source: str = "yosys synth_xilinx -family xcup") -> Fit:
+    """The Fit of a kernel that uses `used` on board `b`."""
     return Fit(board=b.name, kernel=spec_name, used=dict(used),
                capacity=b.capacity.as_dict(), source=source)
 
 
 def check(fit: Fit) -> Fit:
+    """`fit` itself when it fits; FitError naming every resource over capacity otherwise."""
     if not fit.fits:
         raise _refusal(fit)
     return fit
 
 
-def kernel_fit(spec, b: Board, *, used: dict | None = None) -> Fit:
+def kernel_fit(spec: BoardKernel, b: Board, *, used: dict | None = None) -> Fit:
     """Precheck, estimate (spec.resources(), unless `used` is given), check.
     Raises FitError."""
     precheck(spec, b)
@@ -109,7 +119,8 @@ def kernel_fit(spec, b: Board, *, used: dict | None = None) -> Fit:
     return check(fit_of(spec.name, counts, b, source=source))
 
 
-def fit_table(fits) -> str:
+def fit_table(fits: Iterable[Fit]) -> str:
+    """A Markdown table of fits: per board and kernel, each resource's use and share."""
     lines = ["| board | kernel | " + " | ".join(RESOURCE_NAMES.values()) + " |",
              "|---|---|" + "--:|" * len(RESOURCE_NAMES)]
     for f in fits:

@@ -19,9 +19,12 @@ import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from .kernel import KernelSpec, bytes_to_words, words_to_bytes
+
+if TYPE_CHECKING:
+    from quantflow.mixpe import MixPEImages
 
 __all__ = ["XrtUnavailable", "XrtDevice", "HostResult", "run_kernel", "run_mixpe",
            "mixpe_inputs", "mixpe_expected", "register_writes", "main"]
@@ -85,7 +88,7 @@ class _XrtBuffer:
 class XrtDevice:
     """An Alveo card through pyxrt, with `xclbin` loaded and the kernel opened."""
 
-    def __init__(self, xclbin, spec: KernelSpec, *, index: int = 0):
+    def __init__(self, xclbin: Path | str, spec: KernelSpec, *, index: int = 0):
         self.x = _import_pyxrt()
         path = Path(xclbin)
         if not path.is_file():
@@ -99,9 +102,11 @@ class XrtDevice:
         self.last_cycles = None
 
     def alloc(self, arg_index: int, nbytes: int) -> _XrtBuffer:
+        """A device buffer of nbytes in the memory bank of kernel argument arg_index."""
         return _XrtBuffer(self.x, self.dev, nbytes, self.kernel.group_id(arg_index))
 
-    def start(self, values: list):
+    def start(self, values: list) -> _XrtRun:
+        """Start the kernel with `values` (buffers and scalars, in argument order)."""
         return _XrtRun(self.x, self.kernel(*values))
 
 
@@ -119,11 +124,12 @@ class _XrtRun:
 
 @dataclass(frozen=True, kw_only=True)
 class HostResult:
+    """One kernel run's output buffers (words read back) and, when simulated, its cycles."""
     outputs: dict           # buffer name -> words read back
     cycles: int | None      # simulated kernel cycles (cosim.xrt_sim), None on a card
 
 
-def run_kernel(device, spec: KernelSpec, inputs: dict, scalars: dict) -> HostResult:
+def run_kernel(device: XrtDevice, spec: KernelSpec, inputs: dict, scalars: dict) -> HostResult:
     """XRT's host sequence for one kernel run. `inputs`: buffer name -> memory
     words (quantflow's); output buffers are sized from the scalars."""
     bufs = []
@@ -150,14 +156,14 @@ def run_kernel(device, spec: KernelSpec, inputs: dict, scalars: dict) -> HostRes
     return HostResult(outputs=outputs, cycles=getattr(device, "last_cycles", None))
 
 
-def mixpe_inputs(images) -> tuple[dict, dict]:
+def mixpe_inputs(images: MixPEImages) -> tuple[dict, dict]:
     """(buffer words, scalars) of a MixPE run from quantflow's MixPEImages."""
     return ({"act": list(images.act_words), "code": list(images.code_words),
              "scale": list(images.scale_words)},
             {"m_tiles": images.m_tiles, "n_tiles": images.n_tiles})
 
 
-def mixpe_expected(images) -> list[int]:
+def mixpe_expected(images: MixPEImages) -> list[int]:
     """Golden result words in the kernel's emission order (golden.mixpe on the
     decoded images)."""
     from golden.mixpe import mixpe_acc
@@ -166,7 +172,7 @@ def mixpe_expected(images) -> list[int]:
     return pack_result_words(acc, images.config)
 
 
-def run_mixpe(device, images) -> dict:
+def run_mixpe(device: XrtDevice, images: MixPEImages) -> dict:
     """The MixPE host program: run the kernel on quantflow's images and compare
     every result word with golden. Returns {passed, mismatches, words, cycles}."""
     spec = device.spec
@@ -181,7 +187,7 @@ def run_mixpe(device, images) -> dict:
             "first_mismatch": bad[0] if bad else None, "cycles": res.cycles}
 
 
-def main(argv=None, *, prog: str = "python -m fpga_boards host",
+def main(argv: list[str] | None = None, *, prog: str = "python -m fpga_boards host",
          simulated: Callable[[KernelSpec, str], object] | None = None) -> int:
     """Run the MixPE kernel on quantflow images and compare with golden: on a card
     (--xclbin), or, when `simulated` ((spec, wait) -> device) is given, on that

@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Collection, Protocol, Sequence
 
 import numpy as np
 
 from quantflow.program import CoreProgram
 from quattro_fs import build_root
+
+if TYPE_CHECKING:
+    from golden.core_config import CoreConfig
 
 __all__ = ["GENERATE_DIR", "CoreDevice", "CoreDeviceError", "RunInfo", "GenerateResult", "blocks", "generate",
            "ReferenceDevice"]
@@ -73,15 +76,18 @@ class RunInfo:
 
 @dataclass
 class GenerateResult:
+    """A generation on the core: the prompt's ids, the generated ids and every start's RunInfo."""
     prompt_ids: list
     tokens: list           # the generated ids (greedy)
     runs: list             # RunInfo per start
     @property
     def cycles_prefill(self) -> int:
+        """Core cycles of the prefill starts together."""
         return sum(r.cycles for r in self.runs if r.kind == "prefill")
 
     @property
     def cycles_per_token(self) -> list[int]:
+        """Core cycles of each decode start (one per generated token after the first)."""
         return [r.cycles for r in self.runs if r.kind == "decode"]
 
 
@@ -97,10 +103,10 @@ def _error_name(code: int) -> str:
     return ERRORS[code] if 0 <= code < len(ERRORS) else f"code {code}"
 
 
-def generate(device: CoreDevice, program: CoreProgram, ids, max_new_tokens: int, *,
+def generate(device: CoreDevice, program: CoreProgram, ids: Sequence[int], max_new_tokens: int, *,
              on_token: Callable[[int], None] | None = None,
              on_run: Callable[[RunInfo], None] | None = None,
-             stop_ids=()) -> GenerateResult:
+             stop_ids: Collection[int] = ()) -> GenerateResult:
     """Greedy generation of up to `max_new_tokens` after `ids` on `device`, whose
     memory holds `program`'s image (device.load(build_memory(...)) done by the
     caller). `on_token(id)` is called as each token appears, `on_run(info)` after
@@ -164,20 +170,25 @@ class ReferenceDevice:
     start on a bytearray memory. Runs the host loop without RTL (and is what the
     co-simulation compares the RTL with, instruction by instruction)."""
 
-    def __init__(self, core):
+    def __init__(self, core: CoreConfig):
         self.core = core
         self.memory = bytearray()
 
-    def load(self, memory) -> None:
+    def load(self, memory: bytes | bytearray) -> None:
+        """Copy the whole memory image to addresses [0, len(memory))."""
         self.memory = bytearray(memory)
 
     def write(self, addr: int, data: bytes) -> None:
+        """Write bytes at an address."""
         self.memory[addr:addr + len(data)] = data
 
     def read(self, addr: int, n: int) -> bytes:
+        """Read n bytes at an address."""
         return bytes(self.memory[addr:addr + n])
 
     def run(self, prog: int, pos: int, tokens: int) -> dict:
+        """Execute the program at `prog` with registers pos and tokens (golden.core.execute);
+        returns the status report: error 0, or error 1, err_pc and a message."""
         from golden.core import ProgramError, execute
         from golden.core_config import INSTR_BYTES, Registers, bytes_to_words, decode
         words, a = [], prog          # the program: its words up to the first HALT

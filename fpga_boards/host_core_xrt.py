@@ -29,10 +29,14 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .host import XrtUnavailable, _import_pyxrt
 from .kernel_core import (ARGS, MEM_ALIGN_BYTES, NAME, PYXRT_MAX_SCALAR, STATUS_BYTES,
                           config_from_dict, parse_status)
+
+if TYPE_CHECKING:
+    from golden.core_config import CoreConfig
 
 __all__ = ["XrtCoreDevice", "ARG_INDEX", "find_xclbin", "main"]
 
@@ -49,7 +53,7 @@ class XrtCoreDevice:
     at least the memory image's; `timeout_ms`: how long one run may take (0: no
     limit)."""
 
-    def __init__(self, xclbin, config, *, mem_bytes: int, index: int = 0,
+    def __init__(self, xclbin: Path | str, config: CoreConfig, *, mem_bytes: int, index: int = 0,
                  timeout_ms: int = 0, kernel_name: str = NAME):
         try:
             self.x = _import_pyxrt()
@@ -80,7 +84,8 @@ class XrtCoreDevice:
         self.runs: list[dict] = []
 
     @classmethod
-    def open_default(cls, config, *, mem_bytes: int, board: str | None = None, **kw):
+    def open_default(cls, config: CoreConfig, *, mem_bytes: int, board: str | None = None,
+                     **kw: Any) -> XrtCoreDevice:
         """The device with the xclbin built for `config` under build/boards
         (find_xclbin)."""
         return cls(find_xclbin(config, board=board), config, mem_bytes=mem_bytes, **kw)
@@ -101,6 +106,7 @@ class XrtCoreDevice:
         self.write(0, bytes(memory))
 
     def write(self, addr: int, data: bytes) -> None:
+        """Write bytes at a device address (synced to the card)."""
         data = bytes(data)
         self._range(addr, len(data))
         if data:
@@ -108,6 +114,7 @@ class XrtCoreDevice:
             self._sync(self.bo, True, len(data), addr)
 
     def read(self, addr: int, n: int) -> bytes:
+        """Read n bytes at a device address (synced from the card)."""
         self._range(addr, n)
         if not n:
             return b""
@@ -149,7 +156,7 @@ class XrtCoreDevice:
         return out
 
 
-def find_xclbin(config, *, board: str | None = None, root: Path | None = None) -> Path:
+def find_xclbin(config: CoreConfig, *, board: str | None = None, root: Path | None = None) -> Path:
     """The core.xclbin under build/boards/<board>/core whose manifest.json holds
     `config`; FileNotFoundError naming the build command when there is none."""
     from .build import BUILD_ROOT
@@ -167,7 +174,7 @@ def find_xclbin(config, *, board: str | None = None, root: Path | None = None) -
         f"'<the configuration as JSON>'` and its build_xclbin.sh on a Vitis machine")
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Greedy generation on the card: the image's whole-model program compiled for
     the kernel's core (manifest.json next to the xclbin)."""
     import argparse

@@ -25,9 +25,9 @@ has its own AXI masters rather than streams fed by DMAs, is another.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Iterable, Protocol
 
-from amaranth.hdl import ClockDomain, Module, Signal
+from amaranth.hdl import ClockDomain, Elaboratable, Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -37,6 +37,9 @@ from golden.mixpe_config import MixPEConfig
 from .axi import (MAX_DATA_BITS, AxiReadDMA, AxiWriteDMA, ControlSlave, KernelArg, RangeNest,
                   Register, arg_offsets, arg_registers, axi_read_members, axi_write_members,
                   axil_slave_members, beat_bits, control_registers, word_bytes)
+
+if TYPE_CHECKING:
+    from .boards import Board
 
 __all__ = ["BoardKernel", "Link", "BufferSpec", "KernelSpec", "RtlKernel", "KERNELS",
            "kernel_spec", "mixpe_kernel", "words_to_bytes", "bytes_to_words", "RangeNest",
@@ -75,13 +78,13 @@ class BoardKernel(Protocol):
         """m_axi bundle name (without m_axi_) -> {"direction": "in" | "out" | "inout",
         "data_bits": int, ...} for the manifest."""
 
-    def connectivity(self, board) -> tuple[Link, ...]:
+    def connectivity(self, board: Board) -> tuple[Link, ...]:
         """The memory bank of every pointer argument on `board`."""
 
     def resources(self) -> tuple[dict, str]:
         """(resource -> count, where the figures come from) for the fit check."""
 
-    def fullchip_top(self):
+    def fullchip_top(self) -> Elaboratable | None:
         """A shell-less self-test top for the full-chip Vivado path, or None."""
 
     def host_usage(self, rel: str) -> str:
@@ -106,10 +109,12 @@ class BufferSpec:
 
     @property
     def word_bytes(self) -> int:
+        """Bytes one word takes in device memory (a power of two)."""
         return word_bytes(self.word_bits)
 
     @property
     def data_bits(self) -> int:
+        """Width of the buffer's AXI master data bus."""
         return beat_bits(self.word_bits)
 
     def words(self, scalars: dict) -> int:
@@ -125,6 +130,8 @@ class BufferSpec:
 
 @dataclass(frozen=True, kw_only=True)
 class KernelSpec:
+    """A block's Vitis RTL kernel: name, block configuration and factory, buffers and scalar
+    arguments."""
     name: str                       # kernel (Verilog top) name
     block: str                      # the cosim/report block name
     config: object                  # the block configuration (has as_dict())
@@ -142,9 +149,11 @@ class KernelSpec:
 
     @property
     def offsets(self) -> dict[str, int]:
+        """Byte offset of every argument in the control register map."""
         return arg_offsets(self.args)
 
     def buffer(self, name: str) -> BufferSpec:
+        """The BufferSpec called `name` (KeyError if there is none)."""
         for b in self.buffers:
             if b.name == name:
                 return b
@@ -152,21 +161,25 @@ class KernelSpec:
 
     # BoardKernel
     def top(self) -> "RtlKernel":
+        """The RTL kernel of this spec."""
         return RtlKernel(self)
 
     def verilog(self) -> str:
+        """The Verilog of top() as module `name`."""
         from hdl.generate import verilog
         return verilog(self.top(), self.name)
 
     def registers(self) -> tuple[Register, ...]:
+        """The whole s_axi_control map: the control registers, then the arguments."""
         return control_registers() + arg_registers(
             self.args, buses={b.name: f"m_axi_{b.name}" for b in self.buffers})
 
     def masters(self) -> dict[str, dict]:
+        """m_axi bundle name -> direction, data and word width, for the manifest."""
         return {b.name: {"direction": b.direction, "data_bits": b.data_bits,
                          "word_bits": b.word_bits} for b in self.buffers}
 
-    def connectivity(self, board) -> tuple[Link, ...]:
+    def connectivity(self, board: Board) -> tuple[Link, ...]:
         """Each buffer on its own bank of the board's default memory (round robin):
         the streams run at once, so separate banks add their bandwidths."""
         n = board.banks.count
@@ -174,14 +187,17 @@ class KernelSpec:
                      for i, b in enumerate(self.buffers))
 
     def resources(self) -> tuple[dict, str]:
+        """Yosys estimate of the kernel (fpga_boards.fit.kernel_resources) and its source."""
         from .fit import kernel_resources
         return kernel_resources(self), "yosys synth_xilinx -family xcup"
 
-    def fullchip_top(self):
+    def fullchip_top(self) -> Elaboratable:
+        """The shell-less full-chip self-test top (fpga_boards.build.FullChipTop)."""
         from .build import FullChipTop
         return FullChipTop(self)
 
     def host_usage(self, rel: str) -> str:
+        """RUN.md's command on the machine with the card (`rel`: the tree's path)."""
         return (f"`python -m fpga_boards host <quantflow images> --xclbin {rel}/{self.name}.xclbin "
                 f"--config '<json>'`\n   runs the kernel through pyxrt and compares every result "
                 f"word with golden.")
@@ -207,7 +223,8 @@ class RtlKernel(wiring.Component):
                 members[f"m_axi_{b.name}_{k}"] = v
         super().__init__(members)
 
-    def elaborate(self, platform):
+    def elaborate(self, platform: object) -> Module:
+        """Build the kernel: control slave, one AXI DMA per buffer, the block, flat Vitis ports."""
         m = Module()
         spec = self.spec
         # The kernel's own clock domain, so that the ports are ap_clk/ap_rst_n
@@ -268,7 +285,8 @@ def _is_input(flow) -> bool:
     return flow.flow == wiring.Flow.In
 
 
-def connect_flat(m: Module, top, prefix: str, sub, members: dict, *, skip=()) -> None:
+def connect_flat(m: Module, top: wiring.Component, prefix: str, sub: wiring.Component,
+                 members: dict, *, skip: Iterable[str] = ()) -> None:
     """Wire `sub`'s bare AXI members (araddr, rdata, ...) to `top`'s flat ports
     `<prefix>_<member>`, each in its direction (`members`: the bare names' flows,
     as the sub-component's side sees them); members in `skip` are left to the
@@ -292,7 +310,7 @@ def _all(sigs):
 
 # --------------------------------------------------------------------------- data
 
-def words_to_bytes(words, word_bits: int) -> bytes:
+def words_to_bytes(words: Iterable[int], word_bits: int) -> bytes:
     """Memory words -> their device-memory bytes (little-endian, padded words)."""
     wb = word_bytes(word_bits)
     mask = (1 << word_bits) - 1
@@ -300,6 +318,7 @@ def words_to_bytes(words, word_bits: int) -> bytes:
 
 
 def bytes_to_words(raw: bytes, word_bits: int) -> list[int]:
+    """Device-memory bytes -> memory words (inverse of words_to_bytes)."""
     wb = word_bytes(word_bits)
     if len(raw) % wb:
         raise ValueError(f"{len(raw)} bytes is not a whole number of {wb}-byte words")

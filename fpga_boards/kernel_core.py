@@ -49,8 +49,9 @@ import json
 import math
 import struct
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from amaranth.hdl import Cat, ClockDomain, Const, Module, Mux, Signal
+from amaranth.hdl import Cat, ClockDomain, Const, Elaboratable, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import exact_log2
@@ -62,6 +63,9 @@ from golden.sfu_config import SFUHWConfig
 from .axi import (ControlSlave, KernelArg, Register, arg_offsets, arg_registers,
                   axi_read_members, axi_write_members, axil_slave_members, control_registers)
 from .kernel import Link, connect_flat
+
+if TYPE_CHECKING:
+    from .boards import Board
 
 __all__ = ["NAME", "BLOCK", "BUS", "ARGS", "OFFSETS", "STATUS_WORDS", "PC_NONE",
            "MEM_ALIGN_BYTES", "STATUS_BYTES", "register_map", "register_writes",
@@ -174,7 +178,9 @@ class CoreKernel(wiring.Component):
             members[f"{BUS}_{k}"] = v
         super().__init__(members)
 
-    def elaborate(self, platform):
+    def elaborate(self, platform: object) -> Module:
+        """Build the kernel: control slave, the core, its AXI master on gmem and the status
+        write."""
         from hdl.core import ERROR_CODE, Core
         from hdl.rtl import FSM
         m = Module()
@@ -429,19 +435,23 @@ class CoreKernelSpec:
         return {"bram36": math.floor(buffer_bram(self.config)["total"]), "dsp": self.config.rows}
 
     def top(self) -> CoreKernel:
+        """The core's RTL kernel."""
         return CoreKernel(self.config)
 
     def verilog(self) -> str:
+        """The Verilog of the kernel (cached per configuration)."""
         return _verilog(self.config)
 
     def registers(self) -> tuple[Register, ...]:
+        """The whole s_axi_control map (register_map)."""
         return register_map()
 
     def masters(self) -> dict[str, dict]:
+        """The one m_axi bundle, gmem: inout, beat-wide, holding mem and status."""
         return {"gmem": {"direction": "inout", "data_bits": 8 * self.config.beat_bytes,
                          "args": ["mem", "status"]}}
 
-    def connectivity(self, board) -> tuple[Link, ...]:
+    def connectivity(self, board: Board) -> tuple[Link, ...]:
         """The one master on the board's main memory: an HBM group of one crossbar
         switch (U280, U55C), or one DDR bank (U250). The reasons go into link.cfg."""
         mhz = board.kernel_clock_mhz
@@ -470,12 +480,15 @@ class CoreKernelSpec:
                      why="the status record: on mem's port, so in mem's memory"))
 
     def resources(self) -> tuple[dict, str]:
+        """Yosys estimate of the core kernel and its source (core_resources)."""
         return core_resources(self.config)
 
-    def fullchip_top(self):
+    def fullchip_top(self) -> Elaboratable | None:
+        """None: the core needs its memory, so there is no shell-less self-test top."""
         return None         # the core needs its memory: no shell-less self-test top
 
     def host_usage(self, rel: str) -> str:
+        """RUN.md's command on the machine with the card (`rel`: the tree's path)."""
         return (f"`python -m fpga_boards.host_core_xrt --xclbin {rel}/{self.name}.xclbin "
                 f"--image <compiled image dir> --ids 1,2,3 --max-new-tokens 8`\n"
                 f"   compiles the image's program for this core (the configuration in "

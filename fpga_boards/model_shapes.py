@@ -12,17 +12,23 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from quantflow.models.llama import LlamaConfig
 
 __all__ = ["ModelShape", "MODELS", "ALIASES", "load_shape"]
 
 
 @dataclass(frozen=True)
 class ModelShape:
+    """A model's architecture as its config.json gives it (no weights): name, source and fields."""
     name: str
     source: str          # where the config.json fields come from
     config: dict         # the config.json fields (Hugging Face names)
 
-    def llama_config(self):
+    def llama_config(self) -> LlamaConfig:
+        """The shape as a quantflow LlamaConfig."""
         from quantflow.models.llama import LlamaConfig
         return LlamaConfig.from_dict(self.config)
 

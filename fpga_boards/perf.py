@@ -42,6 +42,7 @@ import sys
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from golden.core_config import (FIELDS, INSTR_BYTES, MAX_MEM_PORTS, CoreConfig, Registers,
                                 decode, encode)
@@ -56,6 +57,11 @@ from .fit import Fit, FitError, check, fit_of, fit_table
 from .host_core import GENERATE_DIR
 from .model_shapes import MODELS, ModelShape, load_shape
 from .resources_system import SOURCE_NOTE
+
+if TYPE_CHECKING:
+    from golden.decoder_config import DecoderConfig
+    from golden.pim_config import PIMConfig
+    from quantflow.schemes import QuantScheme
 
 __all__ = ["PERF_DIR", "GENERATE_DIR", "AGREEMENT_TOLERANCE", "UNITS", "BOUNDS", "PerfError",
            "parse_scheme", "decoder_for", "default_core", "core_from_json", "rtl_core", "lower",
@@ -92,7 +98,7 @@ class PerfError(ValueError):
 _SCHEME_RE = re.compile(r"^w(\d)a8kv4-g(\d+)(-plain)?$")
 
 
-def parse_scheme(name: str):
+def parse_scheme(name: str) -> QuantScheme:
     """A quantflow QuantScheme by name (quantflow.schemes.SCHEMES), or one spelled
     w<bits>a8kv4-g<group>[-plain]: QoQ weights of that width and group, A8, and the
     KV4 unit's scheme of w4a8kv4-g64 (Hadamard + 8-bit window) or, with -plain, of
@@ -114,7 +120,8 @@ def parse_scheme(name: str):
                        description=f"QoQ W{m.group(1)} g{m.group(2)}, {base.name}'s A8 and KV4")
 
 
-def decoder_for(shape: ModelShape, scheme, context: int, *, layers: int | None = None):
+def decoder_for(shape: ModelShape, scheme: QuantScheme, context: int, *,
+                layers: int | None = None) -> DecoderConfig:
     """The DecoderConfig of `shape` under `scheme` with a KV cache of `context` tokens
     (quantflow.compile.decoder_config, the compiler's own mapping); `layers` keeps
     the first ones only (a depth-reduced model, as cosim generate --layers)."""
@@ -130,7 +137,7 @@ def decoder_for(shape: ModelShape, scheme, context: int, *, layers: int | None =
     return d if layers is None else dataclasses.replace(d, layers=layers)
 
 
-def default_core(decoder, **overrides) -> CoreConfig:
+def default_core(decoder: DecoderConfig, **overrides: object) -> CoreConfig:
     """The core the model is priced on unless --core-config says otherwise: the
     co-simulated core's RTL-legal shape (quantflow.program.sim_core_for: one 32-byte
     port, 16 SFU / KV4 lanes, buffers and vectors as wide as the model's widest) with
@@ -144,7 +151,7 @@ def default_core(decoder, **overrides) -> CoreConfig:
     return sim_core_for(decoder, **kw)
 
 
-def core_from_json(decoder, text: str | dict | None) -> CoreConfig:
+def core_from_json(decoder: DecoderConfig, text: str | dict | None) -> CoreConfig:
     """default_core(decoder) with the fields of a JSON object (nested "sfu" and "kv4"
     objects override those units' fields)."""
     if text is None:
@@ -171,7 +178,7 @@ def core_from_json(decoder, text: str | dict | None) -> CoreConfig:
         raise PerfError(f"--core-config: {e}") from None
 
 
-def lower(decoder, core: CoreConfig) -> tuple[tuple, tuple]:
+def lower(decoder: DecoderConfig, core: CoreConfig) -> tuple[tuple, tuple]:
     """(words, notes): the whole-model program of `decoder` for `core`, by the
     compiler (quantflow.program.compile_program on a shape-only image). Models with
     more query heads than the ISA's 5-bit `heads` field holds (LLaMA-2-7B: 32) are
@@ -222,7 +229,8 @@ class Format:
     head_bits: int
 
     @classmethod
-    def of(cls, system: SystemConfig, decoder) -> "Format":
+    def of(cls, system: SystemConfig, decoder: DecoderConfig) -> "Format":
+        """The weight format of `decoder`'s image under the system's sparsity."""
         from golden.decoder import image_spec
         from .resources_system import sparse_stage_config
         import numpy as np
@@ -260,6 +268,7 @@ class Totals:
     by_bound: dict = field(default_factory=lambda: dict.fromkeys(BOUNDS, 0.0))
 
     def add(self, other: "Totals", scale: float = 1.0) -> None:
+        """Add `other` times `scale` (seconds, cycles, bytes, MACs and both breakdowns)."""
         self.seconds += other.seconds * scale
         self.cycles += round(other.cycles * scale)
         self.bytes += round(other.bytes * scale)
@@ -270,6 +279,7 @@ class Totals:
             self.by_bound[k] += v * scale
 
     def as_dict(self) -> dict:
+        """The totals as a plain dict."""
         return {"seconds": self.seconds, "cycles": self.cycles, "bytes": self.bytes,
                 "macs": self.macs, "by_unit": dict(self.by_unit),
                 "by_bound": dict(self.by_bound)}
@@ -284,7 +294,7 @@ def _canonical(word: int) -> int:
 
 
 @functools.lru_cache(maxsize=None)
-def pim_macs_per_cycle(config=None) -> tuple[float, int, int]:
+def pim_macs_per_cycle(config: PIMConfig | None = None) -> tuple[float, int, int]:
     """(MACs a cycle, cycles, MACs) of one PIM channel on a GEMV job of max_job_rows
     rows in every bank (golden.pim.schedule, the block's cycle model, held equal to
     its RTL)."""
@@ -303,8 +313,8 @@ class SystemModel:
     """One model on one board with one core and one SystemConfig (module docstring).
     `latency`: the memory's read latency in cycles (default the core's mem_latency)."""
 
-    def __init__(self, decoder, core: CoreConfig, system: SystemConfig, board: Board, *,
-                 latency: int | None = None, lowered: tuple | None = None):
+    def __init__(self, decoder: DecoderConfig, core: CoreConfig, system: SystemConfig,
+                 board: Board, *, latency: int | None = None, lowered: tuple | None = None):
         from hdl.core import check_rtl_config
         self.decoder, self.system, self.board = decoder, system, board
         self.ports = system.ports
@@ -494,6 +504,8 @@ class SystemModel:
 
     # ----------------------------------------------------------------- the part
     def resources(self) -> tuple[dict, str, dict]:
+        """Resource estimate of one core on the part (resources_system.core_estimate): counts,
+        source, details."""
         from .resources_system import core_estimate
         return core_estimate(self.core, self.system,
                              self.fmt.codes_per_beat(self.core.beat_bytes))
@@ -558,6 +570,7 @@ class Scenario:
 
     @property
     def batch(self) -> int:
+        """Sequences decoded together by one instance."""
         return self.system.batch
 
     @property
@@ -567,6 +580,7 @@ class Scenario:
 
     @property
     def bytes_per_token(self) -> float:
+        """Memory bytes one decode step moves per token of the batch."""
         return self.decode.bytes / self.batch
 
     @property
@@ -576,6 +590,7 @@ class Scenario:
 
     @property
     def pct_of_bound(self) -> float:
+        """Decode tokens/s as a fraction of the bandwidth bound."""
         return self.decode_tps / self.bound_tps
 
     @property
@@ -585,9 +600,11 @@ class Scenario:
 
     @property
     def prefill_tps(self) -> float:
+        """Prefill tokens/s of one instance."""
         return self.system.prefill_tokens / self.prefill.seconds
 
     def as_dict(self) -> dict:
+        """The scenario as a plain dict (throughputs, totals, fit and resources)."""
         return {"label": self.label, "system": self.system.as_dict(),
                 "whatifs": list(self.system.whatifs), "rtl": self.system.rtl,
                 "decode_tokens_per_s": self.decode_tps,
@@ -603,9 +620,9 @@ class Scenario:
                 "fit": self.fit.as_dict() if self.fit else None}
 
 
-def evaluate_system(decoder, core, system: SystemConfig, board: Board, *, label: str = "",
-                    latency: int | None = None, lowered=None, prefill: bool = True,
-                    strict: bool = True) -> Scenario:
+def evaluate_system(decoder: DecoderConfig, core: CoreConfig, system: SystemConfig, board: Board,
+                    *, label: str = "", latency: int | None = None, lowered: tuple | None = None,
+                    prefill: bool = True, strict: bool = True) -> Scenario:
     """One Scenario. When the requested instances (or one) do not fit: FitError naming
     the resource (the part) or PerfError (the memory); with strict=False the Scenario
     instead, its one instance's figures and `limited_by` saying what does not fit."""
@@ -728,8 +745,8 @@ def agreement(board: Board | None = None) -> dict:
 
 # --------------------------------------------------------------------------- report
 def evaluate(model: str, scheme: str, board: str, system: SystemConfig | None = None, *,
-             core_config=None, latency: int | None = None, targets: bool | None = None,
-             with_agreement: bool = True) -> dict:
+             core_config: str | dict | None = None, latency: int | None = None,
+             targets: bool | None = None, with_agreement: bool = True) -> dict:
     """Every scenario of the table (`scenarios`), the breakdowns, the agreement check
     and (LLaMA-2-7B on the U280) the targets: the report `main` prints and writes."""
     b = _board(board)
@@ -950,13 +967,16 @@ def _decoder_of(rep: dict):
 
 
 def output_stem(model: str, scheme: str, board: str, system: SystemConfig) -> str:
+    """File stem of a report: board, model, scheme, context and the what-ifs."""
     tags = "-".join(re.sub(r"[^A-Za-z0-9.]+", "", w.replace(" ", "")) for w in system.whatifs)
     return f"{board}-{Path(model).stem if '/' in model else model}-{scheme}-ctx{system.context}" \
         + (f"-{tags}" if tags else "")
 
 
 # --------------------------------------------------------------------------- CLI
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
+    """`python -m fpga_boards perf`: evaluate, print the table and write the report; returns the
+    exit status."""
     ap = argparse.ArgumentParser(prog="python -m fpga_boards perf",
                                  description=__doc__.split("\n\n")[0])
     ap.add_argument("--board", default="u280", help=f"one of {', '.join(sorted(BOARDS))}")

@@ -25,7 +25,10 @@ import os
 import sys
 import threading
 import time
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 __all__ = ["Step", "step", "enabled"]
 
@@ -47,10 +50,11 @@ def _live() -> bool:
 class Step:
     """A running step: `advance(n)` moves its bar (when it has a total)."""
 
-    def __init__(self, progress, task) -> None:
+    def __init__(self, progress: Progress | None, task: TaskID | None) -> None:
         self._progress, self._task = progress, task
 
     def advance(self, n: int = 1) -> None:
+        """Move the step's bar by n (nothing without a live display)."""
         if self._progress is not None:
             self._progress.advance(self._task, n)
 

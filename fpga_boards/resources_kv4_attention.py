@@ -27,9 +27,13 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from golden.kv4_attention_config import KV4Config
 from golden.validate import check_choice
+
+if TYPE_CHECKING:
+    from amaranth.lib import wiring
 
 from .resources import DEFAULT_CACHE, Resources, SynthOptions, estimate, markdown_table
 
@@ -44,6 +48,7 @@ _PART_LABEL = {"unit": "KV4Unit", "quantizer": "KV4Quantizer", "attention": "KV4
 
 @dataclass(frozen=True)
 class Design:
+    """One measured design: a --configs name, the part of the KV4 unit, and its KV4Config."""
     key: str            # the --configs name
     part: str           # one of PARTS
     config: KV4Config
@@ -56,6 +61,7 @@ class Design:
 
     @property
     def macs_per_cycle(self) -> int:
+        """Peak MACs per cycle of the configuration."""
         return self.config.peak_macs_per_cycle
 
 
@@ -79,12 +85,13 @@ DEFAULT_KEYS = tuple(d.key for d in DESIGNS if d.part != "unit")
 
 @dataclass(frozen=True)
 class Row:
+    """One table row: the design, its estimate and the seconds it took."""
     design: Design
     res: Resources
     seconds: float      # wall time of this estimate (Verilog + Yosys; ~0 if cached)
 
 
-def build(design: Design):
+def build(design: Design) -> wiring.Component:
     """The Amaranth component of `design` (hdl imported lazily: amaranth only)."""
     from hdl import kv4_attention as K
     cls = {"unit": K.KV4Unit, "quantizer": K.KV4Quantizer, "attention": K.KV4Attention}
@@ -93,6 +100,7 @@ def build(design: Design):
 
 
 def synth(design: Design, *, cache_dir: Path | str | None = DEFAULT_CACHE) -> Row:
+    """Estimate one design with Yosys (DSP inference on), cached; the Row with its wall time."""
     t0 = time.monotonic()
     res = estimate(build(design), design.top, options=SynthOptions(dsp=True),
                    cache_dir=cache_dir)
@@ -160,6 +168,8 @@ def _keys(text: str) -> list[Design]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m fpga_boards.resources_kv4_attention`: estimate the designs and print the table;
+    returns the exit status."""
     ap = argparse.ArgumentParser(prog="python -m fpga_boards.resources_kv4_attention",
                                  description=__doc__.split("\n\n")[0])
     ap.add_argument("--configs", type=_keys, default=[_BY_KEY[k] for k in DEFAULT_KEYS],

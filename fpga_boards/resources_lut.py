@@ -36,6 +36,8 @@ MIXPE_FOR = {"w1": (4, 8, 2), "w2": (2, 8, 2), "w4": (1, 8, 4)}
 
 @dataclass(frozen=True)
 class Row:
+    """One density row: a LUT format, the LUT block's and the equal-throughput MixPE array's
+    estimates."""
     fmt: str
     lut: Resources
     mixpe: Resources
@@ -56,6 +58,8 @@ def _mixpe(shape, options: SynthOptions) -> Resources:
 
 
 def density_rows(options: SynthOptions, jobs: int = 2) -> list[Row]:
+    """The LUT block and, per format, the MixPE array of equal peak MACs/cycle, estimated with
+    `options`."""
     with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
         lut = pool.submit(_lut, options)
         mix = {f: pool.submit(_mixpe, s, options) for f, s in MIXPE_FOR.items()}
@@ -68,6 +72,8 @@ def _luts(r: Resources) -> int:
 
 
 def render(rows_by_option: dict[str, list[Row]]) -> str:
+    """The docs/results.md section: LUT block against MixPE density, per format and synthesis
+    option."""
     lines = [BEGIN, "",
              f"LUT block `{LUT_CONFIG.name()}` (rows 1, cols 64, lanes 8, K 1024, g64; one "
              f"netlist for every format) against MixPE arrays (K 1024, g64) with equal "
@@ -90,10 +96,13 @@ def render(rows_by_option: dict[str, list[Row]]) -> str:
 
 
 def write_docs(section: str) -> None:
+    """Replace the density section of docs/results.md with `section`."""
     replace_section(DOCS_RESULTS, BEGIN, END, section)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m fpga_boards.resources_lut`: estimate, print the section (--write-docs: also
+    into the docs); returns 0."""
     ap = argparse.ArgumentParser(prog="python -m fpga_boards.resources_lut")
     ap.add_argument("--write-docs", action="store_true")
     ap.add_argument("--jobs", type=int, default=2)

@@ -138,6 +138,8 @@ def render_amortised_table(rows: list[DesignRow], results: list[Resources]) -> s
 
 
 def table_section(rows: list[DesignRow], results: list[Resources]) -> str:
+    """The docs/results.md section of the MixPE resource table (Yosys version and commands, then
+    the rows)."""
     version = results[0].yosys_version.split(" (")[0] if results else yosys_version()
     commands = sorted({r.synth_command.split(" -top ")[0] for r in results})
     return "\n".join([
@@ -162,6 +164,8 @@ def write_docs(section: str, path: Path | str = DOCS_RESULTS) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m fpga_boards.resources_mixpe`: estimate the designs and print the table section;
+    returns the exit status."""
     ap = argparse.ArgumentParser(prog="python -m fpga_boards.resources_mixpe",
                                  description=__doc__.split("\n\n")[0])
     ap.add_argument("--write-docs", action="store_true",

@@ -21,6 +21,7 @@ import subprocess
 import tempfile
 from collections import Counter
 from pathlib import Path
+from typing import Sequence
 
 from golden.sparse_dsp_config import PATTERN_NAMES, SparseDSPConfig
 from hdl.baselines import DenseChain
@@ -91,8 +92,9 @@ def dsp_mapping(config: SparseDSPConfig, *, family: str = "xcup",
     return out
 
 
-def resource_table(configs=(SparseDSPConfig(L=8, group_len=4, K=512, qgroup=64),
-                            SparseDSPConfig(L=16, group_len=4, K=1024, qgroup=64))) -> str:
+def resource_table(configs: Sequence[SparseDSPConfig] = (
+        SparseDSPConfig(L=8, group_len=4, K=512, qgroup=64),
+        SparseDSPConfig(L=16, group_len=4, K=1024, qgroup=64))) -> str:
     """Markdown table: dense DSP chain vs sparse chain (mux + DSPs) vs the whole
     stream block, Yosys xcup counts, dense-equivalent MACs/cycle per DSP."""
     lines = ["| design | L | LUT | LUTRAM | FF | DSP48E2 | dense-eq. MACs/cycle "

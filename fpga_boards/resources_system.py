@@ -41,6 +41,8 @@ class UnitFigure:
     source: str
 
     def scaled(self, size: float) -> dict:
+        """The unit's counts scaled linearly to `size` of its quantity (measured at
+        self.size)."""
         f = size / self.size
         return {k: self.counts[k] * f for k in KEYS}
 
