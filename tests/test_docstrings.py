@@ -160,6 +160,7 @@ def test_public_api_has_docstrings_and_type_hints() -> None:
     if pending:
         print(f"\nPENDING ({len(pending)} offences in {len(PENDING)} files, not failing):")
         print("\n".join(pending))
-    stale = sorted(f for f in PENDING if not any(o.startswith(f + ":") for o in pending))
+    stale = sorted(f for f in PENDING if (ROOT / f).is_file()
+                   and not any(o.startswith(f + ":") for o in pending))
     assert not stale, f"PENDING lists files that now pass; remove them: {stale}"
     assert not failing, f"{len(failing)} offences:\n" + "\n".join(failing)
