@@ -28,7 +28,8 @@ def verilog_text() -> str:
     return VERILOG_PATH.read_text()
 
 
-def plusargs(*, init=None, log=None, dump=None) -> list[str]:
+def plusargs(*, init: Path | str | None = None, log: Path | str | None = None,
+             dump: Path | str | None = None) -> list[str]:
     """The model's plusargs for the files given (None: that feature off)."""
     out = []
     for name, path in (("mem_init", init), ("mem_log", log), ("mem_dump", dump)):
@@ -47,7 +48,8 @@ def _check_beat(beat_bytes: int) -> None:
                          f"got {beat_bytes!r}")
 
 
-def write_init(path, data, beat_bytes: int, *, mem_bytes: int | None = None) -> Path:
+def write_init(path: Path | str, data: bytes | bytearray | np.ndarray, beat_bytes: int, *,
+               mem_bytes: int | None = None) -> Path:
     """Write `data` (bytes, bytearray or a numpy uint8 array) as the model's
     `+mem_init` file, the last word padded with zero bytes. `mem_bytes` (the
     model's MEM_BYTES), when given, is checked: $readmemh cannot load more."""
@@ -109,7 +111,7 @@ def _hex_words(text: str, beat_bytes: int, what: str) -> np.ndarray:
     return raw.reshape(len(words), beat_bytes)[:, ::-1]
 
 
-def read_dump(path, beat_bytes: int) -> bytearray:
+def read_dump(path: Path | str, beat_bytes: int) -> bytearray:
     """The memory image a `+mem_dump` file holds (the inverse of write_init)."""
     _check_beat(beat_bytes)
     path = Path(path)
@@ -117,7 +119,7 @@ def read_dump(path, beat_bytes: int) -> bytearray:
     return bytearray(words.tobytes())
 
 
-def read_log(path, beat_bytes: int) -> list[tuple[int, bytes, int]]:
+def read_log(path: Path | str, beat_bytes: int) -> list[tuple[int, bytes, int]]:
     """The `+mem_log` lines as (byte address, beat_bytes data bytes in memory
     order, strb), one per accepted W beat, in order."""
     _check_beat(beat_bytes)

@@ -203,6 +203,7 @@ def build_cpp_harness(config: MixPEConfig, *, max_m_tiles: int, max_n_tiles: int
 
 def run_cpp_harness(exe: Path, data_dir: Path, *, m_tiles: int, n_tiles: int,
                     repeat: int) -> dict:
+    """Run the plain C++ harness `exe` on a case's data; its JSON result, with `passed`."""
     p = subprocess.run([str(exe), str(data_dir), str(m_tiles), str(n_tiles), str(repeat)],
                        capture_output=True, text=True, check=False, timeout=600)
     try:
@@ -215,6 +216,8 @@ def run_cpp_harness(exe: Path, data_dir: Path, *, m_tiles: int, n_tiles: int,
 
 
 def bench_case(case: MixPECase, *, repeat: int) -> dict:
+    """One case through both harnesses (cocotb fast path and plain C++): cycles, wall times,
+    speed ratio."""
     cfg = case.config
     data_dir = mixpe.prepare_data(case)
     exe = build_cpp_harness(cfg, max_m_tiles=case.m_tiles, max_n_tiles=case.n_tiles)
@@ -251,7 +254,9 @@ def bench_case(case: MixPECase, *, repeat: int) -> dict:
     }
 
 
-def main(args=None) -> int:
+def main(args: argparse.Namespace | None = None) -> int:
+    """`python -m cosim bench`: run every bench case, print each one's speeds and write
+    BENCH_PATH; returns 0 when all passed."""
     repeat = getattr(args, "repeat", None) or 20
     rows = []
     for case in BENCH_CASES:

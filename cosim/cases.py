@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from golden.lut_config import LUTConfig
+from golden.mixpe_config import MixPEConfig
 from golden.validate import check_counts, expect_type
 
 from cosim.flow import is_ideal
@@ -31,6 +33,7 @@ class StreamCase:
 
     @property
     def ideal(self) -> bool:
+        """Whether the case runs without idle cycles or back-pressure."""
         return is_ideal({"p_idle": self.p_idle, "p_stall": self.p_stall})
 
     @property
@@ -68,18 +71,22 @@ class TiledCase(StreamCase):
 
     @property
     def M(self) -> int:
+        """Activation rows: m_tiles * rows."""
         return self.m_tiles * self.config.rows
 
     @property
     def N(self) -> int:
+        """Output channels: n_tiles * cols."""
         return self.n_tiles * self.config.cols
 
     @property
     def tiles(self) -> int:
+        """Output tiles: m_tiles * n_tiles."""
         return self.m_tiles * self.n_tiles
 
     @property
     def macs(self) -> int:
+        """MACs of the whole product: M * N * K."""
         return self.M * self.N * self.config.K
 
 
@@ -97,10 +104,11 @@ class RealLayer:
 
     @property
     def tag(self) -> str:
+        """The model and layer as one name for files and cases."""
         return f"{self.model}_{self.layer.replace('.', '_')}"
 
 
-def tiles_for(config, min_macs: int = MIN_MACS) -> tuple[int, int]:
+def tiles_for(config: MixPEConfig | LUTConfig, min_macs: int = MIN_MACS) -> tuple[int, int]:
     """(m_tiles, n_tiles) of a `config` with rows, cols and K giving >= min_macs
     compared MACs, spread over both dimensions for a GEMM array so that several
     activation tiles meet each weight tile."""

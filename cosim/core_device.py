@@ -32,6 +32,7 @@ import os
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 from golden.core_config import CoreConfig
 
@@ -138,7 +139,7 @@ def mem_bytes_for(n: int) -> int:
 
 
 def harness(config: CoreConfig, *, mem_bytes: int, latency: int, gap: int = 0,
-            log=None) -> Path:
+            log: Callable[[str], object] | None = None) -> Path:
     """The harness executable for `config` (built once, cached in build/cosim/)."""
     from .core import core_verilog
     from .core_speed import build_cpp
@@ -150,8 +151,9 @@ class VerilatedCore:
     """fpga_boards.host_core.CoreDevice on the Verilated core (see the module doc).
     `trace`: write the trace and the write log (what a comparison needs)."""
 
-    def __init__(self, config: CoreConfig, *, mem_bytes: int, run_dir, latency: int = 20,
-                 gap: int = 0, trace: bool = True, max_cycles: int = 200_000_000, log=None):
+    def __init__(self, config: CoreConfig, *, mem_bytes: int, run_dir: Path | str,
+                 latency: int = 20, gap: int = 0, trace: bool = True,
+                 max_cycles: int = 200_000_000, log: Callable[[str], object] | None = None):
         self.config = config
         self.mem_bytes = mem_bytes_for(mem_bytes)
         self.max_cycles = max_cycles
@@ -182,7 +184,8 @@ class VerilatedCore:
             raise runner.CosimError(f"core harness: {reply[4:]}")
         return reply
 
-    def load(self, memory) -> None:
+    def load(self, memory: bytes | bytearray) -> None:
+        """Copy the whole memory image to device addresses [0, len(memory))."""
         if len(memory) > self.mem_bytes:
             raise ValueError(f"a memory of {len(memory)} bytes does not fit the device's "
                              f"{self.mem_bytes}")
@@ -195,12 +198,16 @@ class VerilatedCore:
             os.unlink(path)
 
     def write(self, addr: int, data: bytes) -> None:
+        """Write bytes at a device address."""
         self._cmd(f"W {int(addr)} {bytes(data).hex()}")
 
     def read(self, addr: int, n: int) -> bytes:
+        """Read n bytes at a device address."""
         return bytes.fromhex(self._cmd(f"R {int(addr)} {int(n)}"))
 
     def run(self, prog: int, pos: int, tokens: int) -> dict:
+        """Start the program at `prog` with registers pos and tokens and wait for done; the
+        status report."""
         from hdl.core import ERRORS
         cyc, err, pc, done, ticks, secs = self._cmd(
             f"S {int(prog)} {int(pos)} {int(tokens)} {self.max_cycles}").split()
@@ -222,6 +229,7 @@ class VerilatedCore:
         return recs, writes
 
     def close(self) -> None:
+        """Stop the harness process (killed if it does not exit)."""
         if self._p.poll() is None:
             try:
                 self._cmd("Q")

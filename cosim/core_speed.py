@@ -39,10 +39,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from quattro_fs import atomic_write_json, build_root, cached_dir
 
 from cosim import runner
+
+if TYPE_CHECKING:
+    from .core import CoreCase
 
 __all__ = ["SPEED_PATH", "CPP_TICK_RESET", "MAIN_CPP", "build_cpp", "run_cpp", "real_case", "measure",
            "render", "main"]
@@ -113,8 +117,8 @@ int main(int argc, char** argv) {
 """
 
 
-def build_cpp(verilog: str, *, threads: int = 1, log=None, main: str = MAIN_CPP,
-              exe: str = "core_main") -> Path:
+def build_cpp(verilog: str, *, threads: int = 1, log: Callable[[str], object] | None = None,
+              main: str = MAIN_CPP, exe: str = "core_main") -> Path:
     """Compile the C++ harness `main` (default MAIN_CPP) around `verilog` (top
     quattro_core_tb) with the runner's Verilator flags; cached under build/cosim/ like
     the cocotb builds. Returns the executable."""
@@ -172,7 +176,7 @@ def run_cpp(exe: Path, runs: list[dict], run_dir: Path, *, init: Path,
     return res
 
 
-def real_case(log=print):
+def real_case(log: Callable[[str], object] = print) -> CoreCase:
     """SmolLM2 layer 12 on the co-simulated core (cosim.core's make-sim real case)."""
     from .core import (REAL_LAYER, REAL_MODEL, REAL_PROMPT, build_case, prompt_ids,
                        real_image, real_layer_runs, sim_config)
@@ -225,8 +229,8 @@ def _run_timer_variant(case, b, init: Path, run_dir: Path, poll: int) -> list[di
     return res["runs"]
 
 
-def measure(case=None, *, latency: int = 20, threads=(1, 2), repeat: int = 2,
-            timer: bool = True, log=print) -> dict:
+def measure(case: CoreCase | None = None, *, latency: int = 20, threads: Sequence[int] = (1, 2),
+            repeat: int = 2, timer: bool = True, log: Callable[[str], object] = print) -> dict:
     """Every figure of the module docstring, as a JSON-ready dict."""
     from .axi_mem import write_init
     from .core import core_build, core_verilog, run_case
@@ -322,7 +326,9 @@ def render(out: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
+    """`python -m cosim.core_speed`: measure, print and write the figures; returns the exit
+    status."""
     ap = argparse.ArgumentParser(prog="python -m cosim.core_speed",
                                  description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", default="1,2",

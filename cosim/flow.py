@@ -9,11 +9,16 @@ load its images, the job its testbench reads, and its record.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from quattro_fs import build_root
 
 from cosim import runner
+
+if TYPE_CHECKING:
+    from cosim.blocks import SimItem
+    from cosim.cases import StreamCase
+    from hdl.generate import BlockConfig
 
 __all__ = ["DATA_ROOT", "cached_export", "build_design", "run_on", "run_case_list",
            "first_case", "is_ideal", "with_build", "case_item"]
@@ -56,7 +61,7 @@ def run_on(b: runner.Build, test_module: str, job: dict) -> dict:
     return res
 
 
-def run_case_list(b: runner.Build, test_module: str, config, jobs: list[dict],
+def run_case_list(b: runner.Build, test_module: str, config: BlockConfig, jobs: list[dict],
                   seed: int) -> dict:
     """One simulation of a unit's list of case `jobs` on build `b` (the testbench's
     job: the unit's `config` fields, `seed` and the cases; cosim.tb.streams.
@@ -86,7 +91,8 @@ def with_build(rec: dict, b: runner.Build) -> dict:
     return rec
 
 
-def case_item(block: str, case, run: Callable[[], dict], *, macs: int, peak: int):
+def case_item(block: str, case: StreamCase, run: Callable[[], dict], *, macs: int,
+              peak: int) -> SimItem:
     """make sim's cosim.blocks.SimItem of a stream case (cosim.cases.StreamCase
     with a config and a name) that `run()` records."""
     from cosim.blocks import SimItem

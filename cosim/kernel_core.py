@@ -32,12 +32,18 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
 
 from fpga_boards.kernel_core import (NAME, OFFSETS, PC_NONE, STATUS_BYTES, STATUS_WORDS,
                                      core_kernel, parse_status, register_writes)
 
 from cosim import runner
 from cosim.tb.frames import recv_message, send_message
+
+if TYPE_CHECKING:
+    from fpga_boards.host_core import CoreDevice
+    from golden.core_config import CoreConfig
+    from quantflow.program import CompiledImage, CoreProgram
 
 __all__ = ["BLOCK", "SIM_BASE", "SIM_STATUS", "SimCoreDevice", "kernel_build", "golden_tokens",
            "golden_runs", "checked_generation", "random_generation", "sim_items", "main"]
@@ -52,7 +58,8 @@ SIM_STATUS = 0x3_0000_0000
 STATUS = STATUS_WORDS + ("state",)
 
 
-def kernel_build(config, *, sim: str | None = None, waves: bool | None = None) -> runner.Build:
+def kernel_build(config: CoreConfig, *, sim: str | None = None,
+                 waves: bool | None = None) -> runner.Build:
     """The Verilated kernel of `config` (cached by Verilog hash under build/cosim;
     the Verilog itself once per process, fpga_boards.kernel_core)."""
     return runner.build(core_kernel(config).verilog(), NAME, sim=sim, waves=waves)
@@ -70,10 +77,11 @@ class SimCoreDevice:
     core's state; timeout_s: wall seconds one command may take; run_dir: where the
     simulation runs (default: a new directory under the build's runs/)."""
 
-    def __init__(self, config, *, wait: str = "irq", p_stall: float = 0.0, seed: int = 1,
-                 sim: str | None = None, base: int = SIM_BASE, mem_bytes: int | None = None,
-                 record: bool = True, poll: int = 256, max_cycles: int = 20_000_000,
-                 timeout_s: float = 3600, run_dir=None):
+    def __init__(self, config: CoreConfig, *, wait: str = "irq", p_stall: float = 0.0,
+                 seed: int = 1, sim: str | None = None, base: int = SIM_BASE,
+                 mem_bytes: int | None = None, record: bool = True, poll: int = 256,
+                 max_cycles: int = 20_000_000, timeout_s: float = 3600,
+                 run_dir: Path | str | None = None):
         from hdl.core import check_rtl_config
         if wait not in ("irq", "poll"):
             raise ValueError(f"wait must be 'irq' or 'poll', got {wait!r}")
@@ -94,6 +102,7 @@ class SimCoreDevice:
 
     # ------------------------------------------------------------------ lifecycle
     def build(self) -> runner.Build:
+        """The Verilated kernel, built (or taken from the cache) on first use."""
         if self._build is None:
             self._build = kernel_build(self.config, sim=self.sim)
         return self._build
@@ -206,9 +215,11 @@ class SimCoreDevice:
         self.write(0, bytes(memory))
 
     def write(self, addr: int, data: bytes) -> None:
+        """Write bytes at a device address of the simulated kernel's memory."""
         self._call({"op": "write", "addr": self._addr(addr, len(data))}, bytes(data))
 
     def read(self, addr: int, n: int) -> bytes:
+        """Read n bytes at a device address of the simulated kernel's memory."""
         _, data = self._call({"op": "read", "addr": self._addr(addr, n), "n": int(n)})
         return data
 
@@ -262,6 +273,7 @@ class SimCoreDevice:
         return int(resp["value"])
 
     def reg_write(self, offset: int, value: int) -> None:
+        """Write a 32-bit control register at byte offset `offset` over AXI4-Lite."""
         self._call({"op": "reg_write", "offset": int(offset), "value": int(value)})
 
     def idle(self, cycles: int) -> None:
@@ -271,7 +283,7 @@ class SimCoreDevice:
 
 # --------------------------------------------------------------------------- golden
 
-def golden_tokens(image, ids, max_new_tokens: int) -> list[int]:
+def golden_tokens(image: CompiledImage, ids: Sequence[int], max_new_tokens: int) -> list[int]:
     """Greedy generation on the integer model (golden.decoder.IntegerDecoder), as
     quantflow.generate's integer engine computes it: the whole prompt in one step,
     then one step per new token."""
@@ -290,7 +302,8 @@ def golden_tokens(image, ids, max_new_tokens: int) -> list[int]:
     return out
 
 
-def golden_runs(image, ids, max_new_tokens: int, max_tokens: int) -> list[dict]:
+def golden_runs(image: CompiledImage, ids: Sequence[int], max_new_tokens: int,
+                max_tokens: int) -> list[dict]:
     """The integer model over the blocks fpga_boards.host_core.generate starts:
     prefill blocks of max_tokens, then one decode step per new token but the
     last. Per start: kind, pos, the ids and the LM head's accumulators acc
@@ -317,7 +330,8 @@ def golden_runs(image, ids, max_new_tokens: int, max_tokens: int) -> list[dict]:
     return runs
 
 
-def checked_generation(dev, image, program, ids, max_new_tokens: int) -> dict:
+def checked_generation(dev: CoreDevice, image: CompiledImage, program: CoreProgram,
+                       ids: Sequence[int], max_new_tokens: int) -> dict:
     """fpga_boards.host_core.generate on `dev`, every start's LM-head accumulators
     (read back from the I/O region) compared with golden_runs, the tokens with
     golden_tokens. Returns {tokens, expected, mismatches, first_mismatch, result}."""
@@ -366,8 +380,10 @@ GEN_SHAPE, GEN_SCHEME, GEN_VOCAB = (4, 2, 128, 192), "w4a8kv4-g64", 400
 GEN_PROMPT, GEN_NEW, GEN_SEED = 10, 4, 12
 
 
-def random_generation(workdir, *, shape=GEN_SHAPE, scheme: str = GEN_SCHEME,
-                      vocab: int = GEN_VOCAB, prompt: int = GEN_PROMPT, seed: int = GEN_SEED):
+def random_generation(workdir: Path | str, *, shape: tuple[int, int, int, int] = GEN_SHAPE,
+                      scheme: str = GEN_SCHEME, vocab: int = GEN_VOCAB, prompt: int = GEN_PROMPT,
+                      seed: int = GEN_SEED
+                      ) -> tuple[CompiledImage, CoreConfig, CoreProgram, bytearray, list[int]]:
     """(image, core, program, memory, prompt ids) of a seeded random Llama: the
     whole-model program for the co-simulated core (quantflow.program.sim_core_for)."""
     from quantflow.program import build_memory, compile_program, sim_core_for
@@ -422,7 +438,7 @@ def sim_items(*, sim: str) -> list:
                     run=lambda: _generation_item(sim, wait, p))]
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """`python -m cosim.kernel_core`: greedy generation of a seeded random Llama
     through the simulated kernel, compared with the integer model."""
     import argparse

@@ -11,9 +11,14 @@ map is checked as well.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from cosim import runner
 from cosim.mixpe import MixPECase, prepare_data
 from cosim.report import make_record
+
+if TYPE_CHECKING:
+    from fpga_boards.kernel import KernelSpec
 
 __all__ = ["BLOCK", "kernel_build", "run_case", "to_record", "sim_items", "config_items",
            "default_cases"]
@@ -22,7 +27,9 @@ BLOCK = "kernel_mixpe"
 TB = "cosim.tb.kernel_axi"
 
 
-def kernel_build(spec, *, sim: str | None = None, waves: bool | None = None) -> runner.Build:
+def kernel_build(spec: KernelSpec, *, sim: str | None = None,
+                 waves: bool | None = None) -> runner.Build:
+    """The Verilated Vitis RTL kernel of `spec` (cached by Verilog hash)."""
     from fpga_boards.kernel import RtlKernel
     from hdl.generate import verilog
     return runner.build(verilog(RtlKernel(spec), spec.name), spec.name, sim=sim, waves=waves)
@@ -84,6 +91,8 @@ def run_case(case: MixPECase, *, wait: str = "poll", p_stall: float = 0.0, runs:
 
 
 def to_record(case: MixPECase, res: dict) -> dict:
+    """The make-sim record of one kernel case: pass/fail, mismatches, each run's cycles and
+    the ideal cycle model's."""
     from hdl.mixpe import cycle_model
     cfg = case.config
     cycles = [r["cycles"] for r in res["runs"]]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from golden.kv4_attention_config import KV4Config
 from golden.validate import check_bool, check_choice, check_int, expect_type
@@ -61,6 +62,7 @@ class KV4Case(StreamCase):
 
     @property
     def name(self) -> str:
+        """The case's name: configuration, data source, T and pressure."""
         src = f"real-{REAL_MODEL}-kvh{self.kv_head}" if self.source == "real" else \
             f"rand-s{self.seed}"
         return f"{self.config.name()}_{src}_T{self.T}_{self.pressure}"
@@ -120,11 +122,13 @@ def prepare_data(case: KV4Case, *, root: Path | None = None) -> Path:
 
 
 def unit_build(config: KV4Config, *, sim: str | None = None) -> runner.Build:
+    """The Verilated KV4 unit of `config` (cached)."""
     from hdl.generate import kv4_factory
     return build_design(kv4_factory(config), sim=sim)
 
 
 def case_job(case: KV4Case, *, root: Path | None = None) -> dict:
+    """The testbench job of one decode case: its data directory and stream pressures."""
     return {"kind": "decode", "data_dir": str(prepare_data(case, root=root)),
             "p_idle": case.p_idle, "p_stall": case.p_stall,
             "overflow_check": case.overflow_check}
@@ -136,7 +140,7 @@ def run_cases(config: KV4Config, jobs: list[dict], *, build: runner.Build | None
     return run_case_list(build or unit_build(config, sim=sim), STREAM_TB, config, jobs, seed)
 
 
-def cosines(case: KV4Case, out_values, data_dir: Path) -> dict:
+def cosines(case: KV4Case, out_values: Sequence[int], data_dir: Path) -> dict:
     """Output cosine of the hardware's values vs float attention on the original
     K/V, and of the float-domain KV4 scheme (dequantized K/V; float q, and the
     same INT8 q the hardware reads)."""
@@ -163,7 +167,10 @@ def cosines(case: KV4Case, out_values, data_dir: Path) -> dict:
             "cosine_hw_vs_float_scheme": round(cosine(hw, hwq), 6)}
 
 
-def to_record(case: KV4Case, r: dict, *, simulator=None, data_root: Path | None = None) -> dict:
+def to_record(case: KV4Case, r: dict, *, simulator: str | None = None,
+              data_root: Path | None = None) -> dict:
+    """The make-sim record of one decode case: pass/fail, cycles against the cycle model,
+    cosines."""
     from hdl.kv4_attention import cycle_model, k_beats
     from quantflow.kv4_attention import kv_bytes_per_token
     c = case.config

@@ -42,6 +42,8 @@ _WARNING_RE = re.compile(r"^%(Warning|Error)(-[A-Z0-9_]+)?:", re.M)
 
 @dataclass(frozen=True, kw_only=True)
 class LintResult:
+    """One design's lint: its name and Verilog file, Verilator's exit status, messages and
+    output."""
     name: str
     path: Path
     returncode: int
@@ -50,10 +52,12 @@ class LintResult:
 
     @property
     def clean(self) -> bool:
+        """Whether Verilator exited 0 with no warning or error."""
         return self.returncode == 0 and not self.messages
 
 
 def verilator_command(path: Path, top: str, *, waivers: Path | None = WAIVERS) -> list[str]:
+    """The `verilator --lint-only -Wall` command for `path` with top `top` (and the waiver file)."""
     cmd = [str(runner.find_verilator().executable), "--lint-only", "-Wall", "--top-module", top]
     if waivers is not None:
         cmd.append(str(waivers))
@@ -152,6 +156,8 @@ def lint_designs(designs: Iterable[tuple[str, Callable]] | None = None, *,
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m cosim.lint`: lint the generated designs and print each result;
+    returns 0 when all are clean, 1 otherwise, 2 on a usage error."""
     ap = argparse.ArgumentParser(prog="python -m cosim.lint",
                                  description="verilator --lint-only -Wall on every "
                                              "generated design")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 from golden.lut_config import LUTConfig, LUTMode, MODES
 
@@ -29,6 +30,7 @@ STREAM_TB = "cosim.tb.lut_stream"
 
 @dataclass(frozen=True, kw_only=True)
 class LUTCase(TiledCase):
+    """A LUT mpGEMM stream case: configuration, weight format, and the tiled seeded workload."""
     config: LUTConfig
     mode: LUTMode
 
@@ -38,10 +40,12 @@ class LUTCase(TiledCase):
 
     @property
     def workload(self) -> str:
+        """The workload part of the case name: M, N and seed."""
         return f"M{self.M}_N{self.N}_s{self.seed}"
 
     @property
     def name(self) -> str:
+        """The case's name: configuration, format and workload."""
         return f"{self.config.name()}_{self.mode.name}_{self.workload}"
 
 
@@ -84,14 +88,17 @@ def prepare_data(case: LUTCase, *, root: Path | None = None) -> Path:
 
 def stream_build(config: LUTConfig, *, sim: str | None = None,
                  waves: bool | None = None) -> runner.Build:
+    """The Verilated LUT block of `config` (cached)."""
     from hdl.generate import lut_factory
     return build_design(lut_factory(config), sim=sim, waves=waves)
 
 
 def run_stream(case: LUTCase, *, build: runner.Build | None = None,
                p_idle: float | None = None, p_stall: float | None = None,
-               seed: int | None = None, corrupt_expected=(),
+               seed: int | None = None, corrupt_expected: Iterable[tuple[int, int]] = (),
                data_root: Path | None = None) -> dict:
+    """One stream run of `case` (its data prepared first); `corrupt_expected`: (word
+    index, XOR mask) pairs injected into the expected words, to test the checker."""
     data_dir = prepare_data(case, root=data_root)
     job = {"config": case.config.as_dict(), "mode": case.mode.as_dict(),
            "data_dir": str(data_dir), "seed": case.seed if seed is None else seed,
@@ -109,6 +116,7 @@ def record_config(case: LUTCase) -> dict:
 
 
 def to_record(case: LUTCase, res: dict) -> dict:
+    """The make-sim record of one LUT case: pass/fail, cycles against the cycle model."""
     from hdl.lut import cycle_model, precompute_share
     cfg, mode = case.config, case.mode
     ideal = is_ideal(res)

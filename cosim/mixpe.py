@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 from golden.mixpe_config import MixPEConfig
 from golden.validate import expect_type
@@ -41,6 +42,7 @@ SYSTEM_TB = "cosim.tb.mixpe_system"
 # --------------------------------------------------------------------------- plan
 @dataclass(frozen=True, kw_only=True)
 class MixPECase(TiledCase):
+    """A MixPE stream case: configuration and the tiled workload, seeded random or a real layer."""
     config: MixPEConfig
     #: weight channels made outliers (x ~8) so that quantization sees real spread
     outlier_channels: int = 2
@@ -57,6 +59,7 @@ class MixPECase(TiledCase):
 
     @property
     def workload(self) -> str:
+        """The workload part of the case name: real layer tag (if any), M, N and seed."""
         if self.real is not None:
             return f"{self.real.tag}_M{self.M}_N{self.N}_s{self.seed}"
         return f"M{self.M}_N{self.N}_s{self.seed}"
@@ -174,6 +177,7 @@ def _verilog(kind: str, config: MixPEConfig, **kw) -> tuple[str, str]:
 
 def stream_build(config: MixPEConfig, *, sim: str | None = None,
                  waves: bool | None = None) -> runner.Build:
+    """The Verilated MixPE array of `config` (cached)."""
     name, text = _verilog("array", config)
     return runner.build(text, name, sim=sim, waves=waves)
 
@@ -197,7 +201,8 @@ def system_build(config: MixPEConfig, *, max_m_tiles: int, max_n_tiles: int,
 
 def stream_job(case: MixPECase, data_dir: Path, *, p_idle: float | None = None,
                p_stall: float | None = None, seed: int | None = None,
-               corrupt_expected=()) -> dict:
+               corrupt_expected: Iterable[tuple[int, int]] = ()) -> dict:
+    """The testbench job of one stream run on prepared data in `data_dir`."""
     return {
         "config": case.config.as_dict(), "data_dir": str(data_dir),
         "seed": case.seed if seed is None else seed,
@@ -209,7 +214,7 @@ def stream_job(case: MixPECase, data_dir: Path, *, p_idle: float | None = None,
 
 def run_stream(case: MixPECase, *, build: runner.Build | None = None,
                p_idle: float | None = None, p_stall: float | None = None,
-               seed: int | None = None, corrupt_expected=(),
+               seed: int | None = None, corrupt_expected: Iterable[tuple[int, int]] = (),
                data_root: Path | None = None) -> dict:
     """Stream testbench on `case`. Overrides replace the case's probabilities."""
     data_dir = prepare_data(case, root=data_root)

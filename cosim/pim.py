@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from golden.pim_config import RULES, PIMConfig
 
@@ -25,6 +26,10 @@ from cosim import runner
 from cosim.flow import build_design, run_on, with_build
 from cosim.report import make_record
 
+if TYPE_CHECKING:
+    from golden.pim import ScheduleResult
+    from quantflow.pim import Workload
+
 __all__ = ["SYSTEM_SIZES", "TB_MODULE", "workload_from_spec", "system_build", "run_workloads",
            "model_for", "system_cycles", "to_record", "default_plan", "PIMCase", "sim_items",
            "config_items", "run_case"]
@@ -34,7 +39,8 @@ TB_MODULE = "cosim.tb.pim_system"
 SYSTEM_SIZES = DEFAULT_SYSTEM_SIZES
 
 
-def workload_from_spec(config: PIMConfig, spec: dict):
+def workload_from_spec(config: PIMConfig, spec: dict) -> Workload:
+    """The Workload a plan spec describes: "mixed" or "subbatch" with its parameters."""
     from quantflow.pim import mixed_workload, subbatch_workload
     params = {k: v for k, v in spec.items() if k not in ("name", "kind", "corrupt_expected")}
     kind = spec.get("kind")
@@ -56,6 +62,7 @@ def _check_fits(config: PIMConfig, w, sizes: dict) -> None:
 
 def system_build(config: PIMConfig, *, sizes: dict | None = None, sim: str | None = None,
                  waves: bool | None = None) -> runner.Build:
+    """The Verilated PIMSystem of `config` with memory `sizes` (cached)."""
     return build_design(pim_factory(config, kind="system", sizes=sizes), sim=sim, waves=waves)
 
 
@@ -72,20 +79,20 @@ def run_workloads(config: PIMConfig, specs: list[dict], *, build: runner.Build |
     return run_on(b, TB_MODULE, job)
 
 
-def model_for(config: PIMConfig, spec: dict):
+def model_for(config: PIMConfig, spec: dict) -> ScheduleResult:
     """golden.pim.schedule on the spec's workload (the command-level cycle model)."""
     from golden.pim import schedule
     w = workload_from_spec(config, spec)
     return schedule(config, w.mem, w.jobs)
 
 
-def system_cycles(model) -> int:
+def system_cycles(model: ScheduleResult) -> int:
     """PIMSystem's `cycles` for a cycle model (golden.pim.schedule's result):
     the schedule plus the preloaded memories' start and first read."""
     return model.cycles + SYSTEM_OVERHEAD
 
 
-def model_checks(config: PIMConfig, run: dict, model) -> list[str]:
+def model_checks(config: PIMConfig, run: dict, model: ScheduleResult) -> list[str]:
     """RTL counters vs the cycle model (cycles are checked by make sim through
     expected_cycles; these are the command, COMP and bus counts)."""
     errs = []
@@ -98,7 +105,10 @@ def model_checks(config: PIMConfig, run: dict, model) -> list[str]:
     return errs
 
 
-def to_record(config: PIMConfig, spec: dict, run: dict, model, *, extra: dict | None = None) -> dict:
+def to_record(config: PIMConfig, spec: dict, run: dict, model: ScheduleResult, *,
+              extra: dict | None = None) -> dict:
+    """The make-sim record of one PIM run: pass/fail, cycles, utilisation, counter checks against
+    the model."""
     cyc = max(1, run["cycles"])
     errors = list(run.get("errors", [])) + model_checks(config, run, model)
     viol = [r for i, r in enumerate(RULES) if run.get("err_bits", 0) >> i & 1]
@@ -127,10 +137,12 @@ def to_record(config: PIMConfig, spec: dict, run: dict, model, *, extra: dict | 
 # --------------------------------------------------------------------------- plan
 @dataclass(frozen=True, kw_only=True)
 class PIMCase:
+    """A PIM case: the workload spec (name, kind and its parameters)."""
     spec: dict
 
     @property
     def name(self) -> str:
+        """The spec's name."""
         return self.spec["name"]
 
 
@@ -145,6 +157,7 @@ def default_plan() -> list[PIMCase]:
 
 
 def default_config(mode: str) -> PIMConfig:
+    """The default PIMConfig in `mode` ("dual" or "blocked")."""
     return PIMConfig(mode=mode)
 
 

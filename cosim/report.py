@@ -33,7 +33,7 @@ REQUIRED_KEYS = ("block", "test", "config", "passed", "mismatches", "vectors",
 def make_record(*, block: str, test: str, config: dict, passed: bool,
                 mismatches: int, vectors: int, cycles: int, macs: int,
                 peak_macs_per_cycle: int, sim_seconds: float,
-                sim_cycles: int | None = None, **extra) -> dict:
+                sim_cycles: int | None = None, **extra: object) -> dict:
     """Build a record, deriving the rate fields so that no block computes them
     differently. `sim_cycles` (clock cycles simulated, default `cycles`) gives
     sim_cycles_per_second."""
@@ -59,6 +59,7 @@ def make_record(*, block: str, test: str, config: dict, passed: bool,
 
 
 def record_key(rec: dict) -> tuple[str, str, str]:
+    """The key a record is stored under: (block, test, config as canonical JSON)."""
     missing = [k for k in ("block", "test", "config") if k not in rec]
     if missing:
         raise ValueError(f"report record lacks {missing}; build it with make_record()")
@@ -66,6 +67,7 @@ def record_key(rec: dict) -> tuple[str, str, str]:
 
 
 def load_records(path: Path = REPORT_PATH) -> list[dict]:
+    """The records of a report file ([] when it does not exist yet)."""
     path = Path(path)
     if not path.is_file():
         return []
@@ -101,6 +103,7 @@ def append_records(records: list[dict], path: Path = REPORT_PATH, *,
 
 
 def format_table(records: list[dict]) -> str:
+    """The report as a fixed-width text table, one line per record."""
     cols = [("block", 6), ("case", 42), ("test", 24), ("ok", 4), ("mism", 5), ("vectors", 8),
             ("MACs", 9), ("cycles", 8), ("exp.cyc", 8), ("MAC/cyc", 8), ("util", 6),
             ("sim cyc/s", 10)]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import Iterable
 from pathlib import Path
 
 from golden.sfu_config import ROPE_BITS, X_BITS, SFUHWConfig, rms_eps, sqrt_k
@@ -53,6 +54,7 @@ class SFUCall:
 
     @property
     def k(self) -> int:
+        """Elements of the call: the length of `a`."""
         return len(self.a)
 
 
@@ -363,6 +365,8 @@ class SFUCase(StreamCase):
 
     @property
     def name(self) -> str:
+        """The case's name: configuration, data source, seed and rounds (or real layer and
+        tokens)."""
         src = f"real-{REAL_MODEL}-l{REAL_LAYER}-t{self.tokens}" if self.source == "real" \
             else f"{self.source}-s{self.seed}-r{self.rounds}"
         return f"{self.config.name()}_{src}_{self.pressure}"
@@ -375,6 +379,8 @@ def _random_k(c: SFUHWConfig, op: str, rng: random.Random) -> int:
 
 
 def case_calls(case: SFUCase) -> list[SFUCall]:
+    """The SFU calls of a case: edge cases, the real layer's calls per token, or
+    `rounds` of every op in seeded random order on random data."""
     from hdl.sfu import OPS
     c = case.config
     rng = random.Random(case.seed)
@@ -391,7 +397,7 @@ def case_calls(case: SFUCase) -> list[SFUCall]:
     return calls
 
 
-def case_job(case: SFUCase, *, corrupt_expected=()) -> dict:
+def case_job(case: SFUCase, *, corrupt_expected: Iterable[tuple[int, int]] = ()) -> dict:
     """The testbench's job for one case: the calls' words and their golden outputs."""
     from hdl.sfu import cycle_model
     c = case.config
@@ -429,6 +435,7 @@ def bad_jobs(config: SFUHWConfig) -> list[dict]:
 
 
 def unit_build(config: SFUHWConfig, *, sim: str | None = None) -> runner.Build:
+    """The Verilated SFU of `config` (cached)."""
     from hdl.generate import sfu_factory
     return build_design(sfu_factory(config), sim=sim)
 
@@ -439,7 +446,8 @@ def run_cases(config: SFUHWConfig, jobs: list[dict], *, build: runner.Build | No
     return run_case_list(build or unit_build(config, sim=sim), STREAM_TB, config, jobs, seed)
 
 
-def to_record(case: SFUCase, r: dict, *, simulator=None) -> dict:
+def to_record(case: SFUCase, r: dict, *, simulator: str | None = None) -> dict:
+    """The make-sim record of one SFU case: pass/fail, cycles against the cycle model, ops."""
     c = case.config
     extra = {"path": case.path, "case": case.name,
              "source": case.source, "seed": case.seed, "simulator": simulator,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 from golden.sparse_dsp_config import PATTERN_NAMES, MODES, SparseDSPConfig, TileMode
 
@@ -54,10 +55,12 @@ class SparseDSPCase:
 
     @property
     def tiles(self) -> int:
+        """Tiles the case runs: row tiles (rows / segments) times activation rows."""
         return self.rows // self.mode.segments(self.config) * self.ma
 
     @property
     def modes(self) -> list[TileMode]:
+        """The tile mode of every tile (the same for all)."""
         return [self.mode] * self.tiles
 
     @property
@@ -67,20 +70,24 @@ class SparseDSPCase:
 
     @property
     def kept_macs(self) -> int:
+        """MACs the chain does on kept weights: tiles * beats * L."""
         return self.tiles * self.mode.beats(self.config) * self.config.L
 
     @property
     def split(self) -> str:
+        """The group split: segments x stages per dot product."""
         S = self.mode.segments(self.config)
         return f"{S}x{self.mode.seg_len(self.config)}"
 
     @property
     def name(self) -> str:
+        """The case's name: configuration, pattern, mode, span and workload."""
         p = self.mode.pattern.replace(":", "of")
         return (f"{self.config.name()}_{p}_{self.mode.mode}_span{self.mode.span}_"
                 f"{self.method}_r{self.rows}_m{self.ma}_s{self.seed}")
 
     def record_config(self) -> dict:
+        """The record's `config`: hardware fields, tile mode and split."""
         return {**self.config.as_dict(), **self.mode.as_dict(), "split": self.split}
 
 
@@ -105,13 +112,14 @@ def prepare_data(case: SparseDSPCase, *, root: Path | None = None) -> Path:
 
 def build(config: SparseDSPConfig = DEFAULT_CONFIG, *, sim: str | None = None,
           waves: bool | None = None) -> runner.Build:
+    """The Verilated sparse DSP block of `config` (cached)."""
     from hdl.generate import sparse_dsp_factory
     return build_design(sparse_dsp_factory(config), sim=sim, waves=waves)
 
 
-def run_dirs(config: SparseDSPConfig, data_dirs, *, build_: runner.Build | None = None,
-             p_idle: float = 0.0, p_stall: float = 0.0, seed: int = 1,
-             corrupt_expected=()) -> dict:
+def run_dirs(config: SparseDSPConfig, data_dirs: Iterable[Path | str], *,
+             build_: runner.Build | None = None, p_idle: float = 0.0, p_stall: float = 0.0,
+             seed: int = 1, corrupt_expected: Iterable[tuple[int, int]] = ()) -> dict:
     """One stream run of the image directories, back to back, on `build_`
     (default: a build of `config`)."""
     job = {"config": config.as_dict(), "data_dirs": [str(d) for d in data_dirs],
@@ -122,8 +130,9 @@ def run_dirs(config: SparseDSPConfig, data_dirs, *, build_: runner.Build | None 
     return res
 
 
-def run_cases(cases, *, build_: runner.Build | None = None, p_idle: float | None = None,
-              p_stall: float | None = None, seed: int | None = None, corrupt_expected=(),
+def run_cases(cases: Iterable[SparseDSPCase], *, build_: runner.Build | None = None,
+              p_idle: float | None = None, p_stall: float | None = None, seed: int | None = None,
+              corrupt_expected: Iterable[tuple[int, int]] = (),
               data_root: Path | None = None) -> dict:
     """Run the cases back to back in one simulation (they share one config)."""
     cases = list(cases)

@@ -76,12 +76,14 @@ class SimDevice:
         self.last_result: dict | None = None
 
     def build(self) -> runner.Build:
+        """The Verilated MixPE kernel of the spec, built (or taken from the cache) on first use."""
         if self._build is None:
             from cosim.kernel_mixpe import kernel_build  # noqa: PLC0415 (it imports this module)
             self._build = kernel_build(self.spec, sim=self.sim)
         return self._build
 
     def alloc(self, arg_index: int, nbytes: int) -> _SimBuffer:
+        """A buffer of nbytes in the simulated memory window of argument arg_index."""
         # group_id of XRT: the bank the argument is linked to; here one window per arg.
         base = self._next.get(arg_index,
                               SIM_BANK_BASE + arg_index * SIM_BANK_STRIDE + self.offset)
@@ -91,6 +93,8 @@ class SimDevice:
         return buf
 
     def start(self, values: list) -> _SimRun:
+        """Record a run with `values` (buffers and scalars, in argument order); wait() simulates
+        it."""
         vals = {}
         for a, v in zip(self.spec.args, values):
             vals[a.name] = v.address if isinstance(v, _SimBuffer) else int(v)
@@ -127,7 +131,7 @@ class _SimRun:
         self.device.execute([self.regs])
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """`python -m cosim host`: fpga_boards.host's CLI on the simulated device."""
     from fpga_boards.host import main as host_main  # noqa: PLC0415 (CLI only)
     return host_main(argv, prog="python -m cosim host",
