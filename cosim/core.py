@@ -23,6 +23,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -34,6 +35,9 @@ from golden.core_config import (INSTR_BYTES, MEM_ALIGN, CoreConfig, Registers, d
 from quantflow.program import sim_core_for as sim_config
 
 from . import runner
+
+if TYPE_CHECKING:
+    from quantflow.program import CompiledImage
 
 __all__ = ["CoreRun", "CoreCase", "relocate", "build_case", "real_layer_runs", "real_image", "prompt_ids", "sim_config", "core_verilog",
            "core_build", "run_case", "parse_trace", "rtl_steps", "compare_runs",
@@ -107,7 +111,8 @@ def _pad(x: int, a: int = MEM_ALIGN) -> int:
     return -(-x // a) * a
 
 
-def relocate(runs: list[CoreRun], memory, core: CoreConfig, *, slack: int = 256):
+def relocate(runs: list[CoreRun], memory: bytes | bytearray, core: CoreConfig, *,
+             slack: int = 256) -> tuple[bytearray, list[tuple[int, list[int]]]]:
     """A compact memory holding only what `runs` touch: a line of -1 words at 0 (what
     the refused programs read), every tensor range an
     instruction reads (merged where ranges overlap, each keeping its offset inside
@@ -179,7 +184,8 @@ def relocate(runs: list[CoreRun], memory, core: CoreConfig, *, slack: int = 256)
     return mem, [(p, w) for p, w, _ in progs]
 
 
-def build_case(runs: list[CoreRun], memory, core: CoreConfig, *, name: str = "") -> CoreCase:
+def build_case(runs: list[CoreRun], memory: bytes | bytearray, core: CoreConfig, *,
+               name: str = "") -> CoreCase:
     """Lay the runs out (relocate) and execute them with the reference executor in
     order on one memory (a STORE of one run is visible to the next)."""
     mem, progs = relocate(runs, memory, core)
@@ -301,6 +307,8 @@ def _axi_width(name: str, bb: int) -> int:
 
 def core_build(config: CoreConfig, *, mem_bytes: int, latency: int, gap: int = 0,
                sim: str | None = None) -> runner.Build:
+    """The Verilator (or `sim`) build of the core test top: core_verilog with the AXI memory
+    model."""
     return runner.build(core_verilog(config, mem_bytes=mem_bytes, latency=latency, gap=gap),
                         TOP, sim=sim)
 
@@ -347,13 +355,14 @@ def model_cycles(case: CoreCase, latency: int) -> list[list[int]]:
             for r, e in zip(case.runs, case.expected)]
 
 
-def parse_trace(path) -> list[tuple]:
+def parse_trace(path: Path | str) -> list[tuple]:
     """(run, kind, pc, buf, row, word, mask, data, cycle) per trace line."""
     p = Path(path)
     return parse_trace_text(p.read_text()) if p.is_file() else []
 
 
 def parse_trace_text(text: str) -> list[tuple]:
+    """parse_trace of the trace file's text: one int tuple per line."""
     out = []
     for line in text.splitlines():
         run, kind, pc, buf, row, word, mask, dat, cyc = line.split()
@@ -362,13 +371,14 @@ def parse_trace_text(text: str) -> list[tuple]:
     return out
 
 
-def parse_mem_log(path) -> list[tuple[int, int, int]]:
+def parse_mem_log(path: Path | str) -> list[tuple[int, int, int]]:
     """(address, data, strobes) per write beat of the memory model's log."""
     p = Path(path)
     return parse_mem_log_text(p.read_text()) if p.is_file() else []
 
 
 def parse_mem_log_text(text: str) -> list[tuple[int, int, int]]:
+    """parse_mem_log of the log's text: (address, data, strobes) per line."""
     out = []
     for line in text.splitlines():
         a, d, s = line.split()
@@ -385,7 +395,8 @@ def _s32(v: int) -> int:
 UNWRITTEN = 1 << 40
 
 
-def rtl_steps(case: CoreCase, records, writes) -> list[list[Step]]:
+def rtl_steps(case: CoreCase, records: list[tuple],
+              writes: list[tuple[int, int, int]]) -> list[list[Step]]:
     """Each run's instructions as golden.core Steps rebuilt from the trace (buffer
     words -> the dst rows an instruction wrote; token scales -> QUANT's mn, L; acc
     beats -> LINEAR's acc) and the memory write log (STORE's rows)."""
@@ -524,7 +535,7 @@ def compare_runs(case: CoreCase, got: list[list[Step]], runs_res: list[dict]) ->
     return None
 
 
-def instruction_cycles(records, run: int) -> list[tuple[int, int]]:
+def instruction_cycles(records: list[tuple], run: int) -> list[tuple[int, int]]:
     """(pc, cycles) of each retired instruction of run `run` (1-based as traced)."""
     out, prev = [], 0
     for r in records:
@@ -546,8 +557,8 @@ REAL_PROMPT = "The capital of France is"
 DECODE_STEPS = 2
 
 
-def real_layer_runs(image, core: CoreConfig, layer: int, ids: list[int], *,
-                    decode_steps: int = DECODE_STEPS):
+def real_layer_runs(image: CompiledImage, core: CoreConfig, layer: int, ids: list[int], *,
+                    decode_steps: int = DECODE_STEPS) -> tuple[list[CoreRun], bytearray]:
     """(runs, memory) of one real layer: the front and MLP parts of its program on
     the integer model's inputs for a prefill of `ids`, then `decode_steps` greedy
     decode steps (the model's own next tokens), each at its position."""
@@ -570,7 +581,8 @@ def real_layer_runs(image, core: CoreConfig, layer: int, ids: list[int], *,
     return runs, build_memory(image, prog)
 
 
-def real_image(model: str = REAL_MODEL, scheme: str = REAL_SCHEME, *, log=print):
+def real_image(model: str = REAL_MODEL, scheme: str = REAL_SCHEME, *,
+               log: Callable[[str], object] = print) -> CompiledImage:
     """The compiled image of `model` (compiled once into build/compiled/)."""
     from quantflow.compile import compile_model, compiled_dir
     from quantflow.program import CompiledImage
@@ -582,6 +594,7 @@ def real_image(model: str = REAL_MODEL, scheme: str = REAL_SCHEME, *, log=print)
 
 
 def prompt_ids(model: str, prompt: str) -> list[int]:
+    """Token ids of `prompt` under `model`'s tokenizer."""
     from quantflow.models.loaders import load_model
     return load_model(model, progress=False).encode(prompt).tolist()
 
@@ -626,8 +639,10 @@ RANDOM_CASES = (((4, 2, 128, 192), "w4a8kv4-g64"), ((4, 1, 256, 320), REAL_SCHEM
 SIM_LATENCY = 20
 
 
-def random_layer_runs(shape, *, seed: int, workdir, scheme: str = REAL_SCHEME,
-                      prefill: int = 6, decode_steps: int = 1):
+def random_layer_runs(shape: tuple[int, int, int, int], *, seed: int, workdir: Path | str,
+                      scheme: str = REAL_SCHEME, prefill: int = 6,
+                      decode_steps: int = 1
+                      ) -> tuple[CompiledImage, CoreConfig, list[CoreRun], bytearray]:
     """(image, core, runs, memory) of layer 1 of a seeded random Llama of `shape`
     quantized with `scheme`."""
     from quantflow.synthetic import (compiled_image, random_llama_quantized,
@@ -644,7 +659,8 @@ def random_layer_runs(shape, *, seed: int, workdir, scheme: str = REAL_SCHEME,
     return img, core, runs, mem
 
 
-def model_runs(image, core: CoreConfig, ids: list[int], *, decode_steps: int = DECODE_STEPS):
+def model_runs(image: CompiledImage, core: CoreConfig, ids: list[int], *,
+               decode_steps: int = DECODE_STEPS) -> tuple[list[CoreRun], bytearray]:
     """(runs, memory) of the whole-model program (EMBED .. LOGITS, ARGMAX): a prefill of
     `ids`, then greedy decode steps, each fed the integer model's own next token."""
     from golden.decoder import IntegerDecoder
@@ -663,8 +679,9 @@ def model_runs(image, core: CoreConfig, ids: list[int], *, decode_steps: int = D
     return runs, build_memory(image, prog)
 
 
-def random_model_image(shape, *, seed: int, workdir, scheme: str = REAL_SCHEME,
-                       vocab: int = 400):
+def random_model_image(shape: tuple[int, int, int, int], *, seed: int, workdir: Path | str,
+                       scheme: str = REAL_SCHEME,
+                       vocab: int = 400) -> tuple[CompiledImage, torch.Tensor]:
     """(CompiledImage, token ids [2, 32]) of a seeded random two-layer Llama of `shape`
     (heads, kv heads, hidden, intermediate) quantized with `scheme`, calibrated on the
     ids, compiled for a context of 48 into `workdir`/image."""
@@ -678,8 +695,10 @@ def random_model_image(shape, *, seed: int, workdir, scheme: str = REAL_SCHEME,
     return compiled_image(qm, ids, Path(workdir) / "image", context=48), ids
 
 
-def random_model_runs(shape, *, seed: int, workdir, scheme: str = REAL_SCHEME,
-                      vocab: int = 400, prefill: int = 6, decode_steps: int = 2):
+def random_model_runs(shape: tuple[int, int, int, int], *, seed: int, workdir: Path | str,
+                      scheme: str = REAL_SCHEME, vocab: int = 400, prefill: int = 6,
+                      decode_steps: int = 2
+                      ) -> tuple[CompiledImage, CoreConfig, list[CoreRun], bytearray]:
     """(image, core, runs, memory) of the whole program of a seeded random Llama of
     `shape` (two layers; a vocabulary of more than one chunk of the core's buffers)."""
     img, ids = random_model_image(shape, seed=seed, workdir=workdir, scheme=scheme,
@@ -690,7 +709,7 @@ def random_model_runs(shape, *, seed: int, workdir, scheme: str = REAL_SCHEME,
 
 
 def case_record(name: str, case: CoreCase, res: dict, *, layer: str, model: str,
-                prompt=None, latency: int = SIM_LATENCY) -> dict:
+                prompt: str | None = None, latency: int = SIM_LATENCY) -> dict:
     """The make-sim record of one case: bit-exact over every run, the refused
     programs with their status, cycles against hdl.core.cycle_model."""
     from .report import make_record

@@ -38,6 +38,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import torch
 
@@ -52,6 +53,9 @@ from . import runner
 from .core import (REAL_MODEL, REAL_SCHEME, SIM_LATENCY, CoreCase, compare_runs, real_image,
                    rtl_steps)
 
+if TYPE_CHECKING:
+    from quantflow.program import CompiledImage
+
 __all__ = ["GENERATE_DIR", "DEVICES", "depth_reduced", "generate_image", "run_generate", "main"]
 
 DEVICES = ("verilator", "sim", "xrt")
@@ -61,7 +65,7 @@ ASSUMED_CLOCK_MHZ = 300
 DEFAULT_PROMPT = "The capital of France is"
 
 
-def depth_reduced(image, layers: int | None):
+def depth_reduced(image: CompiledImage, layers: int | None) -> CompiledImage:
     """`image` with only its first `layers` decoder layers in the program and the
     golden (the same bytes: later layers' tensors stay in memory, unread)."""
     from quantflow.program import CompiledImage
@@ -137,9 +141,11 @@ def _device(kind: str, core, memory, run_dir: Path, *, latency: int, trace: bool
     raise ValueError(f"unknown device {kind!r}; choose one of {', '.join(DEVICES)}")
 
 
-def generate_image(img, ids: list[int], max_new_tokens: int, *, device: str = "verilator",
-                   check: bool = True, latency: int = SIM_LATENCY, run_dir: Path,
-                   on_token=None, poke=(), log=print) -> dict:
+def generate_image(img: CompiledImage, ids: list[int], max_new_tokens: int, *,
+                   device: str = "verilator", check: bool = True, latency: int = SIM_LATENCY,
+                   run_dir: Path, on_token: Callable[[int], object] | None = None,
+                   poke: Iterable[tuple[int, bytes]] = (),
+                   log: Callable[[str], object] = print) -> dict:
     """Greedy generation of `max_new_tokens` after `ids` on the whole-model program of
     the CompiledImage `img`, on `device`, compared with the integer golden (module
     doc). Returns the record's numeric part (tokens, checks, cycles, timings).
@@ -233,10 +239,11 @@ def generate_image(img, ids: list[int], max_new_tokens: int, *, device: str = "v
     }
 
 
-def run_generate(model: str = REAL_MODEL, prompt: str = DEFAULT_PROMPT, *,
-                 max_new_tokens: int = 8, scheme: str = DEFAULT_SCHEME, layers: int | None = None,
+def run_generate(model: str = REAL_MODEL, prompt: str = DEFAULT_PROMPT, *, max_new_tokens: int = 8,
+                 scheme: str = DEFAULT_SCHEME, layers: int | None = None,
                  device: str = "verilator", check: bool = True, latency: int = SIM_LATENCY,
-                 out: Path | None = None, stream=None, log=print) -> dict:
+                 out: Path | None = None, stream: Callable[[str], object] | None = None,
+                 log: Callable[[str], object] = print) -> dict:
     """Generate through the co-simulated core (module doc); returns the JSON record
     (also written to `out`, default
     build/sim/generate/<model>-<scheme>[-L<layers>]-<n>.json)."""
@@ -326,7 +333,9 @@ def sim_items(*, sim: str) -> list:
                     macs=0, peak_macs_per_cycle=0, run=run)]
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
+    """`python -m cosim generate`: generate on the simulated core, print the text and write the
+    record; returns the exit status."""
     p = argparse.ArgumentParser(prog="python -m cosim generate",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=REAL_MODEL)
