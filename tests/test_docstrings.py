@@ -41,22 +41,11 @@ PENDING: set[str] = {
     "cosim/sfu.py",
     "cosim/soak.py",
     "cosim/sparse_dsp_real.py",
-    "cosim/tb/axi_mem.py",
-    "cosim/tb/common.py",
-    "cosim/tb/core_run.py",
-    "cosim/tb/frames.py",
-    "cosim/tb/kernel_axi.py",
-    "cosim/tb/kernel_core.py",
     "cosim/tb/kv4_attention_stream.py",
     "cosim/tb/lut_stream.py",
     "cosim/tb/mixpe_stream.py",
-    "cosim/tb/mixpe_system.py",
-    "cosim/tb/pim_system.py",
     "cosim/tb/sfu_stream.py",
-    "cosim/tb/smoke.py",
     "cosim/tb/sparse_dsp_stream.py",
-    "cosim/tb/streams.py",
-    "cosim/tb/system.py",
 }
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cocotb
 from amaranth.hdl import Module, Value
@@ -43,6 +44,9 @@ from cosim.tb.common import open_job, start_clock
 from cosim.tb.streams import StreamSink, StreamSource, step_cycle
 from hdl.axi import AXI_ADDR_BITS, AxiReader, AxiWriter, axi_read_members, axi_write_members
 from hdl.generate import verilog
+
+if TYPE_CHECKING:
+    from cocotb.handle import HierarchyObject
 
 __all__ = ["TOPLEVEL", "DMA_MODULE", "DmaTop", "design_verilog", "model_cycles", "default_job",
            "design_params", "run_job"]
@@ -62,7 +66,8 @@ class DmaTop(wiring.Component):
         super().__init__({f"{p}_{name}": member for p, e in self.engines.items()
                           for name, member in e.signature.members.items()})
 
-    def elaborate(self, platform):
+    def elaborate(self, platform: object) -> Module:
+        """Build the engines and expose every port of each under its prefix."""
         m = Module()
         for p, e in self.engines.items():
             m.submodules[p] = e
@@ -144,6 +149,8 @@ def default_job(out_dir: Path, *, seed: int) -> dict:
 
 
 def design_params(job: dict) -> dict:
+    """The fields of a job that select the generated design (beat size, memory size, latencies
+    and gaps)."""
     return {k: job[k] for k in ("beat_bytes", "mem_bytes", "latency", "gap", "latency2",
                                 "gap2")}
 
@@ -218,7 +225,9 @@ def _word(mem, addr, bb):
 
 
 @cocotb.test()
-async def axi_mem_dma(dut):
+async def axi_mem_dma(dut: HierarchyObject) -> None:
+    """cocotb test: the AXI read and write engines against the memory model, with back-pressure,
+    strobes, idle cycles and the memory dump checked."""
     job, seed = open_job(dut, "axi_mem_dma")
     rng = random.Random(seed)
     bb, size = int(job["beat_bytes"]), int(job["mem_bytes"])

@@ -7,11 +7,16 @@ writes; this bench records per run the cycles, the error status and the
 simulation speed."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import cocotb
 from cocotb.triggers import ClockCycles, RisingEdge, Timer
 
 from cosim.runner import write_result
 from cosim.tb.common import CLK_PERIOD_NS, Stopwatch, open_job, start_clock
+
+if TYPE_CHECKING:
+    from cocotb.handle import HierarchyObject
 
 #: Cycles between two looks at done / error (Python's share of a long run); a job's
 #: "poll" overrides it (cosim.core_speed measures the effect).
@@ -19,7 +24,9 @@ POLL = 512
 
 
 @cocotb.test()
-async def core_runs(dut):
+async def core_runs(dut: HierarchyObject) -> None:
+    """cocotb test: each run of the job on the core (registers, start, wait for done or an
+    error), recording cycles, error status and speed."""
     job, _ = open_job(dut, "core_runs")
     poll = int(job.get("poll", POLL))
     from hdl.core import ERRORS, STATES

@@ -38,6 +38,7 @@ def recv_message(sock: socket.socket) -> tuple[dict | None, bytes]:
 
 
 def send_message(sock: socket.socket, header: dict, payload: bytes = b"") -> None:
+    """Send one framed message: a JSON header and an optional binary payload."""
     h = json.dumps(header).encode()
     if len(payload) >= 1 << 32:
         raise ValueError(f"a {len(payload)}-byte payload does not fit one message; send "

@@ -28,6 +28,7 @@ from __future__ import annotations
 import itertools
 import logging
 import random
+from typing import TYPE_CHECKING
 
 import cocotb
 from cocotb.clock import Clock
@@ -36,6 +37,9 @@ from cocotb.utils import get_sim_time
 
 from cosim.runner import read_job, write_result
 from cosim.tb.common import CLK_PERIOD_NS
+
+if TYPE_CHECKING:
+    from cocotb.handle import HierarchyObject
 
 REG_CTRL, REG_GIE, REG_IER, REG_ISR = 0x00, 0x04, 0x08, 0x0C
 AP_START, AP_DONE, AP_IDLE, AP_READY = 0x1, 0x2, 0x4, 0x8
@@ -46,7 +50,9 @@ def _pauses(rng: random.Random, p: float):
 
 
 class KernelTB:
-    def __init__(self, dut, job: dict):
+    """Drives one RTL kernel as XRT does: AXI4-Lite control, one AxiRam per master over a shared
+    memory."""
+    def __init__(self, dut: HierarchyObject, job: dict):
         from cocotbext.axi import (AxiLiteBus, AxiLiteMaster, AxiReadBus, AxiWriteBus)
         from cocotbext.axi.axi_ram import AxiRamRead, AxiRamWrite
         from cocotbext.axi.sparse_memory import SparseMemory
@@ -85,25 +91,32 @@ class KernelTB:
                     getattr(side, ch).set_pause_generator(_pauses(rng, p))
 
     def check(self, ok: bool, msg: str) -> None:
+        """Record `msg` as an error unless `ok`."""
         if not ok:
             self.errors.append(msg)
 
     def now_cycles(self) -> int:
+        """Simulated time in kernel clock cycles."""
         return int(get_sim_time("ns") // self.cycle_ns)
 
-    async def reset(self):
+    async def reset(self) -> None:
+        """Hold ap_rst_n low for a few cycles, then release it."""
         self.dut.ap_rst_n.value = 0
         await ClockCycles(self.dut.ap_clk, 8)
         self.dut.ap_rst_n.value = 1
         await ClockCycles(self.dut.ap_clk, 4)
 
     async def read(self, off: int) -> int:
+        """Read the control register at byte offset `off`."""
         return await self.ctrl.read_dword(off)
 
     async def write(self, off: int, value: int) -> None:
+        """Write the control register at byte offset `off` (32 bits)."""
         await self.ctrl.write_dword(off, value & 0xFFFFFFFF)
 
     async def run(self, run: dict, max_cycles: int, checks: bool) -> dict:
+        """One kernel run: write the registers (read back with `checks`), start, wait for done by
+        polling or interrupt; returns the run's record."""
         mode = run.get("wait", "poll")
         for off, val in run["regs"]:
             await self.write(off, val)
@@ -161,7 +174,9 @@ class KernelTB:
 
 
 @cocotb.test()
-async def kernel_axi(dut):
+async def kernel_axi(dut: HierarchyObject) -> None:
+    """cocotb test: every run of the job on the kernel, as XRT would drive it, then the result
+    buffers."""
     job = read_job()
     Clock(dut.ap_clk, CLK_PERIOD_NS, unit="ns").start()
     tb = KernelTB(dut, job)

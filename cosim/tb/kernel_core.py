@@ -24,6 +24,7 @@ import logging
 import random
 import socket
 import time
+from typing import TYPE_CHECKING
 
 import cocotb
 from cocotb.triggers import ClockCycles, First, ReadOnly, RisingEdge, Timer
@@ -32,6 +33,9 @@ from cocotb.utils import get_sim_time
 from cosim.runner import read_job, write_result
 from cosim.tb.common import CLK_PERIOD_NS, start_clock
 from cosim.tb.frames import recv_message, send_message
+
+if TYPE_CHECKING:
+    from cocotb.handle import HierarchyObject
 
 REG_CTRL, REG_GIE, REG_IER, REG_ISR = 0x00, 0x04, 0x08, 0x0C
 AP_START, AP_DONE, AP_IDLE, AP_READY = 0x1, 0x2, 0x4, 0x8
@@ -42,7 +46,8 @@ def _pauses(rng: random.Random, p: float):
 
 
 class CoreKernelTB:
-    def __init__(self, dut, job: dict):
+    """Drives the core's kernel as XRT does: AXI4-Lite control and an AxiRam on m_axi_gmem."""
+    def __init__(self, dut: HierarchyObject, job: dict):
         from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster, AxiRam
         from cocotbext.axi.sparse_memory import SparseMemory
 
@@ -69,18 +74,22 @@ class CoreKernelTB:
                     getattr(side, ch).set_pause_generator(_pauses(rng, p))
 
     def now(self) -> int:
+        """Simulated time in clock cycles."""
         return int(get_sim_time("ns") // CLK_PERIOD_NS)
 
-    async def reset(self):
+    async def reset(self) -> None:
+        """Hold ap_rst_n low for a few cycles, then release it."""
         self.dut.ap_rst_n.value = 0
         await ClockCycles(self.dut.ap_clk, 8)
         self.dut.ap_rst_n.value = 1
         await ClockCycles(self.dut.ap_clk, 4)
 
     async def reg_read(self, off: int) -> int:
+        """Read the control register at byte offset `off`."""
         return await self.ctrl.read_dword(off)
 
     async def reg_write(self, off: int, value: int) -> None:
+        """Write the control register at byte offset `off` (32 bits)."""
         await self.ctrl.write_dword(off, value & 0xFFFFFFFF)
 
     async def run(self, h: dict) -> dict:
@@ -138,6 +147,8 @@ class CoreKernelTB:
         return out
 
     async def serve(self, h: dict, payload: bytes) -> tuple[dict, bytes]:
+        """Carry out one command of the device protocol (write, read, reg_write, reg_read,
+        run, idle); returns the reply header and payload."""
         op = h["op"]
         if op == "write":
             self.mem.write(int(h["addr"]), payload)
@@ -158,7 +169,8 @@ class CoreKernelTB:
 
 
 @cocotb.test()
-async def kernel_core_serve(dut):
+async def kernel_core_serve(dut: HierarchyObject) -> None:
+    """cocotb test: serve SimCoreDevice's commands over the job's Unix socket until it says stop."""
     job = read_job()
     start_clock(dut.ap_clk, impl="gpi")
     tb = CoreKernelTB(dut, job)

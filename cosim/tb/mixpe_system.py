@@ -12,6 +12,8 @@ load_seconds, readback_seconds.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import cocotb
 from cocotb.triggers import ReadOnly, RisingEdge
 
@@ -24,13 +26,16 @@ from cosim.tb.system import PreloadedSystemTB
 # The memory-select codes of MixPESystem's load port.
 from hdl.mixpe import LOAD_ACT, LOAD_CODE, LOAD_SCALE
 
+if TYPE_CHECKING:
+    from cocotb.handle import HierarchyObject
+
 
 class MixPESystemTB(PreloadedSystemTB):
     """`clock`: "gpi" -- cocotb drives `clk` from its C layer (Clock(impl="gpi"));
     "hdl" -- the toplevel is a wrapper whose clock toggles inside the model
     (Verilator --timing) and is visible as `clk_o`; Python never touches it."""
 
-    def __init__(self, dut, clock: str = "gpi"):
+    def __init__(self, dut: HierarchyObject, clock: str = "gpi"):
         super().__init__(dut, dut.clk_o if clock == "hdl" else dut.clk)
 
     async def start_and_wait(self, m_tiles: int, n_tiles: int, max_cycles: int) -> tuple[int, float]:
@@ -40,7 +45,9 @@ class MixPESystemTB(PreloadedSystemTB):
 
 
 @cocotb.test()
-async def mixpe_system(dut):
+async def mixpe_system(dut: HierarchyObject) -> None:
+    """cocotb test: load the case's images, run MixPESystem (`repeat` times), compare every
+    result word with golden."""
     job = read_job()
     seed = job_seed(job)
     data = load_case(job)

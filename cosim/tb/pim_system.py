@@ -15,6 +15,8 @@ bus_count, err_bits, read/result mismatches, sim_seconds, ...), errors.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import cocotb
 from cocotb.triggers import ReadOnly, RisingEdge
 
@@ -22,17 +24,26 @@ from cosim.runner import read_job, write_result
 from cosim.tb.common import Stopwatch, inject_errors, start_clock
 from cosim.tb.system import PreloadedSystemTB
 
+if TYPE_CHECKING:
+    from cocotb.handle import HierarchyObject
+
+    from golden.pim_config import PIMConfig
+
 
 class PIMSystemTB(PreloadedSystemTB):
-    def __init__(self, dut, config):
+    """Drives PIMSystem: load its request memories, run, read its response memories back."""
+    def __init__(self, dut: HierarchyObject, config: PIMConfig):
         super().__init__(dut)
         self.cfg = config
 
-    async def run(self, n_mem, n_job, n_vec, max_cycles):
+    async def run(self, n_mem: int, n_job: int, n_vec: int, max_cycles: int) -> float:
+        """Run with n_mem requests, n_job jobs and n_vec vector words loaded; returns the run's
+        wall seconds."""
         return await self.start_and_await_done(max_cycles, n_mem=n_mem, n_job=n_job,
                                                n_vec=n_vec)
 
     async def read_out(self, sel: int, n: int) -> list[int]:
+        """The first n words of the response memory selected by `sel`."""
         d = self.dut
         got = []
         for addr in range(n + 1):
@@ -115,7 +126,9 @@ async def _run_workload(tb, cfg, spec: dict, job: dict) -> dict:
 
 
 @cocotb.test()
-async def pim_system(dut):
+async def pim_system(dut: HierarchyObject) -> None:
+    """cocotb test: every workload of the job loaded, run and checked against golden (reads, GEMV
+    results, no checker error)."""
     from golden.pim_config import PIMConfig
 
     job = read_job()

@@ -3,11 +3,16 @@ that must count `job["cycles"]` clock edges. It exercises job/result files,
 the GPI clock and the cache without depending on any quattro block."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import cocotb
 from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
 
 from cosim.runner import read_job, write_result
+
+if TYPE_CHECKING:
+    from cocotb.handle import HierarchyObject
 
 #: Verilog of the counter, kept here so the harness test needs no generator.
 COUNTER_VERILOG = """
@@ -19,7 +24,8 @@ TOPLEVEL = "quattro_smoke_counter"
 
 
 @cocotb.test()
-async def count_cycles(dut):
+async def count_cycles(dut: HierarchyObject) -> None:
+    """cocotb test: the counter must count job["cycles"] clock edges after reset."""
     job = read_job()
     n = int(job["cycles"])
     Clock(dut.clk, 2, unit="ns").start()

@@ -17,11 +17,15 @@ only inserted between beats. The sink may drop `ready` in any cycle.
 from __future__ import annotations
 
 import random
+from typing import TYPE_CHECKING, Awaitable, Callable, Iterable
 
 from cocotb.triggers import ReadOnly, RisingEdge
 
 from cosim.runner import write_result
 from cosim.tb.common import Stopwatch, start_clock
+
+if TYPE_CHECKING:
+    from cocotb.handle import HierarchyObject, LogicObject
 
 #: Reset length of every testbench (stream and preloaded-system alike).
 RESET_CYCLES = 3
@@ -51,7 +55,7 @@ class _StreamEnd:
 class StreamSource(_StreamEnd):
     """Drives one stream with a list of words (ints, element 0 in the LSBs)."""
 
-    def __init__(self, dut, name: str, words: list[int], *, p_idle: float = 0.0,
+    def __init__(self, dut: HierarchyObject, name: str, words: list[int], *, p_idle: float = 0.0,
                  rng: random.Random | None = None):
         super().__init__(dut, name, rng)
         self.words = words
@@ -65,9 +69,12 @@ class StreamSource(_StreamEnd):
 
     @property
     def done(self) -> bool:
+        """Whether every word has been taken."""
         return self.idx >= len(self.words)
 
     def drive(self) -> None:
+        """Set valid and payload for this cycle: hold an untaken beat, or offer the next word
+        unless idling (p_idle)."""
         if self.offering:          # beat not yet taken: hold it
             return
         if self.idx < len(self.words) and not (self.p_idle and self.rng.random() < self.p_idle):
@@ -80,6 +87,7 @@ class StreamSource(_StreamEnd):
             self.valid.value = 0
 
     def sample(self, cycle: int) -> None:
+        """Note whether the offered beat was taken in cycle `cycle` (valid and ready)."""
         if self.offering and self.ready.value:
             if self.first_cycle is None:
                 self.first_cycle = cycle
@@ -91,7 +99,7 @@ class StreamSource(_StreamEnd):
 class StreamSink(_StreamEnd):
     """Takes words from one stream with random back-pressure."""
 
-    def __init__(self, dut, name: str, *, p_stall: float = 0.0,
+    def __init__(self, dut: HierarchyObject, name: str, *, p_stall: float = 0.0,
                  rng: random.Random | None = None):
         super().__init__(dut, name, rng)
         self.p_stall = p_stall
@@ -103,6 +111,7 @@ class StreamSink(_StreamEnd):
         self.ready.value = 0
 
     def drive(self) -> None:
+        """Set ready for this cycle: low with probability p_stall."""
         r = not (self.p_stall and self.rng.random() < self.p_stall)
         self.ready_low_cycles += not r
         if r != self.ready_now:
@@ -110,6 +119,7 @@ class StreamSink(_StreamEnd):
             self.ready_now = r
 
     def sample(self, cycle: int) -> None:
+        """Collect the payload of a beat transferred in cycle `cycle`."""
         if self.valid.value:
             if self.ready_now:
                 self.words.append(self.payload.value.to_unsigned())
@@ -121,7 +131,8 @@ class StreamSink(_StreamEnd):
 class Scoreboard:
     """Compares received words with expected ones bit for bit."""
 
-    def __init__(self, expected: list[int], *, describe=None, max_report: int = 8):
+    def __init__(self, expected: list[int], *,
+                 describe: Callable[[int, int, int], str] | None = None, max_report: int = 8):
         self.expected = expected
         self.describe = describe or (lambda i, got, exp: f"word {i}: got {got:#x}, "
                                                          f"expected {exp:#x}")
@@ -131,6 +142,8 @@ class Scoreboard:
         self.report: list[str] = []
 
     def check(self, got: list[int]) -> None:
+        """Compare `got` with the expected words, counting and reporting (up to max_report) each
+        mismatch."""
         for i, (g, e) in enumerate(zip(got, self.expected)):
             self.compared += 1
             if g != e:
@@ -142,6 +155,7 @@ class Scoreboard:
 
     @property
     def passed(self) -> bool:
+        """Whether every expected word was received and matched."""
         return (self.mismatches == 0 and self.compared == len(self.expected)
                 and self.compared > 0)
 
@@ -154,7 +168,7 @@ def stream_rngs(seed: int, n: int) -> list[random.Random]:
     return [random.Random(rng.randrange(1 << 62)) for _ in range(n)]
 
 
-def stream_ends(dut, words: dict[str, list[int]], job: dict, seed: int, *,
+def stream_ends(dut: HierarchyObject, words: dict[str, list[int]], job: dict, seed: int, *,
                 sink: str = "result") -> tuple[list[StreamSource], StreamSink]:
     """A StreamSource per input stream of `words` (name -> words, in that order)
     idling with the job's p_idle, and the StreamSink of `sink` stalling with its
@@ -167,7 +181,8 @@ def stream_ends(dut, words: dict[str, list[int]], job: dict, seed: int, *,
     return sources, StreamSink(dut, sink, p_stall=p_stall, rng=rngs[-1])
 
 
-async def step_cycle(clk, parts, cycle: int) -> None:
+async def step_cycle(clk: LogicObject, parts: Iterable[StreamSource | StreamSink],
+                     cycle: int) -> None:
     """One clock cycle of stream drivers/monitors: drive after the edge, sample
     the settled values (ReadOnly) as cycle `cycle`."""
     await RisingEdge(clk)
@@ -183,7 +198,7 @@ class StreamRun:
     stepped once a cycle, after a reset; `cycle` counts every clock cycle from
     the first reset cycle on, `raised` holds the watched flags (run)."""
 
-    def __init__(self, dut, sources: list[StreamSource], sink: StreamSink):
+    def __init__(self, dut: HierarchyObject, sources: list[StreamSource], sink: StreamSink):
         self.dut = dut
         self.sources = sources
         self.sink = sink
@@ -191,6 +206,7 @@ class StreamRun:
         self.raised: dict[str, int] = {}
 
     async def reset(self, cycles: int = RESET_CYCLES) -> None:
+        """Hold rst high for `cycles` clock cycles, then release it."""
         self.dut.rst.value = 1
         for _ in range(cycles):
             await RisingEdge(self.dut.clk)
@@ -235,7 +251,7 @@ class StreamRun:
                           f"{len(self.sink.words)}/{len(sb.expected)} result words")
         return errors
 
-    def result(self, sb: Scoreboard, errors: list[str], **fields) -> dict:
+    def result(self, sb: Scoreboard, errors: list[str], **fields: object) -> dict:
         """The result (cosim.runner.write_result) fields every stream run reports,
         plus the testbench's own `fields` (seed, sim/load seconds, macs, ...)."""
         return {"test": "stream", "passed": sb.passed and not errors,
@@ -247,7 +263,7 @@ class StreamRun:
                 **fields, "errors": errors}
 
 
-async def run_phase(dut, sources: list[StreamSource], sink: StreamSink, want: int,
+async def run_phase(dut: HierarchyObject, sources: list[StreamSource], sink: StreamSink, want: int,
                     limit: int) -> tuple[StreamRun, float]:
     """One phase of a unit's case: step `sources` and `sink` until the sink holds
     `want` words or `limit` cycles have passed, then idle them (StreamRun.run has
@@ -263,7 +279,7 @@ async def run_phase(dut, sources: list[StreamSource], sink: StreamSink, want: in
     return run, seconds
 
 
-async def start_unit(dut, inputs, low=()) -> None:
+async def start_unit(dut: HierarchyObject, inputs: Iterable[str], low: Iterable[str] = ()) -> None:
     """The clock started, the `inputs` streams' valid, the out stream's ready and
     the `low` ports held low through the reset."""
     start_clock(dut.clk)
@@ -275,7 +291,8 @@ async def start_unit(dut, inputs, low=()) -> None:
     await StreamRun(dut, [], None).reset()
 
 
-async def run_case_list(dut, test: str, seed: int, cases: list[dict], run_case, *,
+async def run_case_list(dut: HierarchyObject, test: str, seed: int, cases: list[dict],
+                        run_case: Callable[[dict], Awaitable[dict]], *,
                         kind: str | None = None) -> None:
     """`await run_case(case)` for each case in order, the unit keeping its state; a
     case that raises fails alone (its kind, or `kind` when it names none) and the

@@ -8,18 +8,26 @@ done it awaits a single `done` edge, so the clock runs without Python.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Sequence
+
 from cocotb.triggers import First, ReadOnly, RisingEdge, Timer
 
 from cosim.tb.common import CLK_PERIOD_NS, Stopwatch
 from cosim.tb.streams import RESET_CYCLES
 
+if TYPE_CHECKING:
+    from cocotb.handle import HierarchyObject, LogicObject
+
 
 class PreloadedSystemTB:
-    def __init__(self, dut, clk=None):
+    """Drives a preloaded system (hdl.streams.RunControl ports): reset, load its memories, start
+    and await done."""
+    def __init__(self, dut: HierarchyObject, clk: LogicObject | None = None):
         self.dut = dut
         self.clk = dut.clk if clk is None else clk
 
-    async def reset(self):
+    async def reset(self) -> None:
+        """Hold reset for RESET_CYCLES with start and load_en low, then release it."""
         d = self.dut
         d.rst.value = 1
         d.start.value = 0
@@ -29,7 +37,7 @@ class PreloadedSystemTB:
         d.rst.value = 0
         await RisingEdge(self.clk)
 
-    async def load(self, sel: int, words) -> None:
+    async def load(self, sel: int, words: Sequence[int]) -> None:
         """Write `words` to addresses 0.. of the memory selected by `sel`."""
         d = self.dut
         d.load_sel.value = sel
@@ -40,7 +48,7 @@ class PreloadedSystemTB:
             await RisingEdge(self.clk)
         d.load_en.value = 0
 
-    async def start_and_await_done(self, max_cycles: int, **inputs) -> float:
+    async def start_and_await_done(self, max_cycles: int, **inputs: int) -> float:
         """Set the run-time `inputs` (port name -> value), pulse start, await
         done (or fail after `max_cycles`). Returns wall seconds of the run; the
         caller reads the DUT's outputs in the ReadOnly phase it leaves us in."""
