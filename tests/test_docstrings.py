@@ -22,17 +22,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("golden", "hdl", "cosim", "quantflow", "fpga_boards", "dse", "quattro_cli", "quattro_fs")
 
-# Files whose offenders are known and being finished; the test prints them
-# instead of failing on them. Empty it as they are done.
+# Files (or folders, ending in "/") whose offenders are known and being finished:
+# the test prints them instead of failing on them. Empty it as they are done.
 PENDING: set[str] = {
     "cosim/__main__.py",
     "cosim/core.py",
-    "cosim/formal/checks.py",
-    "cosim/formal/harness.py",
-    "cosim/formal/lut.py",
-    "cosim/formal/mixpe.py",
-    "cosim/formal/monitors.py",
-    "cosim/formal/sby.py",
+    "cosim/formal/",
     "cosim/kernel_mixpe.py",
     "cosim/kv4_attention.py",
     "cosim/mutate.py",
@@ -125,16 +120,20 @@ def test_rule_catches_a_bare_function(tmp_path: Path) -> None:
     ]
 
 
+def _pending(rel: str) -> bool:
+    return rel in PENDING or any(p.endswith("/") and rel.startswith(p) for p in PENDING)
+
+
 def test_public_api_has_docstrings_and_type_hints() -> None:
     failing, pending = [], []
     for path in _sources():
         found = offences(path)
         rel = path.relative_to(ROOT).as_posix()
-        (pending if rel in PENDING else failing).extend(found)
+        (pending if _pending(rel) else failing).extend(found)
     if pending:
-        print(f"\nPENDING ({len(pending)} offences in {len(PENDING)} files, not failing):")
+        print(f"\nPENDING ({len(pending)} offences in {len(PENDING)} entries, not failing):")
         print("\n".join(pending))
-    stale = sorted(f for f in PENDING if (ROOT / f).is_file()
-                   and not any(o.startswith(f + ":") for o in pending))
+    stale = sorted(p for p in PENDING if (ROOT / p).exists()
+                   and not any(o.startswith(p if p.endswith("/") else p + ":") for o in pending))
     assert not stale, f"PENDING lists files that now pass; remove them: {stale}"
     assert not failing, f"{len(failing)} offences:\n" + "\n".join(failing)
