@@ -430,7 +430,8 @@ class KVUnit(wiring.Component):
 
     # ------------------------------------------------------------------ top
     def elaborate(self, platform: object) -> Module:
-        """Build the KV unit: the cache append and decode-attention paths over memory."""
+        """Build the unit: KV4Quantizer and KV4Attention with the requants, the A8 query
+        quantizer, the logit multiplier and the cache moves to and from memory."""
         c = self.config
         m = Module()
         m.submodules.quant = self.qz = KV4Quantizer(c.kv4)
