@@ -1,7 +1,8 @@
 """python -m cosim {sim,bench,lint,host,generate}
 
   sim    every block of cosim.blocks.BLOCKS (MixPE: every case of
-         cosim.mixpe.default_plan()): quantize (quantflow) into build/sim/data/,
+         cosim.mixpe.default_plan()); `--block generate` (cosim.blocks.ON_REQUEST):
+         SmolLM2 generating three tokens through the core. Quantize (quantflow) into build/sim/data/,
          generate Verilog, co-simulate under Verilator (stream testbench with
          idle cycles and back-pressure, ideal runs held to the cycle model, fast
          path where planned), print a table, write build/sim/report.json.
@@ -140,15 +141,21 @@ def _sim(args) -> int:
         bar.advance()
         return rec
 
-    # Threads suffice: every build and simulation is a subprocess.
+    # Threads suffice: every build and simulation is a subprocess. The longest
+    # blocks start first; the table keeps the plan's order.
+    order = sorted(range(len(items)), key=lambda i: items[i].block not in blocks.START_FIRST)
     with step(f"cosim sim: {len(items)} runs", total=len(items)) as bar, \
             cf.ThreadPoolExecutor(max_workers=args.jobs) as ex:
-        records = list(ex.map(counted, items))
+        done = dict(zip(order, ex.map(counted, [items[i] for i in order])))
+    records = [done[i] for i in range(len(items))]
     # A full run of a block's plan replaces its old records; a filtered one (or
-    # another configuration's) merges.
-    for block in by_block:
-        report.append_records([r for r in records if r["block"] == block],
-                              replace_block=None if args.only or args.config else block)
+    # another configuration's, or an on-request block's) merges.
+    by_item: dict[str, list] = {}
+    for item, rec in zip(items, records):
+        by_item.setdefault(item.block, []).append(rec)
+    for block, recs in by_item.items():
+        partial = args.only or args.config or block in blocks.ON_REQUEST
+        report.append_records(recs, replace_block=None if partial else block)
     print()
     print(report.format_table(records))
     failed = [r for r in records if not r["passed"]]

@@ -10,7 +10,7 @@ block can be co-simulated (`python -m cosim sim --block B --config JSON`)
     config_items(config, *, sim: str) -> list[SimItem]
 
 the plan's runs on that configuration. The driver runs the items in
-parallel, checks each record (bit-exact, and `cycles == expected_cycles` where
+parallel (START_FIRST's blocks first), checks each record (bit-exact, and `cycles == expected_cycles` where
 the record carries an analytic expectation), and merges the records into
 build/sim/report.json block by block. Adding a block = adding one line here.
 """
@@ -20,7 +20,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Callable
 
-__all__ = ["BLOCKS", "CONFIG_BLOCKS", "SimItem", "block_items", "configured_items"]
+__all__ = ["BLOCKS", "ON_REQUEST", "START_FIRST", "CONFIG_BLOCKS", "SimItem", "block_items", "configured_items"]
 
 #: block name (the records' "block" field) -> module providing sim_items()
 BLOCKS: dict[str, str] = {
@@ -34,6 +34,17 @@ BLOCKS: dict[str, str] = {
     "core": "cosim.core",
     "kernel_core": "cosim.kernel_core",
 }
+
+#: Blocks run only when named (`python -m cosim sim --block NAME`): model-wide runs of
+#: minutes each, kept out of make sim's time. "generate": SmolLM2 generates three tokens
+#: through the Verilated core (`make generate` runs the longer generation).
+ON_REQUEST: dict[str, str] = {
+    "generate": "cosim.generate",
+}
+
+#: Blocks whose runs take longest (whole-core builds and simulations, minutes each):
+#: make sim starts them first, so that none is left running alone at the end.
+START_FIRST = ("kernel_core", "core")
 
 #: block -> the hdl.generate block whose configuration `--config` fills, for the
 #: blocks whose module has config_items. The core is not here: its co-simulation
@@ -61,10 +72,13 @@ def block_items(*, sim: str, only: list[str] | None = None,
                 block: str | None = None) -> dict[str, list[SimItem]]:
     """Every block's items (or only `block`'s), filtered by `only` (substrings of
     item names, or block names)."""
-    if block is not None and block not in BLOCKS:
-        raise ValueError(f"unknown block {block!r}; choose one of {', '.join(BLOCKS)}")
+    if block is not None and block not in BLOCKS and block not in ON_REQUEST:
+        raise ValueError(f"unknown block {block!r}; choose one of "
+                         f"{', '.join([*BLOCKS, *ON_REQUEST])}")
     out = {}
-    for name, module in BLOCKS.items():
+    for name, module in (BLOCKS | ON_REQUEST).items():
+        if block is None and name in ON_REQUEST:
+            continue
         if block is not None and name != block:
             continue
         items = importlib.import_module(module).sim_items(sim=sim)

@@ -316,8 +316,9 @@ def sim_record(rec: dict, *, name: str) -> dict:
 
 
 def sim_items(*, sim: str) -> list:
-    """make sim: SmolLM2 (all layers) generates SIM_NEW_TOKENS tokens of the real
-    prompt through the Verilated core (the C++ device harness: Verilator only)."""
+    """`python -m cosim sim --block generate` (cosim.blocks.ON_REQUEST, not in make
+    sim): SmolLM2 (all layers) generates SIM_NEW_TOKENS tokens of the real prompt
+    through the Verilated core (the C++ device harness: Verilator only)."""
     from quantflow.models.loaders import models_dir
     from .blocks import SimItem
     if sim != "verilator" or not (models_dir() / REAL_MODEL).is_dir():
@@ -328,7 +329,7 @@ def sim_items(*, sim: str) -> list:
         rec = run_generate(REAL_MODEL, DEFAULT_PROMPT, max_new_tokens=SIM_NEW_TOKENS,
                            scheme=REAL_SCHEME, log=lambda m: None)
         return sim_record(rec, name=f"generate-{REAL_MODEL}-{SIM_NEW_TOKENS}-tokens")
-    return [SimItem(block="core", name=name, path="generate",
+    return [SimItem(block="generate", name=name, path="generate",
                     config={"model": REAL_MODEL, "max_new_tokens": SIM_NEW_TOKENS},
                     macs=0, peak_macs_per_cycle=0, run=run)]
 

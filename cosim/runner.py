@@ -25,8 +25,10 @@ import importlib.util
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -261,6 +263,27 @@ def _build_flags(b: Build) -> list[str]:
 VERILATOR_MAKE_OVERRIDES = ("CFG_CXXFLAGS_PCH_I=-include",)
 
 
+def _objcache_override() -> tuple[str, ...]:
+    """OBJCACHE=<wrapper>: Verilator's runtime objects compiled once per build root
+    and Verilator install, not once per model (cosim/objcache.py). Not part of the
+    build's cache key: the objects are the same either way."""
+    inst = find_verilator()
+    cache = BUILD_ROOT / ".objcache"
+    wrapper = cache / "objcache.sh"
+    if any(c.isspace() for c in str(wrapper)):
+        return ()      # a make variable in MAKEFLAGS cannot hold a space unescaped
+    text = "#!/bin/sh\nexec " + " ".join(shlex.quote(str(a)) for a in (
+        sys.executable, Path(__file__).with_name("objcache.py"), cache,
+        inst.root / "include")) + ' "$@"\n'
+    if not wrapper.is_file() or wrapper.read_text() != text:
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = wrapper.with_name(f".objcache.{os.getpid()}.{threading.get_ident()}")
+        tmp.write_text(text)
+        tmp.chmod(0o755)
+        tmp.replace(wrapper)
+    return (f"OBJCACHE={wrapper}",)
+
+
 def _runner(sim: str):
     from cocotb_tools import runner as ctr  # noqa: PLC0415 (heavy import)
 
@@ -273,7 +296,7 @@ def _runner(sim: str):
             # MAKEFLAGS variable definitions act like command-line overrides.
             flags = self.env.get("MAKEFLAGS", "")
             self.env["MAKEFLAGS"] = " ".join(
-                [flags, *VERILATOR_MAKE_OVERRIDES]).strip()
+                [flags, *VERILATOR_MAKE_OVERRIDES, *_objcache_override()]).strip()
 
     return _Verilator()
 
