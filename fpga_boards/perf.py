@@ -230,7 +230,8 @@ class Format:
 
     @classmethod
     def of(cls, system: SystemConfig, decoder: DecoderConfig) -> "Format":
-        """The weight format of `decoder`'s image under the system's sparsity."""
+        """How `decoder`'s weights stream under `system`: packed or in the image's
+        containers, and for a sparse engine its N:M pattern and index bits."""
         from golden.decoder import image_spec
         from .resources_system import sparse_stage_config
         import numpy as np
