@@ -20,7 +20,8 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("golden", "hdl", "cosim", "quantflow", "fpga_boards", "dse", "quattro_cli", "quattro_fs")
+PACKAGES = ("golden", "hdl", "cosim", "quantflow", "fpga_boards", "dse", "quattro_cli",
+            "quattro_fs")
 
 # Files (or folders, ending in "/") whose offenders are known and being finished:
 # the test prints them instead of failing on them. Empty it as they are done.
@@ -47,7 +48,8 @@ PENDING: set[str] = {
 def _sources() -> list[Path]:
     # A private module (``_name.py``, or one under a ``_name/`` folder) is not public API.
     def public(p: Path) -> bool:
-        return not any(part.startswith("_") and not part.startswith("__") for part in p.relative_to(ROOT).parts)
+        parts = p.relative_to(ROOT).parts
+        return not any(part.startswith("_") and not part.startswith("__") for part in parts)
     return sorted(p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py") if public(p))
 
 
@@ -109,7 +111,8 @@ def test_rule_catches_a_bare_function(tmp_path: Path) -> None:
         "class C:\n    def __init__(self, a):\n        pass\n"
         "    def m(self) -> int:\n        'Doc.'\n        return 1\n"
         "    def _p(self):\n        pass\n"
-        "def g(a: int) -> int:\n    'Doc.'\n    def inner(z):\n        return z\n    return inner(a)\n"
+        "def g(a: int) -> int:\n    'Doc.'\n"
+        "    def inner(z):\n        return z\n    return inner(a)\n"
     )
     assert offences(p, tmp_path) == [
         "golden/probe.py:1: f: no docstring",
