@@ -47,18 +47,18 @@ DATA_ROOT = SOAK_ROOT / "data"
 #: What one vector is, per block: one output word the scoreboard compares.
 VECTOR_MEANING = {
     "mixpe": "one result word: the cols int32 accumulators of one activation row "
-             "against one weight tile (a K-long dot product per column)",
-    "lut": "one result word: the cols outputs of one activation row against one "
-           "weight tile (K-long dot products, any weight format)",
-    "sparse_dsp": "one result word: one N:M-sparse (or dense) dot product of one "
-                  "activation row with one weight row segment",
+             "against one weight tile (cols K-long dot products, dequantized per group)",
+    "lut": "one result word: rows x lanes int32 outputs of one tile (its activation "
+           "rows against lanes output columns, K-long dot products, any weight format)",
+    "sparse_dsp": "one result beat: one weight row (N:M-sparse or dense) against one "
+                  "activation row, as the tile's group split of dot products",
     "pim": "one checked read-data word of the memory traffic, or one GEMV job's "
            "result word computed in the PIM lanes",
     "kv4_attention": "one cache word written by the in-hardware append quantizer "
                      "(the K and V chunk of one token) or one attention output word "
                      "(a lanes-wide chunk of one head's output) of a decode step",
-    "sfu": "one output word of an op call (lanes elements of dequant, RMSNorm, RoPE, "
-           "SwiGLU, requant, or an argmax result)",
+    "sfu": "one output word of an op call: lanes elements of dequant, RMSNorm, RoPE, "
+           "SwiGLU or requant, or an argmax result",
 }
 BLOCKS = tuple(VECTOR_MEANING)
 
@@ -95,6 +95,31 @@ def _pressure(rng: random.Random) -> tuple[float, float]:
     if rng.random() < 0.2:
         return 0.0, 0.0
     return round(rng.uniform(0.0, 0.5), 3), round(rng.uniform(0.0, 0.6), 3)
+
+
+class _FairSlots:
+    """At most `n` holders, granted in arrival order: a block that finishes a batch
+    and asks again queues behind the blocks already waiting (a plain semaphore
+    lets it barge in, starving the others)."""
+
+    def __init__(self, n: int):
+        self._free = n
+        self._queue: list[object] = []
+        self._cond = threading.Condition()
+
+    def __enter__(self):
+        me = object()
+        with self._cond:
+            self._queue.append(me)
+            self._cond.wait_for(lambda: self._free > 0 and self._queue[0] is me)
+            self._queue.pop(0)
+            self._free -= 1
+            self._cond.notify_all()
+
+    def __exit__(self, *exc):
+        with self._cond:
+            self._free += 1
+            self._cond.notify_all()
 
 
 _builds: dict = {}
@@ -188,7 +213,7 @@ def _lut_run(cfg, rng, target, corrupt):
     from cosim import lut
     fmt = rng.choice(sorted(MODES))
     m = rng.choice((1, 2, 4))
-    n = max(1, -(-target // (m * cfg.rows)))
+    n = max(1, -(-target // (m * cfg.cols // cfg.lanes)))  # cols/lanes words per tile
     p_idle, p_stall = _pressure(rng)
     case = lut.LUTCase(config=cfg, mode=MODES[fmt], m_tiles=m, n_tiles=n,
                        seed=rng.randrange(1 << 30), p_idle=p_idle, p_stall=p_stall)
@@ -432,7 +457,7 @@ def soak(*, vectors: int = DEFAULT_VECTORS, blocks=BLOCKS, jobs: int = 2, seed: 
     pinned = pinned or {}
     started = time.perf_counter()
     say = progress or (lambda s: None)
-    sem = threading.Semaphore(max(1, jobs))
+    sem = _FairSlots(max(1, jobs))
     lock = threading.Lock()
     results: dict[str, list[dict]] = {b: [] for b in blocks}
     walls: dict[str, float] = {}
