@@ -39,7 +39,8 @@ __all__ = ["perplexity", "layer_sqnr", "evaluate", "format_table", "plot_sqnr", 
 
 
 def quant_dir(model: str, scheme: str) -> Path:
-    """Where the evaluation report of `model` under `scheme` goes: build/quant/<model>/<scheme>."""
+    """build/quant/<model>/<scheme>: where the evaluation report (and export) of `model`
+    under `scheme` go."""
     return build_dir() / "quant" / model / scheme
 
 
