@@ -448,6 +448,13 @@ EQUIVALENT: dict[tuple[str, int, str], str] = {
     ("kv4_attention", 4567, "\\$1300: + -> -"):
         "qh is one bit and only bit 0 of qh + 1 is kept: qh + 1 and qh - 1 are equal "
         "modulo 2",
+    ("kv4_attention", 6544, "qmax8: 14'h0000 -> 14'h1"):
+        "the default of a node of the query's max tree outside the query-shift state "
+        "(state 3); its only reader, qe_cur, is written only in that state, where the "
+        "node takes the compared magnitude",
+    ("kv4_attention", 7792, "bl1: 5'h09 -> 5'ha"):
+        "bit length 9 of 240 * d (head 1) needs d < 3, but the running maximum's own "
+        "term adds 2**p_frac = 4096 to d, so 240 * d >= 983,040 (bit length >= 20)",
     ("sfu", 2396, "register SK bypassed"):
         "SK (rmsnorm's sqrt(k) from the cmd) is written only in the cycle a cmd is "
         "taken and read only in later states: made a transparent latch, it holds the "
