@@ -452,6 +452,10 @@ EQUIVALENT: dict[tuple[str, int, str], str] = {
         "the default of a node of the query's max tree outside the query-shift state "
         "(state 3); its only reader, qe_cur, is written only in that state, where the "
         "node takes the compared magnitude",
+    ("kv4_attention", 7194, "q8s15: 15'h0000 -> 15'h1"):
+        "the default of a saturated query element outside the query-load state (state 4); "
+        "its readers (the query buffer and sumq) are written only in that state, where "
+        "it takes the rounded element",
     ("kv4_attention", 7792, "bl1: 5'h09 -> 5'ha"):
         "bit length 9 of 240 * d (head 1) needs d < 3, but the running maximum's own "
         "term adds 2**p_frac = 4096 to d, so 240 * d >= 983,040 (bit length >= 20)",
