@@ -456,6 +456,15 @@ EQUIVALENT: dict[tuple[str, int, str], str] = {
         "the default of a saturated query element outside the query-load state (state 4); "
         "its readers (the query buffer and sumq) are written only in that state, where "
         "it takes the rounded element",
+    ("kv4_attention", 10270, "if (\\$1239) inverted"):
+        "clears the head counter qh on a cmd outside IDLE instead of in IDLE: with "
+        "heads = 2 the one-bit qh wraps back to 0 after every query load, and no cmd is "
+        "offered outside IDLE (cmd.ready is low there); with heads = 3 a second decode "
+        "in one simulation would start at head 3, see the report's note",
+    ("kv4_attention", 11945, "if (\\$1304) inverted"):
+        "loads the divider's start remainder in every state but 6 (normalise) instead of "
+        "in 6: state 6 is entered from another state, which has already loaded the same "
+        "constant, and holds it into the division (state 7)",
     ("kv4_attention", 7792, "bl1: 5'h09 -> 5'ha"):
         "bit length 9 of 240 * d (head 1) needs d < 3, but the running maximum's own "
         "term adds 2**p_frac = 4096 to d, so 240 * d >= 983,040 (bit length >= 20)",
@@ -480,6 +489,17 @@ GAPS: dict[tuple[str, int, str], str] = {
         "count: it differs only for a token whose first beat arrives within `chunks` "
         "cycles of the cache becoming full; the testbench appends the overflowing token "
         "after the append phase has drained",
+    ("kv4_attention", 15574, "\\$801: 1'h0 -> 1'h1"):
+        "the K quantizer's sign test x < 0 made x < -1: differs only for a rotated K "
+        "element of exactly -1 with a non-zero code, which seeded random K does not "
+        "produce; a crafted token is needed",
+    ("kv4_attention", 16293, "register kcb85 bypassed"):
+        "a K code buffer register made a transparent latch: differs only if it is read "
+        "in the cycle it is written; not analysed further",
+    ("kv4_attention", 16317, "register kcb87 bypassed"):
+        "as kcb85 (another K code buffer register); not analysed further",
+    ("kv4_attention", 16225, "register vbuf1_4 bypassed"):
+        "a V buffer register made a transparent latch: as kcb85; not analysed further",
     ("kv4_attention", 15703, "\\$954: > -> >="):
         "round-half-even of the V quantizer's 8-to-4-bit step made round-half-up: differs "
         "only on an exact tie (low nibble 8, nothing below, even), which seeded random "
