@@ -456,11 +456,6 @@ EQUIVALENT: dict[tuple[str, int, str], str] = {
         "the default of a saturated query element outside the query-load state (state 4); "
         "its readers (the query buffer and sumq) are written only in that state, where "
         "it takes the rounded element",
-    ("kv4_attention", 10270, "if (\\$1239) inverted"):
-        "clears the head counter qh on a cmd outside IDLE instead of in IDLE: with "
-        "heads = 2 the one-bit qh wraps back to 0 after every query load, and no cmd is "
-        "offered outside IDLE (cmd.ready is low there); with heads = 3 a second decode "
-        "in one simulation would start at head 3, see the report's note",
     ("kv4_attention", 11945, "if (\\$1304) inverted"):
         "loads the divider's start remainder in every state but 6 (normalise) instead of "
         "in 6: state 6 is entered from another state, which has already loaded the same "
@@ -489,6 +484,12 @@ GAPS: dict[tuple[str, int, str], str] = {
         "count: it differs only for a token whose first beat arrives within `chunks` "
         "cycles of the cache becoming full; the testbench appends the overflowing token "
         "after the append phase has drained",
+    ("kv4_attention", 10270, "if (\\$1239) inverted"):
+        "the head counter qh is cleared on a cmd seen outside IDLE instead of in IDLE: "
+        "observable when the next cmd is offered (valid high) while the unit is busy, "
+        "legal stream behaviour, or with heads = 3 on a second decode in one simulation "
+        "(the one-bit qh of heads = 2 wraps to 0 by itself); the testbench offers each "
+        "cmd only to an idle unit and runs one decode per simulation",
     ("kv4_attention", 15574, "\\$801: 1'h0 -> 1'h1"):
         "the K quantizer's sign test x < 0 made x < -1: differs only for a rotated K "
         "element of exactly -1 with a non-zero code, which seeded random K does not "
