@@ -501,6 +501,17 @@ GAPS: dict[tuple[str, int, str], str] = {
         "as kcb85 (another K code buffer register); not analysed further",
     ("kv4_attention", 16225, "register vbuf1_4 bypassed"):
         "a V buffer register made a transparent latch: as kcb85; not analysed further",
+    ("mixpe", 1237, "\\$51: & -> |"):
+        "the DQ lane's write enable of cell 5 asserted also for an earlier group's (or a "
+        "stale) E3 stage: the extra writes are overwritten by the last group's before "
+        "`result.valid` rises unless one lands while a result is held; not analysed "
+        "further",
+    ("mixpe", 1955, "register Pg bypassed"):
+        "the finished group sum is visible one cycle early (in the group's last k): only a "
+        "DQ walk still reading the previous group's Pg in that cycle sees it, which needs "
+        "a walk as long as the group (e.g. 4 x 16 at group 32, two time-shared lanes); "
+        "this plan's 2 x 4 at group 32 leaves 24 cycles of slack (not rerun on such a "
+        "configuration)",
     ("kv4_attention", 15703, "\\$954: > -> >="):
         "round-half-even of the V quantizer's 8-to-4-bit step made round-half-up: differs "
         "only on an exact tie (low nibble 8, nothing below, even), which seeded random "
