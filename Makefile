@@ -18,7 +18,8 @@ $(STAMP): requirements.lock requirements-models.lock pyproject.toml
 	@touch $@
 
 ## sim: generate Verilog, quantize, co-simulate every block under Verilator,
-##      write build/sim/report.json (about 20 min on 2 cores with a cold build cache)
+##      write build/sim/report.json (see README for its time; SmolLM2's generation
+##      through the core is `make generate`, or `python -m cosim sim --block generate`)
 sim: $(STAMP)
 	$(VPY) -m cosim sim
 
