@@ -463,6 +463,9 @@ EQUIVALENT: dict[tuple[str, int, str], str] = {
     ("kv4_attention", 7792, "bl1: 5'h09 -> 5'ha"):
         "bit length 9 of 240 * d (head 1) needs d < 3, but the running maximum's own "
         "term adds 2**p_frac = 4096 to d, so 240 * d >= 983,040 (bit length >= 20)",
+    ("sparse_dsp", 538, "\\$3: < -> <="):
+        "the ctrl field clamp f < 1 ? f : 1 made f <= 1 ? f : 1: at the only value where "
+        "the two comparisons differ, f = 1, both arms are 1",
     ("sfu", 2396, "register SK bypassed"):
         "SK (rmsnorm's sqrt(k) from the cmd) is written only in the cycle a cmd is "
         "taken and read only in later states: made a transparent latch, it holds the "
