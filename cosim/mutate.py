@@ -509,6 +509,18 @@ GAPS: dict[tuple[str, int, str], str] = {
         "stale) E3 stage: the extra writes are overwritten by the last group's before "
         "`result.valid` rises unless one lands while a result is held; not analysed "
         "further",
+    ("pim", 2214, "\\$522: | -> &"):
+        "the memory side's data-bus reservation of an RD / WR is dropped (the busy mask "
+        "that both the scheduler and the checker read): the plan's traffic never puts a "
+        "PIM-side transfer into the freed slot (the other spacing rules keep them apart "
+        "in this workload); a workload that does, or a proof of equivalence, is missing",
+    ("pim", 2220, "\\$528: | -> &"):
+        "as pim 2214: the bus reservations kept only where the old and the new mask "
+        "overlap; not analysed further",
+    ("pim", 2295, "\\$601: + -> -"):
+        "the age of the third most recent activation counts down instead of up (tFAW "
+        "bookkeeping): the four-activate window never binds in this workload (2 banks); "
+        "not analysed further",
     ("mixpe", 1955, "register Pg bypassed"):
         "the finished group sum is visible one cycle early (in the group's last k): only a "
         "DQ walk still reading the previous group's Pg in that cycle sees it, which needs "
