@@ -466,6 +466,10 @@ EQUIVALENT: dict[tuple[str, int, str], str] = {
     ("sparse_dsp", 538, "\\$3: < -> <="):
         "the ctrl field clamp f < 1 ? f : 1 made f <= 1 ? f : 1: at the only value where "
         "the two comparisons differ, f = 1, both arms are 1",
+    ("pim", 6255, "register last_i bypassed"):
+        "the address generator's last inner index is written only in the `start` cycle "
+        "and read only in later ones (the advance branch excludes `start`): made a "
+        "transparent latch, it holds the same value whenever it is read",
     ("sfu", 2396, "register SK bypassed"):
         "SK (rmsnorm's sqrt(k) from the cmd) is written only in the cycle a cmd is "
         "taken and read only in later states: made a transparent latch, it holds the "
