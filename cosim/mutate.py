@@ -525,6 +525,10 @@ GAPS: dict[tuple[str, int, str], str] = {
         "the age of the third most recent activation counts down instead of up (tFAW "
         "bookkeeping): the four-activate window never binds in this workload (2 banks); "
         "not analysed further",
+    ("pim", 2050, "\\$350: ?: arms swapped"):
+        "one of Yosys's copies of `the memory-side cmd if it addresses this bank, else "
+        "NOP` with the arms swapped; its reader (an RD test) did not change any verdict "
+        "of the plan; not analysed further",
     ("mixpe", 1955, "register Pg bypassed"):
         "the finished group sum is visible one cycle early (in the group's last k): only a "
         "DQ walk still reading the previous group's Pg in that cycle sees it, which needs "
