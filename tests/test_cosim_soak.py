@@ -52,6 +52,14 @@ def test_tiny_soak_reports_every_field(tmp_path):
     for b in rep["batches"]:
         assert b["cases"] and all("seed" in c for c in b["cases"])
         assert b["config"] == PINNED[b["block"]].as_dict()
+    # the batch's seeds rerun it exactly: the same cases, vectors and cycles
+    first = next(b for b in rep["batches"] if b["block"] == "sfu")
+    again = soak.soak(blocks=("sfu",), replay=f"{first['config_seed']}:{first['case_seed']}:"
+                      f"{first['target_vectors']}", report_path=None, pinned=PINNED)
+    (b2,) = again["batches"]
+    assert again["passed"] and again["complete"]
+    assert (b2["vectors"], b2["sim_cycles"], b2["cases"]) == (
+        first["vectors"], first["sim_cycles"], first["cases"])
 
 
 def test_corrupted_expected_word_is_a_mismatch(tmp_path):
