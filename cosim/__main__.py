@@ -190,7 +190,8 @@ def _generate(args) -> int:
     return generate.main(list(args.rest))
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
+    """`python -m cosim`: run the subcommand argv names; returns its exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
     # Commands with their own parser get every argument: argparse's REMAINDER
     # would refuse one that starts with "--" (python -m cosim lint --block lut).
