@@ -781,6 +781,8 @@ def _real_item(sim: str) -> dict:
 
 
 def sim_items(*, sim: str) -> list:
+    """make sim's items of the core: the random models (one with a stalled memory) and, when
+    SmolLM2 is prepared, its real layer; run on `sim`."""
     from quantflow.models.loaders import models_dir
     from .blocks import SimItem
     items = []
