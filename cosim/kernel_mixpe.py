@@ -19,6 +19,7 @@ from cosim.report import make_record
 
 if TYPE_CHECKING:
     from fpga_boards.kernel import KernelSpec
+    from golden.mixpe_config import MixPEConfig
 
 __all__ = ["BLOCK", "kernel_build", "run_case", "to_record", "sim_items", "config_items",
            "default_cases"]
@@ -117,10 +118,12 @@ def default_cases() -> list[MixPECase]:
 
 
 def sim_items(*, sim: str) -> list:
+    """make sim's items of the MixPE kernel: each default case with an interrupt wait on ideal
+    memory and with polling under back-pressure; run on `sim`."""
     return _plan_items(default_cases(), sim)
 
 
-def config_items(config, *, sim: str) -> list:
+def config_items(config: MixPEConfig, *, sim: str) -> list:
     """`quattro sim --block kernel_mixpe --config ...`: the kernel of MixPE
     `config` on a seeded random workload (>= 100,000 MACs), both waits."""
     from cosim.cases import tiles_for
