@@ -71,7 +71,7 @@ def _store(entry: Path, files: dict[str, Path]) -> None:
 
 def main(argv: list[str]) -> int:
     """`objcache.py <cache dir> <include dir> <compiler> <args...>`: run the compile, from the
-    cache for a Verilator runtime source; returns the compiler's exit status."""
+    cache for a Verilator runtime source; returns the compiler's exit status (0 on a hit)."""
     cache_dir, include_dir, cmd = Path(argv[0]), Path(argv[1]), argv[2:]
     hit = _cacheable(cmd, include_dir)
     if hit is None:
