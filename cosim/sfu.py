@@ -496,6 +496,7 @@ def _run_item(case: SFUCase, sim: str) -> dict:
 
 
 def sim_items(*, sim: str) -> list:
+    """make sim's items of the SFU: default_plan's cases, run on `sim`."""
     return _plan_items(default_plan(), sim)
 
 
