@@ -76,6 +76,7 @@ def _run(sim: str) -> dict:
 
 
 def real_items(*, sim: str) -> list:
+    """make sim's item of a real SmolLM2 layer on the sparse DSP block (2:4, W4A8), run on `sim`."""
     from cosim.blocks import SimItem
     case = SparseDSPCase(config=REAL_CONFIG, mode=REAL_MODE, rows=REAL_ROWS, ma=REAL_TOKENS)
     return [SimItem(block="sparse_dsp", name="sparse_dsp_smollm2_l0_q_proj_2of4_w4a8",
