@@ -29,9 +29,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from quattro_fs import atomic_write_json, build_root
+
+if TYPE_CHECKING:
+    from hdl.generate import BlockConfig
 
 __all__ = ["BLOCKS", "VECTOR_MEANING", "DEFAULT_VECTORS", "DEFAULT_CONFIGS", "REPORT_PATH",
            "Batch", "draw_config", "run_batch", "soak", "main"]
@@ -401,19 +404,21 @@ class Batch:
 
     @property
     def replay(self) -> str:
+        """The batch's --replay value: config seed, case seed and vectors."""
         return f"{self.config_seed}:{self.case_seed}:{self.vectors}"
 
     @property
     def command(self) -> str:
+        """The command that reruns just this batch."""
         return f"python -m cosim.soak --blocks {self.block} --replay {self.replay}"
 
 
-def draw_config(block: str, config_seed: int):
+def draw_config(block: str, config_seed: int) -> BlockConfig:
     """The legal configuration of `block` that `config_seed` draws."""
     return _legal(random.Random(config_seed), _ADAPTERS[block][0])
 
 
-def run_batch(batch: Batch, *, corrupt: bool = False, config=None) -> dict:
+def run_batch(batch: Batch, *, corrupt: bool = False, config: BlockConfig | None = None) -> dict:
     """Run one batch; its record (failed, with the exception, when it raised).
     `corrupt` flips one bit of the first expected word (the soak must see it);
     `config` pins the configuration instead of drawing it from the config seed."""
@@ -446,10 +451,10 @@ def _block_summary(block: str, batches: list[dict], wall: float) -> dict:
             "wall_seconds": round(wall, 1)}
 
 
-def soak(*, vectors: int = DEFAULT_VECTORS, blocks=BLOCKS, jobs: int = 2, seed: int = 1,
-         configs: int = DEFAULT_CONFIGS, replay: str | None = None, corrupt: bool = False,
-         report_path: Path | None = REPORT_PATH, progress: Callable[[str], None] | None = None,
-         pinned: dict | None = None) -> dict:
+def soak(*, vectors: int = DEFAULT_VECTORS, blocks: Iterable[str] = BLOCKS, jobs: int = 2,
+         seed: int = 1, configs: int = DEFAULT_CONFIGS, replay: str | None = None,
+         corrupt: bool = False, report_path: Path | None = REPORT_PATH,
+         progress: Callable[[str], None] | None = None, pinned: dict | None = None) -> dict:
     """Soak `blocks` until each has >= `vectors` compared vectors (or run the one
     batch `replay` names). Returns the report (also written to report_path).
     `pinned` ({block: config}) replaces a block's drawn configurations (a test
@@ -532,6 +537,7 @@ def _load() -> list[float] | None:
 
 
 def table(report: dict) -> str:
+    """The report's per-block summary as a fixed-width text table."""
     head = ("block", "vectors", "mismatches", "configs", "batches", "sim cycles",
             "cycles/s", "wall s")
     rows = [head] + [(s["block"], f"{s['vectors']:,}", str(s["mismatches"]),
@@ -554,6 +560,8 @@ def _positive(name: str, v: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m cosim.soak`: soak the blocks, print the table and each failed batch's replay
+    command; returns 0 when all passed."""
     ap = argparse.ArgumentParser(prog="python -m cosim.soak", description=__doc__.split("\n")[0])
     ap.add_argument("--vectors", default=str(DEFAULT_VECTORS),
                     help="compared vectors per block (default 10^6)")
