@@ -10,14 +10,21 @@ mode-error flag, which fails the run).
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import cocotb
 
 from cosim.runner import write_result
 from cosim.tb.common import Stopwatch, inject_errors, open_job, start_clock
 from cosim.tb.streams import Scoreboard, StreamRun, stream_ends
 
+if TYPE_CHECKING:
+    from cocotb.handle import HierarchyObject
 
-def load_lut_case(job: dict):
+    from quantflow.lut import LUTImages
+
+
+def load_lut_case(job: dict) -> tuple[LUTImages, list[int]]:
     """(images, expected result words from golden.lut on the decoded operands)."""
     from golden.lut import lut_acc
     from golden.lut_config import LUTConfig, LUTMode
@@ -49,7 +56,9 @@ def _describe(img):
 
 
 @cocotb.test()
-async def lut_stream(dut):
+async def lut_stream(dut: HierarchyObject) -> None:
+    """cocotb test: one LUT block case streamed with the job's idle and back-pressure
+    probabilities, every result word compared with golden."""
     job, seed = open_job(dut, "lut_stream")
     sw = Stopwatch()
     img, expected = load_lut_case(job)

@@ -14,6 +14,7 @@ stall/idle counts, mismatch details.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
 
 import cocotb
 
@@ -22,6 +23,9 @@ from golden.mixpe_config import MixPEConfig
 from cosim.runner import write_result
 from cosim.tb.common import Stopwatch, inject_errors, open_job, start_clock
 from cosim.tb.streams import Scoreboard, StreamRun, stream_ends
+
+if TYPE_CHECKING:
+    from cocotb.handle import HierarchyObject
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,7 +57,7 @@ def load_case(job: dict) -> MixPECaseData:
     return MixPECaseData(images=images, expected_words=expected)
 
 
-def describe_mismatch(data: MixPECaseData):
+def describe_mismatch(data: MixPECaseData) -> Callable[[int, int, int], str]:
     """Closure naming (tile, m, n, got, expected) of a mismatching result word."""
     from golden.formats import ACC_BITS
     from quantflow.pack import unpack_words
@@ -77,7 +81,7 @@ class MixPEStreamTB:
     """The three sources, the sink and the scoreboard (cosim.tb.streams.StreamRun
     clocks them)."""
 
-    def __init__(self, dut, data: MixPECaseData, job: dict, *, seed: int):
+    def __init__(self, dut: HierarchyObject, data: MixPECaseData, job: dict, *, seed: int):
         self.dut = dut
         self.data = data
         self.seed = seed
@@ -93,7 +97,9 @@ class MixPEStreamTB:
 
 
 @cocotb.test()
-async def mixpe_stream(dut):
+async def mixpe_stream(dut: HierarchyObject) -> None:
+    """cocotb test: one MixPE case streamed with the job's idle and back-pressure
+    probabilities, every result word compared with golden."""
     job, seed = open_job(dut, "mixpe_stream")
     sw = Stopwatch()
     data = load_case(job)

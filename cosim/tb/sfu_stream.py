@@ -15,11 +15,17 @@ Result: {"passed", "seed", "cases": [per-case dicts], "errors"}.
 from __future__ import annotations
 
 import random
+from typing import TYPE_CHECKING
 
 import cocotb
 
 from cosim.tb.common import inject_errors, open_job
 from cosim.tb.streams import Scoreboard, run_case_list, run_phase, start_unit, stream_ends
+
+if TYPE_CHECKING:
+    from cocotb.handle import HierarchyObject
+
+    from golden.sfu_config import SFUHWConfig
 
 INPUTS = ("cmd", "x")
 
@@ -42,7 +48,9 @@ def _describe(case: dict, lanes: int):
     return describe
 
 
-async def op_case(dut, case: dict, cfg, rng: random.Random) -> dict:
+async def op_case(dut: HierarchyObject, case: dict, cfg: SFUHWConfig, rng: random.Random) -> dict:
+    """One "ops" case: stream its cmd and x words, compare every out word with golden, check the
+    cycles and that nothing follows."""
     expected = inject_errors(list(case["expected"]), case.get("corrupt_expected"))
     job = {"p_idle": case.get("p_idle", 0.0), "p_stall": case.get("p_stall", 0.0)}
     sources, sink = stream_ends(dut, {"cmd": case["cmd"], "x": case["x"]}, job,
@@ -61,7 +69,9 @@ async def op_case(dut, case: dict, cfg, rng: random.Random) -> dict:
             "elements": case["elements"], "errors": errors}
 
 
-async def bad_case(dut, case: dict) -> dict:
+async def bad_case(dut: HierarchyObject, case: dict) -> dict:
+    """One "bad" case: the refused cmd (and its x beats) must be consumed, raise `error` and emit
+    nothing."""
     words = {"cmd": [case["cmd"]], "x": list(case.get("x", []))}
     sources, sink = stream_ends(dut, words, {}, 0, sink="out")
     sink.p_stall = 0.0
@@ -77,7 +87,9 @@ async def bad_case(dut, case: dict) -> dict:
 
 
 @cocotb.test()
-async def sfu_stream(dut):
+async def sfu_stream(dut: HierarchyObject) -> None:
+    """cocotb test: every case of the job on one SFU build, the unit keeping its state between
+    cases."""
     from golden.sfu_config import SFUHWConfig
     job, seed = open_job(dut, "sfu_stream")
     cfg = SFUHWConfig(**job["config"])

@@ -13,16 +13,24 @@ sim_seconds, stall/idle counts, errors.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import cocotb
 
 from cosim.runner import write_result
 from cosim.tb.common import Stopwatch, inject_errors, open_job, start_clock
 from cosim.tb.streams import Scoreboard, StreamRun, stream_ends
 
+if TYPE_CHECKING:
+    from cocotb.handle import HierarchyObject
+
+    from golden.sparse_dsp_config import SparseDSPConfig, TileMode
+
 STREAMS = ("ctrl", "act", "weight", "scale")
 
 
-def load_job(job: dict):
+def load_job(job: dict) -> tuple[SparseDSPConfig, dict[str, list[int]], list[int],
+                                list[TileMode], int, int]:
     """(config, words by stream, expected result words, tile modes, dense MACs,
     kept MACs) of every image directory in the job, concatenated."""
     from golden.sparse_dsp_config import SparseDSPConfig
@@ -43,7 +51,9 @@ def load_job(job: dict):
 
 
 @cocotb.test()
-async def sparse_dsp_stream(dut):
+async def sparse_dsp_stream(dut: HierarchyObject) -> None:
+    """cocotb test: the job's tiles streamed through the sparse DSP block, every result word
+    compared with golden."""
     job, seed = open_job(dut, "sparse_dsp_stream")
     sw = Stopwatch()
     cfg, words, expected, modes, macs, kept = load_job(job)
