@@ -168,8 +168,8 @@ def test_core_layer_bit_exact_and_on_its_cycle_model(tmp_path):
     """The whole core (sequencer, linear engine, KV4 unit, SFU, AXI masters) under
     Icarus: one layer of a random Llama, a 2-token prefill and a decode step, every
     instruction bit-exact with golden.core and every run's cycles equal to
-    hdl.core.cycle_model. Slow: Icarus simulates the core at a few hundred cycles a
-    second (13,000 cycles: minutes), too long for make test."""
+    hdl.core.cycle_model. Slow: Icarus takes minutes over these 13,000 cycles of the
+    whole core, too long for make test."""
     import torch
 
     from cosim import core as cc
