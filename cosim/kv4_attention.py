@@ -25,7 +25,8 @@ from cosim.flow import DATA_ROOT, build_design, case_item, first_case, run_case_
 from cosim.report import make_record
 
 __all__ = ["KV4Case", "FIXTURE", "REAL_MODEL", "PLAN_CONFIGS", "default_plan", "prepare_data",
-           "unit_build", "run_cases", "to_record", "sim_items", "config_items", "case_job"]
+           "unit_build", "run_cases", "to_record", "sim_items", "config_items", "case_job",
+           "after_overflow"]
 
 STREAM_TB = "cosim.tb.kv4_attention_stream"
 #: Captured SmolLM2 attention (quantflow.capture_attention), shipped with the package:
@@ -39,18 +40,30 @@ class KV4Case(StreamCase):
     """One decode step: `source` "random" (seeded K/V with outlier channels and
     a large first token) or "real" (the SmolLM2 fixture: KV head `kv_head`, the
     query at position T-1). p_idle / p_stall: random source idle cycles and
-    sink back-pressure (0 = ideal, the cycle model is then enforced)."""
+    sink back-pressure (0 = ideal, the cycle model is then enforced).
+    overflow_check (T = max_t): one token too many right behind the last and one
+    after the append has drained, both dropped.
+    crafted: tokens 1 and 2 replaced by quantizer edge cases (_craft).
+    busy_cmd: the same decode runs twice, its second cmd offered while the
+    first decode is still busy (the record's cycles are the first decode's)."""
     config: KV4Config
     source: str = "random"
     T: int = 64
     kv_head: int = 0
     overflow_check: bool = False
+    crafted: bool = False
+    busy_cmd: bool = False
 
     def __post_init__(self):
         expect_type("config", self.config, KV4Config)
         check_choice("source", self.source, ("random", "real"))
         check_int("T", self.T, 1, self.config.max_t, hint="T is a token count up to max_t")
         check_bool("overflow_check", self.overflow_check)
+        check_bool("crafted", self.crafted)
+        check_bool("busy_cmd", self.busy_cmd)
+        if self.crafted and (self.source != "random" or self.T < 3 or self.config.head_dim < 4):
+            raise ValueError("crafted tokens replace tokens 1 and 2 of a random case: "
+                             "source='random', T >= 3, head_dim >= 4")
         if self.overflow_check and self.T != self.config.max_t:
             raise ValueError(f"overflow_check needs a full cache: T={self.T} but "
                              f"max_t={self.config.max_t}; set T=max_t")
@@ -65,7 +78,37 @@ class KV4Case(StreamCase):
         """The case's name: configuration, data source, T and pressure."""
         src = f"real-{REAL_MODEL}-kvh{self.kv_head}" if self.source == "real" else \
             f"rand-s{self.seed}"
-        return f"{self.config.name()}_{src}_T{self.T}_{self.pressure}"
+        edge = "_crafted" if self.crafted else ""
+        return f"{self.config.name()}_{src}{edge}_T{self.T}_{self.pressure}"
+
+
+def _craft(k, v, c: KV4Config) -> None:
+    """Overwrite tokens 1 and 2 (in place) with the quantizer's exact edge cases, in
+    units of the fraction the random tokens choose (they are small, so the choice
+    stays): K token 1 rotates to small values with -1 in lanes of as many of the
+    time-shared quantizer units as a seeded search finds (the K sign test at
+    exactly -1, with a non-zero code); V token 2 spans -15..15 with +-1 elsewhere,
+    so 15 |X| / S = 1/2 exactly (the 4-bit round-half-even tie) in every unit."""
+    import torch
+
+    from golden.kv4_attention import choose_frac, quantize_token, rotate_k
+    from hdl.kv4_attention import _quant_split
+    fk, fv = 2.0 ** -choose_frac(k, c), 2.0 ** -choose_frac(v, c)
+    D, L = c.head_dim, c.lanes
+    ql = _quant_split(c)[0]
+    g = torch.Generator().manual_seed(7)
+    x = torch.zeros(4096, D, dtype=torch.int64)
+    x[:, :4] = torch.randint(-12, 13, (4096, 4), generator=g)
+    y = rotate_k(x, c)
+    codes = quantize_token(y, c, width=c.k_bits)[0]
+    hit = (y == -1) & (codes != 0)
+    units = torch.stack([hit[:, [i for i in range(D) if i % L % ql == u]].any(1)
+                         for u in range(ql)], 1).sum(1)
+    best = int(torch.argmax(units))         # the first candidate covering the most units
+    k[1] = x[best].double() * fk
+    xv = [(-1.0) ** i for i in range(D)]
+    xv[0], xv[2] = -15.0, 15.0
+    v[2] = v.new_tensor(xv) * fv
 
 
 def _inputs(case: KV4Case):
@@ -94,6 +137,8 @@ def _inputs(case: KV4Case):
     v = torch.randn(case.T, c.head_dim, generator=g)
     k[0] *= 3                          # an attention-sink-like first token
     q = torch.randn(c.heads, c.head_dim, generator=g) * 0.5
+    if case.crafted:
+        _craft(k, v, c)
     return q, k, v
 
 
@@ -131,7 +176,7 @@ def case_job(case: KV4Case, *, root: Path | None = None) -> dict:
     """The testbench job of one decode case: its data directory and stream pressures."""
     return {"kind": "decode", "data_dir": str(prepare_data(case, root=root)),
             "p_idle": case.p_idle, "p_stall": case.p_stall,
-            "overflow_check": case.overflow_check}
+            "overflow_check": case.overflow_check, "busy_cmd": case.busy_cmd}
 
 
 def run_cases(config: KV4Config, jobs: list[dict], *, build: runner.Build | None = None,
@@ -217,7 +262,8 @@ def default_plan() -> list[KV4Case]:
     plan = []
     for cfg, seed in ((a, 11), (b, 21)):
         plan += [KV4Case(config=cfg, T=1, seed=seed),
-                 KV4Case(config=cfg, T=37, seed=seed + 1, p_idle=0.2, p_stall=0.3),
+                 KV4Case(config=cfg, T=37, seed=seed + 1, p_idle=0.2, p_stall=0.3,
+                         crafted=True, busy_cmd=True),
                  KV4Case(config=cfg, T=512, seed=seed + 2),
                  KV4Case(config=cfg, T=1000, seed=seed + 3, p_idle=0.1, p_stall=0.3),
                  KV4Case(config=cfg, T=cfg.max_t, seed=seed + 4, overflow_check=True)]
@@ -226,9 +272,18 @@ def default_plan() -> list[KV4Case]:
     return plan
 
 
+def after_overflow(config: KV4Config) -> KV4Case:
+    """The short decode that follows a full-cache case in the same simulation: a
+    cleared cache must append and decode normally after a dropped token (a token
+    half taken by the quantizer would misalign every later one)."""
+    return KV4Case(config=config, T=2, seed=99)
+
+
 def _run_item(case: KV4Case, sim: str) -> dict:
     b = unit_build(case.config, sim=sim)
     jobs = [case_job(case)]
+    if case.overflow_check:
+        jobs.append(case_job(after_overflow(case.config)))
     if case.T == 1:  # bad inputs ride along with the shortest case
         jobs += [{"kind": "bad_t", "t": case.config.max_t + 1}, {"kind": "bad_t", "t": 0}]
         if case.config.min_lsh:

@@ -384,10 +384,15 @@ def _kv4_plan() -> Plan:
             bad.append({"kind": "bad_t", "t": 1, "lsh": cfg.min_lsh - 1})
         return [("T9 ideal", lambda: one(kv.KV4Case(config=cfg, T=9, seed=11))),
                 ("T1 + bad T", lambda: one(kv.KV4Case(config=cfg, T=1, seed=12), bad)),
-                ("T13 stream", lambda: one(kv.KV4Case(config=cfg, T=13, seed=13, p_idle=0.2,
-                                                      p_stall=0.3))),
-                ("full + overflow", lambda: one(kv.KV4Case(config=cfg, T=cfg.max_t, seed=14,
-                                                           overflow_check=True)))]
+                ("T13 stream crafted + busy cmd",
+                 lambda: one(kv.KV4Case(config=cfg, T=13, seed=13, p_idle=0.2, p_stall=0.3,
+                                        crafted=True, busy_cmd=True))),
+                # the full cache with tokens beyond, then filled exactly (no token
+                # beyond: `overflow` must stay low), then a short decode: one simulation
+                ("full + overflow, full, T2",
+                 lambda: one(kv.KV4Case(config=cfg, T=cfg.max_t, seed=14, overflow_check=True),
+                             [kv.case_job(kv.KV4Case(config=cfg, T=cfg.max_t, seed=15)),
+                              kv.case_job(kv.after_overflow(cfg))]))]
 
     def design():
         from hdl.generate import kv4_factory
@@ -470,6 +475,45 @@ EQUIVALENT: dict[tuple[str, int, str], str] = {
         "the address generator's last inner index is written only in the `start` cycle "
         "and read only in later ones (the advance branch excludes `start`): made a "
         "transparent latch, it holds the same value whenever it is read",
+    ("kv4_attention", 16293, "register kcb85 bypassed"):
+        "the quantizer's held 8-bit K code of lane 5 (cbuf8): written only in OUT at "
+        "qsub == 1 and read only as the cache beat's payload at qsub == qsteps - 1 = 3, "
+        "where the beat waits on back-pressure; qsub stays off 1 in between, so the "
+        "transparent latch holds the registered value whenever it is read",
+    ("kv4_attention", 16317, "register kcb87 bypassed"):
+        "as kcb85 (the 8-bit K code of lane 7, written at qsub == 1, read at qsub == 3)",
+    ("kv4_attention", 16225, "register vbuf1_4 bypassed"):
+        "the quantizer's V input buffer (chunk 1, lane 4): written only in IN with "
+        "x.valid at j == 1, where x.ready is 1 (every write is a transfer), and read only "
+        "in the later states (MINMAX, OUT); made a transparent latch it holds the same "
+        "value whenever it is read",
+    ("pim", 2214, "\\$522: | -> &"):
+        "a term of the checker's bus-conflict flag on the issued pair (the memory "
+        "transfer's own slot in the PIM transfer's test); the mutation can only clear "
+        "the flag, and in the system build the flag is always 0: the scheduler issues "
+        "only pairs the same channel rules pass (its PIM path checks its candidate "
+        "together with the memory path's issued command against the same busy mask); "
+        "only the raw channel (commands from outside) could raise it, another design",
+    ("pim", 2220, "\\$528: | -> &"):
+        "as pim 2214: the PIM transfer's test against (busy | memory slot) made "
+        "(busy & memory slot), a subset, so again the always-0 checker flag can only "
+        "be cleared",
+    ("pim", 2050, "\\$350: ?: arms swapped"):
+        "the PIM path's col_trcd term for the job's bank: the memory RD seen as "
+        "addressing the job's bank when it addresses the other one; the term is "
+        "(that RD) & ~m_trcd(job bank), and at any cycle a memory RD issues every "
+        "bank's last memory ACT is >= tRCD old: the memory path is in order and issues "
+        "only the head request's command (or a PRE), so after an ACT for the head no "
+        "RD issues until the head's own, >= tRCD later (PACTs have their own timer)",
+    ("pim", 2295, "\\$601: + -> -"):
+        "the copy of older(age2) that a single activation shifts into age3 gives "
+        "age2 - 1 for age2 + 1 (age2's own count is another copy); saturated age2 = "
+        "tFAW takes the other arm, so it differs only if age2 < tFAW at an activation, "
+        "i.e. four activations within tFAW = 30 cycles, which this 2-bank channel never "
+        "issues: three consecutive memory ACTs span >= tRAS + tRP = 48 (two share a "
+        "bank), PACTs come one job at a time >= tRAS + 1 + the next job's GWRs apart "
+        "(> 30), so at most 2 + 1 activations fall in any 30 cycles (measured too: at "
+        "most 3 over 152 golden schedules, PACTs >= 44 apart)",
     ("sfu", 2396, "register SK bypassed"):
         "SK (rmsnorm's sqrt(k) from the cmd) is written only in the cycle a cmd is "
         "taken and read only in later states: made a transparent latch, it holds the "
@@ -485,60 +529,17 @@ GAPS: dict[tuple[str, int, str], str] = {
         "moves by one unit, which the next Newton step largely corrects (quadratic "
         "convergence); visible only where the final gain sits on a rounding boundary, "
         "and no vector of the plan (random, edge, a large-input rmsnorm) is one",
-    ("kv4_attention", 501, "\\$8: & -> |"):
-        "the append beat counter advances on every cycle (append.ready is always 1), so "
-        "the token-boundary check that drops an overflowing token runs on a free-running "
-        "count: it differs only for a token whose first beat arrives within `chunks` "
-        "cycles of the cache becoming full; the testbench appends the overflowing token "
-        "after the append phase has drained",
-    ("kv4_attention", 10270, "if (\\$1239) inverted"):
-        "the head counter qh is cleared on a cmd seen outside IDLE instead of in IDLE: "
-        "observable when the next cmd is offered (valid high) while the unit is busy, "
-        "legal stream behaviour, or with heads = 3 on a second decode in one simulation "
-        "(the one-bit qh of heads = 2 wraps to 0 by itself); the testbench offers each "
-        "cmd only to an idle unit and runs one decode per simulation",
-    ("kv4_attention", 15574, "\\$801: 1'h0 -> 1'h1"):
-        "the K quantizer's sign test x < 0 made x < -1: differs only for a rotated K "
-        "element of exactly -1 with a non-zero code, which seeded random K does not "
-        "produce; a crafted token is needed",
-    ("kv4_attention", 16293, "register kcb85 bypassed"):
-        "a K code buffer register made a transparent latch: differs only if it is read "
-        "in the cycle it is written; not analysed further",
-    ("kv4_attention", 16317, "register kcb87 bypassed"):
-        "as kcb85 (another K code buffer register); not analysed further",
-    ("kv4_attention", 16225, "register vbuf1_4 bypassed"):
-        "a V buffer register made a transparent latch: as kcb85; not analysed further",
     ("mixpe", 1237, "\\$51: & -> |"):
         "the DQ lane's write enable of cell 5 asserted also for an earlier group's (or a "
         "stale) E3 stage: the extra writes are overwritten by the last group's before "
         "`result.valid` rises unless one lands while a result is held; not analysed "
         "further",
-    ("pim", 2214, "\\$522: | -> &"):
-        "the memory side's data-bus reservation of an RD / WR is dropped (the busy mask "
-        "that both the scheduler and the checker read): the plan's traffic never puts a "
-        "PIM-side transfer into the freed slot (the other spacing rules keep them apart "
-        "in this workload); a workload that does, or a proof of equivalence, is missing",
-    ("pim", 2220, "\\$528: | -> &"):
-        "as pim 2214: the bus reservations kept only where the old and the new mask "
-        "overlap; not analysed further",
-    ("pim", 2295, "\\$601: + -> -"):
-        "the age of the third most recent activation counts down instead of up (tFAW "
-        "bookkeeping): the four-activate window never binds in this workload (2 banks); "
-        "not analysed further",
-    ("pim", 2050, "\\$350: ?: arms swapped"):
-        "one of Yosys's copies of `the memory-side cmd if it addresses this bank, else "
-        "NOP` with the arms swapped; its reader (an RD test) did not change any verdict "
-        "of the plan; not analysed further",
     ("mixpe", 1955, "register Pg bypassed"):
         "the finished group sum is visible one cycle early (in the group's last k): only a "
         "DQ walk still reading the previous group's Pg in that cycle sees it, which needs "
         "a walk as long as the group (e.g. 4 x 16 at group 32, two time-shared lanes); "
         "this plan's 2 x 4 at group 32 leaves 24 cycles of slack (not rerun on such a "
         "configuration)",
-    ("kv4_attention", 15703, "\\$954: > -> >="):
-        "round-half-even of the V quantizer's 8-to-4-bit step made round-half-up: differs "
-        "only on an exact tie (low nibble 8, nothing below, even), which seeded random "
-        "K/V practically never produce; a crafted token is needed",
 }
 
 

@@ -20,7 +20,8 @@ SMALL = KV4Config(head_dim=32, lanes=16, max_t=40, heads=2)
 
 def test_small_unit_all_fast_cases(tmp_path):
     cases = [KV4Case(config=SMALL, T=1, seed=1),
-             KV4Case(config=SMALL, T=13, seed=2, p_idle=0.3, p_stall=0.4),
+             KV4Case(config=SMALL, T=13, seed=2, p_idle=0.3, p_stall=0.4, crafted=True,
+                     busy_cmd=True),
              KV4Case(config=SMALL, T=40, seed=3, overflow_check=True),
              KV4Case(config=SMALL, T=29, seed=4)]
     jobs = [case_job(c, root=tmp_path) for c in cases]
@@ -28,12 +29,15 @@ def test_small_unit_all_fast_cases(tmp_path):
            "corrupt_expected": [[1, 1 << 5]]}
     jobs += [{"kind": "bad_t", "t": SMALL.max_t + 1}, {"kind": "bad_t", "t": 0}, bad,
              case_job(KV4Case(config=SMALL, T=3, seed=6), root=tmp_path),
-             {"kind": "bad_t", "t": 5, "lsh": SMALL.min_lsh - 1}]
+             {"kind": "bad_t", "t": 5, "lsh": SMALL.min_lsh - 1},
+             case_job(KV4Case(config=SMALL, T=SMALL.max_t, seed=7), root=tmp_path)]
     res = run_cases(SMALL, jobs, build=unit_build(SMALL))
     rs = res["cases"]
     for c, r in zip(cases, rs):
         assert r["passed"], (c.name, r["errors"])
-        assert r["mismatches"] == 0 and r["vectors"] == c.T * SMALL.chunks + 2 * SMALL.chunks
+        decodes = 2 if c.busy_cmd else 1       # busy_cmd: the decode runs twice
+        assert r["mismatches"] == 0
+        assert r["vectors"] == (c.T + decodes * SMALL.heads) * SMALL.chunks
         if c.ideal:
             assert r["cycles"] == cycle_model(SMALL, c.T), c.name
             assert r["append_cycles"] == append_cycles(SMALL, c.T), c.name
@@ -43,6 +47,7 @@ def test_small_unit_all_fast_cases(tmp_path):
     assert not rs[6]["passed"] and rs[6]["mismatches"] == 1            # corrupted word caught
     assert rs[7]["passed"], rs[7]["errors"]                            # the unit recovers
     assert rs[8]["passed"], rs[8]["errors"]                            # lsh < min_lsh
+    assert rs[9]["passed"], rs[9]["errors"]       # filled exactly: `overflow` stays low
     assert not res["passed"]
     rec = to_record(cases[3], rs[3], data_root=tmp_path)
     assert rec["block"] == "kv4_attention" and rec["config"]["head_dim"] == 32
@@ -50,6 +55,27 @@ def test_small_unit_all_fast_cases(tmp_path):
     # random K/V with outlier channels: the hardware tracks the float scheme on the
     # same operands (its rotated, requantized query; 4-bit K/V, the last 8 at 8 bits)
     assert rec["cosine_hw_vs_float_scheme"] > 0.9999
+
+
+def test_crafted_tokens_hold_the_quantizer_edge_cases():
+    """Token 1's rotated K has an element of exactly -1 with a non-zero code, token
+    2's V an exact round-half-even tie of the 4-bit step (15 |X| / S = 1/2)."""
+    import torch
+
+    from cosim.kv4_attention import _inputs
+    from golden.kv4_attention import choose_frac, quantize_token, rotate_k, to_fixed
+    for cfg in (SMALL, *PLAN_CONFIGS):
+        case = KV4Case(config=cfg, T=5, seed=3, crafted=True)
+        _, k, v = _inputs(case)
+        Xk = rotate_k(to_fixed(k, choose_frac(k, cfg), cfg), cfg)[1:2]
+        codes = quantize_token(Xk, cfg, width=cfg.k_bits)[0]
+        assert bool(((Xk == -1) & (codes != 0)).any()), cfg.name()
+        Xv = to_fixed(v, choose_frac(v, cfg), cfg)[2]
+        S = int(Xv.max() - Xv.min())
+        assert S == 30 and bool((15 * Xv.abs() * 2 == S).any()), cfg.name()
+        assert int(torch.count_nonzero(Xv.abs() == 1)) == cfg.head_dim - 2
+    with pytest.raises(ValueError, match="crafted"):
+        KV4Case(config=SMALL, T=2, crafted=True)
 
 
 def test_plan_records_have_distinct_report_keys():

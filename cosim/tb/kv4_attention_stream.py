@@ -3,12 +3,15 @@ cases against one build.
 
 Job fields: config (KV4Config fields), seed (printed), cases: a list of
   {"kind": "decode", "data_dir": ..., "p_idle": .., "p_stall": ..,
-   "overflow_check": bool, "corrupt_expected": [[word, xor], ...]}
+   "overflow_check": bool, "busy_cmd": bool, "corrupt_expected": [[word, xor], ...]}
      clear the cache, append the case's fixed-point K/V tokens through the
      hardware quantizer (cache words compared with the quantflow cache image,
-     which golden wrote), optionally append one token too many (expects
-     `overflow`, no cache beat, count unchanged), then decode: cmd, query, k, v
-     from the image, out compared bit for bit with golden.kv4_attention.
+     which golden wrote), optionally append one token too many, once right behind
+     the last token and once after the append has drained (expects `overflow`, no
+     cache beat, count unchanged; without it `overflow` must stay low), then
+     decode: cmd, query, k, v from the image, out compared bit for bit with
+     golden.kv4_attention; busy_cmd: the decode runs again, its cmd offered while
+     the first decode is busy.
   {"kind": "bad_t", "t": int, "lsh": int (optional)}: a cmd with T = 0,
      T > max_t or an lsh below min_lsh must raise `error` and produce no output.
 Result: {"passed", "cases": [per-case dicts], "errors"}; a decode case reports
@@ -26,8 +29,8 @@ import cocotb
 from cocotb.triggers import ReadOnly, RisingEdge
 
 from cosim.tb.common import inject_errors, open_job
-from cosim.tb.streams import (Scoreboard, StreamSink, StreamSource, run_case_list, run_phase,
-                              start_unit)
+from cosim.tb.streams import (Scoreboard, StreamRun, StreamSink, StreamSource, run_case_list,
+                              run_phase, start_unit, step_cycle)
 
 #: The unit's input streams (held idle through the reset).
 INPUTS = ("cmd", "query", "k", "v", "append")
@@ -71,6 +74,9 @@ async def _count_transfers(dut, name: str, box: list) -> None:
 
 
 async def decode_case(dut, case, cfg, rng) -> dict:
+    import numpy as np
+
+    from hdl.kv4_attention import append_cycles
     from quantflow.kv4_attention import (pack_append_words, pack_cmd_word, pack_query_words,
                                          unpack_out_words)
     img, arr, expected, exp_cache = load_decode_case(case["data_dir"], cfg)
@@ -81,18 +87,38 @@ async def decode_case(dut, case, cfg, rng) -> dict:
     rngs = [random.Random(rng.randrange(1 << 62)) for _ in range(8)]
     n_app = T * cfg.chunks
 
-    # 1. append T tokens through the hardware quantizer
+    # 1. append T tokens through the hardware quantizer; with a full cache the
+    # source holds one token more, right behind the last: it waits while the
+    # last token is quantized and must be dropped once that one is counted
     await _pulse(dut, "cache_clear")
-    app = StreamSource(dut, "append", pack_append_words(arr["Xk"][:T], arr["Xv"][:T], cfg),
-                       p_idle=p_idle, rng=rngs[0])
+    ovf = bool(case.get("overflow_check"))
+    Xk_app = np.concatenate([arr["Xk"][:T], arr["Xk"][:1]]) if ovf else arr["Xk"][:T]
+    Xv_app = np.concatenate([arr["Xv"][:T], arr["Xv"][:1]]) if ovf else arr["Xv"][:T]
+    app = StreamSource(dut, "append", pack_append_words(Xk_app, Xv_app, cfg), p_idle=p_idle,
+                       rng=rngs[0])
     csink = StreamSink(dut, "cache", p_stall=p_stall, rng=rngs[1])
     csb = Scoreboard(exp_cache, describe=lambda i, g, e: (
         f"cache word {i} (token {i // cfg.chunks}, chunk {i % cfg.chunks}): "
         f"got {g:#x} expected {e:#x}"))
     limit = 40 * n_app + 1000
-    app_run, _ = await run_phase(dut, [app], csink, n_app, limit)
-    await run_phase(dut, [], csink, n_app + 1, 2)    # no cache word beyond the last
-    errors = app_run.check(csb, limit)
+    if ovf:
+        # one phase until the trailing token is taken too: a phase boundary would
+        # leave the stream idle for the cycle in which the cache becomes full
+        app_run = StreamRun(dut, [app], csink)
+        while (len(csink.words) < n_app or not app.done) and app_run.cycle < limit:
+            app_run.cycle += 1
+            await step_cycle(dut.clk, [app, csink], app_run.cycle)
+        await run_phase(dut, [app], csink, n_app, 0)   # the last edge, then idle
+    else:
+        app_run, _ = await run_phase(dut, [app], csink, n_app, limit)
+    errors = []
+    if ovf and int(dut.overflow.value) != 1:
+        errors.append("a token right behind the one that fills the cache did not raise "
+                      "`overflow`")
+    # no cache word beyond the last (a wrongly taken trailing token would take a
+    # whole token's quantization to show)
+    await run_phase(dut, [], csink, n_app + 1, append_cycles(cfg, 1) + 8 if ovf else 2)
+    errors += app_run.check(csb, limit)
     if int(dut.count.value) != T:
         errors.append(f"cache count {int(dut.count.value)} after {T} appends")
 
@@ -120,9 +146,12 @@ async def decode_case(dut, case, cfg, rng) -> dict:
             errors.append(f"append beyond max_t wrote the cache (words {len(csink.words)}, "
                           f"count {int(dut.count.value)})")
 
-    # 3. decode
-    cmd = StreamSource(dut, "cmd", [pack_cmd_word(T, arr["C"].tolist(), arr["lsh"].tolist(),
-                                                  cfg)], p_idle=p_idle, rng=rngs[3])
+    # 3. decode; with busy_cmd the next decode's cmd is offered from the start
+    # (legal: the unit holds it off until idle), then that decode runs too
+    cmd_word = pack_cmd_word(T, arr["C"].tolist(), arr["lsh"].tolist(), cfg)
+    busy_cmd = bool(case.get("busy_cmd"))
+    cmd = StreamSource(dut, "cmd", [cmd_word] * (2 if busy_cmd else 1), p_idle=p_idle,
+                       rng=rngs[3])
     qry = StreamSource(dut, "query", pack_query_words(arr["q8"], cfg), p_idle=p_idle, rng=rngs[4])
     ks = StreamSource(dut, "k", list(img.k_words), p_idle=p_idle, rng=rngs[5])
     vs = StreamSource(dut, "v", list(img.v_words), p_idle=p_idle, rng=rngs[6])
@@ -133,11 +162,30 @@ async def decode_case(dut, case, cfg, rng) -> dict:
     n_out = cfg.heads * cfg.chunks
     limit = 60 * (len(img.k_words) + n_out) + 2000
     run, secs = await run_phase(dut, [cmd, qry, ks, vs], out, n_out, limit)
+    if busy_cmd:
+        if cmd.idx != 1:
+            errors.append(f"{cmd.idx} cmds taken during one decode")
+        cmd.words = cmd.words[:1]       # the second one is the next decode's
     errors += run.check(sb, limit)
     if int(dut.error.value):
         errors.append("`error` raised on a valid decode")
+    if busy_cmd:
+        srcs = [StreamSource(dut, "cmd", [cmd_word], rng=rngs[3]),
+                StreamSource(dut, "query", pack_query_words(arr["q8"], cfg), rng=rngs[4]),
+                StreamSource(dut, "k", list(img.k_words), rng=rngs[5]),
+                StreamSource(dut, "v", list(img.v_words), rng=rngs[6])]
+        out2 = StreamSink(dut, "out", rng=rngs[7])
+        sb2 = Scoreboard(expected, describe=lambda i, g, e: (
+            f"second decode: out word {i}: got {g:#x} expected {e:#x}"))
+        run2, _ = await run_phase(dut, srcs, out2, n_out, limit)
+        errors += run2.check(sb2, limit)
+    mm2, n2 = (sb2.mismatches, sb2.compared) if busy_cmd else (0, 0)
+    if not ovf and int(dut.overflow.value):
+        # a cache filled to max_t or less, with no token beyond, must not flag
+        errors.append(f"`overflow` raised after {T} appends (max_t {cfg.max_t})")
     return {"kind": "decode", "T": T, "passed": sb.passed and csb.passed and not errors,
-            "mismatches": sb.mismatches + csb.mismatches, "vectors": sb.compared + csb.compared,
+            "mismatches": sb.mismatches + csb.mismatches + mm2,
+            "vectors": sb.compared + csb.compared + n2,
             "cycles": run.cycles, "append_cycles": app_run.cycles,
             "sim_cycles": run.cycle + 1,    # and the edge that transfers the last beat
             "sim_seconds": secs, "stall_cycles": out.stall_cycles,
