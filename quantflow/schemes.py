@@ -293,6 +293,13 @@ SCHEMES = _reg(
     # W2 under the same flow: the accuracy axis of the design-space sweeps (dse, issue 16)
     QuantScheme(name="w2a8kv4-g64", weight=dataclasses.replace(_QOQ64, bits=2), act=_A8,
                 kv=_KV4, description="w4a8kv4-g64 with QoQ W2 codes"),
+    # the quick evaluation (make eval's default): the target's A8 and KV4 with only the
+    # clip search of the weights, a small share of the clip + AWQ + GPTQ search's time
+    QuantScheme(name="w4a8kv4-g64-clip", weight=dataclasses.replace(_QOQ64, awq=False,
+                                                                    gptq=False),
+                act=_A8, kv=_KV4,
+                description="w4a8kv4-g64 with the weights' clip search only (no AWQ, no "
+                            "GPTQ): make eval's quick default"),
     QuantScheme(name="w4a8kv4-g64-plain", weight=WeightScheme(method="qoq", group=64),
                 act=ActScheme(smooth_alpha=None),
                 kv=KVScheme(smooth_attention=False),
