@@ -293,6 +293,7 @@ def _run_item(case: KV4Case, sim: str) -> dict:
 
 
 def sim_items(*, sim: str) -> list:
+    """make sim's items of this block: its default plan, run on simulator `sim`."""
     return _plan_items(default_plan(), sim)
 
 

@@ -85,9 +85,11 @@ class Mutant:
 
     @property
     def id(self) -> str:
+        """`<block>-<index>-<class>`: the name --only and the report use."""
         return f"{self.block}-{self.index:03d}-{self.cls}"
 
     def as_dict(self) -> dict:
+        """The report's record of this mutant (id, class, line, original and mutated text)."""
         return {"id": self.id, "class": self.cls, "line": self.lines[-1] + 1,
                 "original": "\n".join(s.strip() for s in self.old),
                 "mutated": "\n".join(s.strip() for s in self.new), "what": self.what}
@@ -655,7 +657,8 @@ def run_mutant(block: str, text: str | None, *, sim: str, timeout: float,
 
 
 def run_block(block: str, *, per_block: int, seed: int, jobs: int, sim: str,
-              only: list[str] | None = None, log=lambda s: print(s, flush=True)) -> dict:
+              only: list[str] | None = None,
+              log: Callable[[str], None] = lambda s: print(s, flush=True)) -> dict:
     """Baseline, then every mutant of `block` (those of `only`, mutant ids, when
     given); the block's report entry."""
     toplevel, text = design_text(block)
@@ -733,6 +736,7 @@ def _score(entry: dict) -> dict:
 
 
 def format_table(entries: list[dict]) -> str:
+    """The per-block score table (mutants, killed, survived, equivalent, score) as text."""
     out = [f"{'block':14s} {'mutants':>7s} {'killed':>6s} {'survived':>8s} {'equiv':>5s} "
            f"{'score':>6s}"]
     for e in entries:
@@ -784,7 +788,10 @@ def _merge_report(entries: list[dict]) -> None:
     atomic_write_json(REPORT_PATH, {"blocks": blocks})
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
+    """`python -m cosim.mutate`: run the selected blocks' mutants, print the table and
+    write the report (scores are reported, not enforced); status 2 on a bad argument or
+    a missing simulator."""
     ap = argparse.ArgumentParser(prog="python -m cosim.mutate", description=__doc__.split("\n\n")[0])
     ap.add_argument("--blocks", default=",".join(PLANS),
                     help=f"comma-separated blocks (default: all of {', '.join(PLANS)})")

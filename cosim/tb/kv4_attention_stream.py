@@ -24,6 +24,7 @@ that phase's streams; the unit keeps its state between phases and cases.
 from __future__ import annotations
 
 import random
+from typing import TYPE_CHECKING
 
 import cocotb
 from cocotb.triggers import ReadOnly, RisingEdge
@@ -32,11 +33,19 @@ from cosim.tb.common import inject_errors, open_job
 from cosim.tb.streams import (Scoreboard, StreamRun, StreamSink, StreamSource, run_case_list,
                               run_phase, start_unit, step_cycle)
 
+if TYPE_CHECKING:
+    import numpy as np
+    from cocotb.handle import HierarchyObject
+
+    from golden.kv4_attention_config import KV4Config
+    from quantflow.kv4_attention import KV4CacheImage
+
 #: The unit's input streams (held idle through the reset).
 INPUTS = ("cmd", "query", "k", "v", "append")
 
 
-def load_decode_case(data_dir: str, config):
+def load_decode_case(data_dir: str, config: KV4Config
+                     ) -> tuple[KV4CacheImage, np.lib.npyio.NpzFile, list[int], list[int]]:
     """(image, case arrays, expected out words, expected append-path cache words)
     for one decode case: the cache words come from golden's append path on the
     case's fixed-point K/V (4- and 8-bit codes of every token)."""
@@ -73,7 +82,10 @@ async def _count_transfers(dut, name: str, box: list) -> None:
             box[0] += 1
 
 
-async def decode_case(dut, case, cfg, rng) -> dict:
+async def decode_case(dut: HierarchyObject, case: dict, cfg: KV4Config,
+                      rng: random.Random) -> dict:
+    """One decode case: append the tokens, stream the queries, compare the cache and
+    output words with golden's."""
     import numpy as np
 
     from hdl.kv4_attention import append_cycles
@@ -193,7 +205,7 @@ async def decode_case(dut, case, cfg, rng) -> dict:
             "errors": errors}
 
 
-async def bad_t_case(dut, case, cfg) -> dict:
+async def bad_t_case(dut: HierarchyObject, case: dict, cfg: KV4Config) -> dict:
     """A cmd with T == 0, T > max_t or an lsh below min_lsh: consumed, `error`."""
     from quantflow.kv4_attention import pack_cmd_word
     T = int(case["t"])
@@ -214,7 +226,9 @@ async def bad_t_case(dut, case, cfg) -> dict:
 
 
 @cocotb.test()
-async def kv4_attention_stream(dut):
+async def kv4_attention_stream(dut: HierarchyObject) -> None:
+    """cocotb test: every decode and bad-T case of the job on one KV4 unit build, in
+    order."""
     from golden.kv4_attention_config import KV4Config
     job, seed = open_job(dut, "kv4_attention_stream")
     cfg = KV4Config(**job["config"])
