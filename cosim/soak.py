@@ -342,6 +342,12 @@ def _kv4_run(cfg, rng, target, corrupt):
         info.append({"T": T, "seed": case.seed, "p_idle": p_idle, "p_stall": p_stall})
     seed = rng.randrange(1 << 30)
     res = kv4.run_cases(cfg, jobs, build=_build(kv4.unit_build, cfg), seed=seed)
+    return _stream_batch(res, jobs, info, seed)
+
+
+def _stream_batch(res: dict, jobs: list, info: list, seed: int) -> dict:
+    """A stream plan's run_cases result as one batch: failed when the run failed or
+    returned fewer case records than it was given jobs."""
     cases = res.get("cases") or []
     out = _sum_runs(cases, cases=info, seed=seed)
     if not res.get("passed") or len(cases) != len(jobs):
@@ -374,12 +380,7 @@ def _sfu_run(cfg, rng, target, corrupt):
                      "p_idle": p_idle, "p_stall": p_stall, "calls": len(job["cmd"])})
     seed = rng.randrange(1 << 30)
     res = sfu.run_cases(cfg, jobs, build=_build(sfu.unit_build, cfg), seed=seed)
-    cases = res.get("cases") or []
-    out = _sum_runs(cases, cases=info, seed=seed)
-    if not res.get("passed") or len(cases) != len(jobs):
-        out["passed"] = False
-        out["errors"] += list(res.get("errors", []))[:4]
-    return out
+    return _stream_batch(res, jobs, info, seed)
 
 
 _ADAPTERS = {
