@@ -233,8 +233,8 @@ class CoreHarness(Harness):
         "cover": "reachable: a second instruction fetched, a HALT retired",
     }
     faults = {
-        "fetch_addr": "the core's read address is off by one instruction while it "
-                      "fetches (port)",
+        "fetch_addr": "the sequencer's fetch request (its range into the read master) "
+                      "is seen one instruction further (port)",
         "ar_after_reset": "arvalid shows high in the cycle after a reset (port)",
     }
 
