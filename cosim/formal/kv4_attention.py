@@ -9,7 +9,7 @@ from golden.kv4_attention_config import KV4Config
 from hdl import kv4_attention as rtl
 
 from .harness import Harness
-from .monitors import counter_width, free, sink, source, tap
+from .monitors import counter_width, free, port_faults, sink, source, tap
 
 __all__ = ["KV4Harness", "SMALL", "checks"]
 
@@ -53,8 +53,7 @@ class KV4Harness(Harness):
         "overflow_flag": "the overflow flag is never raised (KV4Unit with "
                          "overflow held at 0)",
         "drop_valid": "cache valid drops for a cycle while the beat waits (port)",
-        "lose_beat": "an out beat is taken and dropped (port)",
-        "valid_after_reset": "out valid shows high in the cycle after a reset (port)",
+        **port_faults("an out", names=("lose_beat", "valid_after_reset")),
     }
 
     def make_block(self):

@@ -7,7 +7,7 @@ from golden.lut_config import LUT_PLANE_BITS, LUTConfig
 from hdl import lut as rtl
 
 from .harness import Harness
-from .monitors import counter_width, free, sink, source, tap
+from .monitors import counter_width, free, port_faults, sink, source, tap
 
 __all__ = ["LUTHarness", "SMALL", "checks"]
 
@@ -48,11 +48,7 @@ class LUTHarness(Harness):
     faults = {
         "ready_gating": "the pipeline no longer stops for result.ready "
                         "(LUTBlock._walker_state's adv)",
-        "glitch_payload": "result payload bit 0 flips while stalled (port)",
-        "dup_beat": "a result beat is presented twice (port)",
-        "lose_beat": "a result beat is taken and dropped (port)",
-        "lose_input": "a code beat counts as sent though the block did not take it (port)",
-        "valid_after_reset": "result valid shows high in the cycle after a reset (port)",
+        **port_faults("a result", "a code"),
     }
 
     def make_block(self):

@@ -7,7 +7,7 @@ from golden.mixpe_config import MixPEConfig
 from hdl import mixpe as rtl
 
 from .harness import Harness
-from .monitors import Past, counter_width, sink, source, tap
+from .monitors import Past, counter_width, port_faults, sink, source, tap
 
 __all__ = ["MixPEHarness", "SMALL", "DEMO", "checks"]
 
@@ -45,11 +45,7 @@ class MixPEHarness(Harness):
     faults = {
         "ready_gating": "the tile's last beat no longer waits for the bank "
                         "(MixPE._input_side without the claim)",
-        "glitch_payload": "result payload bit 0 flips while stalled (port)",
-        "dup_beat": "a result beat is presented twice (port)",
-        "lose_beat": "a result beat is taken and dropped (port)",
-        "lose_input": "an act beat counts as sent though MixPE did not take it (port)",
-        "valid_after_reset": "result valid shows high in the cycle after a reset (port)",
+        **port_faults("a result", "an act", taker="MixPE"),
     }
 
     def make_block(self):

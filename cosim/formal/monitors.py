@@ -15,7 +15,7 @@ from amaranth.asserts import AnySeq
 from amaranth.hdl import Assume, Cat, Fragment, Module, Signal, Value
 from amaranth.utils import ceil_log2
 
-__all__ = ["Past", "Internals", "free", "source", "sink", "tap", "TAP_FAULTS", "counter_width"]
+__all__ = ["Past", "Internals", "free", "source", "sink", "tap", "TAP_FAULTS", "port_faults", "counter_width"]
 
 
 def counter_width(max_value: int) -> int:
@@ -201,6 +201,24 @@ TAP_FAULTS = {
     "lose_input": "an input beat counts as sent though the block never took it",
     "valid_after_reset": "valid shows high in the cycle after a reset",
 }
+
+
+def port_faults(out: str, inp: str | None = None, *, taker: str = "the block",
+                names: tuple[str, ...] = ("glitch_payload", "dup_beat", "lose_beat",
+                                          "lose_input", "valid_after_reset")
+                ) -> dict[str, str]:
+    """A harness's descriptions of the TAP_FAULTS in `names`, injected on its output
+    stream `out` (and, for lose_input, its input stream `inp`, taken by `taker`);
+    both given with their article ("a result", "an x")."""
+    bare = out.split()[-1]
+    text = {
+        "glitch_payload": f"{bare} payload bit 0 flips while stalled (port)",
+        "dup_beat": f"{out} beat is presented twice (port)",
+        "lose_beat": f"{out} beat is taken and dropped (port)",
+        "lose_input": f"{inp} beat counts as sent though {taker} did not take it (port)",
+        "valid_after_reset": f"{bare} valid shows high in the cycle after a reset (port)",
+    }
+    return {n: text[n] for n in names}
 
 
 def tap(m: Module, past: Past, stream, name: str, fault: str | None = None):

@@ -7,7 +7,7 @@ from golden.sfu_config import X_BITS, SFUHWConfig
 from hdl import sfu as rtl
 
 from .harness import Harness
-from .monitors import counter_width, sink, source, tap
+from .monitors import counter_width, port_faults, sink, source, tap
 
 __all__ = ["SFUHarness", "SMALL", "K_MAX", "checks"]
 
@@ -33,10 +33,8 @@ class SFUHarness(Harness):
                  "argmax; a refused cmd",
     }
     faults = {
-        "glitch_payload": "out payload bit 0 flips while stalled (port)",
-        "dup_beat": "an out beat is presented twice (port)",
-        "lose_input": "an x beat counts as sent though the SFU did not take it (port)",
-        "valid_after_reset": "out valid shows high in the cycle after a reset (port)",
+        **port_faults("an out", "an x", taker="the SFU",
+                      names=("glitch_payload", "dup_beat", "lose_input", "valid_after_reset")),
     }
 
     def make_block(self):

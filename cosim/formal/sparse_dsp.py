@@ -9,7 +9,7 @@ from golden.sparse_dsp_config import PATTERNS, SparseDSPConfig, TileMode, patter
 from hdl import sparse_dsp as rtl
 
 from .harness import Harness
-from .monitors import counter_width, sink, source, tap
+from .monitors import counter_width, port_faults, sink, source, tap
 
 __all__ = ["SparseDSPHarness", "SMALL", "checks"]
 
@@ -56,11 +56,7 @@ class SparseDSPHarness(Harness):
     faults = {
         "ready_gating": "the pipeline no longer stops for result.ready "
                         "(SparseDSP._result's en)",
-        "glitch_payload": "result payload bit 0 flips while stalled (port)",
-        "dup_beat": "a result beat is presented twice (port)",
-        "lose_beat": "a result beat is taken and dropped (port)",
-        "lose_input": "an act beat counts as sent though the block did not take it (port)",
-        "valid_after_reset": "result valid shows high in the cycle after a reset (port)",
+        **port_faults("a result", "an act"),
     }
 
     def make_block(self):
