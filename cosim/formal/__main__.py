@@ -62,6 +62,8 @@ def _table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line `argv` (None: sys.argv[1:]; the module docstring
+    gives the options) and return the exit status."""
     args = _parser().parse_args(argv)
     faults = True if args.faults else (False if args.proofs else None)
     checks = [c for c in select(faults=faults, quick=True if args.quick else None)

@@ -15,10 +15,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from quattro_fs import atomic_write_json, build_root
 
 from .sby import run_sby
+
+if TYPE_CHECKING:
+    from .harness import Harness
 
 __all__ = ["Check", "all_checks", "run_check", "formal_root", "select", "write_report"]
 
@@ -33,7 +37,7 @@ class Check:
     """One sby task (module docstring). `quick`: cheap enough for `make test`
     (tests/test_formal.py); the others run under `make formal` (and the
     slow-marked tests)."""
-    harness: type
+    harness: type[Harness]
     config: object
     config_name: str
     group: str
@@ -46,6 +50,7 @@ class Check:
 
     @property
     def block(self) -> str:
+        """The harness's block name (Harness.block)."""
         return self.harness.block
 
     @property
@@ -56,14 +61,19 @@ class Check:
 
     @property
     def mode_text(self) -> str:
+        """The mode and depth for the table: "prove (k=4)", "BMC depth 12",
+        "cover depth 30"."""
         return {"prove": f"prove (k={self.depth})", "bmc": f"BMC depth {self.depth}",
                 "cover": f"cover depth {self.depth}"}[self.mode]
 
     @property
     def expected(self) -> str:
+        """The sby status this check passes with: FAIL for a fault demonstration,
+        else PASS."""
         return "FAIL" if self.broken else "PASS"
 
-    def make(self):
+    def make(self) -> Harness:
+        """A new harness of this check (its config, group and fault)."""
         return self.harness(self.config, self.group, broken=self.broken)
 
 
@@ -151,5 +161,7 @@ def run_check(check: Check, root: Path | None = None, *, timeout: int | None = N
 
 
 def write_report(rows: list[dict], path: Path) -> None:
+    """Write the report rows (run_check's) to `path` as JSON, atomically, with
+    the count of checks as expected (`passed`) and in all (`total`)."""
     atomic_write_json(path, {"checks": rows,
                              "passed": sum(r["ok"] for r in rows), "total": len(rows)})

@@ -4,6 +4,8 @@ free AXI slave, and the core's sequencer (hdl.core.Core) on a tiny
 configuration, fetching a free program from that slave."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from amaranth.asserts import AnySeq
 from amaranth.hdl import Assume, Cat, Const, Module, Mux, Signal
 from amaranth.lib import data
@@ -16,6 +18,10 @@ from hdl import core as rtl
 
 from .harness import Harness
 from .monitors import counter_width, free, sink, source, tap
+
+if TYPE_CHECKING:
+    from .checks import Check
+    from .monitors import Internals, Past
 
 __all__ = ["AxiReadHarness", "CoreHarness", "AXI_SMALL", "CORE_SMALL", "checks"]
 
@@ -66,6 +72,11 @@ class _Slave:
 
 
 class AxiReadHarness(Harness):
+    """Formal harness of hdl.axi.AxiReader (`config`: its keyword arguments, as
+    AXI_SMALL): range requests from a free source under the stream protocol,
+    `clear` free, a free AXI4 read slave that keeps the protocol, the data stream
+    taken by a checked sink (property groups and faults: the tables below)."""
+
     block = "core.axi_read"
     groups = {
         "stream": "data: valid held until ready, payload stable while stalled; AR: arvalid "
@@ -86,10 +97,15 @@ class AxiReadHarness(Harness):
         "ar_after_reset": "arvalid shows high in the cycle after a reset (port)",
     }
 
-    def make_block(self):
+    def make_block(self) -> axi_rtl.AxiReader:
+        """An AxiReader of `config` (every fault is a port fault)."""
         return axi_rtl.AxiReader(**self.config)
 
-    def build(self, m, past, dut, peek):
+    def build(self, m: Module, past: Past, dut: axi_rtl.AxiReader, peek: Internals) -> None:
+        """Drive the range requests from a free source and the AXI read channels
+        from a free slave, tap data (the port faults) into a checked sink, and
+        assert each active group's properties against a reference of the range
+        being split into bursts and the data and R beats owed."""
         BB, maxb = self.config["beat_bytes"], self.config["max_beats"]
         req = source(m, past, dut.req, "req")
         free(m, dut.clear, "clear")
@@ -168,7 +184,9 @@ class AxiReadHarness(Harness):
         self.cover(m, "cover", out & (owed == 1), "a range's last data beat")
 
 
-def checks():
+def checks() -> list[Check]:
+    """The core's checks: the AXI read master's (on AXI_SMALL: proofs, the cover
+    and the fault demonstrations), then the sequencer's (core_checks)."""
     from .checks import Check
     H, S = AxiReadHarness, AXI_SMALL
     n = "beat_bytes=8 max_beats=1024 max_outstanding=2"
@@ -220,6 +238,11 @@ class _WriteSlave:
 
 
 class CoreHarness(Harness):
+    """Formal harness of hdl.core.Core's sequencer: start, prog, pos and tokens
+    free (prog on an instruction boundary), free AXI4 read and write slaves that
+    keep the protocol, the SFU, engine and KV4 units cut (property groups and
+    faults: the tables below)."""
+
     block = "core"
     # the sequencer's properties do not depend on what the units compute or when
     # they finish: they are cut (their outputs free), which keeps the model small
@@ -238,10 +261,15 @@ class CoreHarness(Harness):
         "ar_after_reset": "arvalid shows high in the cycle after a reset (port)",
     }
 
-    def make_block(self):
+    def make_block(self) -> rtl.Core:
+        """A Core of `config` (every fault is a port fault)."""
         return rtl.Core(self.config)
 
-    def build(self, m, past, dut, peek):
+    def build(self, m: Module, past: Past, dut: rtl.Core, peek: Internals) -> None:
+        """Drive the core's control inputs free and its AXI ports from free
+        slaves, and assert each active group's properties on the sequencer's
+        state, pc, fetch requests (seen one instruction further with fault
+        `fetch_addr`), decoded instruction and retire trace."""
         c = self.config
         BB = c.beat_bytes
         ib = INSTR_BYTES // BB
@@ -306,7 +334,9 @@ def _core_name(c: CoreConfig) -> str:
             f"kv4 head_dim={c.kv4.head_dim} beat_bytes={c.beat_bytes}")
 
 
-def core_checks():
+def core_checks() -> list[Check]:
+    """The sequencer's checks on CORE_SMALL: the sequencer by BMC, reset proven,
+    the cover and the fault demonstrations."""
     from .checks import Check
     H, S = CoreHarness, CORE_SMALL
     n = _core_name(S)

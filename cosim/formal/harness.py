@@ -6,9 +6,16 @@ which property groups it has and which faults its `broken=` knob injects.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from amaranth.hdl import Assert, Cover, Elaboratable, Module
 
 from .monitors import Internals, Past
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+    from amaranth.hdl import ValueLike
 
 __all__ = ["Harness"]
 
@@ -35,7 +42,7 @@ class Harness(Elaboratable):
     #: the cut holds for the real unit too.
     cut: tuple[str, ...] = ()
 
-    def __init__(self, config, group: str, *, broken: str | None = None):
+    def __init__(self, config: Any, group: str, *, broken: str | None = None):
         if group not in self.groups:
             raise ValueError(f"{self.block}: unknown property group {group!r}; "
                              f"groups: {sorted(self.groups)}")
@@ -51,10 +58,16 @@ class Harness(Elaboratable):
         self.properties: list[tuple[str, str]] = []
 
     # -- for subclasses
-    def make_block(self):
+    def make_block(self) -> Elaboratable:
+        """A new instance of the block under proof, built from `config` (with the
+        fault in `broken`, when it is one of the block itself)."""
         raise NotImplementedError
 
-    def build(self, m: Module, past: Past, dut, peek: Internals) -> None:
+    def build(self, m: Module, past: Past, dut: Any, peek: Internals) -> None:
+        """Add the harness to `m`: drive the inputs of `dut` (the block from
+        make_block()) under the assumptions, and assert the active groups'
+        properties; `past` gives last cycle's values, `peek` the block's
+        internal signals."""
         raise NotImplementedError
 
     def on(self, group: str) -> bool:
@@ -63,7 +76,7 @@ class Harness(Elaboratable):
             raise ValueError(f"{self.block}: no group {group!r}")
         return group in self.active
 
-    def check(self, m: Module, group: str, cond, message: str) -> None:
+    def check(self, m: Module, group: str, cond: ValueLike, message: str) -> None:
         """Assert `cond` (in every cycle; under the enclosing `m.If`s) when
         `group` is active. Its source location becomes `property:<i>`, which
         sby prints for a failing assertion: `self.properties[i]` names it."""
@@ -74,7 +87,7 @@ class Harness(Elaboratable):
         self.properties.append((group, message))
         m.d.comb += prop
 
-    def cover(self, m: Module, group: str, cond, message: str) -> None:
+    def cover(self, m: Module, group: str, cond: ValueLike, message: str) -> None:
         """Cover `cond` when `group` is active (mode "cover": some trace from
         reset reaches it, so the assumptions do not rule it out)."""
         if not self.on(group):
@@ -84,14 +97,14 @@ class Harness(Elaboratable):
         self.properties.append((group, message))
         m.d.comb += prop
 
-    def checker(self, group: str):
+    def checker(self, group: str) -> Callable[[Module, ValueLike, str], None] | None:
         """`check(m, cond, message)` bound to `group` (for monitors.sink), or
         None when the group is not asserted in this run."""
         if not self.on(group):
             return None
         return lambda m, cond, message: self.check(m, group, cond, message)
 
-    def describe(self, locations) -> list[str]:
+    def describe(self, locations: Iterable[str]) -> list[str]:
         """'group: message' of the failing assertions sby reported."""
         out = []
         for loc in locations:
@@ -103,7 +116,9 @@ class Harness(Elaboratable):
                 out.append(loc)
         return out
 
-    def elaborate(self, platform):
+    def elaborate(self, platform: Any) -> Module:
+        """The harness: the block elaborated once (`Internals`) as submodule
+        `dut`, with what `build` adds around it."""
         m = Module()
         past = Past(m)
         dut = self.make_block()

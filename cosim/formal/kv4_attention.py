@@ -3,6 +3,8 @@ k, v -> out; the append path's append -> cache; the cache fill counter with
 its `overflow` flag and the decode `error` flag)."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from amaranth.hdl import Module, Mux, Signal
 
 from golden.kv4_attention_config import KV4Config
@@ -10,6 +12,10 @@ from hdl import kv4_attention as rtl
 
 from .harness import Harness
 from .monitors import counter_width, free, port_faults, sink, source, tap
+
+if TYPE_CHECKING:
+    from .checks import Check
+    from .monitors import Internals, Past
 
 __all__ = ["KV4Harness", "SMALL", "checks"]
 
@@ -30,6 +36,10 @@ class _NoOverflow(rtl.KV4Unit):
 
 
 class KV4Harness(Harness):
+    """Formal harness of hdl.kv4_attention.KV4Unit: free cmd, query, k, v and
+    append sources under the stream protocol, cache_clear free, out and cache
+    taken by checked sinks (property groups and faults: the tables below)."""
+
     block = "kv4_attention"
     groups = {
         "stream": "out and cache: valid held until ready; while stalled the registers each "
@@ -56,10 +66,16 @@ class KV4Harness(Harness):
         **port_faults("an out", names=("lose_beat", "valid_after_reset")),
     }
 
-    def make_block(self):
+    def make_block(self) -> rtl.KV4Unit:
+        """A KV4Unit of `config`; with fault `overflow_flag` the subclass whose
+        overflow flag stays 0."""
         return (_NoOverflow if self.broken == "overflow_flag" else rtl.KV4Unit)(self.config)
 
-    def build(self, m, past, dut, peek):
+    def build(self, m: Module, past: Past, dut: rtl.KV4Unit, peek: Internals) -> None:
+        """Drive cmd, query, k, v and append from free sources and cache_clear
+        free, tap out and cache (the port faults) into checked sinks whose payload
+        stability is asserted on the registers it is computed from, and assert each
+        active group's properties against reference counts of tokens and beats owed."""
         c = self.config
         C, H = c.chunks, c.heads
         cmd = source(m, past, dut.cmd, "cmd")
@@ -205,7 +221,9 @@ def _name(c: KV4Config) -> str:
             f"x_bits={c.x_bits} recent={c.recent} rotate={c.rotate}")
 
 
-def checks():
+def checks() -> list[Check]:
+    """KV4Unit's checks on SMALL: proofs (beats by BMC), the cover and the fault
+    demonstrations."""
     from .checks import Check
     H, S = KV4Harness, SMALL
     n = _name(S)

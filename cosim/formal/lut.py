@@ -1,6 +1,8 @@
 """Formal harness of hdl.lut.LUTBlock (four streams, the run-time `bits` port)."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from amaranth.hdl import Assume, Cat, Module, Mux, Signal
 
 from golden.lut_config import LUT_PLANE_BITS, LUTConfig
@@ -8,6 +10,10 @@ from hdl import lut as rtl
 
 from .harness import Harness
 from .monitors import counter_width, free, port_faults, sink, source, tap
+
+if TYPE_CHECKING:
+    from .checks import Check
+    from .monitors import Internals, Past
 
 __all__ = ["LUTHarness", "SMALL", "checks"]
 
@@ -27,6 +33,10 @@ class _NoStall(rtl.LUTBlock):
 
 
 class LUTHarness(Harness):
+    """Formal harness of hdl.lut.LUTBlock: free act, code and scale sources under
+    the stream protocol, a free legal `bits` held inside a tile, the result taken
+    by a checked sink (property groups and faults: the tables below)."""
+
     block = "lut"
     groups = {
         "stream": "result: valid held until ready, payload stable while stalled",
@@ -51,10 +61,17 @@ class LUTHarness(Harness):
         **port_faults("a result", "a code"),
     }
 
-    def make_block(self):
+    def make_block(self) -> rtl.LUTBlock:
+        """A LUTBlock of `config`; with fault `ready_gating` the subclass whose
+        pipeline does not stop for result.ready."""
         return (_NoStall if self.broken == "ready_gating" else rtl.LUTBlock)(self.config)
 
-    def build(self, m, past, dut, peek):
+    def build(self, m: Module, past: Past, dut: rtl.LUTBlock, peek: Internals) -> None:
+        """Drive act, code (losing a beat with fault `lose_input`) and scale from
+        free sources and `bits` from a free legal plane count, tap result (the port
+        faults) into a checked sink, and assert each active group's properties
+        against a reference plane / slice / chunk position and the scale and result
+        beats owed."""
         cfg = self.config
         S, GC, NC = cfg.slices, cfg.group_chunks, cfg.chunks
         act = source(m, past, dut.act, "act")
@@ -208,7 +225,9 @@ def _name(c: LUTConfig) -> str:
     return f"rows={c.rows} cols={c.cols} lanes={c.lanes} K={c.K} group={c.group}"
 
 
-def checks():
+def checks() -> list[Check]:
+    """LUTBlock's checks on SMALL: proofs (latency by BMC), the cover and the
+    fault demonstrations."""
     from .checks import Check
     H, S = LUTHarness, SMALL
     n = _name(S)

@@ -1,6 +1,8 @@
 """Formal harness of hdl.mixpe.MixPE (the array with its four streams)."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from amaranth.hdl import Assert, Module, Mux, Signal
 
 from golden.mixpe_config import MixPEConfig
@@ -8,6 +10,10 @@ from hdl import mixpe as rtl
 
 from .harness import Harness
 from .monitors import Past, counter_width, port_faults, sink, source, tap
+
+if TYPE_CHECKING:
+    from .checks import Check
+    from .monitors import Internals
 
 __all__ = ["MixPEHarness", "SMALL", "DEMO", "checks"]
 
@@ -27,6 +33,10 @@ class _NoClaim(rtl.MixPE):
 
 
 class MixPEHarness(Harness):
+    """Formal harness of hdl.mixpe.MixPE: free act, code and scale sources under the
+    stream protocol, the result taken by a checked sink (property groups and
+    faults: the tables below)."""
+
     block = "mixpe"
     groups = {
         "stream": "result: valid held until ready, payload stable while stalled "
@@ -48,10 +58,16 @@ class MixPEHarness(Harness):
         **port_faults("a result", "an act", taker="MixPE"),
     }
 
-    def make_block(self):
+    def make_block(self) -> rtl.MixPE:
+        """A MixPE of `config`; with fault `ready_gating` the subclass that ignores
+        the bank claim."""
         return (_NoClaim if self.broken == "ready_gating" else rtl.MixPE)(self.config)
 
-    def build(self, m, past, dut, peek):
+    def build(self, m: Module, past: Past, dut: rtl.MixPE, peek: Internals) -> None:
+        """Drive act (losing a beat with fault `lose_input`), code and scale from
+        free sources, tap result (the port faults) into a checked sink, and assert
+        each active group's properties against a reference position in the tile,
+        the result beats owed and the cycles they have waited."""
         cfg = self.config
         act = source(m, past, dut.act, "act", fault=self.broken == "lose_input")
         code = source(m, past, dut.code, "code")
@@ -115,7 +131,9 @@ def _name(c: MixPEConfig) -> str:
     return f"bits={c.bits} group={c.group} rows={c.rows} cols={c.cols} K={c.K}"
 
 
-def checks():
+def checks() -> list[Check]:
+    """MixPE's checks: the proofs on SMALL; the cover and the fault
+    demonstrations that need two whole tiles on DEMO, the others on SMALL."""
     from .checks import Check
     H, S, D = MixPEHarness, SMALL, DEMO
     return [

@@ -11,9 +11,18 @@ the cycle after it.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from amaranth.asserts import AnySeq
 from amaranth.hdl import Assume, Cat, Fragment, Module, Signal, Value
 from amaranth.utils import ceil_log2
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from amaranth.hdl import Elaboratable, ValueLike
+    from amaranth.lib.stream import Interface as StreamInterface
+    from amaranth.lib.wiring import FlippedInterface
 
 __all__ = ["Past", "Internals", "free", "source", "sink", "tap", "TAP_FAULTS", "port_faults", "counter_width"]
 
@@ -46,7 +55,7 @@ class Past:
         return self._regs[key][1]
 
 
-def free(m: Module, target, name: str = "free") -> Signal:
+def free(m: Module, target: ValueLike, name: str = "free") -> Signal:
     """Drive `target` (a signal, View or port) from a free input (AnySeq):
     any value in any cycle, unless an assumption narrows it."""
     v = Value.cast(target)
@@ -55,7 +64,8 @@ def free(m: Module, target, name: str = "free") -> Signal:
     return sig
 
 
-def source(m: Module, past: Past, stream, name: str, *, payload=None, fault: bool = False):
+def source(m: Module, past: Past, stream: StreamInterface | FlippedInterface, name: str, *,
+           payload: ValueLike | None = None, fault: bool = False) -> Value:
     """Drive the block's input `stream` from a free source that keeps the stream
     protocol (assumed). `payload`, when given, is the harness's own value for
     it. Returns the transfer strobe as the source sees it: `valid & ready`, or
@@ -84,8 +94,10 @@ def source(m: Module, past: Past, stream, name: str, *, payload=None, fault: boo
     return stream.valid & seen_ready
 
 
-def sink(m: Module, past: Past, stream, name: str, *, ready=None, check=None,
-         sources=None):
+def sink(m: Module, past: Past, stream: StreamInterface | _Observed, name: str, *,
+         ready: ValueLike | None = None,
+         check: Callable[[Module, ValueLike, str], None] | None = None,
+         sources: Sequence[ValueLike] | None = None) -> Value:
     """Take the block's output `stream` with a free (or the given) `ready` and
     assert its protocol through `check(m, cond, message)` (Harness.checker;
     None: not asserted): valid held until ready, payload stable while stalled.
@@ -124,7 +136,7 @@ class Internals:
     hierarchy; `self[path, name]` the one under submodule path `path`
     ("dq_0" or "core/tfifo")."""
 
-    def __init__(self, block, platform=None):
+    def __init__(self, block: Elaboratable, platform: Any = None):
         self.fragment = Fragment.get(block, platform)
         self._by_name: dict[str, list[tuple[str, Signal]]] = {}
         self._read: dict[str, set[int]] = {}     # path -> ids of the signals it reads
@@ -221,7 +233,8 @@ def port_faults(out: str, inp: str | None = None, *, taker: str = "the block",
     return {n: text[n] for n in names}
 
 
-def tap(m: Module, past: Past, stream, name: str, fault: str | None = None):
+def tap(m: Module, past: Past, stream: StreamInterface, name: str,
+        fault: str | None = None) -> _Observed:
     """Pass the block's output `stream` to the harness unchanged, or with one of
     TAP_FAULTS injected (at a free moment). Returns the observed stream."""
     obs = _Observed(stream, name)

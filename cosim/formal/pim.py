@@ -5,6 +5,7 @@ the commands the scheduler issues."""
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 from amaranth.hdl import Assume, Cat, Const, Module, Mux, Signal
 from amaranth.lib import data
@@ -14,6 +15,10 @@ from hdl import pim as rtl
 
 from .harness import Harness
 from .monitors import counter_width, free, source, tap
+
+if TYPE_CHECKING:
+    from .checks import Check
+    from .monitors import Internals, Past
 
 __all__ = ["PIMHarness", "SMALL_DUAL", "SMALL_BLOCKED", "checks"]
 
@@ -125,6 +130,11 @@ class _Monitor:
 
 
 class PIMHarness(Harness):
+    """Formal harness of hdl.pim.PIMChannel in scheduler mode: free mem_req, job
+    and vec sources under the stream protocol (addressing the channel), rd and
+    res always taken, and the issued commands checked by an independent timing
+    monitor (property groups and faults: the tables below)."""
+
     block = "pim"
     groups = {
         "timing": "no command the scheduler issues breaks a rule of golden.pim.Checker "
@@ -153,13 +163,19 @@ class PIMHarness(Harness):
         "valid_after_reset": "rd valid shows high in the cycle after a reset (port)",
     }
 
-    def make_block(self):
+    def make_block(self) -> rtl.PIMChannel:
+        """A PIMChannel of `config`; with fault `trcd` one built with tRCD one
+        cycle shorter."""
         cfg = self.config
         if self.broken == "trcd":
             cfg = dataclasses.replace(cfg, tRCD=cfg.tRCD - 1)
         return rtl.PIMChannel(cfg)
 
-    def build(self, m, past, dut, peek):
+    def build(self, m: Module, past: Past, dut: rtl.PIMChannel, peek: Internals) -> None:
+        """Drive mem_req, job and vec from free sources, the load and clear ports
+        free, tap rd and res (the port faults) with ready always high, check the
+        issued commands with a timing monitor (seeing them on the other bank with
+        fault `issue_bank`), and assert each active group's properties."""
         cfg = self.config
         blocked = cfg.mode == "blocked"
         W = cfg.col_words
@@ -309,7 +325,9 @@ def _name(c: PIMConfig) -> str:
             f"quantum={c.quantum} max_job_rows={c.max_job_rows} {t}")
 
 
-def checks():
+def checks() -> list[Check]:
+    """PIMChannel's checks: proofs and the cover in dual and in blocked mode,
+    the fault demonstrations in dual mode."""
     from .checks import Check
     H = PIMHarness
     out = []

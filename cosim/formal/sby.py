@@ -18,8 +18,12 @@ import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from amaranth.back import rtlil
+
+if TYPE_CHECKING:
+    from .harness import Harness
 
 __all__ = ["SOLVER", "SBY", "tool_path", "find_tool", "solver_missing", "SbyResult", "run_sby"]
 
@@ -165,7 +169,7 @@ _STEP_RE = re.compile(r"(?:BMC|Temporal induction) failed.*?step (\d+)|failed at
                       r"Assert failed in .* \(step (\d+)\)")
 
 
-def run_sby(harness, workdir: Path, *, mode: str, depth: int,
+def run_sby(harness: Harness, workdir: Path, *, mode: str, depth: int,
             timeout: int | None = None) -> SbyResult:
     """Prove (mode "prove": k-induction of depth `depth`) or check (mode
     "bmc": `depth` cycles from reset) the assertions of `harness`, an

@@ -1,6 +1,8 @@
 """Formal harness of hdl.sfu.SFU (cmd, x -> out, the `error` and `busy` flags)."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from amaranth.hdl import Assume, Module, Mux, Signal
 
 from golden.sfu_config import X_BITS, SFUHWConfig
@@ -8,6 +10,10 @@ from hdl import sfu as rtl
 
 from .harness import Harness
 from .monitors import counter_width, port_faults, sink, source, tap
+
+if TYPE_CHECKING:
+    from .checks import Check
+    from .monitors import Internals, Past
 
 __all__ = ["SFUHarness", "SMALL", "K_MAX", "checks"]
 
@@ -19,6 +25,10 @@ K_MAX = 4
 
 
 class SFUHarness(Harness):
+    """Formal harness of hdl.sfu.SFU: free cmd (k <= K_MAX) and x sources under
+    the stream protocol, out taken by a checked sink (property groups and
+    faults: the tables below)."""
+
     block = "sfu"
     groups = {
         "stream": "out: valid held until ready, payload stable while stalled (the "
@@ -37,10 +47,15 @@ class SFUHarness(Harness):
                       names=("glitch_payload", "dup_beat", "lose_input", "valid_after_reset")),
     }
 
-    def make_block(self):
+    def make_block(self) -> rtl.SFU:
+        """An SFU of `config` (every fault is a port fault)."""
         return rtl.SFU(self.config)
 
-    def build(self, m, past, dut, peek):
+    def build(self, m: Module, past: Past, dut: rtl.SFU, peek: Internals) -> None:
+        """Drive cmd and x (losing a beat with fault `lose_input`) from free
+        sources, tap out (the port faults) into a checked sink, and assert each
+        active group's properties against the SFU's state and the beats owed per
+        cmd."""
         c = self.config
         L = c.lanes
         cmd = source(m, past, dut.cmd, "cmd")
@@ -125,7 +140,9 @@ def _name(c: SFUHWConfig) -> str:
     return f"lanes={c.lanes} max_k={c.max_k} (cmd.k <= {K_MAX})"
 
 
-def checks():
+def checks() -> list[Check]:
+    """The SFU's checks on SMALL: proofs (beats by BMC), the cover and the fault
+    demonstrations."""
     from .checks import Check
     H, S = SFUHarness, SMALL
     n = _name(S)

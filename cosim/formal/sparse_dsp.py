@@ -2,6 +2,8 @@
 result)."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from amaranth.hdl import Assume, Module, Mux, Signal
 from amaranth.lib import data
 
@@ -10,6 +12,10 @@ from hdl import sparse_dsp as rtl
 
 from .harness import Harness
 from .monitors import counter_width, port_faults, sink, source, tap
+
+if TYPE_CHECKING:
+    from .checks import Check
+    from .monitors import Internals, Past
 
 __all__ = ["SparseDSPHarness", "SMALL", "checks"]
 
@@ -39,6 +45,11 @@ def _modes(cfg: SparseDSPConfig):
 
 
 class SparseDSPHarness(Harness):
+    """Formal harness of hdl.sparse_dsp.SparseDSP: free ctrl, act, weight and
+    scale sources under the stream protocol (ctrl naming a legal pattern and
+    span), the result taken by a checked sink (property groups and faults: the
+    tables below)."""
+
     block = "sparse_dsp"
     groups = {
         "stream": "result: valid held until ready, payload stable while stalled",
@@ -59,10 +70,16 @@ class SparseDSPHarness(Harness):
         **port_faults("a result", "an act"),
     }
 
-    def make_block(self):
+    def make_block(self) -> rtl.SparseDSP:
+        """A SparseDSP of `config`; with fault `ready_gating` the subclass whose
+        pipeline does not stop for an untaken result."""
         return (_NoStall if self.broken == "ready_gating" else rtl.SparseDSP)(self.config)
 
-    def build(self, m, past, dut, peek):
+    def build(self, m: Module, past: Past, dut: rtl.SparseDSP, peek: Internals) -> None:
+        """Drive ctrl, act (losing a beat with fault `lose_input`), weight and scale
+        from free sources, tap result (the port faults) into a checked sink, and
+        assert each active group's properties against a reference beat of the tile,
+        the tile's mode (from its ctrl beat) and the results owed."""
         cfg = self.config
         ctrl = source(m, past, dut.ctrl, "ctrl")
         act = source(m, past, dut.act, "act", fault=self.broken == "lose_input")
@@ -161,7 +178,9 @@ def _name(c: SparseDSPConfig) -> str:
     return f"L={c.L} group_len={c.group_len} K={c.K} qgroup={c.qgroup}"
 
 
-def checks():
+def checks() -> list[Check]:
+    """SparseDSP's checks on SMALL: proofs, the cover and the fault
+    demonstrations."""
     from .checks import Check
     H, S = SparseDSPHarness, SMALL
     n = _name(S)
