@@ -781,9 +781,9 @@ def _real_item(sim: str) -> dict:
 
 
 def sim_items(*, sim: str) -> list:
-    """make sim's items of the core: the random models (one with a stalled memory) and, when
-    SmolLM2 is prepared, its real layer; run on `sim`."""
-    from quantflow.models.loaders import models_dir
+    """make sim's items of the core: the random models (one with a stalled memory) and
+    SmolLM2's real layer (the model and its image are prepared on first use, so a fresh
+    clone runs the same plan); run on `sim`."""
     from .blocks import SimItem
     items = []
     for i, (shape, scheme) in enumerate(RANDOM_CASES):
@@ -799,9 +799,8 @@ def sim_items(*, sim: str) -> list:
                          config={"shape": list(shape), "scheme": scheme, "gap": STALL_GAP},
                          macs=0, peak_macs_per_cycle=0,
                          run=lambda: _random_item(shape, scheme, 11, sim, gap=STALL_GAP)))
-    if (models_dir() / REAL_MODEL).is_dir():
-        items.append(SimItem(block="core", name=f"core-{REAL_MODEL}-layer{REAL_LAYER}",
-                             path="memory-model", config={"model": REAL_MODEL}, macs=0,
-                             peak_macs_per_cycle=0, run=lambda: _real_item(sim)))
+    items.append(SimItem(block="core", name=f"core-{REAL_MODEL}-layer{REAL_LAYER}",
+                         path="memory-model", config={"model": REAL_MODEL}, macs=0,
+                         peak_macs_per_cycle=0, run=lambda: _real_item(sim)))
     # SmolLM2 generating through the whole core (minutes) runs on request: cosim.blocks.ON_REQUEST
     return items

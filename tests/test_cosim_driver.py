@@ -51,3 +51,23 @@ def test_on_request_blocks_are_named_not_planned_and_merge(monkeypatch):
 def test_unknown_block_names_the_on_request_ones():
     with pytest.raises(ValueError, match="generate"):
         blocks.block_items(sim="verilator", block="no_such_block")
+
+
+def test_plan_is_the_same_on_a_fresh_clone(tmp_path):
+    """make sim's plan does not depend on what build/ holds: with an empty build root
+    the real-model items (prepared on first use) are planned, and planning writes
+    nothing. Run in a subprocess: the build root is read once per process."""
+    import json
+    import os
+    import subprocess
+    import sys
+    code = ("import json; from cosim import blocks; "
+            "print(json.dumps({b: [i.name for i in its] for b, its in "
+            "blocks.block_items(sim='verilator').items()}))")
+    env = dict(os.environ, QUATTRO_BUILD=str(tmp_path / "build"))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True).stdout
+    plan = json.loads(out.strip().splitlines()[-1])
+    assert "core-smollm2-layer12" in plan["core"]
+    assert any("real-smollm2" in n for n in plan["sfu"])
+    assert not (tmp_path / "build" / "models").exists()
