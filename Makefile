@@ -4,6 +4,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 VPY    := $(VENV)/bin/python
 STAMP  := $(VENV)/.quattro-installed
+# the docs toolchain (MkDocs): make docs, and make test's strict site build
+DOCS_STAMP := $(VENV)/.quattro-docs-installed
 JOBS   ?= auto
 
 .PHONY: all sim slow test formal soak mutate verilog lint bench resources models eval generate perf dse bitstream docs docs-screenshots clean distclean
@@ -28,8 +30,9 @@ sim: $(STAMP)
 slow: $(STAMP)
 	$(VPY) -m pytest -n $(JOBS) -m slow || test $$? -eq 5  # 5: no slow tests collected
 
-## test: the test suite (fast tier; < 15 min on 2 cores)
-test: $(STAMP)
+## test: the test suite (fast tier; < 15 min on 2 cores), the docs toolchain
+##       installed first so that the strict site build is tested
+test: $(STAMP) $(DOCS_STAMP)
 	$(VPY) -m pytest -n $(JOBS) -m "not slow"
 
 ## formal: SymbiYosys proofs (k-induction, else BMC to a stated depth) of every block's
@@ -107,7 +110,6 @@ bitstream: $(STAMP)
 
 ## docs: the docs site (MkDocs, Material theme, API reference from the docstrings)
 ##       into build/site, built with --strict: a broken link or anchor fails it
-DOCS_STAMP := $(VENV)/.quattro-docs-installed
 $(DOCS_STAMP): requirements-docs.lock $(STAMP)
 	$(VPY) -m pip install --quiet --disable-pip-version-check -r requirements-docs.lock
 	@touch $@
