@@ -8,6 +8,7 @@ load its images, the job its testbench reads, and its record.
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
     from cosim.cases import StreamCase
     from hdl.generate import BlockConfig
 
-__all__ = ["DATA_ROOT", "cached_export", "build_design", "run_on", "run_case_list",
+__all__ = ["DATA_ROOT", "cached_export", "design_verilog", "build_design", "run_on", "run_case_list",
            "first_case", "is_ideal", "with_build", "case_item"]
 
 #: Exported case data of `make sim` and the cosim tests: build/sim/data/<case>.
@@ -45,12 +46,24 @@ def cached_export(outdir: Path, *, load: Callable[[Path], object],
     return outdir
 
 
-def build_design(design: tuple[str, Callable[[], object]], *, sim: str | None = None,
-                 waves: bool | None = None) -> runner.Build:
-    """The simulator build of an hdl.generate design (module name, factory)."""
+@functools.lru_cache(maxsize=256)
+def design_verilog(factory: Callable[..., tuple[str, Callable[[], object]]], config: object,
+                   /, **kw: object) -> tuple[str, str]:
+    """(module name, Verilog text) of the hdl.generate design `factory(config, **kw)`,
+    generated once per process: elaborating and converting a block takes ~1 s of
+    Python, and every run of a plan on one configuration needs the text again (the
+    build cache's key). `config` and `kw` must be hashable (frozen dataclasses)."""
     from hdl.generate import verilog
-    name, factory = design
-    return runner.build(verilog(factory(), name), name, sim=sim, waves=waves)
+    name, make = factory(config, **kw)
+    return name, verilog(make(), name)
+
+
+def build_design(factory: Callable[..., tuple[str, Callable[[], object]]], config: object,
+                 /, *, sim: str | None = None, waves: bool | None = None,
+                 **kw: object) -> runner.Build:
+    """The simulator build of the hdl.generate design `factory(config, **kw)`."""
+    name, text = design_verilog(factory, config, **kw)
+    return runner.build(text, name, sim=sim, waves=waves)
 
 
 def run_on(b: runner.Build, test_module: str, job: dict) -> dict:

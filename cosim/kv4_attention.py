@@ -169,7 +169,7 @@ def prepare_data(case: KV4Case, *, root: Path | None = None) -> Path:
 def unit_build(config: KV4Config, *, sim: str | None = None) -> runner.Build:
     """The Verilated KV4 unit of `config` (cached)."""
     from hdl.generate import kv4_factory
-    return build_design(kv4_factory(config), sim=sim)
+    return build_design(kv4_factory, config, sim=sim)
 
 
 def case_job(case: KV4Case, *, root: Path | None = None) -> dict:

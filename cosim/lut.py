@@ -90,7 +90,7 @@ def stream_build(config: LUTConfig, *, sim: str | None = None,
                  waves: bool | None = None) -> runner.Build:
     """The Verilated LUT block of `config` (cached)."""
     from hdl.generate import lut_factory
-    return build_design(lut_factory(config), sim=sim, waves=waves)
+    return build_design(lut_factory, config, sim=sim, waves=waves)
 
 
 def run_stream(case: LUTCase, *, build: runner.Build | None = None,

@@ -28,7 +28,7 @@ from golden.validate import expect_type
 
 from cosim import runner
 from cosim.cases import RealLayer, TiledCase, tiles_for
-from cosim.flow import DATA_ROOT, cached_export, is_ideal, run_on, with_build
+from cosim.flow import DATA_ROOT, cached_export, design_verilog, is_ideal, run_on, with_build
 from cosim.report import make_record
 
 __all__ = ["MixPECase", "default_plan", "real_plan", "REAL_Q_PROJ", "REAL_DOWN_PROJ",
@@ -170,9 +170,8 @@ def prepare_real(case: MixPECase, *, root: Path | None = None) -> Path:
 
 
 def _verilog(kind: str, config: MixPEConfig, **kw) -> tuple[str, str]:
-    from hdl.generate import mixpe_factory, verilog
-    name, factory = mixpe_factory(config, kind=kind, **kw)
-    return name, verilog(factory(), name)
+    from hdl.generate import mixpe_factory
+    return design_verilog(mixpe_factory, config, kind=kind, **kw)
 
 
 def stream_build(config: MixPEConfig, *, sim: str | None = None,

@@ -63,7 +63,9 @@ def _check_fits(config: PIMConfig, w, sizes: dict) -> None:
 def system_build(config: PIMConfig, *, sizes: dict | None = None, sim: str | None = None,
                  waves: bool | None = None) -> runner.Build:
     """The Verilated PIMSystem of `config` with memory `sizes` (cached)."""
-    return build_design(pim_factory(config, kind="system", sizes=sizes), sim=sim, waves=waves)
+    # pairs, not the dict: the generated text is memoised on hashable arguments
+    pairs = None if sizes is None else tuple(sorted(sizes.items()))
+    return build_design(pim_factory, config, kind="system", sizes=pairs, sim=sim, waves=waves)
 
 
 def run_workloads(config: PIMConfig, specs: list[dict], *, build: runner.Build | None = None,

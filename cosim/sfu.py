@@ -435,7 +435,7 @@ def bad_jobs(config: SFUHWConfig) -> list[dict]:
 def unit_build(config: SFUHWConfig, *, sim: str | None = None) -> runner.Build:
     """The Verilated SFU of `config` (cached)."""
     from hdl.generate import sfu_factory
-    return build_design(sfu_factory(config), sim=sim)
+    return build_design(sfu_factory, config, sim=sim)
 
 
 def run_cases(config: SFUHWConfig, jobs: list[dict], *, build: runner.Build | None = None,

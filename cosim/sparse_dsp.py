@@ -114,7 +114,7 @@ def build(config: SparseDSPConfig = DEFAULT_CONFIG, *, sim: str | None = None,
           waves: bool | None = None) -> runner.Build:
     """The Verilated sparse DSP block of `config` (cached)."""
     from hdl.generate import sparse_dsp_factory
-    return build_design(sparse_dsp_factory(config), sim=sim, waves=waves)
+    return build_design(sparse_dsp_factory, config, sim=sim, waves=waves)
 
 
 def run_dirs(config: SparseDSPConfig, data_dirs: Iterable[Path | str], *,
