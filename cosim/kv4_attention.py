@@ -26,7 +26,7 @@ from cosim.report import make_record
 
 __all__ = ["KV4Case", "FIXTURE", "REAL_MODEL", "PLAN_CONFIGS", "default_plan", "prepare_data",
            "unit_build", "run_cases", "to_record", "sim_items", "config_items", "case_job",
-           "after_overflow"]
+           "load_decode_case", "tb_job", "after_overflow"]
 
 STREAM_TB = "cosim.tb.kv4_attention_stream"
 #: Captured SmolLM2 attention (quantflow.capture_attention), shipped with the package:
@@ -173,16 +173,75 @@ def unit_build(config: KV4Config, *, sim: str | None = None) -> runner.Build:
 
 
 def case_job(case: KV4Case, *, root: Path | None = None) -> dict:
-    """The testbench job of one decode case: its data directory and stream pressures."""
+    """The testbench job of one decode case: its data directory and stream pressures
+    (run_cases adds the words to drive and expect, tb_job)."""
     return {"kind": "decode", "data_dir": str(prepare_data(case, root=root)),
             "p_idle": case.p_idle, "p_stall": case.p_stall,
             "overflow_check": case.overflow_check, "busy_cmd": case.busy_cmd}
 
 
+def load_decode_case(data_dir: str | Path, config: KV4Config) -> dict:
+    """The words of one decode case, computed here so that the simulator's Python
+    never imports torch: T, the append words of its fixed-point K/V tokens
+    (`append`; `extra_append`, token 0 again, is the token one too many), the cmd,
+    query, k and v words, the expected out words (golden.kv4_attention's decode of
+    the cache image) and the expected cache words (golden's append path: the 4-
+    and 8-bit codes of every token)."""
+    import numpy as np
+    import torch
+
+    from golden.kv4_attention import append_fixed, kv4_decode
+    from quantflow.kv4_attention import (load_kv4_cache, pack_append_words, pack_cache_words,
+                                         pack_cmd_word, pack_query_words)
+    from quantflow.pack import pack_words
+    img = load_kv4_cache(data_dir, config)
+    arr = np.load(Path(data_dir) / "case.npz", allow_pickle=False)
+    T = int(arr["T"])
+    C, lsh = arr["C"].tolist(), arr["lsh"].tolist()
+    res = kv4_decode(torch.from_numpy(arr["q8"]), C, lsh, img.cache, T, config)
+    full = append_fixed(torch.from_numpy(arr["Xk"][:T]), torch.from_numpy(arr["Xv"][:T]),
+                        config, frac_k=img.cache.frac_k, frac_v=img.cache.frac_v)
+
+    def ints(words) -> list[int]:       # JSON: plain Python ints
+        return [int(w) for w in words]
+    return {"T": T, "append": ints(pack_append_words(arr["Xk"][:T], arr["Xv"][:T], config)),
+            "extra_append": ints(pack_append_words(arr["Xk"][:1], arr["Xv"][:1], config)),
+            "cmd_word": int(pack_cmd_word(T, C, lsh, config)),
+            "query": ints(pack_query_words(arr["q8"], config)),
+            "k": ints(img.k_words), "v": ints(img.v_words),
+            "expected": ints(pack_words(res.out.numpy().reshape(-1), config.out_bits,
+                                        config.lanes, signed=True)),
+            "expected_cache": ints(pack_cache_words(full, config))}
+
+
+def tb_job(job: dict, config: KV4Config) -> dict:
+    """`job` (a case_job dict or {"kind": "bad_t", "t": T, "lsh": ...}) with the words
+    the testbench drives and expects: a decode case's load_decode_case fields, a
+    bad cmd's word (C = 1; lsh defaults to max(8, min_lsh)). Other kinds pass
+    unchanged."""
+    if job.get("kind") == "decode":
+        return {**job, **load_decode_case(job["data_dir"], config)}
+    if job.get("kind") == "bad_t":
+        from quantflow.kv4_attention import pack_cmd_word
+        lsh = int(job.get("lsh", max(8, config.min_lsh)))
+        return {**job, "lsh": lsh, "cmd_word": int(pack_cmd_word(
+            int(job["t"]), [1] * config.heads, [lsh] * config.heads, config))}
+    return job          # an unknown kind: the testbench fails that case alone
+
+
 def run_cases(config: KV4Config, jobs: list[dict], *, build: runner.Build | None = None,
               seed: int = 1, sim: str | None = None) -> dict:
-    """One simulation of `jobs` (case_job dicts or {"kind": "bad_t", "t": T})."""
-    return run_case_list(build or unit_build(config, sim=sim), STREAM_TB, config, jobs, seed)
+    """One simulation of `jobs` (case_job dicts or {"kind": "bad_t", "t": T}); each
+    decode case's result gets `out`, its received out values [heads, D]."""
+    from quantflow.kv4_attention import unpack_out_words
+    res = run_case_list(build or unit_build(config, sim=sim), STREAM_TB, config,
+                        [tb_job(j, config) for j in jobs], seed)
+    for r in res.get("cases") or []:
+        # the testbench returns the raw words: unpacking them needs quantflow (torch)
+        words = r.pop("out_words", None)
+        if words is not None:
+            r["out"] = unpack_out_words(words, config).tolist() if words else []
+    return res
 
 
 def cosines(case: KV4Case, out_values: Sequence[int], data_dir: Path) -> dict:

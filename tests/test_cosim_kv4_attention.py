@@ -49,6 +49,8 @@ def test_small_unit_all_fast_cases(tmp_path):
     assert rs[8]["passed"], rs[8]["errors"]                            # lsh < min_lsh
     assert rs[9]["passed"], rs[9]["errors"]       # filled exactly: `overflow` stays low
     assert not res["passed"]
+    # the words came from the parent: the simulator's Python never loaded torch
+    assert res["torch_imported"] is False
     rec = to_record(cases[3], rs[3], data_root=tmp_path)
     assert rec["block"] == "kv4_attention" and rec["config"]["head_dim"] == 32
     assert rec["expected_cycles"] == rec["cycles"]

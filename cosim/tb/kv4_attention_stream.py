@@ -3,20 +3,24 @@ cases against one build.
 
 Job fields: config (KV4Config fields), seed (printed), cases: a list of
   {"kind": "decode", "data_dir": ..., "p_idle": .., "p_stall": ..,
-   "overflow_check": bool, "busy_cmd": bool, "corrupt_expected": [[word, xor], ...]}
+   "overflow_check": bool, "busy_cmd": bool, "corrupt_expected": [[word, xor], ...],
+   and the words cosim.kv4_attention.load_decode_case computed in the parent (the
+   simulator's Python never imports torch): "T", "append", "extra_append",
+   "cmd_word", "query", "k", "v", "expected", "expected_cache"}
      clear the cache, append the case's fixed-point K/V tokens through the
-     hardware quantizer (cache words compared with the quantflow cache image,
-     which golden wrote), optionally append one token too many, once right behind
+     hardware quantizer (cache words compared with golden's append path),
+     optionally append one token too many, once right behind
      the last token and once after the append has drained (expects `overflow`, no
      cache beat, count unchanged; without it `overflow` must stay low), then
      decode: cmd, query, k, v from the image, out compared bit for bit with
      golden.kv4_attention; busy_cmd: the decode runs again, its cmd offered while
      the first decode is busy.
-  {"kind": "bad_t", "t": int, "lsh": int (optional)}: a cmd with T = 0,
+  {"kind": "bad_t", "t": int, "lsh": int, "cmd_word": int}: a cmd with T = 0,
      T > max_t or an lsh below min_lsh must raise `error` and produce no output.
 Result: {"passed", "cases": [per-case dicts], "errors"}; a decode case reports
 cycles (cmd transfer to last out transfer), append_cycles, mismatches, vectors
-and the received out values.
+and the received out words (out_words; cosim.kv4_attention.run_cases unpacks
+them into `out`).
 
 Each phase of a case (append, overflow, decode, bad cmd) is one StreamRun over
 that phase's streams; the unit keeps its state between phases and cases.
@@ -34,36 +38,12 @@ from cosim.tb.streams import (Scoreboard, StreamRun, StreamSink, StreamSource, r
                               run_phase, start_unit, step_cycle)
 
 if TYPE_CHECKING:
-    import numpy as np
     from cocotb.handle import HierarchyObject
 
     from golden.kv4_attention_config import KV4Config
-    from quantflow.kv4_attention import KV4CacheImage
 
 #: The unit's input streams (held idle through the reset).
 INPUTS = ("cmd", "query", "k", "v", "append")
-
-
-def load_decode_case(data_dir: str, config: KV4Config
-                     ) -> tuple[KV4CacheImage, np.lib.npyio.NpzFile, list[int], list[int]]:
-    """(image, case arrays, expected out words, expected append-path cache words)
-    for one decode case: the cache words come from golden's append path on the
-    case's fixed-point K/V (4- and 8-bit codes of every token)."""
-    import numpy as np
-    import torch
-
-    from golden.kv4_attention import append_fixed, kv4_decode
-    from quantflow.kv4_attention import load_kv4_cache, pack_cache_words
-    from quantflow.pack import pack_words
-    img = load_kv4_cache(data_dir, config)
-    arr = np.load(f"{data_dir}/case.npz", allow_pickle=False)
-    T = int(arr["T"])
-    res = kv4_decode(torch.from_numpy(arr["q8"]), arr["C"].tolist(), arr["lsh"].tolist(),
-                     img.cache, T, config)
-    exp = pack_words(res.out.numpy().reshape(-1), config.out_bits, config.lanes, signed=True)
-    full = append_fixed(torch.from_numpy(arr["Xk"][:T]), torch.from_numpy(arr["Xv"][:T]),
-                        config, frac_k=img.cache.frac_k, frac_v=img.cache.frac_v)
-    return img, arr, exp, pack_cache_words(full, config)
 
 
 async def _pulse(dut, name: str) -> None:
@@ -86,14 +66,9 @@ async def decode_case(dut: HierarchyObject, case: dict, cfg: KV4Config,
                       rng: random.Random) -> dict:
     """One decode case: append the tokens, stream the queries, compare the cache and
     output words with golden's."""
-    import numpy as np
-
     from hdl.kv4_attention import append_cycles
-    from quantflow.kv4_attention import (pack_append_words, pack_cmd_word, pack_query_words,
-                                         unpack_out_words)
-    img, arr, expected, exp_cache = load_decode_case(case["data_dir"], cfg)
-    inject_errors(expected, case.get("corrupt_expected"))
-    T = int(arr["T"])
+    expected = inject_errors(list(case["expected"]), case.get("corrupt_expected"))
+    T = int(case["T"])
     p_idle, p_stall = float(case.get("p_idle", 0.0)), float(case.get("p_stall", 0.0))
     # one generator per stream, drawn from the job's in case order
     rngs = [random.Random(rng.randrange(1 << 62)) for _ in range(8)]
@@ -104,12 +79,10 @@ async def decode_case(dut: HierarchyObject, case: dict, cfg: KV4Config,
     # last token is quantized and must be dropped once that one is counted
     await _pulse(dut, "cache_clear")
     ovf = bool(case.get("overflow_check"))
-    Xk_app = np.concatenate([arr["Xk"][:T], arr["Xk"][:1]]) if ovf else arr["Xk"][:T]
-    Xv_app = np.concatenate([arr["Xv"][:T], arr["Xv"][:1]]) if ovf else arr["Xv"][:T]
-    app = StreamSource(dut, "append", pack_append_words(Xk_app, Xv_app, cfg), p_idle=p_idle,
-                       rng=rngs[0])
+    app_words = case["append"] + (case["extra_append"] if ovf else [])
+    app = StreamSource(dut, "append", app_words, p_idle=p_idle, rng=rngs[0])
     csink = StreamSink(dut, "cache", p_stall=p_stall, rng=rngs[1])
-    csb = Scoreboard(exp_cache, describe=lambda i, g, e: (
+    csb = Scoreboard(case["expected_cache"], describe=lambda i, g, e: (
         f"cache word {i} (token {i // cfg.chunks}, chunk {i % cfg.chunks}): "
         f"got {g:#x} expected {e:#x}"))
     limit = 40 * n_app + 1000
@@ -136,8 +109,7 @@ async def decode_case(dut: HierarchyObject, case: dict, cfg: KV4Config,
 
     # 2. one token too many (only when the cache is full): drained, nothing written
     if case.get("overflow_check"):
-        extra = StreamSource(dut, "append", pack_append_words(arr["Xk"][:1], arr["Xv"][:1], cfg),
-                             rng=rngs[2])
+        extra = StreamSource(dut, "append", case["extra_append"], rng=rngs[2])
         # Count the beats on the wire, through an idle window after the phase: a
         # valid left high once the source stops being stepped makes the full cache
         # take bogus beats and misaligns the unit's beat counter for the next case
@@ -160,19 +132,19 @@ async def decode_case(dut: HierarchyObject, case: dict, cfg: KV4Config,
 
     # 3. decode; with busy_cmd the next decode's cmd is offered from the start
     # (legal: the unit holds it off until idle), then that decode runs too
-    cmd_word = pack_cmd_word(T, arr["C"].tolist(), arr["lsh"].tolist(), cfg)
+    cmd_word = int(case["cmd_word"])
     busy_cmd = bool(case.get("busy_cmd"))
     cmd = StreamSource(dut, "cmd", [cmd_word] * (2 if busy_cmd else 1), p_idle=p_idle,
                        rng=rngs[3])
-    qry = StreamSource(dut, "query", pack_query_words(arr["q8"], cfg), p_idle=p_idle, rng=rngs[4])
-    ks = StreamSource(dut, "k", list(img.k_words), p_idle=p_idle, rng=rngs[5])
-    vs = StreamSource(dut, "v", list(img.v_words), p_idle=p_idle, rng=rngs[6])
+    qry = StreamSource(dut, "query", case["query"], p_idle=p_idle, rng=rngs[4])
+    ks = StreamSource(dut, "k", case["k"], p_idle=p_idle, rng=rngs[5])
+    vs = StreamSource(dut, "v", case["v"], p_idle=p_idle, rng=rngs[6])
     out = StreamSink(dut, "out", p_stall=p_stall, rng=rngs[7])
     sb = Scoreboard(expected, describe=lambda i, g, e: (
         f"out word {i} (head {i // cfg.chunks}, chunk {i % cfg.chunks}): "
         f"got {g:#x} expected {e:#x}"))
     n_out = cfg.heads * cfg.chunks
-    limit = 60 * (len(img.k_words) + n_out) + 2000
+    limit = 60 * (len(case["k"]) + n_out) + 2000
     run, secs = await run_phase(dut, [cmd, qry, ks, vs], out, n_out, limit)
     if busy_cmd:
         if cmd.idx != 1:
@@ -183,9 +155,9 @@ async def decode_case(dut: HierarchyObject, case: dict, cfg: KV4Config,
         errors.append("`error` raised on a valid decode")
     if busy_cmd:
         srcs = [StreamSource(dut, "cmd", [cmd_word], rng=rngs[3]),
-                StreamSource(dut, "query", pack_query_words(arr["q8"], cfg), rng=rngs[4]),
-                StreamSource(dut, "k", list(img.k_words), rng=rngs[5]),
-                StreamSource(dut, "v", list(img.v_words), rng=rngs[6])]
+                StreamSource(dut, "query", case["query"], rng=rngs[4]),
+                StreamSource(dut, "k", case["k"], rng=rngs[5]),
+                StreamSource(dut, "v", case["v"], rng=rngs[6])]
         out2 = StreamSink(dut, "out", rng=rngs[7])
         sb2 = Scoreboard(expected, describe=lambda i, g, e: (
             f"second decode: out word {i}: got {g:#x} expected {e:#x}"))
@@ -201,16 +173,14 @@ async def decode_case(dut: HierarchyObject, case: dict, cfg: KV4Config,
             "cycles": run.cycles, "append_cycles": app_run.cycles,
             "sim_cycles": run.cycle + 1,    # and the edge that transfers the last beat
             "sim_seconds": secs, "stall_cycles": out.stall_cycles,
-            "out": unpack_out_words(out.words, cfg).tolist() if out.words else [],
+            "out_words": [int(w) for w in out.words],
             "errors": errors}
 
 
 async def bad_t_case(dut: HierarchyObject, case: dict, cfg: KV4Config) -> dict:
     """A cmd with T == 0, T > max_t or an lsh below min_lsh: consumed, `error`."""
-    from quantflow.kv4_attention import pack_cmd_word
-    T = int(case["t"])
-    lsh = int(case.get("lsh", max(8, cfg.min_lsh)))
-    cmd = StreamSource(dut, "cmd", [pack_cmd_word(T, [1] * cfg.heads, [lsh] * cfg.heads, cfg)])
+    T, lsh = int(case["t"]), int(case["lsh"])
+    cmd = StreamSource(dut, "cmd", [int(case["cmd_word"])])
     out = StreamSink(dut, "out")
     # any out word ends the phase early: it is an error
     await run_phase(dut, [cmd], out, 1, 50 + 10 * cfg.chunks)
