@@ -43,6 +43,8 @@ def test_small_unit_all_fast_cases():
     assert not rs[7]["passed"] and rs[7]["mismatches"] == 1      # the corrupted word caught
     assert rs[8]["passed"] and rs[8]["cycles"] == rs[8]["model_cycles"]   # recovers
     assert not res["passed"]
+    # the words came from the caller: the simulator's Python never loaded torch
+    assert res["torch_imported"] is False
     rec = to_record(cases[0], rs[0], simulator=res.get("sim"))
     assert rec["block"] == "sfu" and rec["expected_cycles"] == rec["cycles"]
     assert rec["peak_macs_per_cycle"] == 1 and rec["macs"] == rs[0]["elements"]
