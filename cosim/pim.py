@@ -6,9 +6,10 @@ Verilog (hdl.pim.PIMSystem) -> Verilator -> records of block "pim".
     rec = to_record(config, spec, run, model)      # a cosim.report record
 
 A workload spec is a dict {"name", "kind": "mixed" | "subbatch", "seed", ...}
-(the keyword arguments of quantflow.pim.mixed_workload / subbatch_workload);
-the testbench rebuilds the workload from it, so a run is reproducible from
-its record.
+(the keyword arguments of quantflow.pim.mixed_workload / subbatch_workload),
+so a run is reproducible from its record; run_workloads builds the workload
+from it and hands the testbench its words and golden's expected outputs
+(workload_words).
 """
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ if TYPE_CHECKING:
     from golden.pim import ScheduleResult
     from quantflow.pim import Workload
 
-__all__ = ["SYSTEM_SIZES", "TB_MODULE", "workload_from_spec", "system_build", "run_workloads",
+__all__ = ["SYSTEM_SIZES", "TB_MODULE", "workload_from_spec", "workload_words", "system_build",
+           "run_workloads",
            "model_for", "system_cycles", "to_record", "default_plan", "PIMCase", "sim_items",
            "config_items", "run_case"]
 
@@ -49,6 +51,24 @@ def workload_from_spec(config: PIMConfig, spec: dict) -> Workload:
     if kind == "subbatch":
         return subbatch_workload(config, **params)
     raise ValueError(f"unknown workload kind {kind!r}; use 'mixed' or 'subbatch'")
+
+
+def workload_words(config: PIMConfig, w: Workload) -> dict:
+    """What the testbench loads and expects for workload `w`, as plain ints, computed
+    here so that the simulator's Python never imports torch: the bank contents and
+    the memory-request, GEMV-job and vector words (quantflow.pim; one word per
+    request and per job), golden.pim's expected read data and GEMV results, and the
+    workload's result count; read_addrs [bank, row, col] of each read, in order,
+    name a wrong read."""
+    from golden.pim import expected_outputs
+    from quantflow.pim import bank_words, job_words, memreq_words, vector_words
+    reads, results = expected_outputs(config, w.storage, w.mem, w.jobs)
+    words = {"bank": bank_words(w.storage, config), "mem": memreq_words(w.mem, config),
+             "job": job_words(w.jobs, config), "vec": vector_words(w.jobs, config),
+             "reads": reads, "results": results}
+    return {**{k: [int(x) for x in v] for k, v in words.items()},
+            "read_addrs": [[int(q.bank), int(q.row), int(q.col)] for q in w.mem if not q.write],
+            "n_results": int(w.n_results)}
 
 
 def _check_fits(config: PIMConfig, w, sizes: dict) -> None:
@@ -74,10 +94,14 @@ def run_workloads(config: PIMConfig, specs: list[dict], *, build: runner.Build |
     before each) on a PIMSystem of `sizes` (default SYSTEM_SIZES). Returns the
     testbench's result (result["runs"][i] per spec)."""
     sizes = dict(sizes or SYSTEM_SIZES)
+    images = []
     for s in specs:
-        _check_fits(config, workload_from_spec(config, s), sizes)
+        w = workload_from_spec(config, s)
+        _check_fits(config, w, sizes)
+        images.append(workload_words(config, w))
     b = build or system_build(config, sizes=sizes, sim=sim)
-    job = {"config": config.as_dict(), "workloads": list(specs), "system": sizes}
+    job = {"config": config.as_dict(), "workloads": list(specs), "images": images,
+           "system": sizes}
     return run_on(b, TB_MODULE, job)
 
 

@@ -34,6 +34,8 @@ def runs():
 @pytest.mark.parametrize("mode", ["dual", "blocked"])
 def test_rtl_matches_golden_and_model(runs, mode):
     cfg, res = runs[mode]
+    # the words came from the caller: the simulator's Python never loaded torch
+    assert res["torch_imported"] is False
     for spec, run in zip(SPECS[:2], res["runs"][:2]):
         model = pim.model_for(cfg, spec)
         rec = pim.to_record(cfg, spec, run, model)

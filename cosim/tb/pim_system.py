@@ -9,7 +9,10 @@ checker's sticky error bits must stay zero (any timing violation or illegal
 sequence fails the run). The loaded words are quantflow.pim's.
 
 Job fields: config (PIMConfig fields), workloads (list of workload specs,
-cosim.pim.workload_from_spec), system (PIMSystem sizes), optional max_cycles.
+cosim.pim.workload_from_spec), images (per workload, cosim.pim.workload_words:
+its bank/mem/job/vec words, expected reads and results, read_addrs, n_results;
+computed by the caller, so that this Python never imports torch), system
+(PIMSystem sizes), optional max_cycles.
 Result: passed, runs (one dict per workload: cycles, cmd_count, comp_count,
 bus_count, err_bits, read/result mismatches, sim_seconds, ...), errors.
 """
@@ -57,7 +60,8 @@ class PIMSystemTB(PreloadedSystemTB):
         return got
 
 
-def _run_errors(name, w, expected, got, counters) -> tuple[list[str], list[int], list[int]]:
+def _run_errors(name, read_addrs, expected, got, counters
+                ) -> tuple[list[str], list[int], list[int]]:
     """(errors, bad read indices, bad result indices) of one workload's run."""
     from golden.pim_config import RULES
     (reads, results), (got_reads, got_res) = expected, got
@@ -66,9 +70,9 @@ def _run_errors(name, w, expected, got, counters) -> tuple[list[str], list[int],
     errors = []
     if rd_bad:
         i = rd_bad[0]
-        q = [r for r in w.mem if not r.write][i]
+        bank, row, col = read_addrs[i]
         errors.append(f"{name}: {len(rd_bad)} reads wrong; first: read {i} "
-                      f"(bank {q.bank} row {q.row} col {q.col}) got {got_reads[i]:#x} "
+                      f"(bank {bank} row {row} col {col}) got {got_reads[i]:#x} "
                       f"expected {reads[i]:#x}")
     if res_bad:
         i = res_bad[0]
@@ -83,44 +87,41 @@ def _run_errors(name, w, expected, got, counters) -> tuple[list[str], list[int],
     return errors, rd_bad, res_bad
 
 
-async def _run_workload(tb, cfg, spec: dict, job: dict) -> dict:
-    """Load, run and check one workload; its entry of the result's `runs`."""
-    from golden.pim import expected_outputs
+async def _run_workload(tb, cfg, spec: dict, image: dict, job: dict) -> dict:
+    """Load, run and check one workload (`image`: its words and expected outputs);
+    its entry of the result's `runs`."""
     from hdl.pim import LOAD_BANK, LOAD_JOB, LOAD_MEM, LOAD_VEC, OUT_RD, OUT_RES
-    from quantflow.pim import bank_words, job_words, memreq_words, vector_words
-    from cosim.pim import workload_from_spec
 
     dut = tb.dut
-    w = workload_from_spec(cfg, spec)
-    reads, results = expected_outputs(cfg, w.storage, w.mem, w.jobs)
-    inject_errors(reads, spec.get("corrupt_expected"))
+    mem, jobs, vec, results = image["mem"], image["job"], image["vec"], image["results"]
+    reads = inject_errors(list(image["reads"]), spec.get("corrupt_expected"))
     # Reset per workload: rows left open by the previous one would change the
     # commands (the cycle model starts from closed banks); storage is reloaded.
     await tb.reset()
     sw = Stopwatch()
-    await tb.load(LOAD_BANK, bank_words(w.storage, cfg))
-    await tb.load(LOAD_MEM, memreq_words(w.mem, cfg))
-    await tb.load(LOAD_JOB, job_words(w.jobs, cfg))
-    vec = vector_words(w.jobs, cfg)
+    await tb.load(LOAD_BANK, image["bank"])
+    await tb.load(LOAD_MEM, mem)
+    await tb.load(LOAD_JOB, jobs)
     await tb.load(LOAD_VEC, vec)
     load_seconds = sw.seconds()
-    max_cycles = int(job.get("max_cycles") or 40 * (len(w.mem) + len(vec)
-                                                   + 80 * w.n_results) + 10_000)
-    secs = await tb.run(len(w.mem), len(w.jobs), len(vec), max_cycles)
+    n_results = int(image["n_results"])
+    max_cycles = int(job.get("max_cycles") or 40 * (len(mem) + len(vec)
+                                                   + 80 * n_results) + 10_000)
+    secs = await tb.run(len(mem), len(jobs), len(vec), max_cycles)
     cycles = int(dut.cycles.value)
     counters = {k: int(getattr(dut, k).value) for k in
                 ("cmd_count", "comp_count", "bus_count", "err_bits", "n_rd", "n_res")}
     got_reads = await tb.read_out(OUT_RD, len(reads))
     got_res = await tb.read_out(OUT_RES, len(results))
     got_res = [v - (1 << 32) if v >= 1 << 31 else v for v in got_res]
-    errors, rd_bad, res_bad = _run_errors(spec["name"], w, (reads, results),
-                                          (got_reads, got_res), counters)
+    errors, rd_bad, res_bad = _run_errors(spec["name"], image["read_addrs"],
+                                          (reads, results), (got_reads, got_res), counters)
     return {
         "name": spec["name"], "passed": not errors, "cycles": cycles,
         "reads": len(reads), "results": len(results),
         "read_mismatches": len(rd_bad), "result_mismatches": len(res_bad),
-        "mem_requests": len(w.mem), "jobs": len(w.jobs),
-        "macs": w.n_results * cfg.columns, "sim_seconds": secs,
+        "mem_requests": len(mem), "jobs": len(jobs),
+        "macs": n_results * cfg.columns, "sim_seconds": secs,
         "load_seconds": load_seconds, "errors": errors, **counters,
     }
 
@@ -136,8 +137,8 @@ async def pim_system(dut: HierarchyObject) -> None:
     start_clock(dut.clk, impl="gpi")
     tb = PIMSystemTB(dut, cfg)
     runs, errors = [], []
-    for spec in job["workloads"]:
-        run = await _run_workload(tb, cfg, spec, job)
+    for spec, image in zip(job["workloads"], job["images"], strict=True):
+        run = await _run_workload(tb, cfg, spec, image, job)
         runs.append(run)
         errors.extend(run["errors"])
         await RisingEdge(dut.clk)
