@@ -38,6 +38,8 @@
 //   +mem_dump=<path>  on every cycle with `dump` high, $writememh of the whole
 //                     memory (every W beat taken before that cycle included);
 //                     cosim/axi_mem.py read_dump reads it.
+//   +mem_gap=<n>      GAP for this run (default: the parameter), so that runs
+//                     at full and at reduced bandwidth share one compiled model.
 // The file is named for its role (cosim/axi_mem.py writes and reads its files).
 /* verilator lint_off DECLFILENAME */
 module quattro_axi_mem #(
@@ -110,6 +112,7 @@ module quattro_axi_mem #(
     integer i;
     integer log_fd;
     reg have_dump;
+    reg [31:0] gap;                                    // GAP, or +mem_gap
     reg [8*1024-1:0] init_path, log_path, dump_path;
     initial begin
         if (LATENCY < 1 || WRITE_LATENCY < 1 || GAP < 0 || DATA_BYTES < 1
@@ -122,7 +125,10 @@ module quattro_axi_mem #(
             mem[i] = {DW{1'b0}};
         log_fd = 0;
         have_dump = 1'b0;
+        gap = GAP;
         if (FILES != 0) begin
+            if ($value$plusargs("mem_gap=%d", gap) == 0)
+                gap = GAP;
             if ($value$plusargs("mem_init=%s", init_path))
                 $readmemh(init_path, mem);
             if ($value$plusargs("mem_log=%s", log_path)) begin
@@ -209,7 +215,7 @@ module quattro_axi_mem #(
                              s_araddr, s_arlen + 9'd1, s_arsize, s_arburst, MEM_BYTES, DATA_BYTES);
             end
             if (r_fire) begin
-                r_next <= now + 1 + GAP;
+                r_next <= now + 64'd1 + {32'd0, gap};
                 r_beat <= s_rlast ? 8'd0 : r_beat + 8'd1;
             end
             if (r_pop)

@@ -3,8 +3,8 @@
 A case is a list of program runs on one memory image: each run starts the core
 with its registers (pos, tokens) and program address, and every instruction's
 result must equal the reference executor's bit for bit. The Verilated design is
-the core wired to the AXI4 memory model (cosim/axi_mem.v: read latency and beat
-gap are parameters), preloaded with `$readmemh`; a Verilog wrapper writes the
+the core wired to the AXI4 memory model (cosim/axi_mem.v: the read latency a
+parameter, the beat gap a run's plusarg), preloaded with `$readmemh`; a Verilog wrapper writes the
 core's trace port (every buffer word, token scale, acc beat and retired
 instruction) to a file and the memory model logs every write, so Python touches
 the simulation only at the start and end of each run.
@@ -20,6 +20,7 @@ KV cache the prefill wrote in memory is the one the decode steps attend over.
 """
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -305,12 +306,17 @@ def _axi_width(name: str, bb: int) -> int:
             "rresp": 2, "bresp": 2}.get(name, 1)
 
 
-def core_build(config: CoreConfig, *, mem_bytes: int, latency: int, gap: int = 0,
+@functools.lru_cache(maxsize=8)
+def _core_text(config: CoreConfig, mem_bytes: int, latency: int) -> str:
+    return core_verilog(config, mem_bytes=mem_bytes, latency=latency)
+
+
+def core_build(config: CoreConfig, *, mem_bytes: int, latency: int,
                sim: str | None = None) -> runner.Build:
     """The Verilator (or `sim`) build of the core test top: core_verilog with the AXI memory
-    model."""
-    return runner.build(core_verilog(config, mem_bytes=mem_bytes, latency=latency, gap=gap),
-                        TOP, sim=sim)
+    model (its GAP is a run's plusarg, so one build serves every bandwidth). The text
+    is generated once per process (the whole core elaborates in seconds)."""
+    return runner.build(_core_text(config, mem_bytes, latency), TOP, sim=sim)
 
 
 # --------------------------------------------------------------------------- run
@@ -321,7 +327,7 @@ def run_case(case: CoreCase, *, latency: int = 20, gap: int = 0, sim: str | None
     `steps` per run and the `mismatch` (None when bit-exact)."""
     from .axi_mem import write_init
     mem_bytes = len(case.memory)
-    b = build or core_build(case.config, mem_bytes=mem_bytes, latency=latency, gap=gap, sim=sim)
+    b = build or core_build(case.config, mem_bytes=mem_bytes, latency=latency, sim=sim)
     t0 = time.perf_counter()
     run_dir = Path(b.directory).parent / "runs" / f"core-{time.time_ns()}"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -331,7 +337,8 @@ def run_case(case: CoreCase, *, latency: int = 20, gap: int = 0, sim: str | None
     job = {"runs": [{k: r[k] for k in ("prog", "pos", "tokens", "name")} for r in case.runs],
            "max_cycles": max_cycles, "peek": list(peek)}
     res = runner.run(b, test_module=TB_MODULE, job=job, run_dir=run_dir,
-                     plusargs=[f"+mem_init={init}", f"+trace={trace}", f"+mem_log={log}"])
+                     plusargs=[f"+mem_init={init}", f"+trace={trace}", f"+mem_log={log}",
+                               f"+mem_gap={gap}"])
     res["sim_seconds_total"] = time.perf_counter() - t0
     records = parse_trace(trace)
     writes = parse_mem_log(log)
@@ -748,12 +755,20 @@ def case_record(name: str, case: CoreCase, res: dict, *, layer: str, model: str,
 STALL_GAP = 2
 
 
-def _random_item(shape, scheme: str, seed: int, sim: str, gap: int = 0) -> dict:
+@functools.lru_cache(maxsize=4)
+def _random_case(shape, scheme: str, seed: int) -> CoreCase:
+    """The case of a seeded random model, made once per process: the full-bandwidth
+    and the stalled run share it (the same memory image, so the same build: GAP is a
+    plusarg), the refused programs included in both."""
     import tempfile
     with tempfile.TemporaryDirectory(prefix="quattro-core-") as tmp:
         img, core, runs, mem = random_model_runs(shape, seed=seed, workdir=tmp, scheme=scheme)
-        case = build_case(runs + ([] if gap else bad_runs(core)), mem, core, name="random")
-        res = run_case(case, latency=SIM_LATENCY, gap=gap, sim=sim)
+        return build_case(runs + bad_runs(core), mem, core, name="random")
+
+
+def _random_item(shape, scheme: str, seed: int, sim: str, gap: int = 0) -> dict:
+    case = _random_case(shape, scheme, seed)
+    res = run_case(case, latency=SIM_LATENCY, gap=gap, sim=sim)
     h, kv, hid, inter = shape
     rec = case_record(f"random-model-h{h}kv{kv}-d{hid}-i{inter}-{scheme}"
                       + (f"-gap{gap}" if gap else ""), case, res,

@@ -353,8 +353,12 @@ def read_job() -> dict:
 
 
 def write_result(result: dict) -> None:
-    """Inside a cocotb test: hand the structured result back to the caller."""
-    atomic_write_json(Path(os.environ[RESULT_ENV]), result)
+    """Inside a cocotb test: hand the structured result back to the caller, with
+    `torch_imported` (whether the simulator's Python loaded torch: ~1.7 s of CPU per
+    run, which a testbench avoids by taking its stimulus and expected words from the
+    job, computed by the caller)."""
+    atomic_write_json(Path(os.environ[RESULT_ENV]),
+                      {**result, "torch_imported": "torch" in sys.modules})
 
 
 def run(b: Build, *, test_module: str, job: dict, run_dir: Path | None = None,
