@@ -4,11 +4,13 @@ Verilator build per LUTConfig serves every weight format (W1/W2/W4/ternary are
 a run-time port), so the plan's 16 runs need 4 builds.
 
     data_dir = prepare_data(case)      # build/sim/data/<case.name>/
+    stim = stimulus(case)              # the testbench's words and golden expectation
     res = run_stream(case)             # random idle cycles / back-pressure
     rec = to_record(case, res)         # a cosim.report record
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -22,7 +24,7 @@ from cosim.cases import MIN_MACS, TiledCase
 from cosim.flow import DATA_ROOT, build_design, cached_export, is_ideal, run_on, with_build
 from cosim.report import make_record
 
-__all__ = ["LUTCase", "default_plan", "prepare_data", "stream_build", "run_stream",
+__all__ = ["LUTCase", "default_plan", "prepare_data", "stimulus", "stream_build", "run_stream",
            "to_record", "sim_items", "config_items", "record_config"]
 
 STREAM_TB = "cosim.tb.lut_stream"
@@ -86,6 +88,35 @@ def prepare_data(case: LUTCase, *, root: Path | None = None) -> Path:
                          load=lambda d: load_lut(d, cfg, case.mode), export=export)
 
 
+def stimulus(case: LUTCase, *, data_root: Path | None = None) -> dict:
+    """The testbench's inputs as plain JSON job fields, computed here because the
+    caller has torch loaded and the simulator's Python then need not import it
+    (~1.7 s of CPU per run): the case's image directory (prepared first), the
+    act/code/scale words in stream order (every weight tile meets each activation
+    tile in turn), the result words golden.lut computes on the decoded operands,
+    and the workload numbers (M, N, m_tiles, tiles, macs)."""
+    from golden.lut import lut_acc
+    from quantflow.lut import load_lut, pack_lut_result_words
+    data_dir = prepare_data(case, root=data_root)
+    img = load_lut(data_dir, case.config, case.mode)
+    cfg, mode = img.config, img.mode
+    per_tile, gs = cfg.beats_per_tile(mode), cfg.groups * cfg.slices
+    order = [(tn, tm) for tn in range(img.n_tiles) for tm in range(img.m_tiles)]
+    words = {
+        "act": [w for tn, tm in order
+                for w in img.act_words[tm * cfg.chunks:(tm + 1) * cfg.chunks]],
+        "code": [w for tn, tm in order
+                 for w in img.code_words[tn * per_tile:(tn + 1) * per_tile]],
+        "scale": [w for tn, tm in order for w in img.scale_words[tn * gs:(tn + 1) * gs]],
+    }
+    expected = pack_lut_result_words(lut_acc(img.a, img.q, img.s2, img.z, cfg, mode), cfg)
+    return {"data_dir": str(data_dir),
+            "words": {k: [int(w) for w in v] for k, v in words.items()},
+            "expected": [int(w) for w in expected],
+            "M": img.M, "N": img.N, "m_tiles": img.m_tiles, "tiles": len(order),
+            "macs": img.macs}
+
+
 def stream_build(config: LUTConfig, *, sim: str | None = None,
                  waves: bool | None = None) -> runner.Build:
     """The Verilated LUT block of `config` (cached)."""
@@ -97,16 +128,20 @@ def run_stream(case: LUTCase, *, build: runner.Build | None = None,
                p_idle: float | None = None, p_stall: float | None = None,
                seed: int | None = None, corrupt_expected: Iterable[tuple[int, int]] = (),
                data_root: Path | None = None) -> dict:
-    """One stream run of `case` (its data prepared first); `corrupt_expected`: (word
-    index, XOR mask) pairs injected into the expected words, to test the checker."""
-    data_dir = prepare_data(case, root=data_root)
+    """One stream run of `case` (its data prepared and its stimulus computed first);
+    `corrupt_expected`: (word index, XOR mask) pairs injected into the expected
+    words, to test the checker. The result's load_seconds is stimulus()'s time."""
+    t0 = time.perf_counter()
     job = {"config": case.config.as_dict(), "mode": case.mode.as_dict(),
-           "data_dir": str(data_dir), "seed": case.seed if seed is None else seed,
+           **stimulus(case, data_root=data_root),
+           "seed": case.seed if seed is None else seed,
            "p_idle": case.p_idle if p_idle is None else p_idle,
            "p_stall": case.p_stall if p_stall is None else p_stall,
            "corrupt_expected": [list(c) for c in corrupt_expected]}
+    load_seconds = time.perf_counter() - t0
     res = run_on(build or stream_build(case.config), STREAM_TB, job)
     res["p_idle"], res["p_stall"] = job["p_idle"], job["p_stall"]
+    res["load_seconds"] = load_seconds
     return res
 
 
