@@ -10,6 +10,7 @@ to back (cosim/tb/sparse_dsp_stream.py).
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -21,7 +22,7 @@ from cosim.cases import MIN_MACS
 from cosim.flow import DATA_ROOT, build_design, cached_export, is_ideal, run_on, with_build
 from cosim.report import make_record
 
-__all__ = ["DEFAULT_CONFIG", "SparseDSPCase", "prepare_data", "build",
+__all__ = ["DEFAULT_CONFIG", "SparseDSPCase", "prepare_data", "build", "stimulus",
            "run_dirs", "run_cases", "to_record", "default_plan", "sim_items", "config_items"]
 
 STREAM_TB = "cosim.tb.sparse_dsp_stream"
@@ -117,16 +118,41 @@ def build(config: SparseDSPConfig = DEFAULT_CONFIG, *, sim: str | None = None,
     return build_design(sparse_dsp_factory, config, sim=sim, waves=waves)
 
 
+def stimulus(config: SparseDSPConfig, data_dirs: Iterable[Path | str]) -> dict:
+    """The testbench's inputs as plain JSON job fields, computed here because the
+    caller has torch loaded and the simulator's Python then need not import it
+    (~1.7 s of CPU per run): the image directories (data_dirs), each source
+    port's words of every directory concatenated (words), the expected result
+    words golden.sparse_dsp gives (quantflow re-derives them when it loads a
+    directory), and the tile count, dense-equivalent and kept MACs."""
+    from quantflow.sparse_dsp import load_sparse_dsp
+    dirs = [str(d) for d in data_dirs]
+    words: dict[str, list[int]] = {}
+    tiles = macs = kept = 0
+    for d in dirs:
+        img = load_sparse_dsp(d, config)
+        for k, ws in img.words.items():
+            words.setdefault(k, []).extend(int(w) for w in ws)
+        tiles += img.tiles
+        macs += img.dense_macs
+        kept += img.kept_macs
+    expected = words.pop("result")
+    return {"data_dirs": dirs, "words": words, "expected": expected, "tiles": tiles,
+            "macs": macs, "kept_macs": kept}
+
+
 def run_dirs(config: SparseDSPConfig, data_dirs: Iterable[Path | str], *,
              build_: runner.Build | None = None, p_idle: float = 0.0, p_stall: float = 0.0,
              seed: int = 1, corrupt_expected: Iterable[tuple[int, int]] = ()) -> dict:
     """One stream run of the image directories, back to back, on `build_`
-    (default: a build of `config`)."""
-    job = {"config": config.as_dict(), "data_dirs": [str(d) for d in data_dirs],
+    (default: a build of `config`). The result's load_seconds is stimulus()'s time."""
+    t0 = time.perf_counter()
+    job = {"config": config.as_dict(), **stimulus(config, data_dirs),
            "seed": seed, "p_idle": p_idle, "p_stall": p_stall,
            "corrupt_expected": [list(c) for c in corrupt_expected]}
+    load_seconds = time.perf_counter() - t0
     res = run_on(build_ or build(config), STREAM_TB, job)
-    res.update(p_idle=p_idle, p_stall=p_stall)
+    res.update(p_idle=p_idle, p_stall=p_stall, load_seconds=load_seconds)
     return res
 
 
