@@ -49,7 +49,7 @@ from .errors import QuantflowError
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["QoQWeights", "quantize_qoq", "quantize_groups", "quantize_act"]
+__all__ = ["QoQWeights", "quantize_qoq", "qoq_step1", "quantize_groups", "quantize_act"]
 
 _FP16_MAX = float(torch.finfo(torch.float16).max)
 _SCALE_MAX = (1 << SCALE_BITS) - 1
@@ -135,6 +135,16 @@ def quantize_qoq(W: torch.Tensor | np.ndarray, *, bits: int = 4, group: int = 12
     if N == 0 or K == 0:
         raise QuantflowError(f"W must be non-empty, got shape {[N, K]}")
     bits, group = _check_bits_group(bits, group, K, allowed_bits)
+    s1, w8 = qoq_step1(W)
+    q, s2, z = quantize_groups(w8, bits=bits, group=group, allowed_bits=allowed_bits)
+    return QoQWeights(q=q, s1=s1, s2=s2, z=z, bits=bits, group=group)
+
+
+def qoq_step1(W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step 1 of QoQ on float32 W [N, K]: (s1 fp16 [N], w8 int32 [N, K]) with
+    s1 = fp16(max|W[n]| / 119) and w8 = clamp(round(W / s1), -119, 119) (round half
+    to even); a channel whose s1 is 0 gets codes 0. The output-aware search
+    (quantflow.weightq) calls it alone, many times per layer."""
     absmax = W.abs().amax(dim=1)
     s1_f32 = absmax / QOQ_W8_QMAX
     too_big = s1_f32 > _FP16_MAX
@@ -150,8 +160,7 @@ def quantize_qoq(W: torch.Tensor | np.ndarray, *, bits: int = 4, group: int = 12
     w8 = torch.clamp(w8, -QOQ_W8_QMAX, QOQ_W8_QMAX)
     w8 = torch.where(zero.unsqueeze(1), 0.0, w8).to(torch.int32)
     s1 = torch.where(zero, torch.zeros((), dtype=torch.float16), s1)
-    q, s2, z = quantize_groups(w8, bits=bits, group=group, allowed_bits=allowed_bits)
-    return QoQWeights(q=q, s1=s1, s2=s2, z=z, bits=bits, group=group)
+    return s1, w8
 
 
 def quantize_act(x: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

@@ -59,7 +59,7 @@ from golden.validate import check_int
 
 from .._check import as_float_tensor
 from ..errors import QuantflowError
-from ..qoq import QoQWeights, quantize_groups, quantize_qoq
+from ..qoq import QoQWeights, qoq_step1, quantize_groups
 
 if TYPE_CHECKING:
     import numpy as np
@@ -272,15 +272,11 @@ class _QoQ(_Format):
     def __init__(self, W: torch.Tensor, bits: int):
         self.bits = bits
         self.levels = (1 << bits) - 1
-        N, K = W.shape
-        # Step 1 exactly as quantize_qoq does it: at 8 bits in one group of K, step 2
-        # has s2 == 1 (range <= 238 < 255), so its w8 are step 1's codes W8.
-        base = quantize_qoq(W, bits=8, group=K)
-        assert bool((base.s2 == 1).all())
-        self.s1 = base.s1
-        self.s1f = base.s1.to(torch.float32)
+        # step 1 exactly as quantize_qoq does it
+        self.s1, w8 = qoq_step1(W)
+        self.s1f = self.s1.to(torch.float32)
         self.zero = self.s1f == 0
-        self.w8 = base.w8()                               # int64 [N, K]
+        self.w8 = w8.to(torch.int64)                      # int64 [N, K]
         self._div = torch.where(self.zero, 1.0, self.s1f).view(-1, 1, 1)
 
     def codes8(self, Wg):
