@@ -234,6 +234,17 @@ class _Format:
 
     levels: int
 
+    def column(self, P):
+        """w [N] -> (fake [N], codes [N]) of one column of a group with params P (tensors
+        [N]): GPTQ rounds column by column, so what depends only on the group is
+        prepared here once (a format may override this with a faster equivalent)."""
+        Pv = tuple(p.view(-1, 1) for p in P)
+
+        def one(w):
+            f, c = self.fake(w.view(-1, 1, 1), Pv)
+            return f.view(-1), c.view(-1)
+        return one
+
 
 class _RTN(_Format):
     def __init__(self, bits: int, sym: bool):
@@ -319,6 +330,25 @@ class _QoQ(_Format):
         w8 = (q - z.unsqueeze(2)) * s2.unsqueeze(2)
         return self.s1f.view(-1, 1, 1) * w8.to(torch.float32), q
 
+    def column(self, P):
+        """fake() of one column [N], its group's terms computed once: the same
+        operations on the same values, so bit-identical to fake()."""
+        s2, z = P
+        s2f = s2.view(-1).to(torch.float32)
+        zf = z.view(-1).to(torch.float32)
+        step = self.s1f * s2f
+        step = torch.where(step > 0, step, torch.ones_like(step))
+        reach = torch.round(QOQ_W8_QMAX / s2f)
+        lo, hi = (zf - reach).clamp(min=0), (zf + reach).clamp(max=self.levels)
+        zero = self.zero
+        zi, s2i = z.view(-1), s2.view(-1)
+
+        def one(w):
+            q = torch.minimum(torch.maximum(torch.round(w / step) + zf, lo), hi)
+            q = torch.where(zero, 0.0, q)
+            return self.s1f * ((q - zi) * s2i).to(torch.float32), q
+        return one
+
     def qoq_weights(self, q, s2, z, group) -> QoQWeights:
         z = torch.where(self.zero.view(-1, 1), 0, z)
         s2 = torch.where(self.zero.view(-1, 1), 1, s2)
@@ -340,7 +370,10 @@ def _rtn_quant(fmt: _Format, W, group: int, clip):
     if isinstance(fmt, _QoQ):
         q, s2, z = fmt.groups_of(fmt.w8.view(N, G, group), clip)
         qw = fmt.qoq_weights(q.reshape(N, K), s2, z, group)
-        return qw.dequantize(), qw
+        # qw.dequantize() without expanding s2 and z over k (the searches call this
+        # per candidate): the integer (q - z) * s2, then one multiply by s1
+        w8 = (q.to(torch.int64) - qw.z.unsqueeze(2)) * qw.s2.unsqueeze(2)
+        return w8.reshape(N, K).to(torch.float32) * fmt.s1f.unsqueeze(1), qw
     if clip is None:
         clip = torch.ones(N)
     P = fmt.params(Wg, clip)
@@ -424,6 +457,7 @@ def _gptq(fmt: _Format, W, group, H, clip, opts: WeightQuantOptions):
                              f"even after damping ({e}); raise gptq_damp") from None
     Q = torch.zeros_like(W)
     codes = torch.zeros_like(W)
+    cols: list = [None] * G             # per group: its column quantizer (fmt.column)
     B = group * max(1, opts.gptq_block // group) if perm is None else opts.gptq_block
     for i1 in range(0, K, B):
         i2 = min(i1 + B, K)
@@ -439,11 +473,12 @@ def _gptq(fmt: _Format, W, group, H, clip, opts: WeightQuantOptions):
                         fmt.params(W1[:, i:i + group].reshape(N, 1, group), clip))[0]
             else:
                 j = int(perm[col]) // group
+            if cols[j] is None or (perm is None and col % group == 0):
+                cols[j] = fmt.column(params[j])
             w = W1[:, i]
-            f, c = fmt.fake(w.view(N, 1, 1), tuple(p.view(N, 1) for p in params[j]))
-            f = f.view(N)
+            f, c = cols[j](w)
             Q[:, col] = f
-            codes[:, col] = c.view(N)
+            codes[:, col] = c
             err = (w - f) / U1[i, i]
             W1[:, i:] -= err.unsqueeze(1) * U1[i, i:].unsqueeze(0)
             E1[:, i] = err
