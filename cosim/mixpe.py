@@ -32,8 +32,8 @@ from cosim.flow import DATA_ROOT, cached_export, design_verilog, is_ideal, run_o
 from cosim.report import make_record
 
 __all__ = ["MixPECase", "default_plan", "real_plan", "REAL_Q_PROJ", "REAL_DOWN_PROJ",
-           "prepare_data", "prepare_real", "stream_build", "system_build", "run_stream",
-           "run_fast", "to_record", "stream_job", "sim_items", "config_items"]
+           "prepare_data", "prepare_real", "stimulus", "stream_build", "system_build",
+           "run_stream", "run_fast", "to_record", "stream_job", "sim_items", "config_items"]
 
 STREAM_TB = "cosim.tb.mixpe_stream"
 SYSTEM_TB = "cosim.tb.mixpe_system"
@@ -198,16 +198,38 @@ def system_build(config: MixPEConfig, *, max_m_tiles: int, max_n_tiles: int,
     return runner.build(text, name, sim=sim, waves=waves)
 
 
+def stimulus(config: MixPEConfig, data_dir: Path) -> dict:
+    """What the testbenches (cosim.tb.mixpe_stream, cosim.tb.mixpe_system) need of
+    the quantflow images in `data_dir`, as plain JSON job fields: the act/code/scale
+    memory words, M, N, m_tiles, n_tiles, macs, and `expected_words`, the result
+    words golden.mixpe.mixpe_acc computes from the *decoded* a, q, s2, z (checksums
+    verified by load_mixpe). Computed here, in the caller that has torch loaded
+    already, so that the simulator's Python never imports torch (~1.7 s of CPU per run)."""
+    from golden.mixpe import mixpe_acc
+    from quantflow.mixpe import load_mixpe, pack_result_words
+
+    images = load_mixpe(data_dir, config)
+    acc = mixpe_acc(images.a, images.q, images.s2, images.z, config)
+    return {
+        "M": images.M, "N": images.N, "m_tiles": images.m_tiles, "n_tiles": images.n_tiles,
+        "macs": images.macs, "act_words": list(images.act_words),
+        "code_words": list(images.code_words), "scale_words": list(images.scale_words),
+        "expected_words": pack_result_words(acc, config),
+    }
+
+
 def stream_job(case: MixPECase, data_dir: Path, *, p_idle: float | None = None,
                p_stall: float | None = None, seed: int | None = None,
                corrupt_expected: Iterable[tuple[int, int]] = ()) -> dict:
-    """The testbench job of one stream run on prepared data in `data_dir`."""
+    """The testbench job of one stream run on prepared data in `data_dir`
+    (its words and expected words: stimulus)."""
     return {
         "config": case.config.as_dict(), "data_dir": str(data_dir),
         "seed": case.seed if seed is None else seed,
         "p_idle": case.p_idle if p_idle is None else p_idle,
         "p_stall": case.p_stall if p_stall is None else p_stall,
         "corrupt_expected": [list(c) for c in corrupt_expected],
+        **stimulus(case.config, data_dir),
     }
 
 
@@ -232,7 +254,8 @@ def run_fast(case: MixPECase, *, build: runner.Build | None = None, repeat: int 
     b = build or system_build(case.config, max_m_tiles=case.m_tiles,
                               max_n_tiles=case.n_tiles)
     job = {"config": case.config.as_dict(), "data_dir": str(data_dir),
-           "seed": case.seed, "repeat": repeat, "clock_impl": clock_impl}
+           "seed": case.seed, "repeat": repeat, "clock_impl": clock_impl,
+           **stimulus(case.config, data_dir)}
     res = run_on(b, SYSTEM_TB, job)
     res["data_dir"] = str(data_dir)
     return res

@@ -43,6 +43,8 @@ def test_stream_bit_exact_with_backpressure(config, data_root):
     case = _case(config, seed=101 + config.bits, p_idle=0.25, p_stall=0.4)
     res = mixpe.run_stream(case, data_root=data_root)
     _assert_passed(res)
+    # The words and expected words came in the job (mixpe.stimulus): no torch in the simulator.
+    assert res["torch_imported"] is False
     # Back-pressure and idle cycles were applied (whether a result beat met a
     # low `ready` depends on timing; GEMM runs have enough beats that it does).
     assert res["ready_low_cycles"] > 0 and sum(res["idle_cycles"].values()) > 0
@@ -77,6 +79,7 @@ def test_fast_path_system(data_root):
     case = MixPECase(config=config, m_tiles=2, n_tiles=2, seed=9)
     res = mixpe.run_fast(case, data_root=data_root)
     _assert_passed(res)
+    assert res["torch_imported"] is False  # stimulus and golden words came in the job
     # The system's counter runs from start to done: the array's ideal cycles
     # plus the sequencer/memory-read start-up, exactly as modelled.
     assert res["cycles"] == system_cycle_model(config, case.m_tiles, case.n_tiles)

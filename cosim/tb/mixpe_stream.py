@@ -1,11 +1,16 @@
 """Stream testbench of hdl.mixpe.MixPE: act/code/scale sources with random idle
 cycles, a result sink with random back-pressure, a bit-exact scoreboard against
-golden.mixpe. Inputs come from the quantflow images named by the job. The case
-loading and mismatch description are shared with cosim.tb.mixpe_system.
+golden.mixpe. The case loading and mismatch description are shared with
+cosim.tb.mixpe_system.
 
-Job fields: config (dict), data_dir, seed (printed; reproducible), p_idle
-(per source), p_stall (sink), optional max_cycles, corrupt_expected
-([[word, xor_mask], ...], error injection for the harness's own test).
+The words and the expected result words come in the job, computed by the caller
+from quantflow's images (cosim.mixpe.stimulus): a passing run imports no torch.
+
+Job fields: config (dict), data_dir (the images, for the record), seed (printed;
+reproducible), p_idle (per source), p_stall (sink), optional max_cycles,
+corrupt_expected ([[word, xor_mask], ...], error injection for the harness's own
+test), and stimulus's M, N, m_tiles, n_tiles, macs, act_words, code_words,
+scale_words, expected_words.
 Result (JSON, cosim.runner.write_result): passed, mismatches, vectors,
 cycles (first accepted input beat .. last result beat, inclusive), macs,
 sim_cycles (clock cycles simulated incl. reset), sim_seconds, seed,
@@ -13,14 +18,14 @@ stall/idle counts, mismatch details.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Callable
 
 import cocotb
 
 from golden.mixpe_config import MixPEConfig
 
-from cosim.runner import write_result
+from cosim.runner import CosimError, write_result
 from cosim.tb.common import Stopwatch, inject_errors, open_job, start_clock
 from cosim.tb.streams import Scoreboard, StreamRun, stream_ends
 
@@ -30,41 +35,44 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, kw_only=True)
 class MixPECaseData:
-    """A case's images as quantflow.load_mixpe verified them (a MixPEImages:
-    config, M, N, m_tiles, n_tiles, macs, act/code/scale words, ...; they read as
-    this object's attributes) and the result words the scoreboard expects."""
-    images: object
-    expected_words: list[int]   # result words in emission order (golden.mixpe)
-
-    def __getattr__(self, name: str):
-        if name == "images":  # not set yet (copy, unpickling): no endless recursion
-            raise AttributeError(name)
-        return getattr(self.images, name)
+    """A case as the job carries it (cosim.mixpe.stimulus): the configuration,
+    its sizes, the act/code/scale memory words as in quantflow's .hex images and
+    the result words the scoreboard expects (golden.mixpe, emission order)."""
+    config: MixPEConfig
+    M: int
+    N: int
+    m_tiles: int
+    n_tiles: int
+    macs: int
+    act_words: list[int]
+    code_words: list[int]
+    scale_words: list[int]
+    expected_words: list[int]
 
 
 def load_case(job: dict) -> MixPECaseData:
-    """Read the images quantflow emitted into job["data_dir"] (checksums are
-    verified by load_mixpe) and compute the expected result words with
-    golden.mixpe.mixpe_acc from the *decoded* a, q, s2, z."""
-    from golden.mixpe import mixpe_acc
-    from quantflow.mixpe import load_mixpe, pack_result_words
-
-    config = MixPEConfig(**job["config"])
-    images = load_mixpe(job["data_dir"], config)
-    acc = mixpe_acc(images.a, images.q, images.s2, images.z, config)
-    expected = pack_result_words(acc, config)
-    inject_errors(expected, job.get("corrupt_expected"))
-    return MixPECaseData(images=images, expected_words=expected)
+    """The case of `job`: its stimulus fields (cosim.mixpe.stimulus) with the
+    job's corrupt_expected XORed into the expected words (error injection)."""
+    names = [f.name for f in fields(MixPECaseData) if f.name != "config"]
+    missing = [k for k in names if k not in job]
+    if missing:
+        raise CosimError(f"MixPE job lacks {', '.join(missing)}: make the job with "
+                         f"cosim.mixpe.stream_job / run_fast (cosim.mixpe.stimulus)")
+    data = {k: job[k] for k in names}
+    data["expected_words"] = inject_errors(list(job["expected_words"]),
+                                           job.get("corrupt_expected"))
+    return MixPECaseData(config=MixPEConfig(**job["config"]), **data)
 
 
 def describe_mismatch(data: MixPECaseData) -> Callable[[int, int, int], str]:
     """Closure naming (tile, m, n, got, expected) of a mismatching result word."""
     from golden.formats import ACC_BITS
-    from quantflow.pack import unpack_words
 
     cfg = data.config
 
     def describe(i: int, got: int, exp: int) -> str:
+        # quantflow imports torch: only here, when a mismatch is described (a failing run)
+        from quantflow.pack import unpack_words
         tile, m = divmod(i, cfg.rows)
         tn, tm = divmod(tile, data.m_tiles)
         g = unpack_words([got], ACC_BITS, cfg.cols, signed=True)[0]

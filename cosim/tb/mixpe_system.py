@@ -1,14 +1,16 @@
 """Fast-path testbench of hdl.mixpe.MixPESystem: load the act/code/scale
-memories from quantflow's images through the load port, pulse `start`, await
+memories with quantflow's image words through the load port, pulse `start`, await
 `done` with the clock running in the GPI (C) layer -- no Python runs per cycle
 while the array computes -- then read the result memory back and compare every
-word with golden.mixpe.
+word with golden.mixpe. The words and expected words come in the job
+(cosim.mixpe.stimulus, cosim.tb.mixpe_stream.load_case): a passing run imports no torch.
 
-Job fields: config, data_dir, seed (unused by the data path; recorded),
-optional repeat (run the same load `repeat` times, for the speed bench),
-max_cycles. Result: passed, mismatches, vectors, cycles (the DUT's own cycle
-counter, start..done), macs, sim_seconds (start..done only, wall clock),
-load_seconds, readback_seconds.
+Job fields: config, data_dir (the images, for the record), seed (unused by the
+data path; recorded), optional repeat (run the same load `repeat` times, for the
+speed bench), max_cycles, clock_impl, and stimulus's fields (M, N, m_tiles,
+n_tiles, macs, act/code/scale words, expected_words). Result: passed,
+mismatches, vectors, cycles (the DUT's own cycle counter, start..done), macs,
+sim_seconds (start..done only, wall clock), load_seconds, readback_seconds.
 """
 from __future__ import annotations
 
