@@ -32,9 +32,8 @@ if TYPE_CHECKING:
     from quantflow.pim import Workload
 
 __all__ = ["SYSTEM_SIZES", "TB_MODULE", "workload_from_spec", "workload_words", "system_build",
-           "run_workloads",
-           "model_for", "system_cycles", "to_record", "default_plan", "PIMCase", "sim_items",
-           "config_items", "run_case"]
+           "run_workloads", "model_for", "system_cycles", "to_record", "default_plan", "PIMCase",
+           "sim_items", "config_items", "run_case"]
 
 TB_MODULE = "cosim.tb.pim_system"
 #: One build per mode serves every workload.
