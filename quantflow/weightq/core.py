@@ -489,6 +489,35 @@ def _gptq(fmt: _Format, W, group, H, clip, opts: WeightQuantOptions):
     return Q, codes, params
 
 
+def _gptq_shared(sch: _Scheme, prep: list, group: int, H: torch.Tensor,
+                 opts: WeightQuantOptions) -> list[tuple]:
+    """GPTQ of the layers that read one input (one H) in a single pass over the
+    columns: GPTQ treats every row alone given H, so stacking the layers' rows gives
+    each the same codes as its own pass, with one Python loop over K instead of one
+    per layer. prep: (W * s, format, clip, seconds) per layer; returns (fake, QoQWeights
+    or None, seconds) per layer."""
+    t0 = time.perf_counter()
+    Wcat = torch.cat([Wsc for Wsc, _, _, _ in prep])
+    clips = [clip for _, _, clip, _ in prep]
+    clip = None if clips[0] is None else torch.cat(clips)
+    fake, codes, params = _gptq(_make_format(sch, Wcat), Wcat, group, H, clip, opts)
+    out, r0 = [], 0
+    for Wsc, fmt, _, _ in prep:
+        r1 = r0 + Wsc.shape[0]
+        f, qw = fake[r0:r1], None
+        if isinstance(fmt, _QoQ):
+            s2 = torch.stack([p[0][r0:r1] for p in params], 1)
+            z = torch.stack([p[1][r0:r1] for p in params], 1)
+            qw = fmt.qoq_weights(codes[r0:r1], s2, z, group)
+            f_int = qw.dequantize()
+            assert torch.equal(f_int, f), "GPTQ fake differs from integer form"
+            f = f_int
+        out.append((f, qw))
+        r0 = r1
+    secs = (time.perf_counter() - t0) / Wcat.shape[0]
+    return [(f, qw, secs * Wsc.shape[0]) for (f, qw), (Wsc, _, _, _) in zip(out, prep)]
+
+
 def _split_params(P):
     """Params with G groups ([N, G] each) -> list of per-group tuples of [N]."""
     G = P[0].shape[1]
@@ -547,27 +576,25 @@ def quantize_shared(weights: Sequence, *, scheme: WeightScheme, calib: Calibrati
     s, alpha = None, None
     if sch.awq:
         s, alpha = _awq_scale(sch, Ws, group, calib, opts, opts.alpha_grid, tie)
-    results = []
-    for W, nm in zip(Ws, names):
-        t1 = time.perf_counter()
+    t1 = time.perf_counter()                   # the AWQ search ends here
+    Hs = H / (s.view(-1, 1) * s.view(1, -1)) if s is not None and H is not None else H
+    prep = []                                  # per layer: (W * s, format, clip, seconds)
+    for W in Ws:
+        tw = time.perf_counter()
         Wsc = W * s if s is not None else W
-        Hs = H / (s.view(-1, 1) * s.view(1, -1)) if s is not None else H
         fmt = _make_format(sch, Wsc)
-        clip = None
-        if sch.clip_search:
-            clip, _ = _clip_search(fmt, Wsc, group, Hs, opts.clip_grid)
-        if sch.gptq:
-            fake, codes, params = _gptq(fmt, Wsc, group, Hs, clip, opts)
-            qw = None
-            if isinstance(fmt, _QoQ):
-                s2 = torch.stack([p[0] for p in params], 1)
-                z = torch.stack([p[1] for p in params], 1)
-                qw = fmt.qoq_weights(codes, s2, z, group)
-                fake_int = qw.dequantize()
-                assert torch.equal(fake_int, fake), "GPTQ fake differs from integer form"
-                fake = fake_int
-        else:
-            fake, qw = _rtn_quant(fmt, Wsc, group, clip)
+        clip = _clip_search(fmt, Wsc, group, Hs, opts.clip_grid)[0] if sch.clip_search \
+            else None
+        prep.append((Wsc, fmt, clip, time.perf_counter() - tw))
+    if sch.gptq:
+        quant = _gptq_shared(sch, prep, group, Hs, opts)
+    else:
+        quant = []                             # per layer: (fake, QoQWeights | None, seconds)
+        for Wsc, fmt, clip, _ in prep:
+            tq = time.perf_counter()
+            quant.append((*_rtn_quant(fmt, Wsc, group, clip), time.perf_counter() - tq))
+    results = []
+    for W, nm, (Wsc, fmt, clip, t_prep), (fake, qw, t_q) in zip(Ws, names, prep, quant):
         stats = {"name": nm, "method": sch.method, "bits": sch.bits, "group": group,
                  "clip_search": sch.clip_search, "awq": sch.awq, "gptq": sch.gptq,
                  "weight_err": float(((Wsc - fake).norm() / Wsc.norm().clamp(min=1e-30)))}
@@ -582,8 +609,7 @@ def quantize_shared(weights: Sequence, *, scheme: WeightScheme, calib: Calibrati
         if clip is not None:
             stats["clip_mean"] = float(clip.mean())
             stats["clip_min"] = float(clip.min())
-        stats["seconds"] = time.perf_counter() - t1 + (
-            (t1 - t0) / len(Ws) if sch.awq else 0.0)
+        stats["seconds"] = t_prep + t_q + ((t1 - t0) / len(Ws) if sch.awq else 0.0)
         results.append(WeightQuantResult(w_fake=fake.contiguous(), qoq=qw,
                                          input_scale=s, stats=stats))
     return results
