@@ -18,7 +18,7 @@ from fpga_boards.model_shapes import MODELS
 from fpga_boards.perf import (GENERATE_DIR, PerfError, SystemModel, agreement, core_from_json,
                               decoder_for, default_core, evaluate, evaluate_system, lower,
                               main, parse_scheme)
-from quantflow.program import CompiledImage, compile_program, sim_core_for
+from quantflow.program import compile_program, sim_core_for
 from quantflow.shape_image import shape_image
 from helpers.tiny_llama import tiny_config, tiny_image, tiny_quantized, token_ids
 
@@ -149,10 +149,8 @@ def test_shape_only_program_prices_as_a_compiled_one(tmp_path):
 
 
 def test_compiled_smollm2_image_prices_as_its_shape():
-    path = GENERATE_DIR.parent.parent / "compiled" / "smollm2-w4a8kv4-g64-plain"
-    if not (path / "manifest.json").is_file():
-        pytest.skip("SmolLM2 is not compiled (python -m quantflow compile --model smollm2)")
-    real = CompiledImage.from_dir(path)
+    from helpers.real_model import smollm2_plain_image
+    real = smollm2_plain_image()
     core = sim_core_for(real.config)
     a = compile_program(real, core)
     b = compile_program(shape_image(real.config), core)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import random
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,8 +27,7 @@ from golden.decoder import IntegerDecoder
 from golden.kv4_attention_config import KV4Config
 from golden.sfu import residual_add, swiglu
 from golden.sfu_config import SFUHWConfig, sqrt_k
-from quantflow.errors import QuantflowError
-from quantflow.program import (CompiledImage, build_memory, compile_program, core_for,
+from quantflow.program import (build_memory, compile_program, core_for,
                                read_hidden, read_logits, read_next_tokens, write_hidden,
                                write_tokens)
 from helpers.tiny_llama import tiny_config, tiny_image, tiny_quantized, token_ids
@@ -40,7 +38,6 @@ torch.set_num_threads(1)
 CFG = tiny_config(heads=4, kv_heads=2)
 IDS = token_ids(CFG, 3, 40, seed=5)
 CONTEXT = 48
-SMOLLM2 = Path("build/compiled/smollm2-w4a8kv4-g64-plain")
 
 
 @pytest.fixture(scope="module", params=["w4a8kv4-g64", "w4a8kv4-g64-plain"])
@@ -460,13 +457,10 @@ def test_cycle_targets_are_not_tighter_than_the_blocks_rtl_models():
 
 @pytest.fixture(scope="module")
 def smollm2():
-    """The compiled SmolLM2 image, or a skip naming why it cannot be read (absent, or
-    compiled by an older quantflow)."""
-    try:
-        return CompiledImage.from_dir(SMOLLM2)
-    except QuantflowError as e:
-        pytest.skip(f"{e} (python -m quantflow compile --model smollm2 --scheme "
-                    f"w4a8kv4-g64-plain)")
+    """The compiled SmolLM2 image (compiled on first use), or a skip naming why it
+    cannot be made."""
+    from helpers.real_model import smollm2_plain_image
+    return smollm2_plain_image()
 
 
 def test_smollm2_decode_is_memory_bound_at_the_default_core(smollm2):

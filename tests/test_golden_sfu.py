@@ -443,10 +443,8 @@ REAL_LAYERS = (2, 12, 29)       # before, inside and after the massive-activatio
 
 
 def _smollm2_or_skip():
-    from quantflow.models.loaders import load_model, models_dir
-    if not (models_dir() / "smollm2").is_dir():
-        pytest.skip("build/models/smollm2 is not prepared (run `make models`)")
-    return load_model("smollm2", progress=False)
+    from helpers.real_model import smollm2
+    return smollm2()
 
 
 def _capture(lm, windows: int, length: int, layers) -> dict[str, torch.Tensor]:
