@@ -531,6 +531,13 @@ GAPS: dict[tuple[str, int, str], str] = {
         "moves by one unit, which the next Newton step largely corrects (quadratic "
         "convergence); visible only where the final gain sits on a rounding boundary, "
         "and no vector of the plan (random, edge, a large-input rmsnorm) is one",
+    ("kv4_attention", 3653, "\\$229: + -> -"):
+        "the V accumulator's rescale on a new running maximum (head 1, lane 2): the "
+        "round-half-up (acc + 2**(sh-1)) >> sh made (acc - 2**(sh-1)) >> sh, one unit "
+        "lower whenever sh > 0; the 48-bit accumulator carries far more fraction bits "
+        "than the 21-bit out word, so one unit most likely reaches the output only on a "
+        "rounding boundary of the final normalisation, which no vector of this plan "
+        "hits (as sfu's Newton-step rounding); not confirmed by a directed vector",
     ("mixpe", 1237, "\\$51: & -> |"):
         "the DQ lane's write enable of cell 5 asserted also for an earlier group's (or a "
         "stale) E3 stage: the extra writes are overwritten by the last group's before "
