@@ -107,7 +107,22 @@ def quantize_groups(w8: torch.Tensor, *, bits: int, group: int,
         raise QuantflowError("w8 must be a 2-D integer torch.Tensor [N, K]")
     N, K = w8.shape
     bits, group = _check_bits_group(bits, group, K, allowed_bits)
-    levels = (1 << bits) - 1
+    # Rows are independent: a large matrix (an LM head, 49152 x 576) goes in slices of
+    # rows so that the float64 temporaries stay ~32 MB each (the same result).
+    rows = max(1, _SLICE_ELEMS // K)
+    parts = [_quantize_rows(w8[r:r + rows], (1 << bits) - 1, group, r)
+             for r in range(0, N, rows)]
+    return parts[0] if len(parts) == 1 else tuple(torch.cat(t) for t in zip(*parts))
+
+
+#: Elements per slice of quantize_groups (float64: 32 MB per temporary).
+_SLICE_ELEMS = 1 << 22
+
+
+def _quantize_rows(w8: torch.Tensor, levels: int, group: int, row0: int
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """quantize_groups of rows row0.. of a matrix (row0 names the channel in errors)."""
+    N, K = w8.shape
     G = K // group
     w = w8.to(torch.float64).reshape(N, G, group)
     lo = w.amin(dim=2)
@@ -120,7 +135,7 @@ def quantize_groups(w8: torch.Tensor, *, bits: int, group: int,
         if bool(bad.any()):
             n, j = (int(i) for i in bad.nonzero()[0])
             raise QuantflowError(
-                f"{name} = {int(t[n, j])} at channel {n}, group {j} does not fit the "
+                f"{name} = {int(t[n, j])} at channel {row0 + n}, group {j} does not fit the "
                 f"{SCALE_BITS}-bit scale word (max {_SCALE_MAX}); use more bits or keep "
                 f"the per-channel codes within +-{QOQ_W8_QMAX}")
     return (q.reshape(N, K).to(torch.int32), s2.to(torch.int32), z.to(torch.int32))
