@@ -318,36 +318,29 @@ class _QoQ(_Format):
         maximum that s1 was set from; without the limit (q - z) * s2 reaches
         (levels - z) * s2 (up to 132 on SmolLM2 at 4 bits) and leaves INT8."""
         s2, z = P
-        s2f = s2.unsqueeze(2).to(torch.float32)
-        zf = z.unsqueeze(2).to(torch.float32)
-        step = self.s1f.view(-1, 1, 1) * s2f
-        step = torch.where(step > 0, step, torch.ones_like(step))
-        reach = torch.round(QOQ_W8_QMAX / s2f)
-        q = torch.round(w / step) + zf
-        q = torch.minimum(torch.maximum(q, (zf - reach).clamp(min=0)),
-                          (zf + reach).clamp(max=self.levels))
-        q = torch.where(self.zero.view(-1, 1, 1), 0.0, q)
-        w8 = (q - z.unsqueeze(2)) * s2.unsqueeze(2)
-        return self.s1f.view(-1, 1, 1) * w8.to(torch.float32), q
+        return self._grid(s2.unsqueeze(2), z.unsqueeze(2), self.s1f.view(-1, 1, 1),
+                          self.zero.view(-1, 1, 1))(w)
 
     def column(self, P):
-        """fake() of one column [N], its group's terms computed once: the same
-        operations on the same values, so bit-identical to fake()."""
+        """fake() of one column [N] of a group, its grid prepared once (_grid)."""
         s2, z = P
-        s2f = s2.view(-1).to(torch.float32)
-        zf = z.view(-1).to(torch.float32)
-        step = self.s1f * s2f
+        return self._grid(s2.view(-1), z.view(-1), self.s1f, self.zero)
+
+    def _grid(self, s2, z, s1f, zero):
+        """w -> (fake, codes) on the grid of groups with integer scale s2 and zero point
+        z, shaped to broadcast with w like the channels' s1f and zero flags: what
+        depends on the group only is computed here, once."""
+        s2f, zf = s2.to(torch.float32), z.to(torch.float32)
+        step = s1f * s2f
         step = torch.where(step > 0, step, torch.ones_like(step))
         reach = torch.round(QOQ_W8_QMAX / s2f)
         lo, hi = (zf - reach).clamp(min=0), (zf + reach).clamp(max=self.levels)
-        zero = self.zero
-        zi, s2i = z.view(-1), s2.view(-1)
 
-        def one(w):
+        def quant(w):
             q = torch.minimum(torch.maximum(torch.round(w / step) + zf, lo), hi)
             q = torch.where(zero, 0.0, q)
-            return self.s1f * ((q - zi) * s2i).to(torch.float32), q
-        return one
+            return s1f * ((q - z) * s2).to(torch.float32), q
+        return quant
 
     def qoq_weights(self, q, s2, z, group) -> QoQWeights:
         z = torch.where(self.zero.view(-1, 1), 0, z)
