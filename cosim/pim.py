@@ -82,9 +82,13 @@ def _check_fits(config: PIMConfig, w, sizes: dict) -> None:
 def system_build(config: PIMConfig, *, sizes: dict | None = None, sim: str | None = None,
                  waves: bool | None = None) -> runner.Build:
     """The Verilated PIMSystem of `config` with memory `sizes` (cached)."""
-    # pairs, not the dict: the generated text is memoised on hashable arguments
+    # sizes as (key, value) pairs: the generated text is memoised on hashable arguments
     pairs = None if sizes is None else tuple(sorted(sizes.items()))
-    return build_design(pim_factory, config, kind="system", sizes=pairs, sim=sim, waves=waves)
+    return build_design(_system_factory, config, sizes=pairs, sim=sim, waves=waves)
+
+
+def _system_factory(config: PIMConfig, *, sizes: tuple | None):
+    return pim_factory(config, kind="system", sizes=None if sizes is None else dict(sizes))
 
 
 def run_workloads(config: PIMConfig, specs: list[dict], *, build: runner.Build | None = None,

@@ -766,10 +766,9 @@ DEFAULT_SYSTEM_SIZES = {"max_mem": 8192, "max_jobs": 256, "max_reads": 8192, "ma
 
 
 def pim_factory(config: PIMConfig, *, kind: str = "system",
-                sizes: dict | tuple | None = None) -> tuple[str, Callable[[], PIMBank | PIMSystem]]:
+                sizes: dict | None = None) -> tuple[str, Callable[[], PIMBank | PIMSystem]]:
     """(module name, zero-argument factory) of a PIM design: kind "bank"
-    (PIMBank) or "system" (PIMSystem with `sizes`, a dict or its (key, value) pairs,
-    default DEFAULT_SYSTEM_SIZES)."""
+    (PIMBank) or "system" (PIMSystem with `sizes`, default DEFAULT_SYSTEM_SIZES)."""
     _check_config(config)
     check_choice("kind", kind, ("bank", "system"))
     if kind == "bank":
