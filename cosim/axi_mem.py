@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from golden.validate import check_int
+
 from quattro_fs import atomic_write_bytes
 
 __all__ = ["VERILOG_PATH", "TOPLEVEL", "verilog_text", "plusargs", "write_init", "read_dump",
@@ -29,9 +31,10 @@ def verilog_text() -> str:
 
 
 def plusargs(*, init: Path | str | None = None, log: Path | str | None = None,
-             dump: Path | str | None = None) -> list[str]:
-    """The model's plusargs for the files given (None: that feature off)."""
-    out = []
+             dump: Path | str | None = None, gap: int | None = None) -> list[str]:
+    """The model's plusargs for the files given (None: that feature off) and the read
+    beat gap of this run (None: the GAP parameter)."""
+    out = [] if gap is None else [f"+mem_gap={check_int('gap', gap, 0)}"]
     for name, path in (("mem_init", init), ("mem_log", log), ("mem_dump", dump)):
         if path is not None:
             path = str(Path(path).resolve())

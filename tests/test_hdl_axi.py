@@ -465,3 +465,20 @@ def test_cosim_reader_writer_on_memory_model(tmp_path):
     for t in res["timing"]:
         assert t["cycles"] == t["model_cycles"] == tb.model_cycles(
             t["latency"], t["gap"], t["n"], t["beats"]), t
+
+
+def test_cosim_memory_model_gap_plusarg(tmp_path):
+    """+mem_gap sets the read beat gap of one run on the same build (the core's
+    full-bandwidth and stalled runs share a model): the first memory follows it to
+    the cycle, the second (FILES=0) keeps its GAP parameter."""
+    from cosim import runner
+    from cosim.tb import axi_mem as tb
+    job = {**tb.default_job(tmp_path, seed=8), "run_gap": 3}
+    try:
+        res = tb.run_job(job)
+    except runner.SimulatorUnavailable as e:
+        pytest.skip(str(e))
+    assert res["passed"], res["errors"]
+    timing = {(t["port"], t["n"], t["beats"]): t for t in res["timing"]}
+    assert timing["rd", 8, 4]["cycles"] == 20 + 2 + 31 * 4 == 146
+    assert timing["rd2", 8, 4]["cycles"] == 7 + 2 + 31 * 3 == 102

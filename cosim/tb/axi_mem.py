@@ -10,7 +10,9 @@ rst and the model's `dump`.
 
 Job fields: seed (printed), beat_bytes, mem_bytes, latency, gap, latency2, gap2,
 init / log / dump (the plusargs' paths; init is preloaded with random bytes),
-timing: [[n, beats], ...] (n back-to-back ranges of `beats` beats per check).
+timing: [[n, beats], ...] (n back-to-back ranges of `beats` beats per check),
+optional run_gap (`mem`'s gap for this run through +mem_gap instead of the GAP
+parameter `gap`; `mem2`, FILES=0, ignores the plusarg and keeps gap2).
 Phases, one simulation:
   reads   random ranges (4 KB crossings, > 256 beats) with back-pressure, the
           bytes checked against the preload;
@@ -160,7 +162,7 @@ def run_job(job: dict, *, sim: str | None = None, root: Path | None = None) -> d
     b = runner.build(design_verilog(**design_params(job)), TOPLEVEL, sim=sim, root=root)
     return runner.run(b, test_module="cosim.tb.axi_mem", job=job,
                       plusargs=axi_mem.plusargs(init=job["init"], log=job["log"],
-                                                dump=job["dump"]))
+                                                dump=job["dump"], gap=job.get("run_gap")))
 
 
 # ---------------------------------------------------------------- the testbench
@@ -307,7 +309,7 @@ async def axi_mem_dma(dut: HierarchyObject) -> None:
         errors.append("re-read of the written ranges differs from what was written")
 
     # ---- timing: back-to-back ranges, no stalls
-    for port, lat, gap in (("rd", job["latency"], job["gap"]),
+    for port, lat, gap in (("rd", job["latency"], job.get("run_gap", job["gap"])),
                            ("rd2", job["latency2"], job["gap2"])):
         for n, b in job["timing"]:
             tr = [(rng.randrange(4096 // bb - b + 1) * bb + 4096 * rng.randrange(size // 4096), b)
