@@ -9,6 +9,7 @@
   python -m quantflow eval --model smollm2 --scheme w4a8kv4-g64 [--windows 8 --length 512]
   python -m quantflow export --model smollm2 --scheme w4a8kv4-g64 [--out DIR]
   python -m quantflow compile --model smollm2 --scheme w4a8kv4-g64 [--out DIR] [--context N]
+  python -m quantflow rotation-search --model smollm2 --scheme w4a8kv4-g64 [--seeds 8]
   python -m quantflow generate --model smollm2 --prompt "..." [--max-new-tokens 32]
         [--engine float|fakequant|integer] [--scheme S] [--image DIR]
 
@@ -139,6 +140,16 @@ def _parser() -> argparse.ArgumentParser:
                     help="positions of the RoPE table and KV cache (default 1024)")
     co.add_argument("--head-bits", type=int, default=8, choices=(4, 8),
                     help="bits of the LM head / embedding codes (default 8)")
+    rs = sub.add_parser("rotation-search", help="choose a residual rotation's random draw by "
+                                                "perplexity on calibration text")
+    rs.add_argument("--model", default="smollm2")
+    rs.add_argument("--scheme", default=DEFAULT_SCHEME)
+    rs.add_argument("--seeds", type=int, default=8, help="draws 0..SEEDS-1 (default 8)")
+    rs.add_argument("--text", default=None, help="a calibration-role text or UTF-8 file to "
+                                                 "measure on (default plays-calib)")
+    rs.add_argument("--windows", type=int, default=8)
+    rs.add_argument("--length", type=int, default=512)
+    rs.add_argument("--out", help="report directory (default build/quant/<model>/<scheme>)")
     ge = sub.add_parser("generate", help="greedy text generation on a float, fake-quant or "
                                          "integer engine")
     ge.add_argument("--model", default="smollm2")
@@ -148,7 +159,7 @@ def _parser() -> argparse.ArgumentParser:
     ge.add_argument("--scheme", default=DEFAULT_SCHEME)
     ge.add_argument("--image", help="compiled image (default build/compiled/<model>-<scheme>, "
                                     "compiled on first use)")
-    for p in (ex, ev, co, ge):
+    for p in (ex, ev, co, rs, ge):
         p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     return ap
 
@@ -221,6 +232,16 @@ def _real(args) -> str:
         return (f"wrote {m['path']}: {m['image_bytes']} bytes, {len(m['tensors'])} tensors; "
                 f"{st['seconds']} s ({st['cpu_seconds']} s CPU), peak RSS "
                 f"{st['peak_rss_mb']} MB")
+    if args.cmd == "rotation-search":
+        from .rotation_search import search_rotation
+        from .text import DEFAULT_CALIB
+        rep = search_rotation(args.model, args.scheme, seeds=args.seeds,
+                              text=args.text or DEFAULT_CALIB, windows=args.windows,
+                              length=args.length, out=args.out,
+                              log=lambda m: print(m, file=sys.stderr))
+        rows = [f"{'unrotated' if r['seed'] is None else 'seed ' + str(r['seed']):<10} "
+                f"ppl {r['ppl']:8.3f}  {r['ppl_ratio']:.4f} x FP32" for r in rep["runs"]]
+        return "\n".join(rows + [f"best seed {rep['best_seed']}; wrote {rep['path']}"])
     if args.cmd == "generate":
         from .generate import generate
         def stream(piece):
@@ -290,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         _check_flags(args)
-        if args.cmd in ("models", "schemes", "eval", "compile", "generate") or (
+        if args.cmd in ("models", "schemes", "eval", "compile", "rotation-search",
+                        "generate") or (
                 args.cmd == "export" and args.model):
             print(_real(args))
         elif args.cmd == "export":
