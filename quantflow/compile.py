@@ -53,7 +53,7 @@ from .models.llama import LlamaForCausalLM, apply_rope
 from .models.loaders import LoadedModel, load_model
 from .qoq import quantize_qoq
 from .schemes import DEFAULT_SCHEME, QuantScheme, get_scheme
-from .text import DEFAULT_CALIB, calibration_tokens
+from .text import CALIB_LENGTH, CALIB_SAMPLES, DEFAULT_CALIB, calibration_tokens
 
 __all__ = ["IMAGE_FORMAT", "IMAGE_FORMAT_VERSION", "compile_model", "compile_quantized",
            "load_image", "decoder_config", "compiled_dir", "image_layout"]
@@ -330,7 +330,8 @@ def compile_quantized(qm: QuantizedModel, calib_ids: torch.Tensor, outdir: Path 
 
 def compile_model(model: str | LoadedModel = "smollm2", scheme: str | QuantScheme = DEFAULT_SCHEME,
                   *, out: Path | str | None = None, context: int = 1024, head_bits: int = 8,
-                  calib_text: str = DEFAULT_CALIB, calib_samples: int = 8, calib_length: int = 256,
+                  calib_text: str = DEFAULT_CALIB, calib_samples: int = CALIB_SAMPLES,
+                  calib_length: int = CALIB_LENGTH,
                   progress: bool = True, log: Callable[[str], object] = print) -> dict:
     """Load, quantize (fake-quant flow, calibrated) and compile `model`; returns the
     manifest with the compile's wall/CPU seconds and peak memory."""

@@ -27,8 +27,8 @@ from .errors import QuantflowError
 from .fakequant import QuantizedModel, quantize_model
 from .models.loaders import LoadedModel, build_dir, load_model, require
 from .schemes import DEFAULT_SCHEME, QuantScheme, get_scheme
-from .text import (DEFAULT_CALIB, DEFAULT_EVAL, calibration_tokens, evaluation_tokens,
-                   text_description)
+from .text import (CALIB_LENGTH, CALIB_SAMPLES, DEFAULT_CALIB, DEFAULT_EVAL,
+                   calibration_tokens, evaluation_tokens, text_description)
 
 if TYPE_CHECKING:
     from golden.decoder import IntegerDecoder
@@ -142,7 +142,8 @@ ENGINES = ("fakequant", "integer")
 
 def evaluate(model: str | LoadedModel = "smollm2", scheme: str | QuantScheme = DEFAULT_SCHEME, *,
              text: str = DEFAULT_EVAL, windows: int = 8, length: int = 512,
-             calib_text: str = DEFAULT_CALIB, calib_samples: int = 8, calib_length: int = 256,
+             calib_text: str = DEFAULT_CALIB, calib_samples: int = CALIB_SAMPLES,
+             calib_length: int = CALIB_LENGTH,
              components: bool = True, engine: str = "fakequant", out: Path | str | None = None,
              progress: bool = True, log: Callable[[str], object] = print) -> dict:
     """Measure `scheme` on `model` (module docstring); returns the report dict.

@@ -47,7 +47,8 @@ from .mixpe import (pack_code_words, pack_scale_words, unpack_code_words,
                     unpack_scale_words, write_mixpe_images)
 from .qoq import QoQWeights, quantize_act
 from .schemes import DEFAULT_SCHEME, QuantScheme, get_scheme
-from .text import DEFAULT_CALIB, DEFAULT_EVAL, calibration_tokens, evaluation_tokens
+from .text import (CALIB_LENGTH, CALIB_SAMPLES, DEFAULT_CALIB, DEFAULT_EVAL, calibration_tokens,
+                   evaluation_tokens)
 
 __all__ = ["MODEL_FORMAT", "MODEL_FORMAT_VERSION", "export_quantized", "export_model",
            "load_model_export", "export_real_layer", "capture_layer_inputs"]
@@ -152,7 +153,7 @@ def _cpu_seconds() -> float:
 
 def export_model(model: str | LoadedModel = "smollm2", scheme: str | QuantScheme = DEFAULT_SCHEME,
                  *, out: Path | str | None = None, cols: int = 8, calib_text: str = DEFAULT_CALIB,
-                 calib_samples: int = 8, calib_length: int = 256, progress: bool = True) -> dict:
+                 calib_samples: int = CALIB_SAMPLES, calib_length: int = CALIB_LENGTH, progress: bool = True) -> dict:
     """Quantize `model` with `scheme` and export it; returns the manifest plus
     'timing' (seconds of load / quantize / write, peak RSS in MB)."""
     sch = get_scheme(scheme)

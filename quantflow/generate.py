@@ -31,7 +31,7 @@ from .errors import QuantflowError
 from .fakequant import quantize_model
 from .models.loaders import LoadedModel, load_model, require
 from .schemes import DEFAULT_SCHEME
-from .text import DEFAULT_CALIB, calibration_tokens
+from .text import calibration_tokens
 
 __all__ = ["ENGINES", "Generation", "generate", "integer_decoder", "integer_greedy", "PREFILL_CHUNK"]
 
@@ -143,7 +143,7 @@ def generate(model: str | LoadedModel = "smollm2", prompt: str = "", *, max_new_
     else:
         net = lm.model
         if engine == "fakequant":
-            cal = calibration_tokens(lm.tokenizer, text=DEFAULT_CALIB, samples=8, length=256)
+            cal = calibration_tokens(lm.tokenizer)
             net = quantize_model(lm, scheme, calib_ids=cal, progress=progress,
                                  keep_reference=False).model
         _float_greedy(net, ids, max_new_tokens, on_token)

@@ -26,7 +26,8 @@ from .evaluate import EVAL_SEED, perplexity, quant_dir
 from .fakequant import quantize_model
 from .models.loaders import LoadedModel, load_model
 from .schemes import DEFAULT_SCHEME, QuantScheme, RotationScheme, get_scheme
-from .text import DEFAULT_CALIB, calibration_tokens, get_text, text_description, token_windows
+from .text import (CALIB_LENGTH, CALIB_SAMPLES, DEFAULT_CALIB, calibration_tokens, get_text,
+                   text_description, token_windows)
 
 __all__ = ["search_rotation", "with_rotation_seed"]
 
@@ -47,8 +48,8 @@ def with_rotation_seed(scheme: QuantScheme, seed: int | None) -> QuantScheme:
 def search_rotation(model: str | LoadedModel = "smollm2",
                     scheme: str | QuantScheme = DEFAULT_SCHEME, *, seeds: int = 8,
                     text: str = DEFAULT_CALIB, windows: int = 8, length: int = 512,
-                    calib_text: str = DEFAULT_CALIB, calib_samples: int = 8,
-                    calib_length: int = 256, out: Path | str | None = None,
+                    calib_text: str = DEFAULT_CALIB, calib_samples: int = CALIB_SAMPLES,
+                    calib_length: int = CALIB_LENGTH, out: Path | str | None = None,
                     progress: bool = True, log: Callable[[str], object] = print) -> dict:
     """Perplexity on `windows` x `length` tokens of the calibration-role `text` of the
     fake-quant `scheme` unrotated and with the rotation drawn from each seed

@@ -26,6 +26,7 @@ from quattro_fs import atomic_write_json
 from .errors import QuantflowError
 from .evaluate import perplexity, quant_dir
 from .prune import prune
+from .text import CALIB_LENGTH, CALIB_SAMPLES
 
 if TYPE_CHECKING:
     from .models.loaders import LoadedModel
@@ -96,7 +97,7 @@ def _scheme_report(model: str, scheme: str, *, windows: int, length: int,
 
 def evaluate_sparse(model: str | LoadedModel = "smollm2", *, pattern: str = "2:4",
                     method: str = "wanda", scheme: str = "w4a8kv4-g64", windows: int = 8,
-                    length: int = 512, calib_samples: int = 8, calib_length: int = 256,
+                    length: int = 512, calib_samples: int = CALIB_SAMPLES, calib_length: int = CALIB_LENGTH,
                     progress: bool = False, log: Callable[[str], object] = print) -> dict:
     """Perplexity of the float model, pruned to `pattern`, quantized with `scheme`,
     and both; writes the report to build/quant and returns it."""

@@ -62,6 +62,9 @@ TEXTS = {t.name: t for t in (
 )}
 DEFAULT_EVAL = "hamlet"
 DEFAULT_CALIB = "plays-calib"
+#: The calibration set of every whole-model command (compile, eval, export, generate):
+#: CALIB_SAMPLES sequences of CALIB_LENGTH tokens of DEFAULT_CALIB
+CALIB_SAMPLES, CALIB_LENGTH = 8, 256
 
 
 def _text_dir() -> Path:
@@ -194,8 +197,8 @@ def evaluation_tokens(tokenizer: object, *, text: str = DEFAULT_EVAL, windows: i
     return token_windows(ids, windows=windows, length=length, what=f"evaluation ({text})")
 
 
-def calibration_tokens(tokenizer: object, *, text: str = DEFAULT_CALIB, samples: int = 16,
-                       length: int = 256) -> torch.Tensor:
+def calibration_tokens(tokenizer: object, *, text: str = DEFAULT_CALIB,
+                       samples: int = CALIB_SAMPLES, length: int = CALIB_LENGTH) -> torch.Tensor:
     """Calibration sequences [samples, length] of a calibration text."""
     ids = _encode(tokenizer, get_text(text, role="calib"))
     return token_windows(ids, windows=samples, length=length, what=f"calibration ({text})")

@@ -168,12 +168,13 @@ def test_partial_rotation_scheme_needs_calibration():
         assert _close(qm.model(IDS), m(IDS))
 
 
-@pytest.mark.parametrize("name", ["w4a8kv4-g64-rot", "w4a8kv4-g64-rot-keep16"])
+@pytest.mark.parametrize("name", ["w4a8kv4-g64", "w4a8kv4-g64-rot-keep16"])
 def test_rotated_schemes_quantize_and_compile(name):
-    """The registered rotated variants are the target with a rotation; they compile
-    with the untied LM head (W diag(g_final) Q) and the rotated embedding (E Q)."""
+    """The default and the registered rotated variants are the unrotated target with a
+    rotation; they compile with the untied LM head (W diag(g_final) Q) and the rotated
+    embedding (E Q)."""
     from quantflow.compile import build_tensors, decoder_config
-    s, target = get_scheme(name), get_scheme("w4a8kv4-g64")
+    s, target = get_scheme(name), get_scheme("w4a8kv4-g64-norot")
     assert target.rotation is None and s.rotation is not None
     assert (s.weight, s.act, s.kv) == (target.weight, target.act, target.kv)
     assert all(c.rotation == s.rotation for c in s.components().values())

@@ -40,7 +40,7 @@ def test_search_measures_every_draw_and_picks_the_lowest(tiny_lm, tmp_path):
 
 
 def test_with_rotation_seed():
-    s = get_scheme("w4a8kv4-g64-rot")
+    s = get_scheme("w4a8kv4-g64")
     assert with_rotation_seed(s, 5).rotation.seed == 5
     assert with_rotation_seed(s, None).rotation is None
     plain = get_scheme("w4-qoq-g64")           # no rotation: a randomised Hadamard is drawn

@@ -41,6 +41,10 @@ IDS = torch.randint(0, CFG.vocab_size, (4, 40), generator=torch.Generator().manu
 def test_registry_target_and_components():
     s = get_scheme("w4a8kv4-g64")
     assert (s.weight.method, s.weight.bits, s.weight.group) == ("qoq", 4, 64)
+    # the default rotates the residual stream; -norot is the same scheme without
+    norot = get_scheme("w4a8kv4-g64-norot")
+    assert s.rotation.kind == "random-hadamard" and norot.rotation is None
+    assert (norot.weight, norot.act, norot.kv) == (s.weight, s.act, s.kv)
     assert s.act.bits == 8 and s.kv.bits == 4 and s.kv.window == 8
     comps = s.components()
     assert list(comps) == ["W4", "A8", "KV4"]
@@ -197,7 +201,7 @@ def test_kv_schemes_follow_the_kv4_unit():
     assert KVScheme(window=256).label.endswith("recent 256 @8b (240 levels)")
 
 
-@pytest.mark.parametrize("name, full", [("w4-qoq-g64-rot", "w4a8kv4-g64-rot"),
+@pytest.mark.parametrize("name, full", [("w4-qoq-g64-rot", "w4a8kv4-g64"),
                                         ("w4-qoq-g64-rot-keep16", "w4a8kv4-g64-rot-keep16")])
 def test_weight_only_rotation_pair(name, full):
     """The cheap weight-only rotation measurements: plain QoQ g64 rounding (w4-qoq-g64)
@@ -221,10 +225,10 @@ def test_weight_only_rotation_pair(name, full):
 
 
 def test_rotation_seed_and_w4_component_schemes():
-    """w4a8kv4-g64-rot-seed1 is w4a8kv4-g64-rot with another draw of the signs (and
-    w4a8kv4-g64-rot-keep16-seed1 of its random rotation);
+    """w4a8kv4-g64-rot-seed1 is the default w4a8kv4-g64 with another draw of the signs
+    (and w4a8kv4-g64-rot-keep16-seed1 of its random rotation);
     w4-g64-rot and a8-rot are that scheme's W4 and A8 components under registered names."""
-    rot, s1 = get_scheme("w4a8kv4-g64-rot"), get_scheme("w4a8kv4-g64-rot-seed1")
+    rot, s1 = get_scheme("w4a8kv4-g64"), get_scheme("w4a8kv4-g64-rot-seed1")
     assert (s1.weight, s1.act, s1.kv) == (rot.weight, rot.act, rot.kv)
     assert s1.rotation.kind == rot.rotation.kind and (rot.rotation.seed, s1.rotation.seed) == (0, 1)
     k, k1 = get_scheme("w4a8kv4-g64-rot-keep16"), get_scheme("w4a8kv4-g64-rot-keep16-seed1")
