@@ -34,6 +34,7 @@ from .imagedir import read_manifest
 from .mixpe import FORMAT, FORMAT_VERSION, export_mixpe, load_mixpe
 from .pack import pad_to_multiple
 from .schemes import DEFAULT_SCHEME
+from .text import CALIB_LENGTH, CALIB_SAMPLES
 from .synthetic import random_activations, random_linear_weights
 
 
@@ -126,8 +127,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--windows", type=int, default=8)
     ev.add_argument("--length", type=int, default=512)
     ev.add_argument("--calib-text", default=None, help="calibration text (default plays-calib)")
-    ev.add_argument("--calib-samples", type=int, default=8)
-    ev.add_argument("--calib-length", type=int, default=256)
+    ev.add_argument("--calib-samples", type=int, default=CALIB_SAMPLES)
+    ev.add_argument("--calib-length", type=int, default=CALIB_LENGTH)
     ev.add_argument("--no-components", action="store_true",
                     help="skip the component-alone perplexities")
     ev.add_argument("--out", help="report directory (default build/quant/<model>/<scheme>)")

@@ -64,7 +64,7 @@ DEFAULT_EVAL = "hamlet"
 DEFAULT_CALIB = "plays-calib"
 #: The calibration set of every whole-model command (compile, eval, export, generate):
 #: CALIB_SAMPLES sequences of CALIB_LENGTH tokens of DEFAULT_CALIB
-CALIB_SAMPLES, CALIB_LENGTH = 8, 256
+CALIB_SAMPLES, CALIB_LENGTH = 32, 256
 
 
 def _text_dir() -> Path:

@@ -328,3 +328,24 @@ def test_w4_reconstruction_stays_int8_in_every_path(path):
         assert _reach_ok(r.qoq), name
         if r.qoq.bits == 4:
             assert int(r.qoq.w8().abs().max()) <= 127, name
+
+
+def test_gptq_damping_follows_calibration_tokens_per_feature():
+    """Unset, GPTQ's damping is GPTQ_DAMP_FEW below GPTQ_TOKENS_PER_FEATURE calibration
+    tokens per input feature and GPTQ_DAMP from there; a set value wins; a bad one is
+    refused by name. The layer's stats record the damping used."""
+    from quantflow.errors import QuantflowError
+    from quantflow.weightq.core import GPTQ_DAMP, GPTQ_DAMP_FEW, GPTQ_TOKENS_PER_FEATURE
+    o = WeightQuantOptions()
+    K = 1536
+    assert o.damping(GPTQ_TOKENS_PER_FEATURE * K - 1, K) == GPTQ_DAMP_FEW
+    assert o.damping(GPTQ_TOKENS_PER_FEATURE * K, K) == GPTQ_DAMP
+    assert WeightQuantOptions(gptq_damp=0.01).damping(10, K) == 0.01
+    for bad in (0, -0.1, float("nan"), True, "0.1"):
+        with pytest.raises(QuantflowError, match="gptq_damp must be a positive number"):
+            WeightQuantOptions(gptq_damp=bad)
+    W, X = _layer(N=16, K=64, T=GPTQ_TOKENS_PER_FEATURE * 64, seed=3, outliers=False)
+    for T, want in ((64, GPTQ_DAMP_FEW), (GPTQ_TOKENS_PER_FEATURE * 64, GPTQ_DAMP)):
+        r = quantize_weight(W, scheme=Scheme(gptq=True),
+                            calib=Calibration.from_activations(X[:T]))
+        assert r.stats["gptq_damp"] == want

@@ -67,7 +67,8 @@ if TYPE_CHECKING:
     from ..schemes import WeightScheme
 
 __all__ = [
-    "METHODS", "MIN_CALIB_TOKENS", "Calibration", "WeightQuantOptions",
+    "METHODS", "MIN_CALIB_TOKENS", "GPTQ_DAMP", "GPTQ_DAMP_FEW", "GPTQ_TOKENS_PER_FEATURE",
+    "Calibration", "WeightQuantOptions",
     "WeightQuantResult", "quantize_weight", "quantize_shared", "output_error",
     "fold_output_scale",
 ]
@@ -75,6 +76,13 @@ __all__ = [
 METHODS = ("rtn-sym", "rtn-asym", "qoq")
 #: Fewer calibration tokens than this give a Hessian too poor to search on.
 MIN_CALIB_TOKENS = 64
+#: GPTQ's damping (a fraction of mean diag H added to the diagonal) by calibration
+#: tokens per input feature. With few (a K = 1536 down_proj from 2048 tokens) H is
+#: poorly estimated and GPTQ's usual 0.01 overfits it: held-out output SQNR below
+#: plain rounding, so GPTQ_DAMP_FEW. From GPTQ_TOKENS_PER_FEATURE tokens per input
+#: (SmolLM2's 32 x 256 calibration: 5.3 for K = 1536) the lighter GPTQ_DAMP measured
+#: better model-wide (docs/quantize-a-model.md, "Calibration set and damping").
+GPTQ_DAMP_FEW, GPTQ_DAMP, GPTQ_TOKENS_PER_FEATURE = 0.1, 0.03, 4
 
 
 # ------------------------------------------------------------------ calibration
@@ -130,13 +138,27 @@ class WeightQuantOptions:
 
     clip_grid: tuple[float, ...] = tuple(round(1.0 - 0.05 * i, 2) for i in range(11))
     alpha_grid: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(21))
-    # fraction of mean(diag H) added to the diagonal. 0.1, not GPTQ's usual 0.01: with
-    # a few thousand calibration tokens H of a K=1536 down_proj is poorly estimated and
-    # 0.01 overfits it (held-out output SQNR below plain rounding; docs/quantize-a-model.md)
-    gptq_damp: float = 0.1
+    # fraction of mean(diag H) added to the diagonal; None: by calibration tokens per
+    # input feature (damping())
+    gptq_damp: float | None = None
     gptq_block: int = 128            # lazy-update block (rounded to a group multiple)
     act_order: bool = False          # GPTQ column order by diag(H) (static groups)
     min_tokens: int = MIN_CALIB_TOKENS
+
+    def __post_init__(self):
+        d = self.gptq_damp
+        if d is not None and (isinstance(d, bool) or not isinstance(d, (int, float))
+                              or not math.isfinite(d) or d <= 0):
+            raise QuantflowError(f"gptq_damp must be a positive number or None (by "
+                                 f"calibration tokens), got {d!r}")
+
+    def damping(self, tokens: int, K: int) -> float:
+        """GPTQ's damping for a layer with K inputs calibrated on `tokens` tokens:
+        gptq_damp when set, else GPTQ_DAMP_FEW below GPTQ_TOKENS_PER_FEATURE tokens per
+        input and GPTQ_DAMP from there."""
+        if self.gptq_damp is not None:
+            return float(self.gptq_damp)
+        return GPTQ_DAMP_FEW if tokens < GPTQ_TOKENS_PER_FEATURE * K else GPTQ_DAMP
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -417,7 +439,7 @@ def _awq_scale(sch, Ws, group, calib, opts, grid, tie=None):
 
 
 # ------------------------------------------------------------------ GPTQ
-def _gptq(fmt: _Format, W, group, H, clip, opts: WeightQuantOptions):
+def _gptq(fmt: _Format, W, group, H, clip, opts: WeightQuantOptions, damp: float):
     """GPTQ (Frantar et al.) column by column with lazy block updates. Group
     parameters are fixed when the first column of a group is reached, from the
     error-updated weights of that group (with the channel's clip ratio); with
@@ -430,7 +452,7 @@ def _gptq(fmt: _Format, W, group, H, clip, opts: WeightQuantOptions):
     dead = torch.diag(H) == 0
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
-    H += opts.gptq_damp * torch.diag(H).mean() * torch.eye(K, dtype=H.dtype)
+    H += damp * torch.diag(H).mean() * torch.eye(K, dtype=H.dtype)
     if clip is None:
         clip = torch.ones(N)
     perm = None
@@ -483,7 +505,7 @@ def _gptq(fmt: _Format, W, group, H, clip, opts: WeightQuantOptions):
 
 
 def _gptq_shared(sch: _Scheme, prep: list, group: int, H: torch.Tensor,
-                 opts: WeightQuantOptions) -> list[tuple]:
+                 opts: WeightQuantOptions, damp: float) -> list[tuple]:
     """GPTQ of the layers that read one input (one H) in a single pass over the
     columns: GPTQ treats every row alone given H, so stacking the layers' rows gives
     each the same codes as its own pass, with one Python loop over K instead of one
@@ -493,7 +515,7 @@ def _gptq_shared(sch: _Scheme, prep: list, group: int, H: torch.Tensor,
     Wcat = torch.cat([Wsc for Wsc, _, _, _ in prep])
     clips = [clip for _, _, clip, _ in prep]
     clip = None if clips[0] is None else torch.cat(clips)
-    fake, codes, params = _gptq(_make_format(sch, Wcat), Wcat, group, H, clip, opts)
+    fake, codes, params = _gptq(_make_format(sch, Wcat), Wcat, group, H, clip, opts, damp)
     out, r0 = [], 0
     for Wsc, fmt, _, _ in prep:
         r1 = r0 + Wsc.shape[0]
@@ -580,7 +602,8 @@ def quantize_shared(weights: Sequence, *, scheme: WeightScheme, calib: Calibrati
             else None
         prep.append((Wsc, fmt, clip, time.perf_counter() - tw))
     if sch.gptq:
-        quant = _gptq_shared(sch, prep, group, Hs, opts)
+        damp = opts.damping(calib.tokens, K)
+        quant = _gptq_shared(sch, prep, group, Hs, opts, damp)
     else:
         quant = []                             # per layer: (fake, QoQWeights | None, seconds)
         for Wsc, fmt, clip, _ in prep:
@@ -597,6 +620,8 @@ def quantize_shared(weights: Sequence, *, scheme: WeightScheme, calib: Calibrati
             stats["out_err"] = err / ref if ref > 0 else 0.0
             stats["sqnr_db"] = (10 * math.log10(ref / err)) if err > 0 and ref > 0 \
                 else float("inf")
+        if sch.gptq:
+            stats["gptq_damp"] = damp
         if alpha is not None:
             stats["awq_alpha"] = alpha
         if clip is not None:
