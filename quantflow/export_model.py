@@ -13,8 +13,10 @@ Layout of the export directory (written to a temp dir, renamed into place):
   kv/lambda.npy                  SmoothAttention lambda [layers, Hkv, D] (if the scheme
                                  uses it; w4a8kv4-g64 does not)
   kv/hadamard.npy                the Q/K rotation [D, D] (if used)
-The embedding/lm_head stay float and equal the source model's (named in the
-manifest). `load_model_export` verifies every checksum and that each .hex equals
+  residual/rotation.npy          the residual stream's rotation Q [hidden, hidden]
+                                 (float64; rotating schemes, e.g. w4a8kv4-g64)
+The embedding/lm_head stay float: the source model's, or for a rotating scheme the
+source's E Q and (lm_head with the final norm folded in) Q, as the manifest says. `load_model_export` verifies every checksum and that each .hex equals
 its .npy, and returns the QoQWeights.
 
 `export_real_layer` writes one real linear layer, fed with activations captured
@@ -133,14 +135,26 @@ def export_quantized(outdir: Path | str, qm: QuantizedModel, *, cols: int = 8,
                 np.save(tmp / "kv" / "hadamard.npy", qm.rotation.numpy().astype(np.float32),
                         allow_pickle=False)
                 kv["files"]["hadamard"] = "kv/hadamard.npy"
+        residual = None
+        float_tensors = "model.embed_tokens / lm_head are unchanged from the source"
+        if qm.residual_rotation is not None:
+            # the rotated frame: without Q the exported layers cannot be used
+            (tmp / "residual").mkdir()
+            np.save(tmp / "residual" / "rotation.npy", qm.residual_rotation.numpy(),
+                    allow_pickle=False)
+            residual = {"scheme": asdict(qm.scheme.rotation), "rotation": "residual/rotation.npy"}
+            float_tensors = ("model.embed_tokens = the source's E @ Q; lm_head = the source's "
+                             "lm_head with the final norm's weight folded into its columns "
+                             "(quantflow.rotation.fuse_norms), @ Q; Q = residual/rotation.npy "
+                             "(float64 [hidden, hidden])")
         return {
             "format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION,
             "model": model_name, "scheme": qm.scheme.name, "scheme_label": qm.scheme.label,
             "weight_scheme": asdict(qm.scheme.weight),
             "act_scheme": asdict(qm.scheme.act) if qm.scheme.act else None,
             "scale_bits": SCALE_BITS, "cols": cols,
-            "layers": entries, "norms": norms, "kv": kv,
-            "float_tensors": "model.embed_tokens / lm_head are unchanged from the source",
+            "layers": entries, "norms": norms, "kv": kv, "residual_rotation": residual,
+            "float_tensors": float_tensors,
         }
 
     return write_image_dir(outdir, fill)
@@ -187,7 +201,8 @@ def export_model(model: str | LoadedModel = "smollm2", scheme: str | QuantScheme
 def load_model_export(outdir: Path | str, *, check_words: bool = True) -> dict:
     """Read an export directory: verify the manifest, every sha256 and (check_words)
     that each .hex equals its .npy. Returns {"manifest", "layers": {name:
-    QoQWeights}, "norms": {name: tensor}, "kv_lambda", "hadamard"}."""
+    QoQWeights}, "norms": {name: tensor}, "kv_lambda", "hadamard", "residual_rotation"}
+    (the optional tensors None when the scheme has none)."""
     outdir = Path(outdir)
     mpath = outdir / "manifest.json"
     if not mpath.is_file():
@@ -227,8 +242,10 @@ def load_model_export(outdir: Path | str, *, check_words: bool = True) -> dict:
              for n, f in man.get("norms", {}).items()}
     kvf = (man.get("kv") or {}).get("files", {})
     load = lambda k: torch.from_numpy(np.load(outdir / kvf[k])) if k in kvf else None  # noqa
+    res = man.get("residual_rotation")
+    Q = torch.from_numpy(np.load(outdir / res["rotation"], allow_pickle=False)) if res else None
     return {"manifest": man, "layers": layers, "norms": norms,
-            "kv_lambda": load("lambda"), "hadamard": load("hadamard")}
+            "kv_lambda": load("lambda"), "hadamard": load("hadamard"), "residual_rotation": Q}
 
 
 # --------------------------------------------------------------------------- one layer

@@ -48,6 +48,11 @@ def test_export_round_trip(tmp_path, qm):
     assert qm.kv_lambda is None and back["kv_lambda"] is None
     assert man["kv"]["scheme"]["window"] == 8 and man["kv"]["scheme"]["hadamard"]
     assert torch.equal(back["hadamard"], qm.rotation)
+    # the default rotates the residual stream: Q travels with the layers, and the
+    # manifest says how the float embedding and LM head relate to the source's
+    assert torch.equal(back["residual_rotation"], qm.residual_rotation)
+    assert man["residual_rotation"]["scheme"]["kind"] == "random-hadamard"
+    assert "E @ Q" in man["float_tensors"]
     for k, w in back["norms"].items():
         assert torch.equal(w, qm.model.get_submodule("model." + k).weight.detach())
     assert man["kv"]["scheme"]["bits"] == 4
