@@ -48,7 +48,7 @@ from golden.sfu_config import X_BITS, SFUConfig
 from quattro_fs import build_root, replace_dir
 
 from .errors import QuantflowError
-from .fakequant import QuantizedModel, quantize_model
+from .fakequant import CALIB_BATCH, QuantizedModel, quantize_model
 from .models.llama import LlamaForCausalLM, apply_rope
 from .models.loaders import LoadedModel, load_model
 from .qoq import quantize_qoq
@@ -180,8 +180,10 @@ def calibrate_fracs(model: LlamaForCausalLM, calib_ids: torch.Tensor,
         hooks.append(a.o_proj.register_forward_hook(rec(i, "attn")))
         hooks.append(m.down_proj.register_forward_hook(rec(i, "swiglu")))
     try:
-        for b in range(calib_ids.shape[0]):
-            model.hidden_states(calib_ids[b:b + 1])
+        # CALIB_BATCH sequences per forward: every hooked maximum is per element, and
+        # the fake-quant model quantizes per token (A8) and per token and head (KV)
+        for b in range(0, calib_ids.shape[0], CALIB_BATCH):
+            model.hidden_states(calib_ids[b:b + CALIB_BATCH])
     finally:
         for h in hooks:
             h.remove()

@@ -182,6 +182,13 @@ def fold_hadamard_v(model: LlamaForCausalLM) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- calibration
+#: Calibration sequences per forward of the statistics passes (collect_llama_stats,
+#: quantflow.compile.calibrate_fracs): every statistic is a per-element maximum, so
+#: batching changes nothing but the matmuls' float rounding; it bounds the
+#: activations held at once
+CALIB_BATCH = 8
+
+
 @torch.no_grad()
 def collect_llama_stats(model: LlamaForCausalLM, calib_ids: torch.Tensor, *,
                         progress: bool = True) -> dict:
@@ -212,12 +219,12 @@ def collect_llama_stats(model: LlamaForCausalLM, calib_ids: torch.Tensor, *,
     for i, layer in enumerate(layers):
         layer.self_attn.kv_quant = rec_k(i)
     try:
-        it = range(calib_ids.shape[0])
+        it = range(0, calib_ids.shape[0], CALIB_BATCH)
         if progress:
             from tqdm import tqdm
-            it = tqdm(it, desc="calibration stats", unit="seq", leave=False)
+            it = tqdm(it, desc="calibration stats", unit="batch", leave=False)
         for b in it:
-            model.hidden_states(calib_ids[b:b + 1])
+            model.hidden_states(calib_ids[b:b + CALIB_BATCH])
     finally:
         for h in hooks:
             h.remove()
@@ -451,8 +458,10 @@ def quantize_model(model: LoadedModel | nn.Module, scheme: str | QuantScheme, *,
             qm.w_ref = {n: l.weight.detach().clone() for n, l in lins.items()}
         if scheme.weight is not None:
             t1 = time.perf_counter()
-            if calib_ids is None and not scheme.weight.needs_calibration:
-                for n, lin in lins.items():  # plain rounding: no calibration pass
+            if not scheme.weight.needs_calibration:
+                # plain rounding reads no activations: no calibration pass, even when
+                # calib_ids are given (for the other components or the image's formats)
+                for n, lin in lins.items():
                     (r,) = quantize_shared([lin.weight], scheme=scheme.weight, names=[n],
                                            options=weight_options)
                     lin.weight.data.copy_(r.w_fake)
