@@ -186,6 +186,9 @@ COMMANDS: tuple[Command, ...] = (
             "python -m quantflow export", _passthrough("quantflow.cli", "export")),
     Command("compile", "compile a model into the integer model's image (memory map + "
             "manifest)", "python -m quantflow compile", _passthrough("quantflow.cli", "compile")),
+    Command("rotation-search", "choose a residual rotation's random draw on calibration text",
+            "python -m quantflow rotation-search",
+            _passthrough("quantflow.cli", "rotation-search")),
     Command("generate", "generate text through the co-simulated core, checked against golden",
             "python -m cosim generate", _passthrough("cosim.__main__", "generate")),
     Command("perf", "system performance model: tokens/s per board and what-ifs",

@@ -34,7 +34,7 @@ def test_help_lists_every_command_with_one_line(capsys):
     assert quattro_cli.main(["--help"]) == 0
     out = capsys.readouterr().out
     for name in ("verilog", "sim", "lint", "resources", "models", "eval", "export",
-                 "compile", "generate", "bitstream"):
+                 "compile", "rotation-search", "generate", "bitstream"):
         line, = [ln for ln in out.splitlines() if ln.split()[:1] == [name]]
         assert len(line.split()) > 2, line          # a summary, on the same line
     assert set(quattro_cli.commands()) <= {c.name for c in quattro_cli.COMMANDS}
