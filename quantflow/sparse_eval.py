@@ -13,6 +13,7 @@ q = z). Writes build/quant/<model>/sparse-<N>of<M>-<method>/report.json atomical
 from __future__ import annotations
 
 import argparse
+import sys
 import copy
 import dataclasses
 import time
@@ -96,8 +97,9 @@ def _scheme_report(model: str, scheme: str, *, windows: int, length: int,
 
 
 def evaluate_sparse(model: str | LoadedModel = "smollm2", *, pattern: str = "2:4",
-                    method: str = "wanda", scheme: str = "w4a8kv4-g64", windows: int = 8,
-                    length: int = 512, calib_samples: int = CALIB_SAMPLES, calib_length: int = CALIB_LENGTH,
+                    method: str = "wanda", scheme: str = "w4a8kv4-g64-norot", windows: int = 8,
+                    length: int = 512, calib_samples: int = CALIB_SAMPLES,
+                    calib_length: int = CALIB_LENGTH,
                     progress: bool = False, log: Callable[[str], object] = print) -> dict:
     """Perplexity of the float model, pruned to `pattern`, quantized with `scheme`,
     and both; writes the report to build/quant and returns it."""
@@ -105,6 +107,13 @@ def evaluate_sparse(model: str | LoadedModel = "smollm2", *, pattern: str = "2:4
     from .models.loaders import LoadedModel, load_model
     from .text import DEFAULT_CALIB, DEFAULT_EVAL, calibration_tokens, evaluation_tokens
 
+    from .schemes import get_scheme
+
+    if get_scheme(scheme).rotation is not None:
+        # W <- W Q mixes every input channel: the pruned N:M pattern would be lost
+        raise QuantflowError(f"scheme {scheme!r} rotates the residual stream, which makes "
+                             f"the pruned {pattern} weights dense again; use an unrotated "
+                             f"scheme (e.g. w4a8kv4-g64-norot)")
     t0 = time.perf_counter()
     lm = model if isinstance(model, LoadedModel) else load_model(model, progress=progress)
     ev = evaluation_tokens(lm.tokenizer, text=DEFAULT_EVAL, windows=windows, length=length)
@@ -153,11 +162,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--pattern", default="2:4")
     ap.add_argument("--method", default="wanda", choices=("wanda", "magnitude"))
-    ap.add_argument("--scheme", default="w4a8kv4-g64")
+    ap.add_argument("--scheme", default="w4a8kv4-g64-norot")
     ap.add_argument("--windows", type=int, default=8)
     args = ap.parse_args(argv)
-    evaluate_sparse(args.model, pattern=args.pattern, method=args.method, scheme=args.scheme,
-                    windows=args.windows)
+    try:
+        evaluate_sparse(args.model, pattern=args.pattern, method=args.method,
+                        scheme=args.scheme, windows=args.windows)
+    except QuantflowError as e:
+        print(f"quantflow.sparse_eval: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -172,3 +172,12 @@ def test_prune_model_every_decoder_linear():
         assert bool((m.layers[0].weight != 0).all())     # original untouched
     with pytest.raises(QuantflowError, match="calibration"):
         prune_model(m, "2:4", method="wanda")
+
+
+def test_sparse_eval_refuses_a_rotating_scheme(capsys):
+    """A residual rotation (W <- W Q) would make the pruned N:M weights dense again:
+    refused by name before the model loads; the default scheme is the unrotated one."""
+    from quantflow.sparse_eval import main
+    assert main(["--scheme", "w4a8kv4-g64"]) == 2
+    err = capsys.readouterr().err
+    assert "rotates the residual stream" in err and "w4a8kv4-g64-norot" in err
