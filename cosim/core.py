@@ -639,8 +639,9 @@ def bad_runs(core: CoreConfig) -> list[CoreRun]:
 
 # --------------------------------------------------------------------------- make sim
 #: Random small Llamas co-simulated besides the real layer: (heads, kv_heads, hidden,
-#: intermediate) and the scheme -- GQA groups of 2 and 4, head_dim 32 and 64, the KV4
-#: unit with the Hadamard rotation and the 8-bit recent window, and without.
+#: intermediate) and the scheme -- GQA groups of 2 and 4, head_dim 32 and 64, the default
+#: scheme (a rotated residual stream folded into the weights, the KV4 unit with the
+#: Hadamard rotation and the 8-bit recent window) and the plain one without either.
 RANDOM_CASES = (((4, 2, 128, 192), "w4a8kv4-g64"), ((4, 1, 256, 320), REAL_SCHEME))
 SIM_LATENCY = 20
 
