@@ -27,7 +27,7 @@ from .fakequant import quantize_model
 from .models.loaders import LoadedModel, load_model
 from .schemes import DEFAULT_SCHEME, QuantScheme, RotationScheme, get_scheme
 from .text import (CALIB_LENGTH, CALIB_SAMPLES, DEFAULT_CALIB, calibration_tokens, get_text,
-                   text_description, token_windows)
+                   text_description)
 
 __all__ = ["search_rotation", "with_rotation_seed"]
 
@@ -61,16 +61,13 @@ def search_rotation(model: str | LoadedModel = "smollm2",
     sch = get_scheme(scheme)
     with_rotation_seed(sch, 0)                  # a rotation without a draw is refused here
     # role="calib": the evaluation texts are refused by name, before the model loads
-    search_text = get_text(text, role="calib")
+    get_text(text, role="calib")
     lm = model if isinstance(model, LoadedModel) else load_model(model, progress=progress)
     if lm.arch != "llama":
         raise QuantflowError(f"a rotation search needs a Llama model; {lm.name!r} is "
                              f"{lm.arch!r}")
-    if lm.tokenizer is None:
-        raise QuantflowError(f"{lm.name!r} has no tokenizer to encode the search text")
-    ids = torch.tensor(lm.tokenizer.encode(search_text, add_special_tokens=False).ids,
-                       dtype=torch.int64)
-    sel = token_windows(ids, windows=windows, length=length, what=f"search ({text})")
+    # the search windows are calibration-role text, cut as calibration_tokens cuts it
+    sel = calibration_tokens(lm.tokenizer, text=text, samples=windows, length=length)
     cal = calibration_tokens(lm.tokenizer, text=calib_text, samples=calib_samples,
                              length=calib_length)
     outdir = Path(out) if out is not None else quant_dir(lm.name, sch.name)

@@ -13,9 +13,9 @@ q = z). Writes build/quant/<model>/sparse-<N>of<M>-<method>/report.json atomical
 from __future__ import annotations
 
 import argparse
-import sys
 import copy
 import dataclasses
+import sys
 import time
 from typing import TYPE_CHECKING, Callable
 
@@ -27,10 +27,15 @@ from quattro_fs import atomic_write_json
 from .errors import QuantflowError
 from .evaluate import perplexity, quant_dir
 from .prune import prune
+from .schemes import get_scheme
 from .text import CALIB_LENGTH, CALIB_SAMPLES
 
 if TYPE_CHECKING:
     from .models.loaders import LoadedModel
+
+#: The default scheme after pruning: the target without its residual rotation, which
+#: would make the pruned N:M weights dense again (W <- W Q mixes every input channel)
+SPARSE_SCHEME = "w4a8kv4-g64-norot"
 
 __all__ = ["linear_input_norms", "prune_model", "evaluate_sparse", "main"]
 
@@ -97,7 +102,7 @@ def _scheme_report(model: str, scheme: str, *, windows: int, length: int,
 
 
 def evaluate_sparse(model: str | LoadedModel = "smollm2", *, pattern: str = "2:4",
-                    method: str = "wanda", scheme: str = "w4a8kv4-g64-norot", windows: int = 8,
+                    method: str = "wanda", scheme: str = SPARSE_SCHEME, windows: int = 8,
                     length: int = 512, calib_samples: int = CALIB_SAMPLES,
                     calib_length: int = CALIB_LENGTH,
                     progress: bool = False, log: Callable[[str], object] = print) -> dict:
@@ -107,13 +112,11 @@ def evaluate_sparse(model: str | LoadedModel = "smollm2", *, pattern: str = "2:4
     from .models.loaders import LoadedModel, load_model
     from .text import DEFAULT_CALIB, DEFAULT_EVAL, calibration_tokens, evaluation_tokens
 
-    from .schemes import get_scheme
-
     if get_scheme(scheme).rotation is not None:
         # W <- W Q mixes every input channel: the pruned N:M pattern would be lost
         raise QuantflowError(f"scheme {scheme!r} rotates the residual stream, which makes "
                              f"the pruned {pattern} weights dense again; use an unrotated "
-                             f"scheme (e.g. w4a8kv4-g64-norot)")
+                             f"scheme (e.g. {SPARSE_SCHEME})")
     t0 = time.perf_counter()
     lm = model if isinstance(model, LoadedModel) else load_model(model, progress=progress)
     ev = evaluation_tokens(lm.tokenizer, text=DEFAULT_EVAL, windows=windows, length=length)
@@ -162,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--pattern", default="2:4")
     ap.add_argument("--method", default="wanda", choices=("wanda", "magnitude"))
-    ap.add_argument("--scheme", default="w4a8kv4-g64-norot")
+    ap.add_argument("--scheme", default=SPARSE_SCHEME)
     ap.add_argument("--windows", type=int, default=8)
     args = ap.parse_args(argv)
     try:
