@@ -240,3 +240,17 @@ def test_rotation_seed_and_w4_component_schemes():
     assert w.weight == get_scheme("w4-g64").weight
     a, ca = get_scheme("a8-rot"), rot.components()["A8"]
     assert (a.weight, a.act, a.kv, a.rotation) == (ca.weight, ca.act, ca.kv, ca.rotation)
+
+
+def test_plain_rounding_ignores_calibration_tokens():
+    """A weight scheme without clip search, AWQ or GPTQ reads no activations: given
+    calibration tokens (compile passes them for the image's formats) it rounds the
+    same codes as without, and skips the sequential calibration pass."""
+    m = tiny()
+    with_ids = quantize_model(m, "w4-qoq-g64", calib_ids=IDS, progress=False)
+    without = quantize_model(m, "w4-qoq-g64", progress=False)
+    assert with_ids.weights.keys() == without.weights.keys()
+    for n, r in with_ids.weights.items():
+        assert torch.equal(r.qoq.q, without.weights[n].qoq.q), n
+        assert torch.equal(r.w_fake, without.weights[n].w_fake), n
+        assert "sqnr_db" not in r.stats          # no calibration Hessian was built
